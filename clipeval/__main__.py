@@ -1,0 +1,3 @@
+from clipeval.cli import main
+
+raise SystemExit(main())

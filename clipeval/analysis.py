@@ -1,0 +1,200 @@
+"""Everything the pages and the CLI compute from stored raw scores: verdicts at given thresholds,
+per-layer shares beside baselines, agreement between raters, threshold sweeps and calibration.
+No model runs here; a `RunView` loads a run's scores once and answers each slider move with numpy."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from clipeval import metrics
+from clipeval.errors import ClipevalError
+from clipeval.evaluators.rules import RULES, VARIANTS, ScoreTable
+from clipeval.store import Store
+
+EVALUATOR_TITLES = {"vqa": "VQA", "cp": "CP", "es": "ES", "contrast": "Contrast"}
+
+
+@dataclass
+class EvaluatorState:
+    evaluator: str
+    status: str  # complete | unavailable | failed | missing
+    reason: str = ""
+    table: ScoreTable | None = None
+    eval_id: str = ""
+    wall_s: float | None = None
+    models: dict = field(default_factory=dict)
+    constant_label: str = ""
+
+
+class RunView:
+    """One run's neurons, evaluator scores and human verdicts, held in memory for instant re-thresholding."""
+
+    def __init__(self, store: Store, run_id: str):
+        self.run = store.complete_run(run_id)
+        self.run_id = self.run["run_id"]
+        self.neurons = store.neurons(self.run_id)
+        self.layers = list(store.layers(self.run_id)["layer"])
+        self.evaluators: dict[str, EvaluatorState] = {}
+        latest = store.latest_evaluations(self.run_id)
+        for name in RULES:
+            hit = latest[latest["evaluator"] == name]
+            if hit.empty:
+                self.evaluators[name] = EvaluatorState(name, "missing", f"not run yet: clipeval evaluate "
+                                                       f"{self.run_id} --evaluators {name}")
+                continue
+            e = hit.iloc[0]
+            state = EvaluatorState(name, e["status"], e["error"] or "", eval_id=e["eval_id"], wall_s=e["wall_s"],
+                                   models=json.loads(e["models_json"] or "{}"), constant_label=e["constant_label"] or "")
+            if e["status"] == "complete":
+                n_concepts = None if pd.isna(e["n_concepts"]) else int(e["n_concepts"])
+                state.table = ScoreTable(store.eval_scores(e["eval_id"]), name, self.neurons, n_concepts)
+            self.evaluators[name] = state
+        humans = store.human_verdicts(self.run_id)
+        self.humans = {r: g[["layer", "unit", "verdict"]].reset_index(drop=True) for r, g in humans.groupby("rater")}
+
+    @property
+    def available(self) -> list[str]:
+        return [n for n, s in self.evaluators.items() if s.table is not None]
+
+    def table(self, evaluator: str) -> ScoreTable:
+        state = self.evaluators.get(evaluator)
+        if state is None or state.table is None:
+            raise ClipevalError(f"evaluator {evaluator} is not available for run {self.run_id}: "
+                                f"{state.reason if state else 'unknown evaluator'}")
+        return state.table
+
+    @property
+    def kmax(self) -> int:
+        return min((self.table(e).kmax for e in self.available), default=0)
+
+    def verdicts(self, evaluator: str, threshold: float, variant: str = "real", k: int | None = None) -> pd.DataFrame:
+        return self.table(evaluator).verdict_frame(threshold, variant, k)
+
+    def rater_verdicts(self, thresholds: dict[str, float], k: int | None = None,
+                       evaluators: list[str] | None = None) -> dict[str, pd.DataFrame]:
+        """Verdict frames of every available evaluator (real labels) and every human rater."""
+        out = {EVALUATOR_TITLES[e]: self.verdicts(e, thresholds[e], "real", k)
+               for e in (evaluators if evaluators is not None else self.available) if e in self.available}
+        out.update({f"human: {r}": v for r, v in self.humans.items()})
+        return out
+
+    def layer_summary(self, thresholds: dict[str, float], k: int | None = None,
+                      evaluators: list[str] | None = None) -> pd.DataFrame:
+        """Share of labels judged correct per layer (and overall) per evaluator and label variant."""
+        rows = []
+        for e in evaluators if evaluators is not None else self.available:
+            if e not in self.available:
+                continue
+            t = self.table(e)
+            for v in t.variants:
+                verdict = t.verdicts(thresholds[e], v, k)
+                frame = t.neurons.assign(verdict=verdict)
+                for layer, g in list(frame.groupby("layer", sort=False)) + [("overall", frame)]:
+                    rows.append({"layer": layer, "evaluator": EVALUATOR_TITLES[e], "variant": v,
+                                 "share_correct": float(g["verdict"].mean()), "n": len(g)})
+        df = pd.DataFrame(rows, columns=["layer", "evaluator", "variant", "share_correct", "n"])
+        return df
+
+    def unit_grid(self, thresholds: dict[str, float], k: int | None = None,
+                  evaluators: list[str] | None = None) -> pd.DataFrame:
+        """One row per neuron: label, similarity, each evaluator's score and verdict, human verdicts."""
+        grid = self.neurons.copy()
+        chosen = [e for e in (evaluators if evaluators is not None else self.available) if e in self.available]
+        for e in chosen:
+            f = self.verdicts(e, thresholds[e], "real", k)
+            grid[f"{EVALUATOR_TITLES[e]} score"] = f["score"].to_numpy()
+            grid[f"{EVALUATOR_TITLES[e]}"] = f["verdict"].to_numpy()
+        for r, v in self.humans.items():
+            grid = grid.merge(v.rename(columns={"verdict": f"human: {r}"}), on=["layer", "unit"], how="left")
+        if chosen:
+            grid["all evaluators agree correct"] = grid[[EVALUATOR_TITLES[e] for e in chosen]].all(axis=1)
+        return grid
+
+    def sweep(self, evaluator: str, values, k: int | None = None, reference: str | None = None) -> pd.DataFrame:
+        """Per layer (and overall) and variant: share judged correct, and agreement/kappa with the
+        reference rater, at every threshold in `values` (the paper's Figure 3)."""
+        t = self.table(evaluator)
+        values = np.asarray(values, float)
+        ref = self.humans.get(reference.removeprefix("human: ")) if reference else None
+        rows = []
+        for v in t.variants:
+            V = t.sweep(values, v, k)  # (thresholds, neurons)
+            groups = list(t.neurons.groupby("layer", sort=False).indices.items()) + \
+                [("overall", np.arange(len(t.neurons)))]
+            for layer, idx in groups:
+                part = pd.DataFrame({"threshold": values, "share_correct": V[:, idx].mean(1)})
+                if ref is not None and v == "real":
+                    sel = t.neurons.iloc[idx].merge(ref, on=["layer", "unit"], how="left")
+                    has = sel["verdict"].notna().to_numpy()
+                    if has.any():
+                        s = metrics.sweep_against(V[:, idx][:, has], sel["verdict"].to_numpy()[has].astype(bool))
+                        part["agreement"], part["kappa"], part["n_reference"] = s["agreement"], s["kappa"], int(has.sum())
+                rows.append(part.assign(layer=layer, variant=v))
+        return pd.concat(rows, ignore_index=True)
+
+    def calibrate(self, evaluator: str, rater: str, fit_fraction: float = 0.5, seed: int = 0,
+                  k: int | None = None) -> dict:
+        t = self.table(evaluator)
+        rater = rater.removeprefix("human: ")
+        if rater not in self.humans:
+            raise ClipevalError(f"no rater {rater!r} for run {self.run_id}; raters: {', '.join(self.humans) or 'none'}")
+        frame = t.neurons.assign(score=t.neuron_scores("real", k)).merge(self.humans[rater], on=["layer", "unit"])
+        frame = frame[frame["score"].notna()]
+        rule = t.rule
+        candidates = np.linspace(rule.lo, rule.hi, 201)
+        if rule.reduce != "min":  # also every observed score, so the best cut is not missed between grid points
+            candidates = np.concatenate([candidates, frame["score"].to_numpy()])
+        candidates = candidates[(candidates >= rule.lo) & (candidates <= rule.hi)]
+        res = metrics.calibrate(frame["score"].to_numpy(), frame["verdict"].to_numpy().astype(bool), candidates,
+                                lambda s, th: t.compare(s, th), fit_fraction, seed)
+        return {"evaluator": evaluator, "rater": rater, "param": rule.param, **res}
+
+
+def default_thresholds() -> dict[str, float]:
+    return {e: r.default for e, r in RULES.items()}
+
+
+def calibrate_threshold(store: Store, run_id: str, evaluator: str, rater: str, fit_fraction: float = 0.5,
+                        seed: int = 0) -> dict:
+    return RunView(store, run_id).calibrate(evaluator, rater, fit_fraction, seed)
+
+
+def runs_comparison(store: Store, thresholds: dict[str, float] | None = None) -> pd.DataFrame:
+    """Share judged correct per evaluator (overall, real labels and baselines) for every complete run,
+    with its probe set and concept set: the paper's Table 2."""
+    thresholds = thresholds or default_thresholds()
+    rows = []
+    runs = store.runs()
+    for r in runs[runs["status"] == "complete"].itertuples():
+        view = RunView(store, r.run_id)
+        cfg = json.loads(r.config_json or "{}")
+        probe = " + ".join(p.rstrip("/").split("/")[-1] for p in (cfg.get("probe", {}) or {}).get("paths", [])) \
+            if isinstance(cfg.get("probe"), dict) else ", ".join(cfg.get("probe") or [])
+        concepts = (cfg.get("concepts") or {}).get("source") if isinstance(cfg.get("concepts"), dict) else cfg.get("concepts")
+        row = {"run": r.run_id, "name": r.name, "probe": probe, "concepts": concepts, "neurons": int(r.n_neurons)}
+        summary = view.layer_summary(thresholds)
+        for e in RULES:
+            t = EVALUATOR_TITLES[e]
+            for v in VARIANTS:
+                hit = summary[(summary["layer"] == "overall") & (summary["evaluator"] == t) & (summary["variant"] == v)]
+                row[f"{t} {v}" if v != "real" else t] = float(hit["share_correct"].iloc[0]) if len(hit) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def timings(store: Store) -> pd.DataFrame:
+    """Seconds per dissection stage and per evaluator, for every run (the paper's Table 3)."""
+    rows = []
+    runs = store.runs()
+    evals = store.evaluations()
+    for r in runs.itertuples():
+        for stage, secs in json.loads(r.timings_json or "{}").items():
+            rows.append({"run": r.run_id, "name": r.name, "step": f"dissect: {stage}", "seconds": secs})
+        for e in evals[(evals["run_id"] == r.run_id) & (evals["status"] == "complete")].itertuples():
+            rows.append({"run": r.run_id, "name": r.name, "step": f"evaluate: {EVALUATOR_TITLES[e.evaluator]}",
+                         "seconds": e.wall_s})
+    return pd.DataFrame(rows, columns=["run", "name", "step", "seconds"])

@@ -1,0 +1,295 @@
+"""`clipeval ...` / `python -m clipeval ...`: dissect, evaluate, inspect, import and export runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from clipeval.errors import ClipevalError
+
+
+def _store(args, read_only: bool = False):
+    from clipeval.store import Store
+
+    return Store(args.db, read_only=read_only)
+
+
+def _image_text_config(args, prefix: str):
+    """An ImageTextConfig from --{prefix}-backend/-arch/-pretrained, or None where none was given."""
+    from clipeval.config import ImageTextConfig
+
+    backend = getattr(args, f"{prefix}_backend")
+    if backend is None:
+        return None
+    arch = getattr(args, f"{prefix}_arch") or ("ViT-B-32" if backend == "open_clip" else "efficientnet_lite1")
+    return ImageTextConfig(backend=backend, arch=arch, pretrained=getattr(args, f"{prefix}_pretrained") or "",
+                           image_size=getattr(args, f"{prefix}_image_size", None))
+
+
+def _params(pairs: list[str]) -> tuple:
+    out = []
+    for p in pairs or []:
+        if "=" not in p:
+            raise ClipevalError(f"--sim-param takes NAME=VALUE, not {p!r}")
+        k, v = p.split("=", 1)
+        try:
+            out.append((k.strip(), float(v)))
+        except ValueError as e:
+            raise ClipevalError(f"--sim-param {k}: {v!r} is not a number") from e
+    return tuple(sorted(out))
+
+
+def cmd_dissect(args) -> int:
+    from clipeval import pipeline
+    from clipeval.config import ConceptConfig, DissectConfig, ImageTextConfig, ProbeConfig, SimilarityConfig, TargetConfig
+
+    config = DissectConfig(
+        target=TargetConfig(args.target, args.weights),
+        layers=tuple(l.strip() for l in args.layers.split(",") if l.strip()),
+        pooling=args.pooling,
+        probe=ProbeConfig(tuple(args.probe), args.on_bad_image),
+        concepts=ConceptConfig(args.concepts),
+        image_text=_image_text_config(args, "clip") or ImageTextConfig(),
+        similarity=SimilarityConfig(args.similarity, _params(args.sim_param)),
+        k=args.k)
+    store = _store(args)
+    run_id = pipeline.dissect(config, store, name=args.name or "", force=args.force, batch_size=args.batch_size,
+                              num_workers=args.workers)
+    print(run_id)
+    return 0
+
+
+def cmd_layers(args) -> int:
+    from clipeval.models.targets import dissectable, layer_shapes, load_target
+
+    target = load_target(args.target, args.weights)
+    shapes = layer_shapes(target)
+    print(f"{target.name}: weights {target.weights}")
+    for name, shape in shapes.items():
+        if not args.all and (name.count(".") > 1 or not dissectable(shape)):
+            continue
+        units = shape[0] if isinstance(shape, tuple) and len(shape) != 2 else (shape[-1] if isinstance(shape, tuple) else "-")
+        note = "" if dissectable(shape) else "  (not dissectable)"
+        print(f"  {name:<32} {str(shape):<22} units={units}{note}")
+    if not args.all:
+        print("(top two levels shown; --all lists every submodule)")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    store = _store(args, read_only=True)
+    runs = store.runs()
+    if runs.empty:
+        print(f"no runs in {store.path}; make one with `clipeval demo` or `clipeval dissect`")
+        return 0
+    evals = store.evaluations()
+    for r in runs.itertuples():
+        done = evals[(evals["run_id"] == r.run_id) & (evals["status"] == "complete")]["evaluator"].unique()
+        print(f"{r.run_id}  {r.status:<11} {int(r.n_neurons):>6} neurons  {str(r.created_at)[:19]}  {r.name}"
+              f"  evaluators: {', '.join(sorted(done)) or '-'}")
+    return 0
+
+
+def cmd_rm(args) -> int:
+    store = _store(args)
+    run = store.run(args.run)
+    if not args.yes:
+        answer = input(f"remove run {run['run_id']} ({run['name']}) with its evaluations and human verdicts? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("kept")
+            return 1
+    store.delete_run(run["run_id"])
+    print(f"removed {run['run_id']}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from clipeval.io import export_descriptions
+
+    store = _store(args, read_only=True)
+    path = export_descriptions(store, args.run, args.out)
+    print(path)
+    return 0
+
+
+def cmd_import(args) -> int:
+    from clipeval.io import import_descriptions
+
+    store = _store(args)
+    run_id = import_descriptions(store, args.file, name=args.name, target=args.target, weights=args.weights,
+                                 probe=args.probe, pooling=args.pooling, concepts=args.concepts,
+                                 on_bad_image=args.on_bad_image)
+    print(run_id)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from clipeval.evaluators.run import evaluate
+
+    store = _store(args)
+    outcomes = evaluate(store, args.run, args.evaluators, eval_model=_image_text_config(args, "eval"),
+                        vqa_model=args.vqa_model, prompt=args.prompt, k=args.k, baselines=not args.no_baselines,
+                        constant_label=args.constant_label or "", force=args.force)
+    print(f"{'evaluator':<10} {'status':<12} {'wall time':>10}  evaluation")
+    for o in outcomes:
+        print(f"{o.evaluator:<10} {o.status:<12} {o.wall_s:>9.1f}s  {o.eval_id}")
+        if o.message and o.status != "cached":
+            print("    " + o.message.replace("\n", "\n    "))
+    return 1 if any(o.status == "unavailable" for o in outcomes) else 0
+
+
+def cmd_humans(args) -> int:
+    from clipeval.io import export_human, import_human
+
+    store = _store(args, read_only=args.action == "export")
+    if args.action == "import":
+        n = import_human(store, args.run, args.file, rater=args.rater, replace=args.replace)
+        print(f"stored {n} verdicts")
+    else:
+        print(export_human(store, args.run, args.file))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from clipeval.analysis import calibrate_threshold
+
+    store = _store(args, read_only=True)
+    res = calibrate_threshold(store, args.run, args.evaluator, args.rater, fit_fraction=args.fit_fraction,
+                              seed=args.seed)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from clipeval.demo import build_demo
+
+    build_demo(db=args.db, size=args.size)
+    return 0
+
+
+def cmd_app(args) -> int:
+    import subprocess
+
+    env = dict(os.environ, CLIPEVAL_DB=str(Path(args.db).resolve()))
+    app = Path(__file__).resolve().parents[1] / "app.py"
+    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)],
+                           env=env)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from clipeval.config import SIMILARITY_DEFAULTS
+    from clipeval.store import DEFAULT_DB
+
+    p = argparse.ArgumentParser(prog="clipeval", description=__doc__)
+    p.add_argument("--db", default=str(DEFAULT_DB), help="run store (DuckDB file); env CLIPEVAL_DB (default %(default)s)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def image_text_options(sp, prefix, what):
+        sp.add_argument(f"--{prefix}-backend", choices=["open_clip", "conse"], default=None,
+                        help=f"{what} model backend")
+        sp.add_argument(f"--{prefix}-arch", help="open_clip architecture (ViT-B-16) or ConSE classifier (efficientnet_lite1)")
+        sp.add_argument(f"--{prefix}-pretrained", help="open_clip pretrained tag or local checkpoint path")
+
+    d = sub.add_parser("dissect", help="label every neuron of some layers with CLIP-Dissect")
+    d.add_argument("--target", default="efficientnet_lite0", help="efficientnet_lite0/1/2, torchvision:NAME, timm:NAME")
+    d.add_argument("--weights", help="local checkpoint for the target")
+    d.add_argument("--layers", required=True, help="comma-separated layer names (see `clipeval layers`)")
+    d.add_argument("--probe", nargs="+", required=True, help="image folder(s), merged in order")
+    d.add_argument("--on-bad-image", choices=["skip", "fail"], default="skip")
+    d.add_argument("--concepts", default="common-10k", help="common-3k/10k/20k, imagenet, or a text file")
+    d.add_argument("--pooling", choices=["mean", "max"], default="mean")
+    d.add_argument("--similarity", choices=list(SIMILARITY_DEFAULTS), default="soft_wpmi")
+    d.add_argument("--sim-param", action="append", metavar="NAME=VALUE", help="override a similarity parameter")
+    image_text_options(d, "clip", "labelling image-text")
+    d.add_argument("--k", type=int, default=5, help="top-k activating images stored per neuron")
+    d.add_argument("--name", help="a readable name for the run")
+    d.add_argument("--force", action="store_true", help="recompute even if a complete run has these settings")
+    d.add_argument("--batch-size", type=int, default=32)
+    d.add_argument("--workers", type=int, default=1, help="image decoding processes")
+    d.set_defaults(func=cmd_dissect)
+
+    l = sub.add_parser("layers", help="list a target's layers with their output shapes")
+    l.add_argument("--target", default="efficientnet_lite0")
+    l.add_argument("--weights")
+    l.add_argument("--all", action="store_true")
+    l.set_defaults(func=cmd_layers)
+
+    r = sub.add_parser("runs", help="list the runs in the store")
+    r.set_defaults(func=cmd_runs)
+
+    rm = sub.add_parser("rm", help="remove a run (asks first)")
+    rm.add_argument("run")
+    rm.add_argument("--yes", action="store_true")
+    rm.set_defaults(func=cmd_rm)
+
+    e = sub.add_parser("export", help="write a run's labels as CSV (layer,unit,description,similarity) or Parquet")
+    e.add_argument("run")
+    e.add_argument("--out", required=True, help="FILE.csv or FILE.parquet")
+    e.set_defaults(func=cmd_export)
+
+    i = sub.add_parser("import-descriptions", help="import a descriptions.csv made by the original CLIP-Dissect")
+    i.add_argument("file")
+    i.add_argument("--name")
+    i.add_argument("--target", help="with --probe: collect activations so the labels can be evaluated")
+    i.add_argument("--weights")
+    i.add_argument("--probe", nargs="+")
+    i.add_argument("--pooling", choices=["mean", "max"], default="mean")
+    i.add_argument("--concepts", help="the concept set the labels came from (CP needs it)")
+    i.add_argument("--on-bad-image", choices=["skip", "fail"], default="skip")
+    i.set_defaults(func=cmd_import)
+
+    ev = sub.add_parser("evaluate", help="judge every label from its neuron's top-k images")
+    ev.add_argument("run")
+    ev.add_argument("--evaluators", default="cp,es,contrast", help="comma-separated: cp,es,vqa,contrast")
+    image_text_options(ev, "eval", "CP/ES/contrast")
+    ev.add_argument("--eval-image-size", type=int, default=128, help="images are shown at this size first (paper: 128)")
+    ev.add_argument("--vqa-model", default="Salesforce/blip2-opt-2.7b", help="BLIP-2 hub id (local cache) or folder")
+    ev.add_argument("--prompt", default='Question: Is this image related to "{label}"? Answer:')
+    ev.add_argument("--k", type=int, default=5)
+    ev.add_argument("--no-baselines", action="store_true", help="skip the shuffled and constant-label baselines")
+    ev.add_argument("--constant-label", help="label of the constant baseline (default: the run's most frequent)")
+    ev.add_argument("--force", action="store_true")
+    ev.set_defaults(func=cmd_evaluate)
+
+    h = sub.add_parser("humans", help="import or export human yes/no verdicts (layer,unit,verdict[,rater])")
+    h.add_argument("action", choices=["import", "export"])
+    h.add_argument("run")
+    h.add_argument("file")
+    h.add_argument("--rater", help="rater name for a CSV without a rater column")
+    h.add_argument("--replace", action="store_true", help="allow new verdicts that differ from a rater's earlier ones")
+    h.set_defaults(func=cmd_humans)
+
+    c = sub.add_parser("calibrate", help="fit an evaluator's threshold to a rater on part of the neurons")
+    c.add_argument("run")
+    c.add_argument("--evaluator", required=True, choices=["cp", "es", "vqa", "contrast"])
+    c.add_argument("--rater", required=True)
+    c.add_argument("--fit-fraction", type=float, default=0.5)
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=cmd_calibrate)
+
+    dm = sub.add_parser("demo", help="build the offline demo runs (if missing)")
+    dm.add_argument("--size", choices=["full", "small"], default="full")
+    dm.set_defaults(func=cmd_demo)
+
+    a = sub.add_parser("app", help="start the Streamlit explorer on the store")
+    a.add_argument("--port", type=int, default=8501)
+    a.set_defaults(func=cmd_app)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("default")
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    try:
+        return args.func(args)
+    except ClipevalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,175 @@
+"""Every setting of a run as frozen dataclasses, and the stable hashes that key caches and name runs.
+
+A hash covers the settings *and* fingerprints of the content they point at (probe files, concept
+file text, weight files), so editing a concept file or swapping a checkpoint can never reuse a
+stale cache entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipeval.errors import ClipevalError
+
+# The original CLIP-Dissect defaults (similarity.py of Trustworthy-ML-Lab/CLIP-dissect).
+SIMILARITY_DEFAULTS: dict[str, dict[str, float]] = {
+    "soft_wpmi": dict(top_k=100, a=10.0, lam=1.0, min_prob=1e-7, p_start=0.998, p_end=0.97),
+    "wpmi": dict(top_k=28, a=2.0, lam=0.6, min_prob=1e-7),
+    "rank_reorder": dict(p=3, top_fraction=0.05, scale_p=0.5, seed=0),
+    "cos_similarity_cubed": dict(min_norm=1e-3),
+    "cos_similarity": dict(),
+}
+POOLING_MODES = ("mean", "max")
+
+
+def stable_hash(*parts: Any, length: int = 12) -> str:
+    """sha256 over a canonical JSON encoding of `parts` (dataclasses become dicts)."""
+    def encode(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj):
+            return {"__type__": type(obj).__name__, **{k: encode(v) for k, v in dataclasses.asdict(obj).items()}}
+        if isinstance(obj, (list, tuple)):
+            return [encode(x) for x in obj]
+        if isinstance(obj, dict):
+            return {str(k): encode(v) for k, v in obj.items()}
+        return obj
+
+    text = json.dumps(encode(list(parts)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def file_fingerprint(path: str | os.PathLike | None) -> str:
+    """Cheap identity of a file: absolute path, size and modification time."""
+    if not path:
+        return ""
+    p = Path(path)
+    if not p.exists():
+        return f"missing:{p}"
+    st = p.stat()
+    return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """The network being dissected: a built-in name, a timm or torchvision model name."""
+    name: str = "efficientnet_lite0"
+    weights: str | None = None  # local checkpoint path; None = shipped weights or the library's cache
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """One or more image folders, merged in the order given."""
+    paths: tuple[str, ...] = ()
+    on_bad_image: str = "skip"  # 'skip' (count and go on) or 'fail'
+
+    def __post_init__(self):
+        if self.on_bad_image not in ("skip", "fail"):
+            raise ClipevalError(f"on_bad_image must be 'skip' or 'fail', not {self.on_bad_image!r}")
+
+
+@dataclass(frozen=True)
+class ConceptConfig:
+    """A built-in concept set name (see clipeval.data.concepts.BUILTIN) or a text file path."""
+    source: str = "common-10k"
+
+
+@dataclass(frozen=True)
+class ImageTextConfig:
+    """An image-text model. backend 'open_clip': arch + pretrained tag or checkpoint path.
+    backend 'conse': arch names the ImageNet classifier, text side is the shipped MiniLM."""
+    backend: str = "conse"
+    arch: str = "efficientnet_lite1"
+    pretrained: str = ""
+    top_t: int = 10  # ConSE: number of classes mixed into an image embedding
+    image_size: int | None = None  # resize to this square first (the paper showed evaluators 128 px)
+
+    def __post_init__(self):
+        if self.backend not in ("open_clip", "conse"):
+            raise ClipevalError(f"unknown image-text backend {self.backend!r}; use 'open_clip' or 'conse'")
+
+    def describe(self) -> str:
+        if self.backend == "open_clip":
+            return f"OpenCLIP {self.arch} ({self.pretrained or 'random weights'})"
+        return f"ConSE offline stand-in ({self.arch} classifier + all-MiniLM-L6-v2, top {self.top_t}) - not CLIP"
+
+
+@dataclass(frozen=True)
+class SimilarityConfig:
+    fn: str = "soft_wpmi"
+    params: tuple[tuple[str, float], ...] = ()  # overrides of SIMILARITY_DEFAULTS[fn]
+
+    def __post_init__(self):
+        if self.fn not in SIMILARITY_DEFAULTS:
+            raise ClipevalError(
+                f"unknown similarity function {self.fn!r}; choose one of {', '.join(SIMILARITY_DEFAULTS)}")
+        unknown = {k for k, _ in self.params} - set(SIMILARITY_DEFAULTS[self.fn])
+        if unknown:
+            raise ClipevalError(f"{self.fn} has no parameter(s) {sorted(unknown)}; "
+                                f"it takes {sorted(SIMILARITY_DEFAULTS[self.fn])}")
+
+    def kwargs(self) -> dict[str, float]:
+        out = dict(SIMILARITY_DEFAULTS[self.fn])
+        out.update(dict(self.params))
+        return out
+
+
+@dataclass(frozen=True)
+class DissectConfig:
+    """Everything that determines a CLIP-Dissect run's results."""
+    target: TargetConfig = field(default_factory=TargetConfig)
+    layers: tuple[str, ...] = ()
+    pooling: str = "mean"
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    concepts: ConceptConfig = field(default_factory=ConceptConfig)
+    image_text: ImageTextConfig = field(default_factory=ImageTextConfig)
+    similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
+    k: int = 5  # top-k activating images kept per neuron
+    n_runner_ups: int = 5  # best concepts kept per neuron (the label is the first)
+    n_contrast: int = 10  # lowest-activation and random images kept per neuron (contrast evaluator)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.pooling not in POOLING_MODES:
+            raise ClipevalError(f"pooling must be one of {POOLING_MODES}, not {self.pooling!r}")
+        if not self.layers:
+            raise ClipevalError("no layers given; `clipeval layers --target NAME` lists them")
+        if len(set(self.layers)) != len(self.layers):
+            raise ClipevalError(f"layer listed twice in {list(self.layers)}")
+        if self.k < 1:
+            raise ClipevalError(f"k must be at least 1, not {self.k}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> "DissectConfig":
+        d = json.loads(text)
+        return DissectConfig(
+            target=TargetConfig(**d["target"]),
+            layers=tuple(d["layers"]),
+            pooling=d["pooling"],
+            probe=ProbeConfig(paths=tuple(d["probe"]["paths"]), on_bad_image=d["probe"]["on_bad_image"]),
+            concepts=ConceptConfig(**d["concepts"]),
+            image_text=ImageTextConfig(**d["image_text"]),
+            similarity=SimilarityConfig(fn=d["similarity"]["fn"],
+                                        params=tuple(tuple(p) for p in d["similarity"]["params"])),
+            **{k: d[k] for k in ("k", "n_runner_ups", "n_contrast", "seed")},
+        )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of one evaluator pass over a run (thresholds are NOT here: they apply at query time)."""
+    evaluator: str
+    image_text: ImageTextConfig | None = None  # CP / ES / contrast
+    vqa_model: str = ""  # VQA: hub id or local folder
+    prompt: str = 'Question: Is this image related to "{label}"? Answer:'
+    k: int = 5
+    baselines: bool = True
+    constant_label: str = ""  # '' = the run's most frequent label
+    seed: int = 0

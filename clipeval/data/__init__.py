@@ -1,0 +1,1 @@
+"""Probe image sets and concept sets."""

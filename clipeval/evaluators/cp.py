@@ -1,0 +1,46 @@
+"""Concept proportion (CP): the image matches if the label ranks within the top p of the concept set
+by image-text similarity. Raw score: the label's rank (1 = most similar concept)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from clipeval.errors import ClipevalError
+from clipeval.evaluators.base import EvalInputs, image_embeddings, stack, text_embeddings
+
+CHUNK = 256  # images per similarity block: bounds memory at CHUNK x |S| floats
+
+
+class ConceptProportion:
+    name = "cp"
+    kinds = ("top",)
+
+    def __init__(self, model, model_key: str, cache):
+        self.model, self.model_key, self.cache = model, model_key, cache
+
+    def score(self, inputs: EvalInputs, progress: bool = True) -> pd.DataFrame:
+        if not inputs.concepts:
+            raise ClipevalError("CP ranks each label among the run's concept set, and this run has none "
+                                "(import it again with --concepts FILE)")
+        index = {c: i for i, c in enumerate(inputs.concepts)}
+        pairs = inputs.pairs(self.kinds)
+        missing = sorted(set(pairs["label"]) - set(index))
+        if missing:
+            raise ClipevalError(f"CP needs every label in the concept set; not in it: {', '.join(missing[:10])}"
+                                f"{' ...' if len(missing) > 10 else ''}")
+        T = text_embeddings(self.model, self.model_key, list(inputs.concepts), self.cache)
+        rows = image_embeddings(self.model, self.model_key, inputs, pairs["image_id"].to_numpy(), self.cache,
+                                progress=progress)
+        ids = np.array(sorted(rows))
+        row_of = {int(i): j for j, i in enumerate(ids)}
+        pair_rows = pairs["image_id"].map(row_of).to_numpy()
+        pair_labels = pairs["label"].map(index).to_numpy()
+        ranks = np.empty(len(pairs), dtype=np.int64)
+        for start in range(0, len(ids), CHUNK):
+            sims = stack(rows, ids[start:start + CHUNK]) @ T.T  # (chunk, |S|)
+            sel = np.nonzero((pair_rows >= start) & (pair_rows < start + CHUNK))[0]
+            local = pair_rows[sel] - start
+            own = sims[local, pair_labels[sel]]
+            ranks[sel] = 1 + (sims[local] > own[:, None]).sum(1)
+        return pairs.assign(raw=ranks.astype(float))

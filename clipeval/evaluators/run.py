@@ -1,0 +1,154 @@
+"""Run evaluators over a complete CLIP-Dissect run and store their raw scores.
+
+Each evaluator pass is keyed by a hash of the run, its settings and its model's fingerprint: an
+unchanged pass is not recomputed, a changed one is stored beside the old, and the app shows the
+newest. Scores and the 'complete' flag are written in one transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+
+from clipeval.config import EvalConfig, ImageTextConfig, stable_hash
+from clipeval.errors import ClipevalError, WeightsUnavailable
+from clipeval.evaluators.base import EvalInputs, label_variants
+from clipeval.evaluators.contrast import Contrast
+from clipeval.evaluators.cp import ConceptProportion
+from clipeval.evaluators.es import EmbeddingSimilarity
+from clipeval.evaluators.vqa import VisualQuestionAnswering
+from clipeval.models.vqa import DEFAULT_MODEL as DEFAULT_VQA_MODEL, DEFAULT_TEMPLATE
+from clipeval.pipeline import ArrayCache
+from clipeval.store import Store
+
+EVALUATORS = ("cp", "es", "vqa", "contrast")
+EMBEDDING_EVALUATORS = {"cp": ConceptProportion, "es": EmbeddingSimilarity, "contrast": Contrast}
+# The paper's evaluator model, and the offline stand-in used when its weights are not here.
+PAPER_EVAL_MODEL = ImageTextConfig("open_clip", "ViT-B-32", "laion2b_s34b_b79k", image_size=128)
+OFFLINE_EVAL_MODEL = ImageTextConfig("conse", "efficientnet_lite2", image_size=128)
+
+
+def parse_evaluators(text: str | list[str]) -> list[str]:
+    names = [n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    unknown = [n for n in names if n not in EVALUATORS]
+    if unknown or not names:
+        raise ClipevalError(f"unknown evaluator(s) {unknown or names}; choose from {', '.join(EVALUATORS)}")
+    return list(dict.fromkeys(names))
+
+
+@dataclass
+class Outcome:
+    evaluator: str
+    status: str  # complete | cached | unavailable
+    eval_id: str
+    wall_s: float = 0.0
+    message: str = ""
+
+
+def load_inputs(store: Store, run_id: str, kinds, seed: int, baselines: bool, constant_label: str,
+                k: int) -> tuple[EvalInputs, str]:
+    run = store.complete_run(run_id)
+    neurons = store.neurons(run["run_id"])
+    if neurons.empty:
+        raise ClipevalError(f"run {run['run_id']} has no neurons")
+    images = store.neuron_images(run["run_id"], kinds=kinds)
+    top = images[images["kind"] == "top"]
+    if top.empty:
+        raise ClipevalError(f"run {run['run_id']} has no top-k images (labels imported without activations): "
+                            "import it again with --target and --probe so the images can be judged")
+    stored_k = int(top["rank"].max())
+    if not 1 <= k <= stored_k:
+        raise ClipevalError(f"k={k} is outside 1..{stored_k}, the top-k images stored for run {run['run_id']}")
+    images = images[(images["kind"] != "top") | (images["rank"] <= k)]
+    variants, constant = label_variants(neurons, seed, constant_label, baselines)
+    paths = store.probe_images(run["probe_fingerprint"]).set_index("image_id")["path"].to_dict()
+    concepts = store.concepts(run["concept_hash"]) if run.get("concept_hash") else None
+    return EvalInputs(run["run_id"], run["probe_fingerprint"], int(run["n_images"]), variants, images, paths,
+                      concepts), constant
+
+
+def resolve_eval_model(cfg: ImageTextConfig | None, progress: bool = True):
+    """The requested image-text model, or the paper's default if its weights are here, else the
+    offline stand-in (and say so: a run must never pass a stand-in off as CLIP)."""
+    from clipeval.models.image_text import load_image_text
+
+    if cfg is not None:
+        return cfg, load_image_text(cfg)
+    try:
+        return PAPER_EVAL_MODEL, load_image_text(PAPER_EVAL_MODEL)
+    except WeightsUnavailable as e:
+        if progress:
+            print(f"note: {e}\n      -> evaluating with the offline stand-in {OFFLINE_EVAL_MODEL.describe()}",
+                  file=sys.stderr)
+        return OFFLINE_EVAL_MODEL, load_image_text(OFFLINE_EVAL_MODEL)
+
+
+def evaluate(store: Store, run_id: str, evaluators, *, eval_model: ImageTextConfig | None = None,
+             vqa_model: str = DEFAULT_VQA_MODEL, prompt: str = DEFAULT_TEMPLATE, k: int = 5,
+             baselines: bool = True, constant_label: str = "", seed: int = 0, force: bool = False,
+             progress: bool = True, cache_dir=None, vqa_backend=None) -> list[Outcome]:
+    """Score the run's top-k images with each evaluator (plus shuffled/constant-label baselines).
+    `vqa_backend` may be a ready Blip2Vqa (tests pass a small one)."""
+    names = parse_evaluators(evaluators)
+    run = store.complete_run(run_id)
+    run_id = run["run_id"]
+    cache = ArrayCache(cache_dir or store.path.parent / "cache")
+    kinds = ("top", "low", "random") if "contrast" in names else ("top",)
+    inputs, constant = load_inputs(store, run_id, kinds, seed, baselines, constant_label, k)
+    model_cfg, model = (None, None)
+    if any(n in EMBEDDING_EVALUATORS for n in names):
+        model_cfg, model = resolve_eval_model(eval_model, progress)
+        labelling = json.loads(run.get("config_json") or "{}").get("image_text") or {}
+        if [labelling.get(f) for f in ("backend", "arch", "pretrained")] == \
+                [model_cfg.backend, model_cfg.arch, model_cfg.pretrained]:
+            warnings.warn("the evaluator model is the labelling model itself: the judgement is circular")
+    outcomes = []
+    for name in names:
+        cfg = EvalConfig(evaluator=name, image_text=model_cfg if name in EMBEDDING_EVALUATORS else None,
+                         vqa_model=vqa_model if name == "vqa" else "", prompt=prompt if name == "vqa" else "",
+                         k=k, baselines=baselines, constant_label=constant, seed=seed)
+        if name == "vqa":
+            outcomes.append(_run_vqa(store, run_id, cfg, inputs, vqa_backend, force, progress))
+            continue
+        info = model.info()
+        eval_id = stable_hash("evaluation", run_id, cfg, info.get("fingerprint", ""))
+        if store.evaluation_status(eval_id) == "complete" and not force:
+            outcomes.append(Outcome(name, "cached", eval_id, message="already computed with these settings"))
+            continue
+        model_key = stable_hash(model_cfg, info.get("fingerprint", ""))
+        start = time.perf_counter()
+        scores = EMBEDDING_EVALUATORS[name](model, model_key, cache).score(inputs, progress)
+        wall = time.perf_counter() - start
+        store.record_evaluation(eval_id, run_id, name, _cfg_json(cfg), status="complete", scores=scores,
+                                wall_s=wall, models={"image_text": info},
+                                n_concepts=len(inputs.concepts) if inputs.concepts else None, constant_label=constant)
+        outcomes.append(Outcome(name, "complete", eval_id, wall))
+    return outcomes
+
+
+def _run_vqa(store, run_id, cfg, inputs, backend, force, progress) -> Outcome:
+    from clipeval.models.vqa import Blip2Vqa
+
+    eval_id = stable_hash("evaluation", run_id, cfg, getattr(backend, "name", "") if backend else "")
+    if store.evaluation_status(eval_id) == "complete" and not force:
+        return Outcome("vqa", "cached", eval_id, message="already computed with these settings")
+    try:
+        backend = backend or Blip2Vqa.load(cfg.vqa_model)
+    except WeightsUnavailable as e:
+        store.record_evaluation(eval_id, run_id, "vqa", _cfg_json(cfg), status="unavailable", error=str(e),
+                                constant_label=cfg.constant_label)
+        return Outcome("vqa", "unavailable", eval_id, message=str(e))
+    start = time.perf_counter()
+    scores = VisualQuestionAnswering(backend, cfg.prompt).score(inputs, progress)
+    wall = time.perf_counter() - start
+    store.record_evaluation(eval_id, run_id, "vqa", _cfg_json(cfg), status="complete", scores=scores, wall_s=wall,
+                            models={"vqa": backend.info()}, constant_label=cfg.constant_label)
+    return Outcome("vqa", "complete", eval_id, wall)
+
+
+def _cfg_json(cfg: EvalConfig) -> str:
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True)

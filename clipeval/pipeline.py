@@ -1,0 +1,247 @@
+"""One CLIP-Dissect run: config -> probe + concepts -> activations and image embeddings (one pass)
+-> text embeddings -> similarity -> labels, runner-ups -> per-neuron image summaries -> store.
+
+Intermediate arrays are cached on disk under keys that hash every setting they depend on plus
+fingerprints of the files behind them, so a rerun (or an interrupted run resumed) recomputes only
+what changed, and a changed setting can never pick up a stale array.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from clipeval import similarity
+from clipeval.config import DissectConfig, stable_hash
+from clipeval.data.concepts import ConceptSet, load_concepts
+from clipeval.data.probe import ProbeSet, load_probe
+from clipeval.dissect import collect, neuron_summaries
+from clipeval.errors import ClipevalError
+from clipeval.models import targets as targets_mod
+from clipeval.models.image_text import load_image_text
+from clipeval.store import Store
+
+THUMB_SIZE = 128
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class ArrayCache:
+    """float32 arrays on disk, written atomically (tmp file + rename) so a crash leaves no partial entry."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.folder / kind / f"{key}.npy"
+
+    def get(self, kind: str, key: str) -> np.ndarray | None:
+        p = self.path(kind, key)
+        return np.load(p) if p.exists() else None
+
+    def put(self, kind: str, key: str, array: np.ndarray) -> None:
+        p = self.path(kind, key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(f".tmp{os.getpid()}.npy")
+        np.save(tmp, np.ascontiguousarray(array, dtype=np.float32))
+        os.replace(tmp, p)
+
+
+@dataclass
+class Stages:
+    """Wall time per stage, printed as the run goes."""
+    verbose: bool = True
+    timings: dict = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, name: str):
+        if self.verbose:
+            print(f"[{name}] ...", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - start, 3)
+        if self.verbose:
+            print(f"[{name}] done in {self.timings[name]:.1f} s (peak memory {peak_rss_mb():.0f} MB)",
+                  file=sys.stderr, flush=True)
+
+
+@dataclass
+class Resolved:
+    """Inputs of a run, loaded and checked before anything is written."""
+    config: DissectConfig
+    probe: ProbeSet
+    concepts: ConceptSet
+    target: targets_mod.Target
+    layer_shapes: dict
+    image_text: object
+    run_id: str
+
+
+def resolve(config: DissectConfig) -> Resolved:
+    probe = load_probe(config.probe.paths, config.probe.on_bad_image)
+    if config.k > len(probe):
+        raise ClipevalError(f"k={config.k} is more than the {len(probe)} readable probe images")
+    concepts = load_concepts(config.concepts.source)
+    target = targets_mod.load_target(config.target.name, config.target.weights)
+    shapes = targets_mod.check_layers(target, config.layers)
+    image_text = load_image_text(config.image_text)
+    run_id = stable_hash(config, probe.fingerprint, concepts.content_hash,
+                         targets_mod.weights_fingerprint(target), image_text.info().get("fingerprint", ""))
+    return Resolved(config, probe, concepts, target, shapes, image_text, run_id)
+
+
+def _layer_key(target_cfg, target: targets_mod.Target, layer: str, pooling: str, probe: ProbeSet) -> str:
+    return stable_hash("activations", target_cfg, targets_mod.weights_fingerprint(target), layer, pooling,
+                       probe.fingerprint)
+
+
+def _image_key(r: Resolved) -> str:
+    return stable_hash("image-embeddings", r.config.image_text, r.image_text.info().get("fingerprint", ""),
+                       r.probe.fingerprint)
+
+
+def _text_key(r: Resolved) -> str:
+    return stable_hash("text-embeddings", r.config.image_text, r.image_text.info().get("fingerprint", ""),
+                       r.concepts.content_hash)
+
+
+def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, target: targets_mod.Target,
+               layers, pooling: str, image_model=None, image_key: str = "", *, progress: bool = True,
+               batch_size: int = 32, num_workers: int = 1) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Activations of `layers` and (optionally) image embeddings, from the cache where present, else
+    from ONE pass over the probe that also stores the thumbnails if the store lacks them."""
+    keys = {layer: _layer_key(target_cfg, target, layer, pooling, probe) for layer in layers}
+    acts = {layer: cache.get("activations", key) for layer, key in keys.items()}
+    missing = [layer for layer, a in acts.items() if a is None]
+    emb = cache.get("image_embeddings", image_key) if image_model is not None else None
+    need_emb = image_model is not None and emb is None
+    need_thumbs = not store.has_probe(probe.fingerprint)
+    if missing or need_emb or need_thumbs:
+        got = collect(probe.images, target=target if missing else None, layers=missing, pooling=pooling,
+                      image_models={"labelling": image_model} if need_emb else {},
+                      thumb_size=THUMB_SIZE if need_thumbs else None, batch_size=batch_size,
+                      num_workers=num_workers, progress=progress, desc="probe pass")
+        for layer in missing:
+            cache.put("activations", keys[layer], got.activations[layer])
+            acts[layer] = got.activations[layer]
+        if need_emb:
+            emb = got.embeddings["labelling"]
+            cache.put("image_embeddings", image_key, emb)
+        if need_thumbs:
+            store.put_probe(probe.fingerprint, pd.DataFrame({
+                "image_id": np.arange(len(probe)), "path": [i.path for i in probe.images],
+                "source": [i.source for i in probe.images], "license": [i.license for i in probe.images],
+                "label": [i.label for i in probe.images], "thumbnail": got.thumbnails}))
+    return acts, emb
+
+
+def dissect(config: DissectConfig, store: Store, *, name: str = "", cache_dir: str | os.PathLike | None = None,
+            force: bool = False, progress: bool = True, batch_size: int = 32, num_workers: int = 1,
+            resolved: Resolved | None = None) -> str:
+    """Run CLIP-Dissect and store the result; returns the run id (the settings' hash).
+
+    A complete run with the same settings is returned as it is unless `force`; an interrupted one is
+    resumed (its cached arrays are reused)."""
+    stages = Stages(verbose=progress)
+    with stages("load"):
+        r = resolved or resolve(config)
+    existing = store.runs()
+    same = existing[existing["run_id"] == r.run_id]
+    if len(same) and same.iloc[0]["status"] == "complete" and not force:
+        if progress:
+            print(f"run {r.run_id} with these settings is already complete; use --force to recompute it",
+                  file=sys.stderr)
+        return r.run_id
+    if len(same) and same.iloc[0]["status"] == "running":
+        raise ClipevalError(f"run {r.run_id} is being computed by another process (pid {same.iloc[0]['pid']})")
+
+    cache = ArrayCache(cache_dir or store.path.parent / "cache")
+    store.start_run(r.run_id, name or default_name(config), "dissect", config.to_json(), r.run_id)
+    try:
+        meta = _compute(r, store, cache, stages, progress, batch_size, num_workers)
+        with stages("store"):
+            store.finish_run(r.run_id, **meta)
+    except KeyboardInterrupt:
+        store.fail_run(r.run_id, "interrupted", "interrupted by the user")
+        raise
+    except Exception as e:
+        store.fail_run(r.run_id, "failed", f"{type(e).__name__}: {e}")
+        raise
+    if progress:
+        total = sum(stages.timings.values())
+        print(f"run {r.run_id} complete: {int(meta['layers']['n_units'].sum())} neurons in "
+              f"{len(config.layers)} layer(s), {len(r.probe)} images, {len(r.concepts)} concepts, "
+              f"{total:.1f} s, peak memory {peak_rss_mb():.0f} MB", file=sys.stderr)
+    return r.run_id
+
+
+def _compute(r: Resolved, store: Store, cache: ArrayCache, stages: Stages, progress: bool,
+             batch_size: int, num_workers: int) -> dict:
+    c = r.config
+    with stages("activations + image embeddings"):
+        acts, P_img = probe_pass(store, cache, r.probe, c.target, r.target, c.layers, c.pooling, r.image_text,
+                                 _image_key(r), progress=progress, batch_size=batch_size, num_workers=num_workers)
+
+    with stages("text embeddings"):
+        T = cache.get("text_embeddings", _text_key(r))
+        if T is None:
+            T = r.image_text.encode_texts(list(r.concepts.concepts)).numpy()
+            cache.put("text_embeddings", _text_key(r), T)
+        store.put_concepts(r.concepts.content_hash, r.concepts.name, r.concepts.concepts)
+
+    P = torch.from_numpy(P_img) @ torch.from_numpy(T).T  # (images, concepts) cosines
+    labelled = []
+    with stages("similarity"):
+        for layer in c.layers:
+            scores = similarity.compute(c.similarity.fn, P, torch.from_numpy(acts[layer]), **c.similarity.kwargs())
+            labelled.append((layer, *label_from_scores(layer, scores, r.concepts.concepts, c.n_runner_ups)))
+
+    with stages("top-k + summaries"):
+        parts = [neuron_summaries(layer, acts[layer], c.k, c.n_contrast, c.seed) for layer in c.layers]
+
+    layers_df = pd.DataFrame({"layer": list(c.layers), "position": range(len(c.layers)),
+                              "shape": [str(tuple(r.layer_shapes[l])) for l in c.layers],
+                              "n_units": [acts[l].shape[1] for l in c.layers]})
+    return dict(
+        layers=layers_df,
+        neurons=pd.concat([n for _, n, _ in labelled], ignore_index=True),
+        runner_ups=pd.concat([u for _, _, u in labelled], ignore_index=True),
+        neuron_images=pd.concat([p[0] for p in parts], ignore_index=True),
+        histograms=pd.concat([p[1] for p in parts], ignore_index=True),
+        meta={"run_id": r.run_id, "probe_fingerprint": r.probe.fingerprint, "concept_hash": r.concepts.content_hash,
+              "n_images": len(r.probe), "n_skipped_images": len(r.probe.skipped),
+              "models": {"target": {"name": r.target.name, **r.target.info}, "image_text": r.image_text.info()},
+              "timings": stages.timings, "peak_rss_mb": peak_rss_mb()})
+
+
+def label_from_scores(layer: str, scores: torch.Tensor, concepts, n_runner_ups: int):
+    """The argmax concept per neuron (label + similarity) and the best `n_runner_ups` concepts."""
+    if torch.isnan(scores).any():
+        warnings.warn(f"layer {layer}: similarity has NaN scores (constant activations?); they rank last")
+        scores = torch.nan_to_num(scores, nan=-float("inf"))
+    top = torch.topk(scores, k=min(n_runner_ups, scores.shape[1]), dim=1)
+    vals, idx = top.values.numpy(), top.indices.numpy()
+    names = np.asarray(concepts, dtype=object)
+    units = np.arange(scores.shape[0])
+    neurons = pd.DataFrame({"layer": layer, "unit": units, "label": names[idx[:, 0]], "similarity": vals[:, 0]})
+    r, u = np.meshgrid(np.arange(idx.shape[1]), units, indexing="xy")
+    runner = pd.DataFrame({"layer": layer, "unit": u.ravel(), "rank": r.ravel() + 1,
+                           "concept": names[idx].ravel(), "score": vals.ravel()})
+    return neurons, runner
+
+
+def default_name(config: DissectConfig) -> str:
+    probe = "+".join(Path(p).name for p in config.probe.paths)
+    return f"{config.target.name} | {probe} | {Path(config.concepts.source).name} | {config.similarity.fn}"

@@ -1,0 +1,349 @@
+"""The run store: one DuckDB file. The ONLY module with SQL in it.
+
+Tables
+  runs            one row per run: config JSON + hash, status, timings, models used
+  layers          per run and layer: output shape, number of units
+  neurons         per run, layer, unit: CLIP-Dissect label and its similarity
+  runner_ups      per neuron: the best concepts in order (rank 1 is the label)
+  neuron_images   per neuron: images with their activation; kind 'top' (top-k), 'low' (lowest),
+                  'random' (random, not among the most active), 'level' (spread over activation levels)
+  histograms      per neuron: activation histogram bins
+  probe_images    per probe set (fingerprint): path, source, licence, known label, JPEG thumbnail
+  concepts        per concept set (content hash): the concepts in order
+  evaluations     one row per evaluator pass over a run: settings, models, wall time, status
+  eval_scores     per evaluation: raw per-image score for each (neuron, variant, image)
+  eval_neurons    per evaluation: per-neuron values that are not per-image (contrast ROC-AUC)
+  human_verdicts  append-only yes/no judgments per neuron and rater; the latest per rater counts
+
+Writes that belong together happen in one transaction, and a run or evaluation is flagged
+'complete' only in the transaction that writes its last rows: readers never see half a result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from clipeval.errors import ClipevalError
+
+SCHEMA_VERSION = 1
+DEFAULT_DB = Path(os.environ.get("CLIPEVAL_DB", Path(__file__).resolve().parents[1] / "data" / "clipeval.duckdb"))
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, name TEXT, kind TEXT, config_json TEXT, config_hash TEXT,
+    status TEXT, pid INTEGER, host TEXT, created_at TIMESTAMP, finished_at TIMESTAMP,
+    probe_fingerprint TEXT, concept_hash TEXT, n_images INTEGER, n_skipped_images INTEGER,
+    models_json TEXT, timings_json TEXT, peak_rss_mb DOUBLE, error TEXT);
+CREATE TABLE IF NOT EXISTS layers (
+    run_id TEXT, layer TEXT, position INTEGER, shape TEXT, n_units INTEGER, PRIMARY KEY (run_id, layer));
+CREATE TABLE IF NOT EXISTS neurons (
+    run_id TEXT, layer TEXT, unit INTEGER, label TEXT, similarity DOUBLE, PRIMARY KEY (run_id, layer, unit));
+CREATE TABLE IF NOT EXISTS runner_ups (
+    run_id TEXT, layer TEXT, unit INTEGER, rank INTEGER, concept TEXT, score DOUBLE);
+CREATE TABLE IF NOT EXISTS neuron_images (
+    run_id TEXT, layer TEXT, unit INTEGER, kind TEXT, rank INTEGER, image_id INTEGER, activation DOUBLE);
+CREATE TABLE IF NOT EXISTS histograms (
+    run_id TEXT, layer TEXT, unit INTEGER, bin INTEGER, lo DOUBLE, hi DOUBLE, count INTEGER);
+CREATE TABLE IF NOT EXISTS probe_images (
+    probe_fingerprint TEXT, image_id INTEGER, path TEXT, source TEXT, license TEXT, label TEXT,
+    thumbnail BLOB, PRIMARY KEY (probe_fingerprint, image_id));
+CREATE TABLE IF NOT EXISTS concepts (
+    concept_hash TEXT, idx INTEGER, concept TEXT, PRIMARY KEY (concept_hash, idx));
+CREATE TABLE IF NOT EXISTS concept_sets (concept_hash TEXT PRIMARY KEY, name TEXT, n INTEGER);
+CREATE TABLE IF NOT EXISTS evaluations (
+    eval_id TEXT PRIMARY KEY, run_id TEXT, evaluator TEXT, config_json TEXT, status TEXT,
+    created_at TIMESTAMP, finished_at TIMESTAMP, wall_s DOUBLE, models_json TEXT, n_concepts INTEGER,
+    constant_label TEXT, error TEXT);
+CREATE TABLE IF NOT EXISTS eval_scores (
+    eval_id TEXT, layer TEXT, unit INTEGER, variant TEXT, kind TEXT, rank INTEGER, image_id INTEGER,
+    label TEXT, raw DOUBLE);
+CREATE TABLE IF NOT EXISTS eval_neurons (
+    eval_id TEXT, layer TEXT, unit INTEGER, variant TEXT, metric TEXT, value DOUBLE);
+CREATE TABLE IF NOT EXISTS human_verdicts (
+    run_id TEXT, layer TEXT, unit INTEGER, rater TEXT, verdict BOOLEAN, source TEXT, created_at TIMESTAMP);
+"""
+
+RUN_TABLES = ("layers", "neurons", "runner_ups", "neuron_images", "histograms")
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def pid_alive(pid: int | None, host: str | None) -> bool:
+    if pid is None or pd.isna(pid) or host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+class Store:
+    """A DuckDB run store. Use one per process; `cursor()` gives a cheap per-query cursor."""
+
+    def __init__(self, path: str | os.PathLike = DEFAULT_DB, read_only: bool = False):
+        self.path = Path(path)
+        if read_only and not self.path.exists():
+            raise ClipevalError(f"run store {self.path} does not exist yet; make a run first (clipeval demo)")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as e:
+            msg = str(e)
+            if "lock" in msg.lower():
+                raise ClipevalError(
+                    f"the run store {self.path} is locked by another process (an open app or another clipeval "
+                    f"command?). Stop it, or use another store with --db. ({msg.splitlines()[0]})") from e
+            raise ClipevalError(f"{self.path} is not a DuckDB run store: {msg.splitlines()[0]}") from e
+        except duckdb.Error as e:
+            raise ClipevalError(f"{self.path} is not a DuckDB run store: {str(e).splitlines()[0]}") from e
+        self.read_only = read_only
+        if not read_only:
+            self.con.execute(SCHEMA)
+            self.con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+
+    def close(self) -> None:
+        self.con.close()
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        return self.con.cursor()
+
+    def df(self, sql: str, params=None) -> pd.DataFrame:
+        return self.cursor().execute(sql, params or []).df()
+
+    @contextmanager
+    def transaction(self):
+        cur = self.cursor()
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            yield cur
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    # ---------------------------------------------------------------- runs
+    def start_run(self, run_id: str, name: str, kind: str, config_json: str, config_hash: str) -> None:
+        """Record a run as 'running' (so a crash leaves it visibly interrupted, never complete)."""
+        with self.transaction() as cur:
+            for table in RUN_TABLES:
+                cur.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+            cur.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
+            cur.execute("INSERT INTO runs (run_id, name, kind, config_json, config_hash, status, pid, host, created_at)"
+                        " VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+                        [run_id, name, kind, config_json, config_hash, os.getpid(), socket.gethostname(), now()])
+
+    def fail_run(self, run_id: str, status: str, error: str) -> None:
+        self.cursor().execute("UPDATE runs SET status = ?, error = ?, pid = NULL WHERE run_id = ?",
+                              [status, error[:2000], run_id])
+
+    def finish_run(self, run_id: str, *, layers: pd.DataFrame, neurons: pd.DataFrame, runner_ups: pd.DataFrame,
+                   neuron_images: pd.DataFrame, histograms: pd.DataFrame, meta: dict) -> None:
+        """Write every result row of a run and flag it complete, all in one transaction."""
+        with self.transaction() as cur:
+            for table, frame in (("layers", layers), ("neurons", neurons), ("runner_ups", runner_ups),
+                                 ("neuron_images", neuron_images), ("histograms", histograms)):
+                if frame is not None and len(frame):
+                    cur.register("frame", frame)
+                    cols = ", ".join(frame.columns)
+                    cur.execute(f"INSERT INTO {table} (run_id, {cols}) SELECT ?, {cols} FROM frame", [meta["run_id"]])
+                    cur.unregister("frame")
+            cur.execute(
+                "UPDATE runs SET status = 'complete', pid = NULL, finished_at = ?, probe_fingerprint = ?, concept_hash = ?,"
+                " n_images = ?, n_skipped_images = ?, models_json = ?, timings_json = ?, peak_rss_mb = ?, error = NULL"
+                " WHERE run_id = ?",
+                [now(), meta.get("probe_fingerprint"), meta.get("concept_hash"), meta.get("n_images"),
+                 meta.get("n_skipped_images", 0), json.dumps(meta.get("models", {})),
+                 json.dumps(meta.get("timings", {})), meta.get("peak_rss_mb"), meta["run_id"]])
+
+    def runs(self) -> pd.DataFrame:
+        """All runs, newest first; a 'running' run whose process is gone shows as 'interrupted'."""
+        df = self.df("SELECT r.*, (SELECT count(*) FROM neurons n WHERE n.run_id = r.run_id) AS n_neurons "
+                     "FROM runs r ORDER BY created_at DESC")
+        if len(df):
+            dead = (df["status"] == "running") & ~df.apply(lambda r: pid_alive(r["pid"], r["host"]), axis=1)
+            df.loc[dead, "status"] = "interrupted"
+        return df
+
+    def run(self, run_id: str) -> dict:
+        """One run by id or unique id prefix or name."""
+        df = self.runs()
+        hit = df[(df["run_id"] == run_id) | (df["name"] == run_id)]
+        if hit.empty:
+            hit = df[df["run_id"].str.startswith(run_id)]
+        if hit.empty:
+            known = ", ".join(f"{r.run_id} ({r.name})" for r in df.itertuples()) or "none yet"
+            raise ClipevalError(f"no run {run_id!r} in {self.path}; runs: {known}")
+        if len(hit) > 1:
+            raise ClipevalError(f"{run_id!r} matches several runs: {', '.join(hit['run_id'])}")
+        return hit.iloc[0].to_dict()
+
+    def complete_run(self, run_id: str) -> dict:
+        run = self.run(run_id)
+        if run["status"] != "complete":
+            raise ClipevalError(f"run {run['run_id']} is {run['status']}, not complete; finish it by running "
+                                "the same `clipeval dissect` again, or remove it with `clipeval rm`")
+        return run
+
+    def delete_run(self, run_id: str) -> None:
+        with self.transaction() as cur:
+            evals = [r[0] for r in cur.execute("SELECT eval_id FROM evaluations WHERE run_id = ?", [run_id]).fetchall()]
+            for table in ("eval_scores", "eval_neurons"):
+                cur.execute(f"DELETE FROM {table} WHERE eval_id IN (SELECT unnest(?::TEXT[]))", [evals])
+            for table in (*RUN_TABLES, "evaluations", "human_verdicts", "runs"):
+                cur.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+
+    # ---------------------------------------------------------------- probe and concepts
+    def has_probe(self, fingerprint: str) -> bool:
+        return bool(self.cursor().execute("SELECT count(*) FROM probe_images WHERE probe_fingerprint = ?",
+                                          [fingerprint]).fetchall()[0][0])
+
+    def put_probe(self, fingerprint: str, images: pd.DataFrame) -> None:
+        """images: image_id, path, source, license, label, thumbnail (bytes)."""
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM probe_images WHERE probe_fingerprint = ?", [fingerprint])
+            cur.register("frame", images)
+            cur.execute("INSERT INTO probe_images SELECT ?, image_id, path, source, license, label, thumbnail FROM frame",
+                        [fingerprint])
+            cur.unregister("frame")
+
+    def put_concepts(self, concept_hash: str, name: str, concepts) -> None:
+        with self.transaction() as cur:
+            if cur.execute("SELECT count(*) FROM concept_sets WHERE concept_hash = ?", [concept_hash]).fetchall()[0][0]:
+                return
+            frame = pd.DataFrame({"idx": range(len(concepts)), "concept": list(concepts)})
+            cur.register("frame", frame)
+            cur.execute("INSERT INTO concepts SELECT ?, idx, concept FROM frame", [concept_hash])
+            cur.unregister("frame")
+            cur.execute("INSERT INTO concept_sets VALUES (?, ?, ?)", [concept_hash, name, len(concepts)])
+
+    def concepts(self, concept_hash: str) -> list[str]:
+        return [r[0] for r in self.cursor().execute(
+            "SELECT concept FROM concepts WHERE concept_hash = ? ORDER BY idx", [concept_hash]).fetchall()]
+
+    def thumbnails(self, probe_fingerprint: str, image_ids) -> dict[int, bytes]:
+        rows = self.cursor().execute(
+            "SELECT image_id, thumbnail FROM probe_images WHERE probe_fingerprint = ? AND image_id IN "
+            "(SELECT unnest(?::INTEGER[]))", [probe_fingerprint, [int(i) for i in image_ids]]).fetchall()
+        return {int(i): bytes(t) for i, t in rows}
+
+    def probe_images(self, probe_fingerprint: str, with_thumbnails: bool = False) -> pd.DataFrame:
+        cols = "image_id, path, source, license, label" + (", thumbnail" if with_thumbnails else "")
+        return self.df(f"SELECT {cols} FROM probe_images WHERE probe_fingerprint = ? ORDER BY image_id",
+                       [probe_fingerprint])
+
+    # ---------------------------------------------------------------- run contents
+    def layers(self, run_id: str) -> pd.DataFrame:
+        return self.df("SELECT layer, shape, n_units FROM layers WHERE run_id = ? ORDER BY position", [run_id])
+
+    def neurons(self, run_id: str, layer: str | None = None) -> pd.DataFrame:
+        sql = ("SELECT n.layer, n.unit, n.label, n.similarity FROM neurons n JOIN layers l USING (run_id, layer) "
+               "WHERE n.run_id = ?" + (" AND n.layer = ?" if layer else "") + " ORDER BY l.position, n.unit")
+        return self.df(sql, [run_id, layer] if layer else [run_id])
+
+    def runner_ups(self, run_id: str, layer: str, unit: int) -> pd.DataFrame:
+        return self.df("SELECT rank, concept, score FROM runner_ups WHERE run_id = ? AND layer = ? AND unit = ? "
+                       "ORDER BY rank", [run_id, layer, unit])
+
+    def all_runner_ups(self, run_id: str) -> pd.DataFrame:
+        return self.df("SELECT layer, unit, rank, concept, score FROM runner_ups WHERE run_id = ? "
+                       "ORDER BY layer, unit, rank", [run_id])
+
+    def neuron_images(self, run_id: str, kinds=("top",), layer: str | None = None, unit: int | None = None) -> pd.DataFrame:
+        sql = ("SELECT layer, unit, kind, rank, image_id, activation FROM neuron_images WHERE run_id = ? "
+               "AND kind IN (SELECT unnest(?::TEXT[]))")
+        params: list = [run_id, list(kinds)]
+        if layer is not None:
+            sql += " AND layer = ?"
+            params.append(layer)
+        if unit is not None:
+            sql += " AND unit = ?"
+            params.append(int(unit))
+        return self.df(sql + " ORDER BY layer, unit, kind, rank", params)
+
+    def histogram(self, run_id: str, layer: str, unit: int) -> pd.DataFrame:
+        return self.df("SELECT bin, lo, hi, count FROM histograms WHERE run_id = ? AND layer = ? AND unit = ? "
+                       "ORDER BY bin", [run_id, layer, unit])
+
+    # ---------------------------------------------------------------- evaluations
+    def evaluation_status(self, eval_id: str) -> str | None:
+        rows = self.cursor().execute("SELECT status FROM evaluations WHERE eval_id = ?", [eval_id]).fetchall()
+        return rows[0][0] if rows else None
+
+    def record_evaluation(self, eval_id: str, run_id: str, evaluator: str, config_json: str, *, status: str,
+                          scores: pd.DataFrame | None = None, wall_s: float | None = None, models: dict | None = None,
+                          n_concepts: int | None = None, constant_label: str = "", error: str = "") -> None:
+        """Replace the evaluation `eval_id` with its scores and final status, in one transaction
+        (status 'complete', or 'unavailable' / 'failed' with the reason and no scores)."""
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM eval_scores WHERE eval_id = ?", [eval_id])
+            cur.execute("DELETE FROM evaluations WHERE eval_id = ?", [eval_id])
+            if scores is not None and len(scores):
+                frame = scores[["layer", "unit", "variant", "kind", "rank", "image_id", "label", "raw"]]
+                cur.register("frame", frame)
+                cur.execute("INSERT INTO eval_scores SELECT ?, layer, unit, variant, kind, rank, image_id, label, raw "
+                            "FROM frame", [eval_id])
+                cur.unregister("frame")
+            cur.execute("INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [eval_id, run_id, evaluator, config_json, status, now(), now(), wall_s,
+                         json.dumps(models or {}), n_concepts, constant_label, error or None])
+
+    def evaluations(self, run_id: str | None = None) -> pd.DataFrame:
+        sql = "SELECT * FROM evaluations" + (" WHERE run_id = ?" if run_id else "") + " ORDER BY finished_at DESC"
+        return self.df(sql, [run_id] if run_id else [])
+
+    def latest_evaluations(self, run_id: str) -> pd.DataFrame:
+        """Per evaluator, its newest evaluation of the run (complete or not: the app shows why one is missing)."""
+        return self.df("SELECT * FROM evaluations WHERE run_id = ? "
+                       "QUALIFY row_number() OVER (PARTITION BY evaluator ORDER BY status = 'complete' DESC, "
+                       "finished_at DESC) = 1 ORDER BY evaluator", [run_id])
+
+    def eval_scores(self, eval_id: str, layer: str | None = None, unit: int | None = None) -> pd.DataFrame:
+        sql = "SELECT layer, unit, variant, kind, rank, image_id, label, raw FROM eval_scores WHERE eval_id = ?"
+        params: list = [eval_id]
+        if layer is not None:
+            sql += " AND layer = ? AND unit = ?"
+            params += [layer, int(unit)]
+        return self.df(sql + " ORDER BY layer, unit, variant, kind, rank", params)
+
+    def delete_evaluation(self, eval_id: str) -> None:
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM eval_scores WHERE eval_id = ?", [eval_id])
+            cur.execute("DELETE FROM evaluations WHERE eval_id = ?", [eval_id])
+
+    # ---------------------------------------------------------------- human verdicts
+    def add_human_verdicts(self, run_id: str, verdicts: pd.DataFrame, source: str) -> int:
+        """Append (layer, unit, rater, verdict) rows; history is kept, the newest per rater counts."""
+        frame = verdicts[["layer", "unit", "rater", "verdict"]].copy()
+        frame["unit"] = frame["unit"].astype(int)
+        frame["verdict"] = frame["verdict"].astype(bool)
+        with self.transaction() as cur:
+            cur.register("frame", frame)
+            cur.execute("INSERT INTO human_verdicts SELECT ?, layer, unit, rater, verdict, ?, ? FROM frame",
+                        [run_id, source, now()])
+            cur.unregister("frame")
+        return len(frame)
+
+    def human_verdicts(self, run_id: str, rater: str | None = None) -> pd.DataFrame:
+        """The current verdict of each rater on each neuron (the newest answer)."""
+        sql = ("SELECT layer, unit, rater, verdict, source, created_at FROM human_verdicts WHERE run_id = ?"
+               + (" AND rater = ?" if rater else "") +
+               " QUALIFY row_number() OVER (PARTITION BY layer, unit, rater ORDER BY created_at DESC) = 1"
+               " ORDER BY rater, layer, unit")
+        return self.df(sql, [run_id, rater] if rater else [run_id])
+
+    def raters(self, run_id: str) -> list[str]:
+        return [r[0] for r in self.cursor().execute(
+            "SELECT DISTINCT rater FROM human_verdicts WHERE run_id = ? ORDER BY rater", [run_id]).fetchall()]

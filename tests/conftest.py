@@ -1,0 +1,58 @@
+"""Shared fixtures: one small but real run (EfficientNet-Lite0 with its shipped weights, the small
+offline probe, the ConSE backend), built once per test session, and copies of it for tests that write."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+
+from clipeval.config import ConceptConfig, DissectConfig, ProbeConfig, SimilarityConfig, TargetConfig
+
+SMALL_LAYERS = ("blocks.1", "blocks.4", "classifier")
+
+
+@pytest.fixture(scope="session")
+def probe_dir(tmp_path_factory) -> Path:
+    from clipeval.data.demo_probe import build_demo_probe
+
+    return build_demo_probe(tmp_path_factory.mktemp("probe") / "small", size="small", progress=False)
+
+
+def small_config(probe_dir: Path, concepts: str = "imagenet", **kw) -> DissectConfig:
+    return DissectConfig(target=TargetConfig("efficientnet_lite0"), layers=SMALL_LAYERS,
+                         probe=ProbeConfig((str(probe_dir),)), concepts=ConceptConfig(concepts),
+                         similarity=SimilarityConfig("soft_wpmi", (("top_k", 20.0),)), **kw)
+
+
+@pytest.fixture(scope="session")
+def built_run(tmp_path_factory, probe_dir):
+    """(db path, run id, cache dir) of a complete, evaluated (cp, es, contrast) small run."""
+    from clipeval import pipeline
+    from clipeval.evaluators.run import OFFLINE_EVAL_MODEL, evaluate
+    from clipeval.store import Store
+
+    root = tmp_path_factory.mktemp("run")
+    db, cache = root / "runs.duckdb", root / "cache"
+    store = Store(db)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_id = pipeline.dissect(small_config(probe_dir), store, cache_dir=cache, progress=False)
+        evaluate(store, run_id, "cp,es,contrast", eval_model=OFFLINE_EVAL_MODEL, cache_dir=cache, progress=False)
+    store.close()
+    return db, run_id, cache
+
+
+@pytest.fixture
+def run_store(built_run, tmp_path):
+    """A private writable copy of the built run's store: (Store, run id, cache dir)."""
+    from clipeval.store import Store
+
+    db, run_id, cache = built_run
+    copy = tmp_path / "runs.duckdb"
+    shutil.copy(db, copy)
+    store = Store(copy)
+    yield store, run_id, cache
+    store.close()

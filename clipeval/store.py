@@ -168,6 +168,16 @@ class Store:
                  meta.get("n_skipped_images", 0), json.dumps(meta.get("models", {})),
                  json.dumps(meta.get("timings", {})), meta.get("peak_rss_mb"), meta["run_id"]])
 
+    def get_meta(self, key: str) -> str | None:
+        rows = self.cursor().execute("SELECT value FROM meta WHERE key = ?", [key]).fetchall()
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.cursor().execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+
+    def set_run_timings(self, run_id: str, timings: dict) -> None:
+        self.cursor().execute("UPDATE runs SET timings_json = ? WHERE run_id = ?", [json.dumps(timings), run_id])
+
     def runs(self) -> pd.DataFrame:
         """All runs, newest first; a 'running' run whose process is gone shows as 'interrupted'."""
         df = self.df("SELECT r.*, (SELECT count(*) FROM neurons n WHERE n.run_id = r.run_id) AS n_neurons "
@@ -347,3 +357,238 @@ class Store:
     def raters(self, run_id: str) -> list[str]:
         return [r[0] for r in self.cursor().execute(
             "SELECT DISTINCT rater FROM human_verdicts WHERE run_id = ? ORDER BY rater", [run_id]).fetchall()]
+
+    # ---------------------------------------------------------------- queries for the pages
+    # Read-only queries the Streamlit pages need (clipeval/ui caches them). Nothing here writes.
+
+    def data_version(self, run_id: str | None = None) -> str:
+        """A cheap fingerprint of what the app caches: changes whenever a run (its status or timings
+        included), an evaluation or a human verdict (of `run_id`, or of any run) is added, replaced or
+        deleted."""
+        where = " WHERE run_id = ?" if run_id else ""
+        params = [run_id] * 3 if run_id else []
+        row = self.cursor().execute(
+            "SELECT (SELECT count(*) || '/' || coalesce(max(created_at)::TEXT, '') || '/' || "
+            "        coalesce(max(finished_at)::TEXT, '') || '/' || "
+            "        coalesce(md5(string_agg(run_id || status || coalesce(timings_json, ''), ',' ORDER BY run_id)), '')"
+            f"        FROM runs{where}), "
+            "       (SELECT count(*) || '/' || coalesce(max(finished_at)::TEXT, '') FROM evaluations"
+            f"{where}), "
+            f"       (SELECT count(*) || '/' || coalesce(max(created_at)::TEXT, '') FROM human_verdicts{where})",
+            params).fetchall()[0]
+        return "|".join(str(x) for x in row)
+
+    def store_overview(self) -> dict:
+        """Counts for the app's home page."""
+        row = self.cursor().execute(
+            "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM runs WHERE status = 'complete'), "
+            "(SELECT count(*) FROM neurons), (SELECT count(*) FROM evaluations WHERE status = 'complete'), "
+            "(SELECT count(*) FROM evaluations WHERE status <> 'complete'), "
+            "(SELECT count(*) FROM (SELECT DISTINCT run_id, layer, unit, rater FROM human_verdicts)), "
+            "(SELECT count(DISTINCT rater) FROM human_verdicts), (SELECT count(*) FROM probe_images), "
+            "(SELECT count(*) FROM concept_sets)").fetchall()[0]
+        keys = ("runs", "complete_runs", "neurons", "evaluations", "evaluations_not_complete", "human_verdicts",
+                "raters", "probe_images", "concept_sets")
+        return dict(zip(keys, (int(x) for x in row)))
+
+    def neuron_image_details(self, run_id: str, layer: str, unit: int, kinds=("top", "level", "low", "random")
+                             ) -> pd.DataFrame:
+        """One neuron's stored images of the given kinds with their activation and where each image
+        comes from (path, source, licence, known label); thumbnails come separately (`thumbnails`)."""
+        return self.df(
+            "SELECT ni.kind, ni.rank, ni.image_id, ni.activation, p.path, p.source, p.license, p.label AS image_label "
+            "FROM neuron_images ni JOIN runs r USING (run_id) "
+            "LEFT JOIN probe_images p ON p.probe_fingerprint = r.probe_fingerprint AND p.image_id = ni.image_id "
+            "WHERE ni.run_id = ? AND ni.layer = ? AND ni.unit = ? AND ni.kind IN (SELECT unnest(?::TEXT[])) "
+            "ORDER BY ni.kind, ni.rank", [run_id, layer, int(unit), list(kinds)])
+
+    def search_neurons(self, run_id: str, text: str, limit: int = 200) -> pd.DataFrame:
+        """Neurons whose label, or one of whose runner-up concepts, contains `text` (case-insensitive);
+        label matches first. Columns: layer, unit, label, similarity, matched, match_rank (1 = the label)."""
+        return self.df(
+            "SELECT n.layer, n.unit, n.label, n.similarity, m.concept AS matched, m.rank AS match_rank "
+            "FROM neurons n JOIN layers l USING (run_id, layer) "
+            "JOIN (SELECT * FROM (SELECT layer, unit, concept, rank FROM runner_ups WHERE run_id = ? "
+            "        AND concept ILIKE '%' || ? || '%' "
+            "      UNION ALL SELECT layer, unit, label, 1 FROM neurons WHERE run_id = ? AND label ILIKE '%' || ? || '%') "
+            "      QUALIFY row_number() OVER (PARTITION BY layer, unit ORDER BY rank) = 1) m USING (layer, unit) "
+            "WHERE n.run_id = ? ORDER BY m.rank, l.position, n.unit LIMIT ?",
+            [run_id, text, run_id, text, run_id, int(limit)])
+
+    def label_counts(self, run_id: str, layer: str | None = None, limit: int = 25) -> pd.DataFrame:
+        """The most frequent labels (of one layer, or of the whole run) with how many neurons carry them."""
+        sql = ("SELECT label, count(*) AS neurons, count(*) / sum(count(*)) OVER () AS share, "
+               "string_agg(DISTINCT layer, ', ' ORDER BY layer) AS layers FROM neurons WHERE run_id = ?"
+               + (" AND layer = ?" if layer else "") + " GROUP BY label ORDER BY neurons DESC, label LIMIT ?")
+        return self.df(sql, [run_id, layer, int(limit)] if layer else [run_id, int(limit)])
+
+    def annotation_queue(self, run_id: str, rater: str, order: str = "layers", layer: str | None = None,
+                         exclude=()) -> pd.DataFrame:
+        """Neurons (with top-k images) that `rater` has not judged yet, in annotation order:
+        'layers' = layer by layer, unit by unit; 'shuffled' = a fixed pseudo-random order (the same
+        for every rater and every session, so stopping and resuming continues where one left off).
+        `exclude`: (layer, unit) pairs to leave out (e.g. skipped in this session)."""
+        if order not in ("layers", "shuffled"):
+            raise ClipevalError(f"order must be 'layers' or 'shuffled', not {order!r}")
+        ex = pd.DataFrame(list(exclude), columns=["layer", "unit"]).astype({"layer": str, "unit": "int64"})
+        key = "l.position, n.unit" if order == "layers" else "md5(n.layer || ':' || n.unit::TEXT), l.position, n.unit"
+        cur = self.cursor()
+        cur.register("exclude_frame", ex)
+        try:
+            return cur.execute(
+                "SELECT n.layer, n.unit, n.label, n.similarity FROM neurons n JOIN layers l USING (run_id, layer) "
+                "WHERE n.run_id = ?" + (" AND n.layer = ?" if layer else "") +
+                " AND EXISTS (SELECT 1 FROM neuron_images i WHERE i.run_id = n.run_id AND i.layer = n.layer "
+                "             AND i.unit = n.unit AND i.kind = 'top') "
+                " AND NOT EXISTS (SELECT 1 FROM human_verdicts h WHERE h.run_id = n.run_id AND h.layer = n.layer "
+                "                 AND h.unit = n.unit AND h.rater = ?) "
+                " AND NOT EXISTS (SELECT 1 FROM exclude_frame e WHERE e.layer = n.layer AND e.unit = n.unit) "
+                f"ORDER BY {key}", [run_id, *([layer] if layer else []), rater]).df()
+        finally:
+            cur.unregister("exclude_frame")
+
+    def annotation_progress(self, run_id: str, rater: str, layer: str | None = None) -> dict:
+        """How many neurons (with top-k images) there are, how many `rater` has judged, how many 'yes'."""
+        lay = " AND n.layer = ?" if layer else ""
+        row = self.cursor().execute(
+            "WITH todo AS (SELECT n.layer, n.unit FROM neurons n WHERE n.run_id = ?" + lay +
+            "   AND EXISTS (SELECT 1 FROM neuron_images i WHERE i.run_id = n.run_id AND i.layer = n.layer "
+            "               AND i.unit = n.unit AND i.kind = 'top')), "
+            "cur AS (SELECT layer, unit, verdict FROM human_verdicts WHERE run_id = ? AND rater = ? "
+            "   QUALIFY row_number() OVER (PARTITION BY layer, unit ORDER BY created_at DESC) = 1) "
+            "SELECT (SELECT count(*) FROM todo), count(c.layer), count(*) FILTER (WHERE c.verdict) "
+            "FROM todo t JOIN cur c USING (layer, unit)",
+            [run_id, *([layer] if layer else []), run_id, rater]).fetchall()[0]
+        return {"total": int(row[0]), "judged": int(row[1]), "yes": int(row[2])}
+
+    def rater_history(self, run_id: str, rater: str, limit: int = 20) -> pd.DataFrame:
+        """A rater's latest answers, newest first (every answer, history included), with the labels judged."""
+        return self.df(
+            "SELECT h.created_at, h.layer, h.unit, n.label, h.verdict, h.source FROM human_verdicts h "
+            "LEFT JOIN neurons n USING (run_id, layer, unit) WHERE h.run_id = ? AND h.rater = ? "
+            "ORDER BY h.created_at DESC LIMIT ?", [run_id, rater, int(limit)])
+
+    # The SQL console: what a reader may run, and how it is kept from changing the store.
+    READ_ONLY_PRAGMAS = frozenset({
+        "table_info", "show", "show_tables", "show_tables_expanded", "database_size", "storage_info", "version",
+        "functions", "database_list", "collations", "platform", "metadata_info", "user_agent"})
+
+    # table functions that read files or other databases, or run SQL given as text: not in the console
+    OUTSIDE_FUNCTIONS = ("read_", "parquet_", "sniff_", "glob", "iceberg_", "delta_", "sqlite_", "postgres_",
+                         "mysql_", "ducklake_", "query", "json_execute_serialized_sql", "load_", "install_")
+
+    @classmethod
+    def _check_sources(cls, sql: str) -> None:
+        """Refuse a reading statement that reads anything but the store's tables (files, URLs,
+        other databases), judged from DuckDB's own parse tree (json_serialize_sql)."""
+        import re
+
+        tree = json.loads(duckdb.connect(":memory:").execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+        if tree.get("error"):
+            raise ClipevalError(f"the console cannot check this statement: {tree.get('error_message', '')}")
+        stack = [tree]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, list):
+                stack.extend(node)
+                continue
+            if not isinstance(node, dict):
+                continue
+            name = str(node.get("function_name", "")).lower()
+            if name and name.startswith(cls.OUTSIDE_FUNCTIONS):
+                raise ClipevalError(f"the console reads the run store only: {name}() is refused")
+            if node.get("type") == "BASE_TABLE" and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]*",
+                                                                      str(node.get("table_name", ""))):
+                raise ClipevalError(f"the console reads the run store only: {node.get('table_name')!r} looks like "
+                                    "a file or URL")
+            stack.extend(node.values())
+
+    @classmethod
+    def check_read_only_sql(cls, sql: str):
+        """The single statement in `sql` if it only reads the store (SELECT / WITH / FROM / DESCRIBE /
+        SHOW / SUMMARIZE / EXPLAIN of those / a read-only PRAGMA); otherwise ClipevalError. Files, URLs
+        and other databases are refused too (read_csv(...), FROM 'file.parquet', ATTACH, ...)."""
+        import re
+
+        try:
+            statements = duckdb.extract_statements(sql)
+        except duckdb.Error as e:
+            raise ClipevalError(str(e).strip()) from e
+        if not statements:
+            raise ClipevalError("no SQL statement given")
+        if len(statements) > 1:
+            raise ClipevalError(f"one statement at a time, please ({len(statements)} given)")
+        st = statements[0]
+        kind = st.type
+        if kind == duckdb.StatementType.SELECT:
+            cls._check_sources(st.query)
+            return st
+        if kind == duckdb.StatementType.EXPLAIN:
+            inner = re.sub(r"^\s*explain\s+(analy[sz]e\s+)?", "", st.query, flags=re.IGNORECASE)
+            cls.check_read_only_sql(inner)  # EXPLAIN ANALYZE executes its statement: it must read only
+            return st
+        if kind == duckdb.StatementType.PRAGMA:
+            m = re.match(r"\s*pragma\s+(\w+)", st.query, flags=re.IGNORECASE)
+            if m and m.group(1).lower() in cls.READ_ONLY_PRAGMAS:
+                return st
+            raise ClipevalError(f"only read-only PRAGMAs are allowed here ({', '.join(sorted(cls.READ_ONLY_PRAGMAS))})")
+        raise ClipevalError(f"the console is read-only: {kind.name} statements are refused "
+                            "(SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN and read-only PRAGMAs are allowed)")
+
+    def read_only_query(self, sql: str, max_rows: int = 10_000, timeout_s: float = 30.0) -> tuple[pd.DataFrame, bool]:
+        """Run one reading statement (see `check_read_only_sql`) on its own cursor, inside a transaction
+        that is always rolled back, interrupted after `timeout_s` (a runaway join must not hang the
+        app). Returns (at most max_rows rows, whether there were more)."""
+        import threading
+
+        statement = self.check_read_only_sql(sql)
+        cur = self.cursor()
+        cur.execute("BEGIN TRANSACTION")
+        timer = threading.Timer(timeout_s, cur.interrupt)
+        timer.start()
+        try:
+            cur.execute(statement)
+            if cur.description is None:
+                return pd.DataFrame(), False
+            cols = [d[0] for d in cur.description]
+            rows = cur.fetchmany(max_rows + 1)
+            frame = pd.DataFrame(rows[:max_rows], columns=pd.Index(cols).astype(str))
+            if len(set(cols)) < len(cols):  # keep duplicate column names apart for display
+                frame.columns = [f"{c} ({i})" if cols.count(c) > 1 else c for i, c in enumerate(cols)]
+            return frame, len(rows) > max_rows
+        except duckdb.InterruptException as e:
+            raise ClipevalError(f"the query was stopped after {timeout_s:.0f} s") from e
+        except duckdb.Error as e:
+            raise ClipevalError(str(e).strip()) from e
+        finally:
+            timer.cancel()
+            try:
+                cur.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            cur.close()
+
+    @staticmethod
+    def example_queries() -> dict[str, str]:
+        """Starting points for the SQL console."""
+        return {
+            "Runs and their status": "SELECT run_id, name, status, created_at, n_images, peak_rss_mb\nFROM runs\n"
+                                     "ORDER BY created_at DESC",
+            "Tables of the store": "SHOW TABLES",
+            "Neurons per layer": "SELECT run_id, layer, count(*) AS neurons, avg(similarity) AS mean_similarity\n"
+                                 "FROM neurons\nGROUP BY ALL\nORDER BY run_id, layer",
+            "Most frequent labels": "SELECT label, count(*) AS neurons\nFROM neurons\nGROUP BY label\n"
+                                    "ORDER BY neurons DESC\nLIMIT 20",
+            "Evaluations": "SELECT run_id, evaluator, status, wall_s, n_concepts, error\nFROM evaluations\n"
+                           "ORDER BY run_id, evaluator",
+            "ES cosines of the top-5 images (real labels)":
+                "SELECT s.layer, s.unit, s.label, s.rank, s.image_id, round(s.raw, 3) AS cosine\n"
+                "FROM eval_scores s JOIN evaluations e USING (eval_id)\n"
+                "WHERE e.evaluator = 'es' AND s.variant = 'real' AND s.kind = 'top'\n"
+                "ORDER BY s.layer, s.unit, s.rank\nLIMIT 100",
+            "Human verdicts per rater": "SELECT run_id, rater, count(*) AS answers,\n"
+                                        "       count(DISTINCT (layer, unit)) AS neurons, avg(verdict::INT) AS yes_share\n"
+                                        "FROM human_verdicts\nGROUP BY ALL\nORDER BY run_id, rater",
+            "Probe images by source and licence": "SELECT source, license, count(*) AS images\nFROM probe_images\n"
+                                                  "GROUP BY ALL\nORDER BY images DESC",
+        }

@@ -47,7 +47,7 @@ def imagenet_classnames() -> list[str]:
     return list(open_clip.IMAGENET_CLASSNAMES)
 
 
-def from_lines(name: str, lines: list[str]) -> ConceptSet:
+def from_lines(name: str, lines: list[str], warn: bool = True) -> ConceptSet:
     """Trim, drop blank lines, drop duplicates (first one kept, with a warning); reject an empty set."""
     seen: dict[str, None] = {}
     duplicates = []
@@ -61,7 +61,11 @@ def from_lines(name: str, lines: list[str]) -> ConceptSet:
         seen[concept] = None
     if not seen:
         raise ClipevalError(f"concept set {name} is empty (no non-blank lines)")
-    if duplicates:
+    if len(seen) == 1:
+        raise ClipevalError(f"concept set {name} has a single distinct concept ({next(iter(seen))!r}"
+                            f"{f', repeated {len(duplicates) + 1} times' if duplicates else ''}); a label is "
+                            "the best of several concepts, so give at least two")
+    if duplicates and warn:
         shown = ", ".join(repr(d) for d in duplicates[:5]) + (" ..." if len(duplicates) > 5 else "")
         warnings.warn(f"concept set {name}: removed {len(duplicates)} duplicate(s): {shown}", stacklevel=3)
     concepts = tuple(seen)
@@ -72,8 +76,8 @@ def from_lines(name: str, lines: list[str]) -> ConceptSet:
 def load_concepts(source: str) -> ConceptSet:
     """A built-in set by name (see BUILTIN) or a UTF-8 text file with one concept per line."""
     if source in BUILTIN:
-        if source == "imagenet":
-            return from_lines(source, imagenet_classnames())
+        if source == "imagenet":  # open_clip names two classes each 'missile' and 'sunglasses': known, kept once
+            return from_lines(source, imagenet_classnames(), warn=False)
         n = int(source.split("-")[1].rstrip("k")) * 1000
         return from_lines(source, _common_words(n))
     path = Path(source).expanduser()

@@ -35,7 +35,7 @@ class ProbeImage:
 @dataclass
 class ProbeSet:
     images: list[ProbeImage]
-    fingerprint: str  # changes whenever any file is added, removed or changed in size
+    fingerprint: str  # changes whenever any file is added, removed, resized or rewritten
     skipped: list[tuple[str, str]]  # (path, reason) of unreadable files left out
 
     def __len__(self) -> int:
@@ -110,7 +110,8 @@ def load_probe(paths: Sequence[str], on_bad_image: str = "skip") -> ProbeSet:
             skipped.append((str(path), reason))
             continue
         images.append(ProbeImage(key, source, license_, label))
-        digest.update(f"{key}\0{path.stat().st_size}\0{source}\0{label}\n".encode())
+        st = path.stat()  # size and mtime, not content: hashing a 50k-image probe would take minutes
+        digest.update(f"{key}\0{st.st_size}\0{st.st_mtime_ns}\0{source}\0{label}\n".encode())
 
     if skipped:
         listing = "; ".join(f"{p} ({r})" for p, r in skipped[:5]) + (" ..." if len(skipped) > 5 else "")

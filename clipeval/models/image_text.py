@@ -95,7 +95,9 @@ class OpenClipModel:
         kind = "OpenCLIP" if self.pretrained else "OpenCLIP architecture with RANDOM weights (not CLIP)"
         return {"backend": "open_clip", "description": f"{kind} {self.arch} ({self.pretrained or 'no weights'})",
                 "arch": self.arch, "weights": self.pretrained, "is_clip": self.is_clip,
-                "fingerprint": file_fingerprint(self.pretrained) if Path(self.pretrained).is_file() else self.pretrained}
+                "fingerprint": file_fingerprint(self.pretrained) if Path(self.pretrained).is_file() else self.pretrained,
+                "text_fingerprint": f"open_clip:{self.arch}:" + (file_fingerprint(self.pretrained)
+                                                                if Path(self.pretrained).is_file() else self.pretrained)}
 
 
 class SentenceEncoder:
@@ -103,6 +105,9 @@ class SentenceEncoder:
 
     def __init__(self, folder: str | None = None, batch: int = 256):
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a bar per 90 MB load only clutters the run's own progress
 
         if folder is None:
             try:
@@ -164,7 +169,12 @@ class ConseModel:
                                f"top {self.top_t} classes, + all-MiniLM-L6-v2 text encoder) - not CLIP",
                 "classifier": self.classifier, "classifier_weights": self.target.weights,
                 "text_encoder": self.text.folder,
-                "fingerprint": f"{file_fingerprint(self.target.weights)}|{file_fingerprint(Path(self.text.folder) / 'model.safetensors')}"}
+                "fingerprint": f"{file_fingerprint(self.target.weights)}|{self._text_fingerprint()}|top{self.top_t}",
+                # texts go through the sentence encoder alone: ConSE models on other classifiers share them
+                "text_fingerprint": f"minilm:{self._text_fingerprint()}"}
+
+    def _text_fingerprint(self) -> str:
+        return file_fingerprint(Path(self.text.folder) / "model.safetensors")
 
 
 def load_image_text(cfg: ImageTextConfig) -> ImageTextModel:

@@ -1,0 +1,64 @@
+"""The command line as a user meets it: listings, exports, and clear errors (exit code 2) on bad input."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from clipeval.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "clipeval", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_layers_lists_shapes():
+    out = run_cli("layers", "--target", "efficientnet_lite0")
+    assert out.returncode == 0
+    assert "blocks.1" in out.stdout and "(24, 56, 56)" in out.stdout and "classifier" in out.stdout
+
+
+def test_runs_export_and_rm(built_run, tmp_path, capsys):
+    import shutil
+
+    db = tmp_path / "r.duckdb"
+    shutil.copy(built_run[0], db)
+    run_id = built_run[1]
+    assert main(["--db", str(db), "runs"]) == 0
+    listing = capsys.readouterr().out
+    assert run_id in listing and "complete" in listing and "contrast, cp, es" in listing
+    assert main(["--db", str(db), "export", run_id[:6], "--out", str(tmp_path / "d.csv")]) == 0
+    assert list(pd.read_csv(tmp_path / "d.csv").columns) == ["layer", "unit", "description", "similarity"]
+    assert main(["--db", str(db), "rm", run_id, "--yes"]) == 0
+    assert main(["--db", str(db), "runs"]) == 0
+    assert "no runs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["dissect", "--layers", "layer4", "--probe", "{probe}"], "unknown layer 'layer4'"),
+    (["dissect", "--layers", "blocks.1", "--probe", "{tmp}/nowhere"], "does not exist"),
+    (["dissect", "--layers", "blocks.1", "--probe", "{probe}", "--k", "1000"], "k=1000 is more than"),
+    (["dissect", "--layers", "blocks.1", "--probe", "{probe}", "--target", "nonet"], "unknown target"),
+    (["dissect", "--layers", "blocks.1", "--probe", "{probe}", "--sim-param", "top_k"], "NAME=VALUE"),
+    (["evaluate", "nosuchrun"], "no run 'nosuchrun'"),
+    (["evaluate", "{run}", "--evaluators", "cp,blip"], "unknown evaluator"),
+    (["evaluate", "{run}", "--k", "9"], "k=9 is outside 1..5"),
+    (["import-descriptions", "{tmp}/bad.csv"], "lacks column"),
+    (["humans", "import", "{run}", "{tmp}/bad.csv"], "lacks column"),
+])
+def test_bad_input_gives_a_clear_error(built_run, probe_dir, tmp_path, capsys, args, message):
+    import shutil
+
+    db = tmp_path / "r.duckdb"
+    shutil.copy(built_run[0], db)
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    args = [a.format(probe=probe_dir, tmp=tmp_path, run=built_run[1]) for a in args]
+    assert main(["--db", str(db), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_not_a_database(tmp_path, capsys):
+    (tmp_path / "x.duckdb").write_text("hello")
+    assert main(["--db", str(tmp_path / "x.duckdb"), "runs"]) == 2
+    assert "not a DuckDB run store" in capsys.readouterr().err

@@ -1,0 +1,166 @@
+"""The five similarity functions against values computed by hand and against a direct per-neuron
+transcription of method.md section 1."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from clipeval import similarity
+from clipeval.errors import ClipevalError
+
+
+def softmax_rows(P, a):
+    e = np.exp(a * (P - P.max(1, keepdims=True)))
+    return e / e.sum(1, keepdims=True)
+
+
+def reference_pmi(P, A, top_k, a, lam, min_prob, weights=None):
+    """Direct loop over neurons, as method.md writes it."""
+    Q = softmax_rows(P.astype(np.float64), a)
+    n_neurons = A.shape[1]
+    logc = np.zeros((n_neurons, P.shape[1]))
+    for k in range(n_neurons):
+        top = np.argsort(-A[:, k], kind="stable")[:top_k]
+        for i, x in enumerate(top):
+            if weights is None:
+                logc[k] += np.log(Q[x] + min_prob)
+            else:
+                logc[k] += np.log(1 + weights[i] * (Q[x] - 1) + min_prob)
+    m = logc.max(0)
+    logp = m + np.log(np.exp(logc - m).sum(0)) - math.log(n_neurons)
+    return logc - lam * logp
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(1)
+    P = rng.uniform(0.1, 0.4, size=(40, 7)).astype(np.float32)
+    A = rng.normal(size=(40, 6)).astype(np.float32)
+    return P, A
+
+
+def test_soft_wpmi_by_hand_two_images():
+    # 2 images, 2 concepts, 1 neuron, top_k=2, a=1, lam=0 -> score = log p(t|k) only.
+    P = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    A = torch.tensor([[2.0], [1.0]])  # image 0 is the most active
+    q_hi = math.exp(1) / (math.exp(1) + 1)  # softmax([1, 0])[0]
+    p0, p1 = 0.9, 0.9 - 0.5 * (0.9 - 0.5)  # p_i = p_start - (i/top_k)(p_start - p_end)
+    want_c0 = math.log(1 + p0 * (q_hi - 1)) + math.log(1 + p1 * ((1 - q_hi) - 1))
+    want_c1 = math.log(1 + p0 * ((1 - q_hi) - 1)) + math.log(1 + p1 * (q_hi - 1))
+    got = similarity.soft_wpmi(P, A, top_k=2, a=1.0, lam=0.0, min_prob=0.0, p_start=0.9, p_end=0.5)
+    assert got[0, 0].item() == pytest.approx(want_c0, rel=1e-5)
+    assert got[0, 1].item() == pytest.approx(want_c1, rel=1e-5)
+    assert got.argmax().item() == 0  # the concept of the most active image wins
+
+
+def test_soft_wpmi_matches_direct_loop(data):
+    P, A = data
+    top_k, p_start, p_end = 10, 0.998, 0.97
+    weights = p_start - np.arange(top_k) / top_k * (p_start - p_end)
+    want = reference_pmi(P, A, top_k, a=10, lam=1, min_prob=1e-7, weights=weights)
+    got = similarity.compute("soft_wpmi", torch.from_numpy(P), torch.from_numpy(A), top_k=top_k)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_wpmi_matches_direct_loop_and_batches(data):
+    P, A = data
+    want = reference_pmi(P, A, top_k=8, a=2, lam=0.6, min_prob=1e-7)
+    got = similarity.compute("wpmi", torch.from_numpy(P), torch.from_numpy(A), top_k=8)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)
+    # a memory budget of one neuron per batch must give the same numbers
+    tiny = similarity.wpmi(torch.from_numpy(P), torch.from_numpy(A), top_k=8, mem_budget=1)
+    np.testing.assert_allclose(tiny.numpy(), got.numpy(), rtol=1e-6)
+
+
+def test_lambda_subtracts_the_layer_prior():
+    P = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    A = torch.eye(3)
+    s0 = similarity.wpmi(P, A, top_k=1, a=2.0, lam=0.0)
+    s1 = similarity.wpmi(P, A, top_k=1, a=2.0, lam=1.0)
+    prior = torch.logsumexp(s0, dim=0) - math.log(3)
+    torch.testing.assert_close(s1, s0 - prior)
+
+
+def test_cos_similarity_by_hand():
+    P = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    A = torch.tensor([[3.0], [4.0]])
+    got = similarity.cos_similarity(P, A)
+    # columns of P: (1,0) and (0,1) after normalising; A: (0.6, 0.8)
+    torch.testing.assert_close(got, torch.tensor([[0.6, 0.8]]))
+
+
+def test_cos_similarity_cubed_by_hand():
+    P = torch.tensor([[0.0], [1.0], [2.0]])  # centred: -1, 0, 1 -> cubed -1, 0, 1
+    A = torch.tensor([[0.0, 2.0], [0.0, 1.0], [3.0, 0.0]])  # col0 centred -1,-1,2 -> -1,-1,8
+    got = similarity.cos_similarity_cubed(P, A)
+    c0 = np.array([-1, -1, 8.0])
+    c0 /= np.linalg.norm(c0)
+    p = np.array([-1, 0, 1.0]) / math.sqrt(2)
+    assert got[0, 0].item() == pytest.approx(float(c0 @ p), rel=1e-5)
+    assert got[1, 0].item() == pytest.approx(-1.0, rel=1e-5)  # col1 centred 1,0,-1: exactly opposite
+
+
+def test_cos_similarity_cubed_clips_small_norms():
+    P = torch.tensor([[0.1], [0.1], [0.1]])  # constant column: norm 0 -> divided by min_norm, no NaN
+    A = torch.tensor([[1.0], [2.0], [3.0]])
+    assert torch.isfinite(similarity.cos_similarity_cubed(P, A)).all()
+
+
+def reference_rank_reorder(P, A, p, top_fraction, scale_p, seed):
+    """Per neuron, as the original's loop (random baseline drawn in the same order)."""
+    gen = torch.Generator().manual_seed(seed)
+    top_n = int(A.shape[0] * top_fraction)
+    target, idx = torch.topk(A, k=top_n, dim=0)
+    perms = [[torch.randperm(top_n, generator=gen) for _ in range(5)] for _ in range(A.shape[1])]
+    out = torch.empty(A.shape[1], P.shape[1])
+    for k in range(A.shape[1]):
+        clip = P[idx[:, k]]  # (top_n, concepts)
+        avg = clip.mean(0)
+        ranks = torch.argsort(torch.argsort(clip, dim=0), dim=0)
+        asc = torch.flip(target[:, k], dims=[0])
+        baseline = torch.mean(torch.abs(asc[:, None] - torch.stack([asc[pp] for pp in perms[k]], 1)) ** p)
+        for c in range(P.shape[1]):
+            reorg = asc[ranks[:, c]]
+            err = torch.mean(torch.abs(target[:, k] - reorg) ** p) / baseline
+            out[k, c] = -err / avg[c].clamp_min(1e-6) ** scale_p
+    return out
+
+
+def test_rank_reorder_matches_direct_loop(data):
+    P, A = map(torch.from_numpy, data)
+    got = similarity.compute("rank_reorder", P, A, top_fraction=0.25, seed=3)
+    want = reference_rank_reorder(P, A, p=3, top_fraction=0.25, scale_p=0.5, seed=3)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_rank_reorder_prefers_the_concept_that_orders_images_like_the_neuron():
+    A = torch.arange(20.0).unsqueeze(1)  # image i activates the neuron by i
+    P = torch.stack([torch.arange(20.0) / 40 + 0.1, torch.rand(20, generator=torch.Generator().manual_seed(0)) / 2 + 0.1], 1)
+    scores = similarity.rank_reorder(P, A, top_fraction=0.5)
+    assert scores[0, 0] > scores[0, 1]
+    assert scores[0, 0] == pytest.approx(0.0, abs=1e-6)  # perfect reorder: zero error
+
+
+def test_rank_reorder_is_deterministic_and_rejects_too_few_images(data):
+    P, A = map(torch.from_numpy, data)
+    torch.testing.assert_close(similarity.rank_reorder(P, A, top_fraction=0.2),
+                               similarity.rank_reorder(P, A, top_fraction=0.2))
+    with pytest.raises(ClipevalError, match="at least 2 top images"):
+        similarity.rank_reorder(P, A, top_fraction=0.01)
+
+
+def test_top_k_larger_than_probe_is_clamped_with_a_warning(data):
+    P, A = map(torch.from_numpy, data)
+    with pytest.warns(UserWarning, match="top_k=100"):
+        got = similarity.compute("soft_wpmi", P, A)
+    assert got.shape == (6, 7)
+
+
+def test_compute_rejects_unknown_function_and_mismatched_shapes(data):
+    P, A = map(torch.from_numpy, data)
+    with pytest.raises(ClipevalError, match="unknown similarity"):
+        similarity.compute("dot", P, A)
+    with pytest.raises(ClipevalError, match="images"):
+        similarity.compute("cos_similarity", P[:5], A)

@@ -5,6 +5,7 @@ No model runs here; a `RunView` loads a run's scores once and answers each slide
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,14 +48,30 @@ class RunView:
                                                        f"{self.run_id} --evaluators {name}")
                 continue
             e = hit.iloc[0]
-            state = EvaluatorState(name, e["status"], e["error"] or "", eval_id=e["eval_id"], wall_s=e["wall_s"],
-                                   models=json.loads(e["models_json"] or "{}"), constant_label=e["constant_label"] or "")
+            state = EvaluatorState(name, e["status"], _text(e["error"]), eval_id=e["eval_id"], wall_s=e["wall_s"],
+                                   models=_json(e["models_json"]), constant_label=_text(e["constant_label"]))
             if e["status"] == "complete":
                 n_concepts = None if pd.isna(e["n_concepts"]) else int(e["n_concepts"])
                 state.table = ScoreTable(store.eval_scores(e["eval_id"]), name, self.neurons, n_concepts)
             self.evaluators[name] = state
         humans = store.human_verdicts(self.run_id)
         self.humans = {r: g[["layer", "unit", "verdict"]].reset_index(drop=True) for r, g in humans.groupby("rater")}
+        # a reference computed from ground truth (source 'auto: ...') is not a person: say so in its name
+        self.automatic = {r for r, g in humans.groupby("rater") if g["source"].astype(str).str.startswith("auto").all()}
+
+    def rater_label(self, rater: str) -> str:
+        return f"{'auto' if rater in self.automatic else 'human'}: {rater}"
+
+    def rater_name(self, label: str) -> str:
+        """The stored rater name behind a label from rater_label (bare names pass through)."""
+        name = label.removeprefix("human: ").removeprefix("auto: ")
+        if name not in self.humans:
+            raise ClipevalError(f"no rater {name!r} for run {self.run_id}; raters: {', '.join(self.humans) or 'none'}")
+        return name
+
+    @property
+    def rater_labels(self) -> list[str]:
+        return [self.rater_label(r) for r in self.humans]
 
     @property
     def available(self) -> list[str]:
@@ -79,7 +96,7 @@ class RunView:
         """Verdict frames of every available evaluator (real labels) and every human rater."""
         out = {EVALUATOR_TITLES[e]: self.verdicts(e, thresholds[e], "real", k)
                for e in (evaluators if evaluators is not None else self.available) if e in self.available}
-        out.update({f"human: {r}": v for r, v in self.humans.items()})
+        out.update({self.rater_label(r): v for r, v in self.humans.items()})
         return out
 
     def layer_summary(self, thresholds: dict[str, float], k: int | None = None,
@@ -109,7 +126,7 @@ class RunView:
             grid[f"{EVALUATOR_TITLES[e]} score"] = f["score"].to_numpy()
             grid[f"{EVALUATOR_TITLES[e]}"] = f["verdict"].to_numpy()
         for r, v in self.humans.items():
-            grid = grid.merge(v.rename(columns={"verdict": f"human: {r}"}), on=["layer", "unit"], how="left")
+            grid = grid.merge(v.rename(columns={"verdict": self.rater_label(r)}), on=["layer", "unit"], how="left")
         if chosen:
             grid["all evaluators agree correct"] = grid[[EVALUATOR_TITLES[e] for e in chosen]].all(axis=1)
         return grid
@@ -119,7 +136,7 @@ class RunView:
         reference rater, at every threshold in `values` (the paper's Figure 3)."""
         t = self.table(evaluator)
         values = np.asarray(values, float)
-        ref = self.humans.get(reference.removeprefix("human: ")) if reference else None
+        ref = self.humans[self.rater_name(reference)] if reference else None
         rows = []
         for v in t.variants:
             V = t.sweep(values, v, k)  # (thresholds, neurons)
@@ -139,19 +156,62 @@ class RunView:
     def calibrate(self, evaluator: str, rater: str, fit_fraction: float = 0.5, seed: int = 0,
                   k: int | None = None) -> dict:
         t = self.table(evaluator)
-        rater = rater.removeprefix("human: ")
-        if rater not in self.humans:
-            raise ClipevalError(f"no rater {rater!r} for run {self.run_id}; raters: {', '.join(self.humans) or 'none'}")
+        rater = self.rater_name(rater)
         frame = t.neurons.assign(score=t.neuron_scores("real", k)).merge(self.humans[rater], on=["layer", "unit"])
         frame = frame[frame["score"].notna()]
         rule = t.rule
         candidates = np.linspace(rule.lo, rule.hi, 201)
         if rule.reduce != "min":  # also every observed score, so the best cut is not missed between grid points
             candidates = np.concatenate([candidates, frame["score"].to_numpy()])
+        elif t.n_concepts:  # CP: every rank cut-off int(|S| * p) seen, not only those on the p grid (whose
+            # 0.005 steps skip most ranks of a large concept set); (r + 0.5) / |S| gives cut-off r exactly
+            ranks = np.unique(frame["score"].to_numpy())
+            candidates = np.concatenate([candidates, (ranks + 0.5) / t.n_concepts])
         candidates = candidates[(candidates >= rule.lo) & (candidates <= rule.hi)]
         res = metrics.calibrate(frame["score"].to_numpy(), frame["verdict"].to_numpy().astype(bool), candidates,
                                 lambda s, th: t.compare(s, th), fit_fraction, seed)
         return {"evaluator": evaluator, "rater": rater, "param": rule.param, **res}
+
+
+def imagenet_synonyms() -> list[set[str]]:
+    """Per ImageNet class (in class-index order): its open_clip name and the WordNet lemmas of its
+    synset (timm ships the synset list and lemmas), lower-cased."""
+    import timm.data
+
+    from clipeval.data.concepts import imagenet_classnames
+
+    info = Path(timm.data.__file__).parent / "_info"
+    synsets = (info / "imagenet_synsets.txt").read_text().split()
+    lemmas = dict(line.split("\t", 1) for line in (info / "imagenet_synset_to_lemma.txt").read_text().splitlines()
+                  if "\t" in line)
+    names = imagenet_classnames()
+    return [{names[i].lower(), *(l.strip().lower() for l in lemmas.get(s, "").split(","))} - {""}
+            for i, s in enumerate(synsets)]
+
+
+def imagenet_label_accuracy(store: Store, run_id: str, layer: str) -> dict:
+    """Top-1 / top-5 label accuracy of a layer whose 1,000 units are the ImageNet classes: the label
+    (or one of the five best concepts) names the unit's class (its name or a WordNet synonym). The
+    original CLIP-Dissect reports 95.5% top-1 for ResNet-50's final layer with ImageNet class names."""
+    synonyms = imagenet_synonyms()
+    ru = store.all_runner_ups(run_id)
+    ru = ru[ru["layer"] == layer]
+    if ru.empty or ru["unit"].nunique() != len(synonyms):
+        return {}
+    hit = ru.apply(lambda r: str(r["concept"]).lower() in synonyms[int(r["unit"])], axis=1)
+    by_unit = ru.assign(hit=hit).groupby("unit")
+    top1 = by_unit.apply(lambda g: bool(g.loc[g["rank"] == 1, "hit"].any()))
+    top5 = by_unit.apply(lambda g: bool(g.loc[g["rank"] <= 5, "hit"].any()))
+    return {"layer": layer, "neurons": int(len(top1)), "top1": float(top1.mean()), "top5": float(top5.mean())}
+
+
+def _text(value) -> str:
+    """A nullable text column's value ('' for NULL: pandas gives NaN or None, both falsy-unsafe)."""
+    return value if isinstance(value, str) else ""
+
+
+def _json(value) -> dict:
+    return json.loads(value) if isinstance(value, str) and value else {}
 
 
 def default_thresholds() -> dict[str, float]:
@@ -163,20 +223,23 @@ def calibrate_threshold(store: Store, run_id: str, evaluator: str, rater: str, f
     return RunView(store, run_id).calibrate(evaluator, rater, fit_fraction, seed)
 
 
-def runs_comparison(store: Store, thresholds: dict[str, float] | None = None) -> pd.DataFrame:
+def runs_comparison(store: Store, thresholds: dict[str, float] | None = None, k: int | None = None,
+                    view_of=None) -> pd.DataFrame:
     """Share judged correct per evaluator (overall, real labels and baselines) for every complete run,
-    with its probe set and concept set: the paper's Table 2."""
+    with its probe set and concept set: the paper's Table 2. `view_of(run_id)` may hand out cached
+    RunViews (the app's), so a threshold change does not reload every run."""
     thresholds = thresholds or default_thresholds()
+    view_of = view_of or (lambda run_id: RunView(store, run_id))
     rows = []
     runs = store.runs()
     for r in runs[runs["status"] == "complete"].itertuples():
-        view = RunView(store, r.run_id)
-        cfg = json.loads(r.config_json or "{}")
+        view = view_of(r.run_id)
+        cfg = _json(r.config_json)
         probe = " + ".join(p.rstrip("/").split("/")[-1] for p in (cfg.get("probe", {}) or {}).get("paths", [])) \
             if isinstance(cfg.get("probe"), dict) else ", ".join(cfg.get("probe") or [])
         concepts = (cfg.get("concepts") or {}).get("source") if isinstance(cfg.get("concepts"), dict) else cfg.get("concepts")
         row = {"run": r.run_id, "name": r.name, "probe": probe, "concepts": concepts, "neurons": int(r.n_neurons)}
-        summary = view.layer_summary(thresholds)
+        summary = view.layer_summary(thresholds, min(k, view.kmax) if k and view.available else None)
         for e in RULES:
             t = EVALUATOR_TITLES[e]
             for v in VARIANTS:
@@ -192,7 +255,7 @@ def timings(store: Store) -> pd.DataFrame:
     runs = store.runs()
     evals = store.evaluations()
     for r in runs.itertuples():
-        for stage, secs in json.loads(r.timings_json or "{}").items():
+        for stage, secs in _json(r.timings_json).items():
             rows.append({"run": r.run_id, "name": r.name, "step": f"dissect: {stage}", "seconds": secs})
         for e in evals[(evals["run_id"] == r.run_id) & (evals["status"] == "complete")].itertuples():
             rows.append({"run": r.run_id, "name": r.name, "step": f"evaluate: {EVALUATOR_TITLES[e.evaluator]}",

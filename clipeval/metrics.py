@@ -65,7 +65,8 @@ def precision_recall_f1(pred, reference) -> dict[str, float]:
 
 def confusion(pred, reference) -> pd.DataFrame:
     p, r = _pair(pred, reference)
-    return pd.DataFrame([[int((p & r).sum()), int((~p & r).sum())], [int((p & ~r).sum()), int((~p & ~r).sum())]],
+    # rows: the evaluator's verdict; columns: the reference's (so [yes, no] is [tp, fp], then [fn, tn])
+    return pd.DataFrame([[int((p & r).sum()), int((p & ~r).sum())], [int((~p & r).sum()), int((~p & ~r).sum())]],
                         index=["evaluator yes", "evaluator no"], columns=["reference yes", "reference no"])
 
 
@@ -118,8 +119,14 @@ def pairwise_table(a: pd.DataFrame, b: pd.DataFrame, by_layer: bool = True) -> p
 def sweep_against(verdicts_by_threshold: np.ndarray, reference: np.ndarray) -> pd.DataFrame:
     """For a (thresholds x neurons) verdict matrix: share judged correct, agreement and kappa with
     the reference at each threshold (vectorised: a 50-value sweep over 4,000 neurons is one pass)."""
-    v = np.asarray(verdicts_by_threshold, bool)
-    ref = np.asarray(reference, bool)[None, :]
+    v, ref = np.asarray(verdicts_by_threshold), np.asarray(reference)
+    if v.ndim != 2 or ref.ndim != 1 or v.shape[1] != ref.shape[0]:
+        raise ClipevalError(f"a sweep needs a (thresholds x neurons) verdict matrix and one reference verdict per "
+                            f"neuron: {v.shape} vs {ref.shape}")
+    for x in (v, ref):
+        if x.size and not np.isin(x, (0, 1)).all():
+            raise ClipevalError("verdicts must be 0/1 or booleans")
+    v, ref = v.astype(bool), ref.astype(bool)[None, :]
     po = (v == ref).mean(1)
     pa, pb = v.mean(1), ref.mean()
     pe = pa * pb + (1 - pa) * (1 - pb)
@@ -134,7 +141,12 @@ def calibrate(scores: np.ndarray, reference: np.ndarray, candidates: Sequence[fl
     neurons, and report agreement and kappa on the rest (held out).
 
     verdict_fn(scores, thresholds) -> (len(thresholds), n) boolean verdicts."""
-    scores, reference = np.asarray(scores), np.asarray(reference, bool)
+    scores, reference = np.asarray(scores, float), np.asarray(reference)
+    if scores.ndim != 1 or scores.shape != reference.shape:
+        raise ClipevalError(f"calibration needs one score per reference verdict: {scores.shape} vs {reference.shape}")
+    if reference.size and not np.isin(reference, (0, 1)).all():
+        raise ClipevalError("verdicts must be 0/1 or booleans")
+    reference = reference.astype(bool)
     n = len(reference)
     if n < 4:
         raise ClipevalError(f"calibration needs at least 4 neurons with a reference verdict, got {n}")
@@ -143,6 +155,10 @@ def calibrate(scores: np.ndarray, reference: np.ndarray, candidates: Sequence[fl
     order = np.random.default_rng(seed).permutation(n)
     n_fit = max(2, min(n - 2, int(round(n * fit_fraction))))
     fit, test = order[:n_fit], order[n_fit:]
+    if reference[fit].all() or not reference[fit].any():
+        raise ClipevalError(f"calibration needs both yes and no verdicts among the {n_fit} fit neurons, and the rater "
+                            f"says {'yes' if reference[fit].all() else 'no'} to all of them (kappa is 0 or undefined at "
+                            "every threshold): judge more neurons, or try another seed")
     candidates = np.asarray(sorted(set(float(c) for c in candidates)))
     fit_sweep = sweep_against(verdict_fn(scores[fit], candidates), reference[fit])
     kappa = fit_sweep["kappa"].fillna(-np.inf).to_numpy()

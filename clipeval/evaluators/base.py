@@ -83,13 +83,19 @@ def image_embeddings(model, model_key: str, inputs: EvalInputs, ids: np.ndarray,
 
 
 def text_embeddings(model, model_key: str, texts: list[str], cache) -> np.ndarray:
-    key = stable_hash("eval-text-embeddings", model_key, texts)
-    got = cache.get("eval_text_embeddings", key)
-    if got is None:
-        with torch.no_grad():
-            got = model.encode_texts(list(texts)).float().numpy()
-        cache.put("eval_text_embeddings", key, got)
-    return got
+    from clipeval.pipeline import encode_texts_cached
+
+    if not model.info().get("text_fingerprint"):
+        # a model that does not say what its text side is: key its texts by the whole model, never by
+        # the texts alone (another model's embeddings of the same words would be reused silently)
+        key = stable_hash("eval-text-embeddings", model_key, list(texts))
+        got = cache.get("eval_text_embeddings", key)
+        if got is None:
+            with torch.no_grad():
+                got = model.encode_texts(list(texts)).float().numpy()
+            cache.put("eval_text_embeddings", key, got)
+        return got
+    return encode_texts_cached(model, texts, cache)
 
 
 def stack(rows: dict[int, np.ndarray], ids) -> np.ndarray:

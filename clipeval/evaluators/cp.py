@@ -19,16 +19,21 @@ class ConceptProportion:
     def __init__(self, model, model_key: str, cache):
         self.model, self.model_key, self.cache = model, model_key, cache
 
-    def score(self, inputs: EvalInputs, progress: bool = True) -> pd.DataFrame:
+    @classmethod
+    def check(cls, inputs: EvalInputs) -> None:
+        """CP can judge only labels of the run's concept set (cheap: run before any model is loaded)."""
         if not inputs.concepts:
             raise ClipevalError("CP ranks each label among the run's concept set, and this run has none "
                                 "(import it again with --concepts FILE)")
-        index = {c: i for i, c in enumerate(inputs.concepts)}
-        pairs = inputs.pairs(self.kinds)
-        missing = sorted(set(pairs["label"]) - set(index))
+        missing = sorted(set(inputs.pairs(cls.kinds)["label"]) - set(inputs.concepts))
         if missing:
             raise ClipevalError(f"CP needs every label in the concept set; not in it: {', '.join(missing[:10])}"
                                 f"{' ...' if len(missing) > 10 else ''}")
+
+    def score(self, inputs: EvalInputs, progress: bool = True) -> pd.DataFrame:
+        self.check(inputs)
+        index = {c: i for i, c in enumerate(inputs.concepts)}
+        pairs = inputs.pairs(self.kinds)
         T = text_embeddings(self.model, self.model_key, list(inputs.concepts), self.cache)
         rows = image_embeddings(self.model, self.model_key, inputs, pairs["image_id"].to_numpy(), self.cache,
                                 progress=progress)

@@ -21,7 +21,7 @@ from clipeval.evaluators.contrast import Contrast
 from clipeval.evaluators.cp import ConceptProportion
 from clipeval.evaluators.es import EmbeddingSimilarity
 from clipeval.evaluators.vqa import VisualQuestionAnswering
-from clipeval.models.vqa import DEFAULT_MODEL as DEFAULT_VQA_MODEL, DEFAULT_TEMPLATE
+from clipeval.models.vqa import DEFAULT_MODEL as DEFAULT_VQA_MODEL, DEFAULT_TEMPLATE, format_prompt
 from clipeval.pipeline import ArrayCache
 from clipeval.store import Store
 
@@ -99,6 +99,11 @@ def evaluate(store: Store, run_id: str, evaluators, *, eval_model: ImageTextConf
     cache = ArrayCache(cache_dir or store.path.parent / "cache")
     kinds = ("top", "low", "random") if "contrast" in names else ("top",)
     inputs, constant = load_inputs(store, run_id, kinds, seed, baselines, constant_label, k)
+    # cheap checks of every requested evaluator first: nothing is loaded, run or recorded if one fails
+    if "cp" in names:
+        ConceptProportion.check(inputs)
+    if "vqa" in names:
+        format_prompt(prompt, "x")
     model_cfg, model = (None, None)
     if any(n in EMBEDDING_EVALUATORS for n in names):
         model_cfg, model = resolve_eval_model(eval_model, progress)
@@ -106,6 +111,8 @@ def evaluate(store: Store, run_id: str, evaluators, *, eval_model: ImageTextConf
         if [labelling.get(f) for f in ("backend", "arch", "pretrained")] == \
                 [model_cfg.backend, model_cfg.arch, model_cfg.pretrained]:
             warnings.warn("the evaluator model is the labelling model itself: the judgement is circular")
+    if vqa_backend is not None:  # record the model that answers, not a default name that was never loaded
+        vqa_model = getattr(vqa_backend, "name", "") or vqa_model
     outcomes = []
     for name in names:
         cfg = EvalConfig(evaluator=name, image_text=model_cfg if name in EMBEDDING_EVALUATORS else None,

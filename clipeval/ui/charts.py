@@ -1,0 +1,128 @@
+"""Plotly figures for the pages. They only draw numbers computed by clipeval (analysis, metrics)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+COLORS = {"VQA": "#8e44ad", "CP": "#2f6fdf", "ES": "#e67e22", "Contrast": "#16a085"}
+LAYOUT = dict(template="plotly_white", margin=dict(l=10, r=10, t=40, b=10), font=dict(size=13))
+
+
+def activation_histogram(hist: pd.DataFrame, top_activations: list[float], k: int) -> go.Figure:
+    centers = (hist["lo"] + hist["hi"]) / 2
+    fig = go.Figure(go.Bar(x=centers, y=hist["count"], width=(hist["hi"] - hist["lo"]) * 0.95,
+                           marker_color="#9bb7e8", name="probe images",
+                           hovertemplate="activation %{x:.3f}<br>%{y} images<extra></extra>"))
+    for i, a in enumerate(top_activations):
+        fig.add_vline(x=a, line_color="#c0392b", line_dash="solid" if i < k else "dot", line_width=1.5)
+    fig.update_layout(**LAYOUT, height=300, xaxis_title="activation", yaxis_title="images", showlegend=False)
+    return fig
+
+
+def layer_shares(summary: pd.DataFrame, layers: list[str]) -> go.Figure:
+    """Share judged correct per layer: one bar per evaluator (real labels), with its shuffled and
+    constant baselines as black markers on the bar."""
+    real = summary[summary["variant"] == "real"]
+    fig = go.Figure()
+    order = [l for l in layers if l in set(real["layer"])] + ["overall"]
+    legend_done = set()
+    for ev, g in real.groupby("evaluator", sort=False):
+        g = g.set_index("layer").reindex(order)
+        fig.add_bar(x=order, y=g["share_correct"], name=ev, marker_color=COLORS.get(ev),
+                    offsetgroup=ev, text=[f"{v:.0%}" if pd.notna(v) else "" for v in g["share_correct"]],
+                    textposition="outside", hovertemplate=ev + " %{x}: %{y:.1%}<extra></extra>")
+        for variant, symbol, label in (("shuffled", "x-thin-open", "shuffled labels (×)"),
+                                       ("constant", "line-ew-open", "one constant label (–)")):
+            b = summary[(summary["evaluator"] == ev) & (summary["variant"] == variant)]
+            b = b.set_index("layer").reindex(order)
+            if b["share_correct"].notna().any():
+                fig.add_scatter(x=order, y=b["share_correct"], mode="markers", offsetgroup=ev, name=label,
+                                legendgroup=variant, showlegend=variant not in legend_done,
+                                marker=dict(symbol=symbol, size=18, color="#222", line=dict(width=3)),
+                                hovertemplate=f"{ev}, {variant} labels, " + "%{x}: %{y:.1%}<extra></extra>")
+                legend_done.add(variant)
+    fig.update_layout(**LAYOUT, height=400, barmode="group", yaxis=dict(title="share judged correct",
+                      tickformat=".0%", range=[0, 1.12]), legend=dict(orientation="h", y=-0.12),
+                      scattermode="group")
+    return fig
+
+
+def sweep_figure(sweep: pd.DataFrame, param: str, current: float, metric: str,
+                 baselines: bool = True) -> go.Figure:
+    """A metric (share_correct, agreement, kappa) against the threshold, one line per layer and a thick
+    'overall' line, the baselines dashed, the current value as a vertical line."""
+    fig = go.Figure()
+    real = sweep[sweep["variant"] == "real"]
+    layers = list(dict.fromkeys(real["layer"]))
+    palette = ["#2f6fdf", "#e67e22", "#16a085", "#8e44ad", "#c0392b", "#7f8c8d", "#d35400", "#27ae60"]
+    for i, layer in enumerate(layers):
+        g = real[real["layer"] == layer]
+        if metric not in g or g[metric].isna().all():
+            continue
+        overall = layer == "overall"
+        fig.add_scatter(x=g["threshold"], y=g[metric], mode="lines", name=layer,
+                        line=dict(width=4 if overall else 1.8, color="#111" if overall else palette[i % 8]),
+                        hovertemplate=f"{layer}: {param}=" + "%{x:.3g} → %{y:.3f}<extra></extra>")
+    if baselines and metric == "share_correct":
+        for variant, dash in (("shuffled", "dash"), ("constant", "dot")):
+            g = sweep[(sweep["variant"] == variant) & (sweep["layer"] == "overall")]
+            if len(g):
+                fig.add_scatter(x=g["threshold"], y=g[metric], mode="lines", name=f"overall, {variant} labels",
+                                line=dict(width=2.5, dash=dash, color="#888"),
+                                hovertemplate=f"{variant}: {param}=" + "%{x:.3g} → %{y:.3f}<extra></extra>")
+    fig.add_vline(x=current, line_color="#c0392b", line_width=2,
+                  annotation_text=f"{param} = {current:g}", annotation_position="top")
+    yfmt = ".0%" if metric in ("share_correct", "agreement") else None  # kappa: plotly's own ticks
+    fig.update_layout(**LAYOUT, height=340, xaxis_title=param,
+                      yaxis=dict(title=metric.replace("_", " "), tickformat=yfmt),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def kappa_heatmap(matrix: pd.DataFrame) -> go.Figure:
+    z = matrix.to_numpy(float)
+    text = np.where(np.isnan(z), "n/a", np.vectorize(lambda v: f"{v:.2f}")(np.nan_to_num(z)))
+    fig = go.Figure(go.Heatmap(z=z, x=list(matrix.columns), y=list(matrix.index), text=text,
+                               texttemplate="%{text}", zmin=-1, zmax=1, colorscale="RdBu",
+                               colorbar=dict(title="kappa"),
+                               hovertemplate="%{y} vs %{x}: kappa %{text}<extra></extra>"))
+    n = len(matrix)
+    fig.update_layout(**LAYOUT, height=max(300, 80 * n + 120), yaxis=dict(autorange="reversed"))
+    return fig
+
+
+def timings_bar(t: pd.DataFrame) -> go.Figure:
+    fig = go.Figure()
+    for step, g in t.groupby("step", sort=False):
+        fig.add_bar(y=g["name"] + " (" + g["run"].str[:8] + ")", x=g["seconds"], name=step, orientation="h",
+                    hovertemplate=step + ": %{x:.1f} s<extra></extra>")
+    n = t["run"].nunique()
+    fig.update_layout(**LAYOUT, barmode="stack", height=max(260, 80 + 50 * n, 24 * t["step"].nunique() + 60),
+                      xaxis=dict(title="seconds"), legend=dict(orientation="v", x=1.02, y=1, yanchor="top"),
+                      yaxis=dict(automargin=True))
+    return fig
+
+
+def label_bars(counts: pd.DataFrame) -> go.Figure:
+    c = counts.iloc[::-1]
+    fig = go.Figure(go.Bar(x=c["neurons"], y=c["label"], orientation="h", marker_color="#2f6fdf",
+                           hovertemplate="%{y}: %{x} neurons<extra></extra>"))
+    fig.update_layout(**LAYOUT, height=max(260, 22 * len(c) + 80), xaxis_title="neurons")
+    return fig
+
+
+def confusion_heatmap(conf: pd.DataFrame, rater: str, reference: str) -> go.Figure:
+    z = conf.to_numpy()
+    fig = go.Figure(go.Heatmap(z=z, x=list(conf.columns), y=list(conf.index), text=z, texttemplate="%{text}",
+                               textfont=dict(size=16), colorscale="Blues", showscale=False,
+                               hovertemplate=f"{rater}: " + "%{y}<br>" + f"{reference}: " + "%{x}<br>%{z} neurons"
+                                             "<extra></extra>"))
+    fig.update_layout(**LAYOUT, height=260, yaxis=dict(autorange="reversed", title=rater),
+                      xaxis=dict(title=reference, side="bottom", tickangle=0))
+    return fig
+
+
+__all__ = ["activation_histogram", "layer_shares", "sweep_figure", "kappa_heatmap", "timings_bar", "label_bars",
+           "confusion_heatmap"]

@@ -1,0 +1,252 @@
+"""The app's access to the run store: one cached DuckDB connection per store path, a cursor per query,
+and cached query results.
+
+Every cached result is keyed by the store path and by `Store.data_version` (a fingerprint of the
+runs, evaluations and human verdicts), so a write (an annotation, a deleted run, a new evaluation)
+changes the key and nothing stale is served; `after_write` also drops the old entries at once.
+Nothing here runs a model: everything answers from stored raw scores.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+
+import pandas as pd
+import streamlit as st
+
+from clipeval import analysis
+from clipeval import store as store_mod
+from clipeval.analysis import RunView
+from clipeval.errors import ClipevalError
+from clipeval.store import Store
+
+
+def db_path() -> str:
+    """The run store the app reads: $CLIPEVAL_DB, else clipeval.store.DEFAULT_DB (read at every rerun,
+    so tests and `streamlit run` can point the app elsewhere)."""
+    return os.environ.get("CLIPEVAL_DB") or str(store_mod.DEFAULT_DB)
+
+
+@st.cache_resource(show_spinner=False)
+def _open_store(path: str) -> Store:
+    return Store(path)
+
+
+def store() -> Store:
+    """The shared store connection, or an explanation and a stop when it cannot be opened."""
+    path = db_path()
+    try:
+        return _open_store(path)
+    except ClipevalError as e:
+        st.error(f"Cannot open the run store `{path}`:\n\n{e}")
+        st.stop()
+
+
+_memo = threading.local()
+
+
+def new_script_run() -> None:
+    """Forget the data versions memoised during the previous script run (app.py calls this first)."""
+    _memo.versions = {}
+
+
+def version(run_id: str | None = None) -> str:
+    """Store.data_version, asked once per script run (and again after this session wrote)."""
+    versions = getattr(_memo, "versions", None)
+    if versions is None:
+        versions = _memo.versions = {}
+    key = (db_path(), run_id)
+    if key not in versions:
+        versions[key] = store().data_version(run_id)
+    return versions[key]
+
+
+def runs() -> pd.DataFrame:
+    """Every run, newest first (not cached: it is cheap, and a crashed run must show as interrupted)."""
+    return store().runs()
+
+
+def complete_runs() -> pd.DataFrame:
+    df = runs()
+    return df[df["status"] == "complete"].reset_index(drop=True)
+
+
+def after_write() -> None:
+    """Call after the app wrote to the store (annotation, deletion): drop every cached result."""
+    st.cache_data.clear()
+    _run_view.clear()
+    new_script_run()
+
+
+# ------------------------------------------------------------------------------------ runs
+@st.cache_resource(max_entries=6, show_spinner="Loading the run's scores ...")
+def _run_view(path: str, run_id: str, data_version: str) -> RunView:
+    return RunView(_open_store(path), run_id)
+
+
+def run_view(run_id: str) -> RunView:
+    """A RunView (every evaluator's raw scores and the human verdicts in memory), rebuilt only when
+    the run's evaluations or human verdicts change."""
+    store()
+    return _run_view(db_path(), run_id, version(run_id))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _latest_evaluations(path: str, run_id: str, data_version: str) -> pd.DataFrame:
+    return _open_store(path).latest_evaluations(run_id)
+
+
+def latest_evaluations(run_id: str) -> pd.DataFrame:
+    return _latest_evaluations(db_path(), run_id, version(run_id))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _layers(path: str, run_id: str, data_version: str) -> pd.DataFrame:
+    return _open_store(path).layers(run_id)
+
+
+def layers(run_id: str) -> pd.DataFrame:
+    return _layers(db_path(), run_id, version(run_id))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _neurons(path: str, run_id: str, data_version: str) -> pd.DataFrame:
+    return _open_store(path).neurons(run_id)
+
+
+def neurons(run_id: str) -> pd.DataFrame:
+    return _neurons(db_path(), run_id, version(run_id))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _top_k(path: str, run_id: str, data_version: str) -> int:
+    top = _open_store(path).neuron_images(run_id, kinds=("top",), layer=None, unit=None)
+    return int(top["rank"].max()) if len(top) else 0
+
+
+def top_k(run_id: str) -> int:
+    """How many top activating images the run stored per neuron."""
+    return _top_k(db_path(), run_id, version(run_id))
+
+
+# ------------------------------------------------------------------------------------ one neuron
+@st.cache_data(max_entries=512, show_spinner=False)
+def _neuron_images(path: str, run_id: str, layer: str, unit: int, data_version: str) -> pd.DataFrame:
+    return _open_store(path).neuron_image_details(run_id, layer, unit)
+
+
+def neuron_images(run_id: str, layer: str, unit: int) -> pd.DataFrame:
+    """The neuron's top / level / low / random images with activation, source and licence."""
+    return _neuron_images(db_path(), run_id, layer, int(unit), version(run_id))
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def _runner_ups(path: str, run_id: str, layer: str, unit: int, data_version: str) -> pd.DataFrame:
+    return _open_store(path).runner_ups(run_id, layer, unit)
+
+
+def runner_ups(run_id: str, layer: str, unit: int) -> pd.DataFrame:
+    return _runner_ups(db_path(), run_id, layer, int(unit), version(run_id))
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def _histogram(path: str, run_id: str, layer: str, unit: int, data_version: str) -> pd.DataFrame:
+    return _open_store(path).histogram(run_id, layer, unit)
+
+
+def histogram(run_id: str, layer: str, unit: int) -> pd.DataFrame:
+    return _histogram(db_path(), run_id, layer, int(unit), version(run_id))
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def _eval_scores(path: str, eval_id: str, layer: str, unit: int, data_version: str) -> pd.DataFrame:
+    return _open_store(path).eval_scores(eval_id, layer, unit)
+
+
+def eval_scores(run_id: str, eval_id: str, layer: str, unit: int) -> pd.DataFrame:
+    """One evaluation's raw per-image scores for one neuron (every variant and image kind)."""
+    return _eval_scores(db_path(), eval_id, layer, int(unit), version(run_id))
+
+
+def _square(jpeg: bytes) -> bytes:
+    """Letterbox a thumbnail onto a white square, so image grids line up whatever the aspect ratio."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(jpeg))
+    if img.width == img.height:
+        return jpeg
+    side = max(img.size)
+    canvas = Image.new("RGB", (side, side), "white")
+    canvas.paste(img.convert("RGB"), ((side - img.width) // 2, (side - img.height) // 2))
+    out = io.BytesIO()
+    canvas.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+@st.cache_data(max_entries=2048, show_spinner=False)
+def _thumbnails(path: str, fingerprint: str, image_ids: tuple[int, ...]) -> dict[int, bytes]:
+    return {i: _square(t) for i, t in _open_store(path).thumbnails(fingerprint, image_ids).items()}
+
+
+def thumbnails(fingerprint: str, image_ids) -> dict[int, bytes]:
+    """JPEG thumbnails stored with the probe set (never re-read from the probe folder)."""
+    if not fingerprint:
+        return {}
+    return _thumbnails(db_path(), fingerprint, tuple(sorted({int(i) for i in image_ids})))
+
+
+# ------------------------------------------------------------------------------------ search, tables
+@st.cache_data(max_entries=256, show_spinner=False)
+def _search(path: str, run_id: str, text: str, data_version: str) -> pd.DataFrame:
+    return _open_store(path).search_neurons(run_id, text)
+
+
+def search_neurons(run_id: str, text: str) -> pd.DataFrame:
+    return _search(db_path(), run_id, text, version(run_id))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _label_counts(path: str, run_id: str, layer: str | None, limit: int, data_version: str) -> pd.DataFrame:
+    return _open_store(path).label_counts(run_id, layer, limit)
+
+
+def label_counts(run_id: str, layer: str | None = None, limit: int = 25) -> pd.DataFrame:
+    return _label_counts(db_path(), run_id, layer, limit, version(run_id))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _imagenet_accuracy(path: str, run_id: str, data_version: str) -> list[dict]:
+    store = _open_store(path)
+    layers = store.layers(run_id)
+    found = [analysis.imagenet_label_accuracy(store, run_id, l) for l in layers[layers["n_units"] == 1000]["layer"]]
+    return [f for f in found if f]
+
+
+def imagenet_accuracy(run_id: str) -> list[dict]:
+    """For each 1,000-unit layer (an ImageNet classifier): label accuracy against the class names."""
+    return _imagenet_accuracy(db_path(), run_id, version(run_id))
+
+
+def runs_comparison(thresholds: dict[str, float], k: int | None = None) -> pd.DataFrame:
+    """analysis.runs_comparison at the given thresholds (the paper's Table 2), on the cached RunViews."""
+    return analysis.runs_comparison(store(), thresholds, k, view_of=run_view)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _timings(path: str, data_version: str) -> pd.DataFrame:
+    return analysis.timings(_open_store(path))
+
+
+def timings() -> pd.DataFrame:
+    return _timings(db_path(), version())
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _evaluations(path: str, data_version: str) -> pd.DataFrame:
+    return _open_store(path).evaluations()
+
+
+def evaluations() -> pd.DataFrame:
+    return _evaluations(db_path(), version())

@@ -1,0 +1,196 @@
+"""Reshaping clipeval's results into the tables the pages show (no new numbers are made here beyond
+counts and shares of verdicts that analysis.RunView already gave)."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlencode
+
+import pandas as pd
+
+from clipeval.analysis import EVALUATOR_TITLES
+from clipeval.evaluators.rules import RULES
+
+INTERPRETABLE = "interpretable"
+
+
+def loads(value) -> dict:
+    """A stored JSON column as a dict ({} for NULL / NaN: a run still being written has no models yet)."""
+    return json.loads(value) if isinstance(value, str) and value else {}
+
+
+def text_or(value, default: str = "") -> str:
+    """A stored text column as str (NULL / NaN -> default)."""
+    return value if isinstance(value, str) and value else default
+
+
+def short_reason(text: str, limit: int = 150) -> str:
+    """The first sentence of a (possibly long) reason, cut at `limit` characters."""
+    text = " ".join(str(text or "").split())
+    for stop in (". ", " (", "; "):
+        cut = text.find(stop)
+        if 0 < cut < limit:
+            return text[:cut] + (" ..." if cut + len(stop) < len(text) else "")
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def describe_model(info: dict) -> str:
+    """A model's recorded info as one honest line (an offline stand-in says it is not CLIP)."""
+    if not info:
+        return "model not recorded"
+    if "description" in info:
+        text = info["description"]
+        if info.get("is_clip") is False and "not clip" not in text.lower():
+            text += " - not CLIP"
+        return text
+    if "name" in info:  # a VQA model
+        extra = f", {info['class']}" if info.get("class") else ""
+        params = f", {info['parameters'] / 1e6:.1f} M parameters" if info.get("parameters") else ""
+        return f"{info['name']}{extra}{params}"
+    return ", ".join(f"{k}: {v}" for k, v in info.items() if k not in ("fingerprint",))
+
+
+def summary_table(summary: pd.DataFrame, layers: list[str]) -> pd.DataFrame:
+    """layer x (evaluator, variant) shares from RunView.layer_summary, layers in run order, overall last."""
+    if summary.empty:
+        return pd.DataFrame()
+    wide = summary.pivot_table(index="layer", columns=["evaluator", "variant"], values="share_correct", sort=False)
+    order = [l for l in layers if l in wide.index] + ["overall"]
+    wide = wide.reindex(order)
+    n = summary.drop_duplicates("layer").set_index("layer")["n"].reindex(order)
+    cols = [(e, v) for e in dict.fromkeys(summary["evaluator"]) for v in ("real", "shuffled", "constant")
+            if (e, v) in wide.columns]
+    wide = wide[cols]
+    wide.columns = [e if v == "real" else f"{e} {v}" for e, v in cols]
+    wide.insert(0, "neurons", n.astype(int))
+    return wide.reset_index()
+
+
+def interpretable_by_layer(grid: pd.DataFrame, column: str, layers: list[str]) -> pd.DataFrame:
+    """Per layer (and overall): neurons, how many have `column` true, and the share."""
+    rows = []
+    for layer in [l for l in layers if l in set(grid["layer"])] + ["overall"]:
+        g = grid if layer == "overall" else grid[grid["layer"] == layer]
+        hits = int(g[column].fillna(False).astype(bool).sum())
+        rows.append({"layer": layer, "neurons": len(g), INTERPRETABLE: hits,
+                     "share": hits / len(g) if len(g) else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def unit_grid(view, thresholds: dict[str, float], k: int, evaluators: list[str]) -> pd.DataFrame:
+    """RunView.unit_grid over every available evaluator, with an 'interpretable' column: judged correct
+    by ALL of `evaluators` (RunView's 'all evaluators agree correct' over that subset)."""
+    grid = view.unit_grid(thresholds, k).drop(columns=["all evaluators agree correct"], errors="ignore")
+    if evaluators:
+        sub = view.unit_grid(thresholds, k, evaluators)
+        grid[INTERPRETABLE] = sub["all evaluators agree correct"].to_numpy()
+    else:
+        grid[INTERPRETABLE] = False
+    return grid
+
+
+def filter_grid(grid: pd.DataFrame, layer: str | None, text: str, show: str) -> pd.DataFrame:
+    out = grid
+    if layer:
+        out = out[out["layer"] == layer]
+    if text.strip():
+        out = out[out["label"].str.contains(text.strip(), case=False, regex=False, na=False)]
+    if show == "interpretable":
+        out = out[out[INTERPRETABLE].astype(bool)]
+    elif show == "not interpretable":
+        out = out[~out[INTERPRETABLE].astype(bool)]
+    return out
+
+
+def neuron_link(run_id: str, layer: str, unit: int, thresholds: dict[str, float] | None = None,
+                k: int | None = None, kmax: int | None = None) -> str:
+    """A relative link to the neuron explorer showing this neuron with the same run, k and thresholds."""
+    params = {"run": run_id, "layer": layer, "unit": int(unit)}
+    for e, value in (thresholds or {}).items():
+        if value != RULES[e].default:
+            params[RULES[e].param] = value
+    if k is not None and k != kmax:
+        params["k"] = k
+    return "neuron?" + urlencode(params)
+
+
+def measure_by_layer(pairwise: dict[str, pd.DataFrame], measure: str, layer_order: list[str]) -> pd.DataFrame:
+    """{rater: metrics.pairwise_table(rater, reference)} -> one row per rater, one column per layer
+    (and 'overall') holding `measure`, plus how many neurons were compared."""
+    wide = pd.DataFrame({o: t.set_index("layer")[measure] for o, t in pairwise.items()}).T
+    wide = wide.reindex(columns=[l for l in layer_order if l in wide.columns])
+    wide.insert(0, "neurons compared", [int(pairwise[o].set_index("layer").loc["overall", "n"]) for o in wide.index])
+    return wide
+
+
+def stack_pairwise(pairwise: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat([t.assign(rater=o) for o, t in pairwise.items()], ignore_index=True)[
+        ["rater", "layer", "n", "agreement", "jaccard", "kappa", "precision", "recall", "f1"]]
+
+
+def _probe_text(cfg: dict) -> str:
+    probe = cfg.get("probe")
+    paths = probe.get("paths", []) if isinstance(probe, dict) else (probe or [])
+    return " + ".join(str(p).rstrip("/").split("/")[-1] for p in paths)
+
+
+def run_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """store.runs() -> one readable row per run: what was dissected with which settings."""
+    rows = []
+    for r in runs.itertuples():
+        cfg, models = loads(r.config_json), loads(r.models_json)
+        concepts = cfg.get("concepts")
+        sim = cfg.get("similarity") or {}
+        image_text = models.get("image_text") or {}
+        rows.append({
+            "name": r.name, "status": r.status, "created": r.created_at, "neurons": int(r.n_neurons),
+            "target": cfg["target"].get("name") if isinstance(cfg.get("target"), dict) else cfg.get("target"),
+            "layers": ", ".join(cfg.get("layers") or []),
+            "probe": _probe_text(cfg),
+            "images": None if pd.isna(r.n_images) else int(r.n_images),
+            "skipped images": None if pd.isna(r.n_skipped_images) else int(r.n_skipped_images),
+            "concepts": concepts.get("source") if isinstance(concepts, dict) else concepts,
+            "similarity": sim.get("fn") if isinstance(sim, dict) else sim,
+            "labelling model": image_text.get("description") or models.get("labels") or "",
+            "CLIP?": {True: "yes", False: "no"}.get(image_text.get("is_clip"), "n/a"),
+            "peak RSS (MB)": r.peak_rss_mb,
+            "kind": r.kind, "run": r.run_id,
+            "error": text_or(r.error),
+        })
+    return pd.DataFrame(rows)
+
+
+def evaluation_table(evals: pd.DataFrame) -> pd.DataFrame:
+    """store.evaluations(run) -> evaluator, status, model, seconds, reason."""
+    rows = []
+    for e in evals.itertuples():
+        info = loads(e.models_json)
+        rows.append({"evaluator": EVALUATOR_TITLES.get(e.evaluator, e.evaluator), "status": e.status,
+                     "model or reason": (describe_model(info.get("image_text") or info.get("vqa") or info) if info
+                                         else "") if e.status == "complete" else text_or(e.error, "no reason recorded"),
+                     "seconds": e.wall_s, "concepts": e.n_concepts, "constant label": text_or(e.constant_label),
+                     "finished": e.finished_at, "evaluation": e.eval_id})
+    return pd.DataFrame(rows)
+
+
+def timings_table(t: pd.DataFrame) -> pd.DataFrame:
+    """analysis.timings -> one row per run, one column per step (seconds)."""
+    if t.empty:
+        return t
+    wide = t.pivot_table(index=["name", "run"], columns="step", values="seconds", sort=False).reset_index()
+    steps = [c for c in wide.columns if c not in ("name", "run")]
+    wide["total"] = wide[steps].sum(axis=1, min_count=1)
+    return wide
+
+
+def overall_shares(view, thresholds: dict[str, float], k: int) -> dict[str, tuple[float, float]]:
+    """Per available evaluator: (share judged correct over all neurons, the same for shuffled labels)."""
+    if not view.available:
+        return {}
+    summary = view.layer_summary(thresholds, min(k, view.kmax))
+    out = {}
+    for e in view.available:
+        g = summary[(summary["layer"] == "overall") & (summary["evaluator"] == EVALUATOR_TITLES[e])]
+        share = g.set_index("variant")["share_correct"]
+        out[e] = (float(share.get("real", float("nan"))), float(share.get("shuffled", float("nan"))))
+    return out

@@ -1,0 +1,276 @@
+"""Widgets every page shares: the sidebar (run, k, thresholds, all kept in the URL), the line that
+says which models made the run, the how-to for an empty store, and small formatting helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+import streamlit as st
+
+from clipeval.analysis import EVALUATOR_TITLES, default_thresholds
+from clipeval.evaluators.rules import RULES, cp_cutoff
+from clipeval.ui import data
+from clipeval.ui.tables import describe_model, loads, short_reason, text_or
+
+CTX_KEY = "_clipeval_context"
+RUN_KEY = "run_choice"  # the run selectbox; its value is mirrored in the URL as ?run=<run id>
+K_KEY = "k"
+EVALUATOR_ORDER = ("vqa", "cp", "es", "contrast")  # the order the issue and the paper list them
+THRESHOLD_LABELS = {
+    "cp": "CP: p, share of the concept set",
+    "es": "ES: tau, cosine(image, label)",
+    "vqa": "VQA: cut-off on P(yes)",
+    "contrast": "Contrast: ROC-AUC at least",
+}
+RULES_HELP = {e: r.title for e, r in RULES.items()}
+
+HOW_TO = """
+**No complete run in this store yet.** Make one, then reload this page:
+
+```bash
+./run app                                  # installs, builds the offline demo runs, starts this app
+python -m clipeval demo                    # or only build the offline demo runs (no network needed)
+python -m clipeval dissect --help          # label your own network's neurons
+python -m clipeval evaluate RUN --evaluators cp,es,contrast,vqa   # judge the labels
+```
+
+The app reads the store at `{path}` (set `CLIPEVAL_DB` to use another one). A run being written by
+another process shows up on the **Runs** page; the store is locked while a `clipeval` command writes to it.
+"""
+
+
+@dataclass
+class Context:
+    """What the sidebar chose, for the page that runs after it."""
+    run_id: str | None = None
+    run: dict = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=default_thresholds)
+    k: int = 5
+    latest: pd.DataFrame = field(default_factory=pd.DataFrame)  # newest evaluation per evaluator
+
+    def evaluator_status(self, evaluator: str) -> tuple[str, str]:
+        """(status, reason) of an evaluator for this run: complete / unavailable / failed / missing."""
+        hit = self.latest[self.latest["evaluator"] == evaluator] if len(self.latest) else self.latest
+        if hit is None or hit.empty:
+            return "missing", f"not run yet: `clipeval evaluate {self.run_id} --evaluators {evaluator}`"
+        row = hit.iloc[0]
+        return row["status"], text_or(row["error"])
+
+
+def fmt_pct(x) -> str:
+    return "n/a" if x is None or pd.isna(x) else f"{100 * float(x):.1f}%"
+
+
+def fmt_num(x, digits: int = 3) -> str:
+    return "n/a" if x is None or pd.isna(x) else f"{float(x):.{digits}f}"
+
+
+def as_percent(df: pd.DataFrame, columns) -> tuple[pd.DataFrame, dict]:
+    """Shares (0-1) shown as percentages with one decimal: the frame scaled by 100 and its column_config."""
+    columns = [c for c in columns if c in df.columns]
+    out = df.copy()
+    out[columns] = out[columns].astype(float) * 100
+    return out, {c: st.column_config.NumberColumn(c, format="%.1f%%") for c in columns}
+
+
+def title(evaluator: str) -> str:
+    return EVALUATOR_TITLES.get(evaluator, evaluator)
+
+
+# ------------------------------------------------------------------------------------ sidebar
+def _sync_run(ids: list[str]) -> None:
+    """Before the run selectbox exists in this script run: take the run from the URL the first time,
+    fall back to the newest run when the chosen one is gone (deleted)."""
+    wanted = st.query_params.get("run")
+    current = st.session_state.get(RUN_KEY)
+    if current not in ids:
+        st.session_state[RUN_KEY] = wanted if wanted in ids else (_prefix_match(wanted, ids) or ids[0])
+
+
+def _prefix_match(prefix: str | None, ids: list[str]) -> str | None:
+    hits = [i for i in ids if prefix and i.startswith(prefix)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def sidebar() -> Context:
+    """Run selection, k and the four thresholds; stored for the page as `context()`.
+    Thresholds and k are bound to the URL (?p=&tau=&cut=&auc=&k=), the run as ?run=<id>."""
+    data.new_script_run()
+    data.store()
+    ctx = Context()
+    complete = data.complete_runs()
+    with st.sidebar:
+        if complete.empty:
+            st.info("No complete run yet: see the home page for how to make one.")
+            st.session_state[CTX_KEY] = ctx
+            return ctx
+        ids = list(complete["run_id"])
+        names = dict(zip(complete["run_id"], complete["name"]))
+        _sync_run(ids)
+        run_id = st.selectbox("Run", ids, key=RUN_KEY, format_func=lambda r: f"{names[r]}  ({r[:8]})",
+                              help="Every page shows this run. The URL keeps it as ?run=<run id>.")
+        st.query_params["run"] = run_id
+        ctx.run_id = run_id
+        ctx.run = complete[complete["run_id"] == run_id].iloc[0].to_dict()
+        st.caption(f"{ctx.run['name']}  \n`{run_id}` · {int(ctx.run['n_neurons']):,} neurons · "
+                   f"{str(ctx.run['created_at'])[:16]}")
+        ctx.latest = data.latest_evaluations(run_id)
+
+        kmax = data.top_k(run_id)
+        if kmax > 1:
+            ctx.k = st.slider("k: top activating images judged per neuron", 1, kmax, kmax, key=K_KEY,
+                              bind="query-params",
+                              help="A label is judged correct if ANY of the neuron's top-k images matches it "
+                                   "(the paper uses k = 5).")
+        else:
+            ctx.k = max(kmax, 1)
+
+        st.markdown("**Thresholds** (applied live to the stored raw scores)")
+        n_concepts = _n_concepts(ctx.latest)
+        for e in EVALUATOR_ORDER:
+            rule = RULES[e]
+            status = ctx.evaluator_status(e)[0]
+            note = "" if status == "complete" else f"  \n{title(e)} is {status} for this run."
+            help_text = rule.title + note
+            if e == "cp":
+                # a number input: p is typically 0.001-0.05 of [0, 1], too fine for a slider's pixels
+                value = st.number_input(THRESHOLD_LABELS[e], rule.lo, rule.hi, rule.default, rule.step,
+                                        format="%.4f", key=rule.param, bind="query-params", help=help_text)
+                if n_concepts:
+                    st.caption(f"= the label within the top {cp_cutoff(value, n_concepts)} of "
+                               f"{n_concepts} concepts")
+            else:
+                value = st.slider(THRESHOLD_LABELS[e], rule.lo, rule.hi, rule.default, rule.step,
+                                  key=rule.param, bind="query-params", help=help_text)
+            ctx.thresholds[e] = float(value)
+        missing = [f"{title(e)}: {ctx.evaluator_status(e)[0]}" for e in EVALUATOR_ORDER
+                   if ctx.evaluator_status(e)[0] != "complete"]
+        if missing:
+            st.caption("Not in this run: " + "; ".join(missing) + " (reasons on each page).")
+    st.session_state[CTX_KEY] = ctx
+    return ctx
+
+
+def _n_concepts(latest: pd.DataFrame) -> int | None:
+    if latest is None or latest.empty or "n_concepts" not in latest:
+        return None
+    vals = latest["n_concepts"].dropna()
+    return int(vals.iloc[0]) if len(vals) else None
+
+
+def _ensure_navigation() -> None:
+    """Streamlit still supports its older multipage mode, where each file of a `pages/` folder is a page
+    run on its own: while no script run has called st.navigation yet (a fresh server, and every run of
+    AppTest), a request for /<file name> runs that file directly, without app.py. Switch to
+    st.navigation (what app.py's call to it does) and rerun through app.py. The rerun drops button
+    clicks, so the pages act on buttons through on_click callbacks (they run before the rerun)."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without the old mode
+        return
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+def context() -> Context:
+    """The sidebar's choices for this script run (the sidebar runs in app.py before every page)."""
+    _ensure_navigation()
+    ctx = st.session_state.get(CTX_KEY)
+    return ctx if isinstance(ctx, Context) else sidebar()
+
+
+def how_to_make_a_run() -> None:
+    st.markdown(HOW_TO.format(path=data.db_path()))
+
+
+def require_run(ctx: Context) -> None:
+    """Stop the page with the how-to when the store has no complete run."""
+    if ctx.run_id is None:
+        how_to_make_a_run()
+        st.stop()
+
+
+# ------------------------------------------------------------------------------------ models
+def model_lines(run: dict, latest: pd.DataFrame, short: bool = True) -> dict[str, str]:
+    """Plain statements of which models made the run: target, labelling model, each evaluator
+    (with `short`, an evaluator's reason for being unavailable is cut to its first sentence)."""
+    models = loads(run.get("models_json"))
+    out = {}
+    target = models.get("target") or {}
+    if target:
+        out["Network dissected"] = f"{target.get('name', '?')} ({target.get('source', 'source not recorded')})"
+    if "image_text" in models:
+        out["Labels"] = f"CLIP-Dissect with {describe_model(models['image_text'])}"
+    elif "labels" in models:
+        out["Labels"] = str(models["labels"])
+    else:
+        out["Labels"] = "labelling model not recorded"
+    groups: dict[str, list[str]] = {}
+    for e in EVALUATOR_ORDER:
+        hit = latest[latest["evaluator"] == e] if len(latest) else latest
+        if hit is None or hit.empty:
+            groups.setdefault("not run yet", []).append(title(e))
+            continue
+        row = hit.iloc[0]
+        if row["status"] == "complete":
+            info = loads(row["models_json"])
+            desc = describe_model(info.get("image_text") or info.get("vqa") or info)
+        else:
+            model = ""
+            if e == "vqa":
+                wanted = text_or(loads(row["config_json"]).get("vqa_model"))
+                model = "BLIP-2 " if not wanted or "blip" in wanted.lower() else f"{wanted} "
+            reason = text_or(row["error"], "no reason recorded")
+            desc = f"{model}{row['status']}: {short_reason(reason) if short else reason}"
+        groups.setdefault(desc, []).append(title(e))
+    out["Evaluators"] = "; ".join(f"{'/'.join(names)}: {desc}" for desc, names in groups.items())
+    return out
+
+
+def models_banner(ctx: Context) -> None:
+    """One short paragraph under each page title: which run, and honestly which models made it."""
+    if ctx.run_id is None:
+        return
+    lines = model_lines(ctx.run, ctx.latest)
+    text = "  \n".join(f"**{k}:** {v}" for k, v in lines.items())
+    st.caption(f"**Run:** {ctx.run.get('name')} (`{ctx.run_id}`)  \n{text}")
+
+
+def thresholds_caption(ctx: Context) -> str:
+    parts = [f"{RULES[e].param} = {ctx.thresholds[e]:g}" for e in EVALUATOR_ORDER]
+    return f"k = {ctx.k}; " + ", ".join(parts)
+
+
+def evaluator_note(ctx: Context, evaluator: str, short: bool = True) -> str:
+    status, reason = ctx.evaluator_status(evaluator)
+    if reason and short and status != "missing" and short_reason(reason) != reason:
+        reason = short_reason(reason) + " (the Runs page has the full reason)"
+    return f"{title(evaluator)} is {status} for this run" + (f": {reason}" if reason else "")
+
+
+# ------------------------------------------------------------------------------------ images
+def image_grid(frame: pd.DataFrame, thumbs: dict[int, bytes], ncols: int, lines=None, source: bool = True) -> None:
+    """Thumbnails in rows of `ncols`; under each, the lines `lines(row)` gives and the image's
+    known label, source and licence."""
+    if frame.empty:
+        st.caption("No images of this kind were stored for this neuron.")
+        return
+    for start in range(0, len(frame), ncols):
+        cols = st.columns(ncols)
+        for col, (_, row) in zip(cols, frame.iloc[start:start + ncols].iterrows()):
+            with col:
+                thumb = thumbs.get(int(row["image_id"]))
+                if thumb:
+                    st.image(thumb, width="stretch")
+                else:
+                    st.caption("(no thumbnail stored)")
+                text = lines(row) if lines else []
+                if text:
+                    st.markdown("  \n".join(text))
+                if source:
+                    label, origin, licence = (row.get(c) if pd.notna(row.get(c)) else "" for c in
+                                              ("image_label", "source", "license"))
+                    st.caption(f"{label + ' · ' if label else ''}{origin or 'source unknown'} · "
+                               f"{licence or 'licence unknown'}")

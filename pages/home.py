@@ -1,0 +1,67 @@
+"""Overview: what is in the run store, which models made the selected run, and how to use the app."""
+
+import streamlit as st
+
+from clipeval.ui import data, tables, widgets
+
+ctx = widgets.context()
+st.title("clipeval explorer")
+st.markdown(
+    "CLIP-Dissect gives every hidden neuron of a vision network a text label from its most activating "
+    "probe images. This app shows how far each **automatic evaluator** (VQA, concept proportion CP, "
+    "embedding similarity ES, and a contrast check against inactive images) and each **human rater** "
+    "judges those labels correct, beside baselines that an evaluator should reject.")
+
+overview = data.store().store_overview()
+cols = st.columns(6)
+cols[0].metric("Runs", overview["runs"], help=f"{overview['complete_runs']} complete")
+cols[1].metric("Neurons labelled", f"{overview['neurons']:,}")
+cols[2].metric("Evaluations", overview["evaluations"],
+               help=f"{overview['evaluations_not_complete']} more are unavailable or failed (see Runs)")
+cols[3].metric("Human verdicts", f"{overview['human_verdicts']:,}", help="current verdicts, one per rater and neuron")
+cols[4].metric("Raters", overview["raters"])
+cols[5].metric("Probe images stored", f"{overview['probe_images']:,}")
+st.caption(f"Run store: `{data.db_path()}`")
+
+if ctx.run_id is None:
+    widgets.how_to_make_a_run()
+    st.stop()
+
+st.subheader(f"Selected run: {ctx.run['name']}")
+for role, text in widgets.model_lines(ctx.run, ctx.latest).items():
+    st.markdown(f"- **{role}:** {text}")
+view = data.run_view(ctx.run_id)
+overall = tables.overall_shares(view, ctx.thresholds, ctx.k)
+cols = st.columns(len(widgets.EVALUATOR_ORDER))
+for col, e in zip(cols, widgets.EVALUATOR_ORDER):
+    if e in overall:
+        real, shuffled = overall[e]
+        col.metric(f"{widgets.title(e)}: labels judged correct", widgets.fmt_pct(real),
+                   f"shuffled labels: {widgets.fmt_pct(shuffled)}", delta_color="off", delta_arrow="off",
+                   help="Over all neurons of the run at the sidebar's thresholds; beside it, the same evaluator on "
+                        "labels shuffled across neurons (a good evaluator rejects most of those).")
+    else:
+        col.metric(f"{widgets.title(e)}: labels judged correct", "n/a", ctx.evaluator_status(e)[0],
+                   delta_color="off", delta_arrow="off", help=widgets.evaluator_note(ctx, e))
+st.caption("Choose another run, the number k of top images judged and the thresholds in the sidebar; they "
+           "apply to every page and are kept in the URL, so a copied link shows a collaborator the same view.")
+
+st.subheader("Pages")
+PAGES = [
+    ("pages/neuron.py", "Neuron explorer", "one neuron: its label, runner-up concepts, top images with each "
+     "evaluator's score and verdict, images across activation levels, inactive images, histogram."),
+    ("pages/layers.py", "Layer overview", "per layer, the share of labels judged correct by each evaluator beside "
+     "its shuffled and constant-label baselines; the interpretable units; a sortable unit grid; frequent labels."),
+    ("pages/thresholds.py", "Thresholds", "how the verdicts move with each threshold, per layer, and calibrating a "
+     "threshold to human labels."),
+    ("pages/agreement.py", "Agreement", "Cohen's kappa between all raters and evaluators, agreement per layer, "
+     "Jaccard, confusion matrices, F1."),
+    ("pages/runs.py", "Runs", "every run with its settings and models, a comparison of configurations, timings, "
+     "and deleting a run."),
+    ("pages/annotate.py", "Annotate", "judge labels yourself, neuron by neuron; every answer is saved at once."),
+    ("pages/sql.py", "SQL", "a read-only SQL console over the run store."),
+]
+for path, name, text in PAGES:
+    c = st.columns([1.3, 5], vertical_alignment="center")
+    c[0].page_link(path, label=name)
+    c[1].markdown(text)

@@ -1,0 +1,99 @@
+"""Layer overview: per layer, the share of labels each evaluator judges correct beside its baselines,
+the interpretable units, a sortable and filterable unit grid, and the most frequent labels."""
+
+import streamlit as st
+
+from clipeval.ui import charts, data, tables, widgets
+
+ctx = widgets.context()
+st.title("Layer overview")
+widgets.require_run(ctx)
+widgets.models_banner(ctx)
+
+view = data.run_view(ctx.run_id)
+layers = data.layers(ctx.run_id)
+layer_names = list(layers["layer"])
+available = [e for e in widgets.EVALUATOR_ORDER if e in view.available]
+k = min(ctx.k, view.kmax) if available else ctx.k
+
+# ---------------------------------------------------------------- shares beside baselines
+st.subheader("Share of labels judged correct, per layer")
+for e in widgets.EVALUATOR_ORDER:
+    if e not in available:
+        st.caption(f":orange[{widgets.evaluator_note(ctx, e)}]")
+if not available:
+    st.info("No evaluator has scored this run yet, so there are no verdicts to summarise. Run "
+            f"`clipeval evaluate {ctx.run_id} --evaluators cp,es,contrast`.")
+else:
+    summary = view.layer_summary(ctx.thresholds, k)
+    st.plotly_chart(charts.layer_shares(summary, layer_names), width="stretch", key="layer_shares")
+    st.caption(f"Bars: the run's real labels; black markers: the same evaluator on labels shuffled across neurons "
+               f"(×) and on one constant label for every neuron (–). An evaluator that passes shuffled or constant "
+               f"labels nearly as often as real ones tells real labels from wrong ones poorly. "
+               f"'overall' pools all neurons (not the mean of the layers). {widgets.thresholds_caption(ctx)}.")
+    table = tables.summary_table(summary, layer_names)
+    table, pct = widgets.as_percent(table, [c for c in table.columns if c not in ("layer", "neurons")])
+    st.dataframe(table, hide_index=True, width="stretch", column_config=pct)
+
+# ---------------------------------------------------------------- interpretable units
+st.subheader("Interpretable units")
+chosen = st.multiselect("Evaluators that must all agree", available, default=available,
+                        format_func=widgets.title, key="interp_evaluators",
+                        help="Only evaluators that scored this run can be chosen.")
+st.markdown(
+    "**Definition used here:** a unit is *interpretable* when **every chosen evaluator** judges its CLIP-Dissect "
+    f"label correct (any of its top-{k} images matches the label at the current thresholds). Human verdicts "
+    "are not part of it; they appear as columns in the grid below.")
+if available and chosen:
+    grid = tables.unit_grid(view, ctx.thresholds, k, chosen)
+    per_layer = tables.interpretable_by_layer(grid, tables.INTERPRETABLE, layer_names)
+    cols = st.columns(min(len(per_layer), 6))
+    for col, row in zip(cols * (len(per_layer) // len(cols) + 1), per_layer.itertuples()):
+        col.metric(row.layer, widgets.fmt_pct(row.share), f"{row.interpretable:,} of {row.neurons:,} units",
+                   delta_color="off", delta_arrow="off")
+elif available:
+    st.info("Choose at least one evaluator.")
+    grid = tables.unit_grid(view, ctx.thresholds, k, [])
+else:
+    grid = data.neurons(ctx.run_id).assign(**{tables.INTERPRETABLE: False})
+
+# ---------------------------------------------------------------- unit grid
+st.subheader("Unit grid")
+f = st.columns([1.2, 1.6, 2])
+grid_layer = f[0].selectbox("Layer", ["all layers", *layer_names], key="grid_layer")
+text = f[1].text_input("Label contains", key="grid_text")
+show = f[2].segmented_control("Show units", ["all", "interpretable", "not interpretable"], default="all",
+                              key="grid_show") or "all"
+shown = tables.filter_grid(grid, None if grid_layer == "all layers" else grid_layer, text, show)
+kmax = data.top_k(ctx.run_id)
+shown = shown.assign(open=[tables.neuron_link(ctx.run_id, r.layer, r.unit, ctx.thresholds, ctx.k, kmax)
+                           for r in shown[["layer", "unit"]].itertuples()])
+config = {"open": st.column_config.LinkColumn("neuron", display_text="open", width="small",
+                                              help="Open this neuron in the neuron explorer (new tab)"),
+          "similarity": st.column_config.NumberColumn(format="%.3f"),
+          tables.INTERPRETABLE: st.column_config.CheckboxColumn(tables.INTERPRETABLE)}
+for e in available:
+    t = widgets.title(e)
+    config[f"{t} score"] = st.column_config.NumberColumn(f"{t} score", format="%d" if e == "cp" else "%.3f",
+                                                         help=f"{t}: " + {"cp": "best rank of the label",
+                                                                          "es": "highest cosine",
+                                                                          "vqa": "highest P(yes)",
+                                                                          "contrast": "ROC-AUC"}[e])
+    config[t] = st.column_config.CheckboxColumn(t, help=f"{t} judges the label correct")
+st.caption(f"{len(shown):,} of {len(grid):,} units. Click a column header to sort; 'open' shows the unit in the "
+           "neuron explorer.")
+first = ["open", "layer", "unit", "label", "similarity", tables.INTERPRETABLE]
+st.dataframe(shown, hide_index=True, width="stretch", height=420, column_config=config,
+             column_order=[*first, *[c for c in shown.columns if c not in first]])
+
+# ---------------------------------------------------------------- frequent labels
+st.subheader("Most frequent labels")
+counts = data.label_counts(ctx.run_id, None if grid_layer == "all layers" else grid_layer, 20)
+c = st.columns([1.4, 1])
+with c[0]:
+    st.plotly_chart(charts.label_bars(counts), width="stretch", key="label_bars")
+with c[1]:
+    st.caption(f"{'All layers' if grid_layer == 'all layers' else grid_layer} (follows the grid's layer filter). "
+               "A label carried by many units is often vague; a top-k-only check tends to pass vague labels.")
+    counts, pct = widgets.as_percent(counts, ["share"])
+    st.dataframe(counts, hide_index=True, width="stretch", column_config=pct)

@@ -1,0 +1,180 @@
+"""Neuron explorer: one neuron's label, runner-up concepts, top activating images with every
+evaluator's raw score and verdict, more images across activation levels, and its histogram."""
+
+import random
+
+import pandas as pd
+import streamlit as st
+
+from clipeval.ui import charts, data, widgets
+from clipeval.ui.neuron import image_lines, image_table, verdict_table
+
+ctx = widgets.context()
+st.title("Neuron explorer")
+widgets.require_run(ctx)
+widgets.models_banner(ctx)
+
+view = data.run_view(ctx.run_id)
+layers = data.layers(ctx.run_id)
+neurons = data.neurons(ctx.run_id)
+units = neurons.groupby("layer", sort=False)["unit"].agg(list).to_dict()
+layer_names = [l for l in layers["layer"] if units.get(l)]
+if not layer_names:
+    st.warning("This run has no labelled neurons.")
+    st.stop()
+
+# ---------------------------------------------------------------- choosing the neuron (kept in the URL)
+if "layer" in st.session_state and st.session_state["layer"] not in layer_names:  # another run was chosen
+    st.session_state["layer"] = layer_names[0]
+
+
+def _go(layer: str, unit: int) -> None:
+    st.session_state["layer"], st.session_state["unit"] = layer, int(unit)
+
+
+def _step(delta: int) -> None:
+    order = list(neurons[["layer", "unit"]].itertuples(index=False, name=None))
+    here = (st.session_state["layer"], int(st.session_state.get("unit", 0)))
+    i = order.index(here) if here in order else 0
+    _go(*order[(i + delta) % len(order)])
+
+
+def _random() -> None:
+    row = neurons.iloc[random.randrange(len(neurons))]
+    _go(row["layer"], row["unit"])
+
+
+def _found() -> None:
+    hit = st.session_state.get("search_hit")
+    if hit:
+        layer, unit = hit.rsplit("/", 1)
+        _go(layer, int(unit))
+
+
+pick = st.columns([1.5, 1.1, 3, 2.4], vertical_alignment="bottom")
+layer = pick[0].selectbox("Layer", layer_names, key="layer", bind="query-params")
+unit_list = units[layer]
+if "unit" in st.session_state and int(st.session_state["unit"]) > unit_list[-1]:  # past this layer's last unit
+    st.session_state["unit"] = unit_list[-1]
+unit = int(pick[1].number_input(f"Unit (0-{unit_list[-1]})", min_value=0, max_value=int(max(unit_list)), value=0,
+                                step=1, key="unit", bind="query-params"))
+with pick[2]:
+    nav = st.container(horizontal=True, gap="small", wrap=False)
+    nav.button("Previous", on_click=_step, args=(-1,), icon=":material/arrow_back:", key="prev")
+    nav.button("Next", on_click=_step, args=(1,), icon=":material/arrow_forward:", key="next")
+    nav.button("Random", on_click=_random, icon=":material/casino:", key="random")
+with pick[3]:
+    query = st.text_input("Search labels and runner-up concepts", key="search_text", placeholder="e.g. dog, stripes")
+if query.strip():
+    hits = data.search_neurons(ctx.run_id, query.strip())
+    if hits.empty:
+        st.caption(f"No label or runner-up concept contains {query.strip()!r}.")
+    else:
+        options = [f"{r.layer}/{r.unit}" for r in hits.itertuples()]
+        text = {f"{r.layer}/{r.unit}": (f"{r.layer} / {r.unit}: {r.label}" + ("" if r.match_rank == 1 else
+                f"  (runner-up #{r.match_rank}: {r.matched})")) for r in hits.itertuples()}
+        st.selectbox(f"{len(hits)} matching neuron(s){' (first 200)' if len(hits) >= 200 else ''}", options,
+                     index=None, format_func=text.get, key="search_hit", on_change=_found,
+                     placeholder="Pick one to show it")
+
+if unit not in unit_list:
+    st.warning(f"{layer} has no labelled unit {unit}.")
+    st.stop()
+label_row = neurons[(neurons["layer"] == layer) & (neurons["unit"] == unit)].iloc[0]
+
+# ---------------------------------------------------------------- label, runner-ups, verdicts
+head = st.columns([1.1, 2.4])
+with head[0]:
+    st.subheader(f"{layer} / unit {unit}")
+    st.markdown(f"### “{label_row['label']}”")
+    st.metric("CLIP-Dissect similarity of the label", widgets.fmt_num(label_row["similarity"]),
+              help="The score of the chosen concept under the run's similarity function (soft-WPMI by default): "
+                   "comparable between neurons of one run, not a cosine.")
+    ru = data.runner_ups(ctx.run_id, layer, unit)
+    if len(ru) > 1:
+        st.caption("Runner-up concepts (rank 1 is the label)")
+        st.dataframe(ru, hide_index=True, width="stretch",
+                     column_config={"score": st.column_config.NumberColumn(format="%.3f")})
+
+with head[1]:
+    st.markdown("**Show under each image**")
+    toggles = st.columns(5)
+    shown = []
+    for col, e in zip(toggles, widgets.EVALUATOR_ORDER):
+        state = view.evaluators[e]
+        ok = state.table is not None
+        on = col.toggle(widgets.title(e), value=ok, key=f"show_{e}", bind="query-params", disabled=not ok,
+                        help=widgets.RULES_HELP[e] if ok else widgets.evaluator_note(ctx, e))
+        if on and ok:
+            shown.append(e)
+    show_human = toggles[4].toggle("Human", value=True, key="show_human", bind="query-params",
+                                   help="Human raters' yes/no verdicts on this neuron (from the Annotate page or "
+                                        "`clipeval humans import`).")
+    verdicts = verdict_table(ctx, view, layer, unit)
+    keep = verdicts["rater"].isin([widgets.title(e) for e in shown]) | \
+        (show_human & verdicts["rater"].isin(view.rater_labels))
+    missing = [e for e in widgets.EVALUATOR_ORDER if view.evaluators[e].table is None]
+    if keep.any():
+        st.dataframe(verdicts[keep], hide_index=True, width="stretch")
+    for e in missing:
+        st.caption(f":orange[{widgets.evaluator_note(ctx, e)}]")
+    if show_human and not view.humans:
+        st.caption("No human verdicts for this run yet: judge neurons on the Annotate page.")
+    if view.available:
+        st.caption(f"A label is judged correct when ANY of the top-{ctx.k} images matches it. Neuron score: CP the "
+                   "best rank of the label, ES the highest cosine, VQA the highest P(yes), Contrast the ROC-AUC of the "
+                   "label's cosine on the top images against inactive ones. Baselines: the same evaluator on a label "
+                   "shuffled in from another neuron, and on one constant label for every neuron.")
+
+# ---------------------------------------------------------------- images
+images = image_table(ctx, view, layer, unit)
+fingerprint = ctx.run.get("probe_fingerprint")
+thumbs = data.thumbnails(fingerprint, images["image_id"]) if len(images) else {}
+
+
+def image_grid(frame: pd.DataFrame, ncols: int, evaluators: list[str], note: str = "") -> None:
+    def lines(row) -> list[str]:
+        head_line = f"**#{int(row['rank'])}** activation {row['activation']:.3f}"
+        if row["kind"] == "top" and not row["counted"]:
+            head_line += f"  \n:gray[not judged: beyond k = {ctx.k}]"
+        return [head_line, *image_lines(row, evaluators)]
+
+    widgets.image_grid(frame, thumbs, ncols, lines)
+    if note and not frame.empty:
+        st.caption(note)
+
+
+if images.empty:
+    st.info("No images are stored for this neuron: this run's labels were imported without activations. Import "
+            "them again with `--target` and `--probe` to see (and judge) each neuron's top images.")
+    st.stop()
+st.subheader(f"Top {int((images['kind'] == 'top').sum())} activating images")
+contrast_note = ("Contrast shows each image's cosine with the label judged by the ES rule (tau = "
+                 f"{ctx.thresholds['es']:g}); its neuron verdict is the AUC rule above." if "contrast" in shown else "")
+image_grid(images[images["kind"] == "top"], 5, shown, contrast_note)
+
+st.subheader("Beyond the top images")
+tabs = st.tabs(["Across activation levels", "Least active", "Random (not among the most active)",
+                "Activation histogram"])
+inactive_eval = [e for e in shown if e == "contrast"]
+with tabs[0]:
+    st.caption("Images spread over the neuron's activation range, most active first.")
+    image_grid(images[images["kind"] == "level"], 5, [])
+with tabs[1]:
+    st.caption("The neuron's least activating probe images" + (
+        "; with Contrast on, a 'match' here counts AGAINST the label." if inactive_eval else "."))
+    image_grid(images[images["kind"] == "low"], 5, inactive_eval)
+with tabs[2]:
+    st.caption("Random probe images outside the neuron's most active ones" + (
+        "; with Contrast on, a 'match' here counts AGAINST the label." if inactive_eval else "."))
+    image_grid(images[images["kind"] == "random"], 5, inactive_eval)
+with tabs[3]:
+    hist = data.histogram(ctx.run_id, layer, unit)
+    if hist.empty:
+        st.caption("No histogram stored for this neuron.")
+    else:
+        top = images[images["kind"] == "top"]
+        st.plotly_chart(charts.activation_histogram(hist, top["activation"].tolist(), ctx.k),
+                        width="stretch", key="hist")
+        st.caption(f"Activation over all {int(hist['count'].sum())} probe images; red lines: the top images "
+                   f"(solid: the top {ctx.k} that are judged).")

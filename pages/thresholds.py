@@ -1,0 +1,112 @@
+"""Thresholds: how the share judged correct, and agreement with a reference rater, move with each
+evaluator's threshold, per layer (the paper's Figure 3); and calibrating a threshold to human labels."""
+
+import streamlit as st
+
+from clipeval.errors import ClipevalError
+from clipeval.evaluators.rules import RULES
+from clipeval.ui import charts, data, sweeps, widgets
+
+ctx = widgets.context()
+st.title("Thresholds")
+widgets.require_run(ctx)
+widgets.models_banner(ctx)
+
+view = data.run_view(ctx.run_id)
+available = [e for e in widgets.EVALUATOR_ORDER if e in view.available]
+raters = view.rater_labels
+st.markdown("Move the threshold sliders in the sidebar: every page follows them, and the red line below marks "
+            "the current value. Everything here is recomputed from the stored raw scores; no model runs.")
+for e in widgets.EVALUATOR_ORDER:
+    if e not in available:
+        st.caption(f":orange[{widgets.evaluator_note(ctx, e)}]")
+if not available:
+    st.info(f"No evaluator has scored this run yet: `clipeval evaluate {ctx.run_id} --evaluators cp,es,contrast`.")
+    st.stop()
+
+c = st.columns([1.5, 1, 1])
+reference = c[0].selectbox("Reference rater for agreement", [*raters, "none"], key="ref", bind="query-params",
+                           help="Agreement and Cohen's kappa of each evaluator's verdicts with this human rater, over "
+                                "the neurons the rater judged.")
+metric = c[1].segmented_control("Agreement measure", ["kappa", "agreement"], default="kappa", key="sweep_metric") \
+    or "kappa"
+baselines = c[2].toggle("Draw the baselines", value=True, key="sweep_baselines",
+                        help="The same evaluator on shuffled labels (dashed) and on one constant label (dotted), "
+                             "pooled over all layers.")
+if not raters:
+    st.caption("No human verdicts for this run yet, so only the share judged correct is drawn. Add some on the "
+               "Annotate page or with `clipeval humans import`.")
+ref = None if reference == "none" else reference
+k = min(ctx.k, view.kmax)
+
+for e in available:
+    rule = RULES[e]
+    st.subheader(rule.title)
+    lo, hi = sweeps.default_range(view, e, ctx.thresholds[e])
+    lo, hi = st.slider(f"{rule.param} range shown", rule.lo, rule.hi, (lo, hi), rule.step, key=f"range_{e}",
+                       help="Zoom the x axis; the sweep covers this range in 101 steps.")
+    sweep = sweeps.sweep(view, e, lo, hi, k, ref)
+    cols = st.columns(2 if ref else 1)
+    cols[0].markdown(f"**Share judged correct** at {rule.param} = {ctx.thresholds[e]:g}: "
+                     f"{widgets.fmt_pct(sweeps.share_at(view, e, ctx.thresholds[e], k))}")
+    cols[0].plotly_chart(charts.sweep_figure(sweep, rule.param, ctx.thresholds[e], "share_correct", baselines),
+                         width="stretch", key=f"share_{e}")
+    if ref:
+        if metric in sweep and sweep[metric].notna().any():
+            n_ref = int(sweep["n_reference"].dropna().max()) if "n_reference" in sweep else 0
+            cols[1].markdown(f"**{metric.capitalize()} with {ref}** over the {n_ref} neurons they judged")
+            cols[1].plotly_chart(charts.sweep_figure(sweep, rule.param, ctx.thresholds[e], metric, False),
+                                 width="stretch", key=f"agree_{e}")
+        else:
+            cols[1].info(f"{ref} judged none of this run's neurons that {widgets.title(e)} scored.")
+
+# ---------------------------------------------------------------- calibration
+st.subheader("Calibrate a threshold to human labels")
+st.markdown("Fits the threshold that maximises Cohen's kappa with a human rater on a random part of the neurons "
+            "that rater judged, and reports agreement and kappa on the **held-out** rest.")
+if not raters:
+    st.info("Calibration needs human verdicts: judge some neurons on the Annotate page, or import a CSV with "
+            "`clipeval humans import`.")
+    st.stop()
+c = st.columns(4)
+cal_eval = c[0].selectbox("Evaluator", available, format_func=widgets.title, key="cal_evaluator")
+cal_rater = c[1].selectbox("Human rater", raters, key="cal_rater")
+fit_fraction = c[2].slider("Share of neurons used to fit", 0.2, 0.8, 0.5, 0.05, key="cal_fraction")
+seed = c[3].number_input("Random split seed", 0, 10_000, 0, key="cal_seed")
+
+
+def _apply(param: str, value: float) -> None:
+    st.session_state[param] = value  # the sidebar widget of that threshold (and the URL) take it
+
+
+def _calibrate(evaluator: str, rater: str, fraction: float, seed_: int, k_: int) -> None:
+    try:
+        result = view.calibrate(evaluator, rater, fraction, seed_, k_)
+    except ClipevalError as err:
+        st.session_state.pop("calibration", None)
+        st.session_state["calibration_error"] = str(err)
+    else:
+        st.session_state.pop("calibration_error", None)
+        st.session_state["calibration"] = {**result, "run_id": ctx.run_id, "k": k_}
+
+
+st.button("Calibrate", type="primary", icon=":material/auto_fix:", key="calibrate", on_click=_calibrate,
+          args=(cal_eval, cal_rater, fit_fraction, int(seed), k))
+if st.session_state.get("calibration_error"):
+    st.error(st.session_state["calibration_error"])
+result = st.session_state.get("calibration")
+if result and result.get("run_id") == ctx.run_id:
+    e, rule = result["evaluator"], RULES[result["evaluator"]]
+    st.markdown(f"**{widgets.title(e)} calibrated to {result['rater']}** (k = {result['k']}, "
+                f"fit on {result['n_fit']} neurons, tested on {result['n_test']} held-out neurons)")
+    m = st.columns(5)
+    m[0].metric(f"Fitted {rule.param}", f"{result['threshold']:.4g}",
+                f"current {ctx.thresholds[e]:g}", delta_color="off", delta_arrow="off")
+    m[1].metric("Kappa on the fit part", widgets.fmt_num(result["fit_kappa"], 3))
+    m[2].metric("Held-out agreement", widgets.fmt_pct(result["test_agreement"]))
+    m[3].metric("Held-out kappa", widgets.fmt_num(result["test_kappa"], 3))
+    m[4].metric("Held-out share judged correct", widgets.fmt_pct(result["test_share_correct"]))
+    st.button(f"Apply {rule.param} = {result['threshold']:.4g}", on_click=_apply,
+              args=(rule.param, float(result["threshold"])), icon=":material/check:", key="apply_calibration",
+              disabled=abs(ctx.thresholds[e] - result["threshold"]) < 1e-12,
+              help="Sets the sidebar threshold (and so every page and the URL) to the fitted value.")

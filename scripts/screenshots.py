@@ -1,0 +1,239 @@
+"""Screenshot every page of the explorer: start `streamlit run app.py` on a free localhost port against
+a run store, open each page in headless Chromium, and write one PNG per page.
+
+    python scripts/screenshots.py [STORE] [--out screenshots/] [--pages neuron,layers] [--wait 15]
+
+STORE defaults to $CLIPEVAL_DB, else clipeval.store.DEFAULT_DB. Chromium: /usr/bin/chromium (Debian:
+`apt-get install -y chromium`) or $CHROMIUM. Streamlit renders in the browser, so each shot is taken
+over the DevTools protocol once the app is idle and the page has stopped changing (at most --wait
+seconds), at the page's full height unless --viewport-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# page name -> URL path and query (the app keeps its state in the URL, so a link is a view)
+PAGES = {
+    "overview": "",  # the default page lives at the root URL
+    "neuron": "neuron",
+    "layers": "layers",
+    "thresholds": "thresholds",
+    "agreement": "agreement",
+    "runs": "runs",
+    "annotate": "annotate?rater=screenshot",
+    "sql": "sql",
+}
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                "--force-device-scale-factor=1"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_chromium() -> str:
+    for c in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+              shutil.which("chromium-browser"), shutil.which("google-chrome")):
+        if c and Path(c).exists():
+            return c
+    sys.exit("no Chromium found: apt-get install -y chromium (Debian), or set CHROMIUM=/path/to/chrome")
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"streamlit exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    sys.exit("streamlit did not come up in time")
+
+
+class Cdp:
+    """A minimal Chrome DevTools Protocol client over the `websockets` package (a Streamlit dependency)."""
+
+    def __init__(self, ws_url: str):
+        from websockets.sync.client import connect
+
+        self._conn = connect(ws_url, max_size=None, open_timeout=30)
+        self.ws = self._conn.__enter__()
+        self.next_id = 0
+
+    def call(self, method: str, **params):
+        import json
+
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=60))
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    def js(self, expression: str):
+        res = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        return res.get("result", {}).get("value")
+
+    def close(self):
+        self._conn.__exit__(None, None, None)
+
+
+# Idle = the app finished its script run (stApp's data-test-script-state), every image has loaded and the page's
+# text has stopped changing; plotly charts draw an svg each.
+READY_JS = """(() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  if (!app) return null;
+  const running = app.getAttribute('data-test-script-state') !== 'notRunning';
+  const skeleton = document.querySelector('[data-testid="stSkeleton"]');
+  const imgs = [...document.images].every(i => i.complete);
+  const main = document.querySelector('[data-testid="stMain"]') || document.body;
+  return JSON.stringify({busy: running || !!skeleton || !imgs, text: main.innerText.length,
+                         plots: document.querySelectorAll('.js-plotly-plot .main-svg').length});
+})()"""
+HEIGHT_JS = """(() => {
+  const main = document.querySelector('[data-testid="stMain"]');
+  const block = document.querySelector('[data-testid="stMainBlockContainer"]');
+  return Math.max(block ? block.scrollHeight + 120 : 0, main ? main.scrollHeight : 0, document.body.scrollHeight);
+})()"""
+
+
+def shoot(chromium: str, url: str, out: Path, width: int, height: int, wait_s: float, full: bool) -> bool:
+    """Open `url`, wait until Streamlit is idle and stable (at most wait_s), screenshot the whole page."""
+    import base64
+    import json
+
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.Popen([chromium, *CHROME_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
+                                 f"--window-size={width},{height}", "about:blank"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            port_file = Path(profile) / "DevToolsActivePort"
+            deadline = time.time() + 30
+            while not port_file.exists() or len(port_file.read_text().split()) < 2:
+                if time.time() > deadline or proc.poll() is not None:
+                    print("  chromium did not start", file=sys.stderr)
+                    return False
+                time.sleep(0.1)
+            port = int(port_file.read_text().split()[0])
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+                page = next(t for t in json.load(r) if t["type"] == "page")
+            cdp = Cdp(page["webSocketDebuggerUrl"])
+            try:
+                cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
+                         mobile=False)
+                cdp.call("Page.enable")
+                cdp.call("Page.navigate", url=url)
+                deadline, last, stable_since = time.time() + wait_s, None, time.time()
+                time.sleep(1.0)
+                while time.time() < deadline:
+                    state = cdp.js(READY_JS)
+                    if state != last:
+                        last, stable_since = state, time.time()
+                    elif state and not json.loads(state)["busy"] and time.time() - stable_since > 1.5:
+                        break
+                    time.sleep(0.25)
+                else:
+                    print(f"  note: {url} still changing after {wait_s:.0f} s; shot taken anyway", file=sys.stderr)
+                if full:
+                    h = min(int(cdp.js(HEIGHT_JS) or height), 8000)
+                    if h > height:
+                        cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=h, deviceScaleFactor=1,
+                                 mobile=False)
+                        time.sleep(1.5)  # let charts and the data grids re-layout at the new height
+                shot = cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=False)
+                out.write_bytes(base64.b64decode(shot["data"]))
+            finally:
+                cdp.close()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            # Chromium keeps its singleton socket in a /tmp/org.chromium.* folder named by a link in the profile
+            link = Path(profile) / "SingletonSocket"
+            if link.is_symlink() and Path(os.readlink(link)).parent.name.startswith("org.chromium."):
+                shutil.rmtree(Path(os.readlink(link)).parent, ignore_errors=True)
+    return out.exists()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("store", nargs="?", help="run store (.duckdb); default $CLIPEVAL_DB or clipeval's default")
+    ap.add_argument("--out", default=str(ROOT / "screenshots"), help="output folder (default: screenshots/)")
+    ap.add_argument("--pages", default=",".join(PAGES), help=f"comma-separated subset of {', '.join(PAGES)}")
+    ap.add_argument("--query", action="append", default=[],
+                    help="extra shot NAME=PATH?QUERY, e.g. neuron-b4=neuron?layer=blocks.4&unit=3&tau=0.3")
+    ap.add_argument("--width", type=int, default=1400)
+    ap.add_argument("--height", type=int, default=1800)
+    ap.add_argument("--wait", type=float, default=30, help="at most this many seconds for a page to settle")
+    ap.add_argument("--viewport-only", action="store_true", help="shoot the window only, not the whole page")
+    args = ap.parse_args(argv)
+
+    store = args.store or os.environ.get("CLIPEVAL_DB")
+    if not store:
+        sys.path.insert(0, str(ROOT))
+        from clipeval.store import DEFAULT_DB
+        store = str(DEFAULT_DB)
+    if not Path(store).exists():
+        sys.exit(f"no run store at {store}: build one with `python -m clipeval demo` or pass a path")
+    shots = {name: PAGES[name] for name in args.pages.split(",") if name}
+    unknown = [n for n in shots if n not in PAGES]
+    if unknown:
+        sys.exit(f"unknown page(s) {unknown}; choose from {', '.join(PAGES)}")
+    for extra in args.query:
+        name, _, path = extra.partition("=")
+        shots[name] = path
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    chromium = find_chromium()
+
+    port = free_port()
+    env = {**os.environ, "CLIPEVAL_DB": str(Path(store).resolve()), "PYTHONUNBUFFERED": "1"}
+    log = open(out / "streamlit.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+                             "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
+                             "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    ok = True
+    try:
+        wait_healthy(port, proc)
+        for name, path in shots.items():
+            target = out / f"{name}.png"
+            target.unlink(missing_ok=True)
+            url = f"http://127.0.0.1:{port}/{path}"
+            t = time.time()
+            good = shoot(chromium, url, target, args.width, args.height, args.wait, not args.viewport_only)
+            ok &= good
+            print(f"{name:12s} {url}  ->  {target if good else 'FAILED'}  ({time.time() - t:.1f} s)")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

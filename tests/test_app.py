@@ -1,0 +1,317 @@
+"""The Streamlit explorer, driven headlessly with streamlit.testing.v1.AppTest on a real small run
+(the `run_store` fixture: EfficientNet-Lite0, the small offline probe, CP / ES / contrast scores)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+PAGES = ["pages/home.py", "pages/neuron.py", "pages/layers.py", "pages/thresholds.py", "pages/agreement.py",
+         "pages/runs.py", "pages/annotate.py", "pages/sql.py"]
+TIMEOUT = 90
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches():
+    """Streamlit's caches live in the process: start every test without another test's results."""
+    import streamlit as st
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def app_store(run_store, monkeypatch):
+    """(Store, run id) with the app pointed at that store through CLIPEVAL_DB."""
+    store, run_id, _ = run_store
+    monkeypatch.setenv("CLIPEVAL_DB", str(store.path))
+    return store, run_id
+
+
+def open_page(page: str | None = None, **query) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for k, v in query.items():
+        at.query_params[k] = str(v)
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [t.value for t in at.title] + \
+        [s.value for s in at.subheader] + [i.value for i in at.info] + [w.value for w in at.warning] + \
+        [e.value for e in at.error] + [s.value for s in at.success]
+    return "\n".join(str(p) for p in parts)
+
+
+def metric(at: AppTest, label_start: str) -> str:
+    hits = [m.value for m in at.metric if m.label.startswith(label_start)]
+    assert hits, [m.label for m in at.metric]
+    return hits[0]
+
+
+def add_humans(store, run_id: str, rater: str = "alice", per_layer: int = 20, seed: int = 0) -> pd.DataFrame:
+    """Human verdicts that mostly follow CP's verdicts (so calibration and agreement have signal)."""
+    from clipeval.analysis import RunView, default_thresholds
+
+    view = RunView(store, run_id)
+    f = view.verdicts("cp", default_thresholds()["cp"])
+    pick = pd.concat([g.head(per_layer) for _, g in f.groupby("layer", sort=False)])
+    flip = np.random.default_rng(seed).random(len(pick)) < 0.1
+    frame = pick.assign(rater=rater, verdict=pick["verdict"].to_numpy() ^ flip)
+    store.add_human_verdicts(run_id, frame, source="test")
+    return frame
+
+
+# ------------------------------------------------------------------------------------ every page
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_and_names_the_models(app_store, page):
+    store, run_id = app_store
+    store.record_evaluation("vqa-missing", run_id, "vqa", "{}", status="unavailable",
+                            error="BLIP-2 weights are not on this machine")
+    at = open_page(page, rater="tester")
+    body = texts(at)
+    assert "not CLIP" in body, "every page says the labelling model is an offline stand-in, not CLIP"
+    assert "BLIP-2 unavailable: BLIP-2 weights are not on this machine" in body
+    assert at.sidebar.selectbox(key="run_choice").value == run_id
+
+
+def test_no_runs_shows_how_to_make_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPEVAL_DB", str(tmp_path / "empty.duckdb"))
+    for page in [None, "pages/neuron.py", "pages/layers.py", "pages/thresholds.py", "pages/agreement.py",
+                 "pages/annotate.py", "pages/runs.py"]:
+        body = texts(open_page(page))
+        assert "No complete run" in body and "clipeval demo" in body and "./run app" in body, page
+
+
+# ------------------------------------------------------------------------------------ widgets and URL
+def test_tau_slider_changes_the_verdicts_shown(app_store):
+    at = open_page()
+    before = metric(at, "ES: labels judged correct")
+    at.slider(key="tau").set_value(0.9).run()
+    after = metric(at, "ES: labels judged correct")
+    assert before != after and float(after.rstrip("%")) < float(before.rstrip("%"))
+    # the layer overview follows the same slider (shared sidebar state)
+    at.switch_page("pages/layers.py").run()
+    assert not at.exception
+    assert at.slider(key="tau").value == pytest.approx(0.9)
+
+
+def test_url_parameters_restore_the_view(app_store):
+    store, run_id = app_store
+    layer = store.layers(run_id)["layer"].iloc[1]
+    at = open_page("pages/neuron.py", run=run_id, layer=layer, unit=3, tau=0.3, k=3, show_cp="false")
+    assert at.selectbox(key="layer").value == layer
+    assert at.number_input(key="unit").value == 3
+    assert at.slider(key="tau").value == pytest.approx(0.3)
+    assert at.slider(key="k").value == 3
+    assert at.toggle(key="show_cp").value is False and at.toggle(key="show_es").value is True
+    body = texts(at)
+    assert f"{layer} / unit 3" in body
+    label = store.neurons(run_id, layer).set_index("unit").loc[3, "label"]
+    assert f"“{label}”" in body
+    assert "beyond k = 3" in body  # images 4 and 5 are shown but not judged
+    assert "CP rank" not in body and "ES cos" in body  # the CP toggle is off, ES on
+
+
+def test_neuron_explorer_navigates_and_searches(app_store):
+    store, run_id = app_store
+    at = open_page("pages/neuron.py")
+    assert at.number_input(key="unit").value == 0
+    at.button(key="next").click().run()
+    assert at.number_input(key="unit").value == 1
+    neurons = store.neurons(run_id)
+    at.button(key="prev").click().run().button(key="prev").click().run()  # wraps to the run's last neuron
+    last = neurons.iloc[-1]
+    assert (at.selectbox(key="layer").value, at.number_input(key="unit").value) == (last["layer"], last["unit"])
+    target = neurons.iloc[len(neurons) // 2]
+    at.text_input(key="search_text").set_value(target["label"]).run()
+    at.selectbox(key="search_hit").set_value(f"{target['layer']}/{target['unit']}").run()
+    assert (at.selectbox(key="layer").value, at.number_input(key="unit").value) == (target["layer"], target["unit"])
+    assert not at.exception
+    # images come from stored thumbnails, with their source and licence
+    assert len(at.image) >= 5
+    assert any("procedural" in c.value or "scikit" in c.value for c in at.caption)
+
+
+def test_unavailable_evaluator_is_shown_with_its_reason(app_store):
+    store, run_id = app_store
+    store.record_evaluation("vqa-missing", run_id, "vqa", "{}", status="unavailable",
+                            error="no BLIP-2 weights here")
+    at = open_page("pages/neuron.py")
+    assert at.toggle(key="show_vqa").disabled
+    assert "VQA is unavailable for this run: no BLIP-2 weights here" in texts(at)
+    at.switch_page("pages/layers.py").run()
+    assert "VQA is unavailable for this run: no BLIP-2 weights here" in texts(at)
+
+
+# ------------------------------------------------------------------------------------ pages with data
+def test_layer_overview_defines_interpretable_and_filters_the_grid(app_store):
+    store, run_id = app_store
+    neurons = store.neurons(run_id)
+    first = neurons["layer"].iloc[0]
+    n_first = int((neurons["layer"] == first).sum())
+    at = open_page("pages/layers.py")
+    assert "every chosen evaluator" in texts(at)
+    assert f"{len(neurons):,} of {len(neurons):,} units" in texts(at)
+    at.selectbox(key="grid_layer").set_value(first).run()
+    assert f"{n_first:,} of {len(neurons):,} units" in texts(at)
+    interpretable_all = {m.label: m.value for m in at.metric}
+    at.multiselect(key="interp_evaluators").set_value(["es"]).run()
+    assert not at.exception
+    assert {m.label: m.value for m in at.metric} != interpretable_all  # fewer evaluators must agree
+
+
+def test_thresholds_calibrate_to_a_human_and_apply(app_store):
+    store, run_id = app_store
+    add_humans(store, run_id, "alice", per_layer=30)
+    at = open_page("pages/thresholds.py")
+    assert at.selectbox(key="ref").value == "human: alice"
+    assert len(at.get("plotly_chart")) >= 6  # share and kappa curves for CP, ES and Contrast
+    at.selectbox(key="cal_evaluator").set_value("es").run()
+    at.button(key="calibrate").click().run()
+    assert not at.exception
+    fitted = [m for m in at.metric if m.label == "Fitted tau"]
+    assert fitted and "Held-out kappa" in [m.label for m in at.metric]
+    at.button(key="apply_calibration").click().run()
+    assert at.slider(key="tau").value == pytest.approx(float(fitted[0].value), rel=1e-3)
+
+
+def test_agreement_compares_humans_and_evaluators(app_store):
+    store, run_id = app_store
+    add_humans(store, run_id, "alice")
+    add_humans(store, run_id, "bob", seed=1)
+    at = open_page("pages/agreement.py")
+    assert at.selectbox(key="agree_ref").value == "human: alice"
+    table = at.dataframe[0].value
+    assert {"CP", "ES", "Contrast", "human: bob"} <= set(table.iloc[:, 0])
+    assert "overall" in table.columns
+    assert "IoU" in texts(at) and "agreement" in texts(at)
+    at.selectbox(key="agree_rater").set_value("CP").run()
+    assert {"Agreement", "Cohen's kappa", "Jaccard", "F1"} <= {m.label for m in at.metric}
+
+
+# ------------------------------------------------------------------------------------ writes
+def test_annotation_writes_land_in_the_store_and_resume(app_store):
+    store, run_id = app_store
+    at = open_page("pages/annotate.py", rater="carol")
+    first = store.annotation_queue(run_id, "carol").iloc[0]
+    at.button(key="ann_yes").click().run()
+    got = store.human_verdicts(run_id, "carol")
+    assert len(got) == 1 and (got.iloc[0]["layer"], got.iloc[0]["unit"], bool(got.iloc[0]["verdict"])) == \
+        (first["layer"], first["unit"], True)
+    at.button(key="ann_skip").click().run()  # no write, moves on
+    assert len(store.human_verdicts(run_id, "carol")) == 1
+    at.button(key="ann_no").click().run()
+    got = store.human_verdicts(run_id, "carol")
+    assert len(got) == 2 and not got["verdict"].all()
+    assert f"2 of {len(store.neurons(run_id))} neurons judged" in at.progress[0].text
+
+    # a new session with the same name resumes: the skipped neuron (not stored) comes back first
+    queue = store.annotation_queue(run_id, "carol")
+    again = open_page("pages/annotate.py", rater="carol")
+    assert f"{queue.iloc[0]['layer']} / unit {queue.iloc[0]['unit']}" in texts(again)
+
+
+def test_two_tabs_annotating_at_once_lose_nothing(app_store):
+    store, run_id = app_store
+    tab1 = open_page("pages/annotate.py", rater="dave")
+    tab2 = open_page("pages/annotate.py", rater="dave")  # both show the same first neuron
+    tab1.button(key="ann_yes").click().run()
+    tab2.button(key="ann_no").click().run()  # answers the neuron it showed, not tab1's next one
+    history = store.rater_history(run_id, "dave")
+    assert len(history) == 2 and history["unit"].nunique() == 1
+    current = store.human_verdicts(run_id, "dave")
+    assert len(current) == 1 and not bool(current.iloc[0]["verdict"])  # the newest answer counts
+    tab1.button(key="ann_yes").click().run()
+    assert len(store.rater_history(run_id, "dave")) == 3
+
+
+def test_sql_console_reads_and_refuses_writes(app_store):
+    store, run_id = app_store
+    counts = {t: store.df(f"SELECT count(*) AS n FROM {t}")["n"][0] for t in ("runs", "neurons", "human_verdicts")}
+    version = store.data_version()
+    at = open_page("pages/sql.py")
+    assert len(at.dataframe[0].value) == 1  # the first example runs at once
+    at.text_area(key="sql_text").set_value("SELECT layer, count(*) AS n FROM neurons GROUP BY layer").run()
+    at.button(key="sql_run").click().run()
+    assert len(at.dataframe[0].value) == len(store.layers(run_id)) and len(at.get("download_button")) == 1
+    for sql in ["DROP TABLE runs", "DELETE FROM neurons", "SELECT 1; DROP TABLE runs",
+                "INSERT INTO human_verdicts VALUES ('x', 'y', 1, 'z', true, 's', now())"]:
+        at.text_area(key="sql_text").set_value(sql).run()
+        at.button(key="sql_run").click().run()
+        assert at.error, sql
+    assert {t: store.df(f"SELECT count(*) AS n FROM {t}")["n"][0] for t in counts} == counts
+    assert store.data_version() == version
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO runs (run_id) VALUES ('x')", "UPDATE neurons SET label = 'x'", "DELETE FROM neurons",
+    "DROP TABLE neurons", "CREATE TABLE t (a INT)", "CREATE TABLE t AS SELECT 1", "ALTER TABLE runs ADD COLUMN b INT",
+    "ATTACH ':memory:' AS other", "DETACH other", "COPY runs TO '/tmp/clipeval-test-copy.csv'",
+    "EXPORT DATABASE '/tmp/clipeval-test-export'", "SET threads = 1", "CHECKPOINT", "VACUUM", "BEGIN TRANSACTION",
+    "COMMIT", "INSTALL httpfs", "LOAD httpfs", "PRAGMA enable_profiling", "CALL pragma_table_info('runs')",
+    "EXPLAIN ANALYZE DELETE FROM neurons", "SELECT 1; DELETE FROM neurons", "SELECT 1;; DROP TABLE runs",
+    "CREATE MACRO m(a) AS a", "PREPARE p AS DELETE FROM neurons", "USE memory", "",
+    # reading anything but the store is refused too
+    "SELECT * FROM read_csv('/etc/passwd')", "FROM '/etc/passwd'", "SUMMARIZE '/etc/hosts'",
+    "SELECT * FROM query('SELECT 1')", "EXPLAIN SELECT * FROM read_text('/etc/hosts')"])
+def test_read_only_query_refuses_writes_and_files(run_store, sql):
+    from clipeval.errors import ClipevalError
+
+    store, _, _ = run_store
+    before = (store.data_version(), store.df("SELECT count(*) AS n FROM neurons")["n"][0],
+              sorted(store.df("SHOW TABLES")["name"]))
+    with pytest.raises(ClipevalError):
+        store.read_only_query(sql)
+    after = (store.data_version(), store.df("SELECT count(*) AS n FROM neurons")["n"][0],
+             sorted(store.df("SHOW TABLES")["name"]))
+    assert after == before
+
+
+@pytest.mark.parametrize("sql", ["SELECT count(*) FROM neurons", "FROM runs",
+                                 "WITH a AS (SELECT 1 AS x) SELECT x FROM a",
+                                 "DESCRIBE neurons", "SHOW TABLES", "SUMMARIZE layers", "EXPLAIN SELECT 1",
+                                 "PRAGMA table_info('runs')"])
+def test_read_only_query_answers_reads(run_store, sql):
+    store, _, _ = run_store
+    frame, more = store.read_only_query(sql, max_rows=5)
+    assert len(frame) >= 1 and len(frame) <= 5
+
+
+def test_runs_page_lists_unfinished_runs(app_store):
+    store, run_id = app_store
+    store.start_run("deadbeef0000", "crashed run", "dissect", "{}", "deadbeef0000")
+    store.fail_run("deadbeef0000", "failed", "RuntimeError: out of memory")
+    at = open_page("pages/runs.py")
+    runs = at.dataframe[0].value
+    assert set(runs["status"]) == {"complete", "failed"} and "RuntimeError: out of memory" in set(runs["error"])
+    assert len(at.sidebar.selectbox(key="run_choice").options) == 1  # only complete runs can be explored
+    assert at.sidebar.selectbox(key="run_choice").value == run_id
+
+
+def test_delete_run_needs_confirmation(app_store):
+    store, run_id = app_store
+    at = open_page("pages/runs.py")
+    assert len(at.dataframe) >= 2  # the runs, the comparison (and timings)
+    at.selectbox(key="delete_choice").set_value(run_id).run()
+    assert at.button(key="delete_button").disabled, "nothing can be deleted without the confirmation"
+    assert "permanently removes run" in texts(at)
+    at.checkbox(key="delete_confirm").check().run()
+    assert not at.button(key="delete_button").disabled
+    at.button(key="delete_button").click().run()
+    assert not at.exception
+    assert store.runs().empty and store.neurons(run_id).empty
+    assert "Deleted run" in texts(at) and "No complete run" in "\n".join(i.value for i in at.sidebar.info)

@@ -1,0 +1,115 @@
+"""The offline demo: real runs that a fresh machine builds from registry packages alone.
+
+Target: EfficientNet-Lite0 with its real ImageNet weights, five layers from early to the final
+classifier (whose 1,000 neurons have known meanings). Labelling model: the ConSE stand-in on an
+EfficientNet-Lite1 classifier; evaluator model: ConSE on EfficientNet-Lite2 (a different network, as
+the paper evaluated with a model other than the labelling CLIP). Neither is CLIP, and BLIP-2 is not
+available offline: the runs record that, and the app says it.
+
+Three configurations share one probe pass (cached): concept sets common-10k, common-20k and the
+ImageNet class names (the last gives the original paper's final-layer label accuracy check).
+A reference rater for the final layer comes from the ground truth: does the label name the
+neuron's ImageNet class (its name or a WordNet synonym)?
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from clipeval.config import ConceptConfig, DissectConfig, ImageTextConfig, ProbeConfig, SimilarityConfig, TargetConfig
+from clipeval.analysis import imagenet_label_accuracy, imagenet_synonyms
+from clipeval.store import DEFAULT_DB, Store
+
+DEMO_VERSION = 1  # bump when the demo's settings change, so older stores rebuild
+DEMO_LAYERS = ("blocks.1", "blocks.3", "blocks.5", "bn2", "classifier")
+DEMO_CONCEPTS = ("common-10k", "common-20k", "imagenet")
+LABELLING_MODEL = ImageTextConfig("conse", "efficientnet_lite1")
+EVAL_MODEL = ImageTextConfig("conse", "efficientnet_lite2", image_size=128)
+REFERENCE_RATER = "ImageNet class (automatic)"
+FINAL_LAYER = "classifier"
+
+
+def demo_config(probe_dir: Path, concepts: str) -> DissectConfig:
+    return DissectConfig(target=TargetConfig("efficientnet_lite0"), layers=DEMO_LAYERS,
+                         probe=ProbeConfig((str(probe_dir),)), concepts=ConceptConfig(concepts),
+                         image_text=LABELLING_MODEL, similarity=SimilarityConfig("soft_wpmi"))
+
+
+def _meta_key(size: str) -> str:
+    return f"demo:{size}:v{DEMO_VERSION}"
+
+
+def demo_runs(store: Store, size: str = "full") -> list[str] | None:
+    """The demo's run ids if the store holds a complete demo of this size, else None."""
+    value = store.get_meta(_meta_key(size))
+    if not value:
+        return None
+    ids = json.loads(value)
+    runs = store.runs()
+    done = set(runs[runs["status"] == "complete"]["run_id"])
+    return ids if set(ids) <= done else None
+
+
+def reference_verdicts(store: Store, run_id: str, layer: str = FINAL_LAYER) -> pd.DataFrame:
+    """Yes where the label names the neuron's ImageNet class (exact name or a WordNet synonym)."""
+    neurons = store.neurons(run_id, layer)
+    synonyms = imagenet_synonyms()
+    verdict = [str(label).lower() in synonyms[int(u)] for u, label in zip(neurons["unit"], neurons["label"])]
+    return neurons.assign(verdict=verdict, rater=REFERENCE_RATER)[["layer", "unit", "rater", "verdict"]]
+
+
+def build_demo(db: str | Path = DEFAULT_DB, size: str = "full", progress: bool = True) -> list[str]:
+    """Build the demo runs into `db` unless they are already there; returns their run ids."""
+    from clipeval import pipeline
+    from clipeval.data.demo_probe import build_demo_probe, describe_sources
+    from clipeval.evaluators.run import evaluate
+
+    store = Store(db)
+    try:
+        ready = demo_runs(store, size)
+        if ready:
+            if progress:
+                print(f"demo runs present in {store.path}: {', '.join(ready)}", file=sys.stderr)
+            return ready
+        start = time.perf_counter()
+        if progress:
+            print(f"building the offline demo ({size}) into {store.path}. On 2 cores expect about "
+                  f"{'15-25 minutes' if size == 'full' else '2 minutes'}; each step shows a progress bar "
+                  "with its own time left. Later starts reuse it.", file=sys.stderr)
+        probe_dir = build_demo_probe(store.path.parent / "probe" / f"demo-{size}", size=size, progress=progress)
+        if progress:
+            counts = pd.DataFrame(describe_sources(probe_dir)).groupby("source")["count"].sum()
+            print("probe images per source: " + ", ".join(f"{s} {n}" for s, n in counts.items()), file=sys.stderr)
+        run_ids = []
+        for i, concepts in enumerate(DEMO_CONCEPTS, 1):
+            if progress:
+                print(f"\n== demo run {i}/{len(DEMO_CONCEPTS)}: concepts {concepts} "
+                      f"({time.perf_counter() - start:.0f} s so far)", file=sys.stderr)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                run_id = pipeline.dissect(demo_config(probe_dir, concepts), store, progress=progress,
+                                          name=f"demo: EfficientNet-Lite0 | demo probe ({size}) | {concepts}")
+                outcomes = evaluate(store, run_id, "cp,es,contrast,vqa", eval_model=EVAL_MODEL, progress=progress)
+            if progress:
+                for o in outcomes:
+                    note = "BLIP-2 weights are not on this machine (see the app)" if o.status == "unavailable" else ""
+                    print(f"   {o.evaluator:<9} {o.status:<12} {o.wall_s:7.1f} s  {note}", file=sys.stderr)
+            ref = reference_verdicts(store, run_id)
+            if store.human_verdicts(run_id, REFERENCE_RATER).empty:
+                store.add_human_verdicts(run_id, ref, source="auto: label names the ImageNet class (WordNet)")
+            run_ids.append(run_id)
+        store.set_meta(_meta_key(size), json.dumps(run_ids))
+        if progress:
+            acc = imagenet_label_accuracy(store, run_ids[DEMO_CONCEPTS.index("imagenet")], FINAL_LAYER)
+            print(f"\ndemo ready in {time.perf_counter() - start:.0f} s. Final-layer label accuracy with ImageNet "
+                  f"class names: top-1 {acc.get('top1', float('nan')):.1%}, top-5 {acc.get('top5', float('nan')):.1%}",
+                  file=sys.stderr)
+        return run_ids
+    finally:
+        store.close()

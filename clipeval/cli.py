@@ -186,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="clipeval", description=__doc__)
     p.add_argument("--db", default=str(DEFAULT_DB), help="run store (DuckDB file); env CLIPEVAL_DB (default %(default)s)")
+    p.add_argument("--threads", type=int, help="torch threads (default: one per core; on a busy machine 1 can be faster)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def image_text_options(sp, prefix, what):
@@ -208,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--k", type=int, default=5, help="top-k activating images stored per neuron")
     d.add_argument("--name", help="a readable name for the run")
     d.add_argument("--force", action="store_true", help="recompute even if a complete run has these settings")
-    d.add_argument("--batch-size", type=int, default=32)
-    d.add_argument("--workers", type=int, default=1, help="image decoding processes")
+    # 16 images and no decoding process were fastest on 2 cores (bench/bench_dissect.py)
+    d.add_argument("--batch-size", type=int, default=16)
+    d.add_argument("--workers", type=int, default=0, help="extra image decoding processes")
     d.set_defaults(func=cmd_dissect)
 
     l = sub.add_parser("layers", help="list a target's layers with their output shapes")
@@ -283,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     warnings.simplefilter("default")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     try:

@@ -127,7 +127,7 @@ def encode_texts_cached(model, texts, cache: "ArrayCache") -> np.ndarray:
 
 def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, target: targets_mod.Target,
                layers, pooling: str, image_model=None, image_key: str = "", *, progress: bool = True,
-               batch_size: int = 32, num_workers: int = 1) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+               batch_size: int = 16, num_workers: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Activations of `layers` and (optionally) image embeddings, from the cache where present, else
     from ONE pass over the probe that also stores the thumbnails if the store lacks them."""
     keys = {layer: _layer_key(target_cfg, target, layer, pooling, probe) for layer in layers}
@@ -156,7 +156,7 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, tar
 
 
 def dissect(config: DissectConfig, store: Store, *, name: str = "", cache_dir: str | os.PathLike | None = None,
-            force: bool = False, progress: bool = True, batch_size: int = 32, num_workers: int = 1,
+            force: bool = False, progress: bool = True, batch_size: int = 16, num_workers: int = 0,
             resolved: Resolved | None = None) -> str:
     """Run CLIP-Dissect and store the result; returns the run id (the settings' hash).
 

@@ -18,7 +18,9 @@ cols[0].metric("Runs", overview["runs"], help=f"{overview['complete_runs']} comp
 cols[1].metric("Neurons labelled", f"{overview['neurons']:,}")
 cols[2].metric("Evaluations", overview["evaluations"],
                help=f"{overview['evaluations_not_complete']} more are unavailable or failed (see Runs)")
-cols[3].metric("Human verdicts", f"{overview['human_verdicts']:,}", help="current verdicts, one per rater and neuron")
+cols[3].metric("Rater verdicts", f"{overview['human_verdicts']:,}",
+               help="current yes/no verdicts, one per rater and neuron: people (Annotate page, CSV import) and "
+                    "automatic references such as the demo's ImageNet-class rater")
 cols[4].metric("Raters", overview["raters"])
 cols[5].metric("Probe images stored", f"{overview['probe_images']:,}")
 st.caption(f"Run store: `{data.db_path()}`")

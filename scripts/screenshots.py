@@ -121,7 +121,8 @@ def shoot(chromium: str, url: str, out: Path, width: int, height: int, wait_s: f
     import base64
     import json
 
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes can still be writing the profile as the browser exits
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen([chromium, *CHROME_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
                                  f"--window-size={width},{height}", "about:blank"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

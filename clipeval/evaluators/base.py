@@ -63,7 +63,7 @@ class _Images(Dataset):
 
 
 def image_embeddings(model, model_key: str, inputs: EvalInputs, ids: np.ndarray, cache, *,
-                     batch_size: int = 32, progress: bool = True) -> dict[int, np.ndarray]:
+                     batch_size: int = 16, progress: bool = True) -> dict[int, np.ndarray]:
     """Embeddings of the given probe images, each encoded once; rows already in the cache are reused."""
     key = stable_hash("eval-image-embeddings", model_key, inputs.probe_fingerprint)
     table = cache.get("eval_image_embeddings", key)
@@ -71,7 +71,7 @@ def image_embeddings(model, model_key: str, inputs: EvalInputs, ids: np.ndarray,
     todo = ids if table is None else ids[np.isnan(table[ids, 0])]
     if len(todo):
         loader = DataLoader(_Images([inputs.paths[int(i)] for i in todo], model.preprocess),
-                            batch_size=batch_size, num_workers=1)
+                            batch_size=batch_size, num_workers=0)
         rows = [model.encode_images(b).float().numpy() for b in
                 tqdm(loader, desc="encoding images", disable=not progress, unit="batch")]
         new = np.concatenate(rows)

@@ -87,9 +87,30 @@ class OpenClipModel:
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        out = [self.model.encode_text(self.tokenizer(texts[i:i + self.text_batch])).float()
+        out = [self._encode_tokens(self.tokenizer(texts[i:i + self.text_batch])).float()
                for i in range(0, len(texts), self.text_batch)]
         return F.normalize(torch.cat(out), dim=-1)
+
+    def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """CLIP's text tower on the context cut to the batch's longest text instead of all 77 padded
+        positions (26x faster on single words, bench/bench_cp_es.py). Exact: the tower is causal and
+        pooled at the end-of-text token, so later positions never reach the result. Other text
+        towers (e.g. SigLIP's, not causal) take the plain path."""
+        from open_clip.transformer import text_global_pool
+
+        m = self.model
+        if getattr(m, "attn_mask", None) is None or getattr(m, "text_pool_type", None) != "argmax" \
+                or not hasattr(m, "token_embedding"):
+            return m.encode_text(tokens)
+        n = int(tokens.argmax(dim=-1).max()) + 1  # the end-of-text token has the largest id
+        tokens = tokens[:, :n]
+        cast = m.transformer.get_cast_dtype()
+        x = m.token_embedding(tokens).to(cast) + m.positional_embedding[:n].to(cast)
+        x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask[:n, :n]))
+        x = text_global_pool(x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
+        if m.text_projection is None:
+            return x
+        return m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
 
     def info(self) -> dict:
         kind = "OpenCLIP" if self.pretrained else "OpenCLIP architecture with RANDOM weights (not CLIP)"

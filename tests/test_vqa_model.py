@@ -7,12 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
+import clipeval.models.vqa as vqa_module
 from clipeval.errors import ClipevalError, WeightsUnavailable
 from clipeval.models.vqa import DEFAULT_TEMPLATE, Blip2Vqa, format_prompt
 from tiny_blip2 import make_tiny_blip2, save_tiny_blip2
 
 LABELS = ["cat", "dog", "red car", "tree", "a very small blue house"]
 LONG_Q = format_prompt(DEFAULT_TEMPLATE, "a photo of a very large green tree with a small red house " * 3)
+OTHER_TEMPLATE = "Is the image of a {label}? Answer:"  # shares only BOS with DEFAULT_TEMPLATE
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +97,14 @@ def test_vision_runs_once_per_image(vqa):
     def count_lm(module, args, kwargs, output):
         seen["lm_rows"] += kwargs["inputs_embeds"].shape[0]
 
+    def count_decoder(module, args, kwargs, output):
+        seen["decoder_rows"] += kwargs["inputs_embeds"].shape[0]
+
+    seen["decoder_rows"] = 0
     hooks = [
         vqa.model.vision_model.register_forward_hook(count_vision, with_kwargs=True),
         vqa.model.language_model.register_forward_hook(count_lm, with_kwargs=True),
+        vqa.model.language_model.get_decoder().register_forward_hook(count_decoder, with_kwargs=True),
     ]
     try:
         n_images, n_questions = 3, 4
@@ -105,7 +112,9 @@ def test_vision_runs_once_per_image(vqa):
     finally:
         for h in hooks:
             h.remove()
-    assert seen == {"vision": n_images, "lm_rows": n_images * n_questions}
+    # the language model's head runs once per pair; the decoder also runs [image | shared prefix] once per image
+    assert seen == {"vision": n_images, "lm_rows": n_images * n_questions,
+                    "decoder_rows": n_images + n_images * n_questions}
 
 
 def test_matches_the_models_own_forward(vqa):
@@ -116,10 +125,65 @@ def test_matches_the_models_own_forward(vqa):
     assert n_image_tokens == vqa.model.config.num_query_tokens  # the processor really inserted placeholders
     with torch.no_grad():
         theirs = vqa.model(**inputs).logits[:, -1].float()
-    ours = vqa._next_token_logits(vqa._image_embeddings([image]), [question])
+    ours = vqa._next_token_logits(vqa._image_embeddings([image]), vqa._token_ids([question]))
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     p = vqa.yes_probability([image], [[question]])[0][0]
     assert p == pytest.approx(float(vqa._p_yes(theirs)[0]), abs=1e-6)
+    # with a second question the prefix cache path runs; the first answer stays the model's own
+    p_shared = vqa.yes_probability([image], [[question, _questions(["cat"])[0]]])[0][0]
+    assert p_shared == pytest.approx(float(vqa._p_yes(theirs)[0]), abs=1e-5)
+
+
+def test_shared_prefix_length_and_fallback(vqa):
+    n_query = vqa.model.config.num_query_tokens
+    assert n_query == 4
+    assert vqa._shared_prefix_len([[1, 5, 6, 7], [1, 5, 6, 8]], n_images=1) == 3
+    assert vqa._shared_prefix_len([[1, 5, 6], [1, 5]], n_images=1) == 1  # each prompt keeps a token of its own
+    assert vqa._shared_prefix_len([[5, 6], [7, 8]], n_images=1) == 0  # nothing in common but the image
+    assert vqa._shared_prefix_len([[1, 5, 6]], n_images=1) is None  # one question per image: nothing to share
+    assert vqa._shared_prefix_len([[1, 5], [1, 6]], n_images=2) is None
+    assert vqa._shared_prefix_len([[], [1, 6]], n_images=1) is None  # an empty prompt: plain path
+    long = [[1, 2] + [9] * 40, [1, 3] + [9] * 40]  # shares 5 of 46 positions: below MIN_SAVED_FRACTION
+    assert vqa._shared_prefix_len(long, n_images=1) is None
+
+
+def _no_bos(vqa):
+    # a tokenizer without BOS: questions from different templates then share no token at all
+    return lambda questions: vqa.tokenizer(list(questions), add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+@pytest.mark.parametrize("case", ["one template", "mixed templates", "template per image", "mixed, no BOS"])
+def test_shared_prefix_path_equals_plain_path(vqa, monkeypatch, case, batch_size):
+    images = _images(5, seed=7)
+    if case == "one template":
+        questions = [_questions(LABELS[: 1 + i]) for i in range(5)]
+    elif case == "template per image":
+        questions = [[format_prompt(DEFAULT_TEMPLATE if i % 2 else OTHER_TEMPLATE, lab) for lab in LABELS[i:]]
+                     for i in range(5)]
+    else:
+        questions = [[format_prompt((DEFAULT_TEMPLATE, OTHER_TEMPLATE)[j % 2], lab) for j, lab in enumerate(LABELS)]
+                     for _ in range(5)]
+    if case == "mixed, no BOS":
+        monkeypatch.setattr(vqa, "_token_ids", _no_bos(vqa))
+    plain = vqa.yes_probability(images, questions, batch_size=batch_size, share_prefix=False)
+    # take the prefix path in every image batch, even one that would not pay, and check that it does
+    monkeypatch.setattr(vqa_module, "MIN_SAVED_FRACTION", 0.0)
+    calls, original = [], vqa._prefix_cache
+
+    def prefix_cache(embeds, prefix):
+        calls.append(len(prefix))
+        return original(embeds, prefix)
+
+    monkeypatch.setattr(vqa, "_prefix_cache", prefix_cache)
+    shared = vqa.yes_probability(images, questions, batch_size=batch_size)
+    assert len(calls) == -(-len(images) // batch_size)
+    if case == "one template":
+        assert min(calls) >= 8  # BOS Question : Is this image related to "
+    elif case == "mixed, no BOS":
+        assert max(calls) == 0  # only the image embeddings are shared
+    for a, b in zip(plain, shared):
+        np.testing.assert_allclose(b, a, atol=1e-5)
 
 
 def test_load_from_saved_folder(vqa, tmp_path):

@@ -2,14 +2,16 @@
 
 BLIP-2 feeds the language model `num_query_tokens` projected Q-Former outputs followed by the prompt.
 The image part depends only on the image, so it is computed once per image and reused for every
-question about that image; the language model then runs on [image embeddings | question embeddings].
-No generate() loop: the answer is read from the next-token distribution after the prompt.
+question about that image. The language model is causal, so [image embeddings | the prompt tokens all
+questions start with] also runs once per image, keeping its key/value cache; each question then runs
+only its own remaining tokens. No generate() loop: the answer is read from the next-token distribution
+after the prompt, and the vocabulary projection is applied at that last position only.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -17,10 +19,17 @@ from PIL import Image
 
 from clipeval.errors import ClipevalError, WeightsUnavailable
 
+if TYPE_CHECKING:  # transformers is imported where it is used: importing it takes seconds
+    from transformers import DynamicCache
+
 DEFAULT_MODEL = "Salesforce/blip2-opt-2.7b"
 DEFAULT_TEMPLATE = 'Question: Is this image related to "{label}"? Answer:'
 YES_VARIANTS = ("yes", " yes", "Yes", " Yes")
 NO_VARIANTS = ("no", " no", "No", " No")
+# Share [image | common prompt prefix] across an image's questions only where that saves at least this
+# fraction of the language model's positions: below it, the extra forward call and the per-row copies
+# of the key/value cache cost about as much as they save (break-even 0.15-0.18 on bench/bench_vqa.py's model).
+MIN_SAVED_FRACTION = 0.2
 
 
 def format_prompt(template: str, label: str) -> str:
@@ -136,32 +145,86 @@ class Blip2Vqa:
         # embeddings are exactly those its forward() scatters into the image-token positions.
         return self.model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output
 
-    @torch.no_grad()
-    def _next_token_logits(self, image_embeds: torch.Tensor, questions: Sequence[str]) -> torch.Tensor:
-        """(len(questions), vocab) logits after each prompt; image_embeds[i] goes with questions[i].
+    def _token_ids(self, questions: Sequence[str]) -> list[list[int]]:
+        # Unpadded with special tokens (BOS), as Blip2Processor tokenises; no image-token placeholders,
+        # because we put the image embeddings in front ourselves.
+        return self.tokenizer(list(questions), add_special_tokens=True, padding=False)["input_ids"]
 
-        Rows are [image embeddings | BOS + question tokens] padded on the right by us (the tokenizer's
-        padding_side plays no part). With causal attention the real tokens never see the padding, and OPT
-        derives positions from the attention mask, so a row's logits at its last real token do not depend
-        on what else is in the batch. This is the layout Blip2Processor builds (image tokens before BOS).
-        """
-        # Tokenise unpadded, as the processor does (add_special_tokens -> BOS); no image tokens needed
-        # because we insert the image embeddings ourselves.
-        ids = self.tokenizer(list(questions), add_special_tokens=True, padding=False)["input_ids"]
-        n_query = image_embeds.shape[1]
-        lengths = [n_query + len(x) for x in ids]
-        width = max(lengths)
+    def _right_padded(self, ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token ids, attention mask), padded on the right by us (the tokenizer's padding_side plays no part)."""
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((len(ids), width - n_query), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(ids), width), dtype=torch.long)
-        for row, (x, n) in enumerate(zip(ids, lengths)):
-            input_ids[row, : len(x)] = torch.tensor(x, dtype=torch.long)
-            attention[row, :n] = 1
-        text_embeds = self.model.get_input_embeddings()(input_ids.to(self.device))
+        tokens = torch.full((len(ids), max(map(len, ids))), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(tokens)
+        for row, x in enumerate(ids):
+            tokens[row, : len(x)] = torch.tensor(x, dtype=torch.long)
+            mask[row, : len(x)] = 1
+        return tokens.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def _next_token_logits(self, image_embeds: torch.Tensor, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """(len(ids), vocab) logits after each prompt; image_embeds[i] goes with the token ids ids[i].
+
+        The plain path: each row is the full [image embeddings | BOS + question tokens], padded on the
+        right. With causal attention the real tokens never see the padding, and OPT derives positions
+        from the attention mask, so a row's logits at its last real token do not depend on what else is
+        in the batch. This is the layout Blip2Processor builds (image tokens before BOS).
+        """
+        tokens, text_mask = self._right_padded(ids)
+        text_embeds = self.model.get_input_embeddings()(tokens)
         inputs_embeds = torch.cat([image_embeds.to(text_embeds.dtype), text_embeds], dim=1)
-        out = self.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention.to(self.device))
-        last = torch.tensor(lengths, device=out.logits.device) - 1
-        return out.logits[torch.arange(len(ids), device=out.logits.device), last].float()
+        mask = torch.cat([text_mask.new_ones(len(text_mask), image_embeds.shape[1]), text_mask], dim=1)
+        last = mask.sum(dim=1, keepdim=True) - 1
+        # logits_to_keep: the vocabulary projection only at each row's last real token
+        out = self.model.language_model(inputs_embeds=inputs_embeds, attention_mask=mask, logits_to_keep=last)
+        return out.logits[:, 0].float()
+
+    @torch.no_grad()
+    def _prefix_cache(self, image_embeds: torch.Tensor, prefix: Sequence[int]) -> DynamicCache:
+        """Key/value cache of [image_embeds[i] | prefix tokens], one row per image (no padding, no logits)."""
+        from transformers import DynamicCache
+
+        lm = self.model.language_model
+        text_embeds = lm.get_input_embeddings()(torch.tensor(list(prefix), dtype=torch.long, device=self.device))
+        text_embeds = text_embeds.expand(len(image_embeds), -1, -1)
+        inputs_embeds = torch.cat([image_embeds.to(text_embeds.dtype), text_embeds], dim=1)
+        cache = DynamicCache(config=lm.config)
+        lm.base_model(inputs_embeds=inputs_embeds, cache=cache, use_cache=True)  # the decoder, without lm_head
+        return cache
+
+    @torch.no_grad()
+    def _next_token_logits_cached(
+        self, cache: DynamicCache, image_idx: torch.Tensor, rests: Sequence[Sequence[int]]
+    ) -> torch.Tensor:
+        """Like _next_token_logits for prompts [cache[image_idx[i]] | rests[i]]: only the tokens after the
+        shared prefix run; each attends to its image's cached keys/values. rests[i] must not be empty."""
+        from transformers import DynamicCache
+
+        lm = self.model.language_model
+        # A fresh cache per call, one row per prompt: the forward appends to the cache it is given, and the
+        # prefix cache is needed again for the next rows.
+        rows = DynamicCache([(la.keys[image_idx], la.values[image_idx]) for la in cache.layers], config=lm.config)
+        tokens, text_mask = self._right_padded(rests)
+        # the mask covers cached + new positions; OPT numbers the new tokens from it (cumsum), so the
+        # positions continue after the prefix exactly as in the full sequence
+        mask = torch.cat([text_mask.new_ones(len(text_mask), cache.get_seq_length()), text_mask], dim=1)
+        last = text_mask.sum(dim=1, keepdim=True) - 1
+        out = lm(inputs_embeds=lm.get_input_embeddings()(tokens), attention_mask=mask, cache=rows, logits_to_keep=last)
+        return out.logits[:, 0].float()
+
+    def _shared_prefix_len(self, ids: Sequence[Sequence[int]], n_images: int) -> int | None:
+        """How many leading tokens every prompt in `ids` shares (leaving each at least one of its own), or
+        None where running [image | prefix] once per image would not pay for the extra forward call."""
+        if min(map(len, ids)) == 0:
+            return None
+        n = 0
+        for column in zip(*ids):
+            if any(t != column[0] for t in column):
+                break
+            n += 1
+        n = min(n, min(map(len, ids)) - 1)
+        n_query = self.model.config.num_query_tokens
+        saved = (len(ids) - n_images) * (n_query + n)  # positions not run again for an image's 2nd, 3rd... question
+        return n if saved >= MIN_SAVED_FRACTION * sum(n_query + len(x) for x in ids) else None
 
     def _p_yes(self, logits: torch.Tensor) -> torch.Tensor:
         """sum P(yes variants) / (sum P(yes variants) + sum P(no variants)) from next-token logits.
@@ -176,12 +239,19 @@ class Blip2Vqa:
     # -- public ----------------------------------------------------------------------------------
 
     def yes_probability(
-        self, images: Sequence[Image.Image], questions: Sequence[Sequence[str]], batch_size: int = 8
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[Sequence[str]],
+        batch_size: int = 8,
+        share_prefix: bool = True,
     ) -> list[np.ndarray]:
         """P(yes) per question, per image: questions[i] are asked about images[i].
 
         Images go through the vision side batch_size at a time; then all their (image, question) pairs
-        go through the language model batch_size rows at a time, reusing each image's embeddings.
+        go through the language model batch_size rows at a time, reusing each image's embeddings. With
+        share_prefix (the default), [image embeddings | the tokens all these prompts start with] runs once
+        per image and only the rest of each prompt per question, attending to that key/value cache:
+        the same logits as the full prompt (share_prefix=False, the plain path) up to float rounding.
         """
         if len(images) != len(questions):
             raise ClipevalError(f"{len(images)} images but {len(questions)} question lists")
@@ -194,13 +264,18 @@ class Blip2Vqa:
                 results.extend(np.zeros(0, dtype=np.float64) for _ in chunk_q)
                 continue
             embeds = self._image_embeddings([im.convert("RGB") for im in images[start : start + batch_size]])
-            pairs = [(i, q) for i, qs in enumerate(chunk_q) for q in qs]
-            p = np.empty(len(pairs), dtype=np.float64)
-            for b in range(0, len(pairs), batch_size):
-                rows = pairs[b : b + batch_size]
-                img_idx = torch.tensor([i for i, _ in rows], device=embeds.device)
-                logits = self._next_token_logits(embeds[img_idx], [q for _, q in rows])
-                p[b : b + len(rows)] = self._p_yes(logits).cpu().numpy()
+            ids = self._token_ids([q for qs in chunk_q for q in qs])
+            image_of = [i for i, qs in enumerate(chunk_q) for _ in qs]
+            n = self._shared_prefix_len(ids, len(chunk_q)) if share_prefix else None
+            cache = None if n is None else self._prefix_cache(embeds, ids[0][:n])
+            p = np.empty(len(ids), dtype=np.float64)
+            for b in range(0, len(ids), batch_size):
+                img_idx = torch.tensor(image_of[b : b + batch_size], device=embeds.device)
+                if cache is None:
+                    logits = self._next_token_logits(embeds[img_idx], ids[b : b + batch_size])
+                else:
+                    logits = self._next_token_logits_cached(cache, img_idx, [x[n:] for x in ids[b : b + batch_size]])
+                p[b : b + len(img_idx)] = self._p_yes(logits).cpu().numpy()
             offset = 0
             for qs in chunk_q:
                 results.append(p[offset : offset + len(qs)])

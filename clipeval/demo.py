@@ -80,7 +80,7 @@ def build_demo(db: str | Path = DEFAULT_DB, size: str = "full", progress: bool =
         start = time.perf_counter()
         if progress:
             print(f"building the offline demo ({size}) into {store.path}. On 2 cores expect about "
-                  f"{'15-25 minutes' if size == 'full' else '2 minutes'}; each step shows a progress bar "
+                  f"{'7-10 minutes' if size == 'full' else '2 minutes'}; each step shows a progress bar "
                   "with its own time left. Later starts reuse it.", file=sys.stderr)
         probe_dir = build_demo_probe(store.path.parent / "probe" / f"demo-{size}", size=size, progress=progress)
         if progress:

@@ -153,6 +153,16 @@ class RunView:
                 rows.append(part.assign(layer=layer, variant=v))
         return pd.concat(rows, ignore_index=True)
 
+    def rater_agreement(self, thresholds: dict[str, float], k: int | None = None) -> pd.DataFrame:
+        """Each available evaluator against each rater, pooled over the neurons both judged."""
+        rows = []
+        for e in self.available:
+            mine = self.verdicts(e, thresholds[e], "real", k)
+            for r, ref in self.humans.items():
+                pooled = metrics.pairwise_table(mine, ref, by_layer=False).iloc[0]
+                rows.append({"evaluator": EVALUATOR_TITLES[e], "rater": self.rater_label(r), **pooled.drop("layer")})
+        return pd.DataFrame(rows)
+
     def calibrate(self, evaluator: str, rater: str, fit_fraction: float = 0.5, seed: int = 0,
                   k: int | None = None) -> dict:
         t = self.table(evaluator)
@@ -171,6 +181,29 @@ class RunView:
         res = metrics.calibrate(frame["score"].to_numpy(), frame["verdict"].to_numpy().astype(bool), candidates,
                                 lambda s, th: t.compare(s, th), fit_fraction, seed)
         return {"evaluator": evaluator, "rater": rater, "param": rule.param, **res}
+
+
+# Below this many percentage points above a baseline, an evaluator is flagged: it judges wrong labels
+# (shuffled across neurons, or one label for all) correct nearly as often as the real ones.
+WEAK_MARGIN = 0.10
+
+
+def weak_evaluators(summary: pd.DataFrame, margin: float = WEAK_MARGIN) -> list[dict]:
+    """Evaluators whose pooled share judged correct for real labels is less than `margin` above that of
+    a baseline (from RunView.layer_summary): at these thresholds they barely tell a run's labels from
+    wrong ones, e.g. ES at the paper's CLIP tau on another embedding model."""
+    out = []
+    pooled = summary[summary["layer"] == "overall"]
+    for e, g in pooled.groupby("evaluator", sort=False):
+        share = dict(zip(g["variant"], g["share_correct"]))
+        baselines = {v: s for v, s in share.items() if v != "real"}
+        if "real" not in share or not baselines:
+            continue
+        variant = max(baselines, key=baselines.get)
+        if share["real"] - baselines[variant] < margin:
+            out.append({"evaluator": e, "real": share["real"], "baseline": variant,
+                        "baseline_share": baselines[variant]})
+    return out
 
 
 def imagenet_synonyms() -> list[set[str]]:

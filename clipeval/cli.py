@@ -139,7 +139,60 @@ def cmd_evaluate(args) -> int:
         print(f"{o.evaluator:<10} {o.status:<12} {o.wall_s:>9.1f}s  {o.eval_id}")
         if o.message and o.status != "cached":
             print("    " + o.message.replace("\n", "\n    "))
+    if any(o.status in ("complete", "cached") for o in outcomes):
+        print_report(store, args.run, _thresholds(args), args.k)
     return 1 if any(o.status == "unavailable" for o in outcomes) else 0
+
+
+def _thresholds(args) -> dict[str, float]:
+    from clipeval.evaluators.rules import RULES
+
+    return {e: rule.check(getattr(args, rule.param)) if getattr(args, rule.param, None) is not None else rule.default
+            for e, rule in RULES.items()}
+
+
+def print_report(store, run_id: str, thresholds: dict[str, float], k: int | None = None) -> None:
+    """Per layer, each evaluator's share judged correct beside its baselines; evaluators that barely
+    beat a baseline; agreement with every rater; evaluators the run lacks, with the reason."""
+    from clipeval.analysis import EVALUATOR_TITLES, RunView, weak_evaluators
+    from clipeval.evaluators.rules import RULES
+
+    view = RunView(store, run_id)
+    print(f"\nrun {view.run_id}  {view.run.get('name') or ''}")
+    available = view.available
+    for e, state in view.evaluators.items():
+        if e not in available:
+            print(f"  {EVALUATOR_TITLES[e]}: {state.status}: {state.reason.splitlines()[0] if state.reason else ''}")
+    if not available:
+        return
+    k = min(k or view.kmax, view.kmax)
+    print("thresholds: " + ", ".join(f"{EVALUATOR_TITLES[e]} {RULES[e].param}={thresholds[e]:g}" for e in available)
+          + f"; a label is correct if any of its top-{k} images matches")
+    summary = view.layer_summary(thresholds, k)
+    titles = [EVALUATOR_TITLES[e] for e in available]
+    print("share judged correct, %: real labels / shuffled across neurons / one constant label")
+    print(f"{'layer':<16}{'neurons':>8}  " + "".join(f"{t:<22}" for t in titles))
+    for layer, g in summary.groupby("layer", sort=False):
+        cells = []
+        for t in titles:
+            share = dict(zip(g.loc[g["evaluator"] == t, "variant"], g.loc[g["evaluator"] == t, "share_correct"]))
+            cells.append(" / ".join(f"{100 * share[v]:.1f}" if v in share else "-"
+                                    for v in ("real", "shuffled", "constant")))
+        print(f"{layer:<16}{int(g['n'].iloc[0]):>8}  " + "".join(f"{c:<22}" for c in cells))
+    for w in weak_evaluators(summary):
+        print(f"warning: {w['evaluator']} judges {100 * w['baseline_share']:.1f}% of {w['baseline']} labels correct "
+              f"against {100 * w['real']:.1f}% of the real ones: at this threshold it barely tells right labels from "
+              f"wrong; calibrate it (clipeval calibrate, or the Thresholds page)")
+    agree = view.rater_agreement(thresholds, k)
+    if len(agree):
+        print("agreement with raters, pooled over the neurons both judged:")
+        for r in agree.itertuples():
+            print(f"  {r.evaluator:<9} vs {r.rater:<28} n={r.n:<6} agreement {r.agreement:.3f}  kappa {r.kappa:.3f}")
+
+
+def cmd_report(args) -> int:
+    print_report(_store(args, read_only=True), args.run, _thresholds(args), args.k)
+    return 0
 
 
 def cmd_humans(args) -> int:
@@ -256,6 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--constant-label", help="label of the constant baseline (default: the run's most frequent)")
     ev.add_argument("--force", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
+
+    def threshold_options(q):
+        from clipeval.evaluators.rules import RULES
+
+        for rule in RULES.values():
+            q.add_argument(f"--{rule.param}", type=float, help=f"{rule.title} (default {rule.default:g})")
+
+    threshold_options(ev)
+    rp = sub.add_parser("report", help="share judged correct per layer beside the baselines, and agreement with raters")
+    rp.add_argument("run")
+    rp.add_argument("--k", type=int, help="top images judged (default: all stored)")
+    threshold_options(rp)
+    rp.set_defaults(func=cmd_report)
 
     h = sub.add_parser("humans", help="import or export human yes/no verdicts (layer,unit,verdict[,rater])")
     h.add_argument("action", choices=["import", "export"])

@@ -3,6 +3,7 @@ the interpretable units, a sortable and filterable unit grid, and the most frequ
 
 import streamlit as st
 
+from clipeval.analysis import weak_evaluators
 from clipeval.ui import charts, data, tables, widgets
 
 ctx = widgets.context()
@@ -34,6 +35,10 @@ else:
     table = tables.summary_table(summary, layer_names)
     table, pct = widgets.as_percent(table, [c for c in table.columns if c not in ("layer", "neurons")])
     st.dataframe(table, hide_index=True, width="stretch", column_config=pct)
+    for w in weak_evaluators(summary):
+        st.warning(f"**{w['evaluator']}** judges {w['baseline_share']:.1%} of {w['baseline']} labels correct against "
+                   f"{w['real']:.1%} of the real ones: at this threshold it barely tells right labels from wrong. "
+                   f"Calibrate it on the Thresholds page before reading its share.")
 
 # ---------------------------------------------------------------- interpretable units
 st.subheader("Interpretable units")

@@ -234,3 +234,37 @@ def test_sweep_with_an_unknown_reference_is_an_error(view):
     with pytest.raises(ClipevalError, match="no rater 'nobody'"):
         view.sweep("es", [0.2, 0.3], reference="human: nobody")
     assert "kappa" not in view.sweep("es", [0.2], reference=None).columns
+
+
+def test_weak_evaluators_flags_only_those_near_a_baseline():
+    rows = [("overall", "CP", "real", 0.74), ("overall", "CP", "shuffled", 0.27), ("overall", "CP", "constant", 0.14),
+            ("overall", "ES", "real", 0.99), ("overall", "ES", "shuffled", 0.98), ("overall", "ES", "constant", 0.60),
+            ("overall", "Contrast", "real", 0.30), ("overall", "Contrast", "constant", 0.25),
+            ("blocks.1", "CP", "real", 0.30), ("blocks.1", "CP", "shuffled", 0.29)]  # a layer alone is not pooled
+    summary = pd.DataFrame(rows, columns=["layer", "evaluator", "variant", "share_correct"])
+    weak = analysis.weak_evaluators(summary)
+    assert [(w["evaluator"], w["baseline"]) for w in weak] == [("ES", "shuffled"), ("Contrast", "constant")]
+    assert weak[0]["real"] == 0.99 and weak[0]["baseline_share"] == 0.98
+    assert analysis.weak_evaluators(summary, margin=0.005) == []
+    only_real = summary[summary["variant"] == "real"]
+    assert analysis.weak_evaluators(only_real) == []  # no baseline stored: nothing to compare against
+
+
+def test_weak_evaluators_on_the_real_run(view):
+    lenient = dict(THRESHOLDS, es=-1.0)  # every image matches: real and shuffled labels all pass
+    weak = {w["evaluator"] for w in analysis.weak_evaluators(view.layer_summary(lenient))}
+    assert "ES" in weak
+    strict = dict(THRESHOLDS, es=1.0)  # nothing matches: 0% real, 0% baselines: also no separation
+    assert "ES" in {w["evaluator"] for w in analysis.weak_evaluators(view.layer_summary(strict))}
+
+
+def test_rater_agreement_matches_the_metrics(human_view):
+    v, cut, _ = human_view
+    table = v.rater_agreement(dict(THRESHOLDS, es=cut))
+    assert set(table["evaluator"]) == {"CP", "ES", "Contrast"} and set(table["rater"]) == {"human: synth"}
+    es = table[table["evaluator"] == "ES"].iloc[0]
+    # the synthetic rater says yes exactly when the ES neuron score reaches `cut`
+    assert es["n"] == len(v.neurons) and es["agreement"] == 1.0 and es["kappa"] == pytest.approx(1.0)
+    cp = table[table["evaluator"] == "CP"].iloc[0]
+    expect = metrics.pairwise_table(v.verdicts("cp", 0.01), v.humans["synth"], by_layer=False).iloc[0]
+    assert cp["agreement"] == pytest.approx(expect["agreement"]) and cp["kappa"] == pytest.approx(expect["kappa"])

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from streamlit.testing.v1 import AppTest
 
-pytest.importorskip("streamlit")
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from clipeval.analysis import RunView, default_thresholds, weak_evaluators
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = ["pages/home.py", "pages/neuron.py", "pages/layers.py", "pages/thresholds.py", "pages/agreement.py",
@@ -172,6 +172,16 @@ def test_layer_overview_defines_interpretable_and_filters_the_grid(app_store):
     at.multiselect(key="interp_evaluators").set_value(["es"]).run()
     assert not at.exception
     assert {m.label: m.value for m in at.metric} != interpretable_all  # fewer evaluators must agree
+
+
+def test_layer_overview_warns_when_an_evaluator_passes_wrong_labels(app_store):
+    at = open_page("pages/layers.py", tau=-1)  # every image matches: shuffled and constant labels pass too
+    warned = [w.value for w in at.warning]
+    assert any(w.startswith("**ES** judges 100.0% of") for w in warned), warned
+    store, run_id = app_store
+    summary = RunView(store, run_id).layer_summary(dict(default_thresholds(), es=-1.0))
+    flagged = sorted(w["evaluator"] for w in weak_evaluators(summary))
+    assert sorted(w.split("**")[1] for w in warned if "barely tells" in w) == flagged
 
 
 def test_thresholds_calibrate_to_a_human_and_apply(app_store):

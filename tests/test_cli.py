@@ -62,3 +62,26 @@ def test_not_a_database(tmp_path, capsys):
     (tmp_path / "x.duckdb").write_text("hello")
     assert main(["--db", str(tmp_path / "x.duckdb"), "runs"]) == 2
     assert "not a DuckDB run store" in capsys.readouterr().err
+
+
+def test_report_prints_shares_beside_baselines(built_run, capsys):
+    from clipeval.analysis import RunView
+    from clipeval.store import Store
+
+    db, run_id, _ = built_run
+    assert main(["--db", str(db), "report", run_id[:8], "--tau", "-1"]) == 0
+    out = capsys.readouterr().out
+    assert "VQA: missing: not run yet" in out and "ES tau=-1" in out
+    store = Store(db, read_only=True)
+    summary = RunView(store, run_id).layer_summary({"cp": 0.01, "es": -1.0, "contrast": 0.75, "vqa": 0.5})
+    store.close()
+    for layer in ("blocks.1", "classifier", "overall"):
+        line = next(l for l in out.splitlines() if l.startswith(layer))
+        cp = summary[(summary["layer"] == layer) & (summary["evaluator"] == "CP")].set_index("variant")["share_correct"]
+        assert f"{100 * cp['real']:.1f} / {100 * cp['shuffled']:.1f} / {100 * cp['constant']:.1f}" in line
+    assert "warning: ES judges 100.0% of" in out  # at tau=-1 every label passes: flagged
+
+
+def test_report_rejects_a_threshold_out_of_range(built_run, capsys):
+    assert main(["--db", str(built_run[0]), "report", built_run[1], "--p", "1.5"]) == 2
+    assert "p=1.5 is outside" in capsys.readouterr().err

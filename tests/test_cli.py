@@ -85,3 +85,14 @@ def test_report_prints_shares_beside_baselines(built_run, capsys):
 def test_report_rejects_a_threshold_out_of_range(built_run, capsys):
     assert main(["--db", str(built_run[0]), "report", built_run[1], "--p", "1.5"]) == 2
     assert "p=1.5 is outside" in capsys.readouterr().err
+
+
+def test_evaluate_prints_times_then_the_report(run_store, capsys):
+    store, run_id, _ = run_store
+    db = store.path
+    store.close()  # the CLI opens the file itself
+    assert main(["--db", str(db), "evaluate", run_id, "--evaluators", "es", "--eval-backend", "conse",
+                 "--eval-arch", "efficientnet_lite2"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("evaluator") < out.index("share judged correct")
+    assert any(l.startswith("es ") for l in out.splitlines()) and any(l.startswith("overall") for l in out.splitlines())

@@ -83,6 +83,8 @@ if unit not in unit_list:
 label_row = neurons[(neurons["layer"] == layer) & (neurons["unit"] == unit)].iloc[0]
 
 # ---------------------------------------------------------------- label, runner-ups, verdicts
+# label and runner-ups side by side, then the verdicts at full width: the verdict table has six columns
+# and baseline labels, which a side column cut off
 head = st.columns([1.1, 2.4])
 with head[0]:
     st.subheader(f"{layer} / unit {unit}")
@@ -90,41 +92,41 @@ with head[0]:
     st.metric("CLIP-Dissect similarity of the label", widgets.fmt_num(label_row["similarity"]),
               help="The score of the chosen concept under the run's similarity function (soft-WPMI by default): "
                    "comparable between neurons of one run, not a cosine.")
+with head[1]:
     ru = data.runner_ups(ctx.run_id, layer, unit)
     if len(ru) > 1:
         st.caption("Runner-up concepts (rank 1 is the label)")
         st.dataframe(ru, hide_index=True, width="stretch",
                      column_config={"score": st.column_config.NumberColumn(format="%.3f")})
 
-with head[1]:
-    st.markdown("**Show under each image**")
-    toggles = st.columns(5)
-    shown = []
-    for col, e in zip(toggles, widgets.EVALUATOR_ORDER):
-        state = view.evaluators[e]
-        ok = state.table is not None
-        on = col.toggle(widgets.title(e), value=ok, key=f"show_{e}", bind="query-params", disabled=not ok,
-                        help=widgets.RULES_HELP[e] if ok else widgets.evaluator_note(ctx, e))
-        if on and ok:
-            shown.append(e)
-    show_human = toggles[4].toggle("Human", value=True, key="show_human", bind="query-params",
-                                   help="Human raters' yes/no verdicts on this neuron (from the Annotate page or "
-                                        "`clipeval humans import`).")
-    verdicts = verdict_table(ctx, view, layer, unit)
-    keep = verdicts["rater"].isin([widgets.title(e) for e in shown]) | \
-        (show_human & verdicts["rater"].isin(view.rater_labels))
-    missing = [e for e in widgets.EVALUATOR_ORDER if view.evaluators[e].table is None]
-    if keep.any():
-        st.dataframe(verdicts[keep], hide_index=True, width="stretch")
-    for e in missing:
-        st.caption(f":orange[{widgets.evaluator_note(ctx, e)}]")
-    if show_human and not view.humans:
-        st.caption("No human verdicts for this run yet: judge neurons on the Annotate page.")
-    if view.available:
-        st.caption(f"A label is judged correct when ANY of the top-{ctx.k} images matches it. Neuron score: CP the "
-                   "best rank of the label, ES the highest cosine, VQA the highest P(yes), Contrast the ROC-AUC of the "
-                   "label's cosine on the top images against inactive ones. Baselines: the same evaluator on a label "
-                   "shuffled in from another neuron, and on one constant label for every neuron.")
+st.markdown("**Verdicts on this label, and what to show under each image**")
+toggles = st.columns(5)
+shown = []
+for col, e in zip(toggles, widgets.EVALUATOR_ORDER):
+    state = view.evaluators[e]
+    ok = state.table is not None
+    on = col.toggle(widgets.title(e), value=ok, key=f"show_{e}", bind="query-params", disabled=not ok,
+                    help=widgets.RULES_HELP[e] if ok else widgets.evaluator_note(ctx, e))
+    if on and ok:
+        shown.append(e)
+show_human = toggles[4].toggle("Human", value=True, key="show_human", bind="query-params",
+                               help="Human raters' yes/no verdicts on this neuron (from the Annotate page or "
+                                    "`clipeval humans import`).")
+verdicts = verdict_table(ctx, view, layer, unit)
+keep = verdicts["rater"].isin([widgets.title(e) for e in shown]) | \
+    (show_human & verdicts["rater"].isin(view.rater_labels))
+missing = [e for e in widgets.EVALUATOR_ORDER if view.evaluators[e].table is None]
+if keep.any():
+    st.dataframe(verdicts[keep], hide_index=True, width="stretch")
+for e in missing:
+    st.caption(f":orange[{widgets.evaluator_note(ctx, e)}]")
+if show_human and not view.humans:
+    st.caption("No human verdicts for this run yet: judge neurons on the Annotate page.")
+if view.available:
+    st.caption(f"A label is judged correct when ANY of the top-{ctx.k} images matches it. Neuron score: CP the "
+               "best rank of the label, ES the highest cosine, VQA the highest P(yes), Contrast the ROC-AUC of the "
+               "label's cosine on the top images against inactive ones. Baselines: the same evaluator on a label "
+               "shuffled in from another neuron, and on one constant label for every neuron.")
 
 # ---------------------------------------------------------------- images
 images = image_table(ctx, view, layer, unit)

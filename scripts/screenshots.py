@@ -2,6 +2,7 @@
 a run store, open each page in headless Chromium, and write one PNG per page.
 
     python scripts/screenshots.py [STORE] [--out screenshots/] [--pages neuron,layers] [--wait 15]
+    python scripts/screenshots.py --url http://localhost:8501    # the app `./run app` is serving
 
 STORE defaults to $CLIPEVAL_DB, else clipeval.store.DEFAULT_DB. Chromium: /usr/bin/chromium (Debian:
 `apt-get install -y chromium`) or $CHROMIUM. Streamlit renders in the browser, so each shot is taken
@@ -177,6 +178,31 @@ def shoot(chromium: str, url: str, out: Path, width: int, height: int, wait_s: f
     return out.exists()
 
 
+def shots_of(args) -> dict[str, str]:
+    """Page name -> URL path and query, from --pages and --query."""
+    shots = {name: PAGES.get(name) for name in args.pages.split(",") if name}
+    unknown = [n for n, path in shots.items() if path is None]
+    if unknown:
+        sys.exit(f"unknown page(s) {unknown}; choose from {', '.join(PAGES)}")
+    for extra in args.query:
+        name, _, path = extra.partition("=")
+        shots[name] = path
+    return shots
+
+
+def shoot_all(chromium: str, base: str, shots: dict[str, str], out: Path, args) -> int:
+    ok = True
+    for name, path in shots.items():
+        target = out / f"{name}.png"
+        target.unlink(missing_ok=True)
+        url = f"{base}/{path}"
+        t = time.time()
+        good = shoot(chromium, url, target, args.width, args.height, args.wait, not args.viewport_only)
+        ok &= good
+        print(f"{name:12s} {url}  ->  {target if good else 'FAILED'}  ({time.time() - t:.1f} s)")
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("store", nargs="?", help="run store (.duckdb); default $CLIPEVAL_DB or clipeval's default")
@@ -188,7 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--height", type=int, default=1800)
     ap.add_argument("--wait", type=float, default=30, help="at most this many seconds for a page to settle")
     ap.add_argument("--viewport-only", action="store_true", help="shoot the window only, not the whole page")
+    ap.add_argument("--url", help="shoot an app that is already running (e.g. http://localhost:8501, as `./run app` "
+                                  "serves it) instead of starting one on STORE")
     args = ap.parse_args(argv)
+    if args.url:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        return shoot_all(find_chromium(), args.url.rstrip("/"), shots_of(args), out, args)
 
     store = args.store or os.environ.get("CLIPEVAL_DB")
     if not store:
@@ -197,13 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         store = str(DEFAULT_DB)
     if not Path(store).exists():
         sys.exit(f"no run store at {store}: build one with `python -m clipeval demo` or pass a path")
-    shots = {name: PAGES[name] for name in args.pages.split(",") if name}
-    unknown = [n for n in shots if n not in PAGES]
-    if unknown:
-        sys.exit(f"unknown page(s) {unknown}; choose from {', '.join(PAGES)}")
-    for extra in args.query:
-        name, _, path = extra.partition("=")
-        shots[name] = path
+    shots = shots_of(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     chromium = find_chromium()
@@ -215,17 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                              "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
                              "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
-    ok = True
     try:
         wait_healthy(port, proc)
-        for name, path in shots.items():
-            target = out / f"{name}.png"
-            target.unlink(missing_ok=True)
-            url = f"http://127.0.0.1:{port}/{path}"
-            t = time.time()
-            good = shoot(chromium, url, target, args.width, args.height, args.wait, not args.viewport_only)
-            ok &= good
-            print(f"{name:12s} {url}  ->  {target if good else 'FAILED'}  ({time.time() - t:.1f} s)")
+        ok = shoot_all(chromium, f"http://127.0.0.1:{port}", shots, out, args) == 0
     finally:
         proc.terminate()
         try:

@@ -18,6 +18,7 @@ over the whole pass, after a 1-batch warm-up.
 
 from __future__ import annotations
 
+import argparse
 import cProfile
 import io
 import json
@@ -129,7 +130,7 @@ def main() -> None:
     ap = parser(__doc__.split("\n")[0])
     ap.add_argument("--images", type=int)
     ap.add_argument("--no-grid", action="store_true", help="skip the batch size / workers / threads grid")
-    ap.add_argument("--worker", nargs=5, help=__import__("argparse").SUPPRESS)
+    ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args.worker)

@@ -95,15 +95,19 @@ def _neuron_auc(df: pd.DataFrame) -> pd.DataFrame:
     return pairs.groupby(["variant", "layer", "unit"])["win"].mean().rename("score").reset_index()
 
 
-def pandas_layer_table(ev: str, df: pd.DataFrame, threshold: float) -> pd.DataFrame:
+def pandas_verdicts(ev: str, df: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """The straightforward way: one groupby over the long score table per threshold."""
     if ev == "contrast":
         per_neuron = _neuron_auc(df)
         per_neuron["verdict"] = per_neuron["score"] >= threshold
-    else:
-        top = df[df["kind"] == "top"]
-        match = top["raw"] <= int(N_CONCEPTS * threshold) if ev == "cp" else top["raw"] >= threshold
-        per_neuron = top.assign(match=match).groupby(["variant", "layer", "unit"])["match"].any() \
-            .rename("verdict").reset_index()
+        return per_neuron
+    top = df[df["kind"] == "top"]
+    match = top["raw"] <= int(N_CONCEPTS * threshold) if ev == "cp" else top["raw"] >= threshold
+    return top.assign(match=match).groupby(["variant", "layer", "unit"])["match"].any().rename("verdict").reset_index()
+
+
+def pandas_layer_table(ev: str, df: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    per_neuron = pandas_verdicts(ev, df, threshold)
     by_layer = per_neuron.groupby(["variant", "layer"])["verdict"].mean().reset_index()
     overall = per_neuron.groupby("variant")["verdict"].mean().reset_index().assign(layer="overall")
     return pd.concat([by_layer, overall], ignore_index=True)
@@ -112,14 +116,7 @@ def pandas_layer_table(ev: str, df: pd.DataFrame, threshold: float) -> pd.DataFr
 def pandas_sweep(ev: str, df: pd.DataFrame, values, human: pd.DataFrame) -> pd.DataFrame:
     out: list[pd.DataFrame] = []
     for t in values:
-        if ev == "contrast":
-            per_neuron = _neuron_auc(df)
-            per_neuron["verdict"] = per_neuron["score"] >= t
-        else:
-            top = df[df["kind"] == "top"]
-            match = top["raw"] <= int(N_CONCEPTS * t) if ev == "cp" else top["raw"] >= t
-            per_neuron = top.assign(match=match).groupby(["variant", "layer", "unit"])["match"].any() \
-                .rename("verdict").reset_index()
+        per_neuron = pandas_verdicts(ev, df, t)
         shares = per_neuron.groupby(["variant", "layer"])["verdict"].mean().reset_index()
         real = per_neuron[per_neuron["variant"] == "real"].merge(human, on=["layer", "unit"], suffixes=("", "_h"))
         for layer, g in list(real.groupby("layer")) + [("overall", real)]:

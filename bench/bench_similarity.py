@@ -20,6 +20,7 @@ neurons plus a negligible concatenation); --full-baseline runs all of them.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -147,7 +148,7 @@ def main() -> None:
     ap.add_argument("--full-baseline", action="store_true", help="run rank_reorder's loop on every neuron")
     ap.add_argument("--before", metavar="GIT_REF",
                     help="also time clipeval/similarity.py as it was at this git commit (e.g. before a speed change)")
-    ap.add_argument("--worker", nargs=6, help=argparse_hidden())
+    ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args.worker)
@@ -233,12 +234,6 @@ def main() -> None:
     write_json(args.json, {"machine": info, "sizes": {"neurons": n_neu, "concepts": n_con, "images": n_img},
                            "before_ref": args.before,
                            "results": records})
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

@@ -7,10 +7,7 @@ from clipeval import metrics
 from clipeval.ui import charts, data, widgets
 from clipeval.ui import tables as tables_mod
 
-ctx = widgets.context()
-st.title("Agreement")
-widgets.require_run(ctx)
-widgets.models_banner(ctx)
+ctx = widgets.run_page("Agreement")
 
 view = data.run_view(ctx.run_id)
 k = min(ctx.k, view.kmax) if view.available else ctx.k

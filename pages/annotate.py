@@ -7,10 +7,7 @@ import streamlit as st
 
 from clipeval.ui import data, widgets
 
-ctx = widgets.context()
-st.title("Annotate")
-widgets.require_run(ctx)
-widgets.models_banner(ctx)
+ctx = widgets.run_page("Annotate")
 store = data.store()
 
 notice = st.session_state.pop("annotate_notice", None)

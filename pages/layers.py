@@ -6,10 +6,7 @@ import streamlit as st
 from clipeval.analysis import weak_evaluators
 from clipeval.ui import charts, data, tables, widgets
 
-ctx = widgets.context()
-st.title("Layer overview")
-widgets.require_run(ctx)
-widgets.models_banner(ctx)
+ctx = widgets.run_page("Layer overview")
 
 view = data.run_view(ctx.run_id)
 layers = data.layers(ctx.run_id)

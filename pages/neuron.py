@@ -9,10 +9,7 @@ import streamlit as st
 from clipeval.ui import charts, data, widgets
 from clipeval.ui.neuron import image_lines, image_table, verdict_table
 
-ctx = widgets.context()
-st.title("Neuron explorer")
-widgets.require_run(ctx)
-widgets.models_banner(ctx)
+ctx = widgets.run_page("Neuron explorer")
 
 view = data.run_view(ctx.run_id)
 layers = data.layers(ctx.run_id)

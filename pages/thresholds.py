@@ -7,10 +7,7 @@ from clipeval.errors import ClipevalError
 from clipeval.evaluators.rules import RULES
 from clipeval.ui import charts, data, sweeps, widgets
 
-ctx = widgets.context()
-st.title("Thresholds")
-widgets.require_run(ctx)
-widgets.models_banner(ctx)
+ctx = widgets.run_page("Thresholds")
 
 view = data.run_view(ctx.run_id)
 available = [e for e in widgets.EVALUATOR_ORDER if e in view.available]

@@ -166,16 +166,20 @@ def shoot(chromium: str, url: str, out: Path, width: int, height: int, wait_s: f
             finally:
                 cdp.close()
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
             # Chromium keeps its singleton socket in a /tmp/org.chromium.* folder named by a link in the profile
             link = Path(profile) / "SingletonSocket"
             if link.is_symlink() and Path(os.readlink(link)).parent.name.startswith("org.chromium."):
                 shutil.rmtree(Path(os.readlink(link)).parent, ignore_errors=True)
     return out.exists()
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def shots_of(args) -> dict[str, str]:
@@ -245,11 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_healthy(port, proc)
         ok = shoot_all(chromium, f"http://127.0.0.1:{port}", shots, out, args) == 0
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         log.close()
     return 0 if ok else 1
 

@@ -80,6 +80,17 @@ def after_write() -> None:
     new_script_run()
 
 
+@st.cache_data(max_entries=2048, show_spinner=False)
+def _query(path: str, method: str, args: tuple, data_version: str):
+    """The result of the Store read method `method(*args)`, cached per store path, arguments and data version."""
+    return getattr(_open_store(path), method)(*args)
+
+
+def _read(method: str, run_id: str, *args):
+    """A cached read about one run: stale as soon as that run's data version changes."""
+    return _query(db_path(), method, (run_id, *args), version(run_id))
+
+
 # ------------------------------------------------------------------------------------ runs
 @st.cache_resource(max_entries=6, show_spinner="Loading the run's scores ...")
 def _run_view(path: str, run_id: str, data_version: str) -> RunView:
@@ -93,31 +104,16 @@ def run_view(run_id: str) -> RunView:
     return _run_view(db_path(), run_id, version(run_id))
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
-def _latest_evaluations(path: str, run_id: str, data_version: str) -> pd.DataFrame:
-    return _open_store(path).latest_evaluations(run_id)
-
-
 def latest_evaluations(run_id: str) -> pd.DataFrame:
-    return _latest_evaluations(db_path(), run_id, version(run_id))
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def _layers(path: str, run_id: str, data_version: str) -> pd.DataFrame:
-    return _open_store(path).layers(run_id)
+    return _read("latest_evaluations", run_id)
 
 
 def layers(run_id: str) -> pd.DataFrame:
-    return _layers(db_path(), run_id, version(run_id))
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def _neurons(path: str, run_id: str, data_version: str) -> pd.DataFrame:
-    return _open_store(path).neurons(run_id)
+    return _read("layers", run_id)
 
 
 def neurons(run_id: str) -> pd.DataFrame:
-    return _neurons(db_path(), run_id, version(run_id))
+    return _read("neurons", run_id)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -132,42 +128,22 @@ def top_k(run_id: str) -> int:
 
 
 # ------------------------------------------------------------------------------------ one neuron
-@st.cache_data(max_entries=512, show_spinner=False)
-def _neuron_images(path: str, run_id: str, layer: str, unit: int, data_version: str) -> pd.DataFrame:
-    return _open_store(path).neuron_image_details(run_id, layer, unit)
-
-
 def neuron_images(run_id: str, layer: str, unit: int) -> pd.DataFrame:
     """The neuron's top / level / low / random images with activation, source and licence."""
-    return _neuron_images(db_path(), run_id, layer, int(unit), version(run_id))
-
-
-@st.cache_data(max_entries=512, show_spinner=False)
-def _runner_ups(path: str, run_id: str, layer: str, unit: int, data_version: str) -> pd.DataFrame:
-    return _open_store(path).runner_ups(run_id, layer, unit)
+    return _read("neuron_image_details", run_id, layer, int(unit))
 
 
 def runner_ups(run_id: str, layer: str, unit: int) -> pd.DataFrame:
-    return _runner_ups(db_path(), run_id, layer, int(unit), version(run_id))
-
-
-@st.cache_data(max_entries=512, show_spinner=False)
-def _histogram(path: str, run_id: str, layer: str, unit: int, data_version: str) -> pd.DataFrame:
-    return _open_store(path).histogram(run_id, layer, unit)
+    return _read("runner_ups", run_id, layer, int(unit))
 
 
 def histogram(run_id: str, layer: str, unit: int) -> pd.DataFrame:
-    return _histogram(db_path(), run_id, layer, int(unit), version(run_id))
-
-
-@st.cache_data(max_entries=1024, show_spinner=False)
-def _eval_scores(path: str, eval_id: str, layer: str, unit: int, data_version: str) -> pd.DataFrame:
-    return _open_store(path).eval_scores(eval_id, layer, unit)
+    return _read("histogram", run_id, layer, int(unit))
 
 
 def eval_scores(run_id: str, eval_id: str, layer: str, unit: int) -> pd.DataFrame:
     """One evaluation's raw per-image scores for one neuron (every variant and image kind)."""
-    return _eval_scores(db_path(), eval_id, layer, int(unit), version(run_id))
+    return _query(db_path(), "eval_scores", (eval_id, layer, int(unit)), version(run_id))
 
 
 def _square(jpeg: bytes) -> bytes:
@@ -198,22 +174,12 @@ def thumbnails(fingerprint: str, image_ids) -> dict[int, bytes]:
 
 
 # ------------------------------------------------------------------------------------ search, tables
-@st.cache_data(max_entries=256, show_spinner=False)
-def _search(path: str, run_id: str, text: str, data_version: str) -> pd.DataFrame:
-    return _open_store(path).search_neurons(run_id, text)
-
-
 def search_neurons(run_id: str, text: str) -> pd.DataFrame:
-    return _search(db_path(), run_id, text, version(run_id))
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def _label_counts(path: str, run_id: str, layer: str | None, limit: int, data_version: str) -> pd.DataFrame:
-    return _open_store(path).label_counts(run_id, layer, limit)
+    return _read("search_neurons", run_id, text)
 
 
 def label_counts(run_id: str, layer: str | None = None, limit: int = 25) -> pd.DataFrame:
-    return _label_counts(db_path(), run_id, layer, limit, version(run_id))
+    return _read("label_counts", run_id, layer, limit)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -243,10 +209,5 @@ def timings() -> pd.DataFrame:
     return _timings(db_path(), version())
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
-def _evaluations(path: str, data_version: str) -> pd.DataFrame:
-    return _open_store(path).evaluations()
-
-
 def evaluations() -> pd.DataFrame:
-    return _evaluations(db_path(), version())
+    return _query(db_path(), "evaluations", (), version())

@@ -192,6 +192,16 @@ def require_run(ctx: Context) -> None:
         st.stop()
 
 
+def run_page(title: str) -> Context:
+    """The head of a page about one run: sidebar context, title, the how-to (and a stop) when there is no
+    run, and which models made the run."""
+    ctx = context()
+    st.title(title)
+    require_run(ctx)
+    models_banner(ctx)
+    return ctx
+
+
 # ------------------------------------------------------------------------------------ models
 def model_lines(run: dict, latest: pd.DataFrame, short: bool = True) -> dict[str, str]:
     """Plain statements of which models made the run: target, labelling model, each evaluator

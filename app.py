@@ -1,11 +1,24 @@
 """clipeval explorer: `streamlit run app.py` (or `./run app`). Reads the run store at $CLIPEVAL_DB
 (default: clipeval.store.DEFAULT_DB). Layout only: every number comes from the clipeval package."""
 
+from pathlib import Path
+
 import streamlit as st
 
 from clipeval.ui import widgets
 
-st.set_page_config(page_title="clipeval explorer", page_icon=":material/neurology:", layout="wide")
+# the page icon ships with the app: a ":material/...:" icon made the browser fetch it from a font server
+# on every load, which fails offline
+ICON = str(Path(__file__).resolve().parent / "assets" / "icon.png")
+st.set_page_config(page_title="clipeval explorer", page_icon=ICON, layout="wide")
+# Narrow windows (about 800 px with the sidebar open): let columns wrap instead of squeezing, so metric
+# values, toggle names and buttons are never cut to "8..." or "V...".
+st.markdown("""<style>
+@media (max-width: 1100px) {
+  [data-testid="stHorizontalBlock"] { flex-wrap: wrap; row-gap: 0.5rem; }
+  [data-testid="stHorizontalBlock"] > [data-testid="stColumn"] { min-width: min(13rem, 100%); flex: 1 1 13rem; }
+}
+</style>""", unsafe_allow_html=True)
 
 PAGES = [
     st.Page("pages/home.py", title="Overview", icon=":material/home:", default=True),
@@ -16,6 +29,7 @@ PAGES = [
     st.Page("pages/runs.py", title="Runs", icon=":material/list_alt:", url_path="runs"),
     st.Page("pages/annotate.py", title="Annotate", icon=":material/how_to_vote:", url_path="annotate"),
     st.Page("pages/sql.py", title="SQL", icon=":material/terminal:", url_path="sql"),
+    st.Page("pages/glossary.py", title="Glossary", icon=":material/menu_book:", url_path="glossary"),
 ]
 
 page = st.navigation(PAGES)

@@ -4,6 +4,9 @@ No model runs here; a `RunView` loads a run's scores once and answers each slide
 
 from __future__ import annotations
 
+import ast
+import functools
+import importlib.util
 import json
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -59,19 +62,36 @@ class RunView:
         # a reference computed from ground truth (source 'auto: ...') is not a person: say so in its name
         self.automatic = {r for r, g in humans.groupby("rater") if g["source"].astype(str).str.startswith("auto").all()}
 
+    # Every rater beside the evaluators is a *reference rater*: a person (Annotate page, CSV import) or an
+    # automatic reference computed from ground truth (the demo's ImageNet-class rater). Their labels say
+    # which, so an automatic reference is never read as a human judgement.
+    HUMAN, AUTOMATIC = "human: ", "automatic: "
+
+    def is_automatic(self, rater: str) -> bool:
+        return self.rater_name(rater) in self.automatic
+
     def rater_label(self, rater: str) -> str:
-        return f"{'auto' if rater in self.automatic else 'human'}: {rater}"
+        return f"{self.AUTOMATIC if rater in self.automatic else self.HUMAN}{rater}"
 
     def rater_name(self, label: str) -> str:
         """The stored rater name behind a label from rater_label (bare names pass through)."""
-        name = label.removeprefix("human: ").removeprefix("auto: ")
+        name = label.removeprefix(self.HUMAN).removeprefix(self.AUTOMATIC)
         if name not in self.humans:
             raise ClipevalError(f"no rater {name!r} for run {self.run_id}; raters: {', '.join(self.humans) or 'none'}")
         return name
 
     @property
     def rater_labels(self) -> list[str]:
-        return [self.rater_label(r) for r in self.humans]
+        """Every reference rater, people first, each marked human or automatic."""
+        return self.human_labels + self.automatic_labels
+
+    @property
+    def human_labels(self) -> list[str]:
+        return [self.rater_label(r) for r in self.humans if r not in self.automatic]
+
+    @property
+    def automatic_labels(self) -> list[str]:
+        return [self.rater_label(r) for r in self.humans if r in self.automatic]
 
     @property
     def available(self) -> list[str]:
@@ -206,20 +226,52 @@ def weak_evaluators(summary: pd.DataFrame, margin: float = WEAK_MARGIN) -> list[
     return out
 
 
+def _package_dir(name: str) -> Path:
+    """A package's folder, found without importing it (timm and open_clip import torch: 10+ s)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ClipevalError(f"the package {name} is not installed")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_classnames() -> list[str]:
+    """open_clip.IMAGENET_CLASSNAMES, read from its source file: the app shows class names and must not
+    import torch to do so (importing open_clip costs the first page load 5-14 s on 2 busy cores)."""
+    tree = ast.parse((_package_dir("open_clip") / "zero_shot_metadata.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "IMAGENET_CLASSNAMES" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    raise ClipevalError("open_clip's zero_shot_metadata.py has no IMAGENET_CLASSNAMES")
+
+
+@functools.lru_cache(maxsize=1)
 def imagenet_synonyms() -> list[set[str]]:
     """Per ImageNet class (in class-index order): its open_clip name and the WordNet lemmas of its
     synset (timm ships the synset list and lemmas), lower-cased."""
-    import timm.data
-
-    from clipeval.data.concepts import imagenet_classnames
-
-    info = Path(timm.data.__file__).parent / "_info"
+    info = _package_dir("timm") / "data" / "_info"
     synsets = (info / "imagenet_synsets.txt").read_text().split()
     lemmas = dict(line.split("\t", 1) for line in (info / "imagenet_synset_to_lemma.txt").read_text().splitlines()
                   if "\t" in line)
     names = imagenet_classnames()
     return [{names[i].lower(), *(l.strip().lower() for l in lemmas.get(s, "").split(","))} - {""}
             for i, s in enumerate(synsets)]
+
+
+IMAGENET_CLASSES = 1000
+
+
+def unit_imagenet_class(n_units: int, unit: int, label: str, concepts=()) -> dict | None:
+    """The obvious sanity check for a layer whose units are the ImageNet classes (a 1000-way classifier):
+    unit i is class i. Returns the class name, whether the label names it (its name or a WordNet
+    synonym), and the rank of the first of `concepts` (runner-ups, best first, rank 1 = the label) that
+    does; None for any other layer."""
+    if int(n_units) != IMAGENET_CLASSES or not 0 <= int(unit) < IMAGENET_CLASSES:
+        return None
+    synonyms = imagenet_synonyms()[int(unit)]
+    rank = next((i for i, c in enumerate(concepts, 1) if str(c).lower() in synonyms), None)
+    return {"class": imagenet_classnames()[int(unit)], "label_matches": str(label).lower() in synonyms,
+            "concept_rank": rank, "synonyms": sorted(synonyms)}
 
 
 def imagenet_label_accuracy(store: Store, run_id: str, layer: str) -> dict:
@@ -231,11 +283,11 @@ def imagenet_label_accuracy(store: Store, run_id: str, layer: str) -> dict:
     ru = ru[ru["layer"] == layer]
     if ru.empty or ru["unit"].nunique() != len(synonyms):
         return {}
-    hit = ru.apply(lambda r: str(r["concept"]).lower() in synonyms[int(r["unit"])], axis=1)
-    by_unit = ru.assign(hit=hit).groupby("unit")
-    top1 = by_unit.apply(lambda g: bool(g.loc[g["rank"] == 1, "hit"].any()))
-    top5 = by_unit.apply(lambda g: bool(g.loc[g["rank"] <= 5, "hit"].any()))
-    return {"layer": layer, "neurons": int(len(top1)), "top1": float(top1.mean()), "top5": float(top5.mean())}
+    hit = np.array([str(c).lower() in synonyms[int(u)] for u, c in zip(ru["unit"], ru["concept"])], bool)
+    ru = ru.assign(top1=hit & (ru["rank"] == 1).to_numpy(), top5=hit & (ru["rank"] <= 5).to_numpy())
+    by_unit = ru.groupby("unit")[["top1", "top5"]].any()
+    return {"layer": layer, "neurons": int(len(by_unit)), "top1": float(by_unit["top1"].mean()),
+            "top5": float(by_unit["top5"].mean())}
 
 
 def _text(value) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -207,6 +208,15 @@ class Store:
                                 "the same `clipeval dissect` again, or remove it with `clipeval rm`")
         return run
 
+    def rename_run(self, run_id: str, name: str) -> str:
+        """Give a run a new display name (its id, the hash of its settings, stays); returns the name."""
+        from clipeval.runnames import check_name
+
+        name = check_name(name)
+        run_id = self.run(run_id)["run_id"]
+        self.cursor().execute("UPDATE runs SET name = ? WHERE run_id = ?", [name, run_id])
+        return name
+
     def delete_run(self, run_id: str) -> None:
         with self.transaction() as cur:
             evals = [r[0] for r in cur.execute("SELECT eval_id FROM evaluations WHERE run_id = ?", [run_id]).fetchall()]
@@ -370,7 +380,7 @@ class Store:
         row = self.cursor().execute(
             "SELECT (SELECT count(*) || '/' || coalesce(max(created_at)::TEXT, '') || '/' || "
             "        coalesce(max(finished_at)::TEXT, '') || '/' || "
-            "        coalesce(md5(string_agg(run_id || status || coalesce(timings_json, ''), ',' ORDER BY run_id)), '')"
+            "        coalesce(md5(string_agg(run_id || status || coalesce(name, '') || coalesce(timings_json, ''), ',' ORDER BY run_id)), '')"
             f"        FROM runs{where}), "
             "       (SELECT count(*) || '/' || coalesce(max(finished_at)::TEXT, '') FROM evaluations"
             f"{where}), "
@@ -386,9 +396,13 @@ class Store:
             "(SELECT count(*) FROM evaluations WHERE status <> 'complete'), "
             "(SELECT count(*) FROM (SELECT DISTINCT run_id, layer, unit, rater FROM human_verdicts)), "
             "(SELECT count(DISTINCT rater) FROM human_verdicts), (SELECT count(*) FROM probe_images), "
-            "(SELECT count(*) FROM concept_sets)").fetchall()[0]
+            "(SELECT count(*) FROM concept_sets), "
+            # automatic references (source 'auto: ...') are counted apart from people
+            "(SELECT count(*) FROM (SELECT DISTINCT run_id, layer, unit, rater FROM human_verdicts "
+            "  WHERE source LIKE 'auto%')), "
+            "(SELECT count(DISTINCT rater) FROM human_verdicts WHERE source LIKE 'auto%')").fetchall()[0]
         keys = ("runs", "complete_runs", "neurons", "evaluations", "evaluations_not_complete", "human_verdicts",
-                "raters", "probe_images", "concept_sets")
+                "raters", "probe_images", "concept_sets", "automatic_verdicts", "automatic_raters")
         return dict(zip(keys, (int(x) for x in row)))
 
     def neuron_image_details(self, run_id: str, layer: str, unit: int, kinds=("top", "level", "low", "random")
@@ -403,17 +417,26 @@ class Store:
             "ORDER BY ni.kind, ni.rank", [run_id, layer, int(unit), list(kinds)])
 
     def search_neurons(self, run_id: str, text: str, limit: int = 200) -> pd.DataFrame:
-        """Neurons whose label, or one of whose runner-up concepts, contains `text` (case-insensitive);
-        label matches first. Columns: layer, unit, label, similarity, matched, match_rank (1 = the label)."""
+        """Neurons whose label, or one of whose runner-up concepts, contains `text` (case-insensitive).
+        Best matches first: the whole text (quality 0), a whole word of it (1: "hot dog" for "dog"), the
+        start of a word (2), inside a word (3: "hotdog"); then label before runner-ups, then run order.
+        Columns: layer, unit, label, similarity, matched, match_rank (1 = the label), match_quality."""
+        q = text.strip().lower()
+        word = re.sub(r"([.^$|?*+()\[\]{}\\])", r"\\\1", q)  # RE2 pattern of the literal text
+        quality = ("CASE WHEN lower(concept) = ? THEN 0 "
+                   "WHEN regexp_matches(lower(concept), '(^|[^[:alnum:]])' || ? || '([^[:alnum:]]|$)') THEN 1 "
+                   "WHEN regexp_matches(lower(concept), '(^|[^[:alnum:]])' || ?) THEN 2 ELSE 3 END")
         return self.df(
-            "SELECT n.layer, n.unit, n.label, n.similarity, m.concept AS matched, m.rank AS match_rank "
+            "SELECT n.layer, n.unit, n.label, n.similarity, m.concept AS matched, m.rank AS match_rank, "
+            "m.quality AS match_quality "
             "FROM neurons n JOIN layers l USING (run_id, layer) "
-            "JOIN (SELECT * FROM (SELECT layer, unit, concept, rank FROM runner_ups WHERE run_id = ? "
-            "        AND concept ILIKE '%' || ? || '%' "
+            f"JOIN (SELECT *, {quality} AS quality FROM (SELECT layer, unit, concept, rank FROM runner_ups "
+            "        WHERE run_id = ? AND concept ILIKE '%' || ? || '%' "
             "      UNION ALL SELECT layer, unit, label, 1 FROM neurons WHERE run_id = ? AND label ILIKE '%' || ? || '%') "
-            "      QUALIFY row_number() OVER (PARTITION BY layer, unit ORDER BY rank) = 1) m USING (layer, unit) "
-            "WHERE n.run_id = ? ORDER BY m.rank, l.position, n.unit LIMIT ?",
-            [run_id, text, run_id, text, run_id, int(limit)])
+            "      QUALIFY row_number() OVER (PARTITION BY layer, unit ORDER BY quality, rank) = 1) m "
+            "USING (layer, unit) "
+            "WHERE n.run_id = ? ORDER BY m.quality, m.rank, l.position, n.unit LIMIT ?",
+            [q, word, word, run_id, q, run_id, q, run_id, int(limit)])
 
     def label_counts(self, run_id: str, layer: str | None = None, limit: int = 25) -> pd.DataFrame:
         """The most frequent labels (of one layer, or of the whole run) with how many neurons carry them."""

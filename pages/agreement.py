@@ -3,7 +3,9 @@ agreement per layer and pooled against a reference (Table 1), Jaccard, confusion
 
 import streamlit as st
 
-from clipeval import metrics
+import pandas as pd
+
+from clipeval import intervals, metrics
 from clipeval.ui import charts, data, widgets
 from clipeval.ui import tables as tables_mod
 
@@ -25,44 +27,52 @@ if len(raters) < 2:
                "Annotate page, or run more evaluators.")
     st.stop()
 if not view.humans:
-    st.caption("No human verdicts for this run yet: only the evaluators are compared with each other. Add human "
+    st.caption("No reference rater for this run yet: only the evaluators are compared with each other. Add human "
                "verdicts on the Annotate page or with `clipeval humans import`.")
+elif not view.human_labels:
+    st.caption("No human verdicts for this run yet: the only reference here is automatic ("
+               + ", ".join(view.automatic_labels) + "), computed from ground truth, not by a person.")
 
 # ---------------------------------------------------------------- kappa matrix
 st.subheader("Cohen's kappa between every pair")
-st.plotly_chart(charts.kappa_heatmap(metrics.kappa_matrix(raters)), width="stretch", key="kappa")
-st.caption(f"Each pair over the neurons both judged; evaluator verdicts at the sidebar's thresholds "
-           f"({widgets.thresholds_caption(ctx)}). Kappa is n/a where it is undefined (e.g. both raters say "
-           "'correct' for every neuron).")
+matrix = data.kappa_intervals(ctx.run_id, ctx.thresholds, k)
+st.plotly_chart(charts.kappa_heatmap(matrix["kappa"], matrix["n"], matrix["lo"], matrix["hi"], intervals.MIN_N),
+                width="stretch", key="kappa")
+st.caption(f"Each cell: kappa, its 95% interval (bootstrap over neurons) and n, the neurons both raters judged. "
+           f"Grey cells: fewer than {intervals.MIN_N} neurons, too few to read. Evaluator verdicts at the sidebar's "
+           f"thresholds ({widgets.thresholds_caption(ctx)}). Kappa is n/a where it is undefined (e.g. both raters "
+           "say 'correct' for every neuron). " + widgets.glossary_link("kappa") + " · " +
+           widgets.glossary_link("intervals"))
 
 # ---------------------------------------------------------------- per layer against a reference
 st.subheader("Against a reference, per layer and pooled")
 names = list(raters)
-default_ref = next((n for n in names if n in view.rater_labels), names[0])
+default_ref = next((n for n in view.rater_labels if n in names), names[0])  # a person first, if any
 c = st.columns([1, 1.6])
 reference = c[0].selectbox("Reference rater", names, index=names.index(default_ref), key="agree_ref",
-                           help="Usually a human rater; every other rater is compared with it.")
+                           help="Usually a reference rater (a person, or an automatic reference marked as such); "
+                                "every other rater is compared with it. " + widgets.glossary_link("reference"))
 others = [n for n in names if n != reference]
-tables = {o: metrics.pairwise_table(raters[o], raters[reference]) for o in others}
-measure = c[1].segmented_control("Measure per layer", ["agreement", "kappa", "jaccard", "f1", "precision", "recall"],
-                               default="agreement", key="agree_measure") or "agreement"
+tables = data.pairwise_intervals(ctx.run_id, ctx.thresholds, k, reference)
+measure = c[1].segmented_control("Measure per layer", list(intervals.MEASURES), default="agreement",
+                                 key="agree_measure") or "agreement"
 layer_order = [*data.layers(ctx.run_id)["layer"], "overall"]
-by_layer = tables_mod.measure_by_layer(tables, measure, layer_order)
-shown = by_layer.rename_axis(f"vs {reference}").reset_index()
-value_cols = [c for c in by_layer.columns if c != "neurons compared"]
-if measure in ("agreement", "jaccard", "precision", "recall"):
-    shown, config = widgets.as_percent(shown, value_cols)
-else:
-    config = {c: st.column_config.NumberColumn(format="%.3f") for c in value_cols}
-st.dataframe(shown, hide_index=True, width="stretch", column_config=config)
-st.caption("'overall' pools all compared neurons (not the mean of the layers). Precision, recall and F1 treat "
-           "the reference as the truth and 'correct' as the positive class.")
+text, small = tables_mod.measure_by_layer_ci(tables, measure, layer_order)
+shown = text.rename_axis(f"{measure} vs {reference}").reset_index()
+grey = small.reset_index(drop=True)
+style = shown.style.apply(lambda _: pd.DataFrame("", index=shown.index, columns=shown.columns).assign(
+    **{c: grey[c].map({True: "color: #9aa0a6", False: ""}) for c in grey.columns}), axis=None)
+st.dataframe(style, hide_index=True, width="stretch")
+st.caption(f"Each cell: the {measure}, its 95% interval (bootstrap over neurons) and n, the neurons both judged; "
+           f"grey: fewer than {intervals.MIN_N} neurons, too few to read. 'overall' pools all compared neurons (not "
+           "the mean of the layers). Precision, recall and F1 treat the reference as the truth and 'correct' as the "
+           "positive class. " + widgets.glossary_link("intervals"))
 with st.expander("Every measure, every layer"):
     long = tables_mod.stack_pairwise(tables)
-    st.dataframe(long[["rater", "layer", "n", "agreement", "jaccard", "kappa", "precision", "recall", "f1"]],
+    st.dataframe(long[["rater", "layer", "n", *[c for m in intervals.MEASURES for c in (m, f"{m} lo", f"{m} hi")]]],
                  hide_index=True, width="stretch",
-                 column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                for c in ("agreement", "jaccard", "kappa", "precision", "recall", "f1")})
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in long.columns
+                                if c.split(" ")[0] in intervals.MEASURES})
 
 # ---------------------------------------------------------------- one pair in detail
 st.subheader("One pair in detail")
@@ -77,12 +87,17 @@ with c[0]:
     st.plotly_chart(charts.confusion_heatmap(conf, rater, reference), width="stretch", key="confusion")
 with c[1]:
     overall = tables[rater].set_index("layer").loc["overall"]
-    m = st.columns(3)
-    m[0].metric("Agreement", widgets.fmt_pct(overall["agreement"]))
-    m[1].metric("Cohen's kappa", widgets.fmt_num(overall["kappa"]))
-    m[2].metric("Jaccard", widgets.fmt_num(overall["jaccard"]))
-    m = st.columns(3)
-    m[0].metric("Precision", widgets.fmt_num(overall["precision"]))
-    m[1].metric("Recall", widgets.fmt_num(overall["recall"]))
-    m[2].metric("F1", widgets.fmt_num(overall["f1"]))
-    st.caption(f"{int(overall['n'])} neurons judged by both.")
+    for row_measures in (("agreement", "kappa", "jaccard"), ("precision", "recall", "f1")):
+        m = st.columns(3)
+        for col, name in zip(m, row_measures):
+            f = intervals.figure(overall, name)
+            col.metric(name.capitalize() if name != "kappa" else "Cohen's kappa",
+                       widgets.fmt_pct(f.value) if f.percent else widgets.fmt_num(f.value),
+                       f"95% {f._f(f.lo)} to {f._f(f.hi)}" if pd.notna(f.lo) else "interval n/a",
+                       delta_color="off", delta_arrow="off")
+    n = int(overall["n"])
+    if n < intervals.MIN_N:
+        st.warning(f"Only {n} neurons judged by both: fewer than {intervals.MIN_N}, so these figures can move a lot "
+                   "with a few more verdicts.")
+    else:
+        st.caption(f"{n} neurons judged by both; 95% intervals from a bootstrap over them.")

@@ -2,15 +2,16 @@
 
 import streamlit as st
 
-from clipeval.ui import data, tables, widgets
+from clipeval import headlines
+from clipeval.ui import data, widgets
 
 ctx = widgets.context()
 st.title("clipeval explorer")
 st.markdown(
     "CLIP-Dissect gives every hidden neuron of a vision network a text label from its most activating "
     "probe images. This app shows how far each **automatic evaluator** (VQA, concept proportion CP, "
-    "embedding similarity ES, and a contrast check against inactive images) and each **human rater** "
-    "judges those labels correct, beside baselines that an evaluator should reject.")
+    "embedding similarity ES, and a contrast check against inactive images) judges those labels correct, how far they agree with **reference raters** (people, and automatic references "
+    "computed from ground truth, always marked as such), and how often they pass wrong labels (the baselines).")
 
 overview = data.store().store_overview()
 cols = st.columns(6)
@@ -18,10 +19,13 @@ cols[0].metric("Runs", overview["runs"], help=f"{overview['complete_runs']} comp
 cols[1].metric("Neurons labelled", f"{overview['neurons']:,}")
 cols[2].metric("Evaluations", overview["evaluations"],
                help=f"{overview['evaluations_not_complete']} more are unavailable or failed (see Runs)")
-cols[3].metric("Rater verdicts", f"{overview['human_verdicts']:,}",
-               help="current yes/no verdicts, one per rater and neuron: people (Annotate page, CSV import) and "
-                    "automatic references such as the demo's ImageNet-class rater")
-cols[4].metric("Raters", overview["raters"])
+cols[3].metric("Human verdicts", f"{overview['human_verdicts'] - overview['automatic_verdicts']:,}",
+               help="Current yes/no verdicts by people (Annotate page, CSV import), one per rater and neuron, from "
+                    f"{overview['raters'] - overview['automatic_raters']} rater(s).")
+cols[4].metric("Automatic verdicts", f"{overview['automatic_verdicts']:,}",
+               help="Verdicts computed from ground truth, not by a person, such as the demo's ImageNet-class "
+                    f"reference, from {overview['automatic_raters']} automatic rater(s). " +
+                    widgets.glossary_link("reference"))
 cols[5].metric("Probe images stored", f"{overview['probe_images']:,}")
 st.caption(f"Run store: `{data.db_path()}`")
 
@@ -30,21 +34,26 @@ if ctx.run_id is None:
     st.stop()
 
 st.subheader(f"Selected run: {ctx.run['name']}")
+widgets.stand_in_notice(ctx.run, ctx.latest)
 for role, text in widgets.model_lines(ctx.run, ctx.latest).items():
     st.markdown(f"- **{role}:** {text}")
 view = data.run_view(ctx.run_id)
-overall = tables.overall_shares(view, ctx.thresholds, ctx.k)
+heads = headlines.headlines(view.layer_summary(ctx.thresholds, min(ctx.k, view.kmax))) if view.available else {}
 cols = st.columns(len(widgets.EVALUATOR_ORDER))
 for col, e in zip(cols, widgets.EVALUATOR_ORDER):
-    if e in overall:
-        real, shuffled = overall[e]
-        col.metric(f"{widgets.title(e)}: labels judged correct", widgets.fmt_pct(real),
-                   f"shuffled labels: {widgets.fmt_pct(shuffled)}", delta_color="off", delta_arrow="off",
-                   help="Over all neurons of the run at the sidebar's thresholds; beside it, the same evaluator on "
-                        "labels shuffled across neurons (a good evaluator rejects most of those).")
+    h = heads.get(widgets.title(e))
+    if h is not None:
+        col.metric(f"{h.evaluator}: labels judged correct", headlines.pct(h.real),
+                   help=f"Over all {h.n:,} neurons of the run at the sidebar's thresholds. Below it, the same "
+                        "evaluator on labels shuffled across neurons and on one constant label for every neuron: a "
+                        "good evaluator rejects most of those. " + widgets.glossary_link("baselines"))
+        col.caption(("⚠ " if h.weak else "") + h.baseline_text().replace(" · ", "  \n"))
     else:
         col.metric(f"{widgets.title(e)}: labels judged correct", "n/a", ctx.evaluator_status(e)[0],
                    delta_color="off", delta_arrow="off", help=widgets.evaluator_note(ctx, e))
+for h in heads.values():
+    if h.warning():
+        st.warning(h.warning(), icon=":material/warning:")
 st.caption("Choose another run, the number k of top images judged and the thresholds in the sidebar; they "
            "apply to every page and are kept in the URL, so a copied link shows a collaborator the same view.")
 
@@ -55,13 +64,14 @@ PAGES = [
     ("pages/layers.py", "Layer overview", "per layer, the share of labels judged correct by each evaluator beside "
      "its shuffled and constant-label baselines; the interpretable units; a sortable unit grid; frequent labels."),
     ("pages/thresholds.py", "Thresholds", "how the verdicts move with each threshold, per layer, and calibrating a "
-     "threshold to human labels."),
+     "threshold to a reference rater."),
     ("pages/agreement.py", "Agreement", "Cohen's kappa between all raters and evaluators, agreement per layer, "
      "Jaccard, confusion matrices, F1."),
     ("pages/runs.py", "Runs", "every run with its settings and models, a comparison of configurations, timings, "
      "and deleting a run."),
     ("pages/annotate.py", "Annotate", "judge labels yourself, neuron by neuron; every answer is saved at once."),
     ("pages/sql.py", "SQL", "a read-only SQL console over the run store."),
+    ("pages/glossary.py", "Glossary", "what soft-WPMI, CP, ES, contrast AUC, kappa, ConSE and the baselines mean."),
 ]
 for path, name, text in PAGES:
     c = st.columns([1.3, 5], vertical_alignment="center")

@@ -3,7 +3,7 @@ the interpretable units, a sortable and filterable unit grid, and the most frequ
 
 import streamlit as st
 
-from clipeval.analysis import weak_evaluators
+from clipeval import headlines
 from clipeval.ui import charts, data, tables, widgets
 
 ctx = widgets.run_page("Layer overview")
@@ -32,10 +32,9 @@ else:
     table = tables.summary_table(summary, layer_names)
     table, pct = widgets.as_percent(table, [c for c in table.columns if c not in ("layer", "neurons")])
     st.dataframe(table, hide_index=True, width="stretch", column_config=pct)
-    for w in weak_evaluators(summary):
-        st.warning(f"**{w['evaluator']}** judges {w['baseline_share']:.1%} of {w['baseline']} labels correct against "
-                   f"{w['real']:.1%} of the real ones: at this threshold it barely tells right labels from wrong. "
-                   f"Calibrate it on the Thresholds page before reading its share.")
+    for h in headlines.headlines(summary).values():
+        if h.warning():
+            st.warning(h.warning(), icon=":material/warning:")
 
 # ---------------------------------------------------------------- interpretable units
 st.subheader("Interpretable units")
@@ -44,15 +43,18 @@ chosen = st.multiselect("Evaluators that must all agree", available, default=ava
                         help="Only evaluators that scored this run can be chosen.")
 st.markdown(
     "**Definition used here:** a unit is *interpretable* when **every chosen evaluator** judges its CLIP-Dissect "
-    f"label correct (any of its top-{k} images matches the label at the current thresholds). Human verdicts "
-    "are not part of it; they appear as columns in the grid below.")
+    f"label correct (any of its top-{k} images matches the label at the current thresholds). Reference "
+    "raters are not part of it; their verdicts (human or automatic, as marked) appear as columns in the grid below.")
 if available and chosen:
     grid = tables.unit_grid(view, ctx.thresholds, k, chosen)
-    per_layer = tables.interpretable_by_layer(grid, tables.INTERPRETABLE, layer_names)
+    per_layer = headlines.interpretable_shares(view, ctx.thresholds, k, chosen, layer_names)
     cols = st.columns(min(len(per_layer), 6))
-    for col, row in zip(cols * (len(per_layer) // len(cols) + 1), per_layer.itertuples()):
-        col.metric(row.layer, widgets.fmt_pct(row.share), f"{row.interpretable:,} of {row.neurons:,} units",
-                   delta_color="off", delta_arrow="off")
+    for col, row in zip(cols * (len(per_layer) // len(cols) + 1), per_layer.to_dict("records")):
+        col.metric(row["layer"], widgets.fmt_pct(row["share"]),
+                   help="Below the share: the share of units whose shuffled (or constant) label every chosen "
+                        "evaluator also judges correct. " + widgets.glossary_link("interpretable"))
+        col.caption(f"{row['interpretable']:,} of {row['neurons']:,} units  \n"
+                    + headlines.baseline_delta(row).replace(" · ", "  \n"))
 elif available:
     st.info("Choose at least one evaluator.")
     grid = tables.unit_grid(view, ctx.thresholds, k, [])
@@ -73,7 +75,8 @@ shown = shown.assign(open=[tables.neuron_link(ctx.run_id, r.layer, r.unit, ctx.t
 config = {"open": st.column_config.LinkColumn("neuron", display_text="open", width="small",
                                               help="Open this neuron in the neuron explorer (new tab)"),
           "similarity": st.column_config.NumberColumn(format="%.3f"),
-          tables.INTERPRETABLE: st.column_config.CheckboxColumn(tables.INTERPRETABLE)}
+          tables.INTERPRETABLE: st.column_config.TextColumn(tables.INTERPRETABLE, width="small",
+                                                            help="✓: every chosen evaluator judges the label correct")}
 for e in available:
     t = widgets.title(e)
     config[f"{t} score"] = st.column_config.NumberColumn(f"{t} score", format="%d" if e == "cp" else "%.3f",
@@ -81,11 +84,14 @@ for e in available:
                                                                           "es": "highest cosine",
                                                                           "vqa": "highest P(yes)",
                                                                           "contrast": "ROC-AUC"}[e])
-    config[t] = st.column_config.CheckboxColumn(t, help=f"{t} judges the label correct")
+    config[t] = st.column_config.TextColumn(t, width="small", help=f"✓: {t} judges the label correct, ✗: not")
 st.caption(f"{len(shown):,} of {len(grid):,} units. Click a column header to sort; 'open' shows the unit in the "
            "neuron explorer.")
 first = ["open", "layer", "unit", "label", "similarity", tables.INTERPRETABLE]
-st.dataframe(shown, hide_index=True, width="stretch", height=420, column_config=config,
+marks = [tables.INTERPRETABLE, *[widgets.title(e) for e in available], *view.rater_labels]
+for r in view.rater_labels:
+    config[r] = st.column_config.TextColumn(r, width="small", help=f"{r}: ✓ correct, ✗ not, empty: not judged")
+st.dataframe(tables.verdict_marks(shown, marks), hide_index=True, width="stretch", height=420, column_config=config,
              column_order=[*first, *[c for c in shown.columns if c not in first]])
 
 # ---------------------------------------------------------------- frequent labels

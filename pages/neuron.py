@@ -6,6 +6,8 @@ import random
 import pandas as pd
 import streamlit as st
 
+from clipeval import navigation, thresholds
+from clipeval.analysis import unit_imagenet_class
 from clipeval.ui import charts, data, widgets
 from clipeval.ui.neuron import image_lines, image_table, verdict_table
 
@@ -29,11 +31,13 @@ def _go(layer: str, unit: int) -> None:
     st.session_state["layer"], st.session_state["unit"] = layer, int(unit)
 
 
+order = list(neurons[["layer", "unit"]].itertuples(index=False, name=None))
+
+
 def _step(delta: int) -> None:
-    order = list(neurons[["layer", "unit"]].itertuples(index=False, name=None))
-    here = (st.session_state["layer"], int(st.session_state.get("unit", 0)))
-    i = order.index(here) if here in order else 0
-    _go(*order[(i + delta) % len(order)])
+    target = navigation.step(order, (st.session_state["layer"], int(st.session_state.get("unit", 0))), delta)
+    if target:
+        _go(*target)
 
 
 def _random() -> None:
@@ -57,8 +61,11 @@ unit = int(pick[1].number_input(f"Unit (0-{unit_list[-1]})", min_value=0, max_va
                                 step=1, key="unit", bind="query-params"))
 with pick[2]:
     nav = st.container(horizontal=True, gap="small", wrap=False)
-    nav.button("Previous", on_click=_step, args=(-1,), icon=":material/arrow_back:", key="prev")
-    nav.button("Next", on_click=_step, args=(1,), icon=":material/arrow_forward:", key="next")
+    nav.button("Previous", on_click=_step, args=(-1,), icon=":material/arrow_back:", key="prev",
+               disabled=navigation.step(order, (layer, unit), -1) is None, help="The previous unit (none before the "
+               "first unit of the first layer)")
+    nav.button("Next", on_click=_step, args=(1,), icon=":material/arrow_forward:", key="next",
+               disabled=navigation.step(order, (layer, unit), 1) is None)
     nav.button("Random", on_click=_random, icon=":material/casino:", key="random")
 with pick[3]:
     query = st.text_input("Search labels and runner-up concepts", key="search_text", placeholder="e.g. dog, stripes")
@@ -89,35 +96,55 @@ with head[0]:
     st.metric("CLIP-Dissect similarity of the label", widgets.fmt_num(label_row["similarity"]),
               help="The score of the chosen concept under the run's similarity function (soft-WPMI by default): "
                    "comparable between neurons of one run, not a cosine.")
+ru = data.runner_ups(ctx.run_id, layer, unit)
+n_units = int(layers.set_index("layer").loc[layer, "n_units"])
+own = unit_imagenet_class(n_units, unit, label_row["label"], ru["concept"] if "concept" in ru else ())
+if own:
+    with head[0]:
+        found = ("the label names it" if own["label_matches"] else
+                 f"runner-up #{own['concept_rank']} names it" if own["concept_rank"] else
+                 "neither the label nor a runner-up names it")
+        (st.success if own["label_matches"] else st.warning)(
+            f"**This unit's own ImageNet class: {own['class']}** ({found})", icon=":material/fact_check:")
+        st.caption(f"{layer} has {n_units:,} units, one per ImageNet class (a 1000-way classifier), so unit {unit} "
+                   "is known to mean this class: a sanity check of the label. "
+                   + widgets.glossary_link("imagenet-check"))
 with head[1]:
-    ru = data.runner_ups(ctx.run_id, layer, unit)
     if len(ru) > 1:
         st.caption("Runner-up concepts (rank 1 is the label)")
         st.dataframe(ru, hide_index=True, width="stretch",
                      column_config={"score": st.column_config.NumberColumn(format="%.3f")})
 
 st.markdown("**Verdicts on this label, and what to show under each image**")
-toggles = st.columns(5)
+toggles = st.container(horizontal=True, wrap=True, gap="medium")
 shown = []
-for col, e in zip(toggles, widgets.EVALUATOR_ORDER):
+for e in widgets.EVALUATOR_ORDER:
     state = view.evaluators[e]
     ok = state.table is not None
-    on = col.toggle(widgets.title(e), value=ok, key=f"show_{e}", bind="query-params", disabled=not ok,
-                    help=widgets.RULES_HELP[e] if ok else widgets.evaluator_note(ctx, e))
+    on = toggles.toggle(widgets.title(e), value=ok, key=f"show_{e}", bind="query-params", disabled=not ok,
+                        help=(widgets.RULES_HELP[e] if ok else widgets.evaluator_note(ctx, e)) + " " +
+                        widgets.glossary_link(e))
     if on and ok:
         shown.append(e)
-show_human = toggles[4].toggle("Human", value=True, key="show_human", bind="query-params",
-                               help="Human raters' yes/no verdicts on this neuron (from the Annotate page or "
-                                    "`clipeval humans import`).")
+show_human = toggles.toggle("Human raters", value=True, key="show_human", bind="query-params",
+                            disabled=not view.human_labels,
+                            help="People's yes/no verdicts on this neuron (from the Annotate page or "
+                                 "`clipeval humans import`)." + ("" if view.human_labels else " None for this run yet."))
+show_auto = toggles.toggle("Automatic references", value=True, key="show_auto", bind="query-params",
+                           disabled=not view.automatic_labels,
+                           help="Reference verdicts computed from ground truth, not by a person (the demo's: does "
+                                "the label name the unit's ImageNet class?). " + widgets.glossary_link("reference")
+                                + ("" if view.automatic_labels else " None for this run."))
 verdicts = verdict_table(ctx, view, layer, unit)
 keep = verdicts["rater"].isin([widgets.title(e) for e in shown]) | \
-    (show_human & verdicts["rater"].isin(view.rater_labels))
+    (show_human & verdicts["rater"].isin(view.human_labels)) | \
+    (show_auto & verdicts["rater"].isin(view.automatic_labels))
 missing = [e for e in widgets.EVALUATOR_ORDER if view.evaluators[e].table is None]
 if keep.any():
     st.dataframe(verdicts[keep], hide_index=True, width="stretch")
 for e in missing:
     st.caption(f":orange[{widgets.evaluator_note(ctx, e)}]")
-if show_human and not view.humans:
+if show_human and not view.human_labels:
     st.caption("No human verdicts for this run yet: judge neurons on the Annotate page.")
 if view.available:
     st.caption(f"A label is judged correct when ANY of the top-{ctx.k} images matches it. Neuron score: CP the "
@@ -149,7 +176,7 @@ if images.empty:
     st.stop()
 st.subheader(f"Top {int((images['kind'] == 'top').sum())} activating images")
 contrast_note = ("Contrast shows each image's cosine with the label judged by the ES rule (tau = "
-                 f"{ctx.thresholds['es']:g}); its neuron verdict is the AUC rule above." if "contrast" in shown else "")
+                 f"{thresholds.fmt('es', ctx.thresholds['es'])}); its neuron verdict is the AUC rule above." if "contrast" in shown else "")
 image_grid(images[images["kind"] == "top"], 5, shown, contrast_note)
 
 st.subheader("Beyond the top images")

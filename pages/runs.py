@@ -3,6 +3,8 @@ paper's Table 2), time per stage and evaluator (Table 3), and deleting a run."""
 
 import streamlit as st
 
+from clipeval import headlines, runnames
+from clipeval.errors import ClipevalError
 from clipeval.ui import charts, data, tables, widgets
 
 ctx = widgets.context()
@@ -17,26 +19,48 @@ if runs.empty:
 
 # ---------------------------------------------------------------- all runs
 st.subheader("Every run in the store")
-st.dataframe(tables.run_table(runs), hide_index=True, width="stretch",
-             column_config={"created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
-                            "peak RSS (MB)": st.column_config.NumberColumn(format="%.0f"),
-                            "labelling model": st.column_config.TextColumn(width="large")})
+differs = runnames.differences(runs)
+label = widgets.run_labels(runs)
+table = tables.run_table(runs).assign(differs=[differs.get(r, "") for r in runs["run_id"]])
+st.dataframe(table, hide_index=True, width="stretch",
+             column_order=["differs", "name", "status", "created", "neurons", "CLIP?", "labelling model", "run"],
+             column_config={"created": st.column_config.DatetimeColumn(format="MM-DD HH:mm", width="small"),
+                            "differs": st.column_config.TextColumn("what differs", width="medium"),
+                            "CLIP?": st.column_config.TextColumn(width="small"),
+                            "run": st.column_config.TextColumn(width="small")})
 st.caption("A run is written completely or not at all: 'running' is being written, 'interrupted' was stopped "
            "before it finished (run the same `clipeval dissect` again to finish it), 'failed' has its error.")
 
 ids = list(runs["run_id"])
-names = dict(zip(runs["run_id"], runs["name"]))
 default = ids.index(ctx.run_id) if ctx.run_id in ids else 0
-chosen = st.selectbox("Details of run", ids, index=default, format_func=lambda r: f"{names[r]}  ({r[:8]})",
-                      key="runs_detail")
+chosen = st.selectbox("Details of run", ids, index=default, format_func=label.get, key="runs_detail")
 run = runs[runs["run_id"] == chosen].iloc[0].to_dict()
+
+
+def _rename(run_id: str) -> None:
+    try:
+        new = data.store().rename_run(run_id, st.session_state.get("rename_text", ""))
+    except ClipevalError as err:
+        st.session_state["runs_error"] = str(err)
+        return
+    data.after_write()
+    st.session_state["runs_notice"] = f"Renamed run {run_id[:8]} to “{new}”."
+    st.session_state.pop("rename_text", None)
+
+
+r = st.columns([3, 1], vertical_alignment="bottom")
+r[0].text_input("New name for this run", key="rename_text", placeholder=run["name"], max_chars=120,
+                help="Only the name shown changes; the run id (the hash of its settings) stays.")
+r[1].button("Rename", on_click=_rename, args=(chosen,), icon=":material/edit:", key="rename_button", width="stretch")
+if st.session_state.get("runs_error"):
+    st.error(st.session_state.pop("runs_error"))
 evals = data.evaluations()
 evals = evals[evals["run_id"] == chosen]
 latest = data.latest_evaluations(chosen)
 c = st.columns([1.3, 1])
 with c[0]:
     st.markdown("**Models**")
-    for role, text in widgets.model_lines(run, latest, short=False).items():
+    for role, text in widgets.model_lines(run, latest).items():
         st.markdown(f"- **{role}:** {text}")
     st.markdown("**Evaluations of this run**")
     if evals.empty:
@@ -46,6 +70,12 @@ with c[0]:
                      column_config={"seconds": st.column_config.NumberColumn(format="%.1f"),
                                     "model or reason": st.column_config.TextColumn(width="large"),
                                     "finished": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})
+        reasons = tables.full_reasons(evals)
+        if reasons:
+            with st.expander("Why an evaluation is unavailable or failed (full reasons)"):
+                for name, reason in reasons:
+                    st.markdown(f"**{name}**")
+                    st.code(reason, language=None, wrap_lines=True)
     if run["status"] == "complete":
         for acc in data.imagenet_accuracy(chosen):
             st.markdown(f"**ImageNet label accuracy of `{acc['layer']}`** ({acc['neurons']:,} class neurons): "
@@ -63,11 +93,17 @@ complete = runs[runs["status"] == "complete"]
 if complete.empty:
     st.caption("No complete run to compare yet.")
 else:
-    comparison = data.runs_comparison(ctx.thresholds, ctx.k).dropna(axis=1, how="all")
-    info = ["name", "probe", "concepts", "neurons"]
-    shares = [c for c in comparison.columns if c not in (*info, "run")]
-    comparison, pct = widgets.as_percent(comparison[[*info, *shares, "run"]], shares)
-    st.dataframe(comparison, hide_index=True, width="stretch", column_config=pct)
+    full = data.runs_comparison(ctx.thresholds, ctx.k)
+    comparison = full.dropna(axis=1, how="all")
+    shares = [c for c in comparison.columns if c not in ("name", "probe", "concepts", "neurons", "run")]
+    comparison[shares] = comparison[shares].map(widgets.fmt_pct)
+    short = {r: differs.get(r) or r[:8] for r in comparison["run"]}
+    st.dataframe(tables.by_run_columns(comparison[["run", "probe", "concepts", "neurons", *shares]].astype(str),
+                                       short), hide_index=True, width="stretch")
+    weak = [f"- {short.get(row['run'], row['name'])}: {h.warning()}" for row in full.to_dict("records")
+            for h in headlines.comparison_headlines(row) if h.warning()]
+    if weak:
+        st.warning("\n".join(weak), icon=":material/warning:")
     st.caption(f"Pooled over all neurons of each run, at the sidebar's thresholds ({widgets.thresholds_caption(ctx)}); "
                "'shuffled' and 'constant' are the baselines. Evaluators that no run has are left out "
                "(see each run's evaluations above for why).")
@@ -78,16 +114,18 @@ t = data.timings()
 if t.empty:
     st.caption("No timings recorded yet.")
 else:
-    st.plotly_chart(charts.timings_bar(t), width="stretch", key="timings")
+    st.plotly_chart(charts.timings_bar(t.assign(name=t["run"].map(lambda r: differs.get(r) or r[:8]))), width="stretch",
+                    key="timings")
     wide = tables.timings_table(t)
-    st.dataframe(wide, hide_index=True, width="stretch",
-                 column_config={c: st.column_config.NumberColumn(format="%.1f s") for c in wide.columns
-                                if c not in ("name", "run")})
+    steps = [c for c in wide.columns if c not in ("name", "run")]
+    wide[steps] = wide[steps].map(lambda v: "" if v is None or v != v else f"{v:.1f} s")
+    st.dataframe(tables.by_run_columns(wide, {r: differs.get(r) or r[:8] for r in wide["run"]}), hide_index=True,
+                 width="stretch")
     st.caption("Wall-clock seconds on the machine that made the run. Human annotation time is not recorded.")
 
 # ---------------------------------------------------------------- delete
 st.subheader("Delete a run")
-doomed = st.selectbox("Run to delete", ids, index=None, format_func=lambda r: f"{names[r]}  ({r[:8]})",
+doomed = st.selectbox("Run to delete", ids, index=None, format_func=label.get,
                       key="delete_choice", placeholder="Choose a run")
 if doomed:
     info = runs[runs["run_id"] == doomed].iloc[0]

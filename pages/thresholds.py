@@ -3,6 +3,7 @@ evaluator's threshold, per layer (the paper's Figure 3); and calibrating a thres
 
 import streamlit as st
 
+from clipeval import headlines, thresholds
 from clipeval.errors import ClipevalError
 from clipeval.evaluators.rules import RULES
 from clipeval.ui import charts, data, sweeps, widgets
@@ -23,16 +24,17 @@ if not available:
 
 c = st.columns([1.5, 1, 1])
 reference = c[0].selectbox("Reference rater for agreement", [*raters, "none"], key="ref", bind="query-params",
-                           help="Agreement and Cohen's kappa of each evaluator's verdicts with this human rater, over "
-                                "the neurons the rater judged.")
+                           help="Agreement and Cohen's kappa of each evaluator's verdicts with this reference rater (a "
+                                "person, or an automatic reference marked 'automatic'), over the neurons it judged. "
+                                + widgets.glossary_link("reference"))
 metric = c[1].segmented_control("Agreement measure", ["kappa", "agreement"], default="kappa", key="sweep_metric") \
     or "kappa"
 baselines = c[2].toggle("Draw the baselines", value=True, key="sweep_baselines",
                         help="The same evaluator on shuffled labels (dashed) and on one constant label (dotted), "
                              "pooled over all layers.")
 if not raters:
-    st.caption("No human verdicts for this run yet, so only the share judged correct is drawn. Add some on the "
-               "Annotate page or with `clipeval humans import`.")
+    st.caption("No reference rater for this run yet, so only the share judged correct is drawn. Add human "
+               "verdicts on the Annotate page or with `clipeval humans import`.")
 ref = None if reference == "none" else reference
 k = min(ctx.k, view.kmax)
 
@@ -40,34 +42,44 @@ for e in available:
     rule = RULES[e]
     st.subheader(rule.title)
     lo, hi = sweeps.default_range(view, e, ctx.thresholds[e])
-    lo, hi = st.slider(f"{rule.param} range shown", rule.lo, rule.hi, (lo, hi), rule.step, key=f"range_{e}",
+    bounds = sweeps.slider_bounds(e, lo, hi)
+    if f"range_{e}" in st.session_state:  # keep a zoom chosen earlier inside the (moved) slider ends
+        st.session_state[f"range_{e}"] = sweeps.clamp_range(st.session_state[f"range_{e}"], bounds)
+    lo, hi = st.slider(f"{rule.param} range shown", *bounds, (lo, hi), rule.step,
+                       format=thresholds.printf(e), key=f"range_{e}",
                        help="Zoom the x axis; the sweep covers this range in 101 steps.")
     sweep = sweeps.sweep(view, e, lo, hi, k, ref)
     cols = st.columns(2 if ref else 1)
-    cols[0].markdown(f"**Share judged correct** at {rule.param} = {ctx.thresholds[e]:g}: "
-                     f"{widgets.fmt_pct(sweeps.share_at(view, e, ctx.thresholds[e], k))}")
-    cols[0].plotly_chart(charts.sweep_figure(sweep, rule.param, ctx.thresholds[e], "share_correct", baselines),
+    head = headlines.share_headline(view, e, ctx.thresholds[e], k)
+    cols[0].markdown(f"**Share judged correct** at {thresholds.label(e, ctx.thresholds[e])}: "
+                     f"{headlines.pct(head.real)} of {head.n:,} neurons ({head.baseline_text()})")
+    if head.warning():
+        cols[0].warning(head.warning(), icon=":material/warning:")
+    cols[0].plotly_chart(charts.sweep_figure(sweep, rule.param, ctx.thresholds[e], "share_correct", baselines,
+                                             thresholds.fmt(e, ctx.thresholds[e])),
                          width="stretch", key=f"share_{e}")
     if ref:
         if metric in sweep and sweep[metric].notna().any():
             n_ref = int(sweep["n_reference"].dropna().max()) if "n_reference" in sweep else 0
             cols[1].markdown(f"**{metric.capitalize()} with {ref}** over the {n_ref} neurons they judged")
-            cols[1].plotly_chart(charts.sweep_figure(sweep, rule.param, ctx.thresholds[e], metric, False),
+            cols[1].plotly_chart(charts.sweep_figure(sweep, rule.param, ctx.thresholds[e], metric, False,
+                                                     thresholds.fmt(e, ctx.thresholds[e])),
                                  width="stretch", key=f"agree_{e}")
         else:
             cols[1].info(f"{ref} judged none of this run's neurons that {widgets.title(e)} scored.")
 
 # ---------------------------------------------------------------- calibration
-st.subheader("Calibrate a threshold to human labels")
-st.markdown("Fits the threshold that maximises Cohen's kappa with a human rater on a random part of the neurons "
-            "that rater judged, and reports agreement and kappa on the **held-out** rest.")
+st.subheader("Calibrate a threshold to a reference rater")
+st.markdown("Fits the threshold that maximises Cohen's kappa with a reference rater on a random part of the "
+            "neurons that rater judged, and reports agreement and kappa on the **held-out** rest.")
 if not raters:
-    st.info("Calibration needs human verdicts: judge some neurons on the Annotate page, or import a CSV with "
+    st.info("Calibration needs a reference rater: judge some neurons on the Annotate page, or import a CSV with "
             "`clipeval humans import`.")
     st.stop()
 c = st.columns(4)
 cal_eval = c[0].selectbox("Evaluator", available, format_func=widgets.title, key="cal_evaluator")
-cal_rater = c[1].selectbox("Human rater", raters, key="cal_rater")
+cal_rater = c[1].selectbox("Reference rater", raters, key="cal_rater",
+                           help="People are marked 'human', references computed from ground truth 'automatic'.")
 fit_fraction = c[2].slider("Share of neurons used to fit", 0.2, 0.8, 0.5, 0.05, key="cal_fraction")
 seed = c[3].number_input("Random split seed", 0, 10_000, 0, key="cal_seed")
 
@@ -94,16 +106,21 @@ if st.session_state.get("calibration_error"):
 result = st.session_state.get("calibration")
 if result and result.get("run_id") == ctx.run_id:
     e, rule = result["evaluator"], RULES[result["evaluator"]]
-    st.markdown(f"**{widgets.title(e)} calibrated to {result['rater']}** (k = {result['k']}, "
+    if view.is_automatic(result["rater"]):
+        st.caption(f"{result['rater']} is an automatic reference computed from ground truth, not a person.")
+    st.markdown(f"**{widgets.title(e)} calibrated to {view.rater_label(result['rater'])}** (k = {result['k']}, "
                 f"fit on {result['n_fit']} neurons, tested on {result['n_test']} held-out neurons)")
     m = st.columns(5)
-    m[0].metric(f"Fitted {rule.param}", f"{result['threshold']:.4g}",
-                f"current {ctx.thresholds[e]:g}", delta_color="off", delta_arrow="off")
+    m[0].metric(f"Fitted {rule.param}", thresholds.fmt(e, result["threshold"]),
+                f"current {thresholds.fmt(e, ctx.thresholds[e])}", delta_color="off", delta_arrow="off")
     m[1].metric("Kappa on the fit part", widgets.fmt_num(result["fit_kappa"], 3))
     m[2].metric("Held-out agreement", widgets.fmt_pct(result["test_agreement"]))
     m[3].metric("Held-out kappa", widgets.fmt_num(result["test_kappa"], 3))
-    m[4].metric("Held-out share judged correct", widgets.fmt_pct(result["test_share_correct"]))
-    st.button(f"Apply {rule.param} = {result['threshold']:.4g}", on_click=_apply,
+    fitted_head = headlines.share_headline(view, e, float(result["threshold"]), result["k"])
+    m[4].metric("Held-out share judged correct", widgets.fmt_pct(result["test_share_correct"]),
+                f"all neurons at the fitted value: {fitted_head.baseline_text()}", delta_color="off",
+                delta_arrow="off")
+    st.button(f"Apply {thresholds.label(e, result['threshold'])}", on_click=_apply,
               args=(rule.param, float(result["threshold"])), icon=":material/check:", key="apply_calibration",
               disabled=abs(ctx.thresholds[e] - result["threshold"]) < 1e-12,
               help="Sets the sidebar threshold (and so every page and the URL) to the fitted value.")

@@ -34,6 +34,7 @@ PAGES = {
     "runs": "runs",
     "annotate": "annotate?rater=screenshot",
     "sql": "sql",
+    "glossary": "glossary",
 }
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--hide-scrollbars",
@@ -77,6 +78,7 @@ class Cdp:
         self._conn = connect(ws_url, max_size=None, open_timeout=30)
         self.ws = self._conn.__enter__()
         self.next_id = 0
+        self.events: list[dict] = []  # protocol events received while waiting for answers (Network.*)
 
     def call(self, method: str, **params):
         import json
@@ -85,6 +87,8 @@ class Cdp:
         self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
         while True:
             msg = json.loads(self.ws.recv(timeout=60))
+            if "method" in msg:
+                self.events.append(msg)
             if msg.get("id") == self.next_id:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
@@ -117,8 +121,19 @@ HEIGHT_JS = """(() => {
 })()"""
 
 
-def shoot(chromium: str, url: str, out: Path, width: int, height: int, wait_s: float, full: bool) -> bool:
-    """Open `url`, wait until Streamlit is idle and stable (at most wait_s), screenshot the whole page."""
+def external_requests(events: list[dict]) -> list[str]:
+    """URLs the page requested from anywhere but this machine (the app must work offline)."""
+    from urllib.parse import urlparse
+
+    urls = [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
+    return [u for u in urls if urlparse(u).scheme in ("http", "https", "ws", "wss")
+            and urlparse(u).hostname not in ("127.0.0.1", "localhost", "::1")]
+
+
+def shoot(chromium: str, url: str, out: Path, width: int, height: int, wait_s: float, full: bool,
+          external: list | None = None) -> bool:
+    """Open `url`, wait until Streamlit is idle and stable (at most wait_s), screenshot the whole page;
+    append every request that left localhost to `external`."""
     import base64
     import json
 
@@ -143,6 +158,7 @@ def shoot(chromium: str, url: str, out: Path, width: int, height: int, wait_s: f
                 cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
                          mobile=False)
                 cdp.call("Page.enable")
+                cdp.call("Network.enable")
                 cdp.call("Page.navigate", url=url)
                 deadline, last, stable_since = time.time() + wait_s, None, time.time()
                 time.sleep(1.0)
@@ -163,6 +179,9 @@ def shoot(chromium: str, url: str, out: Path, width: int, height: int, wait_s: f
                         time.sleep(1.5)  # let charts and the data grids re-layout at the new height
                 shot = cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=False)
                 out.write_bytes(base64.b64decode(shot["data"]))
+                cdp.js("1")  # drain the events that arrived meanwhile
+                if external is not None:
+                    external.extend(external_requests(cdp.events))
             finally:
                 cdp.close()
         finally:
@@ -196,14 +215,20 @@ def shots_of(args) -> dict[str, str]:
 
 def shoot_all(chromium: str, base: str, shots: dict[str, str], out: Path, args) -> int:
     ok = True
+    external: list[str] = []
     for name, path in shots.items():
         target = out / f"{name}.png"
         target.unlink(missing_ok=True)
         url = f"{base}/{path}"
         t = time.time()
-        good = shoot(chromium, url, target, args.width, args.height, args.wait, not args.viewport_only)
+        good = shoot(chromium, url, target, args.width, args.height, args.wait, not args.viewport_only, external)
         ok &= good
         print(f"{name:12s} {url}  ->  {target if good else 'FAILED'}  ({time.time() - t:.1f} s)")
+    if external:
+        print(f"{len(external)} request(s) left localhost (the app must work offline):", *sorted(set(external)),
+              sep="\n  ")
+        return 1
+    print("no request left localhost")
     return 0 if ok else 1
 
 

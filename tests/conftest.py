@@ -56,3 +56,23 @@ def run_store(built_run, tmp_path):
     store = Store(copy)
     yield store, run_id, cache
     store.close()
+
+
+@pytest.fixture
+def fresh_caches():
+    """Streamlit's caches live in the process: start an app test without another test's results."""
+    import streamlit as st
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def app_store(run_store, monkeypatch):
+    """(Store, run id) with the app pointed at that store through CLIPEVAL_DB."""
+    store, run_id, _ = run_store
+    monkeypatch.setenv("CLIPEVAL_DB", str(store.path))
+    return store, run_id

@@ -18,24 +18,7 @@ PAGES = ["pages/home.py", "pages/neuron.py", "pages/layers.py", "pages/threshold
 TIMEOUT = 90
 
 
-@pytest.fixture(autouse=True)
-def _fresh_caches():
-    """Streamlit's caches live in the process: start every test without another test's results."""
-    import streamlit as st
-
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
-
-@pytest.fixture
-def app_store(run_store, monkeypatch):
-    """(Store, run id) with the app pointed at that store through CLIPEVAL_DB."""
-    store, run_id, _ = run_store
-    monkeypatch.setenv("CLIPEVAL_DB", str(store.path))
-    return store, run_id
+pytestmark = pytest.mark.usefixtures("fresh_caches")
 
 
 def open_page(page: str | None = None, **query) -> AppTest:
@@ -133,9 +116,9 @@ def test_neuron_explorer_navigates_and_searches(app_store):
     at.button(key="next").click().run()
     assert at.number_input(key="unit").value == 1
     neurons = store.neurons(run_id)
-    at.button(key="prev").click().run().button(key="prev").click().run()  # wraps to the run's last neuron
-    last = neurons.iloc[-1]
-    assert (at.selectbox(key="layer").value, at.number_input(key="unit").value) == (last["layer"], last["unit"])
+    at.button(key="prev").click().run()
+    assert (at.selectbox(key="layer").value, at.number_input(key="unit").value) == (neurons.iloc[0]["layer"], 0)
+    assert at.button(key="prev").disabled  # the first neuron: Previous must not jump to the last layer
     target = neurons.iloc[len(neurons) // 2]
     at.text_input(key="search_text").set_value(target["label"]).run()
     at.selectbox(key="search_hit").set_value(f"{target['layer']}/{target['unit']}").run()

@@ -31,8 +31,11 @@ def layer_shares(summary: pd.DataFrame, layers: list[str]) -> go.Figure:
     for ev, g in real.groupby("evaluator", sort=False):
         g = g.set_index("layer").reindex(order)
         fig.add_bar(x=order, y=g["share_correct"], name=ev, marker_color=COLORS.get(ev),
-                    offsetgroup=ev, text=[f"{v:.0%}" if pd.notna(v) else "" for v in g["share_correct"]],
-                    textposition="outside", hovertemplate=ev + " %{x}: %{y:.1%}<extra></extra>")
+                    offsetgroup=ev, hovertemplate=ev + " %{x}: %{y:.1%}<extra></extra>")
+        # the value above the plot area, in line with its bar: on the bar, the baseline markers struck it through
+        fig.add_scatter(x=order, y=[1.06] * len(order), mode="text", offsetgroup=ev, showlegend=False,
+                        text=[f"{v:.0%}" if pd.notna(v) else "" for v in g["share_correct"]],
+                        textfont=dict(size=11, color=COLORS.get(ev, "#333")), hoverinfo="skip")
         for variant, symbol, label in (("shuffled", "x-thin-open", "shuffled labels (×)"),
                                        ("constant", "line-ew-open", "one constant label (–)")):
             b = summary[(summary["evaluator"] == ev) & (summary["variant"] == variant)]
@@ -50,20 +53,25 @@ def layer_shares(summary: pd.DataFrame, layers: list[str]) -> go.Figure:
 
 
 def sweep_figure(sweep: pd.DataFrame, param: str, current: float, metric: str,
-                 baselines: bool = True) -> go.Figure:
+                 baselines: bool = True, current_text: str | None = None) -> go.Figure:
     """A metric (share_correct, agreement, kappa) against the threshold, one line per layer and a thick
     'overall' line, the baselines dashed, the current value as a vertical line."""
     fig = go.Figure()
     real = sweep[sweep["variant"] == "real"]
     layers = list(dict.fromkeys(real["layer"]))
-    palette = ["#2f6fdf", "#e67e22", "#16a085", "#8e44ad", "#c0392b", "#7f8c8d", "#d35400", "#27ae60"]
-    for i, layer in enumerate(layers):
+    # no red in the layer palette (red is the current-threshold line); 'overall' drawn first, wide and pale,
+    # so a layer whose curve equals it (e.g. the one big layer) stays visible on top of it
+    palette = ["#2f6fdf", "#e67e22", "#16a085", "#8e44ad", "#b8860b", "#7f8c8d", "#17becf", "#27ae60"]
+    ordered = (["overall"] if "overall" in layers else []) + [l for l in layers if l != "overall"]
+    colors = {l: palette[i % len(palette)] for i, l in enumerate(l for l in ordered if l != "overall")}
+    for layer in ordered:
         g = real[real["layer"] == layer]
         if metric not in g or g[metric].isna().all():
             continue
         overall = layer == "overall"
+        color = "rgba(17,17,17,0.35)" if overall else colors[layer]
         fig.add_scatter(x=g["threshold"], y=g[metric], mode="lines", name=layer,
-                        line=dict(width=4 if overall else 1.8, color="#111" if overall else palette[i % 8]),
+                        line=dict(width=7 if overall else 2, color=color),
                         hovertemplate=f"{layer}: {param}=" + "%{x:.3g} → %{y:.3f}<extra></extra>")
     if baselines and metric == "share_correct":
         for variant, dash in (("shuffled", "dash"), ("constant", "dot")):
@@ -72,24 +80,46 @@ def sweep_figure(sweep: pd.DataFrame, param: str, current: float, metric: str,
                 fig.add_scatter(x=g["threshold"], y=g[metric], mode="lines", name=f"overall, {variant} labels",
                                 line=dict(width=2.5, dash=dash, color="#888"),
                                 hovertemplate=f"{variant}: {param}=" + "%{x:.3g} → %{y:.3f}<extra></extra>")
-    fig.add_vline(x=current, line_color="#c0392b", line_width=2,
-                  annotation_text=f"{param} = {current:g}", annotation_position="top")
+    fig.add_vline(x=current, line_color="#d62728", line_width=2,
+                  annotation_text=f"{param} = {current_text or f'{current:g}'}", annotation_position="top")
     yfmt = ".0%" if metric in ("share_correct", "agreement") else None  # kappa: plotly's own ticks
+    # legend at the right, not under the plot, where it ran into the x axis title at narrow widths
     fig.update_layout(**LAYOUT, height=340, xaxis_title=param,
                       yaxis=dict(title=metric.replace("_", " "), tickformat=yfmt),
-                      legend=dict(orientation="h", y=-0.25))
+                      legend=dict(orientation="v", x=1.02, y=1, yanchor="top", font=dict(size=11)))
     return fig
 
 
-def kappa_heatmap(matrix: pd.DataFrame) -> go.Figure:
+def kappa_heatmap(matrix: pd.DataFrame, n: pd.DataFrame | None = None, lo: pd.DataFrame | None = None,
+                  hi: pd.DataFrame | None = None, min_n: int = 0) -> go.Figure:
+    """Kappa per pair, each cell with its 95% interval and n; cells over fewer than `min_n` neurons grey."""
     z = matrix.to_numpy(float)
-    text = np.where(np.isnan(z), "n/a", np.vectorize(lambda v: f"{v:.2f}")(np.nan_to_num(z)))
-    fig = go.Figure(go.Heatmap(z=z, x=list(matrix.columns), y=list(matrix.index), text=text,
-                               texttemplate="%{text}", zmin=-1, zmax=1, colorscale="RdBu",
-                               colorbar=dict(title="kappa"),
-                               hovertemplate="%{y} vs %{x}: kappa %{text}<extra></extra>"))
-    n = len(matrix)
-    fig.update_layout(**LAYOUT, height=max(300, 80 * n + 120), yaxis=dict(autorange="reversed"))
+    names = list(matrix.columns)
+    n_ = n.reindex(index=matrix.index, columns=names).to_numpy(int) if n is not None else np.full(z.shape, -1)
+    lo_ = lo.reindex(index=matrix.index, columns=names).to_numpy(float) if lo is not None else np.full(z.shape, np.nan)
+    hi_ = hi.reindex(index=matrix.index, columns=names).to_numpy(float) if hi is not None else np.full(z.shape, np.nan)
+    small = (n_ >= 0) & (n_ < min_n)
+    text = np.empty(z.shape, dtype=object)
+    for i in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            cell = "n/a" if np.isnan(z[i, j]) else f"{z[i, j]:.2f}"
+            if i != j and not np.isnan(lo_[i, j]):
+                cell += f"<br>[{lo_[i, j]:.2f}, {hi_[i, j]:.2f}]"
+            if n_[i, j] >= 0 and i != j:
+                cell += f"<br>n={n_[i, j]}" + (" (too few)" if small[i, j] else "")
+            text[i, j] = cell
+    fig = go.Figure(go.Heatmap(z=np.where(small, np.nan, z), x=names, y=list(matrix.index), zmin=-1, zmax=1,
+                               text=np.where(small, "", text), texttemplate="%{text}", textfont=dict(size=12),
+                               colorscale="RdBu", colorbar=dict(title="kappa"),
+                               hovertemplate="%{y} vs %{x}: %{text}<extra></extra>"))
+    if small.any():  # grey where the pair shares too few neurons to read its kappa
+        fig.add_heatmap(z=np.where(small, 0.0, np.nan), x=names, y=list(matrix.index), showscale=False,
+                        text=np.where(small, text, ""), texttemplate="%{text}", textfont=dict(size=12, color="#666"),
+                        colorscale=[[0, "#e6e6e6"], [1, "#e6e6e6"]],
+                        hovertemplate="%{y} vs %{x}: %{text}<extra></extra>")
+    size = len(matrix)
+    fig.update_layout(**LAYOUT, height=max(320, 90 * size + 140), yaxis=dict(autorange="reversed", automargin=True),
+                      xaxis=dict(automargin=True))
     return fig
 
 

@@ -16,7 +16,7 @@ import threading
 import pandas as pd
 import streamlit as st
 
-from clipeval import analysis
+from clipeval import analysis, intervals
 from clipeval import store as store_mod
 from clipeval.analysis import RunView
 from clipeval.errors import ClipevalError
@@ -211,3 +211,33 @@ def timings() -> pd.DataFrame:
 
 def evaluations() -> pd.DataFrame:
     return _query(db_path(), "evaluations", (), version())
+
+
+# ------------------------------------------------------------------------------------ agreement with intervals
+def _raters(view: RunView, thresholds: dict[str, float], k: int) -> dict[str, pd.DataFrame]:
+    return view.rater_verdicts(thresholds, k) if view.available else \
+        {view.rater_label(r): v for r, v in view.humans.items()}
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _kappa_intervals(path: str, run_id: str, data_version: str, thresholds: tuple, k: int) -> dict:
+    return intervals.kappa_matrix(_raters(_run_view(path, run_id, data_version), dict(thresholds), k))
+
+
+def kappa_intervals(run_id: str, thresholds: dict[str, float], k: int) -> dict:
+    """intervals.kappa_matrix over every evaluator and reference rater (cached: the bootstrap takes a while)."""
+    run_view(run_id)
+    return _kappa_intervals(db_path(), run_id, version(run_id), tuple(sorted(thresholds.items())), int(k))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _pairwise_intervals(path: str, run_id: str, data_version: str, thresholds: tuple, k: int, reference: str) -> dict:
+    raters = _raters(_run_view(path, run_id, data_version), dict(thresholds), k)
+    return {o: intervals.pairwise_table(raters[o], raters[reference]) for o in raters if o != reference}
+
+
+def pairwise_intervals(run_id: str, thresholds: dict[str, float], k: int, reference: str) -> dict[str, pd.DataFrame]:
+    """{rater: intervals.pairwise_table(rater, reference)} for every other rater (cached)."""
+    run_view(run_id)
+    return _pairwise_intervals(db_path(), run_id, version(run_id), tuple(sorted(thresholds.items())), int(k),
+                               reference)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from clipeval import thresholds
 from clipeval.analysis import RunView
 from clipeval.evaluators.rules import RULES, VARIANTS, image_matches
 from clipeval.ui import data
@@ -69,7 +70,7 @@ def verdict_table(ctx: Context, view: RunView, layer: str, unit: int) -> pd.Data
             continue
         t = state.table
         k = effective_k(view, e, ctx.k)
-        row = {"rater": title(e), "threshold": f"{rule.param} = {ctx.thresholds[e]:g}"}
+        row = {"rater": title(e), "threshold": thresholds.label(e, ctx.thresholds[e])}
         for v in VARIANTS:
             if v not in t.variants:
                 continue

@@ -40,12 +40,22 @@ def default_range(view: RunView, evaluator: str, current: float) -> tuple[float,
     return lo, hi
 
 
+def slider_bounds(evaluator: str, lo: float, hi: float) -> tuple[float, float]:
+    """The range slider's own ends: the shown range widened to about three times its width (clipped to the
+    rule's range), so the default range fills a third of the track instead of CP's 5% of [0, 1]."""
+    rule = RULES[evaluator]
+    width = max(hi - lo, rule.step * 10)
+    a = _snap(lo - width, rule.step, rule.lo, rule.hi)
+    b = _snap(hi + width, rule.step, rule.lo, rule.hi)
+    return (a, b) if b > a else (rule.lo, rule.hi)
+
+
+def clamp_range(value: tuple[float, float], bounds: tuple[float, float]) -> tuple[float, float]:
+    a, b = (min(max(float(v), bounds[0]), bounds[1]) for v in value)
+    return (a, b) if b > a else bounds
+
+
 def sweep(view: RunView, evaluator: str, lo: float, hi: float, k: int, reference: str | None) -> pd.DataFrame:
     """RunView.sweep over N_STEPS thresholds from lo to hi (the paper's Figure 3, per layer)."""
     values = np.linspace(lo, hi, N_STEPS)
     return view.sweep(evaluator, values, k, reference)
-
-
-def share_at(view: RunView, evaluator: str, threshold: float, k: int) -> float:
-    """Share of all the run's neurons judged correct at `threshold` (real labels)."""
-    return float(view.verdicts(evaluator, threshold, "real", k)["verdict"].mean())

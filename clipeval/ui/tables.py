@@ -50,6 +50,35 @@ def describe_model(info: dict) -> str:
     return ", ".join(f"{k}: {v}" for k, v in info.items() if k not in ("fingerprint",))
 
 
+def stand_ins(run: dict, latest: pd.DataFrame) -> list[str]:
+    """Which roles of a run were played by an offline stand-in instead of CLIP/OpenCLIP (a model recorded
+    with is_clip False): 'labels', and each complete evaluator's title."""
+    out = []
+    if (loads(run.get("models_json")).get("image_text") or {}).get("is_clip") is False:
+        out.append("labels")
+    for row in (latest.itertuples() if latest is not None and len(latest) else []):
+        if row.status == "complete" and (loads(row.models_json).get("image_text") or {}).get("is_clip") is False:
+            out.append(EVALUATOR_TITLES.get(row.evaluator, row.evaluator))
+    return out
+
+
+def verdict_marks(df: pd.DataFrame, columns) -> pd.DataFrame:
+    """Boolean verdict columns as '✓' / '✗' text ('' where not judged): a read-only grid draws ticked
+    checkboxes pale grey, hard to tell from unticked ones."""
+    out = df.copy()
+    for c in columns:
+        if c in out:
+            out[c] = out[c].map(lambda v: "" if v is None or (isinstance(v, float) and pd.isna(v))
+                                else ("✓" if bool(v) else "✗")).astype(str)
+    return out
+
+
+def full_reasons(evals: pd.DataFrame) -> list[tuple[str, str]]:
+    """(evaluator title, full reason) of every evaluation that did not complete (the tables show one line)."""
+    return [(EVALUATOR_TITLES.get(e.evaluator, e.evaluator), text_or(e.error, "no reason recorded"))
+            for e in evals.itertuples() if e.status != "complete"]
+
+
 def summary_table(summary: pd.DataFrame, layers: list[str]) -> pd.DataFrame:
     """layer x (evaluator, variant) shares from RunView.layer_summary, layers in run order, overall last."""
     if summary.empty:
@@ -114,18 +143,25 @@ def neuron_link(run_id: str, layer: str, unit: int, thresholds: dict[str, float]
     return "neuron?" + urlencode(params)
 
 
-def measure_by_layer(pairwise: dict[str, pd.DataFrame], measure: str, layer_order: list[str]) -> pd.DataFrame:
-    """{rater: metrics.pairwise_table(rater, reference)} -> one row per rater, one column per layer
-    (and 'overall') holding `measure`, plus how many neurons were compared."""
-    wide = pd.DataFrame({o: t.set_index("layer")[measure] for o, t in pairwise.items()}).T
-    wide = wide.reindex(columns=[l for l in layer_order if l in wide.columns])
-    wide.insert(0, "neurons compared", [int(pairwise[o].set_index("layer").loc["overall", "n"]) for o in wide.index])
-    return wide
+def measure_by_layer_ci(pairwise: dict[str, pd.DataFrame], measure: str, layer_order: list[str]
+                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """{rater: intervals.pairwise_table(rater, reference)} -> (one row per rater, one text cell per layer
+    and 'overall' reading '0.62 [0.55, 0.70] n=120'; the same shape of booleans: fewer than MIN_N neurons)."""
+    from clipeval.intervals import figure
+
+    text, small = {}, {}
+    for rater, t in pairwise.items():
+        rows = t.set_index("layer")
+        cols = [l for l in layer_order if l in rows.index]
+        text[rater] = {l: figure(rows.loc[l], measure).text() for l in cols}
+        small[rater] = {l: bool(rows.loc[l, "small"]) for l in cols}
+    order = [l for l in layer_order if any(l in v for v in text.values())]
+    return pd.DataFrame(text).T.reindex(columns=order), pd.DataFrame(small).T.reindex(columns=order).fillna(False)
 
 
 def stack_pairwise(pairwise: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    return pd.concat([t.assign(rater=o) for o, t in pairwise.items()], ignore_index=True)[
-        ["rater", "layer", "n", "agreement", "jaccard", "kappa", "precision", "recall", "f1"]]
+    long = pd.concat([t.assign(rater=o) for o, t in pairwise.items()], ignore_index=True)
+    return long[["rater", *[c for c in long.columns if c != "rater"]]]
 
 
 def _probe_text(cfg: dict) -> str:
@@ -167,10 +203,20 @@ def evaluation_table(evals: pd.DataFrame) -> pd.DataFrame:
         info = loads(e.models_json)
         rows.append({"evaluator": EVALUATOR_TITLES.get(e.evaluator, e.evaluator), "status": e.status,
                      "model or reason": (describe_model(info.get("image_text") or info.get("vqa") or info) if info
-                                         else "") if e.status == "complete" else text_or(e.error, "no reason recorded"),
+                                         else "") if e.status == "complete" else
+                     short_reason(text_or(e.error, "no reason recorded"), 90),
                      "seconds": e.wall_s, "concepts": e.n_concepts, "constant label": text_or(e.constant_label),
                      "finished": e.finished_at, "evaluation": e.eval_id})
     return pd.DataFrame(rows)
+
+
+def by_run_columns(wide: pd.DataFrame, labels: dict[str, str], keep=("run",)) -> pd.DataFrame:
+    """A one-row-per-run table turned round: one column per run (headed by its label), one row per
+    measure. Tables with many measures and few runs then fit the page instead of scrolling sideways."""
+    body = wide.drop(columns=[c for c in wide.columns if c in ("name", *keep) and c != "run"])
+    body = body.set_index("run")
+    body.index = [labels.get(r, r[:8]) for r in body.index]
+    return body.T.rename_axis("").reset_index()
 
 
 def timings_table(t: pd.DataFrame) -> pd.DataFrame:

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 import pandas as pd
 import streamlit as st
 
+from clipeval import glossary, runnames, thresholds
 from clipeval.analysis import EVALUATOR_TITLES, default_thresholds
 from clipeval.evaluators.rules import RULES, cp_cutoff
 from clipeval.ui import data
-from clipeval.ui.tables import describe_model, loads, short_reason, text_or
+from clipeval.ui.tables import describe_model, loads, short_reason, stand_ins, text_or
 
 CTX_KEY = "_clipeval_context"
 RUN_KEY = "run_choice"  # the run selectbox; its value is mirrored in the URL as ?run=<run id>
@@ -74,6 +75,11 @@ def as_percent(df: pd.DataFrame, columns) -> tuple[pd.DataFrame, dict]:
     return out, {c: st.column_config.NumberColumn(c, format="%.1f%%") for c in columns}
 
 
+def glossary_link(anchor: str, text: str | None = None) -> str:
+    """A link to the Glossary entry, for the end of a help text."""
+    return glossary.link(anchor, text)
+
+
 def title(evaluator: str) -> str:
     return EVALUATOR_TITLES.get(evaluator, evaluator)
 
@@ -106,14 +112,16 @@ def sidebar() -> Context:
             st.session_state[CTX_KEY] = ctx
             return ctx
         ids = list(complete["run_id"])
-        names = dict(zip(complete["run_id"], complete["name"]))
         _sync_run(ids)
-        run_id = st.selectbox("Run", ids, key=RUN_KEY, format_func=lambda r: f"{names[r]}  ({r[:8]})",
-                              help="Every page shows this run. The URL keeps it as ?run=<run id>.")
+        label = run_labels(complete)
+        run_id = st.selectbox("Run", ids, key=RUN_KEY, format_func=label.get,
+                              help="Every page shows this run. Runs are told apart by what differs between them "
+                                   "(concept set, similarity function, labelling model, ...); rename one on the Runs "
+                                   "page. The URL keeps it as ?run=<run id>.")
         st.query_params["run"] = run_id
         ctx.run_id = run_id
         ctx.run = complete[complete["run_id"] == run_id].iloc[0].to_dict()
-        st.caption(f"{ctx.run['name']}  \n`{run_id}` · {int(ctx.run['n_neurons']):,} neurons · "
+        st.caption(f"{ctx.run['name']}  \n`{run_id[:12]}` · {int(ctx.run['n_neurons']):,} neurons · "
                    f"{str(ctx.run['created_at'])[:16]}")
         ctx.latest = data.latest_evaluations(run_id)
 
@@ -136,13 +144,13 @@ def sidebar() -> Context:
             if e == "cp":
                 # a number input: p is typically 0.001-0.05 of [0, 1], too fine for a slider's pixels
                 value = st.number_input(THRESHOLD_LABELS[e], rule.lo, rule.hi, rule.default, rule.step,
-                                        format="%.4f", key=rule.param, bind="query-params", help=help_text)
+                                        format=thresholds.printf(e), key=rule.param, bind="query-params", help=help_text)
                 if n_concepts:
                     st.caption(f"= the label within the top {cp_cutoff(value, n_concepts)} of "
                                f"{n_concepts} concepts")
             else:
                 value = st.slider(THRESHOLD_LABELS[e], rule.lo, rule.hi, rule.default, rule.step,
-                                  key=rule.param, bind="query-params", help=help_text)
+                                  format=thresholds.printf(e), key=rule.param, bind="query-params", help=help_text)
             ctx.thresholds[e] = float(value)
         missing = [f"{title(e)}: {ctx.evaluator_status(e)[0]}" for e in EVALUATOR_ORDER
                    if ctx.evaluator_status(e)[0] != "complete"]
@@ -150,6 +158,12 @@ def sidebar() -> Context:
             st.caption("Not in this run: " + "; ".join(missing) + " (reasons on each page).")
     st.session_state[CTX_KEY] = ctx
     return ctx
+
+
+def run_labels(runs: pd.DataFrame) -> dict[str, str]:
+    """{run_id: picker text}: what differs between these runs first, then the run's name and id."""
+    diff = runnames.differences(runs)
+    return {r: runnames.picker_label(r, n, diff.get(r, "")) for r, n in zip(runs["run_id"], runs["name"])}
 
 
 def _n_concepts(latest: pd.DataFrame) -> int | None:
@@ -239,17 +253,28 @@ def model_lines(run: dict, latest: pd.DataFrame, short: bool = True) -> dict[str
     return out
 
 
+def stand_in_notice(run: dict, latest: pd.DataFrame) -> None:
+    """A prominent warning when any model of the run is an offline stand-in for CLIP."""
+    roles = stand_ins(run, latest)
+    if roles:
+        what = ", ".join("labels" if r == "labels" else f"{r} verdicts" for r in roles)
+        st.warning(f"**Not CLIP.** This run's {what} come from an offline stand-in (ConSE: an ImageNet classifier "
+                   "and a sentence encoder), not from CLIP: read them as a demonstration of the method, not as the "
+                   "paper's numbers. " + glossary_link("conse", "What ConSE is"), icon=":material/report:")
+
+
 def models_banner(ctx: Context) -> None:
     """One short paragraph under each page title: which run, and honestly which models made it."""
     if ctx.run_id is None:
         return
     lines = model_lines(ctx.run, ctx.latest)
+    stand_in_notice(ctx.run, ctx.latest)
     text = "  \n".join(f"**{k}:** {v}" for k, v in lines.items())
     st.caption(f"**Run:** {ctx.run.get('name')} (`{ctx.run_id}`)  \n{text}")
 
 
 def thresholds_caption(ctx: Context) -> str:
-    parts = [f"{RULES[e].param} = {ctx.thresholds[e]:g}" for e in EVALUATOR_ORDER]
+    parts = [thresholds.label(e, ctx.thresholds[e]) for e in EVALUATOR_ORDER]
     return f"k = {ctx.k}; " + ", ".join(parts)
 
 

@@ -1,0 +1,129 @@
+"""Shares judged correct as a collaborator should read them: never alone, always beside the same
+evaluator's share on wrong labels (shuffled across neurons, one constant label) and with a warning
+where the real labels barely beat a baseline. Pages and the CLI show these; nothing here runs a model.
+
+A share without its baselines misleads: the demo's ES passes 97.6% of real labels at the paper's tau,
+but also 90.1% of shuffled and 99.0% of constant labels, so the 97.6% says almost nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from clipeval.analysis import EVALUATOR_TITLES, WEAK_MARGIN
+
+BASELINES = ("shuffled", "constant")
+
+
+def pct(x) -> str:
+    """One share as the app and the CLI print it (one decimal)."""
+    return "n/a" if x is None or pd.isna(x) else f"{100 * float(x):.1f}%"
+
+
+@dataclass(frozen=True)
+class ShareHeadline:
+    """One evaluator's share judged correct over a set of neurons, beside its baselines."""
+    evaluator: str  # display title (CP, ES, ...)
+    real: float
+    n: int  # neurons the share is over
+    baselines: dict  # variant -> share (only the variants that were scored)
+    margin: float = WEAK_MARGIN
+
+    @property
+    def worst_baseline(self) -> str | None:
+        """The baseline variant that comes closest to (or beats) the real labels."""
+        return max(self.baselines, key=self.baselines.get) if self.baselines else None
+
+    @property
+    def gap(self) -> float | None:
+        """Real share minus the highest baseline share (negative: a baseline passes more often)."""
+        b = self.worst_baseline
+        return None if b is None else self.real - self.baselines[b]
+
+    @property
+    def weak(self) -> bool:
+        return self.gap is not None and self.gap < self.margin
+
+    def baseline_text(self) -> str:
+        if not self.baselines:
+            return "no baselines scored"
+        return " · ".join(f"{v} labels {pct(s)}" for v, s in self.baselines.items())
+
+    def warning(self) -> str | None:
+        """The sentence shown wherever this share is shown, or None when the evaluator is not weak."""
+        if not self.weak:
+            return None
+        b = self.worst_baseline
+        return (f"**{self.evaluator}** judges {pct(self.baselines[b])} of {b} labels correct against "
+                f"{pct(self.real)} of the real ones: at this threshold it barely tells right labels from wrong. "
+                "Calibrate it on the Thresholds page before reading its share.")
+
+
+def headlines(summary: pd.DataFrame, layer: str = "overall", margin: float = WEAK_MARGIN) -> dict[str, ShareHeadline]:
+    """{evaluator title: ShareHeadline} for one layer ('overall' pools every neuron) of
+    RunView.layer_summary's frame, in the frame's evaluator order."""
+    out = {}
+    part = summary[summary["layer"] == layer]
+    for e, g in part.groupby("evaluator", sort=False):
+        share = dict(zip(g["variant"], g["share_correct"]))
+        if "real" not in share:
+            continue
+        n = int(g.loc[g["variant"] == "real", "n"].iloc[0])
+        out[e] = ShareHeadline(e, float(share["real"]), n, {v: float(share[v]) for v in BASELINES if v in share},
+                               margin)
+    return out
+
+
+def comparison_headlines(row: dict, margin: float = WEAK_MARGIN) -> list[ShareHeadline]:
+    """The ShareHeadlines of one row of analysis.runs_comparison (columns 'ES', 'ES shuffled', ...)."""
+    out = []
+    for title in EVALUATOR_TITLES.values():
+        real = row.get(title)
+        if real is None or pd.isna(real):
+            continue
+        base = {v: float(row[f"{title} {v}"]) for v in BASELINES if pd.notna(row.get(f"{title} {v}"))}
+        out.append(ShareHeadline(title, float(real), int(row.get("neurons") or 0), base, margin))
+    return out
+
+
+def share_headline(view, evaluator: str, threshold: float, k: int | None = None,
+                   margin: float = WEAK_MARGIN) -> ShareHeadline:
+    """One evaluator's share over all the run's neurons at `threshold`, beside its baselines."""
+    t = view.table(evaluator)
+    shares = {v: float(view.verdicts(evaluator, threshold, v, k)["verdict"].mean()) for v in t.variants}
+    return ShareHeadline(EVALUATOR_TITLES[evaluator], shares["real"], len(t.neurons),
+                         {v: shares[v] for v in BASELINES if v in shares}, margin)
+
+
+def interpretable_shares(view, thresholds: dict[str, float], k: int | None, evaluators: list[str],
+                         layers: list[str]) -> pd.DataFrame:
+    """Per layer (and 'overall'): neurons, how many are interpretable (every chosen evaluator judges the
+    real label correct), the share, and the same share for the shuffled and constant labels (every
+    chosen evaluator judges that wrong label correct): the baseline for 'N of M units interpretable'."""
+    chosen = [e for e in evaluators if e in view.available]
+    frame = view.neurons[["layer", "unit"]].copy()
+    for v in ("real", *BASELINES):
+        if chosen and all(v in view.table(e).variants for e in chosen):
+            stacked = np.column_stack([view.verdicts(e, thresholds[e], v, k)["verdict"].to_numpy(bool)
+                                       for e in chosen])
+            frame[v] = stacked.all(axis=1)
+        elif v == "real":
+            frame[v] = False
+    rows = []
+    for layer in [l for l in layers if l in set(frame["layer"])] + ["overall"]:
+        g = frame if layer == "overall" else frame[frame["layer"] == layer]
+        row = {"layer": layer, "neurons": len(g), "interpretable": int(g["real"].sum()),
+               "share": float(g["real"].mean()) if len(g) else float("nan")}
+        for v in BASELINES:
+            row[v] = float(g[v].mean()) if v in g and len(g) else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def baseline_delta(row) -> str:
+    """'shuffled 12.0% · constant 3.0%' for a row of interpretable_shares (the metric's second line)."""
+    parts = [f"{v} {pct(row[v])}" for v in BASELINES if v in row and pd.notna(row[v])]
+    return " · ".join(parts) if parts else "no baselines scored"

@@ -1,0 +1,125 @@
+"""How sure an agreement figure is: its n and a 95% bootstrap interval over neurons, so a kappa from
+6 annotated neurons no longer looks like one from 1,000.
+
+The interval resamples the neurons both raters judged with replacement (N_BOOT times, seeded, so a
+page shows the same interval on every rerun) and takes the 2.5th and 97.5th percentiles of the figure;
+resamples where the figure is undefined (kappa with chance agreement 1, Jaccard with no 'yes') are left
+out. Below MIN_N neurons a figure is marked as too small to read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from clipeval import metrics
+
+MIN_N = 30
+N_BOOT = 1000
+MEASURES = ("agreement", "kappa", "jaccard", "precision", "recall", "f1")
+
+
+def _measures(A: np.ndarray, B: np.ndarray) -> dict[str, np.ndarray]:
+    """Each measure for every row of (resamples x neurons) boolean matrices A (rater) and B (reference)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        po = (A == B).mean(1)
+        pa, pb = A.mean(1), B.mean(1)
+        pe = pa * pb + (1 - pa) * (1 - pb)
+        kappa = np.where(pe < 1, (po - pe) / np.where(pe < 1, 1 - pe, 1), np.nan)
+        tp, fp, fn = (A & B).sum(1), (A & ~B).sum(1), (~A & B).sum(1)
+        union = (A | B).sum(1)
+        return {"agreement": po, "kappa": kappa,
+                "jaccard": np.where(union > 0, tp / np.maximum(union, 1), np.nan),
+                "precision": np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), np.nan),
+                "recall": np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), np.nan),
+                "f1": np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), np.nan)}
+
+
+def bootstrap(a, b, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """{measure: (low, high)} 95% percentile intervals of rater a against reference b over resampled
+    neurons; (nan, nan) with no neurons or where a measure is undefined in most resamples."""
+    a, b = metrics._pair(a, b)
+    if not a.size:
+        return {m: (float("nan"), float("nan")) for m in MEASURES}
+    idx = np.random.default_rng(seed).integers(0, a.size, (n_boot, a.size))
+    out = {}
+    for m, values in _measures(a[idx], b[idx]).items():
+        values = values[~np.isnan(values)]
+        if values.size < n_boot / 2:
+            out[m] = (float("nan"), float("nan"))
+        else:
+            lo, hi = np.percentile(values, [2.5, 97.5])
+            out[m] = (float(lo), float(hi))
+    return out
+
+
+def pairwise_table(a: pd.DataFrame, b: pd.DataFrame, by_layer: bool = True, n_boot: int = N_BOOT,
+                   seed: int = 0) -> pd.DataFrame:
+    """metrics.pairwise_table with, per measure, `<measure> lo` and `<measure> hi` (95% bootstrap over
+    neurons) and `small` (fewer than MIN_N neurons)."""
+    table = metrics.pairwise_table(a, b, by_layer)
+    w = metrics.align({"a": a, "b": b})
+    groups = dict(list(w.groupby("layer", sort=False)) if by_layer else [])
+    groups["overall"] = w
+    rows = []
+    for layer in table["layer"]:
+        g = groups[layer]
+        ci = bootstrap(g["a"].to_numpy(), g["b"].to_numpy(), n_boot, seed)
+        rows.append({f"{m} {s}": ci[m][i] for m in MEASURES for i, s in enumerate(("lo", "hi"))})
+    out = pd.concat([table, pd.DataFrame(rows)], axis=1)
+    out["small"] = out["n"] < MIN_N
+    return out
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One agreement figure with its n and interval, and how to print it."""
+    value: float
+    lo: float
+    hi: float
+    n: int
+    percent: bool = False
+
+    @property
+    def small(self) -> bool:
+        return self.n < MIN_N
+
+    def _f(self, x: float) -> str:
+        if x is None or pd.isna(x):
+            return "n/a"
+        return f"{100 * x:.0f}%" if self.percent else f"{x:.2f}"
+
+    def text(self) -> str:
+        """'0.62 [0.55, 0.70] n=120', or 'n/a n=0'."""
+        ci = "" if pd.isna(self.lo) else f" [{self._f(self.lo)}, {self._f(self.hi)}]"
+        value = f"{100 * self.value:.1f}%" if self.percent and pd.notna(self.value) else self._f(self.value)
+        return f"{value}{ci} n={self.n}"
+
+
+def figure(row, measure: str) -> Figure:
+    """A Figure from one row of pairwise_table."""
+    return Figure(float(row[measure]), float(row[f"{measure} lo"]), float(row[f"{measure} hi"]), int(row["n"]),
+                  measure in ("agreement", "jaccard", "precision", "recall"))
+
+
+def kappa_matrix(raters: Mapping[str, pd.DataFrame], n_boot: int = N_BOOT, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Pairwise Cohen's kappa (metrics.kappa_matrix) with, per pair, the neurons both judged ('n') and
+    the 95% bootstrap interval ('lo', 'hi'): {'kappa', 'n', 'lo', 'hi'} -> rater x rater frames."""
+    names = list(raters)
+    kappa = metrics.kappa_matrix(raters)
+    n = pd.DataFrame(0, index=names, columns=names)
+    lo = pd.DataFrame(np.nan, index=names, columns=names)
+    hi = lo.copy()
+    for i, x in enumerate(names):
+        for y in names[i:]:
+            if x == y:
+                n.loc[x, x] = len(raters[x])
+                continue
+            w = metrics.align({x: raters[x], y: raters[y]})
+            ci = bootstrap(w[x].to_numpy(), w[y].to_numpy(), n_boot, seed)["kappa"]
+            n.loc[x, y] = n.loc[y, x] = len(w)
+            lo.loc[x, y] = lo.loc[y, x] = ci[0]
+            hi.loc[x, y] = hi.loc[y, x] = ci[1]
+    return {"kappa": kappa, "n": n, "lo": lo, "hi": hi}

@@ -43,10 +43,18 @@ def _params(pairs: list[str]) -> tuple:
     return tuple(sorted(out))
 
 
+def _placement(args):
+    """The command's one device decision (checked before any work): --device and --dtype resolved."""
+    from clipeval.device import Placement
+
+    return Placement.resolve(args.device, args.dtype)
+
+
 def cmd_dissect(args) -> int:
     from clipeval import pipeline
     from clipeval.config import ConceptConfig, DissectConfig, ImageTextConfig, ProbeConfig, SimilarityConfig, TargetConfig
 
+    placement = _placement(args)
     config = DissectConfig(
         target=TargetConfig(args.target, args.weights),
         layers=tuple(l.strip() for l in args.layers.split(",") if l.strip()),
@@ -55,10 +63,10 @@ def cmd_dissect(args) -> int:
         concepts=ConceptConfig(args.concepts),
         image_text=_image_text_config(args, "clip") or ImageTextConfig(),
         similarity=SimilarityConfig(args.similarity, _params(args.sim_param)),
-        k=args.k)
+        k=args.k, dtype=placement.dtype_name)
     store = _store(args)
     run_id = pipeline.dissect(config, store, name=args.name or "", force=args.force, batch_size=args.batch_size,
-                              num_workers=args.workers)
+                              num_workers=args.workers, device=placement.device)
     print(run_id)
     return 0
 
@@ -119,10 +127,12 @@ def cmd_export(args) -> int:
 def cmd_import(args) -> int:
     from clipeval.io import import_descriptions
 
+    placement = _placement(args) if args.target else None  # models run only to collect activations
     store = _store(args)
     run_id = import_descriptions(store, args.file, name=args.name, target=args.target, weights=args.weights,
                                  probe=args.probe, pooling=args.pooling, concepts=args.concepts,
-                                 on_bad_image=args.on_bad_image)
+                                 on_bad_image=args.on_bad_image, placement=placement,
+                                 batch_size=args.batch_size, num_workers=args.workers)
     print(run_id)
     return 0
 
@@ -130,10 +140,12 @@ def cmd_import(args) -> int:
 def cmd_evaluate(args) -> int:
     from clipeval.evaluators.run import evaluate
 
+    placement = _placement(args)
     store = _store(args)
     outcomes = evaluate(store, args.run, args.evaluators, eval_model=_image_text_config(args, "eval"),
                         vqa_model=args.vqa_model, prompt=args.prompt, k=args.k, baselines=not args.no_baselines,
-                        constant_label=args.constant_label or "", force=args.force)
+                        constant_label=args.constant_label or "", force=args.force, device=placement.device,
+                        dtype=placement.dtype, batch_size=args.batch_size, num_workers=args.workers)
     print(f"{'evaluator':<10} {'status':<12} {'wall time':>10}  evaluation")
     for o in outcomes:
         print(f"{o.evaluator:<10} {o.status:<12} {o.wall_s:>9.1f}s  {o.eval_id}")
@@ -220,7 +232,8 @@ def cmd_calibrate(args) -> int:
 def cmd_demo(args) -> int:
     from clipeval.demo import build_demo
 
-    build_demo(db=args.db, size=args.size)
+    placement = _placement(args)
+    build_demo(db=args.db, size=args.size, device=placement.device, dtype=placement.dtype_name)
     return 0
 
 
@@ -242,6 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads (default: one per core; on a busy machine 1 can be faster)")
     sub = p.add_subparsers(dest="command", required=True)
 
+    def device_options(sp, batch_help: str = "images per forward pass"):
+        from clipeval.device import DEFAULT_BATCH, DEVICE_CHOICES, DTYPE_CHOICES
+
+        sp.add_argument("--device", default="auto", metavar="DEVICE",
+                        help=f"{DEVICE_CHOICES} (default auto: a CUDA GPU when one is visible, else the CPU)")
+        sp.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                        help="model precision (default auto: float32 on the CPU, bfloat16 on GPUs that support "
+                             "it, else float16); part of the settings, stored with the results")
+        sp.add_argument("--batch-size", type=int, default=None,
+                        help=f"{batch_help} (default per device: CPU {DEFAULT_BATCH['cpu']}, the fastest on 2 cores "
+                             f"in bench/bench_dissect.py; CUDA {DEFAULT_BATCH['cuda']}, halved on out-of-memory)")
+        sp.add_argument("--workers", type=int, default=None,
+                        help="image decoding processes (default: 0 on the CPU, up to 8 with a GPU so decoding "
+                             "overlaps the forward pass)")
+
     def image_text_options(sp, prefix, what):
         sp.add_argument(f"--{prefix}-backend", choices=["open_clip", "conse"], default=None,
                         help=f"{what} model backend")
@@ -262,9 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--k", type=int, default=5, help="top-k activating images stored per neuron")
     d.add_argument("--name", help="a readable name for the run")
     d.add_argument("--force", action="store_true", help="recompute even if a complete run has these settings")
-    # 16 images and no decoding process were fastest on 2 cores (bench/bench_dissect.py)
-    d.add_argument("--batch-size", type=int, default=16)
-    d.add_argument("--workers", type=int, default=0, help="extra image decoding processes")
+    device_options(d)
     d.set_defaults(func=cmd_dissect)
 
     l = sub.add_parser("layers", help="list a target's layers with their output shapes")
@@ -295,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--pooling", choices=["mean", "max"], default="mean")
     i.add_argument("--concepts", help="the concept set the labels came from (CP needs it)")
     i.add_argument("--on-bad-image", choices=["skip", "fail"], default="skip")
+    device_options(i)
     i.set_defaults(func=cmd_import)
 
     ev = sub.add_parser("evaluate", help="judge every label from its neuron's top-k images")
@@ -308,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-baselines", action="store_true", help="skip the shuffled and constant-label baselines")
     ev.add_argument("--constant-label", help="label of the constant baseline (default: the run's most frequent)")
     ev.add_argument("--force", action="store_true")
+    device_options(ev, "images per forward pass; for VQA also (image, question) rows per language-model call "
+                       "(VQA default: CPU 8, CUDA 256)")
     ev.set_defaults(func=cmd_evaluate)
 
     def threshold_options(q):
@@ -341,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="build the offline demo runs (if missing)")
     dm.add_argument("--size", choices=["full", "small"], default="full")
+    from clipeval.device import DEVICE_CHOICES, DTYPE_CHOICES
+
+    dm.add_argument("--device", default="auto", metavar="DEVICE", help=f"{DEVICE_CHOICES} (default auto)")
+    dm.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="model precision (default auto)")
     dm.set_defaults(func=cmd_demo)
 
     a = sub.add_parser("app", help="start the Streamlit explorer on the store")

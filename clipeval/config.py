@@ -26,6 +26,14 @@ SIMILARITY_DEFAULTS: dict[str, dict[str, float]] = {
     "cos_similarity": dict(),
 }
 POOLING_MODES = ("mean", "max")
+# The precision models run in: part of the settings (results differ slightly with it). 'auto' is
+# resolved per device before a config is made (clipeval.device.resolve_dtype).
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype not in MODEL_DTYPES:
+        raise ClipevalError(f"model dtype must be one of {', '.join(MODEL_DTYPES)}, not {dtype!r}")
 
 
 def stable_hash(*parts: Any, length: int = 12) -> str:
@@ -132,8 +140,10 @@ class DissectConfig:
     n_runner_ups: int = 5  # best concepts kept per neuron (the label is the first)
     n_contrast: int = 10  # lowest-activation and random images kept per neuron (contrast evaluator)
     seed: int = 0
+    dtype: str = "float32"  # of the target and labelling model; the device is not a setting (not hashed)
 
     def __post_init__(self):
+        check_dtype(self.dtype)
         if self.pooling not in POOLING_MODES:
             raise ClipevalError(f"pooling must be one of {POOLING_MODES}, not {self.pooling!r}")
         if not self.layers:
@@ -159,6 +169,7 @@ class DissectConfig:
             similarity=SimilarityConfig(fn=d["similarity"]["fn"],
                                         params=tuple(tuple(p) for p in d["similarity"]["params"])),
             **{k: d[k] for k in ("k", "n_runner_ups", "n_contrast", "seed")},
+            dtype=d.get("dtype", "float32"),  # runs stored before --dtype ran in float32
         )
 
 
@@ -173,3 +184,7 @@ class EvalConfig:
     baselines: bool = True
     constant_label: str = ""  # '' = the run's most frequent label
     seed: int = 0
+    dtype: str = "float32"  # of the evaluator's model (the device is stored with it, not hashed)
+
+    def __post_init__(self):
+        check_dtype(self.dtype)

@@ -35,10 +35,10 @@ REFERENCE_RATER = "ImageNet class (automatic)"
 FINAL_LAYER = "classifier"
 
 
-def demo_config(probe_dir: Path, concepts: str) -> DissectConfig:
+def demo_config(probe_dir: Path, concepts: str, dtype: str = "float32") -> DissectConfig:
     return DissectConfig(target=TargetConfig("efficientnet_lite0"), layers=DEMO_LAYERS,
                          probe=ProbeConfig((str(probe_dir),)), concepts=ConceptConfig(concepts),
-                         image_text=LABELLING_MODEL, similarity=SimilarityConfig("soft_wpmi"))
+                         image_text=LABELLING_MODEL, similarity=SimilarityConfig("soft_wpmi"), dtype=dtype)
 
 
 def _meta_key(size: str) -> str:
@@ -64,8 +64,10 @@ def reference_verdicts(store: Store, run_id: str, layer: str = FINAL_LAYER) -> p
     return neurons.assign(verdict=verdict, rater=REFERENCE_RATER)[["layer", "unit", "rater", "verdict"]]
 
 
-def build_demo(db: str | Path = DEFAULT_DB, size: str = "full", progress: bool = True) -> list[str]:
-    """Build the demo runs into `db` unless they are already there; returns their run ids."""
+def build_demo(db: str | Path = DEFAULT_DB, size: str = "full", progress: bool = True, device="cpu",
+               dtype: str = "float32") -> list[str]:
+    """Build the demo runs into `db` unless they are already there (the ones present are kept whatever
+    device and dtype made them); returns their run ids. Models run on `device` in `dtype`."""
     from clipeval import pipeline
     from clipeval.data.demo_probe import build_demo_probe, describe_sources
     from clipeval.evaluators.run import evaluate
@@ -93,9 +95,11 @@ def build_demo(db: str | Path = DEFAULT_DB, size: str = "full", progress: bool =
                       f"({time.perf_counter() - start:.0f} s so far)", file=sys.stderr)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                run_id = pipeline.dissect(demo_config(probe_dir, concepts), store, progress=progress,
-                                          name=f"demo: EfficientNet-Lite0 | demo probe ({size}) | {concepts}")
-                outcomes = evaluate(store, run_id, "cp,es,contrast,vqa", eval_model=EVAL_MODEL, progress=progress)
+                run_id = pipeline.dissect(demo_config(probe_dir, concepts, dtype), store, progress=progress,
+                                          name=f"demo: EfficientNet-Lite0 | demo probe ({size}) | {concepts}",
+                                          device=device)
+                outcomes = evaluate(store, run_id, "cp,es,contrast,vqa", eval_model=EVAL_MODEL, progress=progress,
+                                    device=device, dtype=dtype)
             if progress:
                 for o in outcomes:
                     note = "BLIP-2 weights are not on this machine (see the app)" if o.status == "unavailable" else ""

@@ -10,10 +10,9 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
-from clipeval.data.probe import ProbeImage, load_rgb, thumbnail_jpeg
+from clipeval.data.probe import ProbeImage
+from clipeval.device import CPU, Placement
 from clipeval.errors import ClipevalError
 from clipeval.models.targets import Target
 
@@ -35,31 +34,13 @@ def pool(output: torch.Tensor, mode: str, layer: str) -> torch.Tensor:
     raise ClipevalError(f"layer {layer!r} outputs shape {tuple(output.shape)}, which cannot be pooled per neuron")
 
 
-class _ProbeDataset(Dataset):
-    def __init__(self, images: Sequence[ProbeImage], transforms: Sequence[Callable], thumb_size: int | None):
-        self.images, self.transforms, self.thumb_size = images, transforms, thumb_size
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        img = load_rgb(self.images[i].path)
-        thumb = thumbnail_jpeg(img, self.thumb_size) if self.thumb_size else b""
-        return i, [t(img) for t in self.transforms], thumb
-
-
-def _collate(batch):
-    idx = torch.tensor([b[0] for b in batch])
-    n = len(batch[0][1])
-    tensors = [torch.stack([b[1][j] for b in batch]) for j in range(n)]
-    return idx, tensors, [b[2] for b in batch]
-
-
-def _channels_last(batch: torch.Tensor) -> torch.Tensor:
-    """Images in channels-last memory order: CPU convolutions (oneDNN) run faster on it (EfficientNet-Lite0
-    forward 1.46x, bench/bench_dissect.py); values equal up to float rounding, and the model's weights
-    are left as they are."""
-    return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch
+def pooling_hook(current: dict, layer: str, mode: str) -> Callable:
+    """A forward hook that puts `layer`'s pooled output (float32) into current[layer], once per forward."""
+    def hook(_module, _inputs, output):
+        if layer in current:
+            raise ClipevalError(f"layer {layer!r} runs more than once per forward pass; pick another")
+        current[layer] = pool(output, mode, layer).float()
+    return hook
 
 
 @dataclass
@@ -69,56 +50,30 @@ class Collected:
     thumbnails: list[bytes] | None
 
 
-@torch.no_grad()
 def collect(images: Sequence[ProbeImage], *, target: Target | None = None, layers: Sequence[str] = (),
             pooling: str = "mean", image_models: dict | None = None, thumb_size: int | None = None,
-            batch_size: int = 16, num_workers: int = 0, progress: bool = True, desc: str = "images") -> Collected:
+            batch_size: int | None = None, num_workers: int | None = None, progress: bool = True,
+            desc: str = "images", placement: Placement = CPU) -> Collected:
     """One pass over `images`: pooled activations of `layers` of `target`, embeddings of every model in
-    `image_models` (name -> ImageTextModel), and thumbnails if `thumb_size` is set."""
-    image_models = image_models or {}
-    transforms = ([target.preprocess] if target is not None and layers else []) + \
-                 [m.preprocess for m in image_models.values()]
+    `image_models` (name -> ImageTextModel), and thumbnails if `thumb_size` is set, every model on
+    `placement` (batch size and decoding workers default per device)."""
+    from clipeval.batches import ACT, EMB, ProbeBatch, iterate
+
     n = len(images)
     acts: dict[str, np.ndarray] = {}
     embs: dict[str, np.ndarray] = {}
     thumbs: list[bytes] | None = [b""] * n if thumb_size else None
-    current: dict[str, torch.Tensor] = {}
-    hooks = []
-    if target is not None and layers:
-        modules = target.modules()
-        for layer in layers:
-            def hook(_m, _i, out, layer=layer):
-                if layer in current:
-                    raise ClipevalError(f"layer {layer!r} runs more than once per forward pass; pick another")
-                current[layer] = pool(out, pooling, layer).float()
-            hooks.append(modules[layer].register_forward_hook(hook))
-    loader = DataLoader(_ProbeDataset(images, transforms, thumb_size), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=_collate, persistent_workers=False)
-    try:
-        for idx, tensors, batch_thumbs in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
-            rows = idx.numpy()
-            j = 0
-            if hooks:
-                current.clear()
-                target.module(_channels_last(tensors[0]))
-                for layer in layers:
-                    out = current[layer].numpy()
-                    if layer not in acts:
-                        acts[layer] = np.empty((n, out.shape[1]), dtype=np.float32)
-                    acts[layer][rows] = out
-                j = 1
-            for name, model in image_models.items():
-                e = model.encode_images(tensors[j]).float().numpy()
-                if name not in embs:
-                    embs[name] = np.empty((n, e.shape[1]), dtype=np.float32)
-                embs[name][rows] = e
-                j += 1
+    with ProbeBatch(target, layers, pooling, image_models, thumb_size, placement, batch_size) as work:
+        for rows, tensors, batch_thumbs in iterate([im.path for im in images], work.decode, placement,
+                                                   batch_size, num_workers, progress=progress, desc=desc):
+            for key, out in work.forward(tensors).items():
+                table, name = (acts, key[len(ACT):]) if key.startswith(ACT) else (embs, key[len(EMB):])
+                if name not in table:
+                    table[name] = np.empty((n, out.shape[1]), dtype=np.float32)
+                table[name][rows] = out
             if thumbs is not None:
                 for r, t in zip(rows, batch_thumbs):
                     thumbs[r] = t
-    finally:
-        for h in hooks:
-            h.remove()
     return Collected(acts, embs, thumbs)
 
 

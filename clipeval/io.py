@@ -96,9 +96,13 @@ def read_descriptions(path) -> pd.DataFrame:
 def import_descriptions(store: Store, path, *, name: str | None = None, target: str | None = None,
                         weights: str | None = None, probe=None, pooling: str = "mean", concepts: str | None = None,
                         on_bad_image: str = "skip", k: int = 5, n_contrast: int = 10, seed: int = 0,
-                        progress: bool = True) -> str:
-    """Store labels made elsewhere as a run. With a target and probe, activations are collected so the
-    labels get top-k images and can be evaluated; without, the labels can only be browsed."""
+                        progress: bool = True, placement=None, batch_size: int | None = None,
+                        num_workers: int | None = None) -> str:
+    """Store labels made elsewhere as a run. With a target and probe, activations are collected (on
+    `placement`, default the CPU in float32) so the labels get top-k images and can be evaluated;
+    without, the labels can only be browsed."""
+    from clipeval.device import CPU
+
     from clipeval import pipeline
     from clipeval.data.concepts import load_concepts
     from clipeval.data.probe import load_probe
@@ -118,10 +122,13 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
             raise ClipevalError(f"k={k} is more than the {len(probe_set)} readable probe images")
         tgt = targets_mod.load_target(target, weights)
         shapes = targets_mod.check_layers(tgt, layer_order)
+    placement = placement or CPU
+    dtype = placement.dtype_name if tgt is not None else None  # activations differ slightly with it: hashed
     run_id = stable_hash("import", content, target, weights, tgt and targets_mod.weights_fingerprint(tgt), pooling,
-                         probe_set and probe_set.fingerprint, concept_set and concept_set.content_hash)
+                         probe_set and probe_set.fingerprint, concept_set and concept_set.content_hash, dtype)
     config = {"kind": "import", "file": str(Path(path).resolve()), "target": target, "weights": weights,
-              "probe": list(probe or []), "pooling": pooling, "concepts": concepts}
+              "probe": list(probe or []), "pooling": pooling, "concepts": concepts,
+              **({"dtype": dtype} if dtype else {})}
     store.start_run(run_id, name or f"imported {Path(path).name}", "import", json.dumps(config), run_id)
     try:
         images = hists = None
@@ -130,7 +137,8 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
         if tgt is not None:
             cache = pipeline.ArrayCache(store.path.parent / "cache")
             acts, _ = pipeline.probe_pass(store, cache, probe_set, TargetConfig(target, weights), tgt, layer_order,
-                                          pooling, progress=progress)
+                                          pooling, progress=progress, placement=placement, batch_size=batch_size,
+                                          num_workers=num_workers)
             parts = []
             for layer in layer_order:
                 have = acts[layer].shape[1]
@@ -158,7 +166,8 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
                              "n_images": len(probe_set) if probe_set else 0,
                              "n_skipped_images": len(probe_set.skipped) if probe_set else 0,
                              "models": {"labels": f"imported from {Path(path).name}",
-                                        **({"target": {"name": tgt.name, **tgt.info}} if tgt else {})},
+                                        **({"target": {"name": tgt.name, **tgt.info},
+                                            "compute": placement.info()} if tgt else {})},
                              "timings": {}, "peak_rss_mb": pipeline.peak_rss_mb()})
     except BaseException as e:
         store.fail_run(run_id, "failed", f"{type(e).__name__}: {e}")

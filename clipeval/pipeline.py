@@ -25,6 +25,7 @@ from clipeval import similarity
 from clipeval.config import DissectConfig, stable_hash
 from clipeval.data.concepts import ConceptSet, load_concepts
 from clipeval.data.probe import ProbeSet, load_probe
+from clipeval.device import CPU, DTYPES, Placement, resolve_device
 from clipeval.dissect import collect, neuron_summaries
 from clipeval.errors import ClipevalError
 from clipeval.models import targets as targets_mod
@@ -87,50 +88,61 @@ class Resolved:
     layer_shapes: dict
     image_text: object
     run_id: str
+    placement: Placement = CPU
 
 
-def resolve(config: DissectConfig) -> Resolved:
+def resolve(config: DissectConfig, device: str | torch.device | None = "cpu") -> Resolved:
+    """Load and check every input; the models go to `device` in config.dtype."""
+    placement = Placement(resolve_device(device), DTYPES[config.dtype])
     probe = load_probe(config.probe.paths, config.probe.on_bad_image)
     if config.k > len(probe):
         raise ClipevalError(f"k={config.k} is more than the {len(probe)} readable probe images")
     concepts = load_concepts(config.concepts.source)
     target = targets_mod.load_target(config.target.name, config.target.weights)
     shapes = targets_mod.check_layers(target, config.layers)
-    image_text = load_image_text(config.image_text)
+    placement.module(target.module)
+    image_text = load_image_text(config.image_text, placement)
     run_id = stable_hash(config, probe.fingerprint, concepts.content_hash,
                          targets_mod.weights_fingerprint(target), image_text.info().get("fingerprint", ""))
-    return Resolved(config, probe, concepts, target, shapes, image_text, run_id)
+    return Resolved(config, probe, concepts, target, shapes, image_text, run_id, placement)
 
 
-def _layer_key(target_cfg, target: targets_mod.Target, layer: str, pooling: str, probe: ProbeSet) -> str:
+def _layer_key(target_cfg, target: targets_mod.Target, layer: str, pooling: str, probe: ProbeSet,
+               dtype: str = "float32") -> str:
     return stable_hash("activations", target_cfg, targets_mod.weights_fingerprint(target), layer, pooling,
-                       probe.fingerprint)
+                       probe.fingerprint, dtype)
 
 
 def _image_key(r: Resolved) -> str:
     return stable_hash("image-embeddings", r.config.image_text, r.image_text.info().get("fingerprint", ""),
-                       r.probe.fingerprint)
+                       r.probe.fingerprint, r.placement.dtype_name)
+
+
+def _model_dtype(model) -> str:
+    placement = getattr(model, "placement", None)
+    return placement.dtype_name if placement is not None else "float32"
 
 
 def encode_texts_cached(model, texts, cache: "ArrayCache") -> np.ndarray:
-    """Text embeddings keyed by the model's text side and the exact texts; the labelling run and the
-    evaluators share entries when their text encoders are the same (e.g. both ConSE models)."""
+    """Text embeddings keyed by the model's text side, its dtype and the exact texts; the labelling run
+    and the evaluators share entries when their text encoders are the same (e.g. both ConSE models)."""
     texts = list(texts)
-    key = stable_hash("text-embeddings", model.info().get("text_fingerprint", ""), texts)
+    key = stable_hash("text-embeddings", model.info().get("text_fingerprint", ""), _model_dtype(model), texts)
     got = cache.get("text_embeddings", key)
     if got is None:
         with torch.no_grad():
-            got = model.encode_texts(texts).float().numpy()
+            got = model.encode_texts(texts).float().cpu().numpy()
         cache.put("text_embeddings", key, got)
     return got
 
 
 def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, target: targets_mod.Target,
                layers, pooling: str, image_model=None, image_key: str = "", *, progress: bool = True,
-               batch_size: int = 16, num_workers: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+               batch_size: int | None = None, num_workers: int | None = None,
+               placement: Placement = CPU) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Activations of `layers` and (optionally) image embeddings, from the cache where present, else
     from ONE pass over the probe that also stores the thumbnails if the store lacks them."""
-    keys = {layer: _layer_key(target_cfg, target, layer, pooling, probe) for layer in layers}
+    keys = {layer: _layer_key(target_cfg, target, layer, pooling, probe, placement.dtype_name) for layer in layers}
     acts = {layer: cache.get("activations", key) for layer, key in keys.items()}
     missing = [layer for layer, a in acts.items() if a is None]
     emb = cache.get("image_embeddings", image_key) if image_model is not None else None
@@ -140,7 +152,7 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, tar
         got = collect(probe.images, target=target if missing else None, layers=missing, pooling=pooling,
                       image_models={"labelling": image_model} if need_emb else {},
                       thumb_size=THUMB_SIZE if need_thumbs else None, batch_size=batch_size,
-                      num_workers=num_workers, progress=progress, desc="probe pass")
+                      num_workers=num_workers, progress=progress, desc="probe pass", placement=placement)
         for layer in missing:
             cache.put("activations", keys[layer], got.activations[layer])
             acts[layer] = got.activations[layer]
@@ -156,15 +168,16 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, tar
 
 
 def dissect(config: DissectConfig, store: Store, *, name: str = "", cache_dir: str | os.PathLike | None = None,
-            force: bool = False, progress: bool = True, batch_size: int = 16, num_workers: int = 0,
-            resolved: Resolved | None = None) -> str:
+            force: bool = False, progress: bool = True, batch_size: int | None = None, num_workers: int | None = None,
+            resolved: Resolved | None = None, device: str | torch.device | None = "cpu") -> str:
     """Run CLIP-Dissect and store the result; returns the run id (the settings' hash).
 
+    Models run on `device` in config.dtype; batch size and decoding workers default per device.
     A complete run with the same settings is returned as it is unless `force`; an interrupted one is
     resumed (its cached arrays are reused)."""
     stages = Stages(verbose=progress)
     with stages("load"):
-        r = resolved or resolve(config)
+        r = resolved or resolve(config, device)
     existing = store.runs()
     same = existing[existing["run_id"] == r.run_id]
     if len(same) and same.iloc[0]["status"] == "complete" and not force:
@@ -201,7 +214,8 @@ def _compute(r: Resolved, store: Store, cache: ArrayCache, stages: Stages, progr
     c = r.config
     with stages("activations + image embeddings"):
         acts, P_img = probe_pass(store, cache, r.probe, c.target, r.target, c.layers, c.pooling, r.image_text,
-                                 _image_key(r), progress=progress, batch_size=batch_size, num_workers=num_workers)
+                                 _image_key(r), progress=progress, batch_size=batch_size, num_workers=num_workers,
+                                 placement=r.placement)
 
     with stages("text embeddings"):
         T = encode_texts_cached(r.image_text, r.concepts.concepts, cache)
@@ -228,7 +242,8 @@ def _compute(r: Resolved, store: Store, cache: ArrayCache, stages: Stages, progr
         histograms=pd.concat([p[1] for p in parts], ignore_index=True),
         meta={"run_id": r.run_id, "probe_fingerprint": r.probe.fingerprint, "concept_hash": r.concepts.content_hash,
               "n_images": len(r.probe), "n_skipped_images": len(r.probe.skipped),
-              "models": {"target": {"name": r.target.name, **r.target.info}, "image_text": r.image_text.info()},
+              "models": {"target": {"name": r.target.name, **r.target.info}, "image_text": r.image_text.info(),
+                         "compute": r.placement.info()},
               "timings": stages.timings, "peak_rss_mb": peak_rss_mb()})
 
 

@@ -14,6 +14,21 @@ from clipeval.config import ConceptConfig, DissectConfig, ProbeConfig, Similarit
 SMALL_LAYERS = ("blocks.1", "blocks.4", "classifier")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: skipped, with the reason, where torch sees no GPU (CI has none).
+    On a GPU machine: python -m pytest -m gpu"""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    from clipeval.device import cuda_unavailable_reason
+
+    skip = pytest.mark.skip(reason=f"needs a CUDA GPU: {cuda_unavailable_reason()}")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def probe_dir(tmp_path_factory) -> Path:
     from clipeval.data.demo_probe import build_demo_probe

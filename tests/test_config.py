@@ -30,6 +30,8 @@ def variants():
     yield dataclasses.replace(BASE, n_runner_ups=3)
     yield dataclasses.replace(BASE, n_contrast=5)
     yield dataclasses.replace(BASE, seed=1)
+    yield dataclasses.replace(BASE, dtype="bfloat16")
+    yield dataclasses.replace(BASE, dtype="float16")
 
 
 def test_hash_is_stable_and_every_setting_changes_it():

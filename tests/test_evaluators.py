@@ -509,12 +509,22 @@ def test_vqa_path_on_a_tiny_blip2(colour_run, tiny_vqa, monkeypatch):
     calls, vision_images = [], []
 
     real_yes = tiny_vqa.yes_probability
+    from clipeval.batches import DecodeVqa
+
+    real_image, shown = DecodeVqa.image, []
+
+    def recording_image(self, path):  # the image as the VQA model is shown it, before its processor
+        img = real_image(self, path)
+        shown.append(img.size)
+        return img
 
     def recording_yes(images, questions, *a, **kw):
-        calls.append(([im.size for im in images], [list(q) for q in questions]))
+        # workers hand over the processor's pixels, one (3, H, W) per image
+        calls.append(([tuple(im.shape) for im in images], [list(q) for q in questions]))
         return real_yes(images, questions, *a, **kw)
 
     monkeypatch.setattr(tiny_vqa, "yes_probability", recording_yes)
+    monkeypatch.setattr(DecodeVqa, "image", recording_image)
     hook = tiny_vqa.model.vision_model.register_forward_hook(
         lambda mod, args, out: vision_images.append(int(out[0].shape[0])))
     try:
@@ -539,7 +549,8 @@ def test_vqa_path_on_a_tiny_blip2(colour_run, tiny_vqa, monkeypatch):
     sizes = [len(s) for s, _ in calls]
     assert sum(sizes) == n_unique and max(sizes) <= vqa_mod.VisualQuestionAnswering(tiny_vqa, template).images_per_call
     assert len(calls) == math.ceil(n_unique / 8)
-    assert all(sz == (vqa_mod.IMAGE_SIZE, vqa_mod.IMAGE_SIZE) for s, _ in calls for sz in s)
+    assert len(shown) == n_unique and all(sz == (vqa_mod.IMAGE_SIZE, vqa_mod.IMAGE_SIZE) for sz in shown)
+    assert len({sz for s, _ in calls for sz in s}) == 1  # the processor's pixels
     # one vision pass per unique image across the real/shuffled/constant variants
     assert sum(vision_images) == n_unique
     # stored and retrievable

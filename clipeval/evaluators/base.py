@@ -9,11 +9,9 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from clipeval.config import stable_hash
-from clipeval.data.probe import load_rgb
+from clipeval.device import CPU
 
 
 @dataclass
@@ -51,30 +49,20 @@ def label_variants(neurons: pd.DataFrame, seed: int, constant_label: str = "", b
     return out, constant
 
 
-class _Images(Dataset):
-    def __init__(self, paths, preprocess):
-        self.paths, self.preprocess = paths, preprocess
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        return self.preprocess(load_rgb(self.paths[i]))
-
-
 def image_embeddings(model, model_key: str, inputs: EvalInputs, ids: np.ndarray, cache, *,
-                     batch_size: int = 16, progress: bool = True) -> dict[int, np.ndarray]:
-    """Embeddings of the given probe images, each encoded once; rows already in the cache are reused."""
+                     batch_size: int | None = None, num_workers: int | None = None,
+                     progress: bool = True) -> dict[int, np.ndarray]:
+    """Embeddings of the given probe images, each encoded once; rows already in the cache are reused.
+    The model runs where it was placed (batch size and decoding workers default per device)."""
+    from clipeval.batches import ImageEmbedder
+
     key = stable_hash("eval-image-embeddings", model_key, inputs.probe_fingerprint)
     table = cache.get("eval_image_embeddings", key)
     ids = np.unique(np.asarray(ids, dtype=np.int64))
     todo = ids if table is None else ids[np.isnan(table[ids, 0])]
     if len(todo):
-        loader = DataLoader(_Images([inputs.paths[int(i)] for i in todo], model.preprocess),
-                            batch_size=batch_size, num_workers=0)
-        rows = [model.encode_images(b).float().numpy() for b in
-                tqdm(loader, desc="encoding images", disable=not progress, unit="batch")]
-        new = np.concatenate(rows)
+        embedder = ImageEmbedder(model, getattr(model, "placement", None) or CPU, batch_size)
+        new = embedder.embed([inputs.paths[int(i)] for i in todo], num_workers=num_workers, progress=progress)
         if table is None:
             table = np.full((inputs.n_images, new.shape[1]), np.nan, dtype=np.float32)
         table[todo] = new
@@ -92,7 +80,7 @@ def text_embeddings(model, model_key: str, texts: list[str], cache) -> np.ndarra
         got = cache.get("eval_text_embeddings", key)
         if got is None:
             with torch.no_grad():
-                got = model.encode_texts(list(texts)).float().numpy()
+                got = model.encode_texts(list(texts)).float().cpu().numpy()
             cache.put("eval_text_embeddings", key, got)
         return got
     return encode_texts_cached(model, texts, cache)

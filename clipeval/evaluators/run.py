@@ -14,7 +14,11 @@ import time
 import warnings
 from dataclasses import dataclass
 
+import torch
+
 from clipeval.config import EvalConfig, ImageTextConfig, stable_hash
+from clipeval.batches import place_image_text
+from clipeval.device import CPU, Placement, dtype_name
 from clipeval.errors import ClipevalError, WeightsUnavailable
 from clipeval.evaluators.base import EvalInputs, label_variants
 from clipeval.evaluators.contrast import Contrast
@@ -71,28 +75,32 @@ def load_inputs(store: Store, run_id: str, kinds, seed: int, baselines: bool, co
                       concepts), constant
 
 
-def resolve_eval_model(cfg: ImageTextConfig | None, progress: bool = True):
+def resolve_eval_model(cfg: ImageTextConfig | None, progress: bool = True, placement: Placement = CPU):
     """The requested image-text model, or the paper's default if its weights are here, else the
-    offline stand-in (and say so: a run must never pass a stand-in off as CLIP)."""
+    offline stand-in (and say so: a run must never pass a stand-in off as CLIP), on `placement`."""
     from clipeval.models.image_text import load_image_text
 
     if cfg is not None:
-        return cfg, load_image_text(cfg)
+        return cfg, load_image_text(cfg, placement)
     try:
-        return PAPER_EVAL_MODEL, load_image_text(PAPER_EVAL_MODEL)
+        return PAPER_EVAL_MODEL, load_image_text(PAPER_EVAL_MODEL, placement)
     except WeightsUnavailable as e:
         if progress:
             print(f"note: {e}\n      -> evaluating with the offline stand-in {OFFLINE_EVAL_MODEL.describe()}",
                   file=sys.stderr)
-        return OFFLINE_EVAL_MODEL, load_image_text(OFFLINE_EVAL_MODEL)
+        return OFFLINE_EVAL_MODEL, load_image_text(OFFLINE_EVAL_MODEL, placement)
 
 
 def evaluate(store: Store, run_id: str, evaluators, *, eval_model: ImageTextConfig | None = None,
              vqa_model: str = DEFAULT_VQA_MODEL, prompt: str = DEFAULT_TEMPLATE, k: int = 5,
              baselines: bool = True, constant_label: str = "", seed: int = 0, force: bool = False,
-             progress: bool = True, cache_dir=None, vqa_backend=None) -> list[Outcome]:
-    """Score the run's top-k images with each evaluator (plus shuffled/constant-label baselines).
-    `vqa_backend` may be a ready Blip2Vqa (tests pass a small one)."""
+             progress: bool = True, cache_dir=None, vqa_backend=None, device: str | torch.device | None = "cpu",
+             dtype: str | torch.dtype | None = "auto", batch_size: int | None = None,
+             num_workers: int | None = None) -> list[Outcome]:
+    """Score the run's top-k images with each evaluator (plus shuffled/constant-label baselines), every
+    model on `device` in `dtype` ('auto': float32 on the CPU, bfloat16/float16 on a GPU); batch size and
+    decoding workers default per device. `vqa_backend` may be a ready Blip2Vqa (tests pass a small one)."""
+    placement = Placement.resolve(device, dtype)
     names = parse_evaluators(evaluators)
     run = store.complete_run(run_id)
     run_id = run["run_id"]
@@ -107,53 +115,65 @@ def evaluate(store: Store, run_id: str, evaluators, *, eval_model: ImageTextConf
     model_cfg, model = (None, None)
     if any(n in EMBEDDING_EVALUATORS for n in names):
         model_cfg, model = resolve_eval_model(eval_model, progress)
+        place_image_text(model, placement)
         labelling = json.loads(run.get("config_json") or "{}").get("image_text") or {}
         if [labelling.get(f) for f in ("backend", "arch", "pretrained")] == \
                 [model_cfg.backend, model_cfg.arch, model_cfg.pretrained]:
             warnings.warn("the evaluator model is the labelling model itself: the judgement is circular")
     if vqa_backend is not None:  # record the model that answers, not a default name that was never loaded
         vqa_model = getattr(vqa_backend, "name", "") or vqa_model
+    run_kw = dict(batch_size=batch_size, num_workers=num_workers)
     outcomes = []
     for name in names:
         cfg = EvalConfig(evaluator=name, image_text=model_cfg if name in EMBEDDING_EVALUATORS else None,
                          vqa_model=vqa_model if name == "vqa" else "", prompt=prompt if name == "vqa" else "",
-                         k=k, baselines=baselines, constant_label=constant, seed=seed)
+                         k=k, baselines=baselines, constant_label=constant, seed=seed,
+                         dtype=_vqa_dtype(vqa_backend, placement) if name == "vqa" else placement.dtype_name)
         if name == "vqa":
-            outcomes.append(_run_vqa(store, run_id, cfg, inputs, vqa_backend, force, progress))
+            outcomes.append(_run_vqa(store, run_id, cfg, inputs, vqa_backend, force, progress, placement, run_kw))
             continue
         info = model.info()
         eval_id = stable_hash("evaluation", run_id, cfg, info.get("fingerprint", ""))
         if store.evaluation_status(eval_id) == "complete" and not force:
             outcomes.append(Outcome(name, "cached", eval_id, message="already computed with these settings"))
             continue
-        model_key = stable_hash(model_cfg, info.get("fingerprint", ""))
+        model_key = stable_hash(model_cfg, info.get("fingerprint", ""), placement.dtype_name)
         start = time.perf_counter()
-        scores = EMBEDDING_EVALUATORS[name](model, model_key, cache).score(inputs, progress)
+        scores = EMBEDDING_EVALUATORS[name](model, model_key, cache, **run_kw).score(inputs, progress)
         wall = time.perf_counter() - start
         store.record_evaluation(eval_id, run_id, name, _cfg_json(cfg), status="complete", scores=scores,
-                                wall_s=wall, models={"image_text": info},
+                                wall_s=wall, models={"image_text": info, "compute": placement.info()},
                                 n_concepts=len(inputs.concepts) if inputs.concepts else None, constant_label=constant)
         outcomes.append(Outcome(name, "complete", eval_id, wall))
     return outcomes
 
 
-def _run_vqa(store, run_id, cfg, inputs, backend, force, progress) -> Outcome:
+def _vqa_dtype(backend, placement: Placement) -> str:
+    """The dtype the VQA model answers in: a ready backend's own, else the command's."""
+    if backend is None:
+        return placement.dtype_name
+    return dtype_name(backend.model.language_model.dtype)
+
+
+def _run_vqa(store, run_id, cfg, inputs, backend, force, progress, placement: Placement = CPU,
+             run_kw: dict | None = None) -> Outcome:
     from clipeval.models.vqa import Blip2Vqa
 
     eval_id = stable_hash("evaluation", run_id, cfg, getattr(backend, "name", "") if backend else "")
     if store.evaluation_status(eval_id) == "complete" and not force:
         return Outcome("vqa", "cached", eval_id, message="already computed with these settings")
     try:
-        backend = backend or Blip2Vqa.load(cfg.vqa_model)
+        backend = backend or Blip2Vqa.load(cfg.vqa_model, device=placement.device, dtype=placement.dtype)
     except WeightsUnavailable as e:
         store.record_evaluation(eval_id, run_id, "vqa", _cfg_json(cfg), status="unavailable", error=str(e),
                                 constant_label=cfg.constant_label)
         return Outcome("vqa", "unavailable", eval_id, message=str(e))
     start = time.perf_counter()
-    scores = VisualQuestionAnswering(backend, cfg.prompt).score(inputs, progress)
+    scores = VisualQuestionAnswering(backend, cfg.prompt, **(run_kw or {})).score(inputs, progress)
     wall = time.perf_counter() - start
+    compute = {"device": str(backend.device), "dtype": cfg.dtype}
     store.record_evaluation(eval_id, run_id, "vqa", _cfg_json(cfg), status="complete", scores=scores, wall_s=wall,
-                            models={"vqa": backend.info()}, constant_label=cfg.constant_label)
+                            models={"vqa": backend.info(), "compute": compute}, constant_label=cfg.constant_label)
     return Outcome("vqa", "complete", eval_id, wall)
 
 

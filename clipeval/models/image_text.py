@@ -22,16 +22,21 @@ from PIL import Image
 from torchvision import transforms as T
 
 from clipeval.config import ImageTextConfig, file_fingerprint
+from clipeval.device import CPU, Placement
 from clipeval.errors import ClipevalError, WeightsUnavailable
 from clipeval.models.hub import offline_hub
 
 
 class ImageTextModel(Protocol):
+    """encode_images takes a batch already on the model's device in its dtype and returns float32 rows
+    there; encode_texts returns float32 rows on the CPU (they are cached and compared there)."""
     is_clip: bool
+    placement: Placement
 
     def preprocess(self, image: Image.Image) -> torch.Tensor: ...
     def encode_images(self, batch: torch.Tensor) -> torch.Tensor: ...
     def encode_texts(self, texts: list[str]) -> torch.Tensor: ...
+    def to_placement(self, placement: Placement) -> "ImageTextModel": ...
     def info(self) -> dict: ...
 
 
@@ -52,6 +57,13 @@ class OpenClipModel:
         self.tokenizer = tokenizer
         self.arch, self.pretrained, self.text_batch = arch, pretrained, text_batch
         self.is_clip = bool(pretrained)  # random weights are a CLIP architecture, not CLIP
+        self.placement = CPU
+
+    def to_placement(self, placement: Placement) -> "OpenClipModel":
+        if placement != self.placement:
+            placement.module(self.model)
+            self.placement = placement
+        return self
 
     @classmethod
     def load(cls, arch: str, pretrained: str = "", image_size: int | None = None) -> "OpenClipModel":
@@ -87,9 +99,9 @@ class OpenClipModel:
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        out = [self._encode_tokens(self.tokenizer(texts[i:i + self.text_batch])).float()
+        out = [self._encode_tokens(self.tokenizer(texts[i:i + self.text_batch]).to(self.placement.device)).float()
                for i in range(0, len(texts), self.text_batch)]
-        return F.normalize(torch.cat(out), dim=-1)
+        return F.normalize(torch.cat(out), dim=-1).cpu()
 
     def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """CLIP's text tower on the context cut to the batch's longest text instead of all 77 padded
@@ -140,17 +152,25 @@ class SentenceEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         self.model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
         self.batch = batch
+        self.placement = CPU
+
+    def to_placement(self, placement: Placement) -> "SentenceEncoder":
+        if placement != self.placement:
+            placement.module(self.model)
+            self.placement = placement
+        return self
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> torch.Tensor:
+        """(len(texts), 384) float32 on the CPU, L2-normalised."""
         out = []
         for i in range(0, len(texts), self.batch):
             tok = self.tokenizer(texts[i:i + self.batch], padding=True, truncation=True, max_length=64,
-                                 return_tensors="pt")
-            hidden = self.model(**tok).last_hidden_state
+                                 return_tensors="pt").to(self.placement.device)
+            hidden = self.model(**tok).last_hidden_state.float()
             mask = tok["attention_mask"].unsqueeze(-1).float()
             out.append((hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9))
-        return F.normalize(torch.cat(out), dim=-1)
+        return F.normalize(torch.cat(out), dim=-1).cpu()
 
 
 class ConseModel:
@@ -167,7 +187,18 @@ class ConseModel:
         self.preprocess = _with_resize(self.target.preprocess, image_size)
         self.text = text_encoder or SentenceEncoder()
         self.class_names = class_names or imagenet_classnames()
-        self.class_embeddings = self.text.encode(self.class_names)  # (1000, d)
+        self.class_embeddings = self.text.encode(self.class_names)  # (1000, d) float32
+        self.placement = CPU
+
+    def to_placement(self, placement: Placement) -> "ConseModel":
+        """Classifier and sentence encoder in the placement's dtype; the class names are embedded again
+        by the moved encoder, so they match the texts it embeds later (kept as float32 rows)."""
+        if placement != self.placement:
+            placement.module(self.target.module)
+            self.text.to_placement(placement)
+            self.class_embeddings = self.text.encode(self.class_names).to(placement.device)
+            self.placement = placement
+        return self
 
     @torch.no_grad()
     def class_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
@@ -198,7 +229,9 @@ class ConseModel:
         return file_fingerprint(Path(self.text.folder) / "model.safetensors")
 
 
-def load_image_text(cfg: ImageTextConfig) -> ImageTextModel:
+def load_image_text(cfg: ImageTextConfig, placement: Placement = CPU) -> ImageTextModel:
     if cfg.backend == "open_clip":
-        return OpenClipModel.load(cfg.arch, cfg.pretrained, cfg.image_size)
-    return ConseModel(cfg.arch, cfg.top_t, cfg.image_size)
+        model = OpenClipModel.load(cfg.arch, cfg.pretrained, cfg.image_size)
+    else:
+        model = ConseModel(cfg.arch, cfg.top_t, cfg.image_size)
+    return model.to_placement(placement)

@@ -195,7 +195,9 @@ def layer_shapes(target: Target, batch: int = 1) -> dict[str, tuple | str]:
             shapes[lname] = tuple(out.shape[1:]) if torch.is_tensor(out) else type(out).__name__
         hooks.append(mod.register_forward_hook(hook))
     try:
-        target.module(torch.zeros(batch, 3, target.input_size, target.input_size))
+        p = next(target.module.parameters(), None)  # the dummy image goes where the weights are
+        target.module(torch.zeros(batch, 3, target.input_size, target.input_size,
+                                  device=p.device if p is not None else None, dtype=p.dtype if p is not None else None))
     finally:
         for h in hooks:
             h.remove()

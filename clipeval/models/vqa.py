@@ -60,18 +60,14 @@ def _hf_cache_dir() -> str:
         return os.path.join(home, "hub")
 
 
-def _resolve_dtype(dtype, device: str) -> torch.dtype:
-    if dtype is None:
-        # Half precision halves memory on GPUs; CPUs are slow (or unsupported) in fp16, so keep fp32 there.
-        return torch.float16 if str(device).startswith("cuda") else torch.float32
-    if isinstance(dtype, str):
-        try:
-            dtype = getattr(torch, dtype)
-        except AttributeError:
-            raise ClipevalError(f"unknown dtype {dtype!r} (use e.g. float32, float16, bfloat16)") from None
-    if not isinstance(dtype, torch.dtype):
+def _resolve_dtype(dtype, device) -> torch.dtype:
+    """None or 'auto': float32 on the CPU (slow or unsupported half precision there), bfloat16 on GPUs
+    that support it, else float16 (clipeval.device.resolve_dtype)."""
+    from clipeval.device import resolve_dtype
+
+    if dtype is not None and not isinstance(dtype, (str, torch.dtype)):
         raise ClipevalError(f"dtype must be a torch dtype or its name, got {dtype!r}")
-    return dtype
+    return resolve_dtype(dtype, torch.device(device))
 
 
 class Blip2Vqa:
@@ -136,11 +132,17 @@ class Blip2Vqa:
 
     # -- internals -------------------------------------------------------------------------------
 
+    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The image processor's (n, 3, H, W) float32 pixels on the CPU (DataLoader workers make them one
+        image at a time: clipeval.batches.DecodeVqa)."""
+        return self.processor.image_processor([im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+
     @torch.no_grad()
-    def _image_embeddings(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """(n_images, num_query_tokens, lm_hidden): vision encoder -> Q-Former -> projection, once per image."""
-        pixels = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
-        pixels = pixels.to(self.device, self.model.vision_model.dtype)
+    def _image_embeddings(self, images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
+        """(n_images, num_query_tokens, lm_hidden): vision encoder -> Q-Former -> projection, once per image.
+        `images`: PIL images, or their pixel_values already made."""
+        pixels = images if torch.is_tensor(images) else self.pixel_values(images)
+        pixels = pixels.to(self.device, non_blocking=self.device.type == "cuda").to(self.model.vision_model.dtype)
         # get_image_features is the model's own path (it also handles the fp32 Q-Former), so our
         # embeddings are exactly those its forward() scatters into the image-token positions.
         return self.model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output
@@ -240,12 +242,13 @@ class Blip2Vqa:
 
     def yes_probability(
         self,
-        images: Sequence[Image.Image],
+        images: Sequence[Image.Image] | torch.Tensor,
         questions: Sequence[Sequence[str]],
         batch_size: int = 8,
         share_prefix: bool = True,
     ) -> list[np.ndarray]:
-        """P(yes) per question, per image: questions[i] are asked about images[i].
+        """P(yes) per question, per image: questions[i] are asked about images[i] (PIL images, or a
+        (n, 3, H, W) tensor of their pixel_values, as workers prepare them to overlap the model).
 
         Images go through the vision side batch_size at a time; then all their (image, question) pairs
         go through the language model batch_size rows at a time, reusing each image's embeddings. With
@@ -263,7 +266,8 @@ class Blip2Vqa:
             if not any(chunk_q):  # no questions: skip the vision model as well
                 results.extend(np.zeros(0, dtype=np.float64) for _ in chunk_q)
                 continue
-            embeds = self._image_embeddings([im.convert("RGB") for im in images[start : start + batch_size]])
+            chunk = images[start : start + batch_size]
+            embeds = self._image_embeddings(chunk if torch.is_tensor(chunk) else [im.convert("RGB") for im in chunk])
             ids = self._token_ids([q for qs in chunk_q for q in qs])
             image_of = [i for i, qs in enumerate(chunk_q) for _ in qs]
             n = self._shared_prefix_len(ids, len(chunk_q)) if share_prefix else None

@@ -1,0 +1,264 @@
+"""Per-image work as plain maps over batches of image references, with the models loaded once.
+
+Three kinds of work, each a class built around already-loaded models on one Placement:
+
+- ProbeBatch: decode + target forward (pooled activations of some layers) + image embeddings of the
+  labelling model(s) + thumbnails, every image decoded once for all of them.
+- ImageEmbedder: image embeddings of one evaluator model.
+- YesNoBatch: P(yes) of a VQA model per (image, question).
+
+Each splits into `decode(path)` (CPU work: read, convert, preprocess; runs in DataLoader workers) and
+`forward(tensors, ...)` (the models, on the placement's device, batch halved on CUDA out-of-memory), and
+has `__call__(batch: dict) -> dict` taking a batch of image paths and returning numpy arrays, the
+shape a Ray Data `map_batches` callable class takes. Locally `iterate()` drives them with a DataLoader:
+decoding in worker processes, pinned memory and non-blocking copies on CUDA, so that decoding the next
+batch overlaps the forward pass of this one.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from clipeval.data.probe import load_rgb, thumbnail_jpeg
+from clipeval.device import CPU, OomHalving, Placement
+
+ACT = "activations/"  # output keys: ACT + layer name, EMB + model name
+EMB = "embeddings/"
+
+
+# ------------------------------------------------------------------------------------------ loading
+class _Decoded(Dataset):
+    def __init__(self, items: Sequence, decode: Callable):
+        self.items, self.decode = items, decode
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        tensors, extra = self.decode(self.items[i])
+        return i, tensors, extra
+
+
+def _collate(batch):
+    idx = torch.tensor([b[0] for b in batch])
+    tensors = [torch.stack([b[1][j] for b in batch]) for j in range(len(batch[0][1]))]
+    return idx, tensors, [b[2] for b in batch]
+
+
+def iterate(items: Sequence, decode: Callable, placement: Placement = CPU, batch_size: int | None = None,
+            num_workers: int | None = None, *, progress: bool = True, desc: str = "images"
+            ) -> Iterator[tuple[np.ndarray, list[torch.Tensor], list]]:
+    """(row indices, stacked tensors, extras) per batch of `items`, decoded by `decode(item) ->
+    (list of tensors, extra)` in `num_workers` processes (the placement's default where None). On CUDA
+    the batches come in pinned memory, so Placement.inputs copies them without blocking."""
+    workers = placement.workers(num_workers)
+    loader = DataLoader(_Decoded(items, decode), batch_size=placement.batch_size(batch_size), num_workers=workers,
+                        collate_fn=_collate, pin_memory=placement.is_cuda, persistent_workers=False,
+                        prefetch_factor=4 if workers else None)
+    for idx, tensors, extras in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
+        yield idx.numpy(), tensors, extras
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.float().cpu().numpy()
+
+
+def _channels_last(batch: torch.Tensor) -> torch.Tensor:
+    """Images in channels-last memory order: CPU convolutions (oneDNN) run faster on it (EfficientNet-Lite0
+    forward 1.46x, bench/bench_dissect.py), and so do cuDNN's in half precision; values equal up to float
+    rounding, and the model's weights are left as they are."""
+    return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch
+
+
+def place_image_text(model, placement: Placement):
+    """Move an image-text model to the placement (models without `to_placement` must already be there)."""
+    if hasattr(model, "to_placement"):
+        model.to_placement(placement)
+    return model
+
+
+# ------------------------------------------------------------------------------------ probe images
+class DecodeProbe:
+    """One decode per image for the target, every labelling model and the thumbnail (picklable: it runs
+    in DataLoader workers and Ray tasks)."""
+
+    def __init__(self, transforms: Sequence[Callable], thumb_size: int | None):
+        self.transforms, self.thumb_size = list(transforms), thumb_size
+
+    def __call__(self, path: str) -> tuple[list[torch.Tensor], bytes]:
+        img = load_rgb(path)
+        thumb = thumbnail_jpeg(img, self.thumb_size) if self.thumb_size else b""
+        return [t(img) for t in self.transforms], thumb
+
+
+class ProbeBatch:
+    """Decode + target forward + image embeddings for batches of probe images.
+
+    `forward` returns {ACT + layer: (n, units) float32 pooled activations, EMB + name: (n, dim) float32
+    L2-normalised embeddings}. Hooks on the target's layers stay registered until `close()`."""
+
+    def __init__(self, target=None, layers: Sequence[str] = (), pooling: str = "mean", image_models: dict | None = None,
+                 thumb_size: int | None = None, placement: Placement = CPU, batch_size: int | None = None,
+                 log: Callable[[str], None] | None = None):
+        from clipeval.dissect import pooling_hook
+
+        self.placement = placement
+        self.target = target if (target is not None and layers) else None
+        self.layers = list(layers) if self.target is not None else []
+        self.pooling = pooling
+        self.image_models = {n: place_image_text(m, placement) for n, m in (image_models or {}).items()}
+        self.thumb_size = thumb_size
+        transforms = ([self.target.preprocess] if self.target is not None else []) + \
+                     [m.preprocess for m in self.image_models.values()]
+        self.decode = DecodeProbe(transforms, thumb_size)
+        self.oom = OomHalving(placement.batch_size(batch_size), "images", log)
+        self._current: dict[str, torch.Tensor] = {}
+        self._hooks = []
+        if self.target is not None:
+            placement.module(self.target.module)
+            modules = self.target.modules()
+            for layer in self.layers:
+                self._hooks.append(modules[layer].register_forward_hook(pooling_hook(self._current, layer, pooling)))
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @torch.no_grad()
+    def forward(self, tensors: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
+        """The models on one batch of decoded images (tensors as DecodeProbe makes them, stacked)."""
+        n = len(tensors[0]) if len(tensors) else 0
+
+        def part(a: int, b: int) -> dict[str, np.ndarray]:
+            out: dict[str, np.ndarray] = {}
+            j = 0
+            if self.target is not None:
+                self._current.clear()
+                self.target.module(_channels_last(self.placement.inputs(tensors[0][a:b])))
+                for layer in self.layers:
+                    out[ACT + layer] = _to_numpy(self._current[layer])
+                self._current.clear()
+                j = 1
+            for name, model in self.image_models.items():
+                out[EMB + name] = _to_numpy(model.encode_images(self.placement.inputs(tensors[j][a:b])))
+                j += 1
+            return out
+
+        parts = self.oom.run(part, n)
+        if not parts:
+            return {}
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def __call__(self, batch: dict) -> dict:
+        """{'path': image files} -> the forward outputs plus 'thumbnail' (JPEG bytes, where thumb_size)."""
+        decoded = [self.decode(str(p)) for p in batch["path"]]
+        n_t = len(decoded[0][0]) if decoded else 0
+        out = self.forward([torch.stack([d[0][j] for d in decoded]) for j in range(n_t)])
+        if self.thumb_size:
+            out["thumbnail"] = np.array([d[1] for d in decoded], dtype=object)
+        return out
+
+
+# ------------------------------------------------------------------------ evaluator image embeddings
+class DecodeOne:
+    """Read an image and apply one preprocess (picklable)."""
+
+    def __init__(self, preprocess: Callable):
+        self.preprocess = preprocess
+
+    def __call__(self, path: str) -> tuple[list[torch.Tensor], None]:
+        return [self.preprocess(load_rgb(path))], None
+
+
+class ImageEmbedder:
+    """Image embeddings of one image-text model: (n, dim) float32, L2-normalised."""
+
+    def __init__(self, model, placement: Placement = CPU, batch_size: int | None = None,
+                 log: Callable[[str], None] | None = None):
+        self.model = place_image_text(model, placement)
+        self.placement = placement
+        self.batch_size = placement.batch_size(batch_size)
+        self.decode = DecodeOne(model.preprocess)
+        self.oom = OomHalving(self.batch_size, "images", log)
+
+    @torch.no_grad()
+    def forward(self, tensors: Sequence[torch.Tensor]) -> np.ndarray:
+        batch = tensors[0]
+        parts = self.oom.run(lambda a, b: _to_numpy(self.model.encode_images(self.placement.inputs(batch[a:b]))),
+                             len(batch))
+        return np.concatenate(parts)
+
+    def __call__(self, batch: dict) -> dict:
+        return {"embedding": self.forward([torch.stack([self.decode(str(p))[0][0] for p in batch["path"]])])}
+
+    def embed(self, paths: Sequence[str], *, num_workers: int | None = None, progress: bool = True,
+              desc: str = "encoding images") -> np.ndarray:
+        rows = [self.forward(t) for _, t, _ in iterate(paths, self.decode, self.placement, self.batch_size,
+                                                        num_workers, progress=progress, desc=desc)]
+        return np.concatenate(rows)
+
+
+# -------------------------------------------------------------------------------------------- VQA
+class DecodeVqa:
+    """Read an image, show it at image_size x image_size (the paper's 128), and run the VQA model's
+    image processor on it (picklable: runs in workers, so it overlaps the model)."""
+
+    def __init__(self, image_processor, image_size: int | None):
+        self.image_processor, self.image_size = image_processor, image_size
+
+    def image(self, path: str) -> Image.Image:
+        img = load_rgb(path)
+        return img.resize((self.image_size, self.image_size), Image.BICUBIC) if self.image_size else img
+
+    def __call__(self, path: str) -> tuple[list[torch.Tensor], None]:
+        pixels = self.image_processor([self.image(path)], return_tensors="pt")["pixel_values"][0]
+        return [pixels], None
+
+
+class YesNoBatch:
+    """P(yes) per (image, question) from a Blip2Vqa, images given as paths, each image's questions asked
+    together (its vision features and prompt prefix computed once)."""
+
+    def __init__(self, vqa, image_size: int | None = 128, placement: Placement | None = None,
+                 batch_size: int | None = None, log: Callable[[str], None] | None = None):
+        self.vqa = vqa
+        self.placement = placement or Placement(vqa.device, vqa.model.language_model.dtype)
+        # images per call = (image, question) rows per language-model call, as yes_probability batches
+        self.batch_size = self.placement.vqa_batch_size(batch_size)
+        self.decode = DecodeVqa(vqa.processor.image_processor, image_size)
+        self.oom = OomHalving(self.batch_size, "images (VQA)", log)
+
+    def forward(self, pixels: torch.Tensor, questions: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        parts = self.oom.run(lambda a, b: self.vqa.yes_probability(pixels[a:b], questions[a:b],
+                                                                   batch_size=self.oom.size), len(pixels))
+        return [p for part in parts for p in part]
+
+    def __call__(self, batch: dict) -> dict:
+        """{'path': image files, 'questions': a list of questions per image} -> {'p_yes': an array per image}."""
+        pixels = torch.stack([self.decode(str(p))[0][0] for p in batch["path"]])
+        out = np.empty(len(pixels), dtype=object)
+        for i, p in enumerate(self.forward(pixels, [list(q) for q in batch["questions"]])):
+            out[i] = p
+        return {"p_yes": out}
+
+    def score(self, paths: Sequence[str], questions: Sequence[Sequence[str]], *, num_workers: int | None = None,
+              progress: bool = True, desc: str = "VQA") -> list[np.ndarray]:
+        out: list[np.ndarray] = [None] * len(paths)  # type: ignore[list-item]
+        for idx, tensors, _ in iterate(paths, self.decode, self.placement, self.batch_size, num_workers,
+                                       progress=progress, desc=desc):
+            for i, p in zip(idx, self.forward(tensors[0], [questions[i] for i in idx])):
+                out[int(i)] = p
+        return out

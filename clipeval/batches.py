@@ -10,7 +10,8 @@ Three kinds of work, each a class built around already-loaded models on one Plac
 Each splits into `decode(path)` (CPU work: read, convert, preprocess; runs in DataLoader workers) and
 `forward(tensors, ...)` (the models, on the placement's device, batch halved on CUDA out-of-memory), and
 has `__call__(batch: dict) -> dict` taking a batch of image paths and returning numpy arrays, the
-shape a Ray Data `map_batches` callable class takes. Locally `iterate()` drives them with a DataLoader:
+shape a Ray Data `map_batches` callable class takes; `from_config`/`from_name` load the models once,
+as an actor's constructor would. Locally `iterate()` drives them with a DataLoader:
 decoding in worker processes, pinned memory and non-blocking copies on CUDA, so that decoding the next
 batch overlaps the forward pass of this one.
 """
@@ -126,6 +127,22 @@ class ProbeBatch:
             for layer in self.layers:
                 self._hooks.append(modules[layer].register_forward_hook(pooling_hook(self._current, layer, pooling)))
 
+    @classmethod
+    def from_config(cls, config, device="cpu", *, layers: Sequence[str] | None = None, labeller: bool = True,
+                    thumb_size: int | None = None, batch_size: int | None = None) -> "ProbeBatch":
+        """Load a DissectConfig's target (and labelling model) once, on `device` in config.dtype: what a
+        worker process or a Ray actor builds before its first batch."""
+        from clipeval.device import DTYPES, resolve_device
+        from clipeval.models import targets as targets_mod
+        from clipeval.models.image_text import load_image_text
+
+        placement = Placement(resolve_device(device), DTYPES[config.dtype])
+        target = targets_mod.load_target(config.target.name, config.target.weights)
+        layers = tuple(config.layers if layers is None else layers)
+        targets_mod.check_layers(target, layers)
+        models = {"labelling": load_image_text(config.image_text, placement)} if labeller else {}
+        return cls(target, layers, config.pooling, models, thumb_size, placement, batch_size)
+
     def close(self) -> None:
         for h in self._hooks:
             h.remove()
@@ -194,6 +211,13 @@ class ImageEmbedder:
         self.decode = DecodeOne(model.preprocess)
         self.oom = OomHalving(self.batch_size, "images", log)
 
+    @classmethod
+    def from_config(cls, cfg, placement: Placement = CPU, batch_size: int | None = None) -> "ImageEmbedder":
+        """Load an ImageTextConfig's model once on `placement`."""
+        from clipeval.models.image_text import load_image_text
+
+        return cls(load_image_text(cfg, placement), placement, batch_size)
+
     @torch.no_grad()
     def forward(self, tensors: Sequence[torch.Tensor]) -> np.ndarray:
         batch = tensors[0]
@@ -240,6 +264,15 @@ class YesNoBatch:
         self.batch_size = self.placement.vqa_batch_size(batch_size)
         self.decode = DecodeVqa(vqa.processor.image_processor, image_size)
         self.oom = OomHalving(self.batch_size, "images (VQA)", log)
+
+    @classmethod
+    def from_name(cls, name_or_path: str, placement: Placement = CPU, image_size: int | None = 128,
+                  batch_size: int | None = None) -> "YesNoBatch":
+        """Load a BLIP-2 (local cache or folder) once on `placement`."""
+        from clipeval.models.vqa import Blip2Vqa
+
+        vqa = Blip2Vqa.load(name_or_path, device=placement.device, dtype=placement.dtype)
+        return cls(vqa, image_size, placement, batch_size)
 
     def forward(self, pixels: torch.Tensor, questions: Sequence[Sequence[str]]) -> list[np.ndarray]:
         parts = self.oom.run(lambda a, b: self.vqa.yes_probability(pixels[a:b], questions[a:b],

@@ -280,3 +280,25 @@ def test_old_configs_without_dtype_read_as_float32():
         dataclasses.replace(cfg, dtype="auto")
     with pytest.raises(ClipevalError, match="model dtype"):
         EvalConfig("es", dtype="half")
+
+
+def test_batch_workers_built_from_settings_match_the_run(built_run, probe_dir):
+    """What a Ray actor would do: build the per-batch work from the run's settings, map one batch of
+    paths, and get the activations the run itself stored for those images."""
+    from clipeval.batches import ProbeBatch
+    from clipeval.data.probe import load_probe
+    from clipeval.store import Store
+    from conftest import small_config
+
+    db, run_id, _ = built_run
+    cfg = small_config(probe_dir)
+    paths = [im.path for im in load_probe([str(probe_dir)]).images]
+    with ProbeBatch.from_config(cfg, "cpu", layers=["classifier"], labeller=False) as work:
+        out = work({"path": paths[:6]})
+    store = Store(db, read_only=True)
+    top = store.neuron_images(run_id, layer="classifier")
+    store.close()
+    mine = top[top["image_id"] < 6]
+    assert len(mine)
+    got = out[ACT + "classifier"][mine["image_id"].to_numpy(), mine["unit"].to_numpy()]
+    np.testing.assert_allclose(got, mine["activation"].to_numpy(), rtol=1e-4, atol=1e-4)

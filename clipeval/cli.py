@@ -30,6 +30,19 @@ def _image_text_config(args, prefix: str):
                            image_size=getattr(args, f"{prefix}_image_size", None))
 
 
+def _count(minimum: int):
+    """An argparse type: an integer >= minimum (argparse exits 2 with the message otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+    return parse
+
+
 def _params(pairs: list[str]) -> tuple:
     out = []
     for p in pairs or []:
@@ -263,10 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                         help="model precision (default auto: float32 on the CPU, bfloat16 on GPUs that support "
                              "it, else float16); part of the settings, stored with the results")
-        sp.add_argument("--batch-size", type=int, default=None,
+        sp.add_argument("--batch-size", type=_count(1), default=None,
                         help=f"{batch_help} (default per device: CPU {DEFAULT_BATCH['cpu']}, the fastest on 2 cores "
                              f"in bench/bench_dissect.py; CUDA {DEFAULT_BATCH['cuda']}, halved on out-of-memory)")
-        sp.add_argument("--workers", type=int, default=None,
+        sp.add_argument("--workers", type=_count(0), default=None,
                         help="image decoding processes (default: 0 on the CPU, up to 8 with a GPU so decoding "
                              "overlaps the forward pass)")
 

@@ -82,12 +82,16 @@ def test_cli_device_cuda_without_cuda_exits_2_before_any_work(probe_dir, tmp_pat
     assert not db.exists()  # nothing opened, nothing written
 
 
-def test_cli_unknown_dtype_is_refused(capsys):
+@pytest.mark.parametrize("args, message", [(["--dtype", "int8"], "--dtype"),
+                                           (["--batch-size", "0"], "--batch-size: must be at least 1, not 0"),
+                                           (["--workers", "-1"], "--workers: must be at least 0, not -1"),
+                                           (["--batch-size", "many"], "'many' is not a whole number")])
+def test_cli_bad_dtype_batch_or_workers_is_refused(capsys, args, message):
     from clipeval.cli import main
 
     with pytest.raises(SystemExit) as e:
-        main(["dissect", "--layers", "x", "--probe", "p", "--dtype", "int8"])
-    assert e.value.code == 2 and "--dtype" in capsys.readouterr().err
+        main(["dissect", "--layers", "x", "--probe", "p", *args])
+    assert e.value.code == 2 and message in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------- OOM halving

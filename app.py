@@ -5,7 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from clipeval.ui import widgets
+from clipeval.ui import data, widgets
 
 # the page icon ships with the app: a ":material/...:" icon made the browser fetch it from a font server
 # on every load, which fails offline
@@ -16,7 +16,10 @@ st.set_page_config(page_title="clipeval explorer", page_icon=ICON, layout="wide"
 st.markdown("""<style>
 @media (max-width: 1100px) {
   [data-testid="stHorizontalBlock"] { flex-wrap: wrap; row-gap: 0.5rem; }
-  [data-testid="stHorizontalBlock"] > [data-testid="stColumn"] { min-width: min(13rem, 100%); flex: 1 1 13rem; }
+  /* two columns a row, none growing alone to full width (a lone 5th image would fill the page) */
+  [data-testid="stHorizontalBlock"] > [data-testid="stColumn"] { min-width: min(12rem, 100%);
+    flex: 0 1 calc(50% - 0.5rem); }
+  [data-testid="stButtonGroup"] > div { flex-wrap: wrap; }
 }
 </style>""", unsafe_allow_html=True)
 
@@ -33,5 +36,6 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
+data.warm_up()  # once per server: every run's scores load in the background while the first page draws
 widgets.sidebar()  # run, k and thresholds: shared by every page and kept in the URL
 page.run()

@@ -107,8 +107,7 @@ def interpretable_shares(view, thresholds: dict[str, float], k: int | None, eval
     frame = view.neurons[["layer", "unit"]].copy()
     for v in ("real", *BASELINES):
         if chosen and all(v in view.table(e).variants for e in chosen):
-            stacked = np.column_stack([view.verdicts(e, thresholds[e], v, k)["verdict"].to_numpy(bool)
-                                       for e in chosen])
+            stacked = np.column_stack([view.table(e).verdicts(thresholds[e], v, k) for e in chosen])
             frame[v] = stacked.all(axis=1)
         elif v == "real":
             frame[v] = False

@@ -79,13 +79,13 @@ def describe_fields(run) -> dict[str, str]:
 def differences(runs: pd.DataFrame) -> dict[str, str]:
     """{run_id: 'concepts common-10k · similarity wpmi'}: each run by the fields whose values differ
     between the runs given (all of them compared at once). Runs alike in every field are told apart by
-    their creation time; a lone run is described by its concept set and similarity function."""
+    their creation time; a lone run is described by its concept set."""
     if runs.empty:
         return {}
     fields = {r["run_id"]: describe_fields(r) for r in runs.to_dict("records")}
     differing = [name for name, _ in FIELDS if len({f[name] for f in fields.values()}) > 1]
     if len(runs) == 1:
-        differing = ["concepts", "similarity"]
+        differing = ["concepts"]
     out = {}
     for r in runs.to_dict("records"):
         f = fields[r["run_id"]]

@@ -70,8 +70,7 @@ show = f[2].segmented_control("Show units", ["all", "interpretable", "not interp
                               key="grid_show") or "all"
 shown = tables.filter_grid(grid, None if grid_layer == "all layers" else grid_layer, text, show)
 kmax = data.top_k(ctx.run_id)
-shown = shown.assign(open=[tables.neuron_link(ctx.run_id, r.layer, r.unit, ctx.thresholds, ctx.k, kmax)
-                           for r in shown[["layer", "unit"]].itertuples()])
+shown = shown.assign(open=tables.neuron_links(ctx.run_id, shown["layer"], shown["unit"], ctx.thresholds, ctx.k, kmax))
 config = {"open": st.column_config.LinkColumn("neuron", display_text="open", width="small",
                                               help="Open this neuron in the neuron explorer (new tab)"),
           "similarity": st.column_config.NumberColumn(format="%.3f"),

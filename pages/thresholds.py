@@ -48,7 +48,7 @@ for e in available:
     lo, hi = st.slider(f"{rule.param} range shown", *bounds, (lo, hi), rule.step,
                        format=thresholds.printf(e), key=f"range_{e}",
                        help="Zoom the x axis; the sweep covers this range in 101 steps.")
-    sweep = sweeps.sweep(view, e, lo, hi, k, ref)
+    sweep = data.sweep(ctx.run_id, e, lo, hi, k, ref)
     cols = st.columns(2 if ref else 1)
     head = headlines.share_headline(view, e, ctx.thresholds[e], k)
     cols[0].markdown(f"**Share judged correct** at {thresholds.label(e, ctx.thresholds[e])}: "

@@ -17,6 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from clipeval import analysis, intervals
+from clipeval.ui import sweeps
 from clipeval import store as store_mod
 from clipeval.analysis import RunView
 from clipeval.errors import ClipevalError
@@ -213,6 +214,19 @@ def evaluations() -> pd.DataFrame:
     return _query(db_path(), "evaluations", (), version())
 
 
+# ------------------------------------------------------------------------------------ sweeps
+@st.cache_data(max_entries=256, show_spinner=False)
+def _sweep(path: str, run_id: str, data_version: str, evaluator: str, lo: float, hi: float, k: int,
+           reference: str | None) -> pd.DataFrame:
+    return sweeps.sweep(_run_view(path, run_id, data_version), evaluator, lo, hi, k, reference)
+
+
+def sweep(run_id: str, evaluator: str, lo: float, hi: float, k: int, reference: str | None) -> pd.DataFrame:
+    """sweeps.sweep, cached: it does not depend on the current threshold, so a slider step reuses it."""
+    run_view(run_id)
+    return _sweep(db_path(), run_id, version(run_id), evaluator, float(lo), float(hi), int(k), reference)
+
+
 # ------------------------------------------------------------------------------------ agreement with intervals
 def _raters(view: RunView, thresholds: dict[str, float], k: int) -> dict[str, pd.DataFrame]:
     return view.rater_verdicts(thresholds, k) if view.available else \
@@ -241,3 +255,35 @@ def pairwise_intervals(run_id: str, thresholds: dict[str, float], k: int, refere
     run_view(run_id)
     return _pairwise_intervals(db_path(), run_id, version(run_id), tuple(sorted(thresholds.items())), int(k),
                                reference)
+
+
+# ------------------------------------------------------------------------------------ warming up
+_warm_started: set[str] = set()
+_warm_lock = threading.Lock()
+
+
+def warm_up() -> None:
+    """Once per store and server process, load every complete run's scores and the Runs page's tables in
+    a background thread, so a collaborator's first page is not the one that waits for them (the first
+    visit of Runs loads every run). Pages that ask meanwhile share the same cache entries."""
+    path = db_path()
+    with _warm_lock:
+        if path in _warm_started:
+            return
+        _warm_started.add(path)
+
+    def work() -> None:
+        try:
+            s = _open_store(path)
+            runs_ = s.runs()
+            for run_id in runs_[runs_["status"] == "complete"]["run_id"]:
+                v = s.data_version(run_id)
+                _run_view(path, run_id, v)
+                _top_k(path, run_id, v)
+                _imagenet_accuracy(path, run_id, v)
+            _timings(path, s.data_version())
+            analysis.imagenet_synonyms()
+        except Exception:  # noqa: BLE001 - warming is an optimisation; the page shows any real error itself
+            pass
+
+    threading.Thread(target=work, name="clipeval-warm-up", daemon=True).start()

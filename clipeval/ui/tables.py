@@ -56,7 +56,10 @@ def stand_ins(run: dict, latest: pd.DataFrame) -> list[str]:
     out = []
     if (loads(run.get("models_json")).get("image_text") or {}).get("is_clip") is False:
         out.append("labels")
-    for row in (latest.itertuples() if latest is not None and len(latest) else []):
+    order = list(EVALUATOR_TITLES)
+    rows = sorted(latest.itertuples() if latest is not None and len(latest) else [],
+                  key=lambda r: order.index(r.evaluator) if r.evaluator in order else len(order))
+    for row in rows:
         if row.status == "complete" and (loads(row.models_json).get("image_text") or {}).get("is_clip") is False:
             out.append(EVALUATOR_TITLES.get(row.evaluator, row.evaluator))
     return out
@@ -141,6 +144,16 @@ def neuron_link(run_id: str, layer: str, unit: int, thresholds: dict[str, float]
     if k is not None and k != kmax:
         params["k"] = k
     return "neuron?" + urlencode(params)
+
+
+def neuron_links(run_id: str, layers, units, thresholds: dict[str, float] | None = None, k: int | None = None,
+                 kmax: int | None = None) -> list[str]:
+    """neuron_link for many neurons at once (the unit grid has thousands of rows on every rerun)."""
+    from urllib.parse import quote_plus
+
+    head = neuron_link(run_id, "", 0, thresholds, k, kmax)
+    base, _, rest = head.partition("&layer=&unit=0")
+    return [f"{base}&layer={quote_plus(str(l))}&unit={int(u)}{rest}" for l, u in zip(layers, units)]
 
 
 def measure_by_layer_ci(pairwise: dict[str, pd.DataFrame], measure: str, layer_order: list[str]

@@ -51,12 +51,15 @@ class Context:
     latest: pd.DataFrame = field(default_factory=pd.DataFrame)  # newest evaluation per evaluator
 
     def evaluator_status(self, evaluator: str) -> tuple[str, str]:
-        """(status, reason) of an evaluator for this run: complete / unavailable / failed / missing."""
-        hit = self.latest[self.latest["evaluator"] == evaluator] if len(self.latest) else self.latest
-        if hit is None or hit.empty:
-            return "missing", f"not run yet: `clipeval evaluate {self.run_id} --evaluators {evaluator}`"
-        row = hit.iloc[0]
-        return row["status"], text_or(row["error"])
+        """(status, reason) of an evaluator for this run: complete / unavailable / failed / missing.
+        Read once per script run: pages ask 30 times a run, and each filter of the frame costs ~10 ms."""
+        statuses = self.__dict__.get("_statuses")
+        if statuses is None:
+            statuses = self.__dict__["_statuses"] = {}
+            for row in (self.latest.to_dict("records") if self.latest is not None and len(self.latest) else []):
+                statuses.setdefault(row["evaluator"], (row["status"], text_or(row["error"])))
+        return statuses.get(evaluator) or ("missing", f"not run yet: `clipeval evaluate {self.run_id} "
+                                                      f"--evaluators {evaluator}`")
 
 
 def fmt_pct(x) -> str:
@@ -257,7 +260,10 @@ def stand_in_notice(run: dict, latest: pd.DataFrame) -> None:
     """A prominent warning when any model of the run is an offline stand-in for CLIP."""
     roles = stand_ins(run, latest)
     if roles:
-        what = ", ".join("labels" if r == "labels" else f"{r} verdicts" for r in roles)
+        verdicts = [r for r in roles if r != "labels"]
+        parts = (["labels"] if "labels" in roles else []) + \
+            ([f"{', '.join(verdicts[:-1])}{' and ' if len(verdicts) > 1 else ''}{verdicts[-1]} verdicts"] if verdicts else [])
+        what = " and ".join(parts)
         st.warning(f"**Not CLIP.** This run's {what} come from an offline stand-in (ConSE: an ImageNet classifier "
                    "and a sentence encoder), not from CLIP: read them as a demonstration of the method, not as the "
                    "paper's numbers. " + glossary_link("conse", "What ConSE is"), icon=":material/report:")

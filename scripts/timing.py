@@ -1,0 +1,229 @@
+"""Time the explorer as a user feels it, in headless Chromium: the first visit of every page (a fresh
+browser session on an app that is already serving, as when a collaborator opens a shared link) and the
+interactions people repeat (layer change, label search, Next, a threshold step, 20 keyboard steps of
+a slider). Prints a Markdown table (docs/performance.md holds the measured ones).
+
+    python scripts/timing.py --url http://localhost:8501 [--repeat 3] [--json out.json]
+    python scripts/timing.py STORE            # starts `streamlit run app.py` on STORE first
+
+A page or interaction is done when the app's script run has finished (stApp's data-test-script-state
+back to notRunning after it ran), no skeleton is left and every image has loaded. Times come from the
+page's own clock (performance.now()), polled every 30 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from screenshots import CHROME_FLAGS, Cdp, find_chromium, free_port, stop, wait_healthy  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = ["", "neuron", "layers", "thresholds", "agreement", "runs", "annotate?rater=timing", "sql", "glossary"]
+
+# Records every change of the app's script state with the page clock, from the first script run on.
+OBSERVER_JS = """(() => {
+  window.__runs = [];
+  const watch = () => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    if (!app) return setTimeout(watch, 10);
+    window.__runs.push([app.getAttribute('data-test-script-state'), performance.now()]);
+    new MutationObserver(() => window.__runs.push([app.getAttribute('data-test-script-state'), performance.now()]))
+      .observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+  };
+  watch();
+})()"""
+# Settled since t0: a script run started after t0 and has finished, nothing is loading.
+SETTLED_JS = """((t0) => {
+  const runs = window.__runs || [];
+  const start = runs.findIndex(r => r[1] >= t0 && r[0] === 'running');
+  if (start < 0) return null;
+  const end = runs.slice(start).find(r => r[0] === 'notRunning');
+  const app = document.querySelector('[data-testid="stApp"]');
+  if (!end || !app || app.getAttribute('data-test-script-state') !== 'notRunning') return null;
+  if (document.querySelector('[data-testid="stSkeleton"]')) return null;
+  if (![...document.images].every(i => i.complete)) return null;
+  return Math.max(end[1], performance.now() - 30) - t0;
+})(%s)"""
+
+
+class Browser:
+    def __init__(self, chromium: str, width: int, height: int):
+        self.profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
+        self.proc = subprocess.Popen([chromium, *CHROME_FLAGS, f"--user-data-dir={self.profile.name}",
+                                      "--remote-debugging-port=0", f"--window-size={width},{height}", "about:blank"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = Path(self.profile.name) / "DevToolsActivePort"
+        deadline = time.time() + 30
+        while not port_file.exists() or len(port_file.read_text().split()) < 2:
+            if time.time() > deadline:
+                raise RuntimeError("chromium did not start")
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+            page = next(t for t in json.load(r) if t["type"] == "page")
+        self.cdp = Cdp(page["webSocketDebuggerUrl"])
+        self.cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
+                      mobile=False)
+        self.cdp.call("Page.enable")
+        self.cdp.call("Emulation.setFocusEmulationEnabled", enabled=True)  # headless: key events need focus
+        self.cdp.call("Page.addScriptToEvaluateOnNewDocument", source=OBSERVER_JS)
+
+    def wait(self, t0: float, timeout: float = 30) -> float:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            done = self.cdp.js(SETTLED_JS % t0)
+            if done is not None:
+                return done / 1000
+            time.sleep(0.03)
+        return float("nan")
+
+    def open(self, url: str) -> float:
+        """Seconds from navigation start to the first settled page."""
+        self.cdp.call("Page.navigate", url=url)
+        time.sleep(0.2)
+        return self.wait(0.0)
+
+    def act(self, js: str) -> float:
+        """Run `js` (which must return true when it did something) and time until settled."""
+        t0 = self.cdp.js("performance.now()")
+        ok = self.cdp.js(js)
+        if not ok:
+            raise RuntimeError(f"interaction failed: {js[:80]}")
+        return self.wait(t0)
+
+    def keys(self, key: str, code: int, times: int, gap_s: float) -> float:
+        t0 = self.cdp.js("performance.now()")
+        for _ in range(times):
+            for kind in ("rawKeyDown", "keyUp"):
+                self.cdp.call("Input.dispatchKeyEvent", type=kind, key=key, code=key, windowsVirtualKeyCode=code)
+            time.sleep(gap_s)
+        # settled after the last press: a run that started after the first press has ended and none is running
+        return self.wait(t0)
+
+    def press(self, keys: list[tuple[str, int]], wait: bool = False) -> float:
+        t0 = self.cdp.js("performance.now()")
+        for key, code in keys:
+            for kind in ("rawKeyDown", "keyUp"):
+                self.cdp.call("Input.dispatchKeyEvent", type=kind, key=key, code=key, windowsVirtualKeyCode=code)
+        return self.wait(t0) if wait else 0.0
+
+    def type_text(self, text: str) -> float:
+        t0 = self.cdp.js("performance.now()")
+        self.cdp.call("Input.insertText", text=text)
+        self.cdp.call("Input.dispatchKeyEvent", type="rawKeyDown", key="Enter", code="Enter", windowsVirtualKeyCode=13)
+        self.cdp.call("Input.dispatchKeyEvent", type="keyUp", key="Enter", code="Enter", windowsVirtualKeyCode=13)
+        return self.wait(t0)
+
+    def close(self):
+        self.cdp.close()
+        stop(self.proc)
+        self.profile.cleanup()
+
+
+FOCUS_JS = """(() => {
+  const el = [...document.querySelectorAll('%s')].find(e => e.innerText.includes(%s));
+  const target = el && el.querySelector('%s');
+  if (!target) return false;
+  target.focus(); if (%s) target.click();
+  return true;
+})()"""
+
+
+def focus(container: str, text: str, inner: str, click: bool = False) -> str:
+    return FOCUS_JS % (container, json.dumps(text), inner, "true" if click else "false")
+
+
+def click_button(label: str) -> str:
+    return f"""(() => {{ const b = [...document.querySelectorAll('button')].find(b => b.innerText.trim().endsWith({json.dumps(label)}));
+      if (!b || b.disabled) return false; b.click(); return true; }})()"""
+
+
+def measure(chromium: str, base: str, width: int, height: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for page in PAGES:
+        b = Browser(chromium, width, height)
+        try:
+            out[f"first visit: /{page.split('?')[0]}"] = b.open(f"{base}/{page}")
+        finally:
+            b.close()
+    b = Browser(chromium, width, height)
+    try:
+        out["first visit: shared neuron link"] = b.open(f"{base}/neuron?layer=classifier&unit=207&tau=0.3")
+        out["neuron: Next"] = b.act(click_button("Next"))
+        # layer change: open the layer select box and pick the second option
+        b.cdp.js(focus('[data-testid="stSelectbox"]', "Layer", "input", click=True))
+        time.sleep(0.3)
+        b.press([("ArrowDown", 40)])  # opens the list / moves to the next layer (no script run yet)
+        time.sleep(0.3)
+        b.press([("ArrowDown", 40)])
+        time.sleep(0.3)
+        out["neuron: layer change"] = b.press([("Enter", 13)], wait=True)
+        b.cdp.js(focus('[data-testid="stTextInput"]', "Search labels", "input", click=True))
+        out["neuron: label search 'dog'"] = b.type_text("dog")
+        b.cdp.js(focus('[data-testid="stSlider"]', "ES: tau", 'input'))
+        out["neuron: tau one keyboard step"] = b.keys("ArrowRight", 39, 1, 0.0)
+        out["neuron: tau 20 keyboard steps"] = b.keys("ArrowRight", 39, 20, 0.05)
+        b.open(f"{base}/layers")
+        b.cdp.js(focus('[data-testid="stSlider"]', "ES: tau", 'input'))
+        out["layers: tau one keyboard step"] = b.keys("ArrowLeft", 37, 1, 0.0)
+        b.open(f"{base}/thresholds")
+        b.cdp.js(focus('[data-testid="stSlider"]', "ES: tau", 'input'))
+        out["thresholds: tau one keyboard step"] = b.keys("ArrowLeft", 37, 1, 0.0)
+    finally:
+        b.close()
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("store", nargs="?")
+    ap.add_argument("--url")
+    ap.add_argument("--repeat", type=int, default=3, help="measure this many times; the table shows the median")
+    ap.add_argument("--width", type=int, default=1440)
+    ap.add_argument("--height", type=int, default=1000)
+    ap.add_argument("--json", help="also write every measurement here")
+    args = ap.parse_args(argv)
+    chromium = find_chromium()
+    proc = None
+    if args.url:
+        base = args.url.rstrip("/")
+    else:
+        store = args.store or os.environ.get("CLIPEVAL_DB")
+        if not store or not Path(store).exists():
+            sys.exit("give a run store (STORE or $CLIPEVAL_DB) or --url of a running app")
+        port = free_port()
+        env = {**os.environ, "CLIPEVAL_DB": str(Path(store).resolve())}
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port",
+                                 str(port), "--server.headless", "true"], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_healthy(port, proc)
+        base = f"http://127.0.0.1:{port}"
+    try:
+        runs = [measure(chromium, base, args.width, args.height) for _ in range(args.repeat)]
+    finally:
+        if proc:
+            stop(proc)
+    load = os.getloadavg()
+    print(f"\n{os.cpu_count()} CPUs, load average {load[0]:.1f} {load[1]:.1f}; median of {args.repeat} "
+          f"(min-max), seconds; {args.width} px wide\n")
+    print("| what | seconds | range |\n|---|---|---|")
+    for key in runs[0]:
+        vals = [r[key] for r in runs]
+        print(f"| {key} | {statistics.median(vals):.2f} | {min(vals):.2f}-{max(vals):.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(runs, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

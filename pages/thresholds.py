@@ -43,8 +43,9 @@ for e in available:
     st.subheader(rule.title)
     lo, hi = sweeps.default_range(view, e, ctx.thresholds[e])
     bounds = sweeps.slider_bounds(e, lo, hi)
-    if f"range_{e}" in st.session_state:  # keep a zoom chosen earlier inside the (moved) slider ends
-        st.session_state[f"range_{e}"] = sweeps.clamp_range(st.session_state[f"range_{e}"], bounds)
+    chosen = st.session_state.get(f"range_{e}")
+    if chosen is not None and tuple(chosen) != sweeps.clamp_range(chosen, bounds):
+        st.session_state[f"range_{e}"] = sweeps.clamp_range(chosen, bounds)  # keep a zoom inside moved ends
     lo, hi = st.slider(f"{rule.param} range shown", *bounds, (lo, hi), rule.step,
                        format=thresholds.printf(e), key=f"range_{e}",
                        help="Zoom the x axis; the sweep covers this range in 101 steps.")

@@ -161,11 +161,10 @@ def measure(chromium: str, base: str, width: int, height: int) -> dict[str, floa
         out["first visit: shared neuron link"] = b.open(f"{base}/neuron?layer=classifier&unit=207&tau=0.3")
         out["neuron: Next"] = b.act(click_button("Next"))
         # layer change: open the layer select box and pick the second option
-        b.cdp.js(focus('[data-testid="stSelectbox"]', "Layer", "input", click=True))
+        b.cdp.js(focus('[data-testid="stSelectbox"]', "Layer", "input"))
+        b.press([("ArrowDown", 40)])  # opens the list on the current layer (the last one: classifier)
         time.sleep(0.3)
-        b.press([("ArrowDown", 40)])  # opens the list / moves to the next layer (no script run yet)
-        time.sleep(0.3)
-        b.press([("ArrowDown", 40)])
+        b.press([("ArrowUp", 38)])  # the layer before it
         time.sleep(0.3)
         out["neuron: layer change"] = b.press([("Enter", 13)], wait=True)
         b.cdp.js(focus('[data-testid="stTextInput"]', "Search labels", "input", click=True))

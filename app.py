@@ -29,6 +29,7 @@ PAGES = [
     st.Page("pages/layers.py", title="Layer overview", icon=":material/layers:", url_path="layers"),
     st.Page("pages/thresholds.py", title="Thresholds", icon=":material/tune:", url_path="thresholds"),
     st.Page("pages/agreement.py", title="Agreement", icon=":material/handshake:", url_path="agreement"),
+    st.Page("pages/labellers.py", title="Labellers", icon=":material/compare:", url_path="labellers"),
     st.Page("pages/runs.py", title="Runs", icon=":material/list_alt:", url_path="runs"),
     st.Page("pages/annotate.py", title="Annotate", icon=":material/how_to_vote:", url_path="annotate"),
     st.Page("pages/sql.py", title="SQL", icon=":material/terminal:", url_path="sql"),

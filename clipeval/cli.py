@@ -220,6 +220,64 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_sources(args) -> int:
+    """Other labellers' labels on a run's units: add (and judge), list, evaluate, remove."""
+    from clipeval import sources
+
+    store = _store(args, read_only=args.action == "list")
+    run = store.complete_run(args.run)
+    if args.action == "add":
+        given = [(k, v) for k, v in (("clip-dissect", args.clip_dissect), ("milan", args.milan),
+                                     ("netdissect", args.netdissect), ("run", args.from_run)) if v]
+        if len(given) != 1:
+            raise ClipevalError("give exactly one of --clip-dissect FILE, --milan FILE, --netdissect FILE, "
+                                "--from-run RUN")
+        kind, origin = given[0]
+        sid = sources.add_source(store, run["run_id"], kind, origin, name=args.name or "",
+                                 layer_map=args.layer_map, netdissect_layer=args.netdissect_layer)
+        _print_sources(store, run["run_id"], only=sid)
+        if not args.no_evaluate:
+            print("judging its labels on the run's stored images with the run's evaluators:")
+            sources.print_outcomes(sources.evaluate_source(store, run["run_id"], sid))
+        print(sid)
+    elif args.action == "evaluate":
+        ids = [args.source] if args.source else list(store.label_sources(run["run_id"])["source_id"])
+        if not ids:
+            raise ClipevalError(f"run {run['run_id']} has no label sources; add one with `clipeval sources add`")
+        for sid in ids:
+            print(sid)
+            sources.print_outcomes(sources.evaluate_source(store, run["run_id"], sid, force=args.force))
+    elif args.action == "rm":
+        if not args.source:
+            raise ClipevalError("name the source to remove (see `clipeval sources list RUN`)")
+        known = store.label_sources(run["run_id"])
+        if args.source not in set(known["source_id"]):
+            raise ClipevalError(f"run {run['run_id']} has no label source {args.source!r}")
+        store.delete_label_source(args.source)
+        print(f"removed {args.source}")
+    else:
+        _print_sources(store, run["run_id"])
+    return 0
+
+
+def _print_sources(store, run_id: str, only: str | None = None) -> None:
+    from clipeval.sources import KIND_TITLES, describe_coverage
+
+    cov = describe_coverage(store, run_id)
+    if cov.empty:
+        print(f"run {run_id} has no label sources")
+        return
+    per_layer = store.source_coverage(run_id)
+    for r in cov.itertuples():
+        if only and r.source_id != only:
+            continue
+        print(f"{r.source_id}  {KIND_TITLES.get(r.kind, r.kind)}: {r.name}")
+        print(f"    {r.n_matched:,} of its {r.n_labels:,} labels fall on units of the run; they label "
+              f"{r.n_matched:,} of the run's {r.n_units:,} units ({r.coverage:.1%})")
+        g = per_layer[per_layer["source_id"] == r.source_id]
+        print("    per layer: " + ", ".join(f"{x.layer} {x.matched}/{x.units}" for x in g.itertuples()))
+
+
 def cmd_humans(args) -> int:
     from clipeval.io import export_human, import_human
 
@@ -372,6 +430,23 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--rater", help="rater name for a CSV without a rater column")
     h.add_argument("--replace", action="store_true", help="allow new verdicts that differ from a rater's earlier ones")
     h.set_defaults(func=cmd_humans)
+
+    so = sub.add_parser("sources", help="other labellers' labels on a run's units (runs, CLIP-Dissect, MILAN, "
+                                        "NetDissect), judged by the run's evaluators")
+    so.add_argument("action", choices=["add", "list", "evaluate", "rm"])
+    so.add_argument("run")
+    so.add_argument("source", nargs="?", help="source id (evaluate, rm)")
+    so.add_argument("--clip-dissect", metavar="FILE", help="descriptions.csv of the original CLIP-Dissect")
+    so.add_argument("--milan", metavar="FILE", help="MILAN layer,unit,description CSV")
+    so.add_argument("--netdissect", metavar="FILE", help="NetDissect tally CSV of one layer (units from 1)")
+    so.add_argument("--netdissect-layer", help="its layer (default: the file name's last '_' part)")
+    so.add_argument("--from-run", metavar="RUN", help="another CLIP-Dissect run's labels")
+    so.add_argument("--layer-map", action="append", metavar="SRC=DST",
+                    help="rename the source's layers to the run's (repeat, or comma-separate)")
+    so.add_argument("--name", help="a readable name for the source")
+    so.add_argument("--no-evaluate", action="store_true", help="store the labels without judging them")
+    so.add_argument("--force", action="store_true", help="evaluate again even if done with these settings")
+    so.set_defaults(func=cmd_sources)
 
     c = sub.add_parser("calibrate", help="fit an evaluator's threshold to a rater on part of the neurons")
     c.add_argument("run")

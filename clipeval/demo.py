@@ -64,6 +64,24 @@ def reference_verdicts(store: Store, run_id: str, layer: str = FINAL_LAYER) -> p
     return neurons.assign(verdict=verdict, rater=REFERENCE_RATER)[["layer", "unit", "rater", "verdict"]]
 
 
+def add_sibling_sources(store: Store, run_ids: list[str], progress: bool = True, cache_dir=None) -> None:
+    """Each demo run gets the other demo runs' labels as label sources (same network, probe and units;
+    other concept sets), judged by its own evaluators, for the Labellers page. Runs that have them
+    already are left alone (a store built before this step gets them on the next start)."""
+    from clipeval.sources import add_source, evaluate_source
+
+    for run_id in run_ids:
+        have = set(store.label_sources(run_id)["origin"])
+        todo = [o for o in run_ids if o != run_id and o not in have]
+        for other in todo:
+            if progress:
+                print(f"label source for {run_id}: the labels of demo run {other}", file=sys.stderr)
+            sid = add_source(store, run_id, "run", other)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                evaluate_source(store, run_id, sid, progress=progress, cache_dir=cache_dir)
+
+
 def build_demo(db: str | Path = DEFAULT_DB, size: str = "full", progress: bool = True, device="cpu",
                dtype: str = "float32") -> list[str]:
     """Build the demo runs into `db` unless they are already there (the ones present are kept whatever
@@ -78,6 +96,7 @@ def build_demo(db: str | Path = DEFAULT_DB, size: str = "full", progress: bool =
         if ready:
             if progress:
                 print(f"demo runs present in {store.path}: {', '.join(ready)}", file=sys.stderr)
+            add_sibling_sources(store, ready, progress)
             return ready
         start = time.perf_counter()
         if progress:
@@ -108,6 +127,7 @@ def build_demo(db: str | Path = DEFAULT_DB, size: str = "full", progress: bool =
             if store.human_verdicts(run_id, REFERENCE_RATER).empty:
                 store.add_human_verdicts(run_id, ref, source="auto: label names the ImageNet class (WordNet)")
             run_ids.append(run_id)
+        add_sibling_sources(store, run_ids, progress)
         store.set_meta(_meta_key(size), json.dumps(run_ids))
         if progress:
             acc = imagenet_label_accuracy(store, run_ids[DEMO_CONCEPTS.index("imagenet")], FINAL_LAYER)

@@ -14,6 +14,12 @@ Tables
   eval_scores     per evaluation: raw per-image score for each (neuron, variant, image)
   eval_neurons    per evaluation: per-neuron values that are not per-image (contrast ROC-AUC)
   human_verdicts  append-only yes/no judgments per neuron and rater; the latest per rater counts
+  label_sources   per run: other labellers' labels put beside the run's (another run, the original
+                  CLIP-Dissect's descriptions.csv, MILAN, NetDissect's tally CSV), with their origin
+  source_labels   per source: every label of the file (layer names after the layer map), with its
+                  own score (CLIP-Dissect similarity, NetDissect IoU; none for MILAN)
+  source_evals    per source and evaluator: one pass of the run's evaluator over the source's labels
+  source_scores   per source evaluation: raw per-image scores, like eval_scores
 
 Writes that belong together happen in one transaction, and a run or evaluation is flagged
 'complete' only in the transaction that writes its last rows: readers never see half a result.
@@ -71,6 +77,17 @@ CREATE TABLE IF NOT EXISTS eval_neurons (
     eval_id TEXT, layer TEXT, unit INTEGER, variant TEXT, metric TEXT, value DOUBLE);
 CREATE TABLE IF NOT EXISTS human_verdicts (
     run_id TEXT, layer TEXT, unit INTEGER, rater TEXT, verdict BOOLEAN, source TEXT, created_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS label_sources (
+    source_id TEXT PRIMARY KEY, run_id TEXT, name TEXT, kind TEXT, origin TEXT, settings_json TEXT,
+    score_name TEXT, n_labels INTEGER, created_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS source_labels (
+    source_id TEXT, layer TEXT, unit INTEGER, label TEXT, score DOUBLE, detail TEXT);
+CREATE TABLE IF NOT EXISTS source_evals (
+    source_eval_id TEXT PRIMARY KEY, source_id TEXT, run_id TEXT, evaluator TEXT, config_json TEXT, status TEXT,
+    created_at TIMESTAMP, wall_s DOUBLE, models_json TEXT, n_concepts INTEGER, error TEXT);
+CREATE TABLE IF NOT EXISTS source_scores (
+    source_eval_id TEXT, layer TEXT, unit INTEGER, variant TEXT, kind TEXT, rank INTEGER, image_id INTEGER,
+    label TEXT, raw DOUBLE);
 """
 
 RUN_TABLES = ("layers", "neurons", "runner_ups", "neuron_images", "histograms")
@@ -224,6 +241,7 @@ class Store:
                 cur.execute(f"DELETE FROM {table} WHERE eval_id IN (SELECT unnest(?::TEXT[]))", [evals])
             for table in (*RUN_TABLES, "evaluations", "human_verdicts", "runs"):
                 cur.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+            self._delete_sources(cur, "run_id = ?", [run_id])
 
     # ---------------------------------------------------------------- probe and concepts
     def has_probe(self, fingerprint: str) -> bool:
@@ -373,10 +391,10 @@ class Store:
 
     def data_version(self, run_id: str | None = None) -> str:
         """A cheap fingerprint of what the app caches: changes whenever a run (its status or timings
-        included), an evaluation or a human verdict (of `run_id`, or of any run) is added, replaced or
-        deleted."""
+        included), an evaluation, a human verdict or a label source (of `run_id`, or of any run) is
+        added, replaced or deleted."""
         where = " WHERE run_id = ?" if run_id else ""
-        params = [run_id] * 3 if run_id else []
+        params = [run_id] * 5 if run_id else []
         row = self.cursor().execute(
             "SELECT (SELECT count(*) || '/' || coalesce(max(created_at)::TEXT, '') || '/' || "
             "        coalesce(max(finished_at)::TEXT, '') || '/' || "
@@ -384,7 +402,9 @@ class Store:
             f"        FROM runs{where}), "
             "       (SELECT count(*) || '/' || coalesce(max(finished_at)::TEXT, '') FROM evaluations"
             f"{where}), "
-            f"       (SELECT count(*) || '/' || coalesce(max(created_at)::TEXT, '') FROM human_verdicts{where})",
+            f"       (SELECT count(*) || '/' || coalesce(max(created_at)::TEXT, '') FROM human_verdicts{where}), "
+            f"       (SELECT count(*) || '/' || coalesce(max(created_at)::TEXT, '') FROM label_sources{where}), "
+            f"       (SELECT count(*) || '/' || coalesce(max(created_at)::TEXT, '') FROM source_evals{where})",
             params).fetchall()[0]
         return "|".join(str(x) for x in row)
 
@@ -490,6 +510,106 @@ class Store:
             "SELECT h.created_at, h.layer, h.unit, n.label, h.verdict, h.source FROM human_verdicts h "
             "LEFT JOIN neurons n USING (run_id, layer, unit) WHERE h.run_id = ? AND h.rater = ? "
             "ORDER BY h.created_at DESC LIMIT ?", [run_id, rater, int(limit)])
+
+    # ---------------------------------------------------------------- label sources (other labellers)
+    def put_label_source(self, source: dict, labels: pd.DataFrame) -> None:
+        """Store (or replace) one label source of a run with all its labels, in one transaction; a
+        replaced source loses its old evaluations (they judged other labels)."""
+        frame = labels[["layer", "unit", "label", "score", "detail"]].copy()
+        frame["unit"] = frame["unit"].astype("int64")
+        frame["score"] = frame["score"].astype(float)
+        with self.transaction() as cur:
+            self._delete_sources(cur, "source_id = ?", [source["source_id"]])
+            cur.execute("INSERT INTO label_sources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [source["source_id"], source["run_id"], source["name"], source["kind"], source["origin"],
+                         json.dumps(source.get("settings", {})), source.get("score_name") or None, len(frame), now()])
+            cur.register("frame", frame)
+            cur.execute("INSERT INTO source_labels SELECT ?, layer, unit, label, score, detail FROM frame",
+                        [source["source_id"]])
+            cur.unregister("frame")
+
+    @staticmethod
+    def _delete_sources(cur, where: str, params: list) -> None:
+        ids = [r[0] for r in cur.execute(f"SELECT source_id FROM label_sources WHERE {where}", params).fetchall()]
+        cur.execute("DELETE FROM source_scores WHERE source_eval_id IN (SELECT source_eval_id FROM source_evals "
+                    "WHERE source_id IN (SELECT unnest(?::TEXT[])))", [ids])
+        for table in ("source_evals", "source_labels", "label_sources"):
+            cur.execute(f"DELETE FROM {table} WHERE source_id IN (SELECT unnest(?::TEXT[]))", [ids])
+
+    def delete_label_source(self, source_id: str) -> None:
+        with self.transaction() as cur:
+            self._delete_sources(cur, "source_id = ?", [source_id])
+
+    def label_sources(self, run_id: str) -> pd.DataFrame:
+        """A run's label sources, oldest first, with coverage: n_labels (rows of the file),
+        n_matched (of them, on a unit of the run), n_units (the run's units)."""
+        return self.df(
+            "SELECT s.source_id, s.name, s.kind, s.origin, s.settings_json, s.score_name, s.n_labels, s.created_at, "
+            "  (SELECT count(*) FROM source_labels l JOIN neurons n ON n.run_id = s.run_id AND n.layer = l.layer "
+            "     AND n.unit = l.unit WHERE l.source_id = s.source_id) AS n_matched, "
+            "  (SELECT count(*) FROM neurons n WHERE n.run_id = s.run_id) AS n_units "
+            "FROM label_sources s WHERE s.run_id = ? ORDER BY s.created_at, s.name", [run_id])
+
+    def source_coverage(self, run_id: str) -> pd.DataFrame:
+        """Per source and run layer: the run's units, and how many of them the source labels."""
+        return self.df(
+            "SELECT s.source_id, n.layer, count(*) AS units, count(l.unit) AS matched "
+            "FROM label_sources s JOIN neurons n ON n.run_id = s.run_id "
+            "JOIN layers y ON y.run_id = n.run_id AND y.layer = n.layer "
+            "LEFT JOIN source_labels l ON l.source_id = s.source_id AND l.layer = n.layer AND l.unit = n.unit "
+            "WHERE s.run_id = ? GROUP BY s.source_id, n.layer, y.position ORDER BY s.source_id, y.position",
+            [run_id])
+
+    def source_layers(self, source_id: str) -> pd.DataFrame:
+        """The layers a source's file names, with how many labels each."""
+        return self.df("SELECT layer, count(*) AS labels FROM source_labels WHERE source_id = ? GROUP BY layer "
+                       "ORDER BY layer", [source_id])
+
+    def source_labels(self, run_id: str, source_id: str | None = None, layer: str | None = None,
+                      unit: int | None = None) -> pd.DataFrame:
+        """Labels of a run's sources on the run's units (matched by layer and unit), in the run's order."""
+        sql = ("SELECT l.source_id, l.layer, l.unit, l.label, l.score, l.detail FROM source_labels l "
+               "JOIN label_sources s USING (source_id) JOIN neurons n ON n.run_id = s.run_id AND n.layer = l.layer "
+               "AND n.unit = l.unit JOIN layers y ON y.run_id = s.run_id AND y.layer = l.layer WHERE s.run_id = ?")
+        params: list = [run_id]
+        for col, value in (("l.source_id", source_id), ("l.layer", layer), ("l.unit", unit)):
+            if value is not None:
+                sql += f" AND {col} = ?"
+                params.append(value)
+        return self.df(sql + " ORDER BY s.created_at, l.source_id, y.position, l.unit", params)
+
+    def source_evaluation_status(self, source_eval_id: str) -> str | None:
+        rows = self.cursor().execute("SELECT status FROM source_evals WHERE source_eval_id = ?",
+                                     [source_eval_id]).fetchall()
+        return rows[0][0] if rows else None
+
+    def record_source_evaluation(self, source_eval_id: str, source_id: str, run_id: str, evaluator: str,
+                                 config_json: str, *, status: str, scores: pd.DataFrame | None = None,
+                                 wall_s: float | None = None, models: dict | None = None,
+                                 n_concepts: int | None = None, error: str = "") -> None:
+        """Replace one evaluator pass over a source's labels with its raw scores, in one transaction."""
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM source_scores WHERE source_eval_id = ?", [source_eval_id])
+            cur.execute("DELETE FROM source_evals WHERE source_eval_id = ?", [source_eval_id])
+            if scores is not None and len(scores):
+                frame = scores[["layer", "unit", "variant", "kind", "rank", "image_id", "label", "raw"]]
+                cur.register("frame", frame)
+                cur.execute("INSERT INTO source_scores SELECT ?, layer, unit, variant, kind, rank, image_id, label, "
+                            "raw FROM frame", [source_eval_id])
+                cur.unregister("frame")
+            cur.execute("INSERT INTO source_evals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [source_eval_id, source_id, run_id, evaluator, config_json, status, now(), wall_s,
+                         json.dumps(models or {}), n_concepts, error or None])
+
+    def source_evaluations(self, run_id: str) -> pd.DataFrame:
+        """Per source and evaluator, the newest pass (complete first)."""
+        return self.df("SELECT * FROM source_evals WHERE run_id = ? QUALIFY row_number() OVER (PARTITION BY "
+                       "source_id, evaluator ORDER BY status = 'complete' DESC, created_at DESC) = 1 "
+                       "ORDER BY source_id, evaluator", [run_id])
+
+    def source_scores(self, source_eval_id: str) -> pd.DataFrame:
+        return self.df("SELECT layer, unit, variant, kind, rank, image_id, label, raw FROM source_scores "
+                       "WHERE source_eval_id = ? ORDER BY layer, unit, variant, kind, rank", [source_eval_id])
 
     # The SQL console: what a reader may run, and how it is kept from changing the store.
     READ_ONLY_PRAGMAS = frozenset({

@@ -31,11 +31,24 @@ class ConceptProportion:
             raise ClipevalError(f"CP needs every label in the concept set; not in it: {', '.join(missing[:10])}"
                                 f"{' ...' if len(missing) > 10 else ''}")
 
-    def score(self, inputs: EvalInputs, progress: bool = True) -> pd.DataFrame:
-        self.check(inputs)
+    def score(self, inputs: EvalInputs, progress: bool = True, outside_labels: bool = False) -> pd.DataFrame:
+        """`outside_labels`: also rank labels that are not in the concept set (another labeller's, e.g.
+        MILAN's sentences) by where their own cosine falls among the concepts' (1 + the number of
+        concepts more similar to the image); a label inside the set keeps its exact rank."""
+        if not outside_labels:
+            self.check(inputs)
+        elif not inputs.concepts:
+            raise ClipevalError("CP ranks each label among the run's concept set, and this run has none")
         index = {c: i for i, c in enumerate(inputs.concepts)}
         pairs = inputs.pairs(self.kinds)
         T = text_embeddings(self.model, self.model_key, list(inputs.concepts), self.cache)
+        outside = sorted(set(pairs["label"]) - set(index))
+        if outside:
+            extra = text_embeddings(self.model, self.model_key, outside, self.cache)
+            index.update({l: len(T) + i for i, l in enumerate(outside)})
+            labels_T = np.concatenate([T, extra])
+        else:
+            labels_T = T
         rows = image_embeddings(self.model, self.model_key, inputs, pairs["image_id"].to_numpy(), self.cache,
                                 progress=progress, **self.loader)
         ids = np.array(sorted(rows))
@@ -44,15 +57,20 @@ class ConceptProportion:
         pair_labels = pairs["label"].map(index).to_numpy()
         ranks = np.empty(len(pairs), dtype=np.int64)
         placement = getattr(self.model, "placement", None)
-        if placement is not None and placement.is_cuda:
+        if placement is not None and placement.is_cuda and not outside:
             # the same float32 ranking on the GPU, in larger blocks (20k concepts x 19k images is about
             # 200 GFLOP: seconds on a CPU); the CPU keeps the numpy path below, its results unchanged
             return pairs.assign(raw=self._ranks_on(placement.device, rows, ids, T, pair_rows, pair_labels))
         for start in range(0, len(ids), CHUNK):
-            sims = stack(rows, ids[start:start + CHUNK]) @ T.T  # (chunk, |S|)
+            block = stack(rows, ids[start:start + CHUNK])
+            sims = block @ T.T  # (chunk, |S|)
             sel = np.nonzero((pair_rows >= start) & (pair_rows < start + CHUNK))[0]
             local = pair_rows[sel] - start
-            own = sims[local, pair_labels[sel]]
+            inside = pair_labels[sel] < len(T)
+            own = np.empty(len(sel))
+            own[inside] = sims[local[inside], pair_labels[sel][inside]]
+            if (~inside).any():
+                own[~inside] = np.einsum("nd,nd->n", block[local[~inside]], labels_T[pair_labels[sel][~inside]])
             ranks[sel] = 1 + (sims[local] > own[:, None]).sum(1)
         return pairs.assign(raw=ranks.astype(float))
 

@@ -1,0 +1,51 @@
+"""The Labellers page, driven headlessly on a real small run with two label sources."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from clipeval import sources
+from tests.test_app import open_page, texts, _fresh_caches  # noqa: F401  (fixture)
+
+
+@pytest.fixture
+def app_with_sources(run_store, monkeypatch, tmp_path):
+    store, run_id, cache = run_store
+    neurons = store.neurons(run_id)
+    last = neurons[neurons["layer"] == "classifier"].head(40)
+    f = tmp_path / "descriptions.csv"
+    pd.DataFrame({"layer": last["layer"], "unit": last["unit"], "description": "dog",
+                  "similarity": 0.2}).to_csv(f, index=False)
+    sid = sources.add_source(store, run_id, "clip-dissect", str(f), name="all dogs")
+    sources.evaluate_source(store, run_id, sid, cache_dir=cache, progress=False)
+    monkeypatch.setenv("CLIPEVAL_DB", str(store.path))
+    return store, run_id, sid
+
+
+def test_labellers_page_shows_coverage_shares_agreement_and_one_neuron(app_with_sources):
+    store, run_id, sid = app_with_sources
+    at = open_page("pages/labellers.py")
+    text = texts(at)
+    assert "Label sources and their coverage" in text and "Share judged correct, per labeller" in text
+    cov = at.dataframe[0].value
+    row = cov[cov["source_id"] == sid].iloc[0]
+    assert row["on this run's units"] == 40 and row["labels in source"] == 40
+    at.selectbox(key="lab_layer").set_value("classifier").run()
+    shares = at.dataframe[1].value
+    assert set(shares["labeller"]) == {"all dogs", f"this run ({store.run(run_id)['name']})"}
+    assert (shares["units"] == 40).sum() >= 3  # the source on its 40 units, per evaluator
+    agree = at.dataframe[2].value
+    assert agree["units both label"].iloc[0] == 40
+    at.selectbox(key="lab_one_layer").set_value("classifier").run()
+    at.number_input(key="lab_unit").set_value(int(store.neurons(run_id, "classifier")["unit"].iloc[0])).run()
+    one = at.dataframe[3].value
+    assert list(one["label"])[1] == "dog" and "ES" in one.columns
+    assert not at.exception
+
+
+def test_labellers_page_without_sources_says_how_to_add_one(run_store, monkeypatch):
+    store, run_id, _ = run_store
+    monkeypatch.setenv("CLIPEVAL_DB", str(store.path))
+    at = open_page("pages/labellers.py")
+    assert "clipeval sources add" in texts(at)

@@ -31,6 +31,7 @@ PAGES = [
     st.Page("pages/agreement.py", title="Agreement", icon=":material/handshake:", url_path="agreement"),
     st.Page("pages/labellers.py", title="Labellers", icon=":material/compare:", url_path="labellers"),
     st.Page("pages/runs.py", title="Runs", icon=":material/list_alt:", url_path="runs"),
+    st.Page("pages/report.py", title="Report", icon=":material/description:", url_path="report"),
     st.Page("pages/annotate.py", title="Annotate", icon=":material/how_to_vote:", url_path="annotate"),
     st.Page("pages/sql.py", title="SQL", icon=":material/terminal:", url_path="sql"),
     st.Page("pages/glossary.py", title="Glossary", icon=":material/menu_book:", url_path="glossary"),

@@ -216,6 +216,15 @@ def print_report(store, run_id: str, thresholds: dict[str, float], k: int | None
 
 
 def cmd_report(args) -> int:
+    if args.html:
+        from clipeval.report_html import check_output, write_report
+
+        check_output(args.html)
+        thresholds = _thresholds(args)
+        store = _store(args, read_only=True)
+        path = write_report(store, args.run, args.html, thresholds, args.k, args.units)
+        print(f"{path}  ({path.stat().st_size / 1e6:.1f} MB, self-contained: open it in any browser, offline)")
+        return 0
     print_report(_store(args, read_only=True), args.run, _thresholds(args), args.k)
     return 0
 
@@ -420,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="share judged correct per layer beside the baselines, and agreement with raters")
     rp.add_argument("run")
     rp.add_argument("--k", type=int, help="top images judged (default: all stored)")
+    rp.add_argument("--html", metavar="OUT.html", help="write one self-contained HTML report (images and plotly "
+                                                       "inside; opens offline) instead of printing")
+    rp.add_argument("--units", type=int, metavar="N", help="HTML: show the first N units of each layer (default all)")
     threshold_options(rp)
     rp.set_defaults(func=cmd_report)
 

@@ -26,8 +26,11 @@ class LabellerView:
         self.view = run_view or RunView(store, run_id)
         self.run_id = self.view.run_id
         self.sources = describe_coverage(store, self.run_id)
-        self.coverage = store.source_coverage(self.run_id)
-        labels = store.source_labels(self.run_id)
+        have = not self.sources.empty
+        self.coverage = store.source_coverage(self.run_id) if have else pd.DataFrame(
+            columns=["source_id", "layer", "units", "matched"])
+        labels = store.source_labels(self.run_id) if have else pd.DataFrame(
+            columns=["source_id", "layer", "unit", "label", "score", "detail"])
         self.labels: dict[str, pd.DataFrame] = {
             RUN_SOURCE: self.view.neurons.assign(score=self.view.neurons["similarity"], detail="")[
                 ["layer", "unit", "label", "score", "detail"]]}
@@ -43,7 +46,7 @@ class LabellerView:
         # (source, evaluator) -> ScoreTable of that source's labels (real, and shuffled within layers)
         self.tables: dict[tuple[str, str], ScoreTable] = {}
         self.status: dict[tuple[str, str], str] = {}
-        evals = store.source_evaluations(self.run_id)
+        evals = store.source_evaluations(self.run_id) if have else pd.DataFrame()
         for e in evals.itertuples():
             if e.source_id not in self.labels:
                 continue

@@ -166,6 +166,9 @@ def add_source(store: Store, run_id: str, kind: str, origin: str, *, name: str =
 def describe_coverage(store: Store, run_id: str) -> pd.DataFrame:
     """One row per source: its labels, how many fall on the run's units, and the share of the run's
     units it labels."""
+    if not store.has_table("label_sources"):  # an older store opened read-only: no sources yet
+        return pd.DataFrame(columns=["source_id", "name", "kind", "origin", "settings_json", "score_name",
+                                     "n_labels", "created_at", "n_matched", "n_units", "coverage"])
     s = store.label_sources(run_id)
     if s.empty:
         return s

@@ -135,6 +135,12 @@ class Store:
     def close(self) -> None:
         self.con.close()
 
+    def has_table(self, name: str) -> bool:
+        """Whether the store has this table (a store made by an older version, opened read-only, may
+        lack the newer tables: they are created only when it is opened for writing)."""
+        return bool(self.cursor().execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                                          [name]).fetchall()[0][0])
+
     def cursor(self) -> duckdb.DuckDBPyConnection:
         return self.con.cursor()
 

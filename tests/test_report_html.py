@@ -1,0 +1,121 @@
+"""`clipeval report RUN --html OUT.html`: one self-contained file with the run's models, shares beside
+baselines, sensitivity plots, agreement with n and intervals, and a page of units per layer."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipeval import metrics
+from clipeval.cli import main
+
+
+def test_wilson_interval_known_values():
+    lo, hi = metrics.wilson_interval(8, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.4902, 0.9433)  # the textbook 95% Wilson interval for 8/10
+    assert metrics.wilson_interval(0, 20)[0] == 0.0 and metrics.wilson_interval(0, 20)[1] > 0.1
+    assert np.isnan(metrics.wilson_interval(0, 0)[0])
+
+
+def test_kappa_interval_covers_kappa_and_narrows_with_n():
+    rng = np.random.default_rng(1)
+    a = rng.random(400) < 0.5
+    b = np.where(rng.random(400) < 0.8, a, ~a)
+    k = metrics.cohen_kappa(a, b)
+    lo, hi = metrics.kappa_interval(a, b)
+    lo_small, hi_small = metrics.kappa_interval(a[:40], b[:40])
+    assert lo < k < hi and (hi - lo) < (hi_small - lo_small)
+    assert np.isnan(metrics.kappa_interval([1, 1, 1], [1, 1, 1])[0])  # kappa undefined in every resample
+
+
+@pytest.fixture(scope="module")
+def report(built_run, tmp_path_factory):
+    db, run_id, _ = built_run
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    assert main(["--db", str(db), "report", run_id, "--html", str(out), "--tau", "0.3"]) == 0
+    return out, out.read_text(encoding="utf-8"), db, run_id
+
+
+def test_report_is_self_contained_and_complete(report):
+    out, text, db, run_id = report
+    # nothing is fetched: no src/href to another place, no @import, no url() that is not data: (outside the
+    # plotly bundle, whose code holds link strings such as its logo's; Chromium checks the requests below)
+    start = text.index("<script type='text/javascript'>")
+    page = text[:start] + text[text.index("</script>", start):]
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)
+    assert not re.search(r"""url\((?!data:)""", text.split("<script")[0])
+    assert "@import" not in text.split("<script")[0]
+    assert text.count("data:image/jpeg;base64,") > 10  # thumbnails inlined, each image once
+    assert "Plotly" in text and text.count("class=\"plotly-graph-div\"") >= 3  # the bundle and the charts
+    for section in ("Models and settings", "Share judged correct per layer", "Threshold sensitivity",
+                    "Agreement between raters", "Units per layer"):
+        assert section in text
+    assert "EfficientNet-Lite0" in text or "efficientnet_lite0" in text
+    assert "not CLIP" in text  # the stand-in says what it is
+    assert "95% interval" in text and "kappa 95% interval" in text
+    assert "ES tau = 0.3" in text
+
+
+def test_report_unit_pages_match_the_store(report):
+    from clipeval.analysis import RunView
+    from clipeval.store import Store
+
+    out, text, db, run_id = report
+    store = Store(db, read_only=True)
+    try:
+        view = RunView(store, run_id)
+        grid = view.unit_grid({**{e: r for e, r in [("cp", 0.01), ("vqa", 0.5), ("contrast", 0.75)]}, "es": 0.3})
+    finally:
+        store.close()
+    assert text.count("class='unit'") == len(grid)
+    for layer, g in grid.groupby("layer"):
+        assert f"{layer}: {len(g):,} units" in text
+        assert f"ES judges {int(g['ES'].sum()):,} of {len(g):,} labels correct" in text
+
+
+def test_report_bad_output_fails_before_work(built_run, tmp_path, capsys):
+    db, run_id, _ = built_run
+    assert main(["--db", str(db), "report", run_id, "--html", str(tmp_path / "r.pdf")]) == 2
+    assert "HTML file" in capsys.readouterr().err
+    assert main(["--db", str(db), "report", run_id, "--html", str(tmp_path / "missing" / "r.html")]) == 2
+    assert main(["--db", str(db), "report", run_id, "--html", str(tmp_path / "r.html"), "--k", "99"]) == 2
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_report_units_per_layer_cap(built_run, tmp_path):
+    db, run_id, _ = built_run
+    out = tmp_path / "small.html"
+    assert main(["--db", str(db), "report", run_id, "--html", str(out), "--units", "3"]) == 0
+    text = out.read_text()
+    assert "(first 3 shown)" in text and text.count("class='unit'") <= 3 * 3
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or Path("/usr/bin/chromium").exists()),
+                    reason="Chromium not installed (Debian: apt-get install chromium)")
+def test_report_opens_in_chromium_without_a_request_leaving_the_file(report, tmp_path):
+    out = report[0]
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_report_offline.py"
+    res = subprocess.run([sys.executable, str(script), str(out), "--wait", "60"], capture_output=True, text=True,
+                         timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert " 0 outside the file" in res.stdout
+
+
+def test_report_page_builds_and_offers_the_file(run_store, monkeypatch):
+    from tests.test_app import open_page, texts
+
+    store, run_id, _ = run_store
+    monkeypatch.setenv("CLIPEVAL_DB", str(store.path))
+    at = open_page("pages/report.py")
+    at.number_input(key="report_units").set_value(2).run()
+    at.button(key="report_build").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Report built in" in texts(at)
+    html = at.session_state["report_html"][1]
+    assert html.count("class='unit'") <= 2 * 3 and "Units per layer" in html

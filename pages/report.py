@@ -23,17 +23,26 @@ st.markdown(
 c = st.columns([1, 1, 2])
 cap = c[0].number_input("Units per layer (0 = all)", min_value=0, value=0, step=10, key="report_units",
                         help=f"The run has {n_units:,} units; all of them take a few MB.")
-if c[1].button("Build the report", type="primary", key="report_build"):
+
+
+def _build(run_id: str, thresholds: dict, k: int, units: int | None) -> None:
+    # a callback (runs before the page): the sidebar may rerun the script, which would drop a button's
+    # one-run "clicked" value before the page saw it
     start = time.perf_counter()
     try:
-        with st.spinner("Building the report from the stored scores ..."):
-            html = build_report(data.store(), ctx.run_id, ctx.thresholds, k, int(cap) or None)
+        html = build_report(data.store(), run_id, thresholds, k, units)
     except ClipevalError as e:
-        st.error(str(e))
-        st.stop()
-    st.session_state["report_html"] = (ctx.run_id, html, time.perf_counter() - start)
+        st.session_state["report_html"] = (run_id, None, str(e))
+        return
+    st.session_state["report_html"] = (run_id, html, time.perf_counter() - start)
+
+
+c[1].button("Build the report", type="primary", key="report_build", on_click=_build,
+            args=(ctx.run_id, dict(ctx.thresholds), k, int(cap) or None))
 built = st.session_state.get("report_html")
-if built and built[0] == ctx.run_id:
+if built and built[0] == ctx.run_id and built[1] is None:
+    st.error(built[2])
+elif built and built[0] == ctx.run_id:
     _, html, secs = built
     st.success(f"Report built in {secs:.1f} s: {len(html.encode()) / 1e6:.1f} MB.")
     st.download_button("Download report.html", html, file_name=f"clipeval-report-{ctx.run_id}.html",

@@ -181,22 +181,3 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
-
-def kappa_interval(a, b, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of Cohen's kappa over neurons (resampled with replacement,
-    seeded); resamples where kappa is undefined are left out; (nan, nan) if all are."""
-    a, b = _pair(a, b)
-    if not a.size:
-        return float("nan"), float("nan")
-    idx = np.random.default_rng(seed).integers(0, a.size, size=(n_boot, a.size))
-    x, y = a[idx], b[idx]
-    po = (x == y).mean(1)
-    pa, pb = x.mean(1), y.mean(1)
-    pe = pa * pb + (1 - pa) * (1 - pb)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        k = np.where(pe < 1, (po - pe) / (1 - pe), np.nan)
-    k = k[~np.isnan(k)]
-    if not k.size:
-        return float("nan"), float("nan")
-    tail = (1 - level) / 2
-    return float(np.quantile(k, tail)), float(np.quantile(k, 1 - tail))

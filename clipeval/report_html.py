@@ -188,6 +188,8 @@ def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int, fir
 
 
 def agreement_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
+    from clipeval.intervals import MIN_N, pairwise_table
+
     raters = view.rater_verdicts(thresholds, k)
     names = list(raters)
     if len(names) < 2:
@@ -195,22 +197,18 @@ def agreement_section(view: RunView, thresholds: dict[str, float], k: int) -> st
     rows = []
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            w = metrics.align({"a": raters[a], "b": raters[b]})
-            groups = list(w.groupby("layer", sort=False)) + [("overall", w)]
-            for layer, g in groups:
-                n = len(g)
-                agree = metrics.agreement(g["a"], g["b"]) if n else float("nan")
-                lo, hi = metrics.wilson_interval(int(round(agree * n)) if n else 0, n)
-                kap = metrics.cohen_kappa(g["a"], g["b"]) if n else float("nan")
-                klo, khi = metrics.kappa_interval(g["a"], g["b"]) if n else (float("nan"),) * 2
-                rows.append({"rater A": a, "rater B": b, "layer": layer, "n": n, "agreement": _pct(agree),
-                             "95% interval": f"{_pct(lo)} – {_pct(hi)}", "Cohen's kappa": _num(kap),
-                             "kappa 95% interval": f"{_num(klo)} – {_num(khi)}",
-                             "Jaccard": _num(metrics.jaccard(g["a"], g["b"]) if n else float("nan"))})
-    return (_table(pd.DataFrame(rows), left=("rater A", "rater B", "layer"))
+            for r in pairwise_table(raters[a], raters[b]).to_dict("records"):
+                rows.append({"rater A": a, "rater B": b, "layer": r["layer"], "n": r["n"],
+                             "agreement": _pct(r["agreement"]),
+                             "95% interval": f"{_pct(r['agreement lo'])} – {_pct(r['agreement hi'])}",
+                             "Cohen's kappa": _num(r["kappa"]),
+                             "kappa 95% interval": f"{_num(r['kappa lo'])} – {_num(r['kappa hi'])}",
+                             "Jaccard": _num(r["jaccard"]), "note": f"n < {MIN_N}: too few to read" if r["small"]
+                             else ""})
+    return (_table(pd.DataFrame(rows), left=("rater A", "rater B", "layer", "note"))
             + "<p class='note'>Over the units both raters judged. Agreement is the share of units with the same verdict "
-              "(what the paper calls IoU), with a 95% Wilson interval; kappa's interval is a percentile bootstrap over "
-              "units (1,000 resamples, seed 0); n/a where undefined (both raters constant).</p>")
+              "(what the paper calls IoU); intervals are 95% percentile bootstraps over units (1,000 resamples, seed "
+              "0); n/a where undefined (both raters constant).</p>")
 
 
 def labellers_section(store: Store, view: RunView, thresholds: dict[str, float], k: int) -> str:

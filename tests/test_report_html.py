@@ -23,17 +23,6 @@ def test_wilson_interval_known_values():
     assert np.isnan(metrics.wilson_interval(0, 0)[0])
 
 
-def test_kappa_interval_covers_kappa_and_narrows_with_n():
-    rng = np.random.default_rng(1)
-    a = rng.random(400) < 0.5
-    b = np.where(rng.random(400) < 0.8, a, ~a)
-    k = metrics.cohen_kappa(a, b)
-    lo, hi = metrics.kappa_interval(a, b)
-    lo_small, hi_small = metrics.kappa_interval(a[:40], b[:40])
-    assert lo < k < hi and (hi - lo) < (hi_small - lo_small)
-    assert np.isnan(metrics.kappa_interval([1, 1, 1], [1, 1, 1])[0])  # kappa undefined in every resample
-
-
 @pytest.fixture(scope="module")
 def report(built_run, tmp_path_factory):
     db, run_id, _ = built_run

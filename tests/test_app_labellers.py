@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 
 from clipeval import sources
-from tests.test_app import open_page, texts, _fresh_caches  # noqa: F401  (fixture)
+from tests.test_app import open_page, texts
+
+pytestmark = pytest.mark.usefixtures("fresh_caches")
 
 
 @pytest.fixture

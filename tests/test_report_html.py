@@ -96,7 +96,7 @@ def test_report_opens_in_chromium_without_a_request_leaving_the_file(report, tmp
     assert " 0 outside the file" in res.stdout
 
 
-def test_report_page_builds_and_offers_the_file(run_store, monkeypatch):
+def test_report_page_builds_and_offers_the_file(run_store, monkeypatch, fresh_caches):
     from tests.test_app import open_page, texts
 
     store, run_id, _ = run_store
@@ -108,3 +108,14 @@ def test_report_page_builds_and_offers_the_file(run_store, monkeypatch):
     assert "Report built in" in texts(at)
     html = at.session_state["report_html"][1]
     assert html.count("class='unit'") <= 2 * 3 and "Units per layer" in html
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or Path("/usr/bin/chromium").exists()),
+                    reason="Chromium not installed (Debian: apt-get install chromium)")
+def test_the_offline_check_catches_a_request_that_leaves(tmp_path):
+    page = tmp_path / "leaky.html"
+    page.write_text("<html><body><img src='http://127.0.0.1:9/x.png'><p>hi</p></body></html>")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_report_offline.py"
+    res = subprocess.run([sys.executable, str(script), str(page), "--wait", "10"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 1 and "request left the file: http://127.0.0.1:9/x.png" in res.stdout

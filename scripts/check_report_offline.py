@@ -30,26 +30,6 @@ COUNT_JS = """JSON.stringify({plots: document.querySelectorAll('.js-plotly-plot 
   ready: document.readyState})"""
 
 
-class RecordingCdp(Cdp):
-    """Cdp that keeps every event it reads (Network.requestWillBeSent among them)."""
-
-    def __init__(self, ws_url: str):
-        super().__init__(ws_url)
-        self.events: list[dict] = []
-
-    def call(self, method: str, **params):
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv(timeout=60))
-            if msg.get("id") == self.next_id:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-            if "method" in msg:
-                self.events.append(msg)
-
-
 def check(report: Path, shot: Path | None, wait_s: float, width: int = 1400, height: int = 2400) -> dict:
     chromium = find_chromium()
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
@@ -66,7 +46,7 @@ def check(report: Path, shot: Path | None, wait_s: float, width: int = 1400, hei
             port = int(port_file.read_text().split()[0])
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
                 page = next(t for t in json.load(r) if t["type"] == "page")
-            cdp = RecordingCdp(page["webSocketDebuggerUrl"])
+            cdp = Cdp(page["webSocketDebuggerUrl"])  # it keeps the protocol events it reads (cdp.events)
             try:
                 cdp.call("Network.enable")
                 cdp.call("Page.enable")
@@ -88,6 +68,7 @@ def check(report: Path, shot: Path | None, wait_s: float, width: int = 1400, hei
                 if shot:
                     data = cdp.call("Page.captureScreenshot", format="png")
                     shot.write_bytes(base64.b64decode(data["data"]))
+                cdp.js("1")  # read the events that arrived since the last answer
                 urls = [e["params"]["request"]["url"] for e in cdp.events if e["method"] == "Network.requestWillBeSent"]
             finally:
                 cdp.close()

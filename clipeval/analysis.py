@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from clipeval import metrics
+from clipeval import judges, metrics
 from clipeval.errors import ClipevalError
 from clipeval.evaluators.rules import RULES, VARIANTS, ScoreTable
 from clipeval.store import Store
@@ -40,7 +40,12 @@ class RunView:
     def __init__(self, store: Store, run_id: str):
         self.run = store.complete_run(run_id)
         self.run_id = self.run["run_id"]
-        self.neurons = store.neurons(self.run_id)
+        every = store.neurons(self.run_id)
+        # dead units (constant over the probe) have no label: left out of every share, agreement and
+        # kappa; `dead` keeps them so that pages and the report say how many were left out
+        is_dead = every["dead"].astype(bool).to_numpy()
+        self.dead = every[is_dead].reset_index(drop=True)
+        self.neurons = every[~is_dead].reset_index(drop=True)
         self.layers = list(store.layers(self.run_id)["layer"])
         self.evaluators: dict[str, EvaluatorState] = {}
         latest = store.latest_evaluations(self.run_id)
@@ -57,7 +62,12 @@ class RunView:
                 n_concepts = None if pd.isna(e["n_concepts"]) else int(e["n_concepts"])
                 state.table = ScoreTable(store.eval_scores(e["eval_id"]), name, self.neurons, n_concepts)
             self.evaluators[name] = state
+        self.labeller = (_json(self.run.get("models_json")) or {}).get("image_text") or {}
+        self.defaults = judges.defaults(store, {e: s.models for e, s in self.evaluators.items()})
         humans = store.human_verdicts(self.run_id)
+        if len(self.dead):
+            gone = humans.merge(self.dead[["layer", "unit"]], on=["layer", "unit"], how="left", indicator=True)
+            humans = humans[(gone["_merge"] == "left_only").to_numpy()]
         self.humans = {r: g[["layer", "unit", "verdict"]].reset_index(drop=True) for r, g in humans.groupby("rater")}
         # a reference computed from ground truth (source 'auto: ...') is not a person: say so in its name
         self.automatic = {r for r, g in humans.groupby("rater") if g["source"].astype(str).str.startswith("auto").all()}
@@ -69,6 +79,27 @@ class RunView:
 
     def is_automatic(self, rater: str) -> bool:
         return self.rater_name(rater) in self.automatic
+
+    def default_thresholds(self) -> dict[str, float]:
+        """Each evaluator's default threshold for the model that scored it (judges.defaults)."""
+        return {e: d.value for e, d in self.defaults.items()}
+
+    def shared_note(self, evaluator: str) -> str:
+        """Which parts of the labelling model this evaluator's model shares ('' when none or unknown)."""
+        state = self.evaluators.get(evaluator)
+        return judges.shared_note(self.labeller, (state.models if state else {}).get("image_text") or {})
+
+    def n_dead(self, layer: str | None = None) -> int:
+        """Dead units left out (of one layer, or of the run)."""
+        return int(len(self.dead) if layer in (None, "overall") else (self.dead["layer"] == layer).sum())
+
+    def dead_note(self) -> str:
+        """One line saying how many dead units were left out, per layer ('' when none)."""
+        if self.dead.empty:
+            return ""
+        per = self.dead.groupby("layer", sort=False).size()
+        return (f"{len(self.dead)} dead unit(s) (constant activation over the probe, no label) left out of shares, "
+                "agreement and kappa: " + ", ".join(f"{l} {n}" for l, n in per.items()))
 
     def rater_label(self, rater: str) -> str:
         return f"{self.AUTOMATIC if rater in self.automatic else self.HUMAN}{rater}"
@@ -132,14 +163,15 @@ class RunView:
                 frame = t.neurons.assign(verdict=verdict)
                 for layer, g in list(frame.groupby("layer", sort=False)) + [("overall", frame)]:
                     rows.append({"layer": layer, "evaluator": EVALUATOR_TITLES[e], "variant": v,
-                                 "share_correct": float(g["verdict"].mean()), "n": len(g)})
-        df = pd.DataFrame(rows, columns=["layer", "evaluator", "variant", "share_correct", "n"])
+                                 "share_correct": float(g["verdict"].mean()), "n": len(g),
+                                 "n_dead": self.n_dead(layer)})
+        df = pd.DataFrame(rows, columns=["layer", "evaluator", "variant", "share_correct", "n", "n_dead"])
         return df
 
     def unit_grid(self, thresholds: dict[str, float], k: int | None = None,
                   evaluators: list[str] | None = None) -> pd.DataFrame:
         """One row per neuron: label, similarity, each evaluator's score and verdict, human verdicts."""
-        grid = self.neurons.copy()
+        grid = self.neurons.drop(columns=["dead"], errors="ignore")  # all alive here; dead units are in self.dead
         chosen = [e for e in (evaluators if evaluators is not None else self.available) if e in self.available]
         for e in chosen:
             f = self.verdicts(e, thresholds[e], "real", k)

@@ -106,8 +106,9 @@ class ProbeBatch:
 
     def __init__(self, target=None, layers: Sequence[str] = (), pooling: str = "mean", image_models: dict | None = None,
                  thumb_size: int | None = None, placement: Placement = CPU, batch_size: int | None = None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, layouts: dict[str, str] | None = None):
         from clipeval.dissect import pooling_hook
+        from clipeval.models.targets import layer_layouts
 
         self.placement = placement
         self.target = target if (target is not None and layers) else None
@@ -122,10 +123,13 @@ class ProbeBatch:
         self._current: dict[str, torch.Tensor] = {}
         self._hooks = []
         if self.target is not None:
+            # where each layer's channels are, found on a CPU dummy forward before the model is placed
+            layouts = layouts or layer_layouts(self.target, self.layers)
             placement.module(self.target.module)
             modules = self.target.modules()
             for layer in self.layers:
-                self._hooks.append(modules[layer].register_forward_hook(pooling_hook(self._current, layer, pooling)))
+                self._hooks.append(modules[layer].register_forward_hook(
+                    pooling_hook(self._current, layer, pooling, layouts[layer])))
 
     @classmethod
     def from_config(cls, config, device="cpu", *, layers: Sequence[str] | None = None, labeller: bool = True,

@@ -170,19 +170,23 @@ def cmd_evaluate(args) -> int:
 
 
 def _thresholds(args) -> dict[str, float]:
+    """The thresholds given on the command line; the others come from each evaluator model's defaults."""
     from clipeval.evaluators.rules import RULES
 
-    return {e: rule.check(getattr(args, rule.param)) if getattr(args, rule.param, None) is not None else rule.default
-            for e, rule in RULES.items()}
+    return {e: rule.check(getattr(args, rule.param)) for e, rule in RULES.items()
+            if getattr(args, rule.param, None) is not None}
 
 
-def print_report(store, run_id: str, thresholds: dict[str, float], k: int | None = None) -> None:
+def print_report(store, run_id: str, thresholds: dict[str, float] | None = None, k: int | None = None) -> None:
     """Per layer, each evaluator's share judged correct beside its baselines; evaluators that barely
-    beat a baseline; agreement with every rater; evaluators the run lacks, with the reason."""
+    beat a baseline; agreement with every rater; evaluators the run lacks, with the reason. Thresholds
+    not given are the defaults of the model that made each evaluator's scores (clipeval.judges)."""
     from clipeval.analysis import EVALUATOR_TITLES, RunView, weak_evaluators
     from clipeval.evaluators.rules import RULES
 
     view = RunView(store, run_id)
+    given = dict(thresholds or {})
+    thresholds = {**view.default_thresholds(), **given}
     print(f"\nrun {view.run_id}  {view.run.get('name') or ''}")
     available = view.available
     for e, state in view.evaluators.items():
@@ -191,8 +195,17 @@ def print_report(store, run_id: str, thresholds: dict[str, float], k: int | None
     if not available:
         return
     k = min(k or view.kmax, view.kmax)
-    print("thresholds: " + ", ".join(f"{EVALUATOR_TITLES[e]} {RULES[e].param}={thresholds[e]:g}" for e in available)
+    print("thresholds: " + ", ".join(f"{EVALUATOR_TITLES[e]} {RULES[e].param}={thresholds[e]:g} "
+                                     f"({'given' if e in given else view.defaults[e].source})" for e in available)
           + f"; a label is correct if any of its top-{k} images matches")
+    for e in available:
+        if e not in given and view.defaults[e].note:
+            print(f"  {EVALUATOR_TITLES[e]}: {view.defaults[e].note}")
+    for e in available:
+        if view.shared_note(e):
+            print(f"  {EVALUATOR_TITLES[e]} model {view.shared_note(e)}")
+    if view.dead_note():
+        print("  " + view.dead_note())
     summary = view.layer_summary(thresholds, k)
     titles = [EVALUATOR_TITLES[e] for e in available]
     print("share judged correct, %: real labels / shuffled across neurons / one constant label")
@@ -423,7 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
         from clipeval.evaluators.rules import RULES
 
         for rule in RULES.values():
-            q.add_argument(f"--{rule.param}", type=float, help=f"{rule.title} (default {rule.default:g})")
+            q.add_argument(f"--{rule.param}", type=float,
+                           help=f"{rule.title} (default: the evaluator model's own; the paper's CLIP value is "
+                                f"{rule.default:g})")
 
     threshold_options(ev)
     rp = sub.add_parser("report", help="share judged correct per layer beside the baselines, and agreement with raters")

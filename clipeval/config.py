@@ -95,15 +95,19 @@ class ImageTextConfig:
     pretrained: str = ""
     top_t: int = 10  # ConSE: number of classes mixed into an image embedding
     image_size: int | None = None  # resize to this square first (the paper showed evaluators 128 px)
+    text_encoder: str = "minilm"  # ConSE: the sentence encoder, 'minilm' (all-MiniLM-L6-v2) or 'mpnet' (all-mpnet-base-v2)
 
     def __post_init__(self):
         if self.backend not in ("open_clip", "conse"):
             raise ClipevalError(f"unknown image-text backend {self.backend!r}; use 'open_clip' or 'conse'")
+        if self.text_encoder not in ("minilm", "mpnet"):
+            raise ClipevalError(f"unknown text encoder {self.text_encoder!r}; use 'minilm' or 'mpnet'")
 
     def describe(self) -> str:
         if self.backend == "open_clip":
             return f"OpenCLIP {self.arch} ({self.pretrained or 'random weights'})"
-        return f"ConSE offline stand-in ({self.arch} classifier + all-MiniLM-L6-v2, top {self.top_t}) - not CLIP"
+        text = "all-mpnet-base-v2" if self.text_encoder == "mpnet" else "all-MiniLM-L6-v2"
+        return f"ConSE offline stand-in ({self.arch} classifier + {text}, top {self.top_t}) - not CLIP"
 
 
 @dataclass(frozen=True)

@@ -19,27 +19,52 @@ from clipeval.models.targets import Target
 LEVEL_QUANTILES = (0.995, 0.98, 0.95, 0.9, 0.75, 0.5, 0.25, 0.05)
 HIST_BINS = 24
 INACTIVE_QUANTILE = 0.9  # 'random' contrast images come from below this activation quantile
+# a unit is dead when its activations over the probe spread less than this (relative to their size)
+DEAD_RTOL = 1e-6
 
 
-def pool(output: torch.Tensor, mode: str, layer: str) -> torch.Tensor:
-    """One value per neuron: spatial mean/max for (B,C,H,W), CLS token for (B,T,C), as-is for (B,C)."""
+def pool(output: torch.Tensor, mode: str, layer: str, layout: str | None = None) -> torch.Tensor:
+    """One value per neuron, as a fresh tensor (never a view of `output`).
+
+    `layout` (from clipeval.models.targets.layer_layouts) says where the channels are:
+      nchw         (B,C,H,W): spatial mean/max
+      nhwc         (B,H,W,C) (timm Swin stages, Linear layers inside ConvNeXt blocks): spatial mean/max
+      tokens:cls   (B,T,C) with a class token first: the class token
+      tokens:avg:N (B,T,C) without a class token, N prefix (register) tokens: mean/max over the patch tokens
+      flat         (B,C): as it is
+    None picks the plain guess by rank (4-D channels-first, 3-D class token first), for in-memory use."""
     if not torch.is_tensor(output):
         raise ClipevalError(f"layer {layer!r} returns {type(output).__name__}, not a tensor")
-    if output.dim() == 4:
-        return output.mean(dim=(2, 3)) if mode == "mean" else output.amax(dim=(2, 3))
-    if output.dim() == 3:
-        return output[:, 0]
-    if output.dim() == 2:
-        return output
-    raise ClipevalError(f"layer {layer!r} outputs shape {tuple(output.shape)}, which cannot be pooled per neuron")
+    layout = layout or {4: "nchw", 3: "tokens:cls", 2: "flat"}.get(output.dim(), "")
+    expected = {"nchw": 4, "nhwc": 4, "tokens": 3, "flat": 2}.get(layout.split(":")[0])
+    if expected is None or output.dim() != expected:
+        raise ClipevalError(f"layer {layer!r} outputs shape {tuple(output.shape)}, which cannot be pooled per neuron"
+                            + (f" as layout {layout!r}" if layout else ""))
+    reduce = (lambda x, dims: x.mean(dim=dims)) if mode == "mean" else (lambda x, dims: x.amax(dim=dims))
+    if layout == "nchw":
+        out = reduce(output, (2, 3))
+    elif layout == "nhwc":
+        out = reduce(output, (1, 2))
+    elif layout == "tokens:cls":
+        out = output[:, 0]
+    elif layout.startswith("tokens:avg:"):
+        n_prefix = int(layout.rsplit(":", 1)[1])
+        if output.shape[1] <= n_prefix:
+            raise ClipevalError(f"layer {layer!r} has {output.shape[1]} tokens, no patch token after {n_prefix} prefix tokens")
+        out = reduce(output[:, n_prefix:], (1,))
+    else:
+        out = output
+    # a copy, taken inside the hook: a later in-place op (Linear -> ReLU(inplace=True) in torchvision's
+    # VGG/AlexNet classifiers) would otherwise change the recorded values before they are read
+    return out.detach().to(torch.float32, copy=True)
 
 
-def pooling_hook(current: dict, layer: str, mode: str) -> Callable:
-    """A forward hook that puts `layer`'s pooled output (float32) into current[layer], once per forward."""
+def pooling_hook(current: dict, layer: str, mode: str, layout: str | None = None) -> Callable:
+    """A forward hook that puts `layer`'s pooled output (a float32 copy) into current[layer], once per forward."""
     def hook(_module, _inputs, output):
         if layer in current:
             raise ClipevalError(f"layer {layer!r} runs more than once per forward pass; pick another")
-        current[layer] = pool(output, mode, layer).float()
+        current[layer] = pool(output, mode, layer, layout)
     return hook
 
 
@@ -53,17 +78,19 @@ class Collected:
 def collect(images: Sequence[ProbeImage], *, target: Target | None = None, layers: Sequence[str] = (),
             pooling: str = "mean", image_models: dict | None = None, thumb_size: int | None = None,
             batch_size: int | None = None, num_workers: int | None = None, progress: bool = True,
-            desc: str = "images", placement: Placement = CPU) -> Collected:
+            desc: str = "images", placement: Placement = CPU, layouts: dict[str, str] | None = None) -> Collected:
     """One pass over `images`: pooled activations of `layers` of `target`, embeddings of every model in
     `image_models` (name -> ImageTextModel), and thumbnails if `thumb_size` is set, every model on
-    `placement` (batch size and decoding workers default per device)."""
+    `placement` (batch size and decoding workers default per device). `layouts` (layer -> layout, see
+    pool) defaults to what targets.layer_layouts detects."""
     from clipeval.batches import ACT, EMB, ProbeBatch, iterate
 
     n = len(images)
     acts: dict[str, np.ndarray] = {}
     embs: dict[str, np.ndarray] = {}
     thumbs: list[bytes] | None = [b""] * n if thumb_size else None
-    with ProbeBatch(target, layers, pooling, image_models, thumb_size, placement, batch_size) as work:
+    with ProbeBatch(target, layers, pooling, image_models, thumb_size, placement, batch_size,
+                    layouts=layouts) as work:
         for rows, tensors, batch_thumbs in iterate([im.path for im in images], work.decode, placement,
                                                    batch_size, num_workers, progress=progress, desc=desc):
             for key, out in work.forward(tensors).items():
@@ -77,39 +104,63 @@ def collect(images: Sequence[ProbeImage], *, target: Target | None = None, layer
     return Collected(acts, embs, thumbs)
 
 
-def neuron_summaries(layer: str, A: np.ndarray, k: int, n_contrast: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per neuron of one layer: images of kind top/low/random/level with activations, and a histogram."""
+def dead_units(A: np.ndarray) -> np.ndarray:
+    """Units whose activation is constant over the probe (up to float rounding): no image activates
+    them more than another, so they have no top images and nothing to label."""
+    A = np.asarray(A, dtype=np.float64)
+    spread = A.max(0) - A.min(0)
+    return spread <= DEAD_RTOL * np.maximum(1.0, np.abs(A).max(0))
+
+
+def neuron_summaries(layer: str, A: np.ndarray, k: int, n_contrast: int, seed: int
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Per neuron of one layer: images of kind top/low/random/level with activations, a histogram, and
+    per unit whether it is dead and how many contrast negatives (low + random images) it has.
+
+    Dead units (constant activation) get a histogram but no images: their 'top' images would just be
+    the first images of the probe. Random negatives are drawn per unit by rank position: among the
+    images ranked below the unit's top (1 - INACTIVE_QUANTILE) share and strictly less active than its
+    k-th top image, so ties (a unit at its minimum on 90% of the probe, common after ReLU6) still leave
+    it negatives; a unit with fewer candidates than n_contrast keeps fewer, without taking any from
+    the other units of the layer."""
     n_images, n_units = A.shape
     if k > n_images:
         raise ClipevalError(f"k={k} is more than the {n_images} probe images")
+    dead = dead_units(A)
     order = np.argsort(-A, axis=0, kind="stable")  # (images, units), most active first
+    sorted_acts = np.take_along_axis(A, order, axis=0)
     n_low = min(n_contrast, max(0, n_images - k))
     rng = np.random.default_rng(seed)
-    # random contrast images: uniformly among the images below the neuron's INACTIVE_QUANTILE
-    cut = np.quantile(A, INACTIVE_QUANTILE, axis=0, keepdims=True)
+    start = max(k, int(np.ceil((1 - INACTIVE_QUANTILE) * n_images)))
+    candidate = np.zeros(A.shape, dtype=bool)  # by rank position
+    candidate[start:] = sorted_acts[start:] < sorted_acts[k - 1]
     keys = rng.random(A.shape)
-    keys[A >= cut] = np.inf
-    keys[order[:k], np.arange(n_units)] = np.inf
-    n_rand = min(n_contrast, int(np.isfinite(keys).sum(0).min()))
-    random_idx = np.argsort(keys, axis=0)[:n_rand]
+    keys[~candidate] = np.inf
+    pos = np.argsort(keys, axis=0, kind="stable")[:n_contrast]  # (<= n_contrast, units) rank positions
+    has = np.isfinite(np.take_along_axis(keys, pos, axis=0))
+    random_idx = np.take_along_axis(order, pos, axis=0)
     level_pos = sorted({min(n_images - 1, int((1 - q) * n_images)) for q in LEVEL_QUANTILES})
 
     parts = []
-    units = np.arange(n_units)
+    live = np.flatnonzero(~dead)
 
-    def add(kind: str, idx: np.ndarray):
+    def add(kind: str, idx: np.ndarray, keep: np.ndarray | None = None):
+        idx = idx[:, live]
         if idx.size == 0:
             return
-        r, u = np.meshgrid(np.arange(idx.shape[0]), units, indexing="ij")
-        parts.append(pd.DataFrame({"layer": layer, "unit": u.ravel(), "kind": kind, "rank": r.ravel() + 1,
-                                   "image_id": idx.ravel(), "activation": A[idx, units].ravel()}))
+        r, u = np.meshgrid(np.arange(idx.shape[0]), live, indexing="ij")
+        mask = np.ones(idx.shape, dtype=bool) if keep is None else keep[:, live]
+        parts.append(pd.DataFrame({"layer": layer, "unit": u[mask], "kind": kind, "rank": r[mask] + 1,
+                                   "image_id": idx[mask], "activation": A[idx, live][mask]}))
 
     add("top", order[:k])
     add("low", order[::-1][:n_low])
-    add("random", random_idx)
+    add("random", random_idx, has)
     add("level", order[level_pos])
-    images = pd.concat(parts, ignore_index=True)
+    images = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["layer", "unit", "kind", "rank", "image_id", "activation"])
 
+    units = np.arange(n_units)
     lo, hi = A.min(0), A.max(0)
     width = np.where(hi > lo, hi - lo, 1.0)
     bins = np.clip(((A - lo) / width * HIST_BINS).astype(int), 0, HIST_BINS - 1)
@@ -119,4 +170,6 @@ def neuron_summaries(layer: str, A: np.ndarray, k: int, n_contrast: int, seed: i
     edges = lo + width * np.arange(HIST_BINS + 1)[:, None] / HIST_BINS
     hist = pd.DataFrame({"layer": layer, "unit": u.ravel(), "bin": b.ravel(), "lo": edges[:-1].ravel(),
                          "hi": edges[1:].ravel(), "count": counts.ravel()})
-    return images, hist
+    stats = pd.DataFrame({"layer": layer, "unit": units, "dead": dead,
+                          "n_negatives": np.where(dead, 0, n_low + has.sum(0)).astype(int)})
+    return images, hist, stats

@@ -150,6 +150,10 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
                 parts.append(neuron_summaries(layer, acts[layer], k, n_contrast, seed))
             images = pd.concat([p[0] for p in parts], ignore_index=True)
             hists = pd.concat([p[1] for p in parts], ignore_index=True)
+            # the imported labels stay as given; a unit that is constant on this probe is flagged dead
+            # (left out of shares and agreement) like in a run made here
+            labels = labels.merge(pd.concat([p[2] for p in parts], ignore_index=True), on=["layer", "unit"], how="left")
+            labels["dead"] = labels["dead"].fillna(False).astype(bool)
             keep = images.merge(labels[["layer", "unit"]], on=["layer", "unit"])
             images = keep
         if concept_set is not None:

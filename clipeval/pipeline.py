@@ -8,6 +8,7 @@ what changed, and a changed setting can never pick up a stale array.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import sys
@@ -107,10 +108,15 @@ def resolve(config: DissectConfig, device: str | torch.device | None = "cpu") ->
     return Resolved(config, probe, concepts, target, shapes, image_text, run_id, placement)
 
 
+# bump when the recorded values of a layer change for the same settings (2: copied inside the hook,
+# so a later in-place op cannot change them; pooled by the detected layout)
+ACTIVATIONS_VERSION = 2
+
+
 def _layer_key(target_cfg, target: targets_mod.Target, layer: str, pooling: str, probe: ProbeSet,
-               dtype: str = "float32") -> str:
-    return stable_hash("activations", target_cfg, targets_mod.weights_fingerprint(target), layer, pooling,
-                       probe.fingerprint, dtype)
+               dtype: str = "float32", layout: str = "") -> str:
+    return stable_hash("activations", ACTIVATIONS_VERSION, target_cfg, targets_mod.weights_fingerprint(target),
+                       layer, pooling, layout, probe.fingerprint, dtype)
 
 
 def _image_key(r: Resolved) -> str:
@@ -124,16 +130,30 @@ def _model_dtype(model) -> str:
 
 
 def encode_texts_cached(model, texts, cache: "ArrayCache") -> np.ndarray:
-    """Text embeddings keyed by the model's text side, its dtype and the exact texts; the labelling run
-    and the evaluators share entries when their text encoders are the same (e.g. both ConSE models)."""
+    """Text embeddings keyed by the model's text side and dtype, cached per text: the labelling run and the
+    evaluators share entries when their text encoders are the same (e.g. both ConSE on one sentence
+    encoder), and a concept set that contains another (common-20k holds common-10k) encodes only the
+    texts not seen before."""
     texts = list(texts)
-    key = stable_hash("text-embeddings", model.info().get("text_fingerprint", ""), _model_dtype(model), texts)
-    got = cache.get("text_embeddings", key)
-    if got is None:
+    key = stable_hash("text-vocabulary", model.info().get("text_fingerprint", ""), _model_dtype(model))
+    vocab_file = cache.path("text_vocabulary", key).with_suffix(".json")
+    table = cache.get("text_vocabulary", key)
+    known: list[str] = json.loads(vocab_file.read_text()) if table is not None and vocab_file.exists() else []
+    if len(known) != (0 if table is None else len(table)):
+        known, table = [], None  # the two files of an entry disagree (written by two processes): start over
+    index = {t: i for i, t in enumerate(known)}
+    missing = list(dict.fromkeys(t for t in texts if t not in index))
+    if missing:
         with torch.no_grad():
-            got = model.encode_texts(texts).float().cpu().numpy()
-        cache.put("text_embeddings", key, got)
-    return got
+            new = model.encode_texts(missing).float().cpu().numpy()
+        table = new if table is None else np.concatenate([table, new])
+        known = known + missing
+        index = {t: i for i, t in enumerate(known)}
+        cache.put("text_vocabulary", key, table)
+        tmp = vocab_file.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, vocab_file)
+    return table[[index[t] for t in texts]]
 
 
 def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, target: targets_mod.Target,
@@ -142,7 +162,9 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, tar
                placement: Placement = CPU) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Activations of `layers` and (optionally) image embeddings, from the cache where present, else
     from ONE pass over the probe that also stores the thumbnails if the store lacks them."""
-    keys = {layer: _layer_key(target_cfg, target, layer, pooling, probe, placement.dtype_name) for layer in layers}
+    layouts = targets_mod.layer_layouts(target, layers) if layers else {}
+    keys = {layer: _layer_key(target_cfg, target, layer, pooling, probe, placement.dtype_name, layouts[layer])
+            for layer in layers}
     acts = {layer: cache.get("activations", key) for layer, key in keys.items()}
     missing = [layer for layer, a in acts.items() if a is None]
     emb = cache.get("image_embeddings", image_key) if image_model is not None else None
@@ -152,7 +174,8 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, tar
         got = collect(probe.images, target=target if missing else None, layers=missing, pooling=pooling,
                       image_models={"labelling": image_model} if need_emb else {},
                       thumb_size=THUMB_SIZE if need_thumbs else None, batch_size=batch_size,
-                      num_workers=num_workers, progress=progress, desc="probe pass", placement=placement)
+                      num_workers=num_workers, progress=progress, desc="probe pass", placement=placement,
+                      layouts={layer: layouts[layer] for layer in missing})
         for layer in missing:
             cache.put("activations", keys[layer], got.activations[layer])
             acts[layer] = got.activations[layer]
@@ -222,21 +245,31 @@ def _compute(r: Resolved, store: Store, cache: ArrayCache, stages: Stages, progr
         store.put_concepts(r.concepts.content_hash, r.concepts.name, r.concepts.concepts)
 
     P = torch.from_numpy(P_img) @ torch.from_numpy(T).T  # (images, concepts) cosines
+    with stages("top-k + summaries"):
+        parts = [neuron_summaries(layer, acts[layer], c.k, c.n_contrast, c.seed) for layer in c.layers]
+    dead = {layer: p[2]["dead"].to_numpy() for layer, p in zip(c.layers, parts)}
+
     labelled = []
     with stages("similarity"):
         for layer in c.layers:
-            scores = similarity.compute(c.similarity.fn, P, torch.from_numpy(acts[layer]), **c.similarity.kwargs())
-            labelled.append((layer, *label_from_scores(layer, scores, r.concepts.concepts, c.n_runner_ups)))
-
-    with stages("top-k + summaries"):
-        parts = [neuron_summaries(layer, acts[layer], c.k, c.n_contrast, c.seed) for layer in c.layers]
+            # dead units are left out: they have nothing to label, and in soft_wpmi/wpmi they would
+            # still enter every other unit's score through the layer's log p(concept)
+            live = np.flatnonzero(~dead[layer])
+            if dead[layer].any():
+                warnings.warn(f"layer {layer}: {int(dead[layer].sum())} of {len(live) + int(dead[layer].sum())} units "
+                              "have a constant activation over the probe (dead); they are stored without a label")
+            scores = similarity.compute(c.similarity.fn, P, torch.from_numpy(acts[layer][:, live]),
+                                        **c.similarity.kwargs()) if len(live) else None
+            labelled.append((layer, *label_from_scores(layer, scores, r.concepts.concepts, c.n_runner_ups,
+                                                       units=live, n_units=len(dead[layer]))))
 
     layers_df = pd.DataFrame({"layer": list(c.layers), "position": range(len(c.layers)),
                               "shape": [str(tuple(r.layer_shapes[l])) for l in c.layers],
                               "n_units": [acts[l].shape[1] for l in c.layers]})
     return dict(
         layers=layers_df,
-        neurons=pd.concat([n for _, n, _ in labelled], ignore_index=True),
+        neurons=pd.concat([n for _, n, _ in labelled], ignore_index=True).merge(
+            pd.concat([p[2] for p in parts], ignore_index=True), on=["layer", "unit"]),
         runner_ups=pd.concat([u for _, _, u in labelled], ignore_index=True),
         neuron_images=pd.concat([p[0] for p in parts], ignore_index=True),
         histograms=pd.concat([p[1] for p in parts], ignore_index=True),
@@ -247,16 +280,28 @@ def _compute(r: Resolved, store: Store, cache: ArrayCache, stages: Stages, progr
               "timings": stages.timings, "peak_rss_mb": peak_rss_mb()})
 
 
-def label_from_scores(layer: str, scores: torch.Tensor, concepts, n_runner_ups: int):
-    """The argmax concept per neuron (label + similarity) and the best `n_runner_ups` concepts."""
+def label_from_scores(layer: str, scores: torch.Tensor | None, concepts, n_runner_ups: int,
+                      units: np.ndarray | None = None, n_units: int | None = None):
+    """The argmax concept per neuron (label + similarity) and the best `n_runner_ups` concepts.
+    `scores` rows belong to `units` (default: all); the other units of the layer's `n_units` are dead
+    and get no label (NULL) and no runner-ups."""
+    units = np.arange(scores.shape[0]) if units is None else np.asarray(units, dtype=np.int64)
+    n_units = len(units) if n_units is None else int(n_units)
+    labels = np.full(n_units, None, dtype=object)
+    sims = np.full(n_units, np.nan)
+    if scores is None or not len(units):
+        empty = pd.DataFrame({"layer": pd.Series(dtype=object), "unit": pd.Series(dtype=np.int64),
+                              "rank": pd.Series(dtype=np.int64), "concept": pd.Series(dtype=object),
+                              "score": pd.Series(dtype=float)})
+        return pd.DataFrame({"layer": layer, "unit": np.arange(n_units), "label": labels, "similarity": sims}), empty
     if torch.isnan(scores).any():
-        warnings.warn(f"layer {layer}: similarity has NaN scores (constant activations?); they rank last")
+        warnings.warn(f"layer {layer}: similarity has NaN scores; they rank last")
         scores = torch.nan_to_num(scores, nan=-float("inf"))
     top = torch.topk(scores, k=min(n_runner_ups, scores.shape[1]), dim=1)
     vals, idx = top.values.numpy(), top.indices.numpy()
     names = np.asarray(concepts, dtype=object)
-    units = np.arange(scores.shape[0])
-    neurons = pd.DataFrame({"layer": layer, "unit": units, "label": names[idx[:, 0]], "similarity": vals[:, 0]})
+    labels[units], sims[units] = names[idx[:, 0]], vals[:, 0]
+    neurons = pd.DataFrame({"layer": layer, "unit": np.arange(n_units), "label": labels, "similarity": sims})
     r, u = np.meshgrid(np.arange(idx.shape[1]), units, indexing="xy")
     runner = pd.DataFrame({"layer": layer, "unit": u.ravel(), "rank": r.ravel() + 1,
                            "concept": names[idx].ravel(), "score": vals.ravel()})

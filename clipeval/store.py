@@ -3,7 +3,8 @@
 Tables
   runs            one row per run: config JSON + hash, status, timings, models used
   layers          per run and layer: output shape, number of units
-  neurons         per run, layer, unit: CLIP-Dissect label and its similarity
+  neurons         per run, layer, unit: CLIP-Dissect label and its similarity; dead (constant activation
+                  over the probe: no label, no images) and n_negatives (contrast images: low + random)
   runner_ups      per neuron: the best concepts in order (rank 1 is the label)
   neuron_images   per neuron: images with their activation; kind 'top' (top-k), 'low' (lowest),
                   'random' (random, not among the most active), 'level' (spread over activation levels)
@@ -53,7 +54,8 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS layers (
     run_id TEXT, layer TEXT, position INTEGER, shape TEXT, n_units INTEGER, PRIMARY KEY (run_id, layer));
 CREATE TABLE IF NOT EXISTS neurons (
-    run_id TEXT, layer TEXT, unit INTEGER, label TEXT, similarity DOUBLE, PRIMARY KEY (run_id, layer, unit));
+    run_id TEXT, layer TEXT, unit INTEGER, label TEXT, similarity DOUBLE, dead BOOLEAN DEFAULT false,
+    n_negatives INTEGER, PRIMARY KEY (run_id, layer, unit));
 CREATE TABLE IF NOT EXISTS runner_ups (
     run_id TEXT, layer TEXT, unit INTEGER, rank INTEGER, concept TEXT, score DOUBLE);
 CREATE TABLE IF NOT EXISTS neuron_images (
@@ -88,6 +90,11 @@ CREATE TABLE IF NOT EXISTS source_evals (
 CREATE TABLE IF NOT EXISTS source_scores (
     source_eval_id TEXT, layer TEXT, unit INTEGER, variant TEXT, kind TEXT, rank INTEGER, image_id INTEGER,
     label TEXT, raw DOUBLE);
+"""
+# columns added after a table was first released: stores written before get them (with their defaults)
+MIGRATIONS = """
+ALTER TABLE neurons ADD COLUMN IF NOT EXISTS dead BOOLEAN DEFAULT false;
+ALTER TABLE neurons ADD COLUMN IF NOT EXISTS n_negatives INTEGER;
 """
 
 RUN_TABLES = ("layers", "neurons", "runner_ups", "neuron_images", "histograms")
@@ -130,6 +137,7 @@ class Store:
         self.read_only = read_only
         if not read_only:
             self.con.execute(SCHEMA)
+            self.con.execute(MIGRATIONS)
             self.con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
     def close(self) -> None:
@@ -293,9 +301,17 @@ class Store:
         return self.df("SELECT layer, shape, n_units FROM layers WHERE run_id = ? ORDER BY position", [run_id])
 
     def neurons(self, run_id: str, layer: str | None = None) -> pd.DataFrame:
-        sql = ("SELECT n.layer, n.unit, n.label, n.similarity FROM neurons n JOIN layers l USING (run_id, layer) "
+        # a store written before these columns and opened read-only (no migration) reads as all alive
+        extra = ("coalesce(n.dead, false) AS dead, n.n_negatives" if self._neuron_columns() >= {"dead", "n_negatives"}
+                 else "false AS dead, NULL::INTEGER AS n_negatives")
+        sql = (f"SELECT n.layer, n.unit, n.label, n.similarity, {extra} "
+               "FROM neurons n JOIN layers l USING (run_id, layer) "
                "WHERE n.run_id = ?" + (" AND n.layer = ?" if layer else "") + " ORDER BY l.position, n.unit")
         return self.df(sql, [run_id, layer] if layer else [run_id])
+
+    def _neuron_columns(self) -> set[str]:
+        return {r[0] for r in self.cursor().execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'neurons'").fetchall()}
 
     def runner_ups(self, run_id: str, layer: str, unit: int) -> pd.DataFrame:
         return self.df("SELECT rank, concept, score FROM runner_ups WHERE run_id = ? AND layer = ? AND unit = ? "
@@ -467,7 +483,7 @@ class Store:
     def label_counts(self, run_id: str, layer: str | None = None, limit: int = 25) -> pd.DataFrame:
         """The most frequent labels (of one layer, or of the whole run) with how many neurons carry them."""
         sql = ("SELECT label, count(*) AS neurons, count(*) / sum(count(*)) OVER () AS share, "
-               "string_agg(DISTINCT layer, ', ' ORDER BY layer) AS layers FROM neurons WHERE run_id = ?"
+               "string_agg(DISTINCT layer, ', ' ORDER BY layer) AS layers FROM neurons WHERE run_id = ? AND label IS NOT NULL"
                + (" AND layer = ?" if layer else "") + " GROUP BY label ORDER BY neurons DESC, label LIMIT ?")
         return self.df(sql, [run_id, layer, int(limit)] if layer else [run_id, int(limit)])
 

@@ -29,6 +29,8 @@ else:
                f"(×) and on one constant label for every neuron (–). An evaluator that passes shuffled or constant "
                f"labels nearly as often as real ones tells real labels from wrong ones poorly. "
                f"'overall' pools all neurons (not the mean of the layers). {widgets.thresholds_caption(ctx)}.")
+    for line in widgets.judge_caveats(view):
+        st.caption(f":orange[{line}]")
     table = tables.summary_table(summary, layer_names)
     table, pct = widgets.as_percent(table, [c for c in table.columns if c not in ("layer", "neurons")])
     st.dataframe(table, hide_index=True, width="stretch", column_config=pct)

@@ -85,6 +85,13 @@ if unit not in unit_list:
     st.warning(f"{layer} has no labelled unit {unit}.")
     st.stop()
 label_row = neurons[(neurons["layer"] == layer) & (neurons["unit"] == unit)].iloc[0]
+if bool(label_row.get("dead", False)):
+    st.subheader(f"{layer} / unit {unit}")
+    st.warning(widgets.DEAD_TEXT)
+    hist = data.histogram(ctx.run_id, layer, unit)
+    if not hist.empty:
+        st.caption(f"Its activation is {hist['lo'].iloc[0]:.4g} on all {int(hist['count'].sum())} probe images.")
+    st.stop()
 
 # ---------------------------------------------------------------- label, runner-ups, verdicts
 # label and runner-ups side by side, then the verdicts at full width: the verdict table has six columns
@@ -147,6 +154,9 @@ for e in missing:
 if show_human and not view.human_labels:
     st.caption("No human verdicts for this run yet: judge neurons on the Annotate page.")
 if view.available:
+    if "contrast" in shown and pd.notna(label_row.get("n_negatives")):
+        st.caption(f"Contrast compared this neuron's top images with {int(label_row['n_negatives'])} inactive ones "
+                   "(its least active images and random images below its 90th percentile).")
     st.caption(f"A label is judged correct when ANY of the top-{ctx.k} images matches it. Neuron score: CP the "
                "best rank of the label, ES the highest cosine, VQA the highest P(yes), Contrast the ROC-AUC of the "
                "label's cosine on the top images against inactive ones. Baselines: the same evaluator on a label "

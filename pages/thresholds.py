@@ -5,6 +5,7 @@ import streamlit as st
 
 from clipeval import headlines, thresholds
 from clipeval.errors import ClipevalError
+from clipeval.judges import PAPER_THRESHOLDS
 from clipeval.evaluators.rules import RULES
 from clipeval.ui import charts, data, sweeps, widgets
 
@@ -50,6 +51,8 @@ for e in available:
                        format=thresholds.printf(e), key=f"range_{e}",
                        help="Zoom the x axis; the sweep covers this range in 101 steps.")
     sweep = data.sweep(ctx.run_id, e, lo, hi, k, ref)
+    if view.defaults[e].note:
+        st.caption(f"Default: {view.defaults[e].note}. The dashed grey line marks the paper's value.")
     cols = st.columns(2 if ref else 1)
     head = headlines.share_headline(view, e, ctx.thresholds[e], k)
     cols[0].markdown(f"**Share judged correct** at {thresholds.label(e, ctx.thresholds[e])}: "
@@ -57,14 +60,16 @@ for e in available:
     if head.warning():
         cols[0].warning(head.warning(), icon=":material/warning:")
     cols[0].plotly_chart(charts.sweep_figure(sweep, rule.param, ctx.thresholds[e], "share_correct", baselines,
-                                             thresholds.fmt(e, ctx.thresholds[e])),
+                                             thresholds.fmt(e, ctx.thresholds[e]),
+                                             paper=PAPER_THRESHOLDS[e]),
                          width="stretch", key=f"share_{e}")
     if ref:
         if metric in sweep and sweep[metric].notna().any():
             n_ref = int(sweep["n_reference"].dropna().max()) if "n_reference" in sweep else 0
             cols[1].markdown(f"**{metric.capitalize()} with {ref}** over the {n_ref} neurons they judged")
             cols[1].plotly_chart(charts.sweep_figure(sweep, rule.param, ctx.thresholds[e], metric, False,
-                                                     thresholds.fmt(e, ctx.thresholds[e])),
+                                                     thresholds.fmt(e, ctx.thresholds[e]),
+                                                     paper=PAPER_THRESHOLDS[e]),
                                  width="stretch", key=f"agree_{e}")
         else:
             cols[1].info(f"{ref} judged none of this run's neurons that {widgets.title(e)} scored.")

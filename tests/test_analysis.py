@@ -60,7 +60,7 @@ def test_run_view_loads_the_evaluations(view):
 def test_layer_summary_shape_and_values(view):
     s = view.layer_summary(THRESHOLDS)
     n_layers = len(view.layers)
-    assert list(s.columns) == ["layer", "evaluator", "variant", "share_correct", "n"]
+    assert list(s.columns) == ["layer", "evaluator", "variant", "share_correct", "n", "n_dead"]
     assert len(s) == len(EVALS) * len(VARIANTS) * (n_layers + 1)
     assert s["share_correct"].between(0, 1).all()
     per_layer = view.neurons.groupby("layer").size()

@@ -9,11 +9,13 @@ from torch import nn
 from clipeval.data.probe import ProbeImage
 from clipeval.dissect import collect, neuron_summaries, pool
 from clipeval.errors import ClipevalError
-from clipeval.models.targets import check_layers, from_module, layer_shapes
+from clipeval.models.targets import check_layers, from_module, layer_layouts, layer_shapes
 
 
 class Toy(nn.Module):
     """conv (4-D), tokens (3-D, CLS first), fc (2-D), and a tuple output."""
+    has_class_token, num_prefix_tokens = True, 1  # as timm ViTs say it: token 0 is the class token
+
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
@@ -40,7 +42,9 @@ def test_pool_modes():
     tokens = torch.randn(2, 5, 3)
     torch.testing.assert_close(pool(tokens, "mean", "l"), tokens[:, 0])  # CLS token, whatever the mode
     flat = torch.randn(2, 3)
-    assert pool(flat, "max", "l") is flat
+    got = pool(flat, "max", "l")
+    torch.testing.assert_close(got, flat)
+    assert got.data_ptr() != flat.data_ptr()  # a copy: a later in-place op cannot change what was recorded
     with pytest.raises(ClipevalError, match="cannot be pooled"):
         pool(torch.randn(1, 2, 3, 4, 5), "mean", "l")
     with pytest.raises(ClipevalError, match="not a tensor"):
@@ -66,11 +70,13 @@ def test_collect_one_pass_all_layers(tmp_path):
         Image.new("RGB", (12, 12), colour).save(p)
         images.append(ProbeImage(str(p), "t", "CC0", ""))
     module = Toy()
+    target = from_module(module, input_size=8)
+    layouts = layer_layouts(target, ["conv", "tokens", "fc"])  # detected on a dummy forward of its own
+    assert layouts == {"conv": "nchw", "tokens": "tokens:cls", "fc": "flat"}
     calls = []
     module.register_forward_hook(lambda *a: calls.append(1))
-    target = from_module(module, input_size=8)
     got = collect(images, target=target, layers=["conv", "tokens", "fc"], pooling="max", thumb_size=8,
-                  batch_size=2, num_workers=0, progress=False)
+                  batch_size=2, num_workers=0, progress=False, layouts=layouts)
     assert len(calls) == 2  # 3 images in batches of 2: one forward per batch for all three layers
     assert got.activations["conv"].shape == (3, 4) and got.activations["tokens"].shape == (3, 4)
     with torch.no_grad():
@@ -83,7 +89,8 @@ def test_collect_one_pass_all_layers(tmp_path):
 def test_neuron_summaries():
     rng = np.random.default_rng(0)
     A = rng.normal(size=(50, 3)).astype(np.float32)
-    images, hist = neuron_summaries("l", A, k=5, n_contrast=4, seed=0)
+    images, hist, stats = neuron_summaries("l", A, k=5, n_contrast=4, seed=0)
+    assert not stats["dead"].any() and list(stats["n_negatives"]) == [8, 8, 8]
     for u in range(3):
         mine = images[images["unit"] == u]
         top = mine[mine["kind"] == "top"].sort_values("rank")

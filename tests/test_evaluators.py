@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -733,3 +734,130 @@ def test_score_table_refuses_unknown_neurons_and_evaluators():
         ScoreTable(scores, "es", neurons)
     with pytest.raises(ClipevalError, match="unknown evaluator"):
         ScoreTable(scores.iloc[:1], "bleu", neurons)
+
+
+# ============================================================================ caches keyed by the weights (issue 12)
+def test_vqa_scores_follow_the_weights_of_a_replaced_local_folder(colour_run, tmp_path):
+    from tiny_blip2 import make_model, make_processor
+
+    from clipeval.models.vqa import vqa_identity
+
+    store, run_id, _, _, cache = colour_run
+    folder = tmp_path / "blip2"
+
+    def save(seed):
+        processor = make_processor()
+        tok = processor.tokenizer
+        make_model(len(tok), tok.convert_tokens_to_ids("<image>"), seed=seed).save_pretrained(folder)
+        processor.save_pretrained(folder)
+
+    save(0)
+    (first,) = run_mod.evaluate(store, run_id, "vqa", vqa_model=str(folder), k=1, cache_dir=cache, progress=False)
+    (again,) = run_mod.evaluate(store, run_id, "vqa", vqa_model=str(folder), k=1, cache_dir=cache, progress=False)
+    assert (first.status, again.status, again.eval_id) == ("complete", "cached", first.eval_id)
+    save(1)  # the same folder, other weights
+    (replaced,) = run_mod.evaluate(store, run_id, "vqa", vqa_model=str(folder), k=1, cache_dir=cache, progress=False)
+    assert replaced.status == "complete" and replaced.eval_id != first.eval_id
+    old, new = (store.eval_scores(o.eval_id)["raw"].to_numpy() for o in (first, replaced))
+    assert not np.allclose(old, new)
+    # the dtype it runs in is part of the key as well; the prompt template is in the settings
+    assert vqa_identity(str(folder), dtype="float16") != vqa_identity(str(folder), dtype="float32")
+
+
+def test_in_memory_vqa_models_with_other_weights_get_other_evaluations(colour_run):
+    from tiny_blip2 import make_model, make_processor
+
+    from clipeval.models.vqa import Blip2Vqa
+
+    store, run_id, _, _, cache = colour_run
+    ids = []
+    for seed in (0, 1):
+        processor = make_processor()
+        model = make_model(len(processor.tokenizer), processor.tokenizer.convert_tokens_to_ids("<image>"), seed=seed)
+        (o,) = run_mod.evaluate(store, run_id, "vqa", k=1, cache_dir=cache, progress=False,
+                                vqa_backend=Blip2Vqa(model, processor, name="tiny-blip2"))
+        ids.append((o.status, o.eval_id))
+    assert ids[0][0] == ids[1][0] == "complete" and ids[0][1] != ids[1][1]
+
+
+def test_random_weight_open_clip_models_are_fingerprinted_by_their_weights():
+    from torch import nn
+
+    from clipeval.models.image_text import OpenClipModel
+
+    def random_model(seed):
+        torch.manual_seed(seed)
+        return OpenClipModel(nn.Linear(4, 3), lambda im: im, None, "ViT-B-32", "")
+
+    a, b, a2 = random_model(0).info(), random_model(1).info(), random_model(0).info()
+    assert a["fingerprint"] and a["fingerprint"] != b["fingerprint"] and a["fingerprint"] == a2["fingerprint"]
+    assert a["text_fingerprint"] != b["text_fingerprint"]
+    assert OpenClipModel(nn.Linear(4, 3), lambda im: im, None, "ViT-B-32", "laion2b_s34b_b79k").info()["fingerprint"] \
+        == "laion2b_s34b_b79k"
+
+
+# ============================================================================ judges independent of the labeller (issue 12)
+LITE1_MINILM = {"backend": "conse", "classifier": "efficientnet_lite1", "fingerprint": "a", "text_fingerprint": "minilm:x",
+                "text_encoder_name": "all-MiniLM-L6-v2", "description": "ConSE lite1"}
+
+
+def test_shared_components_name_what_the_judge_shares_with_the_labeller():
+    from clipeval.judges import shared_components
+
+    same_text = {**LITE1_MINILM, "classifier": "efficientnet_lite2", "fingerprint": "b"}
+    other_text = {**same_text, "text_fingerprint": "mpnet:y", "text_encoder_name": "all-mpnet-base-v2"}
+    got = shared_components(LITE1_MINILM, same_text)
+    assert [g.split(" (")[0] for g in got] == ["text encoder", "classifier family", "label space"]
+    assert [g.split(" (")[0] for g in shared_components(LITE1_MINILM, other_text)] == ["classifier family", "label space"]
+    assert "circular" in shared_components(LITE1_MINILM, dict(LITE1_MINILM))[0]
+    clip = {"backend": "open_clip", "fingerprint": "laion", "text_fingerprint": "open_clip:ViT-B-32:laion"}
+    assert shared_components({"backend": "open_clip", "fingerprint": "openai",
+                              "text_fingerprint": "open_clip:ViT-B-16:openai"}, clip) == []
+
+
+def test_evaluate_warns_when_the_judge_shares_the_labellers_text_encoder(colour_run, monkeypatch):
+    store, run_id, model, _, cache = colour_run
+    store.cursor().execute("UPDATE runs SET models_json = ? WHERE run_id = ?",
+                           [json.dumps({"image_text": LITE1_MINILM}), run_id])
+    judge = {**LITE1_MINILM, "classifier": "efficientnet_lite2", "fingerprint": "b"}
+    monkeypatch.setattr(model, "info", lambda: judge)
+    with pytest.warns(UserWarning, match="shares the labeller's text encoder"):
+        run_mod.evaluate(store, run_id, "es", cache_dir=cache, progress=False)
+    monkeypatch.setattr(model, "info", lambda: {**judge, "text_fingerprint": "mpnet:y"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_mod.evaluate(store, run_id, "es", cache_dir=cache, progress=False, seed=1)
+
+
+def test_calibration_over_repeated_splits_finds_the_threshold_and_reports_intervals():
+    from clipeval.judges import calibrate_splits
+
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0.3, 0.9, 400)
+    reference = (scores + rng.normal(0, 0.03, 400)) > 0.6
+    r = calibrate_splits(scores, reference, "es", n_splits=20)
+    assert abs(r["value"] - 0.6) < 0.03 and r["interval"][0] <= r["value"] <= r["interval"][1]
+    assert r["n_splits"] == 20 and 0.7 < r["heldout_kappa"] <= 1
+    assert r["heldout_kappa_interval"][0] <= r["heldout_kappa"] <= r["heldout_kappa_interval"][1]
+    # CP on rank / |S|: 'rank <= int(|S| p)' is exactly 'rank / |S| <= p'
+    ranks = rng.integers(1, 200, 400)
+    cp = calibrate_splits(ranks / 1000, ranks <= 20, "cp", n_splits=10)
+    # the lowest cut-off with the best kappa on the fit half: 20, or 19 where a split left rank 20 out of it
+    assert int(1000 * cp["value"] + 1e-9) in (19, 20) and cp["heldout_kappa"] > 0.95
+
+
+def test_each_backend_starts_from_its_own_default_thresholds(colour_run):
+    from clipeval.judges import PAPER_THRESHOLDS, save_calibration
+
+    store, run_id, model, _, cache = colour_run
+    run_mod.evaluate(store, run_id, "cp,es", cache_dir=cache, progress=False)
+    view = run_view(store, run_id)
+    assert view.default_thresholds() == PAPER_THRESHOLDS  # not calibrated: the paper's, and it says so
+    assert view.defaults["es"].source == "paper (uncalibrated)" and "not CLIP" in view.defaults["es"].note
+    save_calibration(store, model.info(), {"es": {"value": 0.7, "interval": (0.65, 0.75), "heldout_kappa": 0.5,
+                                                  "heldout_kappa_interval": (0.4, 0.6), "n_neurons": 100,
+                                                  "n_splits": 50}}, "ref", "somewhere")
+    view = run_view(store, run_id)
+    assert view.default_thresholds()["es"] == 0.7 and view.defaults["es"].source == "calibrated"
+    assert "held-out kappa 0.500 [0.400, 0.600]" in view.defaults["es"].note
+    assert view.default_thresholds()["cp"] == PAPER_THRESHOLDS["cp"]  # CP has no calibration stored

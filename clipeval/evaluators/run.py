@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from clipeval import judges
 from clipeval.config import EvalConfig, ImageTextConfig, stable_hash
 from clipeval.batches import place_image_text
 from clipeval.device import CPU, Placement, dtype_name
@@ -33,7 +34,9 @@ EVALUATORS = ("cp", "es", "vqa", "contrast")
 EMBEDDING_EVALUATORS = {"cp": ConceptProportion, "es": EmbeddingSimilarity, "contrast": Contrast}
 # The paper's evaluator model, and the offline stand-in used when its weights are not here.
 PAPER_EVAL_MODEL = ImageTextConfig("open_clip", "ViT-B-32", "laion2b_s34b_b79k", image_size=128)
-OFFLINE_EVAL_MODEL = ImageTextConfig("conse", "efficientnet_lite2", image_size=128)
+# Its classifier (EfficientNet-Lite2) and sentence encoder (all-mpnet-base-v2) both differ from the default
+# labeller's (Lite1, all-MiniLM-L6-v2); the classifier family and the ImageNet label space are still shared.
+OFFLINE_EVAL_MODEL = ImageTextConfig("conse", "efficientnet_lite2", image_size=128, text_encoder="mpnet")
 
 
 def parse_evaluators(text: str | list[str]) -> list[str]:
@@ -59,6 +62,9 @@ def load_inputs(store: Store, run_id: str, kinds, seed: int, baselines: bool, co
     neurons = store.neurons(run["run_id"])
     if neurons.empty:
         raise ClipevalError(f"run {run['run_id']} has no neurons")
+    neurons = neurons[~neurons["dead"].astype(bool)]  # dead units have no label and no images to judge
+    if neurons.empty:
+        raise ClipevalError(f"every neuron of run {run['run_id']} is dead (constant over the probe)")
     images = store.neuron_images(run["run_id"], kinds=kinds)
     top = images[images["kind"] == "top"]
     if top.empty:
@@ -117,9 +123,16 @@ def evaluate(store: Store, run_id: str, evaluators, *, eval_model: ImageTextConf
         model_cfg, model = resolve_eval_model(eval_model, progress)
         place_image_text(model, placement)
         labelling = json.loads(run.get("config_json") or "{}").get("image_text") or {}
-        if [labelling.get(f) for f in ("backend", "arch", "pretrained")] == \
-                [model_cfg.backend, model_cfg.arch, model_cfg.pretrained]:
+        if [labelling.get(f) for f in ("backend", "arch", "pretrained", "text_encoder")] == \
+                [model_cfg.backend, model_cfg.arch, model_cfg.pretrained, model_cfg.text_encoder]:
             warnings.warn("the evaluator model is the labelling model itself: the judgement is circular")
+        else:
+            labeller_info = json.loads(run.get("models_json") or "{}").get("image_text") or {}
+            shared = judges.shared_components(labeller_info, model.info())
+            if any(s.startswith("text encoder") for s in shared):
+                warnings.warn(f"the evaluator model {model_cfg.describe()} shares the labeller's text encoder: "
+                              "CP and ES then judge labels in the labeller's own text space; "
+                              + judges.shared_note(labeller_info, model.info()))
     if vqa_backend is not None:  # record the model that answers, not a default name that was never loaded
         vqa_model = getattr(vqa_backend, "name", "") or vqa_model
     run_kw = dict(batch_size=batch_size, num_workers=num_workers)
@@ -157,9 +170,11 @@ def _vqa_dtype(backend, placement: Placement) -> str:
 
 def _run_vqa(store, run_id, cfg, inputs, backend, force, progress, placement: Placement = CPU,
              run_kw: dict | None = None) -> Outcome:
-    from clipeval.models.vqa import Blip2Vqa
+    from clipeval.models.vqa import Blip2Vqa, vqa_identity
 
-    eval_id = stable_hash("evaluation", run_id, cfg, getattr(backend, "name", "") if backend else "")
+    # keyed by the weights (files, or the in-memory model's hash) and dtype too, not the name alone:
+    # a replaced local BLIP-2 folder must not reuse the old model's scores
+    eval_id = stable_hash("evaluation", run_id, cfg, vqa_identity(cfg.vqa_model, backend, placement.dtype, placement.device))
     if store.evaluation_status(eval_id) == "complete" and not force:
         return Outcome("vqa", "cached", eval_id, message="already computed with these settings")
     try:

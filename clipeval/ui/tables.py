@@ -95,6 +95,9 @@ def summary_table(summary: pd.DataFrame, layers: list[str]) -> pd.DataFrame:
     wide = wide[cols]
     wide.columns = [e if v == "real" else f"{e} {v}" for e, v in cols]
     wide.insert(0, "neurons", n.astype(int))
+    if "n_dead" in summary and summary["n_dead"].any():  # dead units are not in 'neurons': say how many
+        dead = summary.drop_duplicates("layer").set_index("layer")["n_dead"].reindex(order)
+        wide.insert(1, "dead units (left out)", dead.fillna(0).astype(int))
     return wide.reset_index()
 
 

@@ -25,6 +25,8 @@ THRESHOLD_LABELS = {
     "contrast": "Contrast: ROC-AUC at least",
 }
 RULES_HELP = {e: r.title for e, r in RULES.items()}
+DEAD_TEXT = ("**Dead unit**: its activation is the same on every probe image, so no image activates it more than "
+             "another. It has no label and no top images, and it is left out of every share, agreement and kappa.")
 
 HOW_TO = """
 **No complete run in this store yet.** Make one, then reload this page:
@@ -139,20 +141,23 @@ def sidebar() -> Context:
 
         st.markdown("**Thresholds** (applied live to the stored raw scores)")
         n_concepts = _n_concepts(ctx.latest)
+        # each evaluator starts from its own model's default (the paper's for CLIP, calibrated for a stand-in)
+        defaults = data.run_view(run_id).defaults
         for e in EVALUATOR_ORDER:
             rule = RULES[e]
+            start = float(defaults[e].value)
             status = ctx.evaluator_status(e)[0]
             note = "" if status == "complete" else f"  \n{title(e)} is {status} for this run."
-            help_text = rule.title + note
+            help_text = rule.title + note + (f"  \nDefault: {defaults[e].note}" if defaults[e].note else "")
             if e == "cp":
                 # a number input: p is typically 0.001-0.05 of [0, 1], too fine for a slider's pixels
-                value = st.number_input(THRESHOLD_LABELS[e], rule.lo, rule.hi, rule.default, rule.step,
+                value = st.number_input(THRESHOLD_LABELS[e], rule.lo, rule.hi, start, rule.step,
                                         format=thresholds.printf(e), key=rule.param, bind="query-params", help=help_text)
                 if n_concepts:
                     st.caption(f"= the label within the top {cp_cutoff(value, n_concepts)} of "
                                f"{n_concepts} concepts")
             else:
-                value = st.slider(THRESHOLD_LABELS[e], rule.lo, rule.hi, rule.default, rule.step,
+                value = st.slider(THRESHOLD_LABELS[e], rule.lo, rule.hi, start, rule.step,
                                   format=thresholds.printf(e), key=rule.param, bind="query-params", help=help_text)
             ctx.thresholds[e] = float(value)
         missing = [f"{title(e)}: {ctx.evaluator_status(e)[0]}" for e in EVALUATOR_ORDER
@@ -315,3 +320,15 @@ def image_grid(frame: pd.DataFrame, thumbs: dict[int, bytes], ncols: int, lines=
                                               ("image_label", "source", "license"))
                     st.caption(f"{label + ' · ' if label else ''}{origin or 'source unknown'} · "
                                f"{licence or 'licence unknown'}")
+
+
+def judge_caveats(view) -> list[str]:
+    """Lines to show beside a run's shares: what each evaluator's model shares with the labeller, where
+    its thresholds come from, and how many dead units were left out."""
+    out = [f"{title(e)} model {view.shared_note(e)}" for e in EVALUATOR_ORDER
+           if e in view.available and view.shared_note(e)]
+    out += [f"{title(e)}: {view.defaults[e].note}" for e in EVALUATOR_ORDER
+            if e in view.available and view.defaults[e].note]
+    if view.dead_note():
+        out.append(view.dead_note())
+    return out

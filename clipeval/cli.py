@@ -57,10 +57,21 @@ def _params(pairs: list[str]) -> tuple:
 
 
 def _placement(args):
-    """The command's one device decision (checked before any work): --device and --dtype resolved."""
+    """The command's one device decision (checked before any work): --device and --dtype resolved
+    (with --engine ray: this process's, on its CPU; the workers' device comes from --gpus-per-worker)."""
     from clipeval.device import Placement
+    from clipeval.engine import driver_device_and_dtype
 
-    return Placement.resolve(args.device, args.dtype)
+    engine = _engine(args) if hasattr(args, "engine") else None
+    device, dtype = driver_device_and_dtype(engine, args.device, args.dtype) if engine else (args.device, args.dtype)
+    return Placement.resolve(device, dtype)
+
+
+def _engine(args):
+    """--engine and its options, checked before any work."""
+    from clipeval.engine import engine_from_args
+
+    return engine_from_args(args)
 
 
 def cmd_dissect(args) -> int:
@@ -68,6 +79,7 @@ def cmd_dissect(args) -> int:
     from clipeval.config import ConceptConfig, DissectConfig, ImageTextConfig, ProbeConfig, SimilarityConfig, TargetConfig
 
     placement = _placement(args)
+    engine = _engine(args)
     config = DissectConfig(
         target=TargetConfig(args.target, args.weights),
         layers=tuple(l.strip() for l in args.layers.split(",") if l.strip()),
@@ -79,7 +91,8 @@ def cmd_dissect(args) -> int:
         k=args.k, dtype=placement.dtype_name)
     store = _store(args)
     run_id = pipeline.dissect(config, store, name=args.name or "", force=args.force, batch_size=args.batch_size,
-                              num_workers=args.workers, device=placement.device)
+                              num_workers=None if engine.is_ray else args.workers, device=placement.device,
+                              engine=engine)
     print(run_id)
     return 0
 
@@ -154,11 +167,13 @@ def cmd_evaluate(args) -> int:
     from clipeval.evaluators.run import evaluate
 
     placement = _placement(args)
+    engine = _engine(args)
     store = _store(args)
     outcomes = evaluate(store, args.run, args.evaluators, eval_model=_image_text_config(args, "eval"),
                         vqa_model=args.vqa_model, prompt=args.prompt, k=args.k, baselines=not args.no_baselines,
                         constant_label=args.constant_label or "", force=args.force, device=placement.device,
-                        dtype=placement.dtype, batch_size=args.batch_size, num_workers=args.workers)
+                        dtype=placement.dtype, batch_size=args.batch_size,
+                        num_workers=None if engine.is_ray else args.workers, engine=engine)
     print(f"{'evaluator':<10} {'status':<12} {'wall time':>10}  evaluation")
     for o in outcomes:
         print(f"{o.evaluator:<10} {o.status:<12} {o.wall_s:>9.1f}s  {o.eval_id}")
@@ -360,8 +375,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"{batch_help} (default per device: CPU {DEFAULT_BATCH['cpu']}, the fastest on 2 cores "
                              f"in bench/bench_dissect.py; CUDA {DEFAULT_BATCH['cuda']}, halved on out-of-memory)")
         sp.add_argument("--workers", type=_count(0), default=None,
-                        help="image decoding processes (default: 0 on the CPU, up to 8 with a GPU so decoding "
-                             "overlaps the forward pass)")
+                        help="local engine: image decoding processes (default: 0 on the CPU, up to 8 with a GPU so "
+                             "decoding overlaps the forward pass); --engine ray: Ray workers, each with its own copy "
+                             "of the models (default: the cluster's GPUs / --gpus-per-worker, or its CPUs)")
+
+    def engine_options(sp):
+        sp.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="where the per-image work runs: here (local), or on Ray workers (ray); text "
+                             "embeddings, similarity, rules and the store always stay in this process")
+        sp.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                        help="with --engine ray: 'local' (default: start a Ray on this machine for the command), "
+                             "'auto' (join the cluster this machine is part of) or HOST:PORT / ray://HOST:PORT")
+        sp.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
+                        help="with --engine ray: GPUs per worker, fractions below 1 share a GPU (default 0: CPU workers)")
 
     def image_text_options(sp, prefix, what):
         sp.add_argument(f"--{prefix}-backend", choices=["open_clip", "conse"], default=None,
@@ -384,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--name", help="a readable name for the run")
     d.add_argument("--force", action="store_true", help="recompute even if a complete run has these settings")
     device_options(d)
+    engine_options(d)
     d.set_defaults(func=cmd_dissect)
 
     l = sub.add_parser("layers", help="list a target's layers with their output shapes")
@@ -430,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--force", action="store_true")
     device_options(ev, "images per forward pass; for VQA also (image, question) rows per language-model call "
                        "(VQA default: CPU 8, CUDA 256)")
+    engine_options(ev)
     ev.set_defaults(func=cmd_evaluate)
 
     def threshold_options(q):

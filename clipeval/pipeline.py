@@ -28,6 +28,7 @@ from clipeval.data.concepts import ConceptSet, load_concepts
 from clipeval.data.probe import ProbeSet, load_probe
 from clipeval.device import CPU, DTYPES, Placement, resolve_device
 from clipeval.dissect import collect, neuron_summaries
+from clipeval.engine import LOCAL, Engine, ray_session
 from clipeval.errors import ClipevalError
 from clipeval.models import targets as targets_mod
 from clipeval.models.image_text import load_image_text
@@ -159,9 +160,10 @@ def encode_texts_cached(model, texts, cache: "ArrayCache") -> np.ndarray:
 def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, target: targets_mod.Target,
                layers, pooling: str, image_model=None, image_key: str = "", *, progress: bool = True,
                batch_size: int | None = None, num_workers: int | None = None,
-               placement: Placement = CPU) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+               placement: Placement = CPU, engine: Engine = LOCAL) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Activations of `layers` and (optionally) image embeddings, from the cache where present, else
-    from ONE pass over the probe that also stores the thumbnails if the store lacks them."""
+    from ONE pass over the probe that also stores the thumbnails if the store lacks them; that pass runs
+    here or on Ray workers (`engine`), and either way fills the same cache entries."""
     layouts = targets_mod.layer_layouts(target, layers) if layers else {}
     keys = {layer: _layer_key(target_cfg, target, layer, pooling, probe, placement.dtype_name, layouts[layer])
             for layer in layers}
@@ -171,11 +173,16 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, tar
     need_emb = image_model is not None and emb is None
     need_thumbs = not store.has_probe(probe.fingerprint)
     if missing or need_emb or need_thumbs:
-        got = collect(probe.images, target=target if missing else None, layers=missing, pooling=pooling,
-                      image_models={"labelling": image_model} if need_emb else {},
-                      thumb_size=THUMB_SIZE if need_thumbs else None, batch_size=batch_size,
-                      num_workers=num_workers, progress=progress, desc="probe pass", placement=placement,
-                      layouts={layer: layouts[layer] for layer in missing})
+        kw = dict(target=target if missing else None, layers=missing, pooling=pooling,
+                  image_models={"labelling": image_model} if need_emb else {},
+                  thumb_size=THUMB_SIZE if need_thumbs else None, batch_size=batch_size, progress=progress,
+                  desc="probe pass", layouts={layer: layouts[layer] for layer in missing})
+        if engine.is_ray:
+            from clipeval import ray_map
+
+            got = ray_map.collect(engine, probe.images, dtype=placement.dtype_name, **kw)
+        else:
+            got = collect(probe.images, num_workers=num_workers, placement=placement, **kw)
         for layer in missing:
             cache.put("activations", keys[layer], got.activations[layer])
             acts[layer] = got.activations[layer]
@@ -192,10 +199,13 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, tar
 
 def dissect(config: DissectConfig, store: Store, *, name: str = "", cache_dir: str | os.PathLike | None = None,
             force: bool = False, progress: bool = True, batch_size: int | None = None, num_workers: int | None = None,
-            resolved: Resolved | None = None, device: str | torch.device | None = "cpu") -> str:
+            resolved: Resolved | None = None, device: str | torch.device | None = "cpu",
+            engine: Engine = LOCAL) -> str:
     """Run CLIP-Dissect and store the result; returns the run id (the settings' hash).
 
-    Models run on `device` in config.dtype; batch size and decoding workers default per device.
+    Models run on `device` in config.dtype; batch size and decoding workers default per device. With a
+    Ray `engine` the probe pass runs on its workers (Ray is up before the run is recorded, so a cluster
+    that cannot serve the request leaves nothing behind); everything else runs here.
     A complete run with the same settings is returned as it is unless `force`; an interrupted one is
     resumed (its cached arrays are reused)."""
     stages = Stages(verbose=progress)
@@ -212,18 +222,19 @@ def dissect(config: DissectConfig, store: Store, *, name: str = "", cache_dir: s
         raise ClipevalError(f"run {r.run_id} is being computed by another process (pid {same.iloc[0]['pid']})")
 
     cache = ArrayCache(cache_dir or store.path.parent / "cache")
-    store.start_run(r.run_id, name or default_name(config), "dissect", config.to_json(), r.run_id)
-    try:
-        meta = _compute(r, store, cache, stages, progress, batch_size, num_workers)
-        with stages("store"):
-            store.finish_run(r.run_id, **meta)
-        store.set_run_timings(r.run_id, stages.timings)
-    except KeyboardInterrupt:
-        store.fail_run(r.run_id, "interrupted", "interrupted by the user")
-        raise
-    except Exception as e:
-        store.fail_run(r.run_id, "failed", f"{type(e).__name__}: {e}")
-        raise
+    with _engine_up(engine, progress, stages):
+        store.start_run(r.run_id, name or default_name(config), "dissect", config.to_json(), r.run_id)
+        try:
+            meta = _compute(r, store, cache, stages, progress, batch_size, num_workers, engine)
+            with stages("store"):
+                store.finish_run(r.run_id, **meta)
+            store.set_run_timings(r.run_id, stages.timings)
+        except KeyboardInterrupt:
+            store.fail_run(r.run_id, "interrupted", "interrupted by the user")
+            raise
+        except Exception as e:
+            store.fail_run(r.run_id, "failed", f"{type(e).__name__}: {e}")
+            raise
     if progress:
         total = sum(stages.timings.values())
         print(f"run {r.run_id} complete: {int(meta['layers']['n_units'].sum())} neurons in "
@@ -232,13 +243,25 @@ def dissect(config: DissectConfig, store: Store, *, name: str = "", cache_dir: s
     return r.run_id
 
 
+@contextmanager
+def _engine_up(engine: Engine, progress: bool, stages: Stages):
+    if not engine.is_ray:
+        yield
+        return
+    timer = stages("ray start")  # timed on its own (about 20 s for a local Ray on 2 busy cores)
+    timer.__enter__()
+    with ray_session(engine, progress):
+        timer.__exit__(None, None, None)
+        yield
+
+
 def _compute(r: Resolved, store: Store, cache: ArrayCache, stages: Stages, progress: bool,
-             batch_size: int, num_workers: int) -> dict:
+             batch_size: int, num_workers: int, engine: Engine = LOCAL) -> dict:
     c = r.config
     with stages("activations + image embeddings"):
         acts, P_img = probe_pass(store, cache, r.probe, c.target, r.target, c.layers, c.pooling, r.image_text,
                                  _image_key(r), progress=progress, batch_size=batch_size, num_workers=num_workers,
-                                 placement=r.placement)
+                                 placement=r.placement, engine=engine)
 
     with stages("text embeddings"):
         T = encode_texts_cached(r.image_text, r.concepts.concepts, cache)
@@ -276,7 +299,7 @@ def _compute(r: Resolved, store: Store, cache: ArrayCache, stages: Stages, progr
         meta={"run_id": r.run_id, "probe_fingerprint": r.probe.fingerprint, "concept_hash": r.concepts.content_hash,
               "n_images": len(r.probe), "n_skipped_images": len(r.probe.skipped),
               "models": {"target": {"name": r.target.name, **r.target.info}, "image_text": r.image_text.info(),
-                         "compute": r.placement.info()},
+                         "compute": {**r.placement.info(), "engine": engine.describe()}},
               "timings": stages.timings, "peak_rss_mb": peak_rss_mb()})
 
 

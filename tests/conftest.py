@@ -91,3 +91,24 @@ def app_store(run_store, monkeypatch):
     store, run_id, _ = run_store
     monkeypatch.setenv("CLIPEVAL_DB", str(store.path))
     return store, run_id
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the whole test session (starting one takes about 20 s on 2 busy cores): 2 CPUs,
+    no dashboard, its workers importing this checkout's clipeval. Yields its address, which a CLI
+    subprocess joins with --ray-address. Shut down (and its processes gone) when the session ends."""
+    import logging
+    import os
+
+    import ray
+    from ray.data import DataContext
+
+    root = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    DataContext.get_current().enable_progress_bars = False
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

@@ -51,9 +51,10 @@ def label_variants(neurons: pd.DataFrame, seed: int, constant_label: str = "", b
 
 def image_embeddings(model, model_key: str, inputs: EvalInputs, ids: np.ndarray, cache, *,
                      batch_size: int | None = None, num_workers: int | None = None,
-                     progress: bool = True) -> dict[int, np.ndarray]:
+                     progress: bool = True, engine=None) -> dict[int, np.ndarray]:
     """Embeddings of the given probe images, each encoded once; rows already in the cache are reused.
-    The model runs where it was placed (batch size and decoding workers default per device)."""
+    The model runs where it was placed (batch size and decoding workers default per device), or on the
+    workers of a Ray `engine` in the placement's dtype; either way the same cache entry fills."""
     from clipeval.batches import ImageEmbedder
 
     key = stable_hash("eval-image-embeddings", model_key, inputs.probe_fingerprint)
@@ -61,8 +62,15 @@ def image_embeddings(model, model_key: str, inputs: EvalInputs, ids: np.ndarray,
     ids = np.unique(np.asarray(ids, dtype=np.int64))
     todo = ids if table is None else ids[np.isnan(table[ids, 0])]
     if len(todo):
-        embedder = ImageEmbedder(model, getattr(model, "placement", None) or CPU, batch_size)
-        new = embedder.embed([inputs.paths[int(i)] for i in todo], num_workers=num_workers, progress=progress)
+        placement = getattr(model, "placement", None) or CPU
+        paths = [inputs.paths[int(i)] for i in todo]
+        if engine is not None and engine.is_ray:
+            from clipeval import ray_map
+
+            new = ray_map.embed(engine, model, paths, batch_size=batch_size, dtype=placement.dtype_name,
+                                progress=progress)
+        else:
+            new = ImageEmbedder(model, placement, batch_size).embed(paths, num_workers=num_workers, progress=progress)
         if table is None:
             table = np.full((inputs.n_images, new.shape[1]), np.nan, dtype=np.float32)
         table[todo] = new

@@ -16,9 +16,11 @@ class ConceptProportion:
     name = "cp"
     kinds = ("top",)
 
-    def __init__(self, model, model_key: str, cache, batch_size: int | None = None, num_workers: int | None = None):
+    def __init__(self, model, model_key: str, cache, batch_size: int | None = None, num_workers: int | None = None,
+                 engine=None):
         self.model, self.model_key, self.cache = model, model_key, cache
-        self.loader = dict(batch_size=batch_size, num_workers=num_workers)  # None: the device's defaults
+        # None: the device's defaults; engine: where the image embeddings are made (None: here)
+        self.loader = dict(batch_size=batch_size, num_workers=num_workers, engine=engine)
 
     @classmethod
     def check(cls, inputs: EvalInputs) -> None:

@@ -13,9 +13,11 @@ class EmbeddingSimilarity:
     name = "es"
     kinds: tuple[str, ...] = ("top",)
 
-    def __init__(self, model, model_key: str, cache, batch_size: int | None = None, num_workers: int | None = None):
+    def __init__(self, model, model_key: str, cache, batch_size: int | None = None, num_workers: int | None = None,
+                 engine=None):
         self.model, self.model_key, self.cache = model, model_key, cache
-        self.loader = dict(batch_size=batch_size, num_workers=num_workers)  # None: the device's defaults
+        # None: the device's defaults; engine: where the image embeddings are made (None: here)
+        self.loader = dict(batch_size=batch_size, num_workers=num_workers, engine=engine)
 
     def score(self, inputs: EvalInputs, progress: bool = True) -> pd.DataFrame:
         pairs = inputs.pairs(self.kinds)

@@ -20,12 +20,13 @@ from clipeval import judges
 from clipeval.config import EvalConfig, ImageTextConfig, stable_hash
 from clipeval.batches import place_image_text
 from clipeval.device import CPU, Placement, dtype_name
+from clipeval.engine import LOCAL, Engine, ray_scope
 from clipeval.errors import ClipevalError, WeightsUnavailable
 from clipeval.evaluators.base import EvalInputs, label_variants
 from clipeval.evaluators.contrast import Contrast
 from clipeval.evaluators.cp import ConceptProportion
 from clipeval.evaluators.es import EmbeddingSimilarity
-from clipeval.evaluators.vqa import VisualQuestionAnswering
+from clipeval.evaluators.vqa import IMAGE_SIZE as VQA_IMAGE_SIZE, VisualQuestionAnswering
 from clipeval.models.vqa import DEFAULT_MODEL as DEFAULT_VQA_MODEL, DEFAULT_TEMPLATE, format_prompt
 from clipeval.pipeline import ArrayCache
 from clipeval.store import Store
@@ -102,10 +103,22 @@ def evaluate(store: Store, run_id: str, evaluators, *, eval_model: ImageTextConf
              baselines: bool = True, constant_label: str = "", seed: int = 0, force: bool = False,
              progress: bool = True, cache_dir=None, vqa_backend=None, device: str | torch.device | None = "cpu",
              dtype: str | torch.dtype | None = "auto", batch_size: int | None = None,
-             num_workers: int | None = None) -> list[Outcome]:
+             num_workers: int | None = None, engine: Engine = LOCAL) -> list[Outcome]:
     """Score the run's top-k images with each evaluator (plus shuffled/constant-label baselines), every
     model on `device` in `dtype` ('auto': float32 on the CPU, bfloat16/float16 on a GPU); batch size and
-    decoding workers default per device. `vqa_backend` may be a ready Blip2Vqa (tests pass a small one)."""
+    decoding workers default per device. `vqa_backend` may be a ready Blip2Vqa (tests pass a small one).
+    With a Ray `engine` the image work (embeddings, P(yes)) runs on its workers in `dtype`; text
+    embeddings, rules and the store stay here. Ray starts only if some evaluator is not cached."""
+    with ray_scope(engine):
+        return _evaluate(store, run_id, evaluators, eval_model=eval_model, vqa_model=vqa_model, prompt=prompt, k=k,
+                         baselines=baselines, constant_label=constant_label, seed=seed, force=force,
+                         progress=progress, cache_dir=cache_dir, vqa_backend=vqa_backend, device=device,
+                         dtype=dtype, batch_size=batch_size, num_workers=num_workers, engine=engine)
+
+
+def _evaluate(store, run_id, evaluators, *, eval_model, vqa_model, prompt, k, baselines, constant_label, seed,
+              force, progress, cache_dir, vqa_backend, device, dtype, batch_size, num_workers,
+              engine) -> list[Outcome]:
     placement = Placement.resolve(device, dtype)
     names = parse_evaluators(evaluators)
     run = store.complete_run(run_id)
@@ -135,7 +148,7 @@ def evaluate(store: Store, run_id: str, evaluators, *, eval_model: ImageTextConf
                               + judges.shared_note(labeller_info, model.info()))
     if vqa_backend is not None:  # record the model that answers, not a default name that was never loaded
         vqa_model = getattr(vqa_backend, "name", "") or vqa_model
-    run_kw = dict(batch_size=batch_size, num_workers=num_workers)
+    run_kw = dict(batch_size=batch_size, num_workers=num_workers, engine=engine)
     outcomes = []
     for name in names:
         cfg = EvalConfig(evaluator=name, image_text=model_cfg if name in EMBEDDING_EVALUATORS else None,
@@ -177,18 +190,48 @@ def _run_vqa(store, run_id, cfg, inputs, backend, force, progress, placement: Pl
     eval_id = stable_hash("evaluation", run_id, cfg, vqa_identity(cfg.vqa_model, backend, placement.dtype, placement.device))
     if store.evaluation_status(eval_id) == "complete" and not force:
         return Outcome("vqa", "cached", eval_id, message="already computed with these settings")
+    engine = (run_kw or {}).get("engine") or LOCAL
+    if engine.is_ray:
+        return _run_vqa_on_ray(store, run_id, cfg, eval_id, inputs, backend, progress, run_kw)
     try:
         backend = backend or Blip2Vqa.load(cfg.vqa_model, device=placement.device, dtype=placement.dtype)
     except WeightsUnavailable as e:
-        store.record_evaluation(eval_id, run_id, "vqa", _cfg_json(cfg), status="unavailable", error=str(e),
-                                constant_label=cfg.constant_label)
-        return Outcome("vqa", "unavailable", eval_id, message=str(e))
+        return _vqa_unavailable(store, run_id, cfg, eval_id, str(e))
     start = time.perf_counter()
     scores = VisualQuestionAnswering(backend, cfg.prompt, **(run_kw or {})).score(inputs, progress)
     wall = time.perf_counter() - start
     compute = {"device": str(backend.device), "dtype": cfg.dtype}
     store.record_evaluation(eval_id, run_id, "vqa", _cfg_json(cfg), status="complete", scores=scores, wall_s=wall,
                             models={"vqa": backend.info(), "compute": compute}, constant_label=cfg.constant_label)
+    return Outcome("vqa", "complete", eval_id, wall)
+
+
+def _vqa_unavailable(store, run_id, cfg, eval_id, message: str) -> Outcome:
+    store.record_evaluation(eval_id, run_id, "vqa", _cfg_json(cfg), status="unavailable", error=message,
+                            constant_label=cfg.constant_label)
+    return Outcome("vqa", "unavailable", eval_id, message=message)
+
+
+def _run_vqa_on_ray(store, run_id, cfg, eval_id, inputs, backend, progress, run_kw) -> Outcome:
+    """VQA on Ray workers, each loading BLIP-2 from its own disk (this process never loads it). Weights
+    missing on a worker make the evaluator unavailable, with the worker's message, as they do locally."""
+    from clipeval.ray_map import VqaWork, weights_unavailable_message
+
+    engine = run_kw["engine"]
+    work = VqaWork(cfg.vqa_model, VQA_IMAGE_SIZE, run_kw.get("batch_size"), cfg.dtype, backend=backend)
+    start = time.perf_counter()
+    vqa = VisualQuestionAnswering(None, cfg.prompt, engine=engine, ray_work=work)
+    try:
+        scores = vqa.score(inputs, progress)
+    except Exception as e:
+        message = weights_unavailable_message(e)
+        if message is None:
+            raise
+        return _vqa_unavailable(store, run_id, cfg, eval_id, message)
+    wall = time.perf_counter() - start
+    compute = {"device": vqa.model_info.get("device", ""), "dtype": cfg.dtype, "engine": engine.describe()}
+    store.record_evaluation(eval_id, run_id, "vqa", _cfg_json(cfg), status="complete", scores=scores, wall_s=wall,
+                            models={"vqa": vqa.model_info, "compute": compute}, constant_label=cfg.constant_label)
     return Outcome("vqa", "complete", eval_id, wall)
 
 

@@ -18,15 +18,23 @@ class VisualQuestionAnswering:
     kinds = ("top",)
 
     def __init__(self, vqa, prompt: str, image_size: int | None = IMAGE_SIZE, batch_size: int | None = None,
-                 num_workers: int | None = None):
+                 num_workers: int | None = None, engine=None, ray_work=None):
         """batch_size: images per call and (image, question) rows per language-model call (default per
-        device: 8 on the CPU, 256 on a GPU); images are decoded and preprocessed in num_workers processes."""
-        from clipeval.batches import YesNoBatch
-
+        device: 8 on the CPU, 256 on a GPU); images are decoded and preprocessed in num_workers processes.
+        With a Ray `engine`, `ray_work` (clipeval.ray_map.VqaWork) says which model the workers load and
+        `vqa` may be None: this process never loads it."""
         format_prompt(prompt, "x")  # fail early on a template without {label}
         self.vqa, self.prompt, self.image_size = vqa, prompt, image_size
-        self.work = YesNoBatch(vqa, image_size, batch_size=batch_size)
-        self.images_per_call = self.work.batch_size
+        self.engine, self.ray_work = engine, ray_work
+        self.model_info: dict = vqa.info() if vqa is not None else {}
+        if engine is not None and engine.is_ray:
+            self.work = None
+            self.images_per_call = ray_work.batch_size
+        else:
+            from clipeval.batches import YesNoBatch
+
+            self.work = YesNoBatch(vqa, image_size, batch_size=batch_size)
+            self.images_per_call = self.work.batch_size
         self.num_workers = num_workers
 
     def score(self, inputs: EvalInputs, progress: bool = True) -> pd.DataFrame:
@@ -34,8 +42,14 @@ class VisualQuestionAnswering:
         asked = pairs.groupby("image_id", sort=True)["label"].agg(lambda s: sorted(set(s)))
         ids = asked.index.to_numpy()
         questions = [[format_prompt(self.prompt, l) for l in asked[i]] for i in ids]
-        probs = self.work.score([inputs.paths[int(i)] for i in ids], questions, num_workers=self.num_workers,
-                                progress=progress, desc="VQA")
+        paths = [inputs.paths[int(i)] for i in ids]
+        if self.work is None:
+            from clipeval import ray_map
+
+            probs, self.model_info = ray_map.yes_probability(self.engine, self.ray_work, paths, questions,
+                                                             progress=progress)
+        else:
+            probs = self.work.score(paths, questions, num_workers=self.num_workers, progress=progress, desc="VQA")
         p_yes = {(int(i), label): float(p) for i, ps in zip(ids, probs) for label, p in zip(asked[i], ps)}
         raw = np.array([p_yes[(int(i), l)] for i, l in zip(pairs["image_id"], pairs["label"])])
         return pairs.assign(raw=raw)

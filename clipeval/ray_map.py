@@ -1,0 +1,227 @@
+"""The per-image work on Ray Data: image references -> `map_batches` with an actor class that builds its
+models once per worker -> numpy batches back to this process, keyed by row, put in input order.
+
+The work itself is clipeval.batches (ProbeBatch, ImageEmbedder, YesNoBatch): the same code the local
+engine runs, so a Ray run gives the local answers. What the actors get is a small picklable *work*
+object whose `build(placement)` makes the batch callable on the worker:
+
+- ProbeWork / EmbedWork carry the models the driver has already loaded (the target, the labelling or
+  evaluator image-text model): they travel once through Ray's object store, so every worker runs
+  exactly the weights the run's hash and caches were keyed by (a node with other files on disk could
+  not slip in other answers), and the driver needs them anyway (shapes, text embeddings).
+- VqaWork carries a BLIP-2 *name* and each worker loads it from its own disk: the driver never needs
+  BLIP-2, and shipping 4-15 GB from the driver to every worker would cost more than loading it there.
+
+Workers never touch the store; Ray retries a batch whose actor died on a restarted actor (Ray Data's
+default for actor pools: max_restarts=-1, max_task_retries=-1).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from clipeval.engine import Engine, ray_session, worker_count
+from clipeval.errors import ClipevalError
+
+
+class ProbeWork:
+    """Decode + target forward + labelling image embeddings + thumbnails (clipeval.batches.ProbeBatch)."""
+
+    def __init__(self, target, layers: Sequence[str], pooling: str, image_models: dict, thumb_size: int | None,
+                 batch_size: int | None, dtype: str, layouts: dict | None = None):
+        self.target, self.layers, self.pooling, self.layouts = target, list(layers), pooling, layouts
+        self.image_models, self.thumb_size, self.batch_size, self.dtype = image_models, thumb_size, batch_size, dtype
+
+    def build(self, placement):
+        from clipeval.batches import ProbeBatch
+
+        return ProbeBatch(self.target, self.layers, self.pooling, self.image_models, self.thumb_size, placement,
+                          self.batch_size, layouts=self.layouts)
+
+
+class EmbedWork:
+    """Image embeddings of one image-text model (clipeval.batches.ImageEmbedder)."""
+
+    def __init__(self, model, batch_size: int | None, dtype: str):
+        self.model, self.batch_size, self.dtype = model, batch_size, dtype
+
+    def build(self, placement):
+        from clipeval.batches import ImageEmbedder
+
+        return ImageEmbedder(self.model, placement, self.batch_size)
+
+
+class VqaWork:
+    """P(yes) per (image, question) (clipeval.batches.YesNoBatch) from a BLIP-2 each worker loads by
+    name; `backend`: a ready Blip2Vqa shipped instead (small test models built in memory)."""
+
+    def __init__(self, name: str, image_size: int | None, batch_size: int | None, dtype: str, backend=None):
+        self.name, self.image_size, self.batch_size, self.dtype, self.backend = name, image_size, batch_size, dtype, backend
+
+    def build(self, placement):
+        from clipeval.batches import YesNoBatch
+        from clipeval.models.vqa import Blip2Vqa
+
+        vqa = self.backend
+        if vqa is None:
+            vqa = Blip2Vqa.load(self.name, device=str(placement.device), dtype=placement.dtype)
+        else:
+            vqa.model.to(placement.device)
+            vqa.device = placement.device
+        work = YesNoBatch(vqa, self.image_size, placement, self.batch_size)
+        info = json.dumps(vqa.info())
+
+        def call(batch: dict) -> dict:
+            out = work(batch)
+            out["model_info"] = np.array([info] * len(out["p_yes"]), dtype=object)
+            return out
+        return call
+
+
+class _Worker:
+    """The Ray Data actor: builds the work's models once, then maps batches of {'row', 'path', ...}."""
+
+    def __init__(self, shipped: dict, use_gpu: bool):
+        import ray
+        import torch
+
+        from clipeval.device import DTYPES, Placement
+
+        work = ray.get(shipped["work"])  # fetched once per actor (and again by a restarted one)
+        device = torch.device("cuda") if use_gpu else torch.device("cpu")  # Ray set CUDA_VISIBLE_DEVICES
+        self.placement = Placement(device, DTYPES[work.dtype])
+        self.fn = work.build(self.placement)
+
+    def __call__(self, batch: dict) -> dict:
+        rows = batch.pop("row")
+        out = self.fn(batch)
+        out["row"] = rows
+        return out
+
+
+def _blocks(columns: dict, n: int, batch_size: int):
+    """One Arrow table per batch: a task per batch, so the actors share the work evenly and a dead actor
+    costs one batch. No read task: on a cluster whose CPUs the actors hold, a read task would wait forever."""
+    import pyarrow as pa
+
+    out = []
+    for a in range(0, n, batch_size):
+        b = min(n, a + batch_size)
+        data = {"row": pa.array(np.arange(a, b, dtype=np.int64))}
+        for k, v in columns.items():
+            data[k] = pa.array([list(x) for x in v[a:b]] if k == "questions" else list(v[a:b]))
+        out.append(pa.table(data))
+    return out
+
+
+def map_images(engine: Engine, work, columns: dict, *, batch_size: int, progress: bool = True,
+               desc: str = "images", on_rows=None) -> dict[str, np.ndarray]:
+    """Run `work` over the rows of `columns` ('path': image files, plus any per-image column the work
+    takes) on `engine.workers` Ray actors; the outputs stacked in row order. Starts Ray if this process
+    has none (and stops it after). `on_rows(n)` is called as each batch of n rows arrives."""
+    import ray
+    from ray.data import ActorPoolStrategy
+    from tqdm.auto import tqdm
+
+    n = len(columns["path"])
+    if n == 0:
+        return {}
+    with ray_session(engine, progress) as resources:
+        workers = worker_count(engine, resources)
+        # once into the object store, not once per actor. This function holds the reference until the
+        # map ends, so a restarted actor can still fetch it (Ray's core worker logs a line about actor
+        # arguments in the object store, ray-project/ray#53727: Ray Data passes its own that way too).
+        ref = ray.put(work)
+        remote = {"num_cpus": 1}
+        if engine.gpus_per_worker > 0:
+            remote["num_gpus"] = engine.gpus_per_worker
+        ds = ray.data.from_arrow(_blocks(columns, n, batch_size)).map_batches(
+            _Worker, fn_constructor_args=({"work": ref}, engine.gpus_per_worker > 0), batch_size=batch_size,
+            batch_format="numpy", compute=ActorPoolStrategy(size=workers), zero_copy_batch=True, **remote)
+        out: dict[str, np.ndarray] = {}
+        done = 0
+        with tqdm(total=n, desc=f"{desc} on {workers} Ray worker(s)", disable=not progress, unit="img",
+                  file=sys.stderr) as bar:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                rows = np.asarray(batch.pop("row"))
+                for k, v in batch.items():
+                    if k not in out:
+                        ragged = v.dtype == object or v.ndim == 1 and k != "row" and not np.issubdtype(v.dtype, np.number)
+                        out[k] = np.empty(n, dtype=object) if ragged else np.empty((n, *v.shape[1:]), dtype=v.dtype)
+                    if out[k].dtype == object:
+                        for r, x in zip(rows, v):
+                            out[k][r] = x
+                    else:
+                        out[k][rows] = v
+                done += len(rows)
+                bar.update(len(rows))
+                if on_rows is not None:
+                    on_rows(len(rows))
+        if done != n:
+            raise ClipevalError(f"Ray returned {done} of {n} images")
+    return out
+
+
+def default_batch_size(engine: Engine, given: int | None) -> int:
+    from clipeval.device import DEFAULT_BATCH
+
+    return given or DEFAULT_BATCH["cuda" if engine.gpus_per_worker > 0 else "cpu"]
+
+
+def collect(engine: Engine, images, *, target=None, layers: Sequence[str] = (), pooling: str = "mean",
+            image_models: dict | None = None, thumb_size: int | None = None, batch_size: int | None = None,
+            progress: bool = True, desc: str = "images", dtype: str = "float32", layouts: dict | None = None):
+    """clipeval.dissect.collect on Ray workers: the same Collected, from the same ProbeBatch."""
+    from clipeval.batches import ACT, EMB
+    from clipeval.dissect import Collected
+
+    work = ProbeWork(target if layers else None, layers, pooling, image_models or {}, thumb_size,
+                     default_batch_size(engine, batch_size), dtype, layouts)
+    out = map_images(engine, work, {"path": [im.path for im in images]}, batch_size=work.batch_size,
+                     progress=progress, desc=desc)
+    acts = {k[len(ACT):]: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items() if k.startswith(ACT)}
+    embs = {k[len(EMB):]: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items() if k.startswith(EMB)}
+    thumbs = [bytes(t) for t in out["thumbnail"]] if thumb_size else None
+    return Collected(acts, embs, thumbs)
+
+
+def embed(engine: Engine, model, paths: Sequence[str], *, batch_size: int | None = None, dtype: str = "float32",
+          progress: bool = True, desc: str = "encoding images") -> np.ndarray:
+    """ImageEmbedder.embed on Ray workers: (len(paths), dim) float32 rows in order."""
+    work = EmbedWork(model, default_batch_size(engine, batch_size), dtype)
+    out = map_images(engine, work, {"path": list(paths)}, batch_size=work.batch_size, progress=progress, desc=desc)
+    return np.ascontiguousarray(out["embedding"], dtype=np.float32)
+
+
+def yes_probability(engine: Engine, work: VqaWork, paths: Sequence[str], questions: Sequence[Sequence[str]], *,
+                    progress: bool = True, desc: str = "VQA") -> tuple[list[np.ndarray], dict]:
+    """YesNoBatch.score on Ray workers: P(yes) per question per image, and the answering model's info."""
+    from clipeval.device import DEFAULT_VQA_BATCH
+
+    work.batch_size = work.batch_size or DEFAULT_VQA_BATCH["cuda" if engine.gpus_per_worker > 0 else "cpu"]
+    out = map_images(engine, work, {"path": list(paths), "questions": [list(q) for q in questions]},
+                     batch_size=work.batch_size, progress=progress, desc=desc)
+    return [np.asarray(p, dtype=np.float64) for p in out["p_yes"]], json.loads(out["model_info"][0])
+
+
+def weights_unavailable_message(error: BaseException) -> str | None:
+    """The message of a WeightsUnavailable raised on a worker, from the error Ray hands back (Ray wraps
+    a worker's exception, keeping its type as the cause where it can and its text always)."""
+    from clipeval.errors import WeightsUnavailable
+
+    seen = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, WeightsUnavailable):
+            return str(e)
+        e = getattr(e, "cause", None) or e.__cause__
+    text = str(error)
+    marker = "WeightsUnavailable: "
+    if marker in text:
+        return text[text.index(marker) + len(marker):].strip()
+    return None

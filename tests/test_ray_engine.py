@@ -1,0 +1,290 @@
+"""The Ray engine (--engine ray): on the small demo probe it gives the local engine's answers (labels and
+verdicts exactly, raw scores within 1e-5) and fills the same cache entries; a worker killed mid-run is
+retried; a killed driver leaves the run interrupted and resumable. Bad engine options fail before any
+work. One local Ray (2 CPUs, no dashboard) serves the whole module: see conftest.ray_cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+
+from clipeval import pipeline
+from clipeval.cli import main
+from clipeval.engine import Engine
+from clipeval.evaluators.rules import RULES, ScoreTable
+from clipeval.evaluators.run import OFFLINE_EVAL_MODEL, evaluate
+from clipeval.store import Store
+from conftest import small_config
+
+RAY2 = Engine("ray", workers=2)
+
+
+def _labels(store: Store, run_id: str) -> pd.DataFrame:
+    return store.neurons(run_id).sort_values(["layer", "unit"]).reset_index(drop=True)
+
+
+def _assert_same_run(ray_store: Store, ray_run: str, local_store: Store, local_run: str) -> None:
+    a, b = _labels(ray_store, ray_run), _labels(local_store, local_run)
+    assert len(a) == 1136
+    assert (a["label"].to_numpy() == b["label"].to_numpy()).all()
+    # A 1-CPU Ray actor runs 1 torch thread, the local run 2: reductions add in another order and the
+    # embeddings differ in their last float32 bit. soft_wpmi's score (about 1-3) is the difference of two
+    # float32 sums of 100 logs of magnitude 256-512, where one float32 step is 2**-15 = 3.1e-5: measured
+    # differences are 1.5e-5, allowed are two such steps.
+    np.testing.assert_allclose(a["similarity"], b["similarity"], rtol=0, atol=2 * 2.0**-15)
+    key = ["layer", "unit", "kind", "rank"]
+    ia = ray_store.neuron_images(ray_run, kinds=("top", "low", "random")).sort_values(key).reset_index(drop=True)
+    ib = local_store.neuron_images(local_run, kinds=("top", "low", "random")).sort_values(key).reset_index(drop=True)
+    assert (ia["image_id"].to_numpy() == ib["image_id"].to_numpy()).all()
+
+
+def _assert_same_ranks_but_float_ties(a: pd.DataFrame, b: pd.DataFrame, cache: Path) -> None:
+    """CP's raw score is the label's rank among the concepts. A 1-CPU Ray actor runs 1 torch thread, the
+    local run 2, so embeddings differ in their last float32 bits, and two concepts whose cosines tie to
+    that precision can swap places: allowed only there (rank off by one, cosines within 1e-6)."""
+    from clipeval.data.concepts import load_concepts
+
+    differ = a["raw"].to_numpy() != b["raw"].to_numpy()
+    assert differ.sum() <= max(1, len(a) // 1000), f"{differ.sum()} of {len(a)} CP ranks differ"
+    assert (np.abs(a["raw"].to_numpy() - b["raw"].to_numpy())[differ] == 1).all()
+    if differ.any():
+        (E,) = [np.load(p) for p in (cache / "eval_image_embeddings").glob("*.npy")]
+        concepts = load_concepts("imagenet").concepts  # the run's concept set (duplicates dropped)
+        (T,) = [t for t in (np.load(p) for p in (cache / "text_embeddings").glob("*.npy")) if len(t) == len(concepts)]
+        for r in a[differ].itertuples():
+            sims = T @ E[int(r.image_id)]
+            own = sims[concepts.index(r.label)]
+            gaps = np.abs(np.delete(sims, concepts.index(r.label)) - own)
+            assert gaps.min() < 1e-6, f"rank of {r.label!r} on image {r.image_id} moved without a tie"
+
+
+def _dissect(store: Store, probe_dir, cache: Path, engine: Engine = RAY2, **kw) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pipeline.dissect(small_config(probe_dir), store, cache_dir=cache, progress=False, engine=engine, **kw)
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return ["__init__"]  # gone or unreadable: not a victim
+
+
+def _our_ray_workers() -> list[psutil.Process]:
+    """The Ray Data actor processes of the test session's Ray (children of its raylet under this process)."""
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "MapWorker" in " ".join(p.cmdline()) or "MapWorker" in p.name():
+                found.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+@pytest.fixture(scope="module")
+def ray_run(ray_cluster, built_run, probe_dir, tmp_path_factory):
+    """The built run's settings dissected and evaluated (cp, es, contrast) on 2 Ray workers, from an
+    empty cache: (store path, run id, cache dir)."""
+    root = tmp_path_factory.mktemp("ray")
+    db, cache = root / "ray.duckdb", root / "cache"
+    store = Store(db)
+    run_id = _dissect(store, probe_dir, cache)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        evaluate(store, run_id, "cp,es,contrast", eval_model=OFFLINE_EVAL_MODEL, cache_dir=cache, progress=False,
+                 engine=RAY2)
+    store.close()
+    return db, run_id, cache
+
+
+def test_ray_gives_the_local_labels_verdicts_and_cache_entries(ray_run, built_run):
+    (rdb, rrun, rcache), (ldb, lrun, lcache) = ray_run, built_run
+    assert rrun == lrun  # the engine is not a setting: same run id
+    ray_store, local_store = Store(rdb, read_only=True), Store(ldb, read_only=True)
+    try:
+        _assert_same_run(ray_store, rrun, local_store, lrun)
+        assert "ray (a local Ray, 2 worker(s)" in ray_store.run(rrun)["models_json"]
+        re_, le = ray_store.latest_evaluations(rrun), local_store.latest_evaluations(lrun)
+        for evaluator in ("cp", "es", "contrast"):
+            key = ["layer", "unit", "variant", "kind", "rank"]
+            a = ray_store.eval_scores(re_.set_index("evaluator").loc[evaluator, "eval_id"]).sort_values(key)
+            b = local_store.eval_scores(le.set_index("evaluator").loc[evaluator, "eval_id"]).sort_values(key)
+            assert len(a) == len(b) > 0
+            if evaluator == "cp":
+                _assert_same_ranks_but_float_ties(a, b, rcache)
+            else:
+                np.testing.assert_allclose(a["raw"], b["raw"], atol=1e-5, rtol=0)
+            n_concepts = re_.set_index("evaluator").loc[evaluator, "n_concepts"]
+            n_concepts = None if pd.isna(n_concepts) else int(n_concepts)
+            ta = ScoreTable(a, evaluator, ray_store.neurons(rrun), n_concepts)
+            tb = ScoreTable(b, evaluator, local_store.neurons(lrun), n_concepts)
+            for variant in ("real", "shuffled", "constant"):
+                va, vb = ta.verdicts(RULES[evaluator].default, variant), tb.verdicts(RULES[evaluator].default, variant)
+                assert len(va) == 1136 and (va == vb).all()
+    finally:
+        ray_store.close()
+        local_store.close()
+    # the same cache entries (same keys), with the same arrays: Ray and local runs share them
+    for kind in ("activations", "image_embeddings", "eval_image_embeddings"):
+        names = sorted(p.name for p in (rcache / kind).glob("*.npy"))
+        assert names and names == sorted(p.name for p in (lcache / kind).glob("*.npy"))
+        for name in names:
+            a, b = np.load(rcache / kind / name), np.load(lcache / kind / name)
+            np.testing.assert_allclose(np.nan_to_num(a, nan=9.0), np.nan_to_num(b, nan=9.0), atol=1e-5, rtol=0)
+
+
+def test_a_worker_killed_mid_run_is_retried_and_the_answers_stay(ray_cluster, built_run, probe_dir, tmp_path):
+    """Kill one actor process while the probe pass runs: Ray restarts it and retries its batch."""
+    store = Store(tmp_path / "k.duckdb")
+    result: dict = {}
+
+    def run():
+        try:
+            result["run_id"] = _dissect(store, probe_dir, tmp_path / "cache", batch_size=4)
+        except BaseException as e:  # reported by the assertion below
+            result["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    killed = None
+    deadline = time.monotonic() + 300
+    while killed is None and thread.is_alive() and time.monotonic() < deadline:
+        # an actor past its constructor (Ray titles the process "...__init__" until then; a death inside
+        # the constructor is not retried by design) and serving batches
+        ready = [p for p in _our_ray_workers() if "__init__" not in " ".join(_cmdline(p))]
+        if ready:
+            time.sleep(1.0)
+            before = {p.pid for p in _our_ray_workers()}
+            os.kill(ready[0].pid, signal.SIGKILL)
+            killed = ready[0].pid
+        time.sleep(0.3)
+    assert killed is not None, "no worker was killed while the run was still going"
+    restarted = set()
+    while thread.is_alive():  # Ray restarts the dead actor in a new process, which takes its batches
+        restarted |= {p.pid for p in _our_ray_workers()} - before
+        time.sleep(0.3)
+    thread.join()
+    assert restarted, "no worker was started again after the kill: the kill came after the probe pass"
+    assert "error" not in result, result.get("error")
+    local = Store(built_run[0], read_only=True)
+    try:
+        assert store.run(result["run_id"])["status"] == "complete"
+        _assert_same_run(store, result["run_id"], local, built_run[1])
+    finally:
+        local.close()
+        store.close()
+
+
+def test_a_killed_driver_leaves_the_run_interrupted_and_resumable(ray_cluster, built_run, probe_dir, tmp_path):
+    """`clipeval dissect --engine ray` joining the session's Ray, killed (SIGKILL) during its probe pass:
+    the run shows as interrupted; the same settings run again complete it with the local answers."""
+    db = tmp_path / "d.duckdb"
+    cfg = small_config(probe_dir)
+    args = [sys.executable, "-m", "clipeval", "--db", str(db), "dissect", "--layers", ",".join(cfg.layers),
+            "--probe", str(probe_dir), "--concepts", "imagenet", "--sim-param", "top_k=20", "--batch-size", "4",
+            "--engine", "ray", "--ray-address", ray_cluster, "--workers", "2"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                            cwd=tmp_path)
+    seen = []
+    try:
+        for line in proc.stderr:  # blocks until the pass starts (or the process ends)
+            seen.append(line)
+            if line.startswith("[activations + image embeddings]"):
+                break
+        time.sleep(10)  # actors up, batches in flight
+        assert proc.poll() is None, "".join(seen)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(60)
+    store = Store(db)
+    try:
+        runs = store.runs()
+        assert list(runs["status"]) == ["interrupted"]
+        run_id = runs.iloc[0]["run_id"]
+        assert run_id == built_run[1]
+        assert store.neurons(run_id).empty
+        again = _dissect(store, probe_dir, db.parent / "cache")
+        assert again == run_id and store.run(run_id)["status"] == "complete"
+        local = Store(built_run[0], read_only=True)
+        try:
+            _assert_same_run(store, run_id, local, built_run[1])
+        finally:
+            local.close()
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--engine", "ray", "--workers", "0"], "--workers must be at least 1"),
+    (["--engine", "ray", "--gpus-per-worker", "-1"], "--gpus-per-worker must be 0 or more"),
+    (["--engine", "ray", "--gpus-per-worker", "1.5"], "fractions below 1"),
+    (["--engine", "ray", "--ray-address", "head-node"], "is not 'local', 'auto', HOST:PORT"),
+    (["--engine", "ray", "--ray-address", "10.0.0.5:99999"], "is not 'local', 'auto', HOST:PORT"),
+    (["--ray-address", "auto"], "--ray-address needs --engine ray"),
+    (["--gpus-per-worker", "0.5"], "--gpus-per-worker needs --engine ray"),
+    (["--engine", "ray", "--device", "cuda"], "with --engine ray the models run on the Ray workers"),
+    (["--engine", "ray", "--gpus-per-worker", "1"], "pass --dtype"),
+])
+def test_bad_engine_options_fail_before_any_work(probe_dir, tmp_path, capsys, args, message):
+    db = tmp_path / "r.duckdb"
+    for command in (["dissect", "--layers", "blocks.1", "--probe", str(probe_dir)], ["evaluate", "somerun"]):
+        assert main(["--db", str(db), *command, *args]) == 2
+        assert message in capsys.readouterr().err
+    assert not db.exists()  # nothing opened, nothing written
+
+
+def test_gpus_the_cluster_lacks_fail_before_the_run_is_recorded(ray_cluster, built_run, probe_dir, tmp_path, capsys):
+    import shutil
+
+    db = tmp_path / "r.duckdb"
+    shutil.copy(built_run[0], db)
+    before = len(Store(db, read_only=True).runs())
+    assert main(["--db", str(db), "dissect", "--layers", "blocks.1", "--probe", str(probe_dir), "--concepts",
+                 "imagenet", "--engine", "ray", "--gpus-per-worker", "1", "--dtype", "float32"]) == 2
+    assert "the Ray cluster has no GPU" in capsys.readouterr().err
+    assert main(["--db", str(db), "dissect", "--layers", "blocks.1", "--probe", str(probe_dir), "--concepts",
+                 "imagenet", "--engine", "ray", "--workers", "3"]) == 2
+    assert "3 worker(s) need a CPU each; the Ray cluster has 2" in capsys.readouterr().err
+    s = Store(db, read_only=True)
+    assert len(s.runs()) == before
+    s.close()
+
+
+def test_vqa_on_ray_gives_the_local_p_yes_and_missing_weights_make_it_unavailable(ray_cluster, run_store):
+    """P(yes) per (image, question) from 2 Ray workers (a tiny random BLIP-2 shipped to them) equals the
+    local engine's; a BLIP-2 the workers cannot find makes VQA unavailable with their message."""
+    from tiny_blip2 import make_tiny_blip2
+
+    store, run_id, cache = run_store
+    tiny = make_tiny_blip2()
+    key = ["layer", "unit", "variant", "rank"]
+    (local,) = evaluate(store, run_id, "vqa", k=2, cache_dir=cache, progress=False, vqa_backend=tiny)
+    a = store.eval_scores(local.eval_id).sort_values(key)
+    (on_ray,) = evaluate(store, run_id, "vqa", k=2, cache_dir=cache, progress=False, vqa_backend=tiny, force=True,
+                         engine=RAY2)
+    assert on_ray.status == "complete" and on_ray.eval_id == local.eval_id
+    b = store.eval_scores(on_ray.eval_id).sort_values(key)
+    assert len(a) == len(b) == 1136 * 2 * 3
+    np.testing.assert_allclose(a["raw"], b["raw"], atol=1e-5, rtol=0)
+    assert (a["image_id"].to_numpy() == b["image_id"].to_numpy()).all()
+    models = store.evaluations(run_id).set_index("eval_id").loc[on_ray.eval_id, "models_json"]
+    assert '"tiny-blip2"' in models and "ray (a local Ray" in models
+
+    (missing,) = evaluate(store, run_id, "vqa", vqa_model=str(Path(cache) / "no-blip2-here"), k=2, cache_dir=cache,
+                          progress=False, engine=RAY2)
+    assert missing.status == "unavailable" and "no-blip2-here" in missing.message

@@ -16,6 +16,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,8 @@ def _quiet_ray_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in _NOTICE_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Ray Data warns about its own deprecated settings when it copies its context: not the user's doing
+    warnings.filterwarnings("ignore", module=r"ray(\.|$)")
     from ray.data import DataContext
 
     ctx = DataContext.get_current()

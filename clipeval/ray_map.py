@@ -197,12 +197,43 @@ def embed(engine: Engine, model, paths: Sequence[str], *, batch_size: int | None
     return np.ascontiguousarray(out["embedding"], dtype=np.float32)
 
 
+def _vqa_missing(name: str) -> str | None:
+    """On a worker: None if BLIP-2 `name` is on this node's disk, else why not (the message Blip2Vqa.load
+    gives). Reads the processor and config only, not the weights."""
+    from transformers import Blip2Config, Blip2Processor
+
+    from clipeval.errors import WeightsUnavailable
+    from clipeval.models.vqa import Blip2Vqa
+
+    try:
+        Blip2Processor.from_pretrained(name, local_files_only=True)
+        Blip2Config.from_pretrained(name, local_files_only=True)
+        return None
+    except (OSError, ValueError):
+        try:
+            Blip2Vqa.load(name)  # fails at once at the same missing file, with the full explanation
+        except WeightsUnavailable as e:
+            return str(e)
+        return None
+
+
 def yes_probability(engine: Engine, work: VqaWork, paths: Sequence[str], questions: Sequence[Sequence[str]], *,
                     progress: bool = True, desc: str = "VQA") -> tuple[list[np.ndarray], dict]:
-    """YesNoBatch.score on Ray workers: P(yes) per question per image, and the answering model's info."""
+    """YesNoBatch.score on Ray workers: P(yes) per question per image, and the answering model's info.
+    A BLIP-2 the workers do not have raises WeightsUnavailable before any actor starts (checked by one
+    small task where a worker would run, so Ray does not print the actors' failing constructors)."""
+    import ray
+
     from clipeval.device import DEFAULT_VQA_BATCH
+    from clipeval.errors import WeightsUnavailable
 
     work.batch_size = work.batch_size or DEFAULT_VQA_BATCH["cuda" if engine.gpus_per_worker > 0 else "cpu"]
+    if work.backend is None:
+        with ray_session(engine, progress):
+            check = ray.remote(_vqa_missing).options(num_cpus=1, num_gpus=engine.gpus_per_worker or 0)
+            missing = ray.get(check.remote(work.name))
+        if missing:
+            raise WeightsUnavailable(missing)
     out = map_images(engine, work, {"path": list(paths), "questions": [list(q) for q in questions]},
                      batch_size=work.batch_size, progress=progress, desc=desc)
     return [np.asarray(p, dtype=np.float64) for p in out["p_yes"]], json.loads(out["model_info"][0])

@@ -243,6 +243,16 @@ def dissect(config: DissectConfig, store: Store, *, name: str = "", cache_dir: s
     return r.run_id
 
 
+def compute_info(placement: Placement, engine: Engine) -> dict:
+    """Where the models ran, stored with the run: the device and dtype, and the Ray engine when it was used
+    (the probe pass then ran on its workers, in this dtype)."""
+    info = placement.info()
+    if engine.is_ray:
+        info = {**info, "device": f"Ray workers ({'GPU' if engine.gpus_per_worker > 0 else 'CPU'})",
+                "engine": engine.describe()}
+    return info
+
+
 @contextmanager
 def _engine_up(engine: Engine, progress: bool, stages: Stages):
     if not engine.is_ray:
@@ -299,7 +309,7 @@ def _compute(r: Resolved, store: Store, cache: ArrayCache, stages: Stages, progr
         meta={"run_id": r.run_id, "probe_fingerprint": r.probe.fingerprint, "concept_hash": r.concepts.content_hash,
               "n_images": len(r.probe), "n_skipped_images": len(r.probe.skipped),
               "models": {"target": {"name": r.target.name, **r.target.info}, "image_text": r.image_text.info(),
-                         "compute": {**r.placement.info(), "engine": engine.describe()}},
+                         "compute": compute_info(r.placement, engine)},
               "timings": stages.timings, "peak_rss_mb": peak_rss_mb()})
 
 

@@ -28,7 +28,7 @@ from clipeval.evaluators.cp import ConceptProportion
 from clipeval.evaluators.es import EmbeddingSimilarity
 from clipeval.evaluators.vqa import IMAGE_SIZE as VQA_IMAGE_SIZE, VisualQuestionAnswering
 from clipeval.models.vqa import DEFAULT_MODEL as DEFAULT_VQA_MODEL, DEFAULT_TEMPLATE, format_prompt
-from clipeval.pipeline import ArrayCache
+from clipeval.pipeline import ArrayCache, compute_info
 from clipeval.store import Store
 
 EVALUATORS = ("cp", "es", "vqa", "contrast")
@@ -168,7 +168,7 @@ def _evaluate(store, run_id, evaluators, *, eval_model, vqa_model, prompt, k, ba
         scores = EMBEDDING_EVALUATORS[name](model, model_key, cache, **run_kw).score(inputs, progress)
         wall = time.perf_counter() - start
         store.record_evaluation(eval_id, run_id, name, _cfg_json(cfg), status="complete", scores=scores,
-                                wall_s=wall, models={"image_text": info, "compute": placement.info()},
+                                wall_s=wall, models={"image_text": info, "compute": compute_info(placement, engine)},
                                 n_concepts=len(inputs.concepts) if inputs.concepts else None, constant_label=constant)
         outcomes.append(Outcome(name, "complete", eval_id, wall))
     return outcomes

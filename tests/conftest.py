@@ -111,4 +111,25 @@ def ray_cluster():
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
-        ray.shutdown()
+        _shutdown_ray_and_its_processes(ray)
+
+
+def _shutdown_ray_and_its_processes(ray) -> None:
+    """ray.shutdown(), then make sure every process this session's Ray started is gone: a worker busy in
+    a constructor when its raylet stops can outlive it (seen once, 8 minutes later, on a loaded machine)."""
+    import psutil
+
+    def is_ray(p):
+        try:
+            return "ray" in " ".join(p.cmdline())
+        except psutil.Error:
+            return False
+
+    ours = [p for p in psutil.Process().children(recursive=True) if is_ray(p)]  # raylet, GCS, workers: started here
+    ray.shutdown()
+    _, alive = psutil.wait_procs([p for p in ours if p.is_running()], timeout=15)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass

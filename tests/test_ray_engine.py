@@ -140,7 +140,8 @@ def test_ray_gives_the_local_labels_verdicts_and_cache_entries(ray_run, built_ru
     # the same cache entries (same keys), with the same arrays: Ray and local runs share them
     for kind in ("activations", "image_embeddings", "eval_image_embeddings"):
         names = sorted(p.name for p in (rcache / kind).glob("*.npy"))
-        assert names and names == sorted(p.name for p in (lcache / kind).glob("*.npy"))
+        # the local cache is shared with other tests, which add entries of their own settings
+        assert names and set(names) <= {p.name for p in (lcache / kind).glob("*.npy")}
         for name in names:
             a, b = np.load(rcache / kind / name), np.load(lcache / kind / name)
             np.testing.assert_allclose(np.nan_to_num(a, nan=9.0), np.nan_to_num(b, nan=9.0), atol=1e-5, rtol=0)

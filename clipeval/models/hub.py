@@ -31,7 +31,7 @@ def module_fingerprint(module) -> str:
         for name, t in module.state_dict().items():
             t = t.detach().cpu().contiguous()
             h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too
     return "sha256:" + h.hexdigest()[:24]
 
 

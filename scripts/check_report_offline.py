@@ -13,16 +13,12 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from screenshots import CHROME_FLAGS, Cdp, find_chromium, stop  # noqa: E402
+from screenshots import devtools_page, find_chromium  # noqa: E402
 
 LOCAL = ("file:", "data:", "blob:", "about:", "chrome-error:")
 COUNT_JS = """JSON.stringify({plots: document.querySelectorAll('.js-plotly-plot .main-svg').length,
@@ -31,55 +27,27 @@ COUNT_JS = """JSON.stringify({plots: document.querySelectorAll('.js-plotly-plot 
 
 
 def check(report: Path, shot: Path | None, wait_s: float, width: int = 1400, height: int = 2400) -> dict:
-    chromium = find_chromium()
-    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
-        proc = subprocess.Popen([chromium, *CHROME_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
-                                 f"--window-size={width},{height}", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            port_file = Path(profile) / "DevToolsActivePort"
-            deadline = time.time() + 30
-            while not port_file.exists() or len(port_file.read_text().split()) < 2:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise SystemExit("chromium did not start")
-                time.sleep(0.1)
-            port = int(port_file.read_text().split()[0])
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
-                page = next(t for t in json.load(r) if t["type"] == "page")
-            cdp = Cdp(page["webSocketDebuggerUrl"])  # it keeps the protocol events it reads (cdp.events)
-            try:
-                cdp.call("Network.enable")
-                cdp.call("Page.enable")
-                cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
-                         mobile=False)
-                start = time.time()
-                cdp.call("Page.navigate", url=report.resolve().as_uri())
-                state, last, stable = {}, None, time.time()
-                while time.time() - start < wait_s:
-                    raw = cdp.js(COUNT_JS)
-                    state = json.loads(raw) if raw else {}
-                    if raw != last:
-                        last, stable = raw, time.time()
-                    elif state.get("ready") == "complete" and state.get("plots", 0) >= state.get("figures", 1) \
-                            and time.time() - stable > 1.5:
-                        break
-                    time.sleep(0.25)
-                load_s = time.time() - start
-                if shot:
-                    data = cdp.call("Page.captureScreenshot", format="png")
-                    shot.write_bytes(base64.b64decode(data["data"]))
-                cdp.js("1")  # read the events that arrived since the last answer
-                urls = [e["params"]["request"]["url"] for e in cdp.events if e["method"] == "Network.requestWillBeSent"]
-            finally:
-                cdp.close()
-        finally:
-            stop(proc)
-            link = Path(profile) / "SingletonSocket"
-            if link.is_symlink():
-                import os
-
-                if Path(os.readlink(link)).parent.name.startswith("org.chromium."):
-                    shutil.rmtree(Path(os.readlink(link)).parent, ignore_errors=True)
+    with devtools_page(find_chromium(), width, height) as cdp:
+        if cdp is None:
+            raise SystemExit("chromium did not start")
+        start = time.time()
+        cdp.call("Page.navigate", url=report.resolve().as_uri())
+        state, last, stable = {}, None, time.time()
+        while time.time() - start < wait_s:
+            raw = cdp.js(COUNT_JS)
+            state = json.loads(raw) if raw else {}
+            if raw != last:
+                last, stable = raw, time.time()
+            elif state.get("ready") == "complete" and state.get("plots", 0) >= state.get("figures", 1) \
+                    and time.time() - stable > 1.5:
+                break
+            time.sleep(0.25)
+        load_s = time.time() - start
+        if shot:
+            data = cdp.call("Page.captureScreenshot", format="png")
+            shot.write_bytes(base64.b64decode(data["data"]))
+        cdp.js("1")  # read the events that arrived since the last answer
+        urls = [e["params"]["request"]["url"] for e in cdp.events if e["method"] == "Network.requestWillBeSent"]
     outside = [u for u in urls if not u.startswith(LOCAL)]
     return {"requests": len(urls), "outside": outside, "load_s": round(load_s, 1), **state}
 

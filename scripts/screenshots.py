@@ -13,6 +13,7 @@ seconds), at the page's full height unless --viewport-only.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,8 +137,41 @@ def shoot(chromium: str, url: str, out: Path, width: int, height: int, wait_s: f
     """Open `url`, wait until Streamlit is idle and stable (at most wait_s), screenshot the whole page;
     append every request that left localhost to `external`."""
     import base64
-    import json
 
+    with devtools_page(chromium, width, height) as cdp:
+        if cdp is None:
+            print("  chromium did not start", file=sys.stderr)
+            return False
+        cdp.call("Page.navigate", url=url)
+        deadline, last, stable_since = time.time() + wait_s, None, time.time()
+        time.sleep(1.0)
+        while time.time() < deadline:
+            state = cdp.js(READY_JS)
+            if state != last:
+                last, stable_since = state, time.time()
+            elif state and not json.loads(state)["busy"] and time.time() - stable_since > 1.5:
+                break
+            time.sleep(0.25)
+        else:
+            print(f"  note: {url} still changing after {wait_s:.0f} s; shot taken anyway", file=sys.stderr)
+        if full:
+            h = min(int(cdp.js(HEIGHT_JS) or height), 8000)
+            if h > height:
+                cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=h, deviceScaleFactor=1,
+                         mobile=False)
+                time.sleep(1.5)  # let charts and the data grids re-layout at the new height
+        shot = cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=False)
+        out.write_bytes(base64.b64decode(shot["data"]))
+        cdp.js("1")  # drain the events that arrived meanwhile
+        if external is not None:
+            external.extend(external_requests(cdp.events))
+    return out.exists()
+
+
+@contextmanager
+def devtools_page(chromium: str, width: int, height: int):
+    """Headless Chromium on a fresh profile with one page driven over the DevTools protocol (Page and
+    Network events on, a width x height viewport). Yields its Cdp, or None if Chromium did not start."""
     # Chromium's helper processes can still be writing the profile as the browser exits
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen([chromium, *CHROME_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
@@ -147,41 +182,19 @@ def shoot(chromium: str, url: str, out: Path, width: int, height: int, wait_s: f
             deadline = time.time() + 30
             while not port_file.exists() or len(port_file.read_text().split()) < 2:
                 if time.time() > deadline or proc.poll() is not None:
-                    print("  chromium did not start", file=sys.stderr)
-                    return False
+                    yield None
+                    return
                 time.sleep(0.1)
             port = int(port_file.read_text().split()[0])
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
                 page = next(t for t in json.load(r) if t["type"] == "page")
-            cdp = Cdp(page["webSocketDebuggerUrl"])
+            cdp = Cdp(page["webSocketDebuggerUrl"])  # it keeps the protocol events it reads (cdp.events)
             try:
                 cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
                          mobile=False)
                 cdp.call("Page.enable")
                 cdp.call("Network.enable")
-                cdp.call("Page.navigate", url=url)
-                deadline, last, stable_since = time.time() + wait_s, None, time.time()
-                time.sleep(1.0)
-                while time.time() < deadline:
-                    state = cdp.js(READY_JS)
-                    if state != last:
-                        last, stable_since = state, time.time()
-                    elif state and not json.loads(state)["busy"] and time.time() - stable_since > 1.5:
-                        break
-                    time.sleep(0.25)
-                else:
-                    print(f"  note: {url} still changing after {wait_s:.0f} s; shot taken anyway", file=sys.stderr)
-                if full:
-                    h = min(int(cdp.js(HEIGHT_JS) or height), 8000)
-                    if h > height:
-                        cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=h, deviceScaleFactor=1,
-                                 mobile=False)
-                        time.sleep(1.5)  # let charts and the data grids re-layout at the new height
-                shot = cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=False)
-                out.write_bytes(base64.b64decode(shot["data"]))
-                cdp.js("1")  # drain the events that arrived meanwhile
-                if external is not None:
-                    external.extend(external_requests(cdp.events))
+                yield cdp
             finally:
                 cdp.close()
         finally:
@@ -190,8 +203,6 @@ def shoot(chromium: str, url: str, out: Path, width: int, height: int, wait_s: f
             link = Path(profile) / "SingletonSocket"
             if link.is_symlink() and Path(os.readlink(link)).parent.name.startswith("org.chromium."):
                 shutil.rmtree(Path(os.readlink(link)).parent, ignore_errors=True)
-    return out.exists()
-
 
 def stop(proc: subprocess.Popen) -> None:
     proc.terminate()

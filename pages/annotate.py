@@ -32,9 +32,12 @@ skipped: list = st.session_state.setdefault(skipped_key, [])
 
 def _answer(layer_: str, unit_: int, label: str, verdict: bool) -> None:
     frame = pd.DataFrame([{"layer": layer_, "unit": int(unit_), "rater": rater, "verdict": bool(verdict)}])
-    store.add_human_verdicts(ctx.run_id, frame, source="app")
-    data.after_write()
-    st.session_state["annotate_notice"] = f"Saved: {layer_} / {unit_} “{label}” → {'yes' if verdict else 'no'}."
+    waiting = data.save_verdicts(ctx.run_id, frame, source="app")
+    answer = f"{layer_} / {unit_} “{label}” → {'yes' if verdict else 'no'}"
+    st.session_state["annotate_notice"] = (
+        f"Saved: {answer}." if not waiting else
+        f"Kept: {answer}. The store is busy (a clipeval command is writing); {waiting} answer(s) wait in this "
+        "session and are saved on your next click.")
 
 
 def _skip(layer_: str, unit_: int) -> None:
@@ -42,8 +45,11 @@ def _skip(layer_: str, unit_: int) -> None:
     st.session_state["annotate_notice"] = f"Skipped {layer_} / {unit_} (no verdict stored; it comes back next session)."
 
 
+waiting = data.flush_verdicts()  # answers kept while the store was busy are saved first
+pending = [(f["layer"].iloc[0], int(f["unit"].iloc[0])) for r, f, _ in data.pending_verdicts()
+           if r == ctx.run_id and f["rater"].iloc[0] == rater]
 progress = store.annotation_progress(ctx.run_id, rater, layer)
-queue = store.annotation_queue(ctx.run_id, rater, order, layer, exclude=skipped)
+queue = store.annotation_queue(ctx.run_id, rater, order, layer, exclude=[*skipped, *pending])
 done = progress["judged"]
 total = progress["total"]
 st.progress(done / total if total else 0.0,
@@ -52,6 +58,9 @@ st.progress(done / total if total else 0.0,
                  f"{len(queue)} to go.")
 if notice:
     st.caption(notice)
+if waiting:
+    st.warning(f"{waiting} answer(s) wait to be saved: a clipeval command is writing to the store. They are saved "
+               "on your next click (nothing is lost while this tab stays open).")
 
 if queue.empty:
     if skipped:

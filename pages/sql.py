@@ -61,7 +61,7 @@ if last:
     query, result, more = last
     if query != sql:
         st.caption("Result of the previous query (press Run for the one in the editor).")
-    st.caption(f"{len(result):,} row(s){f', cut at {int(max_rows):,}: more exist' if more else ''}.")
+    st.caption(f"{len(result):,} row(s){f', {more}' if more else ''}.")  # more: why the result was cut
     st.dataframe(result, hide_index=True, width="stretch")
     st.download_button("Download CSV", result.to_csv(index=False).encode(), file_name="clipeval-query.csv",
                        mime="text/csv", icon=":material/download:", key="sql_download")

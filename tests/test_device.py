@@ -83,8 +83,8 @@ def test_cli_device_cuda_without_cuda_exits_2_before_any_work(probe_dir, tmp_pat
 
 
 @pytest.mark.parametrize("args, message", [(["--dtype", "int8"], "--dtype"),
-                                           (["--batch-size", "0"], "--batch-size: must be at least 1, not 0"),
-                                           (["--workers", "-1"], "--workers: must be at least 0, not -1"),
+                                           (["--batch-size", "0"], "--batch-size: 0 is outside 1..65536"),
+                                           (["--workers", "-1"], "--workers: -1 is outside 0..4096"),
                                            (["--batch-size", "many"], "'many' is not a whole number")])
 def test_cli_bad_dtype_batch_or_workers_is_refused(capsys, args, message):
     from clipeval.cli import main

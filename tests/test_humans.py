@@ -36,7 +36,7 @@ def write(tmp_path, text: str, name: str = "verdicts.csv"):
 
 
 def n_rows(store) -> int:
-    return store.cursor().execute("SELECT count(*) FROM human_verdicts").fetchall()[0][0]
+    return store.scalar("SELECT count(*) FROM human_verdicts")
 
 
 def current(store, rater=None) -> dict:
@@ -158,7 +158,7 @@ def test_conflicting_reimport_refused_then_replaced_with_history(store, tmp_path
 
 
 def test_import_into_a_run_that_is_not_complete(store, tmp_path):
-    store.fail_run(RUN, "failed", "boom")
+    store.execute("UPDATE runs SET status = 'failed' WHERE run_id = ?", [RUN])
     with pytest.raises(ClipevalError, match="not complete"):
         io.import_human(store, RUN, write(tmp_path, GOOD))
     assert n_rows(store) == 0

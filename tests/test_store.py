@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from clipeval.errors import ClipevalError
-from clipeval.store import Store
+from clipeval.store import Store, StoreBusy
 
 
 def test_not_a_duckdb_file(tmp_path):
@@ -17,7 +17,7 @@ def test_not_a_duckdb_file(tmp_path):
         Store(bad)
 
 
-def test_locked_by_another_process(tmp_path):
+def test_a_store_held_too_long_by_another_process_gives_a_message(tmp_path):
     db = tmp_path / "runs.duckdb"
     Store(db).close()
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
@@ -26,13 +26,15 @@ def test_locked_by_another_process(tmp_path):
         print("ready", flush=True)
         time.sleep(60)
     """)], stdout=subprocess.PIPE, text=True)
+    said = []
     try:
         assert holder.stdout.readline().strip() == "ready"
-        with pytest.raises(ClipevalError, match="locked by another process"):
-            Store(db)
+        with pytest.raises(StoreBusy, match=rf"stayed busy for \d+ s \(process {holder.pid}\).*CLIPEVAL_LOCK_TIMEOUT"):
+            Store(db, timeout_s=1.0, on_wait=said.append).runs()
     finally:
         holder.kill()
         holder.wait()
+    assert said and f"process {holder.pid} is using it" in said[0]
 
 
 def test_read_only_store_must_exist(tmp_path):
@@ -44,7 +46,7 @@ def test_a_run_whose_process_died_shows_as_interrupted(tmp_path):
     s = Store(tmp_path / "r.duckdb")
     s.start_run("abc", "n", "dissect", "{}", "abc")
     assert s.runs().iloc[0]["status"] == "running"  # this process is alive
-    s.cursor().execute("UPDATE runs SET pid = 2147483000")
+    s.execute("UPDATE runs SET pid = 2147483000")
     assert s.runs().iloc[0]["status"] == "interrupted"
     with pytest.raises(ClipevalError, match="interrupted, not complete"):
         s.complete_run("abc")

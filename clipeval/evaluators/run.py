@@ -12,6 +12,7 @@ import json
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -165,7 +166,8 @@ def _evaluate(store, run_id, evaluators, *, eval_model, vqa_model, prompt, k, ba
             continue
         model_key = stable_hash(model_cfg, info.get("fingerprint", ""), placement.dtype_name)
         start = time.perf_counter()
-        scores = EMBEDDING_EVALUATORS[name](model, model_key, cache, **run_kw).score(inputs, progress)
+        with _recorded(store, eval_id, run_id, name, cfg):
+            scores = EMBEDDING_EVALUATORS[name](model, model_key, cache, **run_kw).score(inputs, progress)
         wall = time.perf_counter() - start
         store.record_evaluation(eval_id, run_id, name, _cfg_json(cfg), status="complete", scores=scores,
                                 wall_s=wall, models={"image_text": info, "compute": compute_info(placement, engine)},
@@ -198,7 +200,8 @@ def _run_vqa(store, run_id, cfg, inputs, backend, force, progress, placement: Pl
     except WeightsUnavailable as e:
         return _vqa_unavailable(store, run_id, cfg, eval_id, str(e))
     start = time.perf_counter()
-    scores = VisualQuestionAnswering(backend, cfg.prompt, **(run_kw or {})).score(inputs, progress)
+    with _recorded(store, eval_id, run_id, "vqa", cfg):
+        scores = VisualQuestionAnswering(backend, cfg.prompt, **(run_kw or {})).score(inputs, progress)
     wall = time.perf_counter() - start
     compute = {"device": str(backend.device), "dtype": cfg.dtype}
     store.record_evaluation(eval_id, run_id, "vqa", _cfg_json(cfg), status="complete", scores=scores, wall_s=wall,
@@ -222,7 +225,8 @@ def _run_vqa_on_ray(store, run_id, cfg, eval_id, inputs, backend, progress, run_
     start = time.perf_counter()
     vqa = VisualQuestionAnswering(None, cfg.prompt, engine=engine, ray_work=work)
     try:
-        scores = vqa.score(inputs, progress)
+        with _recorded(store, eval_id, run_id, "vqa", cfg):
+            scores = vqa.score(inputs, progress)
     except Exception as e:
         message = weights_unavailable_message(e)
         if message is None:
@@ -233,6 +237,24 @@ def _run_vqa_on_ray(store, run_id, cfg, eval_id, inputs, backend, progress, run_
     store.record_evaluation(eval_id, run_id, "vqa", _cfg_json(cfg), status="complete", scores=scores, wall_s=wall,
                             models={"vqa": vqa.model_info, "compute": compute}, constant_label=cfg.constant_label)
     return Outcome("vqa", "complete", eval_id, wall)
+
+
+@contextmanager
+def _recorded(store: Store, eval_id: str, run_id: str, name: str, cfg: EvalConfig):
+    """Around an evaluator's computation: a 'running' row with this process's id before it (so a kill
+    shows as 'interrupted', not absent), 'failed' / 'interrupted' if it raises. A complete earlier
+    result of the same evaluation stays until record_evaluation swaps the new one in."""
+    started = store.start_evaluation(eval_id, run_id, name, _cfg_json(cfg), cfg.constant_label)
+    try:
+        yield
+    except KeyboardInterrupt:
+        if started:
+            store.fail_evaluation(eval_id, "interrupted", "interrupted by the user")
+        raise
+    except Exception as e:
+        if started:
+            store.fail_evaluation(eval_id, "failed", f"{type(e).__name__}: {e}")
+        raise
 
 
 def _cfg_json(cfg: EvalConfig) -> str:

@@ -1,9 +1,12 @@
-"""The app's access to the run store: one cached DuckDB connection per store path, a cursor per query,
-and cached query results.
+"""The app's access to the run store: a Store per store path (it holds no connection: every read
+opens the file read-only for one query, so CLI commands can write while the app is open), and cached
+query results.
 
 Every cached result is keyed by the store path and by `Store.data_version` (a fingerprint of the
-runs, evaluations and human verdicts), so a write (an annotation, a deleted run, a new evaluation)
-changes the key and nothing stale is served; `after_write` also drops the old entries at once.
+runs, evaluations and human verdicts), so a write (an annotation, a deleted run, a new evaluation, a
+CLI run finishing) changes the key and nothing stale is served. The data version itself is asked
+again only when the store file changed on disk (its size and mtime, read without opening it) or a
+'running' run might have died, so an unchanged store costs no database access per rerun.
 Nothing here runs a model: everything answers from stored raw scores.
 """
 
@@ -32,7 +35,9 @@ def db_path() -> str:
 
 @st.cache_resource(show_spinner=False)
 def _open_store(path: str) -> Store:
-    return Store(path)
+    # the app waits less than the CLI: a page should answer; an annotation that cannot be saved in
+    # this time waits in the session (save_verdicts)
+    return Store(path, timeout_s=min(store_mod.lock_timeout(), 20.0), on_wait=lambda message: None)
 
 
 def store() -> Store:
@@ -45,23 +50,27 @@ def store() -> Store:
         st.stop()
 
 
-_memo = threading.local()
+_versions: dict[tuple, tuple] = {}  # (path, run id) -> (file stamp, data version, a run is 'running')
+_versions_lock = threading.Lock()
 
 
 def new_script_run() -> None:
-    """Forget the data versions memoised during the previous script run (app.py calls this first)."""
-    _memo.versions = {}
+    """Kept for app.py: versions are checked against the file on every call, nothing to forget."""
 
 
 def version(run_id: str | None = None) -> str:
-    """Store.data_version, asked once per script run (and again after this session wrote)."""
-    versions = getattr(_memo, "versions", None)
-    if versions is None:
-        versions = _memo.versions = {}
+    """Store.data_version, asked again only when the store file changed (or something is running)."""
+    s = store()
     key = (db_path(), run_id)
-    if key not in versions:
-        versions[key] = store().data_version(run_id)
-    return versions[key]
+    stamp = s.file_stamp()
+    with _versions_lock:
+        known = _versions.get(key)
+    if known and known[0] == stamp and not known[2]:
+        return known[1]
+    v = s.data_version(run_id)
+    with _versions_lock:
+        _versions[key] = (stamp, v, not v.endswith("|"))
+    return v
 
 
 def runs() -> pd.DataFrame:
@@ -78,7 +87,39 @@ def after_write() -> None:
     """Call after the app wrote to the store (annotation, deletion): drop every cached result."""
     st.cache_data.clear()
     _run_view.clear()
-    new_script_run()
+    with _versions_lock:
+        _versions.clear()
+
+
+PENDING_KEY = "_clipeval_pending_verdicts"
+
+
+def save_verdicts(run_id: str, frame: pd.DataFrame, source: str = "app") -> int:
+    """Store human verdicts from the app. If the store stays busy (a long CLI write) they are kept in
+    this session and saved on a later rerun (`flush_verdicts`): a click is never dropped. Returns
+    how many verdicts still wait."""
+    pending = st.session_state.setdefault(PENDING_KEY, [])
+    pending.append((run_id, frame, source))
+    return flush_verdicts()
+
+
+def pending_verdicts() -> list:
+    """(run id, verdict frame, source) of this session's answers not saved yet."""
+    return list(st.session_state.get(PENDING_KEY) or [])
+
+
+def flush_verdicts() -> int:
+    """Save this session's waiting verdicts, oldest first; returns how many still wait."""
+    pending = st.session_state.get(PENDING_KEY) or []
+    while pending:
+        run_id, frame, source = pending[0]
+        try:
+            store().add_human_verdicts(run_id, frame, source=source)
+        except store_mod.StoreBusy:
+            break
+        pending.pop(0)
+        after_write()
+    return len(pending)
 
 
 @st.cache_data(max_entries=2048, show_spinner=False)

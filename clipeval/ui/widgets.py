@@ -39,7 +39,7 @@ python -m clipeval evaluate RUN --evaluators cp,es,contrast,vqa   # judge the la
 ```
 
 The app reads the store at `{path}` (set `CLIPEVAL_DB` to use another one). A run being written by
-another process shows up on the **Runs** page; the store is locked while a `clipeval` command writes to it.
+another process shows up on the **Runs** page, and a finished one on the next click, without a restart.
 """
 
 
@@ -332,3 +332,11 @@ def judge_caveats(view) -> list[str]:
     if view.dead_note():
         out.append(view.dead_note())
     return out
+
+
+def store_busy(busy: Exception) -> None:
+    """What the app shows when a clipeval command held the store longer than the app waits."""
+    waiting = len(data.pending_verdicts())
+    st.warning(f"The run store is busy: a clipeval command is writing to it ({busy}). Reload in a moment."
+               + (f" {waiting} answer(s) wait to be saved in this session; they are saved on your next click."
+                  if waiting else ""))

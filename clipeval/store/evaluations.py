@@ -1,0 +1,94 @@
+"""Evaluator passes over a run: their status rows and raw scores."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pandas as pd
+
+from clipeval.store.runs import _insert_frame, mark_interrupted, now
+
+
+SCORE_COLUMNS = ["layer", "unit", "variant", "kind", "rank", "image_id", "label", "raw"]
+
+
+def replace_scores(cur, table: str, scores_table: str, id_col: str, id_value: str,
+                   scores: pd.DataFrame | None) -> None:
+    """Inside the caller's transaction: drop an evaluation's row and raw scores and insert its new
+    scores; the caller inserts the new row in the same transaction, so readers (and a kill -9) see
+    the old result or the new one. For evaluations/eval_scores and source_evals/source_scores."""
+    cur.execute(f"DELETE FROM {scores_table} WHERE {id_col} = ?", [id_value])
+    cur.execute(f"DELETE FROM {table} WHERE {id_col} = ?", [id_value])
+    if scores is not None and len(scores):
+        _insert_frame(cur, scores_table, scores[SCORE_COLUMNS], id_col, [id_value])
+
+
+class EvaluationsMixin:
+    def evaluation_status(self, eval_id: str) -> str | None:
+        """The evaluation's status ('running' whose process died reads 'interrupted'), or None."""
+        df = mark_interrupted(self.df("SELECT status, pid, host FROM evaluations WHERE eval_id = ?", [eval_id]))
+        return df["status"].iloc[0] if len(df) else None
+
+    def start_evaluation(self, eval_id: str, run_id: str, evaluator: str, config_json: str,
+                         constant_label: str = "") -> bool:
+        """Record an evaluation as 'running' with this process's id (a kill leaves it visibly
+        interrupted, not absent). A complete evaluation is left as it is until its replacement is
+        recorded; returns whether a 'running' row was written."""
+        with self.transaction() as cur:
+            row = cur.execute("SELECT status FROM evaluations WHERE eval_id = ?", [eval_id]).fetchall()
+            if row and row[0][0] == "complete":
+                return False
+            cur.execute("DELETE FROM evaluations WHERE eval_id = ?", [eval_id])
+            cur.execute("INSERT INTO evaluations (eval_id, run_id, evaluator, config_json, status, created_at, "
+                        "constant_label, pid, host) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                        [eval_id, run_id, evaluator, config_json, now(), constant_label, os.getpid(),
+                         socket.gethostname()])
+        return True
+
+    def fail_evaluation(self, eval_id: str, status: str, error: str) -> None:
+        """Flag a started evaluation failed/interrupted (a complete one keeps its result)."""
+        self.execute("UPDATE evaluations SET status = ?, error = ?, pid = NULL, finished_at = ? "
+                     "WHERE eval_id = ? AND status <> 'complete'", [status, error[:2000], now(), eval_id])
+
+    def record_evaluation(self, eval_id: str, run_id: str, evaluator: str, config_json: str, *, status: str,
+                          scores: pd.DataFrame | None = None, wall_s: float | None = None, models: dict | None = None,
+                          n_concepts: int | None = None, constant_label: str = "", error: str = "") -> None:
+        """Replace the evaluation `eval_id` with its scores and final status, in one transaction
+        (status 'complete', or 'unavailable' / 'failed' with the reason and no scores): the old scores
+        stay until the new ones are in."""
+        with self.transaction() as cur:
+            created = cur.execute("SELECT created_at FROM evaluations WHERE eval_id = ? AND status = 'running'",
+                                  [eval_id]).fetchall()
+            replace_scores(cur, "evaluations", "eval_scores", "eval_id", eval_id, scores)
+            cur.execute("INSERT INTO evaluations (eval_id, run_id, evaluator, config_json, status, created_at, "
+                        "finished_at, wall_s, models_json, n_concepts, constant_label, error) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [eval_id, run_id, evaluator, config_json, status, created[0][0] if created else now(), now(),
+                         wall_s, json.dumps(models or {}), n_concepts, constant_label, error or None])
+
+    def evaluations(self, run_id: str | None = None) -> pd.DataFrame:
+        sql = "SELECT * FROM evaluations" + (" WHERE run_id = ?" if run_id else "") + " ORDER BY finished_at DESC"
+        return mark_interrupted(self.df(sql, [run_id] if run_id else []))
+
+    def latest_evaluations(self, run_id: str) -> pd.DataFrame:
+        """Per evaluator, its newest evaluation of the run (complete or not: the app shows why one is
+        missing, and a killed one as 'interrupted')."""
+        return mark_interrupted(self.df(
+            "SELECT * FROM evaluations WHERE run_id = ? "
+            "QUALIFY row_number() OVER (PARTITION BY evaluator ORDER BY status = 'complete' DESC, "
+            "coalesce(finished_at, created_at) DESC) = 1 ORDER BY evaluator", [run_id]))
+
+    def eval_scores(self, eval_id: str, layer: str | None = None, unit: int | None = None) -> pd.DataFrame:
+        sql = f"SELECT {', '.join(SCORE_COLUMNS)} FROM eval_scores WHERE eval_id = ?"
+        params: list = [eval_id]
+        if layer is not None:
+            sql += " AND layer = ? AND unit = ?"
+            params += [layer, int(unit)]
+        return self.df(sql + " ORDER BY layer, unit, variant, kind, rank", params)
+
+    def delete_evaluation(self, eval_id: str) -> None:
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM eval_scores WHERE eval_id = ?", [eval_id])
+            cur.execute("DELETE FROM evaluations WHERE eval_id = ?", [eval_id])

@@ -1,0 +1,102 @@
+"""Label sources: other labellers' labels on a run's units (another run, the original CLIP-Dissect,
+MILAN, NetDissect), and the run's evaluators' passes over them."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from clipeval.store.evaluations import SCORE_COLUMNS, replace_scores
+from clipeval.store.runs import _insert_frame, now
+
+
+class SourcesMixin:
+    def put_label_source(self, source: dict, labels: pd.DataFrame) -> None:
+        """Store (or replace) one label source of a run with all its labels, in one transaction; a
+        replaced source loses its old evaluations (they judged other labels)."""
+        frame = labels[["layer", "unit", "label", "score", "detail"]].copy()
+        frame["unit"] = frame["unit"].astype("int64")
+        frame["score"] = frame["score"].astype(float)
+        with self.transaction() as cur:
+            self._delete_sources(cur, "source_id = ?", [source["source_id"]])
+            cur.execute("INSERT INTO label_sources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [source["source_id"], source["run_id"], source["name"], source["kind"], source["origin"],
+                         json.dumps(source.get("settings", {})), source.get("score_name") or None, len(frame), now()])
+            _insert_frame(cur, "source_labels", frame, "source_id", [source["source_id"]])
+
+    @staticmethod
+    def _delete_sources(cur, where: str, params: list) -> None:
+        """Inside a transaction: the label sources matching `where`, with their labels and evaluations."""
+        ids = [r[0] for r in cur.execute(f"SELECT source_id FROM label_sources WHERE {where}", params).fetchall()]
+        cur.execute("DELETE FROM source_scores WHERE source_eval_id IN (SELECT source_eval_id FROM source_evals "
+                    "WHERE source_id IN (SELECT unnest(?::TEXT[])))", [ids])
+        for table in ("source_evals", "source_labels", "label_sources"):
+            cur.execute(f"DELETE FROM {table} WHERE source_id IN (SELECT unnest(?::TEXT[]))", [ids])
+
+    def delete_label_source(self, source_id: str) -> None:
+        with self.transaction() as cur:
+            self._delete_sources(cur, "source_id = ?", [source_id])
+
+    def label_sources(self, run_id: str) -> pd.DataFrame:
+        """A run's label sources, oldest first, with coverage: n_labels (rows of the file),
+        n_matched (of them, on a unit of the run), n_units (the run's units)."""
+        return self.df(
+            "SELECT s.source_id, s.name, s.kind, s.origin, s.settings_json, s.score_name, s.n_labels, s.created_at, "
+            "  (SELECT count(*) FROM source_labels l JOIN neurons n ON n.run_id = s.run_id AND n.layer = l.layer "
+            "     AND n.unit = l.unit WHERE l.source_id = s.source_id) AS n_matched, "
+            "  (SELECT count(*) FROM neurons n WHERE n.run_id = s.run_id) AS n_units "
+            "FROM label_sources s WHERE s.run_id = ? ORDER BY s.created_at, s.name", [run_id])
+
+    def source_coverage(self, run_id: str) -> pd.DataFrame:
+        """Per source and run layer: the run's units, and how many of them the source labels."""
+        return self.df(
+            "SELECT s.source_id, n.layer, count(*) AS units, count(l.unit) AS matched "
+            "FROM label_sources s JOIN neurons n ON n.run_id = s.run_id "
+            "JOIN layers y ON y.run_id = n.run_id AND y.layer = n.layer "
+            "LEFT JOIN source_labels l ON l.source_id = s.source_id AND l.layer = n.layer AND l.unit = n.unit "
+            "WHERE s.run_id = ? GROUP BY s.source_id, n.layer, y.position ORDER BY s.source_id, y.position",
+            [run_id])
+
+    def source_layers(self, source_id: str) -> pd.DataFrame:
+        """The layers a source's file names, with how many labels each."""
+        return self.df("SELECT layer, count(*) AS labels FROM source_labels WHERE source_id = ? GROUP BY layer "
+                       "ORDER BY layer", [source_id])
+
+    def source_labels(self, run_id: str, source_id: str | None = None, layer: str | None = None,
+                      unit: int | None = None) -> pd.DataFrame:
+        """Labels of a run's sources on the run's units (matched by layer and unit), in the run's order."""
+        sql = ("SELECT l.source_id, l.layer, l.unit, l.label, l.score, l.detail FROM source_labels l "
+               "JOIN label_sources s USING (source_id) JOIN neurons n ON n.run_id = s.run_id AND n.layer = l.layer "
+               "AND n.unit = l.unit JOIN layers y ON y.run_id = s.run_id AND y.layer = l.layer WHERE s.run_id = ?")
+        params: list = [run_id]
+        for col, value in (("l.source_id", source_id), ("l.layer", layer), ("l.unit", unit)):
+            if value is not None:
+                sql += f" AND {col} = ?"
+                params.append(value)
+        return self.df(sql + " ORDER BY s.created_at, l.source_id, y.position, l.unit", params)
+
+    def source_evaluation_status(self, source_eval_id: str) -> str | None:
+        return self.scalar("SELECT status FROM source_evals WHERE source_eval_id = ?", [source_eval_id])
+
+    def record_source_evaluation(self, source_eval_id: str, source_id: str, run_id: str, evaluator: str,
+                                 config_json: str, *, status: str, scores: pd.DataFrame | None = None,
+                                 wall_s: float | None = None, models: dict | None = None,
+                                 n_concepts: int | None = None, error: str = "") -> None:
+        """Replace one evaluator pass over a source's labels with its raw scores, in one transaction
+        (the old scores stay until the new ones are in)."""
+        with self.transaction() as cur:
+            replace_scores(cur, "source_evals", "source_scores", "source_eval_id", source_eval_id, scores)
+            cur.execute("INSERT INTO source_evals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [source_eval_id, source_id, run_id, evaluator, config_json, status, now(), wall_s,
+                         json.dumps(models or {}), n_concepts, error or None])
+
+    def source_evaluations(self, run_id: str) -> pd.DataFrame:
+        """Per source and evaluator, the newest pass (complete first)."""
+        return self.df("SELECT * FROM source_evals WHERE run_id = ? QUALIFY row_number() OVER (PARTITION BY "
+                       "source_id, evaluator ORDER BY status = 'complete' DESC, created_at DESC) = 1 "
+                       "ORDER BY source_id, evaluator", [run_id])
+
+    def source_scores(self, source_eval_id: str) -> pd.DataFrame:
+        return self.df(f"SELECT {', '.join(SCORE_COLUMNS)} FROM source_scores "
+                       "WHERE source_eval_id = ? ORDER BY layer, unit, variant, kind, rank", [source_eval_id])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,13 @@ MODEL_DTYPES = ("float32", "bfloat16", "float16")
 def check_dtype(dtype: str) -> None:
     if dtype not in MODEL_DTYPES:
         raise ClipevalError(f"model dtype must be one of {', '.join(MODEL_DTYPES)}, not {dtype!r}")
+# what each similarity parameter may be: (lowest, highest, whether the ends are allowed, integer)
+SIMILARITY_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "top_k": (1, 1e9, True, True), "a": (0, 1e6, False, False), "lam": (0, 1e6, True, False),
+    "min_prob": (0, 1, False, False), "p_start": (0, 1, False, False), "p_end": (0, 1, False, False),
+    "p": (1, 1e6, True, False), "top_fraction": (0, 1, False, False), "scale_p": (0, 1e6, False, False),
+    "seed": (0, 2**31 - 1, True, True), "min_norm": (0, 1e6, False, False),
+}
 
 
 def stable_hash(*parts: Any, length: int = 12) -> str:
@@ -102,6 +110,10 @@ class ImageTextConfig:
             raise ClipevalError(f"unknown image-text backend {self.backend!r}; use 'open_clip' or 'conse'")
         if self.text_encoder not in ("minilm", "mpnet"):
             raise ClipevalError(f"unknown text encoder {self.text_encoder!r}; use 'minilm' or 'mpnet'")
+        if self.image_size is not None and not 16 <= self.image_size <= 4096:
+            raise ClipevalError(f"image size {self.image_size} is outside 16..4096 pixels")
+        if not 1 <= self.top_t <= 1000:
+            raise ClipevalError(f"ConSE top_t={self.top_t} is outside 1..1000")
 
     def describe(self) -> str:
         if self.backend == "open_clip":
@@ -123,6 +135,13 @@ class SimilarityConfig:
         if unknown:
             raise ClipevalError(f"{self.fn} has no parameter(s) {sorted(unknown)}; "
                                 f"it takes {sorted(SIMILARITY_DEFAULTS[self.fn])}")
+        for name, value in self.params:
+            lo, hi, ends, integer = SIMILARITY_RANGES[name]
+            inside = lo <= value <= hi if ends else lo < value < hi or (value == hi and hi == 1)
+            if not math.isfinite(value) or not inside or (integer and value != int(value)):
+                kind = "an integer" if integer else "a number"
+                span = f"[{lo:g}, {hi:g}]" if ends else f"({lo:g}, {hi:g}{']' if hi == 1 else ')'}"
+                raise ClipevalError(f"--sim-param {name}={value:g}: {name} must be {kind} in {span}")
 
     def kwargs(self) -> dict[str, float]:
         out = dict(SIMILARITY_DEFAULTS[self.fn])

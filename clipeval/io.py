@@ -18,6 +18,7 @@ from clipeval.store import Store
 
 DESCRIPTION_COLUMNS = ("layer", "unit", "description", "similarity")
 HUMAN_COLUMNS = ("layer", "unit", "verdict")
+MAX_UNIT = 2**31 - 1  # the store's unit column is a 32-bit INTEGER
 YES = {"yes", "y", "1", "true", "t"}
 NO = {"no", "n", "0", "false", "f"}
 
@@ -45,7 +46,12 @@ def _units(df: pd.DataFrame, path) -> pd.Series:
     if bad.any():
         raise ClipevalError(f"{path}: unit must be a non-negative integer; row {int(np.argmax(bad)) + 2} has "
                             f"{df['unit'][bad].iloc[0]!r}")
-    return df["unit"].str.strip().astype(int)
+    units = df["unit"].str.strip().map(int)  # Python ints: a 20-digit unit must not wrap around
+    big = units > MAX_UNIT
+    if big.any():
+        raise ClipevalError(f"{path}: unit {units[big].iloc[0]} in row {int(np.argmax(big)) + 2} is beyond any "
+                            f"layer's size (at most {MAX_UNIT:,})")
+    return units.astype("int64")
 
 
 def _first(rows: pd.DataFrame, columns=("layer", "unit")) -> list:
@@ -54,6 +60,8 @@ def _first(rows: pd.DataFrame, columns=("layer", "unit")) -> list:
 
 
 def _atomic_write(path: Path, write) -> Path:
+    if path.is_dir():
+        raise ClipevalError(f"{path} is a folder; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -87,7 +95,13 @@ def read_descriptions(path) -> pd.DataFrame:
     if dup.any():
         raise ClipevalError(f"{path}: neuron {_first(df[dup])} appears twice")
     if "similarity" in df.columns:
-        df["similarity"] = pd.to_numeric(df["similarity"].replace("", np.nan), errors="coerce")
+        text = df["similarity"].str.strip()
+        values = pd.to_numeric(text.replace("", np.nan), errors="coerce")
+        bad = (text != "") & ~np.isfinite(values.to_numpy(float))
+        if bad.any():
+            raise ClipevalError(f"{path}: similarity must be a finite number (or empty); row {int(np.argmax(bad)) + 2} "
+                                f"has {df['similarity'][bad].iloc[0]!r}")
+        df["similarity"] = values
     else:
         df["similarity"] = np.nan
     return df[list(DESCRIPTION_COLUMNS)].rename(columns={"description": "label"})
@@ -138,7 +152,7 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
             cache = pipeline.ArrayCache(store.path.parent / "cache")
             acts, _ = pipeline.probe_pass(store, cache, probe_set, TargetConfig(target, weights), tgt, layer_order,
                                           pooling, progress=progress, placement=placement, batch_size=batch_size,
-                                          num_workers=num_workers)
+                                          num_workers=num_workers, probe_on_bad_image=on_bad_image)
             parts = []
             for layer in layer_order:
                 have = acts[layer].shape[1]

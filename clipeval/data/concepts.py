@@ -85,7 +85,7 @@ def load_concepts(source: str) -> ConceptSet:
         raise ClipevalError(f"concept set {source!r} is neither a file nor a built-in set "
                             f"({', '.join(BUILTIN)})")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte order mark (Windows editors) is not part of a concept
     except UnicodeDecodeError as e:
         raise ClipevalError(f"concept file {path} is not UTF-8 text: {e}") from e
     return from_lines(path.name, text.splitlines())

@@ -8,6 +8,7 @@ that lists its images in order with their provenance; otherwise the tree is walk
 from __future__ import annotations
 
 import csv
+import os
 import hashlib
 import io
 import warnings
@@ -74,7 +75,17 @@ def _walk(root: Path) -> list[tuple[Path, str, str, str]]:
             missing = set(MANIFEST_COLUMNS) - set(reader.fieldnames or ())
             if missing:
                 raise ClipevalError(f"{manifest} lacks column(s) {sorted(missing)}; expected {','.join(MANIFEST_COLUMNS)}")
-            return [(root / r["path"], r["source"], r["license"], r["label"]) for r in reader]
+            rows = list(reader)
+        out = []
+        for i, r in enumerate(rows, start=2):
+            path = root / r["path"]
+            # judged on the text (a folder may hold symlinks to shared files; those are fine)
+            rel = os.path.normpath(r["path"] or ".")
+            if os.path.isabs(rel) or rel == ".." or rel.startswith(".." + os.sep) or rel == ".":
+                raise ClipevalError(f"{manifest} row {i}: path {r['path']!r} leads outside the probe folder {root}; "
+                                    "manifest paths are relative to the folder and stay inside it")
+            out.append((path, r["source"], r["license"], r["label"]))
+        return out
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     out = []
     for p in files:

@@ -28,42 +28,64 @@ from tqdm.auto import tqdm
 
 from clipeval.data.probe import load_rgb, thumbnail_jpeg
 from clipeval.device import CPU, OomHalving, Placement
+from clipeval.errors import ClipevalError
 
 ACT = "activations/"  # output keys: ACT + layer name, EMB + model name
 EMB = "embeddings/"
 
 
 # ------------------------------------------------------------------------------------------ loading
+# what PIL and load_rgb raise for an image that passed the header check but does not decode
+DECODE_ERRORS = (ClipevalError, OSError, ValueError, SyntaxError)
+
+
 class _Decoded(Dataset):
-    def __init__(self, items: Sequence, decode: Callable):
-        self.items, self.decode = items, decode
+    def __init__(self, items: Sequence, decode: Callable, skip_bad: bool = False):
+        self.items, self.decode, self.skip_bad = items, decode, skip_bad
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i):
-        tensors, extra = self.decode(self.items[i])
+        """(i, tensors, extra), or with skip_bad (i, None, why) for an item that does not decode."""
+        if not self.skip_bad:
+            tensors, extra = self.decode(self.items[i])
+            return i, tensors, extra
+        try:
+            tensors, extra = self.decode(self.items[i])
+        except DECODE_ERRORS as e:
+            return i, None, str(e) or type(e).__name__
         return i, tensors, extra
 
 
 def _collate(batch):
-    idx = torch.tensor([b[0] for b in batch])
-    tensors = [torch.stack([b[1][j] for b in batch]) for j in range(len(batch[0][1]))]
-    return idx, tensors, [b[2] for b in batch]
+    good = [b for b in batch if b[1] is not None]
+    failed = [(b[0], b[2]) for b in batch if b[1] is None]
+    idx = torch.tensor([b[0] for b in good], dtype=torch.long)
+    tensors = [torch.stack([b[1][j] for b in good]) for j in range(len(good[0][1]) if good else 0)]
+    return idx, tensors, [b[2] for b in good], failed
 
 
 def iterate(items: Sequence, decode: Callable, placement: Placement = CPU, batch_size: int | None = None,
-            num_workers: int | None = None, *, progress: bool = True, desc: str = "images"
-            ) -> Iterator[tuple[np.ndarray, list[torch.Tensor], list]]:
+            num_workers: int | None = None, *, progress: bool = True, desc: str = "images",
+            failed: list | None = None) -> Iterator[tuple[np.ndarray, list[torch.Tensor], list]]:
     """(row indices, stacked tensors, extras) per batch of `items`, decoded by `decode(item) ->
     (list of tensors, extra)` in `num_workers` processes (the placement's default where None). On CUDA
-    the batches come in pinned memory, so Placement.inputs copies them without blocking."""
+    the batches come in pinned memory, so Placement.inputs copies them without blocking.
+
+    With a `failed` list, an item that does not decode is left out of its batch and (index, why) is
+    appended to the list, counted on the bar; without, its error stops the pass."""
     workers = placement.workers(num_workers)
-    loader = DataLoader(_Decoded(items, decode), batch_size=placement.batch_size(batch_size), num_workers=workers,
-                        collate_fn=_collate, pin_memory=placement.is_cuda, persistent_workers=False,
-                        prefetch_factor=4 if workers else None)
-    for idx, tensors, extras in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
-        yield idx.numpy(), tensors, extras
+    loader = DataLoader(_Decoded(items, decode, skip_bad=failed is not None), batch_size=placement.batch_size(batch_size),
+                        num_workers=workers, collate_fn=_collate, pin_memory=placement.is_cuda,
+                        persistent_workers=False, prefetch_factor=4 if workers else None)
+    bar = tqdm(loader, desc=desc, disable=not progress, unit="batch")
+    for idx, tensors, extras, batch_failed in bar:
+        if batch_failed:
+            failed.extend(batch_failed)
+            bar.set_postfix(skipped=len(failed))
+        if len(idx):
+            yield idx.numpy(), tensors, extras
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -35,6 +35,8 @@ MODEL_DTYPES = ("float32", "bfloat16", "float16")
 def check_dtype(dtype: str) -> None:
     if dtype not in MODEL_DTYPES:
         raise ClipevalError(f"model dtype must be one of {', '.join(MODEL_DTYPES)}, not {dtype!r}")
+
+
 # what each similarity parameter may be: (lowest, highest, whether the ends are allowed, integer)
 SIMILARITY_RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "top_k": (1, 1e9, True, True), "a": (0, 1e6, False, False), "lam": (0, 1e6, True, False),

@@ -73,26 +73,36 @@ class Collected:
     activations: dict[str, np.ndarray]  # layer -> (images, units) float32
     embeddings: dict[str, np.ndarray]  # model name -> (images, dim) float32, L2-normalised
     thumbnails: list[bytes] | None
+    failed: list[tuple[int, str]] = ()  # (index into the images given, why) of images that did not decode;
+    # the arrays and thumbnails above hold the other images only, in order
 
 
 def collect(images: Sequence[ProbeImage], *, target: Target | None = None, layers: Sequence[str] = (),
             pooling: str = "mean", image_models: dict | None = None, thumb_size: int | None = None,
             batch_size: int | None = None, num_workers: int | None = None, progress: bool = True,
-            desc: str = "images", placement: Placement = CPU, layouts: dict[str, str] | None = None) -> Collected:
+            desc: str = "images", placement: Placement = CPU, layouts: dict[str, str] | None = None,
+            on_bad_image: str = "skip") -> Collected:
     """One pass over `images`: pooled activations of `layers` of `target`, embeddings of every model in
     `image_models` (name -> ImageTextModel), and thumbnails if `thumb_size` is set, every model on
     `placement` (batch size and decoding workers default per device). `layouts` (layer -> layout, see
-    pool) defaults to what targets.layer_layouts detects."""
+    pool) defaults to what targets.layer_layouts detects. An image that does not decode is skipped and
+    counted ('skip') or stops the pass ('fail')."""
     from clipeval.batches import ACT, EMB, ProbeBatch, iterate
 
     n = len(images)
     acts: dict[str, np.ndarray] = {}
     embs: dict[str, np.ndarray] = {}
     thumbs: list[bytes] | None = [b""] * n if thumb_size else None
+    failed: list[tuple[int, str]] = []
     with ProbeBatch(target, layers, pooling, image_models, thumb_size, placement, batch_size,
                     layouts=layouts) as work:
         for rows, tensors, batch_thumbs in iterate([im.path for im in images], work.decode, placement,
-                                                   batch_size, num_workers, progress=progress, desc=desc):
+                                                   batch_size, num_workers, progress=progress, desc=desc,
+                                                   failed=failed):
+            if failed and on_bad_image == "fail":
+                i, why = failed[0]
+                raise ClipevalError(f"cannot decode probe image {images[i].path}: {why} (pass --on-bad-image "
+                                    "skip to leave such images out)")
             for key, out in work.forward(tensors).items():
                 table, name = (acts, key[len(ACT):]) if key.startswith(ACT) else (embs, key[len(EMB):])
                 if name not in table:
@@ -101,7 +111,19 @@ def collect(images: Sequence[ProbeImage], *, target: Target | None = None, layer
             if thumbs is not None:
                 for r, t in zip(rows, batch_thumbs):
                     thumbs[r] = t
-    return Collected(acts, embs, thumbs)
+    if failed and on_bad_image == "fail":
+        i, why = failed[0]
+        raise ClipevalError(f"cannot decode probe image {images[i].path}: {why} (pass --on-bad-image "
+                            "skip to leave such images out)")
+    if failed:
+        gone = {i for i, _ in failed}
+        keep = np.array([i for i in range(n) if i not in gone], dtype=np.int64)
+        if not len(keep):
+            raise ClipevalError(f"none of the {n} probe images could be decoded (e.g. {failed[0][1]})")
+        acts = {k: v[keep] for k, v in acts.items()}
+        embs = {k: v[keep] for k, v in embs.items()}
+        thumbs = [thumbs[i] for i in keep] if thumbs is not None else None
+    return Collected(acts, embs, thumbs, sorted(failed))
 
 
 def dead_units(A: np.ndarray) -> np.ndarray:

@@ -130,7 +130,29 @@ def _model_dtype(model) -> str:
     return placement.dtype_name if placement is not None else "float32"
 
 
-def encode_texts_cached(model, texts, cache: "ArrayCache") -> np.ndarray:
+# Texts per encode_texts call when a bar is shown: a multiple of OpenCLIP's text batch (256), so its
+# batches, and its results, are the same as in one call.
+TEXT_CHUNK = 2048
+
+
+def encode_texts(model, texts: list[str], progress: bool = True, desc: str = "text embeddings") -> np.ndarray:
+    """model.encode_texts over `texts`; a set larger than TEXT_CHUNK goes in chunks under a progress bar
+    (concepts per second and time left), as 200k concepts take minutes."""
+    with torch.no_grad():
+        if len(texts) <= TEXT_CHUNK:
+            return model.encode_texts(texts).float().cpu().numpy()
+        from tqdm.auto import tqdm
+
+        parts = []
+        with tqdm(total=len(texts), desc=desc, unit="concept", disable=not progress) as bar:
+            for i in range(0, len(texts), TEXT_CHUNK):
+                chunk = texts[i:i + TEXT_CHUNK]
+                parts.append(model.encode_texts(chunk).float().cpu().numpy())
+                bar.update(len(chunk))
+        return np.concatenate(parts)
+
+
+def encode_texts_cached(model, texts, cache: "ArrayCache", progress: bool = True) -> np.ndarray:
     """Text embeddings keyed by the model's text side and dtype, cached per text: the labelling run and the
     evaluators share entries when their text encoders are the same (e.g. both ConSE on one sentence
     encoder), and a concept set that contains another (common-20k holds common-10k) encodes only the
@@ -145,8 +167,7 @@ def encode_texts_cached(model, texts, cache: "ArrayCache") -> np.ndarray:
     index = {t: i for i, t in enumerate(known)}
     missing = list(dict.fromkeys(t for t in texts if t not in index))
     if missing:
-        with torch.no_grad():
-            new = model.encode_texts(missing).float().cpu().numpy()
+        new = encode_texts(model, missing, progress)
         table = new if table is None else np.concatenate([table, new])
         known = known + missing
         index = {t: i for i, t in enumerate(known)}
@@ -160,16 +181,24 @@ def encode_texts_cached(model, texts, cache: "ArrayCache") -> np.ndarray:
 def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, target: targets_mod.Target,
                layers, pooling: str, image_model=None, image_key: str = "", *, progress: bool = True,
                batch_size: int | None = None, num_workers: int | None = None,
-               placement: Placement = CPU, engine: Engine = LOCAL) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+               placement: Placement = CPU, engine: Engine = LOCAL, probe_on_bad_image: str = "skip"
+               ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Activations of `layers` and (optionally) image embeddings, from the cache where present, else
     from ONE pass over the probe that also stores the thumbnails if the store lacks them; that pass runs
-    here or on Ray workers (`engine`), and either way fills the same cache entries."""
+    here or on Ray workers (`engine`), and either way fills the same cache entries.
+
+    An image that passed the header check but does not decode is skipped and counted during the pass
+    ('skip'; 'fail' stops): it leaves `probe` (its list and `skipped` are updated in place) and is
+    remembered in the cache beside the arrays, so later runs on the same files leave it out before
+    reading the cached arrays. The fingerprint stays: it names the files, and which of them decode
+    is fixed by the files."""
+    _drop_images(probe, _known_bad(cache, probe.fingerprint))
     layouts = targets_mod.layer_layouts(target, layers) if layers else {}
     keys = {layer: _layer_key(target_cfg, target, layer, pooling, probe, placement.dtype_name, layouts[layer])
             for layer in layers}
-    acts = {layer: cache.get("activations", key) for layer, key in keys.items()}
+    acts = {layer: _rows_or_none(cache.get("activations", key), len(probe)) for layer, key in keys.items()}
     missing = [layer for layer, a in acts.items() if a is None]
-    emb = cache.get("image_embeddings", image_key) if image_model is not None else None
+    emb = _rows_or_none(cache.get("image_embeddings", image_key), len(probe)) if image_model is not None else None
     need_emb = image_model is not None and emb is None
     need_thumbs = not store.has_probe(probe.fingerprint)
     if missing or need_emb or need_thumbs:
@@ -182,7 +211,19 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, tar
 
             got = ray_map.collect(engine, probe.images, dtype=placement.dtype_name, **kw)
         else:
-            got = collect(probe.images, num_workers=num_workers, placement=placement, **kw)
+            got = collect(probe.images, num_workers=num_workers, placement=placement, on_bad_image=probe_on_bad_image,
+                          **kw)
+        if got.failed:
+            n_before = len(probe)
+            bad = {probe.images[i].path: why for i, why in got.failed}
+            _remember_bad(cache, probe.fingerprint, bad)
+            keep = np.array([i for i in range(n_before) if probe.images[i].path not in bad])
+            acts = {layer: a[keep] if a is not None else None for layer, a in acts.items()}
+            if emb is not None:
+                emb = emb[keep]
+            _drop_images(probe, bad)
+            warnings.warn(f"skipped {len(bad)} probe image(s) that did not decode: "
+                          + "; ".join(f"{p} ({w})" for p, w in list(bad.items())[:5]) + (" ..." if len(bad) > 5 else ""))
         for layer in missing:
             cache.put("activations", keys[layer], got.activations[layer])
             acts[layer] = got.activations[layer]
@@ -195,6 +236,30 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, tar
                 "source": [i.source for i in probe.images], "license": [i.license for i in probe.images],
                 "label": [i.label for i in probe.images], "thumbnail": got.thumbnails}))
     return acts, emb
+
+
+def _known_bad(cache: ArrayCache, fingerprint: str) -> dict[str, str]:
+    p = cache.folder / "bad_images" / f"{fingerprint}.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def _remember_bad(cache: ArrayCache, fingerprint: str, bad: dict[str, str]) -> None:
+    p = cache.folder / "bad_images" / f"{fingerprint}.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({**_known_bad(cache, fingerprint), **bad}, indent=1))
+    os.replace(tmp, p)
+
+
+def _drop_images(probe: ProbeSet, bad: dict[str, str]) -> None:
+    if bad and any(i.path in bad for i in probe.images):
+        probe.skipped = [*probe.skipped, *((i.path, bad[i.path]) for i in probe.images if i.path in bad)]
+        probe.images = [i for i in probe.images if i.path not in bad]
+
+
+def _rows_or_none(array: np.ndarray | None, n: int) -> np.ndarray | None:
+    """A cached array only if it has one row per probe image (else it is recomputed)."""
+    return array if array is not None and array.shape[0] == n else None
 
 
 def dissect(config: DissectConfig, store: Store, *, name: str = "", cache_dir: str | os.PathLike | None = None,
@@ -271,10 +336,10 @@ def _compute(r: Resolved, store: Store, cache: ArrayCache, stages: Stages, progr
     with stages("activations + image embeddings"):
         acts, P_img = probe_pass(store, cache, r.probe, c.target, r.target, c.layers, c.pooling, r.image_text,
                                  _image_key(r), progress=progress, batch_size=batch_size, num_workers=num_workers,
-                                 placement=r.placement, engine=engine)
+                                 placement=r.placement, engine=engine, probe_on_bad_image=c.probe.on_bad_image)
 
     with stages("text embeddings"):
-        T = encode_texts_cached(r.image_text, r.concepts.concepts, cache)
+        T = encode_texts_cached(r.image_text, r.concepts.concepts, cache, progress)
         store.put_concepts(r.concepts.content_hash, r.concepts.name, r.concepts.concepts)
 
     P = torch.from_numpy(P_img) @ torch.from_numpy(T).T  # (images, concepts) cosines

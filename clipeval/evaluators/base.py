@@ -79,7 +79,7 @@ def image_embeddings(model, model_key: str, inputs: EvalInputs, ids: np.ndarray,
 
 
 def text_embeddings(model, model_key: str, texts: list[str], cache) -> np.ndarray:
-    from clipeval.pipeline import encode_texts_cached
+    from clipeval.pipeline import encode_texts, encode_texts_cached
 
     if not model.info().get("text_fingerprint"):
         # a model that does not say what its text side is: key its texts by the whole model, never by
@@ -87,8 +87,7 @@ def text_embeddings(model, model_key: str, texts: list[str], cache) -> np.ndarra
         key = stable_hash("eval-text-embeddings", model_key, list(texts))
         got = cache.get("eval_text_embeddings", key)
         if got is None:
-            with torch.no_grad():
-                got = model.encode_texts(list(texts)).float().cpu().numpy()
+            got = encode_texts(model, list(texts))
             cache.put("eval_text_embeddings", key, got)
         return got
     return encode_texts_cached(model, texts, cache)

@@ -1,0 +1,93 @@
+"""One unreadable image never costs a run (issue 11, point 4): an image that passes the header check
+but fails to decode (a truncated JPEG, a PNG whose image data stops short) is skipped and counted
+during the pass; with --on-bad-image fail the pass stops with a message naming it."""
+
+from __future__ import annotations
+
+import struct
+import warnings
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from clipeval.config import ConceptConfig, DissectConfig, ProbeConfig, SimilarityConfig, TargetConfig
+from clipeval.data.probe import _check_image
+from clipeval.errors import ClipevalError
+from clipeval.store import Store
+
+
+def truncated_jpeg(src: Path, out: Path) -> Path:
+    data = src.read_bytes() if src.suffix.lower() in (".jpg", ".jpeg") else None
+    if data is None:
+        import io
+
+        buf = io.BytesIO()
+        Image.open(src).convert("RGB").resize((96, 96)).save(buf, "JPEG", quality=90)
+        data = buf.getvalue()
+    out.write_bytes(data[: len(data) // 2])
+    return out
+
+
+def short_png(out: Path) -> Path:
+    """A PNG with valid chunks and checksums whose compressed image data holds a few rows only."""
+    w = h = 64
+    import numpy as np
+
+    pixels = np.random.default_rng(0).integers(0, 256, size=(h, 3 * w), dtype=np.uint8)
+    raw = b"".join(b"\x00" + row.tobytes() for row in pixels)
+    data = zlib.compress(raw)[:300]  # the stream stops after a few rows
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    out.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                    + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return out
+
+
+@pytest.fixture
+def broken_probe(probe_dir, tmp_path) -> Path:
+    folder = tmp_path / "probe"
+    folder.mkdir()
+    good = sorted(p for p in probe_dir.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:24]
+    for i, p in enumerate(good):
+        Image.open(p).convert("RGB").save(folder / f"img{i:02d}.png")
+    bad = [truncated_jpeg(good[0], folder / "img90_truncated.jpg"), short_png(folder / "img91_short.png")]
+    for b in bad:
+        assert _check_image(b) is None  # both pass the header check the listing does
+    return folder
+
+
+def config(folder: Path, on_bad_image: str = "skip") -> DissectConfig:
+    return DissectConfig(target=TargetConfig("efficientnet_lite0"), layers=("classifier",),
+                         probe=ProbeConfig((str(folder),), on_bad_image), concepts=ConceptConfig("imagenet"),
+                         similarity=SimilarityConfig("soft_wpmi", (("top_k", 5.0),)), k=3)
+
+
+def test_images_that_fail_to_decode_are_skipped_and_counted(broken_probe, tmp_path):
+    from clipeval import pipeline
+
+    store = Store(tmp_path / "r.duckdb")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_id = pipeline.dissect(config(broken_probe), store, cache_dir=tmp_path / "cache", progress=False)
+    run = store.complete_run(run_id)
+    assert run["n_images"] == 24 and run["n_skipped_images"] == 2
+    assert any("did not decode" in str(w.message) and "img90_truncated" in str(w.message) for w in caught)
+    paths = store.probe_images(run["probe_fingerprint"])["path"]
+    assert len(paths) == 24 and not paths.str.contains("img9").any()
+    assert store.neuron_images(run_id)["image_id"].max() < 24
+    # a second run on the same files reads the cached arrays with the same images left out
+    again = pipeline.dissect(config(broken_probe), store, cache_dir=tmp_path / "cache", progress=False, force=True)
+    assert again == run_id and store.complete_run(run_id)["n_skipped_images"] == 2
+
+
+def test_on_bad_image_fail_stops_with_the_file_named(broken_probe, tmp_path):
+    from clipeval.data.probe import load_probe
+    from clipeval.dissect import collect
+
+    probe = load_probe([str(broken_probe)], "fail")  # the header check passes
+    with pytest.raises(ClipevalError, match=r"cannot decode probe image .*img9\d_"):
+        collect(probe.images, thumb_size=32, on_bad_image="fail", progress=False)

@@ -36,7 +36,7 @@ def test_console_refuses_with_a_message(run_store, sql, message):
 @pytest.mark.parametrize("sql", ["SELECT * FROM range(3)", "SELECT * FROM duckdb_tables()",
                                  "SELECT label, row_number() OVER (ORDER BY unit) FROM neurons LIMIT 3",
                                  "-- the labels\nSELECT lower(label) FROM neurons LIMIT 2",
-                                 "SELECT list_transform([1, 2], x -> x + 1)", "EXPLAIN ANALYZE SELECT count(*) FROM runs"])
+                                 "SELECT list_transform([1, 2], x -> x + 1)", "SELECT unnest([1, 2])", "EXPLAIN ANALYZE SELECT count(*) FROM runs"])
 def test_console_answers_reads_that_call_allowed_functions(run_store, sql):
     store, _, _ = run_store
     frame, cut = store.read_only_query(sql)

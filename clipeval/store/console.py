@@ -53,7 +53,7 @@ def allowed_functions() -> frozenset:
                 "('scalar', 'aggregate', 'window', 'macro')").fetchall()}
         finally:
             con.close()
-        _scalar_allow = frozenset(names - STATEFUL_FUNCTIONS)
+        _scalar_allow = frozenset((names | {"unnest"}) - STATEFUL_FUNCTIONS)  # unnest([...]) in a SELECT list
     return _scalar_allow
 
 

@@ -171,9 +171,9 @@ class ConsoleMixin:
                 if cur.description is None:
                     return pd.DataFrame(), ""
                 cols = [d[0] for d in cur.description]
-                frames, n, size, cut = [], 0, 0, ""
+                frames, n, size, cut, step = [], 0, 0, "", 100
                 while True:
-                    rows = cur.fetchmany(min(2_000, max_rows + 1 - n))
+                    rows = cur.fetchmany(min(step, max_rows + 1 - n))
                     if not rows:
                         break
                     chunk = pd.DataFrame(rows, columns=range(len(cols)))
@@ -186,6 +186,8 @@ class ConsoleMixin:
                     if size > max_bytes:
                         cut = f"cut at {size / 2**20:.0f} MB of results (limit {max_bytes / 2**20:.0f} MB): more may exist"
                         break
+                    # the next chunk about fills what is left of the byte cap (at least one row)
+                    step = int(min(5_000, max(1, (max_bytes - size) / max(1.0, size / n) + 1)))
                 frame = pd.concat(frames, ignore_index=True).iloc[:max_rows] if frames else \
                     pd.DataFrame(columns=range(len(cols)))
                 if len(set(cols)) < len(cols):  # keep duplicate column names apart for display

@@ -218,7 +218,7 @@ def test_search_ranks_exact_and_whole_word_matches_first(run_store):
     first = store.neurons(run_id).head(3)
     for (layer, unit), label in zip(first[["layer", "unit"]].itertuples(index=False), ["hotdog", "hot dog", "dog"]):
         store.execute("UPDATE neurons SET label = ? WHERE run_id = ? AND layer = ? AND unit = ?",
-                               [label, run_id, layer, int(unit)])
+                      [label, run_id, layer, int(unit)])
     hits = store.search_neurons(run_id, "Dog")
     labels = [l for l in hits["label"] if l in ("hotdog", "hot dog", "dog")]
     assert labels == ["dog", "hot dog", "hotdog"]

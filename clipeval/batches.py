@@ -30,8 +30,9 @@ from clipeval.data.probe import load_rgb, thumbnail_jpeg
 from clipeval.device import CPU, OomHalving, Placement
 from clipeval.errors import ClipevalError
 
-ACT = "activations/"  # output keys: ACT + layer name, EMB + model name
+ACT = "activations/"  # output keys: ACT + layer name, EMB + model name, MAPS + layer name
 EMB = "embeddings/"
+MAPS = "maps/"
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -124,12 +125,15 @@ class ProbeBatch:
     """Decode + target forward + image embeddings for batches of probe images.
 
     `forward` returns {ACT + layer: (n, units) float32 pooled activations, EMB + name: (n, dim) float32
-    L2-normalised embeddings}. Hooks on the target's layers stay registered until `close()`."""
+    L2-normalised embeddings}, and with `maps_keep` {MAPS + layer: (n,) bytes}: per image, the maps of
+    the units for which it is among the `maps_keep` most active images seen so far (clipeval.maps;
+    layers with a spatial layout only). Hooks on the target's layers stay registered until `close()`."""
 
     def __init__(self, target=None, layers: Sequence[str] = (), pooling: str = "mean", image_models: dict | None = None,
                  thumb_size: int | None = None, placement: Placement = CPU, batch_size: int | None = None,
-                 log: Callable[[str], None] | None = None, layouts: dict[str, str] | None = None):
+                 log: Callable[[str], None] | None = None, layouts: dict[str, str] | None = None, maps_keep: int = 0):
         from clipeval.dissect import pooling_hook
+        from clipeval.maps import RunningTop, has_map, token_prefix
         from clipeval.models.targets import layer_layouts
 
         self.placement = placement
@@ -143,6 +147,8 @@ class ProbeBatch:
         self.decode = DecodeProbe(transforms, thumb_size)
         self.oom = OomHalving(placement.batch_size(batch_size), "images", log)
         self._current: dict[str, torch.Tensor] = {}
+        self._maps: dict[str, torch.Tensor | None] = {}
+        self._tops: dict[str, RunningTop] = {}
         self._hooks = []
         if self.target is not None:
             # where each layer's channels are, found on a CPU dummy forward before the model is placed
@@ -152,6 +158,10 @@ class ProbeBatch:
             for layer in self.layers:
                 self._hooks.append(modules[layer].register_forward_hook(
                     pooling_hook(self._current, layer, pooling, layouts[layer])))
+                if maps_keep and has_map(layouts[layer]):
+                    self._tops[layer] = RunningTop(maps_keep)
+                    self._hooks.append(modules[layer].register_forward_hook(
+                        _map_hook(self._maps, layer, layouts[layer], token_prefix(self.target.module, layouts[layer]))))
 
     @classmethod
     def from_config(cls, config, device="cpu", *, layers: Sequence[str] | None = None, labeller: bool = True,
@@ -181,23 +191,42 @@ class ProbeBatch:
         self.close()
 
     @torch.no_grad()
-    def forward(self, tensors: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
-        """The models on one batch of decoded images (tensors as DecodeProbe makes them, stacked)."""
+    def forward(self, tensors: Sequence[torch.Tensor], rows: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        """The models on one batch of decoded images (tensors as DecodeProbe makes them, stacked); `rows`:
+        the images' ids in the probe (needed to keep maps: ties go to the lower id, as in the top-k)."""
+        from clipeval.maps import pack
+
         n = len(tensors[0]) if len(tensors) else 0
+        if self._tops and (rows is None or len(rows) != n):
+            raise ValueError("keeping activation maps needs the images' row ids")
+        ids = torch.as_tensor(np.asarray(rows if rows is not None else [], dtype=np.int64))
 
         def part(a: int, b: int) -> dict[str, np.ndarray]:
             out: dict[str, np.ndarray] = {}
+            accepted = []
             j = 0
             if self.target is not None:
                 self._current.clear()
+                self._maps.clear()
                 self.target.module(_channels_last(self.placement.inputs(tensors[0][a:b])))
                 for layer in self.layers:
                     out[ACT + layer] = _to_numpy(self._current[layer])
+                for layer, top in self._tops.items():
+                    maps = self._maps.get(layer)
+                    if maps is not None:  # None: tokens that do not form a square grid (no map)
+                        entered, new = top.propose(self._current[layer], ids[a:b])
+                        blobs = pack(entered, self._current[layer], maps)
+                        out[MAPS + layer] = np.empty(len(blobs), dtype=object)
+                        out[MAPS + layer][:] = blobs
+                        accepted.append((top, new))
                 self._current.clear()
+                self._maps.clear()
                 j = 1
             for name, model in self.image_models.items():
                 out[EMB + name] = _to_numpy(model.encode_images(self.placement.inputs(tensors[j][a:b])))
                 j += 1
+            for top, new in accepted:  # only once the part is through: an out-of-memory error retries it
+                top.accept(new)
             return out
 
         parts = self.oom.run(part, n)
@@ -206,13 +235,23 @@ class ProbeBatch:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def __call__(self, batch: dict) -> dict:
-        """{'path': image files} -> the forward outputs plus 'thumbnail' (JPEG bytes, where thumb_size)."""
+        """{'path': image files, 'row': their ids in the probe} -> the forward outputs plus 'thumbnail' (JPEG
+        bytes, where thumb_size)."""
         decoded = [self.decode(str(p)) for p in batch["path"]]
         n_t = len(decoded[0][0]) if decoded else 0
-        out = self.forward([torch.stack([d[0][j] for d in decoded]) for j in range(n_t)])
+        out = self.forward([torch.stack([d[0][j] for d in decoded]) for j in range(n_t)], batch.get("row"))
         if self.thumb_size:
             out["thumbnail"] = np.array([d[1] for d in decoded], dtype=object)
         return out
+
+
+def _map_hook(maps: dict, layer: str, layout: str, n_prefix: int) -> Callable:
+    """A forward hook that puts `layer`'s shrunk spatial maps (a float32 copy, or None) into maps[layer]."""
+    from clipeval.maps import map_of
+
+    def hook(_module, _inputs, output):
+        maps[layer] = map_of(output, layout, n_prefix)
+    return hook
 
 
 # ------------------------------------------------------------------------ evaluator image embeddings

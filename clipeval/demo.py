@@ -32,7 +32,7 @@ from clipeval.config import ConceptConfig, DissectConfig, ImageTextConfig, Probe
 from clipeval.analysis import imagenet_label_accuracy, imagenet_synonyms
 from clipeval.store import DEFAULT_DB, Store
 
-DEMO_VERSION = 2  # bump when the demo's settings change, so older stores rebuild
+DEMO_VERSION = 3  # bump when the demo's settings change, so older stores rebuild (3: activation maps)
 DEMO_LAYERS = ("blocks.1", "blocks.3", "blocks.5", "bn2", "classifier")
 DEMO_CONCEPTS = ("common-10k", "common-20k", "imagenet")
 LABELLING_MODEL = ImageTextConfig("conse", "efficientnet_lite1")
@@ -160,7 +160,9 @@ def build_demo(db: str | Path = DEFAULT_DB, size: str = "full", progress: bool =
                 print(f"\n== demo run {i}/{len(DEMO_CONCEPTS)}: concepts {concepts} "
                       f"({time.perf_counter() - start:.0f} s so far)", file=sys.stderr)
             # warnings are shown, not silenced: they are what a user of the same commands would see
-            run_id = pipeline.dissect(demo_config(probe_dir, concepts, dtype), store, progress=progress,
+            # force: a store with an older demo version gets its runs recomputed with what this version
+            # stores (same run ids, e.g. activation maps since version 3; the arrays cached on disk are reused)
+            run_id = pipeline.dissect(demo_config(probe_dir, concepts, dtype), store, progress=progress, force=True,
                                       name=f"demo: EfficientNet-Lite0 | demo probe ({size}) | {concepts}",
                                       device=device)
             outcomes = evaluate(store, run_id, "cp,es,contrast,vqa", eval_model=EVAL_MODEL, progress=progress,

@@ -4,7 +4,7 @@ decoded once for the target, the image-text models and the thumbnail) and per-ne
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -74,28 +74,32 @@ class Collected:
     embeddings: dict[str, np.ndarray]  # model name -> (images, dim) float32, L2-normalised
     thumbnails: list[bytes] | None
     failed: list[tuple[int, str]] = ()  # (index into the images given, why) of images that did not decode;
-    # the arrays and thumbnails above hold the other images only, in order
+    # the arrays and thumbnails above hold the other images only, in order (and the maps' image ids count those)
+    maps: dict = field(default_factory=dict)  # layer -> maps.KeptMaps (layers with a spatial layout)
 
 
 def collect(images: Sequence[ProbeImage], *, target: Target | None = None, layers: Sequence[str] = (),
             pooling: str = "mean", image_models: dict | None = None, thumb_size: int | None = None,
             batch_size: int | None = None, num_workers: int | None = None, progress: bool = True,
             desc: str = "images", placement: Placement = CPU, layouts: dict[str, str] | None = None,
-            on_bad_image: str = "skip") -> Collected:
+            on_bad_image: str = "skip", maps_keep: int = 0) -> Collected:
     """One pass over `images`: pooled activations of `layers` of `target`, embeddings of every model in
     `image_models` (name -> ImageTextModel), and thumbnails if `thumb_size` is set, every model on
     `placement` (batch size and decoding workers default per device). `layouts` (layer -> layout, see
     pool) defaults to what targets.layer_layouts detects. An image that does not decode is skipped and
-    counted ('skip') or stops the pass ('fail')."""
-    from clipeval.batches import ACT, EMB, ProbeBatch, iterate
+    counted ('skip') or stops the pass ('fail'). With `maps_keep`, also the spatial activation maps of
+    each unit's `maps_keep` most active images (clipeval.maps), from the same forward pass."""
+    from clipeval.batches import ACT, EMB, MAPS, ProbeBatch, iterate
+    from clipeval.maps import KeptMaps
 
     n = len(images)
     acts: dict[str, np.ndarray] = {}
     embs: dict[str, np.ndarray] = {}
+    maps: dict[str, KeptMaps] = {}
     thumbs: list[bytes] | None = [b""] * n if thumb_size else None
     failed: list[tuple[int, str]] = []
     with ProbeBatch(target, layers, pooling, image_models, thumb_size, placement, batch_size,
-                    layouts=layouts) as work:
+                    layouts=layouts, maps_keep=maps_keep) as work:
         for rows, tensors, batch_thumbs in iterate([im.path for im in images], work.decode, placement,
                                                    batch_size, num_workers, progress=progress, desc=desc,
                                                    failed=failed):
@@ -103,7 +107,10 @@ def collect(images: Sequence[ProbeImage], *, target: Target | None = None, layer
                 i, why = failed[0]
                 raise ClipevalError(f"cannot decode probe image {images[i].path}: {why} (pass --on-bad-image "
                                     "skip to leave such images out)")
-            for key, out in work.forward(tensors).items():
+            for key, out in work.forward(tensors, rows).items():
+                if key.startswith(MAPS):
+                    maps.setdefault(key[len(MAPS):], KeptMaps(maps_keep)).add(rows, out)
+                    continue
                 table, name = (acts, key[len(ACT):]) if key.startswith(ACT) else (embs, key[len(EMB):])
                 if name not in table:
                     table[name] = np.empty((n, out.shape[1]), dtype=np.float32)
@@ -123,7 +130,9 @@ def collect(images: Sequence[ProbeImage], *, target: Target | None = None, layer
         acts = {k: v[keep] for k, v in acts.items()}
         embs = {k: v[keep] for k, v in embs.items()}
         thumbs = [thumbs[i] for i in keep] if thumbs is not None else None
-    return Collected(acts, embs, thumbs, sorted(failed))
+        for kept in maps.values():
+            kept.renumber(keep)
+    return Collected(acts, embs, thumbs, sorted(failed), maps)
 
 
 def dead_units(A: np.ndarray) -> np.ndarray:

@@ -121,6 +121,7 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
     from clipeval.data.concepts import load_concepts
     from clipeval.data.probe import load_probe
     from clipeval.dissect import neuron_summaries
+    from clipeval.maps import map_rows
     from clipeval.models import targets as targets_mod
 
     labels = read_descriptions(path)
@@ -145,14 +146,16 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
               **({"dtype": dtype} if dtype else {})}
     store.start_run(run_id, name or f"imported {Path(path).name}", "import", json.dumps(config), run_id)
     try:
-        images = hists = None
+        images = hists = map_frame = None
         n_units = labels.groupby("layer")["unit"].max() + 1
         shape_text = {l: "" for l in layer_order}
         if tgt is not None:
             cache = pipeline.ArrayCache(store.path.parent / "cache")
+            kept: dict = {}
             acts, _ = pipeline.probe_pass(store, cache, probe_set, TargetConfig(target, weights), tgt, layer_order,
                                           pooling, progress=progress, placement=placement, batch_size=batch_size,
-                                          num_workers=num_workers, probe_on_bad_image=on_bad_image)
+                                          num_workers=num_workers, probe_on_bad_image=on_bad_image, maps_keep=k,
+                                          maps_out=kept)
             parts = []
             for layer in layer_order:
                 have = acts[layer].shape[1]
@@ -170,6 +173,9 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
             labels["dead"] = labels["dead"].fillna(False).astype(bool)
             keep = images.merge(labels[["layer", "unit"]], on=["layer", "unit"])
             images = keep
+            frames = [map_rows(layer, images[(images["layer"] == layer) & (images["kind"] == "top")], kept[layer])
+                      for layer in layer_order if layer in kept]
+            map_frame = pd.concat(frames, ignore_index=True) if frames else None
         if concept_set is not None:
             store.put_concepts(concept_set.content_hash, concept_set.name, concept_set.concepts)
         layers_df = pd.DataFrame({"layer": layer_order, "position": range(len(layer_order)),
@@ -178,7 +184,7 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
         runner = labels.assign(rank=1, concept=labels["label"], score=labels["similarity"])[
             ["layer", "unit", "rank", "concept", "score"]]
         store.finish_run(run_id, layers=layers_df, neurons=labels, runner_ups=runner, neuron_images=images,
-                         histograms=hists, meta={
+                         histograms=hists, activation_maps=map_frame, meta={
                              "run_id": run_id, "probe_fingerprint": probe_set and probe_set.fingerprint,
                              "concept_hash": concept_set and concept_set.content_hash,
                              "n_images": len(probe_set) if probe_set else 0,

@@ -28,6 +28,7 @@ from clipeval.data.concepts import ConceptSet, load_concepts
 from clipeval.data.probe import ProbeSet, load_probe
 from clipeval.device import CPU, DTYPES, Placement, resolve_device
 from clipeval.dissect import collect, neuron_summaries
+from clipeval.maps import MAP_SIDE, MAPS_VERSION, KeptMaps, has_map, map_rows
 from clipeval.engine import LOCAL, Engine, ray_session
 from clipeval.errors import ClipevalError
 from clipeval.models import targets as targets_mod
@@ -181,11 +182,13 @@ def encode_texts_cached(model, texts, cache: "ArrayCache", progress: bool = True
 def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, target: targets_mod.Target,
                layers, pooling: str, image_model=None, image_key: str = "", *, progress: bool = True,
                batch_size: int | None = None, num_workers: int | None = None,
-               placement: Placement = CPU, engine: Engine = LOCAL, probe_on_bad_image: str = "skip"
-               ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+               placement: Placement = CPU, engine: Engine = LOCAL, probe_on_bad_image: str = "skip",
+               maps_keep: int = 0, maps_out: dict | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Activations of `layers` and (optionally) image embeddings, from the cache where present, else
     from ONE pass over the probe that also stores the thumbnails if the store lacks them; that pass runs
-    here or on Ray workers (`engine`), and either way fills the same cache entries.
+    here or on Ray workers (`engine`), and either way fills the same cache entries. With `maps_keep` and
+    a dict `maps_out`, also each unit's activation maps on its `maps_keep` most active images, from the
+    same pass: maps_out[layer] = maps.KeptMaps (layers without a spatial layout are left out).
 
     An image that passed the header check but does not decode is skipped and counted during the pass
     ('skip'; 'fail' stops): it leaves `probe` (its list and `skipped` are updated in place) and is
@@ -197,6 +200,15 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, tar
     keys = {layer: _layer_key(target_cfg, target, layer, pooling, probe, placement.dtype_name, layouts[layer])
             for layer in layers}
     acts = {layer: _rows_or_none(cache.get("activations", key), len(probe)) for layer, key in keys.items()}
+    want_maps = [layer for layer in layers if maps_keep and maps_out is not None and has_map(layouts[layer])]
+    map_keys = {layer: stable_hash("activation-maps", MAPS_VERSION, keys[layer], maps_keep, MAP_SIDE)
+                for layer in want_maps}
+    for layer in want_maps:
+        index, maps = cache.get("map_index", map_keys[layer]), cache.get("maps", map_keys[layer])
+        if acts[layer] is None or index is None or maps is None:
+            acts[layer] = None  # the maps come from the pass that makes the activations: run it for this layer
+        elif len(index):  # an empty entry: tokens that do not form a square grid, no map
+            maps_out[layer] = KeptMaps.from_arrays(maps_keep, index, maps)
     missing = [layer for layer, a in acts.items() if a is None]
     emb = _rows_or_none(cache.get("image_embeddings", image_key), len(probe)) if image_model is not None else None
     need_emb = image_model is not None and emb is None
@@ -205,7 +217,8 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, tar
         kw = dict(target=target if missing else None, layers=missing, pooling=pooling,
                   image_models={"labelling": image_model} if need_emb else {},
                   thumb_size=THUMB_SIZE if need_thumbs else None, batch_size=batch_size, progress=progress,
-                  desc="probe pass", layouts={layer: layouts[layer] for layer in missing})
+                  desc="probe pass", layouts={layer: layouts[layer] for layer in missing},
+                  maps_keep=maps_keep if any(layer in map_keys for layer in missing) else 0)
         if engine.is_ray:
             from clipeval import ray_map
 
@@ -219,6 +232,8 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, tar
             _remember_bad(cache, probe.fingerprint, bad)
             keep = np.array([i for i in range(n_before) if probe.images[i].path not in bad])
             acts = {layer: a[keep] if a is not None else None for layer, a in acts.items()}
+            for layer, kept in list(maps_out.items()) if maps_out is not None else []:
+                kept.renumber(keep)  # maps read from the cache count the images before these were left out
             if emb is not None:
                 emb = emb[keep]
             _drop_images(probe, bad)
@@ -227,6 +242,13 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, tar
         for layer in missing:
             cache.put("activations", keys[layer], got.activations[layer])
             acts[layer] = got.activations[layer]
+            if layer in map_keys:
+                kept = got.maps.get(layer) or KeptMaps(maps_keep)
+                index, maps = kept.arrays()
+                cache.put("map_index", map_keys[layer], index)
+                cache.put("maps", map_keys[layer], maps)
+                if len(index):
+                    maps_out[layer] = kept
         if need_emb:
             emb = got.embeddings["labelling"]
             cache.put("image_embeddings", image_key, emb)
@@ -334,9 +356,11 @@ def _compute(r: Resolved, store: Store, cache: ArrayCache, stages: Stages, progr
              batch_size: int, num_workers: int, engine: Engine = LOCAL) -> dict:
     c = r.config
     with stages("activations + image embeddings"):
+        maps: dict = {}
         acts, P_img = probe_pass(store, cache, r.probe, c.target, r.target, c.layers, c.pooling, r.image_text,
                                  _image_key(r), progress=progress, batch_size=batch_size, num_workers=num_workers,
-                                 placement=r.placement, engine=engine, probe_on_bad_image=c.probe.on_bad_image)
+                                 placement=r.placement, engine=engine, probe_on_bad_image=c.probe.on_bad_image,
+                                 maps_keep=c.k, maps_out=maps)
 
     with stages("text embeddings"):
         T = encode_texts_cached(r.image_text, r.concepts.concepts, cache, progress)
@@ -345,6 +369,8 @@ def _compute(r: Resolved, store: Store, cache: ArrayCache, stages: Stages, progr
     P = torch.from_numpy(P_img) @ torch.from_numpy(T).T  # (images, concepts) cosines
     with stages("top-k + summaries"):
         parts = [neuron_summaries(layer, acts[layer], c.k, c.n_contrast, c.seed) for layer in c.layers]
+        map_frames = [map_rows(layer, p[0][p[0]["kind"] == "top"], maps[layer])
+                      for layer, p in zip(c.layers, parts) if layer in maps]
     dead = {layer: p[2]["dead"].to_numpy() for layer, p in zip(c.layers, parts)}
 
     labelled = []
@@ -371,6 +397,7 @@ def _compute(r: Resolved, store: Store, cache: ArrayCache, stages: Stages, progr
         runner_ups=pd.concat([u for _, _, u in labelled], ignore_index=True),
         neuron_images=pd.concat([p[0] for p in parts], ignore_index=True),
         histograms=pd.concat([p[1] for p in parts], ignore_index=True),
+        activation_maps=pd.concat(map_frames, ignore_index=True) if map_frames else None,
         meta={"run_id": r.run_id, "probe_fingerprint": r.probe.fingerprint, "concept_hash": r.concepts.content_hash,
               "n_images": len(r.probe), "n_skipped_images": len(r.probe.skipped),
               "models": {"target": {"name": r.target.name, **r.target.info}, "image_text": r.image_text.info(),

@@ -32,15 +32,16 @@ class ProbeWork:
     """Decode + target forward + labelling image embeddings + thumbnails (clipeval.batches.ProbeBatch)."""
 
     def __init__(self, target, layers: Sequence[str], pooling: str, image_models: dict, thumb_size: int | None,
-                 batch_size: int | None, dtype: str, layouts: dict | None = None):
+                 batch_size: int | None, dtype: str, layouts: dict | None = None, maps_keep: int = 0):
         self.target, self.layers, self.pooling, self.layouts = target, list(layers), pooling, layouts
         self.image_models, self.thumb_size, self.batch_size, self.dtype = image_models, thumb_size, batch_size, dtype
+        self.maps_keep = maps_keep
 
     def build(self, placement):
         from clipeval.batches import ProbeBatch
 
         return ProbeBatch(self.target, self.layers, self.pooling, self.image_models, self.thumb_size, placement,
-                          self.batch_size, layouts=self.layouts)
+                          self.batch_size, layouts=self.layouts, maps_keep=self.maps_keep)
 
 
 class EmbedWork:
@@ -97,7 +98,7 @@ class _Worker:
         self.fn = work.build(self.placement)
 
     def __call__(self, batch: dict) -> dict:
-        rows = batch.pop("row")
+        rows = batch["row"]  # left in: ProbeBatch keeps activation maps by image id
         out = self.fn(batch)
         out["row"] = rows
         return out
@@ -119,10 +120,12 @@ def _blocks(columns: dict, n: int, batch_size: int):
 
 
 def map_images(engine: Engine, work, columns: dict, *, batch_size: int, progress: bool = True,
-               desc: str = "images", on_rows=None) -> dict[str, np.ndarray]:
+               desc: str = "images", on_rows=None, consume=None) -> dict[str, np.ndarray]:
     """Run `work` over the rows of `columns` ('path': image files, plus any per-image column the work
     takes) on `engine.workers` Ray actors; the outputs stacked in row order. Starts Ray if this process
-    has none (and stops it after). `on_rows(n)` is called as each batch of n rows arrives."""
+    has none (and stops it after). `on_rows(n)` is called as each batch of n rows arrives;
+    `consume(rows, batch)` sees each batch first and may pop outputs it folds in itself (they are
+    then not stacked)."""
     import ray
     from ray.data import ActorPoolStrategy
     from tqdm.auto import tqdm
@@ -148,6 +151,8 @@ def map_images(engine: Engine, work, columns: dict, *, batch_size: int, progress
                   file=sys.stderr) as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 rows = np.asarray(batch.pop("row"))
+                if consume is not None:
+                    consume(rows, batch)
                 for k, v in batch.items():
                     if k not in out:
                         ragged = v.dtype == object or v.ndim == 1 and k != "row" and not np.issubdtype(v.dtype, np.number)
@@ -174,19 +179,28 @@ def default_batch_size(engine: Engine, given: int | None) -> int:
 
 def collect(engine: Engine, images, *, target=None, layers: Sequence[str] = (), pooling: str = "mean",
             image_models: dict | None = None, thumb_size: int | None = None, batch_size: int | None = None,
-            progress: bool = True, desc: str = "images", dtype: str = "float32", layouts: dict | None = None):
-    """clipeval.dissect.collect on Ray workers: the same Collected, from the same ProbeBatch."""
-    from clipeval.batches import ACT, EMB
+            progress: bool = True, desc: str = "images", dtype: str = "float32", layouts: dict | None = None,
+            maps_keep: int = 0):
+    """clipeval.dissect.collect on Ray workers: the same Collected, from the same ProbeBatch (each worker
+    sends back the activation maps of its own running top images; they are merged here as they come)."""
+    from clipeval.batches import ACT, EMB, MAPS
     from clipeval.dissect import Collected
+    from clipeval.maps import KeptMaps
 
     work = ProbeWork(target if layers else None, layers, pooling, image_models or {}, thumb_size,
-                     default_batch_size(engine, batch_size), dtype, layouts)
+                     default_batch_size(engine, batch_size), dtype, layouts, maps_keep)
+    maps: dict[str, KeptMaps] = {}
+
+    def fold_maps(rows, batch):
+        for k in [k for k in batch if k.startswith(MAPS)]:
+            maps.setdefault(k[len(MAPS):], KeptMaps(maps_keep)).add(rows, batch.pop(k))
+
     out = map_images(engine, work, {"path": [im.path for im in images]}, batch_size=work.batch_size,
-                     progress=progress, desc=desc)
+                     progress=progress, desc=desc, consume=fold_maps)
     acts = {k[len(ACT):]: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items() if k.startswith(ACT)}
     embs = {k[len(EMB):]: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items() if k.startswith(EMB)}
     thumbs = [bytes(t) for t in out["thumbnail"]] if thumb_size else None
-    return Collected(acts, embs, thumbs)
+    return Collected(acts, embs, thumbs, maps=maps)
 
 
 def embed(engine: Engine, model, paths: Sequence[str], *, batch_size: int | None = None, dtype: str = "float32",

@@ -9,6 +9,7 @@ import streamlit as st
 from clipeval import navigation, thresholds
 from clipeval.analysis import unit_imagenet_class
 from clipeval.ui import charts, data, widgets
+from clipeval.ui.maps import where_it_fires
 from clipeval.ui.neuron import image_lines, image_table, verdict_table
 
 ctx = widgets.run_page("Neuron explorer")
@@ -185,6 +186,7 @@ if images.empty:
             "them again with `--target` and `--probe` to see (and judge) each neuron's top images.")
     st.stop()
 st.subheader(f"Top {int((images['kind'] == 'top').sum())} activating images")
+thumbs = where_it_fires(ctx.run_id, fingerprint, layer, unit, thumbs)
 contrast_note = ("Contrast shows each image's cosine with the label judged by the ES rule (tau = "
                  f"{thresholds.fmt('es', ctx.thresholds['es'])}); its neuron verdict is the AUC rule above." if "contrast" in shown else "")
 image_grid(images[images["kind"] == "top"], 5, shown, contrast_note)

@@ -22,6 +22,7 @@ import pytest
 from clipeval import pipeline
 from clipeval.cli import main
 from clipeval.engine import Engine
+from clipeval.maps import decode
 from clipeval.evaluators.rules import RULES, ScoreTable
 from clipeval.evaluators.run import OFFLINE_EVAL_MODEL, evaluate
 from clipeval.store import Store
@@ -47,6 +48,15 @@ def _assert_same_run(ray_store: Store, ray_run: str, local_store: Store, local_r
     ia = ray_store.neuron_images(ray_run, kinds=("top", "low", "random")).sort_values(key).reset_index(drop=True)
     ib = local_store.neuron_images(local_run, kinds=("top", "low", "random")).sort_values(key).reset_index(drop=True)
     assert (ia["image_id"].to_numpy() == ib["image_id"].to_numpy()).all()
+    # the activation maps: each worker sent its own running top images' maps, merged on the driver
+    ma, mb = (s.activation_maps(r).sort_values(["layer", "unit", "image_id"]).reset_index(drop=True)
+              for s, r in ((ray_store, ray_run), (local_store, local_run)))
+    assert len(ma) == len(mb) == ((ia["kind"] == "top") & (ia["layer"] != "classifier")).sum()
+    cols = ["layer", "unit", "image_id", "h", "w"]
+    assert (ma[cols].to_numpy() == mb[cols].to_numpy()).all()
+    for x, y in zip(ma.itertuples(), mb.itertuples()):
+        np.testing.assert_allclose(decode(x.h, x.w, x.lo, x.hi, x.map), decode(y.h, y.w, y.lo, y.hi, y.map), rtol=0,
+                                   atol=1e-4 + (y.hi - y.lo) / 255)
 
 
 def _assert_same_ranks_but_float_ties(a: pd.DataFrame, b: pd.DataFrame, cache: Path) -> None:

@@ -71,7 +71,8 @@ class RunsMixin:
                      [status, error[:2000], run_id])
 
     def finish_run(self, run_id: str, *, layers: pd.DataFrame, neurons: pd.DataFrame, runner_ups: pd.DataFrame,
-                   neuron_images: pd.DataFrame, histograms: pd.DataFrame, meta: dict) -> None:
+                   neuron_images: pd.DataFrame, histograms: pd.DataFrame, meta: dict,
+                   activation_maps: pd.DataFrame | None = None) -> None:
         """Swap in every result row of a run and flag it complete, in ONE transaction: a previous result
         of the same run (a forced recompute) is deleted in the same transaction, so a reader, or a
         kill -9 at any moment, finds either the old complete result or the new one."""
@@ -79,7 +80,8 @@ class RunsMixin:
             for table in RUN_TABLES:
                 cur.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
             for table, frame in (("layers", layers), ("neurons", neurons), ("runner_ups", runner_ups),
-                                 ("neuron_images", neuron_images), ("histograms", histograms)):
+                                 ("neuron_images", neuron_images), ("histograms", histograms),
+                                 ("activation_maps", activation_maps)):
                 _insert_frame(cur, table, frame, "run_id", [run_id])
             cur.execute(
                 "UPDATE runs SET status = 'complete', pid = NULL, finished_at = ?, probe_fingerprint = ?, concept_hash = ?,"
@@ -210,6 +212,17 @@ class RunsMixin:
             sql += " AND unit = ?"
             params.append(int(unit))
         return self.df(sql + " ORDER BY layer, unit, kind, rank", params)
+
+    def activation_maps(self, run_id: str, layer: str | None = None, unit: int | None = None) -> pd.DataFrame:
+        """Stored activation maps (layer, unit, image_id, h, w, lo, hi, map: uint8 bytes) on the units' top
+        images: one unit's, or a whole run's (none in a store from before schema version 4 read as it is)."""
+        cols = ["layer", "unit", "image_id", "h", "w", "lo", "hi", "map"]
+        if not self.has_table("activation_maps"):
+            return pd.DataFrame(columns=cols)
+        sql, params = f"SELECT {', '.join(cols)} FROM activation_maps WHERE run_id = ?", [run_id]
+        if layer is not None:
+            sql, params = sql + " AND layer = ? AND unit = ?", params + [layer, int(unit)]
+        return self.df(sql + " ORDER BY layer, unit, image_id", params)
 
     def histogram(self, run_id: str, layer: str, unit: int) -> pd.DataFrame:
         return self.df("SELECT bin, lo, hi, count FROM histograms WHERE run_id = ? AND layer = ? AND unit = ? "

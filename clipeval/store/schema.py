@@ -1,14 +1,15 @@
 """The store's tables, and bringing an older store up to date.
 
 Versions: 1 the first release; 2 pid/host on evaluations (a killed evaluator shows as interrupted);
-3 the label-source tables and neurons.dead / neurons.n_negatives.
+3 the label-source tables and neurons.dead / neurons.n_negatives; 4 activation_maps (where a unit
+fires on its top images).
 """
 
 from __future__ import annotations
 
 from clipeval.errors import ClipevalError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -26,6 +27,8 @@ CREATE TABLE IF NOT EXISTS runner_ups (
     run_id TEXT, layer TEXT, unit INTEGER, rank INTEGER, concept TEXT, score DOUBLE);
 CREATE TABLE IF NOT EXISTS neuron_images (
     run_id TEXT, layer TEXT, unit INTEGER, kind TEXT, rank INTEGER, image_id INTEGER, activation DOUBLE);
+CREATE TABLE IF NOT EXISTS activation_maps (
+    run_id TEXT, layer TEXT, unit INTEGER, image_id INTEGER, h INTEGER, w INTEGER, lo DOUBLE, hi DOUBLE, map BLOB);
 CREATE TABLE IF NOT EXISTS histograms (
     run_id TEXT, layer TEXT, unit INTEGER, bin INTEGER, lo DOUBLE, hi DOUBLE, count INTEGER);
 CREATE TABLE IF NOT EXISTS probe_images (
@@ -67,7 +70,7 @@ ALTER TABLE neurons ADD COLUMN IF NOT EXISTS dead BOOLEAN DEFAULT false;
 ALTER TABLE neurons ADD COLUMN IF NOT EXISTS n_negatives INTEGER;
 """
 
-RUN_TABLES = ("layers", "neurons", "runner_ups", "neuron_images", "histograms")
+RUN_TABLES = ("layers", "neurons", "runner_ups", "neuron_images", "histograms", "activation_maps")
 
 
 class SchemaMixin:

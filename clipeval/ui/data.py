@@ -204,15 +204,20 @@ def _square(jpeg: bytes) -> bytes:
 
 
 @st.cache_data(max_entries=2048, show_spinner=False)
-def _thumbnails(path: str, fingerprint: str, image_ids: tuple[int, ...]) -> dict[int, bytes]:
-    return {i: _square(t) for i, t in _open_store(path).thumbnails(fingerprint, image_ids).items()}
+def _thumbnails(path: str, fingerprint: str, image_ids: tuple[int, ...], square: bool = True) -> dict[int, bytes]:
+    return {i: _square(t) if square else t for i, t in _open_store(path).thumbnails(fingerprint, image_ids).items()}
 
 
-def thumbnails(fingerprint: str, image_ids) -> dict[int, bytes]:
-    """JPEG thumbnails stored with the probe set (never re-read from the probe folder)."""
+def thumbnails(fingerprint: str, image_ids, square: bool = True) -> dict[int, bytes]:
+    """JPEG thumbnails stored with the probe set (never re-read from the probe folder), letterboxed onto
+    a square unless `square` is False (as stored: what an activation map is laid over)."""
     if not fingerprint:
         return {}
-    return _thumbnails(db_path(), fingerprint, tuple(sorted({int(i) for i in image_ids})))
+    return _thumbnails(db_path(), fingerprint, tuple(sorted({int(i) for i in image_ids})), square)
+
+
+def square(jpeg: bytes) -> bytes:
+    return _square(jpeg)
 
 
 # ------------------------------------------------------------------------------------ search, tables

@@ -1,0 +1,53 @@
+"""Where a unit fires, in the Neuron explorer: its stored activation maps laid over its top images,
+with a toggle and an opacity slider (the maps come from the run's probe pass; nothing runs here)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from clipeval.maps import decode, overlay
+from clipeval.ui import data
+
+
+def activation_maps(run_id: str, layer: str, unit: int):
+    return data._read("activation_maps", run_id, layer, int(unit))
+
+
+def colour_range(maps) -> tuple[float, float]:
+    """One colour scale per unit, so its images compare: from 0 to its strongest cell over its top
+    images; cells at or below 0 stay clear (a layer without a ReLU, such as a block's projection, is
+    negative where the unit is silent: a scale from its minimum tinted every cell). A unit whose cells
+    are all negative gets its own range."""
+    hi = float(maps["hi"].max())
+    return (0.0, hi) if hi > 0 else (float(maps["lo"].min()), hi)
+
+
+def where_it_fires(run_id: str, fingerprint: str, layer: str, unit: int, thumbs: dict[int, bytes]) -> dict[int, bytes]:
+    """The toggle and slider; returns `thumbs` with the unit's top images overlaid by their maps."""
+    maps = activation_maps(run_id, layer, unit)
+    if maps.empty:
+        st.caption("No activation maps stored for this unit: the layer has no spatial layout (a vector per "
+                   "image), or the run was made before maps were stored (run `clipeval dissect` again with "
+                   "`--force`).")
+        return thumbs
+    c = st.columns([1, 2, 3], vertical_alignment="center")
+    on = c[0].toggle("Where it fires", value=True, key="map_on", bind="query-params",
+                     help="Overlay each top image with the unit's activation map on it (before pooling).")
+    opacity = c[1].slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key="map_opacity", disabled=not on,
+                       bind="query-params")
+    h, w = int(maps["h"].iloc[0]), int(maps["w"].iloc[0])
+    lo, hi = colour_range(maps)
+    c[2].caption(f"Map: {h}×{w} cells (the layer's resolution, max-pooled to at most 24×24), upsampled over the "
+                 f"centre square the network saw; clear at {lo:.3g} or below, yellow to red up to {hi:.3g}, "
+                 "this unit's strongest cell on its top images, so the images compare.")
+    if not on:
+        return thumbs
+    # laid over the thumbnail as stored (its own aspect ratio, where the crop the network saw is known),
+    # then letterboxed like the other thumbnails
+    raw = data.thumbnails(fingerprint, maps["image_id"], square=False)
+    out = dict(thumbs)
+    for r in maps.itertuples():
+        jpeg = raw.get(int(r.image_id))
+        if jpeg:
+            out[int(r.image_id)] = data.square(overlay(jpeg, decode(r.h, r.w, r.lo, r.hi, r.map), opacity, (lo, hi)))
+    return out

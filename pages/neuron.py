@@ -9,6 +9,7 @@ import streamlit as st
 from clipeval import navigation, thresholds
 from clipeval.analysis import unit_imagenet_class
 from clipeval.ui import charts, data, widgets
+from clipeval.ui.live import probe_section
 from clipeval.ui.maps import where_it_fires
 from clipeval.ui.neuron import image_lines, image_table, verdict_table
 
@@ -216,3 +217,5 @@ with tabs[3]:
                         width="stretch", key="hist")
         st.caption(f"Activation over all {int(hist['count'].sum())} probe images; red lines: the top images "
                    f"(solid: the top {ctx.k} that are judged).")
+
+probe_section(ctx, layer, unit)

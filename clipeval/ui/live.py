@@ -1,0 +1,87 @@
+"""Probe a unit live, in the Neuron explorer: upload an image or pick a probe image; the run's target
+network (loaded once per run and cached) reads the unit on it."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import streamlit as st
+from PIL import Image
+
+from clipeval.live import LiveProbe, TargetUnavailable
+from clipeval.maps import overlay
+from clipeval.ui import data
+from clipeval.ui.maps import colour_range
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the run's target network (once) ...")
+def _probe(path: str, run_id: str) -> LiveProbe | str:
+    try:
+        return LiveProbe(data._open_store(path), run_id)
+    except TargetUnavailable as e:
+        return str(e)
+
+
+def live_probe(run_id: str) -> LiveProbe | str:
+    """The cached LiveProbe of a run, or the reason its target cannot be loaded here."""
+    data.store()
+    return _probe(data.db_path(), run_id)
+
+
+def probe_section(ctx, layer: str, unit: int) -> None:
+    st.subheader("Probe this unit with an image")
+    probe = live_probe(ctx.run_id)
+    if isinstance(probe, str):
+        st.info(f"Live probing is not available for this run: {probe}")
+        return
+    c = st.columns([2, 1])
+    upload = c[0].file_uploader("Upload an image", type=["png", "jpg", "jpeg", "webp", "bmp"], key="live_upload")
+    n = int(ctx.run.get("n_images") or 0)
+    pick = c[1].number_input(f"or a probe image (0-{max(n - 1, 0)})", min_value=0, max_value=max(n - 1, 0), value=0,
+                             key="live_image", bind="query-params",
+                             help="Any image of the run's probe set, by its id.")
+    if upload is not None:
+        try:
+            image, what = Image.open(io.BytesIO(upload.getvalue())).convert("RGB"), f"the uploaded {upload.name}"
+        except Exception as e:  # a file that is not an image: say so, do not crash the page
+            st.error(f"{upload.name} is not an image PIL can read: {e}")
+            return
+    else:
+        rows = data.store().probe_images(ctx.run.get("probe_fingerprint") or "")
+        row = rows[rows["image_id"] == int(pick)]
+        if row.empty or not Path(row["path"].iloc[0]).is_file():
+            st.warning(f"Probe image {int(pick)} is not on this machine any more; upload an image instead.")
+            return
+        image, what = Image.open(row["path"].iloc[0]).convert("RGB"), f"probe image {int(pick)}"
+    reading = probe.read(image, layer, unit)
+    thumb = io.BytesIO()
+    small = image.copy()
+    small.thumbnail((256, 256))
+    small.save(thumb, "JPEG", quality=90)
+    cols = st.columns([1, 1, 2])
+    cols[0].image(data.square(thumb.getvalue()), caption=what, width="stretch")
+    if reading.map is not None:
+        stored = data._read("activation_maps", ctx.run_id, layer, int(unit))
+        # the colour scale of the top images' overlays above, widened if this image goes beyond it
+        lo, hi = colour_range(stored) if len(stored) else (0.0, float(reading.map.max()))
+        hi = max(hi, float(reading.map.max()))
+        silent = float(reading.map.max()) <= lo
+        cols[1].image(data.square(overlay(thumb.getvalue(), reading.map, 0.6, (lo, hi))), width="stretch",
+                      caption=f"where it fires ({reading.map.shape[0]}×{reading.map.shape[1]} cells; "
+                              f"clear at {lo:.3g} or below, red at {hi:.3g}, as the top images above)"
+                              + ("; no cell above it on this image" if silent else ""))
+    else:
+        cols[1].caption("This layer gives one value per image (no spatial map).")
+    top = data.neuron_images(ctx.run_id, layer, unit)
+    top = top[top["kind"] == "top"]["activation"] if len(top) else top
+    with cols[2]:
+        st.metric(f"{layer} / unit {unit} activation", f"{reading.activation:.3f}")
+        st.metric("Percentile in the probe", f"{reading.percentile:.1f}",
+                  help="Share of the run's probe images on which the unit is less active, in percent (equal "
+                       "ones count half); the caption says how it was found.")
+        baseline = (f"The unit's top {len(top)} probe images: {top.min():.3f} to {top.max():.3f}. " if len(top) else "")
+        where = f"{probe.target_name} on {probe.device}" + (f" ({probe.device_note})" if probe.device_note else "")
+        st.caption(f"{baseline}Percentile {reading.percentile_how}; pooling {probe.pooling}, as in the run. "
+                   f"Network: {where}; this reading took {1000 * reading.seconds:.0f} ms (preprocessing and one "
+                   f"forward pass; loading the network took {probe.load_seconds:.1f} s once).")

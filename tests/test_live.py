@@ -1,0 +1,86 @@
+"""Probe a unit live: the run's target network on one image, read like the run reads it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from clipeval.live import LiveProbe, TargetUnavailable, histogram_percentile
+
+
+def test_a_probe_image_reads_as_the_run_stored_it(built_run):
+    """A unit's top image, probed live, gives the activation the run stored for it, a percentile near
+    the top (exact, from the run's cached activations), and a 14x14 map whose mean is that activation."""
+    from clipeval.store import Store
+
+    db, run_id, _ = built_run
+    store = Store(db, read_only=True)
+    try:
+        probe = LiveProbe(store, run_id)
+        top = store.neuron_image_details(run_id, "blocks.4", 5, kinds=("top",))
+        n = int(store.complete_run(run_id)["n_images"])
+        first = top.sort_values("rank").iloc[0]
+        reading = probe.read(Image.open(first["path"]), "blocks.4", 5)
+        assert reading.activation == pytest.approx(first["activation"], rel=1e-3, abs=1e-4)
+        assert reading.percentile >= 100 * (1 - 1.0 / n) and reading.percentile_how.startswith("exact")
+        assert reading.map.shape == (14, 14) and reading.map.mean() == pytest.approx(reading.activation, rel=1e-3,
+                                                                                    abs=1e-4)
+        last = probe.read(Image.open(first["path"]), "classifier", 5)
+        assert last.map is None  # a vector layer has no map
+        with pytest.raises(Exception, match="units 0.."):
+            probe.read(Image.open(first["path"]), "blocks.4", 10_000)
+    finally:
+        store.close()
+
+
+def test_histogram_percentile():
+    hist = pd.DataFrame({"bin": [0, 1], "lo": [0.0, 1.0], "hi": [1.0, 2.0], "count": [30, 10]})
+    assert histogram_percentile(hist, 1.0) == pytest.approx(75.0)
+    assert histogram_percentile(hist, 0.5) == pytest.approx(37.5)
+    assert histogram_percentile(hist, 5.0) == 100.0 and histogram_percentile(hist, -1.0) == 0.0
+
+
+def test_a_run_without_a_target_says_why(run_store, tmp_path):
+    from clipeval.io import import_descriptions
+
+    store, _, _ = run_store
+    f = tmp_path / "d.csv"
+    pd.DataFrame({"layer": ["layer4"], "unit": [0], "description": ["dog"], "similarity": [0.2]}).to_csv(f, index=False)
+    run_id = import_descriptions(store, f, progress=False)
+    with pytest.raises(TargetUnavailable, match="without a target"):
+        LiveProbe(store, run_id)
+
+
+def test_neuron_page_probes_a_picked_image(run_store, monkeypatch, fresh_caches):
+    from tests.test_app import open_page, texts
+
+    store, run_id, _ = run_store
+    monkeypatch.setenv("CLIPEVAL_DB", str(store.path))
+    at = open_page("pages/neuron.py", layer="blocks.4", unit=2)
+    assert "Probe this unit with an image" in texts(at)
+    labels = [m.label for m in at.metric]
+    assert any(l.startswith("blocks.4 / unit 2 activation") for l in labels)
+    assert any(l.startswith("Percentile") for l in labels)
+    assert at.toggle(key="map_on").value is True  # maps stored by the run's probe pass
+
+
+def test_the_run_device_where_this_machine_has_it_else_the_cpu_said():
+    import json
+
+    import torch
+
+    from clipeval.live import run_placement
+
+    gpu_run = {"models_json": json.dumps({"compute": {"device": "cuda:0", "dtype": "bfloat16"}}),
+               "config_json": json.dumps({"dtype": "bfloat16"})}
+    placement, note = run_placement(gpu_run)
+    if torch.cuda.is_available():
+        assert placement.device.type == "cuda" and placement.dtype == torch.bfloat16 and note == ""
+    else:
+        assert placement.device.type == "cpu" and placement.dtype == torch.float32
+        assert "cuda:0 in bfloat16" in note and "no GPU" in note
+    cpu_run = {"models_json": json.dumps({"compute": {"device": "cpu", "dtype": "float32"}}), "config_json": "{}"}
+    placement, note = run_placement(cpu_run)
+    assert placement.device.type == "cpu" and placement.dtype == torch.float32 and note == ""

@@ -341,14 +341,15 @@ def calibrate_threshold(store: Store, run_id: str, evaluator: str, rater: str, f
 
 
 def runs_comparison(store: Store, thresholds: dict[str, float] | None = None, k: int | None = None,
-                    view_of=None) -> pd.DataFrame:
+                    view_of=None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Share judged correct per evaluator (overall, real labels and baselines) for every complete run,
     with its probe set and concept set: the paper's Table 2. `view_of(run_id)` may hand out cached
-    RunViews (the app's), so a threshold change does not reload every run."""
+    RunViews and `runs` the cached store.runs() (the app's), so a threshold change does not reload
+    every run."""
     thresholds = thresholds or default_thresholds()
     view_of = view_of or (lambda run_id: RunView(store, run_id))
     rows = []
-    runs = store.runs()
+    runs = store.runs() if runs is None else runs
     for r in runs[runs["status"] == "complete"].itertuples():
         view = view_of(r.run_id)
         cfg = _json(r.config_json)

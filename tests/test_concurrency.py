@@ -5,12 +5,14 @@ CLI command's final write transaction does, only longer, so the overlaps are cer
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -188,25 +190,38 @@ def test_an_annotation_during_a_long_cli_write_is_kept_and_saved_later(run_store
 
 
 def test_a_dissect_run_finishing_while_the_app_is_open_shows_on_the_next_rerun(run_store, monkeypatch):
-    """A real writer: `clipeval dissect` (cache warm, so quick) adds a run while the app is open."""
+    """A real writer: `clipeval dissect` (cache warm, so quick) adds a run while the app is open. The
+    app's run list is cached by the store's data version, not by time: reruns of an unchanged store
+    read no runs from DuckDB, and the first rerun after the CLI's write shows the new run."""
     store, run_id, cache = run_store
     monkeypatch.setenv("CLIPEVAL_DB", str(store.path))
+    cfg = json.loads(store.run(run_id)["config_json"])
+    n_before = len(store.runs())
+    reads = []
+    real_runs = Store.runs
+
+    def counted_runs(self):
+        if threading.current_thread().name != "clipeval-warm-up":  # the app's one-off background warm-up
+            reads.append(1)
+        return real_runs(self)
+
+    monkeypatch.setattr(Store, "runs", counted_runs)
     at = AppTest.from_file(APP, default_timeout=90)
     at.run()
     at.switch_page("pages/runs.py").run()
     assert not at.exception
-    n_before = len(store.runs())
-    config = store.run(run_id)
-    import json
-
-    cfg = json.loads(config["config_json"])
+    n_reads = len(reads)
+    at.run()
+    at.run()
+    assert len(reads) == n_reads  # nothing changed: the run list came from the cache
     args = ["dissect", "--layers", "classifier", "--probe", *cfg["probe"]["paths"], "--concepts", "imagenet",
             "--sim-param", "top_k=20", "--name", "second"]
     (store.path.parent / "cache").symlink_to(cache)  # the built run's arrays: no probe pass needed
     code, out, err = finish(cli(store.path, *args))
     assert code == 0, err
     at.run()
-    assert len(store.runs()) == n_before + 1
+    assert len(reads) > n_reads  # the write changed the data version: read again
+    assert len(real_runs(store)) == n_before + 1
     assert "second" in "\n".join(str(d.value) for d in at.dataframe) + "\n".join(m.value for m in at.markdown)
 
 

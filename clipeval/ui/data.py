@@ -54,10 +54,6 @@ _versions: dict[tuple, tuple] = {}  # (path, run id) -> (file stamp, data versio
 _versions_lock = threading.Lock()
 
 
-def new_script_run() -> None:
-    """Kept for app.py: versions are checked against the file on every call, nothing to forget."""
-
-
 def version(run_id: str | None = None) -> str:
     """Store.data_version, asked again only when the store file changed (or something is running)."""
     s = store()
@@ -73,9 +69,17 @@ def version(run_id: str | None = None) -> str:
     return v
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def _runs(path: str, data_version: str) -> pd.DataFrame:
+    return _open_store(path).runs()
+
+
 def runs() -> pd.DataFrame:
-    """Every run, newest first (not cached: it is cheap, and a crashed run must show as interrupted)."""
-    return store().runs()
+    """Every run, newest first, read once per store data version: a run started, finished, renamed or
+    removed by any process, or a 'running' one whose process died (it then reads 'interrupted'),
+    changes the version, so the next rerun shows it, and reruns of an unchanged store read nothing."""
+    store()
+    return _runs(db_path(), version())
 
 
 def complete_runs() -> pd.DataFrame:
@@ -244,7 +248,7 @@ def imagenet_accuracy(run_id: str) -> list[dict]:
 
 def runs_comparison(thresholds: dict[str, float], k: int | None = None) -> pd.DataFrame:
     """analysis.runs_comparison at the given thresholds (the paper's Table 2), on the cached RunViews."""
-    return analysis.runs_comparison(store(), thresholds, k, view_of=run_view)
+    return analysis.runs_comparison(store(), thresholds, k, view_of=run_view, runs=runs())
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

@@ -107,7 +107,6 @@ def _prefix_match(prefix: str | None, ids: list[str]) -> str | None:
 def sidebar() -> Context:
     """Run selection, k and the four thresholds; stored for the page as `context()`.
     Thresholds and k are bound to the URL (?p=&tau=&cut=&auc=&k=), the run as ?run=<id>."""
-    data.new_script_run()
     data.store()
     ctx = Context()
     complete = data.complete_runs()

@@ -235,15 +235,22 @@ class RunView:
         return {"evaluator": evaluator, "rater": rater, "param": rule.param, **res}
 
 
-# Below this many percentage points above a baseline, an evaluator is flagged: it judges wrong labels
-# (shuffled across neurons, or one label for all) correct nearly as often as the real ones.
-WEAK_MARGIN = 0.10
+# An evaluator is flagged when a baseline (labels shuffled across neurons, or one label for all) passes
+# at least this fraction as often as the real labels. Relative, not in percentage points: a calibrated
+# strict threshold passes 3.5% of real labels and 0.1% of shuffled ones (35x, a sharp judge), while the
+# paper's ES tau on another embedding model passes 97.6% against 99.0% (a judge that tells nothing).
+WEAK_RATIO = 0.5
 
 
-def weak_evaluators(summary: pd.DataFrame, margin: float = WEAK_MARGIN) -> list[dict]:
-    """Evaluators whose pooled share judged correct for real labels is less than `margin` above that of
-    a baseline (from RunView.layer_summary): at these thresholds they barely tell a run's labels from
-    wrong ones, e.g. ES at the paper's CLIP tau on another embedding model."""
+def barely_beats(real: float, baseline: float, ratio: float = WEAK_RATIO) -> bool:
+    """True when a baseline's share judged correct is at least `ratio` times the real labels' share."""
+    return baseline >= ratio * real
+
+
+def weak_evaluators(summary: pd.DataFrame, ratio: float = WEAK_RATIO) -> list[dict]:
+    """Evaluators whose pooled share judged correct for real labels a baseline comes close to (see
+    barely_beats; from RunView.layer_summary): at these thresholds they barely tell a run's labels
+    from wrong ones, e.g. ES at the paper's CLIP tau on another embedding model."""
     out = []
     pooled = summary[summary["layer"] == "overall"]
     for e, g in pooled.groupby("evaluator", sort=False):
@@ -252,7 +259,7 @@ def weak_evaluators(summary: pd.DataFrame, margin: float = WEAK_MARGIN) -> list[
         if "real" not in share or not baselines:
             continue
         variant = max(baselines, key=baselines.get)
-        if share["real"] - baselines[variant] < margin:
+        if barely_beats(share["real"], baselines[variant], ratio):
             out.append({"evaluator": e, "real": share["real"], "baseline": variant,
                         "baseline_share": baselines[variant]})
     return out

@@ -40,7 +40,7 @@ inactive ones; about 0.5 means a vague label that fits every image. Correct if A
 Every evaluator also judges wrong labels: the run's labels **shuffled** across the neurons of each layer
 (seeded), and one **constant** label (the run's most frequent label) for every neuron. An evaluator that
 passes those nearly as often as the real labels cannot tell right from wrong at that threshold; the app
-then warns (real share less than 10 points above a baseline). Read a share only beside its baselines."""),
+then warns (a baseline passes at least half as often as the real labels). Read a share only beside its baselines."""),
     "kappa": ("Cohen's kappa, and how to read it", """
 Agreement between two raters corrected for the agreement expected by chance from how often each says
 "correct": kappa = (observed - chance) / (1 - chance). 1 is perfect agreement, 0 is chance level, below 0

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from clipeval.analysis import EVALUATOR_TITLES, WEAK_MARGIN
+from clipeval.analysis import EVALUATOR_TITLES, WEAK_RATIO, barely_beats
 
 BASELINES = ("shuffled", "constant")
 
@@ -30,7 +30,7 @@ class ShareHeadline:
     real: float
     n: int  # neurons the share is over
     baselines: dict  # variant -> share (only the variants that were scored)
-    margin: float = WEAK_MARGIN
+    ratio: float = WEAK_RATIO
 
     @property
     def worst_baseline(self) -> str | None:
@@ -45,7 +45,8 @@ class ShareHeadline:
 
     @property
     def weak(self) -> bool:
-        return self.gap is not None and self.gap < self.margin
+        b = self.worst_baseline
+        return b is not None and barely_beats(self.real, self.baselines[b], self.ratio)
 
     def baseline_text(self) -> str:
         if not self.baselines:
@@ -62,7 +63,7 @@ class ShareHeadline:
                 "Calibrate it on the Thresholds page before reading its share.")
 
 
-def headlines(summary: pd.DataFrame, layer: str = "overall", margin: float = WEAK_MARGIN) -> dict[str, ShareHeadline]:
+def headlines(summary: pd.DataFrame, layer: str = "overall", ratio: float = WEAK_RATIO) -> dict[str, ShareHeadline]:
     """{evaluator title: ShareHeadline} for one layer ('overall' pools every neuron) of
     RunView.layer_summary's frame, in the frame's evaluator order."""
     out = {}
@@ -73,11 +74,11 @@ def headlines(summary: pd.DataFrame, layer: str = "overall", margin: float = WEA
             continue
         n = int(g.loc[g["variant"] == "real", "n"].iloc[0])
         out[e] = ShareHeadline(e, float(share["real"]), n, {v: float(share[v]) for v in BASELINES if v in share},
-                               margin)
+                               ratio)
     return out
 
 
-def comparison_headlines(row: dict, margin: float = WEAK_MARGIN) -> list[ShareHeadline]:
+def comparison_headlines(row: dict, ratio: float = WEAK_RATIO) -> list[ShareHeadline]:
     """The ShareHeadlines of one row of analysis.runs_comparison (columns 'ES', 'ES shuffled', ...)."""
     out = []
     for title in EVALUATOR_TITLES.values():
@@ -85,17 +86,17 @@ def comparison_headlines(row: dict, margin: float = WEAK_MARGIN) -> list[ShareHe
         if real is None or pd.isna(real):
             continue
         base = {v: float(row[f"{title} {v}"]) for v in BASELINES if pd.notna(row.get(f"{title} {v}"))}
-        out.append(ShareHeadline(title, float(real), int(row.get("neurons") or 0), base, margin))
+        out.append(ShareHeadline(title, float(real), int(row.get("neurons") or 0), base, ratio))
     return out
 
 
 def share_headline(view, evaluator: str, threshold: float, k: int | None = None,
-                   margin: float = WEAK_MARGIN) -> ShareHeadline:
+                   ratio: float = WEAK_RATIO) -> ShareHeadline:
     """One evaluator's share over all the run's neurons at `threshold`, beside its baselines."""
     t = view.table(evaluator)
     shares = {v: float(view.verdicts(evaluator, threshold, v, k)["verdict"].mean()) for v in t.variants}
     return ShareHeadline(EVALUATOR_TITLES[evaluator], shares["real"], len(t.neurons),
-                         {v: shares[v] for v in BASELINES if v in shares}, margin)
+                         {v: shares[v] for v in BASELINES if v in shares}, ratio)
 
 
 def interpretable_shares(view, thresholds: dict[str, float], k: int | None, evaluators: list[str],

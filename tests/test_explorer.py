@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from clipeval import headlines, intervals, navigation, runnames, thresholds
-from clipeval.analysis import RunView, default_thresholds, unit_imagenet_class
+from clipeval.analysis import RunView, default_thresholds, unit_imagenet_class, weak_evaluators
 from clipeval.errors import ClipevalError
 from clipeval.glossary import TERMS
 from clipeval.ui import sweeps
@@ -37,6 +37,17 @@ def test_headline_is_weak_when_a_baseline_comes_close():
     assert h.warning().startswith("**ES** judges 99.0% of constant labels correct against 97.6%")
     strong = headlines.headlines(summary(0.80, 0.20, 0.10))["ES"]
     assert not strong.weak and strong.warning() is None and strong.gap == pytest.approx(0.60)
+
+
+def test_weak_is_relative_to_the_real_share():
+    # A calibrated strict threshold: 3.5% of real labels pass and 0.1% of shuffled ones, a sharp judge
+    # (an absolute 10-point margin flagged it). A judge passing 90% of real and 80% of shuffled labels
+    # tells little, though the two are 10 points apart.
+    sharp = summary(0.035, 0.001, 0.0)
+    assert not headlines.headlines(sharp)["ES"].weak and weak_evaluators(sharp) == []
+    loose = summary(0.90, 0.80, 0.05)
+    assert headlines.headlines(loose)["ES"].weak
+    assert [w["baseline"] for w in weak_evaluators(loose)] == ["shuffled"]
 
 
 def test_headline_without_baselines_is_never_weak():

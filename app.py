@@ -6,7 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from clipeval.store import StoreBusy
-from clipeval.ui import data, widgets
+from clipeval.ui import build, data, widgets
 
 # the page icon ships with the app: a ":material/...:" icon made the browser fetch it from a font server
 # on every load, which fails offline
@@ -43,6 +43,7 @@ try:
     data.flush_verdicts()  # annotations kept while a clipeval command held the store are saved first
     data.warm_up()  # once per server: every run's scores load in the background while the first page draws
     widgets.sidebar()  # run, k and thresholds: shared by every page and kept in the URL
+    build.build_progress()  # a demo build running in the background: its stage and time left, on every page
     page.run()
 except StoreBusy as busy:  # a clipeval command held the store longer than the app waits
     widgets.store_busy(busy)

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from clipeval.data.probe import load_rgb, thumbnail_jpeg
 from clipeval.device import CPU, OomHalving, Placement
 from clipeval.errors import ClipevalError
+from clipeval.progress import bar
 
 ACT = "activations/"  # output keys: ACT + layer name, EMB + model name, MAPS + layer name
 EMB = "embeddings/"
@@ -80,11 +80,11 @@ def iterate(items: Sequence, decode: Callable, placement: Placement = CPU, batch
     loader = DataLoader(_Decoded(items, decode, skip_bad=failed is not None), batch_size=placement.batch_size(batch_size),
                         num_workers=workers, collate_fn=_collate, pin_memory=placement.is_cuda,
                         persistent_workers=False, prefetch_factor=4 if workers else None)
-    bar = tqdm(loader, desc=desc, disable=not progress, unit="batch")
-    for idx, tensors, extras, batch_failed in bar:
+    shown = bar(loader, desc=desc, disable=not progress, unit="batch")
+    for idx, tensors, extras, batch_failed in shown:
         if batch_failed:
             failed.extend(batch_failed)
-            bar.set_postfix(skipped=len(failed))
+            shown.set_postfix(skipped=len(failed))
         if len(idx):
             yield idx.numpy(), tensors, extras
 

@@ -366,10 +366,13 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from clipeval.demo import build_demo
+    from clipeval.demo import build_demo, start_in_background
 
     placement = _placement(args)
-    build_demo(db=args.db, size=args.size, device=placement.device, dtype=placement.dtype_name)
+    if args.background:
+        print(start_in_background(args.db, args.size, args.device, args.dtype), file=sys.stderr)
+        return 0
+    build_demo(db=args.db, size=args.size, device=placement.device, dtype=placement.dtype_name, status=args.status)
     return 0
 
 
@@ -593,6 +596,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm.add_argument("--device", default="auto", metavar="DEVICE", help=f"{DEVICE_CHOICES} (default auto)")
     dm.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="model precision (default auto)")
+    dm.add_argument("--background", action="store_true",
+                    help="start the build as a detached process and return at once (what ./run app does): it "
+                         "writes its progress to STORE.build.json, which the app's Overview shows, and its output "
+                         "to STORE.build.log; nothing starts when the demo is complete or a build is running")
+    dm.add_argument("--status", action="store_true",
+                    help="also write the build's stage and progress to STORE.build.json (for the app)")
     dm.set_defaults(func=cmd_demo)
 
     a = add("app", help="start the Streamlit explorer on the store")

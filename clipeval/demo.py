@@ -21,6 +21,7 @@ are calibrated against it (clipeval.judges): the paper's CLIP thresholds mean no
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import warnings
@@ -30,6 +31,7 @@ import pandas as pd
 
 from clipeval.config import ConceptConfig, DissectConfig, ImageTextConfig, ProbeConfig, SimilarityConfig, TargetConfig
 from clipeval.analysis import imagenet_label_accuracy, imagenet_synonyms
+from clipeval.errors import ClipevalError
 from clipeval.store import DEFAULT_DB, Store
 
 DEMO_VERSION = 3  # bump when the demo's settings change, so older stores rebuild (3: activation maps)
@@ -130,10 +132,55 @@ def calibrate_stand_in(store: Store, run_ids: list[str], layer: str = FINAL_LAYE
 
 
 def build_demo(db: str | Path = DEFAULT_DB, size: str = "full", progress: bool = True, device="cpu",
-               dtype: str = "float32") -> list[str]:
+               dtype: str = "float32", status: bool = False) -> list[str]:
     """Build the demo runs into `db` unless they are already there (the ones present are kept whatever
-    device and dtype made them); returns their run ids. Models run on `device` in `dtype`."""
+    device and dtype made them); returns their run ids. Models run on `device` in `dtype`. With `status`,
+    the stage and progress bars also go to the store's build status file, which the app shows."""
+    if not status:
+        return _build_demo(db, size, progress, device, dtype)
+    from clipeval import progress as prog
+
+    running = prog.read(db)
+    if running and running["alive"] and running["state"] == "running" and running["pid"] != os.getpid():
+        raise ClipevalError(f"another demo build (process {running['pid']}) is writing {db}; wait for it, "
+                            f"or stop it first")
+    with prog.reporting_to(prog.BuildStatus(prog.status_path(db), f"the offline demo ({size})")):
+        return _build_demo(db, size, progress, device, dtype)
+
+
+def start_in_background(db: str | Path, size: str, device: str, dtype: str) -> str:
+    """Start `clipeval demo` as a detached process writing the store's build status file and log, unless
+    the demo is complete or a build is already running; returns what happened, in a sentence."""
+    import subprocess
+
+    from clipeval import progress as prog
+
+    running = prog.read(db)
+    if running and running["alive"] and running["state"] == "running":
+        return f"a demo build is already running (process {running['pid']}); the app's Overview shows its progress"
+    if Path(db).exists():
+        store = Store(db)
+        try:
+            ready = demo_runs(store, size)
+        finally:
+            store.close()
+        if ready:
+            return f"demo runs present in {db}: {', '.join(ready)}"
+    log = prog.log_path(db)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "clipeval", "--db", str(db), "demo", "--size", size, "--device", device,
+           "--dtype", dtype, "--status"]
+    with open(log, "w") as out:
+        # a session of its own: Ctrl-C on the app (or the app's exit) does not kill a half-done build
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    return (f"building the offline demo in the background (process {proc.pid}): the app serves now, its "
+            f"Overview shows the build's progress and each run as it completes; log: {log}")
+
+
+def _build_demo(db, size: str, progress: bool, device, dtype: str) -> list[str]:
     from clipeval import pipeline
+    from clipeval.progress import stage
     from clipeval.data.demo_probe import build_demo_probe, describe_sources
     from clipeval.evaluators.run import evaluate
 
@@ -150,12 +197,14 @@ def build_demo(db: str | Path = DEFAULT_DB, size: str = "full", progress: bool =
             print(f"building the offline demo ({size}) into {store.path}. On 2 cores expect about "
                   f"{'7-10 minutes' if size == 'full' else '2 minutes'}; each step shows a progress bar "
                   "with its own time left. Later starts reuse it.", file=sys.stderr)
+        stage("probe images: generating and collecting the demo's probe set")
         probe_dir = build_demo_probe(store.path.parent / "probe" / f"demo-{size}", size=size, progress=progress)
         if progress:
             counts = pd.DataFrame(describe_sources(probe_dir)).groupby("source")["count"].sum()
             print("probe images per source: " + ", ".join(f"{s} {n}" for s, n in counts.items()), file=sys.stderr)
         run_ids = []
         for i, concepts in enumerate(DEMO_CONCEPTS, 1):
+            stage(f"demo run {i} of {len(DEMO_CONCEPTS)}: concept set {concepts}")
             if progress:
                 print(f"\n== demo run {i}/{len(DEMO_CONCEPTS)}: concepts {concepts} "
                       f"({time.perf_counter() - start:.0f} s so far)", file=sys.stderr)
@@ -175,7 +224,9 @@ def build_demo(db: str | Path = DEFAULT_DB, size: str = "full", progress: bool =
             if store.human_verdicts(run_id, REFERENCE_RATER).empty:
                 store.add_human_verdicts(run_id, ref, source="auto: label names the ImageNet class (WordNet)")
             run_ids.append(run_id)
+        stage("labellers side by side: each demo run judges the others' labels")
         add_sibling_sources(store, run_ids, progress)
+        stage("calibrating the stand-in evaluator's thresholds")
         results = calibrate_stand_in(store, run_ids)
         store.set_meta(_meta_key(size), json.dumps(run_ids))
         if progress:

@@ -142,10 +142,10 @@ def encode_texts(model, texts: list[str], progress: bool = True, desc: str = "te
     with torch.no_grad():
         if len(texts) <= TEXT_CHUNK:
             return model.encode_texts(texts).float().cpu().numpy()
-        from tqdm.auto import tqdm
+        from clipeval.progress import bar as progress_bar
 
         parts = []
-        with tqdm(total=len(texts), desc=desc, unit="concept", disable=not progress) as bar:
+        with progress_bar(total=len(texts), desc=desc, unit="concept", disable=not progress) as bar:
             for i in range(0, len(texts), TEXT_CHUNK):
                 chunk = texts[i:i + TEXT_CHUNK]
                 parts.append(model.encode_texts(chunk).float().cpu().numpy())

@@ -128,7 +128,7 @@ def map_images(engine: Engine, work, columns: dict, *, batch_size: int, progress
     then not stacked)."""
     import ray
     from ray.data import ActorPoolStrategy
-    from tqdm.auto import tqdm
+    from clipeval.progress import bar as progress_bar
 
     n = len(columns["path"])
     if n == 0:
@@ -147,8 +147,8 @@ def map_images(engine: Engine, work, columns: dict, *, batch_size: int, progress
             batch_format="numpy", compute=ActorPoolStrategy(size=workers), zero_copy_batch=True, **remote)
         out: dict[str, np.ndarray] = {}
         done = 0
-        with tqdm(total=n, desc=f"{desc} on {workers} Ray worker(s)", disable=not progress, unit="img",
-                  file=sys.stderr) as bar:
+        with progress_bar(total=n, desc=f"{desc} on {workers} Ray worker(s)", disable=not progress, unit="img",
+                          file=sys.stderr) as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 rows = np.asarray(batch.pop("row"))
                 if consume is not None:

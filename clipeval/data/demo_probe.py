@@ -29,7 +29,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
+from clipeval.progress import bar
 
 from clipeval.data.probe import MANIFEST, MANIFEST_COLUMNS, load_rgb
 from clipeval.errors import ClipevalError
@@ -510,7 +510,7 @@ def build_demo_probe(out_dir: str | Path, *, size: str = "full", assets_dir: str
     try:
         rows = []
         for source, items in sources.items():
-            for item in tqdm(items, desc=source, unit="img", disable=not progress):
+            for item in bar(items, desc=source, unit="img", disable=not progress):
                 _save(item.make(), tmp / item.rel)
                 rows.append((item.rel, source, item.license, item.label))
         with open(tmp / MANIFEST, "w", newline="") as f:

@@ -29,10 +29,11 @@ DEAD_TEXT = ("**Dead unit**: its activation is the same on every probe image, so
              "another. It has no label and no top images, and it is left out of every share, agreement and kappa.")
 
 HOW_TO = """
-**No complete run in this store yet.** Make one, then reload this page:
+**No complete run in this store yet.** If a build is running (see above), its runs appear here as they
+complete. Otherwise make one:
 
 ```bash
-./run app                                  # installs, builds the offline demo runs, starts this app
+./run app                                  # installs, starts this app and builds the offline demo beside it
 python -m clipeval demo                    # or only build the offline demo runs (no network needed)
 python -m clipeval dissect --help          # label your own network's neurons
 python -m clipeval evaluate RUN --evaluators cp,es,contrast,vqa   # judge the labels

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipeval import headlines, intervals, navigation, runnames, thresholds
+from clipeval import headlines, intervals, metrics, navigation, runnames, thresholds
 from clipeval.analysis import RunView, default_thresholds, unit_imagenet_class, weak_evaluators
 from clipeval.errors import ClipevalError
 from clipeval.glossary import TERMS
@@ -192,6 +192,18 @@ def test_bootstrap_interval_covers_the_value_and_shrinks_with_n():
     assert small["kappa"][1] - small["kappa"][0] > big["kappa"][1] - big["kappa"][0]
     assert intervals.bootstrap(a, a)["kappa"] == (1.0, 1.0)
     assert intervals.bootstrap(np.ones(50, bool), np.ones(50, bool))["kappa"] == (pytest.approx(np.nan, nan_ok=True),) * 2
+
+
+def test_kappa_matrix_pairs_each_two_raters_over_the_neurons_both_judged():
+    rng = np.random.default_rng(3)
+    full = lambda: pd.DataFrame({"layer": np.repeat(["a", "b"], 100), "unit": np.tile(np.arange(100), 2),  # noqa: E731
+                                 "verdict": rng.random(200) < 0.5})
+    raters = {"x": full(), "y": full(), "z": full().iloc[::4].sample(frac=1, random_state=0)}  # a quarter, shuffled
+    m = intervals.kappa_matrix(raters)
+    assert np.allclose(m["kappa"].to_numpy(), metrics.kappa_matrix(raters).to_numpy(), equal_nan=True)
+    assert m["n"].loc["x", "y"] == 200 and m["n"].loc["x", "z"] == m["n"].loc["z", "y"] == 50
+    w = metrics.align({"x": raters["x"], "z": raters["z"]})
+    assert (m["lo"].loc["x", "z"], m["hi"].loc["x", "z"]) == intervals.bootstrap(w["x"], w["z"])["kappa"]
 
 
 def test_pairwise_table_marks_small_groups():

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("similarity", "interactive", "dissect", "vqa", "cp_es")
+BENCHMARKS = ("similarity", "interactive", "bootstrap", "dissect", "vqa", "cp_es")
 
 
 def main() -> int:

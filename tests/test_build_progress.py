@@ -86,7 +86,7 @@ def test_the_app_says_when_a_build_died_or_failed(tmp_path, monkeypatch):
     assert any("failed during: demo run 2 of 3" in e.value and "no space left" in e.value for e in at.error)
 
 
-def test_background_starts_one_detached_build_and_no_second(tmp_path):
+def test_background_starts_one_detached_build_and_no_second(tmp_path, monkeypatch):
     db = tmp_path / "demo.duckdb"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "clipeval", "--db", str(db), "demo", "--size", "small", "--background"]
@@ -102,6 +102,9 @@ def test_background_starts_one_detached_build_and_no_second(tmp_path):
         assert state and state["pid"] == pid and state["state"] == "running" and state["alive"]
         second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert second.returncode == 0 and f"already running (process {pid})" in second.stderr
+        monkeypatch.setenv("CLIPEVAL_DB", str(db))  # the app beside the build, on the store it writes
+        at = open_page()
+        assert "Building the offline demo (small) in the background" in texts(at)
     finally:
         os.killpg(pid, signal.SIGKILL)  # its own session: the build and anything it started
     deadline = time.time() + 30

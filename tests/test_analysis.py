@@ -245,7 +245,7 @@ def test_weak_evaluators_flags_only_those_near_a_baseline():
     weak = analysis.weak_evaluators(summary)
     assert [(w["evaluator"], w["baseline"]) for w in weak] == [("ES", "shuffled"), ("Contrast", "constant")]
     assert weak[0]["real"] == 0.99 and weak[0]["baseline_share"] == 0.98
-    assert analysis.weak_evaluators(summary, margin=0.005) == []
+    assert analysis.weak_evaluators(summary, ratio=0.995) == []  # only a baseline at 99.5% of the real share
     only_real = summary[summary["variant"] == "real"]
     assert analysis.weak_evaluators(only_real) == []  # no baseline stored: nothing to compare against
 

@@ -71,8 +71,10 @@ with st.expander("Every measure, every layer"):
     long = tables_mod.stack_pairwise(tables)
     st.dataframe(long[["rater", "layer", "n", *[c for m in intervals.MEASURES for c in (m, f"{m} lo", f"{m} hi")]]],
                  hide_index=True, width="stretch",
-                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in long.columns
-                                if c.split(" ")[0] in intervals.MEASURES})
+                 column_config={**{c: st.column_config.NumberColumn(format="%.3f") for c in long.columns
+                                   if c.split(" ")[0] in intervals.MEASURES},
+                                "rater": st.column_config.TextColumn("rater", pinned=True),
+                                "layer": st.column_config.TextColumn("layer", pinned=True)})
 
 # ---------------------------------------------------------------- one pair in detail
 st.subheader("One pair in detail")

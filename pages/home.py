@@ -67,8 +67,12 @@ PAGES = [
      "threshold to a reference rater."),
     ("pages/agreement.py", "Agreement", "Cohen's kappa between all raters and evaluators, agreement per layer, "
      "Jaccard, confusion matrices, F1."),
+    ("pages/labellers.py", "Labellers", "several labellers on the same units (other runs, the original "
+     "CLIP-Dissect, MILAN, NetDissect), each judged by this run's evaluators beside the baselines."),
     ("pages/runs.py", "Runs", "every run with its settings and models, a comparison of configurations, timings, "
      "and deleting a run."),
+    ("pages/report.py", "Report", "one self-contained HTML file of the run to send: models, shares with baselines, "
+     "sensitivity plots, agreement, units per layer."),
     ("pages/annotate.py", "Annotate", "judge labels yourself, neuron by neuron; every answer is saved at once."),
     ("pages/sql.py", "SQL", "a read-only SQL console over the run store."),
     ("pages/glossary.py", "Glossary", "what soft-WPMI, CP, ES, contrast AUC, kappa, ConSE and the baselines mean."),

@@ -33,7 +33,8 @@ else:
         st.caption(f":orange[{line}]")
     table = tables.summary_table(summary, layer_names)
     table, pct = widgets.as_percent(table, [c for c in table.columns if c not in ("layer", "neurons")])
-    st.dataframe(table, hide_index=True, width="stretch", column_config=pct)
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={**pct, "layer": st.column_config.TextColumn("layer", pinned=True)})
     for h in headlines.headlines(summary).values():
         if h.warning():
             st.warning(h.warning(), icon=":material/warning:")
@@ -73,8 +74,11 @@ show = f[2].segmented_control("Show units", ["all", "interpretable", "not interp
 shown = tables.filter_grid(grid, None if grid_layer == "all layers" else grid_layer, text, show)
 kmax = data.top_k(ctx.run_id)
 shown = shown.assign(open=tables.neuron_links(ctx.run_id, shown["layer"], shown["unit"], ctx.thresholds, ctx.k, kmax))
-config = {"open": st.column_config.LinkColumn("neuron", display_text="open", width="small",
+# the unit's identity stays in view while a narrow window scrolls the verdict columns sideways
+config = {"open": st.column_config.LinkColumn("neuron", display_text="open", width="small", pinned=True,
                                               help="Open this neuron in the neuron explorer (new tab)"),
+          "layer": st.column_config.TextColumn("layer", pinned=True),
+          "unit": st.column_config.NumberColumn("unit", pinned=True),
           "similarity": st.column_config.NumberColumn(format="%.3f"),
           tables.INTERPRETABLE: st.column_config.TextColumn(tables.INTERPRETABLE, width="small",
                                                             help="✓: every chosen evaluator judges the label correct")}

@@ -25,7 +25,7 @@ table = tables.run_table(runs).assign(differs=[differs.get(r, "") for r in runs[
 st.dataframe(table, hide_index=True, width="stretch",
              column_order=["differs", "name", "status", "created", "neurons", "CLIP?", "labelling model", "run"],
              column_config={"created": st.column_config.DatetimeColumn(format="MM-DD HH:mm", width="small"),
-                            "differs": st.column_config.TextColumn("what differs", width="medium"),
+                            "differs": st.column_config.TextColumn("what differs", width="medium", pinned=True),
                             "CLIP?": st.column_config.TextColumn(width="small"),
                             "run": st.column_config.TextColumn(width="small")})
 st.caption("A run is written completely or not at all: 'running' is being written, 'interrupted' was stopped "
@@ -67,7 +67,8 @@ with c[0]:
         st.caption(f"None yet: `clipeval evaluate {chosen} --evaluators cp,es,contrast,vqa`.")
     else:
         st.dataframe(tables.evaluation_table(evals), hide_index=True, width="stretch",
-                     column_config={"seconds": st.column_config.NumberColumn(format="%.1f"),
+                     column_config={"evaluator": st.column_config.TextColumn("evaluator", pinned=True),
+                                    "seconds": st.column_config.NumberColumn(format="%.1f"),
                                     "model or reason": st.column_config.TextColumn(width="large"),
                                     "finished": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})
         reasons = tables.full_reasons(evals)

@@ -29,6 +29,9 @@ def activation_histogram(hist: pd.DataFrame, top_activations: list[float], k: in
     return fig
 
 
+LABEL_ROW0, LABEL_ROW_STEP = 1.06, 0.07  # where layer_shares writes its values, above 100%
+
+
 def layer_shares(summary: pd.DataFrame, layers: list[str]) -> go.Figure:
     """Share judged correct per layer: one bar per evaluator (real labels), with its shuffled and
     constant baselines as black markers on the bar."""
@@ -36,12 +39,14 @@ def layer_shares(summary: pd.DataFrame, layers: list[str]) -> go.Figure:
     fig = go.Figure()
     order = [l for l in layers if l in set(real["layer"])] + ["overall"]
     legend_done = set()
-    for ev, g in real.groupby("evaluator", sort=False):
+    for row, (ev, g) in enumerate(real.groupby("evaluator", sort=False)):
         g = g.set_index("layer").reindex(order)
         fig.add_bar(x=order, y=g["share_correct"], name=ev, marker_color=COLORS.get(ev),
                     offsetgroup=ev, hovertemplate=ev + " %{x}: %{y:.1%}<extra></extra>")
-        # the value above the plot area, in line with its bar: on the bar, the baseline markers struck it through
-        fig.add_scatter(x=order, y=[1.06] * len(order), mode="text", offsetgroup=ev, showlegend=False,
+        # the value above the plot area, in line with its bar (on the bar, the baseline markers struck it
+        # through), one row per evaluator: side by side, a narrow window ran them into each other ("8%4%0%")
+        fig.add_scatter(x=order, y=[LABEL_ROW0 + LABEL_ROW_STEP * row] * len(order), mode="text", offsetgroup=ev,
+                        showlegend=False,
                         text=[f"{v:.0%}" if pd.notna(v) else "" for v in g["share_correct"]],
                         textfont=dict(size=11, color=COLORS.get(ev, "#333")), hoverinfo="skip")
         for variant, symbol, label in (("shuffled", "x-thin-open", "shuffled labels (×)"),
@@ -54,8 +59,10 @@ def layer_shares(summary: pd.DataFrame, layers: list[str]) -> go.Figure:
                                 marker=dict(symbol=symbol, size=18, color="#222", line=dict(width=3)),
                                 hovertemplate=f"{ev}, {variant} labels, " + "%{x}: %{y:.1%}<extra></extra>")
                 legend_done.add(variant)
+    top = LABEL_ROW0 + LABEL_ROW_STEP * (real["evaluator"].nunique() - 1) + 0.05
     fig.update_layout(**LAYOUT, height=400, barmode="group", yaxis=dict(title="share judged correct",
-                      tickformat=".0%", range=[0, 1.12]), legend=dict(orientation="h", y=-0.12),
+                      tickformat=".0%", range=[0, top], tickvals=[0, 0.2, 0.4, 0.6, 0.8, 1.0]),
+                      legend=dict(orientation="h", y=-0.12),
                       scattermode="group")
     return fig
 

@@ -24,7 +24,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -85,9 +84,8 @@ def add_sibling_sources(store: Store, run_ids: list[str], progress: bool = True,
             if progress:
                 print(f"label source for {run_id}: the labels of demo run {other}", file=sys.stderr)
             sid = add_source(store, run_id, "run", other)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                evaluate_source(store, run_id, sid, progress=progress, cache_dir=cache_dir)
+            # warnings are shown, as in the rest of the build (a shared text encoder would be said here too)
+            evaluate_source(store, run_id, sid, progress=progress, cache_dir=cache_dir)
 
 
 ACCURACY_CAVEAT = ("not comparable with the paper's 95.5%: that is CLIP ViT-B/16 labelling ResNet-50 on ImageNet "

@@ -202,3 +202,22 @@ def test_demo_runs_get_each_others_labels_as_sources(run_store, probe_dir):
     assert {e for (_, e) in lv.tables} == {"cp", "es", "contrast"}  # the run's evaluators judged its labels
     shares = lv.shares(default_thresholds())
     assert set(shares["kind"]) == {"this run", "CLIP-Dissect run"}
+
+
+def test_the_demo_shows_the_warnings_of_its_source_evaluations(monkeypatch, tmp_path):
+    """Issue 12: the demo build silences no warning (a shared text encoder must be said there too)."""
+    import warnings
+
+    from clipeval import demo, sources
+
+    class OneSource:
+        def label_sources(self, run_id):
+            return pd.DataFrame({"origin": []})
+
+    def judge(*args, **kwargs):
+        warnings.warn("the evaluator model X shares the labeller's text encoder")
+
+    monkeypatch.setattr(sources, "add_source", lambda *a, **k: "src")
+    monkeypatch.setattr(sources, "evaluate_source", judge)
+    with pytest.warns(UserWarning, match="shares the labeller's text encoder"):
+        demo.add_sibling_sources(OneSource(), ["a", "b"], progress=False)

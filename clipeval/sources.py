@@ -236,12 +236,13 @@ def evaluate_source(store: Store, run_id: str, source_id: str, evaluators=None, 
             continue
         start = time.perf_counter()
         evaluator = EMBEDDING_EVALUATORS[name](model, stable_hash(cfg.image_text, info.get("fingerprint", "")), cache)
-        # CP ranks a label among the run's concept set; a label outside it (MILAN's sentences) is
-        # ranked where it would fall among them, the same number for labels inside it
-        scores = evaluator.score(inputs, progress, outside_labels=True) if name == "cp" else \
-            evaluator.score(inputs, progress)
-        store.record_source_evaluation(source_eval_id, source_id, run_id, name, json.dumps(dataclasses.asdict(cfg),
-                                       sort_keys=True), status="complete", scores=scores,
+        cfg_json = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+        with _recorded(store, source_eval_id, source_id, run_id, name, cfg_json):
+            # CP ranks a label among the run's concept set; a label outside it (MILAN's sentences) is
+            # ranked where it would fall among them, the same number for labels inside it
+            scores = evaluator.score(inputs, progress, outside_labels=True) if name == "cp" else \
+                evaluator.score(inputs, progress)
+        store.record_source_evaluation(source_eval_id, source_id, run_id, name, cfg_json, status="complete", scores=scores,
                                        wall_s=time.perf_counter() - start, models={"image_text": info},
                                        n_concepts=len(inputs.concepts) if inputs.concepts else None)
         out.append({"evaluator": name, "status": "complete", "message": ""})
@@ -260,12 +261,21 @@ def _vqa(store, run_id, source_id, cfg, inputs, backend, force, progress) -> dic
     except WeightsUnavailable as e:
         return {"evaluator": "vqa", "status": "unavailable", "message": str(e)}
     start = time.perf_counter()
-    scores = VisualQuestionAnswering(backend, cfg.prompt).score(inputs, progress)
-    store.record_source_evaluation(source_eval_id, source_id, run_id, "vqa",
-                                   json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str),
-                                   status="complete", scores=scores, wall_s=time.perf_counter() - start,
+    cfg_json = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    with _recorded(store, source_eval_id, source_id, run_id, "vqa", cfg_json):
+        scores = VisualQuestionAnswering(backend, cfg.prompt).score(inputs, progress)
+    store.record_source_evaluation(source_eval_id, source_id, run_id, "vqa", cfg_json, status="complete", scores=scores, wall_s=time.perf_counter() - start,
                                    models={"vqa": backend.info()})
     return {"evaluator": "vqa", "status": "complete", "message": ""}
+
+
+def _recorded(store: Store, source_eval_id: str, source_id: str, run_id: str, evaluator: str, cfg_json: str):
+    """A 'running' row around one pass, so a killed pass shows as interrupted and a failed one says why."""
+    from clipeval.evaluators.run import running_row
+
+    return running_row(
+        lambda: store.start_source_evaluation(source_eval_id, source_id, run_id, evaluator, cfg_json),
+        lambda status, error: store.fail_source_evaluation(source_eval_id, status, error))
 
 
 def print_outcomes(outcomes: list[dict], file=sys.stdout) -> None:

@@ -96,3 +96,87 @@ def test_an_evaluator_killed_mid_way_shows_as_interrupted(run_store):
     assert store.scalar("SELECT count(*) FROM eval_scores WHERE eval_id = ?", [row.name]) == 0
     # the complete k=5 evaluation of es still counts as es's newest complete result
     assert latest.set_index("evaluator").loc["es", "status"] == "complete"
+
+
+def _source_with_the_runs_labels(store, run_id, tmp_path) -> str:
+    from clipeval import sources
+
+    neurons = store.neurons(run_id).head(8)
+    f = tmp_path / "descriptions.csv"
+    pd.DataFrame({"layer": neurons["layer"], "unit": neurons["unit"], "description": neurons["label"],
+                  "similarity": 0.5}).to_csv(f, index=False)
+    return sources.add_source(store, run_id, "clip-dissect", str(f))
+
+
+def test_a_source_evaluation_killed_mid_way_shows_as_interrupted(run_store, tmp_path):
+    from clipeval.labellers import LabellerView
+
+    store, run_id, cache = run_store
+    sid = _source_with_the_runs_labels(store, run_id, tmp_path)
+    # the pass blocks in its scoring step, as a long one would, until it is killed
+    script = textwrap.dedent(f"""
+        import time
+        from clipeval import sources
+        from clipeval.evaluators.run import EMBEDDING_EVALUATORS
+        from clipeval.store import Store
+        EMBEDDING_EVALUATORS["es"].score = lambda self, *a, **k: time.sleep(600)
+        sources.evaluate_source(Store({str(store.path)!r}), {run_id!r}, {sid!r}, ["es"],
+                                cache_dir={str(cache)!r}, progress=False)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    running = pd.DataFrame()
+    while time.time() < deadline and proc.poll() is None:
+        ev = store.source_evaluations(run_id)
+        running = ev[ev["status"] == "running"]
+        if len(running):
+            break
+        time.sleep(0.2)
+    assert len(running) == 1, proc.communicate()
+    before = store.data_version()
+    proc.kill()
+    proc.wait()
+    row = store.source_evaluations(run_id).set_index("evaluator").loc["es"]
+    assert row["status"] == "interrupted"
+    assert store.source_evaluation_status(row["source_eval_id"]) == "interrupted"
+    assert store.data_version() != before  # the app's caches see the death
+    assert LabellerView(store, run_id).status[(sid, "es")] == "interrupted"
+
+
+def test_a_failed_source_evaluation_says_why_and_keeps_an_earlier_complete_one(run_store, tmp_path, monkeypatch):
+    import pytest
+
+    from clipeval import sources
+    from clipeval.evaluators.run import EMBEDDING_EVALUATORS
+
+    store, run_id, cache = run_store
+    sid = _source_with_the_runs_labels(store, run_id, tmp_path)
+
+    def broken(self, *a, **k):
+        raise RuntimeError("out of disk")
+
+    monkeypatch.setattr(EMBEDDING_EVALUATORS["es"], "score", broken)
+    with pytest.raises(RuntimeError):
+        sources.evaluate_source(store, run_id, sid, ["es"], cache_dir=cache, progress=False)
+    row = store.source_evaluations(run_id).set_index("evaluator").loc["es"]
+    assert (row["status"], row["error"]) == ("failed", "RuntimeError: out of disk")
+
+    def stopped(self, *a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(EMBEDDING_EVALUATORS["es"], "score", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        sources.evaluate_source(store, run_id, sid, ["es"], cache_dir=cache, progress=False)
+    assert store.source_evaluations(run_id).set_index("evaluator").loc["es", "status"] == "interrupted"
+
+    monkeypatch.undo()
+    assert sources.evaluate_source(store, run_id, sid, ["es"], cache_dir=cache, progress=False)[0]["status"] == \
+        "complete"
+    complete = store.source_evaluations(run_id).set_index("evaluator").loc["es"]
+    n_scores = len(store.source_scores(complete["source_eval_id"]))
+    monkeypatch.setattr(EMBEDDING_EVALUATORS["es"], "score", broken)
+    with pytest.raises(RuntimeError):
+        sources.evaluate_source(store, run_id, sid, ["es"], force=True, cache_dir=cache, progress=False)
+    kept = store.source_evaluations(run_id).set_index("evaluator").loc["es"]
+    assert kept["status"] == "complete" and len(store.source_scores(kept["source_eval_id"])) == n_scores > 0

@@ -244,16 +244,25 @@ def _recorded(store: Store, eval_id: str, run_id: str, name: str, cfg: EvalConfi
     """Around an evaluator's computation: a 'running' row with this process's id before it (so a kill
     shows as 'interrupted', not absent), 'failed' / 'interrupted' if it raises. A complete earlier
     result of the same evaluation stays until record_evaluation swaps the new one in."""
-    started = store.start_evaluation(eval_id, run_id, name, _cfg_json(cfg), cfg.constant_label)
+    with running_row(lambda: store.start_evaluation(eval_id, run_id, name, _cfg_json(cfg), cfg.constant_label),
+                     lambda status, error: store.fail_evaluation(eval_id, status, error)):
+        yield
+
+
+@contextmanager
+def running_row(start, fail):
+    """`start()` writes a 'running' row and says whether it did; if the body raises, `fail(status,
+    error)` marks that row 'interrupted' (Ctrl-C) or 'failed' (an exception) and the error goes on."""
+    started = start()
     try:
         yield
     except KeyboardInterrupt:
         if started:
-            store.fail_evaluation(eval_id, "interrupted", "interrupted by the user")
+            fail("interrupted", "interrupted by the user")
         raise
     except Exception as e:
         if started:
-            store.fail_evaluation(eval_id, "failed", f"{type(e).__name__}: {e}")
+            fail("failed", f"{type(e).__name__}: {e}")
         raise
 
 

@@ -16,7 +16,7 @@ class QueriesMixin:
         """A cheap fingerprint of what the app caches: changes whenever a run (its status or timings
         included), an evaluation, a human verdict or a label source or its evaluation (of `run_id`, or
         of any run) is added, replaced or deleted, and when the process of a 'running' run or
-        evaluation dies (it then reads 'interrupted')."""
+        evaluation (of the run or of a label source) dies (it then reads 'interrupted')."""
         where = " WHERE run_id = ?" if run_id else ""
         with self.reading():  # one connection for every query
             running = self.rows(
@@ -27,8 +27,12 @@ class QueriesMixin:
             if self.has_table("label_sources"):  # an older store read as it is has no sources yet
                 row += self.rows(
                     f"SELECT (SELECT count(*) || '/' || coalesce(max(created_at)::TEXT, '') FROM label_sources{where}), "
-                    f"       (SELECT count(*) || '/' || coalesce(max(created_at)::TEXT, '') FROM source_evals{where})",
+                    f"       (SELECT count(*) || '/' || coalesce(max(created_at)::TEXT, '') || '/' || coalesce(md5("
+                    f"string_agg(source_eval_id || status, ',' ORDER BY source_eval_id)), '') FROM source_evals{where})",
                     [run_id] * 2 if run_id else [])[0]
+                if "pid" in self.columns("source_evals"):
+                    running += self.rows("SELECT pid, host FROM source_evals WHERE status = 'running'" +
+                                         (" AND run_id = ?" if run_id else ""), [run_id] if run_id else [])
         alive = "".join("1" if pid_alive(p, h) else "0" for p, h in running)
         return "|".join(str(x) for x in row) + "|" + alive
 

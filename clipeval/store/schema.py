@@ -2,14 +2,15 @@
 
 Versions: 1 the first release; 2 pid/host on evaluations (a killed evaluator shows as interrupted);
 3 the label-source tables and neurons.dead / neurons.n_negatives; 4 activation_maps (where a unit
-fires on its top images).
+fires on its top images); 5 pid/host on source_evals (a killed pass over a label source shows as
+interrupted).
 """
 
 from __future__ import annotations
 
 from clipeval.errors import ClipevalError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -55,7 +56,7 @@ CREATE TABLE IF NOT EXISTS source_labels (
     source_id TEXT, layer TEXT, unit INTEGER, label TEXT, score DOUBLE, detail TEXT);
 CREATE TABLE IF NOT EXISTS source_evals (
     source_eval_id TEXT PRIMARY KEY, source_id TEXT, run_id TEXT, evaluator TEXT, config_json TEXT, status TEXT,
-    created_at TIMESTAMP, wall_s DOUBLE, models_json TEXT, n_concepts INTEGER, error TEXT);
+    created_at TIMESTAMP, wall_s DOUBLE, models_json TEXT, n_concepts INTEGER, error TEXT, pid INTEGER, host TEXT);
 CREATE TABLE IF NOT EXISTS source_scores (
     source_eval_id TEXT, layer TEXT, unit INTEGER, variant TEXT, kind TEXT, rank INTEGER, image_id INTEGER,
     label TEXT, raw DOUBLE);
@@ -68,6 +69,8 @@ ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS pid INTEGER;
 ALTER TABLE evaluations ADD COLUMN IF NOT EXISTS host TEXT;
 ALTER TABLE neurons ADD COLUMN IF NOT EXISTS dead BOOLEAN DEFAULT false;
 ALTER TABLE neurons ADD COLUMN IF NOT EXISTS n_negatives INTEGER;
+ALTER TABLE source_evals ADD COLUMN IF NOT EXISTS pid INTEGER;
+ALTER TABLE source_evals ADD COLUMN IF NOT EXISTS host TEXT;
 """
 
 RUN_TABLES = ("layers", "neurons", "runner_ups", "neuron_images", "histograms", "activation_maps")

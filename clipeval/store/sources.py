@@ -4,11 +4,13 @@ MILAN, NetDissect), and the run's evaluators' passes over them."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 
 import pandas as pd
 
 from clipeval.store.evaluations import SCORE_COLUMNS, replace_scores
-from clipeval.store.runs import _insert_frame, now
+from clipeval.store.runs import _insert_frame, mark_interrupted, now
 
 
 class SourcesMixin:
@@ -77,7 +79,31 @@ class SourcesMixin:
         return self.df(sql + " ORDER BY s.created_at, l.source_id, y.position, l.unit", params)
 
     def source_evaluation_status(self, source_eval_id: str) -> str | None:
-        return self.scalar("SELECT status FROM source_evals WHERE source_eval_id = ?", [source_eval_id])
+        """The pass's status ('running' whose process died reads 'interrupted'), or None."""
+        df = mark_interrupted(self.df("SELECT status, pid, host FROM source_evals WHERE source_eval_id = ?",
+                                      [source_eval_id]))
+        return df["status"].iloc[0] if len(df) else None
+
+    def start_source_evaluation(self, source_eval_id: str, source_id: str, run_id: str, evaluator: str,
+                                config_json: str) -> bool:
+        """Record a pass over a source's labels as 'running' with this process's id (a kill leaves it
+        visibly interrupted, not absent); a complete pass is left as it is until its replacement is
+        recorded. Returns whether a 'running' row was written."""
+        with self.transaction() as cur:
+            row = cur.execute("SELECT status FROM source_evals WHERE source_eval_id = ?", [source_eval_id]).fetchall()
+            if row and row[0][0] == "complete":
+                return False
+            cur.execute("DELETE FROM source_evals WHERE source_eval_id = ?", [source_eval_id])
+            cur.execute("INSERT INTO source_evals (source_eval_id, source_id, run_id, evaluator, config_json, status, "
+                        "created_at, pid, host) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+                        [source_eval_id, source_id, run_id, evaluator, config_json, now(), os.getpid(),
+                         socket.gethostname()])
+        return True
+
+    def fail_source_evaluation(self, source_eval_id: str, status: str, error: str) -> None:
+        """Flag a started pass failed/interrupted (a complete one keeps its result)."""
+        self.execute("UPDATE source_evals SET status = ?, error = ?, pid = NULL WHERE source_eval_id = ? "
+                     "AND status <> 'complete'", [status, error[:2000], source_eval_id])
 
     def record_source_evaluation(self, source_eval_id: str, source_id: str, run_id: str, evaluator: str,
                                  config_json: str, *, status: str, scores: pd.DataFrame | None = None,
@@ -87,15 +113,16 @@ class SourcesMixin:
         (the old scores stay until the new ones are in)."""
         with self.transaction() as cur:
             replace_scores(cur, "source_evals", "source_scores", "source_eval_id", source_eval_id, scores)
-            cur.execute("INSERT INTO source_evals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            cur.execute("INSERT INTO source_evals (source_eval_id, source_id, run_id, evaluator, config_json, status, "
+                        "created_at, wall_s, models_json, n_concepts, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [source_eval_id, source_id, run_id, evaluator, config_json, status, now(), wall_s,
                          json.dumps(models or {}), n_concepts, error or None])
 
     def source_evaluations(self, run_id: str) -> pd.DataFrame:
-        """Per source and evaluator, the newest pass (complete first)."""
-        return self.df("SELECT * FROM source_evals WHERE run_id = ? QUALIFY row_number() OVER (PARTITION BY "
+        """Per source and evaluator, the newest pass (complete first; a killed one reads 'interrupted')."""
+        return mark_interrupted(self.df("SELECT * FROM source_evals WHERE run_id = ? QUALIFY row_number() OVER (PARTITION BY "
                        "source_id, evaluator ORDER BY status = 'complete' DESC, created_at DESC) = 1 "
-                       "ORDER BY source_id, evaluator", [run_id])
+                       "ORDER BY source_id, evaluator", [run_id]))
 
     def source_scores(self, source_eval_id: str) -> pd.DataFrame:
         return self.df(f"SELECT {', '.join(SCORE_COLUMNS)} FROM source_scores "

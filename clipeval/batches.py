@@ -236,12 +236,31 @@ class ProbeBatch:
 
     def __call__(self, batch: dict) -> dict:
         """{'path': image files, 'row': their ids in the probe} -> the forward outputs plus 'thumbnail' (JPEG
-        bytes, where thumb_size)."""
-        decoded = [self.decode(str(p)) for p in batch["path"]]
-        n_t = len(decoded[0][0]) if decoded else 0
-        out = self.forward([torch.stack([d[0][j] for d in decoded]) for j in range(n_t)], batch.get("row"))
+        bytes, where thumb_size) and 'decode_error' ('' or why the image did not decode), a row per image.
+        An image that does not decode never reaches the models: its rows are zeros (maps: none, thumbnail:
+        b''), for the caller to leave out as the local pass does."""
+        paths = list(batch["path"])
+        decoded, errors = [], np.full(len(paths), "", dtype=object)
+        for i, p in enumerate(paths):
+            try:
+                decoded.append(self.decode(str(p)))
+            except DECODE_ERRORS as e:
+                decoded.append(None)
+                errors[i] = str(e) or type(e).__name__
+        good = np.array([i for i, d in enumerate(decoded) if d is not None], dtype=np.int64)
+        rows = batch.get("row")
+        out: dict[str, np.ndarray] = {}
+        if len(good):
+            n_t = len(decoded[good[0]][0])
+            got = self.forward([torch.stack([decoded[i][0][j] for i in good]) for j in range(n_t)],
+                               None if rows is None else np.asarray(rows)[good])
+            for k, v in got.items():
+                out[k] = np.full(len(paths), b"", dtype=object) if v.dtype == object else \
+                    np.zeros((len(paths), *v.shape[1:]), dtype=v.dtype)
+                out[k][good] = v
         if self.thumb_size:
-            out["thumbnail"] = np.array([d[1] for d in decoded], dtype=object)
+            out["thumbnail"] = np.array([d[1] if d is not None else b"" for d in decoded], dtype=object)
+        out["decode_error"] = errors
         return out
 
 

@@ -118,21 +118,27 @@ def collect(images: Sequence[ProbeImage], *, target: Target | None = None, layer
             if thumbs is not None:
                 for r, t in zip(rows, batch_thumbs):
                     thumbs[r] = t
-    if failed and on_bad_image == "fail":
+    return without_failed(images, Collected(acts, embs, thumbs, failed, maps), on_bad_image)
+
+
+def without_failed(images: Sequence[ProbeImage], got: Collected, on_bad_image: str) -> Collected:
+    """A pass's result with the images that did not decode (got.failed) left out and counted, or for
+    'fail' an error naming the first; the same for the local and the Ray pass."""
+    failed = sorted(got.failed)
+    if not failed:
+        return got
+    if on_bad_image == "fail":
         i, why = failed[0]
         raise ClipevalError(f"cannot decode probe image {images[i].path}: {why} (pass --on-bad-image "
                             "skip to leave such images out)")
-    if failed:
-        gone = {i for i, _ in failed}
-        keep = np.array([i for i in range(n) if i not in gone], dtype=np.int64)
-        if not len(keep):
-            raise ClipevalError(f"none of the {n} probe images could be decoded (e.g. {failed[0][1]})")
-        acts = {k: v[keep] for k, v in acts.items()}
-        embs = {k: v[keep] for k, v in embs.items()}
-        thumbs = [thumbs[i] for i in keep] if thumbs is not None else None
-        for kept in maps.values():
-            kept.renumber(keep)
-    return Collected(acts, embs, thumbs, sorted(failed), maps)
+    gone = {i for i, _ in failed}
+    keep = np.array([i for i in range(len(images)) if i not in gone], dtype=np.int64)
+    if not len(keep):
+        raise ClipevalError(f"none of the {len(images)} probe images could be decoded (e.g. {failed[0][1]})")
+    for kept in got.maps.values():
+        kept.renumber(keep)
+    return Collected({k: v[keep] for k, v in got.activations.items()}, {k: v[keep] for k, v in got.embeddings.items()},
+                     [got.thumbnails[i] for i in keep] if got.thumbnails is not None else None, failed, got.maps)
 
 
 def dead_units(A: np.ndarray) -> np.ndarray:

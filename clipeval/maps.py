@@ -161,6 +161,8 @@ class KeptMaps:
     def add(self, image_ids, blobs) -> None:
         """The `pack` bytes of some images (their probe ids in `image_ids`)."""
         for image_id, blob in zip(image_ids, blobs):
+            if not len(blob):  # an image that did not decode (the Ray pass sends b'' for it)
+                continue
             units, vals, maps = unpack(bytes(blob))
             if len(units):
                 self._pending.append((units.astype(np.int64), np.full(len(units), int(image_id), np.int64),

@@ -222,7 +222,8 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, tar
         if engine.is_ray:
             from clipeval import ray_map
 
-            got = ray_map.collect(engine, probe.images, dtype=placement.dtype_name, **kw)
+            got = ray_map.collect(engine, probe.images, dtype=placement.dtype_name, on_bad_image=probe_on_bad_image,
+                                  **kw)
         else:
             got = collect(probe.images, num_workers=num_workers, placement=placement, on_bad_image=probe_on_bad_image,
                           **kw)

@@ -180,27 +180,32 @@ def default_batch_size(engine: Engine, given: int | None) -> int:
 def collect(engine: Engine, images, *, target=None, layers: Sequence[str] = (), pooling: str = "mean",
             image_models: dict | None = None, thumb_size: int | None = None, batch_size: int | None = None,
             progress: bool = True, desc: str = "images", dtype: str = "float32", layouts: dict | None = None,
-            maps_keep: int = 0):
+            maps_keep: int = 0, on_bad_image: str = "skip"):
     """clipeval.dissect.collect on Ray workers: the same Collected, from the same ProbeBatch (each worker
-    sends back the activation maps of its own running top images; they are merged here as they come)."""
+    sends back the activation maps of its own running top images; they are merged here as they come).
+    An image that does not decode is skipped and counted ('skip') or stops the pass ('fail'), as there."""
     from clipeval.batches import ACT, EMB, MAPS
-    from clipeval.dissect import Collected
+    from clipeval.dissect import Collected, without_failed
     from clipeval.maps import KeptMaps
 
     work = ProbeWork(target if layers else None, layers, pooling, image_models or {}, thumb_size,
                      default_batch_size(engine, batch_size), dtype, layouts, maps_keep)
     maps: dict[str, KeptMaps] = {}
+    failed: list[tuple[int, str]] = []
 
-    def fold_maps(rows, batch):
+    def fold(rows, batch):
+        failed.extend((int(r), str(why)) for r, why in zip(rows, batch.pop("decode_error")) if why)
+        if failed and on_bad_image == "fail":
+            without_failed(images, Collected({}, {}, None, failed), on_bad_image)  # raises, naming the image
         for k in [k for k in batch if k.startswith(MAPS)]:
             maps.setdefault(k[len(MAPS):], KeptMaps(maps_keep)).add(rows, batch.pop(k))
 
     out = map_images(engine, work, {"path": [im.path for im in images]}, batch_size=work.batch_size,
-                     progress=progress, desc=desc, consume=fold_maps)
+                     progress=progress, desc=desc, consume=fold)
     acts = {k[len(ACT):]: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items() if k.startswith(ACT)}
     embs = {k[len(EMB):]: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items() if k.startswith(EMB)}
     thumbs = [bytes(t) for t in out["thumbnail"]] if thumb_size else None
-    return Collected(acts, embs, thumbs, maps=maps)
+    return without_failed(images, Collected(acts, embs, thumbs, failed, maps), on_bad_image)
 
 
 def embed(engine: Engine, model, paths: Sequence[str], *, batch_size: int | None = None, dtype: str = "float32",

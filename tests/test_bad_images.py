@@ -91,3 +91,34 @@ def test_on_bad_image_fail_stops_with_the_file_named(broken_probe, tmp_path):
     probe = load_probe([str(broken_probe)], "fail")  # the header check passes
     with pytest.raises(ClipevalError, match=r"cannot decode probe image .*img9\d_"):
         collect(probe.images, thumb_size=32, on_bad_image="fail", progress=False)
+
+
+def test_the_ray_engine_skips_and_counts_them_as_the_local_one_does(ray_cluster, broken_probe, tmp_path):
+    from clipeval import pipeline
+    from clipeval.engine import Engine
+
+    runs = {}
+    for engine in ("local", "ray"):
+        store = Store(tmp_path / f"{engine}.duckdb")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run_id = pipeline.dissect(config(broken_probe), store, cache_dir=tmp_path / f"cache-{engine}",
+                                      progress=False, engine=Engine(engine, workers=2))
+        assert any("did not decode" in str(w.message) and "img91_short" in str(w.message) for w in caught)
+        run = store.complete_run(run_id)
+        assert (run["n_images"], run["n_skipped_images"]) == (24, 2)
+        runs[engine] = (store.neurons(run_id), store.neuron_images(run_id))
+    (la, ia), (lb, ib) = runs["local"], runs["ray"]
+    assert la["label"].tolist() == lb["label"].tolist()
+    assert ia["image_id"].tolist() == ib["image_id"].tolist() and ib["image_id"].max() < 24
+
+
+def test_the_ray_engine_stops_on_one_with_on_bad_image_fail(ray_cluster, broken_probe):
+    from clipeval import ray_map
+    from clipeval.data.probe import load_probe
+    from clipeval.engine import Engine
+
+    probe = load_probe([str(broken_probe)], "fail")
+    with pytest.raises(ClipevalError, match=r"cannot decode probe image .*img9\d_"):
+        ray_map.collect(Engine("ray", workers=2), probe.images, thumb_size=32, batch_size=8, progress=False,
+                        on_bad_image="fail")

@@ -11,7 +11,9 @@ target), `TargetUnavailable` says why.
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -24,6 +26,9 @@ from clipeval.store import Store
 
 class TargetUnavailable(ClipevalError):
     pass
+
+
+READINGS_KEPT = 64  # forward results kept per run: one per (image, layer); a few MB on the demo's layers
 
 
 @dataclass
@@ -99,6 +104,9 @@ class LiveProbe:
         self.weights = weights
         self._store = store
         self._acts: dict[str, np.ndarray | None] = {}
+        # (image key, layer) -> forward result; shared by the app's sessions (the probe is a cached resource)
+        self._readings: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
 
     @torch.no_grad()
     def _warm_up(self) -> None:
@@ -164,8 +172,25 @@ class LiveProbe:
         seconds = time.perf_counter() - start
         return got["pooled"][0].cpu(), None if got["map"] is None else got["map"][0].cpu(), seconds
 
-    def read(self, image, layer: str, unit: int) -> Reading:
-        pooled, maps, seconds = self.forward(image, layer)
+    def read(self, image, layer: str, unit: int, key=None) -> Reading:
+        """The unit's activation, percentile and map on `image`. With `key` (what names the image: a probe
+        image id, an upload's digest) the layer's forward result is kept for the next readings of the same
+        image and layer (the page reruns on every slider step and unit change); `seconds` is then the
+        time of the pass that made it."""
+        if key is None:
+            pooled, maps, seconds = self.forward(image, layer)
+        else:
+            with self._lock:
+                hit = self._readings.get((key, layer))
+                if hit is not None:
+                    self._readings.move_to_end((key, layer))
+            if hit is None:
+                hit = self.forward(image, layer)
+                with self._lock:
+                    self._readings[(key, layer)] = hit
+                    while len(self._readings) > READINGS_KEPT:
+                        self._readings.popitem(last=False)
+            pooled, maps, seconds = hit
         if not 0 <= unit < pooled.shape[0]:
             raise ClipevalError(f"{layer} has units 0..{pooled.shape[0] - 1}, not {unit}")
         a = float(pooled[unit])

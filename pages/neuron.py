@@ -193,29 +193,35 @@ contrast_note = ("Contrast shows each image's cosine with the label judged by th
 image_grid(images[images["kind"] == "top"], 5, shown, contrast_note)
 
 st.subheader("Beyond the top images")
+# only the open tab is drawn (each holds 5-10 images or a chart, all sent to the browser before): the
+# page's first view had 30 images and Plotly to load for one tab shown
 tabs = st.tabs(["Across activation levels", "Least active", "Random (not among the most active)",
-                "Activation histogram"])
+                "Activation histogram"], key="beyond", on_change="rerun")
 inactive_eval = [e for e in shown if e == "contrast"]
-with tabs[0]:
-    st.caption("Images spread over the neuron's activation range, most active first.")
-    image_grid(images[images["kind"] == "level"], 5, [])
-with tabs[1]:
-    st.caption("The neuron's least activating probe images" + (
-        "; with Contrast on, a 'match' here counts AGAINST the label." if inactive_eval else "."))
-    image_grid(images[images["kind"] == "low"], 5, inactive_eval)
-with tabs[2]:
-    st.caption("Random probe images outside the neuron's most active ones" + (
-        "; with Contrast on, a 'match' here counts AGAINST the label." if inactive_eval else "."))
-    image_grid(images[images["kind"] == "random"], 5, inactive_eval)
-with tabs[3]:
-    hist = data.histogram(ctx.run_id, layer, unit)
-    if hist.empty:
-        st.caption("No histogram stored for this neuron.")
-    else:
-        top = images[images["kind"] == "top"]
-        st.plotly_chart(charts.activation_histogram(hist, top["activation"].tolist(), ctx.k),
-                        width="stretch", key="hist")
-        st.caption(f"Activation over all {int(hist['count'].sum())} probe images; red lines: the top images "
-                   f"(solid: the top {ctx.k} that are judged).")
+if tabs[0].open:
+    with tabs[0]:
+        st.caption("Images spread over the neuron's activation range, most active first.")
+        image_grid(images[images["kind"] == "level"], 5, [])
+if tabs[1].open:
+    with tabs[1]:
+        st.caption("The neuron's least activating probe images" + (
+            "; with Contrast on, a 'match' here counts AGAINST the label." if inactive_eval else "."))
+        image_grid(images[images["kind"] == "low"], 5, inactive_eval)
+if tabs[2].open:
+    with tabs[2]:
+        st.caption("Random probe images outside the neuron's most active ones" + (
+            "; with Contrast on, a 'match' here counts AGAINST the label." if inactive_eval else "."))
+        image_grid(images[images["kind"] == "random"], 5, inactive_eval)
+if tabs[3].open:
+    with tabs[3]:
+        hist = data.histogram(ctx.run_id, layer, unit)
+        if hist.empty:
+            st.caption("No histogram stored for this neuron.")
+        else:
+            top = images[images["kind"] == "top"]
+            st.plotly_chart(charts.activation_histogram(hist, top["activation"].tolist(), ctx.k),
+                            width="stretch", key="hist")
+            st.caption(f"Activation over all {int(hist['count'].sum())} probe images; red lines: the top images "
+                       f"(solid: the top {ctx.k} that are judged).")
 
 probe_section(ctx, layer, unit)

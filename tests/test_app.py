@@ -129,6 +129,21 @@ def test_neuron_explorer_navigates_and_searches(app_store):
     assert any("procedural" in c.value or "scikit" in c.value for c in at.caption)
 
 
+def test_neuron_explorer_draws_only_the_open_tab(app_store):
+    """The tabs below the top images are drawn when opened (a first view sent 30 images and a Plotly chart
+    for the one tab shown): the histogram appears with its tab, the level images leave with theirs."""
+    at = open_page("pages/neuron.py")
+    n_default = len(at.image)
+    assert not at.get("plotly_chart") and "spread over the neuron's activation range" in texts(at)
+    at.session_state["beyond"] = "Activation histogram"
+    at.run()
+    assert not at.exception and len(at.get("plotly_chart")) == 1
+    assert "spread over the neuron's activation range" not in texts(at) and len(at.image) < n_default
+    at.session_state["beyond"] = "Least active"
+    at.run()
+    assert not at.get("plotly_chart") and "least activating probe images" in texts(at)
+
+
 def test_unavailable_evaluator_is_shown_with_its_reason(app_store):
     store, run_id = app_store
     store.record_evaluation("vqa-missing", run_id, "vqa", "{}", status="unavailable",
@@ -238,6 +253,10 @@ def test_sql_console_reads_and_refuses_writes(app_store):
     version = store.data_version()
     at = open_page("pages/sql.py")
     assert len(at.dataframe[0].value) == 1  # the first example runs at once
+    assert not at.code  # the store's tables are listed when their expander is opened
+    at.session_state["sql_tables"] = True
+    at.run()
+    assert any("neurons" in c.value for c in at.code)
     at.text_area(key="sql_text").set_value("SELECT layer, count(*) AS n FROM neurons GROUP BY layer").run()
     at.button(key="sql_run").click().run()
     assert len(at.dataframe[0].value) == len(store.layers(run_id)) and len(at.get("download_button")) == 1
@@ -295,6 +314,23 @@ def test_runs_page_lists_unfinished_runs(app_store):
     assert at.sidebar.selectbox(key="run_choice").value == run_id
 
 
+def test_runs_page_draws_the_timings_chart_and_full_reasons_when_opened(app_store):
+    """The Runs page's first view has no Plotly chart and no code block (4.7 MB and 1.5 MB of script the
+    browser loaded for a chart below the fold and an expander that starts closed): both are drawn on
+    opening their tab / expander."""
+    store, run_id = app_store
+    store.record_evaluation("vqa-missing", run_id, "vqa", "{}", status="unavailable",
+                            error="no BLIP-2 weights here\nline two of the reason")
+    at = open_page("pages/runs.py")
+    assert not at.get("plotly_chart") and not at.code
+    assert any("Wall-clock seconds" in c.value for c in at.caption)
+    at.session_state["timings_view"] = "Chart"
+    at.session_state["why_unavailable"] = True
+    at.run()
+    assert not at.exception and len(at.get("plotly_chart")) == 1
+    assert any("line two of the reason" in c.value for c in at.code)
+
+
 def test_delete_run_needs_confirmation(app_store):
     store, run_id = app_store
     at = open_page("pages/runs.py")
@@ -308,3 +344,12 @@ def test_delete_run_needs_confirmation(app_store):
     assert not at.exception
     assert store.runs().empty and store.neurons(run_id).empty
     assert "Deleted run" in texts(at) and "No complete run" in "\n".join(i.value for i in at.sidebar.info)
+
+
+def test_the_app_server_skips_streamlits_forced_collection_after_every_run():
+    """A full gc.collect(2) after every script run was about 70% of the script thread while a slider was
+    stepped (py-spy, full demo): each keyboard step waited for it (docs/performance.md)."""
+    import tomllib
+
+    config = tomllib.loads((Path(APP).parent / ".streamlit" / "config.toml").read_text())
+    assert config["runner"]["postScriptGC"] is False

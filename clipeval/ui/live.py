@@ -3,6 +3,7 @@ network (loaded once per run and cached) reads the unit on it."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def probe_section(ctx, layer: str, unit: int) -> None:
     if upload is not None:
         try:
             image, what = Image.open(io.BytesIO(upload.getvalue())).convert("RGB"), f"the uploaded {upload.name}"
+            key = ("upload", hashlib.sha256(upload.getvalue()).hexdigest())
         except Exception as e:  # a file that is not an image: say so, do not crash the page
             st.error(f"{upload.name} is not an image PIL can read: {e}")
             return
@@ -54,7 +56,8 @@ def probe_section(ctx, layer: str, unit: int) -> None:
             st.warning(f"Probe image {int(pick)} is not on this machine any more; upload an image instead.")
             return
         image, what = Image.open(row["path"].iloc[0]).convert("RGB"), f"probe image {int(pick)}"
-    reading = probe.read(image, layer, unit)
+        key = ("probe", int(pick))
+    reading = probe.read(image, layer, unit, key=key)
     thumb = io.BytesIO()
     small = image.copy()
     small.thumbnail((256, 256))
@@ -84,4 +87,5 @@ def probe_section(ctx, layer: str, unit: int) -> None:
         where = f"{probe.target_name} on {probe.device}" + (f" ({probe.device_note})" if probe.device_note else "")
         st.caption(f"{baseline}Percentile {reading.percentile_how}; pooling {probe.pooling}, as in the run. "
                    f"Network: {where}; this reading took {1000 * reading.seconds:.0f} ms (preprocessing and one "
-                   f"forward pass; loading the network took {probe.load_seconds:.1f} s once).")
+                   f"forward pass, kept for this image and layer; loading the network took "
+                   f"{probe.load_seconds:.1f} s once).")

@@ -148,11 +148,14 @@ def kappa_heatmap(matrix: pd.DataFrame, n: pd.DataFrame | None = None, lo: pd.Da
 def timings_bar(t: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     for step, g in t.groupby("step", sort=False):
-        fig.add_bar(y=g["name"] + " (" + g["run"].str[:8] + ")", x=g["seconds"], name=step, orientation="h",
+        # the run id on a second line and the legend above the bars, in rows: at 800 px a legend on the
+        # right took half the width and the run names were cut at the left edge
+        fig.add_bar(y=g["name"] + "<br>" + g["run"].str[:8], x=g["seconds"], name=step, orientation="h",
                     hovertemplate=step + ": %{x:.1f} s<extra></extra>")
     n = t["run"].nunique()
-    fig.update_layout(**LAYOUT, barmode="stack", height=max(260, 80 + 50 * n, 24 * t["step"].nunique() + 60),
-                      xaxis=dict(title="seconds"), legend=dict(orientation="v", x=1.02, y=1, yanchor="top"),
+    # room for the legend as one row per step (what it wraps to at 800 px) above the bars
+    fig.update_layout(**LAYOUT, barmode="stack", height=120 + 50 * n + 20 * t["step"].nunique(), xaxis=dict(title="seconds"),
+                      legend=dict(orientation="h", x=0, xanchor="left", y=1.02, yanchor="bottom"),
                       yaxis=dict(automargin=True))
     return fig
 

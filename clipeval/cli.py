@@ -176,11 +176,15 @@ def cmd_import(args) -> int:
     from clipeval.io import import_descriptions
 
     placement = _placement(args) if args.target else None  # models run only to collect activations
+    engine = _engine(args)
+    if engine.is_ray and not args.target:
+        raise ClipevalError("--engine ray runs the activation pass, which needs --target and --probe")
     store = _store(args)
     run_id = import_descriptions(store, args.file, name=args.name, target=args.target, weights=args.weights,
                                  probe=args.probe, pooling=args.pooling, concepts=args.concepts,
                                  on_bad_image=args.on_bad_image, placement=placement,
-                                 batch_size=args.batch_size, num_workers=args.workers)
+                                 batch_size=args.batch_size, num_workers=None if engine.is_ray else args.workers,
+                                 engine=engine)
     print(run_id)
     return 0
 
@@ -521,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--concepts", help="the concept set the labels came from (CP needs it)")
     i.add_argument("--on-bad-image", choices=["skip", "fail"], default="skip")
     device_options(i)
+    engine_options(i)
     i.set_defaults(func=cmd_import)
 
     ev = add("evaluate", help="judge every label from its neuron's top-k images")

@@ -111,11 +111,12 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
                         weights: str | None = None, probe=None, pooling: str = "mean", concepts: str | None = None,
                         on_bad_image: str = "skip", k: int = 5, n_contrast: int = 10, seed: int = 0,
                         progress: bool = True, placement=None, batch_size: int | None = None,
-                        num_workers: int | None = None) -> str:
+                        num_workers: int | None = None, engine=None) -> str:
     """Store labels made elsewhere as a run. With a target and probe, activations are collected (on
-    `placement`, default the CPU in float32) so the labels get top-k images and can be evaluated;
-    without, the labels can only be browsed."""
+    `placement`, default the CPU in float32, here or on Ray workers: `engine`) so the labels get top-k
+    images and can be evaluated; without, the labels can only be browsed."""
     from clipeval.device import CPU
+    from clipeval.engine import LOCAL
 
     from clipeval import pipeline
     from clipeval.data.concepts import load_concepts
@@ -155,7 +156,7 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
             acts, _ = pipeline.probe_pass(store, cache, probe_set, TargetConfig(target, weights), tgt, layer_order,
                                           pooling, progress=progress, placement=placement, batch_size=batch_size,
                                           num_workers=num_workers, probe_on_bad_image=on_bad_image, maps_keep=k,
-                                          maps_out=kept)
+                                          maps_out=kept, engine=engine or LOCAL)
             parts = []
             for layer in layer_order:
                 have = acts[layer].shape[1]
@@ -191,7 +192,8 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
                              "n_skipped_images": len(probe_set.skipped) if probe_set else 0,
                              "models": {"labels": f"imported from {Path(path).name}",
                                         **({"target": {"name": tgt.name, **tgt.info},
-                                            "compute": placement.info()} if tgt else {})},
+                                            "compute": {**placement.info(), "engine": (engine or LOCAL).describe()}}
+                                           if tgt else {})},
                              "timings": {}, "peak_rss_mb": pipeline.peak_rss_mb()})
     except BaseException as e:
         store.fail_run(run_id, "failed", f"{type(e).__name__}: {e}")

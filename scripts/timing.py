@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from screenshots import CHROME_FLAGS, Cdp, find_chromium, free_port, stop, wait_healthy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["", "neuron", "layers", "thresholds", "agreement", "runs", "annotate?rater=timing", "sql", "glossary"]
+PAGES = ["", "neuron", "layers", "thresholds", "agreement", "labellers", "runs", "report", "annotate?rater=timing", "sql",
+         "glossary"]
 
 # Records every change of the app's script state with the page clock, from the first script run on.
 OBSERVER_JS = """(() => {

@@ -200,7 +200,8 @@ def test_probe_batch_call_matches_collect(tmp_path):
                   batch_size=2, progress=False)
     with ProbeBatch(target, ["conv", "fc"], "mean", models, thumb_size=16) as work:
         out = work({"path": np.array([im.path for im in images])})
-    assert set(out) == {ACT + "conv", ACT + "fc", EMB + "labelling", "thumbnail"}
+    assert set(out) == {ACT + "conv", ACT + "fc", EMB + "labelling", "thumbnail", "decode_error"}
+    assert list(out["decode_error"]) == [""] * len(images)  # every image decoded
     np.testing.assert_allclose(out[ACT + "conv"], ref.activations["conv"], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(out[EMB + "labelling"], ref.embeddings["labelling"], rtol=1e-6, atol=1e-6)
     assert list(out["thumbnail"]) == ref.thumbnails

@@ -302,3 +302,39 @@ def test_vqa_on_ray_gives_the_local_p_yes_and_missing_weights_make_it_unavailabl
     (missing,) = evaluate(store, run_id, "vqa", vqa_model=str(Path(cache) / "no-blip2-here"), k=2, cache_dir=cache,
                           progress=False, engine=RAY2)
     assert missing.status == "unavailable" and "no-blip2-here" in missing.message
+
+
+def test_import_descriptions_collects_activations_on_ray_as_locally(ray_cluster, built_run, probe_dir, tmp_path,
+                                                                     capsys):
+    """`import-descriptions --target --probe --engine ray` runs its activation pass on the Ray workers and
+    stores the local import's top images and activation maps; without --target there is nothing to run."""
+    from clipeval.io import export_descriptions
+
+    src = Store(built_run[0], read_only=True)
+    df = pd.read_csv(export_descriptions(src, built_run[1], tmp_path / "d.csv"))
+    src.close()
+    csv = tmp_path / "b1.csv"
+    df[df["layer"] == "blocks.1"].to_csv(csv, index=False)
+    got = {}
+    for engine in ("local", "ray"):
+        db = tmp_path / engine / "r.duckdb"
+        db.parent.mkdir()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            on = ["--engine", "ray", "--workers", "2", "--ray-address", ray_cluster] if engine == "ray" else []
+            assert main(["--db", str(db), "import-descriptions", str(csv), "--target", "efficientnet_lite0", "--probe",
+                         str(probe_dir), "--concepts", "imagenet", *on]) == 0
+        run_id = capsys.readouterr().out.strip().splitlines()[-1]
+        s = Store(db, read_only=True)
+        key = ["layer", "unit", "kind", "rank"]
+        got[engine] = (s.neuron_images(run_id, kinds=("top", "low", "random")).sort_values(key).reset_index(drop=True),
+                       s.activation_maps(run_id).sort_values(["unit", "image_id"]).reset_index(drop=True),
+                       s.complete_run(run_id))
+        s.close()
+    (ia, ma, ra), (ib, mb, rb) = got["local"], got["ray"]
+    assert len(ia) and (ia["image_id"].to_numpy() == ib["image_id"].to_numpy()).all()
+    np.testing.assert_allclose(ia["activation"], ib["activation"], rtol=1e-4, atol=1e-5)
+    assert len(ma) == 24 * 5 and (ma[["unit", "image_id"]].to_numpy() == mb[["unit", "image_id"]].to_numpy()).all()
+    assert "ray" in rb["models_json"] and "ray" not in ra["models_json"]
+    assert main(["--db", str(tmp_path / "x.duckdb"), "import-descriptions", str(csv), "--engine", "ray"]) == 2
+    assert "needs --target and --probe" in capsys.readouterr().err

@@ -84,6 +84,40 @@ def test_map_argmax_matches_the_planted_activation_in_every_layout(tmp_path, n_p
     assert b.max() == pytest.approx(got.activations["big"][11, 0])
 
 
+@pytest.mark.parametrize("arch, size, layout, grid", [
+    ("vit_tiny_patch16_224", 224, "tokens:cls", 14),  # a class token, then 14x14 patches
+    ("vit_little_patch16_reg4_gap_256", 256, "tokens:avg:4", 16),  # 4 register tokens, no class token
+])
+def test_a_real_vit_gives_its_patch_tokens_as_the_map(probe_dir, arch, size, layout, grid):
+    """The ViT path on real timm architectures (random weights, built from their configs): the map kept
+    for a unit on an image is that unit's patch tokens of the block's output, in raster order, without
+    the class and register tokens; checked against the block's output read with a hook of the test's own."""
+    import timm
+
+    torch.manual_seed(0)
+    module = timm.create_model(arch, pretrained=False, num_classes=10).eval()
+    target = from_module(module, name=arch, input_size=size)
+    layer = "blocks.3"
+    assert layer_layouts(target, [layer]) == {layer: layout}
+    paths = sorted(p for p in probe_dir.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:6]
+    images = [ProbeImage(str(p), "test", "", "") for p in paths]
+    got = collect(images, target=target, layers=[layer], maps_keep=2, batch_size=3, progress=False)
+    out = {}
+    hook = dict(target.module.named_modules())[layer].register_forward_hook(lambda m, i, o: out.update(o=o))
+    with torch.no_grad():
+        target.module(torch.stack([target.preprocess(Image.open(p).convert("RGB")) for p in paths]))
+    hook.remove()
+    n_prefix = out["o"].shape[1] - grid * grid
+    assert n_prefix == (1 if layout == "tokens:cls" else 4)
+    kept = got.maps[layer]
+    for u in (0, 5, 17):
+        ids = kept.ids[kept.units == u]
+        assert len(ids) == 2
+        for image_id in ids.tolist():
+            want = out["o"][image_id, n_prefix:, u].reshape(grid, grid).numpy()
+            np.testing.assert_allclose(kept.get(u, image_id), want, rtol=1e-4, atol=1e-4)
+
+
 def test_a_flat_layer_has_no_map(tmp_path):
     class Flat(nn.Module):
         def __init__(self):

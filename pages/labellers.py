@@ -66,7 +66,7 @@ if part.empty:
 else:
     st.plotly_chart(shares_figure(part), width="stretch", key="lab_shares")
     st.caption("Bars: each labeller's labels; × the same labels shuffled across the labeller's units of each layer; "
-               "– one constant label (the run's most frequent) on the same units. "
+               "| one constant label (the run's most frequent) on the same units. "
                f"Judged on this run's top-{k} images; {widgets.thresholds_caption(ctx)}.")
     table = part[["labeller", "kind", "evaluator", "n", "correct", "shuffled", "run real", "run shuffled",
                   "run constant"]].rename(columns={

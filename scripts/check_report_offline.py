@@ -21,7 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from screenshots import devtools_page, find_chromium  # noqa: E402
 
 LOCAL = ("file:", "data:", "blob:", "about:", "chrome-error:")
-COUNT_JS = """JSON.stringify({plots: document.querySelectorAll('.js-plotly-plot .main-svg').length,
+# a chart counts as drawn when its div holds plotly's svg (each drawn chart has several .main-svg layers,
+# so counting those said "21 of 7 charts drawn" and passed with some charts undrawn)
+COUNT_JS = """JSON.stringify({plots: [...document.querySelectorAll('.plotly-graph-div')].filter(d => d.querySelector('.main-svg')).length,
   figures: document.querySelectorAll('.plotly-graph-div').length, units: document.querySelectorAll('.unit').length,
   ready: document.readyState})"""
 

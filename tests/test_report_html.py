@@ -119,3 +119,17 @@ def test_the_offline_check_catches_a_request_that_leaves(tmp_path):
     res = subprocess.run([sys.executable, str(script), str(page), "--wait", "10"], capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 1 and "request left the file: http://127.0.0.1:9/x.png" in res.stdout
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") or Path("/usr/bin/chromium").exists()),
+                    reason="Chromium not installed (Debian: apt-get install chromium)")
+def test_the_offline_check_catches_a_chart_that_did_not_draw(tmp_path):
+    """A drawn plotly chart has several svg layers: counting those said '21 of 7 charts drawn' and let a
+    report with undrawn charts pass. One drawn chart of two must fail."""
+    page = tmp_path / "half.html"
+    drawn = "<div class='plotly-graph-div js-plotly-plot'>" + "<svg class='main-svg'></svg>" * 3 + "</div>"
+    page.write_text(f"<html><body>{drawn}<div class='plotly-graph-div'></div></body></html>")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_report_offline.py"
+    res = subprocess.run([sys.executable, str(script), str(page), "--wait", "5"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 1 and "1 of 2 charts drawn" in res.stdout, res.stdout + res.stderr

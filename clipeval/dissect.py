@@ -104,9 +104,7 @@ def collect(images: Sequence[ProbeImage], *, target: Target | None = None, layer
                                                    batch_size, num_workers, progress=progress, desc=desc,
                                                    failed=failed):
             if failed and on_bad_image == "fail":
-                i, why = failed[0]
-                raise ClipevalError(f"cannot decode probe image {images[i].path}: {why} (pass --on-bad-image "
-                                    "skip to leave such images out)")
+                raise bad_image_error(images, failed)
             for key, out in work.forward(tensors, rows).items():
                 if key.startswith(MAPS):
                     maps.setdefault(key[len(MAPS):], KeptMaps(maps_keep)).add(rows, out)
@@ -121,6 +119,13 @@ def collect(images: Sequence[ProbeImage], *, target: Target | None = None, layer
     return without_failed(images, Collected(acts, embs, thumbs, failed, maps), on_bad_image)
 
 
+def bad_image_error(images: Sequence[ProbeImage], failed: list[tuple[int, str]]) -> ClipevalError:
+    """What --on-bad-image fail stops with: the first image that did not decode, and why."""
+    i, why = min(failed)
+    return ClipevalError(f"cannot decode probe image {images[i].path}: {why} (pass --on-bad-image skip to leave "
+                         "such images out)")
+
+
 def without_failed(images: Sequence[ProbeImage], got: Collected, on_bad_image: str) -> Collected:
     """A pass's result with the images that did not decode (got.failed) left out and counted, or for
     'fail' an error naming the first; the same for the local and the Ray pass."""
@@ -128,9 +133,7 @@ def without_failed(images: Sequence[ProbeImage], got: Collected, on_bad_image: s
     if not failed:
         return got
     if on_bad_image == "fail":
-        i, why = failed[0]
-        raise ClipevalError(f"cannot decode probe image {images[i].path}: {why} (pass --on-bad-image "
-                            "skip to leave such images out)")
+        raise bad_image_error(images, failed)
     gone = {i for i, _ in failed}
     keep = np.array([i for i in range(len(images)) if i not in gone], dtype=np.int64)
     if not len(keep):

@@ -185,7 +185,7 @@ def collect(engine: Engine, images, *, target=None, layers: Sequence[str] = (), 
     sends back the activation maps of its own running top images; they are merged here as they come).
     An image that does not decode is skipped and counted ('skip') or stops the pass ('fail'), as there."""
     from clipeval.batches import ACT, EMB, MAPS
-    from clipeval.dissect import Collected, without_failed
+    from clipeval.dissect import Collected, bad_image_error, without_failed
     from clipeval.maps import KeptMaps
 
     work = ProbeWork(target if layers else None, layers, pooling, image_models or {}, thumb_size,
@@ -196,7 +196,7 @@ def collect(engine: Engine, images, *, target=None, layers: Sequence[str] = (), 
     def fold(rows, batch):
         failed.extend((int(r), str(why)) for r, why in zip(rows, batch.pop("decode_error")) if why)
         if failed and on_bad_image == "fail":
-            without_failed(images, Collected({}, {}, None, failed), on_bad_image)  # raises, naming the image
+            raise bad_image_error(images, failed)
         for k in [k for k in batch if k.startswith(MAPS)]:
             maps.setdefault(k[len(MAPS):], KeptMaps(maps_keep)).add(rows, batch.pop(k))
 

@@ -242,8 +242,8 @@ def evaluate_source(store: Store, run_id: str, source_id: str, evaluators=None, 
             # ranked where it would fall among them, the same number for labels inside it
             scores = evaluator.score(inputs, progress, outside_labels=True) if name == "cp" else \
                 evaluator.score(inputs, progress)
-        store.record_source_evaluation(source_eval_id, source_id, run_id, name, cfg_json, status="complete", scores=scores,
-                                       wall_s=time.perf_counter() - start, models={"image_text": info},
+        store.record_source_evaluation(source_eval_id, source_id, run_id, name, cfg_json, status="complete",
+                                       scores=scores, wall_s=time.perf_counter() - start, models={"image_text": info},
                                        n_concepts=len(inputs.concepts) if inputs.concepts else None)
         out.append({"evaluator": name, "status": "complete", "message": ""})
     return out
@@ -264,8 +264,8 @@ def _vqa(store, run_id, source_id, cfg, inputs, backend, force, progress) -> dic
     cfg_json = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
     with _recorded(store, source_eval_id, source_id, run_id, "vqa", cfg_json):
         scores = VisualQuestionAnswering(backend, cfg.prompt).score(inputs, progress)
-    store.record_source_evaluation(source_eval_id, source_id, run_id, "vqa", cfg_json, status="complete", scores=scores, wall_s=time.perf_counter() - start,
-                                   models={"vqa": backend.info()})
+    store.record_source_evaluation(source_eval_id, source_id, run_id, "vqa", cfg_json, status="complete",
+                                   scores=scores, wall_s=time.perf_counter() - start, models={"vqa": backend.info()})
     return {"evaluator": "vqa", "status": "complete", "message": ""}
 
 

@@ -72,6 +72,20 @@ def test_kill_9_during_repeated_swaps_leaves_one_complete_result(run_store):
         assert len(scores) == expected[labels.pop()]
 
 
+def _running_rows(proc: subprocess.Popen, rows) -> pd.DataFrame:
+    """The one 'running' row of `rows()` once the process has written it (at most 300 s)."""
+    deadline = time.time() + 300
+    running = pd.DataFrame()
+    while time.time() < deadline and proc.poll() is None:
+        ev = rows()
+        running = ev[ev["status"] == "running"]
+        if len(running):
+            break
+        time.sleep(0.2)
+    assert len(running) == 1, proc.communicate()
+    return running
+
+
 def test_an_evaluator_killed_mid_way_shows_as_interrupted(run_store):
     store, run_id, cache = run_store
     (store.path.parent / "cache").symlink_to(cache)
@@ -79,15 +93,7 @@ def test_an_evaluator_killed_mid_way_shows_as_interrupted(run_store):
     proc = subprocess.Popen([sys.executable, "-m", "clipeval", "evaluate", run_id, "--evaluators", "es", "--k", "3",
                              "--eval-backend", "conse", "--eval-arch", "efficientnet_lite2", "--eval-image-size", "96", "--db", str(store.path)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    running = pd.DataFrame()
-    while time.time() < deadline and proc.poll() is None:
-        ev = store.evaluations(run_id)
-        running = ev[ev["status"] == "running"]
-        if len(running):
-            break
-        time.sleep(0.2)
-    assert len(running) == 1, proc.communicate()
+    running = _running_rows(proc, lambda: store.evaluations(run_id))
     proc.kill()
     proc.wait()
     latest = store.latest_evaluations(run_id)
@@ -125,15 +131,7 @@ def test_a_source_evaluation_killed_mid_way_shows_as_interrupted(run_store, tmp_
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    running = pd.DataFrame()
-    while time.time() < deadline and proc.poll() is None:
-        ev = store.source_evaluations(run_id)
-        running = ev[ev["status"] == "running"]
-        if len(running):
-            break
-        time.sleep(0.2)
-    assert len(running) == 1, proc.communicate()
+    running = _running_rows(proc, lambda: store.source_evaluations(run_id))
     before = store.data_version()
     proc.kill()
     proc.wait()

@@ -79,6 +79,12 @@ def _assert_same_ranks_but_float_ties(a: pd.DataFrame, b: pd.DataFrame, cache: P
             assert gaps.min() < 1e-6, f"rank of {r.label!r} on image {r.image_id} moved without a tie"
 
 
+def _eval_scores(store: Store, run_id: str, evaluator: str) -> pd.DataFrame:
+    """The raw scores of the run's newest `evaluator` evaluation, in a fixed row order."""
+    eval_id = store.latest_evaluations(run_id).set_index("evaluator").loc[evaluator, "eval_id"]
+    return store.eval_scores(eval_id).sort_values(["layer", "unit", "variant", "kind", "rank"])
+
+
 def _dissect(store: Store, probe_dir, cache: Path, engine: Engine = RAY2, **kw) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -127,11 +133,9 @@ def test_ray_gives_the_local_labels_verdicts_and_cache_entries(ray_run, built_ru
     try:
         _assert_same_run(ray_store, rrun, local_store, lrun)
         assert "ray (a local Ray, 2 worker(s)" in ray_store.run(rrun)["models_json"]
-        re_, le = ray_store.latest_evaluations(rrun), local_store.latest_evaluations(lrun)
+        re_ = ray_store.latest_evaluations(rrun)
         for evaluator in ("cp", "es", "contrast"):
-            key = ["layer", "unit", "variant", "kind", "rank"]
-            a = ray_store.eval_scores(re_.set_index("evaluator").loc[evaluator, "eval_id"]).sort_values(key)
-            b = local_store.eval_scores(le.set_index("evaluator").loc[evaluator, "eval_id"]).sort_values(key)
+            a, b = _eval_scores(ray_store, rrun, evaluator), _eval_scores(local_store, lrun, evaluator)
             assert len(a) == len(b) > 0
             if evaluator == "cp":
                 _assert_same_ranks_but_float_ties(a, b, rcache)
@@ -370,11 +374,8 @@ def test_with_one_torch_thread_on_both_sides_the_raw_scores_agree_within_1e5(ray
         a, b = _labels(ray_store, rrun), _labels(store, run_id)
         assert (a["label"].to_numpy() == b["label"].to_numpy()).all()
         np.testing.assert_allclose(a["similarity"], b["similarity"], rtol=0, atol=1e-5)
-        re_, le = ray_store.latest_evaluations(rrun), store.latest_evaluations(run_id)
         for evaluator in ("cp", "es", "contrast"):
-            key = ["layer", "unit", "variant", "kind", "rank"]
-            x = ray_store.eval_scores(re_.set_index("evaluator").loc[evaluator, "eval_id"]).sort_values(key)
-            y = store.eval_scores(le.set_index("evaluator").loc[evaluator, "eval_id"]).sort_values(key)
+            x, y = _eval_scores(ray_store, rrun, evaluator), _eval_scores(store, run_id, evaluator)
             assert len(x) == len(y) > 0
             np.testing.assert_allclose(x["raw"], y["raw"], rtol=0, atol=1e-5)
     finally:

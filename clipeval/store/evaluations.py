@@ -25,6 +25,22 @@ def replace_scores(cur, table: str, scores_table: str, id_col: str, id_value: st
         _insert_frame(cur, scores_table, scores[SCORE_COLUMNS], id_col, [id_value])
 
 
+def start_running(store, table: str, id_col: str, id_value: str, row: dict) -> bool:
+    """Record `id_value` in `table` (evaluations or source_evals) as 'running' with this process's id, so
+    a kill leaves it visibly interrupted, not absent. A complete row is left as it is until its
+    replacement is recorded; returns whether a 'running' row was written."""
+    with store.transaction() as cur:
+        found = cur.execute(f"SELECT status FROM {table} WHERE {id_col} = ?", [id_value]).fetchall()
+        if found and found[0][0] == "complete":
+            return False
+        cur.execute(f"DELETE FROM {table} WHERE {id_col} = ?", [id_value])
+        cols = {id_col: id_value, **row, "status": "running", "created_at": now(), "pid": os.getpid(),
+                "host": socket.gethostname()}
+        cur.execute(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                    list(cols.values()))
+    return True
+
+
 class EvaluationsMixin:
     def evaluation_status(self, eval_id: str) -> str | None:
         """The evaluation's status ('running' whose process died reads 'interrupted'), or None."""
@@ -33,19 +49,9 @@ class EvaluationsMixin:
 
     def start_evaluation(self, eval_id: str, run_id: str, evaluator: str, config_json: str,
                          constant_label: str = "") -> bool:
-        """Record an evaluation as 'running' with this process's id (a kill leaves it visibly
-        interrupted, not absent). A complete evaluation is left as it is until its replacement is
-        recorded; returns whether a 'running' row was written."""
-        with self.transaction() as cur:
-            row = cur.execute("SELECT status FROM evaluations WHERE eval_id = ?", [eval_id]).fetchall()
-            if row and row[0][0] == "complete":
-                return False
-            cur.execute("DELETE FROM evaluations WHERE eval_id = ?", [eval_id])
-            cur.execute("INSERT INTO evaluations (eval_id, run_id, evaluator, config_json, status, created_at, "
-                        "constant_label, pid, host) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
-                        [eval_id, run_id, evaluator, config_json, now(), constant_label, os.getpid(),
-                         socket.gethostname()])
-        return True
+        """A 'running' row for the evaluation (see start_running)."""
+        return start_running(self, "evaluations", "eval_id", eval_id, {
+            "run_id": run_id, "evaluator": evaluator, "config_json": config_json, "constant_label": constant_label})
 
     def fail_evaluation(self, eval_id: str, status: str, error: str) -> None:
         """Flag a started evaluation failed/interrupted (a complete one keeps its result)."""

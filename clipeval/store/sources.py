@@ -4,12 +4,10 @@ MILAN, NetDissect), and the run's evaluators' passes over them."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 
 import pandas as pd
 
-from clipeval.store.evaluations import SCORE_COLUMNS, replace_scores
+from clipeval.store.evaluations import SCORE_COLUMNS, replace_scores, start_running
 from clipeval.store.runs import _insert_frame, mark_interrupted, now
 
 
@@ -86,19 +84,9 @@ class SourcesMixin:
 
     def start_source_evaluation(self, source_eval_id: str, source_id: str, run_id: str, evaluator: str,
                                 config_json: str) -> bool:
-        """Record a pass over a source's labels as 'running' with this process's id (a kill leaves it
-        visibly interrupted, not absent); a complete pass is left as it is until its replacement is
-        recorded. Returns whether a 'running' row was written."""
-        with self.transaction() as cur:
-            row = cur.execute("SELECT status FROM source_evals WHERE source_eval_id = ?", [source_eval_id]).fetchall()
-            if row and row[0][0] == "complete":
-                return False
-            cur.execute("DELETE FROM source_evals WHERE source_eval_id = ?", [source_eval_id])
-            cur.execute("INSERT INTO source_evals (source_eval_id, source_id, run_id, evaluator, config_json, status, "
-                        "created_at, pid, host) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
-                        [source_eval_id, source_id, run_id, evaluator, config_json, now(), os.getpid(),
-                         socket.gethostname()])
-        return True
+        """A 'running' row for one pass over a source's labels (see start_running)."""
+        return start_running(self, "source_evals", "source_eval_id", source_eval_id, {
+            "source_id": source_id, "run_id": run_id, "evaluator": evaluator, "config_json": config_json})
 
     def fail_source_evaluation(self, source_eval_id: str, status: str, error: str) -> None:
         """Flag a started pass failed/interrupted (a complete one keeps its result)."""

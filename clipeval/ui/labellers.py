@@ -32,12 +32,11 @@ def _wrapped(name: str, width: int = 30) -> str:
 def shares_figure(shares: pd.DataFrame) -> go.Figure:
     """One group of horizontal bars per labeller (one bar per evaluator), with black markers for the
     labeller's own labels shuffled across its units (×) and the run's constant label on the same units
-    (–). Horizontal because labellers' names are long (a file name, a run's settings): as x labels they
+    (|). Horizontal because labellers' names are long (a file name, a run's settings): as x labels they
     were turned, cut at the left edge and run into the legend."""
     fig = go.Figure()
     order = list(dict.fromkeys(shares["labeller"]))
-    names = {o: _wrapped(o) for o in order}
-    y = [names[o] for o in order]
+    y = [_wrapped(o) for o in order]
     done = set()
     for ev, g in shares.groupby("evaluator", sort=False):
         g = g.set_index("labeller").reindex(order)

@@ -154,17 +154,20 @@ class RunView:
                       evaluators: list[str] | None = None) -> pd.DataFrame:
         """Share of labels judged correct per layer (and overall) per evaluator and label variant."""
         rows = []
+        dead = self.dead["layer"].value_counts().to_dict() if len(self.dead) else {}
         for e in evaluators if evaluators is not None else self.available:
             if e not in self.available:
                 continue
             t = self.table(e)
+            codes, layers = pd.factorize(t.neurons["layer"], sort=False)  # layers in the order they come
+            n = np.bincount(codes, minlength=len(layers))
             for v in t.variants:
                 verdict = t.verdicts(thresholds[e], v, k)
-                frame = t.neurons.assign(verdict=verdict)
-                for layer, g in list(frame.groupby("layer", sort=False)) + [("overall", frame)]:
+                hits = np.bincount(codes, weights=verdict, minlength=len(layers))
+                parts = [(layer, hits[i], n[i], dead.get(layer, 0)) for i, layer in enumerate(layers)]
+                for layer, h, m, d in [*parts, ("overall", hits.sum(), len(verdict), len(self.dead))]:
                     rows.append({"layer": layer, "evaluator": EVALUATOR_TITLES[e], "variant": v,
-                                 "share_correct": float(g["verdict"].mean()), "n": len(g),
-                                 "n_dead": self.n_dead(layer)})
+                                 "share_correct": float(h / m) if m else float("nan"), "n": int(m), "n_dead": int(d)})
         df = pd.DataFrame(rows, columns=["layer", "evaluator", "variant", "share_correct", "n", "n_dead"])
         return df
 

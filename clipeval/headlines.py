@@ -105,20 +105,24 @@ def interpretable_shares(view, thresholds: dict[str, float], k: int | None, eval
     real label correct), the share, and the same share for the shuffled and constant labels (every
     chosen evaluator judges that wrong label correct): the baseline for 'N of M units interpretable'."""
     chosen = [e for e in evaluators if e in view.available]
-    frame = view.neurons[["layer", "unit"]].copy()
+    codes, names = pd.factorize(view.neurons["layer"], sort=False)
+    hits: dict[str, np.ndarray] = {}  # per variant: interpretable units per layer
     for v in ("real", *BASELINES):
         if chosen and all(v in view.table(e).variants for e in chosen):
-            stacked = np.column_stack([view.table(e).verdicts(thresholds[e], v, k) for e in chosen])
-            frame[v] = stacked.all(axis=1)
+            every = np.logical_and.reduce([view.table(e).verdicts(thresholds[e], v, k) for e in chosen])
+            hits[v] = np.bincount(codes, weights=every, minlength=len(names))
         elif v == "real":
-            frame[v] = False
+            hits[v] = np.zeros(len(names))
+    n = np.bincount(codes, minlength=len(names))
+    where = {layer: [i] for i, layer in enumerate(names)}
     rows = []
-    for layer in [l for l in layers if l in set(frame["layer"])] + ["overall"]:
-        g = frame if layer == "overall" else frame[frame["layer"] == layer]
-        row = {"layer": layer, "neurons": len(g), "interpretable": int(g["real"].sum()),
-               "share": float(g["real"].mean()) if len(g) else float("nan")}
+    for layer in [l for l in layers if l in where] + ["overall"]:
+        idx = where.get(layer, list(range(len(names))))
+        m = int(n[idx].sum())
+        row = {"layer": layer, "neurons": m, "interpretable": int(hits["real"][idx].sum()),
+               "share": float(hits["real"][idx].sum() / m) if m else float("nan")}
         for v in BASELINES:
-            row[v] = float(g[v].mean()) if v in g and len(g) else float("nan")
+            row[v] = float(hits[v][idx].sum() / m) if v in hits and m else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -345,6 +345,24 @@ def test_contrast_neuron_score_is_the_auc_top_vs_inactive():
     np.testing.assert_array_equal(t.verdicts(0.75), [True, False])
 
 
+def test_neuron_scores_are_computed_once_per_variant_and_k_and_cannot_be_changed():
+    """A threshold only changes the comparison: the pages ask for the same scores many times per slider
+    step, so they are kept per (variant, k), read-only so that no caller can change them for the others."""
+    neurons = pd.DataFrame({"layer": "l", "unit": [0, 1]})
+    rows = [(0, "top", 1, 0.9), (0, "top", 2, 0.5), (0, "low", 1, 0.5), (1, "top", 1, 0.1), (1, "low", 1, 0.3)]
+    scores = pd.DataFrame([("l", u, "real", k, r, 0, "x", s) for u, k, r, s in rows],
+                          columns=["layer", "unit", "variant", "kind", "rank", "image_id", "label", "raw"])
+    t = ScoreTable(scores, "contrast", neurons)
+    first = t.neuron_scores(k=2)
+    assert t.neuron_scores(k=2) is first and t.neuron_scores() is first  # k=None is kmax = 2
+    assert t.neuron_scores(k=1) is not first
+    with pytest.raises(ValueError):
+        first[0] = 0.0
+    np.testing.assert_array_equal(t.verdicts(0.75, k=2), [True, False])
+    np.testing.assert_array_equal(t.verdicts(0.5, k=2), [True, False])
+    np.testing.assert_array_equal(t.verdict_frame(0.99, k=2)["verdict"], [False, False])
+
+
 # ============================================================================ the any-of-k rule
 def test_any_of_k_rule_on_a_neuron_whose_third_image_matches(tmp_path, monkeypatch):
     colours, image_table, text_table, ids_of = colour_world()

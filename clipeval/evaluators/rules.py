@@ -79,6 +79,7 @@ class ScoreTable:
         pos = pd.Series(np.arange(len(self.neurons)), index=pd.MultiIndex.from_frame(self.neurons))
         self.top: dict[str, np.ndarray] = {}
         self.inactive: dict[str, np.ndarray] = {}
+        self._scores: dict[tuple[str, int], np.ndarray] = {}  # neuron_scores per (variant, k)
         self.labels: dict[str, np.ndarray] = {}
         self.top_images: dict[str, np.ndarray] = {}
         n = len(self.neurons)
@@ -119,8 +120,18 @@ class ScoreTable:
         return k
 
     def neuron_scores(self, variant: str = "real", k: int | None = None) -> np.ndarray:
-        """One score per neuron from its top-k images (min rank, max cosine / P(yes), or ROC-AUC)."""
+        """One score per neuron from its top-k images (min rank, max cosine / P(yes), or ROC-AUC). Kept per
+        (variant, k) and read-only: a threshold only changes the comparison, and the pages ask for the same
+        scores many times per slider step (Contrast's AUC alone was ~20 ms per call on the full demo)."""
         k = self._k(k)
+        got = self._scores.get((variant, k))
+        if got is None:
+            got = self._neuron_scores(variant, k)
+            got.setflags(write=False)
+            self._scores[(variant, k)] = got
+        return got
+
+    def _neuron_scores(self, variant: str, k: int) -> np.ndarray:
         top = self.top[variant][:, :k]
         with np.errstate(invalid="ignore"), _quiet():
             if self.rule.reduce == "min":

@@ -116,11 +116,8 @@ def unit_grid(view, thresholds: dict[str, float], k: int, evaluators: list[str])
     """RunView.unit_grid over every available evaluator, with an 'interpretable' column: judged correct
     by ALL of `evaluators` (RunView's 'all evaluators agree correct' over that subset)."""
     grid = view.unit_grid(thresholds, k).drop(columns=["all evaluators agree correct"], errors="ignore")
-    if evaluators:
-        sub = view.unit_grid(thresholds, k, evaluators)
-        grid[INTERPRETABLE] = sub["all evaluators agree correct"].to_numpy()
-    else:
-        grid[INTERPRETABLE] = False
+    chosen = [EVALUATOR_TITLES[e] for e in evaluators if e in view.available]
+    grid[INTERPRETABLE] = grid[chosen].all(axis=1) if chosen else False
     return grid
 
 

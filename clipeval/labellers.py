@@ -56,6 +56,36 @@ class LabellerView:
                 self.tables[(e.source_id, e.evaluator)] = ScoreTable(
                     store.source_scores(e.source_eval_id), e.evaluator, self.labels[e.source_id], n_concepts)
 
+        # each source's units as an index, to line sources up by (layer, unit) without merging frames
+        self.keys = {sid: pd.MultiIndex.from_frame(lab[["layer", "unit"]]) for sid, lab in self.labels.items()}
+        self._at: dict[tuple[str, str], np.ndarray] = {}
+        self._run_rows: dict[str, np.ndarray] = {}  # per evaluator: the run table's row of each run label
+
+    def rows_in(self, source: str, other: str) -> np.ndarray:
+        """For each unit of `source`, its row in `other`'s labels (-1 where `other` lacks it)."""
+        key = (source, other)
+        if key not in self._at:
+            self._at[key] = self.keys[other].get_indexer(self.keys[source])
+        return self._at[key]
+
+    def _table(self, source: str, evaluator: str) -> ScoreTable | None:
+        if source == RUN_SOURCE:
+            return self.view.table(evaluator) if evaluator in self.view.available else None
+        return self.tables.get((source, evaluator))
+
+    def verdict_array(self, source: str, evaluator: str, thresholds: dict[str, float], k: int | None = None,
+                      variant: str = "real") -> np.ndarray | None:
+        """One verdict per row of the source's labels (None where not evaluated)."""
+        t = self._table(source, evaluator)
+        if t is None or variant not in t.variants:
+            return None
+        v = t.verdicts(thresholds[evaluator], variant, self._k(t, k))
+        if source == RUN_SOURCE:  # the run's table may list its neurons in another order than its labels
+            if evaluator not in self._run_rows:
+                self._run_rows[evaluator] = pd.MultiIndex.from_frame(t.neurons).get_indexer(self.keys[RUN_SOURCE])
+            v = v[self._run_rows[evaluator]]
+        return v
+
     @property
     def source_ids(self) -> list[str]:
         return list(self.labels)
@@ -70,14 +100,9 @@ class LabellerView:
     def verdicts(self, source: str, evaluator: str, thresholds: dict[str, float], k: int | None = None,
                  variant: str = "real") -> pd.DataFrame | None:
         """(layer, unit, score, verdict) of one source's labels, or None where not evaluated."""
-        if source == RUN_SOURCE:
-            if evaluator not in self.view.available:
-                return None
-            t = self.view.table(evaluator)
-        else:
-            t = self.tables.get((source, evaluator))
-            if t is None or variant not in t.variants:
-                return None
+        t = self._table(source, evaluator)
+        if t is None or variant not in t.variants:
+            return None
         return t.verdict_frame(thresholds[evaluator], variant, self._k(t, k))
 
     def shares(self, thresholds: dict[str, float], k: int | None = None) -> pd.DataFrame:
@@ -86,29 +111,25 @@ class LabellerView:
         on exactly those units, of the run's own labels and the run's shuffled and constant baselines."""
         rows = []
         for e in self.evaluators:
-            run_frames = {v: self.verdicts(RUN_SOURCE, e, thresholds, k, v)
-                          for v in self.view.table(e).variants}
+            run = {v: self.verdict_array(RUN_SOURCE, e, thresholds, k, v) for v in self.view.table(e).variants}
             for sid in self.source_ids:
-                mine = self.verdicts(sid, e, thresholds, k)
-                if mine is None:
+                real = self.verdict_array(sid, e, thresholds, k)
+                if real is None:
                     continue
-                shuffled = self.verdicts(sid, e, thresholds, k, "shuffled")
-                frame = mine[["layer", "unit", "verdict"]].rename(columns={"verdict": "real"})
-                if shuffled is not None:
-                    frame["shuffled"] = shuffled["verdict"].to_numpy()
-                for v, f in run_frames.items():
-                    frame = frame.merge(f[["layer", "unit", "verdict"]].rename(columns={"verdict": f"run {v}"}),
-                                        on=["layer", "unit"], how="left")
-                groups = list(frame.groupby("layer", sort=False)) + [("overall", frame)]
-                for layer, g in groups:
+                shuffled = self.verdict_array(sid, e, thresholds, k, "shuffled")
+                at = self.rows_in(sid, RUN_SOURCE)
+                codes, layers = pd.factorize(self.labels[sid]["layer"], sort=False)
+                groups = [(layer, np.flatnonzero(codes == i)) for i, layer in enumerate(layers)]
+                for layer, idx in [*groups, ("overall", np.arange(len(real)))]:
                     row = {"source": sid, "labeller": self.names[sid], "kind": self.kinds[sid],
-                           "evaluator": EVALUATOR_TITLES[e], "layer": layer, "n": len(g),
-                           "correct": float(g["real"].mean())}
-                    if "shuffled" in g:
-                        row["shuffled"] = float(g["shuffled"].mean())
+                           "evaluator": EVALUATOR_TITLES[e], "layer": layer, "n": len(idx),
+                           "correct": float(real[idx].mean()) if len(idx) else np.nan}
+                    if shuffled is not None:
+                        row["shuffled"] = float(shuffled[idx].mean()) if len(idx) else np.nan
+                    present = at[idx][at[idx] >= 0]  # the run's rows of these units
                     for v in ("real", "shuffled", "constant"):
-                        if f"run {v}" in g:
-                            row[f"run {v}"] = float(g[f"run {v}"].astype(float).mean())
+                        if v in run:
+                            row[f"run {v}"] = float(run[v][present].mean()) if len(present) else np.nan
                     rows.append(row)
         cols = ["source", "labeller", "kind", "evaluator", "layer", "n", "correct", "shuffled", "run real",
                 "run shuffled", "run constant"]
@@ -120,25 +141,27 @@ class LabellerView:
         same label (case-insensitive), and per evaluator the agreement and Cohen's kappa of the two
         sources' verdicts (do they get judged correct on the same units?)."""
         ids = self.source_ids
+        words = {sid: self.labels[sid]["label"].str.lower().str.strip().to_numpy() for sid in ids}
+        verdicts = {(sid, e): self.verdict_array(sid, e, thresholds, k) for sid in ids for e in self.evaluators}
         rows = []
         for i, a in enumerate(ids):
             for b in ids[i + 1:]:
-                la, lb = self.labels[a], self.labels[b]
+                ib = self.rows_in(a, b)
+                ia = np.flatnonzero(ib >= 0)
                 if layer is not None:
-                    la, lb = la[la["layer"] == layer], lb[lb["layer"] == layer]
-                both = la.merge(lb, on=["layer", "unit"], suffixes=("_a", "_b"))
-                row = {"a": self.names[a], "b": self.names[b], "n": len(both),
-                       "same label": float((both["label_a"].str.lower().str.strip() ==
-                                            both["label_b"].str.lower().str.strip()).mean()) if len(both) else np.nan}
+                    ia = ia[self.labels[a]["layer"].to_numpy()[ia] == layer]
+                ib = ib[ia]
+                wa, wb = words[a][ia], words[b][ib]
+                same = (wa == wb) & pd.notna(wa) & pd.notna(wb)  # a missing label matches nothing
+                row = {"a": self.names[a], "b": self.names[b], "n": len(ia),
+                       "same label": float(same.mean()) if len(ia) else np.nan}
                 for e in self.evaluators:
-                    va, vb = self.verdicts(a, e, thresholds, k), self.verdicts(b, e, thresholds, k)
+                    va, vb = verdicts[(a, e)], verdicts[(b, e)]
                     if va is None or vb is None:
                         continue
-                    w = both[["layer", "unit"]].merge(va[["layer", "unit", "verdict"]], on=["layer", "unit"]) \
-                        .merge(vb[["layer", "unit", "verdict"]], on=["layer", "unit"], suffixes=("_a", "_b"))
                     t = EVALUATOR_TITLES[e]
-                    row[f"{t} agreement"] = metrics.agreement(w["verdict_a"], w["verdict_b"])
-                    row[f"{t} kappa"] = metrics.cohen_kappa(w["verdict_a"], w["verdict_b"])
+                    row[f"{t} agreement"] = metrics.agreement(va[ia], vb[ib])
+                    row[f"{t} kappa"] = metrics.cohen_kappa(va[ia], vb[ib])
                 rows.append(row)
         return pd.DataFrame(rows)
 

@@ -556,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = add("report", help="share judged correct per layer beside the baselines, and agreement with raters")
     rp.add_argument("run")
     rp.add_argument("--k", type=_int_in(1, 1000), help="top images judged (default: all stored)")
-    rp.add_argument("--html", metavar="OUT.html", help="write one self-contained HTML report (images and plotly "
+    rp.add_argument("--html", metavar="OUT.html", help="write one self-contained HTML report (images and SVG charts "
                                                        "inside; opens offline) instead of printing")
     rp.add_argument("--units", type=_int_in(1, 1_000_000), metavar="N", help="HTML: show the first N units of each layer (default all)")
     threshold_options(rp)

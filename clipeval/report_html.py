@@ -1,7 +1,7 @@
 """One self-contained HTML report of a run, to send around (as NetDissect's per-layer report is).
 
-Everything is inside the file: thumbnails as data: URIs (each image once, in a CSS class), the plotly
-bundle inline, no web fonts. It holds the run's models and settings, the per-layer shares judged
+Everything is inside the file: thumbnails as data: URIs (each image once, in a CSS class), the charts as
+inline SVG (no script at all), no web fonts. It holds the run's models and settings, the per-layer shares judged
 correct beside their baselines with 95% intervals, the threshold sensitivity plots, agreement
 tables with n and intervals, the labellers side by side (if the run has label sources) and a page
 of units per layer (top images, label, verdicts). No model runs: it is made from stored raw scores.
@@ -47,7 +47,8 @@ th{background:#f0f2f6} td.l,th.l{text-align:left}
 .imgs{display:flex;gap:3px;margin:3px 0}
 .im{width:72px;height:72px;background-size:cover;background-position:center;border:1px solid #ccc}
 .v{display:inline-block;margin-right:8px} .yes{color:#1e7d32;font-weight:600} .no{color:#b3261e}
-.plot{background:#fff;border:1px solid #ddd;margin:6px 0}
+.plot{background:#fff;border:1px solid #ddd;margin:6px 0;padding:4px}
+.plots{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-end} .plots>*{flex:1 1 460px}
 """
 
 
@@ -84,10 +85,9 @@ def _thumb(jpeg: bytes) -> str:
     return base64.b64encode(out.getvalue()).decode()
 
 
-def _fig(fig, first: list) -> str:
-    """A plotly figure as a div; the first one carries nothing extra (the bundle is in <head>)."""
-    return "<div class='plot'>" + fig.to_html(full_html=False, include_plotlyjs=False,
-                                              config={"displaylogo": False, "responsive": True}) + "</div>"
+def _fig(chart) -> str:
+    """A chart (clipeval.ui.svg) as inline SVG in a frame."""
+    return "<div class='plot'>" + chart.svg() + "</div>"
 
 
 def check_output(out) -> Path:
@@ -139,7 +139,7 @@ def settings_section(view: RunView) -> str:
     return _table(pd.DataFrame(rows, columns=["setting", "value"]), left=("setting", "value"))
 
 
-def shares_section(view: RunView, thresholds: dict[str, float], k: int, first: list) -> str:
+def shares_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
     from clipeval.ui.charts import layer_shares
 
     summary = view.layer_summary(thresholds, k)
@@ -158,13 +158,13 @@ def shares_section(view: RunView, thresholds: dict[str, float], k: int, first: l
     warn = "".join(f"<p class='note warn'>{_e(w['evaluator'])} judges {_pct(w['baseline_share'])} of "
                    f"{_e(w['baseline'])} labels correct against {_pct(w['real'])} of the real ones: at this "
                    f"threshold it barely tells right labels from wrong.</p>" for w in weak_evaluators(summary))
-    return (_fig(layer_shares(summary, view.layers), first) + _table(pd.DataFrame(rows), left=("layer", "evaluator"))
+    return (_fig(layer_shares(summary, view.layers)) + _table(pd.DataFrame(rows), left=("layer", "evaluator"))
             + "<p class='note'>Share of labels judged correct (any of the top-k images matches). Interval: 95% Wilson "
               "score interval over units. 'overall' pools all units (not the mean of the layers). Baselines: the same "
               "evaluator on labels shuffled across the units of each layer, and on one constant label.</p>" + warn)
 
 
-def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int, first: list) -> str:
+def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
     from clipeval.ui.charts import sweep_figure
     from clipeval.ui.sweeps import default_range, sweep
 
@@ -175,11 +175,12 @@ def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int, fir
         lo, hi = default_range(view, e, thresholds[e])
         sw = sweep(view, e, lo, hi, k, reference)
         parts.append(f"<h3>{_e(rule.title)}</h3>")
-        parts.append(_fig(sweep_figure(sw, rule.param, thresholds[e], "share_correct"), first))
+        figs = [_fig(sweep_figure(sw, rule.param, thresholds[e], "share_correct"))]
         if reference and "kappa" in sw and sw["kappa"].notna().any():
             n_ref = int(sw["n_reference"].dropna().max())
-            parts.append(f"<p class='note'>Cohen's kappa with {_e(reference)} over the {n_ref} units it judged:</p>")
-            parts.append(_fig(sweep_figure(sw, rule.param, thresholds[e], "kappa", False), first))
+            figs.append(f"<div><p class='note'>Cohen's kappa with {_e(reference)} over the {n_ref} units it judged:"
+                        f"</p>{_fig(sweep_figure(sw, rule.param, thresholds[e], 'kappa', False))}</div>")
+        parts.append("<div class='plots'>" + "".join(figs) + "</div>")
     if not parts:
         return "<p class='note'>No evaluator has scored this run.</p>"
     return "".join(parts) + ("<p class='note'>Share judged correct against the threshold, per layer (the paper's "
@@ -278,8 +279,6 @@ def units_section(store: Store, view: RunView, thresholds: dict[str, float], k: 
 def build_report(store: Store, run_id: str, thresholds: dict[str, float] | None = None, k: int | None = None,
                  units_per_layer: int | None = None) -> str:
     """The whole report as one HTML string."""
-    from plotly.offline import get_plotlyjs
-
     view = RunView(store, run_id)
     thresholds = {**default_thresholds(), **(thresholds or {})}
     for e, t in thresholds.items():
@@ -290,7 +289,6 @@ def build_report(store: Store, run_id: str, thresholds: dict[str, float] | None 
     k = k or kmax or 5
     if units_per_layer is not None and units_per_layer < 1:
         raise ClipevalError("units per layer must be at least 1")
-    first: list = []
     images: dict[int, str] = {}
     units = units_section(store, view, thresholds, k, units_per_layer, images)
     thumbs = store.thumbnails(view.run.get("probe_fingerprint") or "", list(images)) if images else {}
@@ -310,8 +308,8 @@ def build_report(store: Store, run_id: str, thresholds: dict[str, float] | None 
             + "</nav>"
             "<h2 id='settings'>Models and settings</h2>" + settings_section(view)
             + "<h2 id='shares'>Share judged correct per layer, beside baselines</h2>"
-            + shares_section(view, thresholds, k, first)
-            + "<h2 id='sensitivity'>Threshold sensitivity</h2>" + sensitivity_section(view, thresholds, k, first)
+            + shares_section(view, thresholds, k)
+            + "<h2 id='sensitivity'>Threshold sensitivity</h2>" + sensitivity_section(view, thresholds, k)
             + "<h2 id='agreement'>Agreement between raters</h2>" + agreement_section(view, thresholds, k)
             + labellers
             + "<h2 id='units'>Units per layer</h2><p class='note'>Per unit: its label and CLIP-Dissect similarity, its "
@@ -319,7 +317,7 @@ def build_report(store: Store, run_id: str, thresholds: dict[str, float] | None 
             + units + "</main>")
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>clipeval report {_e(view.run_id)}</title><style>{CSS}{css_images}</style>"
-            f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>{body}</body></html>")
+            f"</head><body>{body}</body></html>")
 
 
 def write_report(store: Store, run_id: str, out, thresholds: dict[str, float] | None = None, k: int | None = None,

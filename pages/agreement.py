@@ -36,8 +36,7 @@ elif not view.human_labels:
 # ---------------------------------------------------------------- kappa matrix
 st.subheader("Cohen's kappa between every pair")
 matrix = data.kappa_intervals(ctx.run_id, ctx.thresholds, k)
-st.plotly_chart(charts.kappa_heatmap(matrix["kappa"], matrix["n"], matrix["lo"], matrix["hi"], intervals.MIN_N),
-                width="stretch", key="kappa")
+widgets.chart(charts.kappa_heatmap, matrix["kappa"], matrix["n"], matrix["lo"], matrix["hi"], intervals.MIN_N)
 st.caption(f"Each cell: kappa, its 95% interval (bootstrap over neurons) and n, the neurons both raters judged. "
            f"Grey cells: fewer than {intervals.MIN_N} neurons, too few to read. Evaluator verdicts at the sidebar's "
            f"thresholds ({widgets.thresholds_caption(ctx)}). Kappa is n/a where it is undefined (e.g. both raters "
@@ -80,13 +79,14 @@ with st.expander("Every measure, every layer"):
 st.subheader("One pair in detail")
 rater = st.columns([1, 1.6])[0].selectbox("Rater", others, key="agree_rater")
 pair = metrics.align({"a": raters[rater], "b": raters[reference]})
-c = st.columns([1.2, 1])
+row = st.container(horizontal=True, gap="small")  # side by side when wide, stacked at 800 px
+c = [row.container(width=charts.HALF), row.container(width=charts.HALF)]
 with c[0]:
     conf = metrics.confusion(pair["a"], pair["b"]).rename(
         index={"evaluator yes": "correct", "evaluator no": "not correct"},
         columns={"reference yes": "correct", "reference no": "not correct"})
     st.markdown(f"**Confusion matrix**: rows {rater}, columns {reference}")
-    st.plotly_chart(charts.confusion_heatmap(conf, rater, reference), width="stretch", key="confusion")
+    widgets.chart(charts.confusion_heatmap, conf, rater, reference, fit=False)
 with c[1]:
     overall = tables[rater].set_index("layer").loc["overall"]
     for row_measures in (("agreement", "kappa", "jaccard"), ("precision", "recall", "f1")):

@@ -47,8 +47,10 @@ st.caption(f"Matched by (layer, unit) after the source's layer map; labels namin
            "labels.")
 for note in lv.missing_evaluations():
     st.caption(f":orange[{note}]")
-with st.expander("How to add a source"):
-    st.markdown(ADD_HELP)
+# drawn when opened: its code block loads a 1.5 MB highlighter into the browser
+how = st.expander("How to add a source", key="how_to_add", on_change="rerun")
+if how.open:
+    how.markdown(ADD_HELP)
 
 if not lv.evaluators:
     st.warning("No evaluator has scored this run, so no source can be judged. Run `clipeval evaluate` first.")
@@ -64,7 +66,7 @@ part = shares[shares["layer"] == layer]
 if part.empty:
     st.info(f"No source labels a unit of {layer}.")
 else:
-    st.plotly_chart(shares_figure(part), width="stretch", key="lab_shares")
+    widgets.chart(shares_figure, part)
     st.caption("Bars: each labeller's labels; × the same labels shuffled across the labeller's units of each layer; "
                "| one constant label (the run's most frequent) on the same units. "
                f"Judged on this run's top-{k} images; {widgets.thresholds_caption(ctx)}.")

@@ -24,7 +24,7 @@ if not available:
             f"`clipeval evaluate {ctx.run_id} --evaluators cp,es,contrast`.")
 else:
     summary = view.layer_summary(ctx.thresholds, k)
-    st.plotly_chart(charts.layer_shares(summary, layer_names), width="stretch", key="layer_shares")
+    widgets.chart(charts.layer_shares, summary, layer_names)
     st.caption(f"Bars: the run's real labels; black markers: the same evaluator on labels shuffled across neurons "
                f"(×) and on one constant label for every neuron (–). An evaluator that passes shuffled or constant "
                f"labels nearly as often as real ones tells real labels from wrong ones poorly. "
@@ -102,10 +102,9 @@ st.dataframe(tables.verdict_marks(shown, marks), hide_index=True, width="stretch
 # ---------------------------------------------------------------- frequent labels
 st.subheader("Most frequent labels")
 counts = data.label_counts(ctx.run_id, None if grid_layer == "all layers" else grid_layer, 20)
-c = st.columns([1.4, 1])
-with c[0]:
-    st.plotly_chart(charts.label_bars(counts), width="stretch", key="label_bars")
-with c[1]:
+row = st.container(horizontal=True, gap="small")  # side by side when wide, stacked at 800 px
+widgets.chart(charts.label_bars, counts, where=row.container(width=charts.HALF), fit=False)
+with row.container(width=charts.HALF):
     st.caption(f"{'All layers' if grid_layer == 'all layers' else grid_layer} (follows the grid's layer filter). "
                "A label carried by many units is often vague; a top-k-only check tends to pass vague labels.")
     counts, pct = widgets.as_percent(counts, ["share"])

@@ -219,8 +219,7 @@ if tabs[3].open:
             st.caption("No histogram stored for this neuron.")
         else:
             top = images[images["kind"] == "top"]
-            st.plotly_chart(charts.activation_histogram(hist, top["activation"].tolist(), ctx.k),
-                            width="stretch", key="hist")
+            widgets.chart(charts.activation_histogram, hist, top["activation"].tolist(), ctx.k)
             st.caption(f"Activation over all {int(hist['count'].sum())} probe images; red lines: the top images "
                        f"(solid: the top {ctx.k} that are judged).")
 

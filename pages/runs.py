@@ -137,8 +137,7 @@ else:
                          hide_index=True, width="stretch")
     if chart_tab.open:
         with chart_tab:
-            st.plotly_chart(charts.timings_bar(t.assign(name=t["run"].map(lambda r: differs.get(r) or r[:8]))),
-                            width="stretch", key="timings")
+            widgets.chart(charts.timings_bar, t.assign(name=t["run"].map(lambda r: differs.get(r) or r[:8])))
     st.caption("Wall-clock seconds on the machine that made the run. Human annotation time is not recorded.")
 
 # ---------------------------------------------------------------- delete

@@ -53,24 +53,21 @@ for e in available:
     sweep = data.sweep(ctx.run_id, e, lo, hi, k, ref)
     if view.defaults[e].note:
         st.caption(f"Default: {view.defaults[e].note}. The dashed grey line marks the paper's value.")
-    cols = st.columns(2 if ref else 1)
+    row = st.container(horizontal=True, gap="small")  # side by side when wide, stacked at 800 px
+    cols = [row.container(width=charts.HALF) for _ in range(2 if ref else 1)]
     head = headlines.share_headline(view, e, ctx.thresholds[e], k)
     cols[0].markdown(f"**Share judged correct** at {thresholds.label(e, ctx.thresholds[e])}: "
                      f"{headlines.pct(head.real)} of {head.n:,} neurons ({head.baseline_text()})")
     if head.warning():
         cols[0].warning(head.warning(), icon=":material/warning:")
-    cols[0].plotly_chart(charts.sweep_figure(sweep, rule.param, ctx.thresholds[e], "share_correct", baselines,
-                                             thresholds.fmt(e, ctx.thresholds[e]),
-                                             paper=PAPER_THRESHOLDS[e]),
-                         width="stretch", key=f"share_{e}")
+    widgets.chart(charts.sweep_figure, sweep, rule.param, ctx.thresholds[e], "share_correct", baselines,
+                  thresholds.fmt(e, ctx.thresholds[e]), paper=PAPER_THRESHOLDS[e], where=cols[0], fit=False)
     if ref:
         if metric in sweep and sweep[metric].notna().any():
             n_ref = int(sweep["n_reference"].dropna().max()) if "n_reference" in sweep else 0
             cols[1].markdown(f"**{metric.capitalize()} with {ref}** over the {n_ref} neurons they judged")
-            cols[1].plotly_chart(charts.sweep_figure(sweep, rule.param, ctx.thresholds[e], metric, False,
-                                                     thresholds.fmt(e, ctx.thresholds[e]),
-                                                     paper=PAPER_THRESHOLDS[e]),
-                                 width="stretch", key=f"agree_{e}")
+            widgets.chart(charts.sweep_figure, sweep, rule.param, ctx.thresholds[e], metric, False,
+                          thresholds.fmt(e, ctx.thresholds[e]), paper=PAPER_THRESHOLDS[e], where=cols[1], fit=False)
         else:
             cols[1].info(f"{ref} judged none of this run's neurons that {widgets.title(e)} scored.")
 

@@ -107,7 +107,7 @@ class Cdp:
 
 
 # Idle = the app finished its script run (stApp's data-test-script-state), every image has loaded and the page's
-# text has stopped changing; plotly charts draw an svg each.
+# text and the number of charts have stopped changing.
 READY_JS = """(() => {
   const app = document.querySelector('[data-testid="stApp"]');
   if (!app) return null;
@@ -116,7 +116,7 @@ READY_JS = """(() => {
   const imgs = [...document.images].every(i => i.complete);
   const main = document.querySelector('[data-testid="stMain"]') || document.body;
   return JSON.stringify({busy: running || !!skeleton || !imgs, text: main.innerText.length,
-                         plots: document.querySelectorAll('.js-plotly-plot .main-svg').length});
+                         plots: document.querySelectorAll('.cv-chart svg').length});
 })()"""
 HEIGHT_JS = """(() => {
   const main = document.querySelector('[data-testid="stMain"]');

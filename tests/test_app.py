@@ -32,10 +32,15 @@ def open_page(page: str | None = None, **query) -> AppTest:
     return at
 
 
+def charts(at: AppTest) -> list[str]:
+    """The SVG charts on the page (clipeval.ui.charts, drawn through st.markdown)."""
+    return [m.value for m in at.markdown if 'class="cv-svg' in m.value]
+
+
 def texts(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [t.value for t in at.title] + \
-        [s.value for s in at.subheader] + [i.value for i in at.info] + [w.value for w in at.warning] + \
-        [e.value for e in at.error] + [s.value for s in at.success]
+    parts = [m.value for m in at.markdown if 'class="cv-svg' not in m.value] + [c.value for c in at.caption] + \
+        [t.value for t in at.title] + [s.value for s in at.subheader] + [i.value for i in at.info] + \
+        [w.value for w in at.warning] + [e.value for e in at.error] + [s.value for s in at.success]
     return "\n".join(str(p) for p in parts)
 
 
@@ -130,18 +135,18 @@ def test_neuron_explorer_navigates_and_searches(app_store):
 
 
 def test_neuron_explorer_draws_only_the_open_tab(app_store):
-    """The tabs below the top images are drawn when opened (a first view sent 30 images and a Plotly chart
-    for the one tab shown): the histogram appears with its tab, the level images leave with theirs."""
+    """The tabs below the top images are drawn when opened (a first view sent 30 images and a chart for
+    the one tab shown): the histogram appears with its tab, the level images leave with theirs."""
     at = open_page("pages/neuron.py")
     n_default = len(at.image)
-    assert not at.get("plotly_chart") and "spread over the neuron's activation range" in texts(at)
+    assert not charts(at) and "spread over the neuron's activation range" in texts(at)
     at.session_state["beyond"] = "Activation histogram"
     at.run()
-    assert not at.exception and len(at.get("plotly_chart")) == 1
+    assert not at.exception and len(charts(at)) == 1 and "images</title>" in charts(at)[0]
     assert "spread over the neuron's activation range" not in texts(at) and len(at.image) < n_default
     at.session_state["beyond"] = "Least active"
     at.run()
-    assert not at.get("plotly_chart") and "least activating probe images" in texts(at)
+    assert not charts(at) and "least activating probe images" in texts(at)
 
 
 def test_unavailable_evaluator_is_shown_with_its_reason(app_store):
@@ -187,7 +192,7 @@ def test_thresholds_calibrate_to_a_human_and_apply(app_store):
     add_humans(store, run_id, "alice", per_layer=30)
     at = open_page("pages/thresholds.py")
     assert at.selectbox(key="ref").value == "human: alice"
-    assert len(at.get("plotly_chart")) >= 6  # share and kappa curves for CP, ES and Contrast
+    assert len(charts(at)) >= 6  # share and kappa curves for CP, ES and Contrast
     at.selectbox(key="cal_evaluator").set_value("es").run()
     at.button(key="calibrate").click().run()
     assert not at.exception
@@ -315,19 +320,18 @@ def test_runs_page_lists_unfinished_runs(app_store):
 
 
 def test_runs_page_draws_the_timings_chart_and_full_reasons_when_opened(app_store):
-    """The Runs page's first view has no Plotly chart and no code block (4.7 MB and 1.5 MB of script the
-    browser loaded for a chart below the fold and an expander that starts closed): both are drawn on
-    opening their tab / expander."""
+    """The Runs page's first view has no chart and no code block (the browser loaded 1.5 MB of syntax
+    highlighter for an expander that starts closed): both are drawn on opening their tab / expander."""
     store, run_id = app_store
     store.record_evaluation("vqa-missing", run_id, "vqa", "{}", status="unavailable",
                             error="no BLIP-2 weights here\nline two of the reason")
     at = open_page("pages/runs.py")
-    assert not at.get("plotly_chart") and not at.code
+    assert not charts(at) and not at.code
     assert any("Wall-clock seconds" in c.value for c in at.caption)
     at.session_state["timings_view"] = "Chart"
     at.session_state["why_unavailable"] = True
     at.run()
-    assert not at.exception and len(at.get("plotly_chart")) == 1
+    assert not at.exception and len(charts(at)) == 1
     assert any("line two of the reason" in c.value for c in at.code)
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from clipeval import sources
-from tests.test_app import open_page, texts
+from tests.test_app import charts, open_page, texts
 
 pytestmark = pytest.mark.usefixtures("fresh_caches")
 
@@ -44,6 +44,16 @@ def test_labellers_page_shows_coverage_shares_agreement_and_one_neuron(app_with_
     one = at.dataframe[3].value
     assert list(one["label"])[1] == "dog" and "ES" in one.columns
     assert not at.exception
+
+
+def test_labellers_page_draws_its_how_to_when_opened(app_with_sources):
+    """The how-to's code block loaded a 1.5 MB highlighter into every first view, for an expander that
+    starts closed: it is drawn when opened."""
+    at = open_page("pages/labellers.py")
+    assert "clipeval sources add" not in texts(at) and len(charts(at)) == 1
+    at.session_state["how_to_add"] = True
+    at.run()
+    assert not at.exception and "clipeval sources add" in texts(at)
 
 
 def test_labellers_page_without_sources_says_how_to_add_one(run_store, monkeypatch):

@@ -310,36 +310,3 @@ def test_stand_ins_names_every_role_made_without_clip(app_store):
     store, run_id = app_store
     roles = stand_ins(store.run(run_id), store.latest_evaluations(run_id))
     assert roles[0] == "labels" and {"CP", "ES", "Contrast"} <= set(roles)
-
-
-def test_time_per_stage_chart_keeps_its_run_names_readable_at_800_px():
-    """At 800 px a legend on the right took half the chart and cut the run names at the left edge: the
-    legend goes above in rows, the run id on a second line, and the height leaves room for one legend row
-    per step."""
-    from clipeval.ui.charts import timings_bar
-
-    steps = ["dissect: load", "dissect: similarity", "evaluate: CP", "evaluate: ES"]
-    t = pd.DataFrame([(f"concepts common-{n}k", f"{n:02d}abcdef1234", s, 10.0) for n in (10, 20) for s in steps],
-                     columns=["name", "run", "step", "seconds"])
-    fig = timings_bar(t)
-    assert fig.layout.legend.orientation == "h" and fig.layout.legend.yanchor == "bottom"
-    assert list(fig.data[0].y) == ["concepts common-10k<br>10abcdef", "concepts common-20k<br>20abcdef"]
-    assert fig.layout.height >= 120 + 50 * 2 + 20 * len(steps)
-
-
-def test_labellers_chart_is_horizontal_with_its_long_names_wrapped():
-    """Labellers' names are long (a run's settings, a file name): as x labels they were turned, cut at the
-    left edge and ran into the legend; the bars go horizontal with the names wrapped on the y axis."""
-    from clipeval.ui.labellers import shares_figure
-
-    long = "run demo: EfficientNet-Lite0 | demo probe (full) | common-10k"
-    shares = pd.DataFrame([(name, ev, 0.2, 100, 0.01, 0.0) for name in (long, "NetDissect: layer4.csv")
-                           for ev in ("CP", "ES")],
-                          columns=["labeller", "evaluator", "correct", "n", "shuffled", "run constant"])
-    fig = shares_figure(shares)
-    bars = [t for t in fig.data if t.type == "bar"]
-    assert {b.orientation for b in bars} == {"h"}
-    assert list(bars[0].y) == ["run demo: EfficientNet-Lite0 |<br>demo probe (full) | common-10k",
-                               "NetDissect: layer4.csv"]
-    assert all(max(len(line) for line in y.split("<br>")) <= 30 for y in bars[0].y)
-    assert fig.layout.legend.orientation == "h" and fig.layout.legend.yanchor == "bottom"

@@ -1,183 +1,272 @@
-"""Plotly figures for the pages. They only draw numbers computed by clipeval (analysis, metrics)."""
+"""The pages' and the report's charts, as static SVG (clipeval.ui.svg says why). They only draw numbers
+computed by clipeval (analysis, metrics); each bar, point and cell carries its value as a hover title.
+
+Widths are the chart's own units, picked for where it sits. A full-width chart is drawn twice, at FULL and
+at NARROW, and the page shows the one that fits its column (widgets.chart: at 800 px, with the sidebar open,
+the column is ~470 px and a 900-unit drawing shrank its text to 6 px). A chart of two side by side is drawn
+at HALF in a wrapping row (st.container(horizontal=True) with children of width HALF: side by side at
+1440 px, one under the other at 800 px).
+"""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
+
+from clipeval.ui.svg import (BLUES, MUTED, RDBU, TEXT, Band, Chart, Linear, interpolate, legend_height, luminance,
+                             text_width, wrap)
 
 COLORS = {"VQA": "#8e44ad", "CP": "#2f6fdf", "ES": "#e67e22", "Contrast": "#16a085"}
-# No plotly template: st.plotly_chart draws in Streamlit's own theme anyway, and naming one ("plotly_white")
-# made plotly rebuild it for every figure, 150 ms each on a busy machine, on every slider step.
-LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), font=dict(size=13))
+# no red among the layers (red is the current threshold); 'overall' is drawn wide and pale grey
+PALETTE = ["#2f6fdf", "#e67e22", "#16a085", "#8e44ad", "#b8860b", "#7f8c8d", "#17becf", "#27ae60"]
+STEPS = [*PALETTE, "#d62728", "#e377c2", "#bcbd22", "#8c564b"]  # a run has 9 or more pipeline stages
+FULL, HALF, NARROW = 900, 470, 480
+BASELINE_MARKS = (("shuffled", "x", "shuffled labels (×)"), ("constant", "-", "one constant label (–)"))
 
 
-def vline(x: float, color: str, width: float = 1.5, dash: str = "solid") -> dict:
-    """A vertical line across the plot as a layout shape (Figure.add_vline is ~10x slower per line)."""
-    return dict(type="line", x0=x, x1=x, xref="x", y0=0, y1=1, yref="paper", line=dict(color=color, width=width,
-                                                                                        dash=dash))
+def pct(v: float, digits: int = 0) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}%}"
 
 
-def activation_histogram(hist: pd.DataFrame, top_activations: list[float], k: int) -> go.Figure:
-    centers = (hist["lo"] + hist["hi"]) / 2
-    fig = go.Figure(go.Bar(x=centers, y=hist["count"], width=(hist["hi"] - hist["lo"]) * 0.95,
-                           marker_color="#9bb7e8", name="probe images",
-                           hovertemplate="activation %{x:.3f}<br>%{y} images<extra></extra>"))
-    shapes = [vline(a, "#c0392b", 1.5, "solid" if i < k else "dot") for i, a in enumerate(top_activations)]
-    fig.update_layout(**LAYOUT, height=300, xaxis_title="activation", yaxis_title="images", showlegend=False,
-                      shapes=shapes)
-    return fig
+def activation_histogram(hist: pd.DataFrame, top_activations: list[float], k: int, width: float = FULL) -> Chart:
+    """Probe images per activation bin, with a red line per top image (solid for the k that are judged)."""
+    c = Chart(width, 300, left=64, bottom=56)
+    lo = float(min(hist["lo"].min(), *top_activations)) if top_activations else float(hist["lo"].min())
+    hi = float(max(hist["hi"].max(), *top_activations)) if top_activations else float(hist["hi"].max())
+    x = Linear(lo, hi, c.x0, c.x1)
+    y = Linear(0, max(float(hist["count"].max()), 1) * 1.05, c.y1, c.y0)
+    c.y_axis(y, lambda v: f"{v:g}", "images")
+    c.x_axis(x, lambda v: f"{v:.3g}", "activation", grid=False)
+    for r in hist.itertuples():
+        x0, x1 = x(r.lo), x(r.hi)
+        c.rect(x0 + (x1 - x0) * 0.025, y(r.count), (x1 - x0) * 0.95, y(0) - y(r.count), "#9bb7e8",
+               title=f"activation {r.lo:.3f} to {r.hi:.3f}: {int(r.count)} images")
+    for i, a in enumerate(top_activations):
+        c.line(x(a), c.y0, x(a), c.y1, "#c0392b", 1.5, "solid" if i < k else "dot",
+               title=f"top image #{i + 1}: activation {a:.3f}" + ("" if i < k else f" (not judged: beyond top-{k})"))
+    return c
 
 
-LABEL_ROW0, LABEL_ROW_STEP = 1.06, 0.07  # where layer_shares writes its values, above 100%
-
-
-def layer_shares(summary: pd.DataFrame, layers: list[str]) -> go.Figure:
-    """Share judged correct per layer: one bar per evaluator (real labels), with its shuffled and
-    constant baselines as black markers on the bar."""
+def layer_shares(summary: pd.DataFrame, layers: list[str], width: float = FULL) -> Chart:
+    """Share judged correct per layer: one bar per evaluator (real labels), its shuffled and constant
+    baselines as black markers on the bar, and the values above the plot, one row per evaluator (on the
+    bars the markers struck them through)."""
     real = summary[summary["variant"] == "real"]
-    fig = go.Figure()
     order = [l for l in layers if l in set(real["layer"])] + ["overall"]
-    legend_done = set()
-    for row, (ev, g) in enumerate(real.groupby("evaluator", sort=False)):
-        g = g.set_index("layer").reindex(order)
-        fig.add_bar(x=order, y=g["share_correct"], name=ev, marker_color=COLORS.get(ev),
-                    offsetgroup=ev, hovertemplate=ev + " %{x}: %{y:.1%}<extra></extra>")
-        # the value above the plot area, in line with its bar (on the bar, the baseline markers struck it
-        # through), one row per evaluator: side by side, a narrow window ran them into each other ("8%4%0%")
-        fig.add_scatter(x=order, y=[LABEL_ROW0 + LABEL_ROW_STEP * row] * len(order), mode="text", offsetgroup=ev,
-                        showlegend=False,
-                        text=[f"{v:.0%}" if pd.notna(v) else "" for v in g["share_correct"]],
-                        textfont=dict(size=11, color=COLORS.get(ev, "#333")), hoverinfo="skip")
-        for variant, symbol, label in (("shuffled", "x-thin-open", "shuffled labels (×)"),
-                                       ("constant", "line-ew-open", "one constant label (–)")):
-            b = summary[(summary["evaluator"] == ev) & (summary["variant"] == variant)]
-            b = b.set_index("layer").reindex(order)
-            if b["share_correct"].notna().any():
-                fig.add_scatter(x=order, y=b["share_correct"], mode="markers", offsetgroup=ev, name=label,
-                                legendgroup=variant, showlegend=variant not in legend_done,
-                                marker=dict(symbol=symbol, size=18, color="#222", line=dict(width=3)),
-                                hovertemplate=f"{ev}, {variant} labels, " + "%{x}: %{y:.1%}<extra></extra>")
-                legend_done.add(variant)
-    top = LABEL_ROW0 + LABEL_ROW_STEP * (real["evaluator"].nunique() - 1) + 0.05
-    fig.update_layout(**LAYOUT, height=400, barmode="group", yaxis=dict(title="share judged correct",
-                      tickformat=".0%", range=[0, top], tickvals=[0, 0.2, 0.4, 0.6, 0.8, 1.0]),
-                      legend=dict(orientation="h", y=-0.12),
-                      scattermode="group")
-    return fig
+    evaluators = list(dict.fromkeys(real["evaluator"]))
+    items = [{"label": e, "color": COLORS.get(e, "#888")} for e in evaluators]
+    items += [{"label": label, "kind": symbol} for variant, symbol, label in BASELINE_MARKS
+              if (summary["variant"] == variant).any()]
+    font = 13
+    leg = legend_height(items, width - 80, font - 1)
+    value_rows = len(evaluators) * 16
+    c = Chart(width, 300 + leg + value_rows + 56, left=64, top=leg + value_rows + 18, bottom=56, font=font)
+    c.legend(items, c.x0, 4, width - 80)
+    y = Linear(0, 1, c.y1, c.y0)
+    c.y_axis(y, pct, "share judged correct", ticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    band = Band(order, c.x0, c.x1, pad=0.25)
+    bar = band.width / max(len(evaluators), 1)
+    value_size = 11 if bar >= text_width("00%", 11) + 2 else 9.5  # a value no wider than about its bar
+    share = {(r.evaluator, r.variant, r.layer): r.share_correct for r in summary.itertuples()}
+    for row, ev in enumerate(evaluators):
+        color = COLORS.get(ev, "#888")
+        for layer in order:
+            v = share.get((ev, "real", layer), np.nan)
+            bx = band(layer) + row * bar
+            if pd.notna(v):
+                c.rect(bx + 1, y(v), bar - 2, y(0) - y(v), color, title=f"{ev} {layer}: {v:.1%}")
+            c.text(bx + bar / 2, c.y0 - 10 - (len(evaluators) - 1 - row) * 16, pct(v) if pd.notna(v) else "",
+                   size=value_size, anchor="middle", color=color)
+            for variant, symbol, label in BASELINE_MARKS:
+                b = share.get((ev, variant, layer), np.nan)
+                if pd.notna(b):
+                    c.marker(symbol, bx + bar / 2, y(b), min(bar * 0.8, 16), width=2.5,
+                             title=f"{ev}, {variant} labels, {layer}: {b:.1%}")
+    c.band_labels_x(band)
+    return c
 
 
-def sweep_figure(sweep: pd.DataFrame, param: str, current: float, metric: str,
-                 baselines: bool = True, current_text: str | None = None, paper: float | None = None) -> go.Figure:
-    """A metric (share_correct, agreement, kappa) against the threshold, one line per layer and a thick
-    'overall' line, the baselines dashed, the current value as a vertical line, and the paper's
-    (CLIP) value as a dashed grey one when given."""
-    fig = go.Figure()
+def sweep_figure(sweep: pd.DataFrame, param: str, current: float, metric: str, baselines: bool = True,
+                 current_text: str | None = None, paper: float | None = None, width: float = HALF) -> Chart:
+    """A metric (share_correct, agreement, kappa) against the threshold: one line per layer and a wide pale
+    'overall' line, the baselines dashed, the current value as a red vertical line and the paper's (CLIP)
+    value as a dashed grey one. Hovering anywhere over the plot reads every line at that threshold."""
     real = sweep[sweep["variant"] == "real"]
     layers = list(dict.fromkeys(real["layer"]))
-    # no red in the layer palette (red is the current-threshold line); 'overall' drawn first, wide and pale,
-    # so a layer whose curve equals it (e.g. the one big layer) stays visible on top of it
-    palette = ["#2f6fdf", "#e67e22", "#16a085", "#8e44ad", "#b8860b", "#7f8c8d", "#17becf", "#27ae60"]
     ordered = (["overall"] if "overall" in layers else []) + [l for l in layers if l != "overall"]
-    colors = {l: palette[i % len(palette)] for i, l in enumerate(l for l in ordered if l != "overall")}
+    colors = {l: PALETTE[i % len(PALETTE)] for i, l in enumerate(l for l in ordered if l != "overall")}
+    lines: list[tuple[str, pd.DataFrame, dict]] = []
     for layer in ordered:
         g = real[real["layer"] == layer]
-        if metric not in g or g[metric].isna().all():
-            continue
-        overall = layer == "overall"
-        color = "rgba(17,17,17,0.35)" if overall else colors[layer]
-        fig.add_scatter(x=g["threshold"], y=g[metric], mode="lines", name=layer,
-                        line=dict(width=7 if overall else 2, color=color),
-                        hovertemplate=f"{layer}: {param}=" + "%{x:.3g} → %{y:.3f}<extra></extra>")
+        if metric in g and g[metric].notna().any():
+            overall = layer == "overall"
+            lines.append((layer, g, {"color": "#b5b5b5" if overall else colors[layer], "width": 7 if overall else 2,
+                                     "dash": "solid"}))
     if baselines and metric == "share_correct":
         for variant, dash in (("shuffled", "dash"), ("constant", "dot")):
             g = sweep[(sweep["variant"] == variant) & (sweep["layer"] == "overall")]
             if len(g):
-                fig.add_scatter(x=g["threshold"], y=g[metric], mode="lines", name=f"overall, {variant} labels",
-                                line=dict(width=2.5, dash=dash, color="#888"),
-                                hovertemplate=f"{variant}: {param}=" + "%{x:.3g} → %{y:.3f}<extra></extra>")
+                lines.append((f"overall, {variant} labels", g, {"color": "#888", "width": 2.5, "dash": dash}))
+    items = [{"label": name, "kind": "line", **style} for name, _, style in lines]
+    font = 13
+    leg = legend_height(items, width - 30, font - 1)
+    c = Chart(width, 290 + leg, left=62, right=16, top=26, bottom=58 + leg, font=font)
+    xs = pd.concat([g["threshold"] for _, g, _ in lines]) if lines else pd.Series([current])
+    x = Linear(float(xs.min()), float(xs.max()), c.x0, c.x1)
+    if metric in ("share_correct", "agreement"):
+        y, fmt = Linear(0, 1, c.y1, c.y0), pct
+    else:
+        vals = pd.concat([g[metric] for _, g, _ in lines]).dropna() if lines else pd.Series([0.0])
+        lo, hi = min(0.0, float(vals.min())), max(float(vals.max()), 0.1)
+        pad = (hi - lo) * 0.05
+        y, fmt = Linear(lo - pad, hi + pad, c.y1, c.y0), (lambda v: f"{v:.2g}")
+    c.y_axis(y, fmt, metric.replace("_", " "))
+    c.x_axis(x, lambda v: f"{v:.3g}", param, n=5)
+    for name, g, style in lines:
+        c.polyline([(x(a), y(b)) for a, b in zip(g["threshold"], g[metric])], style["color"], style["width"],
+                   style["dash"], title=name)
+    # one hover strip per threshold: every line's value there (plotly's unified hover)
+    grid = sorted(set(xs.round(12)))
+    by_line = [(name, dict(zip(g["threshold"].round(12), g[metric]))) for name, g, _ in lines]
+    for i, t in enumerate(grid):
+        left = x((grid[i - 1] + t) / 2) if i else c.x0
+        right = x((t + grid[i + 1]) / 2) if i + 1 < len(grid) else c.x1
+        parts = [f"{name}: {fmt(v) if metric != 'kappa' else f'{v:.3f}'}" for name, vals in by_line
+                 if (v := vals.get(t)) is not None and pd.notna(v)]
+        c.rect(left, c.y0, right - left, c.y1 - c.y0, "transparent", title=f"{param} = {t:.4g}\n" + "\n".join(parts))
     text = f"{param} = {current_text or f'{current:g}'}"
-    shapes = [vline(current, "#d62728", 2)]
-    annotations = [dict(x=current, xref="x", y=1, yref="paper", yanchor="bottom", text=text, showarrow=False)]
-    if paper is not None and abs(paper - current) > 1e-12:  # the paper's (CLIP) value, dashed grey
-        shapes.append(vline(paper, "#777", 1.5, "dash"))
-        annotations.append(dict(x=paper, xref="x", y=0, yref="paper", yanchor="top", text=f"paper (CLIP): {paper:g}",
-                                showarrow=False))
-    fig.update_layout(shapes=shapes, annotations=annotations)
-    yfmt = ".0%" if metric in ("share_correct", "agreement") else None  # kappa: plotly's own ticks
-    # legend at the right, not under the plot, where it ran into the x axis title at narrow widths
-    fig.update_layout(**LAYOUT, height=340, xaxis_title=param,
-                      yaxis=dict(title=metric.replace("_", " "), tickformat=yfmt),
-                      legend=dict(orientation="v", x=1.02, y=1, yanchor="top", font=dict(size=11)))
-    return fig
+    if paper is not None and abs(paper - current) > 1e-12 and x.lo <= paper <= x.hi:
+        c.line(x(paper), c.y0, x(paper), c.y1, "#777", 1.5, "dash", title=f"the paper's value (CLIP): {paper:g}")
+        right_of = paper > current
+        c.text(x(paper) + (5 if right_of else -5), c.y0 + 10, f"paper (CLIP): {paper:g}", size=11, color=MUTED,
+               anchor="start" if right_of else "end")
+    if x.lo <= current <= x.hi:
+        c.line(x(current), c.y0, x(current), c.y1, "#d62728", 2, title=f"current: {text}")
+        cx = min(max(x(current), c.x0 + text_width(text, 12) / 2), c.x1 - text_width(text, 12) / 2)
+        c.text(cx, c.y0 - 12, text, size=12, anchor="middle", color="#d62728")
+    c.legend(items, 16, c.y1 + 46, width - 30)
+    return c
 
 
 def kappa_heatmap(matrix: pd.DataFrame, n: pd.DataFrame | None = None, lo: pd.DataFrame | None = None,
-                  hi: pd.DataFrame | None = None, min_n: int = 0) -> go.Figure:
+                  hi: pd.DataFrame | None = None, min_n: int = 0, width: float = FULL) -> Chart:
     """Kappa per pair, each cell with its 95% interval and n; cells over fewer than `min_n` neurons grey."""
     z = matrix.to_numpy(float)
-    names = list(matrix.columns)
-    n_ = n.reindex(index=matrix.index, columns=names).to_numpy(int) if n is not None else np.full(z.shape, -1)
-    lo_ = lo.reindex(index=matrix.index, columns=names).to_numpy(float) if lo is not None else np.full(z.shape, np.nan)
-    hi_ = hi.reindex(index=matrix.index, columns=names).to_numpy(float) if hi is not None else np.full(z.shape, np.nan)
+    names = [str(s) for s in matrix.columns]
+    rows = [str(s) for s in matrix.index]
+    shape = z.shape
+    n_ = n.reindex(index=matrix.index, columns=matrix.columns).to_numpy(int) if n is not None else np.full(shape, -1)
+    lo_ = lo.reindex(index=matrix.index, columns=matrix.columns).to_numpy(float) if lo is not None else \
+        np.full(shape, np.nan)
+    hi_ = hi.reindex(index=matrix.index, columns=matrix.columns).to_numpy(float) if hi is not None else \
+        np.full(shape, np.nan)
     small = (n_ >= 0) & (n_ < min_n)
-    text = np.empty(z.shape, dtype=object)
-    for i in range(z.shape[0]):
-        for j in range(z.shape[1]):
-            cell = "n/a" if np.isnan(z[i, j]) else f"{z[i, j]:.2f}"
+    font = 13
+    row_names = [wrap(r, 22 if width >= FULL else 14) for r in rows]
+    left = min(max(text_width(l, font) for r in row_names for l in r) + 16, 220)
+    right = 90 if width >= FULL else 56
+    cell_w = (width - left - right) / max(len(names), 1)
+    cell_font = min(12.0, cell_w / (0.56 * 13))  # '[-0.25, 0.75]' (13 characters) inside its cell
+    col_names = [wrap(s, max(int(cell_w / (0.56 * (font - 1))), 6)) for s in names]
+    bottom = 20 + 16 * max(len(l) for l in col_names)
+    cell_h = 84
+    c = Chart(width, 20 + cell_h * len(rows) + bottom, left=left, right=right, top=14, bottom=bottom, font=font)
+    xb, yb = Band(names, c.x0, c.x1, pad=0.0), Band(rows, c.y0, c.y1, pad=0.0)
+    for i, r in enumerate(rows):
+        for j, col in enumerate(names):
+            v = z[i, j]
+            lines = ["n/a" if np.isnan(v) else f"{v:.2f}"]
             if i != j and not np.isnan(lo_[i, j]):
-                cell += f"<br>[{lo_[i, j]:.2f}, {hi_[i, j]:.2f}]"
+                lines.append(f"[{lo_[i, j]:.2f}, {hi_[i, j]:.2f}]")
             if n_[i, j] >= 0 and i != j:
-                cell += f"<br>n={n_[i, j]}" + (" (too few)" if small[i, j] else "")
-            text[i, j] = cell
-    fig = go.Figure(go.Heatmap(z=np.where(small, np.nan, z), x=names, y=list(matrix.index), zmin=-1, zmax=1,
-                               text=np.where(small, "", text), texttemplate="%{text}", textfont=dict(size=12),
-                               colorscale="RdBu", colorbar=dict(title="kappa"),
-                               hovertemplate="%{y} vs %{x}: %{text}<extra></extra>"))
-    if small.any():  # grey where the pair shares too few neurons to read its kappa
-        fig.add_heatmap(z=np.where(small, 0.0, np.nan), x=names, y=list(matrix.index), showscale=False,
-                        text=np.where(small, text, ""), texttemplate="%{text}", textfont=dict(size=12, color="#666"),
-                        colorscale=[[0, "#e6e6e6"], [1, "#e6e6e6"]],
-                        hovertemplate="%{y} vs %{x}: %{text}<extra></extra>")
-    size = len(matrix)
-    fig.update_layout(**LAYOUT, height=max(320, 90 * size + 140), yaxis=dict(autorange="reversed", automargin=True),
-                      xaxis=dict(automargin=True))
-    return fig
+                lines.append(f"n={n_[i, j]}" + (" (too few)" if small[i, j] else ""))
+            fill = "#e6e6e6" if small[i, j] or np.isnan(v) else interpolate(RDBU, (v + 1) / 2)
+            c.rect(xb(col), yb(r), xb.step, yb.step, fill, stroke="#fff", title=f"{r} vs {col}: " + " ".join(lines))
+            ink = "#666" if small[i, j] else ("#fff" if luminance(fill) < 0.5 else TEXT)
+            c.text(xb.center(col), yb.center(r), lines, size=cell_font, anchor="middle", color=ink)
+    c.band_labels_y(yb, dict(zip(rows, row_names)))
+    for col, lines in zip(names, col_names):
+        c.text(xb.center(col), c.y1 + 10 + (len(lines) - 1) * 8, lines, size=font - 1, anchor="middle")
+    # colour bar: kappa from -1 to 1
+    bx, steps = c.x1 + right / 4, 20
+    for s in range(steps):
+        v = 1 - 2 * (s + 0.5) / steps
+        c.rect(bx, c.y0 + (c.y1 - c.y0) * s / steps, 14, (c.y1 - c.y0) / steps + 0.5, interpolate(RDBU, (v + 1) / 2))
+    for v in (1, 0, -1):
+        c.text(bx + 20, c.y0 + (c.y1 - c.y0) * (1 - v) / 2, f"{v:g}", size=11, color=MUTED)
+    c.text(bx + 7, c.y0 - 2, "kappa", size=11, anchor="middle", color=MUTED, baseline="auto")
+    return c
 
 
-def timings_bar(t: pd.DataFrame) -> go.Figure:
-    fig = go.Figure()
-    for step, g in t.groupby("step", sort=False):
-        # the run id on a second line and the legend above the bars, in rows: at 800 px a legend on the
-        # right took half the width and the run names were cut at the left edge
-        fig.add_bar(y=g["name"] + "<br>" + g["run"].str[:8], x=g["seconds"], name=step, orientation="h",
-                    hovertemplate=step + ": %{x:.1f} s<extra></extra>")
-    n = t["run"].nunique()
-    # room for the legend as one row per step (what it wraps to at 800 px) above the bars
-    fig.update_layout(**LAYOUT, barmode="stack", height=120 + 50 * n + 20 * t["step"].nunique(), xaxis=dict(title="seconds"),
-                      legend=dict(orientation="h", x=0, xanchor="left", y=1.02, yanchor="bottom"),
-                      yaxis=dict(automargin=True))
-    return fig
+def timings_bar(t: pd.DataFrame, width: float = FULL) -> Chart:
+    """Seconds per pipeline stage, stacked per run (the run's name and id on two lines)."""
+    steps = list(dict.fromkeys(t["step"]))
+    colors = {s: STEPS[i % len(STEPS)] for i, s in enumerate(steps)}
+    runs = list(dict.fromkeys(t["run"]))
+    names = {r: [*wrap(t.loc[t["run"] == r, "name"].iloc[0], 26 if width >= FULL else 18), r[:8]] for r in runs}
+    font = 13
+    items = [{"label": s, "color": colors[s]} for s in steps]
+    leg = legend_height(items, width - 20, font - 1)
+    left = min(max(text_width(l, font) for ls in names.values() for l in ls) + 16, 240)
+    row_h = max(44, 16 * max(len(v) for v in names.values()) + 12)
+    c = Chart(width, leg + 30 + row_h * len(runs) + 50, left=left, right=30, top=leg + 20, bottom=50, font=font)
+    c.legend(items, 10, 4, width - 20)
+    total = t.groupby("run")["seconds"].sum()
+    x = Linear(0, float(total.max()) * 1.05 if len(total) else 1.0, c.x0, c.x1)
+    c.x_axis(x, lambda v: f"{v:g}", "seconds")
+    band = Band(runs, c.y0, c.y1, pad=0.3)
+    for r in runs:
+        acc = 0.0
+        for s in steps:
+            sec = t[(t["run"] == r) & (t["step"] == s)]["seconds"].sum()
+            if sec > 0:
+                c.rect(x(acc), band(r), x(acc + sec) - x(acc), band.width, colors[s], title=f"{s}: {sec:.1f} s")
+                acc += sec
+    c.band_labels_y(band, names)
+    return c
 
 
-def label_bars(counts: pd.DataFrame) -> go.Figure:
-    c = counts.iloc[::-1]
-    fig = go.Figure(go.Bar(x=c["neurons"], y=c["label"], orientation="h", marker_color="#2f6fdf",
-                           hovertemplate="%{y}: %{x} neurons<extra></extra>"))
-    fig.update_layout(**LAYOUT, height=max(260, 22 * len(c) + 80), xaxis_title="neurons")
-    return fig
+def label_bars(counts: pd.DataFrame, width: float = HALF) -> Chart:
+    """Neurons per label, the most frequent first."""
+    font = 13
+    labels = {str(l): wrap(str(l), 28) for l in counts["label"]}
+    left = min(max((text_width(x, font) for v in labels.values() for x in v), default=40) + 16, 230)
+    c = Chart(width, max(180, 24 * len(counts) + 70), left=left, right=40, top=10, bottom=50, font=font)
+    band = Band(list(labels), c.y0, c.y1, pad=0.25)
+    x = Linear(0, max(float(counts["neurons"].max()), 1) * 1.08 if len(counts) else 1.0, c.x0, c.x1)
+    c.x_axis(x, lambda v: f"{v:g}", "neurons", n=4)
+    for r in counts.itertuples():
+        c.rect(x(0), band(str(r.label)), x(r.neurons) - x(0), band.width, "#2f6fdf", title=f"{r.label}: {r.neurons} neurons")
+        c.text(x(r.neurons) + 4, band.center(str(r.label)), f"{r.neurons}", size=11, color=MUTED)
+    c.band_labels_y(band, labels)
+    return c
 
 
-def confusion_heatmap(conf: pd.DataFrame, rater: str, reference: str) -> go.Figure:
-    z = conf.to_numpy()
-    fig = go.Figure(go.Heatmap(z=z, x=list(conf.columns), y=list(conf.index), text=z, texttemplate="%{text}",
-                               textfont=dict(size=16), colorscale="Blues", showscale=False,
-                               hovertemplate=f"{rater}: " + "%{y}<br>" + f"{reference}: " + "%{x}<br>%{z} neurons"
-                                             "<extra></extra>"))
-    fig.update_layout(**LAYOUT, height=260, yaxis=dict(autorange="reversed", title=rater),
-                      xaxis=dict(title=reference, side="bottom", tickangle=0))
-    return fig
+def confusion_heatmap(conf: pd.DataFrame, rater: str, reference: str, width: float = HALF) -> Chart:
+    """Neurons per (rater's verdict, reference's verdict)."""
+    z = conf.to_numpy(float)
+    rows, cols = [str(r) for r in conf.index], [str(s) for s in conf.columns]
+    font = 13
+    left = max(text_width(r, font) for r in rows) + 40
+    c = Chart(width, 250, left=left, right=16, top=10, bottom=60, font=font)
+    xb, yb = Band(cols, c.x0, c.x1, pad=0.0), Band(rows, c.y0, c.y1, pad=0.0)
+    top = max(float(np.nanmax(z)), 1.0) if z.size else 1.0
+    for i, r in enumerate(rows):
+        for j, col in enumerate(cols):
+            fill = interpolate(BLUES, z[i, j] / top)
+            c.rect(xb(col), yb(r), xb.step, yb.step, fill, stroke="#fff",
+                   title=f"{rater}: {r}, {reference}: {col}: {int(z[i, j])} neurons")
+            c.text(xb.center(col), yb.center(r), f"{int(z[i, j])}", size=16, anchor="middle",
+                   color="#fff" if luminance(fill) < 0.5 else TEXT)
+    c.band_labels_y(yb)
+    for col in cols:
+        c.text(xb.center(col), c.y1 + 14, col, size=font - 1, anchor="middle")
+    c.text((c.x0 + c.x1) / 2, c.y1 + 40, reference, anchor="middle")
+    c.text(14, (c.y0 + c.y1) / 2, rater, anchor="middle", rotate=-90)
+    return c
 
 
 __all__ = ["activation_histogram", "layer_shares", "sweep_figure", "kappa_heatmap", "timings_bar", "label_bars",
-           "confusion_heatmap"]
+           "confusion_heatmap", "COLORS", "FULL", "HALF", "NARROW"]

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import textwrap
-
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from clipeval.labellers import LabellerView
 from clipeval.ui import data
-from clipeval.ui.charts import COLORS, LAYOUT
+from clipeval.ui.charts import COLORS, FULL, pct
+from clipeval.ui.svg import MUTED, Band, Chart, Linear, legend_height, text_width, wrap
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the label sources' scores ...")
@@ -24,40 +22,41 @@ def labeller_view(run_id: str) -> LabellerView:
     return _labeller_view(data.db_path(), run_id, data.version(run_id))
 
 
-def _wrapped(name: str, width: int = 30) -> str:
-    """A labeller's name on lines of at most `width` characters (plotly breaks lines at <br> only)."""
-    return "<br>".join(textwrap.wrap(name, width, break_long_words=False)) or name
-
-
-def shares_figure(shares: pd.DataFrame) -> go.Figure:
+def shares_figure(shares: pd.DataFrame, width: float = FULL) -> Chart:
     """One group of horizontal bars per labeller (one bar per evaluator), with black markers for the
     labeller's own labels shuffled across its units (×) and the run's constant label on the same units
     (|). Horizontal because labellers' names are long (a file name, a run's settings): as x labels they
-    were turned, cut at the left edge and run into the legend."""
-    fig = go.Figure()
+    were turned and cut."""
     order = list(dict.fromkeys(shares["labeller"]))
-    y = [_wrapped(o) for o in order]
-    done = set()
-    for ev, g in shares.groupby("evaluator", sort=False):
-        g = g.set_index("labeller").reindex(order)
-        fig.add_bar(y=y, x=g["correct"], name=ev, orientation="h", marker_color=COLORS.get(ev), offsetgroup=ev,
-                    text=[f"{v:.0%}" if pd.notna(v) else "" for v in g["correct"]], textposition="outside",
-                    customdata=g["n"], hovertemplate=ev + " %{y}: %{x:.1%} of %{customdata} units<extra></extra>")
-        # short legend names (the caption says more): two rows at 800 px
-        for col, symbol, label in (("shuffled", "x-thin-open", "shuffled (×)"),
-                                   ("run constant", "line-ns-open", "constant (|)")):
-            if col in g and g[col].notna().any():
-                fig.add_scatter(y=y, x=g[col], mode="markers", orientation="h", offsetgroup=ev, name=label,
-                                legendgroup=col, showlegend=col not in done,
-                                hovertemplate=f"{ev}, {label}: " + "%{x:.1%}<extra></extra>",
-                                marker=dict(symbol=symbol, size=14, color="#222", line=dict(width=3)))
-                done.add(col)
-    n_ev = shares["evaluator"].nunique()
-    # a top margin that holds two legend rows below plotly's toolbar (which covered them at 800 px)
-    fig.update_layout(**{**LAYOUT, "margin": dict(LAYOUT["margin"], t=100)},
-                      height=200 + len(order) * (18 * max(n_ev, 1) + 16), barmode="group",
-                      scattermode="group",
-                      xaxis=dict(title="share judged correct", tickformat=".0%", range=[0, 1.12]),
-                      yaxis=dict(autorange="reversed", automargin=True),
-                      legend=dict(orientation="h", x=0, xanchor="left", y=1.0, yanchor="bottom"))
-    return fig
+    evaluators = list(dict.fromkeys(shares["evaluator"]))
+    names = {o: wrap(o, 30 if width >= FULL else 20) for o in order}
+    items = [{"label": e, "color": COLORS.get(e, "#888")} for e in evaluators]
+    marks = [(col, symbol, label) for col, symbol, label in (("shuffled", "x", "shuffled (×)"),
+                                                           ("run constant", "|", "constant (|)"))
+             if col in shares and shares[col].notna().any()]
+    items += [{"label": label, "kind": symbol} for _, symbol, label in marks]
+    font, bar = 13, 18
+    leg = legend_height(items, width - 20, font - 1)
+    left = min(max(text_width(l, font) for v in names.values() for l in v) + 16, 260)
+    group = max(bar * len(evaluators), 16 * max(len(v) for v in names.values())) + 16
+    c = Chart(width, leg + 24 + group * len(order) + 50, left=left, right=50, top=leg + 16, bottom=50, font=font)
+    c.legend(items, 10, 4, width - 20)
+    x = Linear(0, 1, c.x0, c.x1)
+    c.x_axis(x, pct, "share judged correct", n=5)
+    band = Band(order, c.y0, c.y1, pad=16 / group)
+    bar = band.width / max(len(evaluators), 1)
+    for i, ev in enumerate(evaluators):
+        g = shares[shares["evaluator"] == ev].set_index("labeller").reindex(order)
+        for name, r in g.iterrows():
+            if pd.isna(r["correct"]):
+                continue
+            y0 = band(name) + i * bar
+            c.rect(x(0), y0 + 1, x(r["correct"]) - x(0), bar - 2, COLORS.get(ev, "#888"),
+                   title=f"{ev}, {name}: {r['correct']:.1%} of {int(r['n'])} units")
+            c.text(x(r["correct"]) + 4, y0 + bar / 2, pct(r["correct"]), size=11, color=MUTED)
+            for col, symbol, label in marks:
+                if pd.notna(r.get(col)):
+                    c.marker(symbol, x(r[col]), y0 + bar / 2, min(bar, 14), width=2.5,
+                             title=f"{ev}, {label}: {r[col]:.1%}")
+    c.band_labels_y(band, names)
+    return c

@@ -81,6 +81,26 @@ def as_percent(df: pd.DataFrame, columns) -> tuple[pd.DataFrame, dict]:
     return out, {c: st.column_config.NumberColumn(c, format="%.1f%%") for c in columns}
 
 
+# Which drawing of a full-width chart shows: the NARROW one when its column is under 640 px (an 800 px window
+# with the sidebar open), by a CSS container query.
+FIT_CSS = ("<style>.cv-svg{display:block}.cv-fit{container-type:inline-size}.cv-fit>.cv-narrow{display:none}"
+           "@container (max-width: 640px){.cv-fit>.cv-wide{display:none}.cv-fit>.cv-narrow{display:block}}</style>")
+
+
+def chart(draw, *args, where=None, fit: bool = True, **kw) -> None:
+    """draw(*args, **kw) (a function of clipeval.ui.charts) as inline SVG in `where` (a column or container;
+    default the page). With `fit`, drawn at charts.FULL and charts.NARROW, and the one that fits shows;
+    without, drawn once (a chart in a HALF container)."""
+    from clipeval.ui import charts
+
+    if fit:
+        body = (FIT_CSS + draw(*args, width=charts.FULL, **kw).svg(cls="cv-wide")
+                + draw(*args, width=charts.NARROW, **kw).svg(cls="cv-narrow"))
+        (where or st).markdown(f"<div class='cv-chart cv-fit'>{body}</div>", unsafe_allow_html=True)
+    else:
+        (where or st).markdown(f"<div class='cv-chart'>{draw(*args, **kw).svg()}</div>", unsafe_allow_html=True)
+
+
 def glossary_link(anchor: str, text: str | None = None) -> str:
     """A link to the Glossary entry, for the end of a help text."""
     return glossary.link(anchor, text)

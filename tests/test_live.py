@@ -90,6 +90,14 @@ def test_neuron_page_probes_a_picked_image(run_store, monkeypatch, fresh_caches)
     assert any(l.startswith("blocks.4 / unit 2 activation") for l in labels)
     assert any(l.startswith("Percentile") for l in labels)
     assert at.toggle(key="map_on").value is True  # maps stored by the run's probe pass
+    # the uploader (its own scripts in the browser) is drawn when its expander is opened
+    assert not at.get("file_uploader")
+    at.session_state["live_upload_open"] = True
+    at.run()
+    assert not at.exception and len(at.get("file_uploader")) == 1
+    fp = store.run(run_id)["probe_fingerprint"]
+    every = store.probe_images(fp).set_index("image_id")
+    assert store.probe_image(fp, 3)["path"] == every.loc[3, "path"] and store.probe_image(fp, 10 ** 6) is None
 
 
 def test_the_run_device_where_this_machine_has_it_else_the_cpu_said():

@@ -173,6 +173,12 @@ class RunsMixin:
             "(SELECT unnest(?::INTEGER[]))", [probe_fingerprint, [int(i) for i in image_ids]])
         return {int(i): bytes(t) for i, t in rows}
 
+    def probe_image(self, probe_fingerprint: str, image_id: int) -> dict | None:
+        """One probe image's id, path, source, license and label (None when the probe has no such id)."""
+        df = self.df("SELECT image_id, path, source, license, label FROM probe_images WHERE probe_fingerprint = ? "
+                     "AND image_id = ?", [probe_fingerprint, int(image_id)])
+        return df.iloc[0].to_dict() if len(df) else None
+
     def probe_images(self, probe_fingerprint: str, with_thumbnails: bool = False) -> pd.DataFrame:
         cols = "image_id, path, source, license, label" + (", thumbnail" if with_thumbnails else "")
         return self.df(f"SELECT {cols} FROM probe_images WHERE probe_fingerprint = ? ORDER BY image_id",

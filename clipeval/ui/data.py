@@ -158,6 +158,11 @@ def layers(run_id: str) -> pd.DataFrame:
     return _read("layers", run_id)
 
 
+def probe_image(run_id: str, probe_fingerprint: str, image_id: int) -> dict | None:
+    """One image of the run's probe (cached: the live probe asked for all 3,157 rows on every rerun)."""
+    return _query(db_path(), "probe_image", (probe_fingerprint, int(image_id)), version(run_id))
+
+
 def neurons(run_id: str) -> pd.DataFrame:
     return _read("neurons", run_id)
 

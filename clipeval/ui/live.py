@@ -37,7 +37,10 @@ def probe_section(ctx, layer: str, unit: int) -> None:
         st.info(f"Live probing is not available for this run: {probe}")
         return
     c = st.columns([2, 1])
-    upload = c[0].file_uploader("Upload an image", type=["png", "jpg", "jpeg", "webp", "bmp"], key="live_upload")
+    # the uploader is drawn when asked for: it loads its own scripts into every first view of the page
+    ask = c[0].expander("Upload an image of your own", key="live_upload_open", on_change="rerun")
+    upload = ask.file_uploader("Upload an image", type=["png", "jpg", "jpeg", "webp", "bmp"],
+                               key="live_upload") if ask.open else None
     n = int(ctx.run.get("n_images") or 0)
     pick = c[1].number_input(f"or a probe image (0-{max(n - 1, 0)})", min_value=0, max_value=max(n - 1, 0), value=0,
                              key="live_image", bind="query-params",
@@ -50,12 +53,11 @@ def probe_section(ctx, layer: str, unit: int) -> None:
             st.error(f"{upload.name} is not an image PIL can read: {e}")
             return
     else:
-        rows = data.store().probe_images(ctx.run.get("probe_fingerprint") or "")
-        row = rows[rows["image_id"] == int(pick)]
-        if row.empty or not Path(row["path"].iloc[0]).is_file():
+        row = data.probe_image(ctx.run_id, ctx.run.get("probe_fingerprint") or "", int(pick))
+        if row is None or not Path(row["path"]).is_file():
             st.warning(f"Probe image {int(pick)} is not on this machine any more; upload an image instead.")
             return
-        image, what = Image.open(row["path"].iloc[0]).convert("RGB"), f"probe image {int(pick)}"
+        image, what = Image.open(row["path"]).convert("RGB"), f"probe image {int(pick)}"
         key = ("probe", int(pick))
     reading = probe.read(image, layer, unit, key=key)
     thumb = io.BytesIO()

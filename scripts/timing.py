@@ -1,5 +1,6 @@
 """Time the explorer as a user feels it, in headless Chromium: the first visit of every page (a fresh
-browser session on an app that is already serving, as when a collaborator opens a shared link) and the
+browser session on an app that is already serving, as when a collaborator opens a shared link), the same
+in a browser that has opened the app before (Streamlit's scripts in its HTTP cache), and the
 interactions people repeat (layer change, label search, Next, a threshold step, 20 keyboard steps of
 a slider). Prints a Markdown table (docs/performance.md holds the measured ones).
 
@@ -157,6 +158,15 @@ def measure(chromium: str, base: str, width: int, height: int) -> dict[str, floa
             out[f"first visit: /{page.split('?')[0]}"] = b.open(f"{base}/{page}")
         finally:
             b.close()
+    # the same pages in one browser that has opened the app before (its scripts in the HTTP cache, as for
+    # a collaborator's second link): each load is still a new session with its first script run
+    b = Browser(chromium, width, height)
+    try:
+        b.open(base)
+        for page in PAGES:
+            out[f"cached scripts: /{page.split('?')[0]}"] = b.open(f"{base}/{page}")
+    finally:
+        b.close()
     b = Browser(chromium, width, height)
     try:
         out["first visit: shared neuron link"] = b.open(f"{base}/neuron?layer=classifier&unit=207&tau=0.3")

@@ -194,7 +194,7 @@ image_grid(images[images["kind"] == "top"], 5, shown, contrast_note)
 
 st.subheader("Beyond the top images")
 # only the open tab is drawn (each holds 5-10 images or a chart, all sent to the browser before): the
-# page's first view had 30 images and Plotly to load for one tab shown
+# page's first view had 30 images and a chart to load for one tab shown
 tabs = st.tabs(["Across activation levels", "Least active", "Random (not among the most active)",
                 "Activation histogram"], key="beyond", on_change="rerun")
 inactive_eval = [e for e in shown if e == "contrast"]

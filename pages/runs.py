@@ -125,8 +125,8 @@ t = data.timings()
 if t.empty:
     st.caption("No timings recorded yet.")
 else:
-    # the table first and the chart on its own tab, drawn when opened: Plotly is 4.7 MB of script that the
-    # browser loaded and parsed for a chart below the fold on every first visit of this page (1.7 s here)
+    # the table first and the chart on its own tab, drawn when opened (with plotly, its 4.7 MB of script
+    # cost 1.7 s of every first visit of this page for a chart below the fold)
     table_tab, chart_tab = st.tabs(["Table", "Chart"], key="timings_view", on_change="rerun")
     if table_tab.open:
         with table_tab:

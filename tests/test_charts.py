@@ -210,3 +210,13 @@ def test_a_layer_name_wider_than_its_bars_gets_smaller_not_cut():
     shares = pd.DataFrame(rows, columns=["layer", "evaluator", "variant", "share_correct", "n", "n_dead"])
     lines = [t for *_, t in text_boxes(parse(charts.layer_shares(shares, layers, width=charts.NARROW)))]
     assert "classifier" in lines and "classifie" not in lines
+
+
+def test_empty_inputs_draw_an_empty_chart_not_an_error():
+    """A pair matrix, a timings table or a labellers' table with no rows is drawn empty (the longest name
+    of no names was a ValueError)."""
+    for chart in (charts.kappa_heatmap(pd.DataFrame()),
+                  charts.timings_bar(pd.DataFrame(columns=["run", "name", "step", "seconds"])),
+                  shares_figure(pd.DataFrame(columns=["labeller", "evaluator", "correct", "n", "shuffled",
+                                                      "run constant"]))):
+        assert not titles(parse(chart))

@@ -165,12 +165,12 @@ def kappa_heatmap(matrix: pd.DataFrame, n: pd.DataFrame | None = None, lo: pd.Da
     small = (n_ >= 0) & (n_ < min_n)
     font = 13
     row_names = [wrap(r, 22 if width >= FULL else 14) for r in rows]
-    left = min(max(text_width(l, font) for r in row_names for l in r) + 16, 220)
+    left = min(max((text_width(l, font) for r in row_names for l in r), default=20) + 16, 220)
     right = 90 if width >= FULL else 56
     cell_w = (width - left - right) / max(len(names), 1)
     cell_font = min(12.0, cell_w / (0.56 * 13))  # '[-0.25, 0.75]' (13 characters) inside its cell
     col_names = [wrap(s, max(int(cell_w / (0.56 * (font - 1))), 6)) for s in names]
-    bottom = 20 + 16 * max(len(l) for l in col_names)
+    bottom = 20 + 16 * max((len(l) for l in col_names), default=1)
     cell_h = 84
     c = Chart(width, 20 + cell_h * len(rows) + bottom, left=left, right=right, top=14, bottom=bottom, font=font)
     xb, yb = Band(names, c.x0, c.x1, pad=0.0), Band(rows, c.y0, c.y1, pad=0.0)
@@ -209,8 +209,8 @@ def timings_bar(t: pd.DataFrame, width: float = FULL) -> Chart:
     font = 13
     items = [{"label": s, "color": colors[s]} for s in steps]
     leg = legend_height(items, width - 20, font - 1)
-    left = min(max(text_width(l, font) for ls in names.values() for l in ls) + 16, 240)
-    row_h = max(44, 16 * max(len(v) for v in names.values()) + 12)
+    left = min(max((text_width(l, font) for ls in names.values() for l in ls), default=20) + 16, 240)
+    row_h = max(44, 16 * max((len(v) for v in names.values()), default=1) + 12)
     c = Chart(width, leg + 30 + row_h * len(runs) + 50, left=left, right=30, top=leg + 20, bottom=50, font=font)
     c.legend(items, 10, 4, width - 20)
     total = t.groupby("run")["seconds"].sum()

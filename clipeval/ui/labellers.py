@@ -37,8 +37,8 @@ def shares_figure(shares: pd.DataFrame, width: float = FULL) -> Chart:
     items += [{"label": label, "kind": symbol} for _, symbol, label in marks]
     font, bar = 13, 18
     leg = legend_height(items, width - 20, font - 1)
-    left = min(max(text_width(l, font) for v in names.values() for l in v) + 16, 260)
-    group = max(bar * len(evaluators), 16 * max(len(v) for v in names.values())) + 16
+    left = min(max((text_width(l, font) for v in names.values() for l in v), default=20) + 16, 260)
+    group = max(bar * len(evaluators), 16 * max((len(v) for v in names.values()), default=1)) + 16
     c = Chart(width, leg + 24 + group * len(order) + 50, left=left, right=50, top=leg + 16, bottom=50, font=font)
     c.legend(items, 10, 4, width - 20)
     x = Linear(0, 1, c.x0, c.x1)

@@ -95,14 +95,12 @@ class Chart:
         self.width, self.height, self.font = width, height, font
         self.x0, self.x1, self.y0, self.y1 = left, width - right, top, height - bottom
         self.parts: list[str] = []
-        self.marks = 0  # marks that carry a value (bars, points, cells), for tests and the report check
 
     # ------------------------------------------------------------------ marks
     def _titled(self, tag: str, attrs: str, title: str | None) -> None:
         if title is None:
             self.parts.append(f"<{tag} {attrs}/>")
         else:
-            self.marks += 1
             # a line break as an entity: a blank line would end the HTML block st.markdown passes through
             self.parts.append(f"<{tag} {attrs}><title>{esc(title).replace(chr(10), '&#10;')}</title></{tag}>")
 

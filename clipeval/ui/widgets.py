@@ -11,7 +11,7 @@ import streamlit as st
 from clipeval import glossary, runnames, thresholds
 from clipeval.analysis import EVALUATOR_TITLES, default_thresholds
 from clipeval.evaluators.rules import RULES, cp_cutoff
-from clipeval.ui import data
+from clipeval.ui import charts, data
 from clipeval.ui.tables import describe_model, loads, short_reason, stand_ins, text_or
 
 CTX_KEY = "_clipeval_context"
@@ -91,8 +91,6 @@ def chart(draw, *args, where=None, fit: bool = True, **kw) -> None:
     """draw(*args, **kw) (a function of clipeval.ui.charts) as inline SVG in `where` (a column or container;
     default the page). With `fit`, drawn at charts.FULL and charts.NARROW, and the one that fits shows;
     without, drawn once (a chart in a HALF container)."""
-    from clipeval.ui import charts
-
     if fit:
         body = (FIT_CSS + draw(*args, width=charts.FULL, **kw).svg(cls="cv-wide")
                 + draw(*args, width=charts.NARROW, **kw).svg(cls="cv-narrow"))

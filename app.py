@@ -22,7 +22,8 @@ st.markdown("""<style>
     flex: 0 1 calc(50% - 0.5rem); }
   [data-testid="stButtonGroup"] > div { flex-wrap: wrap; }
   /* a column holding a table takes the whole row: half of 500 px shows two of its columns */
-  [data-testid="stHorizontalBlock"] > [data-testid="stColumn"]:has([data-testid="stDataFrame"]) { flex: 1 1 100%; }
+  [data-testid="stHorizontalBlock"] > [data-testid="stColumn"]:has([data-testid="stDataFrame"], .cv-table) {
+    flex: 1 1 100%; }
 }
 </style>""", unsafe_allow_html=True)
 

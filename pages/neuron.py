@@ -121,8 +121,7 @@ if own:
 with head[1]:
     if len(ru) > 1:
         st.caption("Runner-up concepts (rank 1 is the label)")
-        st.dataframe(ru, hide_index=True, width="stretch",
-                     column_config={"score": st.column_config.NumberColumn(format="%.3f")})
+        widgets.table(ru.assign(score=ru["score"].map("{:.3f}".format)), numeric=("rank", "score"))
 
 st.markdown("**Verdicts on this label, and what to show under each image**")
 toggles = st.container(horizontal=True, wrap=True, gap="medium")
@@ -150,7 +149,7 @@ keep = verdicts["rater"].isin([widgets.title(e) for e in shown]) | \
     (show_auto & verdicts["rater"].isin(view.automatic_labels))
 missing = [e for e in widgets.EVALUATOR_ORDER if view.evaluators[e].table is None]
 if keep.any():
-    st.dataframe(verdicts[keep], hide_index=True, width="stretch")
+    widgets.table(verdicts[keep])
 for e in missing:
     st.caption(f":orange[{widgets.evaluator_note(ctx, e)}]")
 if show_human and not view.human_labels:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,39 @@ def open_page(page: str | None = None, **query) -> AppTest:
 def charts(at: AppTest) -> list[str]:
     """The SVG charts on the page (clipeval.ui.charts, drawn through st.markdown)."""
     return [m.value for m in at.markdown if 'class="cv-svg' in m.value]
+
+
+class _Cells(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self.cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.rows[-1].append("".join(self.cell))
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def tables(at: AppTest) -> list[pd.DataFrame]:
+    """The static tables on the page (widgets.table, HTML through st.markdown), read back as text frames."""
+    out = []
+    for m in at.markdown:
+        if "class='cv-table'" in m.value:
+            cells = _Cells()
+            cells.feed(m.value)
+            out.append(pd.DataFrame(cells.rows[1:], columns=cells.rows[0]))
+    return out
 
 
 def texts(at: AppTest) -> str:
@@ -132,6 +166,31 @@ def test_neuron_explorer_navigates_and_searches(app_store):
     # images come from stored thumbnails, with their source and licence
     assert len(at.image) >= 5
     assert any("procedural" in c.value or "scikit" in c.value for c in at.caption)
+
+
+def test_neuron_explorer_tables_are_static_and_complete(app_store):
+    """The runner-up concepts and the verdicts are a few rows read at a glance: static tables, so the page's
+    first view loads no data grid (~1.7 MB of scripts), every column visible."""
+    store, run_id = app_store
+    at = open_page("pages/neuron.py")
+    assert not at.dataframe
+    layer = store.neurons(run_id).iloc[0]["layer"]
+    ru, verdicts = tables(at)
+    want = store.runner_ups(run_id, layer, 0)
+    assert list(ru.columns) == ["rank", "concept", "score"] and list(ru["concept"]) == list(want["concept"])
+    assert list(ru["score"]) == [f"{x:.3f}" for x in want["score"]]
+    assert list(verdicts.columns) == ["rater", "verdict", "score", "threshold", "shuffled label", "constant label"]
+    assert {"CP", "ES", "Contrast"} <= set(verdicts["rater"])
+
+
+def test_static_table_escapes_its_cells(monkeypatch):
+    from clipeval.ui import widgets
+    shown = []
+    monkeypatch.setattr(widgets.st, "markdown", lambda body, **kw: shown.append(body))
+    frame = pd.DataFrame({"label": ["<b>bold</b> | $x$ & 'q'"], "n": [3]})
+    widgets.table(frame, numeric=("n",))
+    assert "<b>bold" not in shown[0] and "&lt;b&gt;bold&lt;/b&gt; | $x$ &amp; &#x27;q&#x27;" in shown[0]
+    assert "<td class='cv-num'>3</td>" in shown[0]
 
 
 def test_neuron_explorer_draws_only_the_open_tab(app_store):

@@ -18,7 +18,7 @@ from clipeval.glossary import TERMS
 from clipeval.ui import sweeps
 from clipeval.ui.tables import stand_ins, verdict_marks
 
-from test_app import open_page, texts
+from test_app import open_page, tables, texts
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("fresh_caches")
@@ -111,10 +111,10 @@ def test_neuron_page_keeps_humans_and_automatic_references_apart(app_store):
     store, run_id = app_store
     _add_raters(store, run_id)
     at = open_page("pages/neuron.py")
-    verdict_rows = [df.value for df in at.dataframe if "rater" in df.value.columns][0]
+    verdict_rows = [t for t in tables(at) if "rater" in t.columns][0]
     assert {"human: alice", "automatic: ImageNet class (automatic)"} <= set(verdict_rows["rater"])
     at.toggle(key="show_auto").set_value(False).run()
-    verdict_rows = [df.value for df in at.dataframe if "rater" in df.value.columns][0]
+    verdict_rows = [t for t in tables(at) if "rater" in t.columns][0]
     assert "human: alice" in set(verdict_rows["rater"])
     assert not any(r.startswith("automatic:") for r in verdict_rows["rater"])
     at.switch_page("pages/thresholds.py").run()

@@ -38,8 +38,9 @@ cov["per layer (labelled / units)"] = [", ".join(f"{r.layer} {r.matched}/{r.unit
 cov["kind"] = cov["source_id"].map(lv.kinds)
 shown = cov[["name", "kind", "n_labels", "n_matched", "coverage", "per layer (labelled / units)", "origin",
              "source_id"]].rename(columns={"n_labels": "labels in source", "n_matched": "on this run's units"})
-shown, pct = widgets.as_percent(shown, ["coverage"])
-st.dataframe(shown, hide_index=True, width="stretch", column_config=pct)
+# a row per source (per source and evaluator below): static tables show every column, where a grid cut
+# the right ones off at 1440 px
+widgets.table(shown, formats={"coverage": widgets.fmt_pct})
 st.caption(f"Matched by (layer, unit) after the source's layer map; labels naming units this run lacks are kept "
            f"but not judged. Coverage = the share of this run's {len(view.neurons):,} units the source labels. "
            "A file made for another network (ResNet-50's layer4 mapped onto this run's layer) is matched by unit "
@@ -75,9 +76,8 @@ else:
                       "n": "units", "correct": "judged correct", "shuffled": "its labels shuffled",
                       "run real": "this run's labels, same units", "run shuffled": "run's shuffled, same units",
                       "run constant": "constant label, same units"})
-    table, pct = widgets.as_percent(table, [c for c in table.columns if c not in ("labeller", "kind", "evaluator",
-                                                                                 "units")])
-    st.dataframe(table, hide_index=True, width="stretch", column_config=pct)
+    widgets.table(table, formats={c: widgets.fmt_pct for c in table.columns
+                                  if c not in ("labeller", "kind", "evaluator", "units")})
     st.caption("Every share is over the 'units' the labeller covers in this layer, so each labeller is compared "
                "with this run's labels and baselines on exactly the same units.")
 
@@ -87,11 +87,9 @@ agree = lv.agreement(ctx.thresholds, k, None if layer == "overall" else layer)
 if agree.empty:
     st.caption("Only one labeller covers these units.")
 else:
-    cols = [c for c in agree.columns if c.endswith("agreement") or c == "same label"]
-    agree_shown, pct = widgets.as_percent(agree, cols)
-    kap = {c: st.column_config.NumberColumn(format="%.3f") for c in agree.columns if c.endswith("kappa")}
-    st.dataframe(agree_shown.rename(columns={"a": "labeller A", "b": "labeller B", "n": "units both label"}),
-                 hide_index=True, width="stretch", column_config={**pct, **kap})
+    shares_fmt = {c: widgets.fmt_pct for c in agree.columns if c.endswith("agreement") or c == "same label"}
+    widgets.table(agree.rename(columns={"a": "labeller A", "b": "labeller B", "n": "units both label"}),
+                  formats={**shares_fmt, **{c: widgets.fmt_num for c in agree.columns if c.endswith("kappa")}})
     st.caption("Over the units both label: 'same label' compares the words (case-insensitive); per evaluator, "
                "agreement is the share of units where both labels get the same verdict, and Cohen's kappa "
                "corrects it for chance (n/a where undefined).")
@@ -106,9 +104,7 @@ unit = int(c[1].number_input("Unit", min_value=int(units.min()), max_value=int(u
                              key="lab_unit"))
 c[2].markdown(f"[Open in the neuron explorer]({neuron_link(ctx.run_id, one_layer, unit, ctx.thresholds, k, view.kmax)})")
 one = lv.neuron(one_layer, unit, ctx.thresholds, k)
-st.dataframe(one, hide_index=True, width="stretch",
-             column_config={c: st.column_config.NumberColumn(format="%.3f") for c in one.columns
-                            if c.endswith(" score")})
+widgets.table(one)
 st.caption("A label is judged correct when any of the unit's top images matches it (the evaluator's score: CP the "
            "best rank, ES the best cosine, Contrast the ROC-AUC against inactive images). An empty label: the "
            "source does not cover this unit.")

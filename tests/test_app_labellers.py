@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from clipeval import sources
-from tests.test_app import charts, open_page, texts
+from tests.test_app import charts, open_page, tables, texts
 
 pytestmark = pytest.mark.usefixtures("fresh_caches")
 
@@ -30,19 +30,23 @@ def test_labellers_page_shows_coverage_shares_agreement_and_one_neuron(app_with_
     at = open_page("pages/labellers.py")
     text = texts(at)
     assert "Label sources and their coverage" in text and "Share judged correct, per labeller" in text
-    cov = at.dataframe[0].value
+    assert not at.dataframe  # a few rows each: static tables, every column visible
+    cov = tables(at)[0]
     row = cov[cov["source_id"] == sid].iloc[0]
-    assert row["on this run's units"] == 40 and row["labels in source"] == 40
+    assert row["on this run's units"] == "40" and row["labels in source"] == "40" and row["coverage"].endswith("%")
     at.selectbox(key="lab_layer").set_value("classifier").run()
-    shares = at.dataframe[1].value
+    shares = tables(at)[1]
     assert set(shares["labeller"]) == {"all dogs", f"this run ({store.run(run_id)['name']})"}
-    assert (shares["units"] == 40).sum() >= 3  # the source on its 40 units, per evaluator
-    agree = at.dataframe[2].value
-    assert agree["units both label"].iloc[0] == 40
+    assert (shares["units"] == "40").sum() >= 3  # the source on its 40 units, per evaluator
+    assert shares["judged correct"].str.fullmatch(r"\d+\.\d%").all()
+    agree = tables(at)[2]
+    assert agree["units both label"].iloc[0] == "40"
+    kappas = [c for c in agree.columns if c.endswith("kappa")]
+    assert kappas and agree[kappas].stack().str.fullmatch(r"-?\d\.\d{3}|n/a").all()
     at.selectbox(key="lab_one_layer").set_value("classifier").run()
     at.number_input(key="lab_unit").set_value(int(store.neurons(run_id, "classifier")["unit"].iloc[0])).run()
-    one = at.dataframe[3].value
-    assert list(one["label"])[1] == "dog" and "ES" in one.columns
+    one = tables(at)[3]
+    assert list(one["label"])[1] == "dog" and "ES" in one.columns and set(one["ES"]) <= {"✓", "✗", ""}
     assert not at.exception
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from html import escape
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -102,23 +103,44 @@ def chart(draw, *args, where=None, fit: bool = True, **kw) -> None:
 
 # A few rows read at a glance (no sorting or scrolling needed) as plain HTML: st.dataframe's grid is ~1.7 MB
 # of scripts the browser loads on the first page that shows one (0.2-0.3 s of a first visit here).
-TABLE_CSS = ("<style>.cv-table{width:100%;border-collapse:collapse;font-size:0.875rem;margin-bottom:0.5rem}"
+# Cells wrap, but no narrower than 4.5rem: a table wider than its column (an 800 px window) scrolls inside its box.
+TABLE_CSS = ("<style>.cv-scroll{overflow-x:auto;margin-bottom:0.5rem}"
+             ".cv-table{width:100%;border-collapse:collapse;font-size:0.875rem}"
              ".cv-table th,.cv-table td{border:1px solid rgba(49,51,63,0.1);padding:0.3rem 0.5rem;text-align:left;"
+             "min-width:4.5rem;"
              "vertical-align:top;font-weight:normal}.cv-table th{color:rgba(49,51,63,0.6)}"
              ".cv-table .cv-num{text-align:right;font-variant-numeric:tabular-nums}</style>")
 
 
-def table(frame: pd.DataFrame, where=None, numeric: tuple[str, ...] = ()) -> None:
-    """frame as a static HTML table (class cv-table) in `where` (default the page); `numeric` columns align
-    right. Every cell is escaped: labels and rater names are arbitrary text."""
+def cell_text(v) -> str:
+    """One table cell as text: empty for missing, a tick or cross for yes/no, three decimals for a float."""
+    if v is None or (not isinstance(v, str) and pd.isna(v)):
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return "✓" if v else "✗"
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def table(frame: pd.DataFrame, where=None, numeric: tuple[str, ...] = (), formats: dict | None = None) -> None:
+    """frame as a static HTML table (class cv-table) in `where` (default the page). Cells go through
+    formats[column] or cell_text; numeric columns (and those named in `numeric`) align right. Every cell is
+    escaped: labels and rater names are arbitrary text."""
+    formats = formats or {}
+    right = set(numeric) | {c for c in frame.columns
+                            if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])}
     num = " class='cv-num'"
 
-    def cells(tag: str, values) -> str:
-        return "".join(f"<{tag}{num if c in numeric else ''}>{escape(str(v))}</{tag}>"
-                       for c, v in zip(frame.columns, values))
-    rows = "".join(f"<tr>{cells('td', r)}</tr>" for r in frame.itertuples(index=False, name=None))
-    (where or st).markdown(f"{TABLE_CSS}<table class='cv-table'><thead><tr>{cells('th', frame.columns)}</tr></thead>"
-                           f"<tbody>{rows}</tbody></table>", unsafe_allow_html=True)
+    def cells(tag: str, values, text=lambda c, v: escape(str(v))) -> str:
+        return "".join(f"<{tag}{num if c in right else ''}>{text(c, v)}</{tag}>" for c, v in zip(frame.columns, values))
+
+    def shown(c, v) -> str:
+        return escape(formats.get(c, cell_text)(v))
+    rows = "".join(f"<tr>{cells('td', r, shown)}</tr>" for r in frame.itertuples(index=False, name=None))
+    (where or st).markdown(f"{TABLE_CSS}<div class='cv-scroll'><table class='cv-table'><thead><tr>"
+                           f"{cells('th', frame.columns)}</tr></thead><tbody>{rows}</tbody></table></div>",
+                           unsafe_allow_html=True)
 
 
 def glossary_link(anchor: str, text: str | None = None) -> str:

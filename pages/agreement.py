@@ -58,22 +58,21 @@ measure = c[1].segmented_control("Measure per layer", list(intervals.MEASURES), 
 layer_order = [*data.layers(ctx.run_id)["layer"], "overall"]
 text, small = tables_mod.measure_by_layer_ci(tables, measure, layer_order)
 shown = text.rename_axis(f"{measure} vs {reference}").reset_index()
-grey = small.reset_index(drop=True)
-style = shown.style.apply(lambda _: pd.DataFrame("", index=shown.index, columns=shown.columns).assign(
-    **{c: grey[c].map({True: "color: #9aa0a6", False: ""}) for c in grey.columns}), axis=None)
-st.dataframe(style, hide_index=True, width="stretch")
+# a row per rater, a column per layer: a static table shows every layer (and loads no grid into the first view)
+widgets.table(shown, muted=small.reset_index(drop=True))
 st.caption(f"Each cell: the {measure}, its 95% interval (bootstrap over neurons) and n, the neurons both judged; "
            f"grey: fewer than {intervals.MIN_N} neurons, too few to read. 'overall' pools all compared neurons (not "
            "the mean of the layers). Precision, recall and F1 treat the reference as the truth and 'correct' as the "
            "positive class. " + widgets.glossary_link("intervals"))
-with st.expander("Every measure, every layer"):
+every = st.expander("Every measure, every layer", key="agree_every", on_change="rerun")
+if every.open:  # drawn when opened: the page's only grid
     long = tables_mod.stack_pairwise(tables)
-    st.dataframe(long[["rater", "layer", "n", *[c for m in intervals.MEASURES for c in (m, f"{m} lo", f"{m} hi")]]],
-                 hide_index=True, width="stretch",
-                 column_config={**{c: st.column_config.NumberColumn(format="%.3f") for c in long.columns
-                                   if c.split(" ")[0] in intervals.MEASURES},
-                                "rater": st.column_config.TextColumn("rater", pinned=True),
-                                "layer": st.column_config.TextColumn("layer", pinned=True)})
+    every.dataframe(long[["rater", "layer", "n", *[c for m in intervals.MEASURES for c in (m, f"{m} lo", f"{m} hi")]]],
+                    hide_index=True, width="stretch",
+                    column_config={**{c: st.column_config.NumberColumn(format="%.3f") for c in long.columns
+                                      if c.split(" ")[0] in intervals.MEASURES},
+                                   "rater": st.column_config.TextColumn("rater", pinned=True),
+                                   "layer": st.column_config.TextColumn("layer", pinned=True)})
 
 # ---------------------------------------------------------------- one pair in detail
 st.subheader("One pair in detail")

@@ -267,12 +267,17 @@ def test_agreement_compares_humans_and_evaluators(app_store):
     add_humans(store, run_id, "bob", seed=1)
     at = open_page("pages/agreement.py")
     assert at.selectbox(key="agree_ref").value == "human: alice"
-    table = at.dataframe[0].value
+    assert not at.dataframe  # the one grid, every measure per layer, is drawn when its expander opens
+    table = tables(at)[0]
     assert {"CP", "ES", "Contrast", "human: bob"} <= set(table.iloc[:, 0])
     assert "overall" in table.columns
     assert "IoU" in texts(at) and "agreement" in texts(at)
     at.selectbox(key="agree_rater").set_value("CP").run()
     assert {"Agreement", "Cohen's kappa", "Jaccard", "F1"} <= {m.label for m in at.metric}
+    at.session_state["agree_every"] = True
+    at.run()
+    long = at.dataframe[0].value
+    assert {"rater", "layer", "n", "kappa", "kappa lo"} <= set(long.columns) and "human: bob" in set(long["rater"])
 
 
 # ------------------------------------------------------------------------------------ writes

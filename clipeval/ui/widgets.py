@@ -109,7 +109,7 @@ TABLE_CSS = ("<style>.cv-scroll{overflow-x:auto;margin-bottom:0.5rem}"
              ".cv-table th,.cv-table td{border:1px solid rgba(49,51,63,0.1);padding:0.3rem 0.5rem;text-align:left;"
              "min-width:4.5rem;"
              "vertical-align:top;font-weight:normal}.cv-table th{color:rgba(49,51,63,0.6)}"
-             ".cv-table .cv-num{text-align:right;font-variant-numeric:tabular-nums}</style>")
+             ".cv-table .cv-num{text-align:right;font-variant-numeric:tabular-nums}.cv-table .cv-muted{color:#9aa0a6}</style>")
 
 
 def cell_text(v) -> str:
@@ -123,24 +123,27 @@ def cell_text(v) -> str:
     return str(v)
 
 
-def table(frame: pd.DataFrame, where=None, numeric: tuple[str, ...] = (), formats: dict | None = None) -> None:
+def table(frame: pd.DataFrame, where=None, numeric: tuple[str, ...] = (), formats: dict | None = None,
+          muted: pd.DataFrame | None = None) -> None:
     """frame as a static HTML table (class cv-table) in `where` (default the page). Cells go through
-    formats[column] or cell_text; numeric columns (and those named in `numeric`) align right. Every cell is
-    escaped: labels and rater names are arbitrary text."""
+    formats[column] or cell_text; numeric columns (and those named in `numeric`) align right; cells True in
+    `muted` (a boolean frame of the same columns, by position) are greyed. Every cell is escaped: labels and
+    rater names are arbitrary text."""
     formats = formats or {}
     right = set(numeric) | {c for c in frame.columns
                             if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])}
-    num = " class='cv-num'"
 
-    def cells(tag: str, values, text=lambda c, v: escape(str(v))) -> str:
-        return "".join(f"<{tag}{num if c in right else ''}>{text(c, v)}</{tag}>" for c, v in zip(frame.columns, values))
-
-    def shown(c, v) -> str:
-        return escape(formats.get(c, cell_text)(v))
-    rows = "".join(f"<tr>{cells('td', r, shown)}</tr>" for r in frame.itertuples(index=False, name=None))
-    (where or st).markdown(f"{TABLE_CSS}<div class='cv-scroll'><table class='cv-table'><thead><tr>"
-                           f"{cells('th', frame.columns)}</tr></thead><tbody>{rows}</tbody></table></div>",
-                           unsafe_allow_html=True)
+    def attrs(c, grey=False) -> str:
+        cls = " ".join(n for n, on in (("cv-num", c in right), ("cv-muted", grey)) if on)
+        return f" class='{cls}'" if cls else ""
+    head = "".join(f"<th{attrs(c)}>{escape(str(c))}</th>" for c in frame.columns)
+    grey = (muted.reindex(columns=frame.columns).fillna(False).astype(bool).to_numpy() if muted is not None
+            else np.zeros(frame.shape, dtype=bool))
+    rows = "".join("<tr>" + "".join(f"<td{attrs(c, g)}>{escape(formats.get(c, cell_text)(v))}</td>"
+                                    for c, v, g in zip(frame.columns, r, grey[i])) + "</tr>"
+                   for i, r in enumerate(frame.itertuples(index=False, name=None)))
+    (where or st).markdown(f"{TABLE_CSS}<div class='cv-scroll'><table class='cv-table'><thead><tr>{head}</tr></thead>"
+                           f"<tbody>{rows}</tbody></table></div>", unsafe_allow_html=True)
 
 
 def glossary_link(anchor: str, text: str | None = None) -> str:

@@ -32,9 +32,8 @@ else:
     for line in widgets.judge_caveats(view):
         st.caption(f":orange[{line}]")
     table = tables.summary_table(summary, layer_names)
-    table, pct = widgets.as_percent(table, [c for c in table.columns if c not in ("layer", "neurons")])
-    st.dataframe(table, hide_index=True, width="stretch",
-                 column_config={**pct, "layer": st.column_config.TextColumn("layer", pinned=True)})
+    # a row per layer: a static table shows every evaluator's column; the unit grid below is the page's grid
+    widgets.table(table, formats={c: widgets.fmt_pct for c in table.columns if table[c].dtype.kind == "f"})
     for h in headlines.headlines(summary).values():
         if h.warning():
             st.warning(h.warning(), icon=":material/warning:")
@@ -107,5 +106,4 @@ widgets.chart(charts.label_bars, counts, where=row.container(width=charts.HALF),
 with row.container(width=charts.HALF):
     st.caption(f"{'All layers' if grid_layer == 'all layers' else grid_layer} (follows the grid's layer filter). "
                "A label carried by many units is often vague; a top-k-only check tends to pass vague labels.")
-    counts, pct = widgets.as_percent(counts, ["share"])
-    st.dataframe(counts, hide_index=True, width="stretch", column_config=pct)
+    widgets.table(counts, formats={"share": widgets.fmt_pct})

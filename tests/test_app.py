@@ -227,6 +227,12 @@ def test_layer_overview_defines_interpretable_and_filters_the_grid(app_store):
     n_first = int((neurons["layer"] == first).sum())
     at = open_page("pages/layers.py")
     assert "every chosen evaluator" in texts(at)
+    assert len(at.dataframe) == 1  # the unit grid; the per-layer shares and frequent labels are static tables
+    summary, frequent = tables(at)
+    assert list(summary["layer"]) == [*dict.fromkeys(neurons["layer"]), "overall"]
+    assert summary["neurons"].iloc[-1] == str(len(neurons))
+    assert summary.drop(columns=["layer", "neurons"]).stack().str.fullmatch(r"\d+\.\d%").all()
+    assert frequent["share"].str.endswith("%").all() and len(frequent) > 0
     assert f"{len(neurons):,} of {len(neurons):,} units" in texts(at)
     at.selectbox(key="grid_layer").set_value(first).run()
     assert f"{n_first:,} of {len(neurons):,} units" in texts(at)

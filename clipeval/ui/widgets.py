@@ -75,14 +75,6 @@ def fmt_num(x, digits: int = 3) -> str:
     return "n/a" if x is None or pd.isna(x) else f"{float(x):.{digits}f}"
 
 
-def as_percent(df: pd.DataFrame, columns) -> tuple[pd.DataFrame, dict]:
-    """Shares (0-1) shown as percentages with one decimal: the frame scaled by 100 and its column_config."""
-    columns = [c for c in columns if c in df.columns]
-    out = df.copy()
-    out[columns] = out[columns].astype(float) * 100
-    return out, {c: st.column_config.NumberColumn(c, format="%.1f%%") for c in columns}
-
-
 # Which drawing of a full-width chart shows: the NARROW one when its column is under 640 px (an 800 px window
 # with the sidebar open), by a CSS container query.
 FIT_CSS = ("<style>.cv-svg{display:block}.cv-fit{container-type:inline-size}.cv-fit>.cv-narrow{display:none}"

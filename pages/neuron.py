@@ -121,7 +121,7 @@ if own:
 with head[1]:
     if len(ru) > 1:
         st.caption("Runner-up concepts (rank 1 is the label)")
-        widgets.table(ru.assign(score=ru["score"].map("{:.3f}".format)), numeric=("rank", "score"))
+        widgets.table(ru)
 
 st.markdown("**Verdicts on this label, and what to show under each image**")
 toggles = st.container(horizontal=True, wrap=True, gap="medium")

@@ -188,7 +188,7 @@ def test_static_table_escapes_its_cells(monkeypatch):
     shown = []
     monkeypatch.setattr(widgets.st, "markdown", lambda body, **kw: shown.append(body))
     frame = pd.DataFrame({"label": ["<b>bold</b> | $x$ & 'q'"], "n": [3]})
-    widgets.table(frame, numeric=("n",))
+    widgets.table(frame)
     assert "<b>bold" not in shown[0] and "&lt;b&gt;bold&lt;/b&gt; | $x$ &amp; &#x27;q&#x27;" in shown[0]
     assert "<td class='cv-num'>3</td>" in shown[0]
 

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -231,7 +232,8 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def test_sigterm_to_clipeval_app_stops_its_streamlit_child(tmp_path):
+def _start_app(tmp_path) -> tuple[subprocess.Popen, int, int]:
+    """`clipeval app` on an empty store, listening: (the clipeval process, its streamlit child, the port)."""
     db = tmp_path / "runs.duckdb"
     Store(db)
     port = _port()
@@ -249,6 +251,26 @@ def test_sigterm_to_clipeval_app_stops_its_streamlit_child(tmp_path):
     with socket.socket() as s:  # wait until it listens, so it is fully up
         while time.time() < deadline and s.connect_ex(("127.0.0.1", port)) != 0:
             time.sleep(0.3)
+    return app, child, port
+
+
+def test_the_app_server_runs_on_uvloop_and_the_c_http_parser(tmp_path):
+    """A first visit fetches ~130 script files from the server's one thread, beside the page's script: on
+    asyncio and pure-Python h11 that cost 0.2-0.4 s of it (docs/performance.md). Streamlit picks both up
+    when installed, so this checks the install and that nothing pins the server back to the slow ones."""
+    app, child, port = _start_app(tmp_path)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
+            assert r.status == 200
+        maps = Path(f"/proc/{child}/maps").read_text()
+        assert "uvloop/loop" in maps and "httptools/parser" in maps
+    finally:
+        app.send_signal(signal.SIGTERM)
+        app.wait(timeout=30)
+
+
+def test_sigterm_to_clipeval_app_stops_its_streamlit_child(tmp_path):
+    app, child, _ = _start_app(tmp_path)
     app.send_signal(signal.SIGTERM)
     app.wait(timeout=30)
     for _ in range(100):

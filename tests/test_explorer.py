@@ -226,7 +226,8 @@ def test_agreement_page_shows_n_intervals_and_greys_small_samples(app_store):
     cells = [t for t in tables(at) if any("vs human: few" in str(c) for c in t.columns)][0]
     assert cells["overall"].str.contains(r"\[.*\] n=12").all()
     grid = [m.value for m in at.markdown if "cv-table" in m.value and "vs human: few" in m.value][0]  # all greyed
-    assert grid.count("<td class='cv-muted'>") == cells.drop(columns=cells.columns[0]).map(lambda v: "n=12" in v).to_numpy().sum()
+    n_small = cells.drop(columns=cells.columns[0]).map(lambda v: "n=12" in v).to_numpy().sum()
+    assert n_small > 0 and grid.count("<td class='cv-muted'>") == n_small
     assert any("Only 12 neurons judged by both" in w.value for w in at.warning)
 
 

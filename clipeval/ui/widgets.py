@@ -99,9 +99,9 @@ def chart(draw, *args, where=None, fit: bool = True, **kw) -> None:
 TABLE_CSS = ("<style>.cv-scroll{overflow-x:auto;margin-bottom:0.5rem}"
              ".cv-table{width:100%;border-collapse:collapse;font-size:0.875rem}"
              ".cv-table th,.cv-table td{border:1px solid rgba(49,51,63,0.1);padding:0.3rem 0.5rem;text-align:left;"
-             "min-width:4.5rem;"
-             "vertical-align:top;font-weight:normal}.cv-table th{color:rgba(49,51,63,0.6)}"
-             ".cv-table .cv-num{text-align:right;font-variant-numeric:tabular-nums}.cv-table .cv-muted{color:#9aa0a6}</style>")
+             "min-width:4.5rem;vertical-align:top;font-weight:normal}.cv-table th{color:rgba(49,51,63,0.6)}"
+             ".cv-table .cv-num{text-align:right;font-variant-numeric:tabular-nums}"
+             ".cv-table .cv-muted{color:#9aa0a6}</style>")
 
 
 def cell_text(v) -> str:
@@ -115,15 +115,13 @@ def cell_text(v) -> str:
     return str(v)
 
 
-def table(frame: pd.DataFrame, where=None, numeric: tuple[str, ...] = (), formats: dict | None = None,
-          muted: pd.DataFrame | None = None) -> None:
+def table(frame: pd.DataFrame, where=None, formats: dict | None = None, muted: pd.DataFrame | None = None) -> None:
     """frame as a static HTML table (class cv-table) in `where` (default the page). Cells go through
-    formats[column] or cell_text; numeric columns (and those named in `numeric`) align right; cells True in
-    `muted` (a boolean frame of the same columns, by position) are greyed. Every cell is escaped: labels and
-    rater names are arbitrary text."""
+    formats[column] or cell_text; numeric columns align right; cells True in `muted` (a boolean frame of the
+    same columns, by position) are greyed. Every cell is escaped: labels and rater names are arbitrary text."""
     formats = formats or {}
-    right = set(numeric) | {c for c in frame.columns
-                            if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])}
+    right = {c for c in frame.columns
+             if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])}
 
     def attrs(c, grey=False) -> str:
         cls = " ".join(n for n, on in (("cv-num", c in right), ("cv-muted", grey)) if on)

@@ -2,7 +2,7 @@
 browser session on an app that is already serving, as when a collaborator opens a shared link), the same
 in a browser that has opened the app before (Streamlit's scripts in its HTTP cache), and the
 interactions people repeat (layer change, label search, Next, a threshold step, 20 keyboard steps of
-a slider). Prints a Markdown table (docs/performance.md holds the measured ones).
+a slider, from the first and from the last press). Prints a Markdown table (docs/performance.md holds the measured ones).
 
     python scripts/timing.py --url http://localhost:8501 [--repeat 3] [--json out.json]
     python scripts/timing.py STORE            # starts `streamlit run app.py` on STORE first
@@ -103,14 +103,18 @@ class Browser:
             raise RuntimeError(f"interaction failed: {js[:80]}")
         return self.wait(t0)
 
-    def keys(self, key: str, code: int, times: int, gap_s: float) -> float:
+    def keys(self, key: str, code: int, times: int, gap_s: float) -> tuple[float, float]:
+        """Seconds from the first press until settled, and from the last press until settled."""
         t0 = self.cdp.js("performance.now()")
-        for _ in range(times):
+        for i in range(times):
             for kind in ("rawKeyDown", "keyUp"):
                 self.cdp.call("Input.dispatchKeyEvent", type=kind, key=key, code=key, windowsVirtualKeyCode=code)
+            if i == times - 1:
+                last = self.cdp.js("performance.now()")
             time.sleep(gap_s)
         # settled after the last press: a run that started after the first press has ended and none is running
-        return self.wait(t0)
+        total = self.wait(t0)
+        return total, total - (last - t0) / 1000
 
     def press(self, keys: list[tuple[str, int]], wait: bool = False) -> float:
         t0 = self.cdp.js("performance.now()")
@@ -181,14 +185,15 @@ def measure(chromium: str, base: str, width: int, height: int) -> dict[str, floa
         b.cdp.js(focus('[data-testid="stTextInput"]', "Search labels", "input", click=True))
         out["neuron: label search 'dog'"] = b.type_text("dog")
         b.cdp.js(focus('[data-testid="stSlider"]', "ES: tau", 'input'))
-        out["neuron: tau one keyboard step"] = b.keys("ArrowRight", 39, 1, 0.0)
-        out["neuron: tau 20 keyboard steps"] = b.keys("ArrowRight", 39, 20, 0.05)
+        out["neuron: tau one keyboard step"] = b.keys("ArrowRight", 39, 1, 0.0)[0]
+        out["neuron: tau 20 keyboard steps"], out["neuron: tau 20 keyboard steps, after the last"] = \
+            b.keys("ArrowRight", 39, 20, 0.05)
         b.open(f"{base}/layers")
         b.cdp.js(focus('[data-testid="stSlider"]', "ES: tau", 'input'))
-        out["layers: tau one keyboard step"] = b.keys("ArrowLeft", 37, 1, 0.0)
+        out["layers: tau one keyboard step"] = b.keys("ArrowLeft", 37, 1, 0.0)[0]
         b.open(f"{base}/thresholds")
         b.cdp.js(focus('[data-testid="stSlider"]', "ES: tau", 'input'))
-        out["thresholds: tau one keyboard step"] = b.keys("ArrowLeft", 37, 1, 0.0)
+        out["thresholds: tau one keyboard step"] = b.keys("ArrowLeft", 37, 1, 0.0)[0]
     finally:
         b.close()
     return out

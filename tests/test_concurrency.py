@@ -255,9 +255,10 @@ def _start_app(tmp_path) -> tuple[subprocess.Popen, int, int]:
 
 
 def test_the_app_server_runs_on_uvloop_and_the_c_http_parser(tmp_path):
-    """A first visit fetches ~130 script files from the server's one thread, beside the page's script: on
-    asyncio and pure-Python h11 that cost 0.2-0.4 s of it (docs/performance.md). Streamlit picks both up
-    when installed, so this checks the install and that nothing pins the server back to the slow ones."""
+    """A first visit makes ~130-155 requests (75-90 script files) to the server's one thread, beside the
+    page's script: on asyncio and pure-Python h11 that cost 0.2-0.4 s of it (docs/performance.md). Streamlit
+    picks both up when installed, so this checks the install and that nothing pins the server back to the
+    slow ones."""
     app, child, port = _start_app(tmp_path)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:

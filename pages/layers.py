@@ -95,6 +95,9 @@ first = ["open", "layer", "unit", "label", "similarity", tables.INTERPRETABLE]
 marks = [tables.INTERPRETABLE, *[widgets.title(e) for e in available], *view.rater_labels]
 for r in view.rater_labels:
     config[r] = st.column_config.TextColumn(r, width="small", help=f"{r}: ✓ correct, ✗ not, empty: not judged")
+# n_negatives (how many inactive images Contrast compared) is on the neuron explorer: here it was an internal
+# name that pushed the verdict columns out of view at 1440 px
+shown = shown.drop(columns=["n_negatives"], errors="ignore")
 st.dataframe(tables.verdict_marks(shown, marks), hide_index=True, width="stretch", height=420, column_config=config,
              column_order=[*first, *[c for c in shown.columns if c not in first]])
 

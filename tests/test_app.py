@@ -228,6 +228,7 @@ def test_layer_overview_defines_interpretable_and_filters_the_grid(app_store):
     at = open_page("pages/layers.py")
     assert "every chosen evaluator" in texts(at)
     assert len(at.dataframe) == 1  # the unit grid; the per-layer shares and frequent labels are static tables
+    assert "n_negatives" not in at.dataframe[0].value.columns  # an internal name, shown on the neuron explorer
     summary, frequent = tables(at)
     assert list(summary["layer"]) == [*dict.fromkeys(neurons["layer"]), "overall"]
     assert summary["neurons"].iloc[-1] == str(len(neurons))

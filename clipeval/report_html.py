@@ -25,6 +25,7 @@ from clipeval.analysis import EVALUATOR_TITLES, RunView, default_thresholds
 from clipeval.errors import ClipevalError
 from clipeval.evaluators.rules import RULES
 from clipeval.store import Store
+from clipeval.ui.tables import html_table
 
 THUMB_PX = 72  # thumbnails are shrunk to this square: a 2,600-unit report stays a few MB
 ORDER = ("vqa", "cp", "es", "contrast")
@@ -65,12 +66,8 @@ def _num(x, d: int = 3) -> str:
 
 
 def _table(df: pd.DataFrame, left=()) -> str:
-    head = "".join(f"<th class='{'l' if c in left else ''}'>{_e(c)}</th>" for c in df.columns)
-    rows = []
-    for r in df.itertuples(index=False):
-        rows.append("<tr>" + "".join(f"<td class='{'l' if c in left else ''}'>{_e(v)}</td>"
-                                     for c, v in zip(df.columns, r)) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    """`left` columns align left (the report's cells align right)."""
+    return html_table(df, classes=dict.fromkeys(left, "l"))
 
 
 def _thumb(jpeg: bytes) -> str:

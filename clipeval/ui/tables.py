@@ -4,8 +4,10 @@ counts and shares of verdicts that analysis.RunView already gave)."""
 from __future__ import annotations
 
 import json
+from html import escape
 from urllib.parse import urlencode
 
+import numpy as np
 import pandas as pd
 
 from clipeval.analysis import EVALUATOR_TITLES
@@ -63,6 +65,36 @@ def stand_ins(run: dict, latest: pd.DataFrame) -> list[str]:
         if row.status == "complete" and (loads(row.models_json).get("image_text") or {}).get("is_clip") is False:
             out.append(EVALUATOR_TITLES.get(row.evaluator, row.evaluator))
     return out
+
+
+def cell_text(v) -> str:
+    """One table cell as text: empty for missing, a tick or cross for yes/no, three decimals for a float."""
+    if v is None or (not isinstance(v, str) and pd.isna(v)):
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return "✓" if v else "✗"
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def html_table(frame: pd.DataFrame, text=lambda column, value: str(value), classes: dict | None = None,
+               muted=None, table_class: str = "") -> str:
+    """frame as an HTML table, every cell escaped (labels and rater names are arbitrary text): a cell reads
+    text(column, value); classes[column] goes on the column's header and cells; a cell True in `muted` (a
+    boolean array of the frame's shape) also gets the class 'cv-muted'."""
+    classes = classes or {}
+
+    def attr(names) -> str:
+        names = " ".join(n for n in names if n)
+        return f" class='{names}'" if names else ""
+    head = "".join(f"<th{attr([classes.get(c)])}>{escape(str(c))}</th>" for c in frame.columns)
+    grey = np.zeros(frame.shape, dtype=bool) if muted is None else np.asarray(muted, dtype=bool)
+    def cells(i, values) -> str:
+        return "".join(f"<td{attr([classes.get(c), 'cv-muted' if g else ''])}>{escape(text(c, v))}</td>"
+                       for c, v, g in zip(frame.columns, values, grey[i]))
+    rows = "".join(f"<tr>{cells(i, r)}</tr>" for i, r in enumerate(frame.itertuples(index=False, name=None)))
+    return f"<table{attr([table_class])}><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
 def verdict_marks(df: pd.DataFrame, columns) -> pd.DataFrame:

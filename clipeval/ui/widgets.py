@@ -4,9 +4,7 @@ says which models made the run, the how-to for an empty store, and small formatt
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from html import escape
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -14,7 +12,8 @@ from clipeval import glossary, runnames, thresholds
 from clipeval.analysis import EVALUATOR_TITLES, default_thresholds
 from clipeval.evaluators.rules import RULES, cp_cutoff
 from clipeval.ui import charts, data
-from clipeval.ui.tables import describe_model, loads, short_reason, stand_ins, text_or
+from clipeval.ui.tables import (cell_text, describe_model, html_table, loads, short_reason, stand_ins,
+                                text_or)
 
 CTX_KEY = "_clipeval_context"
 RUN_KEY = "run_choice"  # the run selectbox; its value is mirrored in the URL as ?run=<run id>
@@ -104,36 +103,16 @@ TABLE_CSS = ("<style>.cv-scroll{overflow-x:auto;margin-bottom:0.5rem}"
              ".cv-table .cv-muted{color:#9aa0a6}</style>")
 
 
-def cell_text(v) -> str:
-    """One table cell as text: empty for missing, a tick or cross for yes/no, three decimals for a float."""
-    if v is None or (not isinstance(v, str) and pd.isna(v)):
-        return ""
-    if isinstance(v, (bool, np.bool_)):
-        return "✓" if v else "✗"
-    if isinstance(v, (float, np.floating)):
-        return f"{v:.3f}"
-    return str(v)
-
-
 def table(frame: pd.DataFrame, where=None, formats: dict | None = None, muted: pd.DataFrame | None = None) -> None:
-    """frame as a static HTML table (class cv-table) in `where` (default the page). Cells go through
-    formats[column] or cell_text; numeric columns align right; cells True in `muted` (a boolean frame of the
-    same columns, by position) are greyed. Every cell is escaped: labels and rater names are arbitrary text."""
+    """frame as a static HTML table (tables.html_table) in `where` (default the page). Cells go through
+    formats[column] or tables.cell_text; numeric columns align right; cells True in `muted` (a boolean frame of
+    the same columns, by position) are greyed."""
     formats = formats or {}
-    right = {c for c in frame.columns
+    right = {c: "cv-num" for c in frame.columns
              if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])}
-
-    def attrs(c, grey=False) -> str:
-        cls = " ".join(n for n, on in (("cv-num", c in right), ("cv-muted", grey)) if on)
-        return f" class='{cls}'" if cls else ""
-    head = "".join(f"<th{attrs(c)}>{escape(str(c))}</th>" for c in frame.columns)
-    grey = (muted.reindex(columns=frame.columns).fillna(False).astype(bool).to_numpy() if muted is not None
-            else np.zeros(frame.shape, dtype=bool))
-    rows = "".join("<tr>" + "".join(f"<td{attrs(c, g)}>{escape(formats.get(c, cell_text)(v))}</td>"
-                                    for c, v, g in zip(frame.columns, r, grey[i])) + "</tr>"
-                   for i, r in enumerate(frame.itertuples(index=False, name=None)))
-    (where or st).markdown(f"{TABLE_CSS}<div class='cv-scroll'><table class='cv-table'><thead><tr>{head}</tr></thead>"
-                           f"<tbody>{rows}</tbody></table></div>", unsafe_allow_html=True)
+    grey = None if muted is None else muted.reindex(columns=frame.columns).fillna(False).astype(bool).to_numpy()
+    body = html_table(frame, lambda c, v: formats.get(c, cell_text)(v), right, grey, "cv-table")
+    (where or st).markdown(f"{TABLE_CSS}<div class='cv-scroll'>{body}</div>", unsafe_allow_html=True)
 
 
 def glossary_link(anchor: str, text: str | None = None) -> str:

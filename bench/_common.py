@@ -190,8 +190,8 @@ def probe_images(n: int, seed: int = 0, prefer_full: bool = True) -> tuple[list[
     /tmp on first use, about 85 images) with its files repeated."""
     import numpy as np
 
-    from clipeval.data.demo_probe import build_demo_probe
-    from clipeval.data.probe import load_probe
+    from clipeval.demo.probe import build_demo_probe
+    from clipeval.datasets.probe import load_probe
 
     if prefer_full and (FULL_PROBE / "BUILD_INFO.json").exists():
         folder = FULL_PROBE

@@ -29,9 +29,9 @@ from _common import ROOT, fmt_s, parser, print_machine, ratio, table, write_json
 
 
 def build(root: Path):
-    from clipeval import pipeline
+    from clipeval.dissect import pipeline
     from clipeval.config import ConceptConfig, DissectConfig, ProbeConfig, SimilarityConfig, TargetConfig
-    from clipeval.data.demo_probe import build_demo_probe
+    from clipeval.demo.probe import build_demo_probe
     from clipeval.store import Store
 
     probe = build_demo_probe(root / "probe", size="small", progress=False)

@@ -6,7 +6,7 @@ evaluator and reference rater, recomputed whenever a threshold moves), two ways 
 Data: R raters (default 6: 4 evaluators, 2 references) giving yes/no on N neurons (default 1,000, the
 demo's final layer; --quick 300), each agreeing with a hidden truth 60-90% of the time.
 
-ours      clipeval.intervals.kappa_matrix: the raters' verdicts put on one neuron index once; each pair's
+ours      clipeval.analysis.intervals.kappa_matrix: the raters' verdicts put on one neuron index once; each pair's
           resamples drawn as 2x2 tables from a multinomial over the four cells (one draw per resample).
 baseline  the straightforward way, which clipeval used before: per pair, merge the two raters' frames on
           (layer, unit), resample the neurons' indices (n per resample) and compute kappa on each.
@@ -26,7 +26,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fmt_s, median_time, parser, print_machine, ratio, table, write_json  # noqa: E402
 
-from clipeval import intervals, metrics  # noqa: E402
+from clipeval.analysis import intervals, metrics
 
 
 def raters(n_neurons: int, n_raters: int, seed: int = 0) -> dict[str, pd.DataFrame]:

@@ -69,7 +69,7 @@ def build_inputs(n_neurons: int, concepts: list[str], seed: int = 0):
 def ours(model, inputs, cache_dir: Path) -> tuple[float, pd.DataFrame, pd.DataFrame]:
     from clipeval.evaluators.cp import ConceptProportion
     from clipeval.evaluators.es import EmbeddingSimilarity
-    from clipeval.pipeline import ArrayCache
+    from clipeval.dissect.pipeline import ArrayCache
 
     cache = ArrayCache(cache_dir)
     start = time.perf_counter()
@@ -83,7 +83,7 @@ def per_neuron(model, inputs, concept_embeddings=None, label_texts_per_neuron: b
     for every neuron (naive); else use the given matrix (fair)."""
     import torch
 
-    from clipeval.data.probe import load_rgb
+    from clipeval.datasets.probe import load_rgb
 
     index = {c: i for i, c in enumerate(inputs.concepts)}
     labels = {v: lab.set_index(["layer", "unit"])["label"] for v, lab in inputs.labels.items()}
@@ -136,7 +136,7 @@ def main() -> None:
     set_threads(args.threads)
     import torch
 
-    from clipeval.data.concepts import load_concepts
+    from clipeval.datasets.concepts import load_concepts
     from clipeval.models.image_text import OpenClipModel
 
     info = print_machine()

@@ -1,4 +1,4 @@
-"""Dissection: activation collection of 5 layers in one pass (clipeval.dissect.collect) against one
+"""Dissection: activation collection of 5 layers in one pass (clipeval.dissect.activations) against one
 pass per layer, where the time goes (decode / preprocess / forward), and the best batch size,
 DataLoader workers and torch threads on this machine.
 
@@ -34,7 +34,7 @@ LAYERS = ("blocks.1", "blocks.3", "blocks.5", "bn2", "classifier")
 
 
 def _probe(n: int):
-    from clipeval.data.probe import ProbeImage
+    from clipeval.datasets.probe import ProbeImage
 
     paths, source = probe_images(n, seed=2)
     return [ProbeImage(p, "bench", "", "") for p in paths], source
@@ -44,7 +44,7 @@ def worker(argv: list[str]) -> None:
     mode, n, batch, workers, threads = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), int(argv[4])
     import torch
 
-    from clipeval.dissect import collect
+    from clipeval.dissect.activations import collect
     from clipeval.models.targets import load_target
 
     torch.set_num_threads(threads)
@@ -68,8 +68,8 @@ def stages(n: int, batch: int) -> dict:
     """Decode, preprocess and forward timed apart, in this process, single-threaded data loading."""
     import torch
 
-    from clipeval.data.probe import load_rgb
-    from clipeval.dissect import pool
+    from clipeval.datasets.probe import load_rgb
+    from clipeval.dissect.pooling import pool
     from clipeval.models.targets import load_target
 
     target = load_target("efficientnet_lite0")
@@ -109,7 +109,7 @@ def profile_collect(n: int, batch: int) -> str:
     """cProfile of collect() with the data loading in-process (num_workers=0), top functions by own time."""
     import torch
 
-    from clipeval.dissect import collect
+    from clipeval.dissect.activations import collect
     from clipeval.models.targets import load_target
 
     target = load_target("efficientnet_lite0")

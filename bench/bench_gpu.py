@@ -142,8 +142,8 @@ def stage_a(res: Results, work: Path, sizes: dict, placement, tiny: bool) -> Pat
     import torch
     import torchvision
 
-    from clipeval import pipeline
-    from clipeval.batches import DecodeProbe, iterate
+    from clipeval.dissect import pipeline
+    from clipeval.compute.batches import DecodeProbe, iterate
     from clipeval.config import ConceptConfig, DissectConfig, ImageTextConfig, ProbeConfig, TargetConfig
     from clipeval.models.image_text import OpenClipModel
     from clipeval.models.targets import _imagenet_transform
@@ -240,7 +240,7 @@ def stage_b(res: Results, work: Path, probe: Path, sizes: dict, placement, tiny:
     from clipeval.evaluators.cp import ConceptProportion
     from clipeval.evaluators.es import EmbeddingSimilarity
     from clipeval.models.image_text import load_image_text
-    from clipeval.pipeline import ArrayCache
+    from clipeval.dissect.pipeline import ArrayCache
 
     arch = "ViT-S-32" if tiny else "ViT-B-32"
     start = time.perf_counter()
@@ -322,8 +322,8 @@ def stage_c(res: Results, work: Path, probe: Path, sizes: dict, placement, tiny:
     import torch
 
     from bench_vqa import generate_answers
-    from clipeval.batches import YesNoBatch
-    from clipeval.data.probe import load_rgb
+    from clipeval.compute.batches import YesNoBatch
+    from clipeval.datasets.probe import load_rgb
     from clipeval.models.vqa import DEFAULT_TEMPLATE, Blip2Vqa, format_prompt
 
     concepts = concept_words(2000 if not tiny else 50)
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from clipeval.device import Placement
+    from clipeval.compute.device import Placement
 
     placement = Placement.resolve(args.device, args.dtype)
     sizes = TINY if args.tiny else FULL

@@ -9,7 +9,7 @@ concepts) and contrast (raw = cosine on the 5 top and 10 inactive images: 5 'low
 as the long scores table clipeval stores (columns layer, unit, variant, kind, rank, image_id, label,
 raw), plus one human rater's verdicts for every neuron.
 
-ours      clipeval.analysis.RunView over clipeval.evaluators.rules.ScoreTable (dense arrays built once
+ours      clipeval.analysis.runview.RunView over clipeval.evaluators.rules.ScoreTable (dense arrays built once
           when a run is opened; that load time is reported separately):
           'rethreshold' = RunView.layer_summary for es, cp and contrast at new thresholds (all neurons'
           verdicts + share judged correct per layer and overall, for each of the 3 variants);
@@ -66,7 +66,7 @@ def synthetic_run(n_neurons: int, seed: int = 0):
 
 def make_view(neurons, scores, human):
     """A RunView over in-memory ScoreTables (what RunView(store, run_id) builds from the store)."""
-    from clipeval.analysis import EvaluatorState, RunView
+    from clipeval.analysis.runview import EvaluatorState, RunView
     from clipeval.evaluators.rules import RULES, ScoreTable
 
     view = RunView.__new__(RunView)

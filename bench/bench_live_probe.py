@@ -6,7 +6,7 @@
 Store: the offline demo (data/clipeval.duckdb; EfficientNet-Lite0, 5 layers) unless --db/--run say
 otherwise. Target: under 1 s per reading on CPU for the demo's EfficientNet-Lite0.
 
-ours      clipeval.live.LiveProbe: the target loaded once (the app caches it per run; that load is
+ours      clipeval.dissect.live.LiveProbe: the target loaded once (the app caches it per run; that load is
           reported separately), then LiveProbe.read(image, layer, unit) per image: the run's
           preprocessing, one forward pass with a hook on the layer on ONE torch thread, pooling, the
           unit's map, and the percentile (exact from the run's cached activations when present).
@@ -39,7 +39,7 @@ def main() -> int:
     import torch
     from PIL import Image
 
-    from clipeval.live import LiveProbe
+    from clipeval.dissect.live import LiveProbe
     from clipeval.store import Store
 
     info = print_machine()

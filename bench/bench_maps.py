@@ -29,8 +29,8 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
     set_threads(args.threads)
-    from clipeval.data.probe import ProbeImage
-    from clipeval.dissect import collect
+    from clipeval.datasets.probe import ProbeImage
+    from clipeval.dissect.activations import collect
     from clipeval.models.targets import layer_layouts, load_target
 
     info = print_machine()

@@ -1,15 +1,15 @@
 """The Ray engine against the local engine on this machine: images/s of the dissection's probe pass
 (decode + EfficientNet-Lite0 forward with 5 hooked layers + ConSE labelling image embeddings +
-thumbnails, clipeval.batches.ProbeBatch, as `clipeval dissect` runs it) with 1 and 2 Ray workers, and
+thumbnails, clipeval.compute.batches.ProbeBatch, as `clipeval dissect` runs it) with 1 and 2 Ray workers, and
 where Ray's overhead goes: starting Ray, starting the actors (models through the object store), and
 moving results back.
 
     python bench/bench_ray.py [--quick] [--images N]
 
-local-2t  clipeval.dissect.collect in one process, torch's default threads (2 here), batch 16.
+local-2t  clipeval.dissect.activations in one process, torch's default threads (2 here), batch 16.
 local-1t  the same with one torch thread: what one Ray worker gets (an actor holds 1 CPU, and Ray sets
           OMP_NUM_THREADS=1 in it), so local-1t vs ray-1 is Ray's overhead at equal compute.
-ray-N     clipeval.ray_map.collect on N actors of a local Ray (started here, 2 CPUs, no dashboard),
+ray-N     clipeval.compute.ray_map.collect on N actors of a local Ray (started here, 2 CPUs, no dashboard),
           batch 16: one task per batch. 'first batch' is from the map's start to the first batch back
           (actors starting: torch import, models unpickled from the object store); 'steady' is images/s
           from the first batch back to the last; 'total' includes both.
@@ -39,7 +39,7 @@ def _models():
 
 
 def _images(n: int):
-    from clipeval.data.probe import ProbeImage
+    from clipeval.datasets.probe import ProbeImage
 
     paths, source = probe_images(n, seed=3)
     return [ProbeImage(p, "bench", "", "") for p in paths], source
@@ -48,7 +48,7 @@ def _images(n: int):
 def worker_local(n: int, threads: int) -> dict:
     import torch
 
-    from clipeval.dissect import collect
+    from clipeval.dissect.activations import collect
 
     torch.set_num_threads(threads)
     target, models = _models()
@@ -69,8 +69,8 @@ def worker_ray(n: int, worker_counts: list[int]) -> list[dict]:
     import numpy as np
     import ray
 
-    from clipeval import ray_map
-    from clipeval.engine import Engine, ray_session
+    from clipeval.compute import ray_map
+    from clipeval.compute.engine import Engine, ray_session
 
     target, models = _models()
     images, source = _images(n)

@@ -1,4 +1,4 @@
-"""Similarity functions: clipeval.similarity (batched) against the original's per-neuron loop.
+"""Similarity functions: clipeval.dissect.similarity (batched) against the original's per-neuron loop.
 
     python bench/bench_similarity.py [--quick] [--functions soft_wpmi,wpmi,rank_reorder]
 
@@ -103,14 +103,14 @@ def worker(argv: list[str]) -> None:
     fn, way, data_dir, out_file, threads, n_base = argv[0], argv[1], Path(argv[2]), argv[3], int(argv[4]), int(argv[5])
     import torch
 
-    from clipeval import similarity
+    from clipeval.dissect import similarity
 
     if threads:
         torch.set_num_threads(threads)
     P = torch.from_numpy(np.load(data_dir / "P.npy"))
     A = torch.from_numpy(np.load(data_dir / "A.npy"))
     # One small call first so lazy initialisation (thread pools, kernels) is not timed or counted.
-    if way == "before":  # clipeval/similarity.py as it was at the git ref given with --before
+    if way == "before":  # clipeval/dissect/similarity.py as it was at the git ref given with --before
         import importlib.util
 
         spec = importlib.util.spec_from_file_location("similarity_before", data_dir / "similarity_before.py")
@@ -147,7 +147,7 @@ def main() -> None:
                     help="rank_reorder: time the loop on this many neurons and scale (default 32, --quick 64)")
     ap.add_argument("--full-baseline", action="store_true", help="run rank_reorder's loop on every neuron")
     ap.add_argument("--before", metavar="GIT_REF",
-                    help="also time clipeval/similarity.py as it was at this git commit (e.g. before a speed change)")
+                    help="also time clipeval/dissect/similarity.py as it was at this git commit (e.g. before a speed change)")
     ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -174,7 +174,7 @@ def main() -> None:
         if args.before:
             import subprocess
 
-            old = subprocess.run(["git", "show", f"{args.before}:clipeval/similarity.py"], capture_output=True,
+            old = subprocess.run(["git", "show", f"{args.before}:clipeval/dissect/similarity.py"], capture_output=True,
                                  text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
             (tmp / "similarity_before.py").write_text(old)
             ways += ("before",)

@@ -111,8 +111,8 @@ def main() -> None:
     set_threads(args.threads)
     from PIL import Image
 
-    from clipeval.data.concepts import load_concepts
-    from clipeval.data.probe import load_rgb
+    from clipeval.datasets.concepts import load_concepts
+    from clipeval.datasets.probe import load_rgb
     from clipeval.models.vqa import DEFAULT_TEMPLATE, Blip2Vqa, format_prompt
 
     info = print_machine()

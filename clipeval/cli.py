@@ -77,8 +77,8 @@ def _params(pairs: list[str]) -> tuple:
 def _placement(args):
     """The command's one device decision (checked before any work): --device and --dtype resolved
     (with --engine ray: this process's, on its CPU; the workers' device comes from --gpus-per-worker)."""
-    from clipeval.device import Placement
-    from clipeval.engine import driver_device_and_dtype
+    from clipeval.compute.device import Placement
+    from clipeval.compute.engine import driver_device_and_dtype
 
     engine = _engine(args) if hasattr(args, "engine") else None
     device, dtype = driver_device_and_dtype(engine, args.device, args.dtype) if engine else (args.device, args.dtype)
@@ -87,13 +87,13 @@ def _placement(args):
 
 def _engine(args):
     """--engine and its options, checked before any work."""
-    from clipeval.engine import engine_from_args
+    from clipeval.compute.engine import engine_from_args
 
     return engine_from_args(args)
 
 
 def cmd_dissect(args) -> int:
-    from clipeval import pipeline
+    from clipeval.dissect import pipeline
     from clipeval.config import ConceptConfig, DissectConfig, ImageTextConfig, ProbeConfig, SimilarityConfig, TargetConfig
 
     placement = _placement(args)
@@ -163,7 +163,7 @@ def cmd_rm(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from clipeval.io import export_descriptions
+    from clipeval.dissect.descriptions import export_descriptions
 
     out = _out_file(args.out)
     store = _store(args, read_only=True)
@@ -173,7 +173,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from clipeval.io import import_descriptions
+    from clipeval.dissect.descriptions import import_descriptions
 
     placement = _placement(args) if args.target else None  # models run only to collect activations
     engine = _engine(args)
@@ -222,8 +222,9 @@ def _thresholds(args) -> dict[str, float]:
 def print_report(store, run_id: str, thresholds: dict[str, float] | None = None, k: int | None = None) -> None:
     """Per layer, each evaluator's share judged correct beside its baselines; evaluators that barely
     beat a baseline; agreement with every rater; evaluators the run lacks, with the reason. Thresholds
-    not given are the defaults of the model that made each evaluator's scores (clipeval.judges)."""
-    from clipeval.analysis import EVALUATOR_TITLES, RunView, weak_evaluators
+    not given are the defaults of the model that made each evaluator's scores (clipeval.evaluators.judges)."""
+    from clipeval.analysis.runview import EVALUATOR_TITLES, RunView
+    from clipeval.analysis.headlines import weak_evaluators
     from clipeval.evaluators.rules import RULES
 
     view = RunView(store, run_id)
@@ -274,7 +275,7 @@ def print_report(store, run_id: str, thresholds: dict[str, float] | None = None,
 
 def cmd_report(args) -> int:
     if args.html:
-        from clipeval.report_html import check_output, write_report
+        from clipeval.render.report import check_output, write_report
 
         check_output(args.html)
         thresholds = _thresholds(args)
@@ -289,7 +290,7 @@ def cmd_report(args) -> int:
 
 def cmd_sources(args) -> int:
     """Other labellers' labels on a run's units: add (and judge), list, evaluate, remove."""
-    from clipeval import sources
+    from clipeval.evaluators import sources
 
     store = _store(args, read_only=args.action == "list")
     run = store.complete_run(args.run)
@@ -328,7 +329,7 @@ def cmd_sources(args) -> int:
 
 
 def _print_sources(store, run_id: str, only: str | None = None) -> None:
-    from clipeval.sources import KIND_TITLES, describe_coverage
+    from clipeval.evaluators.sources import KIND_TITLES, describe_coverage
 
     cov = describe_coverage(store, run_id)
     if cov.empty:
@@ -346,7 +347,7 @@ def _print_sources(store, run_id: str, only: str | None = None) -> None:
 
 
 def cmd_humans(args) -> int:
-    from clipeval.io import export_human, import_human
+    from clipeval.analysis.humans import export_human, import_human
 
     if args.action == "export":
         _out_file(args.file)
@@ -360,7 +361,7 @@ def cmd_humans(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from clipeval.analysis import calibrate_threshold
+    from clipeval.analysis.runview import calibrate_threshold
 
     store = _store(args, read_only=True)
     res = calibrate_threshold(store, args.run, args.evaluator, args.rater, fit_fraction=args.fit_fraction,
@@ -370,7 +371,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from clipeval.demo import build_demo, start_in_background
+    from clipeval.demo.build import build_demo, start_in_background
 
     placement = _placement(args)
     if args.background:
@@ -447,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[shared], **kw)
 
     def device_options(sp, batch_help: str = "images per forward pass"):
-        from clipeval.device import DEFAULT_BATCH, DEVICE_CHOICES, DTYPE_CHOICES
+        from clipeval.compute.device import DEFAULT_BATCH, DEVICE_CHOICES, DTYPE_CHOICES
 
         sp.add_argument("--device", default="auto", metavar="DEVICE",
                         help=f"{DEVICE_CHOICES} (default auto: a CUDA GPU when one is visible, else the CPU)")
@@ -597,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = add("demo", help="build the offline demo runs (if missing)")
     dm.add_argument("--size", choices=["full", "small"], default="full")
-    from clipeval.device import DEVICE_CHOICES, DTYPE_CHOICES
+    from clipeval.compute.device import DEVICE_CHOICES, DTYPE_CHOICES
 
     dm.add_argument("--device", default="auto", metavar="DEVICE", help=f"{DEVICE_CHOICES} (default auto)")
     dm.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="model precision (default auto)")

@@ -28,7 +28,7 @@ SIMILARITY_DEFAULTS: dict[str, dict[str, float]] = {
 }
 POOLING_MODES = ("mean", "max")
 # The precision models run in: part of the settings (results differ slightly with it). 'auto' is
-# resolved per device before a config is made (clipeval.device.resolve_dtype).
+# resolved per device before a config is made (clipeval.compute.device.resolve_dtype).
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 
 

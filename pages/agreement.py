@@ -5,9 +5,10 @@ import streamlit as st
 
 import pandas as pd
 
-from clipeval import intervals, metrics
-from clipeval.ui import charts, data, widgets
-from clipeval.ui import tables as tables_mod
+from clipeval.analysis import intervals, metrics
+from clipeval.render import charts
+from clipeval.ui import data, widgets
+from clipeval.render import tables as tables_mod
 
 ctx = widgets.run_page("Agreement")
 

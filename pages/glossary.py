@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from clipeval.glossary import TERMS
+from clipeval.render.glossary import TERMS
 
 st.title("Glossary")
 st.caption("The terms the explorer uses. Help icons (?) on every page link to an entry here.")

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from clipeval import headlines
+from clipeval.analysis import headlines
 from clipeval.ui import data, widgets
 
 ctx = widgets.context()

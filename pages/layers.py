@@ -3,8 +3,9 @@ the interpretable units, a sortable and filterable unit grid, and the most frequ
 
 import streamlit as st
 
-from clipeval import headlines
-from clipeval.ui import charts, data, tables, widgets
+from clipeval.analysis import headlines
+from clipeval.render import charts, tables
+from clipeval.ui import data, widgets
 
 ctx = widgets.run_page("Layer overview")
 

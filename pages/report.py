@@ -6,7 +6,7 @@ import time
 import streamlit as st
 
 from clipeval.errors import ClipevalError
-from clipeval.report_html import build_report
+from clipeval.render.report import build_report
 from clipeval.ui import data, widgets
 
 ctx = widgets.run_page("Report")

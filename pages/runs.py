@@ -3,9 +3,11 @@ paper's Table 2), time per stage and evaluator (Table 3), and deleting a run."""
 
 import streamlit as st
 
-from clipeval import headlines, runnames
+from clipeval.analysis import headlines
+from clipeval.store import runnames
 from clipeval.errors import ClipevalError
-from clipeval.ui import charts, data, tables, widgets
+from clipeval.render import charts, tables
+from clipeval.ui import data, widgets
 
 ctx = widgets.context()
 st.title("Runs")

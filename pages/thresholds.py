@@ -3,11 +3,14 @@ evaluator's threshold, per layer (the paper's Figure 3); and calibrating a thres
 
 import streamlit as st
 
-from clipeval import headlines, thresholds
+from clipeval.analysis import headlines
+from clipeval.evaluators import thresholds
 from clipeval.errors import ClipevalError
-from clipeval.judges import PAPER_THRESHOLDS
+from clipeval.evaluators.judges import PAPER_THRESHOLDS
 from clipeval.evaluators.rules import RULES
-from clipeval.ui import charts, data, sweeps, widgets
+from clipeval.render import charts
+from clipeval.ui import data, widgets
+from clipeval.analysis import sweeps
 
 ctx = widgets.run_page("Thresholds")
 

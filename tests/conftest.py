@@ -21,7 +21,7 @@ def pytest_collection_modifyitems(config, items):
 
     if torch.cuda.is_available():
         return
-    from clipeval.device import cuda_unavailable_reason
+    from clipeval.compute.device import cuda_unavailable_reason
 
     skip = pytest.mark.skip(reason=f"needs a CUDA GPU: {cuda_unavailable_reason()}")
     for item in items:
@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def probe_dir(tmp_path_factory) -> Path:
-    from clipeval.data.demo_probe import build_demo_probe
+    from clipeval.demo.probe import build_demo_probe
 
     return build_demo_probe(tmp_path_factory.mktemp("probe") / "small", size="small", progress=False)
 
@@ -45,7 +45,7 @@ def small_config(probe_dir: Path, concepts: str = "imagenet", **kw) -> DissectCo
 @pytest.fixture(scope="session")
 def built_run(tmp_path_factory, probe_dir):
     """(db path, run id, cache dir) of a complete, evaluated (cp, es, contrast) small run."""
-    from clipeval import pipeline
+    from clipeval.dissect import pipeline
     from clipeval.evaluators.run import OFFLINE_EVAL_MODEL, evaluate
     from clipeval.store import Store
 

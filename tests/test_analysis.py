@@ -1,4 +1,4 @@
-"""analysis.RunView and friends on the real small run (built once per session by conftest.py):
+"""runview.RunView and friends on the real small run (built once per session by conftest.py):
 per-layer summaries, monotonic re-thresholding, sweeps, calibration against a synthetic human,
 and the cross-run tables."""
 
@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipeval import analysis, io, metrics
+from clipeval.analysis import headlines, humans, runs, runview
+from clipeval.analysis import metrics
 from clipeval.errors import ClipevalError
 from clipeval.evaluators.rules import RULES, VARIANTS
 from clipeval.store import Store
@@ -21,7 +22,7 @@ EVALS = ["cp", "es", "contrast"]
 def view(built_run):
     db, run_id, _ = built_run
     store = Store(db, read_only=True)
-    v = analysis.RunView(store, run_id)
+    v = runview.RunView(store, run_id)
     yield v
     store.close()
 
@@ -31,14 +32,14 @@ def human_view(run_store, tmp_path):
     """A writable copy with a synthetic human rater 'synth' who says yes when the ES neuron score is at
     least its median (so a threshold that agrees perfectly exists), on every neuron."""
     store, run_id, _ = run_store
-    v = analysis.RunView(store, run_id)
+    v = runview.RunView(store, run_id)
     score = v.table("es").neuron_scores("real")
     cut = float(np.median(score))
     verdicts = v.neurons.assign(verdict=np.where(score >= cut, "yes", "no"), rater="synth")
     path = tmp_path / "synth.csv"
     verdicts[["layer", "unit", "verdict", "rater"]].to_csv(path, index=False)
-    io.import_human(store, run_id, path)
-    return analysis.RunView(store, run_id), cut, store
+    humans.import_human(store, run_id, path)
+    return runview.RunView(store, run_id), cut, store
 
 
 def test_run_view_loads_the_evaluations(view):
@@ -145,7 +146,7 @@ def test_sweep_and_calibration_against_a_synthetic_human(human_view):
     assert abs(res["threshold"] - cut) < 0.05
     assert res["test_agreement"] > 0.95 and res["test_kappa"] > 0.9
     assert 0 <= res["test_share_correct"] <= 1
-    assert analysis.calibrate_threshold(store, view.run_id, "es", "synth") == res
+    assert runview.calibrate_threshold(store, view.run_id, "es", "synth") == res
     for e in ("cp", "contrast"):
         r = view.calibrate(e, "synth")
         assert RULES[e].lo <= r["threshold"] <= RULES[e].hi
@@ -161,8 +162,8 @@ def test_calibration_needs_enough_judged_neurons(run_store, tmp_path):
     neurons = store.neurons(run_id).head(3)
     path = tmp_path / "few.csv"
     neurons.assign(verdict=["yes", "no", "yes"], rater="few")[["layer", "unit", "verdict", "rater"]].to_csv(path, index=False)
-    io.import_human(store, run_id, path)
-    view = analysis.RunView(store, run_id)
+    humans.import_human(store, run_id, path)
+    view = runview.RunView(store, run_id)
     with pytest.raises(ClipevalError, match="at least 4"):
         view.calibrate("es", "few")
     # agreement with evaluators over the neurons the human judged
@@ -178,11 +179,11 @@ def test_runs_comparison_and_timings(view, built_run):
     db, run_id, _ = built_run
     store = Store(db, read_only=True)
     try:
-        comp = analysis.runs_comparison(store)
+        comp = runs.runs_comparison(store)
         assert list(comp["run"]) == [run_id]
         row = comp.iloc[0]
         assert row["neurons"] == len(view.neurons)
-        summary = view.layer_summary(analysis.default_thresholds())
+        summary = view.layer_summary(runview.default_thresholds())
         for e, title in (("cp", "CP"), ("es", "ES"), ("contrast", "Contrast")):
             for v in VARIANTS:
                 col = title if v == "real" else f"{title} {v}"
@@ -190,7 +191,7 @@ def test_runs_comparison_and_timings(view, built_run):
                                & (summary["variant"] == v)]["share_correct"].item()
                 assert row[col] == pytest.approx(want)
         assert np.isnan(row["VQA"])
-        tm = analysis.timings(store)
+        tm = runs.timings(store)
         assert list(tm.columns) == ["run", "name", "step", "seconds"]
         assert set(tm["run"]) == {run_id}
         steps = set(tm["step"])
@@ -204,9 +205,9 @@ def test_runs_comparison_and_timings(view, built_run):
 def test_runs_comparison_skips_runs_that_are_not_complete(run_store):
     store, run_id, _ = run_store
     store.execute("UPDATE runs SET status = 'failed' WHERE run_id = ?", [run_id])  # a run that did not finish
-    assert analysis.runs_comparison(store).empty
+    assert runs.runs_comparison(store).empty
     with pytest.raises(ClipevalError, match="not complete"):
-        analysis.RunView(store, run_id)
+        runview.RunView(store, run_id)
 
 
 def test_cp_calibration_can_reach_every_rank_cut_off(run_store, tmp_path):
@@ -214,15 +215,15 @@ def test_cp_calibration_can_reach_every_rank_cut_off(run_store, tmp_path):
     the CP cut-off that reproduces them (int(|S| * p) = 2) must be among the candidates, even though
     p = 2/|S| is far finer than a 0.005 grid."""
     store, run_id, _ = run_store
-    view = analysis.RunView(store, run_id)
+    view = runview.RunView(store, run_id)
     cp = view.table("cp")
     ranks = cp.neuron_scores("real")
     assert 0.2 < (ranks <= 2).mean() < 0.8  # a mixed reference on this run
     path = tmp_path / "strict.csv"
     view.neurons.assign(verdict=np.where(ranks <= 2, "yes", "no"), rater="strict")[
         ["layer", "unit", "verdict", "rater"]].to_csv(path, index=False)
-    io.import_human(store, run_id, path)
-    view = analysis.RunView(store, run_id)
+    humans.import_human(store, run_id, path)
+    view = runview.RunView(store, run_id)
     res = view.calibrate("cp", "strict")
     assert res["fit_kappa"] == pytest.approx(1.0)
     assert int(cp.n_concepts * res["threshold"]) == 2
@@ -242,20 +243,20 @@ def test_weak_evaluators_flags_only_those_near_a_baseline():
             ("overall", "Contrast", "real", 0.30), ("overall", "Contrast", "constant", 0.25),
             ("blocks.1", "CP", "real", 0.30), ("blocks.1", "CP", "shuffled", 0.29)]  # a layer alone is not pooled
     summary = pd.DataFrame(rows, columns=["layer", "evaluator", "variant", "share_correct"])
-    weak = analysis.weak_evaluators(summary)
+    weak = headlines.weak_evaluators(summary)
     assert [(w["evaluator"], w["baseline"]) for w in weak] == [("ES", "shuffled"), ("Contrast", "constant")]
     assert weak[0]["real"] == 0.99 and weak[0]["baseline_share"] == 0.98
-    assert analysis.weak_evaluators(summary, ratio=0.995) == []  # only a baseline at 99.5% of the real share
+    assert headlines.weak_evaluators(summary, ratio=0.995) == []  # only a baseline at 99.5% of the real share
     only_real = summary[summary["variant"] == "real"]
-    assert analysis.weak_evaluators(only_real) == []  # no baseline stored: nothing to compare against
+    assert headlines.weak_evaluators(only_real) == []  # no baseline stored: nothing to compare against
 
 
 def test_weak_evaluators_on_the_real_run(view):
     lenient = dict(THRESHOLDS, es=-1.0)  # every image matches: real and shuffled labels all pass
-    weak = {w["evaluator"] for w in analysis.weak_evaluators(view.layer_summary(lenient))}
+    weak = {w["evaluator"] for w in headlines.weak_evaluators(view.layer_summary(lenient))}
     assert "ES" in weak
     strict = dict(THRESHOLDS, es=1.0)  # nothing matches: 0% real, 0% baselines: also no separation
-    assert "ES" in {w["evaluator"] for w in analysis.weak_evaluators(view.layer_summary(strict))}
+    assert "ES" in {w["evaluator"] for w in headlines.weak_evaluators(view.layer_summary(strict))}
 
 
 def test_rater_agreement_matches_the_metrics(human_view):

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from clipeval.analysis import RunView, default_thresholds, weak_evaluators
+from clipeval.analysis.runview import RunView, default_thresholds
+from clipeval.analysis.headlines import weak_evaluators
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = ["pages/home.py", "pages/neuron.py", "pages/layers.py", "pages/thresholds.py", "pages/agreement.py",
@@ -86,7 +87,7 @@ def metric(at: AppTest, label_start: str) -> str:
 
 def add_humans(store, run_id: str, rater: str = "alice", per_layer: int = 20, seed: int = 0) -> pd.DataFrame:
     """Human verdicts that mostly follow CP's verdicts (so calibration and agreement have signal)."""
-    from clipeval.analysis import RunView, default_thresholds
+    from clipeval.analysis.runview import RunView, default_thresholds
 
     view = RunView(store, run_id)
     f = view.verdicts("cp", default_thresholds()["cp"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from clipeval import sources
+from clipeval.evaluators import sources
 from tests.test_app import charts, open_page, tables, texts
 
 pytestmark = pytest.mark.usefixtures("fresh_caches")

@@ -105,7 +105,7 @@ def test_an_evaluator_killed_mid_way_shows_as_interrupted(run_store):
 
 
 def _source_with_the_runs_labels(store, run_id, tmp_path) -> str:
-    from clipeval import sources
+    from clipeval.evaluators import sources
 
     neurons = store.neurons(run_id).head(8)
     f = tmp_path / "descriptions.csv"
@@ -115,7 +115,7 @@ def _source_with_the_runs_labels(store, run_id, tmp_path) -> str:
 
 
 def test_a_source_evaluation_killed_mid_way_shows_as_interrupted(run_store, tmp_path):
-    from clipeval.labellers import LabellerView
+    from clipeval.analysis.sources import LabellerView
 
     store, run_id, cache = run_store
     sid = _source_with_the_runs_labels(store, run_id, tmp_path)
@@ -145,7 +145,7 @@ def test_a_source_evaluation_killed_mid_way_shows_as_interrupted(run_store, tmp_
 def test_a_failed_source_evaluation_says_why_and_keeps_an_earlier_complete_one(run_store, tmp_path, monkeypatch):
     import pytest
 
-    from clipeval import sources
+    from clipeval.evaluators import sources
     from clipeval.evaluators.run import EMBEDDING_EVALUATORS
 
     store, run_id, cache = run_store

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from clipeval.config import ConceptConfig, DissectConfig, ProbeConfig, SimilarityConfig, TargetConfig
-from clipeval.data.probe import _check_image
+from clipeval.datasets.probe import _check_image
 from clipeval.errors import ClipevalError
 from clipeval.store import Store
 
@@ -67,7 +67,7 @@ def config(folder: Path, on_bad_image: str = "skip") -> DissectConfig:
 
 
 def test_images_that_fail_to_decode_are_skipped_and_counted(broken_probe, tmp_path):
-    from clipeval import pipeline
+    from clipeval.dissect import pipeline
 
     store = Store(tmp_path / "r.duckdb")
     with warnings.catch_warnings(record=True) as caught:
@@ -85,8 +85,8 @@ def test_images_that_fail_to_decode_are_skipped_and_counted(broken_probe, tmp_pa
 
 
 def test_on_bad_image_fail_stops_with_the_file_named(broken_probe, tmp_path):
-    from clipeval.data.probe import load_probe
-    from clipeval.dissect import collect
+    from clipeval.datasets.probe import load_probe
+    from clipeval.dissect.activations import collect
 
     probe = load_probe([str(broken_probe)], "fail")  # the header check passes
     with pytest.raises(ClipevalError, match=r"cannot decode probe image .*img9\d_"):
@@ -94,8 +94,8 @@ def test_on_bad_image_fail_stops_with_the_file_named(broken_probe, tmp_path):
 
 
 def test_the_ray_engine_skips_and_counts_them_as_the_local_one_does(ray_cluster, broken_probe, tmp_path):
-    from clipeval import pipeline
-    from clipeval.engine import Engine
+    from clipeval.dissect import pipeline
+    from clipeval.compute.engine import Engine
 
     runs = {}
     for engine in ("local", "ray"):
@@ -114,9 +114,9 @@ def test_the_ray_engine_skips_and_counts_them_as_the_local_one_does(ray_cluster,
 
 
 def test_the_ray_engine_stops_on_one_with_on_bad_image_fail(ray_cluster, broken_probe):
-    from clipeval import ray_map
-    from clipeval.data.probe import load_probe
-    from clipeval.engine import Engine
+    from clipeval.compute import ray_map
+    from clipeval.datasets.probe import load_probe
+    from clipeval.compute.engine import Engine
 
     probe = load_probe([str(broken_probe)], "fail")
     with pytest.raises(ClipevalError, match=r"cannot decode probe image .*img9\d_"):

@@ -126,7 +126,7 @@ def test_db_before_or_after_the_subcommand(db, built_run, tmp_path, capsys):
 
 
 def test_concept_file_with_a_byte_order_mark(tmp_path):
-    from clipeval.data.concepts import load_concepts
+    from clipeval.datasets.concepts import load_concepts
 
     path = tmp_path / "concepts.txt"
     path.write_bytes("dog\ncat\nbird\n".encode("utf-8-sig"))
@@ -137,7 +137,7 @@ def test_concept_file_with_a_byte_order_mark(tmp_path):
 def test_manifest_paths_that_leave_the_probe_folder_are_refused(tmp_path, bad):
     from PIL import Image
 
-    from clipeval.data.probe import load_probe
+    from clipeval.datasets.probe import load_probe
     from clipeval.errors import ClipevalError
 
     folder = tmp_path / "probe"

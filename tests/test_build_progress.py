@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from clipeval import progress
+from clipeval.compute import progress
 from test_app import open_page, texts
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipeval.ui import charts
-from clipeval.ui.labellers import shares_figure
-from clipeval.ui.svg import nice_ticks, text_width, wrap
+from clipeval.render import charts
+from clipeval.ui.sources import shares_figure
+from clipeval.render.svg import nice_ticks, text_width, wrap
 
 NS = "{http://www.w3.org/2000/svg}"
 LONG = "run demo: EfficientNet-Lite0 | demo probe (full) | common-10k"

@@ -65,7 +65,7 @@ def test_not_a_database(tmp_path, capsys):
 
 
 def test_report_prints_shares_beside_baselines(built_run, capsys):
-    from clipeval.analysis import RunView
+    from clipeval.analysis.runview import RunView
     from clipeval.store import Store
 
     db, run_id, _ = built_run

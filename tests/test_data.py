@@ -3,8 +3,8 @@
 import pytest
 from PIL import Image
 
-from clipeval.data.concepts import from_lines, load_concepts
-from clipeval.data.probe import load_probe, load_rgb
+from clipeval.datasets.concepts import from_lines, load_concepts
+from clipeval.datasets.probe import load_probe, load_rgb
 from clipeval.errors import ClipevalError
 
 

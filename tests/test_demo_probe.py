@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipeval.data import demo_probe as dp
-from clipeval.data.probe import load_probe
+from clipeval.demo import probe as dp
+from clipeval.datasets.probe import load_probe
 from clipeval.errors import ClipevalError
 
 

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from clipeval.batches import ACT, EMB, ImageEmbedder, ProbeBatch
-from clipeval.data.probe import ProbeImage
-from clipeval.device import DEFAULT_BATCH, OomHalving, Placement, resolve_device, resolve_dtype
-from clipeval.dissect import collect
+from clipeval.compute.batches import ACT, EMB, ImageEmbedder, ProbeBatch
+from clipeval.datasets.probe import ProbeImage
+from clipeval.compute.device import DEFAULT_BATCH, OomHalving, Placement, resolve_device, resolve_dtype
+from clipeval.dissect.activations import collect
 from clipeval.errors import ClipevalError
 from clipeval.models.targets import from_module
 
@@ -226,7 +226,7 @@ def test_dtype_is_hashed_and_stored_device_stored_not_hashed(built_run, probe_di
     significant digits, the rounding compounds through EfficientNet-Lite0's blocks to activations off by
     up to 5-8% of a layer's range, and that reorders images near each neuron's top-20 cut (85 probe
     images), which soft_wpmi's label depends on; the labeller's embeddings in bfloat16 alone change 90."""
-    from clipeval import pipeline
+    from clipeval.dissect import pipeline
     from clipeval.store import Store
     from conftest import small_config
 
@@ -291,8 +291,8 @@ def test_old_configs_without_dtype_read_as_float32():
 def test_batch_workers_built_from_settings_match_the_run(built_run, probe_dir):
     """What a Ray actor would do: build the per-batch work from the run's settings, map one batch of
     paths, and get the activations the run itself stored for those images."""
-    from clipeval.batches import ProbeBatch
-    from clipeval.data.probe import load_probe
+    from clipeval.compute.batches import ProbeBatch
+    from clipeval.datasets.probe import load_probe
     from clipeval.store import Store
     from conftest import small_config
 

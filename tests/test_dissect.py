@@ -6,8 +6,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from clipeval.data.probe import ProbeImage
-from clipeval.dissect import collect, neuron_summaries, pool
+from clipeval.datasets.probe import ProbeImage
+from clipeval.dissect.activations import collect
+from clipeval.dissect.activations import neuron_summaries
+from clipeval.dissect.pooling import pool
 from clipeval.errors import ClipevalError
 from clipeval.models.targets import check_layers, from_module, layer_layouts, layer_shapes
 

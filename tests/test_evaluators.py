@@ -27,7 +27,7 @@ from clipeval.evaluators.cp import ConceptProportion
 from clipeval.evaluators.es import EmbeddingSimilarity
 from clipeval.evaluators.rules import RULES, ScoreTable, cp_cutoff, image_matches
 from clipeval.models.vqa import DEFAULT_TEMPLATE, format_prompt
-from clipeval.pipeline import ArrayCache
+from clipeval.dissect.pipeline import ArrayCache
 from clipeval.store import Store
 
 FAKE_CFG = ImageTextConfig("open_clip", "fake-colour-model", "lookup-table")
@@ -169,7 +169,7 @@ def colour_run(tmp_path, monkeypatch):
 
 
 def run_view(store, run_id):
-    from clipeval.analysis import RunView
+    from clipeval.analysis.runview import RunView
 
     return RunView(store, run_id)
 
@@ -331,7 +331,7 @@ def test_es_verdict_threshold_is_inclusive():
 
 
 def test_contrast_neuron_score_is_the_auc_top_vs_inactive():
-    from clipeval.metrics import roc_auc
+    from clipeval.analysis.metrics import roc_auc
 
     neurons = pd.DataFrame({"layer": "l", "unit": [0, 1]})
     rows = [(0, "top", 1, 0.9), (0, "top", 2, 0.5), (0, "low", 1, 0.5), (0, "random", 1, 0.1),
@@ -528,7 +528,7 @@ def test_vqa_path_on_a_tiny_blip2(colour_run, tiny_vqa, monkeypatch):
     calls, vision_images = [], []
 
     real_yes = tiny_vqa.yes_probability
-    from clipeval.batches import DecodeVqa
+    from clipeval.compute.batches import DecodeVqa
 
     real_image, shown = DecodeVqa.image, []
 
@@ -820,7 +820,7 @@ LITE1_MINILM = {"backend": "conse", "classifier": "efficientnet_lite1", "fingerp
 
 
 def test_shared_components_name_what_the_judge_shares_with_the_labeller():
-    from clipeval.judges import shared_components
+    from clipeval.evaluators.judges import shared_components
 
     same_text = {**LITE1_MINILM, "classifier": "efficientnet_lite2", "fingerprint": "b"}
     other_text = {**same_text, "text_fingerprint": "mpnet:y", "text_encoder_name": "all-mpnet-base-v2"}
@@ -847,7 +847,7 @@ def test_evaluate_warns_when_the_judge_shares_the_labellers_text_encoder(colour_
 
 
 def test_calibration_over_repeated_splits_finds_the_threshold_and_reports_intervals():
-    from clipeval.judges import calibrate_splits
+    from clipeval.evaluators.judges import calibrate_splits
 
     rng = np.random.default_rng(0)
     scores = rng.uniform(0.3, 0.9, 400)
@@ -864,7 +864,7 @@ def test_calibration_over_repeated_splits_finds_the_threshold_and_reports_interv
 
 
 def test_each_backend_starts_from_its_own_default_thresholds(colour_run):
-    from clipeval.judges import PAPER_THRESHOLDS, save_calibration
+    from clipeval.evaluators.judges import PAPER_THRESHOLDS, save_calibration
 
     store, run_id, model, _, cache = colour_run
     run_mod.evaluate(store, run_id, "cp,es", cache_dir=cache, progress=False)

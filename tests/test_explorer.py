@@ -11,12 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipeval import headlines, intervals, metrics, navigation, runnames, thresholds
-from clipeval.analysis import RunView, default_thresholds, unit_imagenet_class, weak_evaluators
+from clipeval.analysis import headlines, intervals, metrics
+from clipeval.ui import navigation
+from clipeval.store import runnames
+from clipeval.evaluators import thresholds
+from clipeval.analysis.runview import RunView, default_thresholds
+from clipeval.analysis.imagenet import unit_imagenet_class
+from clipeval.analysis.headlines import weak_evaluators
 from clipeval.errors import ClipevalError
-from clipeval.glossary import TERMS
-from clipeval.ui import sweeps
-from clipeval.ui.tables import stand_ins, verdict_marks
+from clipeval.render.glossary import TERMS
+from clipeval.analysis import sweeps
+from clipeval.render.tables import stand_ins, verdict_marks
 
 from test_app import open_page, tables, texts
 

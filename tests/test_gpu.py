@@ -19,7 +19,7 @@ pytestmark = pytest.mark.gpu
 def test_dissect_on_cuda_is_the_cpu_run(built_run, probe_dir, tmp_path):
     """float32 on the GPU: the same settings, so the same run id (the device is not hashed); labels equal
     to the CPU run's except where two concepts' scores are within float rounding."""
-    from clipeval import pipeline
+    from clipeval.dissect import pipeline
     from clipeval.store import Store
     from conftest import small_config
 
@@ -42,7 +42,7 @@ def test_dissect_on_cuda_is_the_cpu_run(built_run, probe_dir, tmp_path):
 
 
 def test_auto_dtype_on_the_gpu():
-    from clipeval.device import Placement
+    from clipeval.compute.device import Placement
 
     p = Placement.resolve("auto", "auto")
     assert p.device.type == "cuda"
@@ -68,7 +68,7 @@ def test_evaluate_on_cuda_stores_the_device(run_store):
 
 
 def test_a_real_out_of_memory_error_halves_the_batch():
-    from clipeval.device import OomHalving
+    from clipeval.compute.device import OomHalving
 
     per_row = int(0.6 * torch.cuda.get_device_properties(0).total_memory)  # two rows never fit, one does
     logs = []
@@ -89,7 +89,7 @@ def test_a_real_out_of_memory_error_halves_the_batch():
 def test_vqa_on_cuda_matches_cpu():
     from PIL import Image
 
-    from clipeval.batches import YesNoBatch
+    from clipeval.compute.batches import YesNoBatch
     from tiny_blip2 import make_tiny_blip2
 
     from clipeval.models.vqa import Blip2Vqa

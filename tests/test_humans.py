@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipeval import io, metrics
+from clipeval.analysis import humans
+from clipeval.analysis import metrics
 from clipeval.errors import ClipevalError
 from clipeval.store import Store
 
@@ -57,7 +58,7 @@ layer1,0,no,bob
 
 
 def test_import_all_spellings(store, tmp_path):
-    assert io.import_human(store, RUN, write(tmp_path, GOOD)) == 8
+    assert humans.import_human(store, RUN, write(tmp_path, GOOD)) == 8
     assert current(store) == {("ann", "layer1", 0): True, ("ann", "layer1", 1): False, ("ann", "layer1", 2): True,
                               ("ann", "layer1", 3): False, ("ann", "layer2", 0): True, ("ann", "layer2", 1): True,
                               ("ann", "layer2", 2): False, ("bob", "layer1", 0): False}
@@ -68,15 +69,15 @@ def test_import_all_spellings(store, tmp_path):
 def test_rater_from_the_argument(store, tmp_path):
     p = write(tmp_path, "Layer, Unit ,Verdict\nlayer1,0,yes\n layer2 ,2,no\n")  # header case/space, padded layer
     with pytest.raises(ClipevalError, match="--rater"):
-        io.import_human(store, RUN, p)
+        humans.import_human(store, RUN, p)
     assert n_rows(store) == 0
-    assert io.import_human(store, RUN, p, rater="cara") == 2
+    assert humans.import_human(store, RUN, p, rater="cara") == 2
     assert current(store) == {("cara", "layer1", 0): True, ("cara", "layer2", 2): False}
     # empty raters in a rater column are filled in from the argument
     p = write(tmp_path, "layer,unit,verdict,rater\nlayer1,1,yes,\nlayer1,2,no,dan\n", "mixed.csv")
     with pytest.raises(ClipevalError, match="--rater"):
-        io.import_human(store, RUN, p)
-    io.import_human(store, RUN, p, rater="eve")
+        humans.import_human(store, RUN, p)
+    humans.import_human(store, RUN, p, rater="eve")
     assert current(store, "eve") == {("eve", "layer1", 1): True}
     assert current(store, "dan") == {("dan", "layer1", 2): False}
 
@@ -103,49 +104,49 @@ BAD_IDS = ["unknown-layer", "unknown-unit", "verdict-maybe", "verdict-2", "verdi
 
 @pytest.mark.parametrize("text, message", BAD_FILES, ids=BAD_IDS)
 def test_bad_files_are_refused_and_nothing_is_written(store, tmp_path, text, message):
-    io.import_human(store, RUN, write(tmp_path, "layer,unit,verdict,rater\nlayer2,1,yes,zed\n", "first.csv"))
+    humans.import_human(store, RUN, write(tmp_path, "layer,unit,verdict,rater\nlayer2,1,yes,zed\n", "first.csv"))
     before, state = n_rows(store), current(store)
     with pytest.raises(ClipevalError, match=message):
-        io.import_human(store, RUN, write(tmp_path, text))
+        humans.import_human(store, RUN, write(tmp_path, text))
     assert n_rows(store) == before and current(store) == state
 
 
 def test_excel_style_file_with_bom_and_crlf(store, tmp_path):
     p = tmp_path / "excel.csv"
     p.write_bytes("\ufefflayer,unit,verdict,rater\r\nlayer1,0,Yes,ann\r\nlayer2,2,No,ann\r\n".encode("utf-8"))
-    assert io.import_human(store, RUN, p) == 2
+    assert humans.import_human(store, RUN, p) == 2
     assert current(store) == {("ann", "layer1", 0): True, ("ann", "layer2", 2): False}
 
 
 def test_missing_and_unreadable_files(store, tmp_path):
     with pytest.raises(ClipevalError, match="does not exist"):
-        io.import_human(store, RUN, tmp_path / "nope.csv", rater="x")
+        humans.import_human(store, RUN, tmp_path / "nope.csv", rater="x")
     p = tmp_path / "empty.csv"
     p.write_bytes(b"")
     with pytest.raises(ClipevalError, match="not a readable CSV"):
-        io.import_human(store, RUN, p, rater="x")
+        humans.import_human(store, RUN, p, rater="x")
     p = tmp_path / "binary.csv"
     p.write_bytes(b"\xff\xfe\x00\x81\x9a" * 50)
     with pytest.raises(ClipevalError):
-        io.import_human(store, RUN, p, rater="x")
+        humans.import_human(store, RUN, p, rater="x")
     assert n_rows(store) == 0
 
 
 def test_conflicting_reimport_refused_then_replaced_with_history(store, tmp_path):
-    io.import_human(store, RUN, write(tmp_path, GOOD))
+    humans.import_human(store, RUN, write(tmp_path, GOOD))
     before, state = n_rows(store), current(store)
     changed = "layer,unit,verdict,rater\nlayer1,0,no,ann\nlayer1,1,no,ann\nlayer2,2,yes,ann\n"
     with pytest.raises(ClipevalError, match=r"2 verdict\(s\) differ from the rater's stored ones, e\.g\. \['ann', 'layer1', 0\]; pass --replace"):
-        io.import_human(store, RUN, write(tmp_path, changed, "changed.csv"))
+        humans.import_human(store, RUN, write(tmp_path, changed, "changed.csv"))
     assert n_rows(store) == before and current(store) == state  # the store is unchanged
     # the same verdicts again are not a conflict
-    io.import_human(store, RUN, write(tmp_path, "layer,unit,verdict,rater\nlayer1,1,no,ann\n", "same.csv"))
+    humans.import_human(store, RUN, write(tmp_path, "layer,unit,verdict,rater\nlayer1,1,no,ann\n", "same.csv"))
     assert current(store) == state
     # another rater's verdict on the same neuron is not a conflict either
-    io.import_human(store, RUN, write(tmp_path, "layer,unit,verdict,rater\nlayer1,0,no,fay\n", "fay.csv"))
+    humans.import_human(store, RUN, write(tmp_path, "layer,unit,verdict,rater\nlayer1,0,no,fay\n", "fay.csv"))
     assert current(store, "ann")[("ann", "layer1", 0)] is True
     n = n_rows(store)
-    assert io.import_human(store, RUN, write(tmp_path, changed, "changed.csv"), replace=True) == 3
+    assert humans.import_human(store, RUN, write(tmp_path, changed, "changed.csv"), replace=True) == 3
     now = current(store, "ann")
     assert now[("ann", "layer1", 0)] is False and now[("ann", "layer2", 2)] is True
     assert now[("ann", "layer1", 1)] is False and now[("ann", "layer1", 2)] is True  # others untouched
@@ -160,17 +161,17 @@ def test_conflicting_reimport_refused_then_replaced_with_history(store, tmp_path
 def test_import_into_a_run_that_is_not_complete(store, tmp_path):
     store.execute("UPDATE runs SET status = 'failed' WHERE run_id = ?", [RUN])
     with pytest.raises(ClipevalError, match="not complete"):
-        io.import_human(store, RUN, write(tmp_path, GOOD))
+        humans.import_human(store, RUN, write(tmp_path, GOOD))
     assert n_rows(store) == 0
     with pytest.raises(ClipevalError, match="no run"):
-        io.import_human(store, "no-such-run", write(tmp_path, GOOD))
+        humans.import_human(store, "no-such-run", write(tmp_path, GOOD))
 
 
 def test_export_round_trip(store, tmp_path):
-    io.import_human(store, RUN, write(tmp_path, GOOD))
-    io.import_human(store, RUN, write(tmp_path, "layer,unit,verdict,rater\nlayer1,0,no,ann\n", "fix.csv"),
+    humans.import_human(store, RUN, write(tmp_path, GOOD))
+    humans.import_human(store, RUN, write(tmp_path, "layer,unit,verdict,rater\nlayer1,0,no,ann\n", "fix.csv"),
                     replace=True)
-    out = io.export_human(store, RUN, tmp_path / "out" / "humans.csv")
+    out = humans.export_human(store, RUN, tmp_path / "out" / "humans.csv")
     df = pd.read_csv(out)
     assert list(df.columns[:4]) == ["layer", "unit", "verdict", "rater"]
     assert set(df["verdict"]) == {"yes", "no"} and len(df) == 8  # current verdicts only
@@ -181,7 +182,7 @@ def test_export_round_trip(store, tmp_path):
         other.start_run(RUN, "copy", "import", "{}", RUN)
         other.finish_run(RUN, layers=store.layers(RUN).assign(position=[0, 1]), neurons=nrn, runner_ups=None,
                          neuron_images=None, histograms=None, meta={"run_id": RUN})
-        io.import_human(other, RUN, out)
+        humans.import_human(other, RUN, out)
         assert current(other) == current(store)
     finally:
         other.close()
@@ -196,8 +197,8 @@ def test_agreement_between_imported_raters(store, tmp_path):
     rows = [f"{l},{u},{'yes' if va else 'no'},A\n{l},{u},{'yes' if vb else 'no'},B"
             for (l, u), va, vb in zip(NEURONS, a, b)]
     rows.append("layer1,0,yes,C")  # C judged one neuron only
-    io.import_human(store, RUN, write(tmp_path, "layer,unit,verdict,rater\n" + "\n".join(rows) + "\n"))
-    from clipeval.analysis import RunView
+    humans.import_human(store, RUN, write(tmp_path, "layer,unit,verdict,rater\n" + "\n".join(rows) + "\n"))
+    from clipeval.analysis.runview import RunView
 
     view = RunView(store, RUN)
     assert sorted(view.humans) == ["A", "B", "C"]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clipeval.live import LiveProbe, TargetUnavailable, histogram_percentile
+from clipeval.dissect.live import LiveProbe, TargetUnavailable, histogram_percentile
 
 
 def test_a_probe_image_reads_as_the_run_stored_it(built_run):
@@ -69,7 +69,7 @@ def test_histogram_percentile():
 
 
 def test_a_run_without_a_target_says_why(run_store, tmp_path):
-    from clipeval.io import import_descriptions
+    from clipeval.dissect.descriptions import import_descriptions
 
     store, _, _ = run_store
     f = tmp_path / "d.csv"
@@ -105,7 +105,7 @@ def test_the_run_device_where_this_machine_has_it_else_the_cpu_said():
 
     import torch
 
-    from clipeval.live import run_placement
+    from clipeval.dissect.live import run_placement
 
     gpu_run = {"models_json": json.dumps({"compute": {"device": "cuda:0", "dtype": "bfloat16"}}),
                "config_json": json.dumps({"dtype": "bfloat16"})}

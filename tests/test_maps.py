@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from clipeval import maps
-from clipeval.data.probe import ProbeImage
-from clipeval.dissect import collect, neuron_summaries
+from clipeval.dissect import maps
+from clipeval.datasets.probe import ProbeImage
+from clipeval.dissect.activations import collect
+from clipeval.dissect.activations import neuron_summaries
 from clipeval.models.targets import from_module, layer_layouts
 
 N_UNITS = 4

@@ -8,8 +8,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from clipeval.data.probe import ProbeImage
-from clipeval.dissect import collect, neuron_summaries, pool
+from clipeval.datasets.probe import ProbeImage
+from clipeval.dissect.activations import collect
+from clipeval.dissect.activations import neuron_summaries
+from clipeval.dissect.pooling import pool
 from clipeval.errors import ClipevalError
 from clipeval.models.targets import from_module, layer_layouts
 
@@ -92,10 +94,10 @@ def test_dead_units_get_no_images_and_are_flagged():
 
 
 def test_dead_units_are_stored_without_label_and_left_out_of_shares(built_run, probe_dir, tmp_path):
-    from clipeval import pipeline
-    from clipeval.analysis import RunView
-    from clipeval.data.concepts import load_concepts
-    from clipeval.data.probe import load_probe
+    from clipeval.dissect import pipeline
+    from clipeval.analysis.runview import RunView
+    from clipeval.datasets.concepts import load_concepts
+    from clipeval.datasets.probe import load_probe
     from clipeval.evaluators.run import OFFLINE_EVAL_MODEL, evaluate
     from clipeval.models.image_text import load_image_text
     from clipeval.store import Store
@@ -219,9 +221,9 @@ def test_tokens_of_a_model_that_does_not_say_what_its_tokens_are_are_refused():
 # ---------------------------------------------------------------- 7. the stand-in's thresholds, calibrated
 
 def test_demo_calibration_sets_the_stand_ins_defaults_with_intervals(run_store):
-    from clipeval.analysis import RunView
-    from clipeval.demo import REFERENCE_RATER, calibrate_stand_in, reference_verdicts
-    from clipeval.judges import PAPER_THRESHOLDS
+    from clipeval.analysis.runview import RunView
+    from clipeval.demo.build import REFERENCE_RATER, calibrate_stand_in, reference_verdicts
+    from clipeval.evaluators.judges import PAPER_THRESHOLDS
 
     store, run_id, _ = run_store
     store.add_human_verdicts(run_id, reference_verdicts(store, run_id), source="auto: test")

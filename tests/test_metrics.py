@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipeval import metrics
+from clipeval.analysis import metrics
 from clipeval.errors import ClipevalError
 
 # a worked example: 10 neurons, evaluator A against reference B

@@ -22,7 +22,7 @@ def test_shipped_efficientnet_lite0_is_a_real_imagenet_classifier(cat):
     t = targets.load_target("efficientnet_lite0")
     with torch.no_grad():
         probs = t.module(t.preprocess(cat)[None]).softmax(-1)[0]
-    from clipeval.data.concepts import imagenet_classnames
+    from clipeval.datasets.imagenet import imagenet_classnames
     assert imagenet_classnames()[int(probs.argmax())] in ("Egyptian Mau", "tabby cat", "tiger cat")
     assert "efficientnet-lite0" in t.weights
 

@@ -7,11 +7,11 @@ import warnings
 import pandas as pd
 import pytest
 
-from clipeval import dissect as dissect_mod
-from clipeval import pipeline, similarity
+from clipeval.dissect import activations as dissect_mod
+from clipeval.dissect import pipeline, similarity
 from clipeval.config import ConceptConfig
 from clipeval.errors import ClipevalError
-from clipeval.io import export_descriptions, import_descriptions
+from clipeval.dissect.descriptions import export_descriptions, import_descriptions
 from clipeval.store import Store
 from conftest import SMALL_LAYERS, small_config
 
@@ -29,7 +29,7 @@ def test_the_built_run_is_complete_and_sensible(built_run):
         # final layer, ImageNet class names as concepts: the label names the neuron's own class far
         # more often than chance (1 in 998), even with 84 mostly non-ImageNet probe images
         fc = neurons[neurons["layer"] == "classifier"]
-        from clipeval.data.concepts import imagenet_classnames
+        from clipeval.datasets.imagenet import imagenet_classnames
         names = imagenet_classnames()
         hits = sum(label == names[u] for u, label in zip(fc["unit"], fc["label"]))
         assert hits / 1000 > 0.02

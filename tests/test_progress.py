@@ -8,7 +8,7 @@ import hashlib
 import numpy as np
 import torch
 
-from clipeval import pipeline
+from clipeval.dissect import pipeline
 
 
 class HashTextModel:

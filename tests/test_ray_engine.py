@@ -19,10 +19,10 @@ import pandas as pd
 import psutil
 import pytest
 
-from clipeval import pipeline
+from clipeval.dissect import pipeline
 from clipeval.cli import main
-from clipeval.engine import Engine
-from clipeval.maps import decode
+from clipeval.compute.engine import Engine
+from clipeval.dissect.maps import decode
 from clipeval.evaluators.rules import RULES, ScoreTable
 from clipeval.evaluators.run import OFFLINE_EVAL_MODEL, evaluate
 from clipeval.store import Store
@@ -63,7 +63,7 @@ def _assert_same_ranks_but_float_ties(a: pd.DataFrame, b: pd.DataFrame, cache: P
     """CP's raw score is the label's rank among the concepts. A 1-CPU Ray actor runs 1 torch thread, the
     local run 2, so embeddings differ in their last float32 bits, and two concepts whose cosines tie to
     that precision can swap places: allowed only there (rank off by one, cosines within 1e-6)."""
-    from clipeval.data.concepts import load_concepts
+    from clipeval.datasets.concepts import load_concepts
 
     differ = a["raw"].to_numpy() != b["raw"].to_numpy()
     assert differ.sum() <= max(1, len(a) // 1000), f"{differ.sum()} of {len(a)} CP ranks differ"
@@ -312,7 +312,7 @@ def test_import_descriptions_collects_activations_on_ray_as_locally(ray_cluster,
                                                                      capsys):
     """`import-descriptions --target --probe --engine ray` runs its activation pass on the Ray workers and
     stores the local import's top images and activation maps; without --target there is nothing to run."""
-    from clipeval.io import export_descriptions
+    from clipeval.dissect.descriptions import export_descriptions
 
     src = Store(built_run[0], read_only=True)
     df = pd.read_csv(export_descriptions(src, built_run[1], tmp_path / "d.csv"))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipeval import metrics
+from clipeval.analysis import metrics
 from clipeval.cli import main
 
 
@@ -51,7 +51,7 @@ def test_report_is_self_contained_and_complete(report):
 
 
 def test_report_unit_pages_match_the_store(report):
-    from clipeval.analysis import RunView
+    from clipeval.analysis.runview import RunView
     from clipeval.store import Store
 
     out, text, db, run_id = report

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipeval import similarity
+from clipeval.dissect import similarity
 from clipeval.errors import ClipevalError
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipeval import sources
-from clipeval.analysis import default_thresholds
+from clipeval.evaluators import sources
+from clipeval.analysis.runview import default_thresholds
 from clipeval.cli import main
 from clipeval.errors import ClipevalError
-from clipeval.labellers import RUN_SOURCE, LabellerView
+from clipeval.analysis.sources import RUN_SOURCE, LabellerView
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "clip-dissect"
 needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"public reference files not at {REFERENCE}")
@@ -115,7 +115,7 @@ def test_cp_ranks_labels_outside_the_concept_set(run_store):
     from clipeval.evaluators.run import OFFLINE_EVAL_MODEL
     from clipeval.config import stable_hash
     from clipeval.models.image_text import load_image_text
-    from clipeval.pipeline import ArrayCache
+    from clipeval.dissect.pipeline import ArrayCache
 
     store, run_id, cache_dir = run_store
     run = store.complete_run(run_id)
@@ -185,8 +185,8 @@ def test_demo_runs_get_each_others_labels_as_sources(run_store, probe_dir):
     the ImageNet class names) is a label source; adding it twice changes nothing."""
     import warnings
 
-    from clipeval import pipeline
-    from clipeval.demo import add_sibling_sources
+    from clipeval.dissect import pipeline
+    from clipeval.demo.build import add_sibling_sources
     from tests.conftest import small_config
 
     store, run_id, cache = run_store
@@ -208,7 +208,8 @@ def test_the_demo_shows_the_warnings_of_its_source_evaluations(monkeypatch, tmp_
     """Issue 12: the demo build silences no warning (a shared text encoder must be said there too)."""
     import warnings
 
-    from clipeval import demo, sources
+    from clipeval.demo import build as demo
+    from clipeval.evaluators import sources
 
     class OneSource:
         def label_sources(self, run_id):

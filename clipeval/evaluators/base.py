@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from clipeval.config import stable_hash
-from clipeval.device import CPU
+from clipeval.compute.device import CPU
 
 
 @dataclass
@@ -55,7 +55,7 @@ def image_embeddings(model, model_key: str, inputs: EvalInputs, ids: np.ndarray,
     """Embeddings of the given probe images, each encoded once; rows already in the cache are reused.
     The model runs where it was placed (batch size and decoding workers default per device), or on the
     workers of a Ray `engine` in the placement's dtype; either way the same cache entry fills."""
-    from clipeval.batches import ImageEmbedder
+    from clipeval.compute.batches import ImageEmbedder
 
     key = stable_hash("eval-image-embeddings", model_key, inputs.probe_fingerprint)
     table = cache.get("eval_image_embeddings", key)
@@ -65,7 +65,7 @@ def image_embeddings(model, model_key: str, inputs: EvalInputs, ids: np.ndarray,
         placement = getattr(model, "placement", None) or CPU
         paths = [inputs.paths[int(i)] for i in todo]
         if engine is not None and engine.is_ray:
-            from clipeval import ray_map
+            from clipeval.compute import ray_map
 
             new = ray_map.embed(engine, model, paths, batch_size=batch_size, dtype=placement.dtype_name,
                                 progress=progress)
@@ -79,7 +79,7 @@ def image_embeddings(model, model_key: str, inputs: EvalInputs, ids: np.ndarray,
 
 
 def text_embeddings(model, model_key: str, texts: list[str], cache) -> np.ndarray:
-    from clipeval.pipeline import encode_texts, encode_texts_cached
+    from clipeval.dissect.pipeline import encode_texts, encode_texts_cached
 
     if not model.info().get("text_fingerprint"):
         # a model that does not say what its text side is: key its texts by the whole model, never by

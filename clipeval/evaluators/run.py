@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
-from clipeval import judges
+from clipeval.evaluators import judges
 from clipeval.config import EvalConfig, ImageTextConfig, stable_hash
-from clipeval.batches import place_image_text
-from clipeval.device import CPU, Placement, dtype_name
-from clipeval.engine import LOCAL, Engine, ray_scope
+from clipeval.compute.batches import place_image_text
+from clipeval.compute.device import CPU, Placement, dtype_name
+from clipeval.compute.engine import LOCAL, Engine, ray_scope
 from clipeval.errors import ClipevalError, WeightsUnavailable
 from clipeval.evaluators.base import EvalInputs, label_variants
 from clipeval.evaluators.contrast import Contrast
@@ -29,7 +29,7 @@ from clipeval.evaluators.cp import ConceptProportion
 from clipeval.evaluators.es import EmbeddingSimilarity
 from clipeval.evaluators.vqa import IMAGE_SIZE as VQA_IMAGE_SIZE, VisualQuestionAnswering
 from clipeval.models.vqa import DEFAULT_MODEL as DEFAULT_VQA_MODEL, DEFAULT_TEMPLATE, format_prompt
-from clipeval.pipeline import ArrayCache, compute_info
+from clipeval.dissect.pipeline import ArrayCache, compute_info
 from clipeval.store import Store
 
 EVALUATORS = ("cp", "es", "vqa", "contrast")
@@ -218,7 +218,7 @@ def _vqa_unavailable(store, run_id, cfg, eval_id, message: str) -> Outcome:
 def _run_vqa_on_ray(store, run_id, cfg, eval_id, inputs, backend, progress, run_kw) -> Outcome:
     """VQA on Ray workers, each loading BLIP-2 from its own disk (this process never loads it). Weights
     missing on a worker make the evaluator unavailable, with the worker's message, as they do locally."""
-    from clipeval.ray_map import VqaWork, weights_unavailable_message
+    from clipeval.compute.ray_map import VqaWork, weights_unavailable_message
 
     engine = run_kw["engine"]
     work = VqaWork(cfg.vqa_model, VQA_IMAGE_SIZE, run_kw.get("batch_size"), cfg.dtype, backend=backend)

@@ -21,7 +21,7 @@ class VisualQuestionAnswering:
                  num_workers: int | None = None, engine=None, ray_work=None):
         """batch_size: images per call and (image, question) rows per language-model call (default per
         device: 8 on the CPU, 256 on a GPU); images are decoded and preprocessed in num_workers processes.
-        With a Ray `engine`, `ray_work` (clipeval.ray_map.VqaWork) says which model the workers load and
+        With a Ray `engine`, `ray_work` (clipeval.compute.ray_map.VqaWork) says which model the workers load and
         `vqa` may be None: this process never loads it."""
         format_prompt(prompt, "x")  # fail early on a template without {label}
         self.vqa, self.prompt, self.image_size = vqa, prompt, image_size
@@ -31,7 +31,7 @@ class VisualQuestionAnswering:
             self.work = None
             self.images_per_call = ray_work.batch_size
         else:
-            from clipeval.batches import YesNoBatch
+            from clipeval.compute.batches import YesNoBatch
 
             self.work = YesNoBatch(vqa, image_size, batch_size=batch_size)
             self.images_per_call = self.work.batch_size
@@ -44,7 +44,7 @@ class VisualQuestionAnswering:
         questions = [[format_prompt(self.prompt, l) for l in asked[i]] for i in ids]
         paths = [inputs.paths[int(i)] for i in ids]
         if self.work is None:
-            from clipeval import ray_map
+            from clipeval.compute import ray_map
 
             probs, self.model_info = ray_map.yes_probability(self.engine, self.ray_work, paths, questions,
                                                              progress=progress)

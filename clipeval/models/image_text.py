@@ -22,7 +22,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from clipeval.config import ImageTextConfig, file_fingerprint
-from clipeval.device import CPU, Placement
+from clipeval.compute.device import CPU, Placement
 from clipeval.errors import ClipevalError, WeightsUnavailable
 from clipeval.models.hub import offline_hub
 
@@ -248,7 +248,7 @@ class ConseModel:
     def __init__(self, classifier: str = "efficientnet_lite1", top_t: int = 10, image_size: int | None = None,
                  text_encoder: SentenceEncoder | None = None, class_names: list[str] | None = None,
                  text_encoder_name: str = "minilm"):
-        from clipeval.data.concepts import imagenet_classnames
+        from clipeval.datasets.imagenet import imagenet_classnames
         from clipeval.models.targets import load_target
 
         self.target = load_target(classifier)

@@ -62,8 +62,8 @@ def _hf_cache_dir() -> str:
 
 def _resolve_dtype(dtype, device) -> torch.dtype:
     """None or 'auto': float32 on the CPU (slow or unsupported half precision there), bfloat16 on GPUs
-    that support it, else float16 (clipeval.device.resolve_dtype)."""
-    from clipeval.device import resolve_dtype
+    that support it, else float16 (clipeval.compute.device.resolve_dtype)."""
+    from clipeval.compute.device import resolve_dtype
 
     if dtype is not None and not isinstance(dtype, (str, torch.dtype)):
         raise ClipevalError(f"dtype must be a torch dtype or its name, got {dtype!r}")
@@ -172,7 +172,7 @@ class Blip2Vqa:
 
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The image processor's (n, 3, H, W) float32 pixels on the CPU (DataLoader workers make them one
-        image at a time: clipeval.batches.DecodeVqa)."""
+        image at a time: clipeval.compute.batches.DecodeVqa)."""
         return self.processor.image_processor([im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
 
     @torch.no_grad()

@@ -8,7 +8,7 @@ import socket
 
 import pandas as pd
 
-from clipeval.store.runs import _insert_frame, mark_interrupted, now
+from clipeval.store.runs import insert_frame as insert_frame, mark_interrupted, now
 
 
 SCORE_COLUMNS = ["layer", "unit", "variant", "kind", "rank", "image_id", "label", "raw"]
@@ -22,7 +22,7 @@ def replace_scores(cur, table: str, scores_table: str, id_col: str, id_value: st
     cur.execute(f"DELETE FROM {scores_table} WHERE {id_col} = ?", [id_value])
     cur.execute(f"DELETE FROM {table} WHERE {id_col} = ?", [id_value])
     if scores is not None and len(scores):
-        _insert_frame(cur, scores_table, scores[SCORE_COLUMNS], id_col, [id_value])
+        insert_frame(cur, scores_table, scores[SCORE_COLUMNS], id_col, [id_value])
 
 
 def start_running(store, table: str, id_col: str, id_value: str, row: dict) -> bool:

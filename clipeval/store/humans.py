@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from clipeval.store.runs import _insert_frame, now
+from clipeval.store.runs import insert_frame as insert_frame, now
 
 
 class HumansMixin:
@@ -14,7 +14,7 @@ class HumansMixin:
         frame["unit"] = frame["unit"].astype(int)
         frame["verdict"] = frame["verdict"].astype(bool)
         with self.transaction() as cur:
-            _insert_frame(cur, "human_verdicts", frame, "run_id, source, created_at", [run_id, source, now()])
+            insert_frame(cur, "human_verdicts", frame, "run_id, source, created_at", [run_id, source, now()])
         return len(frame)
 
     def human_verdicts(self, run_id: str, rater: str | None = None) -> pd.DataFrame:

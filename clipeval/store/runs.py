@@ -36,7 +36,7 @@ def mark_interrupted(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _insert_frame(con, table: str, frame: pd.DataFrame, key_cols: str, key_values: list) -> None:
+def insert_frame(con, table: str, frame: pd.DataFrame, key_cols: str, key_values: list) -> None:
     """INSERT every row of `frame` into `table`, with the key columns set to `key_values`."""
     if frame is None or not len(frame):
         return
@@ -82,7 +82,7 @@ class RunsMixin:
             for table, frame in (("layers", layers), ("neurons", neurons), ("runner_ups", runner_ups),
                                  ("neuron_images", neuron_images), ("histograms", histograms),
                                  ("activation_maps", activation_maps)):
-                _insert_frame(cur, table, frame, "run_id", [run_id])
+                insert_frame(cur, table, frame, "run_id", [run_id])
             cur.execute(
                 "UPDATE runs SET status = 'complete', pid = NULL, finished_at = ?, probe_fingerprint = ?, concept_hash = ?,"
                 " n_images = ?, n_skipped_images = ?, models_json = ?, timings_json = ?, peak_rss_mb = ?, error = NULL"
@@ -128,7 +128,7 @@ class RunsMixin:
 
     def rename_run(self, run_id: str, name: str) -> str:
         """Give a run a new display name (its id, the hash of its settings, stays); returns the name."""
-        from clipeval.runnames import check_name
+        from clipeval.store.runnames import check_name
 
         name = check_name(name)
         run_id = self.run(run_id)["run_id"]
@@ -152,14 +152,14 @@ class RunsMixin:
         """images: image_id, path, source, license, label, thumbnail (bytes)."""
         with self.transaction() as cur:
             cur.execute("DELETE FROM probe_images WHERE probe_fingerprint = ?", [fingerprint])
-            _insert_frame(cur, "probe_images", images[["image_id", "path", "source", "license", "label", "thumbnail"]],
+            insert_frame(cur, "probe_images", images[["image_id", "path", "source", "license", "label", "thumbnail"]],
                           "probe_fingerprint", [fingerprint])
 
     def put_concepts(self, concept_hash: str, name: str, concepts) -> None:
         with self.transaction() as cur:
             if cur.execute("SELECT count(*) FROM concept_sets WHERE concept_hash = ?", [concept_hash]).fetchall()[0][0]:
                 return
-            _insert_frame(cur, "concepts", pd.DataFrame({"idx": range(len(concepts)), "concept": list(concepts)}),
+            insert_frame(cur, "concepts", pd.DataFrame({"idx": range(len(concepts)), "concept": list(concepts)}),
                           "concept_hash", [concept_hash])
             cur.execute("INSERT INTO concept_sets VALUES (?, ?, ?)", [concept_hash, name, len(concepts)])
 

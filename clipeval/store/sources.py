@@ -8,7 +8,7 @@ import json
 import pandas as pd
 
 from clipeval.store.evaluations import SCORE_COLUMNS, replace_scores, start_running
-from clipeval.store.runs import _insert_frame, mark_interrupted, now
+from clipeval.store.runs import insert_frame as insert_frame, mark_interrupted, now
 
 
 class SourcesMixin:
@@ -23,7 +23,7 @@ class SourcesMixin:
             cur.execute("INSERT INTO label_sources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [source["source_id"], source["run_id"], source["name"], source["kind"], source["origin"],
                          json.dumps(source.get("settings", {})), source.get("score_name") or None, len(frame), now()])
-            _insert_frame(cur, "source_labels", frame, "source_id", [source["source_id"]])
+            insert_frame(cur, "source_labels", frame, "source_id", [source["source_id"]])
 
     @staticmethod
     def _delete_sources(cur, where: str, params: list) -> None:

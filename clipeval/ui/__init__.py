@@ -1,1 +1,3 @@
-"""Streamlit helpers: cached resources and shared widgets (the only Streamlit code inside clipeval/)."""
+"""The Streamlit side of the explorer (the only Streamlit code inside clipeval/): cached store reads
+(data), shared widgets, the neuron view, activation maps, the live probe, label sources, build progress
+and navigation between neurons. Pages in pages/ hold layout and call these."""

@@ -9,7 +9,7 @@ import time
 
 import streamlit as st
 
-from clipeval import progress
+from clipeval.compute import progress
 from clipeval.ui import data
 
 SEEN_KEY = "_build_complete_runs_seen"

@@ -19,10 +19,12 @@ import threading
 import pandas as pd
 import streamlit as st
 
-from clipeval import analysis, intervals
-from clipeval.ui import sweeps
+from clipeval.analysis import imagenet, runs
+from clipeval.datasets.imagenet import imagenet_synonyms
+from clipeval.analysis import intervals
+from clipeval.analysis import sweeps
 from clipeval import store as store_mod
-from clipeval.analysis import RunView
+from clipeval.analysis.runview import RunView
 from clipeval.errors import ClipevalError
 from clipeval.store import Store
 
@@ -242,7 +244,7 @@ def label_counts(run_id: str, layer: str | None = None, limit: int = 25) -> pd.D
 def _imagenet_accuracy(path: str, run_id: str, data_version: str) -> list[dict]:
     store = _open_store(path)
     layers = store.layers(run_id)
-    found = [analysis.imagenet_label_accuracy(store, run_id, l) for l in layers[layers["n_units"] == 1000]["layer"]]
+    found = [imagenet.imagenet_label_accuracy(store, run_id, l) for l in layers[layers["n_units"] == 1000]["layer"]]
     return [f for f in found if f]
 
 
@@ -252,13 +254,13 @@ def imagenet_accuracy(run_id: str) -> list[dict]:
 
 
 def runs_comparison(thresholds: dict[str, float], k: int | None = None) -> pd.DataFrame:
-    """analysis.runs_comparison at the given thresholds (the paper's Table 2), on the cached RunViews."""
-    return analysis.runs_comparison(store(), thresholds, k, view_of=run_view, runs=runs())
+    """runs.runs_comparison at the given thresholds (the paper's Table 2), on the cached RunViews."""
+    return runs.runs_comparison(store(), thresholds, k, view_of=run_view, runs=runs())
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _timings(path: str, data_version: str) -> pd.DataFrame:
-    return analysis.timings(_open_store(path))
+    return runs.timings(_open_store(path))
 
 
 def timings() -> pd.DataFrame:
@@ -337,7 +339,7 @@ def warm_up() -> None:
                 _top_k(path, run_id, v)
                 _imagenet_accuracy(path, run_id, v)
             _timings(path, s.data_version())
-            analysis.imagenet_synonyms()
+            imagenet_synonyms()
         except Exception:  # noqa: BLE001 - warming is an optimisation; the page shows any real error itself
             pass
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import streamlit as st
 from PIL import Image
 
-from clipeval.live import LiveProbe, TargetUnavailable
-from clipeval.maps import overlay
+from clipeval.dissect.live import LiveProbe, TargetUnavailable
+from clipeval.dissect.maps import overlay
 from clipeval.ui import data
 from clipeval.ui.maps import colour_range
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from clipeval.maps import decode, overlay
+from clipeval.dissect.maps import decode, overlay
 from clipeval.ui import data
 
 

@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 import pandas as pd
 import streamlit as st
 
-from clipeval import glossary, runnames, thresholds
-from clipeval.analysis import EVALUATOR_TITLES, default_thresholds
+from clipeval.render import glossary
+from clipeval.store import runnames
+from clipeval.evaluators import thresholds
+from clipeval.analysis.runview import EVALUATOR_TITLES, default_thresholds
 from clipeval.evaluators.rules import RULES, cp_cutoff
-from clipeval.ui import charts, data
-from clipeval.ui.tables import (cell_text, describe_model, html_table, loads, short_reason, stand_ins,
-                                text_or)
+from clipeval.render import charts
+from clipeval.ui import data
+from clipeval.render.tables import cell_text, describe_model, html_table, loads, short_reason, stand_ins, text_or
 
 CTX_KEY = "_clipeval_context"
 RUN_KEY = "run_choice"  # the run selectbox; its value is mirrored in the URL as ?run=<run id>

@@ -29,9 +29,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw
-from clipeval.progress import bar
+from clipeval.compute.progress import bar
 
-from clipeval.data.probe import MANIFEST, MANIFEST_COLUMNS, load_rgb
+from clipeval.datasets.probe import MANIFEST, MANIFEST_COLUMNS, load_rgb
 from clipeval.errors import ClipevalError
 
 BUILD_INFO = "BUILD_INFO.json"

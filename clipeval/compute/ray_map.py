@@ -1,7 +1,7 @@
 """The per-image work on Ray Data: image references -> `map_batches` with an actor class that builds its
 models once per worker -> numpy batches back to this process, keyed by row, put in input order.
 
-The work itself is clipeval.batches (ProbeBatch, ImageEmbedder, YesNoBatch): the same code the local
+The work itself is clipeval.compute.batches (ProbeBatch, ImageEmbedder, YesNoBatch): the same code the local
 engine runs, so a Ray run gives the local answers. What the actors get is a small picklable *work*
 object whose `build(placement)` makes the batch callable on the worker:
 
@@ -24,12 +24,12 @@ from typing import Sequence
 
 import numpy as np
 
-from clipeval.engine import Engine, ray_session, worker_count
+from clipeval.compute.engine import Engine, ray_session, worker_count
 from clipeval.errors import ClipevalError
 
 
 class ProbeWork:
-    """Decode + target forward + labelling image embeddings + thumbnails (clipeval.batches.ProbeBatch)."""
+    """Decode + target forward + labelling image embeddings + thumbnails (clipeval.compute.batches.ProbeBatch)."""
 
     def __init__(self, target, layers: Sequence[str], pooling: str, image_models: dict, thumb_size: int | None,
                  batch_size: int | None, dtype: str, layouts: dict | None = None, maps_keep: int = 0):
@@ -38,33 +38,33 @@ class ProbeWork:
         self.maps_keep = maps_keep
 
     def build(self, placement):
-        from clipeval.batches import ProbeBatch
+        from clipeval.compute.batches import ProbeBatch
 
         return ProbeBatch(self.target, self.layers, self.pooling, self.image_models, self.thumb_size, placement,
                           self.batch_size, layouts=self.layouts, maps_keep=self.maps_keep)
 
 
 class EmbedWork:
-    """Image embeddings of one image-text model (clipeval.batches.ImageEmbedder)."""
+    """Image embeddings of one image-text model (clipeval.compute.batches.ImageEmbedder)."""
 
     def __init__(self, model, batch_size: int | None, dtype: str):
         self.model, self.batch_size, self.dtype = model, batch_size, dtype
 
     def build(self, placement):
-        from clipeval.batches import ImageEmbedder
+        from clipeval.compute.batches import ImageEmbedder
 
         return ImageEmbedder(self.model, placement, self.batch_size)
 
 
 class VqaWork:
-    """P(yes) per (image, question) (clipeval.batches.YesNoBatch) from a BLIP-2 each worker loads by
+    """P(yes) per (image, question) (clipeval.compute.batches.YesNoBatch) from a BLIP-2 each worker loads by
     name; `backend`: a ready Blip2Vqa shipped instead (small test models built in memory)."""
 
     def __init__(self, name: str, image_size: int | None, batch_size: int | None, dtype: str, backend=None):
         self.name, self.image_size, self.batch_size, self.dtype, self.backend = name, image_size, batch_size, dtype, backend
 
     def build(self, placement):
-        from clipeval.batches import YesNoBatch
+        from clipeval.compute.batches import YesNoBatch
         from clipeval.models.vqa import Blip2Vqa
 
         vqa = self.backend
@@ -90,7 +90,7 @@ class _Worker:
         import ray
         import torch
 
-        from clipeval.device import DTYPES, Placement
+        from clipeval.compute.device import DTYPES, Placement
 
         work = ray.get(shipped["work"])  # fetched once per actor (and again by a restarted one)
         device = torch.device("cuda") if use_gpu else torch.device("cpu")  # Ray set CUDA_VISIBLE_DEVICES
@@ -128,7 +128,7 @@ def map_images(engine: Engine, work, columns: dict, *, batch_size: int, progress
     then not stacked)."""
     import ray
     from ray.data import ActorPoolStrategy
-    from clipeval.progress import bar as progress_bar
+    from clipeval.compute.progress import bar as progress_bar
 
     n = len(columns["path"])
     if n == 0:
@@ -172,7 +172,7 @@ def map_images(engine: Engine, work, columns: dict, *, batch_size: int, progress
 
 
 def default_batch_size(engine: Engine, given: int | None) -> int:
-    from clipeval.device import DEFAULT_BATCH
+    from clipeval.compute.device import DEFAULT_BATCH
 
     return given or DEFAULT_BATCH["cuda" if engine.gpus_per_worker > 0 else "cpu"]
 
@@ -181,12 +181,12 @@ def collect(engine: Engine, images, *, target=None, layers: Sequence[str] = (), 
             image_models: dict | None = None, thumb_size: int | None = None, batch_size: int | None = None,
             progress: bool = True, desc: str = "images", dtype: str = "float32", layouts: dict | None = None,
             maps_keep: int = 0, on_bad_image: str = "skip"):
-    """clipeval.dissect.collect on Ray workers: the same Collected, from the same ProbeBatch (each worker
+    """clipeval.dissect.activations on Ray workers: the same Collected, from the same ProbeBatch (each worker
     sends back the activation maps of its own running top images; they are merged here as they come).
     An image that does not decode is skipped and counted ('skip') or stops the pass ('fail'), as there."""
-    from clipeval.batches import ACT, EMB, MAPS
-    from clipeval.dissect import Collected, bad_image_error, without_failed
-    from clipeval.maps import KeptMaps
+    from clipeval.compute.batches import ACT, EMB, MAPS
+    from clipeval.dissect.activations import Collected, bad_image_error, without_failed
+    from clipeval.dissect.maps import KeptMaps
 
     work = ProbeWork(target if layers else None, layers, pooling, image_models or {}, thumb_size,
                      default_batch_size(engine, batch_size), dtype, layouts, maps_keep)
@@ -243,7 +243,7 @@ def yes_probability(engine: Engine, work: VqaWork, paths: Sequence[str], questio
     small task where a worker would run, so Ray does not print the actors' failing constructors)."""
     import ray
 
-    from clipeval.device import DEFAULT_VQA_BATCH
+    from clipeval.compute.device import DEFAULT_VQA_BATCH
     from clipeval.errors import WeightsUnavailable
 
     work.batch_size = work.batch_size or DEFAULT_VQA_BATCH["cuda" if engine.gpus_per_worker > 0 else "cpu"]

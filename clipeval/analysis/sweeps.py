@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from clipeval.analysis import RunView
+from clipeval.analysis.runview import RunView
 from clipeval.evaluators.rules import RULES
 
 N_STEPS = 101

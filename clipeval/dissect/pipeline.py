@@ -22,14 +22,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clipeval import similarity
+from clipeval.dissect import similarity
 from clipeval.config import DissectConfig, stable_hash
-from clipeval.data.concepts import ConceptSet, load_concepts
-from clipeval.data.probe import ProbeSet, load_probe
-from clipeval.device import CPU, DTYPES, Placement, resolve_device
-from clipeval.dissect import collect, neuron_summaries
-from clipeval.maps import MAP_SIDE, MAPS_VERSION, KeptMaps, has_map, map_rows
-from clipeval.engine import LOCAL, Engine, ray_session
+from clipeval.datasets.concepts import ConceptSet, load_concepts
+from clipeval.datasets.probe import ProbeSet, load_probe
+from clipeval.compute.device import CPU, DTYPES, Placement, resolve_device
+from clipeval.dissect.activations import collect
+from clipeval.dissect.activations import neuron_summaries
+from clipeval.dissect.maps import MAP_SIDE, MAPS_VERSION, KeptMaps, has_map, map_rows
+from clipeval.compute.engine import LOCAL, Engine, ray_session
 from clipeval.errors import ClipevalError
 from clipeval.models import targets as targets_mod
 from clipeval.models.image_text import load_image_text
@@ -115,7 +116,7 @@ def resolve(config: DissectConfig, device: str | torch.device | None = "cpu") ->
 ACTIVATIONS_VERSION = 2
 
 
-def _layer_key(target_cfg, target: targets_mod.Target, layer: str, pooling: str, probe: ProbeSet,
+def layer_key(target_cfg, target: targets_mod.Target, layer: str, pooling: str, probe: ProbeSet,
                dtype: str = "float32", layout: str = "") -> str:
     return stable_hash("activations", ACTIVATIONS_VERSION, target_cfg, targets_mod.weights_fingerprint(target),
                        layer, pooling, layout, probe.fingerprint, dtype)
@@ -142,7 +143,7 @@ def encode_texts(model, texts: list[str], progress: bool = True, desc: str = "te
     with torch.no_grad():
         if len(texts) <= TEXT_CHUNK:
             return model.encode_texts(texts).float().cpu().numpy()
-        from clipeval.progress import bar as progress_bar
+        from clipeval.compute.progress import bar as progress_bar
 
         parts = []
         with progress_bar(total=len(texts), desc=desc, unit="concept", disable=not progress) as bar:
@@ -197,7 +198,7 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, tar
     is fixed by the files."""
     _drop_images(probe, _known_bad(cache, probe.fingerprint))
     layouts = targets_mod.layer_layouts(target, layers) if layers else {}
-    keys = {layer: _layer_key(target_cfg, target, layer, pooling, probe, placement.dtype_name, layouts[layer])
+    keys = {layer: layer_key(target_cfg, target, layer, pooling, probe, placement.dtype_name, layouts[layer])
             for layer in layers}
     acts = {layer: _rows_or_none(cache.get("activations", key), len(probe)) for layer, key in keys.items()}
     want_maps = [layer for layer in layers if maps_keep and maps_out is not None and has_map(layouts[layer])]
@@ -220,7 +221,7 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, tar
                   desc="probe pass", layouts={layer: layouts[layer] for layer in missing},
                   maps_keep=maps_keep if any(layer in map_keys for layer in missing) else 0)
         if engine.is_ray:
-            from clipeval import ray_map
+            from clipeval.compute import ray_map
 
             got = ray_map.collect(engine, probe.images, dtype=placement.dtype_name, on_bad_image=probe_on_bad_image,
                                   **kw)

@@ -15,7 +15,7 @@ Three configurations share one probe pass (cached): concept sets common-10k, com
 ImageNet class names (the last gives the original paper's final-layer label accuracy check).
 A reference rater for the final layer comes from the ground truth: does the label name the
 neuron's ImageNet class (its name or a WordNet synonym)? The stand-in evaluator's default thresholds
-are calibrated against it (clipeval.judges): the paper's CLIP thresholds mean nothing on ConSE cosines.
+are calibrated against it (clipeval.evaluators.judges): the paper's CLIP thresholds mean nothing on ConSE cosines.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from pathlib import Path
 import pandas as pd
 
 from clipeval.config import ConceptConfig, DissectConfig, ImageTextConfig, ProbeConfig, SimilarityConfig, TargetConfig
-from clipeval.analysis import imagenet_label_accuracy, imagenet_synonyms
+from clipeval.analysis.imagenet import imagenet_label_accuracy
+from clipeval.datasets.imagenet import imagenet_synonyms
 from clipeval.errors import ClipevalError
 from clipeval.store import DEFAULT_DB, Store
 
@@ -75,7 +76,7 @@ def add_sibling_sources(store: Store, run_ids: list[str], progress: bool = True,
     """Each demo run gets the other demo runs' labels as label sources (same network, probe and units;
     other concept sets), judged by its own evaluators, for the Labellers page. Runs that have them
     already are left alone (a store built before this step gets them on the next start)."""
-    from clipeval.sources import add_source, evaluate_source
+    from clipeval.evaluators.sources import add_source, evaluate_source
 
     for run_id in run_ids:
         have = set(store.label_sources(run_id)["origin"])
@@ -97,8 +98,8 @@ def calibrate_stand_in(store: Store, run_ids: list[str], layer: str = FINAL_LAYE
     """Default thresholds of the demo's evaluator model (not CLIP), fitted against the reference rater on
     `layer` of every demo run pooled, over repeated random half splits; stored under the model's
     fingerprint, so that every run it judged starts from them (judges.defaults)."""
-    from clipeval.analysis import RunView
-    from clipeval.judges import CALIBRATED, calibrate_splits, save_calibration
+    from clipeval.analysis.runview import RunView
+    from clipeval.evaluators.judges import CALIBRATED, calibrate_splits, save_calibration
 
     frames: dict[str, list] = {e: [] for e in CALIBRATED}
     info = None
@@ -136,7 +137,7 @@ def build_demo(db: str | Path = DEFAULT_DB, size: str = "full", progress: bool =
     the stage and progress bars also go to the store's build status file, which the app shows."""
     if not status:
         return _build_demo(db, size, progress, device, dtype)
-    from clipeval import progress as prog
+    from clipeval.compute import progress as prog
 
     running = prog.read(db)
     if running and running["alive"] and running["state"] == "running" and running["pid"] != os.getpid():
@@ -151,7 +152,7 @@ def start_in_background(db: str | Path, size: str, device: str, dtype: str) -> s
     the demo is complete or a build is already running; returns what happened, in a sentence."""
     import subprocess
 
-    from clipeval import progress as prog
+    from clipeval.compute import progress as prog
 
     running = prog.read(db)
     if running and running["alive"] and running["state"] == "running":
@@ -177,9 +178,9 @@ def start_in_background(db: str | Path, size: str, device: str, dtype: str) -> s
 
 
 def _build_demo(db, size: str, progress: bool, device, dtype: str) -> list[str]:
-    from clipeval import pipeline
-    from clipeval.progress import stage
-    from clipeval.data.demo_probe import build_demo_probe, describe_sources
+    from clipeval.dissect import pipeline
+    from clipeval.compute.progress import stage
+    from clipeval.demo.probe import build_demo_probe, describe_sources
     from clipeval.evaluators.run import evaluate
 
     store = Store(db)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from clipeval.labellers import LabellerView
+from clipeval.analysis.sources import LabellerView
 from clipeval.ui import data
-from clipeval.ui.charts import COLORS, FULL, pct
-from clipeval.ui.svg import MUTED, Band, Chart, Linear, legend_height, text_width, wrap
+from clipeval.render.charts import COLORS, FULL, pct
+from clipeval.render.svg import MUTED, Band, Chart, Linear, legend_height, text_width, wrap
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the label sources' scores ...")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipeval import metrics
+from clipeval.analysis import metrics
 from clipeval.config import stable_hash
 from clipeval.errors import ClipevalError
 from clipeval.evaluators.rules import RULES

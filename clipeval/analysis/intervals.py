@@ -14,7 +14,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from clipeval import metrics
+from clipeval.analysis import metrics
 
 MIN_N = 30
 N_BOOT = 1000

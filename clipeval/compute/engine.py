@@ -1,7 +1,7 @@
 """Where the per-image work of a command runs: in this process (`local`, the default), or on a Ray
 cluster (`ray`): a local Ray started for the command, or a running cluster joined by address.
 
-Only the work that grows with the number of images goes to Ray (clipeval.ray_map). Text embeddings,
+Only the work that grows with the number of images goes to Ray (clipeval.compute.ray_map). Text embeddings,
 similarity, top-k, rules and every store write stay in this process, so a Ray run gives the local
 run's answers and the store keeps one writer.
 

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clipeval.data.probe import ProbeImage
-from clipeval.device import CPU, Placement
+from clipeval.datasets.probe import ProbeImage
+from clipeval.compute.device import CPU, Placement
 from clipeval.errors import ClipevalError
 from clipeval.models.targets import Target
 
@@ -21,51 +21,6 @@ HIST_BINS = 24
 INACTIVE_QUANTILE = 0.9  # 'random' contrast images come from below this activation quantile
 # a unit is dead when its activations over the probe spread less than this (relative to their size)
 DEAD_RTOL = 1e-6
-
-
-def pool(output: torch.Tensor, mode: str, layer: str, layout: str | None = None) -> torch.Tensor:
-    """One value per neuron, as a fresh tensor (never a view of `output`).
-
-    `layout` (from clipeval.models.targets.layer_layouts) says where the channels are:
-      nchw         (B,C,H,W): spatial mean/max
-      nhwc         (B,H,W,C) (timm Swin stages, Linear layers inside ConvNeXt blocks): spatial mean/max
-      tokens:cls   (B,T,C) with a class token first: the class token
-      tokens:avg:N (B,T,C) without a class token, N prefix (register) tokens: mean/max over the patch tokens
-      flat         (B,C): as it is
-    None picks the plain guess by rank (4-D channels-first, 3-D class token first), for in-memory use."""
-    if not torch.is_tensor(output):
-        raise ClipevalError(f"layer {layer!r} returns {type(output).__name__}, not a tensor")
-    layout = layout or {4: "nchw", 3: "tokens:cls", 2: "flat"}.get(output.dim(), "")
-    expected = {"nchw": 4, "nhwc": 4, "tokens": 3, "flat": 2}.get(layout.split(":")[0])
-    if expected is None or output.dim() != expected:
-        raise ClipevalError(f"layer {layer!r} outputs shape {tuple(output.shape)}, which cannot be pooled per neuron"
-                            + (f" as layout {layout!r}" if layout else ""))
-    reduce = (lambda x, dims: x.mean(dim=dims)) if mode == "mean" else (lambda x, dims: x.amax(dim=dims))
-    if layout == "nchw":
-        out = reduce(output, (2, 3))
-    elif layout == "nhwc":
-        out = reduce(output, (1, 2))
-    elif layout == "tokens:cls":
-        out = output[:, 0]
-    elif layout.startswith("tokens:avg:"):
-        n_prefix = int(layout.rsplit(":", 1)[1])
-        if output.shape[1] <= n_prefix:
-            raise ClipevalError(f"layer {layer!r} has {output.shape[1]} tokens, no patch token after {n_prefix} prefix tokens")
-        out = reduce(output[:, n_prefix:], (1,))
-    else:
-        out = output
-    # a copy, taken inside the hook: a later in-place op (Linear -> ReLU(inplace=True) in torchvision's
-    # VGG/AlexNet classifiers) would otherwise change the recorded values before they are read
-    return out.detach().to(torch.float32, copy=True)
-
-
-def pooling_hook(current: dict, layer: str, mode: str, layout: str | None = None) -> Callable:
-    """A forward hook that puts `layer`'s pooled output (a float32 copy) into current[layer], once per forward."""
-    def hook(_module, _inputs, output):
-        if layer in current:
-            raise ClipevalError(f"layer {layer!r} runs more than once per forward pass; pick another")
-        current[layer] = pool(output, mode, layer, layout)
-    return hook
 
 
 @dataclass
@@ -88,9 +43,9 @@ def collect(images: Sequence[ProbeImage], *, target: Target | None = None, layer
     `placement` (batch size and decoding workers default per device). `layouts` (layer -> layout, see
     pool) defaults to what targets.layer_layouts detects. An image that does not decode is skipped and
     counted ('skip') or stops the pass ('fail'). With `maps_keep`, also the spatial activation maps of
-    each unit's `maps_keep` most active images (clipeval.maps), from the same forward pass."""
-    from clipeval.batches import ACT, EMB, MAPS, ProbeBatch, iterate
-    from clipeval.maps import KeptMaps
+    each unit's `maps_keep` most active images (clipeval.dissect.maps), from the same forward pass."""
+    from clipeval.compute.batches import ACT, EMB, MAPS, ProbeBatch, iterate
+    from clipeval.dissect.maps import KeptMaps
 
     n = len(images)
     acts: dict[str, np.ndarray] = {}

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipeval import metrics
-from clipeval.analysis import EVALUATOR_TITLES, RunView, default_thresholds
+from clipeval.analysis import metrics
+from clipeval.analysis.runview import EVALUATOR_TITLES, RunView, default_thresholds
 from clipeval.errors import ClipevalError
 from clipeval.evaluators.rules import RULES
 from clipeval.store import Store
-from clipeval.ui.tables import html_table
+from clipeval.render.tables import html_table
 
 THUMB_PX = 72  # thumbnails are shrunk to this square: a 2,600-unit report stays a few MB
 ORDER = ("vqa", "cp", "es", "contrast")
@@ -103,7 +103,7 @@ def check_output(out) -> Path:
 
 
 def settings_section(view: RunView) -> str:
-    from clipeval.ui.tables import describe_model
+    from clipeval.render.tables import describe_model
 
     run = view.run
     cfg = json.loads(run.get("config_json") or "{}")
@@ -137,7 +137,7 @@ def settings_section(view: RunView) -> str:
 
 
 def shares_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
-    from clipeval.ui.charts import layer_shares
+    from clipeval.render.charts import layer_shares
 
     summary = view.layer_summary(thresholds, k)
     if summary.empty:
@@ -150,7 +150,7 @@ def shares_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
         rows.append({"layer": layer, "evaluator": ev, "units": n, "real labels": _pct(share["real"]),
                      "95% interval": f"{_pct(lo)} – {_pct(hi)}", "shuffled labels": _pct(share.get("shuffled")),
                      "one constant label": _pct(share.get("constant"))})
-    from clipeval.analysis import weak_evaluators
+    from clipeval.analysis.headlines import weak_evaluators
 
     warn = "".join(f"<p class='note warn'>{_e(w['evaluator'])} judges {_pct(w['baseline_share'])} of "
                    f"{_e(w['baseline'])} labels correct against {_pct(w['real'])} of the real ones: at this "
@@ -162,8 +162,8 @@ def shares_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
 
 
 def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
-    from clipeval.ui.charts import sweep_figure
-    from clipeval.ui.sweeps import default_range, sweep
+    from clipeval.render.charts import sweep_figure
+    from clipeval.analysis.sweeps import default_range, sweep
 
     parts = []
     reference = view.rater_labels[0] if view.rater_labels else None
@@ -186,7 +186,7 @@ def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int) -> 
 
 
 def agreement_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
-    from clipeval.intervals import MIN_N, pairwise_table
+    from clipeval.analysis.intervals import MIN_N, pairwise_table
 
     raters = view.rater_verdicts(thresholds, k)
     names = list(raters)
@@ -210,7 +210,7 @@ def agreement_section(view: RunView, thresholds: dict[str, float], k: int) -> st
 
 
 def labellers_section(store: Store, view: RunView, thresholds: dict[str, float], k: int) -> str:
-    from clipeval.labellers import LabellerView
+    from clipeval.analysis.sources import LabellerView
 
     lv = LabellerView(store, view.run_id, view)
     if len(lv.source_ids) < 2:
@@ -320,7 +320,7 @@ def build_report(store: Store, run_id: str, thresholds: dict[str, float] | None 
 def write_report(store: Store, run_id: str, out, thresholds: dict[str, float] | None = None, k: int | None = None,
                  units_per_layer: int | None = None) -> Path:
     """Check the output path, build the report, write it atomically."""
-    from clipeval.io import _atomic_write
+    from clipeval.files import atomic_write as _atomic_write
 
     out = check_output(out)
     text = build_report(store, run_id, thresholds, k, units_per_layer)

@@ -40,7 +40,7 @@ SOURCE_EVALUATORS = ("cp", "es", "contrast", "vqa")
 
 # ------------------------------------------------------------------------- reading the files
 def _read(path, required: tuple[str, ...], what: str) -> pd.DataFrame:
-    from clipeval.io import _read_csv, _units
+    from clipeval.files import read_csv as _read_csv, unit_column as _units
 
     df = _read_csv(path, required, what)
     df["unit"] = _units(df, path)
@@ -56,7 +56,7 @@ def _no_duplicates(df: pd.DataFrame, path) -> None:
 
 def read_clip_dissect(path) -> pd.DataFrame:
     """descriptions.csv of the original: layer,unit,description[,similarity]."""
-    from clipeval.io import read_descriptions
+    from clipeval.dissect.descriptions import read_descriptions
 
     df = read_descriptions(path)
     return df.assign(score=df["similarity"], detail="")[["layer", "unit", "label", "score", "detail"]]
@@ -192,7 +192,7 @@ def evaluate_source(store: Store, run_id: str, source_id: str, evaluators=None, 
     Returns one dict per evaluator: evaluator, status (complete | cached | unavailable | skipped), message."""
     from clipeval.evaluators.base import EvalInputs
     from clipeval.evaluators.run import EMBEDDING_EVALUATORS
-    from clipeval.pipeline import ArrayCache
+    from clipeval.dissect.pipeline import ArrayCache
 
     run = store.complete_run(run_id)
     run_id = run["run_id"]

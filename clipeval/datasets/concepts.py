@@ -8,6 +8,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipeval.datasets.imagenet import imagenet_classnames
 from clipeval.errors import ClipevalError
 
 # Built-in sets, made from packages that ship their data (no download).
@@ -39,12 +40,6 @@ def _common_words(n: int) -> list[str]:
     # wordfreq's list holds contractions and numerals; keep plain words, like the original 10k/20k sets.
     words = [w for w in top_n_list("en", 3 * n) if _WORD.match(w)]
     return words[:n]
-
-
-def imagenet_classnames() -> list[str]:
-    import open_clip
-
-    return list(open_clip.IMAGENET_CLASSNAMES)
 
 
 def from_lines(name: str, lines: list[str], warn: bool = True) -> ConceptSet:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from clipeval import judges, metrics
+from clipeval.evaluators import judges
+from clipeval.analysis import metrics
 from clipeval.errors import ClipevalError
 from clipeval.evaluators.rules import RULES, VARIANTS, ScoreTable
 from clipeval.store import Store
@@ -57,12 +58,12 @@ class RunView:
                 continue
             e = hit.iloc[0]
             state = EvaluatorState(name, e["status"], _text(e["error"]), eval_id=e["eval_id"], wall_s=e["wall_s"],
-                                   models=_json(e["models_json"]), constant_label=_text(e["constant_label"]))
+                                   models=json_or_empty(e["models_json"]), constant_label=_text(e["constant_label"]))
             if e["status"] == "complete":
                 n_concepts = None if pd.isna(e["n_concepts"]) else int(e["n_concepts"])
                 state.table = ScoreTable(store.eval_scores(e["eval_id"]), name, self.neurons, n_concepts)
             self.evaluators[name] = state
-        self.labeller = (_json(self.run.get("models_json")) or {}).get("image_text") or {}
+        self.labeller = (json_or_empty(self.run.get("models_json")) or {}).get("image_text") or {}
         self.defaults = judges.defaults(store, {e: s.models for e, s in self.evaluators.items()})
         humans = store.human_verdicts(self.run_id)
         if len(self.dead):
@@ -237,107 +238,12 @@ class RunView:
                                 lambda s, th: t.compare(s, th), fit_fraction, seed)
         return {"evaluator": evaluator, "rater": rater, "param": rule.param, **res}
 
-
-# An evaluator is flagged when a baseline (labels shuffled across neurons, or one label for all) passes
-# at least this fraction as often as the real labels. Relative, not in percentage points: a calibrated
-# strict threshold passes 3.5% of real labels and 0.1% of shuffled ones (35x, a sharp judge), while the
-# paper's ES tau on another embedding model passes 97.6% against 99.0% (a judge that tells nothing).
-WEAK_RATIO = 0.5
-
-
-def barely_beats(real: float, baseline: float, ratio: float = WEAK_RATIO) -> bool:
-    """True when a baseline's share judged correct is at least `ratio` times the real labels' share."""
-    return baseline >= ratio * real
-
-
-def weak_evaluators(summary: pd.DataFrame, ratio: float = WEAK_RATIO) -> list[dict]:
-    """Evaluators whose pooled share judged correct for real labels a baseline comes close to (see
-    barely_beats; from RunView.layer_summary): at these thresholds they barely tell a run's labels
-    from wrong ones, e.g. ES at the paper's CLIP tau on another embedding model."""
-    out = []
-    pooled = summary[summary["layer"] == "overall"]
-    for e, g in pooled.groupby("evaluator", sort=False):
-        share = dict(zip(g["variant"], g["share_correct"]))
-        baselines = {v: s for v, s in share.items() if v != "real"}
-        if "real" not in share or not baselines:
-            continue
-        variant = max(baselines, key=baselines.get)
-        if barely_beats(share["real"], baselines[variant], ratio):
-            out.append({"evaluator": e, "real": share["real"], "baseline": variant,
-                        "baseline_share": baselines[variant]})
-    return out
-
-
-def _package_dir(name: str) -> Path:
-    """A package's folder, found without importing it (timm and open_clip import torch: 10+ s)."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise ClipevalError(f"the package {name} is not installed")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-@functools.lru_cache(maxsize=1)
-def imagenet_classnames() -> list[str]:
-    """open_clip.IMAGENET_CLASSNAMES, read from its source file: the app shows class names and must not
-    import torch to do so (importing open_clip costs the first page load 5-14 s on 2 busy cores)."""
-    tree = ast.parse((_package_dir("open_clip") / "zero_shot_metadata.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "IMAGENET_CLASSNAMES" for t in node.targets):
-            return list(ast.literal_eval(node.value))
-    raise ClipevalError("open_clip's zero_shot_metadata.py has no IMAGENET_CLASSNAMES")
-
-
-@functools.lru_cache(maxsize=1)
-def imagenet_synonyms() -> list[set[str]]:
-    """Per ImageNet class (in class-index order): its open_clip name and the WordNet lemmas of its
-    synset (timm ships the synset list and lemmas), lower-cased."""
-    info = _package_dir("timm") / "data" / "_info"
-    synsets = (info / "imagenet_synsets.txt").read_text().split()
-    lemmas = dict(line.split("\t", 1) for line in (info / "imagenet_synset_to_lemma.txt").read_text().splitlines()
-                  if "\t" in line)
-    names = imagenet_classnames()
-    return [{names[i].lower(), *(l.strip().lower() for l in lemmas.get(s, "").split(","))} - {""}
-            for i, s in enumerate(synsets)]
-
-
-IMAGENET_CLASSES = 1000
-
-
-def unit_imagenet_class(n_units: int, unit: int, label: str, concepts=()) -> dict | None:
-    """The obvious sanity check for a layer whose units are the ImageNet classes (a 1000-way classifier):
-    unit i is class i. Returns the class name, whether the label names it (its name or a WordNet
-    synonym), and the rank of the first of `concepts` (runner-ups, best first, rank 1 = the label) that
-    does; None for any other layer."""
-    if int(n_units) != IMAGENET_CLASSES or not 0 <= int(unit) < IMAGENET_CLASSES:
-        return None
-    synonyms = imagenet_synonyms()[int(unit)]
-    rank = next((i for i, c in enumerate(concepts, 1) if str(c).lower() in synonyms), None)
-    return {"class": imagenet_classnames()[int(unit)], "label_matches": str(label).lower() in synonyms,
-            "concept_rank": rank, "synonyms": sorted(synonyms)}
-
-
-def imagenet_label_accuracy(store: Store, run_id: str, layer: str) -> dict:
-    """Top-1 / top-5 label accuracy of a layer whose 1,000 units are the ImageNet classes: the label
-    (or one of the five best concepts) names the unit's class (its name or a WordNet synonym). The
-    original CLIP-Dissect reports 95.5% top-1 for ResNet-50's final layer with ImageNet class names."""
-    synonyms = imagenet_synonyms()
-    ru = store.all_runner_ups(run_id)
-    ru = ru[ru["layer"] == layer]
-    if ru.empty or ru["unit"].nunique() != len(synonyms):
-        return {}
-    hit = np.array([str(c).lower() in synonyms[int(u)] for u, c in zip(ru["unit"], ru["concept"])], bool)
-    ru = ru.assign(top1=hit & (ru["rank"] == 1).to_numpy(), top5=hit & (ru["rank"] <= 5).to_numpy())
-    by_unit = ru.groupby("unit")[["top1", "top5"]].any()
-    return {"layer": layer, "neurons": int(len(by_unit)), "top1": float(by_unit["top1"].mean()),
-            "top5": float(by_unit["top5"].mean())}
-
-
 def _text(value) -> str:
     """A nullable text column's value ('' for NULL: pandas gives NaN or None, both falsy-unsafe)."""
     return value if isinstance(value, str) else ""
 
 
-def _json(value) -> dict:
+def json_or_empty(value) -> dict:
     return json.loads(value) if isinstance(value, str) and value else {}
 
 
@@ -348,44 +254,3 @@ def default_thresholds() -> dict[str, float]:
 def calibrate_threshold(store: Store, run_id: str, evaluator: str, rater: str, fit_fraction: float = 0.5,
                         seed: int = 0) -> dict:
     return RunView(store, run_id).calibrate(evaluator, rater, fit_fraction, seed)
-
-
-def runs_comparison(store: Store, thresholds: dict[str, float] | None = None, k: int | None = None,
-                    view_of=None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Share judged correct per evaluator (overall, real labels and baselines) for every complete run,
-    with its probe set and concept set: the paper's Table 2. `view_of(run_id)` may hand out cached
-    RunViews and `runs` the cached store.runs() (the app's), so a threshold change does not reload
-    every run."""
-    thresholds = thresholds or default_thresholds()
-    view_of = view_of or (lambda run_id: RunView(store, run_id))
-    rows = []
-    runs = store.runs() if runs is None else runs
-    for r in runs[runs["status"] == "complete"].itertuples():
-        view = view_of(r.run_id)
-        cfg = _json(r.config_json)
-        probe = " + ".join(p.rstrip("/").split("/")[-1] for p in (cfg.get("probe", {}) or {}).get("paths", [])) \
-            if isinstance(cfg.get("probe"), dict) else ", ".join(cfg.get("probe") or [])
-        concepts = (cfg.get("concepts") or {}).get("source") if isinstance(cfg.get("concepts"), dict) else cfg.get("concepts")
-        row = {"run": r.run_id, "name": r.name, "probe": probe, "concepts": concepts, "neurons": int(r.n_neurons)}
-        summary = view.layer_summary(thresholds, min(k, view.kmax) if k and view.available else None)
-        for e in RULES:
-            t = EVALUATOR_TITLES[e]
-            for v in VARIANTS:
-                hit = summary[(summary["layer"] == "overall") & (summary["evaluator"] == t) & (summary["variant"] == v)]
-                row[f"{t} {v}" if v != "real" else t] = float(hit["share_correct"].iloc[0]) if len(hit) else np.nan
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def timings(store: Store) -> pd.DataFrame:
-    """Seconds per dissection stage and per evaluator, for every run (the paper's Table 3)."""
-    rows = []
-    runs = store.runs()
-    evals = store.evaluations()
-    for r in runs.itertuples():
-        for stage, secs in _json(r.timings_json).items():
-            rows.append({"run": r.run_id, "name": r.name, "step": f"dissect: {stage}", "seconds": secs})
-        for e in evals[(evals["run_id"] == r.run_id) & (evals["status"] == "complete")].itertuples():
-            rows.append({"run": r.run_id, "name": r.name, "step": f"evaluate: {EVALUATOR_TITLES[e.evaluator]}",
-                         "seconds": e.wall_s})
-    return pd.DataFrame(rows, columns=["run", "name", "step", "seconds"])

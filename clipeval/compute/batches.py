@@ -25,10 +25,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from clipeval.data.probe import load_rgb, thumbnail_jpeg
-from clipeval.device import CPU, OomHalving, Placement
+from clipeval.datasets.probe import load_rgb, thumbnail_jpeg
+from clipeval.compute.device import CPU, OomHalving, Placement
 from clipeval.errors import ClipevalError
-from clipeval.progress import bar
+from clipeval.compute.progress import bar
 
 ACT = "activations/"  # output keys: ACT + layer name, EMB + model name, MAPS + layer name
 EMB = "embeddings/"
@@ -93,7 +93,7 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.float().cpu().numpy()
 
 
-def _channels_last(batch: torch.Tensor) -> torch.Tensor:
+def channels_last(batch: torch.Tensor) -> torch.Tensor:
     """Images in channels-last memory order: CPU convolutions (oneDNN) run faster on it (EfficientNet-Lite0
     forward 1.46x, bench/bench_dissect.py), and so do cuDNN's in half precision; values equal up to float
     rounding, and the model's weights are left as they are."""
@@ -126,14 +126,14 @@ class ProbeBatch:
 
     `forward` returns {ACT + layer: (n, units) float32 pooled activations, EMB + name: (n, dim) float32
     L2-normalised embeddings}, and with `maps_keep` {MAPS + layer: (n,) bytes}: per image, the maps of
-    the units for which it is among the `maps_keep` most active images seen so far (clipeval.maps;
+    the units for which it is among the `maps_keep` most active images seen so far (clipeval.dissect.maps;
     layers with a spatial layout only). Hooks on the target's layers stay registered until `close()`."""
 
     def __init__(self, target=None, layers: Sequence[str] = (), pooling: str = "mean", image_models: dict | None = None,
                  thumb_size: int | None = None, placement: Placement = CPU, batch_size: int | None = None,
                  log: Callable[[str], None] | None = None, layouts: dict[str, str] | None = None, maps_keep: int = 0):
-        from clipeval.dissect import pooling_hook
-        from clipeval.maps import RunningTop, has_map, token_prefix
+        from clipeval.dissect.pooling import pooling_hook
+        from clipeval.dissect.maps import RunningTop, has_map, token_prefix
         from clipeval.models.targets import layer_layouts
 
         self.placement = placement
@@ -168,7 +168,7 @@ class ProbeBatch:
                     thumb_size: int | None = None, batch_size: int | None = None) -> "ProbeBatch":
         """Load a DissectConfig's target (and labelling model) once, on `device` in config.dtype: what a
         worker process or a Ray actor builds before its first batch."""
-        from clipeval.device import DTYPES, resolve_device
+        from clipeval.compute.device import DTYPES, resolve_device
         from clipeval.models import targets as targets_mod
         from clipeval.models.image_text import load_image_text
 
@@ -194,7 +194,7 @@ class ProbeBatch:
     def forward(self, tensors: Sequence[torch.Tensor], rows: Sequence[int] | None = None) -> dict[str, np.ndarray]:
         """The models on one batch of decoded images (tensors as DecodeProbe makes them, stacked); `rows`:
         the images' ids in the probe (needed to keep maps: ties go to the lower id, as in the top-k)."""
-        from clipeval.maps import pack
+        from clipeval.dissect.maps import pack
 
         n = len(tensors[0]) if len(tensors) else 0
         if self._tops and (rows is None or len(rows) != n):
@@ -208,7 +208,7 @@ class ProbeBatch:
             if self.target is not None:
                 self._current.clear()
                 self._maps.clear()
-                self.target.module(_channels_last(self.placement.inputs(tensors[0][a:b])))
+                self.target.module(channels_last(self.placement.inputs(tensors[0][a:b])))
                 for layer in self.layers:
                     out[ACT + layer] = _to_numpy(self._current[layer])
                 for layer, top in self._tops.items():
@@ -266,7 +266,7 @@ class ProbeBatch:
 
 def _map_hook(maps: dict, layer: str, layout: str, n_prefix: int) -> Callable:
     """A forward hook that puts `layer`'s shrunk spatial maps (a float32 copy, or None) into maps[layer]."""
-    from clipeval.maps import map_of
+    from clipeval.dissect.maps import map_of
 
     def hook(_module, _inputs, output):
         maps[layer] = map_of(output, layout, n_prefix)

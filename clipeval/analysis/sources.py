@@ -12,10 +12,10 @@ import json
 import numpy as np
 import pandas as pd
 
-from clipeval import metrics
-from clipeval.analysis import EVALUATOR_TITLES, RunView
+from clipeval.analysis import metrics
+from clipeval.analysis.runview import EVALUATOR_TITLES, RunView
 from clipeval.evaluators.rules import RULES, ScoreTable
-from clipeval.sources import KIND_TITLES, describe_coverage
+from clipeval.evaluators.sources import KIND_TITLES, describe_coverage
 from clipeval.store import Store
 
 RUN_SOURCE = "run"  # the key of the run's own labels among the sources

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 import numpy as np
 import pandas as pd
 
-from clipeval.analysis import EVALUATOR_TITLES
+from clipeval.analysis.runview import EVALUATOR_TITLES
 from clipeval.evaluators.rules import RULES
 
 INTERPRETABLE = "interpretable"
@@ -192,7 +192,7 @@ def measure_by_layer_ci(pairwise: dict[str, pd.DataFrame], measure: str, layer_o
                         ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """{rater: intervals.pairwise_table(rater, reference)} -> (one row per rater, one text cell per layer
     and 'overall' reading '0.62 [0.55, 0.70] n=120'; the same shape of booleans: fewer than MIN_N neurons)."""
-    from clipeval.intervals import figure
+    from clipeval.analysis.intervals import figure
 
     text, small = {}, {}
     for rater, t in pairwise.items():

@@ -1,6 +1,6 @@
-"""Files in and out: descriptions.csv of the original CLIP-Dissect (layer,unit,description,similarity),
-Parquet exports, and human verdict CSVs (layer,unit,verdict[,rater]). Every file is checked
-completely before anything is written; exports go to a temporary file that is renamed at the end."""
+"""Neuron descriptions in and out: descriptions.csv of the original CLIP-Dissect (layer,unit,description,
+similarity) imported as a run of its own (with a probe pass for the evaluators' top images when a target is
+given), and a run's labels exported as CSV or Parquet."""
 
 from __future__ import annotations
 
@@ -14,86 +14,33 @@ import pandas as pd
 
 from clipeval.config import ProbeConfig, TargetConfig, stable_hash
 from clipeval.errors import ClipevalError
+from clipeval.files import MAX_UNIT, atomic_write, first_rows, read_csv, unit_column
 from clipeval.store import Store
 
 DESCRIPTION_COLUMNS = ("layer", "unit", "description", "similarity")
-HUMAN_COLUMNS = ("layer", "unit", "verdict")
-MAX_UNIT = 2**31 - 1  # the store's unit column is a 32-bit INTEGER
-YES = {"yes", "y", "1", "true", "t"}
-NO = {"no", "n", "0", "false", "f"}
 
 
-def _read_csv(path, required, what: str) -> pd.DataFrame:
-    p = Path(path)
-    if not p.is_file():
-        raise ClipevalError(f"{what} file {path} does not exist")
-    try:
-        df = pd.read_csv(p, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise ClipevalError(f"{path} is not a readable CSV: {e}") from e
-    df.columns = [c.strip().lower() for c in df.columns]
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise ClipevalError(f"{path} lacks column(s) {', '.join(missing)}: found {', '.join(df.columns) or 'none'}, "
-                            f"expected {','.join(required)}")
-    if df.empty:
-        raise ClipevalError(f"{path} has no rows")
-    return df
-
-
-def _units(df: pd.DataFrame, path) -> pd.Series:
-    bad = ~df["unit"].str.strip().str.fullmatch(r"\d+")
-    if bad.any():
-        raise ClipevalError(f"{path}: unit must be a non-negative integer; row {int(np.argmax(bad)) + 2} has "
-                            f"{df['unit'][bad].iloc[0]!r}")
-    units = df["unit"].str.strip().map(int)  # Python ints: a 20-digit unit must not wrap around
-    big = units > MAX_UNIT
-    if big.any():
-        raise ClipevalError(f"{path}: unit {units[big].iloc[0]} in row {int(np.argmax(big)) + 2} is beyond any "
-                            f"layer's size (at most {MAX_UNIT:,})")
-    return units.astype("int64")
-
-
-def _first(rows: pd.DataFrame, columns=("layer", "unit")) -> list:
-    """The first row's values as plain Python values, for messages (not numpy reprs like np.int64(3))."""
-    return [v.item() if isinstance(v, np.generic) else v for v in rows[list(columns)].iloc[0].tolist()]
-
-
-def _atomic_write(path: Path, write) -> Path:
-    if path.is_dir():
-        raise ClipevalError(f"{path} is a folder; give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-# ------------------------------------------------------------------------- descriptions
 def export_descriptions(store: Store, run_id: str, out) -> Path:
     run = store.complete_run(run_id)
     df = store.neurons(run["run_id"]).rename(columns={"label": "description"})[list(DESCRIPTION_COLUMNS)]
     out = Path(out)
     if out.suffix == ".csv":
-        return _atomic_write(out, lambda p: df.to_csv(p, index=False))
+        return atomic_write(out, lambda p: df.to_csv(p, index=False))
     if out.suffix == ".parquet":
-        return _atomic_write(out, lambda p: df.to_parquet(p, index=False))
+        return atomic_write(out, lambda p: df.to_parquet(p, index=False))
     raise ClipevalError(f"export to .csv or .parquet, not {out.suffix or 'no extension'}")
 
 
 def read_descriptions(path) -> pd.DataFrame:
-    df = _read_csv(path, DESCRIPTION_COLUMNS[:3], "descriptions")
-    df["unit"] = _units(df, path)
+    df = read_csv(path, DESCRIPTION_COLUMNS[:3], "descriptions")
+    df["unit"] = unit_column(df, path)
     df["layer"] = df["layer"].str.strip()
     df["description"] = df["description"].str.strip()
     if (df["description"] == "").any():
-        raise ClipevalError(f"{path}: empty description for {_first(df[df['description'] == ''])}")
+        raise ClipevalError(f"{path}: empty description for {first_rows(df[df['description'] == ''])}")
     dup = df.duplicated(["layer", "unit"])
     if dup.any():
-        raise ClipevalError(f"{path}: neuron {_first(df[dup])} appears twice")
+        raise ClipevalError(f"{path}: neuron {first_rows(df[dup])} appears twice")
     if "similarity" in df.columns:
         text = df["similarity"].str.strip()
         values = pd.to_numeric(text.replace("", np.nan), errors="coerce")
@@ -115,14 +62,14 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
     """Store labels made elsewhere as a run. With a target and probe, activations are collected (on
     `placement`, default the CPU in float32, here or on Ray workers: `engine`) so the labels get top-k
     images and can be evaluated; without, the labels can only be browsed."""
-    from clipeval.device import CPU
-    from clipeval.engine import LOCAL
+    from clipeval.compute.device import CPU
+    from clipeval.compute.engine import LOCAL
 
-    from clipeval import pipeline
-    from clipeval.data.concepts import load_concepts
-    from clipeval.data.probe import load_probe
-    from clipeval.dissect import neuron_summaries
-    from clipeval.maps import map_rows
+    from clipeval.dissect import pipeline
+    from clipeval.datasets.concepts import load_concepts
+    from clipeval.datasets.probe import load_probe
+    from clipeval.dissect.activations import neuron_summaries
+    from clipeval.dissect.maps import map_rows
     from clipeval.models import targets as targets_mod
 
     labels = read_descriptions(path)
@@ -199,54 +146,3 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
         store.fail_run(run_id, "failed", f"{type(e).__name__}: {e}")
         raise
     return run_id
-
-
-# ------------------------------------------------------------------------- human verdicts
-def parse_verdicts(values: pd.Series, path) -> pd.Series:
-    v = values.str.strip().str.lower()
-    bad = ~v.isin(YES | NO)
-    if bad.any():
-        raise ClipevalError(f"{path}: verdict must be yes/no/1/0/true/false; row {int(np.argmax(bad)) + 2} has "
-                            f"{values[bad].iloc[0]!r}")
-    return v.isin(YES)
-
-
-def import_human(store: Store, run_id: str, path, *, rater: str | None = None, replace: bool = False) -> int:
-    """Import yes/no verdicts; a verdict that contradicts the same rater's current one is refused
-    unless `replace` (then it is added on top: the history is kept)."""
-    run = store.complete_run(run_id)
-    df = _read_csv(path, HUMAN_COLUMNS, "verdicts")
-    df["unit"] = _units(df, path)
-    df["layer"] = df["layer"].str.strip()
-    df["verdict"] = parse_verdicts(df["verdict"], path)
-    if "rater" not in df.columns or (df["rater"].str.strip() == "").any():
-        if not rater:
-            raise ClipevalError(f"{path} has no rater column (or empty raters): pass --rater NAME")
-        df["rater"] = df["rater"].where(df["rater"].str.strip() != "", rater) if "rater" in df.columns else rater
-    df["rater"] = df["rater"].str.strip()
-    dup = df.duplicated(["layer", "unit", "rater"])
-    if dup.any():
-        raise ClipevalError(f"{path}: rater {df[dup]['rater'].iloc[0]!r} judges neuron "
-                            f"{_first(df[dup])} twice")
-    known = store.neurons(run["run_id"])[["layer", "unit"]]
-    unknown = df.merge(known, on=["layer", "unit"], how="left", indicator=True)
-    unknown = unknown[unknown["_merge"] == "left_only"]
-    if len(unknown):
-        raise ClipevalError(f"{path}: {len(unknown)} neuron(s) not in run {run['run_id']}, e.g. "
-                            f"{_first(unknown)}")
-    current = store.human_verdicts(run["run_id"])
-    clash = df.merge(current, on=["layer", "unit", "rater"], suffixes=("", "_old"))
-    clash = clash[clash["verdict"] != clash["verdict_old"]]
-    if len(clash) and not replace:
-        raise ClipevalError(f"{path}: {len(clash)} verdict(s) differ from the rater's stored ones, e.g. "
-                            f"{_first(clash, ('rater', 'layer', 'unit'))}; pass --replace to record the "
-                            "new ones (the old ones stay in the history)")
-    return store.add_human_verdicts(run["run_id"], df, source=f"import:{Path(path).name}")
-
-
-def export_human(store: Store, run_id: str, out) -> Path:
-    run = store.complete_run(run_id)
-    df = store.human_verdicts(run["run_id"])
-    df["verdict"] = np.where(df["verdict"], "yes", "no")
-    return _atomic_write(Path(out), lambda p: df[["layer", "unit", "verdict", "rater", "source", "created_at"]]
-                         .to_csv(p, index=False))

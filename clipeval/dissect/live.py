@@ -56,7 +56,7 @@ def run_placement(run: dict, device: str | None = None):
     """Where to probe a run's target here: the run's own device and dtype when this machine has that
     device, else the CPU in float32 (half precision on a CPU is slow and no closer to anything); and a
     note saying which, when it differs from the run's."""
-    from clipeval.device import DTYPES, Placement, resolve_device
+    from clipeval.compute.device import DTYPES, Placement, resolve_device
 
     compute = (json.loads(run.get("models_json") or "{}") or {}).get("compute") or {}
     run_device = str(compute.get("device") or "cpu")
@@ -113,14 +113,14 @@ class LiveProbe:
         """One forward pass of a blank image as the readings run it (placement, channels-last, threads), as
         part of the load: the first pass builds the backend's kernels (oneDNN, cuDNN) and would otherwise
         make the first reading several times slower than the next ones."""
-        from clipeval.batches import _channels_last
+        from clipeval.compute.batches import channels_last as channels_last
 
         threads = torch.get_num_threads()
         try:
             if self.threads:
                 torch.set_num_threads(self.threads)
             x = torch.zeros(1, 3, self.target.input_size, self.target.input_size)
-            self.target.module(_channels_last(self.placement.inputs(x)))
+            self.target.module(channels_last(self.placement.inputs(x)))
         finally:
             torch.set_num_threads(threads)
 
@@ -129,10 +129,10 @@ class LiveProbe:
         or None (then percentiles come from the stored histogram)."""
         if layer not in self._acts:
             from clipeval.config import TargetConfig
-            from clipeval.pipeline import ArrayCache, _layer_key
+            from clipeval.dissect.pipeline import ArrayCache, layer_key as layer_key
 
             dtype = json.loads(self.run.get("config_json") or "{}").get("dtype", "float32")
-            key = _layer_key(TargetConfig(self.target_name, self.weights), self.target, layer, self.pooling,
+            key = layer_key(TargetConfig(self.target_name, self.weights), self.target, layer, self.pooling,
                              SimpleNamespace(fingerprint=self.run["probe_fingerprint"]), dtype, self.layouts[layer])
             acts = ArrayCache(self._store.path.parent / "cache").get("activations", key)
             n = int(self.run.get("n_images") or 0)
@@ -142,10 +142,10 @@ class LiveProbe:
     @torch.no_grad()
     def forward(self, image, layer: str) -> tuple[torch.Tensor, torch.Tensor | None, float]:
         """Pooled activations (units,) and spatial maps (units, h, w) or None of `layer` on one PIL image,
-        pooled and laid out as the run's probe pass did (clipeval.batches.ProbeBatch)."""
-        from clipeval.batches import _channels_last
-        from clipeval.dissect import pool
-        from clipeval.maps import spatial, token_prefix
+        pooled and laid out as the run's probe pass did (clipeval.compute.batches.ProbeBatch)."""
+        from clipeval.compute.batches import channels_last as channels_last
+        from clipeval.dissect.pooling import pool
+        from clipeval.dissect.maps import spatial, token_prefix
 
         if layer not in self.layouts:
             raise ClipevalError(f"the run has no layer {layer!r} (its layers: {', '.join(self.layouts)})")
@@ -165,7 +165,7 @@ class LiveProbe:
             if self.threads:
                 torch.set_num_threads(self.threads)
             x = self.target.preprocess(image.convert("RGB")).unsqueeze(0)
-            self.target.module(_channels_last(self.placement.inputs(x)))
+            self.target.module(channels_last(self.placement.inputs(x)))
         finally:
             handle.remove()
             torch.set_num_threads(threads)

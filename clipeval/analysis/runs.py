@@ -1,0 +1,51 @@
+"""Every run of a store side by side: shares judged correct per evaluator (the paper's Table 2) and
+seconds per stage (its Table 3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from clipeval.analysis.runview import EVALUATOR_TITLES, RunView, default_thresholds, json_or_empty
+from clipeval.evaluators.rules import RULES, VARIANTS
+from clipeval.store import Store
+
+def runs_comparison(store: Store, thresholds: dict[str, float] | None = None, k: int | None = None,
+                    view_of=None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Share judged correct per evaluator (overall, real labels and baselines) for every complete run,
+    with its probe set and concept set: the paper's Table 2. `view_of(run_id)` may hand out cached
+    RunViews and `runs` the cached store.runs() (the app's), so a threshold change does not reload
+    every run."""
+    thresholds = thresholds or default_thresholds()
+    view_of = view_of or (lambda run_id: RunView(store, run_id))
+    rows = []
+    runs = store.runs() if runs is None else runs
+    for r in runs[runs["status"] == "complete"].itertuples():
+        view = view_of(r.run_id)
+        cfg = json_or_empty(r.config_json)
+        probe = " + ".join(p.rstrip("/").split("/")[-1] for p in (cfg.get("probe", {}) or {}).get("paths", [])) \
+            if isinstance(cfg.get("probe"), dict) else ", ".join(cfg.get("probe") or [])
+        concepts = (cfg.get("concepts") or {}).get("source") if isinstance(cfg.get("concepts"), dict) else cfg.get("concepts")
+        row = {"run": r.run_id, "name": r.name, "probe": probe, "concepts": concepts, "neurons": int(r.n_neurons)}
+        summary = view.layer_summary(thresholds, min(k, view.kmax) if k and view.available else None)
+        for e in RULES:
+            t = EVALUATOR_TITLES[e]
+            for v in VARIANTS:
+                hit = summary[(summary["layer"] == "overall") & (summary["evaluator"] == t) & (summary["variant"] == v)]
+                row[f"{t} {v}" if v != "real" else t] = float(hit["share_correct"].iloc[0]) if len(hit) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def timings(store: Store) -> pd.DataFrame:
+    """Seconds per dissection stage and per evaluator, for every run (the paper's Table 3)."""
+    rows = []
+    runs = store.runs()
+    evals = store.evaluations()
+    for r in runs.itertuples():
+        for stage, secs in json_or_empty(r.timings_json).items():
+            rows.append({"run": r.run_id, "name": r.name, "step": f"dissect: {stage}", "seconds": secs})
+        for e in evals[(evals["run_id"] == r.run_id) & (evals["status"] == "complete")].itertuples():
+            rows.append({"run": r.run_id, "name": r.name, "step": f"evaluate: {EVALUATOR_TITLES[e.evaluator]}",
+                         "seconds": e.wall_s})
+    return pd.DataFrame(rows, columns=["run", "name", "step", "seconds"])

@@ -1,1 +1,0 @@
-"""Probe image sets and concept sets."""

@@ -1,0 +1,130 @@
+"""The package's shape, read with `ast` (nothing imported): every clipeval import names a module and a name
+that exist, no module imports another's private name, the imports between modules form no cycle, and every
+subpackage says in its docstring what it holds."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "clipeval"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+SOURCES = {**{m: p for m, p in MODULES.items()}, **{f"pages.{p.stem}": p for p in (ROOT / "pages").glob("*.py")},
+           "app": ROOT / "app.py"}
+
+
+def defined_names(module: str) -> set[str]:
+    """Top-level names a module binds (assignments, defs, classes, imports), plus its submodules."""
+    tree = ast.parse(MODULES[module].read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node in tree.body:
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                names.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)) and node in tree.body:
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.If, ast.Try)) and node in tree.body:
+            for sub in ast.walk(node):
+                if isinstance(sub, (ast.FunctionDef, ast.ClassDef)):
+                    names.add(sub.name)
+                elif isinstance(sub, ast.Assign):
+                    names.update(n.id for t in sub.targets for n in ast.walk(t) if isinstance(n, ast.Name))
+                elif isinstance(sub, (ast.Import, ast.ImportFrom)):
+                    names.update((a.asname or a.name).split(".")[0] for a in sub.names)
+    names.update(m.rsplit(".", 1)[1] for m in MODULES if "." in m and m.rsplit(".", 1)[0] == module)
+    return names
+
+
+def clipeval_imports(path: Path):
+    """(line, module imported from, name or None) for every clipeval import in a file, inside functions too."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "clipeval":
+            for a in node.names:
+                yield node.lineno, node.module, a.name
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "clipeval":
+                    yield node.lineno, a.name, None
+
+
+def edges() -> dict[str, set[str]]:
+    """Module -> the clipeval modules it imports (a name that is a submodule counts as that module)."""
+    out: dict[str, set[str]] = {m: set() for m in SOURCES}
+    for m, path in SOURCES.items():
+        for _, module, name in clipeval_imports(path):
+            target = f"{module}.{name}" if name and f"{module}.{name}" in MODULES else module
+            if target != m:
+                out[m].add(target)
+    return out
+
+
+def test_every_clipeval_import_resolves():
+    wrong = []
+    for m, path in SOURCES.items():
+        for line, module, name in clipeval_imports(path):
+            if module not in MODULES:
+                wrong.append(f"{path.relative_to(ROOT)}:{line}: no module {module}")
+            elif name and name != "*" and name not in defined_names(module):
+                wrong.append(f"{path.relative_to(ROOT)}:{line}: {module} has no {name}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_module_imports_another_modules_private_name():
+    wrong = [f"{path.relative_to(ROOT)}:{line}: {module}.{name}" for m, path in SOURCES.items()
+             for line, module, name in clipeval_imports(path) if name and name.startswith("_")]
+    assert not wrong, "\n".join(wrong)
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for d in sorted(graph.get(n, ())):
+            if state.get(d) == 1:
+                return stack[stack.index(d):] + [d]
+            if d not in state and (found := visit(d)):
+                return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (found := visit(n)):
+            return found
+    return None
+
+
+def test_imports_form_no_cycle():
+    # a package's __init__ that re-exports its modules is the package's face, not a module of its own
+    graph = {m: {d for d in ds if not (d in MODULES and MODULES[d].name == "__init__.py" and m.startswith(d + "."))}
+             for m, ds in edges().items()}
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+@pytest.mark.parametrize("package", sorted(p.parent.relative_to(ROOT).as_posix()
+                                           for p in PACKAGE.rglob("__init__.py")))
+def test_every_subpackage_says_what_it_holds(package):
+    doc = ast.get_docstring(ast.parse((ROOT / package / "__init__.py").read_text()))
+    assert doc and len(doc.split()) >= 12, f"{package}/__init__.py needs a docstring saying what the package holds"

@@ -14,7 +14,6 @@ write costs the next rerun (its cached reads are asked again once).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess

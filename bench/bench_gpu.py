@@ -319,7 +319,6 @@ def make_blip2(concepts: list[str], tiny: bool, placement):
 
 
 def stage_c(res: Results, work: Path, probe: Path, sizes: dict, placement, tiny: bool) -> None:
-    import torch
 
     from bench_vqa import generate_answers
     from clipeval.compute.batches import YesNoBatch

@@ -66,7 +66,6 @@ def worker_local(n: int, threads: int) -> dict:
 def worker_ray(n: int, worker_counts: list[int]) -> list[dict]:
     import logging
 
-    import numpy as np
     import ray
 
     from clipeval.compute import ray_map

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from clipeval.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,6 @@
 mean nothing there) and leaves a complete JSON report."""
 
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

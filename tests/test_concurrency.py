@@ -17,7 +17,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 

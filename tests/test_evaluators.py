@@ -19,14 +19,13 @@ from PIL import Image
 
 from clipeval.config import ImageTextConfig
 from clipeval.errors import ClipevalError
-from clipeval.evaluators import base as base_mod
 from clipeval.evaluators import cp as cp_mod
 from clipeval.evaluators import run as run_mod
 from clipeval.evaluators.base import EvalInputs, label_variants
 from clipeval.evaluators.cp import ConceptProportion
 from clipeval.evaluators.es import EmbeddingSimilarity
 from clipeval.evaluators.rules import RULES, ScoreTable, cp_cutoff, image_matches
-from clipeval.models.vqa import DEFAULT_TEMPLATE, format_prompt
+from clipeval.models.vqa import format_prompt
 from clipeval.dissect.pipeline import ArrayCache
 from clipeval.store import Store
 

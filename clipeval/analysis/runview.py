@@ -4,11 +4,7 @@ No model runs here; a `RunView` loads a run's scores once and answers each slide
 
 from __future__ import annotations
 
-import ast
-import functools
-import importlib.util
 import json
-from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +13,7 @@ import pandas as pd
 from clipeval.evaluators import judges
 from clipeval.analysis import metrics
 from clipeval.errors import ClipevalError
-from clipeval.evaluators.rules import RULES, VARIANTS, ScoreTable
+from clipeval.evaluators.rules import RULES, ScoreTable
 from clipeval.store import Store
 
 EVALUATOR_TITLES = {"vqa": "VQA", "cp": "CP", "es": "ES", "contrast": "Contrast"}

@@ -5,11 +5,10 @@ decoded once for the target, the image-text models and the thumbnail) and per-ne
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from clipeval.datasets.probe import ProbeImage
 from clipeval.compute.device import CPU, Placement

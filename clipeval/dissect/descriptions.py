@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from clipeval.config import ProbeConfig, TargetConfig, stable_hash
+from clipeval.config import TargetConfig, stable_hash
 from clipeval.errors import ClipevalError
-from clipeval.files import MAX_UNIT, atomic_write, first_rows, read_csv, unit_column
+from clipeval.files import atomic_write, first_rows, read_csv, unit_column
 from clipeval.store import Store
 
 DESCRIPTION_COLUMNS = ("layer", "unit", "description", "similarity")

@@ -8,7 +8,6 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
-import torch
 
 from clipeval.config import stable_hash
 from clipeval.compute.device import CPU

@@ -19,7 +19,8 @@ import threading
 import pandas as pd
 import streamlit as st
 
-from clipeval.analysis import imagenet, runs
+from clipeval.analysis.imagenet import imagenet_label_accuracy
+from clipeval.analysis import runs as every_run
 from clipeval.datasets.imagenet import imagenet_synonyms
 from clipeval.analysis import intervals
 from clipeval.analysis import sweeps
@@ -244,7 +245,7 @@ def label_counts(run_id: str, layer: str | None = None, limit: int = 25) -> pd.D
 def _imagenet_accuracy(path: str, run_id: str, data_version: str) -> list[dict]:
     store = _open_store(path)
     layers = store.layers(run_id)
-    found = [imagenet.imagenet_label_accuracy(store, run_id, l) for l in layers[layers["n_units"] == 1000]["layer"]]
+    found = [imagenet_label_accuracy(store, run_id, l) for l in layers[layers["n_units"] == 1000]["layer"]]
     return [f for f in found if f]
 
 
@@ -254,13 +255,13 @@ def imagenet_accuracy(run_id: str) -> list[dict]:
 
 
 def runs_comparison(thresholds: dict[str, float], k: int | None = None) -> pd.DataFrame:
-    """runs.runs_comparison at the given thresholds (the paper's Table 2), on the cached RunViews."""
-    return runs.runs_comparison(store(), thresholds, k, view_of=run_view, runs=runs())
+    """runs_comparison at the given thresholds (the paper's Table 2), on the cached RunViews."""
+    return every_run.runs_comparison(store(), thresholds, k, view_of=run_view, runs=runs())
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _timings(path: str, data_version: str) -> pd.DataFrame:
-    return runs.timings(_open_store(path))
+    return every_run.timings(_open_store(path))
 
 
 def timings() -> pd.DataFrame:

@@ -3,6 +3,9 @@ offline probe, the ConSE backend), built once per test session, and copies of it
 
 from __future__ import annotations
 
+import ast
+import functools
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -14,9 +17,55 @@ from clipeval.config import ConceptConfig, DissectConfig, ProbeConfig, Similarit
 SMALL_LAYERS = ("blocks.1", "blocks.4", "classifier")
 
 
+# Test tiers, marked from what a test uses (its fixtures, and the names its code and the same file's helpers
+# and fixtures it reaches refer to): `./run test --fast` leaves these out; `./run test` runs everything.
+TIER_FIXTURES = {"run": {"built_run", "run_store", "app_store"}, "ray": {"ray_cluster"}, "browser": {"chromium"}}
+TIER_NAMES = {"ray": {"ray", "ray_session"}, "subprocess": {"subprocess", "Popen", "check_output"},
+              "browser": {"check_report_offline"}}
+SLOW_TIERS = ("run", "ray", "subprocess", "browser")
+
+
+@functools.lru_cache(maxsize=None)
+def _module_names(path: str) -> dict[str, set[str]]:
+    """Per top-level function and class of a test file: the names and strings its body refers to."""
+    tree = ast.parse(Path(path).read_text())
+    out = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names = set()
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Name):
+                    names.add(sub.id)
+                elif isinstance(sub, ast.Attribute):
+                    names.add(sub.attr)
+                elif isinstance(sub, ast.Constant) and isinstance(sub.value, str):
+                    names.update(re.findall(r"[A-Za-z_]+", sub.value))
+            out[node.name] = names
+    return out
+
+
+def tiers_of(path: str, function: str, fixtures) -> set[str]:
+    local = _module_names(path)
+    seen, todo, names = set(), [function, *fixtures], set()
+    while todo:  # the test, its fixtures, and the same file's helpers they call, transitively
+        name = todo.pop()
+        if name in seen or name not in local:
+            continue
+        seen.add(name)
+        names |= local[name]
+        todo.extend(local[name] & local.keys())
+    tiers = {t for t, used in TIER_NAMES.items() if names & used}
+    tiers |= {t for t, fx in TIER_FIXTURES.items() if fx & set(fixtures)}
+    return tiers
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` need CUDA: skipped, with the reason, where torch sees no GPU (CI has none).
-    On a GPU machine: python -m pytest -m gpu"""
+    """Tiers (see SLOW_TIERS) marked on every test. Tests marked `gpu` need CUDA: skipped, with the reason,
+    where torch sees no GPU (CI has none). On a GPU machine: python -m pytest -m gpu"""
+    for item in items:
+        function = getattr(item, "originalname", item.name)
+        for tier in tiers_of(str(item.path), function, tuple(getattr(item, "fixturenames", ()))):
+            item.add_marker(getattr(pytest.mark, tier))
     import torch
 
     if torch.cuda.is_available():

@@ -16,6 +16,16 @@ from clipeval.analysis import metrics
 from clipeval.cli import main
 
 
+@pytest.fixture
+def chromium() -> str:
+    """Chromium's path. The browser tests run wherever the suite runs (`./run test` installs Chromium as root);
+    without it they fail, naming the install command, rather than skip unseen."""
+    found = shutil.which("chromium") or (Path("/usr/bin/chromium").exists() and "/usr/bin/chromium")
+    if not found:
+        pytest.fail("Chromium is not installed: apt-get install chromium (./run test does this as root)")
+    return found
+
+
 def test_wilson_interval_known_values():
     lo, hi = metrics.wilson_interval(8, 10)
     assert (round(lo, 4), round(hi, 4)) == (0.4902, 0.9433)  # the textbook 95% Wilson interval for 8/10
@@ -84,9 +94,7 @@ def test_report_units_per_layer_cap(built_run, tmp_path):
     assert "(first 3 shown)" in text and text.count("class='unit'") <= 3 * 3
 
 
-@pytest.mark.skipif(not (shutil.which("chromium") or Path("/usr/bin/chromium").exists()),
-                    reason="Chromium not installed (Debian: apt-get install chromium)")
-def test_report_opens_in_chromium_without_a_request_leaving_the_file(report, tmp_path):
+def test_report_opens_in_chromium_without_a_request_leaving_the_file(report, tmp_path, chromium):
     out = report[0]
     script = Path(__file__).resolve().parents[1] / "scripts" / "check_report_offline.py"
     res = subprocess.run([sys.executable, str(script), str(out), "--wait", "60"], capture_output=True, text=True,
@@ -109,9 +117,7 @@ def test_report_page_builds_and_offers_the_file(run_store, monkeypatch, fresh_ca
     assert html.count("class='unit'") <= 2 * 3 and "Units per layer" in html
 
 
-@pytest.mark.skipif(not (shutil.which("chromium") or Path("/usr/bin/chromium").exists()),
-                    reason="Chromium not installed (Debian: apt-get install chromium)")
-def test_the_offline_check_catches_a_request_that_leaves(tmp_path):
+def test_the_offline_check_catches_a_request_that_leaves(tmp_path, chromium):
     page = tmp_path / "leaky.html"
     page.write_text("<html><body><img src='http://127.0.0.1:9/x.png'><p>hi</p></body></html>")
     script = Path(__file__).resolve().parents[1] / "scripts" / "check_report_offline.py"
@@ -120,9 +126,7 @@ def test_the_offline_check_catches_a_request_that_leaves(tmp_path):
     assert res.returncode == 1 and "request left the file: http://127.0.0.1:9/x.png" in res.stdout
 
 
-@pytest.mark.skipif(not (shutil.which("chromium") or Path("/usr/bin/chromium").exists()),
-                    reason="Chromium not installed (Debian: apt-get install chromium)")
-def test_the_offline_check_catches_a_chart_that_did_not_draw(tmp_path):
+def test_the_offline_check_catches_a_chart_that_did_not_draw(tmp_path, chromium):
     """Counting svg elements (plotly drew several per chart) once said '21 of 7 charts drawn' and let a
     report with undrawn charts pass: a chart counts when its frame holds a drawn svg with marks. One drawn
     chart of two must fail."""

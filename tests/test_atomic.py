@@ -121,7 +121,7 @@ def test_a_source_evaluation_killed_mid_way_shows_as_interrupted(run_store, tmp_
     # the pass blocks in its scoring step, as a long one would, until it is killed
     script = textwrap.dedent(f"""
         import time
-        from clipeval import sources
+        from clipeval.evaluators import sources
         from clipeval.evaluators.run import EMBEDDING_EVALUATORS
         from clipeval.store import Store
         EMBEDDING_EVALUATORS["es"].score = lambda self, *a, **k: time.sleep(600)

@@ -6,7 +6,7 @@ evaluator and reference rater, recomputed whenever a threshold moves), two ways 
 Data: R raters (default 6: 4 evaluators, 2 references) giving yes/no on N neurons (default 1,000, the
 demo's final layer; --quick 300), each agreeing with a hidden truth 60-90% of the time.
 
-ours      clipeval.analysis.intervals.kappa_matrix: the raters' verdicts put on one neuron index once; each pair's
+ours      clipeval.analysis.intervals.kappa_with_intervals: the raters' verdicts put on one neuron index once; each pair's
           resamples drawn as 2x2 tables from a multinomial over the four cells (one draw per resample).
 baseline  the straightforward way, which clipeval used before: per pair, merge the two raters' frames on
           (layer, unit), resample the neurons' indices (n per resample) and compute kappa on each.
@@ -70,10 +70,10 @@ def main() -> None:
     n = args.neurons or (300 if args.quick else 1000)
     rs = raters(n, args.raters)
     base = baseline_matrix(rs)
-    ours = intervals.kappa_matrix(rs)
+    ours = intervals.kappa_with_intervals(rs)
     diff = max(max(abs(ours["lo"].loc[x, y] - lo), abs(ours["hi"].loc[x, y] - hi)) for (x, y), (lo, hi) in base.items())
     t_base = median_time(lambda: baseline_matrix(rs), repeat=3)
-    t_ours = median_time(lambda: intervals.kappa_matrix(rs), repeat=5)
+    t_ours = median_time(lambda: intervals.kappa_with_intervals(rs), repeat=5)
     rows = [{"raters x neurons": f"{args.raters} x {n:,}", "pairs": len(base), "baseline (index resampling)": fmt_s(t_base),
              "ours (multinomial 2x2)": fmt_s(t_ours), "speed-up": ratio(t_base, t_ours),
              "largest interval-end difference": f"{diff:.3f}"}]

@@ -204,7 +204,7 @@ def test_kappa_matrix_pairs_each_two_raters_over_the_neurons_both_judged():
     full = lambda: pd.DataFrame({"layer": np.repeat(["a", "b"], 100), "unit": np.tile(np.arange(100), 2),  # noqa: E731
                                  "verdict": rng.random(200) < 0.5})
     raters = {"x": full(), "y": full(), "z": full().iloc[::4].sample(frac=1, random_state=0)}  # a quarter, shuffled
-    m = intervals.kappa_matrix(raters)
+    m = intervals.kappa_with_intervals(raters)
     assert np.allclose(m["kappa"].to_numpy(), metrics.kappa_matrix(raters).to_numpy(), equal_nan=True)
     assert m["n"].loc["x", "y"] == 200 and m["n"].loc["x", "z"] == m["n"].loc["z", "y"] == 50
     w = metrics.align({"x": raters["x"], "z": raters["z"]})
@@ -214,7 +214,7 @@ def test_kappa_matrix_pairs_each_two_raters_over_the_neurons_both_judged():
 def test_pairwise_table_marks_small_groups():
     frame = lambda v: pd.DataFrame({"layer": ["x"] * 10 + ["y"] * 40, "unit": range(50), "verdict": v})  # noqa: E731
     rng = np.random.default_rng(0)
-    t = intervals.pairwise_table(frame(rng.random(50) < 0.5), frame(rng.random(50) < 0.5)).set_index("layer")
+    t = intervals.pairwise_with_intervals(frame(rng.random(50) < 0.5), frame(rng.random(50) < 0.5)).set_index("layer")
     assert bool(t.loc["x", "small"]) and not bool(t.loc["y", "small"]) and not bool(t.loc["overall", "small"])
     f = intervals.figure(t.loc["x"], "kappa")
     assert f.text().endswith("n=10") and "[" in f.text()

@@ -62,7 +62,7 @@ def bootstrap(a, b, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, tuple[floa
     return out
 
 
-def pairwise_table(a: pd.DataFrame, b: pd.DataFrame, by_layer: bool = True, n_boot: int = N_BOOT,
+def pairwise_with_intervals(a: pd.DataFrame, b: pd.DataFrame, by_layer: bool = True, n_boot: int = N_BOOT,
                    seed: int = 0) -> pd.DataFrame:
     """metrics.pairwise_table with, per measure, `<measure> lo` and `<measure> hi` (95% bootstrap over
     neurons) and `small` (fewer than MIN_N neurons)."""
@@ -106,7 +106,7 @@ class Figure:
 
 
 def figure(row, measure: str) -> Figure:
-    """A Figure from one row of pairwise_table."""
+    """A Figure from one row of pairwise_with_intervals."""
     return Figure(float(row[measure]), float(row[f"{measure} lo"]), float(row[f"{measure} hi"]), int(row["n"]),
                   measure in ("agreement", "jaccard", "precision", "recall"))
 
@@ -125,7 +125,7 @@ def _verdict_columns(raters: Mapping[str, pd.DataFrame]) -> dict[str, np.ndarray
     return out
 
 
-def kappa_matrix(raters: Mapping[str, pd.DataFrame], n_boot: int = N_BOOT, seed: int = 0) -> dict[str, pd.DataFrame]:
+def kappa_with_intervals(raters: Mapping[str, pd.DataFrame], n_boot: int = N_BOOT, seed: int = 0) -> dict[str, pd.DataFrame]:
     """Pairwise Cohen's kappa (as metrics.kappa_matrix: each pair over the neurons both judged) with, per
     pair, that number of neurons ('n') and the 95% bootstrap interval ('lo', 'hi'):
     {'kappa', 'n', 'lo', 'hi'} -> rater x rater frames."""

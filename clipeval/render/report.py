@@ -186,7 +186,7 @@ def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int) -> 
 
 
 def agreement_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
-    from clipeval.analysis.intervals import MIN_N, pairwise_table
+    from clipeval.analysis.intervals import MIN_N, pairwise_with_intervals
 
     raters = view.rater_verdicts(thresholds, k)
     names = list(raters)
@@ -195,7 +195,7 @@ def agreement_section(view: RunView, thresholds: dict[str, float], k: int) -> st
     rows = []
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            for r in pairwise_table(raters[a], raters[b]).to_dict("records"):
+            for r in pairwise_with_intervals(raters[a], raters[b]).to_dict("records"):
                 rows.append({"rater A": a, "rater B": b, "layer": r["layer"], "n": r["n"],
                              "agreement": _pct(r["agreement"]),
                              "95% interval": f"{_pct(r['agreement lo'])} – {_pct(r['agreement hi'])}",

@@ -190,7 +190,7 @@ def neuron_links(run_id: str, layers, units, thresholds: dict[str, float] | None
 
 def measure_by_layer_ci(pairwise: dict[str, pd.DataFrame], measure: str, layer_order: list[str]
                         ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """{rater: intervals.pairwise_table(rater, reference)} -> (one row per rater, one text cell per layer
+    """{rater: intervals.pairwise_with_intervals(rater, reference)} -> (one row per rater, one text cell per layer
     and 'overall' reading '0.62 [0.55, 0.70] n=120'; the same shape of booleans: fewer than MIN_N neurons)."""
     from clipeval.analysis.intervals import figure
 

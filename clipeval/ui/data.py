@@ -293,11 +293,11 @@ def _raters(view: RunView, thresholds: dict[str, float], k: int) -> dict[str, pd
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _kappa_intervals(path: str, run_id: str, data_version: str, thresholds: tuple, k: int) -> dict:
-    return intervals.kappa_matrix(_raters(_run_view(path, run_id, data_version), dict(thresholds), k))
+    return intervals.kappa_with_intervals(_raters(_run_view(path, run_id, data_version), dict(thresholds), k))
 
 
 def kappa_intervals(run_id: str, thresholds: dict[str, float], k: int) -> dict:
-    """intervals.kappa_matrix over every evaluator and reference rater (cached: the bootstrap takes a while)."""
+    """intervals.kappa_with_intervals over every evaluator and reference rater (cached: the bootstrap takes a while)."""
     run_view(run_id)
     return _kappa_intervals(db_path(), run_id, version(run_id), tuple(sorted(thresholds.items())), int(k))
 
@@ -305,11 +305,11 @@ def kappa_intervals(run_id: str, thresholds: dict[str, float], k: int) -> dict:
 @st.cache_data(max_entries=64, show_spinner=False)
 def _pairwise_intervals(path: str, run_id: str, data_version: str, thresholds: tuple, k: int, reference: str) -> dict:
     raters = _raters(_run_view(path, run_id, data_version), dict(thresholds), k)
-    return {o: intervals.pairwise_table(raters[o], raters[reference]) for o in raters if o != reference}
+    return {o: intervals.pairwise_with_intervals(raters[o], raters[reference]) for o in raters if o != reference}
 
 
 def pairwise_intervals(run_id: str, thresholds: dict[str, float], k: int, reference: str) -> dict[str, pd.DataFrame]:
-    """{rater: intervals.pairwise_table(rater, reference)} for every other rater (cached)."""
+    """{rater: intervals.pairwise_with_intervals(rater, reference)} for every other rater (cached)."""
     run_view(run_id)
     return _pairwise_intervals(db_path(), run_id, version(run_id), tuple(sorted(thresholds.items())), int(k),
                                reference)

@@ -204,3 +204,14 @@ def test_the_limits():
     assert size_problem(10_000, 8_000) is None and MAX_PIXELS == 80_000_000
     assert "over the limit of 80,000,000 pixels" in size_problem(10_001, 8_000)
     assert "no pixels" in size_problem(0, 5)
+
+
+def test_images_are_decoded_in_one_place():
+    """Every path that reads an image file goes through load_rgb (the live probe once decoded on its own
+    and read transparent clip art on black); only the demo's builder may open a header for its size."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    opened = {str(f.relative_to(root)) for d in ("clipeval", "pages") for f in (root / d).rglob("*.py")
+              if re.search(r"Image\.open\(|\.convert\(\"RGB\"\)", f.read_text())}
+    assert opened <= {"clipeval/data/probe.py", "clipeval/data/demo_probe.py"}, opened  # demo: _pixels, a header

@@ -56,7 +56,7 @@ def broken_probe(probe_dir, tmp_path) -> Path:
         Image.open(p).convert("RGB").save(folder / f"img{i:02d}.png")
     bad = [truncated_jpeg(good[0], folder / "img90_truncated.jpg"), short_png(folder / "img91_short.png")]
     for b in bad:
-        assert _check_image(b) is None  # both pass the header check the listing does
+        assert _check_image(b)[0] is None  # both pass the header check the listing does
     return folder
 
 

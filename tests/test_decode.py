@@ -215,3 +215,27 @@ def test_images_are_decoded_in_one_place():
     opened = {str(f.relative_to(root)) for d in ("clipeval", "pages") for f in (root / d).rglob("*.py")
               if re.search(r"Image\.open\(|\.convert\(\"RGB\"\)", f.read_text())}
     assert opened <= {"clipeval/data/probe.py", "clipeval/data/demo_probe.py"}, opened  # demo: _pixels, a header
+
+
+def test_a_probe_with_16_bit_grey_gets_a_new_fingerprint(tmp_path):
+    """A run or cached array made while a 16-bit scan decoded as solid white must not be reused: a probe
+    holding one is fingerprinted apart from the listing alone, while an ordinary probe keeps its
+    fingerprint (so its runs keep their ids)."""
+    import hashlib
+
+    from clipeval.data.probe import load_probe
+
+    def listing_only(folder: Path) -> str:
+        digest = hashlib.sha256()
+        for f in sorted(folder.iterdir()):
+            st = f.resolve().stat()
+            digest.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{folder.name}\0\n".encode())
+        return digest.hexdigest()[:16]
+
+    plain, scans = tmp_path / "plain", tmp_path / "scans"
+    for folder in (plain, scans):
+        folder.mkdir()
+        Image.fromarray(U8[..., :3], "RGB").save(folder / "a.png")
+    (scans / "b.png").write_bytes(png16(U16[..., 0], 0))
+    assert load_probe([str(plain)]).fingerprint == listing_only(plain)
+    assert load_probe([str(scans)]).fingerprint != listing_only(scans)

@@ -54,6 +54,7 @@ MAX_ASPECT = 20  # a centre crop would see under a twentieth of anything longer
 
 # Pillow keeps 16-bit grey samples (PNG, TIFF, PGM at any maxval above 255) on a 0..65535 scale in these
 GREY_16 = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+SCALED_GREY = (*GREY_16, "F")  # the modes to_rgb scales itself
 
 
 def size_problem(width: int, height: int) -> str | None:
@@ -75,7 +76,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
     art is drawn for a white page, not black), 16-bit and 32-bit grey scaled to 8 bits (Pillow's own
     convert clips them: a 16-bit scan turns solid white), floats read on 0..1 when they lie there (the
     float image convention) and else on 0..255 (Pillow's)."""
-    if im.mode in GREY_16 or im.mode == "F":
+    if im.mode in SCALED_GREY:
         a = np.asarray(im, dtype=np.float64)
         if im.mode == "F":
             a = np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)
@@ -110,17 +111,19 @@ def load_rgb(source: str | os.PathLike | BinaryIO) -> Image.Image:
     raise ClipevalError(f"cannot read image {name}: {why}")
 
 
-def _check_image(path: Path) -> str | None:
-    """None if the file looks like a readable image of a size load_rgb takes, else the reason it is not."""
+def _check_image(path: Path) -> tuple[str | None, str]:
+    """(None, its Pillow mode) if the file looks like a readable image of a size load_rgb takes, else
+    (the reason it is not, '')."""
     try:
         with Image.open(path) as im:
             why = size_problem(*im.size)
             if why:
-                return why
+                return why, ""
+            mode = im.mode
             im.verify()
-        return None
+        return None, mode
     except Exception as e:  # PIL raises many types for broken files
-        return f"{type(e).__name__}: {e}" or "unreadable"
+        return f"{type(e).__name__}: {e}" or "unreadable", ""
 
 
 def _walk(root: Path) -> list[tuple[Path, str, str, str]]:
@@ -172,13 +175,16 @@ def load_probe(paths: Sequence[str], on_bad_image: str = "skip") -> ProbeSet:
         if key in seen:  # the same file reached through two roots counts once
             continue
         seen.add(key)
-        reason = "missing" if not path.exists() else _check_image(path)
+        reason, mode = ("missing", "") if not path.exists() else _check_image(path)
         if reason:
             skipped.append((str(path), reason))
             continue
         images.append(ProbeImage(key, source, license_, label))
         st = path.stat()  # size and mtime, not content: hashing a 50k-image probe would take minutes
-        digest.update(f"{key}\0{st.st_size}\0{st.st_mtime_ns}\0{source}\0{label}\n".encode())
+        # Pillow's own convert clipped 16-bit and float grey to white: such images are marked, so that
+        # runs and cached arrays made from those white images are not taken for today's
+        mark = "\0scaled grey" if mode in SCALED_GREY else ""
+        digest.update(f"{key}\0{st.st_size}\0{st.st_mtime_ns}\0{source}\0{label}{mark}\n".encode())
 
     if skipped:
         listing = "; ".join(f"{p} ({r})" for p, r in skipped[:5]) + (" ..." if len(skipped) > 5 else "")

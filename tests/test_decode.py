@@ -198,6 +198,13 @@ def test_extreme_sizes_are_refused_from_the_header(size, tmp_path, monkeypatch):
     assert loads == []  # nothing decoded
 
 
+def test_a_bomb_past_pillows_own_limit_is_a_clear_error(tmp_path):
+    f = tmp_path / "bomb.png"
+    f.write_bytes(strip_png(20000, 10000))  # 200 megapixels in 200 KB: Pillow itself refuses to open it
+    with pytest.raises(ClipevalError, match=r"cannot read image .*bomb.png: .*decompression bomb"):
+        load_rgb(str(f))
+
+
 def test_the_limits():
     assert size_problem(MAX_ASPECT, 1) is None and size_problem(1, MAX_ASPECT) is None
     assert "aspect ratio 21:1" in size_problem(21, 1)

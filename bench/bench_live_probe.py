@@ -37,8 +37,8 @@ def main() -> int:
     args = p.parse_args()
     set_threads(args.threads)
     import torch
-    from PIL import Image
 
+    from clipeval.datasets.probe import load_rgb
     from clipeval.dissect.live import LiveProbe
     from clipeval.store import Store
 
@@ -55,7 +55,7 @@ def main() -> int:
     layers = list(store.layers(probe.run_id)["layer"])
     n = 5 if args.quick else args.images
     paths, where = probe_images(n)
-    images = [Image.open(p).convert("RGB") for p in paths]
+    images = [load_rgb(p) for p in paths]
     print(f"run {probe.run_id}: {probe.target_name}, layers {', '.join(layers)}; {n} images from {where}")
     print(f"loading the target once (ours, cached by the app afterwards): {fmt_s(load_s)}")
 

@@ -92,7 +92,7 @@ class ProbeConfig:
 
 @dataclass(frozen=True)
 class ConceptConfig:
-    """A built-in concept set name (see clipeval.data.concepts.BUILTIN) or a text file path."""
+    """A built-in concept set name (see clipeval.datasets.concepts.BUILTIN) or a text file path."""
     source: str = "common-10k"
 
 

@@ -56,7 +56,7 @@ def broken_probe(probe_dir, tmp_path) -> Path:
         Image.open(p).convert("RGB").save(folder / f"img{i:02d}.png")
     bad = [truncated_jpeg(good[0], folder / "img90_truncated.jpg"), short_png(folder / "img91_short.png")]
     for b in bad:
-        assert _check_image(b) is None  # both pass the header check the listing does
+        assert _check_image(b)[0] is None  # both pass the header check the listing does
     return folder
 
 
@@ -122,3 +122,65 @@ def test_the_ray_engine_stops_on_one_with_on_bad_image_fail(ray_cluster, broken_
     with pytest.raises(ClipevalError, match=r"cannot decode probe image .*img9\d_"):
         ray_map.collect(Engine("ray", workers=2), probe.images, thumb_size=32, batch_size=8, progress=False,
                         on_bad_image="fail")
+
+
+@pytest.fixture
+def extreme_probe(probe_dir, tmp_path) -> Path:
+    """Six good images, two ~140-byte strips (60000x1, 1x60000) and a 116 KB 90-megapixel PNG: issue 25.7,
+    where the 60000x1 strip crashed Resize with a MemoryError (256 x 15.36M pixels) under either setting."""
+    from tests.test_decode import strip_png
+
+    folder = tmp_path / "probe"
+    folder.mkdir()
+    for i, p in enumerate(sorted(probe_dir.rglob("*.png"))[:6]):
+        Image.open(p).convert("RGB").save(folder / f"img{i}.png")
+    for name, size in (("strip_wide", (60000, 1)), ("strip_tall", (1, 60000)), ("bomb", (10000, 9000))):
+        (folder / f"{name}.png").write_bytes(strip_png(*size))
+    return folder
+
+
+def test_the_probe_pass_skips_and_counts_extreme_sizes_from_the_header(extreme_probe):
+    from clipeval.datasets.probe import load_probe
+
+    with pytest.warns(UserWarning, match="skipped 3 unreadable"):
+        probe = load_probe([str(extreme_probe)], "skip")
+    assert len(probe) == 6 and sorted(Path(p).name for p, _ in probe.skipped) == \
+        ["bomb.png", "strip_tall.png", "strip_wide.png"]
+    why = dict((Path(p).name, r) for p, r in probe.skipped)
+    assert "aspect ratio 60,000:1 is beyond the limit of 20:1" in why["strip_wide.png"]
+    assert "10000x9000 pixels is over the limit of 80,000,000 pixels" in why["bomb.png"]
+    with pytest.raises(ClipevalError, match=r"3 unreadable file\(s\) .*strip_wide.png \(60000x1 pixels: aspect"):
+        load_probe([str(extreme_probe)], "fail")
+
+
+def cli_dissect(db: Path, folder: Path, on_bad_image: str) -> int:
+    from clipeval.cli import main
+
+    return main(["--db", str(db), "dissect", "--layers", "classifier", "--probe", str(folder), "--concepts",
+                 "imagenet", "--k", "2", "--on-bad-image", on_bad_image, "--workers", "0"])
+
+
+def stored_runs(db: Path):
+    store = Store(db, read_only=True)
+    try:
+        return store.runs()
+    finally:
+        store.close()
+
+
+def test_the_cli_skips_extreme_images_and_counts_them(extreme_probe, tmp_path):
+    db = tmp_path / "r.duckdb"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cli_dissect(db, extreme_probe, "skip") == 0
+    run = stored_runs(db).iloc[0]
+    assert (run["status"], run["n_images"], run["n_skipped_images"]) == ("complete", 6, 3)
+
+
+def test_the_cli_refuses_extreme_images_with_on_bad_image_fail(extreme_probe, tmp_path, capsys):
+    db = tmp_path / "r.duckdb"
+    assert cli_dissect(db, extreme_probe, "fail") == 2
+    err = capsys.readouterr().err
+    assert "strip_wide.png (60000x1 pixels: aspect ratio 60,000:1 is beyond the limit of 20:1" in err
+    assert "--on-bad-image skip" in err and "Traceback" not in err
+    assert not db.exists() or stored_runs(db).empty  # no run recorded, not even a failed one

@@ -141,11 +141,12 @@ def test_openclipart_selection_spreads_over_categories(tmp_path, monkeypatch):
             im.paste((200, 0, 0, 255), (0, 0, 100, 100))
             im.save(root / category / f"thing_{i:02d}.png")
     (root / "food" / "copy.png").symlink_to(root / "shapes/stars/thing_00.png")
+    Image.new("RGBA", (3000, 100), (0, 0, 0, 255)).save(root / "food" / "divider.png")  # 30:1, refused by load_rgb
     monkeypatch.setattr(dp, "OPENCLIPART_TARGET", 20)
     items = dp._openclipart_items("full", tmp_path / "assets")
     per_category = {c: sum(i.rel.startswith(f"openclipart/{c}/") for i in items) for c in sizes}
     assert per_category == {"animals/mammals": 9, "food": 2, "shapes/stars": 9}  # quota 9 reaches 20
-    assert all(i.license == dp.OPENCLIPART_LICENSE and i.label == "thing" for i in items)
+    assert all(i.license == dp.OPENCLIPART_LICENSE and i.label == "thing" for i in items)  # not the divider
     image = items[0].make()
     assert max(image.size) == dp.CLIPART_MAX_SIDE and image.mode == "RGB"
     assert image.getpixel((image.width - 1, image.height - 1)) == (255, 255, 255)  # transparency -> white

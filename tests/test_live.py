@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -118,3 +120,82 @@ def test_the_run_device_where_this_machine_has_it_else_the_cpu_said():
     cpu_run = {"models_json": json.dumps({"compute": {"device": "cpu", "dtype": "float32"}}), "config_json": "{}"}
     placement, note = run_placement(cpu_run)
     assert placement.device.type == "cpu" and placement.dtype == torch.float32 and note == ""
+
+
+@pytest.fixture(scope="module")
+def clip_art_run(tmp_path_factory, probe_dir):
+    """(db path, run id, the transparent PNG's image id and path) of a small run whose probe holds one
+    clip-art PNG: a picture on a transparent background whose hidden pixels are black, as exporters
+    leave them; the probe pass puts it on white."""
+    import warnings
+
+    from clipeval.dissect import pipeline
+    from clipeval.store import Store
+    from tests.conftest import small_config
+
+    root = tmp_path_factory.mktemp("clipart")
+    folder = root / "probe"
+    folder.mkdir()
+    photos = sorted(p for p in probe_dir.rglob("*.png"))[:5]
+    for i, p in enumerate(photos):
+        Image.open(p).convert("RGB").save(folder / f"img{i}.png")
+    art = np.asarray(Image.open(photos[0]).convert("RGBA").resize((160, 160))).copy()
+    yy, xx = np.mgrid[:160, :160]
+    hidden = (yy - 80) ** 2 + (xx - 80) ** 2 > 50 ** 2
+    art[hidden] = 0  # rgba (0, 0, 0, 0)
+    Image.fromarray(art, "RGBA").save(folder / "img9_clipart.png")
+    store = Store(root / "runs.duckdb")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_id = pipeline.dissect(small_config(folder, k=2), store, cache_dir=root / "cache", progress=False)
+    paths = list(store.probe_images(store.complete_run(run_id)["probe_fingerprint"])["path"])
+    store.close()
+    i = next(i for i, p in enumerate(paths) if p.endswith("img9_clipart.png"))
+    return root / "runs.duckdb", run_id, i, paths[i]
+
+
+def test_a_transparent_image_reads_live_as_the_probe_pass_stored_it(clip_art_run):
+    """Issue 24.6: the live probe read a transparent PNG on black (0.618 where the run stored 1.117)."""
+    from clipeval.store import Store
+
+    db, run_id, i, path = clip_art_run
+    store = Store(db, read_only=True)
+    try:
+        probe = LiveProbe(store, run_id)
+        for layer in ("blocks.4", "classifier"):
+            stored = probe.probe_activations(layer)[i]
+            live, _, _ = probe.forward(Image.open(path), layer)
+            np.testing.assert_allclose(live.numpy(), stored, rtol=1e-3, atol=1e-4)
+    finally:
+        store.close()
+
+
+def test_the_neuron_page_probes_a_transparent_image_as_stored(clip_art_run, monkeypatch, fresh_caches):
+    """The page decodes the picked probe image (and an upload) with the probe pass's own decoder: on the
+    unit where a black background changes the reading most, it shows the stored activation."""
+    from clipeval.store import Store
+    from tests.test_app import metric, open_page
+    from tests.test_decode import strip_png
+
+    db, run_id, i, path = clip_art_run
+    store = Store(db, read_only=True)
+    try:
+        probe = LiveProbe(store, run_id)
+        stored = probe.probe_activations("blocks.4")[i]
+        on_black, _, _ = probe.forward(Image.open(path).convert("RGB"), "blocks.4")
+    finally:
+        store.close()
+    unit = int(np.argmax(np.abs(on_black.numpy() - stored)))
+    assert abs(float(on_black[unit]) - stored[unit]) > 0.01  # the two decodings tell apart on this unit
+    monkeypatch.setenv("CLIPEVAL_DB", str(db))
+    at = open_page("pages/neuron.py", layer="blocks.4", unit=unit, live_image=i)
+    assert metric(at, f"blocks.4 / unit {unit} activation") == f"{stored[unit]:.3f}"
+    at.session_state["live_image"] = 0 if i else 1  # the upload, not the picked image, must be read
+    at.session_state["live_upload_open"] = True
+    at.run()
+    at.get("file_uploader")[0].set_value(("clipart.png", Path(path).read_bytes(), "image/png"))
+    at.run()
+    assert not at.exception and metric(at, f"blocks.4 / unit {unit} activation") == f"{stored[unit]:.3f}"
+    at.get("file_uploader")[0].set_value(("strip.png", strip_png(60000, 1), "image/png"))
+    at.run()
+    assert not at.exception and any("strip.png: 60000x1 pixels: aspect ratio 60,000:1" in e.value for e in at.error), [e.value for e in at.error]

@@ -7,7 +7,7 @@ Sources, in manifest order:
   mvtb-data     the photos of PyPI's mvtb-data, if installed
   openclipart   Debian openclipart-png clip art (size="full" only), unpacked without root
 
-The result is a folder with `manifest.csv` (see clipeval.data.probe) and `BUILD_INFO.json`.
+The result is a folder with `manifest.csv` (see clipeval.datasets.probe) and `BUILD_INFO.json`.
 Building twice gives the same manifest and the same file bytes (given the same package versions).
 """
 
@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from clipeval.compute.progress import bar
 
-from clipeval.datasets.probe import MANIFEST, MANIFEST_COLUMNS, load_rgb
+from clipeval.datasets.probe import MANIFEST, MANIFEST_COLUMNS, load_rgb, size_problem
 from clipeval.errors import ClipevalError
 
 BUILD_INFO = "BUILD_INFO.json"
@@ -413,12 +413,13 @@ def openclipart_label(rel: str) -> str:
 
 
 def _pixels(path: Path) -> int:
-    """Width x height from the header; 0 for a file PIL cannot open."""
+    """Width x height from the header; 0 for a file PIL cannot open, sys.maxsize for a size load_rgb
+    refuses (a divider 30 times longer than high: clip art has a few)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             with Image.open(path) as im:
-                return im.width * im.height
+                return im.width * im.height if size_problem(*im.size) is None else sys.maxsize
         except Image.DecompressionBombError:
             return sys.maxsize
         except Exception:  # PIL raises many types for broken files

@@ -142,8 +142,9 @@ class LiveProbe:
     @torch.no_grad()
     def forward(self, image, layer: str) -> tuple[torch.Tensor, torch.Tensor | None, float]:
         """Pooled activations (units,) and spatial maps (units, h, w) or None of `layer` on one PIL image,
-        pooled and laid out as the run's probe pass did (clipeval.compute.batches.ProbeBatch)."""
+        converted, pooled and laid out as the run's probe pass did (clipeval.compute.batches.ProbeBatch)."""
         from clipeval.compute.batches import channels_last as channels_last
+        from clipeval.datasets.probe import to_rgb
         from clipeval.dissect.pooling import pool
         from clipeval.dissect.maps import spatial, token_prefix
 
@@ -164,7 +165,7 @@ class LiveProbe:
         try:
             if self.threads:
                 torch.set_num_threads(self.threads)
-            x = self.target.preprocess(image.convert("RGB")).unsqueeze(0)
+            x = self.target.preprocess(to_rgb(image)).unsqueeze(0)
             self.target.module(channels_last(self.placement.inputs(x)))
         finally:
             handle.remove()

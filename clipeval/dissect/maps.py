@@ -259,7 +259,9 @@ def overlay(jpeg: bytes, m: np.ndarray, opacity: float = 0.5, relative_to: tuple
     the colours to this range (e.g. the unit's strongest top-image activation), else to the map's own."""
     from PIL import Image
 
-    img = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    from clipeval.datasets.probe import load_rgb
+
+    img = load_rgb(io.BytesIO(jpeg))
     lo, hi = relative_to if relative_to else (float(m.min()), float(m.max()))
     v = np.clip((m - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(m)
     side = max(1, int(round(crop_fraction * min(img.size))))

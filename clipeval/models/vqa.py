@@ -173,7 +173,9 @@ class Blip2Vqa:
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The image processor's (n, 3, H, W) float32 pixels on the CPU (DataLoader workers make them one
         image at a time: clipeval.compute.batches.DecodeVqa)."""
-        return self.processor.image_processor([im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+        from clipeval.datasets.probe import to_rgb
+
+        return self.processor.image_processor([to_rgb(im) for im in images], return_tensors="pt")["pixel_values"]
 
     @torch.no_grad()
     def _image_embeddings(self, images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
@@ -305,7 +307,7 @@ class Blip2Vqa:
                 results.extend(np.zeros(0, dtype=np.float64) for _ in chunk_q)
                 continue
             chunk = images[start : start + batch_size]
-            embeds = self._image_embeddings(chunk if torch.is_tensor(chunk) else [im.convert("RGB") for im in chunk])
+            embeds = self._image_embeddings(chunk)
             ids = self._token_ids([q for qs in chunk_q for q in qs])
             image_of = [i for i, qs in enumerate(chunk_q) for _ in qs]
             n = self._shared_prefix_len(ids, len(chunk_q)) if share_prefix else None

@@ -73,7 +73,9 @@ def _table(df: pd.DataFrame, left=()) -> str:
 def _thumb(jpeg: bytes) -> str:
     from PIL import Image
 
-    img = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    from clipeval.datasets.probe import load_rgb
+
+    img = load_rgb(io.BytesIO(jpeg))
     img.thumbnail((THUMB_PX, THUMB_PX))
     canvas = Image.new("RGB", (THUMB_PX, THUMB_PX), "white")
     canvas.paste(img, ((THUMB_PX - img.width) // 2, (THUMB_PX - img.height) // 2))

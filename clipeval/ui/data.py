@@ -204,12 +204,14 @@ def _square(jpeg: bytes) -> bytes:
     """Letterbox a thumbnail onto a white square, so image grids line up whatever the aspect ratio."""
     from PIL import Image
 
-    img = Image.open(io.BytesIO(jpeg))
+    from clipeval.datasets.probe import load_rgb
+
+    img = load_rgb(io.BytesIO(jpeg))
     if img.width == img.height:
         return jpeg
     side = max(img.size)
     canvas = Image.new("RGB", (side, side), "white")
-    canvas.paste(img.convert("RGB"), ((side - img.width) // 2, (side - img.height) // 2))
+    canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
     out = io.BytesIO()
     canvas.save(out, "JPEG", quality=90)
     return out.getvalue()

@@ -8,8 +8,9 @@ import io
 from pathlib import Path
 
 import streamlit as st
-from PIL import Image
 
+from clipeval.datasets.probe import load_rgb
+from clipeval.errors import ClipevalError
 from clipeval.dissect.live import LiveProbe, TargetUnavailable
 from clipeval.dissect.maps import overlay
 from clipeval.ui import data
@@ -47,17 +48,22 @@ def probe_section(ctx, layer: str, unit: int) -> None:
                              help="Any image of the run's probe set, by its id.")
     if upload is not None:
         try:
-            image, what = Image.open(io.BytesIO(upload.getvalue())).convert("RGB"), f"the uploaded {upload.name}"
+            upload.seek(0)  # decoded as the probe pass decodes a file (an UploadedFile is a named BytesIO)
+            image, what = load_rgb(upload), f"the uploaded {upload.name}"
             key = ("upload", hashlib.sha256(upload.getvalue()).hexdigest())
-        except Exception as e:  # a file that is not an image: say so, do not crash the page
-            st.error(f"{upload.name} is not an image PIL can read: {e}")
+        except ClipevalError as e:  # not an image, or one too large: say so, do not crash the page
+            st.error(str(e))
             return
     else:
         row = data.probe_image(ctx.run_id, ctx.run.get("probe_fingerprint") or "", int(pick))
         if row is None or not Path(row["path"]).is_file():
             st.warning(f"Probe image {int(pick)} is not on this machine any more; upload an image instead.")
             return
-        image, what = Image.open(row["path"]).convert("RGB"), f"probe image {int(pick)}"
+        try:
+            image, what = load_rgb(row["path"]), f"probe image {int(pick)}"
+        except ClipevalError as e:
+            st.error(str(e))
+            return
         key = ("probe", int(pick))
     reading = probe.read(image, layer, unit, key=key)
     thumb = io.BytesIO()

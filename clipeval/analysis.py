@@ -16,7 +16,7 @@ import pandas as pd
 
 from clipeval import judges, metrics
 from clipeval.errors import ClipevalError
-from clipeval.evaluators.rules import RULES, VARIANTS, ScoreTable
+from clipeval.evaluators.rules import RULES, VARIANTS, ScoreTable, cp_cutoff
 from clipeval.store import Store
 
 EVALUATOR_TITLES = {"vqa": "VQA", "cp": "CP", "es": "ES", "contrast": "Contrast"}
@@ -83,6 +83,42 @@ class RunView:
     def default_thresholds(self) -> dict[str, float]:
         """Each evaluator's default threshold for the model that scored it (judges.defaults)."""
         return {e: d.value for e, d in self.defaults.items()}
+
+    def thresholds(self, given: dict[str, float] | None = None) -> dict[str, float]:
+        """The thresholds an output applies (text and HTML report, app, comparison of runs): those given,
+        and for every other evaluator its judge's default (judges.defaults), the one source of defaults."""
+        return {**self.default_thresholds(), **(given or {})}
+
+    def threshold_origin(self, evaluator: str, value: float) -> str:
+        """'calibrated default', 'paper default', 'paper (uncalibrated) default', or 'given' (any other value)."""
+        d = self.defaults[evaluator]
+        return f"{d.source} default" if float(value) == d.value else "given"
+
+    def threshold_detail(self, evaluator: str, value: float, given: str = "given") -> str:
+        """'top 4 of 998 concepts; calibrated default': CP's cut-off rank where the concept set is known (the
+        rank applied, whatever the decimals p is printed with), and where the value came from (`given`
+        names a value that is not the default)."""
+        state = self.evaluators.get(evaluator)
+        n = state.table.n_concepts if state is not None and state.table is not None else None
+        rank = f"top {cp_cutoff(value, n)} of {n:,} concepts; " if evaluator == "cp" and n else ""
+        origin = self.threshold_origin(evaluator, value)
+        return rank + (given if origin == "given" else origin)
+
+    def threshold_text(self, evaluator: str, value: float) -> str:
+        """'CP p=0.00400802 (top 4 of 998 concepts; calibrated default)'"""
+        return (f"{EVALUATOR_TITLES[evaluator]} {RULES[evaluator].param}={float(value):g} "
+                f"({self.threshold_detail(evaluator, value)})")
+
+    def thresholds_text(self, thresholds: dict[str, float], evaluators=None) -> str:
+        """threshold_text of every available evaluator (or of `evaluators`), joined."""
+        chosen = [e for e in (evaluators if evaluators is not None else self.available) if e in thresholds]
+        return ", ".join(self.threshold_text(e, thresholds[e]) for e in chosen)
+
+    def default_notes(self, thresholds: dict[str, float]) -> list[str]:
+        """How each available evaluator's default was set (calibration, intervals, held-out kappa, or why
+        the paper's value), for the evaluators whose threshold here is that default."""
+        return [f"{EVALUATOR_TITLES[e]}: {self.defaults[e].note}" for e in self.available
+                if self.defaults[e].note and self.threshold_origin(e, thresholds[e]) != "given"]
 
     def shared_note(self, evaluator: str) -> str:
         """Which parts of the labelling model this evaluator's model shares ('' when none or unknown)."""
@@ -342,6 +378,8 @@ def _json(value) -> dict:
 
 
 def default_thresholds() -> dict[str, float]:
+    """The rules' fixed values (the paper's). Not what an output applies to a run: RunView.thresholds
+    gives each evaluator its judge's default (a calibrated one for a stand-in judge)."""
     return {e: r.default for e, r in RULES.items()}
 
 
@@ -353,10 +391,10 @@ def calibrate_threshold(store: Store, run_id: str, evaluator: str, rater: str, f
 def runs_comparison(store: Store, thresholds: dict[str, float] | None = None, k: int | None = None,
                     view_of=None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Share judged correct per evaluator (overall, real labels and baselines) for every complete run,
-    with its probe set and concept set: the paper's Table 2. `view_of(run_id)` may hand out cached
-    RunViews and `runs` the cached store.runs() (the app's), so a threshold change does not reload
-    every run."""
-    thresholds = thresholds or default_thresholds()
+    with its probe set and concept set: the paper's Table 2. Each run at its own judges' defaults
+    (RunView.thresholds), with `thresholds` replacing those it names; the 'thresholds' column says which
+    each row used and where they came from. `view_of(run_id)` may hand out cached RunViews and `runs`
+    the cached store.runs() (the app's), so a threshold change does not reload every run."""
     view_of = view_of or (lambda run_id: RunView(store, run_id))
     rows = []
     runs = store.runs() if runs is None else runs
@@ -367,7 +405,9 @@ def runs_comparison(store: Store, thresholds: dict[str, float] | None = None, k:
             if isinstance(cfg.get("probe"), dict) else ", ".join(cfg.get("probe") or [])
         concepts = (cfg.get("concepts") or {}).get("source") if isinstance(cfg.get("concepts"), dict) else cfg.get("concepts")
         row = {"run": r.run_id, "name": r.name, "probe": probe, "concepts": concepts, "neurons": int(r.n_neurons)}
-        summary = view.layer_summary(thresholds, min(k, view.kmax) if k and view.available else None)
+        used = view.thresholds(thresholds)
+        row["thresholds"] = view.thresholds_text(used)
+        summary = view.layer_summary(used, min(k, view.kmax) if k and view.available else None)
         for e in RULES:
             t = EVALUATOR_TITLES[e]
             for v in VARIANTS:

@@ -224,11 +224,9 @@ def print_report(store, run_id: str, thresholds: dict[str, float] | None = None,
     beat a baseline; agreement with every rater; evaluators the run lacks, with the reason. Thresholds
     not given are the defaults of the model that made each evaluator's scores (clipeval.judges)."""
     from clipeval.analysis import EVALUATOR_TITLES, RunView, weak_evaluators
-    from clipeval.evaluators.rules import RULES
 
     view = RunView(store, run_id)
-    given = dict(thresholds or {})
-    thresholds = {**view.default_thresholds(), **given}
+    thresholds = view.thresholds(thresholds)
     print(f"\nrun {view.run_id}  {view.run.get('name') or ''}")
     available = view.available
     for e, state in view.evaluators.items():
@@ -239,12 +237,9 @@ def print_report(store, run_id: str, thresholds: dict[str, float] | None = None,
     if k is not None and not 1 <= k <= view.kmax:
         raise ClipevalError(f"--k {k} is outside 1..{view.kmax}, the top images stored per neuron of run {view.run_id}")
     k = k or view.kmax
-    print("thresholds: " + ", ".join(f"{EVALUATOR_TITLES[e]} {RULES[e].param}={thresholds[e]:g} "
-                                     f"({'given' if e in given else view.defaults[e].source})" for e in available)
-          + f"; a label is correct if any of its top-{k} images matches")
-    for e in available:
-        if e not in given and view.defaults[e].note:
-            print(f"  {EVALUATOR_TITLES[e]}: {view.defaults[e].note}")
+    print(f"thresholds: {view.thresholds_text(thresholds)}; a label is correct if any of its top-{k} images matches")
+    for line in view.default_notes(thresholds):
+        print(f"  {line}")
     for e in available:
         if view.shared_note(e):
             print(f"  {EVALUATOR_TITLES[e]} model {view.shared_note(e)}")

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from clipeval import metrics
-from clipeval.analysis import EVALUATOR_TITLES, RunView, default_thresholds
+from clipeval.analysis import EVALUATOR_TITLES, RunView
 from clipeval.errors import ClipevalError
 from clipeval.evaluators.rules import RULES
 from clipeval.store import Store
@@ -277,7 +277,7 @@ def build_report(store: Store, run_id: str, thresholds: dict[str, float] | None 
                  units_per_layer: int | None = None) -> str:
     """The whole report as one HTML string."""
     view = RunView(store, run_id)
-    thresholds = {**default_thresholds(), **(thresholds or {})}
+    thresholds = view.thresholds(thresholds)
     for e, t in thresholds.items():
         RULES[e].check(t)
     kmax = view.kmax if view.available else 0
@@ -291,14 +291,15 @@ def build_report(store: Store, run_id: str, thresholds: dict[str, float] | None 
     thumbs = store.thumbnails(view.run.get("probe_fingerprint") or "", list(images)) if images else {}
     css_images = "".join(f".i{i}{{background-image:url(data:image/jpeg;base64,{_thumb(t)})}}\n"
                          for i, t in thumbs.items())
-    th_text = ", ".join(f"{EVALUATOR_TITLES[e]} {RULES[e].param} = {thresholds[e]:g}" for e in ORDER
-                        if e in view.available)
+    th_text = view.thresholds_text(thresholds, ORDER)
+    notes = "".join(f"<p class='note'>{_e(line)}</p>" for line in view.default_notes(thresholds))
     made = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f"<a href='#layer-{_e(l)}'>{_e(l)}</a>" for l in view.layers)
     labellers = labellers_section(store, view, thresholds, k)
     body = (f"<main><h1>clipeval report: {_e(view.run.get('name') or view.run_id)}</h1>"
             f"<p class='note'>Run <code>{_e(view.run_id)}</code>; made {made} from the stored raw scores. A label is "
             f"judged correct if any of its unit's top-{k} images matches it; thresholds: {_e(th_text) or 'none'}.</p>"
+            + notes +
             "<nav><a href='#settings'>Models and settings</a><a href='#shares'>Shares per layer</a>"
             "<a href='#sensitivity'>Sensitivity</a><a href='#agreement'>Agreement</a>"
             + ("<a href='#labellers'>Labellers</a>" if labellers else "") + "<a href='#units'>Units:</a>" + nav

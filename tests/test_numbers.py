@@ -1,9 +1,14 @@
 """Issue 24: the number shown is the number used (thresholds, CP cut-offs, denominators, negatives, quoted prompts)."""
 
+import io
+
 import numpy as np
 import pandas as pd
+import pytest
+from PIL import Image
 
 from clipeval.evaluators.rules import ScoreTable, cp_cutoff
+from test_evaluators import colour_run  # noqa: F401  (a fixture)
 
 
 # ---------------------------------------------------------------- 4. CP's cut-off rank
@@ -33,3 +38,89 @@ def test_a_calibrated_cp_p_is_applied_at_the_rank_it_was_fitted_on():
     applied = ScoreTable(scores, "cp", neurons, n_concepts=n).verdicts(cal["value"])
     np.testing.assert_array_equal(applied, reference)
     assert metrics.cohen_kappa(applied, reference) == 1.0
+
+
+# ---------------------------------------------------------------- 2. one source of default thresholds
+
+CALIBRATION = {"value": 0.03, "interval": (0.02, 0.04), "heldout_kappa": 0.9, "heldout_kappa_interval": (0.8, 1.0),
+               "n_neurons": 12, "n_splits": 50}
+
+
+def _calibrated(colour_run):
+    """The colour run judged by ES and contrast with a fake non-CLIP model whose ES tau is calibrated to 0.03:
+    there 10 of its 12 shuffled labels pass (cosines 0.017-0.038), at the paper's 0.25 none."""
+    from clipeval.judges import save_calibration
+    from test_evaluators import run_mod
+
+    store, run_id, model, _, cache = colour_run
+    run_mod.evaluate(store, run_id, "es,contrast", cache_dir=cache, progress=False)
+    save_calibration(store, model.info(), {"es": CALIBRATION}, "ref", "somewhere")
+    jpeg = io.BytesIO()
+    Image.new("RGB", (4, 4), "red").save(jpeg, "JPEG")  # the HTML report draws thumbnails
+    store.execute("UPDATE probe_images SET thumbnail = ?", [jpeg.getvalue()])
+    return store, run_id
+
+
+def _overall_es(frame: pd.DataFrame) -> dict:
+    return frame[(frame["layer"] == "overall") & (frame["evaluator"] == "ES")].iloc[0].to_dict()
+
+
+def test_the_html_report_applies_and_names_the_judges_calibrated_thresholds(colour_run, capsys):
+    from io import StringIO
+
+    from clipeval.cli import print_report
+    from clipeval.report_html import build_report
+
+    store, run_id = _calibrated(colour_run)
+    html = build_report(store, run_id)
+    shares = next(t for t in pd.read_html(StringIO(html)) if "shuffled labels" in t.columns)
+    es = _overall_es(shares)
+    assert (es["units"], es["real labels"], es["shuffled labels"]) == (12, "100.0%", "83.3%")  # 10 / 12 at 0.03
+    assert "ES tau=0.03 (calibrated default)" in html and "Contrast auc=0.75 (paper (uncalibrated) default)" in html
+    assert "tau = 0.03 calibrated for lookup tables against &#x27;ref&#x27;" in html  # how the default was set
+    print_report(store, run_id)
+    text = capsys.readouterr().out
+    assert "ES tau=0.03 (calibrated default)" in text and "100.0 / 83.3 / " in text  # the same numbers
+    given = build_report(store, run_id, {"es": 0.25})
+    assert "ES tau=0.25 (given)" in given
+    assert _overall_es(next(t for t in pd.read_html(StringIO(given)) if "shuffled labels" in t.columns))[
+        "shuffled labels"] == "0.0%"
+
+
+# ---------------------------------------------------------------- 7. runs compared each at its own judge's defaults
+
+def test_runs_are_compared_each_at_its_own_judges_defaults(colour_run, tmp_path, monkeypatch):
+    from clipeval.analysis import runs_comparison
+    from test_evaluators import (CONCEPTS, COLOUR_NAMES, FAKE_CFG, SHADES, FakeImageText, build_run, colour_neurons,
+                                 colour_world, run_mod)
+
+    store, run_id = _calibrated(colour_run)
+    colours, image_table, text_table, ids_of = colour_world()
+    other = build_run(store, tmp_path / "probe2", colours, colour_neurons(ids_of), CONCEPTS, run_id="handmade02",
+                      image_labels=[c for c in COLOUR_NAMES for _ in range(SHADES)])
+    judge = FakeImageText(image_table, text_table, fingerprint="fake-2")  # another model: not calibrated
+    monkeypatch.setattr(run_mod, "resolve_eval_model", lambda cfg=None, progress=True: (FAKE_CFG, judge))
+    run_mod.evaluate(store, other, "es", cache_dir=tmp_path / "cache2", progress=False)
+    comp = runs_comparison(store).set_index("run")
+    assert comp.loc[run_id, "ES shuffled"] == pytest.approx(10 / 12)  # tau 0.03, its calibrated default
+    assert comp.loc[other, "ES shuffled"] == 0.0  # tau 0.25, the paper's: its judge has no calibration
+    assert "ES tau=0.03 (calibrated default)" in comp.loc[run_id, "thresholds"]
+    assert "ES tau=0.25 (paper (uncalibrated) default)" in comp.loc[other, "thresholds"]
+    given = runs_comparison(store, {"es": 0.25}).set_index("run")
+    assert given.loc[run_id, "ES shuffled"] == 0.0 and "ES tau=0.25 (given)" in given.loc[run_id, "thresholds"]
+
+
+def test_the_app_names_each_threshold_and_where_it_came_from(colour_run, tmp_path, monkeypatch, fresh_caches):
+    from test_app import open_page, texts
+
+    store, run_id = _calibrated(colour_run)
+    monkeypatch.setenv("CLIPEVAL_DB", str(store.path))
+    at = open_page("pages/layers.py")
+    assert "tau = 0.030 (calibrated default)" in texts(at) and "auc = 0.75 (paper (uncalibrated) default)" in texts(at)
+    at.slider(key="tau").set_value(0.25).run()
+    assert "tau = 0.250 (set in the sidebar)" in texts(at)
+    at = open_page("pages/runs.py")
+    comparison = at.dataframe[-2].value  # the comparison of runs (the timings table is last)
+    row = comparison[comparison.iloc[:, 0] == "thresholds"].iloc[0]
+    assert "ES tau=0.03 (calibrated default)" in row.iloc[1]
+

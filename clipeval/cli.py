@@ -334,10 +334,12 @@ def _print_sources(store, run_id: str, only: str | None = None) -> None:
         if only and r.source_id != only:
             continue
         print(f"{r.source_id}  {KIND_TITLES.get(r.kind, r.kind)}: {r.name}")
-        print(f"    {r.n_matched:,} of its {r.n_labels:,} labels fall on units of the run; they label "
-              f"{r.n_matched:,} of the run's {r.n_units:,} units ({r.coverage:.1%})")
+        dead = f"; {r.n_on_dead:,} fall on dead units (no images: not judged)" if r.n_on_dead else ""
+        print(f"    {r.n_matched:,} of its {r.n_labels:,} labels fall on live units of the run; they label "
+              f"{r.n_matched:,} of the run's {r.n_units:,} live units ({r.coverage:.1%}){dead}")
         g = per_layer[per_layer["source_id"] == r.source_id]
-        print("    per layer: " + ", ".join(f"{x.layer} {x.matched}/{x.units}" for x in g.itertuples()))
+        print("    per layer (labelled / live units): " + ", ".join(f"{x.layer} {x.matched}/{x.units}"
+                                                               for x in g.itertuples()))
 
 
 def cmd_humans(args) -> int:

@@ -216,7 +216,7 @@ def labellers_section(store: Store, view: RunView, thresholds: dict[str, float],
     if len(lv.source_ids) < 2:
         return ""
     cov = lv.sources.assign(coverage=lambda d: d["coverage"].map(_pct))[["name", "kind", "n_labels", "n_matched",
-                                                                         "coverage"]]
+                                                                         "n_on_dead", "coverage"]]
     shares = lv.shares(thresholds, k)
     table = shares.assign(**{c: shares[c].map(_pct) for c in ("correct", "shuffled", "run real", "run shuffled",
                                                                  "run constant")})
@@ -224,11 +224,12 @@ def labellers_section(store: Store, view: RunView, thresholds: dict[str, float],
         columns={"n": "units", "correct": "judged correct", "shuffled": "its labels shuffled",
                  "run real": "this run's labels, same units", "run constant": "constant label, same units"})
     return ("<h2 id='labellers'>Labellers side by side</h2>"
-            + _table(cov.rename(columns={"n_labels": "labels", "n_matched": "on this run's units"}),
+            + _table(cov.rename(columns={"n_labels": "labels", "n_matched": "on this run's live units",
+                                         "n_on_dead": "on dead units (not judged)"}),
                      left=("name", "kind"))
             + _table(table, left=("labeller", "evaluator", "layer"))
             + "<p class='note'>Each source's labels judged by this run's evaluators on this run's top images; every "
-              "share is over the units the source covers.</p>")
+              "share is over the live units the source covers (dead units have no images to judge a label on).</p>")
 
 
 def units_section(store: Store, view: RunView, thresholds: dict[str, float], k: int, units_per_layer: int | None,

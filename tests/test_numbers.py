@@ -124,3 +124,59 @@ def test_the_app_names_each_threshold_and_where_it_came_from(colour_run, tmp_pat
     row = comparison[comparison.iloc[:, 0] == "thresholds"].iloc[0]
     assert "ES tau=0.03 (calibrated default)" in row.iloc[1]
 
+
+# ---------------------------------------------------------------- 3. a label source over the run's live units
+
+def test_a_label_sources_shares_and_baseline_are_over_the_runs_live_units(colour_run, tmp_path, monkeypatch, capsys):
+    from clipeval import sources
+    from clipeval.cli import main
+    from clipeval.labellers import RUN_SOURCE, LabellerView
+    from clipeval.models import image_text
+    from test_evaluators import run_mod
+
+    store, run_id, model, _, cache = colour_run
+    labels = store.neurons(run_id)[["layer", "unit", "label"]]
+    dead = [("layer1", 4), ("layer1", 5)]  # cyan, magenta: constant over the probe, so no images and no label
+    for layer, u in dead:
+        store.execute("UPDATE neurons SET dead = true, label = NULL WHERE run_id = ? AND layer = ? AND unit = ?",
+                      [run_id, layer, u])
+        store.execute("DELETE FROM neuron_images WHERE run_id = ? AND layer = ? AND unit = ?", [run_id, layer, u])
+    run_mod.evaluate(store, run_id, "es", cache_dir=cache, progress=False)
+    milan = tmp_path / "milan.csv"  # the run's own labels, on every unit, dead ones included
+    labels.rename(columns={"label": "description"}).to_csv(milan, index=False)
+    sid = sources.add_source(store, run_id, "milan", str(milan))
+    monkeypatch.setattr(image_text, "load_image_text", lambda cfg, placement=None: model)
+    done = sources.evaluate_source(store, run_id, sid, cache_dir=cache, progress=False)
+    assert [o["message"] for o in done] == ["on 10 live units (2 labels on dead units not judged)"]
+
+    lv = LabellerView(store, run_id)
+    th = lv.view.thresholds()
+    shares = lv.shares(th).set_index(["source", "evaluator", "layer"])
+    mine, run = shares.loc[(sid, "ES", "overall")], shares.loc[(RUN_SOURCE, "ES", "overall")]
+    assert mine["n"] == run["n"] == 10  # the same 10 live units, the same denominators
+    assert mine["correct"] == mine["run real"] == run["correct"] == 1.0  # the same labels on them: the same share
+    assert shares.loc[(sid, "ES", "layer1"), "n"] == 4
+    # the source's baseline shuffles its labels among the live units only
+    shuffled = lv.tables[(sid, "es")].labels["shuffled"]
+    live1 = (lv.labels[sid]["layer"] == "layer1").to_numpy()
+    assert sorted(shuffled[live1]) == sorted(lv.labels[sid]["label"][live1]) == ["blue", "green", "red", "yellow"]
+    # a pass made before dead units were left out (scores on a dead unit) is not read as one over the live
+    # units, and `sources evaluate` judges the source again
+    done = store.source_evaluations(run_id).set_index("evaluator").loc["es"]
+    scores = store.source_scores(done["source_eval_id"])
+    old = pd.concat([scores, scores.head(1).assign(layer="layer1", unit=4)])
+    store.execute("DELETE FROM source_scores WHERE source_eval_id = ?", [done["source_eval_id"]])
+    store.execute("DELETE FROM source_evals WHERE source_eval_id = ?", [done["source_eval_id"]])
+    store.record_source_evaluation("old-pass", sid, run_id, "es", done["config_json"], status="complete", scores=old)
+    assert (sid, "es") not in LabellerView(store, run_id).tables
+    assert "judged on dead units too" in " ".join(LabellerView(store, run_id).missing_evaluations())
+    assert [o["status"] for o in sources.evaluate_source(store, run_id, sid, cache_dir=cache, progress=False)] == \
+        ["complete"]
+    assert LabellerView(store, run_id).shares(th).set_index(["source", "evaluator", "layer"]).loc[
+        (sid, "ES", "overall"), "n"] == 10
+    store.close()
+    assert main(["--db", str(store.path), "sources", "list", run_id]) == 0
+    out = capsys.readouterr().out
+    assert "they label 10 of the run's 10 live units (100.0%); 2 fall on dead units" in out
+    assert "layer1 4/4, layer2 6/6" in out
+

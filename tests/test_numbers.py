@@ -180,3 +180,20 @@ def test_a_label_sources_shares_and_baseline_are_over_the_runs_live_units(colour
     assert "they label 10 of the run's 10 live units (100.0%); 2 fall on dead units" in out
     assert "layer1 4/4, layer2 6/6" in out
 
+
+# ---------------------------------------------------------------- 8. contrast negatives are distinct images
+
+def test_contrast_negatives_of_a_unit_are_distinct_images():
+    from clipeval.dissect import neuron_summaries
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(60, 40)).astype(np.float32)
+    A[:, :20] = np.where(rng.random((60, 20)) < 0.9, 0.0, 6.0)  # ReLU6 units: most of the probe tied at 0
+    images, _, stats = neuron_summaries("l", A, k=5, n_contrast=10, seed=0)
+    negatives = images[images["kind"].isin(["low", "random"])]
+    per_unit = negatives.groupby("unit")["image_id"]
+    assert (per_unit.nunique() == per_unit.size()).all()  # no image is both a 'low' and a 'random' negative
+    assert dict(zip(stats["unit"], stats["n_negatives"])) == per_unit.nunique().to_dict()
+    top = images[images["kind"] == "top"].groupby("unit")["image_id"].apply(set)
+    assert all(not set(g) & top[u] for u, g in per_unit)
+

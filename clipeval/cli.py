@@ -422,7 +422,7 @@ def cmd_app(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from clipeval.config import SIMILARITY_DEFAULTS
+    from clipeval.config import DEFAULT_PROMPT, SIMILARITY_DEFAULTS
     from clipeval.store import DEFAULT_DB
 
     p = argparse.ArgumentParser(prog="clipeval", description=__doc__)
@@ -531,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     image_text_options(ev, "eval", "CP/ES/contrast")
     ev.add_argument("--eval-image-size", type=_int_in(16, 4096), default=128, help="images are shown at this size first (paper: 128)")
     ev.add_argument("--vqa-model", default="Salesforce/blip2-opt-2.7b", help="BLIP-2 hub id (local cache) or folder")
-    ev.add_argument("--prompt", default='Question: Is this image related to "{label}"? Answer:')
+    ev.add_argument("--prompt", default=DEFAULT_PROMPT, help="the VQA question; must contain {label}")
     ev.add_argument("--k", type=_int_in(1, 1000), default=5)
     ev.add_argument("--no-baselines", action="store_true", help="skip the shuffled and constant-label baselines")
     ev.add_argument("--constant-label", help="label of the constant baseline (default: the run's most frequent)")

@@ -186,7 +186,7 @@ def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int) -> 
 
 
 def agreement_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
-    from clipeval.intervals import MIN_N, pairwise_table
+    from clipeval.intervals import MIN_N, N_BOOT, pairwise_table
 
     raters = view.rater_verdicts(thresholds, k)
     names = list(raters)
@@ -205,7 +205,7 @@ def agreement_section(view: RunView, thresholds: dict[str, float], k: int) -> st
                              else ""})
     return (_table(pd.DataFrame(rows), left=("rater A", "rater B", "layer", "note"))
             + "<p class='note'>Over the units both raters judged. Agreement is the share of units with the same verdict "
-              "(what the paper calls IoU); intervals are 95% percentile bootstraps over units (1,000 resamples, seed "
+              f"(what the paper calls IoU); intervals are 95% percentile bootstraps over units ({N_BOOT:,} resamples, seed "
               "0); n/a where undefined (both raters constant).</p>")
 
 

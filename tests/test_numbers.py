@@ -197,3 +197,35 @@ def test_contrast_negatives_of_a_unit_are_distinct_images():
     top = images[images["kind"] == "top"].groupby("unit")["image_id"].apply(set)
     assert all(not set(g) & top[u] for u, g in per_unit)
 
+
+# ---------------------------------------------------------------- 9. quoted prompts, thresholds and rules
+
+def test_every_quoted_prompt_threshold_and_rule_is_the_one_the_code_uses():
+    import re
+    from pathlib import Path
+
+    from clipeval import glossary
+    from clipeval.cli import build_parser
+    from clipeval.config import EvalConfig
+    from clipeval.dissect import INACTIVE_QUANTILE
+    from clipeval.intervals import MIN_N, N_BOOT
+    from clipeval.judges import PAPER_THRESHOLDS
+    from clipeval.models.vqa import DEFAULT_TEMPLATE, format_prompt
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    terms = {anchor: text for anchor, (_, text) in glossary.TERMS.items()}
+    question = format_prompt(DEFAULT_TEMPLATE, "<label>")  # what BLIP-2 is asked
+    assert question in terms["vqa"] and question in readme
+    assert EvalConfig("vqa").prompt == build_parser().parse_args(["evaluate", "RUN"]).prompt == DEFAULT_TEMPLATE
+    for e in ("cp", "es", "vqa"):
+        assert f"the paper's {PAPER_THRESHOLDS[e]:g}" in terms[e]
+    assert f"ES threshold {PAPER_THRESHOLDS['es']:g}" in readme
+    assert f"{N_BOOT:,} times" in terms["intervals"] and f"Below {MIN_N} neurons" in terms["intervals"]
+    assert f"below {MIN_N} neurons" in readme
+    # quoted where importing the constant would cost the app a torch import: every quote is checked here
+    quotes = "\n".join([*terms.values(), readme, (root / "pages" / "neuron.py").read_text()])
+    percentiles = re.findall(r"below its (\d+)th percentile", quotes)
+    assert len(percentiles) >= 3 and {int(q) for q in percentiles} == {round(100 * INACTIVE_QUANTILE)}
+    assert f"its top {round(100 * (1 - INACTIVE_QUANTILE))}%" in readme
+

@@ -229,3 +229,58 @@ def test_every_quoted_prompt_threshold_and_rule_is_the_one_the_code_uses():
     assert len(percentiles) >= 3 and {int(q) for q in percentiles} == {round(100 * INACTIVE_QUANTILE)}
     assert f"its top {round(100 * (1 - INACTIVE_QUANTILE))}%" in readme
 
+
+# ---------------------------------------------------------------- the Overview, Layer overview, Agreement pages and
+# the text report, against numbers worked out by hand on the colour run
+
+def test_overview_layer_and_agreement_numbers_match_a_hand_computation(colour_run, capsys):
+    """12 units, 6 per layer, each labelled with its top images' colour; layer1 unit 1 relabelled 'dog' (its
+    green images' cosine with 'dog' is ~0.03) and layer2 unit 5 dead. At tau = 0.5, ES: layer1 5 of 6, layer2 5
+    of 5. The constant label is the most frequent live label, 'red' (layer1 unit 0, layer2 unit 2): 1 of 6 and
+    1 of 5. A person judged layer1: correct, no, no, correct, correct, correct (and the dead unit: left out).
+    ES against them over 6 units: agree on 5; ES says yes 5/6, the person 4/6; chance 22/36, so kappa =
+    (30/36 - 22/36) / (14/36) = 4/7; both yes on 4 of the 5 either says yes: Jaccard 0.8, precision 0.8,
+    recall 1."""
+    from clipeval import headlines, intervals
+    from clipeval.analysis import RunView
+    from clipeval.cli import print_report
+    from clipeval.ui.tables import summary_table
+    from test_evaluators import run_mod
+
+    store, run_id, _, _, cache = colour_run
+    store.execute("UPDATE neurons SET label = 'dog' WHERE run_id = ? AND layer = 'layer1' AND unit = 1", [run_id])
+    store.execute("UPDATE neurons SET dead = true, label = NULL WHERE run_id = ? AND layer = 'layer2' AND unit = 5",
+                  [run_id])
+    store.execute("DELETE FROM neuron_images WHERE run_id = ? AND layer = 'layer2' AND unit = 5", [run_id])
+    run_mod.evaluate(store, run_id, "es", cache_dir=cache, progress=False)
+    person = pd.DataFrame({"layer": ["layer1"] * 6 + ["layer2"], "unit": [0, 1, 2, 3, 4, 5, 5], "rater": "ann",
+                           "verdict": [True, False, False, True, True, True, True]})
+    store.add_human_verdicts(run_id, person, source="test")
+
+    assert store.store_overview()["neurons"] == 11  # Overview, 'Neurons labelled': the dead unit has no label
+    view = RunView(store, run_id)
+    th = {**view.thresholds(), "es": 0.5}
+    summary = view.layer_summary(th).set_index(["layer", "variant"])
+    assert summary.loc[("layer1", "real"), "share_correct"] == 5 / 6
+    assert summary.loc[("layer2", "real"), "share_correct"] == 1.0
+    assert summary.loc[("overall", "real"), "share_correct"] == 10 / 11
+    assert summary.loc[("overall", "constant"), "share_correct"] == 2 / 11
+    assert list(summary.loc[(slice(None), "real"), "n"]) == [6, 5, 11]
+    table = summary_table(view.layer_summary(th), view.layers).set_index("layer")  # Layer overview's table
+    assert table.loc["layer2", "dead units (left out)"] == 1 and table.loc["overall", "neurons"] == 11
+    interp = headlines.interpretable_shares(view, th, None, ["es"], view.layers).set_index("layer")
+    assert interp.loc["overall", ["neurons", "interpretable"]].tolist() == [11, 10]
+    assert interp.loc["overall", "constant"] == 2 / 11
+
+    raters = view.rater_verdicts(th)  # the Agreement page's raters
+    matrix = intervals.kappa_matrix(raters)
+    assert matrix["n"].loc["ES", "human: ann"] == 6
+    assert matrix["kappa"].loc["ES", "human: ann"] == pytest.approx(4 / 7)
+    pair = intervals.pairwise_table(raters["ES"], raters["human: ann"]).set_index("layer").loc["overall"]
+    assert (pair["n"], pair["agreement"], pair["jaccard"], pair["precision"], pair["recall"]) == \
+        (6, pytest.approx(5 / 6), pytest.approx(0.8), pytest.approx(0.8), 1.0)
+    assert pair["kappa lo"] <= 4 / 7 <= pair["kappa hi"]
+    print_report(store, run_id, {"es": 0.5})  # the text report
+    out = capsys.readouterr().out
+    assert "layer1                 6  83.3 / " in out and "layer2                 5  100.0 / " in out
+    assert "1 dead unit(s)" in out and "n=6      agreement 0.833  kappa 0.571" in out

@@ -284,3 +284,15 @@ def test_overview_layer_and_agreement_numbers_match_a_hand_computation(colour_ru
     out = capsys.readouterr().out
     assert "layer1                 6  83.3 / " in out and "layer2                 5  100.0 / " in out
     assert "1 dead unit(s)" in out and "n=6      agreement 0.833  kappa 0.571" in out
+
+
+def test_the_k_a_page_names_is_the_k_it_applies(colour_run, monkeypatch, fresh_caches):
+    """The run stored 5 top images per unit, the evaluation judged 3: the pages apply k = 3 and must say 3."""
+    from test_app import open_page, texts
+    from test_evaluators import run_mod
+
+    store, run_id, _, _, cache = colour_run
+    run_mod.evaluate(store, run_id, "es", cache_dir=cache, progress=False, k=3)
+    monkeypatch.setenv("CLIPEVAL_DB", str(store.path))
+    at = open_page("pages/layers.py")
+    assert "k = 3; " in texts(at) and "k = 5; " not in texts(at)

@@ -325,7 +325,9 @@ def thresholds_caption(ctx: Context) -> str:
     parts = [thresholds.label(e, ctx.thresholds[e])
              + (f" ({view.threshold_detail(e, ctx.thresholds[e], 'set in the sidebar')})" if view else "")
              for e in EVALUATOR_ORDER]
-    return f"k = {ctx.k}; " + ", ".join(parts)
+    # the k the pages apply: no more than the evaluators scored (an evaluation with --k 3 of a run that stored 5)
+    k = min(ctx.k, view.kmax) if view is not None and view.available else ctx.k
+    return f"k = {k}; " + ", ".join(parts)
 
 
 def evaluator_note(ctx: Context, evaluator: str, short: bool = True) -> str:

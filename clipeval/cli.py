@@ -228,8 +228,7 @@ def print_report(store, run_id: str, thresholds: dict[str, float] | None = None,
     from clipeval.evaluators.rules import RULES
 
     view = RunView(store, run_id)
-    given = dict(thresholds or {})
-    thresholds = {**view.default_thresholds(), **given}
+    thresholds = view.thresholds(thresholds)
     print(f"\nrun {view.run_id}  {view.run.get('name') or ''}")
     available = view.available
     for e, state in view.evaluators.items():
@@ -240,12 +239,9 @@ def print_report(store, run_id: str, thresholds: dict[str, float] | None = None,
     if k is not None and not 1 <= k <= view.kmax:
         raise ClipevalError(f"--k {k} is outside 1..{view.kmax}, the top images stored per neuron of run {view.run_id}")
     k = k or view.kmax
-    print("thresholds: " + ", ".join(f"{EVALUATOR_TITLES[e]} {RULES[e].param}={thresholds[e]:g} "
-                                     f"({'given' if e in given else view.defaults[e].source})" for e in available)
-          + f"; a label is correct if any of its top-{k} images matches")
-    for e in available:
-        if e not in given and view.defaults[e].note:
-            print(f"  {EVALUATOR_TITLES[e]}: {view.defaults[e].note}")
+    print(f"thresholds: {view.thresholds_text(thresholds)}; a label is correct if any of its top-{k} images matches")
+    for line in view.default_notes(thresholds):
+        print(f"  {line}")
     for e in available:
         if view.shared_note(e):
             print(f"  {EVALUATOR_TITLES[e]} model {view.shared_note(e)}")
@@ -340,10 +336,12 @@ def _print_sources(store, run_id: str, only: str | None = None) -> None:
         if only and r.source_id != only:
             continue
         print(f"{r.source_id}  {KIND_TITLES.get(r.kind, r.kind)}: {r.name}")
-        print(f"    {r.n_matched:,} of its {r.n_labels:,} labels fall on units of the run; they label "
-              f"{r.n_matched:,} of the run's {r.n_units:,} units ({r.coverage:.1%})")
+        dead = f"; {r.n_on_dead:,} fall on dead units (no images: not judged)" if r.n_on_dead else ""
+        print(f"    {r.n_matched:,} of its {r.n_labels:,} labels fall on live units of the run; they label "
+              f"{r.n_matched:,} of the run's {r.n_units:,} live units ({r.coverage:.1%}){dead}")
         g = per_layer[per_layer["source_id"] == r.source_id]
-        print("    per layer: " + ", ".join(f"{x.layer} {x.matched}/{x.units}" for x in g.itertuples()))
+        print("    per layer (labelled / live units): " + ", ".join(f"{x.layer} {x.matched}/{x.units}"
+                                                               for x in g.itertuples()))
 
 
 def cmd_humans(args) -> int:
@@ -426,7 +424,7 @@ def cmd_app(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from clipeval.config import SIMILARITY_DEFAULTS
+    from clipeval.config import DEFAULT_PROMPT, SIMILARITY_DEFAULTS
     from clipeval.store import DEFAULT_DB
 
     p = argparse.ArgumentParser(prog="clipeval", description=__doc__)
@@ -535,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     image_text_options(ev, "eval", "CP/ES/contrast")
     ev.add_argument("--eval-image-size", type=_int_in(16, 4096), default=128, help="images are shown at this size first (paper: 128)")
     ev.add_argument("--vqa-model", default="Salesforce/blip2-opt-2.7b", help="BLIP-2 hub id (local cache) or folder")
-    ev.add_argument("--prompt", default='Question: Is this image related to "{label}"? Answer:')
+    ev.add_argument("--prompt", default=DEFAULT_PROMPT, help="the VQA question; must contain {label}")
     ev.add_argument("--k", type=_int_in(1, 1000), default=5)
     ev.add_argument("--no-baselines", action="store_true", help="skip the shuffled and constant-label baselines")
     ev.add_argument("--constant-label", help="label of the constant baseline (default: the run's most frequent)")

@@ -198,13 +198,18 @@ class DissectConfig:
         )
 
 
+# The VQA question (BLIP-2 OPT's prompt format around the paper's question): here, not in models/vqa.py,
+# so that the CLI, the glossary and the README quote the value used without importing torch
+DEFAULT_PROMPT = 'Question: Is this image related to "{label}"? Answer:'
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """Settings of one evaluator pass over a run (thresholds are NOT here: they apply at query time)."""
     evaluator: str
     image_text: ImageTextConfig | None = None  # CP / ES / contrast
     vqa_model: str = ""  # VQA: hub id or local folder
-    prompt: str = 'Question: Is this image related to "{label}"? Answer:'
+    prompt: str = DEFAULT_PROMPT
     k: int = 5
     baselines: bool = True
     constant_label: str = ""  # '' = the run's most frequent label

@@ -54,8 +54,9 @@ for col, e in zip(cols, widgets.EVALUATOR_ORDER):
 for h in heads.values():
     if h.warning():
         st.warning(h.warning(), icon=":material/warning:")
-st.caption("Choose another run, the number k of top images judged and the thresholds in the sidebar; they "
-           "apply to every page and are kept in the URL, so a copied link shows a collaborator the same view.")
+st.caption(f"At {widgets.thresholds_caption(ctx)}. Choose another run, the number k of top images judged and the "
+           "thresholds in the sidebar; they apply to every page and are kept in the URL, so a copied link shows a "
+           "collaborator the same view.")
 
 st.subheader("Pages")
 PAGES = [

@@ -32,17 +32,21 @@ if len(lv.source_ids) == 1:
 st.subheader("Label sources and their coverage")
 cov = lv.sources.copy()
 per_layer = lv.coverage
-cov["per layer (labelled / units)"] = [", ".join(f"{r.layer} {r.matched}/{r.units}" for r in
-                                                 per_layer[per_layer["source_id"] == s].itertuples())
-                                       for s in cov["source_id"]]
+cov["per layer (labelled / live units)"] = [", ".join(f"{r.layer} {r.matched}/{r.units}" for r in
+                                                      per_layer[per_layer["source_id"] == s].itertuples())
+                                            for s in cov["source_id"]]
 cov["kind"] = cov["source_id"].map(lv.kinds)
-shown = cov[["name", "kind", "n_labels", "n_matched", "coverage", "per layer (labelled / units)", "origin",
-             "source_id"]].rename(columns={"n_labels": "labels in source", "n_matched": "on this run's units"})
+shown = cov[["name", "kind", "n_labels", "n_matched", "n_on_dead", "coverage", "per layer (labelled / live units)",
+             "origin", "source_id"]].rename(columns={"n_labels": "labels in source",
+                                                     "n_matched": "on this run's live units",
+                                                     "n_on_dead": "on dead units (not judged)"})
 # a row per source (per source and evaluator below): static tables show every column, where a grid cut
 # the right ones off at 1440 px
 widgets.table(shown, formats={"coverage": widgets.fmt_pct})
-st.caption(f"Matched by (layer, unit) after the source's layer map; labels naming units this run lacks are kept "
-           f"but not judged. Coverage = the share of this run's {len(view.neurons):,} units the source labels. "
+st.caption(f"Matched by (layer, unit) after the source's layer map; labels naming units this run lacks, or its dead "
+           "units (constant over the probe: no images to judge a label on), are kept but not judged. Coverage = the "
+           f"share of this run's {len(view.neurons):,} live units the source labels, the units every share below is "
+           "over. "
            "A file made for another network (ResNet-50's layer4 mapped onto this run's layer) is matched by unit "
            "number only: its labels describe other units, and the evaluators should judge them like shuffled "
            "labels.")

@@ -106,20 +106,24 @@ complete = runs[runs["status"] == "complete"]
 if complete.empty:
     st.caption("No complete run to compare yet.")
 else:
-    full = data.runs_comparison(ctx.thresholds, ctx.k)
-    comparison = full.dropna(axis=1, how="all")
-    shares = [c for c in comparison.columns if c not in ("name", "probe", "concepts", "neurons", "run")]
+    # each run at its own judges' defaults: the sidebar's thresholds are the selected run's, and a run judged
+    # by another model has its thresholds on another scale (a ConSE cosine is not a CLIP cosine)
+    full = data.runs_comparison(None, ctx.k)
+    shares = [c for c in full.columns if c not in ("name", "probe", "concepts", "neurons", "run", "thresholds")
+              and full[c].notna().any()]  # evaluators no run has are left out; settings no run recorded stay
+    comparison = full.copy()
     comparison[shares] = comparison[shares].map(widgets.fmt_pct)
     short = {r: differs.get(r) or r[:8] for r in comparison["run"]}
-    st.dataframe(tables.by_run_columns(comparison[["run", "probe", "concepts", "neurons", *shares]].astype(str),
-                                       short), hide_index=True, width="stretch")
+    st.dataframe(tables.by_run_columns(comparison[["run", "probe", "concepts", "neurons", "thresholds", *shares]]
+                                       .astype(str), short), hide_index=True, width="stretch")
     weak = [f"- {short.get(row['run'], row['name'])}: {h.warning()}" for row in full.to_dict("records")
             for h in headlines.comparison_headlines(row) if h.warning()]
     if weak:
         st.warning("\n".join(weak), icon=":material/warning:")
-    st.caption(f"Pooled over all neurons of each run, at the sidebar's thresholds ({widgets.thresholds_caption(ctx)}); "
-               "'shuffled' and 'constant' are the baselines. Evaluators that no run has are left out "
-               "(see each run's evaluations above for why).")
+    st.caption(f"Pooled over all neurons of each run, k = {ctx.k} (or the run's largest), each run at its own judges' "
+               "default thresholds (row 'thresholds': the values and where they came from), not the sidebar's, "
+               "which are the selected run's; 'shuffled' and 'constant' are the baselines. Evaluators that no run has "
+               "are left out (see each run's evaluations above for why).")
 
 # ---------------------------------------------------------------- timings (Table 3)
 st.subheader("Time per stage and evaluator")

@@ -33,7 +33,7 @@ def test_labellers_page_shows_coverage_shares_agreement_and_one_neuron(app_with_
     assert not at.dataframe  # a few rows each: static tables, every column visible
     cov = tables(at)[0]
     row = cov[cov["source_id"] == sid].iloc[0]
-    assert row["on this run's units"] == "40" and row["labels in source"] == "40" and row["coverage"].endswith("%")
+    assert row["on this run's live units"] == "40" and row["labels in source"] == "40" and row["coverage"].endswith("%")
     at.selectbox(key="lab_layer").set_value("classifier").run()
     shares = tables(at)[1]
     assert set(shares["labeller"]) == {"all dogs", f"this run ({store.run(run_id)['name']})"}

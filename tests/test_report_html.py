@@ -57,7 +57,7 @@ def test_report_is_self_contained_and_complete(report):
     assert "EfficientNet-Lite0" in text or "efficientnet_lite0" in text
     assert "not CLIP" in text  # the stand-in says what it is
     assert "95% interval" in text and "kappa 95% interval" in text
-    assert "ES tau = 0.3" in text
+    assert "ES tau=0.3 (given)" in text
 
 
 def test_report_unit_pages_match_the_store(report):

@@ -56,6 +56,7 @@ def _descriptions(path, rows):
 def test_coverage_is_counted_and_a_source_with_the_runs_labels_scores_like_the_run(run_store, tmp_path):
     store, run_id, cache = run_store
     neurons = store.neurons(run_id)
+    neurons = neurons[~neurons["dead"].astype(bool)]  # coverage is of the live units, the units labels are judged on
     layer = neurons["layer"].iloc[0]
     mine = neurons[neurons["layer"] == layer].head(10)
     # the run's own labels on 10 units, plus two rows the run does not have (unit out of range, other layer)
@@ -161,13 +162,14 @@ def test_a_source_that_matches_nothing_is_refused_before_writing(run_store, tmp_
 @needs_reference
 def test_cli_adds_a_netdissect_file_with_a_layer_map_and_states_coverage(run_store, capsys):
     store, run_id, cache = run_store
-    n_units = int((store.neurons(run_id)["layer"] == "blocks.4").sum())
+    neurons = store.neurons(run_id)
+    n_units = int(((neurons["layer"] == "blocks.4") & ~neurons["dead"]).sum())  # live: the units a label is judged on
     store.close()
     f = REFERENCE / "NetDissect_results" / "resnet50_imagenet_layer4.csv"
     assert main(["--db", str(store.path), "sources", "add", run_id, "--netdissect", str(f),
                  "--layer-map", "layer4=blocks.4", "--no-evaluate"]) == 0
     out = capsys.readouterr().out
-    assert f"{n_units:,} of its 2,048 labels fall on units of the run" in out
+    assert f"{n_units:,} of its 2,048 labels fall on live units of the run" in out
     assert f"blocks.4 {n_units}/{n_units}" in out
     from clipeval.store import Store
 

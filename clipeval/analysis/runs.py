@@ -6,17 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from clipeval.analysis.runview import EVALUATOR_TITLES, RunView, default_thresholds, json_or_empty
+from clipeval.analysis.runview import EVALUATOR_TITLES, RunView, json_or_empty
 from clipeval.evaluators.rules import RULES, VARIANTS
 from clipeval.store import Store
 
 def runs_comparison(store: Store, thresholds: dict[str, float] | None = None, k: int | None = None,
                     view_of=None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Share judged correct per evaluator (overall, real labels and baselines) for every complete run,
-    with its probe set and concept set: the paper's Table 2. `view_of(run_id)` may hand out cached
-    RunViews and `runs` the cached store.runs() (the app's), so a threshold change does not reload
-    every run."""
-    thresholds = thresholds or default_thresholds()
+    with its probe set and concept set: the paper's Table 2. Each run at its own judges' defaults
+    (RunView.thresholds), with `thresholds` replacing those it names; the 'thresholds' column says which
+    each row used and where they came from. `view_of(run_id)` may hand out cached RunViews and `runs`
+    the cached store.runs() (the app's), so a threshold change does not reload every run."""
     view_of = view_of or (lambda run_id: RunView(store, run_id))
     rows = []
     runs = store.runs() if runs is None else runs
@@ -27,7 +27,9 @@ def runs_comparison(store: Store, thresholds: dict[str, float] | None = None, k:
             if isinstance(cfg.get("probe"), dict) else ", ".join(cfg.get("probe") or [])
         concepts = (cfg.get("concepts") or {}).get("source") if isinstance(cfg.get("concepts"), dict) else cfg.get("concepts")
         row = {"run": r.run_id, "name": r.name, "probe": probe, "concepts": concepts, "neurons": int(r.n_neurons)}
-        summary = view.layer_summary(thresholds, min(k, view.kmax) if k and view.available else None)
+        used = view.thresholds(thresholds)
+        row["thresholds"] = view.thresholds_text(used)
+        summary = view.layer_summary(used, min(k, view.kmax) if k and view.available else None)
         for e in RULES:
             t = EVALUATOR_TITLES[e]
             for v in VARIANTS:

@@ -13,7 +13,7 @@ import pandas as pd
 from clipeval.evaluators import judges
 from clipeval.analysis import metrics
 from clipeval.errors import ClipevalError
-from clipeval.evaluators.rules import RULES, ScoreTable
+from clipeval.evaluators.rules import RULES, VARIANTS, ScoreTable, cp_cutoff
 from clipeval.store import Store
 
 EVALUATOR_TITLES = {"vqa": "VQA", "cp": "CP", "es": "ES", "contrast": "Contrast"}
@@ -80,6 +80,42 @@ class RunView:
     def default_thresholds(self) -> dict[str, float]:
         """Each evaluator's default threshold for the model that scored it (judges.defaults)."""
         return {e: d.value for e, d in self.defaults.items()}
+
+    def thresholds(self, given: dict[str, float] | None = None) -> dict[str, float]:
+        """The thresholds an output applies (text and HTML report, app, comparison of runs): those given,
+        and for every other evaluator its judge's default (judges.defaults), the one source of defaults."""
+        return {**self.default_thresholds(), **(given or {})}
+
+    def threshold_origin(self, evaluator: str, value: float) -> str:
+        """'calibrated default', 'paper default', 'paper (uncalibrated) default', or 'given' (any other value)."""
+        d = self.defaults[evaluator]
+        return f"{d.source} default" if float(value) == d.value else "given"
+
+    def threshold_detail(self, evaluator: str, value: float, given: str = "given") -> str:
+        """'top 4 of 998 concepts; calibrated default': CP's cut-off rank where the concept set is known (the
+        rank applied, whatever the decimals p is printed with), and where the value came from (`given`
+        names a value that is not the default)."""
+        state = self.evaluators.get(evaluator)
+        n = state.table.n_concepts if state is not None and state.table is not None else None
+        rank = f"top {cp_cutoff(value, n)} of {n:,} concepts; " if evaluator == "cp" and n else ""
+        origin = self.threshold_origin(evaluator, value)
+        return rank + (given if origin == "given" else origin)
+
+    def threshold_text(self, evaluator: str, value: float) -> str:
+        """'CP p=0.00400802 (top 4 of 998 concepts; calibrated default)'"""
+        return (f"{EVALUATOR_TITLES[evaluator]} {RULES[evaluator].param}={float(value):g} "
+                f"({self.threshold_detail(evaluator, value)})")
+
+    def thresholds_text(self, thresholds: dict[str, float], evaluators=None) -> str:
+        """threshold_text of every available evaluator (or of `evaluators`), joined."""
+        chosen = [e for e in (evaluators if evaluators is not None else self.available) if e in thresholds]
+        return ", ".join(self.threshold_text(e, thresholds[e]) for e in chosen)
+
+    def default_notes(self, thresholds: dict[str, float]) -> list[str]:
+        """How each available evaluator's default was set (calibration, intervals, held-out kappa, or why
+        the paper's value), for the evaluators whose threshold here is that default."""
+        return [f"{EVALUATOR_TITLES[e]}: {self.defaults[e].note}" for e in self.available
+                if self.defaults[e].note and self.threshold_origin(e, thresholds[e]) != "given"]
 
     def shared_note(self, evaluator: str) -> str:
         """Which parts of the labelling model this evaluator's model shares ('' when none or unknown)."""
@@ -244,6 +280,8 @@ def json_or_empty(value) -> dict:
 
 
 def default_thresholds() -> dict[str, float]:
+    """The rules' fixed values (the paper's). Not what an output applies to a run: RunView.thresholds
+    gives each evaluator its judge's default (a calibrated one for a stand-in judge)."""
     return {e: r.default for e, r in RULES.items()}
 
 

@@ -1,5 +1,6 @@
 """Labellers side by side: the run's own labels and every label source of the run, judged by the
-same evaluators on the same stored images (the paper's Table 2, across labellers).
+same evaluators on the same stored images (the paper's Table 2, across labellers), over the same units:
+the run's live units (store.source_labels leaves dead units out, as RunView does).
 
 No model runs here: `LabellerView` holds the raw per-image scores of every source evaluation and
 answers every threshold from them, like `analysis.RunView` does for the run itself.
@@ -51,10 +52,19 @@ class LabellerView:
             if e.source_id not in self.labels:
                 continue
             self.status[(e.source_id, e.evaluator)] = e.status if e.status == "complete" else (e.error or e.status)
-            if e.status == "complete":
-                n_concepts = None if pd.isna(e.n_concepts) else int(e.n_concepts)
-                self.tables[(e.source_id, e.evaluator)] = ScoreTable(
-                    store.source_scores(e.source_eval_id), e.evaluator, self.labels[e.source_id], n_concepts)
+            if e.status != "complete":
+                continue
+            scores = store.source_scores(e.source_eval_id)
+            units = pd.MultiIndex.from_frame(self.labels[e.source_id][["layer", "unit"]])
+            if not pd.MultiIndex.from_frame(scores[["layer", "unit"]]).isin(units).all():
+                # a pass that also judged labels on dead units: its shuffled baseline moved labels between dead
+                # and live units, so its numbers are not over this source's live units
+                self.status[(e.source_id, e.evaluator)] = (
+                    f"was judged on dead units too: judge it again with `clipeval sources evaluate {self.run_id}`")
+                continue
+            n_concepts = None if pd.isna(e.n_concepts) else int(e.n_concepts)
+            self.tables[(e.source_id, e.evaluator)] = ScoreTable(scores, e.evaluator, self.labels[e.source_id],
+                                                                 n_concepts)
 
         # each source's units as an index, to line sources up by (layer, unit) without merging frames
         self.keys = {sid: pd.MultiIndex.from_frame(lab[["layer", "unit"]]) for sid, lab in self.labels.items()}

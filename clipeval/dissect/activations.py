@@ -113,8 +113,8 @@ def neuron_summaries(layer: str, A: np.ndarray, k: int, n_contrast: int, seed: i
 
     Dead units (constant activation) get a histogram but no images: their 'top' images would just be
     the first images of the probe. Random negatives are drawn per unit by rank position: among the
-    images ranked below the unit's top (1 - INACTIVE_QUANTILE) share and strictly less active than its
-    k-th top image, so ties (a unit at its minimum on 90% of the probe, common after ReLU6) still leave
+    images ranked below the unit's top (1 - INACTIVE_QUANTILE) share, strictly less active than its
+    k-th top image and not among its 'low' images (every negative is a distinct image), so ties (a unit at its minimum on 90% of the probe, common after ReLU6) still leave
     it negatives; a unit with fewer candidates than n_contrast keeps fewer, without taking any from
     the other units of the layer."""
     n_images, n_units = A.shape
@@ -128,6 +128,7 @@ def neuron_summaries(layer: str, A: np.ndarray, k: int, n_contrast: int, seed: i
     start = max(k, int(np.ceil((1 - INACTIVE_QUANTILE) * n_images)))
     candidate = np.zeros(A.shape, dtype=bool)  # by rank position
     candidate[start:] = sorted_acts[start:] < sorted_acts[k - 1]
+    candidate[n_images - n_low:] = False  # the 'low' images: a negative drawn again would count twice in the AUC
     keys = rng.random(A.shape)
     keys[~candidate] = np.inf
     pos = np.argsort(keys, axis=0, kind="stable")[:n_contrast]  # (<= n_contrast, units) rank positions

@@ -22,7 +22,7 @@ import numpy as np
 from clipeval.analysis import metrics
 from clipeval.config import stable_hash
 from clipeval.errors import ClipevalError
-from clipeval.evaluators.rules import RULES
+from clipeval.evaluators.rules import CP_TOLERANCE, RULES
 
 # The paper's thresholds (CLIP ViT-B-32 for CP/ES, BLIP-2 for VQA); contrast is ours (an AUC, model-free scale)
 PAPER_THRESHOLDS = {"cp": 0.01, "es": 0.25, "vqa": 0.5, "contrast": 0.75}
@@ -59,7 +59,7 @@ def calibrate_splits(scores: np.ndarray, reference: np.ndarray, evaluator: str, 
     keep = ~np.isnan(scores)
     scores, reference = np.asarray(scores, float)[keep], np.asarray(reference, bool)[keep]
     if rule.reduce == "min":
-        verdict = lambda s, t: s[None, :] <= np.asarray(t, float)[:, None] + 1e-12  # noqa: E731
+        verdict = lambda s, t: s[None, :] <= np.asarray(t, float)[:, None] + CP_TOLERANCE  # noqa: E731
         candidates = np.unique(np.concatenate([scores, np.linspace(0, 0.2, 201)]))
     else:
         verdict = lambda s, t: s[None, :] >= np.asarray(t, float)[:, None]  # noqa: E731

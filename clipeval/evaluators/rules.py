@@ -5,7 +5,7 @@ No model runs here. A `ScoreTable` holds one evaluation's raw scores as dense ar
 is a handful of vectorised numpy operations.
 
 A neuron's label is judged correct if ANY of its top-k images matches (method.md section 2):
-  CP        raw = the label's rank among the concept set (1 = best); match if rank <= int(|S| * p)
+  CP        raw = the label's rank among the concept set (1 = best); match if rank <= int(|S| * p) (cp_cutoff)
   ES        raw = cosine(image, label);                                match if cosine >= tau
   VQA       raw = P(yes);                                              match if P(yes) > cut
   contrast  raw = cosine(image, label) on top-k AND inactive images; the neuron's score is the ROC-AUC
@@ -61,11 +61,23 @@ def image_matches(evaluator: str, raw: np.ndarray, threshold: float, n_concepts:
     return raw >= threshold
 
 
-def cp_cutoff(p: float, n_concepts: int | None) -> int:
-    """The original took the top int(|S| * p) concepts (so a tiny set with small p admits none)."""
+# Ranks are compared with p as rank / |S| <= p + CP_TOLERANCE, by calibration (judges.calibrate_splits, on
+# rank / |S| scores) and by every verdict alike, so that a calibrated p passes exactly the ranks it was fitted on.
+CP_TOLERANCE = 1e-12
+
+
+def cp_cutoff(p, n_concepts: int | None):
+    """The original took the top int(|S| * p) concepts (so a tiny set with small p admits none): the largest
+    rank r with r / |S| <= p. Not floor(|S| * p) as such: that product can fall just under an integer
+    (998 * (4 / 998) = 3.9999999999999996), which would apply a p calibrated as rank 4 / 998 as rank 3.
+    An int for one p, an array of ints for an array of p."""
     if not n_concepts:
         raise ClipevalError("CP needs the size of the concept set")
-    return int(n_concepts * p)
+    limit = np.asarray(p, float) + CP_TOLERANCE
+    r = np.floor(n_concepts * limit)
+    r = np.where((r + 1) / n_concepts <= limit, r + 1, r)
+    r = np.where(r / n_concepts > limit, r - 1, r).astype(np.int64)
+    return int(r) if r.ndim == 0 else r
 
 
 class ScoreTable:
@@ -153,8 +165,7 @@ class ScoreTable:
         t = t[:, None] if t.ndim else t
         with np.errstate(invalid="ignore"):
             if self.rule.reduce == "min":
-                cut = np.floor(self.n_concepts * t) if self.n_concepts else _missing_concepts()
-                return s <= cut
+                return s <= (cp_cutoff(t, self.n_concepts) if self.n_concepts else _missing_concepts())
             return s > t if not self.rule.inclusive else s >= t
 
     def verdicts(self, threshold: float, variant: str = "real", k: int | None = None) -> np.ndarray:

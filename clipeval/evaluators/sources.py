@@ -9,9 +9,11 @@ A run's CLIP-Dissect labels are one answer to "what does this unit do?". Other a
 
 Labels are matched to the run's units by (layer, unit), after an optional layer map (a file made for
 ResNet-50 names its layers layer1..layer4); units the run lacks stay in the store and are counted in
-the coverage, never dropped silently. Evaluating a source needs no new forward pass of the target:
-its labels are judged on the run's stored top-k (and inactive) images with the settings and model of
-the run's own evaluations, so the numbers of all sources compare on the same images and judges.
+the coverage, never dropped silently. Labels on dead units (no images) are counted, not judged: every
+share, baseline and coverage is over the run's live units, the units its own shares are over.
+Evaluating a source needs no new forward pass of the target: its labels are judged on the run's stored
+top-k (and inactive) images with the settings and model of the run's own evaluations, so the numbers
+of all sources compare on the same images and judges.
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ def describe_coverage(store: Store, run_id: str) -> pd.DataFrame:
     units it labels."""
     if not store.has_table("label_sources"):  # an older store opened read-only: no sources yet
         return pd.DataFrame(columns=["source_id", "name", "kind", "origin", "settings_json", "score_name",
-                                     "n_labels", "created_at", "n_matched", "n_units", "coverage"])
+                                     "n_labels", "created_at", "n_matched", "n_units", "n_on_dead", "coverage"])
     s = store.label_sources(run_id)
     if s.empty:
         return s
@@ -203,7 +205,12 @@ def evaluate_source(store: Store, run_id: str, source_id: str, evaluators=None, 
     latest = store.latest_evaluations(run_id)
     done = latest[latest["status"] == "complete"]
     wanted = list(evaluators) if evaluators else [e for e in SOURCE_EVALUATORS if e in set(done["evaluator"])]
-    labels = store.source_labels(run_id, source_id)[["layer", "unit", "label"]]
+    labels = store.source_labels(run_id, source_id)[["layer", "unit", "label"]]  # on live units only
+    # the labels judged are part of a pass's identity: a pass over other units (one whose shuffled baseline
+    # moved labels onto dead units) is not taken for this one
+    judged = hashlib.sha256(labels.to_csv(index=False).encode()).hexdigest()[:16]
+    on_dead = int(sources.loc[sources["source_id"] == source_id, "n_on_dead"].iloc[0])
+    units = f"on {len(labels):,} live units" + (f" ({on_dead:,} labels on dead units not judged)" if on_dead else "")
     cache = ArrayCache(cache_dir or store.path.parent / "cache")
     out = []
     for name in wanted:
@@ -224,15 +231,16 @@ def evaluate_source(store: Store, run_id: str, source_id: str, evaluators=None, 
                             store.probe_images(run["probe_fingerprint"]).set_index("image_id")["path"].to_dict(),
                             store.concepts(run["concept_hash"]) if run.get("concept_hash") else None)
         if name == "vqa":
-            out.append(_vqa(store, run_id, source_id, cfg, inputs, vqa_backend, force, progress))
+            got = _vqa(store, run_id, source_id, cfg, inputs, vqa_backend, force, progress, judged)
+            out.append({**got, "message": got["message"] or units})
             continue
         from clipeval.models.image_text import load_image_text
 
         model = load_image_text(cfg.image_text)
         info = model.info()
-        source_eval_id = stable_hash("source-evaluation", source_id, cfg, info.get("fingerprint", ""))
+        source_eval_id = stable_hash("source-evaluation", source_id, cfg, info.get("fingerprint", ""), judged)
         if store.source_evaluation_status(source_eval_id) == "complete" and not force:
-            out.append({"evaluator": name, "status": "cached", "message": ""})
+            out.append({"evaluator": name, "status": "cached", "message": units})
             continue
         start = time.perf_counter()
         evaluator = EMBEDDING_EVALUATORS[name](model, stable_hash(cfg.image_text, info.get("fingerprint", "")), cache)
@@ -245,15 +253,16 @@ def evaluate_source(store: Store, run_id: str, source_id: str, evaluators=None, 
         store.record_source_evaluation(source_eval_id, source_id, run_id, name, cfg_json, status="complete",
                                        scores=scores, wall_s=time.perf_counter() - start, models={"image_text": info},
                                        n_concepts=len(inputs.concepts) if inputs.concepts else None)
-        out.append({"evaluator": name, "status": "complete", "message": ""})
+        out.append({"evaluator": name, "status": "complete", "message": units})
     return out
 
 
-def _vqa(store, run_id, source_id, cfg, inputs, backend, force, progress) -> dict:
+def _vqa(store, run_id, source_id, cfg, inputs, backend, force, progress, judged: str) -> dict:
     from clipeval.evaluators.vqa import VisualQuestionAnswering
     from clipeval.models.vqa import Blip2Vqa
 
-    source_eval_id = stable_hash("source-evaluation", source_id, cfg, getattr(backend, "name", "") if backend else "")
+    source_eval_id = stable_hash("source-evaluation", source_id, cfg, getattr(backend, "name", "") if backend else "",
+                                 judged)
     if store.source_evaluation_status(source_eval_id) == "complete" and not force:
         return {"evaluator": "vqa", "status": "cached", "message": ""}
     try:

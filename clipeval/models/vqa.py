@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipeval.config import DEFAULT_PROMPT
 from clipeval.errors import ClipevalError, WeightsUnavailable
 
 if TYPE_CHECKING:  # transformers is imported where it is used: importing it takes seconds
     from transformers import DynamicCache
 
 DEFAULT_MODEL = "Salesforce/blip2-opt-2.7b"
-DEFAULT_TEMPLATE = 'Question: Is this image related to "{label}"? Answer:'
+DEFAULT_TEMPLATE = DEFAULT_PROMPT
 YES_VARIANTS = ("yes", " yes", "Yes", " Yes")
 NO_VARIANTS = ("no", " no", "No", " No")
 # Share [image | common prompt prefix] across an image's questions only where that saves at least this

@@ -1,8 +1,17 @@
 """The glossary the app's help icons link to: one entry per term a collaborator meets on the pages.
 Kept as data here (not in a page) so the help texts and the Glossary page cannot drift apart, and a
-test can check that every link points at an entry."""
+test can check that every link points at an entry. Every prompt, threshold and rule an entry quotes is
+formatted in from the value the code uses (or, where that would import torch, checked by a test)."""
 
 from __future__ import annotations
+
+from clipeval.analysis.headlines import WEAK_RATIO
+from clipeval.config import DEFAULT_PROMPT
+from clipeval.analysis.intervals import MIN_N, N_BOOT
+from clipeval.evaluators.judges import PAPER_THRESHOLDS
+from clipeval.evaluators.rules import RULES
+
+VQA_QUESTION = DEFAULT_PROMPT.replace("{label}", "<label>")  # models.vqa.format_prompt, without importing torch
 
 # anchor -> (title, text in Markdown). The anchor is the entry's id on the Glossary page.
 TERMS: dict[str, tuple[str, str]] = {
@@ -19,28 +28,34 @@ likely the concept is among the neuron's most activating images than among all p
 image's concept probability taken from the image-text model (a softmax over concepts) and the top images
 weighted softly rather than cut at a hard top-k. Higher is a better match; values of different runs or
 similarity functions are not comparable."""),
-    "cp": ("CP: concept proportion", """
+    "cp": ("CP: concept proportion", f"""
 An automatic evaluator. For each of the neuron's top-k images, rank every concept of the set by the
 image-text model's similarity; the label is correct if, for ANY of the k images, it ranks within the top
-`p` share of the concept set (cut-off int(|S| x p), as in the original). Threshold: **p** (default 0.01)."""),
-    "es": ("ES: embedding similarity", """
+`{RULES['cp'].param}` share of the concept set (cut-off int(|S| x p), as in the original: the largest rank r with
+r / |S| <= p). Threshold: **{RULES['cp'].param}** (the paper's {PAPER_THRESHOLDS['cp']:g} for CLIP; a judge that is not
+CLIP starts from its calibrated value, where one is stored)."""),
+    "es": ("ES: embedding similarity", f"""
 An automatic evaluator: the cosine between a top image's embedding and the label's text embedding; the
-label is correct if ANY top-k image reaches **tau** (the paper's 0.25 is set for CLIP; other models'
-cosines live on other scales, so check the baselines before trusting a share)."""),
-    "vqa": ("VQA", """
-An automatic evaluator: a visual question-answering model (BLIP-2 in the paper) is asked "Does this image
-show <label>?" for each top image; the label is correct if P(yes) is above the **cut-off** for ANY
-top-k image. Its weights are not shipped offline, so the demo shows it as unavailable."""),
-    "contrast": ("Contrast AUC", """
+label is correct if ANY top-k image reaches **{RULES['es'].param}** (the paper's {PAPER_THRESHOLDS['es']:g} is set for
+CLIP; other models' cosines live on other scales, so check the baselines before trusting a share)."""),
+    "vqa": ("VQA", f"""
+An automatic evaluator: a visual question-answering model (BLIP-2 in the paper) is asked
+`{VQA_QUESTION}` for each top image; the label is correct if P(yes) is above the
+**{RULES['vqa'].param}** (the paper's {PAPER_THRESHOLDS['vqa']:g}) for ANY top-k image. Its weights are not shipped
+offline, so the demo shows it as unavailable."""),
+    "contrast": ("Contrast AUC", f"""
 An evaluator beyond the paper: the label's cosine with the neuron's top-k images is compared with its
-cosine on inactive images (the neuron's least active images and random images below its 90th percentile).
+cosine on inactive images (the neuron's least active images and random images below its 90th percentile;
+each image once).
 The score is the ROC-AUC separating the two groups: 1.0 means the label fits the top images and not the
-inactive ones; about 0.5 means a vague label that fits every image. Correct if AUC is at least **auc**."""),
-    "baselines": ("Baselines: shuffled and constant labels", """
+inactive ones; about 0.5 means a vague label that fits every image. Correct if AUC is at least
+**{RULES['contrast'].param}** (default {PAPER_THRESHOLDS['contrast']:g})."""),
+    "baselines": ("Baselines: shuffled and constant labels", f"""
 Every evaluator also judges wrong labels: the run's labels **shuffled** across the neurons of each layer
 (seeded), and one **constant** label (the run's most frequent label) for every neuron. An evaluator that
 passes those nearly as often as the real labels cannot tell right from wrong at that threshold; the app
-then warns (a baseline passes at least half as often as the real labels). Read a share only beside its baselines."""),
+then warns (a baseline passes at least {WEAK_RATIO:.0%} as often as the real labels). Read a share only beside its
+baselines."""),
     "kappa": ("Cohen's kappa, and how to read it", """
 Agreement between two raters corrected for the agreement expected by chance from how often each says
 "correct": kappa = (observed - chance) / (1 - chance). 1 is perfect agreement, 0 is chance level, below 0
@@ -51,10 +66,10 @@ above 0.8 almost perfect. Two raters that agree 95% of the time can still have k
 **Agreement** is the share of neurons on which two raters give the same verdict (the paper's "IoU" values
 are this). **Jaccard** is |A and B| / |A or B| over the two raters' "correct" sets. Precision, recall and F1
 treat the reference as the truth and "correct" as the positive class."""),
-    "intervals": ("n and 95% intervals", """
+    "intervals": ("n and 95% intervals", f"""
 Every agreement figure is shown with **n**, the number of neurons both raters judged, and a 95% interval
-from a bootstrap over neurons (the neurons are resampled with replacement 1,000 times, seeded, and the
-2.5th and 97.5th percentiles of the figure are reported). Below 30 neurons a figure is greyed: it can
+from a bootstrap over neurons (the neurons are resampled with replacement {N_BOOT:,} times, seeded, and the
+2.5th and 97.5th percentiles of the figure are reported). Below {MIN_N} neurons a figure is greyed: it can
 move a lot with a few more verdicts."""),
     "reference": ("Reference raters: human and automatic", """
 The raters evaluators are compared with. **Human** raters are people (the Annotate page, or

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from clipeval.analysis import metrics
-from clipeval.analysis.runview import EVALUATOR_TITLES, RunView, default_thresholds
+from clipeval.analysis.runview import EVALUATOR_TITLES, RunView
 from clipeval.errors import ClipevalError
 from clipeval.evaluators.rules import RULES
 from clipeval.store import Store
@@ -188,7 +188,7 @@ def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int) -> 
 
 
 def agreement_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
-    from clipeval.analysis.intervals import MIN_N, pairwise_with_intervals
+    from clipeval.analysis.intervals import MIN_N, N_BOOT, pairwise_with_intervals
 
     raters = view.rater_verdicts(thresholds, k)
     names = list(raters)
@@ -207,7 +207,7 @@ def agreement_section(view: RunView, thresholds: dict[str, float], k: int) -> st
                              else ""})
     return (_table(pd.DataFrame(rows), left=("rater A", "rater B", "layer", "note"))
             + "<p class='note'>Over the units both raters judged. Agreement is the share of units with the same verdict "
-              "(what the paper calls IoU); intervals are 95% percentile bootstraps over units (1,000 resamples, seed "
+              f"(what the paper calls IoU); intervals are 95% percentile bootstraps over units ({N_BOOT:,} resamples, seed "
               "0); n/a where undefined (both raters constant).</p>")
 
 
@@ -218,7 +218,7 @@ def labellers_section(store: Store, view: RunView, thresholds: dict[str, float],
     if len(lv.source_ids) < 2:
         return ""
     cov = lv.sources.assign(coverage=lambda d: d["coverage"].map(_pct))[["name", "kind", "n_labels", "n_matched",
-                                                                         "coverage"]]
+                                                                         "n_on_dead", "coverage"]]
     shares = lv.shares(thresholds, k)
     table = shares.assign(**{c: shares[c].map(_pct) for c in ("correct", "shuffled", "run real", "run shuffled",
                                                                  "run constant")})
@@ -226,11 +226,12 @@ def labellers_section(store: Store, view: RunView, thresholds: dict[str, float],
         columns={"n": "units", "correct": "judged correct", "shuffled": "its labels shuffled",
                  "run real": "this run's labels, same units", "run constant": "constant label, same units"})
     return ("<h2 id='labellers'>Labellers side by side</h2>"
-            + _table(cov.rename(columns={"n_labels": "labels", "n_matched": "on this run's units"}),
+            + _table(cov.rename(columns={"n_labels": "labels", "n_matched": "on this run's live units",
+                                         "n_on_dead": "on dead units (not judged)"}),
                      left=("name", "kind"))
             + _table(table, left=("labeller", "evaluator", "layer"))
             + "<p class='note'>Each source's labels judged by this run's evaluators on this run's top images; every "
-              "share is over the units the source covers.</p>")
+              "share is over the live units the source covers (dead units have no images to judge a label on).</p>")
 
 
 def units_section(store: Store, view: RunView, thresholds: dict[str, float], k: int, units_per_layer: int | None,
@@ -279,7 +280,7 @@ def build_report(store: Store, run_id: str, thresholds: dict[str, float] | None 
                  units_per_layer: int | None = None) -> str:
     """The whole report as one HTML string."""
     view = RunView(store, run_id)
-    thresholds = {**default_thresholds(), **(thresholds or {})}
+    thresholds = view.thresholds(thresholds)
     for e, t in thresholds.items():
         RULES[e].check(t)
     kmax = view.kmax if view.available else 0
@@ -293,14 +294,15 @@ def build_report(store: Store, run_id: str, thresholds: dict[str, float] | None 
     thumbs = store.thumbnails(view.run.get("probe_fingerprint") or "", list(images)) if images else {}
     css_images = "".join(f".i{i}{{background-image:url(data:image/jpeg;base64,{_thumb(t)})}}\n"
                          for i, t in thumbs.items())
-    th_text = ", ".join(f"{EVALUATOR_TITLES[e]} {RULES[e].param} = {thresholds[e]:g}" for e in ORDER
-                        if e in view.available)
+    th_text = view.thresholds_text(thresholds, ORDER)
+    notes = "".join(f"<p class='note'>{_e(line)}</p>" for line in view.default_notes(thresholds))
     made = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f"<a href='#layer-{_e(l)}'>{_e(l)}</a>" for l in view.layers)
     labellers = labellers_section(store, view, thresholds, k)
     body = (f"<main><h1>clipeval report: {_e(view.run.get('name') or view.run_id)}</h1>"
             f"<p class='note'>Run <code>{_e(view.run_id)}</code>; made {made} from the stored raw scores. A label is "
             f"judged correct if any of its unit's top-{k} images matches it; thresholds: {_e(th_text) or 'none'}.</p>"
+            + notes +
             "<nav><a href='#settings'>Models and settings</a><a href='#shares'>Shares per layer</a>"
             "<a href='#sensitivity'>Sensitivity</a><a href='#agreement'>Agreement</a>"
             + ("<a href='#labellers'>Labellers</a>" if labellers else "") + "<a href='#units'>Units:</a>" + nav

@@ -53,7 +53,9 @@ class QueriesMixin:
         """Counts for the app's home page."""
         row = self.rows(
             "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM runs WHERE status = 'complete'), "
-            "(SELECT count(*) FROM neurons), (SELECT count(*) FROM evaluations WHERE status = 'complete'), "
+            # labelled neurons: a dead unit (constant over the probe) is stored without a label
+            "(SELECT count(*) FROM neurons WHERE label IS NOT NULL), "
+            "(SELECT count(*) FROM evaluations WHERE status = 'complete'), "
             "(SELECT count(*) FROM evaluations WHERE status <> 'complete'), "
             "(SELECT count(*) FROM (SELECT DISTINCT run_id, layer, unit, rater FROM human_verdicts)), "
             "(SELECT count(DISTINCT rater) FROM human_verdicts), (SELECT count(*) FROM probe_images), "

@@ -38,20 +38,28 @@ class SourcesMixin:
         with self.transaction() as cur:
             self._delete_sources(cur, "source_id = ?", [source_id])
 
+    # A source's labels are judged on the run's live units only, the units every share of the run is over:
+    # a dead unit (constant over the probe) has no top images, so its label cannot be judged. Coverage
+    # counts live units, and says how many labels fell on dead ones.
     def label_sources(self, run_id: str) -> pd.DataFrame:
-        """A run's label sources, oldest first, with coverage: n_labels (rows of the file),
-        n_matched (of them, on a unit of the run), n_units (the run's units)."""
+        """A run's label sources, oldest first, with coverage: n_labels (rows of the file), n_matched (of
+        them, on a live unit of the run), n_units (the run's live units), n_on_dead (labels on dead units)."""
         return self.df(
             "SELECT s.source_id, s.name, s.kind, s.origin, s.settings_json, s.score_name, s.n_labels, s.created_at, "
             "  (SELECT count(*) FROM source_labels l JOIN neurons n ON n.run_id = s.run_id AND n.layer = l.layer "
-            "     AND n.unit = l.unit WHERE l.source_id = s.source_id) AS n_matched, "
-            "  (SELECT count(*) FROM neurons n WHERE n.run_id = s.run_id) AS n_units "
+            "     AND n.unit = l.unit WHERE l.source_id = s.source_id AND NOT coalesce(n.dead, false)) AS n_matched, "
+            "  (SELECT count(*) FROM neurons n WHERE n.run_id = s.run_id AND NOT coalesce(n.dead, false)) AS n_units, "
+            "  (SELECT count(*) FROM source_labels l JOIN neurons n ON n.run_id = s.run_id AND n.layer = l.layer "
+            "     AND n.unit = l.unit WHERE l.source_id = s.source_id AND coalesce(n.dead, false)) AS n_on_dead "
             "FROM label_sources s WHERE s.run_id = ? ORDER BY s.created_at, s.name", [run_id])
 
     def source_coverage(self, run_id: str) -> pd.DataFrame:
-        """Per source and run layer: the run's units, and how many of them the source labels."""
+        """Per source and run layer: the run's live units, how many of them the source labels, and how
+        many of its labels fall on the layer's dead units (not judged)."""
         return self.df(
-            "SELECT s.source_id, n.layer, count(*) AS units, count(l.unit) AS matched "
+            "SELECT s.source_id, n.layer, count(*) FILTER (WHERE NOT coalesce(n.dead, false)) AS units, "
+            "  count(l.unit) FILTER (WHERE NOT coalesce(n.dead, false)) AS matched, "
+            "  count(l.unit) FILTER (WHERE coalesce(n.dead, false)) AS on_dead "
             "FROM label_sources s JOIN neurons n ON n.run_id = s.run_id "
             "JOIN layers y ON y.run_id = n.run_id AND y.layer = n.layer "
             "LEFT JOIN source_labels l ON l.source_id = s.source_id AND l.layer = n.layer AND l.unit = n.unit "
@@ -65,10 +73,11 @@ class SourcesMixin:
 
     def source_labels(self, run_id: str, source_id: str | None = None, layer: str | None = None,
                       unit: int | None = None) -> pd.DataFrame:
-        """Labels of a run's sources on the run's units (matched by layer and unit), in the run's order."""
+        """Labels of a run's sources on the run's live units (matched by layer and unit), in the run's order."""
         sql = ("SELECT l.source_id, l.layer, l.unit, l.label, l.score, l.detail FROM source_labels l "
                "JOIN label_sources s USING (source_id) JOIN neurons n ON n.run_id = s.run_id AND n.layer = l.layer "
-               "AND n.unit = l.unit JOIN layers y ON y.run_id = s.run_id AND y.layer = l.layer WHERE s.run_id = ?")
+               "AND n.unit = l.unit JOIN layers y ON y.run_id = s.run_id AND y.layer = l.layer "
+               "WHERE s.run_id = ? AND NOT coalesce(n.dead, false)")
         params: list = [run_id]
         for col, value in (("l.source_id", source_id), ("l.layer", layer), ("l.unit", unit)):
             if value is not None:

@@ -256,8 +256,9 @@ def imagenet_accuracy(run_id: str) -> list[dict]:
     return _imagenet_accuracy(db_path(), run_id, version(run_id))
 
 
-def runs_comparison(thresholds: dict[str, float], k: int | None = None) -> pd.DataFrame:
-    """runs_comparison at the given thresholds (the paper's Table 2), on the cached RunViews."""
+def runs_comparison(thresholds: dict[str, float] | None, k: int | None = None) -> pd.DataFrame:
+    """every_run.runs_comparison (the paper's Table 2; None: each run at its own judges' defaults), on the
+    cached RunViews."""
     return every_run.runs_comparison(store(), thresholds, k, view_of=run_view, runs=runs())
 
 

@@ -11,7 +11,7 @@ import streamlit as st
 from clipeval.render import glossary
 from clipeval.store import runnames
 from clipeval.evaluators import thresholds
-from clipeval.analysis.runview import EVALUATOR_TITLES, default_thresholds
+from clipeval.analysis.runview import EVALUATOR_TITLES
 from clipeval.evaluators.rules import RULES, cp_cutoff
 from clipeval.render import charts
 from clipeval.ui import data
@@ -52,7 +52,7 @@ class Context:
     """What the sidebar chose, for the page that runs after it."""
     run_id: str | None = None
     run: dict = field(default_factory=dict)
-    thresholds: dict[str, float] = field(default_factory=default_thresholds)
+    thresholds: dict[str, float] = field(default_factory=dict)  # the sidebar's: its run's judges' defaults, or set
     k: int = 5
     latest: pd.DataFrame = field(default_factory=pd.DataFrame)  # newest evaluation per evaluator
 
@@ -321,8 +321,15 @@ def models_banner(ctx: Context) -> None:
 
 
 def thresholds_caption(ctx: Context) -> str:
-    parts = [thresholds.label(e, ctx.thresholds[e]) for e in EVALUATOR_ORDER]
-    return f"k = {ctx.k}; " + ", ".join(parts)
+    """'k = 5; cut = 0.50 (paper default), p = 0.0040 (top 4 of 998 concepts; calibrated default), ...': the
+    sidebar's thresholds, each with where it came from (its judge's default, or given in the sidebar)."""
+    view = data.run_view(ctx.run_id) if ctx.run_id else None
+    parts = [thresholds.label(e, ctx.thresholds[e])
+             + (f" ({view.threshold_detail(e, ctx.thresholds[e], 'set in the sidebar')})" if view else "")
+             for e in EVALUATOR_ORDER]
+    # the k the pages apply: no more than the evaluators scored (an evaluation with --k 3 of a run that stored 5)
+    k = min(ctx.k, view.kmax) if view is not None and view.available else ctx.k
+    return f"k = {k}; " + ", ".join(parts)
 
 
 def evaluator_note(ctx: Context, evaluator: str, short: bool = True) -> str:

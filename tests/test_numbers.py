@@ -213,7 +213,8 @@ def test_every_quoted_prompt_threshold_and_rule_is_the_one_the_code_uses():
     from clipeval.models.vqa import DEFAULT_TEMPLATE, format_prompt
 
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
+    # the README and docs/, with line breaks as spaces (a quote may wrap)
+    readme = " ".join(" ".join(f.read_text().split()) for f in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
     terms = {anchor: text for anchor, (_, text) in glossary.TERMS.items()}
     question = format_prompt(DEFAULT_TEMPLATE, "<label>")  # what BLIP-2 is asked
     assert question in terms["vqa"] and question in readme
@@ -273,10 +274,10 @@ def test_overview_layer_and_agreement_numbers_match_a_hand_computation(colour_ru
     assert interp.loc["overall", "constant"] == 2 / 11
 
     raters = view.rater_verdicts(th)  # the Agreement page's raters
-    matrix = intervals.kappa_matrix(raters)
+    matrix = intervals.kappa_with_intervals(raters)
     assert matrix["n"].loc["ES", "human: ann"] == 6
     assert matrix["kappa"].loc["ES", "human: ann"] == pytest.approx(4 / 7)
-    pair = intervals.pairwise_table(raters["ES"], raters["human: ann"]).set_index("layer").loc["overall"]
+    pair = intervals.pairwise_with_intervals(raters["ES"], raters["human: ann"]).set_index("layer").loc["overall"]
     assert (pair["n"], pair["agreement"], pair["jaccard"], pair["precision"], pair["recall"]) == \
         (6, pytest.approx(5 / 6), pytest.approx(0.8), pytest.approx(0.8), 1.0)
     assert pair["kappa lo"] <= 4 / 7 <= pair["kappa hi"]

@@ -138,6 +138,7 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
             raise ClipevalError(f"k={k} is more than the {len(probe_set)} readable probe images")
         tgt = targets_mod.load_target(target, weights)
         shapes = targets_mod.check_layers(tgt, layer_order)
+        targets_mod.layer_layouts(tgt, layer_order, shapes)  # a layer that cannot be pooled stops here
     placement = placement or CPU
     dtype = placement.dtype_name if tgt is not None else None  # activations differ slightly with it: hashed
     run_id = stable_hash("import", content, target, weights, tgt and targets_mod.weights_fingerprint(tgt), pooling,

@@ -153,3 +153,20 @@ def test_a_refused_layer_stops_the_run_before_anything_is_written(tmp_path, monk
         assert store.runs().empty
     finally:
         store.close()
+
+
+def test_the_run_stores_its_layouts_and_the_live_probe_refuses_a_run_pooled_otherwise(run_store):
+    """A run records how each layer was pooled; a live reading of a run whose layers were pooled
+    otherwise (by another version) would not compare with the run's activations, so it is refused."""
+    import json
+
+    from clipeval.live import LiveProbe, TargetUnavailable
+
+    store, run_id, _ = run_store
+    models = json.loads(store.run(run_id)["models_json"])
+    assert models["target"]["layouts"] == {"blocks.1": "nchw", "blocks.4": "nchw", "classifier": "flat"}
+    assert LiveProbe(store, run_id).layouts == models["target"]["layouts"]
+    models["target"]["layouts"]["blocks.4"] = "nhwc"
+    store.execute("UPDATE runs SET models_json = ? WHERE run_id = ?", [json.dumps(models), run_id])
+    with pytest.raises(TargetUnavailable, match="pooled blocks.4 as nhwc.*pools blocks.4 as nchw"):
+        LiveProbe(store, run_id)

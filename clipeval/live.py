@@ -94,9 +94,8 @@ class LiveProbe:
         stored = ((json.loads(self.run.get("models_json") or "{}") or {}).get("target") or {}).get("layouts") or {}
         changed = {layer: (stored[layer], now) for layer, now in self.layouts.items() if stored.get(layer, now) != now}
         if changed:
-            raise TargetUnavailable("the run pooled " + "; ".join(f"{layer} as {was}" for layer, (was, _) in changed.items())
-                                    + ", and this version pools " + "; ".join(f"{layer} as {now}" for layer, (_, now)
-                                                                             in changed.items())
+            raise TargetUnavailable("; ".join(f"the run pooled {layer} as {was}, this version pools it as {now}"
+                                              for layer, (was, now) in changed.items())
                                     + ": a live reading would not compare with the run's (run dissect again with --force)")
         # the region of an image the network sees, for the overlay (maps.crop_box)
         self.view = self.target.info.get("view")

@@ -188,7 +188,7 @@ if images.empty:
             "them again with `--target` and `--probe` to see (and judge) each neuron's top images.")
     st.stop()
 st.subheader(f"Top {int((images['kind'] == 'top').sum())} activating images")
-thumbs = where_it_fires(ctx.run_id, fingerprint, layer, unit, thumbs)
+thumbs = where_it_fires(ctx.run_id, fingerprint, layer, unit, thumbs, ctx.run)
 contrast_note = ("Contrast shows each image's cosine with the label judged by the ES rule (tau = "
                  f"{thresholds.fmt('es', ctx.thresholds['es'])}); its neuron verdict is the AUC rule above." if "contrast" in shown else "")
 image_grid(images[images["kind"] == "top"], 5, shown, contrast_note)

@@ -27,7 +27,7 @@ class Toy(nn.Module):
 
     def forward(self, x):
         c = self.conv(x)
-        t = self.tokens(c.flatten(2).transpose(1, 2))  # (B, HW, 4)
+        t = self.tokens(torch.cat([c.mean(dim=(2, 3))[:, None], c.flatten(2).transpose(1, 2)], 1))  # (B, 1 + HW, 4)
         self.pair(t)
         return self.fc(t[:, 0])
 
@@ -56,7 +56,7 @@ def test_pool_modes():
 def test_layer_listing_and_checks():
     target = from_module(Toy(), input_size=8)
     shapes = layer_shapes(target)
-    assert shapes["conv"] == (4, 8, 8) and shapes["tokens"] == (64, 4) and shapes["fc"] == (2,)
+    assert shapes["conv"] == (4, 8, 8) and shapes["tokens"] == (65, 4) and shapes["fc"] == (2,)
     assert shapes["pair"] == "tuple"
     assert check_layers(target, ["conv", "fc"], shapes) == {"conv": (4, 8, 8), "fc": (2,)}
     with pytest.raises(ClipevalError, match="unknown layer 'layer9'.*conv"):
@@ -74,7 +74,7 @@ def test_collect_one_pass_all_layers(tmp_path):
     module = Toy()
     target = from_module(module, input_size=8)
     layouts = layer_layouts(target, ["conv", "tokens", "fc"])  # detected on a dummy forward of its own
-    assert layouts == {"conv": "nchw", "tokens": "tokens:cls", "fc": "flat"}
+    assert layouts == {"conv": "nchw", "tokens": "tokens:cls:1", "fc": "flat"}
     calls = []
     module.register_forward_hook(lambda *a: calls.append(1))
     got = collect(images, target=target, layers=["conv", "tokens", "fc"], pooling="max", thumb_size=8,

@@ -63,8 +63,8 @@ def _argmax(m: np.ndarray) -> tuple[int, int]:
     return tuple(int(i) for i in np.unravel_index(m.argmax(), m.shape))
 
 
-@pytest.mark.parametrize("n_prefix, has_cls, token_layout", [(1, True, "tokens:cls"),  # ViT: one class token
-                                                             (5, True, "tokens:cls"),  # class + 4 register tokens
+@pytest.mark.parametrize("n_prefix, has_cls, token_layout", [(1, True, "tokens:cls:1"),  # ViT: one class token
+                                                             (5, True, "tokens:cls:5"),  # class + 4 register tokens
                                                              (0, False, "tokens:avg:0")])  # no class token
 def test_map_argmax_matches_the_planted_activation_in_every_layout(tmp_path, n_prefix, has_cls, token_layout):
     target = from_module(Planted(n_prefix, has_cls), input_size=32)
@@ -86,7 +86,7 @@ def test_map_argmax_matches_the_planted_activation_in_every_layout(tmp_path, n_p
 
 
 @pytest.mark.parametrize("arch, size, layout, grid", [
-    ("vit_tiny_patch16_224", 224, "tokens:cls", 14),  # a class token, then 14x14 patches
+    ("vit_tiny_patch16_224", 224, "tokens:cls:1", 14),  # a class token, then 14x14 patches
     ("vit_little_patch16_reg4_gap_256", 256, "tokens:avg:4", 16),  # 4 register tokens, no class token
 ])
 def test_a_real_vit_gives_its_patch_tokens_as_the_map(probe_dir, arch, size, layout, grid):
@@ -109,7 +109,7 @@ def test_a_real_vit_gives_its_patch_tokens_as_the_map(probe_dir, arch, size, lay
         target.module(torch.stack([target.preprocess(Image.open(p).convert("RGB")) for p in paths]))
     hook.remove()
     n_prefix = out["o"].shape[1] - grid * grid
-    assert n_prefix == (1 if layout == "tokens:cls" else 4)
+    assert n_prefix == (1 if layout == "tokens:cls:1" else 4)
     kept = got.maps[layer]
     for u in (0, 5, 17):
         ids = kept.ids[kept.units == u]

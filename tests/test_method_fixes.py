@@ -176,7 +176,7 @@ def test_vit_with_and_without_class_token(tmp_path, class_token):
     module = _timm("vit_tiny_patch16_224", img_size=32, depth=2, num_classes=5, **kw)
     target = from_module(module, input_size=32)
     layout = layer_layouts(target, ["blocks.1"])["blocks.1"]
-    assert layout == ("tokens:cls" if class_token else "tokens:avg:0")
+    assert layout == ("tokens:cls:1" if class_token else "tokens:avg:0")
     images = _images(tmp_path, n=2, size=32)
     got = collect(images, target=target, layers=["blocks.1"], progress=False)
     with torch.no_grad():

@@ -161,7 +161,7 @@ class ProbeBatch:
                 if maps_keep and has_map(layouts[layer]):
                     self._tops[layer] = RunningTop(maps_keep)
                     self._hooks.append(modules[layer].register_forward_hook(
-                        _map_hook(self._maps, layer, layouts[layer], token_prefix(self.target.module, layouts[layer]))))
+                        _map_hook(self._maps, layer, layouts[layer], token_prefix(layouts[layer]))))
 
     @classmethod
     def from_config(cls, config, device="cpu", *, layers: Sequence[str] | None = None, labeller: bool = True,

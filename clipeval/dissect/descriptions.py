@@ -84,6 +84,7 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
             raise ClipevalError(f"k={k} is more than the {len(probe_set)} readable probe images")
         tgt = targets_mod.load_target(target, weights)
         shapes = targets_mod.check_layers(tgt, layer_order)
+        layouts = targets_mod.layer_layouts(tgt, layer_order, shapes)  # a layer that cannot be pooled stops here
     placement = placement or CPU
     dtype = placement.dtype_name if tgt is not None else None  # activations differ slightly with it: hashed
     run_id = stable_hash("import", content, target, weights, tgt and targets_mod.weights_fingerprint(tgt), pooling,
@@ -137,7 +138,7 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
                              "n_images": len(probe_set) if probe_set else 0,
                              "n_skipped_images": len(probe_set.skipped) if probe_set else 0,
                              "models": {"labels": f"imported from {Path(path).name}",
-                                        **({"target": {"name": tgt.name, **tgt.info},
+                                        **({"target": {"name": tgt.name, **tgt.info, "layouts": layouts},
                                             "compute": {**placement.info(), "engine": (engine or LOCAL).describe()}}
                                            if tgt else {})},
                              "timings": {}, "peak_rss_mb": pipeline.peak_rss_mb()})

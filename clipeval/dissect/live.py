@@ -91,6 +91,14 @@ class LiveProbe:
             self.layouts = targets_mod.layer_layouts(self.target, layers)
         except ClipevalError as e:
             raise TargetUnavailable(f"the run's layers cannot be read from {name} here: {e}") from e
+        stored = ((json.loads(self.run.get("models_json") or "{}") or {}).get("target") or {}).get("layouts") or {}
+        changed = {layer: (stored[layer], now) for layer, now in self.layouts.items() if stored.get(layer, now) != now}
+        if changed:
+            raise TargetUnavailable("; ".join(f"the run pooled {layer} as {was}, this version pools it as {now}"
+                                              for layer, (was, now) in changed.items())
+                                    + ": a live reading would not compare with the run's (run dissect again with --force)")
+        # the region of an image the network sees, for the overlay (maps.crop_box)
+        self.view = self.target.info.get("view")
         self.placement, self.device_note = run_placement(self.run, device)
         self.placement.module(self.target.module)
         self.device = str(self.placement.device)
@@ -151,7 +159,7 @@ class LiveProbe:
         if layer not in self.layouts:
             raise ClipevalError(f"the run has no layer {layer!r} (its layers: {', '.join(self.layouts)})")
         layout = self.layouts[layer]
-        n_prefix = token_prefix(self.target.module, layout)
+        n_prefix = token_prefix(layout)
         got = {}
 
         def hook(_m, _i, out):

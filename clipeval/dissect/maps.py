@@ -1,8 +1,10 @@
 """Where a unit fires: its spatial activation map on an image, before pooling.
 
 Layouts (clipeval.dissect.pool): `nchw` (B,C,H,W) is the map as it is, `nhwc` (B,H,W,C) is permuted,
-token layers `tokens:cls` / `tokens:avg:N` of a ViT drop their prefix tokens (class and register
-tokens) and lay the patch tokens out as their square grid; `flat` (B,C) has no map.
+token layers `tokens:cls:P` / `tokens:avg:P` drop their P prefix tokens (class, distillation and register
+tokens; none where the layer holds patch tokens only) and lay the patch tokens out as their square grid;
+`flat` (B,C) has no map. A map covers the network's input, which is a region of the image the
+preprocessing chose (`crop_box`); the overlay is drawn on that region.
 
 Maps are kept during the probe pass that collects the pooled activations, only for each unit's most
 active images, in two steps that give the same maps whichever engine or device runs the pass:
@@ -33,12 +35,11 @@ MAP_SIDE = 24
 MAPS_VERSION = 1  # bump when the kept maps change for the same settings (keys their cache entries)
 
 
-def token_prefix(target_module, layout: str) -> int:
-    """Prefix tokens (class + register tokens) before the patch tokens of a token layout: `tokens:avg:N`
-    says N; `tokens:cls` has the model's num_prefix_tokens (timm) or the one class token (torchvision)."""
-    if layout.startswith("tokens:avg:"):
-        return int(layout.rsplit(":", 1)[1])
-    return int(getattr(target_module, "num_prefix_tokens", None) or 1)
+def token_prefix(layout: str) -> int:
+    """Prefix tokens (class, distillation, register tokens) before the patch tokens of a token layer, as its
+    layout says (`tokens:cls:P`, `tokens:avg:P`; a bare `tokens:cls` has the class token only)."""
+    parts = layout.split(":")
+    return int(parts[2]) if len(parts) > 2 else 1
 
 
 def has_map(layout: str) -> bool:
@@ -247,16 +248,81 @@ def map_rows(layer: str, top: pd.DataFrame, kept: KeptMaps) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["layer", "unit", "image_id", "h", "w", "lo", "hi", "map"])
 
 
-# The targets' preprocessing resizes the short side to size / 0.875 and crops the centre square
-# (models/targets.py _imagenet_transform): a map covers that square of the image, not all of it.
-CROP_FRACTION = 0.875
+# Runs stored before the preprocessing's geometry was recorded (models.target.view) were all drawn as if
+# the network saw the centre square of 87.5% of the short side (Resize(256) + CenterCrop(224)).
+ASSUMED_VIEW = {"input": [224, 224], "ops": [{"op": "resize_short", "size": 256}, {"op": "center_crop", "size": [224, 224]}],
+                "text": "assumed: Resize(short side 256) + CenterCrop(224x224), the centre 87.5% square"}
+
+
+def run_view(run: dict) -> tuple[dict | None, str]:
+    """The geometry of a run's preprocessing (clipeval.models.targets.preprocess_view) from its stored
+    metadata, and a sentence saying where the map is drawn: the recorded one; for a run stored before it was
+    recorded the 87.5% centre crop, said to be assumed; None where the preprocessing has a step of unknown
+    geometry (the map then covers the whole image, and the sentence says so)."""
+    import json
+
+    target = (json.loads(run.get("models_json") or "{}") or {}).get("target") or {}
+    if "view" not in target:
+        return ASSUMED_VIEW, ("over the region an 87.5% centre crop keeps (assumed: this run was stored before its "
+                              "preprocessing's crop was recorded)")
+    return view_note(target["view"])
+
+
+def view_note(view: dict | None) -> tuple[dict | None, str]:
+    if view is None:
+        return None, "over the whole image (the target's preprocessing has a step whose geometry is not known)"
+    return view, f"over the region the network saw ({view['text']})"
+
+
+def _resized(w: int, h: int, op: dict) -> tuple[int, int]:
+    """The size an image of w x h has after a resize step, rounded as torchvision and timm round it."""
+    if op["op"] == "resize_short":  # torchvision Resize(int): the short side to size, the long one truncated
+        short, long = min(w, h), max(w, h)
+        new_short, new_long = op["size"], int(op["size"] * long / short)
+        if op.get("max_size") and new_long > op["max_size"]:
+            new_short, new_long = int(op["max_size"] * new_short / new_long), op["max_size"]
+        return (new_short, new_long) if w <= h else (new_long, new_short)
+    if op["op"] == "resize":  # torchvision Resize((h, w))
+        return op["size"][1], op["size"][0]
+    # timm ResizeKeepRatio: one ratio between the short-side and long-side fits, rounded per side
+    ratio_h, ratio_w = h / op["size"][0], w / op["size"][1]
+    ratio = max(ratio_h, ratio_w) * op["longest"] + min(ratio_h, ratio_w) * (1.0 - op["longest"])
+    return round(w / ratio), round(h / ratio)
+
+
+def crop_box(view: dict, width: int, height: int) -> tuple[float, float, float, float]:
+    """Where the network's input lies on an image of width x height: (x0, y0, x1, y1), pixel edges in the
+    image's coordinates, found by replaying the preprocessing's resize, crop and pad steps with their own
+    rounding; it reaches past the image where the preprocessing pads."""
+    w, h = int(width), int(height)
+    x0, y0, sx, sy = 0.0, 0.0, 1.0, 1.0  # the current image's pixel (0, 0) and pixel size, in the image's
+    for op in view["ops"]:
+        if op["op"] == "trim":  # timm TrimBorder
+            b = op["border"]
+            x0, y0 = x0 + min(b, h) * sx, y0 + min(b, h) * sy  # timm clamps the left border by the height too
+            w, h = max(0, w - 2 * b), max(0, h - 2 * b)
+        elif op["op"] == "center_crop":  # torchvision CenterCrop, timm CenterCropOrPad: pad if smaller, then crop
+            ch, cw = op["size"]
+            if cw > w or ch > h:
+                left, top = max(0, (cw - w) // 2), max(0, (ch - h) // 2)
+                x0, y0 = x0 - left * sx, y0 - top * sy
+                w, h = w + max(0, cw - w), h + max(0, ch - h)
+            x0, y0 = x0 + int(round((w - cw) / 2.0)) * sx, y0 + int(round((h - ch) / 2.0)) * sy
+            w, h = cw, ch
+        else:
+            nw, nh = _resized(w, h, op)
+            sx, sy = sx * w / nw, sy * h / nh
+            w, h = nw, nh
+    return x0, y0, x0 + w * sx, y0 + h * sy
 
 
 def overlay(jpeg: bytes, m: np.ndarray, opacity: float = 0.5, relative_to: tuple[float, float] | None = None,
-            crop_fraction: float = CROP_FRACTION) -> bytes:
-    """The thumbnail with the map upsampled (bilinear) over the centre square the network saw, as a heat
-    colour: `opacity` at the map's peak, clear where the unit is silent. `relative_to` (lo, hi): scale
-    the colours to this range (e.g. the unit's strongest top-image activation), else to the map's own."""
+            view: dict | None = ASSUMED_VIEW) -> bytes:
+    """The thumbnail with the map upsampled (bilinear) over the region the network saw (`view`: the
+    target's preprocessing, see crop_box; None: the whole image), as a heat colour: `opacity` at the map's
+    peak, clear where the unit is silent. `relative_to` (lo, hi): scale the colours to this range (e.g.
+    the unit's strongest top-image activation), else to the map's own. The thumbnail stands for the image:
+    its aspect ratio is the image's up to the thumbnail's rounding."""
     from PIL import Image
 
     from clipeval.datasets.probe import load_rgb
@@ -264,11 +330,15 @@ def overlay(jpeg: bytes, m: np.ndarray, opacity: float = 0.5, relative_to: tuple
     img = load_rgb(io.BytesIO(jpeg))
     lo, hi = relative_to if relative_to else (float(m.min()), float(m.max()))
     v = np.clip((m - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(m)
-    side = max(1, int(round(crop_fraction * min(img.size))))
-    x0, y0 = (img.width - side) // 2, (img.height - side) // 2
+    bx0, by0, bx1, by1 = crop_box(view, img.width, img.height) if view else (0, 0, img.width, img.height)
+    x0, y0, x1, y1 = (int(round(c)) for c in (bx0, by0, bx1, by1))
     a = np.zeros((img.height, img.width), np.float32)
-    heat = Image.fromarray((v * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)
-    a[y0:y0 + side, x0:x0 + side] = np.asarray(heat, np.float32) / 255.0
+    if x1 > x0 and y1 > y0:
+        heat = np.asarray(Image.fromarray((v * 255).astype(np.uint8)).resize((x1 - x0, y1 - y0), Image.BILINEAR),
+                          np.float32) / 255.0
+        # the part of the region inside the image (a padding preprocessing reaches past it)
+        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, img.width), min(y1, img.height)
+        a[cy0:cy1, cx0:cx1] = heat[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
     # yellow where weak, red where strong
     rgb = np.stack([np.full_like(a, 255), 220 * (1 - a), np.zeros_like(a)], -1)
     alpha = (opacity * a)[..., None]

@@ -104,6 +104,7 @@ def resolve(config: DissectConfig, device: str | torch.device | None = "cpu") ->
     concepts = load_concepts(config.concepts.source)
     target = targets_mod.load_target(config.target.name, config.target.weights)
     shapes = targets_mod.check_layers(target, config.layers)
+    targets_mod.layer_layouts(target, config.layers, shapes)  # a layer that cannot be pooled stops here, before any work
     placement.module(target.module)
     image_text = load_image_text(config.image_text, placement)
     run_id = stable_hash(config, probe.fingerprint, concepts.content_hash,
@@ -402,7 +403,9 @@ def _compute(r: Resolved, store: Store, cache: ArrayCache, stages: Stages, progr
         activation_maps=pd.concat(map_frames, ignore_index=True) if map_frames else None,
         meta={"run_id": r.run_id, "probe_fingerprint": r.probe.fingerprint, "concept_hash": r.concepts.content_hash,
               "n_images": len(r.probe), "n_skipped_images": len(r.probe.skipped),
-              "models": {"target": {"name": r.target.name, **r.target.info}, "image_text": r.image_text.info(),
+              "models": {"target": {"name": r.target.name, **r.target.info,
+                                    "layouts": targets_mod.layer_layouts(r.target, c.layers, r.layer_shapes)},
+                         "image_text": r.image_text.info(),
                          "compute": compute_info(r.placement, engine)},
               "timings": stages.timings, "peak_rss_mb": peak_rss_mb()})
 

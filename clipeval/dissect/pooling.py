@@ -15,8 +15,10 @@ def pool(output: torch.Tensor, mode: str, layer: str, layout: str | None = None)
     `layout` (from clipeval.models.targets.layer_layouts) says where the channels are:
       nchw         (B,C,H,W): spatial mean/max
       nhwc         (B,H,W,C) (timm Swin stages, Linear layers inside ConvNeXt blocks): spatial mean/max
-      tokens:cls   (B,T,C) with a class token first: the class token
-      tokens:avg:N (B,T,C) without a class token, N prefix (register) tokens: mean/max over the patch tokens
+      tokens:cls:P (B,T,C) the class token first, then P-1 more prefix tokens and the patch tokens: the
+                   class token, whatever the mode (`tokens:cls` alone: P = 1)
+      tokens:avg:P (B,T,C) P prefix (class, register) tokens the model's head does not read, then the patch
+                   tokens: mean/max over the patch tokens (P = 0: every token is a patch)
       flat         (B,C): as it is
     None picks the plain guess by rank (4-D channels-first, 3-D class token first), for in-memory use."""
     if not torch.is_tensor(output):
@@ -31,7 +33,7 @@ def pool(output: torch.Tensor, mode: str, layer: str, layout: str | None = None)
         out = reduce(output, (2, 3))
     elif layout == "nhwc":
         out = reduce(output, (1, 2))
-    elif layout == "tokens:cls":
+    elif layout.startswith("tokens:cls"):
         out = output[:, 0]
     elif layout.startswith("tokens:avg:"):
         n_prefix = int(layout.rsplit(":", 1)[1])

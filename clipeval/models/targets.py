@@ -9,6 +9,7 @@ file is an error that says what to download and where to put it (there is no hub
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +40,56 @@ class Target:
     weights: str = ""  # where the weights came from, for the run's provenance
     info: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        # stored with the run (models.target.view): the overlay draws a map on the pixels the network saw
+        self.info.setdefault("view", preprocess_view(self.preprocess))
+
     def modules(self) -> dict[str, nn.Module]:
         return dict(self.module.named_modules())
+
+
+# steps that change values only, not where the pixels are
+_VALUE_STEPS = ("ToTensor", "PILToTensor", "MaybeToTensor", "MaybePILToTensor", "Normalize", "ConvertImageDtype",
+                "ToDtype", "ToNumpy", "ToImage")
+
+
+def preprocess_view(preprocess) -> dict | None:
+    """Where a preprocessing puts the image's pixels, as plain data stored with a run: its resize, crop and
+    pad steps (replayed on any image size by clipeval.dissect.maps.crop_box), the network input's (h, w) and a
+    description. Reads torchvision's Resize/CenterCrop and timm's ResizeKeepRatio/CenterCropOrPad/
+    TrimBorder (what timm's eval transforms are made of, for every crop_pct and crop_mode); None where a
+    step's geometry is not known (a random one, a Lambda, a function)."""
+    from timm.data.transforms import CenterCropOrPad, ResizeKeepRatio, TrimBorder
+
+    steps = getattr(preprocess, "transforms", [preprocess])
+    ops, text, size = [], [], None
+    for t in steps:
+        if isinstance(t, T.Resize) and (isinstance(t.size, int) or len(t.size) == 1):
+            s = t.size if isinstance(t.size, int) else t.size[0]
+            ops.append({"op": "resize_short", "size": int(s), "max_size": t.max_size})
+            text.append(f"Resize(short side {s})")
+        elif isinstance(t, T.Resize):
+            size = [int(t.size[0]), int(t.size[1])]
+            ops.append({"op": "resize", "size": size})
+            text.append(f"Resize({size[1]}x{size[0]}, aspect not kept)")
+        elif isinstance(t, ResizeKeepRatio) and not t.random_scale_prob and not t.random_aspect_prob:
+            ops.append({"op": "resize_keep_ratio", "size": [int(v) for v in t.size], "longest": float(t.longest)})
+            text.append(f"ResizeKeepRatio({t.size[1]}x{t.size[0]}, longest {t.longest:g})")
+        elif isinstance(t, (T.CenterCrop, CenterCropOrPad)):
+            size = list(_pair(t.size))
+            ops.append({"op": "center_crop", "size": size})
+            text.append(f"CenterCrop({size[1]}x{size[0]}{', padded' if isinstance(t, CenterCropOrPad) else ''})")
+        elif isinstance(t, TrimBorder):
+            ops.append({"op": "trim", "border": int(t.border_size)})
+            text.append(f"TrimBorder({t.border_size})")
+        elif type(t).__name__ not in _VALUE_STEPS:
+            return None
+    share = ""
+    if len(ops) == 2 and ops[0]["op"] == "resize_short" and ops[1]["op"] == "center_crop" \
+            and ops[1]["size"][0] == ops[1]["size"][1] <= ops[0]["size"]:
+        share = f": the centre square of {ops[1]['size'][0] / ops[0]['size']:.1%} of the short side"
+    # without a step that fixes the input's size the network sees the whole image, at its own size
+    return {"input": size, "ops": ops, "text": (" + ".join(text) or "the whole image") + share}
 
 
 def _imagenet_transform(size: int, mean, std) -> Callable:
@@ -144,10 +193,17 @@ def _timm(name: str, weights: str | None) -> Target:
                 f"On a machine with network run `python -c \"import timm; timm.create_model('{name}', pretrained=True)\"` "
                 f"and copy the cache here, or pass --weights PATH ({type(e).__name__})") from e
         path = f"timm pretrained ({module.pretrained_cfg.get('hf_hub_id') or name})"
-    cfg = timm.data.resolve_data_config({}, model=module)
-    pre = timm.data.create_transform(**cfg)
-    size = int(cfg["input_size"][-1])
+    pre, size = timm_preprocess(module)
     return Target(name, module.eval(), pre, size, path, {"source": f"timm {name}", "weights": path})
+
+
+def timm_preprocess(module: nn.Module) -> tuple[Callable, int]:
+    """A timm model's own evaluation transform (its pretrained config's input size, crop_pct, crop_mode,
+    interpolation, mean and std) and input side."""
+    import timm
+
+    cfg = timm.data.resolve_data_config({}, model=module)
+    return timm.data.create_transform(**cfg), int(cfg["input_size"][-1])
 
 
 def load_target(name: str, weights: str | None = None) -> Target:
@@ -247,32 +303,88 @@ def _layout_4d(target: Target, layer: str, shape: tuple) -> str:
                         "cannot tell channels-first (C,H,W) from channels-last (H,W,C); pick another layer")
 
 
+# a timm model whose own head pools these ways reads the patch tokens, not its class token
+_PATCH_POOLS = ("avg", "max", "avgmax", "map")
+
+
+def _patch_count(target: Target) -> tuple[int | None, str]:
+    """Patch tokens the model makes of the (square) dummy input, and how that is known: timm's
+    patch_embed.grid_size at the size it was built for, else input size // patch size (timm
+    patch_embed.patch_size, torchvision ViT patch_size); (None, '') where the model says neither."""
+    m, size = target.module, target.input_size
+    embed = getattr(m, "patch_embed", None)
+    grid, built_for = getattr(embed, "grid_size", None), getattr(embed, "img_size", None)
+    if grid is not None and (built_for is None or _pair(built_for) == (size, size)):
+        return int(grid[0]) * int(grid[1]), f"a {grid[0]}x{grid[1]} patch grid"
+    patch = getattr(embed, "patch_size", None) if embed is not None else getattr(m, "patch_size", None)
+    if patch:
+        ph, pw = _pair(patch)
+        return (size // ph) * (size // pw), f"{size}x{size} input in {ph}x{pw} patches"
+    return None, ""
+
+
+def _pair(v) -> tuple[int, int]:
+    """(h, w) of a size given as an int or a sequence of one or two ints (torchvision's and timm's forms)."""
+    if isinstance(v, int):
+        return v, v
+    v = tuple(int(x) for x in v)
+    return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
+
+
+def _square(n: int) -> bool:
+    return n > 0 and math.isqrt(n) ** 2 == n
+
+
 def _layout_tokens(target: Target, layer: str, shape: tuple) -> str:
-    """A token sequence (B,T,C): the class token where the model has one (timm ViT: has_class_token /
-    num_prefix_tokens; torchvision ViT: class_token), else the mean over the patch tokens after the
-    model's prefix (register) tokens, as the model's own global pooling does."""
+    """A token sequence (B,T,C), read per layer from its token count T against the model's prefix tokens P
+    (class, distillation and register tokens: timm num_prefix_tokens; torchvision ViT: its class token)
+    and its patch count N:
+      T = P + N  prefix then patch tokens: the class token (token 0) where the model has one and its own
+                 head reads it (`tokens:cls:P`), else the patch tokens (`tokens:avg:P`, as global_pool='avg')
+      T = N      patch tokens only (ViT/DeiT patch_embed, CaiT's and XCiT's main blocks): `tokens:avg:0`
+      T = 1      the class token alone (CaiT's class-attention blocks), where the head reads it: `tokens:cls:1`
+    A model without class or prefix tokens has patch tokens only in every layer. Where the model does not
+    say its patch grid, the readings whose patch count is a square grid are the candidates; a layer that
+    fits no reading, or more than one, is refused."""
     m = target.module
     n_prefix = getattr(m, "num_prefix_tokens", None)
     has_cls = getattr(m, "has_class_token", None)
-    if has_cls is None and n_prefix is None:
-        has_cls = getattr(m, "class_token", None) is not None or getattr(m, "cls_token", None) is not None
-        if not has_cls:
+    if has_cls is None:
+        has_cls = getattr(m, "cls_token", None) is not None or getattr(m, "class_token", None) is not None
+        if not has_cls and n_prefix is None:
             raise ClipevalError(
                 f"layer {layer!r} of {target.name} outputs tokens {shape} (without batch), and the model says "
                 "neither whether it has a class token nor how many prefix tokens it has (timm: has_class_token, "
                 "num_prefix_tokens); pick a layer with a (C,H,W) or (C,) output")
-        return "tokens:cls"
-    if has_cls or (has_cls is None and getattr(m, "cls_token", None) is not None):
-        return "tokens:cls"
-    n_prefix = int(n_prefix or 0)
-    if shape[0] <= n_prefix:
-        raise ClipevalError(f"layer {layer!r} of {target.name} has {shape[0]} tokens, all of them prefix tokens")
-    return f"tokens:avg:{n_prefix}"
+    n_prefix = int(n_prefix if n_prefix is not None else bool(has_cls))
+    if n_prefix == 0:
+        return "tokens:avg:0"
+    t = shape[0]
+    reads_cls = bool(has_cls) and str(getattr(m, "global_pool", "token")) not in _PATCH_POOLS
+    n_patches, how = _patch_count(target)
+    readings = []
+    if t > n_prefix and (t - n_prefix == n_patches if n_patches else _square(t - n_prefix)):
+        readings.append((f"tokens:cls:{n_prefix}" if reads_cls else f"tokens:avg:{n_prefix}",
+                         f"{n_prefix} prefix then {t - n_prefix} patch tokens"))
+    if t == n_patches if n_patches else _square(t):
+        readings.append(("tokens:avg:0", f"{t} patch tokens only"))
+    if reads_cls and t == 1:  # not in a model that pools by attention: its one token is the pool's latent query
+        readings.append(("tokens:cls:1", "the class token alone"))
+    if len(readings) == 1:
+        return readings[0][0]
+    grid = f"{n_patches} patch tokens ({how})" if n_patches else "no declared patch grid"
+    found = (f"they could be {' or '.join(r[1] for r in readings)}" if readings else
+             "that fits none of: prefix then patch tokens, patch tokens only" + (", the class token alone" if reads_cls else ""))
+    raise ClipevalError(
+        f"layer {layer!r} of {target.name} outputs {t} tokens (shape {shape} without batch); the model has "
+        f"{n_prefix} prefix token(s) ({'class token first' if has_cls else 'no class token'}) and {grid}: {found}; "
+        "which token is the class token and which are patches cannot be known, so pick another layer")
 
 
 def layer_layouts(target: Target, layers, shapes: dict | None = None) -> dict[str, str]:
-    """Where each layer's channels are (see clipeval.dissect.pool): nchw, nhwc, tokens:cls, tokens:avg:N
-    or flat; a ClipevalError naming the layout for a layer that cannot be pooled per neuron."""
+    """Where each layer's channels are (see clipeval.dissect.pool): nchw, nhwc, tokens:cls:P, tokens:avg:P
+    or flat, decided per layer from its own output; a ClipevalError naming the layer where that cannot
+    be known or the layer cannot be pooled per neuron."""
     shapes = check_layers(target, layers, shapes)
     out = {}
     for layer in layers:

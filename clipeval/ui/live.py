@@ -12,7 +12,7 @@ import streamlit as st
 from clipeval.datasets.probe import load_rgb
 from clipeval.errors import ClipevalError
 from clipeval.dissect.live import LiveProbe, TargetUnavailable
-from clipeval.dissect.maps import overlay
+from clipeval.dissect.maps import overlay, view_note
 from clipeval.ui import data
 from clipeval.ui.maps import colour_range
 
@@ -78,8 +78,9 @@ def probe_section(ctx, layer: str, unit: int) -> None:
         lo, hi = colour_range(stored) if len(stored) else (0.0, float(reading.map.max()))
         hi = max(hi, float(reading.map.max()))
         silent = float(reading.map.max()) <= lo
-        cols[1].image(data.square(overlay(thumb.getvalue(), reading.map, 0.6, (lo, hi))), width="stretch",
-                      caption=f"where it fires ({reading.map.shape[0]}×{reading.map.shape[1]} cells; "
+        view, where = view_note(probe.view)
+        cols[1].image(data.square(overlay(thumb.getvalue(), reading.map, 0.6, (lo, hi), view)), width="stretch",
+                      caption=f"where it fires ({reading.map.shape[0]}×{reading.map.shape[1]} cells {where}; "
                               f"clear at {lo:.3g} or below, red at {hi:.3g}, as the top images above)"
                               + ("; no cell above it on this image" if silent else ""))
     else:

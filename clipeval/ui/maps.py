@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from clipeval.dissect.maps import decode, overlay
+from clipeval.dissect.maps import decode, overlay, run_view
 from clipeval.ui import data
 
 
@@ -22,8 +22,10 @@ def colour_range(maps) -> tuple[float, float]:
     return (0.0, hi) if hi > 0 else (float(maps["lo"].min()), hi)
 
 
-def where_it_fires(run_id: str, fingerprint: str, layer: str, unit: int, thumbs: dict[int, bytes]) -> dict[int, bytes]:
-    """The toggle and slider; returns `thumbs` with the unit's top images overlaid by their maps."""
+def where_it_fires(run_id: str, fingerprint: str, layer: str, unit: int, thumbs: dict[int, bytes],
+                   run: dict) -> dict[int, bytes]:
+    """The toggle and slider; returns `thumbs` with the unit's top images overlaid by their maps, each on the
+    region of the image the network saw (the run's recorded preprocessing, `run` its Store.run row)."""
     maps = activation_maps(run_id, layer, unit)
     if maps.empty:
         st.caption("No activation maps stored for this unit: the layer has no spatial layout (a vector per "
@@ -37,9 +39,10 @@ def where_it_fires(run_id: str, fingerprint: str, layer: str, unit: int, thumbs:
                        bind="query-params")
     h, w = int(maps["h"].iloc[0]), int(maps["w"].iloc[0])
     lo, hi = colour_range(maps)
-    c[2].caption(f"Map: {h}×{w} cells (the layer's resolution, max-pooled to at most 24×24), upsampled over the "
-                 f"centre square the network saw; clear at {lo:.3g} or below, yellow to red up to {hi:.3g}, "
-                 "this unit's strongest cell on its top images, so the images compare.")
+    view, where = run_view(run)
+    c[2].caption(f"Map: {h}×{w} cells (the layer's resolution, max-pooled to at most 24×24), upsampled {where}; "
+                 f"clear at {lo:.3g} or below, yellow to red up to {hi:.3g}, this unit's strongest cell on its top "
+                 "images, so the images compare.")
     if not on:
         return thumbs
     # laid over the thumbnail as stored (its own aspect ratio, where the crop the network saw is known),
@@ -49,5 +52,6 @@ def where_it_fires(run_id: str, fingerprint: str, layer: str, unit: int, thumbs:
     for r in maps.itertuples():
         jpeg = raw.get(int(r.image_id))
         if jpeg:
-            out[int(r.image_id)] = data.square(overlay(jpeg, decode(r.h, r.w, r.lo, r.hi, r.map), opacity, (lo, hi)))
+            out[int(r.image_id)] = data.square(overlay(jpeg, decode(r.h, r.w, r.lo, r.hi, r.map), opacity, (lo, hi),
+                                                       view))
     return out

@@ -28,9 +28,11 @@ from clipeval.errors import ClipevalError
 
 DEFAULT_LOCK_TIMEOUT_S = 120.0
 # Read-only connections are opened with one fixed configuration (DuckDB refuses two configurations
-# for one file in one process): no file, URL or extension access from SQL, settings frozen. The SQL
-# console relies on it as its second line of defence.
-READ_CONFIG = {"enable_external_access": False, "lock_configuration": True}
+# for one file in one process): no file, URL or extension access from SQL, DuckDB's memory bounded,
+# settings frozen. The SQL console relies on it as its second line of defence; the memory limit is
+# what stops one console query from building a huge value in the app server (the app's own reads
+# need a small fraction of it; larger sorts and joins spill to disk).
+READ_CONFIG = {"enable_external_access": False, "lock_configuration": True, "memory_limit": "1GB"}
 NOT_STORE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".json", ".jsonl", ".npy", ".npz", ".xlsx", ".zip")
 
 

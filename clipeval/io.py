@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from clipeval.config import ProbeConfig, TargetConfig, stable_hash
-from clipeval.errors import ClipevalError
+from clipeval.errors import ClipevalError, check_path
 from clipeval.store import Store
 
 DESCRIPTION_COLUMNS = ("layer", "unit", "description", "similarity")
@@ -24,9 +24,7 @@ NO = {"no", "n", "0", "false", "f"}
 
 
 def _read_csv(path, required, what: str) -> pd.DataFrame:
-    p = Path(path)
-    if not p.is_file():
-        raise ClipevalError(f"{what} file {path} does not exist")
+    p = check_path(path, f"{what} file", "read")
     try:
         df = pd.read_csv(p, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
@@ -60,8 +58,7 @@ def _first(rows: pd.DataFrame, columns=("layer", "unit")) -> list:
 
 
 def _atomic_write(path: Path, write) -> Path:
-    if path.is_dir():
-        raise ClipevalError(f"{path} is a folder; give a file name")
+    check_path(path, "output file", "write")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:

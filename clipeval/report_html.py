@@ -13,7 +13,6 @@ import base64
 import html
 import io
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pandas as pd
 
 from clipeval import metrics
 from clipeval.analysis import EVALUATOR_TITLES, RunView, default_thresholds
-from clipeval.errors import ClipevalError
+from clipeval.errors import ClipevalError, check_path
 from clipeval.evaluators.rules import RULES
 from clipeval.store import Store
 from clipeval.ui.tables import html_table
@@ -92,14 +91,7 @@ def check_output(out) -> Path:
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise ClipevalError(f"the report is an HTML file: give OUT.html, not {out.name!r}")
-    if out.exists() and out.is_dir():
-        raise ClipevalError(f"{out} is a folder")
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise ClipevalError(f"folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ClipevalError(f"cannot write into {parent}")
-    return out
+    return check_path(out, "report", "write")
 
 
 def settings_section(view: RunView) -> str:

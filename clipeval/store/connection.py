@@ -24,7 +24,7 @@ from pathlib import Path
 
 import duckdb
 
-from clipeval.errors import ClipevalError
+from clipeval.errors import ClipevalError, check_path
 
 DEFAULT_LOCK_TIMEOUT_S = 120.0
 # Read-only connections are opened with one fixed configuration (DuckDB refuses two configurations
@@ -58,6 +58,10 @@ def check_store_path(path: Path, must_exist: bool) -> None:
     """Refuse a path that is not (and cannot become) a DuckDB run store, before DuckDB opens it."""
     if path.is_dir():
         raise ClipevalError(f"the run store {path} is a folder; --db takes a DuckDB file (e.g. runs.duckdb)")
+    if must_exist and not os.path.lexists(path):
+        raise ClipevalError(f"run store {path} does not exist yet; make a run first (clipeval demo)")
+    if os.path.lexists(path):  # a symlink loop, an unreadable file, a pipe: named here, not by DuckDB
+        check_path(path, "run store", "read")
     if path.exists():
         with open(path, "rb") as f:
             head = f.read(16)

@@ -68,3 +68,43 @@ def check_path(path, what: str, use: str):
         return p
     except OSError as e:
         raise ClipevalError(f"{what} {path} cannot be {'written' if use == 'write' else 'read'}: {_why(e)}") from e
+
+
+def out_of_space(e: BaseException) -> bool:
+    """Whether `e` is a full disk: an OSError ENOSPC, or DuckDB's error that carries its text."""
+    import errno
+
+    return (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e)
+
+
+def _nearest_existing(path) -> str:
+    import os
+
+    where = os.path.abspath(path)
+    while not os.path.exists(where):
+        where = os.path.dirname(where)
+    return where
+
+
+def no_space(path, need_bytes: int | None = None) -> ClipevalError:
+    """The error for a full disk: the mount that holds `path`, what it has free and, where known,
+    about what was needed."""
+    import os
+    import shutil
+
+    mount = where = _nearest_existing(path)
+    while not os.path.ismount(mount):
+        mount = os.path.dirname(mount)
+    free = shutil.disk_usage(where).free
+    need = f"needed about {need_bytes / 2**20:.1f} MB, " if need_bytes else ""
+    return ClipevalError(f"no space left on {mount} ({need}{free / 2**20:.1f} MB free) for {path}; nothing was "
+                         "written: free some space there or write elsewhere")
+
+
+def check_space(path, need_bytes: int) -> None:
+    """Refuse, before anything is written, to write about `need_bytes` where the disk holding `path`
+    has less free."""
+    import shutil
+
+    if shutil.disk_usage(_nearest_existing(path)).free < need_bytes:
+        raise no_space(path, need_bytes)

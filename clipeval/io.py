@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from clipeval.config import ProbeConfig, TargetConfig, stable_hash
-from clipeval.errors import ClipevalError, check_path
+from clipeval.errors import ClipevalError, check_path, check_space, no_space, out_of_space
 from clipeval.store import Store
 
 DESCRIPTION_COLUMNS = ("layer", "unit", "description", "similarity")
@@ -57,13 +57,21 @@ def _first(rows: pd.DataFrame, columns=("layer", "unit")) -> list:
     return [v.item() if isinstance(v, np.generic) else v for v in rows[list(columns)].iloc[0].tolist()]
 
 
-def _atomic_write(path: Path, write) -> Path:
+def _atomic_write(path: Path, data: bytes) -> Path:
+    """Write `data` to a temporary file beside `path`, then rename it over `path`: a reader, a kill or
+    a full disk finds the old file or the new one. The bytes are made first, so a disk without room
+    for them is refused before anything is written, saying how much was needed."""
     check_path(path, "output file", "write")
+    check_space(path, len(data))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        write(tmp)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
+    except OSError as e:
+        if out_of_space(e):
+            raise no_space(path, len(data)) from e
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -75,9 +83,9 @@ def export_descriptions(store: Store, run_id: str, out) -> Path:
     df = store.neurons(run["run_id"]).rename(columns={"label": "description"})[list(DESCRIPTION_COLUMNS)]
     out = Path(out)
     if out.suffix == ".csv":
-        return _atomic_write(out, lambda p: df.to_csv(p, index=False))
+        return _atomic_write(out, df.to_csv(index=False).encode())
     if out.suffix == ".parquet":
-        return _atomic_write(out, lambda p: df.to_parquet(p, index=False))
+        return _atomic_write(out, df.to_parquet(index=False))
     raise ClipevalError(f"export to .csv or .parquet, not {out.suffix or 'no extension'}")
 
 
@@ -142,6 +150,8 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
     config = {"kind": "import", "file": str(Path(path).resolve()), "target": target, "weights": weights,
               "probe": list(probe or []), "pooling": pooling, "concepts": concepts,
               **({"dtype": dtype} if dtype else {})}
+    # the store grows by less than the CSV's size (measured: 10 MB for a 15 MB, 200,000-row file)
+    check_space(store.path, Path(path).stat().st_size)
     store.start_run(run_id, name or f"imported {Path(path).name}", "import", json.dumps(config), run_id)
     try:
         images = hists = map_frame = None
@@ -245,5 +255,5 @@ def export_human(store: Store, run_id: str, out) -> Path:
     run = store.complete_run(run_id)
     df = store.human_verdicts(run["run_id"])
     df["verdict"] = np.where(df["verdict"], "yes", "no")
-    return _atomic_write(Path(out), lambda p: df[["layer", "unit", "verdict", "rater", "source", "created_at"]]
-                         .to_csv(p, index=False))
+    return _atomic_write(Path(out), df[["layer", "unit", "verdict", "rater", "source", "created_at"]]
+                         .to_csv(index=False).encode())

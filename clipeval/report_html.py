@@ -316,4 +316,4 @@ def write_report(store: Store, run_id: str, out, thresholds: dict[str, float] | 
 
     out = check_output(out)
     text = build_report(store, run_id, thresholds, k, units_per_layer)
-    return _atomic_write(out, lambda p: p.write_text(text, encoding="utf-8"))
+    return _atomic_write(out, text.encode("utf-8"))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import duckdb
 
-from clipeval.errors import ClipevalError, check_path
+from clipeval.errors import ClipevalError, check_path, no_space, out_of_space
 
 DEFAULT_LOCK_TIMEOUT_S = 120.0
 # Read-only connections are opened with one fixed configuration (DuckDB refuses two configurations
@@ -165,6 +165,8 @@ class Connection:
                     return duckdb.connect(str(self.path))
                 return duckdb.connect(str(self.path), read_only=True, config=READ_CONFIG)
             except duckdb.Error as e:
+                if out_of_space(e):
+                    raise no_space(self.path) from e
                 if not _lock_error(e):
                     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                     raise ClipevalError(f"{self.path} cannot be opened as a DuckDB run store: {first}") from e
@@ -220,8 +222,13 @@ class Connection:
                 try:
                     yield con
                     con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
+                except BaseException as e:
+                    try:
+                        con.execute("ROLLBACK")
+                    except duckdb.Error:
+                        pass  # a COMMIT that failed has already rolled back: its error is the one to show
+                    if out_of_space(e):
+                        raise no_space(self.path) from e
                     raise
             finally:
                 del held[self._key]

@@ -36,8 +36,9 @@ def _fraction(text: str) -> float:
 
 
 def _out_file(path: str) -> Path:
-    """An output file path that can be written (before any work)."""
-    return check_path(path, "output file", "write")
+    """An output file path that can be written (before any work); missing folders are made, as the
+    exports always did."""
+    return check_path(path, "output file", "write", new_folders=True)
 
 
 def _store(args, read_only: bool = False):
@@ -46,7 +47,7 @@ def _store(args, read_only: bool = False):
     from clipeval.store import Store
 
     if not read_only:
-        check_path(args.db, "run store", "write")
+        check_path(args.db, "run store", "write", new_folders=True)
     return Store(args.db, read_only=read_only)
 
 
@@ -376,7 +377,7 @@ def cmd_demo(args) -> int:
     from clipeval.demo import build_demo, start_in_background
 
     placement = _placement(args)
-    check_path(args.db, "run store", "write")
+    check_path(args.db, "run store", "write", new_folders=True)
     if args.background:
         print(start_in_background(args.db, args.size, args.device, args.dtype), file=sys.stderr)
         return 0

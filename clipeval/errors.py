@@ -16,14 +16,15 @@ def _why(e: OSError) -> str:
     return text[:1].lower() + text[1:]
 
 
-def check_path(path, what: str, use: str):
+def check_path(path, what: str, use: str, new_folders: bool = False):
     """`path`, a file or folder the user named, as a Path, if it can serve `use`; else ClipevalError
     naming the path and the problem (permission, read-only place, symlink loop, wrong kind of file).
     The one check every command runs on its paths before any work:
       'read':   an existing regular file that opens for reading;
       'folder': an existing folder whose entries can be listed;
       'write':  a file that can be created or replaced: not a folder or a special file, writable if it
-                exists, in a folder (made if missing, as the writers do) that accepts a new file.
+                exists, in an existing folder that accepts a new file (with `new_folders`, a missing
+                folder is fine where its nearest existing parent accepts one: the writer makes it).
     Permissions are tried, not inferred from mode bits: root, read-only mounts and /proc answer truly."""
     import os
     import stat
@@ -56,6 +57,8 @@ def check_path(path, what: str, use: str):
         if st is not None:
             open(p, "ab").close()  # opened to append, nothing written: the file stays as it is
         folder = p.absolute().parent
+        if not new_folders and not folder.is_dir():
+            raise ClipevalError(f"{what} {path} cannot be written: folder {folder} does not exist")
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
         try:

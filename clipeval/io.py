@@ -61,7 +61,7 @@ def _atomic_write(path: Path, data: bytes) -> Path:
     """Write `data` to a temporary file beside `path`, then rename it over `path`: a reader, a kill or
     a full disk finds the old file or the new one. The bytes are made first, so a disk without room
     for them is refused before anything is written, saying how much was needed."""
-    check_path(path, "output file", "write")
+    check_path(path, "output file", "write", new_folders=True)
     check_space(path, len(data))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

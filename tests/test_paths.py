@@ -52,12 +52,16 @@ def test_unusable_paths_exit_2_naming_them(imported_store, tmp_path, capsys, arg
     assert not list(Path("/proc").glob(".x.csv*"))
 
 
-def test_check_path_makes_missing_folders_of_an_output_possible(tmp_path):
+def test_check_path_on_missing_folders(tmp_path):
+    """Missing folders are refused unless asked for (the report refuses them; the exports and a new
+    store make them)."""
     from clipeval.errors import check_path
 
-    assert check_path(tmp_path / "new" / "deeper" / "out.csv", "output file", "write") == \
-        tmp_path / "new" / "deeper" / "out.csv"
-    assert not (tmp_path / "new").exists()  # checked, not made: the writer makes it
+    with pytest.raises(ClipevalError, match="folder .*new/deeper does not exist"):
+        check_path(tmp_path / "new" / "deeper" / "out.csv", "output file", "write")
+    assert check_path(tmp_path / "new" / "deeper" / "s.duckdb", "run store", "write", new_folders=True) == \
+        tmp_path / "new" / "deeper" / "s.duckdb"
+    assert not (tmp_path / "new").exists()  # checked, not made
     with pytest.raises(ClipevalError, match="does not exist or is not a folder"):
         check_path(tmp_path / "missing", "probe folder", "folder")
 

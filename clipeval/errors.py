@@ -1,6 +1,15 @@
 """One exception type for every problem a user can fix, so the CLI and the app can show it plainly, and
 the one check of the paths a user names (check_path) that turns unusable ones into it."""
 
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
 
 class ClipevalError(Exception):
     """A user-facing error: the message names the problem and, where possible, the fix."""
@@ -26,11 +35,6 @@ def check_path(path, what: str, use: str, new_folders: bool = False):
                 exists, in an existing folder that accepts a new file (with `new_folders`, a missing
                 folder is fine where its nearest existing parent accepts one: the writer makes it).
     Permissions are tried, not inferred from mode bits: root, read-only mounts and /proc answer truly."""
-    import os
-    import stat
-    import tempfile
-    from pathlib import Path
-
     p = Path(path).expanduser()
     try:
         st = os.stat(p)
@@ -59,8 +63,7 @@ def check_path(path, what: str, use: str, new_folders: bool = False):
         folder = p.absolute().parent
         if not new_folders and not folder.is_dir():
             raise ClipevalError(f"{what} {path} cannot be written: folder {folder} does not exist")
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
+        folder = _nearest_existing(folder)
         try:
             fd, probe = tempfile.mkstemp(dir=folder, prefix=".clipeval-write-check-")
         except OSError as e:
@@ -75,14 +78,10 @@ def check_path(path, what: str, use: str, new_folders: bool = False):
 
 def out_of_space(e: BaseException) -> bool:
     """Whether `e` is a full disk: an OSError ENOSPC, or DuckDB's error that carries its text."""
-    import errno
-
     return (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e)
 
 
 def _nearest_existing(path) -> str:
-    import os
-
     where = os.path.abspath(path)
     while not os.path.exists(where):
         where = os.path.dirname(where)
@@ -92,9 +91,6 @@ def _nearest_existing(path) -> str:
 def no_space(path, need_bytes: int | None = None) -> ClipevalError:
     """The error for a full disk: the mount that holds `path`, what it has free and, where known,
     about what was needed."""
-    import os
-    import shutil
-
     mount = where = _nearest_existing(path)
     while not os.path.ismount(mount):
         mount = os.path.dirname(mount)
@@ -107,7 +103,5 @@ def no_space(path, need_bytes: int | None = None) -> ClipevalError:
 def check_space(path, need_bytes: int) -> None:
     """Refuse, before anything is written, to write about `need_bytes` where the disk holding `path`
     has less free."""
-    import shutil
-
     if shutil.disk_usage(_nearest_existing(path)).free < need_bytes:
         raise no_space(path, need_bytes)

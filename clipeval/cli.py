@@ -9,7 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from clipeval.errors import ClipevalError
+from clipeval.errors import ClipevalError, check_path
 
 
 def _int_in(lo: int, hi: int):
@@ -36,16 +36,18 @@ def _fraction(text: str) -> float:
 
 
 def _out_file(path: str) -> Path:
-    """An output file path: refused if it is a folder (before any work)."""
-    out = Path(path).expanduser()
-    if out.is_dir():
-        raise ClipevalError(f"{path} is a folder; give a file name (e.g. {Path(path) / 'out.csv'})")
-    return out
+    """An output file path that can be written (before any work); missing folders are made, as the
+    exports always did."""
+    return check_path(path, "output file", "write", new_folders=True)
 
 
 def _store(args, read_only: bool = False):
+    """The run store of --db; a writer's is first checked to be writable where it lies (the store's
+    folder too: DuckDB writes its log beside the file)."""
     from clipeval.store import Store
 
+    if not read_only:
+        check_path(args.db, "run store", "write", new_folders=True)
     return Store(args.db, read_only=read_only)
 
 
@@ -349,6 +351,8 @@ def cmd_humans(args) -> int:
 
     if args.action == "export":
         _out_file(args.file)
+    else:
+        check_path(args.file, "verdicts file", "read")
     store = _store(args, read_only=args.action == "export")
     if args.action == "import":
         n = import_human(store, args.run, args.file, rater=args.rater, replace=args.replace)
@@ -372,6 +376,7 @@ def cmd_demo(args) -> int:
     from clipeval.demo.build import build_demo, start_in_background
 
     placement = _placement(args)
+    check_path(args.db, "run store", "write", new_folders=True)
     if args.background:
         print(start_in_background(args.db, args.size, args.device, args.dtype), file=sys.stderr)
         return 0

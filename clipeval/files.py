@@ -9,15 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipeval.errors import ClipevalError
+from clipeval.errors import ClipevalError, check_path, check_space, no_space, out_of_space
 
 MAX_UNIT = 2**31 - 1  # the store's unit column is a 32-bit INTEGER
 
 
 def read_csv(path, required, what: str) -> pd.DataFrame:
-    p = Path(path)
-    if not p.is_file():
-        raise ClipevalError(f"{what} file {path} does not exist")
+    p = check_path(path, f"{what} file", "read")
     try:
         df = pd.read_csv(p, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
@@ -50,14 +48,21 @@ def first_rows(rows: pd.DataFrame, columns=("layer", "unit")) -> list:
     return [v.item() if isinstance(v, np.generic) else v for v in rows[list(columns)].iloc[0].tolist()]
 
 
-def atomic_write(path: Path, write) -> Path:
-    if path.is_dir():
-        raise ClipevalError(f"{path} is a folder; give a file name")
+def atomic_write(path: Path, data: bytes) -> Path:
+    """Write `data` to a temporary file beside `path`, then rename it over `path`: a reader, a kill or
+    a full disk finds the old file or the new one. The bytes are made first, so a disk without room
+    for them is refused before anything is written, saying how much was needed."""
+    check_path(path, "output file", "write", new_folders=True)
+    check_space(path, len(data))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        write(tmp)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
+    except OSError as e:
+        if out_of_space(e):
+            raise no_space(path, len(data)) from e
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -182,3 +182,18 @@ def _shutdown_ray_and_its_processes(ray) -> None:
             p.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+@pytest.fixture
+def imported_store(tmp_path):
+    """(db path, run id) of a store holding one run imported from a 3-line descriptions.csv and its
+    CSV: made in a second, for tests of the store, the console and the CLI's refusals that need no
+    model (the built run takes minutes on a busy machine)."""
+    from clipeval.dissect.descriptions import import_descriptions
+    from clipeval.store import Store
+
+    csv = tmp_path / "descriptions.csv"
+    csv.write_text("layer,unit,description,similarity\nl1,0,dog,0.5\nl1,1,cat,0.4\nl2,0,car,0.3\n")
+    db = tmp_path / "small.duckdb"
+    run_id = import_descriptions(Store(db), csv, progress=False)
+    return db, run_id

@@ -62,5 +62,5 @@ def export_human(store: Store, run_id: str, out) -> Path:
     run = store.complete_run(run_id)
     df = store.human_verdicts(run["run_id"])
     df["verdict"] = np.where(df["verdict"], "yes", "no")
-    return atomic_write(Path(out), lambda p: df[["layer", "unit", "verdict", "rater", "source", "created_at"]]
-                         .to_csv(p, index=False))
+    return atomic_write(Path(out), df[["layer", "unit", "verdict", "rater", "source", "created_at"]]
+                         .to_csv(index=False).encode())

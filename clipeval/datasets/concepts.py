@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipeval.datasets.imagenet import imagenet_classnames
-from clipeval.errors import ClipevalError
+from clipeval.errors import ClipevalError, check_path
 
 # Built-in sets, made from packages that ship their data (no download).
 BUILTIN = {
@@ -79,6 +79,7 @@ def load_concepts(source: str) -> ConceptSet:
     if not path.is_file():
         raise ClipevalError(f"concept set {source!r} is neither a file nor a built-in set "
                             f"({', '.join(BUILTIN)})")
+    check_path(path, "concept file", "read")
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte order mark (Windows editors) is not part of a concept
     except UnicodeDecodeError as e:

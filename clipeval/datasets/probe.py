@@ -20,7 +20,7 @@ import numpy as np
 
 from PIL import Image, UnidentifiedImageError
 
-from clipeval.errors import ClipevalError
+from clipeval.errors import ClipevalError, check_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 MANIFEST = "manifest.csv"
@@ -160,9 +160,7 @@ def load_probe(paths: Sequence[str], on_bad_image: str = "skip") -> ProbeSet:
         raise ClipevalError("no probe folder given")
     entries: list[tuple[Path, str, str, str]] = []
     for raw in paths:
-        root = Path(raw).expanduser()
-        if not root.is_dir():
-            raise ClipevalError(f"probe folder {raw} does not exist or is not a folder")
+        root = check_path(raw, "probe folder", "folder")
         found = _walk(root)
         if not found:
             raise ClipevalError(f"probe folder {raw} holds no images (looked for {' '.join(IMAGE_EXTENSIONS)})")

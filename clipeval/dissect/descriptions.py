@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from clipeval.config import TargetConfig, stable_hash
-from clipeval.errors import ClipevalError
+from clipeval.errors import ClipevalError, check_space
 from clipeval.files import atomic_write, first_rows, read_csv, unit_column
 from clipeval.store import Store
 
@@ -24,9 +24,9 @@ def export_descriptions(store: Store, run_id: str, out) -> Path:
     df = store.neurons(run["run_id"]).rename(columns={"label": "description"})[list(DESCRIPTION_COLUMNS)]
     out = Path(out)
     if out.suffix == ".csv":
-        return atomic_write(out, lambda p: df.to_csv(p, index=False))
+        return atomic_write(out, df.to_csv(index=False).encode())
     if out.suffix == ".parquet":
-        return atomic_write(out, lambda p: df.to_parquet(p, index=False))
+        return atomic_write(out, df.to_parquet(index=False))
     raise ClipevalError(f"export to .csv or .parquet, not {out.suffix or 'no extension'}")
 
 
@@ -92,6 +92,8 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
     config = {"kind": "import", "file": str(Path(path).resolve()), "target": target, "weights": weights,
               "probe": list(probe or []), "pooling": pooling, "concepts": concepts,
               **({"dtype": dtype} if dtype else {})}
+    # the store grows by less than the CSV's size (measured: 10 MB for a 15 MB, 200,000-row file)
+    check_space(store.path, Path(path).stat().st_size)
     store.start_run(run_id, name or f"imported {Path(path).name}", "import", json.dumps(config), run_id)
     try:
         images = hists = map_frame = None

@@ -42,10 +42,10 @@ SOURCE_EVALUATORS = ("cp", "es", "contrast", "vqa")
 
 # ------------------------------------------------------------------------- reading the files
 def _read(path, required: tuple[str, ...], what: str) -> pd.DataFrame:
-    from clipeval.files import read_csv as _read_csv, unit_column as _units
+    from clipeval.files import read_csv, unit_column
 
-    df = _read_csv(path, required, what)
-    df["unit"] = _units(df, path)
+    df = read_csv(path, required, what)
+    df["unit"] = unit_column(df, path)
     return df
 
 

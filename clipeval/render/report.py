@@ -13,7 +13,6 @@ import base64
 import html
 import io
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pandas as pd
 
 from clipeval.analysis import metrics
 from clipeval.analysis.runview import EVALUATOR_TITLES, RunView
-from clipeval.errors import ClipevalError
+from clipeval.errors import ClipevalError, check_path
 from clipeval.evaluators.rules import RULES
 from clipeval.store import Store
 from clipeval.render.tables import html_table
@@ -94,14 +93,7 @@ def check_output(out) -> Path:
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise ClipevalError(f"the report is an HTML file: give OUT.html, not {out.name!r}")
-    if out.exists() and out.is_dir():
-        raise ClipevalError(f"{out} is a folder")
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise ClipevalError(f"folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ClipevalError(f"cannot write into {parent}")
-    return out
+    return check_path(out, "report", "write")
 
 
 def settings_section(view: RunView) -> str:
@@ -324,8 +316,8 @@ def build_report(store: Store, run_id: str, thresholds: dict[str, float] | None 
 def write_report(store: Store, run_id: str, out, thresholds: dict[str, float] | None = None, k: int | None = None,
                  units_per_layer: int | None = None) -> Path:
     """Check the output path, build the report, write it atomically."""
-    from clipeval.files import atomic_write as _atomic_write
+    from clipeval.files import atomic_write
 
     out = check_output(out)
     text = build_report(store, run_id, thresholds, k, units_per_layer)
-    return _atomic_write(out, lambda p: p.write_text(text, encoding="utf-8"))
+    return atomic_write(out, text.encode("utf-8"))

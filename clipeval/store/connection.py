@@ -24,13 +24,15 @@ from pathlib import Path
 
 import duckdb
 
-from clipeval.errors import ClipevalError
+from clipeval.errors import ClipevalError, check_path, no_space, out_of_space
 
 DEFAULT_LOCK_TIMEOUT_S = 120.0
 # Read-only connections are opened with one fixed configuration (DuckDB refuses two configurations
-# for one file in one process): no file, URL or extension access from SQL, settings frozen. The SQL
-# console relies on it as its second line of defence.
-READ_CONFIG = {"enable_external_access": False, "lock_configuration": True}
+# for one file in one process): no file, URL or extension access from SQL, DuckDB's memory bounded,
+# settings frozen. The SQL console relies on it as its second line of defence; the memory limit is
+# what stops one console query from building a huge value in the app server (the app's own reads
+# need a small fraction of it; larger sorts and joins spill to disk).
+READ_CONFIG = {"enable_external_access": False, "lock_configuration": True, "memory_limit": "1GB"}
 NOT_STORE_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".json", ".jsonl", ".npy", ".npz", ".xlsx", ".zip")
 
 
@@ -56,6 +58,10 @@ def check_store_path(path: Path, must_exist: bool) -> None:
     """Refuse a path that is not (and cannot become) a DuckDB run store, before DuckDB opens it."""
     if path.is_dir():
         raise ClipevalError(f"the run store {path} is a folder; --db takes a DuckDB file (e.g. runs.duckdb)")
+    if must_exist and not os.path.lexists(path):
+        raise ClipevalError(f"run store {path} does not exist yet; make a run first (clipeval demo)")
+    if os.path.lexists(path):  # a symlink loop, an unreadable file, a pipe: named here, not by DuckDB
+        check_path(path, "run store", "read")
     if path.exists():
         with open(path, "rb") as f:
             head = f.read(16)
@@ -159,6 +165,8 @@ class Connection:
                     return duckdb.connect(str(self.path))
                 return duckdb.connect(str(self.path), read_only=True, config=READ_CONFIG)
             except duckdb.Error as e:
+                if out_of_space(e):
+                    raise no_space(self.path) from e
                 if not _lock_error(e):
                     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                     raise ClipevalError(f"{self.path} cannot be opened as a DuckDB run store: {first}") from e
@@ -214,8 +222,13 @@ class Connection:
                 try:
                     yield con
                     con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
+                except BaseException as e:
+                    try:
+                        con.execute("ROLLBACK")
+                    except duckdb.Error:
+                        pass  # a COMMIT that failed has already rolled back: its error is the one to show
+                    if out_of_space(e):
+                        raise no_space(self.path) from e
                     raise
             finally:
                 del held[self._key]

@@ -5,9 +5,12 @@ Three layers, each enough on its own for the cases it covers:
    forms, EXPLAIN of one, PRAGMAs named below), query node types (a data-modifying CTE, `WITH d AS
    (DELETE ...)`, is a DELETE node and is refused), table functions named below, and scalar,
    aggregate and window functions that DuckDB ships, less the few that change state;
-2. it runs on a read-only connection whose configuration forbids file, URL and extension access
-   and is frozen (SET cannot undo it), inside a transaction that is always rolled back;
-3. its result is capped in rows and in bytes, and it is interrupted after a time limit.
+2. it runs on a read-only connection whose configuration forbids file, URL and extension access,
+   bounds DuckDB's memory (READ_CONFIG) and is frozen (SET cannot undo it), inside a transaction
+   that is always rolled back;
+3. its result is capped in rows and in bytes: inside the query each cell is cut to a length, so no
+   single value larger than that reaches Python, and the rows are fetched in chunks that stop at the
+   byte cap; the whole round trip, fetching included, stops at a time limit.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 
 import duckdb
 import pandas as pd
 
 from clipeval.errors import ClipevalError
+from clipeval.store.connection import READ_CONFIG
 
 READ_ONLY_PRAGMAS = frozenset({
     "table_info", "show", "show_tables", "show_tables_expanded", "database_size", "storage_info", "version",
@@ -35,6 +40,13 @@ ALLOWED_TABLE_FUNCTIONS = frozenset({
 
 # query nodes a reading statement is built from (DELETE_QUERY_NODE, INSERT_QUERY_NODE, ... are not)
 ALLOWED_QUERY_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"})
+
+# column types whose values have a fixed, small size: every other type is capped per cell
+FIXED_SIZE_TYPES = frozenset({
+    "BOOLEAN", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+    "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "DATE", "TIME", "TIME WITH TIME ZONE", "TIMESTAMP", "TIMESTAMP_S",
+    "TIMESTAMP_MS", "TIMESTAMP_NS", "TIMESTAMP WITH TIME ZONE", "INTERVAL", "UUID", "NULL"})
+CUT_COLUMN = "__clipeval_cut_cells"
 
 # built-in functions that change state (sequences, the random seed) or read the environment
 STATEFUL_FUNCTIONS = frozenset({"nextval", "currval", "setseed", "getenv", "getvariable"})
@@ -101,7 +113,9 @@ def _check_tree(sql: str) -> None:
             if name not in ALLOWED_TABLE_FUNCTIONS:
                 raise ClipevalError(f"the console reads the run store only: the table function {name}() is not "
                                     f"among those allowed ({', '.join(sorted(ALLOWED_TABLE_FUNCTIONS))})")
-            stack.extend(fn.get("children") or [])
+            # the function's own fields (its arguments: a subquery may hide another table function),
+            # not the function node itself, which would be judged as a scalar function
+            stack.extend(fn.values())
             stack.extend(v for k, v in node.items() if k != "function")
             continue
         if node.get("class") in ("FUNCTION", "WINDOW", "AGGREGATE") and "function_name" in node:
@@ -147,6 +161,28 @@ def check_read_only_sql(sql: str, _depth: int = 0):
                         "(SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN and read-only PRAGMAs are allowed)")
 
 
+def _capped(column: str, type_name: str, cap: int) -> tuple[str, str | None]:
+    """(the column with its cells capped at `cap` characters, an expression true where one was cut)."""
+    if type_name in FIXED_SIZE_TYPES or type_name.startswith(("DECIMAL", "ENUM")):
+        return column, None
+    if type_name in ("VARCHAR", "JSON"):
+        too_long = f"length({column}::VARCHAR) > {cap}"
+        return f"CASE WHEN {too_long} THEN left({column}::VARCHAR, {cap}) || '…' ELSE {column} END", too_long
+    too_long = f"length({column}::VARCHAR) > {cap}"
+    return f"CASE WHEN {too_long} THEN NULL ELSE {column} END", too_long
+
+
+def _capped_query(sql: str, types: list[str], cap: int) -> str:
+    """`sql` wrapped so that no cell longer than `cap` characters leaves DuckDB, with a last column
+    counting the cells cut in each row (the query's own columns are renamed by position, so duplicate
+    names stay apart; the newlines keep a trailing -- comment from swallowing the closing parenthesis)."""
+    names = [f"c{i}" for i in range(len(types))]
+    capped = [_capped(c, t, cap) for c, t in zip(names, types)]
+    flags = " + ".join(f"coalesce({flag}, false)::INTEGER" for _, flag in capped if flag) or "0"
+    return (f"SELECT {', '.join(expr for expr, _ in capped)}, {flags} AS {CUT_COLUMN} "
+            f"FROM (\n{sql}\n) AS q({', '.join(names)})")
+
+
 class ConsoleMixin:
     READ_ONLY_PRAGMAS = READ_ONLY_PRAGMAS
 
@@ -155,28 +191,42 @@ class ConsoleMixin:
         return check_read_only_sql(sql)
 
     def read_only_query(self, sql: str, max_rows: int = 10_000, timeout_s: float = 30.0,
-                        max_bytes: int = 64 * 2**20) -> tuple[pd.DataFrame, str]:
+                        max_bytes: int = 64 * 2**20, max_cell_chars: int = 100_000) -> tuple[pd.DataFrame, str]:
         """Run one reading statement (see `check_read_only_sql`) on a read-only connection, inside a
-        transaction that is always rolled back, interrupted after `timeout_s` (a runaway join must not
-        hang the app). Returns (the rows, up to max_rows and about max_bytes in memory; why it was cut,
-        or '' when it holds every row)."""
+        transaction that is always rolled back, stopped after `timeout_s` from start to the last row
+        fetched (a runaway join must not hang the app). Text cells are cut to `max_cell_chars`
+        characters and other cells longer than that as text are emptied, inside the query. Returns
+        (the rows, up to max_rows and about max_bytes in memory; why it was cut, or '' when it holds
+        every row whole)."""
         statement = check_read_only_sql(sql)
+        deadline = time.monotonic() + timeout_s
         with self.reading() as con:
             cur = con.cursor()
             cur.execute("BEGIN TRANSACTION")
             timer = threading.Timer(timeout_s, cur.interrupt)
             timer.start()
             try:
+                n_cols = None
+                if statement.type == duckdb.StatementType.SELECT:
+                    rel = cur.sql(statement.query)  # binds the query (names and types) without running it
+                    cols, n_cols = list(rel.columns), len(rel.columns)
+                    statement = check_read_only_sql(_capped_query(statement.query, [str(t) for t in rel.types],
+                                                                  max_cell_chars))
                 cur.execute(statement)
                 if cur.description is None:
                     return pd.DataFrame(), ""
-                cols = [d[0] for d in cur.description]
-                frames, n, size, cut, step = [], 0, 0, "", 100
+                if n_cols is None:
+                    cols = [d[0] for d in cur.description]
+                frames, n, size, cut = [], 0, 0, ""
+                # the first chunk fits the byte cap even if every capped cell is full
+                step = int(max(1, min(100, max_bytes // (4 * max_cell_chars * max(1, len(cols))))))
                 while True:
+                    if time.monotonic() > deadline:
+                        raise duckdb.InterruptException("time limit")
                     rows = cur.fetchmany(min(step, max_rows + 1 - n))
                     if not rows:
                         break
-                    chunk = pd.DataFrame(rows, columns=range(len(cols)))
+                    chunk = pd.DataFrame(rows, columns=range(len(rows[0])))
                     size += int(chunk.memory_usage(deep=True).sum())
                     frames.append(chunk)
                     n += len(rows)
@@ -189,7 +239,12 @@ class ConsoleMixin:
                     # the next chunk about fills what is left of the byte cap (at least one row)
                     step = int(min(5_000, max(1, (max_bytes - size) / max(1.0, size / n) + 1)))
                 frame = pd.concat(frames, ignore_index=True).iloc[:max_rows] if frames else \
-                    pd.DataFrame(columns=range(len(cols)))
+                    pd.DataFrame(columns=range(len(cols) + (n_cols is not None)))
+                if n_cols is not None:
+                    n_cut = int(frame.pop(n_cols).sum())
+                    if n_cut:
+                        cut = "; ".join(x for x in (cut, f"{n_cut:,} cell(s) longer than {max_cell_chars:,} characters "
+                                                             "cut (text, ending in '…') or left empty (other types)") if x)
                 if len(set(cols)) < len(cols):  # keep duplicate column names apart for display
                     frame.columns = [f"{c} ({i})" if cols.count(c) > 1 else str(c) for i, c in enumerate(cols)]
                 else:
@@ -197,6 +252,10 @@ class ConsoleMixin:
                 return frame, cut
             except duckdb.InterruptException as e:
                 raise ClipevalError(f"the query was stopped after {timeout_s:.0f} s") from e
+            except duckdb.OutOfMemoryException as e:
+                raise ClipevalError(f"the query needs more memory than a store read may use "
+                                    f"({READ_CONFIG['memory_limit']}); narrow it (WHERE, LIMIT) or aggregate less "
+                                    f"into one value") from e
             except duckdb.Error as e:
                 raise ClipevalError(str(e).strip()) from e
             finally:

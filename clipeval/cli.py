@@ -11,6 +11,9 @@ from pathlib import Path
 
 from clipeval.errors import ClipevalError, check_path
 
+# Imported inside the functions that use them: every command's own modules (torch, the models, the store):
+# `clipeval runs` or `--help` must answer in a second, not load torch.
+
 
 def _int_in(lo: int, hi: int):
     """An argparse type: an integer in lo..hi (argparse then exits 2 naming the option, before any work)."""
@@ -95,8 +98,15 @@ def _engine(args):
 
 
 def cmd_dissect(args) -> int:
+    from clipeval.config import (
+        ConceptConfig,
+        DissectConfig,
+        ImageTextConfig,
+        ProbeConfig,
+        SimilarityConfig,
+        TargetConfig,
+    )
     from clipeval.dissect import pipeline
-    from clipeval.config import ConceptConfig, DissectConfig, ImageTextConfig, ProbeConfig, SimilarityConfig, TargetConfig
 
     placement = _placement(args)
     engine = _engine(args)
@@ -225,8 +235,8 @@ def print_report(store, run_id: str, thresholds: dict[str, float] | None = None,
     """Per layer, each evaluator's share judged correct beside its baselines; evaluators that barely
     beat a baseline; agreement with every rater; evaluators the run lacks, with the reason. Thresholds
     not given are the defaults of the model that made each evaluator's scores (clipeval.evaluators.judges)."""
-    from clipeval.analysis.runview import EVALUATOR_TITLES, RunView
     from clipeval.analysis.headlines import weak_evaluators
+    from clipeval.analysis.runview import EVALUATOR_TITLES, RunView
     from clipeval.evaluators.rules import RULES
 
     view = RunView(store, run_id)

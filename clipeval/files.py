@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipeval.errors import ClipevalError, check_path, check_space, no_space, out_of_space
+from clipeval.errors import (
+    ClipevalError,
+    check_path,
+    check_space,
+    no_space,
+    out_of_space,
+)
 
 MAX_UNIT = 2**31 - 1  # the store's unit column is a 32-bit INTEGER
 

@@ -128,3 +128,19 @@ def test_cycle_finder_finds_a_cycle():
 def test_every_subpackage_says_what_it_holds(package):
     doc = ast.get_docstring(ast.parse((ROOT / package / "__init__.py").read_text()))
     assert doc and len(doc.split()) >= 12, f"{package}/__init__.py needs a docstring saying what the package holds"
+
+
+def function_level_imports(path: Path) -> list[int]:
+    tree = ast.parse(path.read_text())
+    top = {id(n) for node in tree.body if isinstance(node, (ast.If, ast.Try)) for n in ast.walk(node)}
+    top |= {id(n) for n in tree.body}
+    return [n.lineno for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in top]
+
+
+def test_imports_sit_at_the_top_unless_the_module_says_why():
+    """An import inside a function is for a heavy or optional package (torch in a CLI that only lists runs,
+    ray, transformers); a module that does this says so once, in a comment starting with the words below."""
+    wrong = [f"{path.relative_to(ROOT)}:{lines[0]}" for path in MODULES.values()
+             if (lines := function_level_imports(path))
+             and "# Imported inside the functions that use them:" not in path.read_text()]
+    assert not wrong, "imports inside functions without a word on why: " + ", ".join(wrong)

@@ -10,6 +10,7 @@ from clipeval.analysis.runview import EVALUATOR_TITLES, RunView, json_or_empty
 from clipeval.evaluators.rules import RULES, VARIANTS
 from clipeval.store import Store
 
+
 def runs_comparison(store: Store, thresholds: dict[str, float] | None = None, k: int | None = None,
                     view_of=None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Share judged correct per evaluator (overall, real labels and baselines) for every complete run,

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from clipeval.evaluators import judges
 from clipeval.analysis import metrics
 from clipeval.errors import ClipevalError
+from clipeval.evaluators import judges
 from clipeval.evaluators.rules import RULES, VARIANTS, ScoreTable, cp_cutoff
 from clipeval.store import Store
 

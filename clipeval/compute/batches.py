@@ -25,10 +25,16 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from clipeval.datasets.probe import load_rgb, thumbnail_jpeg
-from clipeval.compute.device import CPU, OomHalving, Placement
-from clipeval.errors import ClipevalError
+from clipeval.compute.device import CPU, DTYPES, OomHalving, Placement, resolve_device
 from clipeval.compute.progress import bar
+from clipeval.datasets.probe import load_rgb, thumbnail_jpeg
+from clipeval.dissect.maps import RunningTop, has_map, map_of, pack, token_prefix
+from clipeval.dissect.pooling import pooling_hook
+from clipeval.errors import ClipevalError
+from clipeval.models.vqa import Blip2Vqa
+
+# Imported inside the functions that use them: the model loaders (they import timm, open_clip and
+# transformers lazily themselves), only when a batch needs one.
 
 ACT = "activations/"  # output keys: ACT + layer name, EMB + model name, MAPS + layer name
 EMB = "embeddings/"
@@ -132,8 +138,6 @@ class ProbeBatch:
     def __init__(self, target=None, layers: Sequence[str] = (), pooling: str = "mean", image_models: dict | None = None,
                  thumb_size: int | None = None, placement: Placement = CPU, batch_size: int | None = None,
                  log: Callable[[str], None] | None = None, layouts: dict[str, str] | None = None, maps_keep: int = 0):
-        from clipeval.dissect.pooling import pooling_hook
-        from clipeval.dissect.maps import RunningTop, has_map, token_prefix
         from clipeval.models.targets import layer_layouts
 
         self.placement = placement
@@ -168,7 +172,6 @@ class ProbeBatch:
                     thumb_size: int | None = None, batch_size: int | None = None) -> "ProbeBatch":
         """Load a DissectConfig's target (and labelling model) once, on `device` in config.dtype: what a
         worker process or a Ray actor builds before its first batch."""
-        from clipeval.compute.device import DTYPES, resolve_device
         from clipeval.models import targets as targets_mod
         from clipeval.models.image_text import load_image_text
 
@@ -194,7 +197,6 @@ class ProbeBatch:
     def forward(self, tensors: Sequence[torch.Tensor], rows: Sequence[int] | None = None) -> dict[str, np.ndarray]:
         """The models on one batch of decoded images (tensors as DecodeProbe makes them, stacked); `rows`:
         the images' ids in the probe (needed to keep maps: ties go to the lower id, as in the top-k)."""
-        from clipeval.dissect.maps import pack
 
         n = len(tensors[0]) if len(tensors) else 0
         if self._tops and (rows is None or len(rows) != n):
@@ -266,7 +268,6 @@ class ProbeBatch:
 
 def _map_hook(maps: dict, layer: str, layout: str, n_prefix: int) -> Callable:
     """A forward hook that puts `layer`'s shrunk spatial maps (a float32 copy, or None) into maps[layer]."""
-    from clipeval.dissect.maps import map_of
 
     def hook(_module, _inputs, output):
         maps[layer] = map_of(output, layout, n_prefix)
@@ -353,7 +354,6 @@ class YesNoBatch:
     def from_name(cls, name_or_path: str, placement: Placement = CPU, image_size: int | None = 128,
                   batch_size: int | None = None) -> "YesNoBatch":
         """Load a BLIP-2 (local cache or folder) once on `placement`."""
-        from clipeval.models.vqa import Blip2Vqa
 
         vqa = Blip2Vqa.load(name_or_path, device=placement.device, dtype=placement.dtype)
         return cls(vqa, image_size, placement, batch_size)

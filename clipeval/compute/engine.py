@@ -24,6 +24,9 @@ from typing import Iterator
 
 from clipeval.errors import ClipevalError
 
+# Imported inside the functions that use them: ray, only with --engine ray (it takes seconds to import and
+# is optional).
+
 ENGINES = ("local", "ray")
 LOCAL_ADDRESS = "local"
 # host:port, or a Ray Client address ray://host:port (host: a name, IPv4, or [IPv6])

@@ -25,7 +25,11 @@ from typing import Sequence
 import numpy as np
 
 from clipeval.compute.engine import Engine, ray_session, worker_count
-from clipeval.errors import ClipevalError
+from clipeval.compute.progress import bar as progress_bar
+from clipeval.errors import ClipevalError, WeightsUnavailable
+
+# Imported inside the functions that use them: ray, pyarrow and what a Ray worker runs (torch, the models),
+# so that a driver without --engine ray never loads them.
 
 
 class ProbeWork:
@@ -128,7 +132,6 @@ def map_images(engine: Engine, work, columns: dict, *, batch_size: int, progress
     then not stacked)."""
     import ray
     from ray.data import ActorPoolStrategy
-    from clipeval.compute.progress import bar as progress_bar
 
     n = len(columns["path"])
     if n == 0:
@@ -221,7 +224,6 @@ def _vqa_missing(name: str) -> str | None:
     gives). Reads the processor and config only, not the weights."""
     from transformers import Blip2Config, Blip2Processor
 
-    from clipeval.errors import WeightsUnavailable
     from clipeval.models.vqa import Blip2Vqa
 
     try:
@@ -244,7 +246,6 @@ def yes_probability(engine: Engine, work: VqaWork, paths: Sequence[str], questio
     import ray
 
     from clipeval.compute.device import DEFAULT_VQA_BATCH
-    from clipeval.errors import WeightsUnavailable
 
     work.batch_size = work.batch_size or DEFAULT_VQA_BATCH["cuda" if engine.gpus_per_worker > 0 else "cpu"]
     if work.backend is None:
@@ -261,7 +262,6 @@ def yes_probability(engine: Engine, work: VqaWork, paths: Sequence[str], questio
 def weights_unavailable_message(error: BaseException) -> str | None:
     """The message of a WeightsUnavailable raised on a worker, from the error Ray hands back (Ray wraps
     a worker's exception, keeping its type as the cause where it can and its text always)."""
-    from clipeval.errors import WeightsUnavailable
 
     seen = set()
     e: BaseException | None = error

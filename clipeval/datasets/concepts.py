@@ -11,6 +11,8 @@ from pathlib import Path
 from clipeval.datasets.imagenet import imagenet_classnames
 from clipeval.errors import ClipevalError, check_path
 
+# Imported inside the functions that use them: wordfreq, only for the common-word concept sets.
+
 # Built-in sets, made from packages that ship their data (no download).
 BUILTIN = {
     "common-3k": "the 3,000 most frequent English words (wordfreq)",

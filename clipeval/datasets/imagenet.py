@@ -10,6 +10,7 @@ from pathlib import Path
 
 from clipeval.errors import ClipevalError
 
+
 def _package_dir(name: str) -> Path:
     """A package's folder, found without importing it (timm and open_clip import torch: 10+ s)."""
     spec = importlib.util.find_spec(name)

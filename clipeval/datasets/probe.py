@@ -8,16 +8,15 @@ that lists its images in order with their provenance; otherwise the tree is walk
 from __future__ import annotations
 
 import csv
-import os
 import hashlib
 import io
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
 import numpy as np
-
 from PIL import Image, UnidentifiedImageError
 
 from clipeval.errors import ClipevalError, check_path

@@ -28,11 +28,26 @@ from pathlib import Path
 
 import pandas as pd
 
-from clipeval.config import ConceptConfig, DissectConfig, ImageTextConfig, ProbeConfig, SimilarityConfig, TargetConfig
 from clipeval.analysis.imagenet import imagenet_label_accuracy
+from clipeval.analysis.runview import RunView
+from clipeval.compute import progress as prog
+from clipeval.compute.progress import stage
+from clipeval.config import (
+    ConceptConfig,
+    DissectConfig,
+    ImageTextConfig,
+    ProbeConfig,
+    SimilarityConfig,
+    TargetConfig,
+)
 from clipeval.datasets.imagenet import imagenet_synonyms
 from clipeval.errors import ClipevalError
+from clipeval.evaluators.judges import CALIBRATED, calibrate_splits, save_calibration
+from clipeval.evaluators.sources import add_source, evaluate_source
 from clipeval.store import DEFAULT_DB, Store
+
+# Imported inside the functions that use them: the dissection and evaluation code (torch and the models) and
+# subprocess, only when the demo is built, not when the app asks for its status.
 
 DEMO_VERSION = 3  # bump when the demo's settings change, so older stores rebuild (3: activation maps)
 DEMO_LAYERS = ("blocks.1", "blocks.3", "blocks.5", "bn2", "classifier")
@@ -76,7 +91,6 @@ def add_sibling_sources(store: Store, run_ids: list[str], progress: bool = True,
     """Each demo run gets the other demo runs' labels as label sources (same network, probe and units;
     other concept sets), judged by its own evaluators, for the Labellers page. Runs that have them
     already are left alone (a store built before this step gets them on the next start)."""
-    from clipeval.evaluators.sources import add_source, evaluate_source
 
     for run_id in run_ids:
         have = set(store.label_sources(run_id)["origin"])
@@ -98,8 +112,6 @@ def calibrate_stand_in(store: Store, run_ids: list[str], layer: str = FINAL_LAYE
     """Default thresholds of the demo's evaluator model (not CLIP), fitted against the reference rater on
     `layer` of every demo run pooled, over repeated random half splits; stored under the model's
     fingerprint, so that every run it judged starts from them (judges.defaults)."""
-    from clipeval.analysis.runview import RunView
-    from clipeval.evaluators.judges import CALIBRATED, calibrate_splits, save_calibration
 
     frames: dict[str, list] = {e: [] for e in CALIBRATED}
     info = None
@@ -137,7 +149,6 @@ def build_demo(db: str | Path = DEFAULT_DB, size: str = "full", progress: bool =
     the stage and progress bars also go to the store's build status file, which the app shows."""
     if not status:
         return _build_demo(db, size, progress, device, dtype)
-    from clipeval.compute import progress as prog
 
     running = prog.read(db)
     if running and running["alive"] and running["state"] == "running" and running["pid"] != os.getpid():
@@ -152,7 +163,6 @@ def start_in_background(db: str | Path, size: str, device: str, dtype: str) -> s
     the demo is complete or a build is already running; returns what happened, in a sentence."""
     import subprocess
 
-    from clipeval.compute import progress as prog
 
     running = prog.read(db)
     if running and running["alive"] and running["state"] == "running":
@@ -178,9 +188,8 @@ def start_in_background(db: str | Path, size: str, device: str, dtype: str) -> s
 
 
 def _build_demo(db, size: str, progress: bool, device, dtype: str) -> list[str]:
-    from clipeval.dissect import pipeline
-    from clipeval.compute.progress import stage
     from clipeval.demo.probe import build_demo_probe, describe_sources
+    from clipeval.dissect import pipeline
     from clipeval.evaluators.run import evaluate
 
     store = Store(db)

@@ -29,10 +29,13 @@ from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw
-from clipeval.compute.progress import bar
 
+from clipeval.compute.progress import bar
 from clipeval.datasets.probe import MANIFEST, MANIFEST_COLUMNS, load_rgb, size_problem
 from clipeval.errors import ClipevalError
+
+# Imported inside the functions that use them: the packages that ship the demo's sample photos, only when
+# the demo probe is built.
 
 BUILD_INFO = "BUILD_INFO.json"
 FORMAT = 1  # bump when the selection or rendering changes, so older builds are rebuilt

@@ -10,8 +10,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from clipeval.datasets.probe import ProbeImage
+from clipeval.compute.batches import ACT, EMB, MAPS, ProbeBatch, iterate
 from clipeval.compute.device import CPU, Placement
+from clipeval.datasets.probe import ProbeImage
+from clipeval.dissect.maps import KeptMaps
 from clipeval.errors import ClipevalError
 from clipeval.models.targets import Target
 
@@ -43,8 +45,6 @@ def collect(images: Sequence[ProbeImage], *, target: Target | None = None, layer
     pool) defaults to what targets.layer_layouts detects. An image that does not decode is skipped and
     counted ('skip') or stops the pass ('fail'). With `maps_keep`, also the spatial activation maps of
     each unit's `maps_keep` most active images (clipeval.dissect.maps), from the same forward pass."""
-    from clipeval.compute.batches import ACT, EMB, MAPS, ProbeBatch, iterate
-    from clipeval.dissect.maps import KeptMaps
 
     n = len(images)
     acts: dict[str, np.ndarray] = {}

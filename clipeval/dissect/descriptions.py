@@ -11,10 +11,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clipeval.compute.engine import LOCAL
 from clipeval.config import TargetConfig, stable_hash
+from clipeval.datasets.concepts import load_concepts
 from clipeval.errors import ClipevalError, check_space
 from clipeval.files import atomic_write, first_rows, read_csv, unit_column
 from clipeval.store import Store
+
+# Imported inside the functions that use them: the probe pass (torch, the target), only when an import names
+# a target to collect activations for.
 
 DESCRIPTION_COLUMNS = ("layer", "unit", "description", "similarity")
 
@@ -62,11 +67,8 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
     `placement`, default the CPU in float32, here or on Ray workers: `engine`) so the labels get top-k
     images and can be evaluated; without, the labels can only be browsed."""
     from clipeval.compute.device import CPU
-    from clipeval.compute.engine import LOCAL
-
-    from clipeval.dissect import pipeline
-    from clipeval.datasets.concepts import load_concepts
     from clipeval.datasets.probe import load_probe
+    from clipeval.dissect import pipeline
     from clipeval.dissect.activations import neuron_summaries
     from clipeval.dissect.maps import map_rows
     from clipeval.models import targets as targets_mod

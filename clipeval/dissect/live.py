@@ -20,8 +20,15 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from clipeval.compute.device import DTYPES, Placement, resolve_device
+from clipeval.config import TargetConfig
+from clipeval.dissect.maps import spatial, token_prefix
+from clipeval.dissect.pooling import pool
 from clipeval.errors import ClipevalError
 from clipeval.store import Store
+
+# Imported inside the functions that use them: torch-side code (batches, the target loader, the pipeline's
+# cache), only when a live reading runs, so the app's pages stay light.
 
 
 class TargetUnavailable(ClipevalError):
@@ -56,7 +63,6 @@ def run_placement(run: dict, device: str | None = None):
     """Where to probe a run's target here: the run's own device and dtype when this machine has that
     device, else the CPU in float32 (half precision on a CPU is slow and no closer to anything); and a
     note saying which, when it differs from the run's."""
-    from clipeval.compute.device import DTYPES, Placement, resolve_device
 
     compute = (json.loads(run.get("models_json") or "{}") or {}).get("compute") or {}
     run_device = str(compute.get("device") or "cpu")
@@ -136,8 +142,8 @@ class LiveProbe:
         """The run's activations of `layer` over the probe (images x units) from this machine's cache,
         or None (then percentiles come from the stored histogram)."""
         if layer not in self._acts:
-            from clipeval.config import TargetConfig
-            from clipeval.dissect.pipeline import ArrayCache, layer_key as layer_key
+            from clipeval.dissect.pipeline import ArrayCache
+            from clipeval.dissect.pipeline import layer_key as layer_key
 
             dtype = json.loads(self.run.get("config_json") or "{}").get("dtype", "float32")
             key = layer_key(TargetConfig(self.target_name, self.weights), self.target, layer, self.pooling,
@@ -153,8 +159,6 @@ class LiveProbe:
         converted, pooled and laid out as the run's probe pass did (clipeval.compute.batches.ProbeBatch)."""
         from clipeval.compute.batches import channels_last as channels_last
         from clipeval.datasets.probe import to_rgb
-        from clipeval.dissect.pooling import pool
-        from clipeval.dissect.maps import spatial, token_prefix
 
         if layer not in self.layouts:
             raise ClipevalError(f"the run has no layer {layer!r} (its layers: {', '.join(self.layouts)})")

@@ -23,6 +23,7 @@ stored as uint8 with their own min/max: a few hundred bytes per image (7x7 = 49 
 from __future__ import annotations
 
 import io
+import json
 import math
 import struct
 
@@ -30,6 +31,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+
+# Imported inside the functions that use them: Pillow and the image decoder, only where an overlay is drawn
+# (the probe pass does not draw).
 
 MAP_SIDE = 24
 MAPS_VERSION = 1  # bump when the kept maps change for the same settings (keys their cache entries)
@@ -259,7 +263,6 @@ def run_view(run: dict) -> tuple[dict | None, str]:
     metadata, and a sentence saying where the map is drawn: the recorded one; for a run stored before it was
     recorded the 87.5% centre crop, said to be assumed; None where the preprocessing has a step of unknown
     geometry (the map then covers the whole image, and the sentence says so)."""
-    import json
 
     target = (json.loads(run.get("models_json") or "{}") or {}).get("target") or {}
     if "view" not in target:

@@ -22,15 +22,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clipeval.dissect import similarity
+from clipeval.compute import ray_map
+from clipeval.compute.device import CPU, DTYPES, Placement, resolve_device
+from clipeval.compute.engine import LOCAL, Engine, ray_session
+from clipeval.compute.progress import bar as progress_bar
 from clipeval.config import DissectConfig, stable_hash
 from clipeval.datasets.concepts import ConceptSet, load_concepts
 from clipeval.datasets.probe import ProbeSet, load_probe
-from clipeval.compute.device import CPU, DTYPES, Placement, resolve_device
-from clipeval.dissect.activations import collect
-from clipeval.dissect.activations import neuron_summaries
+from clipeval.dissect import similarity
+from clipeval.dissect.activations import collect, neuron_summaries
 from clipeval.dissect.maps import MAP_SIDE, MAPS_VERSION, KeptMaps, has_map, map_rows
-from clipeval.compute.engine import LOCAL, Engine, ray_session
 from clipeval.errors import ClipevalError
 from clipeval.models import targets as targets_mod
 from clipeval.models.image_text import load_image_text
@@ -144,7 +145,6 @@ def encode_texts(model, texts: list[str], progress: bool = True, desc: str = "te
     with torch.no_grad():
         if len(texts) <= TEXT_CHUNK:
             return model.encode_texts(texts).float().cpu().numpy()
-        from clipeval.compute.progress import bar as progress_bar
 
         parts = []
         with progress_bar(total=len(texts), desc=desc, unit="concept", disable=not progress) as bar:
@@ -222,7 +222,6 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, tar
                   desc="probe pass", layouts={layer: layouts[layer] for layer in missing},
                   maps_keep=maps_keep if any(layer in map_keys for layer in missing) else 0)
         if engine.is_ray:
-            from clipeval.compute import ray_map
 
             got = ray_map.collect(engine, probe.images, dtype=placement.dtype_name, on_bad_image=probe_on_bad_image,
                                   **kw)

@@ -9,8 +9,12 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from clipeval.config import stable_hash
+from clipeval.compute import ray_map
 from clipeval.compute.device import CPU
+from clipeval.config import stable_hash
+
+# Imported inside the functions that use them: the image and text encoders' batching (torch), only when
+# embeddings are not in the cache.
 
 
 @dataclass
@@ -64,7 +68,6 @@ def image_embeddings(model, model_key: str, inputs: EvalInputs, ids: np.ndarray,
         placement = getattr(model, "placement", None) or CPU
         paths = [inputs.paths[int(i)] for i in todo]
         if engine is not None and engine.is_ray:
-            from clipeval.compute import ray_map
 
             new = ray_map.embed(engine, model, paths, batch_size=batch_size, dtype=placement.dtype_name,
                                 progress=progress)

@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
 from clipeval.errors import ClipevalError
-from clipeval.evaluators.base import EvalInputs, image_embeddings, stack, text_embeddings
+from clipeval.evaluators.base import (
+    EvalInputs,
+    image_embeddings,
+    stack,
+    text_embeddings,
+)
 
 CHUNK = 256  # images per similarity block: bounds memory at CHUNK x |S| floats
 
@@ -78,7 +84,6 @@ class ConceptProportion:
 
     @staticmethod
     def _ranks_on(device, rows, ids, T, pair_rows, pair_labels, chunk: int = 4096) -> np.ndarray:
-        import torch
 
         Tt = torch.from_numpy(np.ascontiguousarray(T, dtype=np.float32)).to(device)
         ranks = np.empty(len(pair_rows), dtype=np.int64)

@@ -6,7 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from clipeval.evaluators.base import EvalInputs, image_embeddings, stack, text_embeddings
+from clipeval.evaluators.base import (
+    EvalInputs,
+    image_embeddings,
+    stack,
+    text_embeddings,
+)
 
 
 class EmbeddingSimilarity:

@@ -14,6 +14,7 @@ A neuron's label is judged correct if ANY of its top-k images matches (method.md
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,7 +185,6 @@ class ScoreTable:
 class _quiet:
     """nanmin/nanmax warn on all-NaN rows (neurons without scores); those stay NaN -> verdict False."""
     def __enter__(self):
-        import warnings
         self._w = warnings.catch_warnings()
         self._w.__enter__()
         warnings.simplefilter("ignore", RuntimeWarning)

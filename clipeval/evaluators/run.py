@@ -17,19 +17,23 @@ from dataclasses import dataclass
 
 import torch
 
-from clipeval.evaluators import judges
-from clipeval.config import EvalConfig, ImageTextConfig, stable_hash
 from clipeval.compute.batches import place_image_text
 from clipeval.compute.device import CPU, Placement, dtype_name
 from clipeval.compute.engine import LOCAL, Engine, ray_scope
+from clipeval.compute.ray_map import VqaWork, weights_unavailable_message
+from clipeval.config import EvalConfig, ImageTextConfig, stable_hash
+from clipeval.dissect.pipeline import ArrayCache, compute_info
 from clipeval.errors import ClipevalError, WeightsUnavailable
+from clipeval.evaluators import judges
 from clipeval.evaluators.base import EvalInputs, label_variants
 from clipeval.evaluators.contrast import Contrast
 from clipeval.evaluators.cp import ConceptProportion
 from clipeval.evaluators.es import EmbeddingSimilarity
-from clipeval.evaluators.vqa import IMAGE_SIZE as VQA_IMAGE_SIZE, VisualQuestionAnswering
-from clipeval.models.vqa import DEFAULT_MODEL as DEFAULT_VQA_MODEL, DEFAULT_TEMPLATE, format_prompt
-from clipeval.dissect.pipeline import ArrayCache, compute_info
+from clipeval.evaluators.vqa import IMAGE_SIZE as VQA_IMAGE_SIZE
+from clipeval.evaluators.vqa import VisualQuestionAnswering
+from clipeval.models.image_text import load_image_text
+from clipeval.models.vqa import DEFAULT_MODEL as DEFAULT_VQA_MODEL
+from clipeval.models.vqa import DEFAULT_TEMPLATE, Blip2Vqa, format_prompt, vqa_identity
 from clipeval.store import Store
 
 EVALUATORS = ("cp", "es", "vqa", "contrast")
@@ -86,7 +90,6 @@ def load_inputs(store: Store, run_id: str, kinds, seed: int, baselines: bool, co
 def resolve_eval_model(cfg: ImageTextConfig | None, progress: bool = True, placement: Placement = CPU):
     """The requested image-text model, or the paper's default if its weights are here, else the
     offline stand-in (and say so: a run must never pass a stand-in off as CLIP), on `placement`."""
-    from clipeval.models.image_text import load_image_text
 
     if cfg is not None:
         return cfg, load_image_text(cfg, placement)
@@ -185,7 +188,6 @@ def _vqa_dtype(backend, placement: Placement) -> str:
 
 def _run_vqa(store, run_id, cfg, inputs, backend, force, progress, placement: Placement = CPU,
              run_kw: dict | None = None) -> Outcome:
-    from clipeval.models.vqa import Blip2Vqa, vqa_identity
 
     # keyed by the weights (files, or the in-memory model's hash) and dtype too, not the name alone:
     # a replaced local BLIP-2 folder must not reuse the old model's scores
@@ -218,7 +220,6 @@ def _vqa_unavailable(store, run_id, cfg, eval_id, message: str) -> Outcome:
 def _run_vqa_on_ray(store, run_id, cfg, eval_id, inputs, backend, progress, run_kw) -> Outcome:
     """VQA on Ray workers, each loading BLIP-2 from its own disk (this process never loads it). Weights
     missing on a worker make the evaluator unavailable, with the worker's message, as they do locally."""
-    from clipeval.compute.ray_map import VqaWork, weights_unavailable_message
 
     engine = run_kw["engine"]
     work = VqaWork(cfg.vqa_model, VQA_IMAGE_SIZE, run_kw.get("batch_size"), cfg.dtype, backend=backend)

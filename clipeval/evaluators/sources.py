@@ -30,8 +30,13 @@ import numpy as np
 import pandas as pd
 
 from clipeval.config import EvalConfig, ImageTextConfig, stable_hash
+from clipeval.dissect.descriptions import read_descriptions
 from clipeval.errors import ClipevalError, WeightsUnavailable
+from clipeval.files import read_csv, unit_column
 from clipeval.store import Store
+
+# Imported inside the functions that use them: the evaluators and models (torch, transformers), only when a
+# label source is judged; listing sources stays light.
 
 KINDS = ("run", "clip-dissect", "milan", "netdissect")
 KIND_TITLES = {"run": "CLIP-Dissect run", "clip-dissect": "original CLIP-Dissect", "milan": "MILAN",
@@ -42,7 +47,6 @@ SOURCE_EVALUATORS = ("cp", "es", "contrast", "vqa")
 
 # ------------------------------------------------------------------------- reading the files
 def _read(path, required: tuple[str, ...], what: str) -> pd.DataFrame:
-    from clipeval.files import read_csv, unit_column
 
     df = read_csv(path, required, what)
     df["unit"] = unit_column(df, path)
@@ -58,7 +62,6 @@ def _no_duplicates(df: pd.DataFrame, path) -> None:
 
 def read_clip_dissect(path) -> pd.DataFrame:
     """descriptions.csv of the original: layer,unit,description[,similarity]."""
-    from clipeval.dissect.descriptions import read_descriptions
 
     df = read_descriptions(path)
     return df.assign(score=df["similarity"], detail="")[["layer", "unit", "label", "score", "detail"]]
@@ -192,9 +195,9 @@ def evaluate_source(store: Store, run_id: str, source_id: str, evaluators=None, 
     """Judge a source's labels (and the same labels shuffled within each layer) with every evaluator
     the run was judged by, with that evaluation's own settings and model, on the run's stored images.
     Returns one dict per evaluator: evaluator, status (complete | cached | unavailable | skipped), message."""
+    from clipeval.dissect.pipeline import ArrayCache
     from clipeval.evaluators.base import EvalInputs
     from clipeval.evaluators.run import EMBEDDING_EVALUATORS
-    from clipeval.dissect.pipeline import ArrayCache
 
     run = store.complete_run(run_id)
     run_id = run["run_id"]

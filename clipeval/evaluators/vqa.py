@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from clipeval.compute import ray_map
+from clipeval.compute.batches import YesNoBatch
 from clipeval.evaluators.base import EvalInputs
 from clipeval.models.vqa import format_prompt
 
@@ -31,7 +33,6 @@ class VisualQuestionAnswering:
             self.work = None
             self.images_per_call = ray_work.batch_size
         else:
-            from clipeval.compute.batches import YesNoBatch
 
             self.work = YesNoBatch(vqa, image_size, batch_size=batch_size)
             self.images_per_call = self.work.batch_size
@@ -44,7 +45,6 @@ class VisualQuestionAnswering:
         questions = [[format_prompt(self.prompt, l) for l in asked[i]] for i in ids]
         paths = [inputs.paths[int(i)] for i in ids]
         if self.work is None:
-            from clipeval.compute import ray_map
 
             probs, self.model_info = ray_map.yes_probability(self.engine, self.ray_work, paths, questions,
                                                              progress=progress)

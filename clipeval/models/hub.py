@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager
+from pathlib import Path
+
+# Imported inside the functions that use them: huggingface_hub and torch, only to fingerprint a model or
+# point the hub at local files.
 
 
 @contextmanager
@@ -22,7 +27,6 @@ def offline_hub():
 def module_fingerprint(module) -> str:
     """sha256 of a module's parameters and buffers (names, shapes, dtypes, values): the identity of weights
     that have no file, e.g. a random initialisation, so that two of them never share a cache entry."""
-    import hashlib
 
     import torch
 
@@ -38,8 +42,6 @@ def module_fingerprint(module) -> str:
 def folder_fingerprint(folder) -> str:
     """Identity of every file under a model folder: relative path, size, modification time, and the
     target of symlinks (the Hugging Face cache names its blobs by content hash)."""
-    import hashlib
-    from pathlib import Path
 
     root = Path(folder)
     h = hashlib.sha256()

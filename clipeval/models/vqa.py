@@ -17,11 +17,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipeval.compute.device import resolve_dtype
 from clipeval.config import DEFAULT_PROMPT
+from clipeval.datasets.probe import to_rgb
 from clipeval.errors import ClipevalError, WeightsUnavailable
+from clipeval.models.hub import folder_fingerprint, module_fingerprint, offline_hub
 
 if TYPE_CHECKING:  # transformers is imported where it is used: importing it takes seconds
     from transformers import DynamicCache
+
+# Imported inside the functions that use them: transformers and huggingface_hub, only when BLIP-2 is loaded
+# (seconds to import; VQA is optional).
 
 DEFAULT_MODEL = "Salesforce/blip2-opt-2.7b"
 DEFAULT_TEMPLATE = DEFAULT_PROMPT
@@ -64,7 +70,6 @@ def _hf_cache_dir() -> str:
 def _resolve_dtype(dtype, device) -> torch.dtype:
     """None or 'auto': float32 on the CPU (slow or unsupported half precision there), bfloat16 on GPUs
     that support it, else float16 (clipeval.compute.device.resolve_dtype)."""
-    from clipeval.compute.device import resolve_dtype
 
     if dtype is not None and not isinstance(dtype, (str, torch.dtype)):
         raise ClipevalError(f"dtype must be a torch dtype or its name, got {dtype!r}")
@@ -75,7 +80,6 @@ def weights_fingerprint(name_or_path: str) -> str:
     """Identity of the files a load of `name_or_path` reads, computed WITHOUT loading them: a local folder's
     files, or the local Hugging Face cache's snapshot of a hub id; '' when neither is here (the load
     then fails as unavailable). Replacing a folder's weights changes it, so stale scores are never reused."""
-    from clipeval.models.hub import folder_fingerprint, offline_hub
 
     if os.path.isdir(name_or_path):
         return folder_fingerprint(name_or_path)
@@ -164,7 +168,6 @@ class Blip2Vqa:
     @property
     def fingerprint(self) -> str:
         if not self._fingerprint:
-            from clipeval.models.hub import module_fingerprint
 
             self._fingerprint = module_fingerprint(self.model)
         return self._fingerprint
@@ -174,7 +177,6 @@ class Blip2Vqa:
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The image processor's (n, 3, H, W) float32 pixels on the CPU (DataLoader workers make them one
         image at a time: clipeval.compute.batches.DecodeVqa)."""
-        from clipeval.datasets.probe import to_rgb
 
         return self.processor.image_processor([to_rgb(im) for im in images], return_tensors="pt")["pixel_values"]
 

@@ -15,7 +15,20 @@ import math
 import numpy as np
 import pandas as pd
 
-from clipeval.render.svg import BLUES, MUTED, RDBU, TEXT, Band, Chart, Linear, interpolate, legend_height, luminance, text_width, wrap
+from clipeval.render.svg import (
+    BLUES,
+    MUTED,
+    RDBU,
+    TEXT,
+    Band,
+    Chart,
+    Linear,
+    interpolate,
+    legend_height,
+    luminance,
+    text_width,
+    wrap,
+)
 
 COLORS = {"VQA": "#8e44ad", "CP": "#2f6fdf", "ES": "#e67e22", "Contrast": "#16a085"}
 # no red among the layers (red is the current threshold); 'overall' is drawn wide and pale grey

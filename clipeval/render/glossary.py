@@ -6,8 +6,8 @@ formatted in from the value the code uses (or, where that would import torch, ch
 from __future__ import annotations
 
 from clipeval.analysis.headlines import WEAK_RATIO
-from clipeval.config import DEFAULT_PROMPT
 from clipeval.analysis.intervals import MIN_N, N_BOOT
+from clipeval.config import DEFAULT_PROMPT
 from clipeval.evaluators.judges import PAPER_THRESHOLDS
 from clipeval.evaluators.rules import RULES
 

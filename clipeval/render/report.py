@@ -20,11 +20,20 @@ import numpy as np
 import pandas as pd
 
 from clipeval.analysis import metrics
+from clipeval.analysis.headlines import weak_evaluators
+from clipeval.analysis.intervals import MIN_N, N_BOOT, pairwise_with_intervals
 from clipeval.analysis.runview import EVALUATOR_TITLES, RunView
+from clipeval.analysis.sources import LabellerView
+from clipeval.analysis.sweeps import default_range, sweep
 from clipeval.errors import ClipevalError, check_path
 from clipeval.evaluators.rules import RULES
+from clipeval.files import atomic_write
+from clipeval.render.charts import layer_shares, sweep_figure
+from clipeval.render.tables import describe_model, html_table
 from clipeval.store import Store
-from clipeval.render.tables import html_table
+
+# Imported inside the functions that use them: Pillow and the image decoder, only for the report's
+# thumbnails.
 
 THUMB_PX = 72  # thumbnails are shrunk to this square: a 2,600-unit report stays a few MB
 ORDER = ("vqa", "cp", "es", "contrast")
@@ -97,7 +106,6 @@ def check_output(out) -> Path:
 
 
 def settings_section(view: RunView) -> str:
-    from clipeval.render.tables import describe_model
 
     run = view.run
     cfg = json.loads(run.get("config_json") or "{}")
@@ -131,7 +139,6 @@ def settings_section(view: RunView) -> str:
 
 
 def shares_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
-    from clipeval.render.charts import layer_shares
 
     summary = view.layer_summary(thresholds, k)
     if summary.empty:
@@ -144,7 +151,6 @@ def shares_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
         rows.append({"layer": layer, "evaluator": ev, "units": n, "real labels": _pct(share["real"]),
                      "95% interval": f"{_pct(lo)} – {_pct(hi)}", "shuffled labels": _pct(share.get("shuffled")),
                      "one constant label": _pct(share.get("constant"))})
-    from clipeval.analysis.headlines import weak_evaluators
 
     warn = "".join(f"<p class='note warn'>{_e(w['evaluator'])} judges {_pct(w['baseline_share'])} of "
                    f"{_e(w['baseline'])} labels correct against {_pct(w['real'])} of the real ones: at this "
@@ -156,8 +162,6 @@ def shares_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
 
 
 def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
-    from clipeval.render.charts import sweep_figure
-    from clipeval.analysis.sweeps import default_range, sweep
 
     parts = []
     reference = view.rater_labels[0] if view.rater_labels else None
@@ -180,7 +184,6 @@ def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int) -> 
 
 
 def agreement_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
-    from clipeval.analysis.intervals import MIN_N, N_BOOT, pairwise_with_intervals
 
     raters = view.rater_verdicts(thresholds, k)
     names = list(raters)
@@ -204,7 +207,6 @@ def agreement_section(view: RunView, thresholds: dict[str, float], k: int) -> st
 
 
 def labellers_section(store: Store, view: RunView, thresholds: dict[str, float], k: int) -> str:
-    from clipeval.analysis.sources import LabellerView
 
     lv = LabellerView(store, view.run_id, view)
     if len(lv.source_ids) < 2:
@@ -316,7 +318,6 @@ def build_report(store: Store, run_id: str, thresholds: dict[str, float] | None 
 def write_report(store: Store, run_id: str, out, thresholds: dict[str, float] | None = None, k: int | None = None,
                  units_per_layer: int | None = None) -> Path:
     """Check the output path, build the report, write it atomically."""
-    from clipeval.files import atomic_write
 
     out = check_output(out)
     text = build_report(store, run_id, thresholds, k, units_per_layer)

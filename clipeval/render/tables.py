@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 from html import escape
-from urllib.parse import urlencode
+from urllib.parse import quote_plus, urlencode
 
 import numpy as np
 import pandas as pd
 
+from clipeval.analysis.intervals import figure
 from clipeval.analysis.runview import EVALUATOR_TITLES
 from clipeval.evaluators.rules import RULES
 
@@ -181,7 +182,6 @@ def neuron_link(run_id: str, layer: str, unit: int, thresholds: dict[str, float]
 def neuron_links(run_id: str, layers, units, thresholds: dict[str, float] | None = None, k: int | None = None,
                  kmax: int | None = None) -> list[str]:
     """neuron_link for many neurons at once (the unit grid has thousands of rows on every rerun)."""
-    from urllib.parse import quote_plus
 
     head = neuron_link(run_id, "", 0, thresholds, k, kmax)
     base, _, rest = head.partition("&layer=&unit=0")
@@ -192,7 +192,6 @@ def measure_by_layer_ci(pairwise: dict[str, pd.DataFrame], measure: str, layer_o
                         ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """{rater: intervals.pairwise_with_intervals(rater, reference)} -> (one row per rater, one text cell per layer
     and 'overall' reading '0.62 [0.55, 0.70] n=120'; the same shape of booleans: fewer than MIN_N neurons)."""
-    from clipeval.analysis.intervals import figure
 
     text, small = {}, {}
     for rater, t in pairwise.items():

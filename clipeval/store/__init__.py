@@ -40,8 +40,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from clipeval.store.connection import (DEFAULT_LOCK_TIMEOUT_S, Connection, StoreBusy, check_store_path,
-                                       lock_timeout)
+from clipeval.store.connection import (
+    DEFAULT_LOCK_TIMEOUT_S,
+    Connection,
+    StoreBusy,
+    check_store_path,
+    lock_timeout,
+)
 from clipeval.store.console import ConsoleMixin, check_read_only_sql
 from clipeval.store.evaluations import EvaluationsMixin
 from clipeval.store.humans import HumansMixin

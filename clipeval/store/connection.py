@@ -16,6 +16,7 @@ process as well. A connection a thread already holds is reused by nested calls o
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -267,7 +268,6 @@ class Connection:
 
 def _holder(e: Exception) -> str:
     """'process 1234' from DuckDB's lock message, or 'another process'."""
-    import re
 
     m = re.search(r"PID (\d+)", str(e))
     if m:

@@ -8,8 +8,8 @@ import socket
 
 import pandas as pd
 
-from clipeval.store.runs import insert_frame as insert_frame, mark_interrupted, now
-
+from clipeval.store.runs import insert_frame as insert_frame
+from clipeval.store.runs import mark_interrupted, now
 
 SCORE_COLUMNS = ["layer", "unit", "variant", "kind", "rank", "image_id", "label", "raw"]
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from clipeval.store.runs import insert_frame as insert_frame, now
+from clipeval.store.runs import insert_frame as insert_frame
+from clipeval.store.runs import now
 
 
 class HumansMixin:

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 import pandas as pd
 
 from clipeval.errors import ClipevalError
+from clipeval.store.runnames import check_name
 from clipeval.store.schema import RUN_TABLES
 
 
@@ -128,7 +129,6 @@ class RunsMixin:
 
     def rename_run(self, run_id: str, name: str) -> str:
         """Give a run a new display name (its id, the hash of its settings, stays); returns the name."""
-        from clipeval.store.runnames import check_name
 
         name = check_name(name)
         run_id = self.run(run_id)["run_id"]

@@ -8,7 +8,8 @@ import json
 import pandas as pd
 
 from clipeval.store.evaluations import SCORE_COLUMNS, replace_scores, start_running
-from clipeval.store.runs import insert_frame as insert_frame, mark_interrupted, now
+from clipeval.store.runs import insert_frame as insert_frame
+from clipeval.store.runs import mark_interrupted, now
 
 
 class SourcesMixin:

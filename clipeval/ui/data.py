@@ -19,15 +19,17 @@ import threading
 import pandas as pd
 import streamlit as st
 
-from clipeval.analysis.imagenet import imagenet_label_accuracy
-from clipeval.analysis import runs as every_run
-from clipeval.datasets.imagenet import imagenet_synonyms
-from clipeval.analysis import intervals
-from clipeval.analysis import sweeps
 from clipeval import store as store_mod
+from clipeval.analysis import intervals, sweeps
+from clipeval.analysis import runs as every_run
+from clipeval.analysis.imagenet import imagenet_label_accuracy
 from clipeval.analysis.runview import RunView
+from clipeval.datasets.imagenet import imagenet_synonyms
 from clipeval.errors import ClipevalError
 from clipeval.store import Store
+
+# Imported inside the functions that use them: Pillow and the image decoder, only for pages that show
+# images.
 
 
 def db_path() -> str:

@@ -10,9 +10,9 @@ from pathlib import Path
 import streamlit as st
 
 from clipeval.datasets.probe import load_rgb
-from clipeval.errors import ClipevalError
 from clipeval.dissect.live import LiveProbe, TargetUnavailable
 from clipeval.dissect.maps import overlay, view_note
+from clipeval.errors import ClipevalError
 from clipeval.ui import data
 from clipeval.ui.maps import colour_range
 

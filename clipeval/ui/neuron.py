@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from clipeval.evaluators import thresholds
 from clipeval.analysis.runview import RunView
+from clipeval.evaluators import thresholds
 from clipeval.evaluators.rules import RULES, VARIANTS, image_matches
 from clipeval.ui import data
 from clipeval.ui.widgets import EVALUATOR_ORDER, Context, title

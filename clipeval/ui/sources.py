@@ -6,9 +6,17 @@ import pandas as pd
 import streamlit as st
 
 from clipeval.analysis.sources import LabellerView
-from clipeval.ui import data
 from clipeval.render.charts import COLORS, FULL, pct
-from clipeval.render.svg import MUTED, Band, Chart, Linear, legend_height, text_width, wrap
+from clipeval.render.svg import (
+    MUTED,
+    Band,
+    Chart,
+    Linear,
+    legend_height,
+    text_width,
+    wrap,
+)
+from clipeval.ui import data
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the label sources' scores ...")

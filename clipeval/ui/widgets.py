@@ -8,14 +8,24 @@ from dataclasses import dataclass, field
 import pandas as pd
 import streamlit as st
 
-from clipeval.render import glossary
-from clipeval.store import runnames
-from clipeval.evaluators import thresholds
 from clipeval.analysis.runview import EVALUATOR_TITLES
+from clipeval.evaluators import thresholds
 from clipeval.evaluators.rules import RULES, cp_cutoff
-from clipeval.render import charts
+from clipeval.render import charts, glossary
+from clipeval.render.tables import (
+    cell_text,
+    describe_model,
+    html_table,
+    loads,
+    short_reason,
+    stand_ins,
+    text_or,
+)
+from clipeval.store import runnames
 from clipeval.ui import data
-from clipeval.render.tables import cell_text, describe_model, html_table, loads, short_reason, stand_ins, text_or
+
+# Imported inside the functions that use them: Streamlit's page manager internals, only to find the current
+# page.
 
 CTX_KEY = "_clipeval_context"
 RUN_KEY = "run_choice"  # the run selectbox; its value is mirrored in the URL as ?run=<run id>

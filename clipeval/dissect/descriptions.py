@@ -104,10 +104,11 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
         if tgt is not None:
             cache = pipeline.ArrayCache(store.path.parent / "cache")
             kept: dict = {}
-            acts, _ = pipeline.probe_pass(store, cache, probe_set, TargetConfig(target, weights), tgt, layer_order,
-                                          pooling, progress=progress, placement=placement, batch_size=batch_size,
-                                          num_workers=num_workers, probe_on_bad_image=on_bad_image, maps_keep=k,
-                                          maps_out=kept, engine=engine or LOCAL)
+            request = pipeline.LayerRequest(TargetConfig(target, weights), tgt, layer_order, pooling)
+            settings = pipeline.PassSettings(placement, engine or LOCAL, batch_size, num_workers, on_bad_image,
+                                             progress)
+            acts, _ = pipeline.probe_pass(store, cache, probe_set, request, settings=settings, maps_keep=k,
+                                          maps_out=kept)
             parts = []
             for layer in layer_order:
                 have = acts[layer].shape[1]

@@ -17,6 +17,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ from clipeval.compute import ray_map
 from clipeval.compute.device import CPU, DTYPES, Placement, resolve_device
 from clipeval.compute.engine import LOCAL, Engine, ray_session
 from clipeval.compute.progress import bar as progress_bar
-from clipeval.config import DissectConfig, stable_hash
+from clipeval.config import DissectConfig, TargetConfig, stable_hash
 from clipeval.datasets.concepts import ConceptSet, load_concepts
 from clipeval.datasets.probe import ProbeSet, load_probe
 from clipeval.dissect import similarity
@@ -181,11 +182,31 @@ def encode_texts_cached(model, texts, cache: "ArrayCache", progress: bool = True
     return table[[index[t] for t in texts]]
 
 
-def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, target: targets_mod.Target,
-               layers, pooling: str, image_model=None, image_key: str = "", *, progress: bool = True,
-               batch_size: int | None = None, num_workers: int | None = None,
-               placement: Placement = CPU, engine: Engine = LOCAL, probe_on_bad_image: str = "skip",
-               maps_keep: int = 0, maps_out: dict | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+@dataclass(frozen=True)
+class PassSettings:
+    """How a probe pass runs: where (placement, engine), in what batches, with how many decoding workers,
+    what an image that does not decode does ('skip' or 'fail'), and whether it shows progress."""
+    placement: Placement = CPU
+    engine: Engine = LOCAL
+    batch_size: int | None = None
+    num_workers: int | None = None
+    on_bad_image: str = "skip"
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class LayerRequest:
+    """What a probe pass reads from the target: its config (for cache keys), the loaded target, the layers
+    and how they are pooled."""
+    target_cfg: TargetConfig
+    target: targets_mod.Target
+    layers: Sequence[str]
+    pooling: str
+
+
+def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, request: LayerRequest, image_model=None,
+               image_key: str = "", *, settings: PassSettings = PassSettings(), maps_keep: int = 0,
+               maps_out: dict | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Activations of `layers` and (optionally) image embeddings, from the cache where present, else
     from ONE pass over the probe that also stores the thumbnails if the store lacks them; that pass runs
     here or on Ray workers (`engine`), and either way fills the same cache entries. With `maps_keep` and
@@ -197,6 +218,8 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, tar
     remembered in the cache beside the arrays, so later runs on the same files leave it out before
     reading the cached arrays. The fingerprint stays: it names the files, and which of them decode
     is fixed by the files."""
+    target_cfg, target, layers, pooling = request.target_cfg, request.target, request.layers, request.pooling
+    placement, engine, progress = settings.placement, settings.engine, settings.progress
     _drop_images(probe, _known_bad(cache, probe.fingerprint))
     layouts = targets_mod.layer_layouts(target, layers) if layers else {}
     keys = {layer: layer_key(target_cfg, target, layer, pooling, probe, placement.dtype_name, layouts[layer])
@@ -218,15 +241,15 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, target_cfg, tar
     if missing or need_emb or need_thumbs:
         kw = dict(target=target if missing else None, layers=missing, pooling=pooling,
                   image_models={"labelling": image_model} if need_emb else {},
-                  thumb_size=THUMB_SIZE if need_thumbs else None, batch_size=batch_size, progress=progress,
+                  thumb_size=THUMB_SIZE if need_thumbs else None, batch_size=settings.batch_size, progress=progress,
                   desc="probe pass", layouts={layer: layouts[layer] for layer in missing},
                   maps_keep=maps_keep if any(layer in map_keys for layer in missing) else 0)
         if engine.is_ray:
 
-            got = ray_map.collect(engine, probe.images, dtype=placement.dtype_name, on_bad_image=probe_on_bad_image,
+            got = ray_map.collect(engine, probe.images, dtype=placement.dtype_name, on_bad_image=settings.on_bad_image,
                                   **kw)
         else:
-            got = collect(probe.images, num_workers=num_workers, placement=placement, on_bad_image=probe_on_bad_image,
+            got = collect(probe.images, num_workers=settings.num_workers, placement=placement, on_bad_image=settings.on_bad_image,
                           **kw)
         if got.failed:
             n_before = len(probe)
@@ -359,10 +382,10 @@ def _compute(r: Resolved, store: Store, cache: ArrayCache, stages: Stages, progr
     c = r.config
     with stages("activations + image embeddings"):
         maps: dict = {}
-        acts, P_img = probe_pass(store, cache, r.probe, c.target, r.target, c.layers, c.pooling, r.image_text,
-                                 _image_key(r), progress=progress, batch_size=batch_size, num_workers=num_workers,
-                                 placement=r.placement, engine=engine, probe_on_bad_image=c.probe.on_bad_image,
-                                 maps_keep=c.k, maps_out=maps)
+        acts, P_img = probe_pass(store, cache, r.probe, LayerRequest(c.target, r.target, c.layers, c.pooling),
+                                 r.image_text, _image_key(r), maps_keep=c.k, maps_out=maps,
+                                 settings=PassSettings(r.placement, engine, batch_size, num_workers,
+                                                       c.probe.on_bad_image, progress))
 
     with stages("text embeddings"):
         T = encode_texts_cached(r.image_text, r.concepts.concepts, cache, progress)

@@ -237,7 +237,6 @@ def print_report(store, run_id: str, thresholds: dict[str, float] | None = None,
     not given are the defaults of the model that made each evaluator's scores (clipeval.evaluators.judges)."""
     from clipeval.analysis.headlines import weak_evaluators
     from clipeval.analysis.runview import EVALUATOR_TITLES, RunView
-    from clipeval.evaluators.rules import RULES
 
     view = RunView(store, run_id)
     thresholds = view.thresholds(thresholds)

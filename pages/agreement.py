@@ -1,14 +1,13 @@
 """Agreement between raters and evaluators: Cohen's kappa over all pairs (the paper's Table 4),
 agreement per layer and pooled against a reference (Table 1), Jaccard, confusion matrices, F1."""
 
-import streamlit as st
-
 import pandas as pd
+import streamlit as st
 
 from clipeval.analysis import intervals, metrics
 from clipeval.render import charts
-from clipeval.ui import data, widgets
 from clipeval.render import tables as tables_mod
+from clipeval.ui import data, widgets
 
 ctx = widgets.run_page("Agreement")
 

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from clipeval.analysis import headlines
+from clipeval.formats import percent
 from clipeval.ui import data, widgets
 
 ctx = widgets.context()
@@ -43,7 +44,7 @@ cols = st.columns(len(widgets.EVALUATOR_ORDER))
 for col, e in zip(cols, widgets.EVALUATOR_ORDER):
     h = heads.get(widgets.title(e))
     if h is not None:
-        col.metric(f"{h.evaluator}: labels judged correct", headlines.pct(h.real),
+        col.metric(f"{h.evaluator}: labels judged correct", percent(h.real),
                    help=f"Over all {h.n:,} neurons of the run at the sidebar's thresholds. Below it, the same "
                         "evaluator on labels shuffled across neurons and on one constant label for every neuron: a "
                         "good evaluator rejects most of those. " + widgets.glossary_link("baselines"))

@@ -4,9 +4,9 @@ images; agreement between the sources; one neuron's label from every source with
 
 import streamlit as st
 
+from clipeval.render.tables import neuron_link
 from clipeval.ui import data, widgets
 from clipeval.ui.sources import labeller_view, shares_figure
-from clipeval.render.tables import neuron_link
 
 ctx = widgets.run_page("Labellers side by side")
 lv = labeller_view(ctx.run_id)

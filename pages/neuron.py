@@ -6,11 +6,10 @@ import random
 import pandas as pd
 import streamlit as st
 
-from clipeval.ui import navigation
-from clipeval.evaluators import thresholds
 from clipeval.analysis.imagenet import unit_imagenet_class
+from clipeval.evaluators import thresholds
 from clipeval.render import charts
-from clipeval.ui import data, widgets
+from clipeval.ui import data, navigation, widgets
 from clipeval.ui.live import probe_section
 from clipeval.ui.maps import where_it_fires
 from clipeval.ui.neuron import image_lines, image_table, verdict_table

@@ -4,9 +4,9 @@ paper's Table 2), time per stage and evaluator (Table 3), and deleting a run."""
 import streamlit as st
 
 from clipeval.analysis import headlines
-from clipeval.store import runnames
 from clipeval.errors import ClipevalError
 from clipeval.render import charts, tables
+from clipeval.store import runnames
 from clipeval.ui import data, widgets
 
 ctx = widgets.context()

@@ -4,8 +4,8 @@ transaction that is always rolled back, so the console cannot change the store."
 
 import streamlit as st
 
-from clipeval.errors import ClipevalError
 from clipeval import store as store_module
+from clipeval.errors import ClipevalError
 from clipeval.store import Store
 from clipeval.ui import data, widgets
 

@@ -3,14 +3,14 @@ evaluator's threshold, per layer (the paper's Figure 3); and calibrating a thres
 
 import streamlit as st
 
-from clipeval.analysis import headlines
-from clipeval.evaluators import thresholds
+from clipeval.analysis import headlines, sweeps
 from clipeval.errors import ClipevalError
+from clipeval.evaluators import thresholds
 from clipeval.evaluators.judges import PAPER_THRESHOLDS
 from clipeval.evaluators.rules import RULES
+from clipeval.formats import percent
 from clipeval.render import charts
 from clipeval.ui import data, widgets
-from clipeval.analysis import sweeps
 
 ctx = widgets.run_page("Thresholds")
 
@@ -60,7 +60,7 @@ for e in available:
     cols = [row.container(width=charts.HALF) for _ in range(2 if ref else 1)]
     head = headlines.share_headline(view, e, ctx.thresholds[e], k)
     cols[0].markdown(f"**Share judged correct** at {thresholds.label(e, ctx.thresholds[e])}: "
-                     f"{headlines.pct(head.real)} of {head.n:,} neurons ({head.baseline_text()})")
+                     f"{percent(head.real)} of {head.n:,} neurons ({head.baseline_text()})")
     if head.warning():
         cols[0].warning(head.warning(), icon=":material/warning:")
     widgets.chart(charts.sweep_figure, sweep, rule.param, ctx.thresholds[e], "share_correct", baselines,

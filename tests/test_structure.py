@@ -144,3 +144,13 @@ def test_imports_sit_at_the_top_unless_the_module_says_why():
              if (lines := function_level_imports(path))
              and "# Imported inside the functions that use them:" not in path.read_text()]
     assert not wrong, "imports inside functions without a word on why: " + ", ".join(wrong)
+
+
+def test_shares_intervals_and_stored_cells_read_one_way():
+    from clipeval.formats import bracket, json_cell, percent, text_cell
+
+    assert percent(0.1234) == "12.3%" and percent(0.5, 0) == "50%" and percent(float("nan")) == "n/a"
+    assert percent(None, none="–") == "–"
+    assert bracket(0.1, 0.25) == "[0.10, 0.25]" and bracket(0.0012345, 0.5, ".4g") == "[0.001234, 0.5]"
+    assert json_cell('{"a": 1}') == {"a": 1} and json_cell(None) == {} and json_cell(float("nan")) == {}
+    assert text_cell("x") == "x" and text_cell(float("nan"), "-") == "-"

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from clipeval.analysis.runview import EVALUATOR_TITLES
+from clipeval.formats import percent
 
 BASELINES = ("shuffled", "constant")
 
@@ -48,11 +49,6 @@ def weak_evaluators(summary: pd.DataFrame, ratio: float = WEAK_RATIO) -> list[di
     return out
 
 
-def pct(x) -> str:
-    """One share as the app and the CLI print it (one decimal)."""
-    return "n/a" if x is None or pd.isna(x) else f"{100 * float(x):.1f}%"
-
-
 @dataclass(frozen=True)
 class ShareHeadline:
     """One evaluator's share judged correct over a set of neurons, beside its baselines."""
@@ -81,15 +77,15 @@ class ShareHeadline:
     def baseline_text(self) -> str:
         if not self.baselines:
             return "no baselines scored"
-        return " · ".join(f"{v} labels {pct(s)}" for v, s in self.baselines.items())
+        return " · ".join(f"{v} labels {percent(s)}" for v, s in self.baselines.items())
 
     def warning(self) -> str | None:
         """The sentence shown wherever this share is shown, or None when the evaluator is not weak."""
         if not self.weak:
             return None
         b = self.worst_baseline
-        return (f"**{self.evaluator}** judges {pct(self.baselines[b])} of {b} labels correct against "
-                f"{pct(self.real)} of the real ones: at this threshold it barely tells right labels from wrong. "
+        return (f"**{self.evaluator}** judges {percent(self.baselines[b])} of {b} labels correct against "
+                f"{percent(self.real)} of the real ones: at this threshold it barely tells right labels from wrong. "
                 "Calibrate it on the Thresholds page before reading its share.")
 
 
@@ -159,5 +155,5 @@ def interpretable_shares(view, thresholds: dict[str, float], k: int | None, eval
 
 def baseline_delta(row) -> str:
     """'shuffled 12.0% · constant 3.0%' for a row of interpretable_shares (the metric's second line)."""
-    parts = [f"{v} {pct(row[v])}" for v in BASELINES if v in row and pd.notna(row[v])]
+    parts = [f"{v} {percent(row[v])}" for v in BASELINES if v in row and pd.notna(row[v])]
     return " · ".join(parts) if parts else "no baselines scored"

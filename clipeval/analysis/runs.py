@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from clipeval.analysis.runview import EVALUATOR_TITLES, RunView, json_or_empty
+from clipeval.analysis.runview import EVALUATOR_TITLES, RunView
 from clipeval.evaluators.rules import RULES, VARIANTS
+from clipeval.formats import json_cell
 from clipeval.store import Store
 
 
@@ -23,7 +24,7 @@ def runs_comparison(store: Store, thresholds: dict[str, float] | None = None, k:
     runs = store.runs() if runs is None else runs
     for r in runs[runs["status"] == "complete"].itertuples():
         view = view_of(r.run_id)
-        cfg = json_or_empty(r.config_json)
+        cfg = json_cell(r.config_json)
         probe = " + ".join(p.rstrip("/").split("/")[-1] for p in (cfg.get("probe", {}) or {}).get("paths", [])) \
             if isinstance(cfg.get("probe"), dict) else ", ".join(cfg.get("probe") or [])
         concepts = (cfg.get("concepts") or {}).get("source") if isinstance(cfg.get("concepts"), dict) else cfg.get("concepts")
@@ -46,7 +47,7 @@ def timings(store: Store) -> pd.DataFrame:
     runs = store.runs()
     evals = store.evaluations()
     for r in runs.itertuples():
-        for stage, secs in json_or_empty(r.timings_json).items():
+        for stage, secs in json_cell(r.timings_json).items():
             rows.append({"run": r.run_id, "name": r.name, "step": f"dissect: {stage}", "seconds": secs})
         for e in evals[(evals["run_id"] == r.run_id) & (evals["status"] == "complete")].itertuples():
             rows.append({"run": r.run_id, "name": r.name, "step": f"evaluate: {EVALUATOR_TITLES[e.evaluator]}",

@@ -4,7 +4,6 @@ No model runs here; a `RunView` loads a run's scores once and answers each slide
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,7 +12,8 @@ import pandas as pd
 from clipeval.analysis import metrics
 from clipeval.errors import ClipevalError
 from clipeval.evaluators import judges
-from clipeval.evaluators.rules import RULES, VARIANTS, ScoreTable, cp_cutoff
+from clipeval.evaluators.rules import RULES, ScoreTable, cp_cutoff
+from clipeval.formats import json_cell, text_cell
 from clipeval.store import Store
 
 EVALUATOR_TITLES = {"vqa": "VQA", "cp": "CP", "es": "ES", "contrast": "Contrast"}
@@ -53,13 +53,13 @@ class RunView:
                                                        f"{self.run_id} --evaluators {name}")
                 continue
             e = hit.iloc[0]
-            state = EvaluatorState(name, e["status"], _text(e["error"]), eval_id=e["eval_id"], wall_s=e["wall_s"],
-                                   models=json_or_empty(e["models_json"]), constant_label=_text(e["constant_label"]))
+            state = EvaluatorState(name, e["status"], text_cell(e["error"]), eval_id=e["eval_id"], wall_s=e["wall_s"],
+                                   models=json_cell(e["models_json"]), constant_label=text_cell(e["constant_label"]))
             if e["status"] == "complete":
                 n_concepts = None if pd.isna(e["n_concepts"]) else int(e["n_concepts"])
                 state.table = ScoreTable(store.eval_scores(e["eval_id"]), name, self.neurons, n_concepts)
             self.evaluators[name] = state
-        self.labeller = (json_or_empty(self.run.get("models_json")) or {}).get("image_text") or {}
+        self.labeller = (json_cell(self.run.get("models_json")) or {}).get("image_text") or {}
         self.defaults = judges.defaults(store, {e: s.models for e, s in self.evaluators.items()})
         humans = store.human_verdicts(self.run_id)
         if len(self.dead):
@@ -269,15 +269,6 @@ class RunView:
         res = metrics.calibrate(frame["score"].to_numpy(), frame["verdict"].to_numpy().astype(bool), candidates,
                                 lambda s, th: t.compare(s, th), fit_fraction, seed)
         return {"evaluator": evaluator, "rater": rater, "param": rule.param, **res}
-
-def _text(value) -> str:
-    """A nullable text column's value ('' for NULL: pandas gives NaN or None, both falsy-unsafe)."""
-    return value if isinstance(value, str) else ""
-
-
-def json_or_empty(value) -> dict:
-    return json.loads(value) if isinstance(value, str) and value else {}
-
 
 def default_thresholds() -> dict[str, float]:
     """The rules' fixed values (the paper's). Not what an output applies to a run: RunView.thresholds

@@ -23,6 +23,7 @@ from clipeval.analysis import metrics
 from clipeval.config import stable_hash
 from clipeval.errors import ClipevalError
 from clipeval.evaluators.rules import CP_TOLERANCE, RULES
+from clipeval.formats import bracket
 
 # The paper's thresholds (CLIP ViT-B-32 for CP/ES, BLIP-2 for VQA); contrast is ours (an AUC, model-free scale)
 PAPER_THRESHOLDS = {"cp": 0.01, "es": 0.25, "vqa": 0.5, "contrast": 0.75}
@@ -114,7 +115,7 @@ def defaults(store, models: dict[str, dict]) -> dict[str, Default]:
                              f"{RULES[e].param} = {res['value']:.4g} calibrated for {info.get('description', 'this model')} "
                              f"against '{cal['rater']}' on {cal['where']} ({res['n_neurons']} neurons, "
                              f"{res['n_splits']} random half splits): {RULES[e].param} 95% interval "
-                             f"[{lo:.4g}, {hi:.4g}], held-out kappa {res['heldout_kappa']:.3f} [{klo:.3f}, {khi:.3f}]; "
+                             f"{bracket(lo, hi, '.4g')}, held-out kappa {res['heldout_kappa']:.3f} {bracket(klo, khi, '.3f')}; "
                              f"the paper's CLIP value is {paper:g}")
         else:
             out[e] = Default(e, paper, "paper (uncalibrated)",

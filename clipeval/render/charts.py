@@ -10,11 +10,10 @@ at HALF in a wrapping row (st.container(horizontal=True) with children of width 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
+from clipeval.formats import bracket, percent
 from clipeval.render.svg import (
     BLUES,
     MUTED,
@@ -38,9 +37,10 @@ FULL, HALF, NARROW = 900, 470, 480
 BASELINE_MARKS = (("shuffled", "x", "shuffled labels (×)"), ("constant", "-", "one constant label (–)"))
 
 
-def pct(v: float, digits: int = 0) -> str:
-    return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}%}"
 
+def axis_percent(v: float) -> str:
+    """A share on an axis tick, in whole percent."""
+    return percent(v, 0)
 
 def activation_histogram(hist: pd.DataFrame, top_activations: list[float], k: int, width: float = FULL) -> Chart:
     """Probe images per activation bin, with a red line per top image (solid for the k that are judged)."""
@@ -77,7 +77,7 @@ def layer_shares(summary: pd.DataFrame, layers: list[str], width: float = FULL) 
     c = Chart(width, 300 + leg + value_rows + 56, left=64, top=leg + value_rows + 18, bottom=56, font=font)
     c.legend(items, c.x0, 4, width - 80)
     y = Linear(0, 1, c.y1, c.y0)
-    c.y_axis(y, pct, "share judged correct", ticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    c.y_axis(y, axis_percent, "share judged correct", ticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
     band = Band(order, c.x0, c.x1, pad=0.25)
     bar = band.width / max(len(evaluators), 1)
     value_size = 11 if bar >= text_width("00%", 11) + 2 else 9.5  # a value no wider than about its bar
@@ -89,7 +89,7 @@ def layer_shares(summary: pd.DataFrame, layers: list[str], width: float = FULL) 
             bx = band(layer) + row * bar
             if pd.notna(v):
                 c.rect(bx + 1, y(v), bar - 2, y(0) - y(v), color, title=f"{ev} {layer}: {v:.1%}")
-            c.text(bx + bar / 2, c.y0 - 10 - (len(evaluators) - 1 - row) * 16, pct(v) if pd.notna(v) else "",
+            c.text(bx + bar / 2, c.y0 - 10 - (len(evaluators) - 1 - row) * 16, percent(v, 0) if pd.notna(v) else "",
                    size=value_size, anchor="middle", color=color)
             for variant, symbol, label in BASELINE_MARKS:
                 b = share.get((ev, variant, layer), np.nan)
@@ -128,7 +128,7 @@ def sweep_figure(sweep: pd.DataFrame, param: str, current: float, metric: str, b
     xs = pd.concat([g["threshold"] for _, g, _ in lines]) if lines else pd.Series([current])
     x = Linear(float(xs.min()), float(xs.max()), c.x0, c.x1)
     if metric in ("share_correct", "agreement"):
-        y, fmt = Linear(0, 1, c.y1, c.y0), pct
+        y, fmt = Linear(0, 1, c.y1, c.y0), axis_percent
     else:
         vals = pd.concat([g[metric] for _, g, _ in lines]).dropna() if lines else pd.Series([0.0])
         lo, hi = min(0.0, float(vals.min())), max(float(vals.max()), 0.1)
@@ -191,7 +191,7 @@ def kappa_heatmap(matrix: pd.DataFrame, n: pd.DataFrame | None = None, lo: pd.Da
             v = z[i, j]
             lines = ["n/a" if np.isnan(v) else f"{v:.2f}"]
             if i != j and not np.isnan(lo_[i, j]):
-                lines.append(f"[{lo_[i, j]:.2f}, {hi_[i, j]:.2f}]")
+                lines.append(bracket(lo_[i, j], hi_[i, j]))
             if n_[i, j] >= 0 and i != j:
                 lines.append(f"n={n_[i, j]}" + (" (too few)" if small[i, j] else ""))
             fill = "#e6e6e6" if small[i, j] or np.isnan(v) else interpolate(RDBU, (v + 1) / 2)

@@ -28,6 +28,7 @@ from clipeval.analysis.sweeps import default_range, sweep
 from clipeval.errors import ClipevalError, check_path
 from clipeval.evaluators.rules import RULES
 from clipeval.files import atomic_write
+from clipeval.formats import json_cell, percent
 from clipeval.render.charts import layer_shares, sweep_figure
 from clipeval.render.tables import describe_model, html_table
 from clipeval.store import Store
@@ -63,10 +64,6 @@ th{background:#f0f2f6} td.l,th.l{text-align:left}
 
 def _e(x) -> str:
     return html.escape(str(x))
-
-
-def _pct(x) -> str:
-    return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.1f}%"
 
 
 def _num(x, d: int = 3) -> str:
@@ -108,8 +105,8 @@ def check_output(out) -> Path:
 def settings_section(view: RunView) -> str:
 
     run = view.run
-    cfg = json.loads(run.get("config_json") or "{}")
-    models = json.loads(run.get("models_json") or "{}")
+    cfg = json_cell(run.get("config_json"))
+    models = json_cell(run.get("models_json"))
     rows = [("run", f"{run['run_id']} ({run.get('name') or ''})"), ("status", run["status"]),
             ("created", str(run.get("created_at"))[:19]), ("probe images", f"{int(run.get('n_images') or 0):,}")]
     target = models.get("target") or {}
@@ -148,12 +145,12 @@ def shares_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
         share = dict(zip(g["variant"], g["share_correct"]))
         n = int(g["n"].iloc[0])
         lo, hi = metrics.wilson_interval(round(share["real"] * n), n)
-        rows.append({"layer": layer, "evaluator": ev, "units": n, "real labels": _pct(share["real"]),
-                     "95% interval": f"{_pct(lo)} – {_pct(hi)}", "shuffled labels": _pct(share.get("shuffled")),
-                     "one constant label": _pct(share.get("constant"))})
+        rows.append({"layer": layer, "evaluator": ev, "units": n, "real labels": percent(share["real"], none='–'),
+                     "95% interval": f"{percent(lo, none='–')} – {percent(hi, none='–')}", "shuffled labels": percent(share.get("shuffled"), none='–'),
+                     "one constant label": percent(share.get("constant"), none='–')})
 
-    warn = "".join(f"<p class='note warn'>{_e(w['evaluator'])} judges {_pct(w['baseline_share'])} of "
-                   f"{_e(w['baseline'])} labels correct against {_pct(w['real'])} of the real ones: at this "
+    warn = "".join(f"<p class='note warn'>{_e(w['evaluator'])} judges {percent(w['baseline_share'], none='–')} of "
+                   f"{_e(w['baseline'])} labels correct against {percent(w['real'], none='–')} of the real ones: at this "
                    f"threshold it barely tells right labels from wrong.</p>" for w in weak_evaluators(summary))
     return (_fig(layer_shares(summary, view.layers)) + _table(pd.DataFrame(rows), left=("layer", "evaluator"))
             + "<p class='note'>Share of labels judged correct (any of the top-k images matches). Interval: 95% Wilson "
@@ -194,8 +191,8 @@ def agreement_section(view: RunView, thresholds: dict[str, float], k: int) -> st
         for b in names[i + 1:]:
             for r in pairwise_with_intervals(raters[a], raters[b]).to_dict("records"):
                 rows.append({"rater A": a, "rater B": b, "layer": r["layer"], "n": r["n"],
-                             "agreement": _pct(r["agreement"]),
-                             "95% interval": f"{_pct(r['agreement lo'])} – {_pct(r['agreement hi'])}",
+                             "agreement": percent(r["agreement"], none='–'),
+                             "95% interval": f"{percent(r['agreement lo'], none='–')} – {percent(r['agreement hi'], none='–')}",
                              "Cohen's kappa": _num(r["kappa"]),
                              "kappa 95% interval": f"{_num(r['kappa lo'])} – {_num(r['kappa hi'])}",
                              "Jaccard": _num(r["jaccard"]), "note": f"n < {MIN_N}: too few to read" if r["small"]
@@ -211,10 +208,10 @@ def labellers_section(store: Store, view: RunView, thresholds: dict[str, float],
     lv = LabellerView(store, view.run_id, view)
     if len(lv.source_ids) < 2:
         return ""
-    cov = lv.sources.assign(coverage=lambda d: d["coverage"].map(_pct))[["name", "kind", "n_labels", "n_matched",
+    cov = lv.sources.assign(coverage=lambda d: d["coverage"].map(lambda x: percent(x, none='–')))[["name", "kind", "n_labels", "n_matched",
                                                                          "n_on_dead", "coverage"]]
     shares = lv.shares(thresholds, k)
-    table = shares.assign(**{c: shares[c].map(_pct) for c in ("correct", "shuffled", "run real", "run shuffled",
+    table = shares.assign(**{c: shares[c].map(lambda x: percent(x, none='–')) for c in ("correct", "shuffled", "run real", "run shuffled",
                                                                  "run constant")})
     table = table[["labeller", "evaluator", "layer", "n", "correct", "shuffled", "run real", "run constant"]].rename(
         columns={"n": "units", "correct": "judged correct", "shuffled": "its labels shuffled",

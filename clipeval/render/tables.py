@@ -3,7 +3,6 @@ counts and shares of verdicts that analysis.RunView already gave)."""
 
 from __future__ import annotations
 
-import json
 from html import escape
 from urllib.parse import quote_plus, urlencode
 
@@ -13,18 +12,9 @@ import pandas as pd
 from clipeval.analysis.intervals import figure
 from clipeval.analysis.runview import EVALUATOR_TITLES
 from clipeval.evaluators.rules import RULES
+from clipeval.formats import json_cell, text_cell
 
 INTERPRETABLE = "interpretable"
-
-
-def loads(value) -> dict:
-    """A stored JSON column as a dict ({} for NULL / NaN: a run still being written has no models yet)."""
-    return json.loads(value) if isinstance(value, str) and value else {}
-
-
-def text_or(value, default: str = "") -> str:
-    """A stored text column as str (NULL / NaN -> default)."""
-    return value if isinstance(value, str) and value else default
 
 
 def short_reason(text: str, limit: int = 150) -> str:
@@ -57,13 +47,13 @@ def stand_ins(run: dict, latest: pd.DataFrame) -> list[str]:
     """Which roles of a run were played by an offline stand-in instead of CLIP/OpenCLIP (a model recorded
     with is_clip False): 'labels', and each complete evaluator's title."""
     out = []
-    if (loads(run.get("models_json")).get("image_text") or {}).get("is_clip") is False:
+    if (json_cell(run.get("models_json")).get("image_text") or {}).get("is_clip") is False:
         out.append("labels")
     order = list(EVALUATOR_TITLES)
     rows = sorted(latest.itertuples() if latest is not None and len(latest) else [],
                   key=lambda r: order.index(r.evaluator) if r.evaluator in order else len(order))
     for row in rows:
-        if row.status == "complete" and (loads(row.models_json).get("image_text") or {}).get("is_clip") is False:
+        if row.status == "complete" and (json_cell(row.models_json).get("image_text") or {}).get("is_clip") is False:
             out.append(EVALUATOR_TITLES.get(row.evaluator, row.evaluator))
     return out
 
@@ -111,7 +101,7 @@ def verdict_marks(df: pd.DataFrame, columns) -> pd.DataFrame:
 
 def full_reasons(evals: pd.DataFrame) -> list[tuple[str, str]]:
     """(evaluator title, full reason) of every evaluation that did not complete (the tables show one line)."""
-    return [(EVALUATOR_TITLES.get(e.evaluator, e.evaluator), text_or(e.error, "no reason recorded"))
+    return [(EVALUATOR_TITLES.get(e.evaluator, e.evaluator), text_cell(e.error, "no reason recorded"))
             for e in evals.itertuples() if e.status != "complete"]
 
 
@@ -218,7 +208,7 @@ def run_table(runs: pd.DataFrame) -> pd.DataFrame:
     """store.runs() -> one readable row per run: what was dissected with which settings."""
     rows = []
     for r in runs.itertuples():
-        cfg, models = loads(r.config_json), loads(r.models_json)
+        cfg, models = json_cell(r.config_json), json_cell(r.models_json)
         concepts = cfg.get("concepts")
         sim = cfg.get("similarity") or {}
         image_text = models.get("image_text") or {}
@@ -235,7 +225,7 @@ def run_table(runs: pd.DataFrame) -> pd.DataFrame:
             "CLIP?": {True: "yes", False: "no"}.get(image_text.get("is_clip"), "n/a"),
             "peak RSS (MB)": r.peak_rss_mb,
             "kind": r.kind, "run": r.run_id,
-            "error": text_or(r.error),
+            "error": text_cell(r.error),
         })
     return pd.DataFrame(rows)
 
@@ -244,12 +234,12 @@ def evaluation_table(evals: pd.DataFrame) -> pd.DataFrame:
     """store.evaluations(run) -> evaluator, status, model, seconds, reason."""
     rows = []
     for e in evals.itertuples():
-        info = loads(e.models_json)
+        info = json_cell(e.models_json)
         rows.append({"evaluator": EVALUATOR_TITLES.get(e.evaluator, e.evaluator), "status": e.status,
                      "model or reason": (describe_model(info.get("image_text") or info.get("vqa") or info) if info
                                          else "") if e.status == "complete" else
-                     short_reason(text_or(e.error, "no reason recorded"), 90),
-                     "seconds": e.wall_s, "concepts": e.n_concepts, "constant label": text_or(e.constant_label),
+                     short_reason(text_cell(e.error, "no reason recorded"), 90),
+                     "seconds": e.wall_s, "concepts": e.n_concepts, "constant label": text_cell(e.constant_label),
                      "finished": e.finished_at, "evaluation": e.eval_id})
     return pd.DataFrame(rows)
 

@@ -5,17 +5,12 @@ differs), shown first in every run picker, so three demo runs no longer all read
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 
 from clipeval.errors import ClipevalError
+from clipeval.formats import json_cell
 
 MAX_NAME = 120
-
-
-def _loads(value) -> dict:
-    return json.loads(value) if isinstance(value, str) and value else {}
 
 
 def _probe(cfg: dict) -> str:
@@ -66,7 +61,7 @@ FIELDS = (
 
 def describe_fields(run) -> dict[str, str]:
     """The fields FIELDS names, for one row of Store.runs()."""
-    cfg, models = _loads(run.get("config_json")), _loads(run.get("models_json"))
+    cfg, models = json_cell(run.get("config_json")), json_cell(run.get("models_json"))
     out = {}
     for name, fn in FIELDS:
         try:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from clipeval.analysis.runview import RunView
 from clipeval.evaluators import thresholds
-from clipeval.evaluators.rules import RULES, VARIANTS, image_matches
+from clipeval.evaluators.rules import VARIANTS, image_matches
 from clipeval.ui import data
 from clipeval.ui.widgets import EVALUATOR_ORDER, Context, title
 
@@ -64,7 +64,6 @@ def verdict_table(ctx: Context, view: RunView, layer: str, unit: int) -> pd.Data
     rows = []
     for e in EVALUATOR_ORDER:
         state = view.evaluators[e]
-        rule = RULES[e]
         if state.table is None:
             rows.append({"rater": title(e), "verdict": state.status, "score": "", "threshold": ""})
             continue

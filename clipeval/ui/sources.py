@@ -6,7 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from clipeval.analysis.sources import LabellerView
-from clipeval.render.charts import COLORS, FULL, pct
+from clipeval.formats import percent
+from clipeval.render.charts import COLORS, FULL, axis_percent
 from clipeval.render.svg import (
     MUTED,
     Band,
@@ -50,7 +51,7 @@ def shares_figure(shares: pd.DataFrame, width: float = FULL) -> Chart:
     c = Chart(width, leg + 24 + group * len(order) + 50, left=left, right=50, top=leg + 16, bottom=50, font=font)
     c.legend(items, 10, 4, width - 20)
     x = Linear(0, 1, c.x0, c.x1)
-    c.x_axis(x, pct, "share judged correct", n=5)
+    c.x_axis(x, axis_percent, "share judged correct", n=5)
     band = Band(order, c.y0, c.y1, pad=16 / group)
     bar = band.width / max(len(evaluators), 1)
     for i, ev in enumerate(evaluators):
@@ -61,7 +62,7 @@ def shares_figure(shares: pd.DataFrame, width: float = FULL) -> Chart:
             y0 = band(name) + i * bar
             c.rect(x(0), y0 + 1, x(r["correct"]) - x(0), bar - 2, COLORS.get(ev, "#888"),
                    title=f"{ev}, {name}: {r['correct']:.1%} of {int(r['n'])} units")
-            c.text(x(r["correct"]) + 4, y0 + bar / 2, pct(r["correct"]), size=11, color=MUTED)
+            c.text(x(r["correct"]) + 4, y0 + bar / 2, percent(r["correct"], 0), size=11, color=MUTED)
             for col, symbol, label in marks:
                 if pd.notna(r.get(col)):
                     c.marker(symbol, x(r[col]), y0 + bar / 2, min(bar, 14), width=2.5,

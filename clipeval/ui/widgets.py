@@ -11,15 +11,14 @@ import streamlit as st
 from clipeval.analysis.runview import EVALUATOR_TITLES
 from clipeval.evaluators import thresholds
 from clipeval.evaluators.rules import RULES, cp_cutoff
+from clipeval.formats import json_cell, text_cell
 from clipeval.render import charts, glossary
 from clipeval.render.tables import (
     cell_text,
     describe_model,
     html_table,
-    loads,
     short_reason,
     stand_ins,
-    text_or,
 )
 from clipeval.store import runnames
 from clipeval.ui import data
@@ -73,7 +72,7 @@ class Context:
         if statuses is None:
             statuses = self.__dict__["_statuses"] = {}
             for row in (self.latest.to_dict("records") if self.latest is not None and len(self.latest) else []):
-                statuses.setdefault(row["evaluator"], (row["status"], text_or(row["error"])))
+                statuses.setdefault(row["evaluator"], (row["status"], text_cell(row["error"])))
         return statuses.get(evaluator) or ("missing", f"not run yet: `clipeval evaluate {self.run_id} "
                                                       f"--evaluators {evaluator}`")
 
@@ -274,7 +273,7 @@ def run_page(title: str) -> Context:
 def model_lines(run: dict, latest: pd.DataFrame, short: bool = True) -> dict[str, str]:
     """Plain statements of which models made the run: target, labelling model, each evaluator
     (with `short`, an evaluator's reason for being unavailable is cut to its first sentence)."""
-    models = loads(run.get("models_json"))
+    models = json_cell(run.get("models_json"))
     out = {}
     target = models.get("target") or {}
     if target:
@@ -293,14 +292,14 @@ def model_lines(run: dict, latest: pd.DataFrame, short: bool = True) -> dict[str
             continue
         row = hit.iloc[0]
         if row["status"] == "complete":
-            info = loads(row["models_json"])
+            info = json_cell(row["models_json"])
             desc = describe_model(info.get("image_text") or info.get("vqa") or info)
         else:
             model = ""
             if e == "vqa":
-                wanted = text_or(loads(row["config_json"]).get("vqa_model"))
+                wanted = text_cell(json_cell(row["config_json"]).get("vqa_model"))
                 model = "BLIP-2 " if not wanted or "blip" in wanted.lower() else f"{wanted} "
-            reason = text_or(row["error"], "no reason recorded")
+            reason = text_cell(row["error"], "no reason recorded")
             desc = f"{model}{row['status']}: {short_reason(reason) if short else reason}"
         groups.setdefault(desc, []).append(title(e))
     out["Evaluators"] = "; ".join(f"{'/'.join(names)}: {desc}" for desc, names in groups.items())

@@ -211,7 +211,6 @@ def test_the_demo_shows_the_warnings_of_its_source_evaluations(monkeypatch, tmp_
     import warnings
 
     from clipeval.demo import build as demo
-    from clipeval.evaluators import sources
 
     class OneSource:
         def label_sources(self, run_id):
@@ -220,7 +219,7 @@ def test_the_demo_shows_the_warnings_of_its_source_evaluations(monkeypatch, tmp_
     def judge(*args, **kwargs):
         warnings.warn("the evaluator model X shares the labeller's text encoder")
 
-    monkeypatch.setattr(sources, "add_source", lambda *a, **k: "src")
-    monkeypatch.setattr(sources, "evaluate_source", judge)
+    monkeypatch.setattr(demo, "add_source", lambda *a, **k: "src")
+    monkeypatch.setattr(demo, "evaluate_source", judge)
     with pytest.warns(UserWarning, match="shares the labeller's text encoder"):
         demo.add_sibling_sources(OneSource(), ["a", "b"], progress=False)

@@ -102,11 +102,13 @@ def calibrate_stand_in(store: Store, run_ids: list[str], layer: str = FINAL_LAYE
 
     frames: dict[str, list] = {e: [] for e in CALIBRATED}
     info = None
+    used = []
     for run_id in run_ids:
         view = RunView(store, run_id)
         ref = view.humans.get(REFERENCE_RATER)
         if ref is None:
             continue
+        used.append(view.run_id)
         for e in CALIBRATED:
             if e not in view.available:
                 continue
@@ -125,7 +127,7 @@ def calibrate_stand_in(store: Store, run_ids: list[str], layer: str = FINAL_LAYE
             f = pd.concat(parts, ignore_index=True)
             results[e] = calibrate_splits(f["score"].to_numpy(), f["verdict"].to_numpy().astype(bool), e)
     save_calibration(store, info, results, REFERENCE_RATER,
-                     f"the final layer ({layer}) of the {len(run_ids)} demo runs pooled")
+                     f"the final layer ({layer}) of the {len(run_ids)} demo runs pooled", runs=used)
     return results
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from clipeval.store.runs import _insert_frame, now
+from clipeval.store.runs import _insert_frame, now, require_run
 
 
 class HumansMixin:
@@ -14,6 +14,7 @@ class HumansMixin:
         frame["unit"] = frame["unit"].astype(int)
         frame["verdict"] = frame["verdict"].astype(bool)
         with self.transaction() as cur:
+            require_run(cur, run_id)
             _insert_frame(cur, "human_verdicts", frame, "run_id, source, created_at", [run_id, source, now()])
         return len(frame)
 

@@ -18,7 +18,7 @@ from clipeval.store import Store
 
 DESCRIPTION_COLUMNS = ("layer", "unit", "description", "similarity")
 HUMAN_COLUMNS = ("layer", "unit", "verdict")
-MAX_UNIT = 2**31 - 1  # the store's unit column is a 32-bit INTEGER
+MAX_UNIT = 2**31 - 2  # the largest unit: a layer's n_units (unit + 1) is a 32-bit INTEGER in the store
 YES = {"yes", "y", "1", "true", "t"}
 NO = {"no", "n", "0", "false", "f"}
 
@@ -54,6 +54,14 @@ def _units(df: pd.DataFrame, path) -> pd.Series:
     return units.astype("int64")
 
 
+def layer_column(df: pd.DataFrame, path) -> pd.Series:
+    """The layer column, stripped; an empty layer name is refused (it names no layer of any network)."""
+    layers = df["layer"].str.strip()
+    if (layers == "").any():
+        raise ClipevalError(f"{path}: empty layer name in row {int(np.argmax(layers == '')) + 2}")
+    return layers
+
+
 def _first(rows: pd.DataFrame, columns=("layer", "unit")) -> list:
     """The first row's values as plain Python values, for messages (not numpy reprs like np.int64(3))."""
     return [v.item() if isinstance(v, np.generic) else v for v in rows[list(columns)].iloc[0].tolist()]
@@ -87,7 +95,7 @@ def export_descriptions(store: Store, run_id: str, out) -> Path:
 def read_descriptions(path) -> pd.DataFrame:
     df = _read_csv(path, DESCRIPTION_COLUMNS[:3], "descriptions")
     df["unit"] = _units(df, path)
-    df["layer"] = df["layer"].str.strip()
+    df["layer"] = layer_column(df, path)
     df["description"] = df["description"].str.strip()
     if (df["description"] == "").any():
         raise ClipevalError(f"{path}: empty description for {_first(df[df['description'] == ''])}")
@@ -217,7 +225,7 @@ def import_human(store: Store, run_id: str, path, *, rater: str | None = None, r
     run = store.complete_run(run_id)
     df = _read_csv(path, HUMAN_COLUMNS, "verdicts")
     df["unit"] = _units(df, path)
-    df["layer"] = df["layer"].str.strip()
+    df["layer"] = layer_column(df, path)
     df["verdict"] = parse_verdicts(df["verdict"], path)
     if "rater" not in df.columns or (df["rater"].str.strip() == "").any():
         if not rater:

@@ -105,11 +105,12 @@ if complete.empty:
     st.caption("No complete run to compare yet.")
 else:
     full = data.runs_comparison(ctx.thresholds, ctx.k)
-    comparison = full.dropna(axis=1, how="all")
-    shares = [c for c in comparison.columns if c not in ("name", "probe", "concepts", "neurons", "run")]
+    about = ["run", "probe", "concepts", "neurons"]  # kept when empty (runs imported without a probe or concepts)
+    shares = [c for c in full.columns if c not in ("name", *about) and full[c].notna().any()]
+    comparison = full[["name", *about, *shares]].copy()
     comparison[shares] = comparison[shares].map(widgets.fmt_pct)
     short = {r: differs.get(r) or r[:8] for r in comparison["run"]}
-    st.dataframe(tables.by_run_columns(comparison[["run", "probe", "concepts", "neurons", *shares]].astype(str),
+    st.dataframe(tables.by_run_columns(comparison[[*about, *shares]].astype(str),
                                        short), hide_index=True, width="stretch")
     weak = [f"- {short.get(row['run'], row['name'])}: {h.warning()}" for row in full.to_dict("records")
             for h in headlines.comparison_headlines(row) if h.warning()]

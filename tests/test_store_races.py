@@ -20,7 +20,7 @@ import pytest
 from clipeval import sources
 from clipeval.cli import main
 from clipeval.errors import ClipevalError
-from clipeval.store import RUN_TABLES, RunRemoved, Store
+from clipeval.store import RUN_TABLES, Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def test_evaluate_racing_rm_stores_nothing(run_store, monkeypatch, method):
 
     store, run_id, cache = run_store
     done = rm_just_before(monkeypatch, method, store.path, run_id)
-    with pytest.raises(RunRemoved, match=f"run {run_id} was removed"):
+    with pytest.raises(ClipevalError, match=f"run {run_id} was removed"):
         evaluate(store, run_id, "es", eval_model=OFFLINE_EVAL_MODEL, cache_dir=cache, force=True, progress=False)
     assert done == [0]
     assert store.runs().empty and orphans(store) == {}
@@ -130,7 +130,7 @@ def test_sources_evaluate_racing_rm_stores_nothing(run_store, tmp_path, monkeypa
     store, run_id, cache = run_store
     sid = sources.add_source(store, run_id, "milan", str(_milan(tmp_path, store, run_id)))
     done = rm_just_before(monkeypatch, method, store.path, run_id)
-    with pytest.raises(RunRemoved, match=f"run {run_id} was removed"):
+    with pytest.raises(ClipevalError, match=f"run {run_id} was removed"):
         sources.evaluate_source(store, run_id, sid, ["es"], cache_dir=cache, progress=False)
     assert done == [0]
     assert store.runs().empty and orphans(store) == {}
@@ -161,7 +161,7 @@ def test_a_calibration_on_a_run_removed_meanwhile_is_not_stored(run_store, monke
                                                verdict=np.random.default_rng(0).random(len(units)) < 0.5)
     store.add_human_verdicts(run_id, verdicts, source="test")
     done = rm_just_before(monkeypatch, "set_meta", store.path, run_id)
-    with pytest.raises(RunRemoved, match=f"run {run_id} was removed"):
+    with pytest.raises(ClipevalError, match=f"run {run_id} was removed"):
         calibrate_stand_in(store, [run_id])
     assert done == [0]
     assert store.scalar("SELECT count(*) FROM meta WHERE key LIKE 'thresholds:%'") == 0

@@ -309,8 +309,14 @@ def test_the_largest_unit_fits_and_one_more_is_refused(tmp_path, capsys):
     assert int(store.layers(store.runs()["run_id"].iloc[0])["n_units"].iloc[0]) == 2**31 - 1
 
 
-def test_calibrate_refuses_a_negative_seed(tmp_path, capsys):
-    assert cli(tmp_path / "r.duckdb", "calibrate", "abc", "--evaluator", "es", "--rater", "x", "--seed", "-1") == 2
+def test_calibrate_refuses_a_negative_seed(run_store, capsys):
+    store, run_id, _ = run_store
+    units = store.neurons(run_id)
+    store.add_human_verdicts(run_id, units[["layer", "unit"]].assign(rater="x", verdict=units["unit"] % 2 == 0),
+                             source="test")
+    assert cli(store.path, "calibrate", run_id, "--evaluator", "es", "--rater", "x", "--seed", "1") == 0
+    capsys.readouterr()
+    assert cli(store.path, "calibrate", run_id, "--evaluator", "es", "--rater", "x", "--seed", "-1") == 2
     assert "--seed: -1 is outside 0..4294967295" in capsys.readouterr().err
 
 

@@ -73,9 +73,10 @@ def reference_verdicts(store: Store, run_id: str, layer: str = FINAL_LAYER) -> p
 
 def add_sibling_sources(store: Store, run_ids: list[str], progress: bool = True, cache_dir=None) -> None:
     """Each demo run gets the other demo runs' labels as label sources (same network, probe and units;
-    other concept sets), judged by its own evaluators, for the Labellers page. Runs that have them
-    already are left alone (a store built before this step gets them on the next start)."""
-    from clipeval.sources import add_source, evaluate_source
+    other concept sets), judged by its own evaluators (a run without a complete evaluation gets them
+    unjudged), for the Labellers page. Runs that have them already are left alone (a store built
+    before this step gets them on the next start)."""
+    from clipeval.sources import add_source, complete_evaluations, evaluate_source
 
     for run_id in run_ids:
         have = set(store.label_sources(run_id)["origin"])
@@ -85,7 +86,8 @@ def add_sibling_sources(store: Store, run_ids: list[str], progress: bool = True,
                 print(f"label source for {run_id}: the labels of demo run {other}", file=sys.stderr)
             sid = add_source(store, run_id, "run", other)
             # warnings are shown, as in the rest of the build (a shared text encoder would be said here too)
-            evaluate_source(store, run_id, sid, progress=progress, cache_dir=cache_dir)
+            if len(complete_evaluations(store, run_id)):
+                evaluate_source(store, run_id, sid, progress=progress, cache_dir=cache_dir)
 
 
 ACCURACY_CAVEAT = ("not comparable with the paper's 95.5%: that is CLIP ViT-B/16 labelling ResNet-50 on ImageNet "

@@ -184,12 +184,17 @@ def describe_coverage(store: Store, run_id: str) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------- evaluating a source
-def run_evaluations(store: Store, run_id: str) -> pd.DataFrame:
-    """The run's complete evaluations (newest per evaluator): a source is judged with their settings
-    and models, so a run without any is refused."""
+def complete_evaluations(store: Store, run_id: str) -> pd.DataFrame:
+    """The run's complete evaluations, the newest per evaluator: the judges of its sources."""
     latest = store.latest_evaluations(run_id)
-    done = latest[latest["status"] == "complete"]
+    return latest[latest["status"] == "complete"]
+
+
+def run_evaluations(store: Store, run_id: str) -> pd.DataFrame:
+    """complete_evaluations, refused when there is none (a source would be judged by nothing)."""
+    done = complete_evaluations(store, run_id)
     if done.empty:
+        latest = store.latest_evaluations(run_id)
         found = ", ".join(f"{e} {st}" for e, st in zip(latest["evaluator"], latest["status"])) or "none"
         raise ClipevalError(f"run {run_id} has no complete evaluation (found: {found}); a source's labels are "
                             f"judged with the settings and models of the run's own evaluations: evaluate the run "

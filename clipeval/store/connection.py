@@ -142,17 +142,27 @@ class Connection:
         self.on_wait = on_wait if on_wait is not None else self._print_wait
         check_store_path(self.path, must_exist=read_only or not create)
         self._key = str(self.path.resolve())
+        self._creating, self._in_create = threading.RLock(), False
         self._ready = self.path.exists()
         if self._ready:
             self._init_schema()
 
     def _create(self) -> None:
-        """Make the store file and its tables (once, at the first read or write of a new store)."""
+        """Make the store file and its tables, once, at the first read or write of a new store. Other
+        threads (the app's warm-up) wait until the tables exist; the creating thread's own store calls
+        (in _init_schema) pass."""
         if self._ready:
             return
-        self._ready = True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._init_schema()
+        with self._creating:
+            if self._ready or self._in_create:
+                return
+            self._in_create = True
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._init_schema()
+                self._ready = True
+            finally:
+                self._in_create = False
 
     def _init_schema(self) -> None:  # Store sets up the tables
         pass

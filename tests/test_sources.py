@@ -219,5 +219,6 @@ def test_the_demo_shows_the_warnings_of_its_source_evaluations(monkeypatch, tmp_
 
     monkeypatch.setattr(sources, "add_source", lambda *a, **k: "src")
     monkeypatch.setattr(sources, "evaluate_source", judge)
+    monkeypatch.setattr(sources, "complete_evaluations", lambda store, run_id: pd.DataFrame({"evaluator": ["es"]}))
     with pytest.warns(UserWarning, match="shares the labeller's text encoder"):
         demo.add_sibling_sources(OneSource(), ["a", "b"], progress=False)

@@ -44,6 +44,8 @@ PAGES = [
 page = st.navigation(PAGES)
 try:
     data.flush_verdicts()  # annotations kept while a clipeval command held the store are saved first
+    for message in data.dropped_verdicts(clear=True):
+        st.warning(message, icon=":material/warning:")
     data.warm_up()  # once per server: every run's scores load in the background while the first page draws
     widgets.sidebar()  # run, k and thresholds: shared by every page and kept in the URL
     build.build_progress()  # a demo build running in the background: its stage and time left, on every page

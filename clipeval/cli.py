@@ -44,14 +44,15 @@ def _out_file(path: str) -> Path:
     return check_path(path, "output file", "write", new_folders=True)
 
 
-def _store(args, read_only: bool = False):
+def _store(args, read_only: bool = False, create: bool = False):
     """The run store of --db; a writer's is first checked to be writable where it lies (the store's
-    folder too: DuckDB writes its log beside the file)."""
+    folder too: DuckDB writes its log beside the file). Only commands that make runs (`create`) may make
+    a new store file, and then only at their first store access, after their own checks."""
     from clipeval.store import Store
 
     if not read_only:
         check_path(args.db, "run store", "write", new_folders=True)
-    return Store(args.db, read_only=read_only)
+    return Store(args.db, read_only=read_only, create=create)
 
 
 def _image_text_config(args, prefix: str):
@@ -119,7 +120,7 @@ def cmd_dissect(args) -> int:
         image_text=_image_text_config(args, "clip") or ImageTextConfig(),
         similarity=SimilarityConfig(args.similarity, _params(args.sim_param)),
         k=args.k, dtype=placement.dtype_name)
-    store = _store(args)
+    store = _store(args, create=True)
     run_id = pipeline.dissect(config, store, name=args.name or "", force=args.force, batch_size=args.batch_size,
                               num_workers=None if engine.is_ray else args.workers, device=placement.device,
                               engine=engine)
@@ -191,7 +192,7 @@ def cmd_import(args) -> int:
     engine = _engine(args)
     if engine.is_ray and not args.target:
         raise ClipevalError("--engine ray runs the activation pass, which needs --target and --probe")
-    store = _store(args)
+    store = _store(args, create=True)
     run_id = import_descriptions(store, args.file, name=args.name, target=args.target, weights=args.weights,
                                  probe=args.probe, pooling=args.pooling, concepts=args.concepts,
                                  on_bad_image=args.on_bad_image, placement=placement,
@@ -308,8 +309,11 @@ def cmd_sources(args) -> int:
             raise ClipevalError("give exactly one of --clip-dissect FILE, --milan FILE, --netdissect FILE, "
                                 "--from-run RUN")
         kind, origin = given[0]
+        if not args.no_evaluate:
+            sources.run_evaluations(store, run["run_id"])  # refused before anything is stored
         sid = sources.add_source(store, run["run_id"], kind, origin, name=args.name or "",
-                                 layer_map=args.layer_map, netdissect_layer=args.netdissect_layer)
+                                 layer_map=args.layer_map, netdissect_layer=args.netdissect_layer,
+                                 replace=args.force)
         _print_sources(store, run["run_id"], only=sid)
         if not args.no_evaluate:
             print("judging its labels on the run's stored images with the run's evaluators:")
@@ -597,7 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="rename the source's layers to the run's (repeat, or comma-separate)")
     so.add_argument("--name", help="a readable name for the source")
     so.add_argument("--no-evaluate", action="store_true", help="store the labels without judging them")
-    so.add_argument("--force", action="store_true", help="evaluate again even if done with these settings")
+    so.add_argument("--force", action="store_true",
+                    help="add: replace a source of the same name or id that has other labels (its evaluations "
+                         "are made again); evaluate: evaluate again even if done with these settings")
     so.set_defaults(func=cmd_sources)
 
     c = add("calibrate", help="fit an evaluator's threshold to a rater on part of the neurons")
@@ -605,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--evaluator", required=True, choices=["cp", "es", "vqa", "contrast"])
     c.add_argument("--rater", required=True)
     c.add_argument("--fit-fraction", type=_fraction, default=0.5)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0, help="seed of the random splits")
     c.set_defaults(func=cmd_calibrate)
 
     dm = add("demo", help="build the offline demo runs (if missing)")

@@ -17,7 +17,7 @@ from clipeval.errors import (
     out_of_space,
 )
 
-MAX_UNIT = 2**31 - 1  # the store's unit column is a 32-bit INTEGER
+MAX_UNIT = 2**31 - 2  # the largest unit: a layer's n_units (unit + 1) is a 32-bit INTEGER in the store
 
 
 def read_csv(path, required, what: str) -> pd.DataFrame:
@@ -47,6 +47,14 @@ def unit_column(df: pd.DataFrame, path) -> pd.Series:
         raise ClipevalError(f"{path}: unit {units[big].iloc[0]} in row {int(np.argmax(big)) + 2} is beyond any "
                             f"layer's size (at most {MAX_UNIT:,})")
     return units.astype("int64")
+
+
+def layer_column(df: pd.DataFrame, path) -> pd.Series:
+    """The layer column, stripped; an empty layer name is refused (it names no layer of any network)."""
+    layers = df["layer"].str.strip()
+    if (layers == "").any():
+        raise ClipevalError(f"{path}: empty layer name in row {int(np.argmax(layers == '')) + 2}")
+    return layers
 
 
 def first_rows(rows: pd.DataFrame, columns=("layer", "unit")) -> list:

@@ -33,6 +33,8 @@ skipped: list = st.session_state.setdefault(skipped_key, [])
 def _answer(layer_: str, unit_: int, label: str, verdict: bool) -> None:
     frame = pd.DataFrame([{"layer": layer_, "unit": int(unit_), "rater": rater, "verdict": bool(verdict)}])
     waiting = data.save_verdicts(ctx.run_id, frame, source="app")
+    if data.dropped_verdicts():  # the run was removed: the app says so above every page
+        return
     answer = f"{layer_} / {unit_} “{label}” → {'yes' if verdict else 'no'}"
     st.session_state["annotate_notice"] = (
         f"Saved: {answer}." if not waiting else

@@ -109,13 +109,15 @@ else:
     # each run at its own judges' defaults: the sidebar's thresholds are the selected run's, and a run judged
     # by another model has its thresholds on another scale (a ConSE cosine is not a CLIP cosine)
     full = data.runs_comparison(None, ctx.k)
-    shares = [c for c in full.columns if c not in ("name", "probe", "concepts", "neurons", "run", "thresholds")
-              and full[c].notna().any()]  # evaluators no run has are left out; settings no run recorded stay
-    comparison = full.copy()
+    # kept when empty (runs imported without a probe or concepts)
+    about = ["run", "probe", "concepts", "neurons", "thresholds"]
+    shares = [c for c in full.columns if c not in ("name", *about)
+              and full[c].notna().any()]  # evaluators no run has are left out
+    comparison = full.reindex(columns=["name", *about, *shares])
     comparison[shares] = comparison[shares].map(widgets.fmt_pct)
     short = {r: differs.get(r) or r[:8] for r in comparison["run"]}
-    st.dataframe(tables.by_run_columns(comparison[["run", "probe", "concepts", "neurons", "thresholds", *shares]]
-                                       .astype(str), short), hide_index=True, width="stretch")
+    st.dataframe(tables.by_run_columns(comparison[[*about, *shares]].astype(str), short), hide_index=True,
+                 width="stretch")
     weak = [f"- {short.get(row['run'], row['name'])}: {h.warning()}" for row in full.to_dict("records")
             for h in headlines.comparison_headlines(row) if h.warning()]
     if weak:

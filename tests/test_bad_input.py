@@ -116,7 +116,7 @@ def test_db_named_like_a_csv_is_refused_before_a_run(tmp_path, probe_dir, capsys
 
 def test_db_before_or_after_the_subcommand(db, built_run, tmp_path, capsys):
     empty = tmp_path / "other.duckdb"
-    Store(empty)
+    Store(empty).runs()  # a new store is made at its first access
     assert main(["runs", "--db", str(db)]) == 0
     assert built_run[1] in capsys.readouterr().out
     assert main(["--db", str(db), "runs"]) == 0

@@ -716,7 +716,7 @@ def test_a_run_that_is_not_complete_is_refused(colour_run, status):
     store.execute("UPDATE runs SET status = ?, pid = NULL WHERE run_id = ?", [status, run_id])  # killed
     before = counts(store)
     for names in ("es", "cp,es,contrast", "vqa"):
-        with pytest.raises(ClipevalError, match=f"not complete") as e:
+        with pytest.raises(ClipevalError, match="not complete") as e:
             run_mod.evaluate(store, run_id, names, cache_dir=cache, progress=False)
         assert run_id in str(e.value)
     assert counts(store) == before and not model.encoded_images

@@ -221,5 +221,6 @@ def test_the_demo_shows_the_warnings_of_its_source_evaluations(monkeypatch, tmp_
 
     monkeypatch.setattr(demo, "add_source", lambda *a, **k: "src")
     monkeypatch.setattr(demo, "evaluate_source", judge)
+    monkeypatch.setattr(demo, "complete_evaluations", lambda store, run_id: pd.DataFrame({"evaluator": ["es"]}))
     with pytest.warns(UserWarning, match="shares the labeller's text encoder"):
         demo.add_sibling_sources(OneSource(), ["a", "b"], progress=False)

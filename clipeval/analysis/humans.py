@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from clipeval.errors import ClipevalError
-from clipeval.files import atomic_write, first_rows, read_csv, unit_column
+from clipeval.files import atomic_write, first_rows, layer_column, read_csv, unit_column
 from clipeval.store import Store
 
 HUMAN_COLUMNS = ("layer", "unit", "verdict")
@@ -31,7 +31,7 @@ def import_human(store: Store, run_id: str, path, *, rater: str | None = None, r
     run = store.complete_run(run_id)
     df = read_csv(path, HUMAN_COLUMNS, "verdicts")
     df["unit"] = unit_column(df, path)
-    df["layer"] = df["layer"].str.strip()
+    df["layer"] = layer_column(df, path)
     df["verdict"] = parse_verdicts(df["verdict"], path)
     if "rater" not in df.columns or (df["rater"].str.strip() == "").any():
         if not rater:

@@ -43,7 +43,7 @@ from clipeval.config import (
 from clipeval.datasets.imagenet import imagenet_synonyms
 from clipeval.errors import ClipevalError
 from clipeval.evaluators.judges import CALIBRATED, calibrate_splits, save_calibration
-from clipeval.evaluators.sources import add_source, evaluate_source
+from clipeval.evaluators.sources import add_source, complete_evaluations, evaluate_source
 from clipeval.store import DEFAULT_DB, Store
 
 # Imported inside the functions that use them: the dissection and evaluation code (torch and the models) and
@@ -89,8 +89,9 @@ def reference_verdicts(store: Store, run_id: str, layer: str = FINAL_LAYER) -> p
 
 def add_sibling_sources(store: Store, run_ids: list[str], progress: bool = True, cache_dir=None) -> None:
     """Each demo run gets the other demo runs' labels as label sources (same network, probe and units;
-    other concept sets), judged by its own evaluators, for the Labellers page. Runs that have them
-    already are left alone (a store built before this step gets them on the next start)."""
+    other concept sets), judged by its own evaluators (a run without a complete evaluation gets them
+    unjudged), for the Labellers page. Runs that have them already are left alone (a store built
+    before this step gets them on the next start)."""
 
     for run_id in run_ids:
         have = set(store.label_sources(run_id)["origin"])
@@ -100,7 +101,8 @@ def add_sibling_sources(store: Store, run_ids: list[str], progress: bool = True,
                 print(f"label source for {run_id}: the labels of demo run {other}", file=sys.stderr)
             sid = add_source(store, run_id, "run", other)
             # warnings are shown, as in the rest of the build (a shared text encoder would be said here too)
-            evaluate_source(store, run_id, sid, progress=progress, cache_dir=cache_dir)
+            if len(complete_evaluations(store, run_id)):
+                evaluate_source(store, run_id, sid, progress=progress, cache_dir=cache_dir)
 
 
 ACCURACY_CAVEAT = ("not comparable with the paper's 95.5%: that is CLIP ViT-B/16 labelling ResNet-50 on ImageNet "
@@ -115,11 +117,13 @@ def calibrate_stand_in(store: Store, run_ids: list[str], layer: str = FINAL_LAYE
 
     frames: dict[str, list] = {e: [] for e in CALIBRATED}
     info = None
+    used = []
     for run_id in run_ids:
         view = RunView(store, run_id)
         ref = view.humans.get(REFERENCE_RATER)
         if ref is None:
             continue
+        used.append(view.run_id)
         for e in CALIBRATED:
             if e not in view.available:
                 continue
@@ -138,7 +142,7 @@ def calibrate_stand_in(store: Store, run_ids: list[str], layer: str = FINAL_LAYE
             f = pd.concat(parts, ignore_index=True)
             results[e] = calibrate_splits(f["score"].to_numpy(), f["verdict"].to_numpy().astype(bool), e)
     save_calibration(store, info, results, REFERENCE_RATER,
-                     f"the final layer ({layer}) of the {len(run_ids)} demo runs pooled")
+                     f"the final layer ({layer}) of the {len(run_ids)} demo runs pooled", runs=used)
     return results
 
 

@@ -15,7 +15,7 @@ from clipeval.compute.engine import LOCAL
 from clipeval.config import TargetConfig, stable_hash
 from clipeval.datasets.concepts import load_concepts
 from clipeval.errors import ClipevalError, check_space
-from clipeval.files import atomic_write, first_rows, read_csv, unit_column
+from clipeval.files import atomic_write, first_rows, layer_column, read_csv, unit_column
 from clipeval.store import Store
 
 # Imported inside the functions that use them: the probe pass (torch, the target), only when an import names
@@ -38,7 +38,7 @@ def export_descriptions(store: Store, run_id: str, out) -> Path:
 def read_descriptions(path) -> pd.DataFrame:
     df = read_csv(path, DESCRIPTION_COLUMNS[:3], "descriptions")
     df["unit"] = unit_column(df, path)
-    df["layer"] = df["layer"].str.strip()
+    df["layer"] = layer_column(df, path)
     df["description"] = df["description"].str.strip()
     if (df["description"] == "").any():
         raise ClipevalError(f"{path}: empty description for {first_rows(df[df['description'] == ''])}")

@@ -86,9 +86,10 @@ def calibrate_splits(scores: np.ndarray, reference: np.ndarray, evaluator: str, 
             "heldout_share_correct": float(np.mean([f["test_share_correct"] for f in fits]))}
 
 
-def save_calibration(store, info: dict, results: dict, rater: str, where: str) -> None:
+def save_calibration(store, info: dict, results: dict, rater: str, where: str, runs=()) -> None:
+    """Store a model's calibrated thresholds, fitted on `runs` (refused if one was removed meanwhile)."""
     store.set_meta(backend_key(info), json.dumps({"model": info.get("description", ""), "rater": rater,
-                                                  "where": where, "results": results}))
+                                                  "where": where, "results": results}), runs=runs)
 
 
 def load_calibration(store, info: dict) -> dict | None:

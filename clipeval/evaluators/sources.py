@@ -69,8 +69,10 @@ def read_clip_dissect(path) -> pd.DataFrame:
 
 def read_milan(path) -> pd.DataFrame:
     """MILAN's layer,unit,description (a free-text description; MILAN gives no score)."""
+    from clipeval.files import layer_column
+
     df = _read(path, ("layer", "unit", "description"), "MILAN")
-    df["layer"] = df["layer"].str.strip()
+    df["layer"] = layer_column(df, path)
     df["label"] = df["description"].str.strip()
     if (df["label"] == "").any():
         raise ClipevalError(f"{path}: empty description for unit {int(df[df['label'] == '']['unit'].iloc[0])}")
@@ -121,10 +123,12 @@ def parse_layer_map(items) -> dict[str, str]:
 
 # ------------------------------------------------------------------------- adding a source
 def add_source(store: Store, run_id: str, kind: str, origin: str, *, name: str = "", layer_map=None,
-               netdissect_layer: str | None = None) -> str:
+               netdissect_layer: str | None = None, replace: bool = False) -> str:
     """Read a source (a file, or another run's id for kind 'run'), match it to the run's units and
     store it. Everything is checked before anything is written; a source that matches no unit of
-    the run is refused with the layers on each side, so a missing layer map is noticed at once."""
+    the run is refused with the layers on each side, so a missing layer map is noticed at once.
+    The same labels added again keep their evaluations; other labels under an existing source's id
+    or name are refused unless `replace` (Store.put_label_source)."""
     if kind not in KINDS:
         raise ClipevalError(f"unknown label source kind {kind!r}; choose from {', '.join(KINDS)}")
     run = store.complete_run(run_id)
@@ -163,8 +167,12 @@ def add_source(store: Store, run_id: str, kind: str, origin: str, *, name: str =
             "Map them with --layer-map SOURCE_LAYER=RUN_LAYER")
     source_id = stable_hash("label-source", run_id, kind, content, sorted(layer_map.items()),
                             settings.get("layer", ""))
-    store.put_label_source({"source_id": source_id, "run_id": run_id, "name": name or default_name, "kind": kind,
-                            "origin": origin, "settings": settings, "score_name": SCORE_NAMES[kind]}, labels)
+    if not name:  # added again without a name: it keeps the one it has
+        known = store.label_sources(run_id)
+        name = next(iter(known.loc[known["source_id"] == source_id, "name"]), default_name)
+    store.put_label_source({"source_id": source_id, "run_id": run_id, "name": name, "kind": kind,
+                            "origin": origin, "settings": settings, "score_name": SCORE_NAMES[kind]}, labels,
+                           replace=replace)
     return source_id
 
 
@@ -181,6 +189,24 @@ def describe_coverage(store: Store, run_id: str) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------- evaluating a source
+def complete_evaluations(store: Store, run_id: str) -> pd.DataFrame:
+    """The run's complete evaluations, the newest per evaluator: the judges of its sources."""
+    latest = store.latest_evaluations(run_id)
+    return latest[latest["status"] == "complete"]
+
+
+def run_evaluations(store: Store, run_id: str) -> pd.DataFrame:
+    """complete_evaluations, refused when there is none (a source would be judged by nothing)."""
+    done = complete_evaluations(store, run_id)
+    if done.empty:
+        latest = store.latest_evaluations(run_id)
+        found = ", ".join(f"{e} {st}" for e, st in zip(latest["evaluator"], latest["status"])) or "none"
+        raise ClipevalError(f"run {run_id} has no complete evaluation (found: {found}); a source's labels are "
+                            f"judged with the settings and models of the run's own evaluations: evaluate the run "
+                            f"first (clipeval evaluate {run_id}); `sources add --no-evaluate` stores a source unjudged")
+    return done
+
+
 def _shuffled(labels: pd.DataFrame, seed: int) -> pd.DataFrame:
     """The source's own labels shuffled across its units of each layer: the source's baseline."""
     rng = np.random.default_rng(seed)
@@ -205,8 +231,7 @@ def evaluate_source(store: Store, run_id: str, source_id: str, evaluators=None, 
     if source_id not in set(sources["source_id"]):
         raise ClipevalError(f"run {run_id} has no label source {source_id!r}; sources: "
                             f"{', '.join(sources['source_id']) or 'none'}")
-    latest = store.latest_evaluations(run_id)
-    done = latest[latest["status"] == "complete"]
+    done = run_evaluations(store, run_id)
     wanted = list(evaluators) if evaluators else [e for e in SOURCE_EVALUATORS if e in set(done["evaluator"])]
     labels = store.source_labels(run_id, source_id)[["layer", "unit", "label"]]  # on live units only
     # the labels judged are part of a pass's identity: a pass over other units (one whose shuffled baseline

@@ -51,13 +51,13 @@ from clipeval.store.console import ConsoleMixin, check_read_only_sql
 from clipeval.store.evaluations import EvaluationsMixin
 from clipeval.store.humans import HumansMixin
 from clipeval.store.queries import QueriesMixin
-from clipeval.store.runs import RunsMixin, now, pid_alive
+from clipeval.store.runs import RunRemoved, RunsMixin, now, pid_alive
 from clipeval.store.schema import RUN_TABLES, SCHEMA_VERSION, SchemaMixin
 from clipeval.store.sources import SourcesMixin
 
 DEFAULT_DB = Path(os.environ.get("CLIPEVAL_DB", Path(__file__).resolve().parents[2] / "data" / "clipeval.duckdb"))
 
-__all__ = ["Store", "StoreBusy", "DEFAULT_DB", "DEFAULT_LOCK_TIMEOUT_S", "SCHEMA_VERSION", "RUN_TABLES",
+__all__ = ["Store", "StoreBusy", "RunRemoved", "DEFAULT_DB", "DEFAULT_LOCK_TIMEOUT_S", "SCHEMA_VERSION", "RUN_TABLES",
            "check_store_path", "check_read_only_sql", "lock_timeout", "now", "pid_alive"]
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -59,6 +60,11 @@ def check_store_path(path: Path, must_exist: bool) -> None:
     """Refuse a path that is not (and cannot become) a DuckDB run store, before DuckDB opens it."""
     if path.is_dir():
         raise ClipevalError(f"the run store {path} is a folder; --db takes a DuckDB file (e.g. runs.duckdb)")
+    if path.exists() and not path.is_file():  # opening a FIFO would wait for a writer forever
+        mode = path.stat().st_mode
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        raise ClipevalError(f"the run store {path} is {kind}; --db takes a DuckDB file (e.g. runs.duckdb)")
     if must_exist and not os.path.lexists(path):
         raise ClipevalError(f"run store {path} does not exist yet; make a run first (clipeval demo)")
     if os.path.lexists(path):  # a symlink loop, an unreadable file, a pipe: named here, not by DuckDB
@@ -132,18 +138,38 @@ class Connection:
     """The store's file and how to hold it briefly. Store (clipeval.store) adds the queries."""
 
     def __init__(self, path: str | os.PathLike, read_only: bool = False, *, on_wait=None,
-                 timeout_s: float | None = None):
-        """`read_only`: this Store never writes (and the file must exist). `on_wait(message)` is told
-        once per wait for the lock (default: print to stderr); `timeout_s` defaults to lock_timeout()."""
+                 timeout_s: float | None = None, create: bool = True):
+        """`read_only`: this Store never writes (and the file must exist). `create`: a writer may make
+        a new store; it does so at its first access, so a command refused before then leaves no file.
+        `on_wait(message)` is told once per wait for the lock (default: print to stderr); `timeout_s`
+        defaults to lock_timeout()."""
         self.path = Path(path).expanduser()
         self.read_only = read_only
         self.timeout_s = lock_timeout() if timeout_s is None else float(timeout_s)
         self.on_wait = on_wait if on_wait is not None else self._print_wait
-        check_store_path(self.path, must_exist=read_only)
+        check_store_path(self.path, must_exist=read_only or not create)
         self._key = str(self.path.resolve())
-        if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._init_schema()
+        self._creating, self._in_create = threading.RLock(), False
+        self._ready = self.path.exists()
+        if self._ready:
+            self._init_schema()
+
+    def _create(self) -> None:
+        """Make the store file and its tables, once, at the first read or write of a new store. Other
+        threads (the app's warm-up) wait until the tables exist; the creating thread's own store calls
+        (in _init_schema) pass."""
+        if self._ready:
+            return
+        with self._creating:
+            if self._ready or self._in_create:
+                return
+            self._in_create = True
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._init_schema()
+                self._ready = True
+            finally:
+                self._in_create = False
 
     def _init_schema(self) -> None:  # Store sets up the tables
         pass
@@ -186,6 +212,7 @@ class Connection:
     @contextmanager
     def reading(self):
         """A read-only connection for the span of the block (reused if this thread already holds one)."""
+        self._create()
         held = getattr(_held, "cons", None)
         if held is None:
             held = _held.cons = {}
@@ -206,6 +233,7 @@ class Connection:
         """One read-write transaction on a connection opened for it and closed after it: all or nothing."""
         if self.read_only:
             raise ClipevalError(f"the run store {self.path} was opened read-only")
+        self._create()
         held = getattr(_held, "cons", None)
         if held is None:
             held = _held.cons = {}

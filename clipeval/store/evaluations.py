@@ -8,8 +8,8 @@ import socket
 
 import pandas as pd
 
-from clipeval.store.runs import insert_frame as insert_frame
-from clipeval.store.runs import mark_interrupted, now
+from clipeval.store.runs import insert_frame, mark_interrupted, now, require_run
+
 
 SCORE_COLUMNS = ["layer", "unit", "variant", "kind", "rank", "image_id", "label", "raw"]
 
@@ -30,6 +30,7 @@ def start_running(store, table: str, id_col: str, id_value: str, row: dict) -> b
     a kill leaves it visibly interrupted, not absent. A complete row is left as it is until its
     replacement is recorded; returns whether a 'running' row was written."""
     with store.transaction() as cur:
+        require_run(cur, row["run_id"])
         found = cur.execute(f"SELECT status FROM {table} WHERE {id_col} = ?", [id_value]).fetchall()
         if found and found[0][0] == "complete":
             return False
@@ -65,6 +66,7 @@ class EvaluationsMixin:
         (status 'complete', or 'unavailable' / 'failed' with the reason and no scores): the old scores
         stay until the new ones are in."""
         with self.transaction() as cur:
+            require_run(cur, run_id)
             created = cur.execute("SELECT created_at FROM evaluations WHERE eval_id = ? AND status = 'running'",
                                   [eval_id]).fetchall()
             replace_scores(cur, "evaluations", "eval_scores", "eval_id", eval_id, scores)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from clipeval.store.runs import insert_frame as insert_frame
-from clipeval.store.runs import now
+from clipeval.store.runs import insert_frame, now, require_run
 
 
 class HumansMixin:
@@ -15,6 +14,7 @@ class HumansMixin:
         frame["unit"] = frame["unit"].astype(int)
         frame["verdict"] = frame["verdict"].astype(bool)
         with self.transaction() as cur:
+            require_run(cur, run_id)
             insert_frame(cur, "human_verdicts", frame, "run_id, source, created_at", [run_id, source, now()])
         return len(frame)
 

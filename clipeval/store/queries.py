@@ -26,7 +26,8 @@ class QueriesMixin:
             row = self._version_row(where, [run_id] * 3 if run_id else [])
             if self.has_table("label_sources"):  # an older store read as it is has no sources yet
                 row += self.rows(
-                    f"SELECT (SELECT count(*) || '/' || coalesce(max(created_at)::TEXT, '') FROM label_sources{where}), "
+                    f"SELECT (SELECT count(*) || '/' || coalesce(max(created_at)::TEXT, '') || '/' || coalesce(md5("
+                    f"string_agg(source_id || name, ',' ORDER BY source_id)), '') FROM label_sources{where}), "
                     f"       (SELECT count(*) || '/' || coalesce(max(created_at)::TEXT, '') || '/' || coalesce(md5("
                     f"string_agg(source_eval_id || status, ',' ORDER BY source_eval_id)), '') FROM source_evals{where})",
                     [run_id] * 2 if run_id else [])[0]

@@ -37,6 +37,18 @@ def mark_interrupted(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+class RunRemoved(ClipevalError):
+    """The run a writer was writing to was removed (`clipeval rm`, the app) while it worked."""
+
+
+def require_run(cur, run_id: str) -> None:
+    """Inside a writer's transaction, before it writes rows of `run_id`: refuse if the run is gone.
+    `rm` may commit at any moment before this transaction; rows written after it would be orphans
+    that a later run with the same id (its settings' hash) would inherit."""
+    if not cur.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchall()[0][0]:
+        raise RunRemoved(f"run {run_id} was removed while this was being computed; nothing of it was stored")
+
+
 def insert_frame(con, table: str, frame: pd.DataFrame, key_cols: str, key_values: list) -> None:
     """INSERT every row of `frame` into `table`, with the key columns set to `key_values`."""
     if frame is None or not len(frame):
@@ -78,6 +90,7 @@ class RunsMixin:
         of the same run (a forced recompute) is deleted in the same transaction, so a reader, or a
         kill -9 at any moment, finds either the old complete result or the new one."""
         with self.transaction() as cur:
+            require_run(cur, run_id)
             for table in RUN_TABLES:
                 cur.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
             for table, frame in (("layers", layers), ("neurons", neurons), ("runner_ups", runner_ups),
@@ -95,8 +108,12 @@ class RunsMixin:
     def get_meta(self, key: str) -> str | None:
         return self.scalar("SELECT value FROM meta WHERE key = ?", [key])
 
-    def set_meta(self, key: str, value: str) -> None:
-        self.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+    def set_meta(self, key: str, value: str, runs=()) -> None:
+        """Store a setting; one derived from `runs` (a calibration) is refused if one of them is gone."""
+        with self.transaction() as cur:
+            for run_id in runs:
+                require_run(cur, run_id)
+            cur.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
 
     def set_run_timings(self, run_id: str, timings: dict) -> None:
         self.execute("UPDATE runs SET timings_json = ? WHERE run_id = ?", [json.dumps(timings), run_id])
@@ -109,6 +126,9 @@ class RunsMixin:
 
     def run(self, run_id: str) -> dict:
         """One run by id or unique id prefix or name."""
+        if not str(run_id).strip():  # '' is a prefix of every id: an unset "$RUN" must not pick a run
+            raise ClipevalError("the run id is empty; name a run by its id, an id prefix or its name "
+                                "(`clipeval runs` lists them)")
         df = self.runs()
         hit = df[(df["run_id"] == run_id) | (df["name"] == run_id)]
         if hit.empty:
@@ -136,6 +156,7 @@ class RunsMixin:
         return name
 
     def delete_run(self, run_id: str) -> None:
+        """The run and every row that belongs to it, in one transaction."""
         with self.transaction() as cur:
             evals = [r[0] for r in cur.execute("SELECT eval_id FROM evaluations WHERE run_id = ?", [run_id]).fetchall()]
             for table in ("eval_scores", "eval_neurons"):

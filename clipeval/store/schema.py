@@ -82,15 +82,20 @@ class SchemaMixin:
         when needed: a current store is only read here)."""
         if self.path.exists():
             with self.reading() as con:
-                has_meta = con.execute("SELECT count(*) FROM information_schema.tables "
-                                       "WHERE table_name = 'meta'").fetchall()[0][0]
+                tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
+                                                    "ORDER BY table_name").fetchall()]
+                has_meta = "meta" in tables
                 version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() \
                     if has_meta else []
             if version and int(version[0][0]) >= SCHEMA_VERSION:
                 return
+            # another program's database: a writer must not add the store's tables to it (an empty
+            # DuckDB file, e.g. from a writer killed before its first commit, may become a store)
+            if not has_meta and (tables or self.read_only):
+                raise ClipevalError(f"{self.path} is a DuckDB file without a run store in it"
+                                    + (f" (its tables: {', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''})"
+                                       if tables else "") + "; --db takes a run store, or a new name to make one")
             if self.read_only:
-                if not has_meta:
-                    raise ClipevalError(f"{self.path} is a DuckDB file without a run store in it")
                 return  # an older store is read as it is; the next writer upgrades it
         with self.transaction() as con:
             con.execute(SCHEMA)

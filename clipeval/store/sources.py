@@ -7,24 +7,66 @@ import json
 
 import pandas as pd
 
+from clipeval.errors import ClipevalError
 from clipeval.store.evaluations import SCORE_COLUMNS, replace_scores, start_running
-from clipeval.store.runs import insert_frame as insert_frame
-from clipeval.store.runs import mark_interrupted, now
+from clipeval.store.runs import insert_frame, mark_interrupted, now, require_run
+
+LABEL_COLUMNS = "layer, unit, label, score, detail"
+
+
+def _require_source(cur, source_id: str, run_id: str) -> None:
+    """Inside a transaction: refuse to write a pass over a source that was removed meanwhile."""
+    require_run(cur, run_id)
+    if not cur.execute("SELECT count(*) FROM label_sources WHERE source_id = ?", [source_id]).fetchall()[0][0]:
+        raise ClipevalError(f"label source {source_id} of run {run_id} was removed while it was being judged; "
+                            "nothing of the pass was stored")
 
 
 class SourcesMixin:
-    def put_label_source(self, source: dict, labels: pd.DataFrame) -> None:
-        """Store (or replace) one label source of a run with all its labels, in one transaction; a
-        replaced source loses its old evaluations (they judged other labels)."""
+    def put_label_source(self, source: dict, labels: pd.DataFrame, replace: bool = False) -> None:
+        """Store one label source of a run with all its labels, in one transaction. The same labels
+        added again keep the source's evaluations (only its name follows the new one). Other labels
+        under the source's id or under the name of another of the run's sources are refused unless
+        `replace`: then they replace that source, whose evaluations go with it (they judged other labels)."""
         frame = labels[["layer", "unit", "label", "score", "detail"]].copy()
         frame["unit"] = frame["unit"].astype("int64")
         frame["score"] = frame["score"].astype(float)
+        sid, run_id, name = source["source_id"], source["run_id"], source["name"]
         with self.transaction() as cur:
-            self._delete_sources(cur, "source_id = ?", [source["source_id"]])
+            require_run(cur, run_id)
+            old = cur.execute("SELECT name FROM label_sources WHERE source_id = ?", [sid]).fetchall()
+            same_name = [r[0] for r in cur.execute(
+                "SELECT source_id FROM label_sources WHERE run_id = ? AND name = ? AND source_id <> ?",
+                [run_id, name, sid]).fetchall()]
+            if same_name and not replace:
+                raise ClipevalError(f"run {run_id} already has a label source named {name!r} ({same_name[0]}) with "
+                                    "other labels; give this one another name (--name), or pass --force to replace "
+                                    "that source (its evaluations are dropped with it)")
+            if old:
+                cur.register("frame", frame)
+                try:
+                    stored = f"SELECT {LABEL_COLUMNS} FROM source_labels WHERE source_id = ?"
+                    differ = max(cur.execute(
+                        f"SELECT (SELECT count(*) FROM (SELECT {LABEL_COLUMNS} FROM frame EXCEPT ALL {stored})), "
+                        f"(SELECT count(*) FROM ({stored} EXCEPT ALL SELECT {LABEL_COLUMNS} FROM frame))",
+                        [sid, sid]).fetchall()[0])
+                finally:
+                    cur.unregister("frame")
+                if not differ:  # the same labels: their evaluations still hold
+                    cur.execute("UPDATE label_sources SET name = ? WHERE source_id = ?", [name, sid])
+                    self._delete_sources(cur, "source_id IN (SELECT unnest(?::TEXT[]))", [same_name])
+                    return
+                if not replace:
+                    raise ClipevalError(f"label source {sid} ({old[0][0]}) of run {run_id} has other labels than "
+                                        f"these ({differ} of its labels differ); pass --force to replace it (its "
+                                        "evaluations are dropped and made again)")
+                self._delete_sources(cur, "source_id = ?", [sid])
             cur.execute("INSERT INTO label_sources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [source["source_id"], source["run_id"], source["name"], source["kind"], source["origin"],
-                         json.dumps(source.get("settings", {})), source.get("score_name") or None, len(frame), now()])
-            insert_frame(cur, "source_labels", frame, "source_id", [source["source_id"]])
+                        [sid, run_id, name, source["kind"], source["origin"], json.dumps(source.get("settings", {})),
+                         source.get("score_name") or None, len(frame), now()])
+            insert_frame(cur, "source_labels", frame, "source_id", [sid])
+            # the source this one replaces goes only now, in the transaction that wrote its replacement
+            self._delete_sources(cur, "source_id IN (SELECT unnest(?::TEXT[]))", [same_name])
 
     @staticmethod
     def _delete_sources(cur, where: str, params: list) -> None:
@@ -95,8 +137,10 @@ class SourcesMixin:
     def start_source_evaluation(self, source_eval_id: str, source_id: str, run_id: str, evaluator: str,
                                 config_json: str) -> bool:
         """A 'running' row for one pass over a source's labels (see start_running)."""
-        return start_running(self, "source_evals", "source_eval_id", source_eval_id, {
-            "source_id": source_id, "run_id": run_id, "evaluator": evaluator, "config_json": config_json})
+        with self.transaction() as cur:  # start_running's transaction is this one
+            _require_source(cur, source_id, run_id)
+            return start_running(self, "source_evals", "source_eval_id", source_eval_id, {
+                "source_id": source_id, "run_id": run_id, "evaluator": evaluator, "config_json": config_json})
 
     def fail_source_evaluation(self, source_eval_id: str, status: str, error: str) -> None:
         """Flag a started pass failed/interrupted (a complete one keeps its result)."""
@@ -110,6 +154,7 @@ class SourcesMixin:
         """Replace one evaluator pass over a source's labels with its raw scores, in one transaction
         (the old scores stay until the new ones are in)."""
         with self.transaction() as cur:
+            _require_source(cur, source_id, run_id)
             replace_scores(cur, "source_evals", "source_scores", "source_eval_id", source_eval_id, scores)
             cur.execute("INSERT INTO source_evals (source_eval_id, source_id, run_id, evaluator, config_json, status, "
                         "created_at, wall_s, models_json, n_concepts, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -101,6 +101,7 @@ def after_write() -> None:
 
 
 PENDING_KEY = "_clipeval_pending_verdicts"
+DROPPED_KEY = "_clipeval_dropped_verdicts"
 
 
 def save_verdicts(run_id: str, frame: pd.DataFrame, source: str = "app") -> int:
@@ -118,7 +119,8 @@ def pending_verdicts() -> list:
 
 
 def flush_verdicts() -> int:
-    """Save this session's waiting verdicts, oldest first; returns how many still wait."""
+    """Save this session's waiting verdicts, oldest first; returns how many still wait. An answer on a
+    run removed meanwhile (by `clipeval rm` or another tab) is dropped and said so (dropped_verdicts)."""
     pending = st.session_state.get(PENDING_KEY) or []
     while pending:
         run_id, frame, source = pending[0]
@@ -126,9 +128,21 @@ def flush_verdicts() -> int:
             store().add_human_verdicts(run_id, frame, source=source)
         except store_mod.StoreBusy:
             break
+        except store_mod.RunRemoved:
+            st.session_state.setdefault(DROPPED_KEY, []).append(
+                f"Not saved: {len(frame)} answer(s) on run {run_id}; the run was removed (by `clipeval rm` or "
+                "another tab) before they could be stored.")
         pending.pop(0)
         after_write()
     return len(pending)
+
+
+def dropped_verdicts(clear: bool = False) -> list[str]:
+    """Messages about this session's answers that were not saved because their run was removed."""
+    out = list(st.session_state.get(DROPPED_KEY) or [])
+    if clear:
+        st.session_state.pop(DROPPED_KEY, None)
+    return out
 
 
 @st.cache_data(max_entries=2048, show_spinner=False)

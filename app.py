@@ -14,7 +14,8 @@ ICON = str(Path(__file__).resolve().parent / "assets" / "icon.png")
 st.set_page_config(page_title="clipeval explorer", page_icon=ICON, layout="wide")
 # Narrow windows (about 800 px with the sidebar open): let columns wrap instead of squeezing, so metric
 # values, toggle names and buttons are never cut to "8..." or "V...".
-st.markdown("""<style>
+st.markdown(
+    """<style>
 @media (max-width: 1100px) {
   [data-testid="stHorizontalBlock"] { flex-wrap: wrap; row-gap: 0.5rem; }
   /* two columns a row, none growing alone to full width (a lone 5th image would fill the page) */
@@ -25,7 +26,9 @@ st.markdown("""<style>
   [data-testid="stHorizontalBlock"] > [data-testid="stColumn"]:has([data-testid="stDataFrame"], .cv-table) {
     flex: 1 1 100%; }
 }
-</style>""", unsafe_allow_html=True)
+</style>""",
+    unsafe_allow_html=True,
+)
 
 PAGES = [
     st.Page("pages/home.py", title="Overview", icon=":material/home:", default=True),

@@ -78,8 +78,11 @@ def machine() -> dict:
 
 def print_machine(info: dict | None = None) -> dict:
     info = info or machine()
-    v = " ".join(f"{k} {info[k]}" for k in ("python", "torch", "numpy", "pandas", "open_clip", "transformers", "timm")
-                 if k in info)
+    v = " ".join(
+        f"{k} {info[k]}"
+        for k in ("python", "torch", "numpy", "pandas", "open_clip", "transformers", "timm")
+        if k in info
+    )
     print(f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB RAM, GPU: {info['gpu']}")
     print(f"         torch threads {info['torch_threads']}; load average (1m 5m) at start: {info['load_avg_1m_5m']}")
     print(f"         {v}")
@@ -161,7 +164,10 @@ def table(rows: list[dict], columns: list[str]) -> str:
     """A GitHub-markdown table (prints readably in a terminal too)."""
     cells = [[str(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
+
+    def line(vals):
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
+
     out = [line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(row) for row in cells]
     return "\n".join(out)
@@ -190,8 +196,8 @@ def probe_images(n: int, seed: int = 0, prefer_full: bool = True) -> tuple[list[
     /tmp on first use, about 85 images) with its files repeated."""
     import numpy as np
 
-    from clipeval.demo.probe import build_demo_probe
     from clipeval.datasets.probe import load_probe
+    from clipeval.demo.probe import build_demo_probe
 
     if prefer_full and (FULL_PROBE / "BUILD_INFO.json").exists():
         folder = FULL_PROBE

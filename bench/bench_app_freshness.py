@@ -28,15 +28,19 @@ from _common import ROOT, fmt_s, parser, print_machine, ratio, table, write_json
 
 
 def build(root: Path):
-    from clipeval.dissect import pipeline
     from clipeval.config import ConceptConfig, DissectConfig, ProbeConfig, SimilarityConfig, TargetConfig
     from clipeval.demo.probe import build_demo_probe
+    from clipeval.dissect import pipeline
     from clipeval.store import Store
 
     probe = build_demo_probe(root / "probe", size="small", progress=False)
-    cfg = DissectConfig(target=TargetConfig("efficientnet_lite0"), layers=("classifier",),
-                        probe=ProbeConfig((str(probe),)), concepts=ConceptConfig("imagenet"),
-                        similarity=SimilarityConfig("soft_wpmi", (("top_k", 20.0),)))
+    cfg = DissectConfig(
+        target=TargetConfig("efficientnet_lite0"),
+        layers=("classifier",),
+        probe=ProbeConfig((str(probe),)),
+        concepts=ConceptConfig("imagenet"),
+        similarity=SimilarityConfig("soft_wpmi", (("top_k", 20.0),)),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pipeline.dissect(cfg, Store(root / "runs.duckdb"), cache_dir=root / "cache", progress=False)
@@ -69,9 +73,24 @@ def main() -> None:
             at.run()  # nothing new: the baseline rerun
             idle.append(time.perf_counter() - t)
             name = f"fresh{i}"
-            cmd = [sys.executable, "-m", "clipeval", "dissect", "--db", str(db), "--layers", "classifier",
-                   "--probe", str(probe), "--concepts", "imagenet", "--sim-param", f"top_k={21 + i}",
-                   "--name", name]  # the cache beside the store: the probe pass is cached
+            cmd = [
+                sys.executable,
+                "-m",
+                "clipeval",
+                "dissect",
+                "--db",
+                str(db),
+                "--layers",
+                "classifier",
+                "--probe",
+                str(probe),
+                "--concepts",
+                "imagenet",
+                "--sim-param",
+                f"top_k={21 + i}",
+                "--name",
+                name,
+            ]  # the cache beside the store: the probe pass is cached
             t = time.perf_counter()
             done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             exited = time.perf_counter()
@@ -82,15 +101,26 @@ def main() -> None:
             fresh.append(time.perf_counter() - exited)
             if name not in page_text(at):
                 raise SystemExit(f"run {name} not on the Runs page after the rerun")
-            print(f"round {i + 1}: CLI {fmt_s(cli_s[-1])}; idle rerun {fmt_s(idle[-1])}; "
-                  f"CLI exit -> new run shown {fmt_s(fresh[-1])}")
+            print(
+                f"round {i + 1}: CLI {fmt_s(cli_s[-1])}; idle rerun {fmt_s(idle[-1])}; "
+                f"CLI exit -> new run shown {fmt_s(fresh[-1])}"
+            )
         med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-        rows = [{"what": "rerun, nothing new (baseline)", "median": fmt_s(med(idle)), "max": fmt_s(max(idle)), "n": rounds},
-                {"what": "CLI exit -> new run on the page", "median": fmt_s(med(fresh)), "max": fmt_s(max(fresh)),
-                 "n": rounds, "x the idle rerun": ratio(med(fresh), med(idle))}]
+        rows = [
+            {"what": "rerun, nothing new (baseline)", "median": fmt_s(med(idle)), "max": fmt_s(max(idle)), "n": rounds},
+            {
+                "what": "CLI exit -> new run on the page",
+                "median": fmt_s(med(fresh)),
+                "max": fmt_s(max(fresh)),
+                "n": rounds,
+                "x the idle rerun": ratio(med(fresh), med(idle)),
+            },
+        ]
         print(table(rows, ["what", "median", "max", "n", "x the idle rerun"]))
         if args.json:
-            write_json(args.json, {"rounds": rounds, "idle_rerun_s": idle, "cli_exit_to_shown_s": fresh, "cli_s": cli_s})
+            write_json(
+                args.json, {"rounds": rounds, "idle_rerun_s": idle, "cli_exit_to_shown_s": fresh, "cli_s": cli_s}
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -35,8 +35,9 @@ def raters(n_neurons: int, n_raters: int, seed: int = 0) -> dict[str, pd.DataFra
     out = {}
     for i in range(n_raters):
         right = rng.random(n_neurons) < rng.uniform(0.6, 0.9)
-        out[f"rater{i}"] = pd.DataFrame({"layer": "classifier", "unit": np.arange(n_neurons),
-                                         "verdict": np.where(right, truth, ~truth)})
+        out[f"rater{i}"] = pd.DataFrame(
+            {"layer": "classifier", "unit": np.arange(n_neurons), "verdict": np.where(right, truth, ~truth)}
+        )
     return out
 
 
@@ -55,7 +56,7 @@ def index_bootstrap_kappa(a: np.ndarray, b: np.ndarray, n_boot: int = intervals.
 def baseline_matrix(rs: dict[str, pd.DataFrame]) -> dict[tuple[str, str], tuple[float, float]]:
     names, out = list(rs), {}
     for i, x in enumerate(names):
-        for y in names[i + 1:]:
+        for y in names[i + 1 :]:
             w = metrics.align({x: rs[x], y: rs[y]})
             out[(x, y)] = index_bootstrap_kappa(w[x].to_numpy(bool), w[y].to_numpy(bool))
     return out
@@ -74,12 +75,28 @@ def main() -> None:
     diff = max(max(abs(ours["lo"].loc[x, y] - lo), abs(ours["hi"].loc[x, y] - hi)) for (x, y), (lo, hi) in base.items())
     t_base = median_time(lambda: baseline_matrix(rs), repeat=3)
     t_ours = median_time(lambda: intervals.kappa_with_intervals(rs), repeat=5)
-    rows = [{"raters x neurons": f"{args.raters} x {n:,}", "pairs": len(base), "baseline (index resampling)": fmt_s(t_base),
-             "ours (multinomial 2x2)": fmt_s(t_ours), "speed-up": ratio(t_base, t_ours),
-             "largest interval-end difference": f"{diff:.3f}"}]
+    rows = [
+        {
+            "raters x neurons": f"{args.raters} x {n:,}",
+            "pairs": len(base),
+            "baseline (index resampling)": fmt_s(t_base),
+            "ours (multinomial 2x2)": fmt_s(t_ours),
+            "speed-up": ratio(t_base, t_ours),
+            "largest interval-end difference": f"{diff:.3f}",
+        }
+    ]
     print(table(rows, list(rows[0])))
-    write_json(args.json, {"machine": info, "neurons": n, "raters": args.raters, "baseline_s": t_base,
-                           "ours_s": t_ours, "max_interval_end_difference": diff})
+    write_json(
+        args.json,
+        {
+            "machine": info,
+            "neurons": n,
+            "raters": args.raters,
+            "baseline_s": t_base,
+            "ours_s": t_ours,
+            "max_interval_end_difference": diff,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -61,15 +61,16 @@ def build_inputs(n_neurons: int, concepts: list[str], seed: int = 0):
     neurons = images[["layer", "unit"]].drop_duplicates().reset_index(drop=True)
     neurons["label"] = rng.choice(np.array(concepts, dtype=object), len(neurons))
     labels, constant = label_variants(neurons, seed)
-    inputs = EvalInputs("bench", f"bench-probe-{pool_size}-{seed}", pool_size, labels, images,
-                        dict(enumerate(paths)), list(concepts))
+    inputs = EvalInputs(
+        "bench", f"bench-probe-{pool_size}-{seed}", pool_size, labels, images, dict(enumerate(paths)), list(concepts)
+    )
     return inputs, source
 
 
 def ours(model, inputs, cache_dir: Path) -> tuple[float, pd.DataFrame, pd.DataFrame]:
+    from clipeval.dissect.pipeline import ArrayCache
     from clipeval.evaluators.cp import ConceptProportion
     from clipeval.evaluators.es import EmbeddingSimilarity
-    from clipeval.dissect.pipeline import ArrayCache
 
     cache = ArrayCache(cache_dir)
     start = time.perf_counter()
@@ -90,8 +91,11 @@ def per_neuron(model, inputs, concept_embeddings=None, label_texts_per_neuron: b
     out = []
     with torch.no_grad():
         for (layer, unit), g in inputs.images.sort_values("rank").groupby(["layer", "unit"], sort=False):
-            T = concept_embeddings if concept_embeddings is not None else \
-                model.encode_texts(list(inputs.concepts)).float().numpy()
+            T = (
+                concept_embeddings
+                if concept_embeddings is not None
+                else model.encode_texts(list(inputs.concepts)).float().numpy()
+            )
             batch = torch.stack([model.preprocess(load_rgb(inputs.paths[int(i)])) for i in g["image_id"]])
             E = model.encode_images(batch).float().numpy()  # (5, d)
             sims = E @ T.T  # (5, |S|)
@@ -100,7 +104,7 @@ def per_neuron(model, inputs, concept_embeddings=None, label_texts_per_neuron: b
                 L = model.encode_texts(names).float().numpy()
             for j, (variant, name) in enumerate(zip(labels, names)):
                 col = index[name]
-                rank = 1 + (sims > sims[:, col:col + 1]).sum(1)
+                rank = 1 + (sims > sims[:, col : col + 1]).sum(1)
                 cos = E @ (L[j] if label_texts_per_neuron else T[col])
                 for r, image, rk, c in zip(g["rank"], g["image_id"], rank, cos):
                     out.append((layer, unit, variant, int(r), int(image), float(rk), float(c)))
@@ -113,18 +117,26 @@ def standard_encode_texts(model, texts: list[str], batch: int = 256):
     import torch.nn.functional as F
 
     with torch.no_grad():
-        out = [model.model.encode_text(model.tokenizer(texts[i:i + batch])).float()
-               for i in range(0, len(texts), batch)]
+        out = [
+            model.model.encode_text(model.tokenizer(texts[i : i + batch])).float() for i in range(0, len(texts), batch)
+        ]
     return F.normalize(torch.cat(out), dim=-1)
 
 
 def compare(cp: pd.DataFrame, es: pd.DataFrame, base: pd.DataFrame) -> dict:
     keys = ["layer", "unit", "variant", "rank"]
-    m = cp[keys + ["raw"]].rename(columns={"raw": "cp_ours"}).merge(
-        es[keys + ["raw"]].rename(columns={"raw": "es_ours"}), on=keys).merge(base, on=keys)
-    return {"pairs": len(m), "cp_equal_share": float((m["cp_ours"] == m["cp"]).mean()),
-            "cp_max_rank_diff": float((m["cp_ours"] - m["cp"]).abs().max()),
-            "es_max_abs_diff": float((m["es_ours"] - m["es"]).abs().max())}
+    m = (
+        cp[keys + ["raw"]]
+        .rename(columns={"raw": "cp_ours"})
+        .merge(es[keys + ["raw"]].rename(columns={"raw": "es_ours"}), on=keys)
+        .merge(base, on=keys)
+    )
+    return {
+        "pairs": len(m),
+        "cp_equal_share": float((m["cp_ours"] == m["cp"]).mean()),
+        "cp_max_rank_diff": float((m["cp_ours"] - m["cp"]).abs().max()),
+        "es_max_abs_diff": float((m["es_ours"] - m["es"]).abs().max()),
+    }
 
 
 def main() -> None:
@@ -147,10 +159,12 @@ def main() -> None:
     model = OpenClipModel.load("ViT-B-32", "", image_size=128)
     inputs, source = build_inputs(n_neurons, concepts)
     n_unique = inputs.images["image_id"].nunique()
-    print(f"model: open_clip ViT-B-32 (random weights), images resized to 128 px then its 224 px preprocessing")
-    print(f"{n_neurons} neurons x 5 top images ({len(inputs.images)} slots, {n_unique} unique images from a pool of "
-          f"{2 * n_neurons}; probe {source}); {len(concepts)} concepts; 3 label variants -> "
-          f"{3 * len(inputs.images)} (image, label) pairs per evaluator")
+    print("model: open_clip ViT-B-32 (random weights), images resized to 128 px then its 224 px preprocessing")
+    print(
+        f"{n_neurons} neurons x 5 top images ({len(inputs.images)} slots, {n_unique} unique images from a pool of "
+        f"{2 * n_neurons}; probe {source}); {len(concepts)} concepts; 3 label variants -> "
+        f"{3 * len(inputs.images)} (image, label) pairs per evaluator"
+    )
     with torch.no_grad():  # warm up kernels and the tokenizer (not timed)
         model.encode_texts(concepts[:8])
         model.encode_images(torch.zeros(2, 3, 224, 224))
@@ -193,35 +207,75 @@ def main() -> None:
         start = time.perf_counter()
         per_neuron(model, small, None, label_texts_per_neuron=True)
         naive_run = (time.perf_counter() - start) / naive_k
-        print(f"  naive, run for real on {naive_k} neuron(s): {fmt_s(naive_run)} per neuron "
-              f"(estimate {fmt_s(t_naive / n_neurons)} per neuron)", flush=True)
+        print(
+            f"  naive, run for real on {naive_k} neuron(s): {fmt_s(naive_run)} per neuron "
+            f"(estimate {fmt_s(t_naive / n_neurons)} per neuron)",
+            flush=True,
+        )
 
     check = compare(cp, es, base)
 
     def row(way, t):
-        return {"way": way, "seconds": fmt_s(t), "vs straightforward": ratio(t_fair, t),
-                "vs same text encoder": ratio(t_fair_ours, t), "vs naive": ratio(t_naive, t),
-                f"target {TARGET:.0f}x met (vs straightforward)": met(t_fair / t >= TARGET)}
+        return {
+            "way": way,
+            "seconds": fmt_s(t),
+            "vs straightforward": ratio(t_fair, t),
+            "vs same text encoder": ratio(t_fair_ours, t),
+            "vs naive": ratio(t_naive, t),
+            f"target {TARGET:.0f}x met (vs straightforward)": met(t_fair / t >= TARGET),
+        }
 
-    rows = [row("ours (empty cache)", t_ours), row("ours (texts cached)", t_warm),
-            {"way": "per-neuron, straightforward (concepts once, standard encode_text)", "seconds": fmt_s(t_fair)},
-            {"way": "per-neuron, concepts once with our text encoder", "seconds": fmt_s(t_fair_ours)},
-            {"way": "per-neuron, naive (N x concept set; estimate)", "seconds": fmt_s(t_naive)}]
+    rows = [
+        row("ours (empty cache)", t_ours),
+        row("ours (texts cached)", t_warm),
+        {"way": "per-neuron, straightforward (concepts once, standard encode_text)", "seconds": fmt_s(t_fair)},
+        {"way": "per-neuron, concepts once with our text encoder", "seconds": fmt_s(t_fair_ours)},
+        {"way": "per-neuron, naive (N x concept set; estimate)", "seconds": fmt_s(t_naive)},
+    ]
     print()
-    print(table(rows, ["way", "seconds", "vs straightforward", "vs same text encoder", "vs naive",
-                       f"target {TARGET:.0f}x met (vs straightforward)"]))
-    print(f"\nparts: concept set, standard encode_text {fmt_s(t_concepts)} ({len(concepts) / t_concepts:.0f} texts/s), "
-          f"ours {fmt_s(t_concepts_ours)} ({t_concepts / t_concepts_ours:.0f}x faster, max |diff| {text_diff:.1g}); "
-          f"3 label texts {fmt_s(t_labels)}; per-neuron loop {fmt_s(t_loop)} "
-          f"({len(inputs.images) / t_loop:.1f} images/s incl. reading)")
-    print(f"same results: {check['pairs']} (image, label) pairs; CP rank identical for {check['cp_equal_share']:.2%} "
-          f"(max rank difference {check['cp_max_rank_diff']:.0f}); ES max |diff| {check['es_max_abs_diff']:.1g}")
-    results.update({"neurons": n_neurons, "concepts": len(concepts), "unique_images": int(n_unique),
-                    "slots": len(inputs.images), "ours_s": t_ours, "ours_texts_cached_s": t_warm,
-                    "straightforward_s": t_fair, "same_text_encoder_s": t_fair_ours, "loop_s": t_loop,
-                    "concepts_standard_s": t_concepts, "concepts_ours_s": t_concepts_ours, "text_max_diff": text_diff,
-                    "labels_s": t_labels, "naive_estimate_s": t_naive, "naive_measured_per_neuron_s": naive_run,
-                    "check": check})
+    print(
+        table(
+            rows,
+            [
+                "way",
+                "seconds",
+                "vs straightforward",
+                "vs same text encoder",
+                "vs naive",
+                f"target {TARGET:.0f}x met (vs straightforward)",
+            ],
+        )
+    )
+    print(
+        f"\nparts: concept set, standard encode_text {fmt_s(t_concepts)} ({len(concepts) / t_concepts:.0f} texts/s), "
+        f"ours {fmt_s(t_concepts_ours)} ({t_concepts / t_concepts_ours:.0f}x faster, max |diff| {text_diff:.1g}); "
+        f"3 label texts {fmt_s(t_labels)}; per-neuron loop {fmt_s(t_loop)} "
+        f"({len(inputs.images) / t_loop:.1f} images/s incl. reading)"
+    )
+    print(
+        f"same results: {check['pairs']} (image, label) pairs; CP rank identical for {check['cp_equal_share']:.2%} "
+        f"(max rank difference {check['cp_max_rank_diff']:.0f}); ES max |diff| {check['es_max_abs_diff']:.1g}"
+    )
+    results.update(
+        {
+            "neurons": n_neurons,
+            "concepts": len(concepts),
+            "unique_images": int(n_unique),
+            "slots": len(inputs.images),
+            "ours_s": t_ours,
+            "ours_texts_cached_s": t_warm,
+            "straightforward_s": t_fair,
+            "same_text_encoder_s": t_fair_ours,
+            "loop_s": t_loop,
+            "concepts_standard_s": t_concepts,
+            "concepts_ours_s": t_concepts_ours,
+            "text_max_diff": text_diff,
+            "labels_s": t_labels,
+            "naive_estimate_s": t_naive,
+            "naive_measured_per_neuron_s": naive_run,
+            "check": check,
+        }
+    )
     write_json(args.json, {"machine": info, "results": results})
 
 

@@ -83,8 +83,10 @@ def stages(n: int, batch: int) -> dict:
     out["preprocess"] = time.perf_counter() - start
     modules = target.modules()
     current = {}
-    hooks = [modules[l].register_forward_hook(lambda m, i, o, l=l: current.__setitem__(l, pool(o, "mean", l)))
-             for l in LAYERS]
+    hooks = [
+        modules[l].register_forward_hook(lambda m, i, o, l=l: current.__setitem__(l, pool(o, "mean", l)))
+        for l in LAYERS
+    ]
     pooled = {}
     with torch.no_grad():
         for fmt in ("contiguous", "channels_last"):
@@ -93,7 +95,7 @@ def stages(n: int, batch: int) -> dict:
             acts = {l: [] for l in LAYERS}
             start = time.perf_counter()
             for i in range(0, n, batch):
-                target.module(prep(torch.stack(tensors[i:i + batch])))
+                target.module(prep(torch.stack(tensors[i : i + batch])))
                 for l in LAYERS:
                     acts[l].append(current[l])
             out[f"forward, 5 hooks + pooling ({fmt})"] = time.perf_counter() - start
@@ -123,7 +125,7 @@ def profile_collect(n: int, batch: int) -> str:
     pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
     lines = [l for l in buf.getvalue().splitlines() if l.strip()]
     start = next(i for i, l in enumerate(lines) if "ncalls" in l)
-    return "\n".join(l.replace(str(Path(torch.__file__).parents[1]), "site-packages") for l in lines[start - 1:])
+    return "\n".join(l.replace(str(Path(torch.__file__).parents[1]), "site-packages") for l in lines[start - 1 :])
 
 
 def main() -> None:
@@ -149,22 +151,44 @@ def main() -> None:
     for mode in ("one-pass", "per-layer"):
         res[mode] = run_worker(__file__, ["--worker", mode, str(n), "32", "1", str(default_threads)])
         print(f"  {mode:10s} {fmt_s(res[mode]['seconds'])}  {res[mode]['images_per_s']:.1f} images/s", flush=True)
-    rows = [{"way": "ours: collect(), 5 layers in one pass", "seconds": fmt_s(res["one-pass"]["seconds"]),
-             "images/s": f"{res['one-pass']['images_per_s']:.1f}",
-             "ratio": ratio(res["per-layer"]["seconds"], res["one-pass"]["seconds"]),
-             "faster?": met(res["one-pass"]["seconds"] < res["per-layer"]["seconds"])},
-            {"way": "baseline: one collect() per layer (5 passes)", "seconds": fmt_s(res["per-layer"]["seconds"]),
-             "images/s": f"{res['per-layer']['images_per_s']:.1f}"}]
+    rows = [
+        {
+            "way": "ours: collect(), 5 layers in one pass",
+            "seconds": fmt_s(res["one-pass"]["seconds"]),
+            "images/s": f"{res['one-pass']['images_per_s']:.1f}",
+            "ratio": ratio(res["per-layer"]["seconds"], res["one-pass"]["seconds"]),
+            "faster?": met(res["one-pass"]["seconds"] < res["per-layer"]["seconds"]),
+        },
+        {
+            "way": "baseline: one collect() per layer (5 passes)",
+            "seconds": fmt_s(res["per-layer"]["seconds"]),
+            "images/s": f"{res['per-layer']['images_per_s']:.1f}",
+        },
+    ]
     print()
     print(table(rows, list(rows[0])))
 
     # 2. where the time goes
     st, diff, scale = stages(n, 32)
     total = st["decode"] + st["preprocess"] + st["forward, 5 hooks + pooling (channels_last)"]
-    print(f"\nwhere the time goes (one process, {default_threads} torch threads, no DataLoader workers, batch 32; "
-          f"share of decode + preprocess + channels-last forward, as collect() now does):")
-    print(table([{"stage": k, "seconds": fmt_s(v), "share": f"{v / total:.0%}" if "contiguous" not in k else "-",
-                  "images/s": f"{n / v:.0f}"} for k, v in st.items()], ["stage", "seconds", "share", "images/s"]))
+    print(
+        f"\nwhere the time goes (one process, {default_threads} torch threads, no DataLoader workers, batch 32; "
+        f"share of decode + preprocess + channels-last forward, as collect() now does):"
+    )
+    print(
+        table(
+            [
+                {
+                    "stage": k,
+                    "seconds": fmt_s(v),
+                    "share": f"{v / total:.0%}" if "contiguous" not in k else "-",
+                    "images/s": f"{n / v:.0f}",
+                }
+                for k, v in st.items()
+            ],
+            ["stage", "seconds", "share", "images/s"],
+        )
+    )
     print(f"pooled activations, channels-last vs contiguous forward: max |diff| {diff:.1g} (max |value| {scale:.3g})")
     prof = profile_collect(min(n, 128), 32)
     print(f"\ncProfile of collect() on {min(n, 128)} images, num_workers=0, by own time:\n{prof}")
@@ -181,17 +205,32 @@ def main() -> None:
             for w in workers_:
                 for b in batches:
                     r = run_worker(__file__, ["--worker", "one-pass", str(n_grid), str(b), str(w), str(th)])
-                    grid.append({"torch threads": th, "workers": w, "batch": b, "images/s": round(r["images_per_s"], 1)})
+                    grid.append(
+                        {"torch threads": th, "workers": w, "batch": b, "images/s": round(r["images_per_s"], 1)}
+                    )
                     print(f"  threads {th} workers {w} batch {b:3d}: {r['images_per_s']:.1f} images/s", flush=True)
         best = max(grid, key=lambda r: r["images/s"])
         print()
         print(table(sorted(grid, key=lambda r: -r["images/s"]), ["torch threads", "workers", "batch", "images/s"]))
-        print(f"\nbest: torch threads {best['torch threads']}, {best['workers']} DataLoader worker(s), batch "
-              f"{best['batch']}: {best['images/s']} images/s (clipeval default: batch 32, 1 worker, torch threads "
-              f"{default_threads}: {res['one-pass']['images_per_s']:.1f} images/s)")
-    write_json(args.json, {"machine": info, "results": {"images": n, "one_pass": res["one-pass"],
-                                                         "per_layer": res["per-layer"], "stages": st, "channels_last_max_diff": diff,
-                                                         "grid": grid}})
+        print(
+            f"\nbest: torch threads {best['torch threads']}, {best['workers']} DataLoader worker(s), batch "
+            f"{best['batch']}: {best['images/s']} images/s (clipeval default: batch 32, 1 worker, torch threads "
+            f"{default_threads}: {res['one-pass']['images_per_s']:.1f} images/s)"
+        )
+    write_json(
+        args.json,
+        {
+            "machine": info,
+            "results": {
+                "images": n,
+                "one_pass": res["one-pass"],
+                "per_layer": res["per-layer"],
+                "stages": st,
+                "channels_last_max_diff": diff,
+                "grid": grid,
+            },
+        },
+    )
 
 
 if __name__ == "__main__":

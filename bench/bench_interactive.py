@@ -39,8 +39,12 @@ SWEEP = {"es": np.linspace(0.0, 0.5, 50), "cp": np.linspace(0.001, 0.1, 50), "co
 
 def synthetic_run(n_neurons: int, seed: int = 0):
     rng = np.random.default_rng(seed)
-    neurons = pd.DataFrame({"layer": np.repeat(LAYERS, n_neurons // len(LAYERS)),
-                            "unit": np.tile(np.arange(n_neurons // len(LAYERS)), len(LAYERS))})
+    neurons = pd.DataFrame(
+        {
+            "layer": np.repeat(LAYERS, n_neurons // len(LAYERS)),
+            "unit": np.tile(np.arange(n_neurons // len(LAYERS)), len(LAYERS)),
+        }
+    )
     neurons["label"] = rng.choice([f"concept{i}" for i in range(N_CONCEPTS)], len(neurons))
     n = len(neurons)
     scores = {}
@@ -54,11 +58,20 @@ def synthetic_run(n_neurons: int, seed: int = 0):
                     raw = rng.integers(1, N_CONCEPTS + 1, n * k).astype(float)
                 else:
                     raw = rng.normal(0.25 if kind == "top" else 0.22, 0.04, n * k)
-                parts.append(pd.DataFrame({"layer": np.repeat(neurons["layer"].to_numpy(), k),
-                                           "unit": np.repeat(neurons["unit"].to_numpy(), k),
-                                           "variant": variant, "kind": kind, "rank": rank,
-                                           "image_id": rng.integers(0, 5000, n * k),
-                                           "label": np.repeat(neurons["label"].to_numpy(), k), "raw": raw}))
+                parts.append(
+                    pd.DataFrame(
+                        {
+                            "layer": np.repeat(neurons["layer"].to_numpy(), k),
+                            "unit": np.repeat(neurons["unit"].to_numpy(), k),
+                            "variant": variant,
+                            "kind": kind,
+                            "rank": rank,
+                            "image_id": rng.integers(0, 5000, n * k),
+                            "label": np.repeat(neurons["label"].to_numpy(), k),
+                            "raw": raw,
+                        }
+                    )
+                )
         scores[ev] = pd.concat(parts, ignore_index=True)
     human = neurons[["layer", "unit"]].assign(verdict=rng.random(n) < 0.7)
     return neurons, scores, human
@@ -86,6 +99,7 @@ def make_view(neurons, scores, human):
 
 
 # ---- the straightforward pandas way ---------------------------------------------------------------
+
 
 def _neuron_auc(df: pd.DataFrame) -> pd.DataFrame:
     top = df[df["kind"] == "top"][["variant", "layer", "unit", "raw"]]
@@ -123,8 +137,19 @@ def pandas_sweep(ev: str, df: pd.DataFrame, values, human: pd.DataFrame) -> pd.D
             a, b = g["verdict"].to_numpy(), g["verdict_h"].to_numpy()
             po = (a == b).mean()
             pe = a.mean() * b.mean() + (1 - a.mean()) * (1 - b.mean())
-            out.append(pd.DataFrame([{"threshold": t, "layer": layer, "variant": "real", "agreement": po,
-                                      "kappa": (po - pe) / (1 - pe)}]))
+            out.append(
+                pd.DataFrame(
+                    [
+                        {
+                            "threshold": t,
+                            "layer": layer,
+                            "variant": "real",
+                            "agreement": po,
+                            "kappa": (po - pe) / (1 - pe),
+                        }
+                    ]
+                )
+            )
         out.append(shares.assign(threshold=t))
     return pd.concat(out, ignore_index=True)
 
@@ -139,8 +164,10 @@ def main() -> None:
     info = print_machine()
     n = args.neurons or (1000 if args.quick else 4000)
     neurons, scores, human = synthetic_run(n)
-    print(f"{len(neurons)} neurons in {len(LAYERS)} layers x 5 top images x 3 variants; "
-          f"scores rows: " + ", ".join(f"{e} {len(s):,}" for e, s in scores.items()))
+    print(
+        f"{len(neurons)} neurons in {len(LAYERS)} layers x 5 top images x 3 variants; "
+        f"scores rows: " + ", ".join(f"{e} {len(s):,}" for e, s in scores.items())
+    )
     start = time.perf_counter()
     view = make_view(neurons, scores, human)
     t_load = time.perf_counter() - start
@@ -160,28 +187,52 @@ def main() -> None:
     moved = {"es": 0.26, "cp": 0.015, "contrast": 0.72}
     t_ours = median_time(lambda: view.layer_summary(moved), repeat=15)
     t_base = median_time(lambda: [pandas_layer_table(e, scores[e], moved[e]) for e in moved], repeat=3)
-    rows.append({"task": "re-threshold all neurons + per-layer table, es+cp+contrast x 3 variants",
-                 "ours": fmt_s(t_ours), "baseline (pandas)": fmt_s(t_base), "ratio": ratio(t_base, t_ours),
-                 "target": "< 100 ms", "met": met(t_ours < 0.1)})
+    rows.append(
+        {
+            "task": "re-threshold all neurons + per-layer table, es+cp+contrast x 3 variants",
+            "ours": fmt_s(t_ours),
+            "baseline (pandas)": fmt_s(t_base),
+            "ratio": ratio(t_base, t_ours),
+            "target": "< 100 ms",
+            "met": met(t_ours < 0.1),
+        }
+    )
     record["rethreshold_all"] = {"ours_s": t_ours, "baseline_s": t_base}
     for ev in moved:
         t_o = median_time(lambda: view.layer_summary(moved, evaluators=[ev]), repeat=15)
         t_b = median_time(lambda: pandas_layer_table(ev, scores[ev], moved[ev]), repeat=3)
-        rows.append({"task": f"  re-threshold, {ev} only (3 variants)", "ours": fmt_s(t_o), "baseline (pandas)": fmt_s(t_b),
-                     "ratio": ratio(t_b, t_o), "target": "< 100 ms", "met": met(t_o < 0.1)})
+        rows.append(
+            {
+                "task": f"  re-threshold, {ev} only (3 variants)",
+                "ours": fmt_s(t_o),
+                "baseline (pandas)": fmt_s(t_b),
+                "ratio": ratio(t_b, t_o),
+                "target": "< 100 ms",
+                "met": met(t_o < 0.1),
+            }
+        )
         record[f"rethreshold_{ev}"] = {"ours_s": t_o, "baseline_s": t_b}
     for ev in ("es", "cp", "contrast"):
         t_o = median_time(lambda: view.sweep(ev, SWEEP[ev], reference="rater"), repeat=9)
         t_b = median_time(lambda: pandas_sweep(ev, scores[ev], SWEEP[ev], human), repeat=1, warmup=0)
-        rows.append({"task": f"sweep of 50 values, {ev} (3 variants, + agreement/kappa vs a human)",
-                     "ours": fmt_s(t_o), "baseline (pandas)": fmt_s(t_b), "ratio": ratio(t_b, t_o),
-                     "target": "< 1 s", "met": met(t_o < 1.0)})
+        rows.append(
+            {
+                "task": f"sweep of 50 values, {ev} (3 variants, + agreement/kappa vs a human)",
+                "ours": fmt_s(t_o),
+                "baseline (pandas)": fmt_s(t_b),
+                "ratio": ratio(t_b, t_o),
+                "target": "< 1 s",
+                "met": met(t_o < 1.0),
+            }
+        )
         record[f"sweep_{ev}"] = {"ours_s": t_o, "baseline_s": t_b}
     print()
     print(table(rows, list(rows[0])))
     print(f"\nshares judged correct, ours vs pandas at the same thresholds: max |diff| {worst:.1g}")
-    write_json(args.json, {"machine": info, "results": {"neurons": len(neurons), "load_s": t_load,
-                                                         "max_share_diff": worst, **record}})
+    write_json(
+        args.json,
+        {"machine": info, "results": {"neurons": len(neurons), "load_s": t_load, "max_share_diff": worst, **record}},
+    )
 
 
 if __name__ == "__main__":

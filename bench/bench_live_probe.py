@@ -25,8 +25,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, fmt_s, median_time, met, parser, print_machine, probe_images, ratio, set_threads, table, \
-    write_json  # noqa: E402
+from _common import (
+    ROOT,
+    fmt_s,
+    median_time,
+    met,
+    parser,
+    print_machine,
+    probe_images,
+    ratio,
+    set_threads,
+    table,
+    write_json,
+)  # noqa: E402
 
 
 def main() -> int:
@@ -73,10 +84,17 @@ def main() -> int:
             fresh.read(images[0], layer, 0)
 
         base = median_time(uncached, repeat=1 if args.quick else 3, warmup=0)
-        rows.append({"layer": layer, "ours (cached, 1 thread)": fmt_s(ours),
-                     f"cached, {torch.get_num_threads()} threads": fmt_s(threaded),
-                     "baseline (load per reading)": fmt_s(base), "speed-up": ratio(base, ours),
-                     "under 1 s": met(ours < 1.0), "percentile": how})
+        rows.append(
+            {
+                "layer": layer,
+                "ours (cached, 1 thread)": fmt_s(ours),
+                f"cached, {torch.get_num_threads()} threads": fmt_s(threaded),
+                "baseline (load per reading)": fmt_s(base),
+                "speed-up": ratio(base, ours),
+                "under 1 s": met(ours < 1.0),
+                "percentile": how,
+            }
+        )
         payload[layer] = {"ours_s": ours, "threads_s": threaded, "baseline_s": base, "percentile": how}
     print(table(rows, list(rows[0])))
     print(f"load average (1m 5m) at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg()[:2])}")

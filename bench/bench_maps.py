@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fmt_s, median_time, parser, print_machine, probe_images, ratio, set_threads, table, \
-    write_json  # noqa: E402
+from _common import fmt_s, median_time, parser, print_machine, probe_images, ratio, set_threads, table, write_json  # noqa: E402
 
 LAYERS = ("blocks.1", "blocks.3", "blocks.5", "bn2", "classifier")
 
@@ -42,8 +41,16 @@ def main() -> int:
     print(f"{n} images from {where}; layers {', '.join(LAYERS)}")
 
     def run(keep: int):
-        return collect(images, target=target, layers=LAYERS, batch_size=16, num_workers=0, progress=False,
-                       layouts=layouts, maps_keep=keep)
+        return collect(
+            images,
+            target=target,
+            layers=LAYERS,
+            batch_size=16,
+            num_workers=0,
+            progress=False,
+            layouts=layouts,
+            maps_keep=keep,
+        )
 
     times = {"ours": [], "baseline": []}
     run(5)  # warm-up
@@ -53,12 +60,21 @@ def main() -> int:
     ours, base = sorted(times["ours"])[len(times["ours"]) // 2], sorted(times["baseline"])[len(times["baseline"]) // 2]
     kept = run(5).maps
     stored = {layer: int(kept[layer].arrays()[1][0].size) for layer in kept}
-    rows = [{"": "probe pass", "ours (with maps)": fmt_s(ours), "baseline (no maps)": fmt_s(base),
-             "overhead": f"{100 * (ours / base - 1):+.0f}%", "speed ratio": ratio(base, ours)}]
+    rows = [
+        {
+            "": "probe pass",
+            "ours (with maps)": fmt_s(ours),
+            "baseline (no maps)": fmt_s(base),
+            "overhead": f"{100 * (ours / base - 1):+.0f}%",
+            "speed ratio": ratio(base, ours),
+        }
+    ]
     print(table(rows, list(rows[0])))
     print("map cells per stored image: " + ", ".join(f"{l} {c}" for l, c in stored.items()))
-    write_json(args.json, {"machine": info, "images": n, "ours_s": times["ours"], "baseline_s": times["baseline"],
-                           "cells": stored})
+    write_json(
+        args.json,
+        {"machine": info, "images": n, "ours_s": times["ours"], "baseline_s": times["baseline"], "cells": stored},
+    )
     return 0
 
 

@@ -35,7 +35,9 @@ def _models():
     from clipeval.models.image_text import load_image_text
     from clipeval.models.targets import load_target
 
-    return load_target("efficientnet_lite0"), {"labelling": load_image_text(ImageTextConfig("conse", "efficientnet_lite1"))}
+    return load_target("efficientnet_lite0"), {
+        "labelling": load_image_text(ImageTextConfig("conse", "efficientnet_lite1"))
+    }
 
 
 def _images(n: int):
@@ -53,14 +55,36 @@ def worker_local(n: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     target, models = _models()
     images, source = _images(n)
-    collect(images[:16], target=target, layers=LAYERS, image_models=models, thumb_size=128, batch_size=16,
-            num_workers=0, progress=False)  # warm-up
+    collect(
+        images[:16],
+        target=target,
+        layers=LAYERS,
+        image_models=models,
+        thumb_size=128,
+        batch_size=16,
+        num_workers=0,
+        progress=False,
+    )  # warm-up
     start = time.perf_counter()
-    got = collect(images, target=target, layers=LAYERS, image_models=models, thumb_size=128, batch_size=16,
-                  num_workers=0, progress=False)
+    got = collect(
+        images,
+        target=target,
+        layers=LAYERS,
+        image_models=models,
+        thumb_size=128,
+        batch_size=16,
+        num_workers=0,
+        progress=False,
+    )
     wall = time.perf_counter() - start
-    return {"mode": f"local-{threads}t", "n": n, "wall_s": wall, "images_per_s": n / wall, "source": source,
-            "shapes": {k: list(v.shape) for k, v in got.activations.items()}}
+    return {
+        "mode": f"local-{threads}t",
+        "n": n,
+        "wall_s": wall,
+        "images_per_s": n / wall,
+        "source": source,
+        "shapes": {k: list(v.shape) for k, v in got.activations.items()},
+    }
 
 
 def worker_ray(n: int, worker_counts: list[int]) -> list[dict]:
@@ -89,9 +113,14 @@ def worker_ray(n: int, worker_counts: list[int]) -> list[dict]:
         for w in worker_counts:
             arrivals: list[tuple[float, int]] = []
             start = time.perf_counter()
-            got = ray_map.map_images(Engine("ray", workers=w), work, {"path": [im.path for im in images]},
-                                     batch_size=16, progress=False,
-                                     on_rows=lambda k: arrivals.append((time.perf_counter(), k)))
+            got = ray_map.map_images(
+                Engine("ray", workers=w),
+                work,
+                {"path": [im.path for im in images]},
+                batch_size=16,
+                progress=False,
+                on_rows=lambda k: arrivals.append((time.perf_counter(), k)),
+            )
             total = time.perf_counter() - start
             first = arrivals[0][0] - start
             steady_n = sum(k for _, k in arrivals[1:])
@@ -100,10 +129,22 @@ def worker_ray(n: int, worker_counts: list[int]) -> list[dict]:
             t = time.perf_counter()
             ray.get(ray.put(got))  # the results through the object store once more: the transfer cost
             roundtrip = time.perf_counter() - t
-            out.append({"mode": f"ray-{w}", "n": n, "wall_s": total, "images_per_s": n / total,
-                        "first_batch_s": first, "steady_images_per_s": steady_n / steady_s if steady_s > 0 else None,
-                        "ray_start_s": ray_start, "models_pickled_mb": work_bytes / 2**20, "models_put_s": put_s,
-                        "results_mb": out_bytes / 2**20, "results_roundtrip_s": roundtrip, "source": source})
+            out.append(
+                {
+                    "mode": f"ray-{w}",
+                    "n": n,
+                    "wall_s": total,
+                    "images_per_s": n / total,
+                    "first_batch_s": first,
+                    "steady_images_per_s": steady_n / steady_s if steady_s > 0 else None,
+                    "ray_start_s": ray_start,
+                    "models_pickled_mb": work_bytes / 2**20,
+                    "models_put_s": put_s,
+                    "results_mb": out_bytes / 2**20,
+                    "results_roundtrip_s": roundtrip,
+                    "source": source,
+                }
+            )
     finally:
         ray.shutdown()
     return out
@@ -122,22 +163,39 @@ def main() -> None:
     n = args.images or (96 if args.quick else 256)
     info = print_machine()
     script = str(Path(__file__).resolve())
-    rows = [run_worker(script, ["--worker", "local", str(n), "2"]), run_worker(script, ["--worker", "local", str(n), "1"])]
+    rows = [
+        run_worker(script, ["--worker", "local", str(n), "2"]),
+        run_worker(script, ["--worker", "local", str(n), "1"]),
+    ]
     rows += run_worker(script, ["--worker", "ray", str(n)])
-    print(f"probe pass of {n} images from {rows[0]['source']}: EfficientNet-Lite0 (5 layers) + ConSE labelling "
-          f"model (EfficientNet-Lite1 + MiniLM) + 128 px thumbnails, batch 16")
+    print(
+        f"probe pass of {n} images from {rows[0]['source']}: EfficientNet-Lite0 (5 layers) + ConSE labelling "
+        f"model (EfficientNet-Lite1 + MiniLM) + 128 px thumbnails, batch 16"
+    )
     base = rows[0]["images_per_s"]
-    print(table([{"engine": r["mode"], "images/s (total)": f"{r['images_per_s']:.2f}",
-                  "vs local-2t": f"{r['images_per_s'] / base:.2f}x",
-                  "first batch": fmt_s(r.get("first_batch_s")),
-                  "steady images/s": f"{r['steady_images_per_s']:.2f}" if r.get("steady_images_per_s") else "-",
-                  "wall": fmt_s(r["wall_s"])} for r in rows],
-                ["engine", "images/s (total)", "vs local-2t", "first batch", "steady images/s", "wall"]))
+    print(
+        table(
+            [
+                {
+                    "engine": r["mode"],
+                    "images/s (total)": f"{r['images_per_s']:.2f}",
+                    "vs local-2t": f"{r['images_per_s'] / base:.2f}x",
+                    "first batch": fmt_s(r.get("first_batch_s")),
+                    "steady images/s": f"{r['steady_images_per_s']:.2f}" if r.get("steady_images_per_s") else "-",
+                    "wall": fmt_s(r["wall_s"]),
+                }
+                for r in rows
+            ],
+            ["engine", "images/s (total)", "vs local-2t", "first batch", "steady images/s", "wall"],
+        )
+    )
     r = rows[2]
-    print(f"Ray start (ray.init, local, 2 CPUs): {fmt_s(r['ray_start_s'])}; models shipped to the workers: "
-          f"{r['models_pickled_mb']:.0f} MB pickled, ray.put {fmt_s(r['models_put_s'])}; results "
-          f"{r['results_mb']:.1f} MB for {n} images ({r['results_mb'] * 1024 / n:.0f} KB/image), one more trip "
-          f"through the object store {fmt_s(r['results_roundtrip_s'])}")
+    print(
+        f"Ray start (ray.init, local, 2 CPUs): {fmt_s(r['ray_start_s'])}; models shipped to the workers: "
+        f"{r['models_pickled_mb']:.0f} MB pickled, ray.put {fmt_s(r['models_put_s'])}; results "
+        f"{r['results_mb']:.1f} MB for {n} images ({r['results_mb'] * 1024 / n:.0f} KB/image), one more trip "
+        f"through the object store {fmt_s(r['results_roundtrip_s'])}"
+    )
     write_json(args.json, {"machine": info, "rows": rows})
 
 

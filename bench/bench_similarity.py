@@ -31,14 +31,28 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (fmt_mb, fmt_s, met, parser, peak_rss_bytes, print_machine, ratio, reset_peak_rss, rss_bytes, run_worker,  # noqa: E402
-                     set_threads, table, write_json)
+from _common import (
+    fmt_mb,
+    fmt_s,
+    met,
+    parser,
+    peak_rss_bytes,
+    print_machine,
+    ratio,
+    reset_peak_rss,
+    rss_bytes,
+    run_worker,  # noqa: E402
+    set_threads,
+    table,
+    write_json,
+)
 
 FUNCTIONS = ("soft_wpmi", "wpmi", "rank_reorder")
 MEMORY_TARGET = 2 * 2**30
 
 
 # ---- the straightforward way: one neuron at a time, as the original's loops ------------------------
+
 
 def loop_soft_wpmi(P, A, top_k=100, a=10.0, lam=1.0, min_prob=1e-7, p_start=0.998, p_end=0.97):
     import torch
@@ -48,7 +62,7 @@ def loop_soft_wpmi(P, A, top_k=100, a=10.0, lam=1.0, min_prob=1e-7, p_start=0.99
     weights = (p_start - torch.arange(top_k) / top_k * (p_start - p_end)).unsqueeze(1)
     per_neuron = []
     for k in range(A.shape[1]):
-        rows = probs.gather(0, top[:, k:k + 1].expand(-1, probs.shape[1]))
+        rows = probs.gather(0, top[:, k : k + 1].expand(-1, probs.shape[1]))
         per_neuron.append(torch.log(1 + weights * (rows - 1) + min_prob).sum(0, keepdim=True))
     cond = torch.cat(per_neuron)
     prior = torch.logsumexp(cond, dim=0, keepdim=True) - math.log(cond.shape[0])
@@ -62,7 +76,7 @@ def loop_wpmi(P, A, top_k=28, a=2.0, lam=0.6, min_prob=1e-7):
     top = torch.topk(A, k=top_k, dim=0).indices
     per_neuron = []
     for k in range(A.shape[1]):
-        rows = probs.gather(0, top[:, k:k + 1].expand(-1, probs.shape[1]))
+        rows = probs.gather(0, top[:, k : k + 1].expand(-1, probs.shape[1]))
         per_neuron.append(torch.log(rows + min_prob).sum(0, keepdim=True))
     cond = torch.cat(per_neuron)
     prior = torch.logsumexp(cond, dim=0, keepdim=True) - math.log(cond.shape[0])
@@ -81,23 +95,24 @@ def loop_rank_reorder(P, A, p=3, top_fraction=0.05, scale_p=0.5, seed=0, n_neuro
     batch = 1500
     errors = []
     for k in range(n_neurons):
-        rows = P.gather(0, top[:, k:k + 1].expand(-1, P.shape[1]))
+        rows = P.gather(0, top[:, k : k + 1].expand(-1, P.shape[1]))
         mean_clip = rows.mean(0, keepdim=True)
         rank = torch.argsort(torch.argsort(rows, dim=0), dim=0)
-        target = values[:, k:k + 1]
+        target = values[:, k : k + 1]
         ascending = torch.flip(target, dims=[0])
         shuffled = torch.cat([ascending[torch.randperm(top_n, generator=gen)] for _ in range(5)], dim=1)
         random_err = torch.mean(torch.abs(ascending - shuffled) ** p)
         parts = []
         for c in range(0, rank.shape[1], batch):
-            idx = rank[:, c:c + batch]
+            idx = rank[:, c : c + batch]
             moved = ascending.expand(-1, idx.shape[1]).gather(0, idx)
             parts.append(torch.mean(torch.abs(target - moved) ** p, dim=0, keepdim=True) / random_err)
-        errors.append(torch.cat(parts, dim=1) / mean_clip ** scale_p)
+        errors.append(torch.cat(parts, dim=1) / mean_clip**scale_p)
     return -torch.cat(errors)
 
 
 # ---- worker: one (function, way) in its own process ------------------------------------------------
+
 
 def worker(argv: list[str]) -> None:
     fn, way, data_dir, out_file, threads, n_base = argv[0], argv[1], Path(argv[2]), argv[3], int(argv[4]), int(argv[5])
@@ -133,8 +148,16 @@ def worker(argv: list[str]) -> None:
         seconds = time.perf_counter() - start
     peak = peak_rss_bytes()
     np.save(out_file, out.numpy())
-    print(json.dumps({"seconds": seconds, "peak_increase": max(0, peak - before), "neurons_done": out.shape[0],
-                      "threads": torch.get_num_threads()}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_increase": max(0, peak - before),
+                "neurons_done": out.shape[0],
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -143,11 +166,18 @@ def main() -> None:
     ap.add_argument("--neurons", type=int)
     ap.add_argument("--concepts", type=int)
     ap.add_argument("--images", type=int)
-    ap.add_argument("--baseline-neurons", type=int, default=None,
-                    help="rank_reorder: time the loop on this many neurons and scale (default 32, --quick 64)")
+    ap.add_argument(
+        "--baseline-neurons",
+        type=int,
+        default=None,
+        help="rank_reorder: time the loop on this many neurons and scale (default 32, --quick 64)",
+    )
     ap.add_argument("--full-baseline", action="store_true", help="run rank_reorder's loop on every neuron")
-    ap.add_argument("--before", metavar="GIT_REF",
-                    help="also time clipeval/dissect/similarity.py as it was at this git commit (e.g. before a speed change)")
+    ap.add_argument(
+        "--before",
+        metavar="GIT_REF",
+        help="also time clipeval/dissect/similarity.py as it was at this git commit (e.g. before a speed change)",
+    )
     ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -174,18 +204,28 @@ def main() -> None:
         if args.before:
             import subprocess
 
-            old = subprocess.run(["git", "show", f"{args.before}:clipeval/dissect/similarity.py"], capture_output=True,
-                                 text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+            old = subprocess.run(
+                ["git", "show", f"{args.before}:clipeval/dissect/similarity.py"],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=Path(__file__).resolve().parents[1],
+            ).stdout
             (tmp / "similarity_before.py").write_text(old)
             ways += ("before",)
         for fn in fns:
             res = {}
             for way in ways:
                 nb = n_base if (fn == "rank_reorder" and way == "baseline") else 0
-                res[way] = run_worker(__file__, ["--worker", fn, way, str(tmp), str(tmp / f"{fn}-{way}.npy"),
-                                                 str(args.threads or 0), str(nb)])
-                print(f"  {fn:13s} {way:8s} {fmt_s(res[way]['seconds']):>10s}  peak +{fmt_mb(res[way]['peak_increase'])}"
-                      f"  ({res[way]['neurons_done']} neurons)", flush=True)
+                res[way] = run_worker(
+                    __file__,
+                    ["--worker", fn, way, str(tmp), str(tmp / f"{fn}-{way}.npy"), str(args.threads or 0), str(nb)],
+                )
+                print(
+                    f"  {fn:13s} {way:8s} {fmt_s(res[way]['seconds']):>10s}  peak +{fmt_mb(res[way]['peak_increase'])}"
+                    f"  ({res[way]['neurons_done']} neurons)",
+                    flush=True,
+                )
             ours = np.load(tmp / f"{fn}-ours.npy")
             base = np.load(tmp / f"{fn}-baseline.npy")
             done = base.shape[0]
@@ -207,33 +247,56 @@ def main() -> None:
             ok = close and res["ours"]["seconds"] < base_s and res["ours"]["peak_increase"] < MEMORY_TARGET
             before = {}
             if "before" in res:
-                before = {f"clipeval at {args.before}": fmt_s(res["before"]["seconds"]),
-                          "ours vs it": ratio(res["before"]["seconds"], res["ours"]["seconds"]),
-                          f"peak RSS + at {args.before}": fmt_mb(res["before"]["peak_increase"])}
-            rows.append({
-                "function": fn,
-                **before,
-                "ours": fmt_s(res["ours"]["seconds"]),
-                "baseline (per-neuron loop)": fmt_s(base_s) + (f" (scaled from {done} neurons: "
-                                                               f"{fmt_s(res['baseline']['seconds'])})" if extrap else ""),
-                "ratio": ratio(base_s, res["ours"]["seconds"]),
-                "peak RSS +ours": fmt_mb(res["ours"]["peak_increase"]),
-                "peak RSS +baseline": fmt_mb(res["baseline"]["peak_increase"]) + (f" ({done} neurons)" if extrap else ""),
-                "max |diff| (max |value|)": f"{diff:.2g} ({scale:.3g})",
-                "allclose": met(close),
-                "same label": f"{same_label:.2%}" + (f" (others: gap <= {gap:.1g})" if len(k) else ""),
-                "target met (faster, < 2 GB, equal)": met(ok),
-            })
-            records.append({"function": fn, "ours": res["ours"], "baseline": res["baseline"], "before": res.get("before"),
-                            "baseline_seconds_all_neurons": base_s, "baseline_neurons_run": done,
-                            "max_abs_diff": diff, "max_abs_value": scale, "allclose": close,
-                            "same_label": same_label, "label_differences": int(len(k)),
-                            "max_score_gap_where_labels_differ": gap, "target_met": ok})
+                before = {
+                    f"clipeval at {args.before}": fmt_s(res["before"]["seconds"]),
+                    "ours vs it": ratio(res["before"]["seconds"], res["ours"]["seconds"]),
+                    f"peak RSS + at {args.before}": fmt_mb(res["before"]["peak_increase"]),
+                }
+            rows.append(
+                {
+                    "function": fn,
+                    **before,
+                    "ours": fmt_s(res["ours"]["seconds"]),
+                    "baseline (per-neuron loop)": fmt_s(base_s)
+                    + (f" (scaled from {done} neurons: {fmt_s(res['baseline']['seconds'])})" if extrap else ""),
+                    "ratio": ratio(base_s, res["ours"]["seconds"]),
+                    "peak RSS +ours": fmt_mb(res["ours"]["peak_increase"]),
+                    "peak RSS +baseline": fmt_mb(res["baseline"]["peak_increase"])
+                    + (f" ({done} neurons)" if extrap else ""),
+                    "max |diff| (max |value|)": f"{diff:.2g} ({scale:.3g})",
+                    "allclose": met(close),
+                    "same label": f"{same_label:.2%}" + (f" (others: gap <= {gap:.1g})" if len(k) else ""),
+                    "target met (faster, < 2 GB, equal)": met(ok),
+                }
+            )
+            records.append(
+                {
+                    "function": fn,
+                    "ours": res["ours"],
+                    "baseline": res["baseline"],
+                    "before": res.get("before"),
+                    "baseline_seconds_all_neurons": base_s,
+                    "baseline_neurons_run": done,
+                    "max_abs_diff": diff,
+                    "max_abs_value": scale,
+                    "allclose": close,
+                    "same_label": same_label,
+                    "label_differences": int(len(k)),
+                    "max_score_gap_where_labels_differ": gap,
+                    "target_met": ok,
+                }
+            )
     print()
     print(table(rows, list(rows[0])))
-    write_json(args.json, {"machine": info, "sizes": {"neurons": n_neu, "concepts": n_con, "images": n_img},
-                           "before_ref": args.before,
-                           "results": records})
+    write_json(
+        args.json,
+        {
+            "machine": info,
+            "sizes": {"neurons": n_neu, "concepts": n_con, "images": n_img},
+            "before_ref": args.before,
+            "results": records,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -48,24 +48,60 @@ def make_tokenizer(concepts: list[str]):
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = split
     tk.post_processor = processors.TemplateProcessing(single="</s> $A", special_tokens=[("</s>", vocab["</s>"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="</s>", eos_token="</s>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", bos_token="</s>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
 def make_blip2(concepts: list[str], seed: int = 0):
     import torch
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, Blip2QFormerConfig,
-                              Blip2VisionConfig, BlipImageProcessor, OPTConfig)
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        Blip2QFormerConfig,
+        Blip2VisionConfig,
+        BlipImageProcessor,
+        OPTConfig,
+    )
 
     tok = make_tokenizer(concepts)
-    vision = Blip2VisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=4,
-                               image_size=224, patch_size=14)
-    qformer = Blip2QFormerConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
-                                 encoder_hidden_size=256, vocab_size=64, max_position_embeddings=64)
-    text = OPTConfig(vocab_size=len(tok), hidden_size=512, word_embed_proj_dim=512, ffn_dim=2048, num_hidden_layers=6,
-                     num_attention_heads=8, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=1)
-    config = Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
-                         num_query_tokens=32, image_token_index=tok.convert_tokens_to_ids("<image>"))
+    vision = Blip2VisionConfig(
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        image_size=224,
+        patch_size=14,
+    )
+    qformer = Blip2QFormerConfig(
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        encoder_hidden_size=256,
+        vocab_size=64,
+        max_position_embeddings=64,
+    )
+    text = OPTConfig(
+        vocab_size=len(tok),
+        hidden_size=512,
+        word_embed_proj_dim=512,
+        ffn_dim=2048,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=1,
+    )
+    config = Blip2Config(
+        vision_config=vision.to_dict(),
+        qformer_config=qformer.to_dict(),
+        text_config=text.to_dict(),
+        num_query_tokens=32,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+    )
     torch.manual_seed(seed)
     model = Blip2ForConditionalGeneration(config).eval()
     processor = Blip2Processor(BlipImageProcessor(size={"height": 224, "width": 224}), tok, num_query_tokens=32)
@@ -96,8 +132,14 @@ def first_step_p_yes(vqa, images, questions):
         for img, qs in zip(images, questions):
             for q in qs:
                 enc = vqa.processor(images=img, text=q, return_tensors="pt")
-                g = vqa.model.generate(**enc, max_new_tokens=1, do_sample=False, output_scores=True,
-                                       output_logits=True, return_dict_in_generate=True)
+                g = vqa.model.generate(
+                    **enc,
+                    max_new_tokens=1,
+                    do_sample=False,
+                    output_scores=True,
+                    output_logits=True,
+                    return_dict_in_generate=True,
+                )
                 logits = (g.logits if getattr(g, "logits", None) is not None else g.scores)[0].float()
                 probs.append(float(vqa._p_yes(logits)[0]))
     return np.array(probs)
@@ -121,7 +163,9 @@ def main() -> None:
     model, processor = make_blip2(concepts)
     vqa = Blip2Vqa(model, processor, name="bench-blip2")
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: scaled-down BLIP-2, random weights, {n_params / 1e6:.1f} M parameters, vocabulary {len(processor.tokenizer)}")
+    print(
+        f"model: scaled-down BLIP-2, random weights, {n_params / 1e6:.1f} M parameters, vocabulary {len(processor.tokenizer)}"
+    )
     rng = np.random.default_rng(0)
     paths, source = probe_images(n_images, seed=1)
     images = [load_rgb(p).resize((128, 128), Image.BICUBIC) for p in paths]
@@ -143,8 +187,9 @@ def main() -> None:
     plain = vqa.yes_probability(images, questions, batch_size=args.batch_size, share_prefix=False)
     t_plain = time.perf_counter() - start
     plain_diff = float(np.abs(np.concatenate(plain) - np.concatenate(probs)).max())
-    print(f"  ours, share_prefix=False        {fmt_s(t_plain)} (max |diff| vs shared prefix {plain_diff:.1g})",
-          flush=True)
+    print(
+        f"  ours, share_prefix=False        {fmt_s(t_plain)} (max |diff| vs shared prefix {plain_diff:.1g})", flush=True
+    )
     start = time.perf_counter()
     answers = generate_answers(model, processor, images, questions)
     t_base = time.perf_counter() - start
@@ -153,41 +198,74 @@ def main() -> None:
     # where ours spends its time: the vision side (ViT + Q-Former + projection, once per image) alone
     start = time.perf_counter()
     for i in range(0, n_images, args.batch_size):
-        vqa._image_embeddings(images[i:i + args.batch_size])
+        vqa._image_embeddings(images[i : i + args.batch_size])
     t_vision = time.perf_counter() - start
     # what yes_probability shares in the first image batch (the prompt prefix is computed per image batch)
-    ids = vqa._token_ids([q for qs in questions[:args.batch_size] for q in qs])
-    n = vqa._shared_prefix_len(ids, len(questions[:args.batch_size])) or 0
+    ids = vqa._token_ids([q for qs in questions[: args.batch_size] for q in qs])
+    n = vqa._shared_prefix_len(ids, len(questions[: args.batch_size])) or 0
     n_query = model.config.num_query_tokens
-    print(f"    of which vision side (ViT + Q-Former, {n_images} images) {fmt_s(t_vision)}, "
-          f"language model + rest {fmt_s(max(0.0, t_ours - t_vision))} ([image | prompt prefix] = {n_query + n} "
-          f"positions once per image, then {n_pairs} rows of {np.mean([len(x) - n for x in ids]):.1f} positions "
-          f"on average, logits at the last only)", flush=True)
+    print(
+        f"    of which vision side (ViT + Q-Former, {n_images} images) {fmt_s(t_vision)}, "
+        f"language model + rest {fmt_s(max(0.0, t_ours - t_vision))} ([image | prompt prefix] = {n_query + n} "
+        f"positions once per image, then {n_pairs} rows of {np.mean([len(x) - n for x in ids]):.1f} positions "
+        f"on average, logits at the last only)",
+        flush=True,
+    )
 
     k = min(4, n_images)
     ref = first_step_p_yes(vqa, images[:k], questions[:k])
     got = np.concatenate(probs[:k])
     diff = float(np.abs(ref - got).max())
     flat = np.concatenate(probs)
-    rows = [{"way": "ours: Blip2Vqa.yes_probability (prompt prefix once per image, lm_head at the last token)",
-             "seconds": fmt_s(t_ours), "pairs/s": f"{n_pairs / t_ours:.1f}", "ratio": ratio(t_base, t_ours),
-             f"target {TARGET:.0f}x met": met(t_base / t_ours >= TARGET)},
-            {"way": "ours, share_prefix=False (full prompt per question, lm_head at the last token)",
-             "seconds": fmt_s(t_plain), "pairs/s": f"{n_pairs / t_plain:.1f}", "ratio": ratio(t_base, t_plain),
-             f"target {TARGET:.0f}x met": met(t_base / t_plain >= TARGET)},
-            {"way": "baseline: generate(max_new_tokens=3) per (image, question), read the text",
-             "seconds": fmt_s(t_base), "pairs/s": f"{n_pairs / t_base:.1f}"}]
+    rows = [
+        {
+            "way": "ours: Blip2Vqa.yes_probability (prompt prefix once per image, lm_head at the last token)",
+            "seconds": fmt_s(t_ours),
+            "pairs/s": f"{n_pairs / t_ours:.1f}",
+            "ratio": ratio(t_base, t_ours),
+            f"target {TARGET:.0f}x met": met(t_base / t_ours >= TARGET),
+        },
+        {
+            "way": "ours, share_prefix=False (full prompt per question, lm_head at the last token)",
+            "seconds": fmt_s(t_plain),
+            "pairs/s": f"{n_pairs / t_plain:.1f}",
+            "ratio": ratio(t_base, t_plain),
+            f"target {TARGET:.0f}x met": met(t_base / t_plain >= TARGET),
+        },
+        {
+            "way": "baseline: generate(max_new_tokens=3) per (image, question), read the text",
+            "seconds": fmt_s(t_base),
+            "pairs/s": f"{n_pairs / t_base:.1f}",
+        },
+    ]
     print()
     print(table(rows, list(rows[0])))
-    print(f"\nP(yes) vs generate()'s first-step scores on {len(ref)} pairs: max |diff| {diff:.1g}; "
-          f"answers 'yes' (generate) {np.mean(answers):.0%}, P(yes) > 0.5 (ours) {np.mean(flat > 0.5):.0%} "
-          f"(random weights: the answers themselves mean nothing)")
-    write_json(args.json, {"machine": info, "results": {
-        "images": n_images, "pairs": n_pairs, "ours_s": t_ours, "baseline_s": t_base, "ratio": t_base / t_ours,
-        "p_yes_max_diff_vs_generate_scores": diff, "ours_vision_side_s": t_vision,
-        "plain_path_s": t_plain, "plain_path_max_diff": plain_diff, "shared_prefix_positions": n_query + n,
-        "parameters": n_params, "vocab": len(processor.tokenizer),
-        "batch_size": args.batch_size}})
+    print(
+        f"\nP(yes) vs generate()'s first-step scores on {len(ref)} pairs: max |diff| {diff:.1g}; "
+        f"answers 'yes' (generate) {np.mean(answers):.0%}, P(yes) > 0.5 (ours) {np.mean(flat > 0.5):.0%} "
+        f"(random weights: the answers themselves mean nothing)"
+    )
+    write_json(
+        args.json,
+        {
+            "machine": info,
+            "results": {
+                "images": n_images,
+                "pairs": n_pairs,
+                "ours_s": t_ours,
+                "baseline_s": t_base,
+                "ratio": t_base / t_ours,
+                "p_yes_max_diff_vs_generate_scores": diff,
+                "ours_vision_side_s": t_vision,
+                "plain_path_s": t_plain,
+                "plain_path_max_diff": plain_diff,
+                "shared_prefix_positions": n_query + n,
+                "parameters": n_params,
+                "vocab": len(processor.tokenizer),
+                "batch_size": args.batch_size,
+            },
+        },
+    )
 
 
 if __name__ == "__main__":

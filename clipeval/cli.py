@@ -17,6 +17,7 @@ from clipeval.errors import ClipevalError, check_path
 
 def _int_in(lo: int, hi: int):
     """An argparse type: an integer in lo..hi (argparse then exits 2 naming the option, before any work)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -25,6 +26,7 @@ def _int_in(lo: int, hi: int):
         if not lo <= value <= hi:
             raise argparse.ArgumentTypeError(f"{value} is outside {lo}..{hi}")
         return value
+
     return parse
 
 
@@ -63,8 +65,12 @@ def _image_text_config(args, prefix: str):
     if backend is None:
         return None
     arch = getattr(args, f"{prefix}_arch") or ("ViT-B-32" if backend == "open_clip" else "efficientnet_lite1")
-    return ImageTextConfig(backend=backend, arch=arch, pretrained=getattr(args, f"{prefix}_pretrained") or "",
-                           image_size=getattr(args, f"{prefix}_image_size", None))
+    return ImageTextConfig(
+        backend=backend,
+        arch=arch,
+        pretrained=getattr(args, f"{prefix}_pretrained") or "",
+        image_size=getattr(args, f"{prefix}_image_size", None),
+    )
 
 
 def _params(pairs: list[str]) -> tuple:
@@ -119,11 +125,20 @@ def cmd_dissect(args) -> int:
         concepts=ConceptConfig(args.concepts),
         image_text=_image_text_config(args, "clip") or ImageTextConfig(),
         similarity=SimilarityConfig(args.similarity, _params(args.sim_param)),
-        k=args.k, dtype=placement.dtype_name)
+        k=args.k,
+        dtype=placement.dtype_name,
+    )
     store = _store(args, create=True)
-    run_id = pipeline.dissect(config, store, name=args.name or "", force=args.force, batch_size=args.batch_size,
-                              num_workers=None if engine.is_ray else args.workers, device=placement.device,
-                              engine=engine)
+    run_id = pipeline.dissect(
+        config,
+        store,
+        name=args.name or "",
+        force=args.force,
+        batch_size=args.batch_size,
+        num_workers=None if engine.is_ray else args.workers,
+        device=placement.device,
+        engine=engine,
+    )
     print(run_id)
     return 0
 
@@ -137,7 +152,11 @@ def cmd_layers(args) -> int:
     for name, shape in shapes.items():
         if not args.all and (name.count(".") > 1 or not dissectable(shape)):
             continue
-        units = shape[0] if isinstance(shape, tuple) and len(shape) != 2 else (shape[-1] if isinstance(shape, tuple) else "-")
+        units = (
+            shape[0]
+            if isinstance(shape, tuple) and len(shape) != 2
+            else (shape[-1] if isinstance(shape, tuple) else "-")
+        )
         note = "" if dissectable(shape) else "  (not dissectable)"
         print(f"  {name:<32} {str(shape):<22} units={units}{note}")
     if not args.all:
@@ -154,8 +173,10 @@ def cmd_runs(args) -> int:
     evals = store.evaluations()
     for r in runs.itertuples():
         done = evals[(evals["run_id"] == r.run_id) & (evals["status"] == "complete")]["evaluator"].unique()
-        print(f"{r.run_id}  {r.status:<11} {int(r.n_neurons):>6} neurons  {str(r.created_at)[:19]}  {r.name}"
-              f"  evaluators: {', '.join(sorted(done)) or '-'}")
+        print(
+            f"{r.run_id}  {r.status:<11} {int(r.n_neurons):>6} neurons  {str(r.created_at)[:19]}  {r.name}"
+            f"  evaluators: {', '.join(sorted(done)) or '-'}"
+        )
     return 0
 
 
@@ -164,8 +185,10 @@ def cmd_rm(args) -> int:
     run = store.run(args.run)
     if not args.yes:
         if not sys.stdin.isatty():
-            raise ClipevalError(f"rm asks before removing run {run['run_id']}, but there is no terminal to ask on; "
-                                "pass --yes to remove it without asking")
+            raise ClipevalError(
+                f"rm asks before removing run {run['run_id']}, but there is no terminal to ask on; "
+                "pass --yes to remove it without asking"
+            )
         answer = input(f"remove run {run['run_id']} ({run['name']}) with its evaluations and human verdicts? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("kept")
@@ -193,11 +216,21 @@ def cmd_import(args) -> int:
     if engine.is_ray and not args.target:
         raise ClipevalError("--engine ray runs the activation pass, which needs --target and --probe")
     store = _store(args, create=True)
-    run_id = import_descriptions(store, args.file, name=args.name, target=args.target, weights=args.weights,
-                                 probe=args.probe, pooling=args.pooling, concepts=args.concepts,
-                                 on_bad_image=args.on_bad_image, placement=placement,
-                                 batch_size=args.batch_size, num_workers=None if engine.is_ray else args.workers,
-                                 engine=engine)
+    run_id = import_descriptions(
+        store,
+        args.file,
+        name=args.name,
+        target=args.target,
+        weights=args.weights,
+        probe=args.probe,
+        pooling=args.pooling,
+        concepts=args.concepts,
+        on_bad_image=args.on_bad_image,
+        placement=placement,
+        batch_size=args.batch_size,
+        num_workers=None if engine.is_ray else args.workers,
+        engine=engine,
+    )
     print(run_id)
     return 0
 
@@ -209,11 +242,23 @@ def cmd_evaluate(args) -> int:
     placement = _placement(args)
     engine = _engine(args)
     store = _store(args)
-    outcomes = evaluate(store, args.run, args.evaluators, eval_model=_image_text_config(args, "eval"),
-                        vqa_model=args.vqa_model, prompt=args.prompt, k=args.k, baselines=not args.no_baselines,
-                        constant_label=args.constant_label or "", force=args.force, device=placement.device,
-                        dtype=placement.dtype, batch_size=args.batch_size,
-                        num_workers=None if engine.is_ray else args.workers, engine=engine)
+    outcomes = evaluate(
+        store,
+        args.run,
+        args.evaluators,
+        eval_model=_image_text_config(args, "eval"),
+        vqa_model=args.vqa_model,
+        prompt=args.prompt,
+        k=args.k,
+        baselines=not args.no_baselines,
+        constant_label=args.constant_label or "",
+        force=args.force,
+        device=placement.device,
+        dtype=placement.dtype,
+        batch_size=args.batch_size,
+        num_workers=None if engine.is_ray else args.workers,
+        engine=engine,
+    )
     print(f"{'evaluator':<10} {'status':<12} {'wall time':>10}  evaluation")
     for o in outcomes:
         print(f"{o.evaluator:<10} {o.status:<12} {o.wall_s:>9.1f}s  {o.eval_id}")
@@ -228,8 +273,11 @@ def _thresholds(args) -> dict[str, float]:
     """The thresholds given on the command line; the others come from each evaluator model's defaults."""
     from clipeval.evaluators.rules import RULES
 
-    return {e: rule.check(getattr(args, rule.param)) for e, rule in RULES.items()
-            if getattr(args, rule.param, None) is not None}
+    return {
+        e: rule.check(getattr(args, rule.param))
+        for e, rule in RULES.items()
+        if getattr(args, rule.param, None) is not None
+    }
 
 
 def print_report(store, run_id: str, thresholds: dict[str, float] | None = None, k: int | None = None) -> None:
@@ -267,13 +315,16 @@ def print_report(store, run_id: str, thresholds: dict[str, float] | None = None,
         cells = []
         for t in titles:
             share = dict(zip(g.loc[g["evaluator"] == t, "variant"], g.loc[g["evaluator"] == t, "share_correct"]))
-            cells.append(" / ".join(f"{100 * share[v]:.1f}" if v in share else "-"
-                                    for v in ("real", "shuffled", "constant")))
+            cells.append(
+                " / ".join(f"{100 * share[v]:.1f}" if v in share else "-" for v in ("real", "shuffled", "constant"))
+            )
         print(f"{layer:<16}{int(g['n'].iloc[0]):>8}  " + "".join(f"{c:<22}" for c in cells))
     for w in weak_evaluators(summary):
-        print(f"warning: {w['evaluator']} judges {100 * w['baseline_share']:.1f}% of {w['baseline']} labels correct "
-              f"against {100 * w['real']:.1f}% of the real ones: at this threshold it barely tells right labels from "
-              f"wrong; calibrate it (clipeval calibrate, or the Thresholds page)")
+        print(
+            f"warning: {w['evaluator']} judges {100 * w['baseline_share']:.1f}% of {w['baseline']} labels correct "
+            f"against {100 * w['real']:.1f}% of the real ones: at this threshold it barely tells right labels from "
+            f"wrong; calibrate it (clipeval calibrate, or the Thresholds page)"
+        )
     agree = view.rater_agreement(thresholds, k)
     if len(agree):
         print("agreement with raters, pooled over the neurons both judged:")
@@ -303,17 +354,33 @@ def cmd_sources(args) -> int:
     store = _store(args, read_only=args.action == "list")
     run = store.complete_run(args.run)
     if args.action == "add":
-        given = [(k, v) for k, v in (("clip-dissect", args.clip_dissect), ("milan", args.milan),
-                                     ("netdissect", args.netdissect), ("run", args.from_run)) if v]
+        given = [
+            (k, v)
+            for k, v in (
+                ("clip-dissect", args.clip_dissect),
+                ("milan", args.milan),
+                ("netdissect", args.netdissect),
+                ("run", args.from_run),
+            )
+            if v
+        ]
         if len(given) != 1:
-            raise ClipevalError("give exactly one of --clip-dissect FILE, --milan FILE, --netdissect FILE, "
-                                "--from-run RUN")
+            raise ClipevalError(
+                "give exactly one of --clip-dissect FILE, --milan FILE, --netdissect FILE, --from-run RUN"
+            )
         kind, origin = given[0]
         if not args.no_evaluate:
             sources.run_evaluations(store, run["run_id"])  # refused before anything is stored
-        sid = sources.add_source(store, run["run_id"], kind, origin, name=args.name or "",
-                                 layer_map=args.layer_map, netdissect_layer=args.netdissect_layer,
-                                 replace=args.force)
+        sid = sources.add_source(
+            store,
+            run["run_id"],
+            kind,
+            origin,
+            name=args.name or "",
+            layer_map=args.layer_map,
+            netdissect_layer=args.netdissect_layer,
+            replace=args.force,
+        )
         _print_sources(store, run["run_id"], only=sid)
         if not args.no_evaluate:
             print("judging its labels on the run's stored images with the run's evaluators:")
@@ -352,11 +419,15 @@ def _print_sources(store, run_id: str, only: str | None = None) -> None:
             continue
         print(f"{r.source_id}  {KIND_TITLES.get(r.kind, r.kind)}: {r.name}")
         dead = f"; {r.n_on_dead:,} fall on dead units (no images: not judged)" if r.n_on_dead else ""
-        print(f"    {r.n_matched:,} of its {r.n_labels:,} labels fall on live units of the run; they label "
-              f"{r.n_matched:,} of the run's {r.n_units:,} live units ({r.coverage:.1%}){dead}")
+        print(
+            f"    {r.n_matched:,} of its {r.n_labels:,} labels fall on live units of the run; they label "
+            f"{r.n_matched:,} of the run's {r.n_units:,} live units ({r.coverage:.1%}){dead}"
+        )
         g = per_layer[per_layer["source_id"] == r.source_id]
-        print("    per layer (labelled / live units): " + ", ".join(f"{x.layer} {x.matched}/{x.units}"
-                                                               for x in g.itertuples()))
+        print(
+            "    per layer (labelled / live units): "
+            + ", ".join(f"{x.layer} {x.matched}/{x.units}" for x in g.itertuples())
+        )
 
 
 def cmd_humans(args) -> int:
@@ -379,8 +450,9 @@ def cmd_calibrate(args) -> int:
     from clipeval.analysis.runview import calibrate_threshold
 
     store = _store(args, read_only=True)
-    res = calibrate_threshold(store, args.run, args.evaluator, args.rater, fit_fraction=args.fit_fraction,
-                              seed=args.seed)
+    res = calibrate_threshold(
+        store, args.run, args.evaluator, args.rater, fit_fraction=args.fit_fraction, seed=args.seed
+    )
     print(json.dumps(res, indent=2))
     return 0
 
@@ -416,8 +488,11 @@ def cmd_app(args) -> int:
 
     env = dict(os.environ, CLIPEVAL_DB=str(Path(args.db).resolve()))
     app = Path(__file__).resolve().parents[1] / "app.py"
-    child = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)],
-                             env=env, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)],
+        env=env,
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+    )
 
     def stop(signum, _frame):
         if child.poll() is None:
@@ -450,10 +525,17 @@ def build_parser() -> argparse.ArgumentParser:
     def common_options(q, default):
         """--db and --threads, on the main parser and on every subcommand: `clipeval --db X runs` and
         `clipeval runs --db X` both work (a subcommand's copy only counts when it is given)."""
-        q.add_argument("--db", default=str(DEFAULT_DB) if default else argparse.SUPPRESS,
-                       help=f"run store (DuckDB file); env CLIPEVAL_DB (default {DEFAULT_DB})")
-        q.add_argument("--threads", type=_int_in(1, 4096), default=None if default else argparse.SUPPRESS,
-                       help="torch threads (default: one per core; on a busy machine 1 can be faster)")
+        q.add_argument(
+            "--db",
+            default=str(DEFAULT_DB) if default else argparse.SUPPRESS,
+            help=f"run store (DuckDB file); env CLIPEVAL_DB (default {DEFAULT_DB})",
+        )
+        q.add_argument(
+            "--threads",
+            type=_int_in(1, 4096),
+            default=None if default else argparse.SUPPRESS,
+            help="torch threads (default: one per core; on a busy machine 1 can be faster)",
+        )
 
     common_options(p, default=True)
     shared = argparse.ArgumentParser(add_help=False)
@@ -466,33 +548,65 @@ def build_parser() -> argparse.ArgumentParser:
     def device_options(sp, batch_help: str = "images per forward pass"):
         from clipeval.compute.device import DEFAULT_BATCH, DEVICE_CHOICES, DTYPE_CHOICES
 
-        sp.add_argument("--device", default="auto", metavar="DEVICE",
-                        help=f"{DEVICE_CHOICES} (default auto: a CUDA GPU when one is visible, else the CPU)")
-        sp.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
-                        help="model precision (default auto: float32 on the CPU, bfloat16 on GPUs that support "
-                             "it, else float16); part of the settings, stored with the results")
-        sp.add_argument("--batch-size", type=_int_in(1, 65536), default=None,
-                        help=f"{batch_help} (default per device: CPU {DEFAULT_BATCH['cpu']}, the fastest on 2 cores "
-                             f"in bench/bench_dissect.py; CUDA {DEFAULT_BATCH['cuda']}, halved on out-of-memory)")
-        sp.add_argument("--workers", type=_int_in(0, 4096), default=None,
-                        help="local engine: image decoding processes (default: 0 on the CPU, up to 8 with a GPU so "
-                             "decoding overlaps the forward pass); --engine ray: Ray workers, each with its own copy "
-                             "of the models (default: the cluster's GPUs / --gpus-per-worker, or its CPUs)")
+        sp.add_argument(
+            "--device",
+            default="auto",
+            metavar="DEVICE",
+            help=f"{DEVICE_CHOICES} (default auto: a CUDA GPU when one is visible, else the CPU)",
+        )
+        sp.add_argument(
+            "--dtype",
+            default="auto",
+            choices=DTYPE_CHOICES,
+            help="model precision (default auto: float32 on the CPU, bfloat16 on GPUs that support "
+            "it, else float16); part of the settings, stored with the results",
+        )
+        sp.add_argument(
+            "--batch-size",
+            type=_int_in(1, 65536),
+            default=None,
+            help=f"{batch_help} (default per device: CPU {DEFAULT_BATCH['cpu']}, the fastest on 2 cores "
+            f"in bench/bench_dissect.py; CUDA {DEFAULT_BATCH['cuda']}, halved on out-of-memory)",
+        )
+        sp.add_argument(
+            "--workers",
+            type=_int_in(0, 4096),
+            default=None,
+            help="local engine: image decoding processes (default: 0 on the CPU, up to 8 with a GPU so "
+            "decoding overlaps the forward pass); --engine ray: Ray workers, each with its own copy "
+            "of the models (default: the cluster's GPUs / --gpus-per-worker, or its CPUs)",
+        )
 
     def engine_options(sp):
-        sp.add_argument("--engine", choices=["local", "ray"], default="local",
-                        help="where the per-image work runs: here (local), or on Ray workers (ray); text "
-                             "embeddings, similarity, rules and the store always stay in this process")
-        sp.add_argument("--ray-address", default=None, metavar="ADDRESS",
-                        help="with --engine ray: 'local' (default: start a Ray on this machine for the command), "
-                             "'auto' (join the cluster this machine is part of) or HOST:PORT / ray://HOST:PORT")
-        sp.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
-                        help="with --engine ray: GPUs per worker, fractions below 1 share a GPU (default 0: CPU workers)")
+        sp.add_argument(
+            "--engine",
+            choices=["local", "ray"],
+            default="local",
+            help="where the per-image work runs: here (local), or on Ray workers (ray); text "
+            "embeddings, similarity, rules and the store always stay in this process",
+        )
+        sp.add_argument(
+            "--ray-address",
+            default=None,
+            metavar="ADDRESS",
+            help="with --engine ray: 'local' (default: start a Ray on this machine for the command), "
+            "'auto' (join the cluster this machine is part of) or HOST:PORT / ray://HOST:PORT",
+        )
+        sp.add_argument(
+            "--gpus-per-worker",
+            type=float,
+            default=None,
+            metavar="G",
+            help="with --engine ray: GPUs per worker, fractions below 1 share a GPU (default 0: CPU workers)",
+        )
 
     def image_text_options(sp, prefix, what):
-        sp.add_argument(f"--{prefix}-backend", choices=["open_clip", "conse"], default=None,
-                        help=f"{what} model backend")
-        sp.add_argument(f"--{prefix}-arch", help="open_clip architecture (ViT-B-16) or ConSE classifier (efficientnet_lite1)")
+        sp.add_argument(
+            f"--{prefix}-backend", choices=["open_clip", "conse"], default=None, help=f"{what} model backend"
+        )
+        sp.add_argument(
+            f"--{prefix}-arch", help="open_clip architecture (ViT-B-16) or ConSE classifier (efficientnet_lite1)"
+        )
         sp.add_argument(f"--{prefix}-pretrained", help="open_clip pretrained tag or local checkpoint path")
 
     d = add("dissect", help="label every neuron of some layers with CLIP-Dissect")
@@ -549,15 +663,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run")
     ev.add_argument("--evaluators", default="cp,es,contrast", help="comma-separated: cp,es,vqa,contrast")
     image_text_options(ev, "eval", "CP/ES/contrast")
-    ev.add_argument("--eval-image-size", type=_int_in(16, 4096), default=128, help="images are shown at this size first (paper: 128)")
+    ev.add_argument(
+        "--eval-image-size",
+        type=_int_in(16, 4096),
+        default=128,
+        help="images are shown at this size first (paper: 128)",
+    )
     ev.add_argument("--vqa-model", default="Salesforce/blip2-opt-2.7b", help="BLIP-2 hub id (local cache) or folder")
     ev.add_argument("--prompt", default=DEFAULT_PROMPT, help="the VQA question; must contain {label}")
     ev.add_argument("--k", type=_int_in(1, 1000), default=5)
     ev.add_argument("--no-baselines", action="store_true", help="skip the shuffled and constant-label baselines")
     ev.add_argument("--constant-label", help="label of the constant baseline (default: the run's most frequent)")
     ev.add_argument("--force", action="store_true")
-    device_options(ev, "images per forward pass; for VQA also (image, question) rows per language-model call "
-                       "(VQA default: CPU 8, CUDA 256)")
+    device_options(
+        ev,
+        "images per forward pass; for VQA also (image, question) rows per language-model call "
+        "(VQA default: CPU 8, CUDA 256)",
+    )
     engine_options(ev)
     ev.set_defaults(func=cmd_evaluate)
 
@@ -565,17 +687,27 @@ def build_parser() -> argparse.ArgumentParser:
         from clipeval.evaluators.rules import RULES
 
         for rule in RULES.values():
-            q.add_argument(f"--{rule.param}", type=float,
-                           help=f"{rule.title} (default: the evaluator model's own; the paper's CLIP value is "
-                                f"{rule.default:g})")
+            q.add_argument(
+                f"--{rule.param}",
+                type=float,
+                help=f"{rule.title} (default: the evaluator model's own; the paper's CLIP value is {rule.default:g})",
+            )
 
     threshold_options(ev)
     rp = add("report", help="share judged correct per layer beside the baselines, and agreement with raters")
     rp.add_argument("run")
     rp.add_argument("--k", type=_int_in(1, 1000), help="top images judged (default: all stored)")
-    rp.add_argument("--html", metavar="OUT.html", help="write one self-contained HTML report (images and SVG charts "
-                                                       "inside; opens offline) instead of printing")
-    rp.add_argument("--units", type=_int_in(1, 1_000_000), metavar="N", help="HTML: show the first N units of each layer (default all)")
+    rp.add_argument(
+        "--html",
+        metavar="OUT.html",
+        help="write one self-contained HTML report (images and SVG charts inside; opens offline) instead of printing",
+    )
+    rp.add_argument(
+        "--units",
+        type=_int_in(1, 1_000_000),
+        metavar="N",
+        help="HTML: show the first N units of each layer (default all)",
+    )
     threshold_options(rp)
     rp.set_defaults(func=cmd_report)
 
@@ -587,8 +719,11 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--replace", action="store_true", help="allow new verdicts that differ from a rater's earlier ones")
     h.set_defaults(func=cmd_humans)
 
-    so = add("sources", help="other labellers' labels on a run's units (runs, CLIP-Dissect, MILAN, "
-                                        "NetDissect), judged by the run's evaluators")
+    so = add(
+        "sources",
+        help="other labellers' labels on a run's units (runs, CLIP-Dissect, MILAN, "
+        "NetDissect), judged by the run's evaluators",
+    )
     so.add_argument("action", choices=["add", "list", "evaluate", "rm"])
     so.add_argument("run")
     so.add_argument("source", nargs="?", help="source id (evaluate, rm)")
@@ -597,13 +732,20 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--netdissect", metavar="FILE", help="NetDissect tally CSV of one layer (units from 1)")
     so.add_argument("--netdissect-layer", help="its layer (default: the file name's last '_' part)")
     so.add_argument("--from-run", metavar="RUN", help="another CLIP-Dissect run's labels")
-    so.add_argument("--layer-map", action="append", metavar="SRC=DST",
-                    help="rename the source's layers to the run's (repeat, or comma-separate)")
+    so.add_argument(
+        "--layer-map",
+        action="append",
+        metavar="SRC=DST",
+        help="rename the source's layers to the run's (repeat, or comma-separate)",
+    )
     so.add_argument("--name", help="a readable name for the source")
     so.add_argument("--no-evaluate", action="store_true", help="store the labels without judging them")
-    so.add_argument("--force", action="store_true",
-                    help="add: replace a source of the same name or id that has other labels (its evaluations "
-                         "are made again); evaluate: evaluate again even if done with these settings")
+    so.add_argument(
+        "--force",
+        action="store_true",
+        help="add: replace a source of the same name or id that has other labels (its evaluations "
+        "are made again); evaluate: evaluate again even if done with these settings",
+    )
     so.set_defaults(func=cmd_sources)
 
     c = add("calibrate", help="fit an evaluator's threshold to a rater on part of the neurons")
@@ -620,12 +762,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm.add_argument("--device", default="auto", metavar="DEVICE", help=f"{DEVICE_CHOICES} (default auto)")
     dm.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="model precision (default auto)")
-    dm.add_argument("--background", action="store_true",
-                    help="start the build as a detached process and return at once (what ./run app does): it "
-                         "writes its progress to STORE.build.json, which the app's Overview shows, and its output "
-                         "to STORE.build.log; nothing starts when the demo is complete or a build is running")
-    dm.add_argument("--status", action="store_true",
-                    help="also write the build's stage and progress to STORE.build.json (for the app)")
+    dm.add_argument(
+        "--background",
+        action="store_true",
+        help="start the build as a detached process and return at once (what ./run app does): it "
+        "writes its progress to STORE.build.json, which the app's Overview shows, and its output "
+        "to STORE.build.log; nothing starts when the demo is complete or a build is running",
+    )
+    dm.add_argument(
+        "--status",
+        action="store_true",
+        help="also write the build's stage and progress to STORE.build.json (for the app)",
+    )
     dm.set_defaults(func=cmd_demo)
 
     a = add("app", help="start the Streamlit explorer on the store")

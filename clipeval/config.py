@@ -39,15 +39,23 @@ def check_dtype(dtype: str) -> None:
 
 # what each similarity parameter may be: (lowest, highest, whether the ends are allowed, integer)
 SIMILARITY_RANGES: dict[str, tuple[float, float, bool, bool]] = {
-    "top_k": (1, 1e9, True, True), "a": (0, 1e6, False, False), "lam": (0, 1e6, True, False),
-    "min_prob": (0, 1, False, False), "p_start": (0, 1, False, False), "p_end": (0, 1, False, False),
-    "p": (1, 1e6, True, False), "top_fraction": (0, 1, False, False), "scale_p": (0, 1e6, False, False),
-    "seed": (0, 2**31 - 1, True, True), "min_norm": (0, 1e6, False, False),
+    "top_k": (1, 1e9, True, True),
+    "a": (0, 1e6, False, False),
+    "lam": (0, 1e6, True, False),
+    "min_prob": (0, 1, False, False),
+    "p_start": (0, 1, False, False),
+    "p_end": (0, 1, False, False),
+    "p": (1, 1e6, True, False),
+    "top_fraction": (0, 1, False, False),
+    "scale_p": (0, 1e6, False, False),
+    "seed": (0, 2**31 - 1, True, True),
+    "min_norm": (0, 1e6, False, False),
 }
 
 
 def stable_hash(*parts: Any, length: int = 12) -> str:
     """sha256 over a canonical JSON encoding of `parts` (dataclasses become dicts)."""
+
     def encode(obj: Any) -> Any:
         if dataclasses.is_dataclass(obj):
             return {"__type__": type(obj).__name__, **{k: encode(v) for k, v in dataclasses.asdict(obj).items()}}
@@ -75,6 +83,7 @@ def file_fingerprint(path: str | os.PathLike | None) -> str:
 @dataclass(frozen=True)
 class TargetConfig:
     """The network being dissected: a built-in name, a timm or torchvision model name."""
+
     name: str = "efficientnet_lite0"
     weights: str | None = None  # local checkpoint path; None = shipped weights or the library's cache
 
@@ -82,6 +91,7 @@ class TargetConfig:
 @dataclass(frozen=True)
 class ProbeConfig:
     """One or more image folders, merged in the order given."""
+
     paths: tuple[str, ...] = ()
     on_bad_image: str = "skip"  # 'skip' (count and go on) or 'fail'
 
@@ -93,6 +103,7 @@ class ProbeConfig:
 @dataclass(frozen=True)
 class ConceptConfig:
     """A built-in concept set name (see clipeval.datasets.concepts.BUILTIN) or a text file path."""
+
     source: str = "common-10k"
 
 
@@ -100,12 +111,15 @@ class ConceptConfig:
 class ImageTextConfig:
     """An image-text model. backend 'open_clip': arch + pretrained tag or checkpoint path.
     backend 'conse': arch names the ImageNet classifier, text side is the shipped MiniLM."""
+
     backend: str = "conse"
     arch: str = "efficientnet_lite1"
     pretrained: str = ""
     top_t: int = 10  # ConSE: number of classes mixed into an image embedding
     image_size: int | None = None  # resize to this square first (the paper showed evaluators 128 px)
-    text_encoder: str = "minilm"  # ConSE: the sentence encoder, 'minilm' (all-MiniLM-L6-v2) or 'mpnet' (all-mpnet-base-v2)
+    text_encoder: str = (
+        "minilm"  # ConSE: the sentence encoder, 'minilm' (all-MiniLM-L6-v2) or 'mpnet' (all-mpnet-base-v2)
+    )
 
     def __post_init__(self):
         if self.backend not in ("open_clip", "conse"):
@@ -132,11 +146,13 @@ class SimilarityConfig:
     def __post_init__(self):
         if self.fn not in SIMILARITY_DEFAULTS:
             raise ClipevalError(
-                f"unknown similarity function {self.fn!r}; choose one of {', '.join(SIMILARITY_DEFAULTS)}")
+                f"unknown similarity function {self.fn!r}; choose one of {', '.join(SIMILARITY_DEFAULTS)}"
+            )
         unknown = {k for k, _ in self.params} - set(SIMILARITY_DEFAULTS[self.fn])
         if unknown:
-            raise ClipevalError(f"{self.fn} has no parameter(s) {sorted(unknown)}; "
-                                f"it takes {sorted(SIMILARITY_DEFAULTS[self.fn])}")
+            raise ClipevalError(
+                f"{self.fn} has no parameter(s) {sorted(unknown)}; it takes {sorted(SIMILARITY_DEFAULTS[self.fn])}"
+            )
         for name, value in self.params:
             lo, hi, ends, integer = SIMILARITY_RANGES[name]
             inside = lo <= value <= hi if ends else lo < value < hi or (value == hi and hi == 1)
@@ -154,6 +170,7 @@ class SimilarityConfig:
 @dataclass(frozen=True)
 class DissectConfig:
     """Everything that determines a CLIP-Dissect run's results."""
+
     target: TargetConfig = field(default_factory=TargetConfig)
     layers: tuple[str, ...] = ()
     pooling: str = "mean"
@@ -191,8 +208,9 @@ class DissectConfig:
             probe=ProbeConfig(paths=tuple(d["probe"]["paths"]), on_bad_image=d["probe"]["on_bad_image"]),
             concepts=ConceptConfig(**d["concepts"]),
             image_text=ImageTextConfig(**d["image_text"]),
-            similarity=SimilarityConfig(fn=d["similarity"]["fn"],
-                                        params=tuple(tuple(p) for p in d["similarity"]["params"])),
+            similarity=SimilarityConfig(
+                fn=d["similarity"]["fn"], params=tuple(tuple(p) for p in d["similarity"]["params"])
+            ),
             **{k: d[k] for k in ("k", "n_runner_ups", "n_contrast", "seed")},
             dtype=d.get("dtype", "float32"),  # runs stored before --dtype ran in float32
         )
@@ -206,6 +224,7 @@ DEFAULT_PROMPT = 'Question: Is this image related to "{label}"? Answer:'
 @dataclass(frozen=True)
 class EvalConfig:
     """Settings of one evaluator pass over a run (thresholds are NOT here: they apply at query time)."""
+
     evaluator: str
     image_text: ImageTextConfig | None = None  # CP / ES / contrast
     vqa_model: str = ""  # VQA: hub id or local folder

@@ -67,8 +67,9 @@ def check_path(path, what: str, use: str, new_folders: bool = False):
         try:
             fd, probe = tempfile.mkstemp(dir=folder, prefix=".clipeval-write-check-")
         except OSError as e:
-            raise ClipevalError(f"{what} {path} cannot be written: its folder {folder} does not accept new files "
-                                f"({_why(e)})") from e
+            raise ClipevalError(
+                f"{what} {path} cannot be written: its folder {folder} does not accept new files ({_why(e)})"
+            ) from e
         os.close(fd)
         os.unlink(probe)
         return p
@@ -96,8 +97,10 @@ def no_space(path, need_bytes: int | None = None) -> ClipevalError:
         mount = os.path.dirname(mount)
     free = shutil.disk_usage(where).free
     need = f"needed about {need_bytes / 2**20:.1f} MB, " if need_bytes else ""
-    return ClipevalError(f"no space left on {mount} ({need}{free / 2**20:.1f} MB free) for {path}; nothing was "
-                         "written: free some space there or write elsewhere")
+    return ClipevalError(
+        f"no space left on {mount} ({need}{free / 2**20:.1f} MB free) for {path}; nothing was "
+        "written: free some space there or write elsewhere"
+    )
 
 
 def check_space(path, need_bytes: int) -> None:

@@ -29,8 +29,10 @@ def read_csv(path, required, what: str) -> pd.DataFrame:
     df.columns = [c.strip().lower() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise ClipevalError(f"{path} lacks column(s) {', '.join(missing)}: found {', '.join(df.columns) or 'none'}, "
-                            f"expected {','.join(required)}")
+        raise ClipevalError(
+            f"{path} lacks column(s) {', '.join(missing)}: found {', '.join(df.columns) or 'none'}, "
+            f"expected {','.join(required)}"
+        )
     if df.empty:
         raise ClipevalError(f"{path} has no rows")
     return df
@@ -39,13 +41,17 @@ def read_csv(path, required, what: str) -> pd.DataFrame:
 def unit_column(df: pd.DataFrame, path) -> pd.Series:
     bad = ~df["unit"].str.strip().str.fullmatch(r"\d+")
     if bad.any():
-        raise ClipevalError(f"{path}: unit must be a non-negative integer; row {int(np.argmax(bad)) + 2} has "
-                            f"{df['unit'][bad].iloc[0]!r}")
+        raise ClipevalError(
+            f"{path}: unit must be a non-negative integer; row {int(np.argmax(bad)) + 2} has "
+            f"{df['unit'][bad].iloc[0]!r}"
+        )
     units = df["unit"].str.strip().map(int)  # Python ints: a 20-digit unit must not wrap around
     big = units > MAX_UNIT
     if big.any():
-        raise ClipevalError(f"{path}: unit {units[big].iloc[0]} in row {int(np.argmax(big)) + 2} is beyond any "
-                            f"layer's size (at most {MAX_UNIT:,})")
+        raise ClipevalError(
+            f"{path}: unit {units[big].iloc[0]} in row {int(np.argmax(big)) + 2} is beyond any "
+            f"layer's size (at most {MAX_UNIT:,})"
+        )
     return units.astype("int64")
 
 

@@ -13,66 +13,97 @@ ctx = widgets.run_page("Agreement")
 
 view = data.run_view(ctx.run_id)
 k = min(ctx.k, view.kmax) if view.available else ctx.k
-raters = view.rater_verdicts(ctx.thresholds, k) if view.available else \
-    {view.rater_label(r): v for r, v in view.humans.items()}
+raters = (
+    view.rater_verdicts(ctx.thresholds, k)
+    if view.available
+    else {view.rater_label(r): v for r, v in view.humans.items()}
+)
 for e in widgets.EVALUATOR_ORDER:
     if e not in view.available:
         st.caption(f":orange[{widgets.evaluator_note(ctx, e)}]")
-st.info("**On names.** The paper reports an \"IoU\" between evaluator and human, but its published values match "
-        "plain **agreement**: the share of neurons on which two raters give the same verdict. That is what this "
-        "page calls agreement. The Jaccard index of the two raters' \"correct\" sets (|A ∩ B| / |A ∪ B|) is shown "
-        "separately under its own name.", icon=":material/info:")
+st.info(
+    '**On names.** The paper reports an "IoU" between evaluator and human, but its published values match '
+    "plain **agreement**: the share of neurons on which two raters give the same verdict. That is what this "
+    'page calls agreement. The Jaccard index of the two raters\' "correct" sets (|A ∩ B| / |A ∪ B|) is shown '
+    "separately under its own name.",
+    icon=":material/info:",
+)
 if len(raters) < 2:
-    st.warning("Agreement needs at least two raters (evaluators or humans) on this run. Judge neurons on the "
-               "Annotate page, or run more evaluators.")
+    st.warning(
+        "Agreement needs at least two raters (evaluators or humans) on this run. Judge neurons on the "
+        "Annotate page, or run more evaluators."
+    )
     st.stop()
 if not view.humans:
-    st.caption("No reference rater for this run yet: only the evaluators are compared with each other. Add human "
-               "verdicts on the Annotate page or with `clipeval humans import`.")
+    st.caption(
+        "No reference rater for this run yet: only the evaluators are compared with each other. Add human "
+        "verdicts on the Annotate page or with `clipeval humans import`."
+    )
 elif not view.human_labels:
-    st.caption("No human verdicts for this run yet: the only reference here is automatic ("
-               + ", ".join(view.automatic_labels) + "), computed from ground truth, not by a person.")
+    st.caption(
+        "No human verdicts for this run yet: the only reference here is automatic ("
+        + ", ".join(view.automatic_labels)
+        + "), computed from ground truth, not by a person."
+    )
 
 # ---------------------------------------------------------------- kappa matrix
 st.subheader("Cohen's kappa between every pair")
 matrix = data.kappa_intervals(ctx.run_id, ctx.thresholds, k)
 widgets.chart(charts.kappa_heatmap, matrix["kappa"], matrix["n"], matrix["lo"], matrix["hi"], intervals.MIN_N)
-st.caption(f"Each cell: kappa, its 95% interval (bootstrap over neurons) and n, the neurons both raters judged. "
-           f"Grey cells: fewer than {intervals.MIN_N} neurons, too few to read. Evaluator verdicts at the sidebar's "
-           f"thresholds ({widgets.thresholds_caption(ctx)}). Kappa is n/a where it is undefined (e.g. both raters "
-           "say 'correct' for every neuron). " + widgets.glossary_link("kappa") + " · " +
-           widgets.glossary_link("intervals"))
+st.caption(
+    f"Each cell: kappa, its 95% interval (bootstrap over neurons) and n, the neurons both raters judged. "
+    f"Grey cells: fewer than {intervals.MIN_N} neurons, too few to read. Evaluator verdicts at the sidebar's "
+    f"thresholds ({widgets.thresholds_caption(ctx)}). Kappa is n/a where it is undefined (e.g. both raters "
+    "say 'correct' for every neuron). " + widgets.glossary_link("kappa") + " · " + widgets.glossary_link("intervals")
+)
 
 # ---------------------------------------------------------------- per layer against a reference
 st.subheader("Against a reference, per layer and pooled")
 names = list(raters)
 default_ref = next((n for n in view.rater_labels if n in names), names[0])  # a person first, if any
 c = st.columns([1, 1.6])
-reference = c[0].selectbox("Reference rater", names, index=names.index(default_ref), key="agree_ref",
-                           help="Usually a reference rater (a person, or an automatic reference marked as such); "
-                                "every other rater is compared with it. " + widgets.glossary_link("reference"))
+reference = c[0].selectbox(
+    "Reference rater",
+    names,
+    index=names.index(default_ref),
+    key="agree_ref",
+    help="Usually a reference rater (a person, or an automatic reference marked as such); "
+    "every other rater is compared with it. " + widgets.glossary_link("reference"),
+)
 others = [n for n in names if n != reference]
 tables = data.pairwise_intervals(ctx.run_id, ctx.thresholds, k, reference)
-measure = c[1].segmented_control("Measure per layer", list(intervals.MEASURES), default="agreement",
-                                 key="agree_measure") or "agreement"
+measure = (
+    c[1].segmented_control("Measure per layer", list(intervals.MEASURES), default="agreement", key="agree_measure")
+    or "agreement"
+)
 layer_order = [*data.layers(ctx.run_id)["layer"], "overall"]
 text, small = tables_mod.measure_by_layer_ci(tables, measure, layer_order)
 shown = text.rename_axis(f"{measure} vs {reference}").reset_index()
 # a row per rater, a column per layer: a static table shows every layer (and loads no grid into the first view)
 widgets.table(shown, muted=small.reset_index(drop=True))
-st.caption(f"Each cell: the {measure}, its 95% interval (bootstrap over neurons) and n, the neurons both judged; "
-           f"grey: fewer than {intervals.MIN_N} neurons, too few to read. 'overall' pools all compared neurons (not "
-           "the mean of the layers). Precision, recall and F1 treat the reference as the truth and 'correct' as the "
-           "positive class. " + widgets.glossary_link("intervals"))
+st.caption(
+    f"Each cell: the {measure}, its 95% interval (bootstrap over neurons) and n, the neurons both judged; "
+    f"grey: fewer than {intervals.MIN_N} neurons, too few to read. 'overall' pools all compared neurons (not "
+    "the mean of the layers). Precision, recall and F1 treat the reference as the truth and 'correct' as the "
+    "positive class. " + widgets.glossary_link("intervals")
+)
 every = st.expander("Every measure, every layer", key="agree_every", on_change="rerun")
 if every.open:  # drawn when opened: the page's only grid
     long = tables_mod.stack_pairwise(tables)
-    every.dataframe(long[["rater", "layer", "n", *[c for m in intervals.MEASURES for c in (m, f"{m} lo", f"{m} hi")]]],
-                    hide_index=True, width="stretch",
-                    column_config={**{c: st.column_config.NumberColumn(format="%.3f") for c in long.columns
-                                      if c.split(" ")[0] in intervals.MEASURES},
-                                   "rater": st.column_config.TextColumn("rater", pinned=True),
-                                   "layer": st.column_config.TextColumn("layer", pinned=True)})
+    every.dataframe(
+        long[["rater", "layer", "n", *[c for m in intervals.MEASURES for c in (m, f"{m} lo", f"{m} hi")]]],
+        hide_index=True,
+        width="stretch",
+        column_config={
+            **{
+                c: st.column_config.NumberColumn(format="%.3f")
+                for c in long.columns
+                if c.split(" ")[0] in intervals.MEASURES
+            },
+            "rater": st.column_config.TextColumn("rater", pinned=True),
+            "layer": st.column_config.TextColumn("layer", pinned=True),
+        },
+    )
 
 # ---------------------------------------------------------------- one pair in detail
 st.subheader("One pair in detail")
@@ -83,7 +114,8 @@ c = [row.container(width=charts.HALF), row.container(width=charts.HALF)]
 with c[0]:
     conf = metrics.confusion(pair["a"], pair["b"]).rename(
         index={"evaluator yes": "correct", "evaluator no": "not correct"},
-        columns={"reference yes": "correct", "reference no": "not correct"})
+        columns={"reference yes": "correct", "reference no": "not correct"},
+    )
     st.markdown(f"**Confusion matrix**: rows {rater}, columns {reference}")
     widgets.chart(charts.confusion_heatmap, conf, rater, reference, fit=False)
 with c[1]:
@@ -92,13 +124,18 @@ with c[1]:
         m = st.columns(3)
         for col, name in zip(m, row_measures):
             f = intervals.figure(overall, name)
-            col.metric(name.capitalize() if name != "kappa" else "Cohen's kappa",
-                       widgets.fmt_pct(f.value) if f.percent else widgets.fmt_num(f.value),
-                       f"95% {f._f(f.lo)} to {f._f(f.hi)}" if pd.notna(f.lo) else "interval n/a",
-                       delta_color="off", delta_arrow="off")
+            col.metric(
+                name.capitalize() if name != "kappa" else "Cohen's kappa",
+                widgets.fmt_pct(f.value) if f.percent else widgets.fmt_num(f.value),
+                f"95% {f._f(f.lo)} to {f._f(f.hi)}" if pd.notna(f.lo) else "interval n/a",
+                delta_color="off",
+                delta_arrow="off",
+            )
     n = int(overall["n"])
     if n < intervals.MIN_N:
-        st.warning(f"Only {n} neurons judged by both: fewer than {intervals.MIN_N}, so these figures can move a lot "
-                   "with a few more verdicts.")
+        st.warning(
+            f"Only {n} neurons judged by both: fewer than {intervals.MIN_N}, so these figures can move a lot "
+            "with a few more verdicts."
+        )
     else:
         st.caption(f"{n} neurons judged by both; 95% intervals from a bootstrap over them.")

@@ -21,15 +21,19 @@ for e in widgets.EVALUATOR_ORDER:
     if e not in available:
         st.caption(f":orange[{widgets.evaluator_note(ctx, e)}]")
 if not available:
-    st.info("No evaluator has scored this run yet, so there are no verdicts to summarise. Run "
-            f"`clipeval evaluate {ctx.run_id} --evaluators cp,es,contrast`.")
+    st.info(
+        "No evaluator has scored this run yet, so there are no verdicts to summarise. Run "
+        f"`clipeval evaluate {ctx.run_id} --evaluators cp,es,contrast`."
+    )
 else:
     summary = view.layer_summary(ctx.thresholds, k)
     widgets.chart(charts.layer_shares, summary, layer_names)
-    st.caption(f"Bars: the run's real labels; black markers: the same evaluator on labels shuffled across neurons "
-               f"(×) and on one constant label for every neuron (–). An evaluator that passes shuffled or constant "
-               f"labels nearly as often as real ones tells real labels from wrong ones poorly. "
-               f"'overall' pools all neurons (not the mean of the layers). {widgets.thresholds_caption(ctx)}.")
+    st.caption(
+        f"Bars: the run's real labels; black markers: the same evaluator on labels shuffled across neurons "
+        f"(×) and on one constant label for every neuron (–). An evaluator that passes shuffled or constant "
+        f"labels nearly as often as real ones tells real labels from wrong ones poorly. "
+        f"'overall' pools all neurons (not the mean of the layers). {widgets.thresholds_caption(ctx)}."
+    )
     for line in widgets.judge_caveats(view):
         st.caption(f":orange[{line}]")
     table = tables.summary_table(summary, layer_names)
@@ -41,23 +45,34 @@ else:
 
 # ---------------------------------------------------------------- interpretable units
 st.subheader("Interpretable units")
-chosen = st.multiselect("Evaluators that must all agree", available, default=available,
-                        format_func=widgets.title, key="interp_evaluators",
-                        help="Only evaluators that scored this run can be chosen.")
+chosen = st.multiselect(
+    "Evaluators that must all agree",
+    available,
+    default=available,
+    format_func=widgets.title,
+    key="interp_evaluators",
+    help="Only evaluators that scored this run can be chosen.",
+)
 st.markdown(
     "**Definition used here:** a unit is *interpretable* when **every chosen evaluator** judges its CLIP-Dissect "
     f"label correct (any of its top-{k} images matches the label at the current thresholds). Reference "
-    "raters are not part of it; their verdicts (human or automatic, as marked) appear as columns in the grid below.")
+    "raters are not part of it; their verdicts (human or automatic, as marked) appear as columns in the grid below."
+)
 if available and chosen:
     grid = tables.unit_grid(view, ctx.thresholds, k, chosen)
     per_layer = headlines.interpretable_shares(view, ctx.thresholds, k, chosen, layer_names)
     cols = st.columns(min(len(per_layer), 6))
     for col, row in zip(cols * (len(per_layer) // len(cols) + 1), per_layer.to_dict("records")):
-        col.metric(row["layer"], widgets.fmt_pct(row["share"]),
-                   help="Below the share: the share of units whose shuffled (or constant) label every chosen "
-                        "evaluator also judges correct. " + widgets.glossary_link("interpretable"))
-        col.caption(f"{row['interpretable']:,} of {row['neurons']:,} units  \n"
-                    + headlines.baseline_delta(row).replace(" · ", "  \n"))
+        col.metric(
+            row["layer"],
+            widgets.fmt_pct(row["share"]),
+            help="Below the share: the share of units whose shuffled (or constant) label every chosen "
+            "evaluator also judges correct. " + widgets.glossary_link("interpretable"),
+        )
+        col.caption(
+            f"{row['interpretable']:,} of {row['neurons']:,} units  \n"
+            + headlines.baseline_delta(row).replace(" · ", "  \n")
+        )
 elif available:
     st.info("Choose at least one evaluator.")
     grid = tables.unit_grid(view, ctx.thresholds, k, [])
@@ -69,29 +84,42 @@ st.subheader("Unit grid")
 f = st.columns([1.2, 1.6, 2])
 grid_layer = f[0].selectbox("Layer", ["all layers", *layer_names], key="grid_layer")
 text = f[1].text_input("Label contains", key="grid_text")
-show = f[2].segmented_control("Show units", ["all", "interpretable", "not interpretable"], default="all",
-                              key="grid_show") or "all"
+show = (
+    f[2].segmented_control("Show units", ["all", "interpretable", "not interpretable"], default="all", key="grid_show")
+    or "all"
+)
 shown = tables.filter_grid(grid, None if grid_layer == "all layers" else grid_layer, text, show)
 kmax = data.top_k(ctx.run_id)
 shown = shown.assign(open=tables.neuron_links(ctx.run_id, shown["layer"], shown["unit"], ctx.thresholds, ctx.k, kmax))
 # the unit's identity stays in view while a narrow window scrolls the verdict columns sideways
-config = {"open": st.column_config.LinkColumn("neuron", display_text="open", width="small", pinned=True,
-                                              help="Open this neuron in the neuron explorer (new tab)"),
-          "layer": st.column_config.TextColumn("layer", pinned=True),
-          "unit": st.column_config.NumberColumn("unit", pinned=True),
-          "similarity": st.column_config.NumberColumn(format="%.3f"),
-          tables.INTERPRETABLE: st.column_config.TextColumn(tables.INTERPRETABLE, width="small",
-                                                            help="✓: every chosen evaluator judges the label correct")}
+config = {
+    "open": st.column_config.LinkColumn(
+        "neuron",
+        display_text="open",
+        width="small",
+        pinned=True,
+        help="Open this neuron in the neuron explorer (new tab)",
+    ),
+    "layer": st.column_config.TextColumn("layer", pinned=True),
+    "unit": st.column_config.NumberColumn("unit", pinned=True),
+    "similarity": st.column_config.NumberColumn(format="%.3f"),
+    tables.INTERPRETABLE: st.column_config.TextColumn(
+        tables.INTERPRETABLE, width="small", help="✓: every chosen evaluator judges the label correct"
+    ),
+}
 for e in available:
     t = widgets.title(e)
-    config[f"{t} score"] = st.column_config.NumberColumn(f"{t} score", format="%d" if e == "cp" else "%.3f",
-                                                         help=f"{t}: " + {"cp": "best rank of the label",
-                                                                          "es": "highest cosine",
-                                                                          "vqa": "highest P(yes)",
-                                                                          "contrast": "ROC-AUC"}[e])
+    config[f"{t} score"] = st.column_config.NumberColumn(
+        f"{t} score",
+        format="%d" if e == "cp" else "%.3f",
+        help=f"{t}: "
+        + {"cp": "best rank of the label", "es": "highest cosine", "vqa": "highest P(yes)", "contrast": "ROC-AUC"}[e],
+    )
     config[t] = st.column_config.TextColumn(t, width="small", help=f"✓: {t} judges the label correct, ✗: not")
-st.caption(f"{len(shown):,} of {len(grid):,} units. Click a column header to sort; 'open' shows the unit in the "
-           "neuron explorer.")
+st.caption(
+    f"{len(shown):,} of {len(grid):,} units. Click a column header to sort; 'open' shows the unit in the "
+    "neuron explorer."
+)
 first = ["open", "layer", "unit", "label", "similarity", tables.INTERPRETABLE]
 marks = [tables.INTERPRETABLE, *[widgets.title(e) for e in available], *view.rater_labels]
 for r in view.rater_labels:
@@ -99,8 +127,14 @@ for r in view.rater_labels:
 # n_negatives (how many inactive images Contrast compared) is on the neuron explorer: here it was an internal
 # name that pushed the verdict columns out of view at 1440 px
 shown = shown.drop(columns=["n_negatives"], errors="ignore")
-st.dataframe(tables.verdict_marks(shown, marks), hide_index=True, width="stretch", height=420, column_config=config,
-             column_order=[*first, *[c for c in shown.columns if c not in first]])
+st.dataframe(
+    tables.verdict_marks(shown, marks),
+    hide_index=True,
+    width="stretch",
+    height=420,
+    column_config=config,
+    column_order=[*first, *[c for c in shown.columns if c not in first]],
+)
 
 # ---------------------------------------------------------------- frequent labels
 st.subheader("Most frequent labels")
@@ -108,6 +142,8 @@ counts = data.label_counts(ctx.run_id, None if grid_layer == "all layers" else g
 row = st.container(horizontal=True, gap="small")  # side by side when wide, stacked at 800 px
 widgets.chart(charts.label_bars, counts, where=row.container(width=charts.HALF), fit=False)
 with row.container(width=charts.HALF):
-    st.caption(f"{'All layers' if grid_layer == 'all layers' else grid_layer} (follows the grid's layer filter). "
-               "A label carried by many units is often vague; a top-k-only check tends to pass vague labels.")
+    st.caption(
+        f"{'All layers' if grid_layer == 'all layers' else grid_layer} (follows the grid's layer filter). "
+        "A label carried by many units is often vague; a top-k-only check tends to pass vague labels."
+    )
     widgets.table(counts, formats={"share": widgets.fmt_pct})

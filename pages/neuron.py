@@ -60,15 +60,36 @@ layer = pick[0].selectbox("Layer", layer_names, key="layer", bind="query-params"
 unit_list = units[layer]
 if "unit" in st.session_state and int(st.session_state["unit"]) > unit_list[-1]:  # past this layer's last unit
     st.session_state["unit"] = unit_list[-1]
-unit = int(pick[1].number_input(f"Unit (0-{unit_list[-1]})", min_value=0, max_value=int(max(unit_list)), value=0,
-                                step=1, key="unit", bind="query-params"))
+unit = int(
+    pick[1].number_input(
+        f"Unit (0-{unit_list[-1]})",
+        min_value=0,
+        max_value=int(max(unit_list)),
+        value=0,
+        step=1,
+        key="unit",
+        bind="query-params",
+    )
+)
 with pick[2]:
     nav = st.container(horizontal=True, gap="small", wrap=False)
-    nav.button("Previous", on_click=_step, args=(-1,), icon=":material/arrow_back:", key="prev",
-               disabled=navigation.step(order, (layer, unit), -1) is None, help="The previous unit (none before the "
-               "first unit of the first layer)")
-    nav.button("Next", on_click=_step, args=(1,), icon=":material/arrow_forward:", key="next",
-               disabled=navigation.step(order, (layer, unit), 1) is None)
+    nav.button(
+        "Previous",
+        on_click=_step,
+        args=(-1,),
+        icon=":material/arrow_back:",
+        key="prev",
+        disabled=navigation.step(order, (layer, unit), -1) is None,
+        help="The previous unit (none before the first unit of the first layer)",
+    )
+    nav.button(
+        "Next",
+        on_click=_step,
+        args=(1,),
+        icon=":material/arrow_forward:",
+        key="next",
+        disabled=navigation.step(order, (layer, unit), 1) is None,
+    )
     nav.button("Random", on_click=_random, icon=":material/casino:", key="random")
 with pick[3]:
     query = st.text_input("Search labels and runner-up concepts", key="search_text", placeholder="e.g. dog, stripes")
@@ -78,11 +99,22 @@ if query.strip():
         st.caption(f"No label or runner-up concept contains {query.strip()!r}.")
     else:
         options = [f"{r.layer}/{r.unit}" for r in hits.itertuples()]
-        text = {f"{r.layer}/{r.unit}": (f"{r.layer} / {r.unit}: {r.label}" + ("" if r.match_rank == 1 else
-                f"  (runner-up #{r.match_rank}: {r.matched})")) for r in hits.itertuples()}
-        st.selectbox(f"{len(hits)} matching neuron(s){' (first 200)' if len(hits) >= 200 else ''}", options,
-                     index=None, format_func=text.get, key="search_hit", on_change=_found,
-                     placeholder="Pick one to show it")
+        text = {
+            f"{r.layer}/{r.unit}": (
+                f"{r.layer} / {r.unit}: {r.label}"
+                + ("" if r.match_rank == 1 else f"  (runner-up #{r.match_rank}: {r.matched})")
+            )
+            for r in hits.itertuples()
+        }
+        st.selectbox(
+            f"{len(hits)} matching neuron(s){' (first 200)' if len(hits) >= 200 else ''}",
+            options,
+            index=None,
+            format_func=text.get,
+            key="search_hit",
+            on_change=_found,
+            placeholder="Pick one to show it",
+        )
 
 if unit not in unit_list:
     st.warning(f"{layer} has no labelled unit {unit}.")
@@ -103,22 +135,31 @@ head = st.columns([1.1, 2.4])
 with head[0]:
     st.subheader(f"{layer} / unit {unit}")
     st.markdown(f"### “{label_row['label']}”")
-    st.metric("CLIP-Dissect similarity of the label", widgets.fmt_num(label_row["similarity"]),
-              help="The score of the chosen concept under the run's similarity function (soft-WPMI by default): "
-                   "comparable between neurons of one run, not a cosine.")
+    st.metric(
+        "CLIP-Dissect similarity of the label",
+        widgets.fmt_num(label_row["similarity"]),
+        help="The score of the chosen concept under the run's similarity function (soft-WPMI by default): "
+        "comparable between neurons of one run, not a cosine.",
+    )
 ru = data.runner_ups(ctx.run_id, layer, unit)
 n_units = int(layers.set_index("layer").loc[layer, "n_units"])
 own = unit_imagenet_class(n_units, unit, label_row["label"], ru["concept"] if "concept" in ru else ())
 if own:
     with head[0]:
-        found = ("the label names it" if own["label_matches"] else
-                 f"runner-up #{own['concept_rank']} names it" if own["concept_rank"] else
-                 "neither the label nor a runner-up names it")
+        found = (
+            "the label names it"
+            if own["label_matches"]
+            else f"runner-up #{own['concept_rank']} names it"
+            if own["concept_rank"]
+            else "neither the label nor a runner-up names it"
+        )
         (st.success if own["label_matches"] else st.warning)(
-            f"**This unit's own ImageNet class: {own['class']}** ({found})", icon=":material/fact_check:")
-        st.caption(f"{layer} has {n_units:,} units, one per ImageNet class (a 1000-way classifier), so unit {unit} "
-                   "is known to mean this class: a sanity check of the label. "
-                   + widgets.glossary_link("imagenet-check"))
+            f"**This unit's own ImageNet class: {own['class']}** ({found})", icon=":material/fact_check:"
+        )
+        st.caption(
+            f"{layer} has {n_units:,} units, one per ImageNet class (a 1000-way classifier), so unit {unit} "
+            "is known to mean this class: a sanity check of the label. " + widgets.glossary_link("imagenet-check")
+        )
 with head[1]:
     if len(ru) > 1:
         st.caption("Runner-up concepts (rank 1 is the label)")
@@ -130,24 +171,42 @@ shown = []
 for e in widgets.EVALUATOR_ORDER:
     state = view.evaluators[e]
     ok = state.table is not None
-    on = toggles.toggle(widgets.title(e), value=ok, key=f"show_{e}", bind="query-params", disabled=not ok,
-                        help=(widgets.RULES_HELP[e] if ok else widgets.evaluator_note(ctx, e)) + " " +
-                        widgets.glossary_link(e))
+    on = toggles.toggle(
+        widgets.title(e),
+        value=ok,
+        key=f"show_{e}",
+        bind="query-params",
+        disabled=not ok,
+        help=(widgets.RULES_HELP[e] if ok else widgets.evaluator_note(ctx, e)) + " " + widgets.glossary_link(e),
+    )
     if on and ok:
         shown.append(e)
-show_human = toggles.toggle("Human raters", value=True, key="show_human", bind="query-params",
-                            disabled=not view.human_labels,
-                            help="People's yes/no verdicts on this neuron (from the Annotate page or "
-                                 "`clipeval humans import`)." + ("" if view.human_labels else " None for this run yet."))
-show_auto = toggles.toggle("Automatic references", value=True, key="show_auto", bind="query-params",
-                           disabled=not view.automatic_labels,
-                           help="Reference verdicts computed from ground truth, not by a person (the demo's: does "
-                                "the label name the unit's ImageNet class?). " + widgets.glossary_link("reference")
-                                + ("" if view.automatic_labels else " None for this run."))
+show_human = toggles.toggle(
+    "Human raters",
+    value=True,
+    key="show_human",
+    bind="query-params",
+    disabled=not view.human_labels,
+    help="People's yes/no verdicts on this neuron (from the Annotate page or "
+    "`clipeval humans import`)." + ("" if view.human_labels else " None for this run yet."),
+)
+show_auto = toggles.toggle(
+    "Automatic references",
+    value=True,
+    key="show_auto",
+    bind="query-params",
+    disabled=not view.automatic_labels,
+    help="Reference verdicts computed from ground truth, not by a person (the demo's: does "
+    "the label name the unit's ImageNet class?). "
+    + widgets.glossary_link("reference")
+    + ("" if view.automatic_labels else " None for this run."),
+)
 verdicts = verdict_table(ctx, view, layer, unit)
-keep = verdicts["rater"].isin([widgets.title(e) for e in shown]) | \
-    (show_human & verdicts["rater"].isin(view.human_labels)) | \
-    (show_auto & verdicts["rater"].isin(view.automatic_labels))
+keep = (
+    verdicts["rater"].isin([widgets.title(e) for e in shown])
+    | (show_human & verdicts["rater"].isin(view.human_labels))
+    | (show_auto & verdicts["rater"].isin(view.automatic_labels))
+)
 missing = [e for e in widgets.EVALUATOR_ORDER if view.evaluators[e].table is None]
 if keep.any():
     widgets.table(verdicts[keep])
@@ -157,12 +216,16 @@ if show_human and not view.human_labels:
     st.caption("No human verdicts for this run yet: judge neurons on the Annotate page.")
 if view.available:
     if "contrast" in shown and pd.notna(label_row.get("n_negatives")):
-        st.caption(f"Contrast compared this neuron's top images with {int(label_row['n_negatives'])} inactive ones "
-                   "(its least active images and random images below its 90th percentile).")
-    st.caption(f"A label is judged correct when ANY of the top-{ctx.k} images matches it. Neuron score: CP the "
-               "best rank of the label, ES the highest cosine, VQA the highest P(yes), Contrast the ROC-AUC of the "
-               "label's cosine on the top images against inactive ones. Baselines: the same evaluator on a label "
-               "shuffled in from another neuron, and on one constant label for every neuron.")
+        st.caption(
+            f"Contrast compared this neuron's top images with {int(label_row['n_negatives'])} inactive ones "
+            "(its least active images and random images below its 90th percentile)."
+        )
+    st.caption(
+        f"A label is judged correct when ANY of the top-{ctx.k} images matches it. Neuron score: CP the "
+        "best rank of the label, ES the highest cosine, VQA the highest P(yes), Contrast the ROC-AUC of the "
+        "label's cosine on the top images against inactive ones. Baselines: the same evaluator on a label "
+        "shuffled in from another neuron, and on one constant label for every neuron."
+    )
 
 # ---------------------------------------------------------------- images
 images = image_table(ctx, view, layer, unit)
@@ -183,20 +246,29 @@ def image_grid(frame: pd.DataFrame, ncols: int, evaluators: list[str], note: str
 
 
 if images.empty:
-    st.info("No images are stored for this neuron: this run's labels were imported without activations. Import "
-            "them again with `--target` and `--probe` to see (and judge) each neuron's top images.")
+    st.info(
+        "No images are stored for this neuron: this run's labels were imported without activations. Import "
+        "them again with `--target` and `--probe` to see (and judge) each neuron's top images."
+    )
     st.stop()
 st.subheader(f"Top {int((images['kind'] == 'top').sum())} activating images")
 thumbs = where_it_fires(ctx.run_id, fingerprint, layer, unit, thumbs, ctx.run)
-contrast_note = ("Contrast shows each image's cosine with the label judged by the ES rule (tau = "
-                 f"{thresholds.fmt('es', ctx.thresholds['es'])}); its neuron verdict is the AUC rule above." if "contrast" in shown else "")
+contrast_note = (
+    "Contrast shows each image's cosine with the label judged by the ES rule (tau = "
+    f"{thresholds.fmt('es', ctx.thresholds['es'])}); its neuron verdict is the AUC rule above."
+    if "contrast" in shown
+    else ""
+)
 image_grid(images[images["kind"] == "top"], 5, shown, contrast_note)
 
 st.subheader("Beyond the top images")
 # only the open tab is drawn (each holds 5-10 images or a chart, all sent to the browser before): the
 # page's first view had 30 images and a chart to load for one tab shown
-tabs = st.tabs(["Across activation levels", "Least active", "Random (not among the most active)",
-                "Activation histogram"], key="beyond", on_change="rerun")
+tabs = st.tabs(
+    ["Across activation levels", "Least active", "Random (not among the most active)", "Activation histogram"],
+    key="beyond",
+    on_change="rerun",
+)
 inactive_eval = [e for e in shown if e == "contrast"]
 if tabs[0].open:
     with tabs[0]:
@@ -204,13 +276,17 @@ if tabs[0].open:
         image_grid(images[images["kind"] == "level"], 5, [])
 if tabs[1].open:
     with tabs[1]:
-        st.caption("The neuron's least activating probe images" + (
-            "; with Contrast on, a 'match' here counts AGAINST the label." if inactive_eval else "."))
+        st.caption(
+            "The neuron's least activating probe images"
+            + ("; with Contrast on, a 'match' here counts AGAINST the label." if inactive_eval else ".")
+        )
         image_grid(images[images["kind"] == "low"], 5, inactive_eval)
 if tabs[2].open:
     with tabs[2]:
-        st.caption("Random probe images outside the neuron's most active ones" + (
-            "; with Contrast on, a 'match' here counts AGAINST the label." if inactive_eval else "."))
+        st.caption(
+            "Random probe images outside the neuron's most active ones"
+            + ("; with Contrast on, a 'match' here counts AGAINST the label." if inactive_eval else ".")
+        )
         image_grid(images[images["kind"] == "random"], 5, inactive_eval)
 if tabs[3].open:
     with tabs[3]:
@@ -220,7 +296,9 @@ if tabs[3].open:
         else:
             top = images[images["kind"] == "top"]
             widgets.chart(charts.activation_histogram, hist, top["activation"].tolist(), ctx.k)
-            st.caption(f"Activation over all {int(hist['count'].sum())} probe images; red lines: the top images "
-                       f"(solid: the top {ctx.k} that are judged).")
+            st.caption(
+                f"Activation over all {int(hist['count'].sum())} probe images; red lines: the top images "
+                f"(solid: the top {ctx.k} that are judged)."
+            )
 
 probe_section(ctx, layer, unit)

@@ -19,10 +19,17 @@ st.markdown(
     "95% intervals, the threshold sensitivity plots, agreement between raters with n and intervals, the labellers "
     "side by side (if the run has label sources), and a page of units per layer with their top images, label and "
     f"verdicts. It uses the sidebar's thresholds and k ({widgets.thresholds_caption(ctx)}). The same from the "
-    f"command line: `clipeval report {ctx.run_id} --html report.html`.")
+    f"command line: `clipeval report {ctx.run_id} --html report.html`."
+)
 c = st.columns([1, 1, 2])
-cap = c[0].number_input("Units per layer (0 = all)", min_value=0, value=0, step=10, key="report_units",
-                        help=f"The run has {n_units:,} units; all of them take a few MB.")
+cap = c[0].number_input(
+    "Units per layer (0 = all)",
+    min_value=0,
+    value=0,
+    step=10,
+    key="report_units",
+    help=f"The run has {n_units:,} units; all of them take a few MB.",
+)
 
 
 def _build(run_id: str, thresholds: dict, k: int, units: int | None) -> None:
@@ -37,13 +44,24 @@ def _build(run_id: str, thresholds: dict, k: int, units: int | None) -> None:
     st.session_state["report_html"] = (run_id, html, time.perf_counter() - start)
 
 
-c[1].button("Build the report", type="primary", key="report_build", on_click=_build,
-            args=(ctx.run_id, dict(ctx.thresholds), k, int(cap) or None))
+c[1].button(
+    "Build the report",
+    type="primary",
+    key="report_build",
+    on_click=_build,
+    args=(ctx.run_id, dict(ctx.thresholds), k, int(cap) or None),
+)
 built = st.session_state.get("report_html")
 if built and built[0] == ctx.run_id and built[1] is None:
     st.error(built[2])
 elif built and built[0] == ctx.run_id:
     _, html, secs = built
     st.success(f"Report built in {secs:.1f} s: {len(html.encode()) / 1e6:.1f} MB.")
-    st.download_button("Download report.html", html, file_name=f"clipeval-report-{ctx.run_id}.html",
-                       mime="text/html", key="report_download", icon=":material/download:")
+    st.download_button(
+        "Download report.html",
+        html,
+        file_name=f"clipeval-report-{ctx.run_id}.html",
+        mime="text/html",
+        key="report_download",
+        icon=":material/download:",
+    )

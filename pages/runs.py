@@ -24,14 +24,22 @@ st.subheader("Every run in the store")
 differs = runnames.differences(runs)
 label = widgets.run_labels(runs)
 table = tables.run_table(runs).assign(differs=[differs.get(r, "") for r in runs["run_id"]])
-st.dataframe(table, hide_index=True, width="stretch",
-             column_order=["differs", "name", "status", "created", "neurons", "CLIP?", "labelling model", "run"],
-             column_config={"created": st.column_config.DatetimeColumn(format="MM-DD HH:mm", width="small"),
-                            "differs": st.column_config.TextColumn("what differs", width="medium", pinned=True),
-                            "CLIP?": st.column_config.TextColumn(width="small"),
-                            "run": st.column_config.TextColumn(width="small")})
-st.caption("A run is written completely or not at all: 'running' is being written, 'interrupted' was stopped "
-           "before it finished (run the same `clipeval dissect` again to finish it), 'failed' has its error.")
+st.dataframe(
+    table,
+    hide_index=True,
+    width="stretch",
+    column_order=["differs", "name", "status", "created", "neurons", "CLIP?", "labelling model", "run"],
+    column_config={
+        "created": st.column_config.DatetimeColumn(format="MM-DD HH:mm", width="small"),
+        "differs": st.column_config.TextColumn("what differs", width="medium", pinned=True),
+        "CLIP?": st.column_config.TextColumn(width="small"),
+        "run": st.column_config.TextColumn(width="small"),
+    },
+)
+st.caption(
+    "A run is written completely or not at all: 'running' is being written, 'interrupted' was stopped "
+    "before it finished (run the same `clipeval dissect` again to finish it), 'failed' has its error."
+)
 
 ids = list(runs["run_id"])
 default = ids.index(ctx.run_id) if ctx.run_id in ids else 0
@@ -51,8 +59,13 @@ def _rename(run_id: str) -> None:
 
 
 r = st.columns([3, 1], vertical_alignment="bottom")
-r[0].text_input("New name for this run", key="rename_text", placeholder=run["name"], max_chars=120,
-                help="Only the name shown changes; the run id (the hash of its settings) stays.")
+r[0].text_input(
+    "New name for this run",
+    key="rename_text",
+    placeholder=run["name"],
+    max_chars=120,
+    help="Only the name shown changes; the run id (the hash of its settings) stays.",
+)
 r[1].button("Rename", on_click=_rename, args=(chosen,), icon=":material/edit:", key="rename_button", width="stretch")
 if st.session_state.get("runs_error"):
     st.error(st.session_state.pop("runs_error"))
@@ -68,16 +81,23 @@ with c[0]:
     if evals.empty:
         st.caption(f"None yet: `clipeval evaluate {chosen} --evaluators cp,es,contrast,vqa`.")
     else:
-        st.dataframe(tables.evaluation_table(evals), hide_index=True, width="stretch",
-                     column_config={"evaluator": st.column_config.TextColumn("evaluator", pinned=True),
-                                    "seconds": st.column_config.NumberColumn(format="%.1f"),
-                                    "model or reason": st.column_config.TextColumn(width="large"),
-                                    "finished": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})
+        st.dataframe(
+            tables.evaluation_table(evals),
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "evaluator": st.column_config.TextColumn("evaluator", pinned=True),
+                "seconds": st.column_config.NumberColumn(format="%.1f"),
+                "model or reason": st.column_config.TextColumn(width="large"),
+                "finished": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+            },
+        )
         reasons = tables.full_reasons(evals)
         if reasons:
             # drawn when opened: the code blocks load a 1.5 MB highlighter into the browser
-            why = st.expander("Why an evaluation is unavailable or failed (full reasons)", key="why_unavailable",
-                              on_change="rerun")
+            why = st.expander(
+                "Why an evaluation is unavailable or failed (full reasons)", key="why_unavailable", on_change="rerun"
+            )
             if why.open:
                 with why:
                     for name, reason in reasons:
@@ -85,15 +105,21 @@ with c[0]:
                         st.code(reason, language=None, wrap_lines=True)
     if run["status"] == "complete":
         for acc in data.imagenet_accuracy(chosen):
-            st.markdown(f"**ImageNet label accuracy of `{acc['layer']}`** ({acc['neurons']:,} class neurons): "
-                        f"top-1 {acc['top1']:.1%}, top-5 {acc['top5']:.1%}")
-            st.caption("The label (top-1) or one of the five best concepts (top-5) names the neuron's ImageNet "
-                       "class or a WordNet synonym of it. The original CLIP-Dissect reports 95.5% top-1 for "
-                       "ResNet-50 with CLIP, ImageNet validation images and the class names as concepts.")
+            st.markdown(
+                f"**ImageNet label accuracy of `{acc['layer']}`** ({acc['neurons']:,} class neurons): "
+                f"top-1 {acc['top1']:.1%}, top-5 {acc['top5']:.1%}"
+            )
+            st.caption(
+                "The label (top-1) or one of the five best concepts (top-5) names the neuron's ImageNet "
+                "class or a WordNet synonym of it. The original CLIP-Dissect reports 95.5% top-1 for "
+                "ResNet-50 with CLIP, ImageNet validation images and the class names as concepts."
+            )
             if not widgets.loads(run.get("models_json")).get("image_text", {}).get("is_clip", True):
-                st.caption(":orange[Not comparable with that 95.5%: this run's labeller is not CLIP but an "
-                           "ImageNet classifier (ConSE) that sees every image through the same 1,000 class names "
-                           "it is asked to name.]")
+                st.caption(
+                    ":orange[Not comparable with that 95.5%: this run's labeller is not CLIP but an "
+                    "ImageNet classifier (ConSE) that sees every image through the same 1,000 class names "
+                    "it is asked to name.]"
+                )
         for line in widgets.judge_caveats(data.run_view(chosen)):
             st.caption(f":orange[{line}]")
 with c[1]:
@@ -111,21 +137,29 @@ else:
     full = data.runs_comparison(None, ctx.k)
     # kept when empty (runs imported without a probe or concepts)
     about = ["run", "probe", "concepts", "neurons", "thresholds"]
-    shares = [c for c in full.columns if c not in ("name", *about)
-              and full[c].notna().any()]  # evaluators no run has are left out
+    shares = [
+        c for c in full.columns if c not in ("name", *about) and full[c].notna().any()
+    ]  # evaluators no run has are left out
     comparison = full.reindex(columns=["name", *about, *shares])
     comparison[shares] = comparison[shares].map(widgets.fmt_pct)
     short = {r: differs.get(r) or r[:8] for r in comparison["run"]}
-    st.dataframe(tables.by_run_columns(comparison[[*about, *shares]].astype(str), short), hide_index=True,
-                 width="stretch")
-    weak = [f"- {short.get(row['run'], row['name'])}: {h.warning()}" for row in full.to_dict("records")
-            for h in headlines.comparison_headlines(row) if h.warning()]
+    st.dataframe(
+        tables.by_run_columns(comparison[[*about, *shares]].astype(str), short), hide_index=True, width="stretch"
+    )
+    weak = [
+        f"- {short.get(row['run'], row['name'])}: {h.warning()}"
+        for row in full.to_dict("records")
+        for h in headlines.comparison_headlines(row)
+        if h.warning()
+    ]
     if weak:
         st.warning("\n".join(weak), icon=":material/warning:")
-    st.caption(f"Pooled over all neurons of each run, k = {ctx.k} (or the run's largest), each run at its own judges' "
-               "default thresholds (row 'thresholds': the values and where they came from), not the sidebar's, "
-               "which are the selected run's; 'shuffled' and 'constant' are the baselines. Evaluators that no run has "
-               "are left out (see each run's evaluations above for why).")
+    st.caption(
+        f"Pooled over all neurons of each run, k = {ctx.k} (or the run's largest), each run at its own judges' "
+        "default thresholds (row 'thresholds': the values and where they came from), not the sidebar's, "
+        "which are the selected run's; 'shuffled' and 'constant' are the baselines. Evaluators that no run has "
+        "are left out (see each run's evaluations above for why)."
+    )
 
 # ---------------------------------------------------------------- timings (Table 3)
 st.subheader("Time per stage and evaluator")
@@ -141,8 +175,11 @@ else:
             wide = tables.timings_table(t)
             steps = [c for c in wide.columns if c not in ("name", "run")]
             wide[steps] = wide[steps].map(lambda v: "" if v is None or v != v else f"{v:.1f} s")
-            st.dataframe(tables.by_run_columns(wide, {r: differs.get(r) or r[:8] for r in wide["run"]}),
-                         hide_index=True, width="stretch")
+            st.dataframe(
+                tables.by_run_columns(wide, {r: differs.get(r) or r[:8] for r in wide["run"]}),
+                hide_index=True,
+                width="stretch",
+            )
     if chart_tab.open:
         with chart_tab:
             widgets.chart(charts.timings_bar, t.assign(name=t["run"].map(lambda r: differs.get(r) or r[:8])))
@@ -150,14 +187,17 @@ else:
 
 # ---------------------------------------------------------------- delete
 st.subheader("Delete a run")
-doomed = st.selectbox("Run to delete", ids, index=None, format_func=label.get,
-                      key="delete_choice", placeholder="Choose a run")
+doomed = st.selectbox(
+    "Run to delete", ids, index=None, format_func=label.get, key="delete_choice", placeholder="Choose a run"
+)
 if doomed:
     info = runs[runs["run_id"] == doomed].iloc[0]
     n_humans = len(data.store().human_verdicts(doomed))
-    st.warning(f"This permanently removes run **{info['name']}** (`{doomed}`, {int(info['n_neurons']):,} neurons), "
-               f"its {int((data.evaluations()['run_id'] == doomed).sum())} evaluation(s) and {n_humans} human "
-               "verdict(s). Probe thumbnails and concept sets stay (other runs may share them).")
+    st.warning(
+        f"This permanently removes run **{info['name']}** (`{doomed}`, {int(info['n_neurons']):,} neurons), "
+        f"its {int((data.evaluations()['run_id'] == doomed).sum())} evaluation(s) and {n_humans} human "
+        "verdict(s). Probe thumbnails and concept sets stay (other runs may share them)."
+    )
     sure = st.checkbox("I understand this cannot be undone", key="delete_confirm")
 
     def _delete(run_id: str, name: str) -> None:
@@ -167,5 +207,12 @@ if doomed:
         for key in ("delete_choice", "delete_confirm"):
             st.session_state.pop(key, None)
 
-    st.button("Delete permanently", type="primary", disabled=not sure, icon=":material/delete:", key="delete_button",
-              on_click=_delete, args=(doomed, info["name"]))
+    st.button(
+        "Delete permanently",
+        type="primary",
+        disabled=not sure,
+        icon=":material/delete:",
+        key="delete_button",
+        on_click=_delete,
+        args=(doomed, info["name"]),
+    )

@@ -11,10 +11,12 @@ from clipeval.ui import data, widgets
 
 ctx = widgets.context()
 st.title("SQL console")
-st.caption(f"Read-only, over the run store `{data.db_path()}`: one SELECT / WITH / FROM / DESCRIBE / SHOW / "
-           "SUMMARIZE / EXPLAIN statement at a time. Writing statements (INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, "
-           "ATTACH, COPY, SET, ...) and reading files or URLs are refused; each query runs in a transaction that is "
-           "rolled back.")
+st.caption(
+    f"Read-only, over the run store `{data.db_path()}`: one SELECT / WITH / FROM / DESCRIBE / SHOW / "
+    "SUMMARIZE / EXPLAIN statement at a time. Writing statements (INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, "
+    "ATTACH, COPY, SET, ...) and reading files or URLs are refused; each query runs in a transaction that is "
+    "rolled back."
+)
 widgets.models_banner(ctx)
 store = data.store()
 
@@ -26,8 +28,14 @@ def _load_example() -> None:
 
 
 c = st.columns([2, 1])
-c[0].selectbox("Example queries", list(examples), index=None, key="sql_example", on_change=_load_example,
-               placeholder="Pick an example to load it into the editor")
+c[0].selectbox(
+    "Example queries",
+    list(examples),
+    index=None,
+    key="sql_example",
+    on_change=_load_example,
+    placeholder="Pick an example to load it into the editor",
+)
 max_rows = c[1].number_input("Rows shown at most", 10, 100_000, 5_000, step=1_000, key="sql_max_rows")
 if "sql_text" not in st.session_state:
     st.session_state["sql_text"] = examples["Runs and their status"]
@@ -45,8 +53,9 @@ def _run_query() -> None:
         st.session_state["sql_result"] = (text, result, more)
 
 
-st.button("Run", type="primary", icon=":material/play_arrow:", shortcut="Ctrl+Enter", key="sql_run",
-          on_click=_run_query)
+st.button(
+    "Run", type="primary", icon=":material/play_arrow:", shortcut="Ctrl+Enter", key="sql_run", on_click=_run_query
+)
 
 # drawn when opened: a code block loads a 1.5 MB highlighter into the browser on the page's first view
 tables_help = st.expander("Tables of the run store", key="sql_tables", on_change="rerun")
@@ -66,5 +75,11 @@ if last:
         st.caption("Result of the previous query (press Run for the one in the editor).")
     st.caption(f"{len(result):,} row(s){f', {more}' if more else ''}.")  # more: why the result was cut
     st.dataframe(result, hide_index=True, width="stretch")
-    st.download_button("Download CSV", result.to_csv(index=False).encode(), file_name="clipeval-query.csv",
-                       mime="text/csv", icon=":material/download:", key="sql_download")
+    st.download_button(
+        "Download CSV",
+        result.to_csv(index=False).encode(),
+        file_name="clipeval-query.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        key="sql_download",
+    )

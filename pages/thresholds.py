@@ -17,8 +17,10 @@ ctx = widgets.run_page("Thresholds")
 view = data.run_view(ctx.run_id)
 available = [e for e in widgets.EVALUATOR_ORDER if e in view.available]
 raters = view.rater_labels
-st.markdown("Move the threshold sliders in the sidebar: every page follows them, and the red line below marks "
-            "the current value. Everything here is recomputed from the stored raw scores; no model runs.")
+st.markdown(
+    "Move the threshold sliders in the sidebar: every page follows them, and the red line below marks "
+    "the current value. Everything here is recomputed from the stored raw scores; no model runs."
+)
 for e in widgets.EVALUATOR_ORDER:
     if e not in available:
         st.caption(f":orange[{widgets.evaluator_note(ctx, e)}]")
@@ -27,18 +29,29 @@ if not available:
     st.stop()
 
 c = st.columns([1.5, 1, 1])
-reference = c[0].selectbox("Reference rater for agreement", [*raters, "none"], key="ref", bind="query-params",
-                           help="Agreement and Cohen's kappa of each evaluator's verdicts with this reference rater (a "
-                                "person, or an automatic reference marked 'automatic'), over the neurons it judged. "
-                                + widgets.glossary_link("reference"))
-metric = c[1].segmented_control("Agreement measure", ["kappa", "agreement"], default="kappa", key="sweep_metric") \
-    or "kappa"
-baselines = c[2].toggle("Draw the baselines", value=True, key="sweep_baselines",
-                        help="The same evaluator on shuffled labels (dashed) and on one constant label (dotted), "
-                             "pooled over all layers.")
+reference = c[0].selectbox(
+    "Reference rater for agreement",
+    [*raters, "none"],
+    key="ref",
+    bind="query-params",
+    help="Agreement and Cohen's kappa of each evaluator's verdicts with this reference rater (a "
+    "person, or an automatic reference marked 'automatic'), over the neurons it judged. "
+    + widgets.glossary_link("reference"),
+)
+metric = (
+    c[1].segmented_control("Agreement measure", ["kappa", "agreement"], default="kappa", key="sweep_metric") or "kappa"
+)
+baselines = c[2].toggle(
+    "Draw the baselines",
+    value=True,
+    key="sweep_baselines",
+    help="The same evaluator on shuffled labels (dashed) and on one constant label (dotted), pooled over all layers.",
+)
 if not raters:
-    st.caption("No reference rater for this run yet, so only the share judged correct is drawn. Add human "
-               "verdicts on the Annotate page or with `clipeval humans import`.")
+    st.caption(
+        "No reference rater for this run yet, so only the share judged correct is drawn. Add human "
+        "verdicts on the Annotate page or with `clipeval humans import`."
+    )
 ref = None if reference == "none" else reference
 k = min(ctx.k, view.kmax)
 
@@ -50,42 +63,78 @@ for e in available:
     chosen = st.session_state.get(f"range_{e}")
     if chosen is not None and tuple(chosen) != sweeps.clamp_range(chosen, bounds):
         st.session_state[f"range_{e}"] = sweeps.clamp_range(chosen, bounds)  # keep a zoom inside moved ends
-    lo, hi = st.slider(f"{rule.param} range shown", *bounds, (lo, hi), rule.step,
-                       format=thresholds.printf(e), key=f"range_{e}",
-                       help="Zoom the x axis; the sweep covers this range in 101 steps.")
+    lo, hi = st.slider(
+        f"{rule.param} range shown",
+        *bounds,
+        (lo, hi),
+        rule.step,
+        format=thresholds.printf(e),
+        key=f"range_{e}",
+        help="Zoom the x axis; the sweep covers this range in 101 steps.",
+    )
     sweep = data.sweep(ctx.run_id, e, lo, hi, k, ref)
     if view.defaults[e].note:
         st.caption(f"Default: {view.defaults[e].note}. The dashed grey line marks the paper's value.")
     row = st.container(horizontal=True, gap="small")  # side by side when wide, stacked at 800 px
     cols = [row.container(width=charts.HALF) for _ in range(2 if ref else 1)]
     head = headlines.share_headline(view, e, ctx.thresholds[e], k)
-    cols[0].markdown(f"**Share judged correct** at {thresholds.label(e, ctx.thresholds[e])}: "
-                     f"{percent(head.real)} of {head.n:,} neurons ({head.baseline_text()})")
+    cols[0].markdown(
+        f"**Share judged correct** at {thresholds.label(e, ctx.thresholds[e])}: "
+        f"{percent(head.real)} of {head.n:,} neurons ({head.baseline_text()})"
+    )
     if head.warning():
         cols[0].warning(head.warning(), icon=":material/warning:")
-    widgets.chart(charts.sweep_figure, sweep, rule.param, ctx.thresholds[e], "share_correct", baselines,
-                  thresholds.fmt(e, ctx.thresholds[e]), paper=PAPER_THRESHOLDS[e], where=cols[0], fit=False)
+    widgets.chart(
+        charts.sweep_figure,
+        sweep,
+        rule.param,
+        ctx.thresholds[e],
+        "share_correct",
+        baselines,
+        thresholds.fmt(e, ctx.thresholds[e]),
+        paper=PAPER_THRESHOLDS[e],
+        where=cols[0],
+        fit=False,
+    )
     if ref:
         if metric in sweep and sweep[metric].notna().any():
             n_ref = int(sweep["n_reference"].dropna().max()) if "n_reference" in sweep else 0
             cols[1].markdown(f"**{metric.capitalize()} with {ref}** over the {n_ref} neurons they judged")
-            widgets.chart(charts.sweep_figure, sweep, rule.param, ctx.thresholds[e], metric, False,
-                          thresholds.fmt(e, ctx.thresholds[e]), paper=PAPER_THRESHOLDS[e], where=cols[1], fit=False)
+            widgets.chart(
+                charts.sweep_figure,
+                sweep,
+                rule.param,
+                ctx.thresholds[e],
+                metric,
+                False,
+                thresholds.fmt(e, ctx.thresholds[e]),
+                paper=PAPER_THRESHOLDS[e],
+                where=cols[1],
+                fit=False,
+            )
         else:
             cols[1].info(f"{ref} judged none of this run's neurons that {widgets.title(e)} scored.")
 
 # ---------------------------------------------------------------- calibration
 st.subheader("Calibrate a threshold to a reference rater")
-st.markdown("Fits the threshold that maximises Cohen's kappa with a reference rater on a random part of the "
-            "neurons that rater judged, and reports agreement and kappa on the **held-out** rest.")
+st.markdown(
+    "Fits the threshold that maximises Cohen's kappa with a reference rater on a random part of the "
+    "neurons that rater judged, and reports agreement and kappa on the **held-out** rest."
+)
 if not raters:
-    st.info("Calibration needs a reference rater: judge some neurons on the Annotate page, or import a CSV with "
-            "`clipeval humans import`.")
+    st.info(
+        "Calibration needs a reference rater: judge some neurons on the Annotate page, or import a CSV with "
+        "`clipeval humans import`."
+    )
     st.stop()
 c = st.columns(4)
 cal_eval = c[0].selectbox("Evaluator", available, format_func=widgets.title, key="cal_evaluator")
-cal_rater = c[1].selectbox("Reference rater", raters, key="cal_rater",
-                           help="People are marked 'human', references computed from ground truth 'automatic'.")
+cal_rater = c[1].selectbox(
+    "Reference rater",
+    raters,
+    key="cal_rater",
+    help="People are marked 'human', references computed from ground truth 'automatic'.",
+)
 fit_fraction = c[2].slider("Share of neurons used to fit", 0.2, 0.8, 0.5, 0.05, key="cal_fraction")
 seed = c[3].number_input("Random split seed", 0, 10_000, 0, key="cal_seed")
 
@@ -105,8 +154,14 @@ def _calibrate(evaluator: str, rater: str, fraction: float, seed_: int, k_: int)
         st.session_state["calibration"] = {**result, "run_id": ctx.run_id, "k": k_}
 
 
-st.button("Calibrate", type="primary", icon=":material/auto_fix:", key="calibrate", on_click=_calibrate,
-          args=(cal_eval, cal_rater, fit_fraction, int(seed), k))
+st.button(
+    "Calibrate",
+    type="primary",
+    icon=":material/auto_fix:",
+    key="calibrate",
+    on_click=_calibrate,
+    args=(cal_eval, cal_rater, fit_fraction, int(seed), k),
+)
 if st.session_state.get("calibration_error"):
     st.error(st.session_state["calibration_error"])
 result = st.session_state.get("calibration")
@@ -114,19 +169,35 @@ if result and result.get("run_id") == ctx.run_id:
     e, rule = result["evaluator"], RULES[result["evaluator"]]
     if view.is_automatic(result["rater"]):
         st.caption(f"{result['rater']} is an automatic reference computed from ground truth, not a person.")
-    st.markdown(f"**{widgets.title(e)} calibrated to {view.rater_label(result['rater'])}** (k = {result['k']}, "
-                f"fit on {result['n_fit']} neurons, tested on {result['n_test']} held-out neurons)")
+    st.markdown(
+        f"**{widgets.title(e)} calibrated to {view.rater_label(result['rater'])}** (k = {result['k']}, "
+        f"fit on {result['n_fit']} neurons, tested on {result['n_test']} held-out neurons)"
+    )
     m = st.columns(5)
-    m[0].metric(f"Fitted {rule.param}", thresholds.fmt(e, result["threshold"]),
-                f"current {thresholds.fmt(e, ctx.thresholds[e])}", delta_color="off", delta_arrow="off")
+    m[0].metric(
+        f"Fitted {rule.param}",
+        thresholds.fmt(e, result["threshold"]),
+        f"current {thresholds.fmt(e, ctx.thresholds[e])}",
+        delta_color="off",
+        delta_arrow="off",
+    )
     m[1].metric("Kappa on the fit part", widgets.fmt_num(result["fit_kappa"], 3))
     m[2].metric("Held-out agreement", widgets.fmt_pct(result["test_agreement"]))
     m[3].metric("Held-out kappa", widgets.fmt_num(result["test_kappa"], 3))
     fitted_head = headlines.share_headline(view, e, float(result["threshold"]), result["k"])
-    m[4].metric("Held-out share judged correct", widgets.fmt_pct(result["test_share_correct"]),
-                f"all neurons at the fitted value: {fitted_head.baseline_text()}", delta_color="off",
-                delta_arrow="off")
-    st.button(f"Apply {thresholds.label(e, result['threshold'])}", on_click=_apply,
-              args=(rule.param, float(result["threshold"])), icon=":material/check:", key="apply_calibration",
-              disabled=abs(ctx.thresholds[e] - result["threshold"]) < 1e-12,
-              help="Sets the sidebar threshold (and so every page and the URL) to the fitted value.")
+    m[4].metric(
+        "Held-out share judged correct",
+        widgets.fmt_pct(result["test_share_correct"]),
+        f"all neurons at the fitted value: {fitted_head.baseline_text()}",
+        delta_color="off",
+        delta_arrow="off",
+    )
+    st.button(
+        f"Apply {thresholds.label(e, result['threshold'])}",
+        on_click=_apply,
+        args=(rule.param, float(result["threshold"])),
+        icon=":material/check:",
+        key="apply_calibration",
+        disabled=abs(ctx.thresholds[e] - result["threshold"]) < 1e-12,
+        help="Sets the sidebar threshold (and so every page and the URL) to the fitted value.",
+    )

@@ -41,8 +41,11 @@ def check(report: Path, shot: Path | None, wait_s: float, width: int = 1400, hei
             state = json.loads(raw) if raw else {}
             if raw != last:
                 last, stable = raw, time.time()
-            elif state.get("ready") == "complete" and state.get("plots", 0) >= state.get("figures", 1) \
-                    and time.time() - stable > 1.5:
+            elif (
+                state.get("ready") == "complete"
+                and state.get("plots", 0) >= state.get("figures", 1)
+                and time.time() - stable > 1.5
+            ):
                 break
             time.sleep(0.25)
         load_s = time.time() - start
@@ -68,9 +71,11 @@ def main(argv=None) -> int:
     res = check(report, Path(args.shot) if args.shot else None, args.wait)
     for u in res["outside"]:
         print(f"request left the file: {u[:200]}")
-    print(f"{report}: {res['requests']} requests, {len(res['outside'])} outside the file; "
-          f"{res.get('plots', 0)} of {res.get('figures', 0)} charts drawn; {res.get('units', 0)} unit cards; "
-          f"settled in {res['load_s']} s")
+    print(
+        f"{report}: {res['requests']} requests, {len(res['outside'])} outside the file; "
+        f"{res.get('plots', 0)} of {res.get('figures', 0)} charts drawn; {res.get('units', 0)} unit cards; "
+        f"settled in {res['load_s']} s"
+    )
     return 0 if not res["outside"] and res.get("plots", 0) >= res.get("figures", 0) else 1
 
 

@@ -40,9 +40,17 @@ PAGES = {
     "sql": "sql",
     "glossary": "glossary",
 }
-CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-                "--force-device-scale-factor=1"]
+CHROME_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--force-device-scale-factor=1",
+]
 
 
 def free_port() -> int:
@@ -52,8 +60,13 @@ def free_port() -> int:
 
 
 def find_chromium() -> str:
-    for c in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-              shutil.which("chromium-browser"), shutil.which("google-chrome")):
+    for c in (
+        os.environ.get("CHROMIUM"),
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+        shutil.which("google-chrome"),
+    ):
         if c and Path(c).exists():
             return c
     sys.exit("no Chromium found: apt-get install -y chromium (Debian), or set CHROMIUM=/path/to/chrome")
@@ -130,12 +143,17 @@ def external_requests(events: list[dict]) -> list[str]:
     from urllib.parse import urlparse
 
     urls = [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
-    return [u for u in urls if urlparse(u).scheme in ("http", "https", "ws", "wss")
-            and urlparse(u).hostname not in ("127.0.0.1", "localhost", "::1")]
+    return [
+        u
+        for u in urls
+        if urlparse(u).scheme in ("http", "https", "ws", "wss")
+        and urlparse(u).hostname not in ("127.0.0.1", "localhost", "::1")
+    ]
 
 
-def shoot(chromium: str, url: str, out: Path, width: int, height: int, wait_s: float, full: bool,
-          external: list | None = None) -> bool:
+def shoot(
+    chromium: str, url: str, out: Path, width: int, height: int, wait_s: float, full: bool, external: list | None = None
+) -> bool:
     """Open `url`, wait until Streamlit is idle and stable (at most wait_s), screenshot the whole page;
     append every request that left localhost to `external`."""
     import base64
@@ -159,8 +177,7 @@ def shoot(chromium: str, url: str, out: Path, width: int, height: int, wait_s: f
         if full:
             h = min(int(cdp.js(HEIGHT_JS) or height), 8000)
             if h > height:
-                cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=h, deviceScaleFactor=1,
-                         mobile=False)
+                cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=h, deviceScaleFactor=1, mobile=False)
                 time.sleep(1.5)  # let charts and the data grids re-layout at the new height
         shot = cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=False)
         out.write_bytes(base64.b64decode(shot["data"]))
@@ -176,9 +193,18 @@ def devtools_page(chromium: str, width: int, height: int):
     Network events on, a width x height viewport). Yields its Cdp, or None if Chromium did not start."""
     # Chromium's helper processes can still be writing the profile as the browser exits
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
-        proc = subprocess.Popen([chromium, *CHROME_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
-                                 f"--window-size={width},{height}", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                chromium,
+                *CHROME_FLAGS,
+                f"--user-data-dir={profile}",
+                "--remote-debugging-port=0",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             port_file = Path(profile) / "DevToolsActivePort"
             deadline = time.time() + 30
@@ -192,8 +218,9 @@ def devtools_page(chromium: str, width: int, height: int):
                 page = next(t for t in json.load(r) if t["type"] == "page")
             cdp = Cdp(page["webSocketDebuggerUrl"])  # it keeps the protocol events it reads (cdp.events)
             try:
-                cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
-                         mobile=False)
+                cdp.call(
+                    "Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False
+                )
                 cdp.call("Page.enable")
                 cdp.call("Network.enable")
                 yield cdp
@@ -205,6 +232,7 @@ def devtools_page(chromium: str, width: int, height: int):
             link = Path(profile) / "SingletonSocket"
             if link.is_symlink() and Path(os.readlink(link)).parent.name.startswith("org.chromium."):
                 shutil.rmtree(Path(os.readlink(link)).parent, ignore_errors=True)
+
 
 def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
@@ -238,8 +266,11 @@ def shoot_all(chromium: str, base: str, shots: dict[str, str], out: Path, args) 
         ok &= good
         print(f"{name:12s} {url}  ->  {target if good else 'FAILED'}  ({time.time() - t:.1f} s)")
     if external:
-        print(f"{len(external)} request(s) left localhost (the app must work offline):", *sorted(set(external)),
-              sep="\n  ")
+        print(
+            f"{len(external)} request(s) left localhost (the app must work offline):",
+            *sorted(set(external)),
+            sep="\n  ",
+        )
         return 1
     print("no request left localhost")
     return 0 if ok else 1
@@ -250,14 +281,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("store", nargs="?", help="run store (.duckdb); default $CLIPEVAL_DB or clipeval's default")
     ap.add_argument("--out", default=str(ROOT / "screenshots"), help="output folder (default: screenshots/)")
     ap.add_argument("--pages", default=",".join(PAGES), help=f"comma-separated subset of {', '.join(PAGES)}")
-    ap.add_argument("--query", action="append", default=[],
-                    help="extra shot NAME=PATH?QUERY, e.g. neuron-b4=neuron?layer=blocks.4&unit=3&tau=0.3")
+    ap.add_argument(
+        "--query",
+        action="append",
+        default=[],
+        help="extra shot NAME=PATH?QUERY, e.g. neuron-b4=neuron?layer=blocks.4&unit=3&tau=0.3",
+    )
     ap.add_argument("--width", type=int, default=1400)
     ap.add_argument("--height", type=int, default=1800)
     ap.add_argument("--wait", type=float, default=30, help="at most this many seconds for a page to settle")
     ap.add_argument("--viewport-only", action="store_true", help="shoot the window only, not the whole page")
-    ap.add_argument("--url", help="shoot an app that is already running (e.g. http://localhost:8501, as `./run app` "
-                                  "serves it) instead of starting one on STORE")
+    ap.add_argument(
+        "--url",
+        help="shoot an app that is already running (e.g. http://localhost:8501, as `./run app` "
+        "serves it) instead of starting one on STORE",
+    )
     args = ap.parse_args(argv)
     if args.url:
         out = Path(args.out)
@@ -268,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     if not store:
         sys.path.insert(0, str(ROOT))
         from clipeval.store import DEFAULT_DB
+
         store = str(DEFAULT_DB)
     if not Path(store).exists():
         sys.exit(f"no run store at {store}: build one with `python -m clipeval demo` or pass a path")
@@ -279,10 +318,27 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     env = {**os.environ, "CLIPEVAL_DB": str(Path(store).resolve()), "PYTHONUNBUFFERED": "1"}
     log = open(out / "streamlit.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
-                             "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
-                             "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(ROOT / "app.py"),
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_healthy(port, proc)
         ok = shoot_all(chromium, f"http://127.0.0.1:{port}", shots, out, args) == 0

@@ -29,8 +29,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from screenshots import CHROME_FLAGS, Cdp, find_chromium, free_port, stop, wait_healthy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["", "neuron", "layers", "thresholds", "agreement", "labellers", "runs", "report", "annotate?rater=timing", "sql",
-         "glossary"]
+PAGES = [
+    "",
+    "neuron",
+    "layers",
+    "thresholds",
+    "agreement",
+    "labellers",
+    "runs",
+    "report",
+    "annotate?rater=timing",
+    "sql",
+    "glossary",
+]
 
 # Records every change of the app's script state with the page clock, from the first script run on.
 OBSERVER_JS = """(() => {
@@ -61,9 +72,18 @@ SETTLED_JS = """((t0) => {
 class Browser:
     def __init__(self, chromium: str, width: int, height: int):
         self.profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
-        self.proc = subprocess.Popen([chromium, *CHROME_FLAGS, f"--user-data-dir={self.profile.name}",
-                                      "--remote-debugging-port=0", f"--window-size={width},{height}", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [
+                chromium,
+                *CHROME_FLAGS,
+                f"--user-data-dir={self.profile.name}",
+                "--remote-debugging-port=0",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         port_file = Path(self.profile.name) / "DevToolsActivePort"
         deadline = time.time() + 30
         while not port_file.exists() or len(port_file.read_text().split()) < 2:
@@ -74,8 +94,9 @@ class Browser:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
             page = next(t for t in json.load(r) if t["type"] == "page")
         self.cdp = Cdp(page["webSocketDebuggerUrl"])
-        self.cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
-                      mobile=False)
+        self.cdp.call(
+            "Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False
+        )
         self.cdp.call("Page.enable")
         self.cdp.call("Emulation.setFocusEmulationEnabled", enabled=True)  # headless: key events need focus
         self.cdp.call("Page.addScriptToEvaluateOnNewDocument", source=OBSERVER_JS)
@@ -184,15 +205,16 @@ def measure(chromium: str, base: str, width: int, height: int) -> dict[str, floa
         out["neuron: layer change"] = b.press([("Enter", 13)], wait=True)
         b.cdp.js(focus('[data-testid="stTextInput"]', "Search labels", "input", click=True))
         out["neuron: label search 'dog'"] = b.type_text("dog")
-        b.cdp.js(focus('[data-testid="stSlider"]', "ES: tau", 'input'))
+        b.cdp.js(focus('[data-testid="stSlider"]', "ES: tau", "input"))
         out["neuron: tau one keyboard step"] = b.keys("ArrowRight", 39, 1, 0.0)[0]
-        out["neuron: tau 20 keyboard steps"], out["neuron: tau 20 keyboard steps, after the last"] = \
-            b.keys("ArrowRight", 39, 20, 0.05)
+        out["neuron: tau 20 keyboard steps"], out["neuron: tau 20 keyboard steps, after the last"] = b.keys(
+            "ArrowRight", 39, 20, 0.05
+        )
         b.open(f"{base}/layers")
-        b.cdp.js(focus('[data-testid="stSlider"]', "ES: tau", 'input'))
+        b.cdp.js(focus('[data-testid="stSlider"]', "ES: tau", "input"))
         out["layers: tau one keyboard step"] = b.keys("ArrowLeft", 37, 1, 0.0)[0]
         b.open(f"{base}/thresholds")
-        b.cdp.js(focus('[data-testid="stSlider"]', "ES: tau", 'input'))
+        b.cdp.js(focus('[data-testid="stSlider"]', "ES: tau", "input"))
         out["thresholds: tau one keyboard step"] = b.keys("ArrowLeft", 37, 1, 0.0)[0]
     finally:
         b.close()
@@ -218,9 +240,23 @@ def main(argv=None) -> int:
             sys.exit("give a run store (STORE or $CLIPEVAL_DB) or --url of a running app")
         port = free_port()
         env = {**os.environ, "CLIPEVAL_DB": str(Path(store).resolve())}
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port",
-                                 str(port), "--server.headless", "true"], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                str(ROOT / "app.py"),
+                "--server.port",
+                str(port),
+                "--server.headless",
+                "true",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_healthy(port, proc)
         base = f"http://127.0.0.1:{port}"
     try:
@@ -229,8 +265,10 @@ def main(argv=None) -> int:
         if proc:
             stop(proc)
     load = os.getloadavg()
-    print(f"\n{os.cpu_count()} CPUs, load average {load[0]:.1f} {load[1]:.1f}; median of {args.repeat} "
-          f"(min-max), seconds; {args.width} px wide\n")
+    print(
+        f"\n{os.cpu_count()} CPUs, load average {load[0]:.1f} {load[1]:.1f}; median of {args.repeat} "
+        f"(min-max), seconds; {args.width} px wide\n"
+    )
     print("| what | seconds | range |\n|---|---|---|")
     for key in runs[0]:
         vals = [r[key] for r in runs]

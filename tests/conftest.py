@@ -20,8 +20,11 @@ SMALL_LAYERS = ("blocks.1", "blocks.4", "classifier")
 # Test tiers, marked from what a test uses (its fixtures, and the names its code and the same file's helpers
 # and fixtures it reaches refer to): `./run test --fast` leaves these out; `./run test` runs everything.
 TIER_FIXTURES = {"run": {"built_run", "run_store", "app_store"}, "ray": {"ray_cluster"}, "browser": {"chromium"}}
-TIER_NAMES = {"ray": {"ray", "ray_session"}, "subprocess": {"subprocess", "Popen", "check_output"},
-              "browser": {"check_report_offline"}}
+TIER_NAMES = {
+    "ray": {"ray", "ray_session"},
+    "subprocess": {"subprocess", "Popen", "check_output"},
+    "browser": {"check_report_offline"},
+}
 SLOW_TIERS = ("run", "ray", "subprocess", "browser")
 
 
@@ -86,9 +89,14 @@ def probe_dir(tmp_path_factory) -> Path:
 
 
 def small_config(probe_dir: Path, concepts: str = "imagenet", **kw) -> DissectConfig:
-    return DissectConfig(target=TargetConfig("efficientnet_lite0"), layers=SMALL_LAYERS,
-                         probe=ProbeConfig((str(probe_dir),)), concepts=ConceptConfig(concepts),
-                         similarity=SimilarityConfig("soft_wpmi", (("top_k", 20.0),)), **kw)
+    return DissectConfig(
+        target=TargetConfig("efficientnet_lite0"),
+        layers=SMALL_LAYERS,
+        probe=ProbeConfig((str(probe_dir),)),
+        concepts=ConceptConfig(concepts),
+        similarity=SimilarityConfig("soft_wpmi", (("top_k", 20.0),)),
+        **kw,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -154,7 +162,9 @@ def ray_cluster():
     from ray.data import DataContext
 
     root = str(Path(__file__).resolve().parents[1])
-    os.environ["PYTHONPATH"] = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     DataContext.get_current().enable_progress_bars = False
     try:

@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipeval.analysis import headlines, humans, runs, runview
-from clipeval.analysis import metrics
+from clipeval.analysis import headlines, humans, metrics, runs, runview
 from clipeval.errors import ClipevalError
 from clipeval.evaluators.rules import RULES, VARIANTS
 from clipeval.store import Store
@@ -65,7 +64,7 @@ def test_layer_summary_shape_and_values(view):
     assert len(s) == len(EVALS) * len(VARIANTS) * (n_layers + 1)
     assert s["share_correct"].between(0, 1).all()
     per_layer = view.neurons.groupby("layer").size()
-    for (ev, var), g in s.groupby(["evaluator", "variant"]):
+    for (_ev, _var), g in s.groupby(["evaluator", "variant"]):
         g = g.set_index("layer")
         assert list(g.index) == view.layers + ["overall"]
         assert g.loc["overall", "n"] == len(view.neurons)
@@ -115,7 +114,7 @@ def test_sweep_rows_and_values(view):
     for r in summary.itertuples():
         hit = sw[(sw["threshold"] == 0.3) & (sw["layer"] == r.layer) & (sw["variant"] == r.variant)]
         assert hit["share_correct"].item() == pytest.approx(r.share_correct)
-    for layer, g in sw[sw["variant"] == "real"].groupby("layer"):
+    for _layer, g in sw[sw["variant"] == "real"].groupby("layer"):
         assert g["share_correct"].is_monotonic_decreasing
 
 
@@ -161,7 +160,9 @@ def test_calibration_needs_enough_judged_neurons(run_store, tmp_path):
     store, run_id, _ = run_store
     neurons = store.neurons(run_id).head(3)
     path = tmp_path / "few.csv"
-    neurons.assign(verdict=["yes", "no", "yes"], rater="few")[["layer", "unit", "verdict", "rater"]].to_csv(path, index=False)
+    neurons.assign(verdict=["yes", "no", "yes"], rater="few")[["layer", "unit", "verdict", "rater"]].to_csv(
+        path, index=False
+    )
     humans.import_human(store, run_id, path)
     view = runview.RunView(store, run_id)
     with pytest.raises(ClipevalError, match="at least 4"):
@@ -184,11 +185,12 @@ def test_runs_comparison_and_timings(view, built_run):
         row = comp.iloc[0]
         assert row["neurons"] == len(view.neurons)
         summary = view.layer_summary(runview.default_thresholds())
-        for e, title in (("cp", "CP"), ("es", "ES"), ("contrast", "Contrast")):
+        for _e, title in (("cp", "CP"), ("es", "ES"), ("contrast", "Contrast")):
             for v in VARIANTS:
                 col = title if v == "real" else f"{title} {v}"
-                want = summary[(summary["layer"] == "overall") & (summary["evaluator"] == title)
-                               & (summary["variant"] == v)]["share_correct"].item()
+                want = summary[
+                    (summary["layer"] == "overall") & (summary["evaluator"] == title) & (summary["variant"] == v)
+                ]["share_correct"].item()
                 assert row[col] == pytest.approx(want)
         assert np.isnan(row["VQA"])
         tm = runs.timings(store)
@@ -221,7 +223,8 @@ def test_cp_calibration_can_reach_every_rank_cut_off(run_store, tmp_path):
     assert 0.2 < (ranks <= 2).mean() < 0.8  # a mixed reference on this run
     path = tmp_path / "strict.csv"
     view.neurons.assign(verdict=np.where(ranks <= 2, "yes", "no"), rater="strict")[
-        ["layer", "unit", "verdict", "rater"]].to_csv(path, index=False)
+        ["layer", "unit", "verdict", "rater"]
+    ].to_csv(path, index=False)
     humans.import_human(store, run_id, path)
     view = runview.RunView(store, run_id)
     res = view.calibrate("cp", "strict")
@@ -238,10 +241,18 @@ def test_sweep_with_an_unknown_reference_is_an_error(view):
 
 
 def test_weak_evaluators_flags_only_those_near_a_baseline():
-    rows = [("overall", "CP", "real", 0.74), ("overall", "CP", "shuffled", 0.27), ("overall", "CP", "constant", 0.14),
-            ("overall", "ES", "real", 0.99), ("overall", "ES", "shuffled", 0.98), ("overall", "ES", "constant", 0.60),
-            ("overall", "Contrast", "real", 0.30), ("overall", "Contrast", "constant", 0.25),
-            ("blocks.1", "CP", "real", 0.30), ("blocks.1", "CP", "shuffled", 0.29)]  # a layer alone is not pooled
+    rows = [
+        ("overall", "CP", "real", 0.74),
+        ("overall", "CP", "shuffled", 0.27),
+        ("overall", "CP", "constant", 0.14),
+        ("overall", "ES", "real", 0.99),
+        ("overall", "ES", "shuffled", 0.98),
+        ("overall", "ES", "constant", 0.60),
+        ("overall", "Contrast", "real", 0.30),
+        ("overall", "Contrast", "constant", 0.25),
+        ("blocks.1", "CP", "real", 0.30),
+        ("blocks.1", "CP", "shuffled", 0.29),
+    ]  # a layer alone is not pooled
     summary = pd.DataFrame(rows, columns=["layer", "evaluator", "variant", "share_correct"])
     weak = headlines.weak_evaluators(summary)
     assert [(w["evaluator"], w["baseline"]) for w in weak] == [("ES", "shuffled"), ("Contrast", "constant")]

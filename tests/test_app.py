@@ -11,12 +11,20 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from clipeval.analysis.runview import RunView, default_thresholds
 from clipeval.analysis.headlines import weak_evaluators
+from clipeval.analysis.runview import RunView, default_thresholds
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-PAGES = ["pages/home.py", "pages/neuron.py", "pages/layers.py", "pages/thresholds.py", "pages/agreement.py",
-         "pages/runs.py", "pages/annotate.py", "pages/sql.py"]
+PAGES = [
+    "pages/home.py",
+    "pages/neuron.py",
+    "pages/layers.py",
+    "pages/thresholds.py",
+    "pages/agreement.py",
+    "pages/runs.py",
+    "pages/annotate.py",
+    "pages/sql.py",
+]
 TIMEOUT = 90
 
 
@@ -73,9 +81,16 @@ def tables(at: AppTest) -> list[pd.DataFrame]:
 
 
 def texts(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown if 'class="cv-svg' not in m.value] + [c.value for c in at.caption] + \
-        [t.value for t in at.title] + [s.value for s in at.subheader] + [i.value for i in at.info] + \
-        [w.value for w in at.warning] + [e.value for e in at.error] + [s.value for s in at.success]
+    parts = (
+        [m.value for m in at.markdown if 'class="cv-svg' not in m.value]
+        + [c.value for c in at.caption]
+        + [t.value for t in at.title]
+        + [s.value for s in at.subheader]
+        + [i.value for i in at.info]
+        + [w.value for w in at.warning]
+        + [e.value for e in at.error]
+        + [s.value for s in at.success]
+    )
     return "\n".join(str(p) for p in parts)
 
 
@@ -102,8 +117,9 @@ def add_humans(store, run_id: str, rater: str = "alice", per_layer: int = 20, se
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders_and_names_the_models(app_store, page):
     store, run_id = app_store
-    store.record_evaluation("vqa-missing", run_id, "vqa", "{}", status="unavailable",
-                            error="BLIP-2 weights are not on this machine")
+    store.record_evaluation(
+        "vqa-missing", run_id, "vqa", "{}", status="unavailable", error="BLIP-2 weights are not on this machine"
+    )
     at = open_page(page, rater="tester")
     body = texts(at)
     assert "not CLIP" in body, "every page says the labelling model is an offline stand-in, not CLIP"
@@ -113,8 +129,15 @@ def test_every_page_renders_and_names_the_models(app_store, page):
 
 def test_no_runs_shows_how_to_make_one(tmp_path, monkeypatch):
     monkeypatch.setenv("CLIPEVAL_DB", str(tmp_path / "empty.duckdb"))
-    for page in [None, "pages/neuron.py", "pages/layers.py", "pages/thresholds.py", "pages/agreement.py",
-                 "pages/annotate.py", "pages/runs.py"]:
+    for page in [
+        None,
+        "pages/neuron.py",
+        "pages/layers.py",
+        "pages/thresholds.py",
+        "pages/agreement.py",
+        "pages/annotate.py",
+        "pages/runs.py",
+    ]:
         body = texts(open_page(page))
         assert "No complete run" in body and "clipeval demo" in body and "./run app" in body, page
 
@@ -186,6 +209,7 @@ def test_neuron_explorer_tables_are_static_and_complete(app_store):
 
 def test_static_table_escapes_its_cells(monkeypatch):
     from clipeval.ui import widgets
+
     shown = []
     monkeypatch.setattr(widgets.st, "markdown", lambda body, **kw: shown.append(body))
     frame = pd.DataFrame({"label": ["<b>bold</b> | $x$ & 'q'"], "n": [3]})
@@ -211,8 +235,7 @@ def test_neuron_explorer_draws_only_the_open_tab(app_store):
 
 def test_unavailable_evaluator_is_shown_with_its_reason(app_store):
     store, run_id = app_store
-    store.record_evaluation("vqa-missing", run_id, "vqa", "{}", status="unavailable",
-                            error="no BLIP-2 weights here")
+    store.record_evaluation("vqa-missing", run_id, "vqa", "{}", status="unavailable", error="no BLIP-2 weights here")
     at = open_page("pages/neuron.py")
     assert at.toggle(key="show_vqa").disabled
     assert "VQA is unavailable for this run: no BLIP-2 weights here" in texts(at)
@@ -295,8 +318,11 @@ def test_annotation_writes_land_in_the_store_and_resume(app_store):
     first = store.annotation_queue(run_id, "carol").iloc[0]
     at.button(key="ann_yes").click().run()
     got = store.human_verdicts(run_id, "carol")
-    assert len(got) == 1 and (got.iloc[0]["layer"], got.iloc[0]["unit"], bool(got.iloc[0]["verdict"])) == \
-        (first["layer"], first["unit"], True)
+    assert len(got) == 1 and (got.iloc[0]["layer"], got.iloc[0]["unit"], bool(got.iloc[0]["verdict"])) == (
+        first["layer"],
+        first["unit"],
+        True,
+    )
     at.button(key="ann_skip").click().run()  # no write, moves on
     assert len(store.human_verdicts(run_id, "carol")) == 1
     at.button(key="ann_no").click().run()
@@ -337,8 +363,12 @@ def test_sql_console_reads_and_refuses_writes(app_store):
     at.text_area(key="sql_text").set_value("SELECT layer, count(*) AS n FROM neurons GROUP BY layer").run()
     at.button(key="sql_run").click().run()
     assert len(at.dataframe[0].value) == len(store.layers(run_id)) and len(at.get("download_button")) == 1
-    for sql in ["DROP TABLE runs", "DELETE FROM neurons", "SELECT 1; DROP TABLE runs",
-                "INSERT INTO human_verdicts VALUES ('x', 'y', 1, 'z', true, 's', now())"]:
+    for sql in [
+        "DROP TABLE runs",
+        "DELETE FROM neurons",
+        "SELECT 1; DROP TABLE runs",
+        "INSERT INTO human_verdicts VALUES ('x', 'y', 1, 'z', true, 's', now())",
+    ]:
         at.text_area(key="sql_text").set_value(sql).run()
         at.button(key="sql_run").click().run()
         assert at.error, sql
@@ -346,34 +376,76 @@ def test_sql_console_reads_and_refuses_writes(app_store):
     assert store.data_version() == version
 
 
-@pytest.mark.parametrize("sql", [
-    "INSERT INTO runs (run_id) VALUES ('x')", "UPDATE neurons SET label = 'x'", "DELETE FROM neurons",
-    "DROP TABLE neurons", "CREATE TABLE t (a INT)", "CREATE TABLE t AS SELECT 1", "ALTER TABLE runs ADD COLUMN b INT",
-    "ATTACH ':memory:' AS other", "DETACH other", "COPY runs TO '/tmp/clipeval-test-copy.csv'",
-    "EXPORT DATABASE '/tmp/clipeval-test-export'", "SET threads = 1", "CHECKPOINT", "VACUUM", "BEGIN TRANSACTION",
-    "COMMIT", "INSTALL httpfs", "LOAD httpfs", "PRAGMA enable_profiling", "CALL pragma_table_info('runs')",
-    "EXPLAIN ANALYZE DELETE FROM neurons", "SELECT 1; DELETE FROM neurons", "SELECT 1;; DROP TABLE runs",
-    "CREATE MACRO m(a) AS a", "PREPARE p AS DELETE FROM neurons", "USE memory", "",
-    # reading anything but the store is refused too
-    "SELECT * FROM read_csv('/etc/passwd')", "FROM '/etc/passwd'", "SUMMARIZE '/etc/hosts'",
-    "SELECT * FROM query('SELECT 1')", "EXPLAIN SELECT * FROM read_text('/etc/hosts')"])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO runs (run_id) VALUES ('x')",
+        "UPDATE neurons SET label = 'x'",
+        "DELETE FROM neurons",
+        "DROP TABLE neurons",
+        "CREATE TABLE t (a INT)",
+        "CREATE TABLE t AS SELECT 1",
+        "ALTER TABLE runs ADD COLUMN b INT",
+        "ATTACH ':memory:' AS other",
+        "DETACH other",
+        "COPY runs TO '/tmp/clipeval-test-copy.csv'",
+        "EXPORT DATABASE '/tmp/clipeval-test-export'",
+        "SET threads = 1",
+        "CHECKPOINT",
+        "VACUUM",
+        "BEGIN TRANSACTION",
+        "COMMIT",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        "PRAGMA enable_profiling",
+        "CALL pragma_table_info('runs')",
+        "EXPLAIN ANALYZE DELETE FROM neurons",
+        "SELECT 1; DELETE FROM neurons",
+        "SELECT 1;; DROP TABLE runs",
+        "CREATE MACRO m(a) AS a",
+        "PREPARE p AS DELETE FROM neurons",
+        "USE memory",
+        "",
+        # reading anything but the store is refused too
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "FROM '/etc/passwd'",
+        "SUMMARIZE '/etc/hosts'",
+        "SELECT * FROM query('SELECT 1')",
+        "EXPLAIN SELECT * FROM read_text('/etc/hosts')",
+    ],
+)
 def test_read_only_query_refuses_writes_and_files(run_store, sql):
     from clipeval.errors import ClipevalError
 
     store, _, _ = run_store
-    before = (store.data_version(), store.df("SELECT count(*) AS n FROM neurons")["n"][0],
-              sorted(store.df("SHOW TABLES")["name"]))
+    before = (
+        store.data_version(),
+        store.df("SELECT count(*) AS n FROM neurons")["n"][0],
+        sorted(store.df("SHOW TABLES")["name"]),
+    )
     with pytest.raises(ClipevalError):
         store.read_only_query(sql)
-    after = (store.data_version(), store.df("SELECT count(*) AS n FROM neurons")["n"][0],
-             sorted(store.df("SHOW TABLES")["name"]))
+    after = (
+        store.data_version(),
+        store.df("SELECT count(*) AS n FROM neurons")["n"][0],
+        sorted(store.df("SHOW TABLES")["name"]),
+    )
     assert after == before
 
 
-@pytest.mark.parametrize("sql", ["SELECT count(*) FROM neurons", "FROM runs",
-                                 "WITH a AS (SELECT 1 AS x) SELECT x FROM a",
-                                 "DESCRIBE neurons", "SHOW TABLES", "SUMMARIZE layers", "EXPLAIN SELECT 1",
-                                 "PRAGMA table_info('runs')"])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT count(*) FROM neurons",
+        "FROM runs",
+        "WITH a AS (SELECT 1 AS x) SELECT x FROM a",
+        "DESCRIBE neurons",
+        "SHOW TABLES",
+        "SUMMARIZE layers",
+        "EXPLAIN SELECT 1",
+        "PRAGMA table_info('runs')",
+    ],
+)
 def test_read_only_query_answers_reads(run_store, sql):
     store, _, _ = run_store
     frame, more = store.read_only_query(sql, max_rows=5)
@@ -395,8 +467,9 @@ def test_runs_page_draws_the_timings_chart_and_full_reasons_when_opened(app_stor
     """The Runs page's first view has no chart and no code block (the browser loaded 1.5 MB of syntax
     highlighter for an expander that starts closed): both are drawn on opening their tab / expander."""
     store, run_id = app_store
-    store.record_evaluation("vqa-missing", run_id, "vqa", "{}", status="unavailable",
-                            error="no BLIP-2 weights here\nline two of the reason")
+    store.record_evaluation(
+        "vqa-missing", run_id, "vqa", "{}", status="unavailable", error="no BLIP-2 weights here\nline two of the reason"
+    )
     at = open_page("pages/runs.py")
     assert not charts(at) and not at.code
     assert any("Wall-clock seconds" in c.value for c in at.caption)

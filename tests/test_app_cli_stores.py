@@ -7,16 +7,26 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import SMALL_LAYERS
 from streamlit.testing.v1 import AppTest
 
 from clipeval.cli import main
 from clipeval.store import Store
-from conftest import SMALL_LAYERS
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-PAGES = [None, "pages/neuron.py", "pages/layers.py", "pages/thresholds.py", "pages/agreement.py",
-         "pages/labellers.py", "pages/runs.py", "pages/report.py", "pages/annotate.py", "pages/sql.py",
-         "pages/glossary.py"]
+PAGES = [
+    None,
+    "pages/neuron.py",
+    "pages/layers.py",
+    "pages/thresholds.py",
+    "pages/agreement.py",
+    "pages/labellers.py",
+    "pages/runs.py",
+    "pages/report.py",
+    "pages/annotate.py",
+    "pages/sql.py",
+    "pages/glossary.py",
+]
 
 pytestmark = pytest.mark.usefixtures("fresh_caches")
 
@@ -44,13 +54,31 @@ def cli_stores(built_run, probe_dir, tmp_path_factory) -> dict[str, Path]:
     labels = Store(db, read_only=True).neurons(run_id)
     root = tmp_path_factory.mktemp("cli_stores")
     csv = root / "descriptions.csv"
-    labels.rename(columns={"label": "description"})[["layer", "unit", "description", "similarity"]].to_csv(csv, index=False)
+    labels.rename(columns={"label": "description"})[["layer", "unit", "description", "similarity"]].to_csv(
+        csv, index=False
+    )
     stores = {}
-    for kind, args in (("import", ["import-descriptions", str(csv)]),
-                       ("import with activations", ["import-descriptions", str(csv), "--target", "efficientnet_lite0",
-                                                    "--probe", str(probe_dir)]),
-                       ("dissect", ["dissect", "--layers", ",".join(SMALL_LAYERS), "--probe", str(probe_dir),
-                                    "--concepts", "imagenet", "--sim-param", "top_k=20"])):
+    for kind, args in (
+        ("import", ["import-descriptions", str(csv)]),
+        (
+            "import with activations",
+            ["import-descriptions", str(csv), "--target", "efficientnet_lite0", "--probe", str(probe_dir)],
+        ),
+        (
+            "dissect",
+            [
+                "dissect",
+                "--layers",
+                ",".join(SMALL_LAYERS),
+                "--probe",
+                str(probe_dir),
+                "--concepts",
+                "imagenet",
+                "--sim-param",
+                "top_k=20",
+            ],
+        ),
+    ):
         folder = root / kind.replace(" ", "_")
         shutil.copytree(cache, folder / "cache")
         stores[kind] = folder / "runs.duckdb"

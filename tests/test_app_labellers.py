@@ -17,8 +17,9 @@ def app_with_sources(run_store, monkeypatch, tmp_path):
     neurons = store.neurons(run_id)
     last = neurons[neurons["layer"] == "classifier"].head(40)
     f = tmp_path / "descriptions.csv"
-    pd.DataFrame({"layer": last["layer"], "unit": last["unit"], "description": "dog",
-                  "similarity": 0.2}).to_csv(f, index=False)
+    pd.DataFrame({"layer": last["layer"], "unit": last["unit"], "description": "dog", "similarity": 0.2}).to_csv(
+        f, index=False
+    )
     sid = sources.add_source(store, run_id, "clip-dissect", str(f), name="all dogs")
     sources.evaluate_source(store, run_id, sid, cache_dir=cache, progress=False)
     monkeypatch.setenv("CLIPEVAL_DB", str(store.path))

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,8 +25,15 @@ def test_a_forced_recompute_keeps_the_old_result_until_the_new_one_is_in(run_sto
     assert store.run(run_id)["status"] == "complete" and store.neurons(run_id).equals(old)
     layers = store.layers(run_id).assign(position=range(len(store.layers(run_id))))
     new = old.assign(label="swapped")
-    store.finish_run(run_id, layers=layers[["layer", "position", "shape", "n_units"]], neurons=new,
-                     runner_ups=None, neuron_images=None, histograms=None, meta={"run_id": run_id})
+    store.finish_run(
+        run_id,
+        layers=layers[["layer", "position", "shape", "n_units"]],
+        neurons=new,
+        runner_ups=None,
+        neuron_images=None,
+        histograms=None,
+        meta={"run_id": run_id},
+    )
     assert set(store.neurons(run_id)["label"]) == {"swapped"} and len(store.neurons(run_id)) == len(old)
 
 
@@ -53,9 +59,13 @@ def test_kill_9_during_repeated_swaps_leaves_one_complete_result(run_store):
     n = len(store.neurons(run_id)) * 5
     expected = {"A": n, "B": 2 * n}
     random.seed(0)
-    for attempt in range(4):
-        proc = subprocess.Popen([sys.executable, "-c", SWAPPER, str(store.path), run_id, "swap-test"], cwd=ROOT,
-                                stdout=subprocess.PIPE, text=True)
+    for _attempt in range(4):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SWAPPER, str(store.path), run_id, "swap-test"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(0.5 + random.random() * 2.5)
         proc.kill()  # SIGKILL: no cleanup of any kind
@@ -89,9 +99,31 @@ def test_an_evaluator_killed_mid_way_shows_as_interrupted(run_store):
     store, run_id, cache = run_store
     (store.path.parent / "cache").symlink_to(cache)
     # k=3 at 96 px is a new evaluation with new image embeddings, so it computes for a while
-    proc = subprocess.Popen([sys.executable, "-m", "clipeval", "evaluate", run_id, "--evaluators", "es", "--k", "3",
-                             "--eval-backend", "conse", "--eval-arch", "efficientnet_lite2", "--eval-image-size", "96", "--db", str(store.path)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "clipeval",
+            "evaluate",
+            run_id,
+            "--evaluators",
+            "es",
+            "--k",
+            "3",
+            "--eval-backend",
+            "conse",
+            "--eval-arch",
+            "efficientnet_lite2",
+            "--eval-image-size",
+            "96",
+            "--db",
+            str(store.path),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     running = _running_rows(proc, lambda: store.evaluations(run_id))
     proc.kill()
     proc.wait()
@@ -108,8 +140,9 @@ def _source_with_the_runs_labels(store, run_id, tmp_path) -> str:
 
     neurons = store.neurons(run_id).head(8)
     f = tmp_path / "descriptions.csv"
-    pd.DataFrame({"layer": neurons["layer"], "unit": neurons["unit"], "description": neurons["label"],
-                  "similarity": 0.5}).to_csv(f, index=False)
+    pd.DataFrame(
+        {"layer": neurons["layer"], "unit": neurons["unit"], "description": neurons["label"], "similarity": 0.5}
+    ).to_csv(f, index=False)
     return sources.add_source(store, run_id, "clip-dissect", str(f))
 
 
@@ -128,9 +161,10 @@ def test_a_source_evaluation_killed_mid_way_shows_as_interrupted(run_store, tmp_
         sources.evaluate_source(Store({str(store.path)!r}), {run_id!r}, {sid!r}, ["es"],
                                 cache_dir={str(cache)!r}, progress=False)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    running = _running_rows(proc, lambda: store.source_evaluations(run_id))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _running_rows(proc, lambda: store.source_evaluations(run_id))
     before = store.data_version()
     proc.kill()
     proc.wait()
@@ -168,8 +202,9 @@ def test_a_failed_source_evaluation_says_why_and_keeps_an_earlier_complete_one(r
     assert store.source_evaluations(run_id).set_index("evaluator").loc["es", "status"] == "interrupted"
 
     monkeypatch.undo()
-    assert sources.evaluate_source(store, run_id, sid, ["es"], cache_dir=cache, progress=False)[0]["status"] == \
-        "complete"
+    assert (
+        sources.evaluate_source(store, run_id, sid, ["es"], cache_dir=cache, progress=False)[0]["status"] == "complete"
+    )
     complete = store.source_evaluations(run_id).set_index("evaluator").loc["es"]
     n_scores = len(store.source_scores(complete["source_eval_id"]))
     monkeypatch.setattr(EMBEDDING_EVALUATORS["es"], "score", broken)

@@ -42,8 +42,12 @@ def short_png(out: Path) -> Path:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
-    out.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-                    + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    out.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", data)
+        + chunk(b"IEND", b"")
+    )
     return out
 
 
@@ -61,9 +65,14 @@ def broken_probe(probe_dir, tmp_path) -> Path:
 
 
 def config(folder: Path, on_bad_image: str = "skip") -> DissectConfig:
-    return DissectConfig(target=TargetConfig("efficientnet_lite0"), layers=("classifier",),
-                         probe=ProbeConfig((str(folder),), on_bad_image), concepts=ConceptConfig("imagenet"),
-                         similarity=SimilarityConfig("soft_wpmi", (("top_k", 5.0),)), k=3)
+    return DissectConfig(
+        target=TargetConfig("efficientnet_lite0"),
+        layers=("classifier",),
+        probe=ProbeConfig((str(folder),), on_bad_image),
+        concepts=ConceptConfig("imagenet"),
+        similarity=SimilarityConfig("soft_wpmi", (("top_k", 5.0),)),
+        k=3,
+    )
 
 
 def test_images_that_fail_to_decode_are_skipped_and_counted(broken_probe, tmp_path):
@@ -94,16 +103,21 @@ def test_on_bad_image_fail_stops_with_the_file_named(broken_probe, tmp_path):
 
 
 def test_the_ray_engine_skips_and_counts_them_as_the_local_one_does(ray_cluster, broken_probe, tmp_path):
-    from clipeval.dissect import pipeline
     from clipeval.compute.engine import Engine
+    from clipeval.dissect import pipeline
 
     runs = {}
     for engine in ("local", "ray"):
         store = Store(tmp_path / f"{engine}.duckdb")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            run_id = pipeline.dissect(config(broken_probe), store, cache_dir=tmp_path / f"cache-{engine}",
-                                      progress=False, engine=Engine(engine, workers=2))
+            run_id = pipeline.dissect(
+                config(broken_probe),
+                store,
+                cache_dir=tmp_path / f"cache-{engine}",
+                progress=False,
+                engine=Engine(engine, workers=2),
+            )
         assert any("did not decode" in str(w.message) and "img91_short" in str(w.message) for w in caught)
         run = store.complete_run(run_id)
         assert (run["n_images"], run["n_skipped_images"]) == (24, 2)
@@ -115,13 +129,14 @@ def test_the_ray_engine_skips_and_counts_them_as_the_local_one_does(ray_cluster,
 
 def test_the_ray_engine_stops_on_one_with_on_bad_image_fail(ray_cluster, broken_probe):
     from clipeval.compute import ray_map
-    from clipeval.datasets.probe import load_probe
     from clipeval.compute.engine import Engine
+    from clipeval.datasets.probe import load_probe
 
     probe = load_probe([str(broken_probe)], "fail")
     with pytest.raises(ClipevalError, match=r"cannot decode probe image .*img9\d_"):
-        ray_map.collect(Engine("ray", workers=2), probe.images, thumb_size=32, batch_size=8, progress=False,
-                        on_bad_image="fail")
+        ray_map.collect(
+            Engine("ray", workers=2), probe.images, thumb_size=32, batch_size=8, progress=False, on_bad_image="fail"
+        )
 
 
 @pytest.fixture
@@ -144,8 +159,11 @@ def test_the_probe_pass_skips_and_counts_extreme_sizes_from_the_header(extreme_p
 
     with pytest.warns(UserWarning, match="skipped 3 unreadable"):
         probe = load_probe([str(extreme_probe)], "skip")
-    assert len(probe) == 6 and sorted(Path(p).name for p, _ in probe.skipped) == \
-        ["bomb.png", "strip_tall.png", "strip_wide.png"]
+    assert len(probe) == 6 and sorted(Path(p).name for p, _ in probe.skipped) == [
+        "bomb.png",
+        "strip_tall.png",
+        "strip_wide.png",
+    ]
     why = dict((Path(p).name, r) for p, r in probe.skipped)
     assert "aspect ratio 60,000:1 is beyond the limit of 20:1" in why["strip_wide.png"]
     assert "10000x9000 pixels is over the limit of 80,000,000 pixels" in why["bomb.png"]
@@ -156,8 +174,25 @@ def test_the_probe_pass_skips_and_counts_extreme_sizes_from_the_header(extreme_p
 def cli_dissect(db: Path, folder: Path, on_bad_image: str) -> int:
     from clipeval.cli import main
 
-    return main(["--db", str(db), "dissect", "--layers", "classifier", "--probe", str(folder), "--concepts",
-                 "imagenet", "--k", "2", "--on-bad-image", on_bad_image, "--workers", "0"])
+    return main(
+        [
+            "--db",
+            str(db),
+            "dissect",
+            "--layers",
+            "classifier",
+            "--probe",
+            str(folder),
+            "--concepts",
+            "imagenet",
+            "--k",
+            "2",
+            "--on-bad-image",
+            on_bad_image,
+            "--workers",
+            "0",
+        ]
+    )
 
 
 def stored_runs(db: Path):

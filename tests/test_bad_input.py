@@ -27,9 +27,10 @@ def db(built_run, tmp_path) -> Path:
 
 def snapshot(db: Path) -> dict:
     s = Store(db, read_only=True)
-    return {t: s.scalar(f"SELECT count(*) FROM {t}") for t in ("runs", "evaluations", "eval_scores", "neurons",
-                                                                "human_verdicts")} | \
-        {"statuses": sorted(s.runs()["status"]) + sorted(s.evaluations()["status"])}
+    return {
+        t: s.scalar(f"SELECT count(*) FROM {t}")
+        for t in ("runs", "evaluations", "eval_scores", "neurons", "human_verdicts")
+    } | {"statuses": sorted(s.runs()["status"]) + sorted(s.evaluations()["status"])}
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
@@ -37,28 +38,48 @@ def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
     return path
 
 
-@pytest.mark.parametrize("args, message", [
-    (["dissect", "--layers", "classifier", "--probe", "{probe}", "--batch-size", "0"], "--batch-size: 0 is outside 1..65536"),
-    (["dissect", "--layers", "classifier", "--probe", "{probe}", "--workers", "-1"], "--workers: -1 is outside 0..4096"),
-    (["dissect", "--layers", "classifier", "--probe", "{probe}", "--sim-param", "top_k=-5"],
-     "top_k must be an integer in [1, 1e+09]"),
-    (["dissect", "--layers", "classifier", "--probe", "{probe}", "--sim-param", "top_k=2.5"], "top_k must be an integer"),
-    (["dissect", "--layers", "classifier", "--probe", "{probe}", "--sim-param", "a=nan"], "a must be a number"),
-    (["dissect", "--layers", "classifier", "--probe", "{probe}", "--sim-param", "p_start=inf"], "p_start must be"),
-    (["evaluate", "{run}", "--tau", "7"], "es threshold tau=7.0 is outside [-1.0, 1.0]"),
-    (["evaluate", "{run}", "--eval-image-size", "0"], "--eval-image-size: 0 is outside 16..4096"),
-    (["report", "{run}", "--k", "0"], "--k: 0 is outside 1..1000"),
-    (["report", "{run}", "--k", "1000000"], "--k: 1000000 is outside 1..1000"),
-    (["report", "{run}", "--k", "6"], "--k 6 is outside 1..5"),
-    (["humans", "import", "{run}", "{tmp}/huge_unit.csv", "--rater", "x"], "unit 99999999999999999999 in row 2"),
-    (["import-descriptions", "{tmp}/huge_unit_desc.csv"], "unit 99999999999999999999 in row 2"),
-    (["import-descriptions", "{tmp}/sim_abc.csv"], "similarity must be a finite number (or empty); row 3 has 'abc'"),
-    (["import-descriptions", "{tmp}/sim_nan.csv"], "row 2 has 'nan'"),
-    (["import-descriptions", "{tmp}/sim_inf.csv"], "row 2 has 'inf'"),
-    (["export", "{run}", "--out", "{tmp}"], "is a folder"),
-    (["humans", "export", "{run}", "{tmp}"], "is a folder"),
-    (["calibrate", "{run}", "--evaluator", "cp", "--rater", "x", "--fit-fraction", "1.5"], "--fit-fraction: 1.5 is not between 0 and 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["dissect", "--layers", "classifier", "--probe", "{probe}", "--batch-size", "0"],
+            "--batch-size: 0 is outside 1..65536",
+        ),
+        (
+            ["dissect", "--layers", "classifier", "--probe", "{probe}", "--workers", "-1"],
+            "--workers: -1 is outside 0..4096",
+        ),
+        (
+            ["dissect", "--layers", "classifier", "--probe", "{probe}", "--sim-param", "top_k=-5"],
+            "top_k must be an integer in [1, 1e+09]",
+        ),
+        (
+            ["dissect", "--layers", "classifier", "--probe", "{probe}", "--sim-param", "top_k=2.5"],
+            "top_k must be an integer",
+        ),
+        (["dissect", "--layers", "classifier", "--probe", "{probe}", "--sim-param", "a=nan"], "a must be a number"),
+        (["dissect", "--layers", "classifier", "--probe", "{probe}", "--sim-param", "p_start=inf"], "p_start must be"),
+        (["evaluate", "{run}", "--tau", "7"], "es threshold tau=7.0 is outside [-1.0, 1.0]"),
+        (["evaluate", "{run}", "--eval-image-size", "0"], "--eval-image-size: 0 is outside 16..4096"),
+        (["report", "{run}", "--k", "0"], "--k: 0 is outside 1..1000"),
+        (["report", "{run}", "--k", "1000000"], "--k: 1000000 is outside 1..1000"),
+        (["report", "{run}", "--k", "6"], "--k 6 is outside 1..5"),
+        (["humans", "import", "{run}", "{tmp}/huge_unit.csv", "--rater", "x"], "unit 99999999999999999999 in row 2"),
+        (["import-descriptions", "{tmp}/huge_unit_desc.csv"], "unit 99999999999999999999 in row 2"),
+        (
+            ["import-descriptions", "{tmp}/sim_abc.csv"],
+            "similarity must be a finite number (or empty); row 3 has 'abc'",
+        ),
+        (["import-descriptions", "{tmp}/sim_nan.csv"], "row 2 has 'nan'"),
+        (["import-descriptions", "{tmp}/sim_inf.csv"], "row 2 has 'inf'"),
+        (["export", "{run}", "--out", "{tmp}"], "is a folder"),
+        (["humans", "export", "{run}", "{tmp}"], "is a folder"),
+        (
+            ["calibrate", "{run}", "--evaluator", "cp", "--rater", "x", "--fit-fraction", "1.5"],
+            "--fit-fraction: 1.5 is not between 0 and 1",
+        ),
+    ],
+)
 def test_bad_values_exit_2_before_any_work(db, probe_dir, built_run, tmp_path, capsys, args, message):
     write(tmp_path / "huge_unit.csv", "layer,unit,verdict\nclassifier,99999999999999999999,yes\n")
     write(tmp_path / "huge_unit_desc.csv", "layer,unit,description\nclassifier,99999999999999999999,dog\n")
@@ -89,15 +110,26 @@ def test_runs_into_a_closed_pipe_is_quiet(db):
     """`clipeval runs | head`: the reader leaves early; no BrokenPipeError traceback."""
     read, write_end = os.pipe()
     os.close(read)
-    proc = subprocess.run([sys.executable, "-m", "clipeval", "runs", "--db", str(db)], cwd=ROOT, stdout=write_end,
-                          stderr=subprocess.PIPE, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipeval", "runs", "--db", str(db)],
+        cwd=ROOT,
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+    )
     os.close(write_end)
     assert "BrokenPipe" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 0
 
 
-@pytest.mark.parametrize("content, kind", [(b"layer,unit\nx,1\n", "a text file (CSV?)"),
-                                           (b"PAR1\x15\x04\x15\x10\x15\x14L\x15\x02\x15\x00\x12\x00\x00", "a Parquet file")])
+@pytest.mark.parametrize(
+    "content, kind",
+    [
+        (b"layer,unit\nx,1\n", "a text file (CSV?)"),
+        (b"PAR1\x15\x04\x15\x10\x15\x14L\x15\x02\x15\x00\x12\x00\x00", "a Parquet file"),
+    ],
+)
 def test_db_that_is_a_csv_or_parquet_file_is_refused(tmp_path, probe_dir, capsys, content, kind):
     for name in ("data.csv", "data.parquet", "data.duckdb"):
         path = tmp_path / name

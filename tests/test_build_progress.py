@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from test_app import open_page, texts
 
 from clipeval.compute import progress
-from test_app import open_page, texts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,9 +52,15 @@ def test_bars_without_a_status_file_write_none(tmp_path):
 
 
 def _status(db: Path, **state) -> None:
-    base = {"what": "the offline demo (full)", "pid": os.getpid(), "started": time.time() - 75, "state": "running",
-            "stage": "demo run 2 of 3: concept set common-20k", "error": None,
-            "bar": {"desc": "probe pass", "n": 120, "total": 198, "unit": "batch", "rate": 1.5, "seconds_left": 52.0}}
+    base = {
+        "what": "the offline demo (full)",
+        "pid": os.getpid(),
+        "started": time.time() - 75,
+        "state": "running",
+        "stage": "demo run 2 of 3: concept set common-20k",
+        "error": None,
+        "bar": {"desc": "probe pass", "n": 120, "total": 198, "unit": "batch", "rate": 1.5, "seconds_left": 52.0},
+    }
     progress.status_path(db).write_text(json.dumps({**base, **state}))
 
 

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from clipeval.render import charts
-from clipeval.ui.sources import shares_figure
 from clipeval.render.svg import nice_ticks, text_width, wrap
+from clipeval.ui.sources import shares_figure
 
 NS = "{http://www.w3.org/2000/svg}"
 LONG = "run demo: EfficientNet-Lite0 | demo probe (full) | common-10k"
@@ -112,9 +112,10 @@ def test_kappa_heatmap_cells_carry_interval_and_n_and_grey_the_small_ones():
 def test_labellers_chart_is_horizontal_with_long_names_wrapped():
     """Labellers' names are long (a run's settings, a file name): as x labels they were turned and cut;
     the bars go horizontal, with the names wrapped left of them."""
-    shares = pd.DataFrame([(name, ev, v, 100, 0.01, 0.0) for name in (LONG, FILE) for ev, v in (("CP", 0.2),
-                                                                                             ("ES", 0.6))],
-                          columns=["labeller", "evaluator", "correct", "n", "shuffled", "run constant"])
+    shares = pd.DataFrame(
+        [(name, ev, v, 100, 0.01, 0.0) for name in (LONG, FILE) for ev, v in (("CP", 0.2), ("ES", 0.6))],
+        columns=["labeller", "evaluator", "correct", "n", "shuffled", "run constant"],
+    )
     chart = shares_figure(shares)
     root = parse(chart)
     bars = [r for r in root.iter(f"{NS}rect") if (r.find(f"{NS}title") is not None)]
@@ -130,8 +131,10 @@ def test_time_per_stage_chart_has_its_legend_above_and_run_names_on_two_lines():
     """At 800 px a legend on the right took half the chart and cut the run names: the legend goes above
     the bars in rows, each run's name is wrapped with its id on a line of its own."""
     steps = ["dissect: load", "dissect: similarity", "evaluate: CP", "evaluate: ES"]
-    t = pd.DataFrame([(f"concepts common-{n}k · {LONG}", f"{n:02d}abcdef1234", s, 10.0) for n in (10, 20)
-                      for s in steps], columns=["name", "run", "step", "seconds"])
+    t = pd.DataFrame(
+        [(f"concepts common-{n}k · {LONG}", f"{n:02d}abcdef1234", s, 10.0) for n in (10, 20) for s in steps],
+        columns=["name", "run", "step", "seconds"],
+    )
     chart = charts.timings_bar(t)
     root = parse(chart)
     boxes = list(text_boxes(root))
@@ -182,21 +185,32 @@ def test_full_width_charts_keep_their_text_inside_and_apart_at_both_drawings(wid
     """A full-width chart is drawn at FULL and at NARROW (an 800 px window's column): at both, no text
     leaves the drawing and no two labels on one line run into each other."""
     layers = ["blocks.1", "blocks.3", "blocks.5", "bn2", "classifier"]
-    rows = [(layer, ev, variant, 0.19, 100, 0) for ev in ("CP", "ES", "Contrast") for layer in [*layers, "overall"]
-            for variant in ("real", "shuffled", "constant")]
+    rows = [
+        (layer, ev, variant, 0.19, 100, 0)
+        for ev in ("CP", "ES", "Contrast")
+        for layer in [*layers, "overall"]
+        for variant in ("real", "shuffled", "constant")
+    ]
     shares = pd.DataFrame(rows, columns=["layer", "evaluator", "variant", "share_correct", "n", "n_dead"])
     names = ["CP", "ES", "Contrast", "automatic: ImageNet class (automatic)"]
     kappa = pd.DataFrame(np.full((4, 4), -0.25), index=names, columns=names)
     n = pd.DataFrame(np.full((4, 4), 1000), index=names, columns=names)
-    labellers = pd.DataFrame([(name, ev, 0.5, 100, 0.01, 0.0) for name in (LONG, FILE) for ev in ("CP", "ES")],
-                             columns=["labeller", "evaluator", "correct", "n", "shuffled", "run constant"])
-    t = pd.DataFrame([(LONG, "10abcdef1234", s, 10.0) for s in ("dissect: load", "evaluate: CP")],
-                     columns=["name", "run", "step", "seconds"])
+    labellers = pd.DataFrame(
+        [(name, ev, 0.5, 100, 0.01, 0.0) for name in (LONG, FILE) for ev in ("CP", "ES")],
+        columns=["labeller", "evaluator", "correct", "n", "shuffled", "run constant"],
+    )
+    t = pd.DataFrame(
+        [(LONG, "10abcdef1234", s, 10.0) for s in ("dissect: load", "evaluate: CP")],
+        columns=["name", "run", "step", "seconds"],
+    )
     hist = pd.DataFrame({"lo": [0.0, 0.5], "hi": [0.5, 1.0], "count": [40, 2]})
-    for chart in (charts.layer_shares(shares, layers, width=width),
-                  charts.kappa_heatmap(kappa, n, kappa - 0.5, kappa + 0.5, 30, width=width),
-                  shares_figure(labellers, width=width), charts.timings_bar(t, width=width),
-                  charts.activation_histogram(hist, [0.9], 1, width=width)):
+    for chart in (
+        charts.layer_shares(shares, layers, width=width),
+        charts.kappa_heatmap(kappa, n, kappa - 0.5, kappa + 0.5, 30, width=width),
+        shares_figure(labellers, width=width),
+        charts.timings_bar(t, width=width),
+        charts.activation_histogram(hist, [0.9], 1, width=width),
+    ):
         assert_inside(chart)
         boxes = sorted(text_boxes(parse(chart)), key=lambda b: (round(b[2], 1), b[0]))
         for a, b in zip(boxes, boxes[1:]):
@@ -215,8 +229,9 @@ def test_a_layer_name_wider_than_its_bars_gets_smaller_not_cut():
 def test_empty_inputs_draw_an_empty_chart_not_an_error():
     """A pair matrix, a timings table or a labellers' table with no rows is drawn empty (the longest name
     of no names was a ValueError)."""
-    for chart in (charts.kappa_heatmap(pd.DataFrame()),
-                  charts.timings_bar(pd.DataFrame(columns=["run", "name", "step", "seconds"])),
-                  shares_figure(pd.DataFrame(columns=["labeller", "evaluator", "correct", "n", "shuffled",
-                                                      "run constant"]))):
+    for chart in (
+        charts.kappa_heatmap(pd.DataFrame()),
+        charts.timings_bar(pd.DataFrame(columns=["run", "name", "step", "seconds"])),
+        shares_figure(pd.DataFrame(columns=["labeller", "evaluator", "correct", "n", "shuffled", "run constant"])),
+    ):
         assert not titles(parse(chart))

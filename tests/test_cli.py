@@ -35,18 +35,21 @@ def test_runs_export_and_rm(built_run, tmp_path, capsys):
     assert "no runs" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["dissect", "--layers", "layer4", "--probe", "{probe}"], "unknown layer 'layer4'"),
-    (["dissect", "--layers", "blocks.1", "--probe", "{tmp}/nowhere"], "does not exist"),
-    (["dissect", "--layers", "blocks.1", "--probe", "{probe}", "--k", "1000"], "k=1000 is more than"),
-    (["dissect", "--layers", "blocks.1", "--probe", "{probe}", "--target", "nonet"], "unknown target"),
-    (["dissect", "--layers", "blocks.1", "--probe", "{probe}", "--sim-param", "top_k"], "NAME=VALUE"),
-    (["evaluate", "nosuchrun"], "no run 'nosuchrun'"),
-    (["evaluate", "{run}", "--evaluators", "cp,blip"], "unknown evaluator"),
-    (["evaluate", "{run}", "--k", "9"], "k=9 is outside 1..5"),
-    (["import-descriptions", "{tmp}/bad.csv"], "lacks column"),
-    (["humans", "import", "{run}", "{tmp}/bad.csv"], "lacks column"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["dissect", "--layers", "layer4", "--probe", "{probe}"], "unknown layer 'layer4'"),
+        (["dissect", "--layers", "blocks.1", "--probe", "{tmp}/nowhere"], "does not exist"),
+        (["dissect", "--layers", "blocks.1", "--probe", "{probe}", "--k", "1000"], "k=1000 is more than"),
+        (["dissect", "--layers", "blocks.1", "--probe", "{probe}", "--target", "nonet"], "unknown target"),
+        (["dissect", "--layers", "blocks.1", "--probe", "{probe}", "--sim-param", "top_k"], "NAME=VALUE"),
+        (["evaluate", "nosuchrun"], "no run 'nosuchrun'"),
+        (["evaluate", "{run}", "--evaluators", "cp,blip"], "unknown evaluator"),
+        (["evaluate", "{run}", "--k", "9"], "k=9 is outside 1..5"),
+        (["import-descriptions", "{tmp}/bad.csv"], "lacks column"),
+        (["humans", "import", "{run}", "{tmp}/bad.csv"], "lacks column"),
+    ],
+)
 def test_bad_input_gives_a_clear_error(built_run, probe_dir, tmp_path, capsys, args, message):
     import shutil
 
@@ -91,8 +94,23 @@ def test_evaluate_prints_times_then_the_report(run_store, capsys):
     store, run_id, _ = run_store
     db = store.path
     store.close()  # the CLI opens the file itself
-    assert main(["--db", str(db), "evaluate", run_id, "--evaluators", "es", "--eval-backend", "conse",
-                 "--eval-arch", "efficientnet_lite2"]) == 0
+    assert (
+        main(
+            [
+                "--db",
+                str(db),
+                "evaluate",
+                run_id,
+                "--evaluators",
+                "es",
+                "--eval-backend",
+                "conse",
+                "--eval-arch",
+                "efficientnet_lite2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.index("evaluator") < out.index("share judged correct")
     assert any(l.startswith("es ") for l in out.splitlines()) and any(l.startswith("overall") for l in out.splitlines())

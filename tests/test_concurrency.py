@@ -27,9 +27,14 @@ APP = str(ROOT / "app.py")
 
 
 def cli(db: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "clipeval", *args, "--db", str(db)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "clipeval", *args, "--db", str(db)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
@@ -42,13 +47,22 @@ class Holder:
     until `release()`."""
 
     def __init__(self, db: Path, seconds: float = 600):
-        self.proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(f"""
             import duckdb, select, sys
             con = duckdb.connect({str(db)!r})
             print("holding", flush=True)
             select.select([sys.stdin], [], [], {seconds})
             con.close()
-        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        """),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout.readline().strip() == "holding"
         self.pid = self.proc.pid
 
@@ -84,8 +98,9 @@ def wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 240) -> tu
 def verdict_csv(tmp_path: Path, store: Store, run_id: str, rater: str, n: int) -> Path:
     neurons = store.neurons(run_id).head(n)
     path = tmp_path / f"{rater}.csv"
-    neurons.assign(verdict=[i % 2 == 0 for i in range(len(neurons))])[["layer", "unit", "verdict"]] \
-        .to_csv(path, index=False)
+    neurons.assign(verdict=[i % 2 == 0 for i in range(len(neurons))])[["layer", "unit", "verdict"]].to_csv(
+        path, index=False
+    )
     return path
 
 
@@ -116,15 +131,17 @@ def test_a_writer_gives_up_after_the_timeout_with_a_message(run_store, tmp_path)
     store, run_id, _ = run_store
     path = verdict_csv(tmp_path, store, run_id, "cy", 3)
     holder = Holder(store.path)
-    code, out, err = finish(cli(store.path, "humans", "import", run_id, str(path), "--rater", "cy",
-                                env={"CLIPEVAL_LOCK_TIMEOUT": "1"}))
+    code, out, err = finish(
+        cli(store.path, "humans", "import", run_id, str(path), "--rater", "cy", env={"CLIPEVAL_LOCK_TIMEOUT": "1"})
+    )
     holder.release()
     assert code == 2 and "stayed busy" in err and "CLIPEVAL_LOCK_TIMEOUT" in err
     assert store.human_verdicts(run_id, "cy").empty
 
 
-def test_app_open_while_every_cli_command_works_and_new_results_show_on_the_next_rerun(run_store, tmp_path,
-                                                                                        monkeypatch):
+def test_app_open_while_every_cli_command_works_and_new_results_show_on_the_next_rerun(
+    run_store, tmp_path, monkeypatch
+):
     store, run_id, _ = run_store
     db = store.path
     monkeypatch.setenv("CLIPEVAL_DB", str(db))
@@ -135,9 +152,13 @@ def test_app_open_while_every_cli_command_works_and_new_results_show_on_the_next
 
     # the app is open (it has read the store); every CLI command works on the same store meanwhile
     path = verdict_csv(tmp_path, store, run_id, "erin", 5)
-    for args in (["runs"], ["report", run_id], ["humans", "import", run_id, str(path), "--rater", "erin"],
-                 ["humans", "export", run_id, str(tmp_path / "out.csv")],
-                 ["export", run_id, "--out", str(tmp_path / "labels.csv")]):
+    for args in (
+        ["runs"],
+        ["report", run_id],
+        ["humans", "import", run_id, str(path), "--rater", "erin"],
+        ["humans", "export", run_id, str(tmp_path / "out.csv")],
+        ["export", run_id, "--out", str(tmp_path / "labels.csv")],
+    ):
         code, out, err = finish(cli(db, *args))
         assert code == 0, (args, err)
         assert "locked" not in err
@@ -184,8 +205,11 @@ def test_an_annotation_during_a_long_cli_write_is_kept_and_saved_later(run_store
     at.run()  # the next rerun after the write saves it
     assert not at.exception
     got = store.human_verdicts(run_id, "fay")
-    assert len(got) == 1 and (got.iloc[0]["layer"], int(got.iloc[0]["unit"]), bool(got.iloc[0]["verdict"])) == \
-        (first["layer"], int(first["unit"]), True)
+    assert len(got) == 1 and (got.iloc[0]["layer"], int(got.iloc[0]["unit"]), bool(got.iloc[0]["verdict"])) == (
+        first["layer"],
+        int(first["unit"]),
+        True,
+    )
     assert not any("wait to be saved" in w.value for w in at.warning)
 
 
@@ -214,8 +238,19 @@ def test_a_dissect_run_finishing_while_the_app_is_open_shows_on_the_next_rerun(r
     at.run()
     at.run()
     assert len(reads) == n_reads  # nothing changed: the run list came from the cache
-    args = ["dissect", "--layers", "classifier", "--probe", *cfg["probe"]["paths"], "--concepts", "imagenet",
-            "--sim-param", "top_k=20", "--name", "second"]
+    args = [
+        "dissect",
+        "--layers",
+        "classifier",
+        "--probe",
+        *cfg["probe"]["paths"],
+        "--concepts",
+        "imagenet",
+        "--sim-param",
+        "top_k=20",
+        "--name",
+        "second",
+    ]
     (store.path.parent / "cache").symlink_to(cache)  # the built run's arrays: no probe pass needed
     code, out, err = finish(cli(store.path, *args))
     assert code == 0, err
@@ -236,10 +271,14 @@ def _start_app(tmp_path) -> tuple[subprocess.Popen, int, int]:
     db = tmp_path / "runs.duckdb"
     Store(db)
     port = _port()
-    app = subprocess.Popen([sys.executable, "-m", "clipeval", "--db", str(db), "app", "--port", str(port)], cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           env={**os.environ, "STREAMLIT_SERVER_HEADLESS": "true",
-                                "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"})
+    app = subprocess.Popen(
+        [sys.executable, "-m", "clipeval", "--db", str(db), "app", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "STREAMLIT_SERVER_HEADLESS": "true", "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"},
+    )
     deadline = time.time() + 120
     child = None
     while time.time() < deadline and child is None:

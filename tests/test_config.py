@@ -4,8 +4,15 @@ import dataclasses
 
 import pytest
 
-from clipeval.config import (ConceptConfig, DissectConfig, ImageTextConfig, ProbeConfig, SimilarityConfig,
-                             TargetConfig, stable_hash)
+from clipeval.config import (
+    ConceptConfig,
+    DissectConfig,
+    ImageTextConfig,
+    ProbeConfig,
+    SimilarityConfig,
+    TargetConfig,
+    stable_hash,
+)
 from clipeval.errors import ClipevalError
 
 BASE = DissectConfig(layers=("blocks.1",), probe=ProbeConfig(("/p",)))
@@ -52,18 +59,24 @@ def test_every_field_is_covered_by_the_variants():
 
 
 def test_json_round_trip():
-    cfg = dataclasses.replace(BASE, similarity=SimilarityConfig("soft_wpmi", (("a", 5.0),)),
-                              image_text=ImageTextConfig("open_clip", "ViT-B-32", "x.pt", image_size=128))
+    cfg = dataclasses.replace(
+        BASE,
+        similarity=SimilarityConfig("soft_wpmi", (("a", 5.0),)),
+        image_text=ImageTextConfig("open_clip", "ViT-B-32", "x.pt", image_size=128),
+    )
     assert DissectConfig.from_json(cfg.to_json()) == cfg
     assert stable_hash(DissectConfig.from_json(cfg.to_json())) == stable_hash(cfg)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(layers=()), "no layers"),
-    (dict(layers=("a", "a")), "twice"),
-    (dict(layers=("a",), pooling="median"), "pooling"),
-    (dict(layers=("a",), k=0), "k must"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(layers=()), "no layers"),
+        (dict(layers=("a", "a")), "twice"),
+        (dict(layers=("a",), pooling="median"), "pooling"),
+        (dict(layers=("a",), k=0), "k must"),
+    ],
+)
 def test_bad_settings(kwargs, match):
     with pytest.raises(ClipevalError, match=match):
         DissectConfig(**kwargs)

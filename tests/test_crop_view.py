@@ -35,7 +35,8 @@ FAMILIES = {
     "timm EVA02 (0.9)": lambda: _timm("eva02_tiny_patch14_224.mim_in22k"),
     "timm ConvNeXt 384 (crop_mode squash)": lambda: _timm("convnext_tiny.in12k_ft_in1k_384"),
     "timm ViT (crop_mode border, padded)": lambda: _timm(
-        "vit_tiny_patch16_224", pretrained_cfg_overlay={"crop_mode": "border", "crop_pct": 0.9}),
+        "vit_tiny_patch16_224", pretrained_cfg_overlay={"crop_mode": "border", "crop_pct": 0.9}
+    ),
 }
 SIZES = [(256, 192), (160, 240), (96, 64)]  # landscape, portrait, smaller than the input (upscaled)
 
@@ -77,8 +78,11 @@ def test_the_crop_box_is_where_the_real_transform_takes_its_pixels(family):
 
 def test_the_old_assumption_is_off_for_timm_targets():
     """What the fixed 87.5% centre square would have drawn on a 256x192 image, against the real crop."""
-    for family, off in (("timm ViT (crop_pct 0.9)", 2.5), ("timm ResNet-50 (0.95)", 7.0),
-                        ("timm ConvNeXt 384 (crop_mode squash)", 12.0)):
+    for family, off in (
+        ("timm ViT (crop_pct 0.9)", 2.5),
+        ("timm ResNet-50 (0.95)", 7.0),
+        ("timm ConvNeXt 384 (crop_mode squash)", 12.0),
+    ):
         real = np.array(crop_box(preprocess_view(FAMILIES[family]()), 256, 192))
         assumed = np.array(crop_box(ASSUMED_VIEW, 256, 192))
         assert np.abs(real - assumed).max() > off, family
@@ -90,13 +94,21 @@ def _jpeg(w, h, colour=(0, 0, 255)) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("family", ["timm ViT (crop_pct 0.9)", "timm ConvNeXt 384 (crop_mode squash)",
-                                    "timm ViT (crop_mode border, padded)", "torchvision / built-in (87.5%)"])
+@pytest.mark.parametrize(
+    "family",
+    [
+        "timm ViT (crop_pct 0.9)",
+        "timm ConvNeXt 384 (crop_mode squash)",
+        "timm ViT (crop_mode border, padded)",
+        "torchvision / built-in (87.5%)",
+    ],
+)
 def test_the_overlay_colours_exactly_the_crop_box(family):
     view = preprocess_view(FAMILIES[family]())
     w, h = 128, 96
-    out = np.asarray(Image.open(io.BytesIO(overlay(_jpeg(w, h), np.ones((7, 7), np.float32), 1.0, (0.0, 1.0),
-                                                   view))).convert("RGB")).astype(int)
+    out = np.asarray(
+        Image.open(io.BytesIO(overlay(_jpeg(w, h), np.ones((7, 7), np.float32), 1.0, (0.0, 1.0), view))).convert("RGB")
+    ).astype(int)
     x0, y0, x1, y1 = crop_box(view, w, h)
     red = (out[..., 0] > 200) & (out[..., 2] < 80)
     blue = (out[..., 2] > 200) & (out[..., 0] < 60)
@@ -113,8 +125,11 @@ def test_a_preprocessing_of_unknown_geometry_has_no_view_and_the_map_covers_the_
     assert from_module(nn.Identity(), preprocess=pre).info["view"] is None
     view, where = run_view({"models_json": json.dumps({"target": {"name": "x", "view": None}})})
     assert view is None and "whole image" in where
-    out = np.asarray(Image.open(io.BytesIO(overlay(_jpeg(40, 30), np.ones((2, 2), np.float32), 1.0, (0.0, 1.0),
-                                                   None))).convert("RGB")).astype(int)
+    out = np.asarray(
+        Image.open(io.BytesIO(overlay(_jpeg(40, 30), np.ones((2, 2), np.float32), 1.0, (0.0, 1.0), None))).convert(
+            "RGB"
+        )
+    ).astype(int)
     assert (out[1:-1, 1:-1, 0] > 200).all()
 
 

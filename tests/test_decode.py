@@ -35,6 +35,7 @@ def on_white(rgb, alpha) -> np.ndarray:
 def png(width: int, height: int, bit_depth: int, colour_type: int, rows) -> bytes:
     """A PNG written byte by byte, for what Pillow cannot write (16-bit colour, extreme sizes); `rows`:
     the filtered scanlines, as bytes or an iterable of them."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
@@ -64,8 +65,9 @@ def palette_image(alpha: bool) -> tuple[Image.Image, np.ndarray, np.ndarray]:
 def ycbcr_reference(y, cb, cr) -> np.ndarray:
     """JFIF YCbCr -> RGB (ITU-R BT.601, full range)."""
     y, cb, cr = (np.asarray(c, np.float64) for c in (y, cb, cr))
-    return np.stack([y + 1.402 * (cr - 128), y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128),
-                     y + 1.772 * (cb - 128)], -1)
+    return np.stack(
+        [y + 1.402 * (cr - 128), y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128), y + 1.772 * (cb - 128)], -1
+    )
 
 
 def case(mode: str, tmp: Path) -> tuple[object, np.ndarray, float]:
@@ -141,8 +143,26 @@ def case(mode: str, tmp: Path) -> tuple[object, np.ndarray, float]:
     raise AssertionError(mode)
 
 
-MODES = ["1", "L", "LA", "P", "P+transparency", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "I (TIFF int32)",
-         "I;16", "I;16B", "F 0..1", "F 0..255", "RGB 16-bit", "RGBA 16-bit"]
+MODES = [
+    "1",
+    "L",
+    "LA",
+    "P",
+    "P+transparency",
+    "PA",
+    "RGB",
+    "RGBA",
+    "CMYK",
+    "YCbCr",
+    "I",
+    "I (TIFF int32)",
+    "I;16",
+    "I;16B",
+    "F 0..1",
+    "F 0..255",
+    "RGB 16-bit",
+    "RGBA 16-bit",
+]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -219,8 +239,12 @@ def test_images_are_decoded_in_one_place():
     import re
 
     root = Path(__file__).resolve().parents[1]
-    opened = {str(f.relative_to(root)) for d in ("clipeval", "pages") for f in (root / d).rglob("*.py")
-              if re.search(r"Image\.open\(|\.convert\(\"RGB\"\)", f.read_text())}
+    opened = {
+        str(f.relative_to(root))
+        for d in ("clipeval", "pages")
+        for f in (root / d).rglob("*.py")
+        if re.search(r"Image\.open\(|\.convert\(\"RGB\"\)", f.read_text())
+    }
     assert opened <= {"clipeval/datasets/probe.py", "clipeval/demo/probe.py"}, opened  # demo: _pixels, a header
 
 

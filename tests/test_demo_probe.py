@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipeval.demo import probe as dp
 from clipeval.datasets.probe import load_probe
+from clipeval.demo import probe as dp
 from clipeval.errors import ClipevalError
 
 
@@ -21,8 +21,11 @@ def _rows(out: Path) -> list[dict]:
 
 
 def _hashes(out: Path) -> dict[str, str]:
-    return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(out.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -117,16 +120,19 @@ def test_full_without_openclipart_says_what_to_run(tmp_path, monkeypatch):
     assert not (tmp_path / "probe").exists()
 
 
-@pytest.mark.parametrize("rel, label", [
-    ("animals/mammals/cat_sitting_01.png", "cat sitting"),
-    ("animals/mammals/bears/orso_architetto_francesc_01.png", "orso"),
-    ("science/medicine/medicina_dottore_archite_01.png", "medicina dottore"),
-    ("signs_and_symbols/clocks/clock_michael_breuer_02.png", "clock"),
-    ("shapes/stars/star_94pt17step.png", "star"),
-    ("signs_and_symbols/flags/europe/cyprus.png", "cyprus flag"),
-    ("recreation/games/cards/white/white_c_6.png", "playing card"),
-    ("food/vegetables/99_02.png", "vegetables"),
-])
+@pytest.mark.parametrize(
+    "rel, label",
+    [
+        ("animals/mammals/cat_sitting_01.png", "cat sitting"),
+        ("animals/mammals/bears/orso_architetto_francesc_01.png", "orso"),
+        ("science/medicine/medicina_dottore_archite_01.png", "medicina dottore"),
+        ("signs_and_symbols/clocks/clock_michael_breuer_02.png", "clock"),
+        ("shapes/stars/star_94pt17step.png", "star"),
+        ("signs_and_symbols/flags/europe/cyprus.png", "cyprus flag"),
+        ("recreation/games/cards/white/white_c_6.png", "playing card"),
+        ("food/vegetables/99_02.png", "vegetables"),
+    ],
+)
 def test_openclipart_label(rel, label):
     assert dp.openclipart_label(rel) == label
 

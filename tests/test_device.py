@@ -14,8 +14,8 @@ from PIL import Image
 from torch import nn
 
 from clipeval.compute.batches import ACT, EMB, ImageEmbedder, ProbeBatch
-from clipeval.datasets.probe import ProbeImage
 from clipeval.compute.device import DEFAULT_BATCH, OomHalving, Placement, resolve_device, resolve_dtype
+from clipeval.datasets.probe import ProbeImage
 from clipeval.dissect.activations import collect
 from clipeval.errors import ClipevalError
 from clipeval.models.targets import from_module
@@ -71,21 +71,36 @@ def test_cli_device_cuda_without_cuda_exits_2_before_any_work(probe_dir, tmp_pat
     from clipeval.cli import main
 
     db = tmp_path / "runs.duckdb"
-    for args in (["dissect", "--layers", "blocks.1", "--probe", str(probe_dir), "--device", "cuda"],
-                 ["evaluate", "abc", "--device", "cuda:1"],
-                 ["demo", "--size", "small", "--device", "cuda"],
-                 ["import-descriptions", str(tmp_path / "d.csv"), "--target", "efficientnet_lite0",
-                  "--probe", str(probe_dir), "--device", "cuda"]):
+    for args in (
+        ["dissect", "--layers", "blocks.1", "--probe", str(probe_dir), "--device", "cuda"],
+        ["evaluate", "abc", "--device", "cuda:1"],
+        ["demo", "--size", "small", "--device", "cuda"],
+        [
+            "import-descriptions",
+            str(tmp_path / "d.csv"),
+            "--target",
+            "efficientnet_lite0",
+            "--probe",
+            str(probe_dir),
+            "--device",
+            "cuda",
+        ],
+    ):
         assert main(["--db", str(db), *args]) == 2
         err = capsys.readouterr().err
         assert "CUDA is not available" in err and "--device cpu" in err, err
     assert not db.exists()  # nothing opened, nothing written
 
 
-@pytest.mark.parametrize("args, message", [(["--dtype", "int8"], "--dtype"),
-                                           (["--batch-size", "0"], "--batch-size: 0 is outside 1..65536"),
-                                           (["--workers", "-1"], "--workers: -1 is outside 0..4096"),
-                                           (["--batch-size", "many"], "'many' is not a whole number")])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dtype", "int8"], "--dtype"),
+        (["--batch-size", "0"], "--batch-size: 0 is outside 1..65536"),
+        (["--workers", "-1"], "--workers: -1 is outside 0..4096"),
+        (["--batch-size", "many"], "'many' is not a whole number"),
+    ],
+)
 def test_cli_bad_dtype_batch_or_workers_is_refused(capsys, args, message):
     from clipeval.cli import main
 
@@ -99,6 +114,7 @@ def fake_oom(limit: int):
     def check(n: int):
         if n > limit:
             raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {n} GiB (fake)")
+
     return check
 
 
@@ -165,13 +181,20 @@ def test_collect_halves_the_batch_on_oom_and_gets_the_same_activations(tmp_path,
     images = _images(tmp_path, 11)
     torch.manual_seed(0)
     ref_module = Toy()
-    ref = collect(images, target=from_module(ref_module, input_size=8), layers=["conv", "fc"], batch_size=8,
-                  progress=False)
+    ref = collect(
+        images, target=from_module(ref_module, input_size=8), layers=["conv", "fc"], batch_size=8, progress=False
+    )
     flaky = Toy(oom_above=3)
     flaky.load_state_dict(ref_module.state_dict())
     # Layouts given, so the layout detection's forward of one dummy image is not counted among the batches.
-    got = collect(images, target=from_module(flaky, input_size=8), layers=["conv", "fc"], batch_size=8,
-                  progress=False, layouts={"conv": "nchw", "fc": "flat"})
+    got = collect(
+        images,
+        target=from_module(flaky, input_size=8),
+        layers=["conv", "fc"],
+        batch_size=8,
+        progress=False,
+        layouts={"conv": "nchw", "fc": "flat"},
+    )
     for layer in ("conv", "fc"):
         np.testing.assert_allclose(got.activations[layer], ref.activations[layer], rtol=1e-6, atol=1e-6)
     assert max(flaky.batches) <= 2 and sum(flaky.batches) == 11
@@ -185,7 +208,9 @@ class FakeModel:
     """An image-text model with a preprocess and encode_images, no to_placement (must stay where it is)."""
 
     def __init__(self):
-        self.preprocess = lambda img: torch.from_numpy(np.asarray(img.resize((4, 4)), dtype=np.float32)).permute(2, 0, 1)
+        self.preprocess = lambda img: torch.from_numpy(np.asarray(img.resize((4, 4)), dtype=np.float32)).permute(
+            2, 0, 1
+        )
 
     def encode_images(self, batch):
         return torch.nn.functional.normalize(batch.flatten(1)[:, :6], dim=-1)
@@ -196,8 +221,9 @@ def test_probe_batch_call_matches_collect(tmp_path):
     torch.manual_seed(0)
     target = from_module(Toy(), input_size=8)
     models = {"labelling": FakeModel()}
-    ref = collect(images, target=target, layers=["conv", "fc"], image_models=models, thumb_size=16,
-                  batch_size=2, progress=False)
+    ref = collect(
+        images, target=target, layers=["conv", "fc"], image_models=models, thumb_size=16, batch_size=2, progress=False
+    )
     with ProbeBatch(target, ["conv", "fc"], "mean", models, thumb_size=16) as work:
         out = work({"path": np.array([im.path for im in images])})
     assert set(out) == {ACT + "conv", ACT + "fc", EMB + "labelling", "thumbnail", "decode_error"}
@@ -226,9 +252,10 @@ def test_dtype_is_hashed_and_stored_device_stored_not_hashed(built_run, probe_di
     significant digits, the rounding compounds through EfficientNet-Lite0's blocks to activations off by
     up to 5-8% of a layer's range, and that reorders images near each neuron's top-20 cut (85 probe
     images), which soft_wpmi's label depends on; the labeller's embeddings in bfloat16 alone change 90."""
+    from conftest import small_config
+
     from clipeval.dissect import pipeline
     from clipeval.store import Store
-    from conftest import small_config
 
     db, run_fp32, cache = built_run
     cfg = small_config(probe_dir, dtype="bfloat16")
@@ -258,10 +285,26 @@ def test_evaluation_dtype_is_hashed_and_stored(run_store):
     store, run_id, cache = run_store
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        (fp32,) = evaluate(store, run_id, "es", eval_model=OFFLINE_EVAL_MODEL, cache_dir=cache, progress=False,
-                           device="cpu", dtype="auto")
-        (bf16,) = evaluate(store, run_id, "es", eval_model=OFFLINE_EVAL_MODEL, cache_dir=cache, progress=False,
-                           device="cpu", dtype="bfloat16")
+        (fp32,) = evaluate(
+            store,
+            run_id,
+            "es",
+            eval_model=OFFLINE_EVAL_MODEL,
+            cache_dir=cache,
+            progress=False,
+            device="cpu",
+            dtype="auto",
+        )
+        (bf16,) = evaluate(
+            store,
+            run_id,
+            "es",
+            eval_model=OFFLINE_EVAL_MODEL,
+            cache_dir=cache,
+            progress=False,
+            device="cpu",
+            dtype="bfloat16",
+        )
     assert fp32.status == "cached"  # the fixture's float32 evaluation: 'auto' on the CPU is float32
     assert bf16.status == "complete" and bf16.eval_id != fp32.eval_id
     ev = store.evaluations(run_id).set_index("eval_id")
@@ -291,10 +334,11 @@ def test_old_configs_without_dtype_read_as_float32():
 def test_batch_workers_built_from_settings_match_the_run(built_run, probe_dir):
     """What a Ray actor would do: build the per-batch work from the run's settings, map one batch of
     paths, and get the activations the run itself stored for those images."""
+    from conftest import small_config
+
     from clipeval.compute.batches import ProbeBatch
     from clipeval.datasets.probe import load_probe
     from clipeval.store import Store
-    from conftest import small_config
 
     db, run_id, _ = built_run
     cfg = small_config(probe_dir)

@@ -7,8 +7,7 @@ from PIL import Image
 from torch import nn
 
 from clipeval.datasets.probe import ProbeImage
-from clipeval.dissect.activations import collect
-from clipeval.dissect.activations import neuron_summaries
+from clipeval.dissect.activations import collect, neuron_summaries
 from clipeval.dissect.pooling import pool
 from clipeval.errors import ClipevalError
 from clipeval.models.targets import check_layers, from_module, layer_layouts, layer_shapes
@@ -16,6 +15,7 @@ from clipeval.models.targets import check_layers, from_module, layer_layouts, la
 
 class Toy(nn.Module):
     """conv (4-D), tokens (3-D, CLS first), fc (2-D), and a tuple output."""
+
     has_class_token, num_prefix_tokens = True, 1  # as timm ViTs say it: token 0 is the class token
 
     def __init__(self):
@@ -77,8 +77,17 @@ def test_collect_one_pass_all_layers(tmp_path):
     assert layouts == {"conv": "nchw", "tokens": "tokens:cls:1", "fc": "flat"}
     calls = []
     module.register_forward_hook(lambda *a: calls.append(1))
-    got = collect(images, target=target, layers=["conv", "tokens", "fc"], pooling="max", thumb_size=8,
-                  batch_size=2, num_workers=0, progress=False, layouts=layouts)
+    got = collect(
+        images,
+        target=target,
+        layers=["conv", "tokens", "fc"],
+        pooling="max",
+        thumb_size=8,
+        batch_size=2,
+        num_workers=0,
+        progress=False,
+        layouts=layouts,
+    )
     assert len(calls) == 2  # 3 images in batches of 2: one forward per batch for all three layers
     assert got.activations["conv"].shape == (3, 4) and got.activations["tokens"].shape == (3, 4)
     with torch.no_grad():

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipeval.config import ImageTextConfig
+from clipeval.dissect.pipeline import ArrayCache
 from clipeval.errors import ClipevalError
 from clipeval.evaluators import cp as cp_mod
 from clipeval.evaluators import run as run_mod
@@ -26,7 +27,6 @@ from clipeval.evaluators.cp import ConceptProportion
 from clipeval.evaluators.es import EmbeddingSimilarity
 from clipeval.evaluators.rules import RULES, ScoreTable, cp_cutoff, image_matches
 from clipeval.models.vqa import format_prompt
-from clipeval.dissect.pipeline import ArrayCache
 from clipeval.store import Store
 
 FAKE_CFG = ImageTextConfig("open_clip", "fake-colour-model", "lookup-table")
@@ -39,8 +39,9 @@ class FakeImageText:
 
     is_clip = False
 
-    def __init__(self, image_table: dict[tuple, np.ndarray], text_table: dict[str, np.ndarray],
-                 fingerprint: str = "fake-1"):
+    def __init__(
+        self, image_table: dict[tuple, np.ndarray], text_table: dict[str, np.ndarray], fingerprint: str = "fake-1"
+    ):
         self.image_table, self.text_table, self.fingerprint = image_table, text_table, fingerprint
         self.encoded_images: list[tuple] = []
         self.encoded_texts: list[str] = []
@@ -79,23 +80,52 @@ def write_images(folder: Path, colours: list[tuple]) -> dict[int, str]:
 
 
 # ============================================================================ a hand-made run in a store
-def build_run(store: Store, folder: Path, colours: list[tuple], neurons: list[dict], concepts: list[str] | None,
-              run_id: str = "handmade01", image_labels: list[str] | None = None) -> str:
+def build_run(
+    store: Store,
+    folder: Path,
+    colours: list[tuple],
+    neurons: list[dict],
+    concepts: list[str] | None,
+    run_id: str = "handmade01",
+    image_labels: list[str] | None = None,
+) -> str:
     """A complete run whose neurons have the given labels and top/low/random image ids (into `colours`)."""
     paths = write_images(folder, colours)
     fingerprint = f"probe-{run_id}"
-    store.put_probe(fingerprint, pd.DataFrame({
-        "image_id": list(paths), "path": list(paths.values()), "source": "test", "license": "",
-        "label": image_labels or [""] * len(paths), "thumbnail": [b""] * len(paths)}))
+    store.put_probe(
+        fingerprint,
+        pd.DataFrame(
+            {
+                "image_id": list(paths),
+                "path": list(paths.values()),
+                "source": "test",
+                "license": "",
+                "label": image_labels or [""] * len(paths),
+                "thumbnail": [b""] * len(paths),
+            }
+        ),
+    )
     concept_hash = None
     if concepts is not None:
         concept_hash = f"concepts-{run_id}"
         store.put_concepts(concept_hash, "test concepts", concepts)
     layer_order = list(dict.fromkeys(n["layer"] for n in neurons))
-    layers = pd.DataFrame({"layer": layer_order, "position": range(len(layer_order)), "shape": "(1,)",
-                           "n_units": [sum(n["layer"] == l for n in neurons) for l in layer_order]})
-    nrn = pd.DataFrame({"layer": [n["layer"] for n in neurons], "unit": [n["unit"] for n in neurons],
-                        "label": [n["label"] for n in neurons], "similarity": 1.0})
+    layers = pd.DataFrame(
+        {
+            "layer": layer_order,
+            "position": range(len(layer_order)),
+            "shape": "(1,)",
+            "n_units": [sum(n["layer"] == l for n in neurons) for l in layer_order],
+        }
+    )
+    nrn = pd.DataFrame(
+        {
+            "layer": [n["layer"] for n in neurons],
+            "unit": [n["unit"] for n in neurons],
+            "label": [n["label"] for n in neurons],
+            "similarity": 1.0,
+        }
+    )
     runner = nrn.assign(rank=1, concept=nrn["label"], score=1.0)[["layer", "unit", "rank", "concept", "score"]]
     rows = []
     for n in neurons:
@@ -105,21 +135,44 @@ def build_run(store: Store, folder: Path, colours: list[tuple], neurons: list[di
                 rows.append((n["layer"], n["unit"], kind, r + 1, img, act))
     images = pd.DataFrame(rows, columns=["layer", "unit", "kind", "rank", "image_id", "activation"])
     store.start_run(run_id, f"hand-made {run_id}", "import", "{}", run_id)
-    store.finish_run(run_id, layers=layers, neurons=nrn, runner_ups=runner, neuron_images=images, histograms=None,
-                     meta={"run_id": run_id, "probe_fingerprint": fingerprint, "concept_hash": concept_hash,
-                           "n_images": len(paths), "models": {}, "timings": {"load": 0.1}})
+    store.finish_run(
+        run_id,
+        layers=layers,
+        neurons=nrn,
+        runner_ups=runner,
+        neuron_images=images,
+        histograms=None,
+        meta={
+            "run_id": run_id,
+            "probe_fingerprint": fingerprint,
+            "concept_hash": concept_hash,
+            "n_images": len(paths),
+            "models": {},
+            "timings": {"load": 0.1},
+        },
+    )
     return run_id
 
 
 def counts(store: Store) -> dict[str, int]:
-    return {t: store.scalar(f"SELECT count(*) FROM {t}")
-            for t in ("evaluations", "eval_scores", "eval_neurons", "human_verdicts", "runs", "neurons")}
+    return {
+        t: store.scalar(f"SELECT count(*) FROM {t}")
+        for t in ("evaluations", "eval_scores", "eval_neurons", "human_verdicts", "runs", "neurons")
+    }
 
 
 # ---------------------------------------------------------------------------- the colour world
 COLOUR_NAMES = ["red", "green", "blue", "yellow", "cyan", "magenta", "orange", "purple"]
-BASE_RGB = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230), "yellow": (230, 230, 20),
-            "cyan": (20, 230, 230), "magenta": (230, 20, 230), "orange": (240, 140, 20), "purple": (120, 20, 140)}
+BASE_RGB = {
+    "red": (230, 20, 20),
+    "green": (20, 200, 20),
+    "blue": (20, 20, 230),
+    "yellow": (230, 230, 20),
+    "cyan": (20, 230, 230),
+    "magenta": (230, 20, 230),
+    "orange": (240, 140, 20),
+    "purple": (120, 20, 140),
+}
 CONCEPTS = COLOUR_NAMES + ["dog", "car", "tree", "house"]  # |S| = 12
 SHADES = 5
 
@@ -143,14 +196,24 @@ def colour_world(seed: int = 0):
 
 def colour_neurons(ids_of) -> list[dict]:
     """Two layers; each neuron's top-5 images are shades of its label's colour, its inactive ones other colours."""
-    specs = [("layer1", ["red", "green", "blue", "yellow", "cyan", "magenta"]),
-             ("layer2", ["orange", "purple", "red", "green", "blue", "red"])]  # red: the most frequent label
+    specs = [
+        ("layer1", ["red", "green", "blue", "yellow", "cyan", "magenta"]),
+        ("layer2", ["orange", "purple", "red", "green", "blue", "red"]),
+    ]  # red: the most frequent label
     out = []
     for layer, labels in specs:
         for u, lab in enumerate(labels):
             ci = COLOUR_NAMES.index(lab)
-            out.append({"layer": layer, "unit": u, "label": lab, "top": ids_of[lab],
-                        "low": ids_of[COLOUR_NAMES[(ci + 3) % 8]][:3], "random": ids_of[COLOUR_NAMES[(ci + 5) % 8]][:3]})
+            out.append(
+                {
+                    "layer": layer,
+                    "unit": u,
+                    "label": lab,
+                    "top": ids_of[lab],
+                    "low": ids_of[COLOUR_NAMES[(ci + 3) % 8]][:3],
+                    "random": ids_of[COLOUR_NAMES[(ci + 5) % 8]][:3],
+                }
+            )
     return out
 
 
@@ -160,8 +223,14 @@ def colour_run(tmp_path, monkeypatch):
     colours, image_table, text_table, ids_of = colour_world()
     model = FakeImageText(image_table, text_table)
     store = Store(tmp_path / "runs.duckdb")
-    run_id = build_run(store, tmp_path / "probe", colours, colour_neurons(ids_of), CONCEPTS,
-                       image_labels=[c for c in COLOUR_NAMES for _ in range(SHADES)])
+    run_id = build_run(
+        store,
+        tmp_path / "probe",
+        colours,
+        colour_neurons(ids_of),
+        CONCEPTS,
+        image_labels=[c for c in COLOUR_NAMES for _ in range(SHADES)],
+    )
     monkeypatch.setattr(run_mod, "resolve_eval_model", lambda cfg=None, progress=True: (FAKE_CFG, model))
     yield store, run_id, model, ids_of, tmp_path / "cache"
     store.close()
@@ -183,17 +252,21 @@ def small_inputs(tmp_path, neurons: pd.DataFrame, images: pd.DataFrame, colours,
 # five concepts with one-hot text embeddings, three images with known directions
 EXACT_CONCEPTS = ["c0", "c1", "c2", "c3", "c4"]
 EXACT_COLOURS = [(10, 10, 10), (20, 20, 20), (30, 30, 30)]
-EXACT_IMAGES = {(10, 10, 10): unit([5, 4, 3, 2, 1]),  # ranks c0..c4: 1 2 3 4 5
-                (20, 20, 20): unit([1, 2, 3, 4, 5]),  # ranks 5 4 3 2 1
-                (30, 30, 30): unit([1, 1, 0, 0, 0])}  # c0, c1 tie first -> both rank 1; c2..c4 tie -> rank 3
+EXACT_IMAGES = {
+    (10, 10, 10): unit([5, 4, 3, 2, 1]),  # ranks c0..c4: 1 2 3 4 5
+    (20, 20, 20): unit([1, 2, 3, 4, 5]),  # ranks 5 4 3 2 1
+    (30, 30, 30): unit([1, 1, 0, 0, 0]),
+}  # c0, c1 tie first -> both rank 1; c2..c4 tie -> rank 3
 EXACT_TEXTS = {c: np.eye(5)[i] for i, c in enumerate(EXACT_CONCEPTS)}
 
 
 def exact_case(tmp_path):
     neurons = pd.DataFrame({"layer": ["l", "l", "m"], "unit": [0, 1, 0], "label": ["c0", "c3", "c4"]})
     top = [("l", 0, [0, 1, 2]), ("l", 1, [0, 1, 2]), ("m", 0, [2, 0])]
-    images = pd.DataFrame([(l, u, "top", r + 1, i) for l, u, ids in top for r, i in enumerate(ids)],
-                          columns=["layer", "unit", "kind", "rank", "image_id"])
+    images = pd.DataFrame(
+        [(l, u, "top", r + 1, i) for l, u, ids in top for r, i in enumerate(ids)],
+        columns=["layer", "unit", "kind", "rank", "image_id"],
+    )
     return small_inputs(tmp_path, neurons, images, EXACT_COLOURS, EXACT_CONCEPTS)
 
 
@@ -226,15 +299,18 @@ def test_cp_ranks_do_not_depend_on_chunking(tmp_path, monkeypatch):
 def test_cp_rank_one_when_the_label_is_the_nearest_concept(tmp_path):
     colours, image_table, text_table, ids_of = colour_world()
     nrn = pd.DataFrame({"layer": "l", "unit": range(8), "label": COLOUR_NAMES})
-    images = pd.DataFrame([("l", u, "top", r + 1, i) for u, c in enumerate(COLOUR_NAMES)
-                           for r, i in enumerate(ids_of[c])], columns=["layer", "unit", "kind", "rank", "image_id"])
+    images = pd.DataFrame(
+        [("l", u, "top", r + 1, i) for u, c in enumerate(COLOUR_NAMES) for r, i in enumerate(ids_of[c])],
+        columns=["layer", "unit", "kind", "rank", "image_id"],
+    )
     inputs = small_inputs(tmp_path, nrn, images, colours, CONCEPTS)
     model = FakeImageText(image_table, text_table)
     scores = ConceptProportion(model, "m", ArrayCache(tmp_path / "cache")).score(inputs, progress=False)
     assert (scores["raw"] == 1).all()
     wrong = {"real": nrn.assign(label=np.roll(COLOUR_NAMES, 1))}  # every label another colour
     scores = ConceptProportion(model, "m", ArrayCache(tmp_path / "cache")).score(
-        small_inputs(tmp_path, nrn, images, colours, CONCEPTS, wrong), progress=False)
+        small_inputs(tmp_path, nrn, images, colours, CONCEPTS, wrong), progress=False
+    )
     assert (scores["raw"] > 1).all()
 
 
@@ -251,8 +327,18 @@ def test_cp_cutoff_is_int_of_size_times_p():
     np.testing.assert_array_equal(image_matches("cp", ranks, 0.01, 12), [False] * 4)
     # the per-neuron rule applies the same cut-off: best rank of the top-k against int(|S| * p)
     neurons = pd.DataFrame({"layer": "l", "unit": [0, 1, 2]})
-    scores = pd.DataFrame({"layer": "l", "unit": [0, 0, 1, 1, 2, 2], "variant": "real", "kind": "top",
-                           "rank": [1, 2, 1, 2, 1, 2], "image_id": 0, "label": "x", "raw": [5, 3, 4, 7, 2, 1]})
+    scores = pd.DataFrame(
+        {
+            "layer": "l",
+            "unit": [0, 0, 1, 1, 2, 2],
+            "variant": "real",
+            "kind": "top",
+            "rank": [1, 2, 1, 2, 1, 2],
+            "image_id": 0,
+            "label": "x",
+            "raw": [5, 3, 4, 7, 2, 1],
+        }
+    )
     t = ScoreTable(scores, "cp", neurons, n_concepts=12)
     np.testing.assert_array_equal(t.neuron_scores(), [3, 4, 1])
     np.testing.assert_array_equal(t.verdicts(0.25), [True, False, True])  # cut 3
@@ -301,8 +387,9 @@ def test_embedding_caches_are_keyed_by_the_model(tmp_path):
     cache = ArrayCache(tmp_path / "cache")
     inputs = exact_case(tmp_path)
     one = FakeImageText(EXACT_IMAGES, EXACT_TEXTS, fingerprint="one")
-    two = FakeImageText({k: v[::-1] for k, v in EXACT_IMAGES.items()},
-                        {c: -v for c, v in EXACT_TEXTS.items()}, fingerprint="two")
+    two = FakeImageText(
+        {k: v[::-1] for k, v in EXACT_IMAGES.items()}, {c: -v for c, v in EXACT_TEXTS.items()}, fingerprint="two"
+    )
     s1 = EmbeddingSimilarity(one, "key-one", cache).score(inputs, progress=False)
     s2 = EmbeddingSimilarity(two, "key-two", cache).score(inputs, progress=False)
     assert two.encoded_texts and two.encoded_images
@@ -317,8 +404,18 @@ def test_embedding_caches_are_keyed_by_the_model(tmp_path):
 
 def test_es_verdict_threshold_is_inclusive():
     neurons = pd.DataFrame({"layer": "l", "unit": [0, 1, 2]})
-    scores = pd.DataFrame({"layer": "l", "unit": [0, 0, 1, 1, 2], "variant": "real", "kind": "top",
-                           "rank": [1, 2, 1, 2, 1], "image_id": 0, "label": "x", "raw": [0.1, 0.25, 0.2, 0.249, 0.5]})
+    scores = pd.DataFrame(
+        {
+            "layer": "l",
+            "unit": [0, 0, 1, 1, 2],
+            "variant": "real",
+            "kind": "top",
+            "rank": [1, 2, 1, 2, 1],
+            "image_id": 0,
+            "label": "x",
+            "raw": [0.1, 0.25, 0.2, 0.249, 0.5],
+        }
+    )
     t = ScoreTable(scores, "es", neurons)
     np.testing.assert_allclose(t.neuron_scores(), [0.25, 0.249, 0.5])  # max over the top-k
     np.testing.assert_array_equal(t.verdicts(0.25), [True, False, True])  # cosine == tau matches
@@ -333,10 +430,20 @@ def test_contrast_neuron_score_is_the_auc_top_vs_inactive():
     from clipeval.analysis.metrics import roc_auc
 
     neurons = pd.DataFrame({"layer": "l", "unit": [0, 1]})
-    rows = [(0, "top", 1, 0.9), (0, "top", 2, 0.5), (0, "low", 1, 0.5), (0, "random", 1, 0.1),
-            (1, "top", 1, 0.1), (1, "top", 2, 0.2), (1, "low", 1, 0.3), (1, "low", 2, 0.4)]
-    scores = pd.DataFrame([("l", u, "real", k, r, 0, "x", s) for u, k, r, s in rows],
-                          columns=["layer", "unit", "variant", "kind", "rank", "image_id", "label", "raw"])
+    rows = [
+        (0, "top", 1, 0.9),
+        (0, "top", 2, 0.5),
+        (0, "low", 1, 0.5),
+        (0, "random", 1, 0.1),
+        (1, "top", 1, 0.1),
+        (1, "top", 2, 0.2),
+        (1, "low", 1, 0.3),
+        (1, "low", 2, 0.4),
+    ]
+    scores = pd.DataFrame(
+        [("l", u, "real", k, r, 0, "x", s) for u, k, r, s in rows],
+        columns=["layer", "unit", "variant", "kind", "rank", "image_id", "label", "raw"],
+    )
     t = ScoreTable(scores, "contrast", neurons)
     np.testing.assert_allclose(t.neuron_scores(), [roc_auc([0.9, 0.5], [0.5, 0.1]), 0.0])
     assert t.neuron_scores()[0] == pytest.approx(3.5 / 4)
@@ -349,8 +456,10 @@ def test_neuron_scores_are_computed_once_per_variant_and_k_and_cannot_be_changed
     step, so they are kept per (variant, k), read-only so that no caller can change them for the others."""
     neurons = pd.DataFrame({"layer": "l", "unit": [0, 1]})
     rows = [(0, "top", 1, 0.9), (0, "top", 2, 0.5), (0, "low", 1, 0.5), (1, "top", 1, 0.1), (1, "low", 1, 0.3)]
-    scores = pd.DataFrame([("l", u, "real", k, r, 0, "x", s) for u, k, r, s in rows],
-                          columns=["layer", "unit", "variant", "kind", "rank", "image_id", "label", "raw"])
+    scores = pd.DataFrame(
+        [("l", u, "real", k, r, 0, "x", s) for u, k, r, s in rows],
+        columns=["layer", "unit", "variant", "kind", "rank", "image_id", "label", "raw"],
+    )
     t = ScoreTable(scores, "contrast", neurons)
     first = t.neuron_scores(k=2)
     assert t.neuron_scores(k=2) is first and t.neuron_scores() is first  # k=None is kmax = 2
@@ -366,9 +475,15 @@ def test_neuron_scores_are_computed_once_per_variant_and_k_and_cannot_be_changed
 def test_any_of_k_rule_on_a_neuron_whose_third_image_matches(tmp_path, monkeypatch):
     colours, image_table, text_table, ids_of = colour_world()
     # unit 0 (red): only its 3rd image is red; unit 1 (green): its 1st image is green
-    neurons = [{"layer": "l", "unit": 0, "label": "red",
-                "top": [ids_of["blue"][0], ids_of["green"][0], ids_of["red"][0], ids_of["cyan"][0], ids_of["yellow"][0]]},
-               {"layer": "l", "unit": 1, "label": "green", "top": ids_of["green"]}]
+    neurons = [
+        {
+            "layer": "l",
+            "unit": 0,
+            "label": "red",
+            "top": [ids_of["blue"][0], ids_of["green"][0], ids_of["red"][0], ids_of["cyan"][0], ids_of["yellow"][0]],
+        },
+        {"layer": "l", "unit": 1, "label": "green", "top": ids_of["green"]},
+    ]
     store = Store(tmp_path / "runs.duckdb")
     run_id = build_run(store, tmp_path / "probe", colours, neurons, CONCEPTS)
     model = FakeImageText(image_table, text_table)
@@ -474,7 +589,7 @@ def test_real_labels_beat_shuffled_and_constant(colour_run):
     assert [(o.evaluator, o.status) for o in out] == [("cp", "complete"), ("es", "complete"), ("contrast", "complete")]
     # 40 probe images, each encoded once over the three evaluators (one cache); concepts once, labels once
     assert len(model.encoded_images) == len(set(model.encoded_images)) == 40
-    assert sorted(model.encoded_texts[:len(CONCEPTS)]) == sorted(CONCEPTS)
+    assert sorted(model.encoded_texts[: len(CONCEPTS)]) == sorted(CONCEPTS)
     view = run_view(store, run_id)
     summary = view.layer_summary({"cp": 1 / 12, "es": 0.5, "contrast": 0.75})
     overall = summary[summary["layer"] == "overall"].set_index(["evaluator", "variant"])["share_correct"]
@@ -544,10 +659,12 @@ def test_vqa_path_on_a_tiny_blip2(colour_run, tiny_vqa, monkeypatch):
     monkeypatch.setattr(tiny_vqa, "yes_probability", recording_yes)
     monkeypatch.setattr(DecodeVqa, "image", recording_image)
     hook = tiny_vqa.model.vision_model.register_forward_hook(
-        lambda mod, args, out: vision_images.append(int(out[0].shape[0])))
+        lambda mod, args, out: vision_images.append(int(out[0].shape[0]))
+    )
     try:
-        (o,) = run_mod.evaluate(store, run_id, "vqa", prompt=template, k=3, cache_dir=cache, progress=False,
-                                vqa_backend=tiny_vqa)
+        (o,) = run_mod.evaluate(
+            store, run_id, "vqa", prompt=template, k=3, cache_dir=cache, progress=False, vqa_backend=tiny_vqa
+        )
     finally:
         hook.remove()
     assert o.status == "complete"
@@ -562,7 +679,7 @@ def test_vqa_path_on_a_tiny_blip2(colour_run, tiny_vqa, monkeypatch):
     for qs in asked:  # the template, filled in with the label
         for q in qs:
             assert q.startswith('Q: is "') and q.endswith('" shown here? A:')
-            assert q[len('Q: is "'):-len('" shown here? A:')] in CONCEPTS
+            assert q[len('Q: is "') : -len('" shown here? A:')] in CONCEPTS
     # batching: images go to the backend a few at a time, at 128 x 128
     sizes = [len(s) for s, _ in calls]
     assert sum(sizes) == n_unique and max(sizes) <= vqa_mod.VisualQuestionAnswering(tiny_vqa, template).images_per_call
@@ -600,8 +717,9 @@ def test_vqa_rejects_a_template_without_label(colour_run, tiny_vqa, monkeypatch)
     store, run_id, model, _, cache = colour_run
     before = counts(store)
     with pytest.raises(ClipevalError, match=r"\{label\}"):
-        run_mod.evaluate(store, run_id, "vqa", prompt="Is this a cat?", cache_dir=cache, progress=False,
-                         vqa_backend=tiny_vqa)
+        run_mod.evaluate(
+            store, run_id, "vqa", prompt="Is this a cat?", cache_dir=cache, progress=False, vqa_backend=tiny_vqa
+        )
     assert counts(store) == before
 
     def no_load(*a, **kw):
@@ -702,8 +820,11 @@ def test_labels_without_images_cannot_be_evaluated(tmp_path, monkeypatch):
     neurons = [{"layer": "l", "unit": 0, "label": "red"}]  # imported labels, no activations
     store = Store(tmp_path / "runs.duckdb")
     run_id = build_run(store, tmp_path / "probe", colours, neurons, CONCEPTS)
-    monkeypatch.setattr(run_mod, "resolve_eval_model",
-                        lambda cfg=None, progress=True: (FAKE_CFG, FakeImageText(image_table, text_table)))
+    monkeypatch.setattr(
+        run_mod,
+        "resolve_eval_model",
+        lambda cfg=None, progress=True: (FAKE_CFG, FakeImageText(image_table, text_table)),
+    )
     with pytest.raises(ClipevalError, match="no top-k images"):
         run_mod.evaluate(store, run_id, "es", cache_dir=tmp_path / "cache", progress=False)
     assert counts(store)["evaluations"] == 0
@@ -733,8 +854,18 @@ def test_thresholds_out_of_range(evaluator):
         with pytest.raises(ClipevalError, match=f"{rule.param}="):
             rule.check(bad)
     neurons = pd.DataFrame({"layer": "l", "unit": [0]})
-    scores = pd.DataFrame({"layer": "l", "unit": [0, 0], "variant": "real", "kind": ["top", "low"], "rank": 1,
-                           "image_id": 0, "label": "x", "raw": [0.5, 0.1]})
+    scores = pd.DataFrame(
+        {
+            "layer": "l",
+            "unit": [0, 0],
+            "variant": "real",
+            "kind": ["top", "low"],
+            "rank": 1,
+            "image_id": 0,
+            "label": "x",
+            "raw": [0.5, 0.1],
+        }
+    )
     t = ScoreTable(scores, evaluator, neurons, n_concepts=10)
     t.verdicts(rule.default)
     with pytest.raises(ClipevalError, match="outside"):
@@ -745,8 +876,18 @@ def test_thresholds_out_of_range(evaluator):
 
 def test_score_table_refuses_unknown_neurons_and_evaluators():
     neurons = pd.DataFrame({"layer": "l", "unit": [0]})
-    scores = pd.DataFrame({"layer": "l", "unit": [0, 7], "variant": "real", "kind": "top", "rank": 1,
-                           "image_id": 0, "label": "x", "raw": [0.5, 0.1]})
+    scores = pd.DataFrame(
+        {
+            "layer": "l",
+            "unit": [0, 7],
+            "variant": "real",
+            "kind": "top",
+            "rank": 1,
+            "image_id": 0,
+            "label": "x",
+            "raw": [0.5, 0.1],
+        }
+    )
     with pytest.raises(ClipevalError, match="neurons the run does not have"):
         ScoreTable(scores, "es", neurons)
     with pytest.raises(ClipevalError, match="unknown evaluator"):
@@ -791,8 +932,15 @@ def test_in_memory_vqa_models_with_other_weights_get_other_evaluations(colour_ru
     for seed in (0, 1):
         processor = make_processor()
         model = make_model(len(processor.tokenizer), processor.tokenizer.convert_tokens_to_ids("<image>"), seed=seed)
-        (o,) = run_mod.evaluate(store, run_id, "vqa", k=1, cache_dir=cache, progress=False,
-                                vqa_backend=Blip2Vqa(model, processor, name="tiny-blip2"))
+        (o,) = run_mod.evaluate(
+            store,
+            run_id,
+            "vqa",
+            k=1,
+            cache_dir=cache,
+            progress=False,
+            vqa_backend=Blip2Vqa(model, processor, name="tiny-blip2"),
+        )
         ids.append((o.status, o.eval_id))
     assert ids[0][0] == ids[1][0] == "complete" and ids[0][1] != ids[1][1]
 
@@ -809,13 +957,21 @@ def test_random_weight_open_clip_models_are_fingerprinted_by_their_weights():
     a, b, a2 = random_model(0).info(), random_model(1).info(), random_model(0).info()
     assert a["fingerprint"] and a["fingerprint"] != b["fingerprint"] and a["fingerprint"] == a2["fingerprint"]
     assert a["text_fingerprint"] != b["text_fingerprint"]
-    assert OpenClipModel(nn.Linear(4, 3), lambda im: im, None, "ViT-B-32", "laion2b_s34b_b79k").info()["fingerprint"] \
+    assert (
+        OpenClipModel(nn.Linear(4, 3), lambda im: im, None, "ViT-B-32", "laion2b_s34b_b79k").info()["fingerprint"]
         == "laion2b_s34b_b79k"
+    )
 
 
 # ============================================================================ judges independent of the labeller (issue 12)
-LITE1_MINILM = {"backend": "conse", "classifier": "efficientnet_lite1", "fingerprint": "a", "text_fingerprint": "minilm:x",
-                "text_encoder_name": "all-MiniLM-L6-v2", "description": "ConSE lite1"}
+LITE1_MINILM = {
+    "backend": "conse",
+    "classifier": "efficientnet_lite1",
+    "fingerprint": "a",
+    "text_fingerprint": "minilm:x",
+    "text_encoder_name": "all-MiniLM-L6-v2",
+    "description": "ConSE lite1",
+}
 
 
 def test_shared_components_name_what_the_judge_shares_with_the_labeller():
@@ -825,16 +981,25 @@ def test_shared_components_name_what_the_judge_shares_with_the_labeller():
     other_text = {**same_text, "text_fingerprint": "mpnet:y", "text_encoder_name": "all-mpnet-base-v2"}
     got = shared_components(LITE1_MINILM, same_text)
     assert [g.split(" (")[0] for g in got] == ["text encoder", "classifier family", "label space"]
-    assert [g.split(" (")[0] for g in shared_components(LITE1_MINILM, other_text)] == ["classifier family", "label space"]
+    assert [g.split(" (")[0] for g in shared_components(LITE1_MINILM, other_text)] == [
+        "classifier family",
+        "label space",
+    ]
     assert "circular" in shared_components(LITE1_MINILM, dict(LITE1_MINILM))[0]
     clip = {"backend": "open_clip", "fingerprint": "laion", "text_fingerprint": "open_clip:ViT-B-32:laion"}
-    assert shared_components({"backend": "open_clip", "fingerprint": "openai",
-                              "text_fingerprint": "open_clip:ViT-B-16:openai"}, clip) == []
+    assert (
+        shared_components(
+            {"backend": "open_clip", "fingerprint": "openai", "text_fingerprint": "open_clip:ViT-B-16:openai"}, clip
+        )
+        == []
+    )
 
 
 def test_evaluate_warns_when_the_judge_shares_the_labellers_text_encoder(colour_run, monkeypatch):
     store, run_id, model, _, cache = colour_run
-    store.execute("UPDATE runs SET models_json = ? WHERE run_id = ?", [json.dumps({"image_text": LITE1_MINILM}), run_id])
+    store.execute(
+        "UPDATE runs SET models_json = ? WHERE run_id = ?", [json.dumps({"image_text": LITE1_MINILM}), run_id]
+    )
     judge = {**LITE1_MINILM, "classifier": "efficientnet_lite2", "fingerprint": "b"}
     monkeypatch.setattr(model, "info", lambda: judge)
     with pytest.warns(UserWarning, match="shares the labeller's text encoder"):
@@ -870,9 +1035,22 @@ def test_each_backend_starts_from_its_own_default_thresholds(colour_run):
     view = run_view(store, run_id)
     assert view.default_thresholds() == PAPER_THRESHOLDS  # not calibrated: the paper's, and it says so
     assert view.defaults["es"].source == "paper (uncalibrated)" and "not CLIP" in view.defaults["es"].note
-    save_calibration(store, model.info(), {"es": {"value": 0.7, "interval": (0.65, 0.75), "heldout_kappa": 0.5,
-                                                  "heldout_kappa_interval": (0.4, 0.6), "n_neurons": 100,
-                                                  "n_splits": 50}}, "ref", "somewhere")
+    save_calibration(
+        store,
+        model.info(),
+        {
+            "es": {
+                "value": 0.7,
+                "interval": (0.65, 0.75),
+                "heldout_kappa": 0.5,
+                "heldout_kappa_interval": (0.4, 0.6),
+                "n_neurons": 100,
+                "n_splits": 50,
+            }
+        },
+        "ref",
+        "somewhere",
+    )
     view = run_view(store, run_id)
     assert view.default_thresholds()["es"] == 0.7 and view.defaults["es"].source == "calibrated"
     assert "held-out kappa 0.500 [0.400, 0.600]" in view.defaults["es"].note

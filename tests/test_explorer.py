@@ -10,28 +10,30 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from clipeval.analysis import headlines, intervals, metrics
-from clipeval.ui import navigation
-from clipeval.store import runnames
-from clipeval.evaluators import thresholds
-from clipeval.analysis.runview import RunView, default_thresholds
-from clipeval.analysis.imagenet import unit_imagenet_class
-from clipeval.analysis.headlines import weak_evaluators
-from clipeval.errors import ClipevalError
-from clipeval.render.glossary import TERMS
-from clipeval.analysis import sweeps
-from clipeval.render.tables import stand_ins, verdict_marks
-
 from test_app import open_page, tables, texts
+
+from clipeval.analysis import headlines, intervals, metrics, sweeps
+from clipeval.analysis.headlines import weak_evaluators
+from clipeval.analysis.imagenet import unit_imagenet_class
+from clipeval.analysis.runview import RunView, default_thresholds
+from clipeval.errors import ClipevalError
+from clipeval.evaluators import thresholds
+from clipeval.render.glossary import TERMS
+from clipeval.render.tables import stand_ins, verdict_marks
+from clipeval.store import runnames
+from clipeval.ui import navigation
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("fresh_caches")
 
 
 def summary(real: float, shuffled: float, constant: float, n: int = 100) -> pd.DataFrame:
-    return pd.DataFrame([{"layer": "overall", "evaluator": "ES", "variant": v, "share_correct": s, "n": n}
-                         for v, s in (("real", real), ("shuffled", shuffled), ("constant", constant))])
+    return pd.DataFrame(
+        [
+            {"layer": "overall", "evaluator": "ES", "variant": v, "share_correct": s, "n": n}
+            for v, s in (("real", real), ("shuffled", shuffled), ("constant", constant))
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------ 2: shares beside baselines
@@ -71,8 +73,10 @@ def test_share_headline_and_interpretable_shares_match_the_verdicts(app_store):
     assert h.n == len(view.neurons)
     per_layer = headlines.interpretable_shares(view, th, 5, ["cp", "es"], view.layers)
     overall = per_layer.set_index("layer").loc["overall"]
-    both = view.verdicts("cp", th["cp"], "shuffled", 5)["verdict"].to_numpy() & \
-        view.verdicts("es", th["es"], "shuffled", 5)["verdict"].to_numpy()
+    both = (
+        view.verdicts("cp", th["cp"], "shuffled", 5)["verdict"].to_numpy()
+        & view.verdicts("es", th["es"], "shuffled", 5)["verdict"].to_numpy()
+    )
     assert overall["shuffled"] == pytest.approx(both.mean())
     assert overall["neurons"] == len(view.neurons)
 
@@ -97,8 +101,11 @@ def test_thresholds_and_runs_pages_carry_the_baselines_and_the_warning(app_store
 def _add_raters(store, run_id):
     neurons = store.neurons(run_id).head(40)
     store.add_human_verdicts(run_id, neurons.assign(rater="alice", verdict=True), source="app")
-    store.add_human_verdicts(run_id, neurons.assign(rater="ImageNet class (automatic)", verdict=False),
-                             source="auto: label names the ImageNet class (WordNet)")
+    store.add_human_verdicts(
+        run_id,
+        neurons.assign(rater="ImageNet class (automatic)", verdict=False),
+        source="auto: label names the ImageNet class (WordNet)",
+    )
 
 
 def test_reference_raters_are_marked_human_or_automatic(app_store):
@@ -151,10 +158,22 @@ def _runs(*configs) -> pd.DataFrame:
 
     rows = []
     for i, (concepts, fn) in enumerate(configs):
-        cfg = {"concepts": {"source": concepts}, "similarity": {"fn": fn, "params": []},
-               "target": {"name": "efficientnet_lite0"}, "layers": ["a", "b"], "probe": {"paths": ["/x/demo"]}}
-        rows.append({"run_id": f"{i:02d}" + "f" * 38, "name": "demo: EfficientNet-Lite0 | demo probe (full)",
-                     "config_json": json.dumps(cfg), "models_json": "{}", "created_at": f"2026-11-29 2{i}:00"})
+        cfg = {
+            "concepts": {"source": concepts},
+            "similarity": {"fn": fn, "params": []},
+            "target": {"name": "efficientnet_lite0"},
+            "layers": ["a", "b"],
+            "probe": {"paths": ["/x/demo"]},
+        }
+        rows.append(
+            {
+                "run_id": f"{i:02d}" + "f" * 38,
+                "name": "demo: EfficientNet-Lite0 | demo probe (full)",
+                "config_json": json.dumps(cfg),
+                "models_json": "{}",
+                "created_at": f"2026-11-29 2{i}:00",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -196,13 +215,23 @@ def test_bootstrap_interval_covers_the_value_and_shrinks_with_n():
     assert lo < (a == b).mean() < hi and hi - lo < 0.07
     assert small["kappa"][1] - small["kappa"][0] > big["kappa"][1] - big["kappa"][0]
     assert intervals.bootstrap(a, a)["kappa"] == (1.0, 1.0)
-    assert intervals.bootstrap(np.ones(50, bool), np.ones(50, bool))["kappa"] == (pytest.approx(np.nan, nan_ok=True),) * 2
+    assert (
+        intervals.bootstrap(np.ones(50, bool), np.ones(50, bool))["kappa"] == (pytest.approx(np.nan, nan_ok=True),) * 2
+    )
 
 
 def test_kappa_matrix_pairs_each_two_raters_over_the_neurons_both_judged():
     rng = np.random.default_rng(3)
-    full = lambda: pd.DataFrame({"layer": np.repeat(["a", "b"], 100), "unit": np.tile(np.arange(100), 2),  # noqa: E731
-                                 "verdict": rng.random(200) < 0.5})
+
+    def full():
+        return pd.DataFrame(
+            {
+                "layer": np.repeat(["a", "b"], 100),
+                "unit": np.tile(np.arange(100), 2),  # noqa: E731
+                "verdict": rng.random(200) < 0.5,
+            }
+        )
+
     raters = {"x": full(), "y": full(), "z": full().iloc[::4].sample(frac=1, random_state=0)}  # a quarter, shuffled
     m = intervals.kappa_with_intervals(raters)
     assert np.allclose(m["kappa"].to_numpy(), metrics.kappa_matrix(raters).to_numpy(), equal_nan=True)
@@ -248,8 +277,10 @@ def test_search_ranks_exact_and_whole_word_matches_first(run_store):
     store, run_id, _ = run_store
     first = store.neurons(run_id).head(3)
     for (layer, unit), label in zip(first[["layer", "unit"]].itertuples(index=False), ["hotdog", "hot dog", "dog"]):
-        store.execute("UPDATE neurons SET label = ? WHERE run_id = ? AND layer = ? AND unit = ?",
-                      [label, run_id, layer, int(unit)])
+        store.execute(
+            "UPDATE neurons SET label = ? WHERE run_id = ? AND layer = ? AND unit = ?",
+            [label, run_id, layer, int(unit)],
+        )
     hits = store.search_neurons(run_id, "Dog")
     labels = [l for l in hits["label"] if l in ("hotdog", "hot dog", "dog")]
     assert labels == ["dog", "hot dog", "hotdog"]

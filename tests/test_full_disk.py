@@ -21,8 +21,13 @@ def small_disk(tmp_path, monkeypatch):
     """(a folder on a 6 MB disk, whether it is a real one)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = shutil.which("mount") is not None and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)], capture_output=True).returncode == 0
+    mounted = (
+        shutil.which("mount") is not None
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+        == 0
+    )
     try:
         yield disk, mounted
     finally:
@@ -50,26 +55,34 @@ def fill(disk, mounted, monkeypatch) -> None:
         def execute(self, sql, *a, **k):
             if sql == "COMMIT":
                 self.con.execute("ROLLBACK")
-                raise duckdb.TransactionException('Failed to commit: Could not write file "x.wal": '
-                                                  "No space left on device")
+                raise duckdb.TransactionException(
+                    'Failed to commit: Could not write file "x.wal": No space left on device'
+                )
             return self.con.execute(sql, *a, **k)
 
         def __getattr__(self, name):
             return getattr(self.con, name)
 
     real = connection.Connection._connect
-    monkeypatch.setattr(connection.Connection, "_connect",
-                        lambda self, write: FullDisk(real(self, write)) if write else real(self, write))
+    monkeypatch.setattr(
+        connection.Connection,
+        "_connect",
+        lambda self, write: FullDisk(real(self, write)) if write else real(self, write),
+    )
 
 
 def state(db) -> tuple:
     s = Store(db, read_only=True)
-    return (sorted(map(tuple, s.runs()[["run_id", "status"]].values.tolist())),
-            s.scalar("SELECT count(*) FROM neurons"), s.scalar("SELECT count(*) FROM human_verdicts"))
+    return (
+        sorted(map(tuple, s.runs()[["run_id", "status"]].values.tolist())),
+        s.scalar("SELECT count(*) FROM neurons"),
+        s.scalar("SELECT count(*) FROM human_verdicts"),
+    )
 
 
-def test_a_large_import_onto_a_small_disk_is_refused_before_a_run_starts(imported_store, small_disk, tmp_path,
-                                                                          monkeypatch, capsys):
+def test_a_large_import_onto_a_small_disk_is_refused_before_a_run_starts(
+    imported_store, small_disk, tmp_path, monkeypatch, capsys
+):
     disk, mounted = small_disk
     db = disk / "s.duckdb"
     shutil.copy(imported_store[0], db)
@@ -84,16 +97,24 @@ def test_a_large_import_onto_a_small_disk_is_refused_before_a_run_starts(importe
     code = main(["--db", str(db), "import-descriptions", str(big)])
     err = capsys.readouterr().err
     size = big.stat().st_size / 2**20
-    assert code == 2 and f"no space left on {disk if mounted else '/'}" in err and \
-        f"needed about {size:.1f} MB" in err, err
+    assert (
+        code == 2 and f"no space left on {disk if mounted else '/'}" in err and f"needed about {size:.1f} MB" in err
+    ), err
     assert state(db) == before and sorted(p.name for p in disk.iterdir()) == ["s.duckdb"]
 
 
-@pytest.mark.parametrize("args", [["rm", "{run}", "--yes"], ["humans", "import", "{run}", "{verdicts}", "--rater", "r"],
-                                  ["export", "{run}", "--out", "{disk}/e.csv"],
-                                  ["humans", "export", "{run}", "{disk}/h.csv"]])
-def test_writes_onto_a_full_disk_exit_2_and_change_nothing(imported_store, small_disk, tmp_path, monkeypatch, capsys,
-                                                           args):
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["rm", "{run}", "--yes"],
+        ["humans", "import", "{run}", "{verdicts}", "--rater", "r"],
+        ["export", "{run}", "--out", "{disk}/e.csv"],
+        ["humans", "export", "{run}", "{disk}/h.csv"],
+    ],
+)
+def test_writes_onto_a_full_disk_exit_2_and_change_nothing(
+    imported_store, small_disk, tmp_path, monkeypatch, capsys, args
+):
     disk, mounted = small_disk
     db = disk / "s.duckdb"
     shutil.copy(imported_store[0], db)

@@ -21,10 +21,42 @@ from clipeval.cli import main
 from clipeval.store import Store
 
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
-CELL = st.one_of(TEXT, st.sampled_from(["", " ", "0", "-1", "2147483647", "2147483648", "99999999999999999999",
-                                        "1.5", "nan", "inf", "yes", "no", "l1", "l2", "dog", '"', ",", "\n"]))
-HEADERS = st.sampled_from(["layer,unit,description,similarity", "layer,unit,description", "layer,unit,verdict",
-                           "layer,unit,verdict,rater", "unit,description", "", "LAYER , Unit,Description"])
+CELL = st.one_of(
+    TEXT,
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "0",
+            "-1",
+            "2147483647",
+            "2147483648",
+            "99999999999999999999",
+            "1.5",
+            "nan",
+            "inf",
+            "yes",
+            "no",
+            "l1",
+            "l2",
+            "dog",
+            '"',
+            ",",
+            "\n",
+        ]
+    ),
+)
+HEADERS = st.sampled_from(
+    [
+        "layer,unit,description,similarity",
+        "layer,unit,description",
+        "layer,unit,verdict",
+        "layer,unit,verdict,rater",
+        "unit,description",
+        "",
+        "LAYER , Unit,Description",
+    ]
+)
 
 
 @st.composite
@@ -37,14 +69,54 @@ def csv_text(draw) -> str:
 
 # {placeholders} are filled per case (see fill); everything else is passed as given
 RUN = st.sampled_from(["{run}", "{run_prefix}", "{run_name}", "", " ", "nope", "{run}{run}"]) | TEXT
-IN_FILE = st.sampled_from(["{csv}", "{good_csv}", "{dir}", "{missing}", "{loop}", "{fifo}", "/proc/self/status",
-                           "{db}"])
-OUT_FILE = st.sampled_from(["{out}.csv", "{out}.parquet", "{out}.txt", "{out}", "{dir}", "/proc/x.csv", "{loop}",
-                            "{fifo}", "{new_dir}/deep/x.csv", "{good_csv}"])
+IN_FILE = st.sampled_from(
+    ["{csv}", "{good_csv}", "{dir}", "{missing}", "{loop}", "{fifo}", "/proc/self/status", "{db}"]
+)
+OUT_FILE = st.sampled_from(
+    [
+        "{out}.csv",
+        "{out}.parquet",
+        "{out}.txt",
+        "{out}",
+        "{dir}",
+        "/proc/x.csv",
+        "{loop}",
+        "{fifo}",
+        "{new_dir}/deep/x.csv",
+        "{good_csv}",
+    ]
+)
 DB = st.sampled_from(["{db}"] * 14 + ["{dir}", "{missing_db}", "{loop}", "{fifo}", "{good_csv}", "/proc/new.duckdb"])
-JUNK = st.lists(st.sampled_from(["--k", "0", "1", "6", "1000001", "-3", "x", "--units", "--yes", "--rater", "r",
-                                 "--replace", "--force", "--name", "", "--html", "{out}.html", "--no-evaluate",
-                                 "--tau", "nan", "--help", "--", "-"]), max_size=3)
+JUNK = st.lists(
+    st.sampled_from(
+        [
+            "--k",
+            "0",
+            "1",
+            "6",
+            "1000001",
+            "-3",
+            "x",
+            "--units",
+            "--yes",
+            "--rater",
+            "r",
+            "--replace",
+            "--force",
+            "--name",
+            "",
+            "--html",
+            "{out}.html",
+            "--no-evaluate",
+            "--tau",
+            "nan",
+            "--help",
+            "--",
+            "-",
+        ]
+    ),
+    max_size=3,
+)
 
 
 COMMANDS = ["runs", "rm", "export", "import-descriptions", "report", "humans", "sources", "calibrate"]
@@ -59,27 +131,50 @@ def argv(draw, cmd: str) -> list[str]:
     elif cmd == "export":
         args = ["export", draw(RUN), "--out", draw(OUT_FILE)]
     elif cmd == "import-descriptions":
-        args = ["import-descriptions", draw(IN_FILE)] + draw(st.sampled_from(
-            [[], ["--name", "n"], ["--concepts", "{csv}"], ["--concepts", "{missing}"], ["--target", "x"]]))
+        args = ["import-descriptions", draw(IN_FILE)] + draw(
+            st.sampled_from(
+                [[], ["--name", "n"], ["--concepts", "{csv}"], ["--concepts", "{missing}"], ["--target", "x"]]
+            )
+        )
     elif cmd == "report":
-        args = ["report", draw(RUN)] + draw(st.sampled_from([[], ["--html", "{out}.html"], ["--html", "{out}.csv"],
-                                                             ["--html", "/proc/r.html"], ["--k", "1"]]))
+        args = ["report", draw(RUN)] + draw(
+            st.sampled_from(
+                [[], ["--html", "{out}.html"], ["--html", "{out}.csv"], ["--html", "/proc/r.html"], ["--k", "1"]]
+            )
+        )
     elif cmd == "humans":
         action = draw(st.sampled_from(["import", "export"]))
-        args = ["humans", action, draw(RUN), draw(IN_FILE if action == "import" else OUT_FILE)] + \
-            draw(st.sampled_from([[], ["--rater", "r"], ["--rater", ""], ["--replace"]]))
+        args = ["humans", action, draw(RUN), draw(IN_FILE if action == "import" else OUT_FILE)] + draw(
+            st.sampled_from([[], ["--rater", "r"], ["--rater", ""], ["--replace"]])
+        )
     elif cmd == "sources":
         action = draw(st.sampled_from(["add", "list", "evaluate", "rm"]))
         args = ["sources", action, draw(RUN)]
         if action == "add":
-            args += draw(st.sampled_from([["--clip-dissect", "{csv}"], ["--milan", "{csv}"], ["--from-run", "{run}"],
-                                          ["--netdissect", "{csv}"], ["--clip-dissect", "{good_csv}"], []]))
+            args += draw(
+                st.sampled_from(
+                    [
+                        ["--clip-dissect", "{csv}"],
+                        ["--milan", "{csv}"],
+                        ["--from-run", "{run}"],
+                        ["--netdissect", "{csv}"],
+                        ["--clip-dissect", "{good_csv}"],
+                        [],
+                    ]
+                )
+            )
             args += ["--no-evaluate"]
         elif action == "rm":
             args += draw(st.sampled_from([[], ["nope"], [""]]))
     else:
-        args = ["calibrate", draw(RUN), "--evaluator", draw(st.sampled_from(["cp", "es", "vqa", "contrast"])),
-                "--rater", draw(TEXT)] + draw(st.sampled_from([[], ["--seed", "-1"], ["--fit-fraction", "0.5"]]))
+        args = [
+            "calibrate",
+            draw(RUN),
+            "--evaluator",
+            draw(st.sampled_from(["cp", "es", "vqa", "contrast"])),
+            "--rater",
+            draw(TEXT),
+        ] + draw(st.sampled_from([[], ["--seed", "-1"], ["--fit-fraction", "0.5"]]))
     db_first = draw(st.booleans())
     db = ["--db", draw(DB)]
     return (db + args if db_first else args + db) + draw(JUNK)
@@ -106,9 +201,13 @@ def base_store(tmp_path_factory):
 
 # 19 cases for each of the 8 commands: 152 in all
 @pytest.mark.parametrize("command", COMMANDS)
-@settings(max_examples=19, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=19,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
 @given(data=st.data(), content=csv_text())
 def test_cli_exits_0_or_2_and_leaves_the_store_alone_on_2(base_store, command, data, content):
     base_db, good_csv, run_id, before = base_store
@@ -123,10 +222,21 @@ def test_cli_exits_0_or_2_and_leaves_the_store_alone_on_2(base_store, command, d
         (t / "loop").symlink_to(t / "loop2")
         (t / "loop2").symlink_to(t / "loop")
         os.mkfifo(t / "fifo")
-        fill = {"run": run_id, "run_prefix": run_id[:4], "run_name": "base run", "csv": str(t / "f.csv"),
-                "good_csv": str(t / "good.csv"), "dir": str(t / "dir"), "missing": str(t / "missing.csv"),
-                "missing_db": str(t / "new" / "m.duckdb"), "loop": str(t / "loop"), "fifo": str(t / "fifo"),
-                "db": str(db), "out": str(t / "out"), "new_dir": str(t / "new_dir")}
+        fill = {
+            "run": run_id,
+            "run_prefix": run_id[:4],
+            "run_name": "base run",
+            "csv": str(t / "f.csv"),
+            "good_csv": str(t / "good.csv"),
+            "dir": str(t / "dir"),
+            "missing": str(t / "missing.csv"),
+            "missing_db": str(t / "new" / "m.duckdb"),
+            "loop": str(t / "loop"),
+            "fifo": str(t / "fifo"),
+            "db": str(db),
+            "out": str(t / "out"),
+            "new_dir": str(t / "new_dir"),
+        }
         argv_ = []
         for a in args:
             for key, value in fill.items():

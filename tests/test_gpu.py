@@ -19,16 +19,18 @@ pytestmark = pytest.mark.gpu
 def test_dissect_on_cuda_is_the_cpu_run(built_run, probe_dir, tmp_path):
     """float32 on the GPU: the same settings, so the same run id (the device is not hashed); labels equal
     to the CPU run's except where two concepts' scores are within float rounding."""
+    from conftest import small_config
+
     from clipeval.dissect import pipeline
     from clipeval.store import Store
-    from conftest import small_config
 
     db, run_cpu, _ = built_run
     store = Store(tmp_path / "gpu.duckdb")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run_gpu = pipeline.dissect(small_config(probe_dir), store, cache_dir=tmp_path / "cache", progress=False,
-                                   device="cuda")
+        run_gpu = pipeline.dissect(
+            small_config(probe_dir), store, cache_dir=tmp_path / "cache", progress=False, device="cuda"
+        )
     assert run_gpu == run_cpu
     compute = json.loads(store.run(run_gpu)["models_json"])["compute"]
     assert compute["device"] == "cuda:0" and compute["dtype"] == "float32" and compute["gpu"]
@@ -56,13 +58,29 @@ def test_evaluate_on_cuda_stores_the_device(run_store):
     store, run_id, cache = run_store
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        (o,) = evaluate(store, run_id, "es", eval_model=OFFLINE_EVAL_MODEL, cache_dir=cache, progress=False,
-                        device="cuda", dtype="float32")
+        (o,) = evaluate(
+            store,
+            run_id,
+            "es",
+            eval_model=OFFLINE_EVAL_MODEL,
+            cache_dir=cache,
+            progress=False,
+            device="cuda",
+            dtype="float32",
+        )
     assert o.status == "cached"  # float32 on the GPU is the CPU's evaluation: the device is not hashed
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        (o,) = evaluate(store, run_id, "es", eval_model=OFFLINE_EVAL_MODEL, cache_dir=cache, progress=False,
-                        device="cuda", force=True)
+        (o,) = evaluate(
+            store,
+            run_id,
+            "es",
+            eval_model=OFFLINE_EVAL_MODEL,
+            cache_dir=cache,
+            progress=False,
+            device="cuda",
+            force=True,
+        )
     ev = store.evaluations(run_id).set_index("eval_id").loc[o.eval_id]
     assert json.loads(ev["models_json"])["compute"]["device"] == "cuda:0"
 
@@ -81,17 +99,18 @@ def test_a_real_out_of_memory_error_halves_the_batch():
 
     out = OomHalving(4, "rows", logs.append).run(fn, 4)
     assert sum(out) == 4 * per_row and len(out) == 4
-    assert logs == ["CUDA out of memory on a batch of 4 rows: retrying in batches of 2",
-                    "CUDA out of memory on a batch of 2 rows: retrying in batches of 1"]
+    assert logs == [
+        "CUDA out of memory on a batch of 4 rows: retrying in batches of 2",
+        "CUDA out of memory on a batch of 2 rows: retrying in batches of 1",
+    ]
     torch.cuda.empty_cache()
 
 
 def test_vqa_on_cuda_matches_cpu():
     from PIL import Image
-
-    from clipeval.compute.batches import YesNoBatch
     from tiny_blip2 import make_tiny_blip2
 
+    from clipeval.compute.batches import YesNoBatch
     from clipeval.models.vqa import Blip2Vqa
 
     cpu = make_tiny_blip2()
@@ -99,8 +118,9 @@ def test_vqa_on_cuda_matches_cpu():
     gpu = Blip2Vqa(other.model, other.processor, device="cuda", name="tiny-blip2")
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(5)]
-    questions = [['Question: Is this image related to "cat"? Answer:',
-                  'Question: Is this image related to "red car"? Answer:']] * 5
+    questions = [
+        ['Question: Is this image related to "cat"? Answer:', 'Question: Is this image related to "red car"? Answer:']
+    ] * 5
     a = np.concatenate(cpu.yes_probability(images, questions))
     b = np.concatenate(gpu.yes_probability(images, questions))
     np.testing.assert_allclose(a, b, atol=1e-4)

@@ -7,8 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipeval.analysis import humans
-from clipeval.analysis import metrics
+from clipeval.analysis import humans, metrics
 from clipeval.errors import ClipevalError
 from clipeval.store import Store
 
@@ -20,12 +19,20 @@ NEURONS = [("layer1", u) for u in range(4)] + [("layer2", u) for u in range(3)]
 def store(tmp_path):
     """A complete run with 7 labelled neurons (no images needed to collect human verdicts)."""
     s = Store(tmp_path / "runs.duckdb")
-    nrn = pd.DataFrame(NEURONS, columns=["layer", "unit"]).assign(label=lambda d: [f"label{i}" for i in range(len(d))],
-                                                                  similarity=0.3)
+    nrn = pd.DataFrame(NEURONS, columns=["layer", "unit"]).assign(
+        label=lambda d: [f"label{i}" for i in range(len(d))], similarity=0.3
+    )
     layers = pd.DataFrame({"layer": ["layer1", "layer2"], "position": [0, 1], "shape": "", "n_units": [4, 3]})
     s.start_run(RUN, "humans", "import", "{}", RUN)
-    s.finish_run(RUN, layers=layers, neurons=nrn, runner_ups=None, neuron_images=None, histograms=None,
-                 meta={"run_id": RUN, "n_images": 0})
+    s.finish_run(
+        RUN,
+        layers=layers,
+        neurons=nrn,
+        runner_ups=None,
+        neuron_images=None,
+        histograms=None,
+        meta={"run_id": RUN, "n_images": 0},
+    )
     yield s
     s.close()
 
@@ -59,9 +66,16 @@ layer1,0,no,bob
 
 def test_import_all_spellings(store, tmp_path):
     assert humans.import_human(store, RUN, write(tmp_path, GOOD)) == 8
-    assert current(store) == {("ann", "layer1", 0): True, ("ann", "layer1", 1): False, ("ann", "layer1", 2): True,
-                              ("ann", "layer1", 3): False, ("ann", "layer2", 0): True, ("ann", "layer2", 1): True,
-                              ("ann", "layer2", 2): False, ("bob", "layer1", 0): False}
+    assert current(store) == {
+        ("ann", "layer1", 0): True,
+        ("ann", "layer1", 1): False,
+        ("ann", "layer1", 2): True,
+        ("ann", "layer1", 3): False,
+        ("ann", "layer2", 0): True,
+        ("ann", "layer2", 1): True,
+        ("ann", "layer2", 2): False,
+        ("bob", "layer1", 0): False,
+    }
     assert store.raters(RUN) == ["ann", "bob"]
     assert set(store.human_verdicts(RUN)["source"]) == {"import:verdicts.csv"}
 
@@ -97,9 +111,21 @@ BAD_FILES = [
     ("layer,unit,verdict,rater\nlayer1,-1,yes,ann\n", r"unit must be a non-negative integer"),
     ("layer,unit,verdict,rater\nlayer1,1.5,yes,ann\n", r"unit must be a non-negative integer"),
 ]
-BAD_IDS = ["unknown-layer", "unknown-unit", "verdict-maybe", "verdict-2", "verdict-empty", "duplicate-row",
-           "duplicate-conflicting", "no-verdict-column", "no-unit-column", "no-rows", "unit-x", "unit-negative",
-           "unit-float"]
+BAD_IDS = [
+    "unknown-layer",
+    "unknown-unit",
+    "verdict-maybe",
+    "verdict-2",
+    "verdict-empty",
+    "duplicate-row",
+    "duplicate-conflicting",
+    "no-verdict-column",
+    "no-unit-column",
+    "no-rows",
+    "unit-x",
+    "unit-negative",
+    "unit-float",
+]
 
 
 @pytest.mark.parametrize("text, message", BAD_FILES, ids=BAD_IDS)
@@ -136,7 +162,10 @@ def test_conflicting_reimport_refused_then_replaced_with_history(store, tmp_path
     humans.import_human(store, RUN, write(tmp_path, GOOD))
     before, state = n_rows(store), current(store)
     changed = "layer,unit,verdict,rater\nlayer1,0,no,ann\nlayer1,1,no,ann\nlayer2,2,yes,ann\n"
-    with pytest.raises(ClipevalError, match=r"2 verdict\(s\) differ from the rater's stored ones, e\.g\. \['ann', 'layer1', 0\]; pass --replace"):
+    with pytest.raises(
+        ClipevalError,
+        match=r"2 verdict\(s\) differ from the rater's stored ones, e\.g\. \['ann', 'layer1', 0\]; pass --replace",
+    ):
         humans.import_human(store, RUN, write(tmp_path, changed, "changed.csv"))
     assert n_rows(store) == before and current(store) == state  # the store is unchanged
     # the same verdicts again are not a conflict
@@ -151,8 +180,10 @@ def test_conflicting_reimport_refused_then_replaced_with_history(store, tmp_path
     assert now[("ann", "layer1", 0)] is False and now[("ann", "layer2", 2)] is True
     assert now[("ann", "layer1", 1)] is False and now[("ann", "layer1", 2)] is True  # others untouched
     assert n_rows(store) == n + 3  # history kept: the old answers are still there
-    hist = store.df("SELECT verdict, source FROM human_verdicts WHERE rater = 'ann' AND layer = 'layer1' AND unit = 0 "
-                    "ORDER BY created_at")
+    hist = store.df(
+        "SELECT verdict, source FROM human_verdicts WHERE rater = 'ann' AND layer = 'layer1' AND unit = 0 "
+        "ORDER BY created_at"
+    )
     assert hist["verdict"].tolist() == [True, False]
     assert hist["source"].tolist() == ["import:verdicts.csv", "import:changed.csv"]
     assert current(store, "bob") == {("bob", "layer1", 0): False}
@@ -169,8 +200,9 @@ def test_import_into_a_run_that_is_not_complete(store, tmp_path):
 
 def test_export_round_trip(store, tmp_path):
     humans.import_human(store, RUN, write(tmp_path, GOOD))
-    humans.import_human(store, RUN, write(tmp_path, "layer,unit,verdict,rater\nlayer1,0,no,ann\n", "fix.csv"),
-                    replace=True)
+    humans.import_human(
+        store, RUN, write(tmp_path, "layer,unit,verdict,rater\nlayer1,0,no,ann\n", "fix.csv"), replace=True
+    )
     out = humans.export_human(store, RUN, tmp_path / "out" / "humans.csv")
     df = pd.read_csv(out)
     assert list(df.columns[:4]) == ["layer", "unit", "verdict", "rater"]
@@ -180,8 +212,15 @@ def test_export_round_trip(store, tmp_path):
     try:
         nrn = store.neurons(RUN)
         other.start_run(RUN, "copy", "import", "{}", RUN)
-        other.finish_run(RUN, layers=store.layers(RUN).assign(position=[0, 1]), neurons=nrn, runner_ups=None,
-                         neuron_images=None, histograms=None, meta={"run_id": RUN})
+        other.finish_run(
+            RUN,
+            layers=store.layers(RUN).assign(position=[0, 1]),
+            neurons=nrn,
+            runner_ups=None,
+            neuron_images=None,
+            histograms=None,
+            meta={"run_id": RUN},
+        )
         humans.import_human(other, RUN, out)
         assert current(other) == current(store)
     finally:
@@ -194,8 +233,9 @@ def test_agreement_between_imported_raters(store, tmp_path):
     a = rng.integers(0, 2, len(NEURONS)).astype(bool)
     b = a.copy()
     b[[1, 5]] = ~b[[1, 5]]
-    rows = [f"{l},{u},{'yes' if va else 'no'},A\n{l},{u},{'yes' if vb else 'no'},B"
-            for (l, u), va, vb in zip(NEURONS, a, b)]
+    rows = [
+        f"{l},{u},{'yes' if va else 'no'},A\n{l},{u},{'yes' if vb else 'no'},B" for (l, u), va, vb in zip(NEURONS, a, b)
+    ]
     rows.append("layer1,0,yes,C")  # C judged one neuron only
     humans.import_human(store, RUN, write(tmp_path, "layer,unit,verdict,rater\n" + "\n".join(rows) + "\n"))
     from clipeval.analysis.runview import RunView

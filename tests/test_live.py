@@ -27,8 +27,9 @@ def test_a_probe_image_reads_as_the_run_stored_it(built_run):
         reading = probe.read(Image.open(first["path"]), "blocks.4", 5)
         assert reading.activation == pytest.approx(first["activation"], rel=1e-3, abs=1e-4)
         assert reading.percentile >= 100 * (1 - 1.0 / n) and reading.percentile_how.startswith("exact")
-        assert reading.map.shape == (14, 14) and reading.map.mean() == pytest.approx(reading.activation, rel=1e-3,
-                                                                                    abs=1e-4)
+        assert reading.map.shape == (14, 14) and reading.map.mean() == pytest.approx(
+            reading.activation, rel=1e-3, abs=1e-4
+        )
         last = probe.read(Image.open(first["path"]), "classifier", 5)
         assert last.map is None  # a vector layer has no map
         with pytest.raises(Exception, match="units 0.."):
@@ -99,7 +100,7 @@ def test_neuron_page_probes_a_picked_image(run_store, monkeypatch, fresh_caches)
     assert not at.exception and len(at.get("file_uploader")) == 1
     fp = store.run(run_id)["probe_fingerprint"]
     every = store.probe_images(fp).set_index("image_id")
-    assert store.probe_image(fp, 3)["path"] == every.loc[3, "path"] and store.probe_image(fp, 10 ** 6) is None
+    assert store.probe_image(fp, 3)["path"] == every.loc[3, "path"] and store.probe_image(fp, 10**6) is None
 
 
 def test_the_run_device_where_this_machine_has_it_else_the_cpu_said():
@@ -109,8 +110,10 @@ def test_the_run_device_where_this_machine_has_it_else_the_cpu_said():
 
     from clipeval.dissect.live import run_placement
 
-    gpu_run = {"models_json": json.dumps({"compute": {"device": "cuda:0", "dtype": "bfloat16"}}),
-               "config_json": json.dumps({"dtype": "bfloat16"})}
+    gpu_run = {
+        "models_json": json.dumps({"compute": {"device": "cuda:0", "dtype": "bfloat16"}}),
+        "config_json": json.dumps({"dtype": "bfloat16"}),
+    }
     placement, note = run_placement(gpu_run)
     if torch.cuda.is_available():
         assert placement.device.type == "cuda" and placement.dtype == torch.bfloat16 and note == ""
@@ -141,7 +144,7 @@ def clip_art_run(tmp_path_factory, probe_dir):
         Image.open(p).convert("RGB").save(folder / f"img{i}.png")
     art = np.asarray(Image.open(photos[0]).convert("RGBA").resize((160, 160))).copy()
     yy, xx = np.mgrid[:160, :160]
-    hidden = (yy - 80) ** 2 + (xx - 80) ** 2 > 50 ** 2
+    hidden = (yy - 80) ** 2 + (xx - 80) ** 2 > 50**2
     art[hidden] = 0  # rgba (0, 0, 0, 0)
     Image.fromarray(art, "RGBA").save(folder / "img9_clipart.png")
     store = Store(root / "runs.duckdb")
@@ -198,4 +201,6 @@ def test_the_neuron_page_probes_a_transparent_image_as_stored(clip_art_run, monk
     assert not at.exception and metric(at, f"blocks.4 / unit {unit} activation") == f"{stored[unit]:.3f}"
     at.get("file_uploader")[0].set_value(("strip.png", strip_png(60000, 1), "image/png"))
     at.run()
-    assert not at.exception and any("strip.png: 60000x1 pixels: aspect ratio 60,000:1" in e.value for e in at.error), [e.value for e in at.error]
+    assert not at.exception and any("strip.png: 60000x1 pixels: aspect ratio 60,000:1" in e.value for e in at.error), [
+        e.value for e in at.error
+    ]

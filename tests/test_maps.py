@@ -10,10 +10,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from clipeval.dissect import maps
 from clipeval.datasets.probe import ProbeImage
-from clipeval.dissect.activations import collect
-from clipeval.dissect.activations import neuron_summaries
+from clipeval.dissect import maps
+from clipeval.dissect.activations import collect, neuron_summaries
 from clipeval.models.targets import from_module, layer_layouts
 
 N_UNITS = 4
@@ -39,7 +38,7 @@ class Planted(nn.Module):
         brightness = x.mean(dim=(1, 2, 3))
         conv = torch.zeros(b, N_UNITS, 8, 8)
         tok = torch.zeros(b, self.num_prefix_tokens + 64, N_UNITS)
-        tok[:, :self.num_prefix_tokens] = 50.0 + brightness[:, None, None]  # the class token ranks the images too
+        tok[:, : self.num_prefix_tokens] = 50.0 + brightness[:, None, None]  # the class token ranks the images too
         for u, (r, c) in enumerate(PEAKS):
             conv[:, u, r, c] = brightness + 1 + u
             tok[:, self.num_prefix_tokens + r * 8 + c, u] = brightness + 1
@@ -63,15 +62,21 @@ def _argmax(m: np.ndarray) -> tuple[int, int]:
     return tuple(int(i) for i in np.unravel_index(m.argmax(), m.shape))
 
 
-@pytest.mark.parametrize("n_prefix, has_cls, token_layout", [(1, True, "tokens:cls:1"),  # ViT: one class token
-                                                             (5, True, "tokens:cls:5"),  # class + 4 register tokens
-                                                             (0, False, "tokens:avg:0")])  # no class token
+@pytest.mark.parametrize(
+    "n_prefix, has_cls, token_layout",
+    [
+        (1, True, "tokens:cls:1"),  # ViT: one class token
+        (5, True, "tokens:cls:5"),  # class + 4 register tokens
+        (0, False, "tokens:avg:0"),
+    ],
+)  # no class token
 def test_map_argmax_matches_the_planted_activation_in_every_layout(tmp_path, n_prefix, has_cls, token_layout):
     target = from_module(Planted(n_prefix, has_cls), input_size=32)
     layers = ["conv", "nhwc", "tokens", "big"]
     assert layer_layouts(target, layers) == {"conv": "nchw", "nhwc": "nhwc", "tokens": token_layout, "big": "nchw"}
-    got = collect(_images(tmp_path), target=target, layers=layers, pooling="max", maps_keep=3, batch_size=5,
-                  progress=False)
+    got = collect(
+        _images(tmp_path), target=target, layers=layers, pooling="max", maps_keep=3, batch_size=5, progress=False
+    )
     for layer in ("conv", "nhwc", "tokens"):
         kept = got.maps[layer]
         for u, (r, c) in enumerate(PEAKS):
@@ -85,10 +90,13 @@ def test_map_argmax_matches_the_planted_activation_in_every_layout(tmp_path, n_p
     assert b.max() == pytest.approx(got.activations["big"][11, 0])
 
 
-@pytest.mark.parametrize("arch, size, layout, grid", [
-    ("vit_tiny_patch16_224", 224, "tokens:cls:1", 14),  # a class token, then 14x14 patches
-    ("vit_little_patch16_reg4_gap_256", 256, "tokens:avg:4", 16),  # 4 register tokens, no class token
-])
+@pytest.mark.parametrize(
+    "arch, size, layout, grid",
+    [
+        ("vit_tiny_patch16_224", 224, "tokens:cls:1", 14),  # a class token, then 14x14 patches
+        ("vit_little_patch16_reg4_gap_256", 256, "tokens:avg:4", 16),  # 4 register tokens, no class token
+    ],
+)
 def test_a_real_vit_gives_its_patch_tokens_as_the_map(probe_dir, arch, size, layout, grid):
     """The ViT path on real timm architectures (random weights, built from their configs): the map kept
     for a unit on an image is that unit's patch tokens of the block's output, in raster order, without
@@ -128,8 +136,9 @@ def test_a_flat_layer_has_no_map(tmp_path):
         def forward(self, x):
             return self.fc(x.mean(dim=(2, 3)))
 
-    got = collect(_images(tmp_path, 4), target=from_module(Flat(), input_size=16), layers=["fc"], maps_keep=2,
-                  progress=False)
+    got = collect(
+        _images(tmp_path, 4), target=from_module(Flat(), input_size=16), layers=["fc"], maps_keep=2, progress=False
+    )
     assert got.maps == {} and got.activations["fc"].shape == (4, 5)
 
 
@@ -150,13 +159,21 @@ def test_a_part_retried_after_out_of_memory_keeps_the_same_maps(tmp_path, capsys
     images = _images(tmp_path, darker=True)  # the first images are the top ones, so a retry would meet them again
     target = from_module(Planted(), input_size=32)
     ref = collect(images, target=target, layers=["conv"], maps_keep=3, batch_size=8, progress=False)
-    got = collect(images, target=target, layers=["conv"], maps_keep=3, batch_size=8, progress=False,
-                  image_models={"labelling": FlakyEmbedder()})
+    got = collect(
+        images,
+        target=target,
+        layers=["conv"],
+        maps_keep=3,
+        batch_size=8,
+        progress=False,
+        image_models={"labelling": FlakyEmbedder()},
+    )
     assert "retrying in batches of 2" in capsys.readouterr().err
     for u in range(N_UNITS):
         assert sorted(got.maps["conv"].ids[got.maps["conv"].units == u]) == [0, 1, 2]
-    assert sorted(zip(got.maps["conv"].units, got.maps["conv"].ids)) == sorted(zip(ref.maps["conv"].units,
-                                                                                   ref.maps["conv"].ids))
+    assert sorted(zip(got.maps["conv"].units, got.maps["conv"].ids)) == sorted(
+        zip(ref.maps["conv"].units, ref.maps["conv"].ids)
+    )
 
 
 def test_an_image_that_does_not_decode_leaves_the_maps_ids_on_the_activation_rows(tmp_path):
@@ -164,8 +181,7 @@ def test_an_image_that_does_not_decode_leaves_the_maps_ids_on_the_activation_row
     images = _images(tmp_path)
     (tmp_path / "10.png").write_bytes((tmp_path / "10.png").read_bytes()[:60])  # one of the most active ones
     target = from_module(Planted(), input_size=32)
-    got = collect(images, target=target, layers=["conv"], pooling="max", maps_keep=3, batch_size=5,
-                  progress=False)
+    got = collect(images, target=target, layers=["conv"], pooling="max", maps_keep=3, batch_size=5, progress=False)
     assert [i for i, _ in got.failed] == [10] and got.activations["conv"].shape[0] == 11
     kept = got.maps["conv"]
     for u in range(N_UNITS):
@@ -187,7 +203,7 @@ def test_the_running_top_and_the_merge_keep_exactly_the_top_k_with_ties_as_neuro
     workers = [maps.RunningTop(k), maps.RunningTop(k)]
     order = rng.permutation(n)
     for i, start in enumerate(range(0, n, 16)):
-        rows = order[start:start + 16]
+        rows = order[start : start + 16]
         top = workers[i % 2]
         entered = top.update(torch.from_numpy(A[rows]), torch.from_numpy(rows))
         merged.add(rows, maps.pack(entered, torch.from_numpy(A[rows]), torch.from_numpy(maps_all[rows])))

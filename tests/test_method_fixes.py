@@ -9,8 +9,7 @@ from PIL import Image
 from torch import nn
 
 from clipeval.datasets.probe import ProbeImage
-from clipeval.dissect.activations import collect
-from clipeval.dissect.activations import neuron_summaries
+from clipeval.dissect.activations import collect, neuron_summaries
 from clipeval.dissect.pooling import pool
 from clipeval.errors import ClipevalError
 from clipeval.models.targets import from_module, layer_layouts
@@ -27,6 +26,7 @@ def _images(tmp_path, n=6, size=16):
 
 
 # ---------------------------------------------------------------- 1. contrast negatives per unit
+
 
 def test_one_dead_or_tied_unit_does_not_take_the_random_negatives_of_the_layer():
     rng = np.random.default_rng(0)
@@ -57,8 +57,10 @@ def test_a_unit_with_few_inactive_images_keeps_what_it_has():
 
 # ---------------------------------------------------------------- 2. copy inside the hook
 
+
 class TinyVgg(nn.Module):
     """torchvision VGG's head: Linear -> ReLU(inplace=True) -> Linear."""
+
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(2))
@@ -83,6 +85,7 @@ def test_a_linear_layer_is_recorded_before_the_inplace_relu_after_it(tmp_path):
 
 # ---------------------------------------------------------------- 3. dead units
 
+
 def test_dead_units_get_no_images_and_are_flagged():
     rng = np.random.default_rng(0)
     A = rng.normal(size=(40, 3)).astype(np.float32)
@@ -94,14 +97,15 @@ def test_dead_units_get_no_images_and_are_flagged():
 
 
 def test_dead_units_are_stored_without_label_and_left_out_of_shares(built_run, probe_dir, tmp_path):
-    from clipeval.dissect import pipeline
+    from conftest import small_config
+
     from clipeval.analysis.runview import RunView
     from clipeval.datasets.concepts import load_concepts
     from clipeval.datasets.probe import load_probe
+    from clipeval.dissect import pipeline
     from clipeval.evaluators.run import OFFLINE_EVAL_MODEL, evaluate
     from clipeval.models.image_text import load_image_text
     from clipeval.store import Store
-    from conftest import small_config
 
     class HalfDead(nn.Module):
         def __init__(self):
@@ -118,8 +122,15 @@ def test_dead_units_are_stored_without_label_and_left_out_of_shares(built_run, p
     cfg = small_config(probe_dir, concepts="common-3k")
     cfg = cfg.__class__(**{**cfg.__dict__, "layers": ("conv",)})
     target = from_module(HalfDead().eval(), name="half-dead", input_size=224)
-    resolved = pipeline.Resolved(cfg, load_probe(cfg.probe.paths), load_concepts("common-3k"), target,
-                                 {"conv": (6, 224, 224)}, load_image_text(cfg.image_text), "halfdead")
+    resolved = pipeline.Resolved(
+        cfg,
+        load_probe(cfg.probe.paths),
+        load_concepts("common-3k"),
+        target,
+        {"conv": (6, 224, 224)},
+        load_image_text(cfg.image_text),
+        "halfdead",
+    )
     store = Store(tmp_path / "s.duckdb")
     try:
         with pytest.warns(UserWarning, match="2 of 6 units have a constant activation"):
@@ -130,12 +141,16 @@ def test_dead_units_are_stored_without_label_and_left_out_of_shares(built_run, p
         assert store.all_runner_ups("halfdead")["unit"].min() == 2
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            evaluate(store, "halfdead", "cp,es,contrast", eval_model=OFFLINE_EVAL_MODEL, cache_dir=cache,
-                     progress=False)
+            evaluate(
+                store, "halfdead", "cp,es,contrast", eval_model=OFFLINE_EVAL_MODEL, cache_dir=cache, progress=False
+            )
         import pandas as pd
 
-        store.add_human_verdicts("halfdead", pd.DataFrame({"layer": "conv", "unit": range(6), "rater": "ann",
-                                                           "verdict": [True, False] * 3}), source="test")
+        store.add_human_verdicts(
+            "halfdead",
+            pd.DataFrame({"layer": "conv", "unit": range(6), "rater": "ann", "verdict": [True, False] * 3}),
+            source="test",
+        )
         view = RunView(store, "halfdead")
         agree = view.rater_agreement({"cp": 0.01, "es": 0.25, "contrast": 0.75, "vqa": 0.5})
         assert set(agree["n"]) == {4}  # the rater's verdicts on the two dead units are left out too
@@ -149,6 +164,7 @@ def test_dead_units_are_stored_without_label_and_left_out_of_shares(built_run, p
 
 # ---------------------------------------------------------------- 4. layer layouts
 
+
 def _timm(name, **kw):
     import timm
 
@@ -156,8 +172,15 @@ def _timm(name, **kw):
 
 
 def test_swin_stages_are_channels_last_and_pooled_per_channel(tmp_path):
-    module = _timm("swin_tiny_patch4_window7_224", embed_dim=8, depths=(1, 1), num_heads=(1, 1), img_size=32,
-                   window_size=2, num_classes=5)
+    module = _timm(
+        "swin_tiny_patch4_window7_224",
+        embed_dim=8,
+        depths=(1, 1),
+        num_heads=(1, 1),
+        img_size=32,
+        window_size=2,
+        num_classes=5,
+    )
     target = from_module(module, input_size=32)
     layouts = layer_layouts(target, ["layers.0", "layers.1", "patch_embed.proj"])
     assert layouts == {"layers.0": "nhwc", "layers.1": "nhwc", "patch_embed.proj": "nchw"}
@@ -197,11 +220,18 @@ def test_convnext_and_resnet_layouts():
     # ConvNeXt blocks run their MLP channels-last (Linear layers) unless conv_mlp=True (1x1 convolutions)
     for conv_mlp, mlp in ((False, "nhwc"), (True, "nchw")):
         convnext = from_module(_timm("convnext_atto", num_classes=5, conv_mlp=conv_mlp), input_size=64)
-        assert layer_layouts(convnext, ["stages.1", "stages.1.blocks.0.mlp.fc1", "head.fc"]) == \
-            {"stages.1": "nchw", "stages.1.blocks.0.mlp.fc1": mlp, "head.fc": "flat"}
+        assert layer_layouts(convnext, ["stages.1", "stages.1.blocks.0.mlp.fc1", "head.fc"]) == {
+            "stages.1": "nchw",
+            "stages.1.blocks.0.mlp.fc1": mlp,
+            "head.fc": "flat",
+        }
     resnet = from_module(torchvision.models.resnet18(weights=None, num_classes=5), input_size=64)
-    assert layer_layouts(resnet, ["layer1", "layer4", "avgpool", "fc"]) == \
-        {"layer1": "nchw", "layer4": "nchw", "avgpool": "nchw", "fc": "flat"}
+    assert layer_layouts(resnet, ["layer1", "layer4", "avgpool", "fc"]) == {
+        "layer1": "nchw",
+        "layer4": "nchw",
+        "avgpool": "nchw",
+        "fc": "flat",
+    }
 
 
 def test_tokens_of_a_model_that_does_not_say_what_its_tokens_are_are_refused():
@@ -219,6 +249,7 @@ def test_tokens_of_a_model_that_does_not_say_what_its_tokens_are_are_refused():
 
 
 # ---------------------------------------------------------------- 7. the stand-in's thresholds, calibrated
+
 
 def test_demo_calibration_sets_the_stand_ins_defaults_with_intervals(run_store):
     from clipeval.analysis.runview import RunView

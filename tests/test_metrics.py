@@ -43,6 +43,7 @@ def test_worked_example():
 
 def test_kappa_matches_sklearn_on_random_raters():
     import sklearn.metrics as sk
+
     rng = np.random.default_rng(1)
     for _ in range(20):
         a, b = rng.integers(0, 2, 50), rng.integers(0, 2, 50)
@@ -128,8 +129,9 @@ def test_empty_input_is_nan_not_a_number():
     assert math.isnan(metrics.jaccard([], []))
 
 
-@pytest.mark.parametrize("fn", [metrics.agreement, metrics.jaccard, metrics.cohen_kappa,
-                                metrics.precision_recall_f1, metrics.confusion])
+@pytest.mark.parametrize(
+    "fn", [metrics.agreement, metrics.jaccard, metrics.cohen_kappa, metrics.precision_recall_f1, metrics.confusion]
+)
 def test_input_validation(fn):
     with pytest.raises(ClipevalError, match="same neurons"):
         fn([1, 0, 1], [1, 0])
@@ -159,6 +161,7 @@ def test_roc_auc_with_ties():
 
 def test_roc_auc_matches_sklearn():
     import sklearn.metrics as sk
+
     rng = np.random.default_rng(3)
     pos, neg = rng.integers(0, 5, 30).astype(float), rng.integers(0, 4, 40).astype(float)  # many ties
     y = np.r_[np.ones(30), np.zeros(40)]

@@ -15,6 +15,7 @@ from clipeval.models.image_text import ConseModel, OpenClipModel
 @pytest.fixture(scope="module")
 def cat():
     from skimage import data
+
     return Image.fromarray(data.chelsea())
 
 
@@ -23,6 +24,7 @@ def test_shipped_efficientnet_lite0_is_a_real_imagenet_classifier(cat):
     with torch.no_grad():
         probs = t.module(t.preprocess(cat)[None]).softmax(-1)[0]
     from clipeval.datasets.imagenet import imagenet_classnames
+
     assert imagenet_classnames()[int(probs.argmax())] in ("Egyptian Mau", "tabby cat", "tiger cat")
     assert "efficientnet-lite0" in t.weights
 
@@ -55,9 +57,11 @@ def test_missing_weights_and_unknown_targets(tmp_path, monkeypatch):
         targets.load_target("resnet9000")
 
 
-TINY_CLIP = {"embed_dim": 16,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
 
 
 @pytest.fixture(scope="module")

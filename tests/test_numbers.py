@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-
-from clipeval.evaluators.rules import ScoreTable, cp_cutoff
 from test_evaluators import colour_run  # noqa: F401  (a fixture)
 
+from clipeval.evaluators.rules import ScoreTable, cp_cutoff
 
 # ---------------------------------------------------------------- 4. CP's cut-off rank
+
 
 def test_cp_cutoff_of_rank_over_size_is_that_rank_for_every_rank():
     assert int(998 * (4 / 998)) == 3  # the floating-point product that applied p = 4/998 as rank 3
@@ -42,15 +42,22 @@ def test_a_calibrated_cp_p_is_applied_at_the_rank_it_was_fitted_on():
 
 # ---------------------------------------------------------------- 2. one source of default thresholds
 
-CALIBRATION = {"value": 0.03, "interval": (0.02, 0.04), "heldout_kappa": 0.9, "heldout_kappa_interval": (0.8, 1.0),
-               "n_neurons": 12, "n_splits": 50}
+CALIBRATION = {
+    "value": 0.03,
+    "interval": (0.02, 0.04),
+    "heldout_kappa": 0.9,
+    "heldout_kappa_interval": (0.8, 1.0),
+    "n_neurons": 12,
+    "n_splits": 50,
+}
 
 
 def _calibrated(colour_run):
     """The colour run judged by ES and contrast with a fake non-CLIP model whose ES tau is calibrated to 0.03:
     there 10 of its 12 shuffled labels pass (cosines 0.017-0.038), at the paper's 0.25 none."""
-    from clipeval.evaluators.judges import save_calibration
     from test_evaluators import run_mod
+
+    from clipeval.evaluators.judges import save_calibration
 
     store, run_id, model, _, cache = colour_run
     run_mod.evaluate(store, run_id, "es,contrast", cache_dir=cache, progress=False)
@@ -83,21 +90,41 @@ def test_the_html_report_applies_and_names_the_judges_calibrated_thresholds(colo
     assert "ES tau=0.03 (calibrated default)" in text and "100.0 / 83.3 / " in text  # the same numbers
     given = build_report(store, run_id, {"es": 0.25})
     assert "ES tau=0.25 (given)" in given
-    assert _overall_es(next(t for t in pd.read_html(StringIO(given)) if "shuffled labels" in t.columns))[
-        "shuffled labels"] == "0.0%"
+    assert (
+        _overall_es(next(t for t in pd.read_html(StringIO(given)) if "shuffled labels" in t.columns))["shuffled labels"]
+        == "0.0%"
+    )
 
 
 # ---------------------------------------------------------------- 7. runs compared each at its own judge's defaults
 
+
 def test_runs_are_compared_each_at_its_own_judges_defaults(colour_run, tmp_path, monkeypatch):
+    from test_evaluators import (
+        COLOUR_NAMES,
+        CONCEPTS,
+        FAKE_CFG,
+        SHADES,
+        FakeImageText,
+        build_run,
+        colour_neurons,
+        colour_world,
+        run_mod,
+    )
+
     from clipeval.analysis.runs import runs_comparison
-    from test_evaluators import (CONCEPTS, COLOUR_NAMES, FAKE_CFG, SHADES, FakeImageText, build_run, colour_neurons,
-                                 colour_world, run_mod)
 
     store, run_id = _calibrated(colour_run)
     colours, image_table, text_table, ids_of = colour_world()
-    other = build_run(store, tmp_path / "probe2", colours, colour_neurons(ids_of), CONCEPTS, run_id="handmade02",
-                      image_labels=[c for c in COLOUR_NAMES for _ in range(SHADES)])
+    other = build_run(
+        store,
+        tmp_path / "probe2",
+        colours,
+        colour_neurons(ids_of),
+        CONCEPTS,
+        run_id="handmade02",
+        image_labels=[c for c in COLOUR_NAMES for _ in range(SHADES)],
+    )
     judge = FakeImageText(image_table, text_table, fingerprint="fake-2")  # another model: not calibrated
     monkeypatch.setattr(run_mod, "resolve_eval_model", lambda cfg=None, progress=True: (FAKE_CFG, judge))
     run_mod.evaluate(store, other, "es", cache_dir=tmp_path / "cache2", progress=False)
@@ -127,19 +154,23 @@ def test_the_app_names_each_threshold_and_where_it_came_from(colour_run, tmp_pat
 
 # ---------------------------------------------------------------- 3. a label source over the run's live units
 
+
 def test_a_label_sources_shares_and_baseline_are_over_the_runs_live_units(colour_run, tmp_path, monkeypatch, capsys):
-    from clipeval.evaluators import sources
-    from clipeval.cli import main
-    from clipeval.analysis.sources import RUN_SOURCE, LabellerView
-    from clipeval.models import image_text
     from test_evaluators import run_mod
+
+    from clipeval.analysis.sources import RUN_SOURCE, LabellerView
+    from clipeval.cli import main
+    from clipeval.evaluators import sources
+    from clipeval.models import image_text
 
     store, run_id, model, _, cache = colour_run
     labels = store.neurons(run_id)[["layer", "unit", "label"]]
     dead = [("layer1", 4), ("layer1", 5)]  # cyan, magenta: constant over the probe, so no images and no label
     for layer, u in dead:
-        store.execute("UPDATE neurons SET dead = true, label = NULL WHERE run_id = ? AND layer = ? AND unit = ?",
-                      [run_id, layer, u])
+        store.execute(
+            "UPDATE neurons SET dead = true, label = NULL WHERE run_id = ? AND layer = ? AND unit = ?",
+            [run_id, layer, u],
+        )
         store.execute("DELETE FROM neuron_images WHERE run_id = ? AND layer = ? AND unit = ?", [run_id, layer, u])
     run_mod.evaluate(store, run_id, "es", cache_dir=cache, progress=False)
     milan = tmp_path / "milan.csv"  # the run's own labels, on every unit, dead ones included
@@ -170,10 +201,16 @@ def test_a_label_sources_shares_and_baseline_are_over_the_runs_live_units(colour
     store.record_source_evaluation("old-pass", sid, run_id, "es", done["config_json"], status="complete", scores=old)
     assert (sid, "es") not in LabellerView(store, run_id).tables
     assert "judged on dead units too" in " ".join(LabellerView(store, run_id).missing_evaluations())
-    assert [o["status"] for o in sources.evaluate_source(store, run_id, sid, cache_dir=cache, progress=False)] == \
-        ["complete"]
-    assert LabellerView(store, run_id).shares(th).set_index(["source", "evaluator", "layer"]).loc[
-        (sid, "ES", "overall"), "n"] == 10
+    assert [o["status"] for o in sources.evaluate_source(store, run_id, sid, cache_dir=cache, progress=False)] == [
+        "complete"
+    ]
+    assert (
+        LabellerView(store, run_id)
+        .shares(th)
+        .set_index(["source", "evaluator", "layer"])
+        .loc[(sid, "ES", "overall"), "n"]
+        == 10
+    )
     store.close()
     assert main(["--db", str(store.path), "sources", "list", run_id]) == 0
     out = capsys.readouterr().out
@@ -182,6 +219,7 @@ def test_a_label_sources_shares_and_baseline_are_over_the_runs_live_units(colour
 
 
 # ---------------------------------------------------------------- 8. contrast negatives are distinct images
+
 
 def test_contrast_negatives_of_a_unit_are_distinct_images():
     from clipeval.dissect.activations import neuron_summaries
@@ -200,21 +238,24 @@ def test_contrast_negatives_of_a_unit_are_distinct_images():
 
 # ---------------------------------------------------------------- 9. quoted prompts, thresholds and rules
 
+
 def test_every_quoted_prompt_threshold_and_rule_is_the_one_the_code_uses():
     import re
     from pathlib import Path
 
-    from clipeval.render import glossary
+    from clipeval.analysis.intervals import MIN_N, N_BOOT
     from clipeval.cli import build_parser
     from clipeval.config import EvalConfig
     from clipeval.dissect.activations import INACTIVE_QUANTILE
-    from clipeval.analysis.intervals import MIN_N, N_BOOT
     from clipeval.evaluators.judges import PAPER_THRESHOLDS
     from clipeval.models.vqa import DEFAULT_TEMPLATE, format_prompt
+    from clipeval.render import glossary
 
     root = Path(__file__).resolve().parents[1]
     # the README and docs/, with line breaks as spaces (a quote may wrap)
-    readme = " ".join(" ".join(f.read_text().split()) for f in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
+    readme = " ".join(
+        " ".join(f.read_text().split()) for f in [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    )
     terms = {anchor: text for anchor, (_, text) in glossary.TERMS.items()}
     question = format_prompt(DEFAULT_TEMPLATE, "<label>")  # what BLIP-2 is asked
     assert question in terms["vqa"] and question in readme
@@ -234,6 +275,7 @@ def test_every_quoted_prompt_threshold_and_rule_is_the_one_the_code_uses():
 # ---------------------------------------------------------------- the Overview, Layer overview, Agreement pages and
 # the text report, against numbers worked out by hand on the colour run
 
+
 def test_overview_layer_and_agreement_numbers_match_a_hand_computation(colour_run, capsys):
     """12 units, 6 per layer, each labelled with its top images' colour; layer1 unit 1 relabelled 'dog' (its
     green images' cosine with 'dog' is ~0.03) and layer2 unit 5 dead. At tau = 0.5, ES: layer1 5 of 6, layer2 5
@@ -242,20 +284,28 @@ def test_overview_layer_and_agreement_numbers_match_a_hand_computation(colour_ru
     ES against them over 6 units: agree on 5; ES says yes 5/6, the person 4/6; chance 22/36, so kappa =
     (30/36 - 22/36) / (14/36) = 4/7; both yes on 4 of the 5 either says yes: Jaccard 0.8, precision 0.8,
     recall 1."""
+    from test_evaluators import run_mod
+
     from clipeval.analysis import headlines, intervals
     from clipeval.analysis.runview import RunView
     from clipeval.cli import print_report
     from clipeval.render.tables import summary_table
-    from test_evaluators import run_mod
 
     store, run_id, _, _, cache = colour_run
     store.execute("UPDATE neurons SET label = 'dog' WHERE run_id = ? AND layer = 'layer1' AND unit = 1", [run_id])
-    store.execute("UPDATE neurons SET dead = true, label = NULL WHERE run_id = ? AND layer = 'layer2' AND unit = 5",
-                  [run_id])
+    store.execute(
+        "UPDATE neurons SET dead = true, label = NULL WHERE run_id = ? AND layer = 'layer2' AND unit = 5", [run_id]
+    )
     store.execute("DELETE FROM neuron_images WHERE run_id = ? AND layer = 'layer2' AND unit = 5", [run_id])
     run_mod.evaluate(store, run_id, "es", cache_dir=cache, progress=False)
-    person = pd.DataFrame({"layer": ["layer1"] * 6 + ["layer2"], "unit": [0, 1, 2, 3, 4, 5, 5], "rater": "ann",
-                           "verdict": [True, False, False, True, True, True, True]})
+    person = pd.DataFrame(
+        {
+            "layer": ["layer1"] * 6 + ["layer2"],
+            "unit": [0, 1, 2, 3, 4, 5, 5],
+            "rater": "ann",
+            "verdict": [True, False, False, True, True, True, True],
+        }
+    )
     store.add_human_verdicts(run_id, person, source="test")
 
     assert store.store_overview()["neurons"] == 11  # Overview, 'Neurons labelled': the dead unit has no label
@@ -278,8 +328,13 @@ def test_overview_layer_and_agreement_numbers_match_a_hand_computation(colour_ru
     assert matrix["n"].loc["ES", "human: ann"] == 6
     assert matrix["kappa"].loc["ES", "human: ann"] == pytest.approx(4 / 7)
     pair = intervals.pairwise_with_intervals(raters["ES"], raters["human: ann"]).set_index("layer").loc["overall"]
-    assert (pair["n"], pair["agreement"], pair["jaccard"], pair["precision"], pair["recall"]) == \
-        (6, pytest.approx(5 / 6), pytest.approx(0.8), pytest.approx(0.8), 1.0)
+    assert (pair["n"], pair["agreement"], pair["jaccard"], pair["precision"], pair["recall"]) == (
+        6,
+        pytest.approx(5 / 6),
+        pytest.approx(0.8),
+        pytest.approx(0.8),
+        1.0,
+    )
     assert pair["kappa lo"] <= 4 / 7 <= pair["kappa hi"]
     print_report(store, run_id, {"es": 0.5})  # the text report
     out = capsys.readouterr().out

@@ -25,20 +25,33 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--db", "{db}", "export", "{run}", "--out", "/proc/x.csv"],
-     "output file /proc/x.csv cannot be written: its folder /proc does not accept new files"),
-    (["--db", "{db}", "humans", "export", "{run}", "/proc/x.csv"], "output file /proc/x.csv cannot be written"),
-    (["--db", "{db}", "report", "{run}", "--html", "/proc/r.html"], "report /proc/r.html cannot be written"),
-    (["--db", "{db}", "export", "{run}", "--out", "{tmp}/pipe.csv"], "output file {tmp}/pipe.csv is not a regular file"),
-    (["--db", "{db}", "export", "{run}", "--out", "{tmp}/descriptions.csv/x.csv"], "not a directory"),
-    (["--db", "{tmp}/loop1", "runs"], "run store {tmp}/loop1: too many levels of symbolic links"),
-    (["--db", "{tmp}/loop1", "import-descriptions", "{tmp}/descriptions.csv"], "too many levels of symbolic links"),
-    (["--db", "/proc/new.duckdb", "import-descriptions", "{tmp}/descriptions.csv"],
-     "run store /proc/new.duckdb cannot be written: its folder /proc does not accept new files"),
-    (["--db", "{db}", "import-descriptions", "{tmp}"], "descriptions file {tmp} is a folder"),
-    (["--db", "{db}", "humans", "import", "{run}", "{tmp}/loop1", "--rater", "x"], "too many levels of symbolic links"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--db", "{db}", "export", "{run}", "--out", "/proc/x.csv"],
+            "output file /proc/x.csv cannot be written: its folder /proc does not accept new files",
+        ),
+        (["--db", "{db}", "humans", "export", "{run}", "/proc/x.csv"], "output file /proc/x.csv cannot be written"),
+        (["--db", "{db}", "report", "{run}", "--html", "/proc/r.html"], "report /proc/r.html cannot be written"),
+        (
+            ["--db", "{db}", "export", "{run}", "--out", "{tmp}/pipe.csv"],
+            "output file {tmp}/pipe.csv is not a regular file",
+        ),
+        (["--db", "{db}", "export", "{run}", "--out", "{tmp}/descriptions.csv/x.csv"], "not a directory"),
+        (["--db", "{tmp}/loop1", "runs"], "run store {tmp}/loop1: too many levels of symbolic links"),
+        (["--db", "{tmp}/loop1", "import-descriptions", "{tmp}/descriptions.csv"], "too many levels of symbolic links"),
+        (
+            ["--db", "/proc/new.duckdb", "import-descriptions", "{tmp}/descriptions.csv"],
+            "run store /proc/new.duckdb cannot be written: its folder /proc does not accept new files",
+        ),
+        (["--db", "{db}", "import-descriptions", "{tmp}"], "descriptions file {tmp} is a folder"),
+        (
+            ["--db", "{db}", "humans", "import", "{run}", "{tmp}/loop1", "--rater", "x"],
+            "too many levels of symbolic links",
+        ),
+    ],
+)
 def test_unusable_paths_exit_2_naming_them(imported_store, tmp_path, capsys, args, message):
     db, run_id = imported_store
     (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
@@ -59,8 +72,10 @@ def test_check_path_on_missing_folders(tmp_path):
 
     with pytest.raises(ClipevalError, match="folder .*new/deeper does not exist"):
         check_path(tmp_path / "new" / "deeper" / "out.csv", "output file", "write")
-    assert check_path(tmp_path / "new" / "deeper" / "s.duckdb", "run store", "write", new_folders=True) == \
-        tmp_path / "new" / "deeper" / "s.duckdb"
+    assert (
+        check_path(tmp_path / "new" / "deeper" / "s.duckdb", "run store", "write", new_folders=True)
+        == tmp_path / "new" / "deeper" / "s.duckdb"
+    )
     assert not (tmp_path / "new").exists()  # checked, not made
     with pytest.raises(ClipevalError, match="does not exist or is not a folder"):
         check_path(tmp_path / "missing", "probe folder", "folder")
@@ -69,21 +84,39 @@ def test_check_path_on_missing_folders(tmp_path):
 # Cases for a user without root's rights, run in ONE child process (one import of clipeval).
 # Each: (argv, the message the error must contain). {w} is a folder everyone may use.
 NOBODY_CASES = [
-    (["--db", "{w}/new.duckdb", "import-descriptions", "{w}/unreadable.csv"],
-     "descriptions file {w}/unreadable.csv cannot be read: permission denied"),
+    (
+        ["--db", "{w}/new.duckdb", "import-descriptions", "{w}/unreadable.csv"],
+        "descriptions file {w}/unreadable.csv cannot be read: permission denied",
+    ),
     (["--db", "{w}/unreadable.duckdb", "runs"], "run store {w}/unreadable.duckdb cannot be read: permission denied"),
-    (["--db", "{w}/store.duckdb", "export", "{run}", "--out", "{w}/locked/x.csv"],
-     "output file {w}/locked/x.csv cannot be written: its folder {w}/locked does not accept new files (permission denied)"),
-    (["--db", "{w}/store.duckdb", "humans", "export", "{run}", "{w}/locked/x.csv"], "its folder {w}/locked does not accept"),
-    (["--db", "{w}/store.duckdb", "humans", "import", "{run}", "{w}/unreadable.csv", "--rater", "x"],
-     "verdicts file {w}/unreadable.csv cannot be read: permission denied"),
-    (["--db", "{w}/locked/new.duckdb", "import-descriptions", "{w}/descriptions.csv"],
-     "run store {w}/locked/new.duckdb cannot be written: its folder {w}/locked does not accept new files"),
-    (["--db", "{w}/store.duckdb", "rm", "{run}", "--yes"], "run store {w}/store.duckdb cannot be written: permission denied"),
-    (["--db", "{w}/new.duckdb", "import-descriptions", "{w}/descriptions.csv", "--concepts", "{w}/unreadable.txt"],
-     "concept file {w}/unreadable.txt cannot be read: permission denied"),
-    (["--db", "{w}/new.duckdb", "dissect", "--layers", "classifier", "--probe", "{w}/closed"],
-     "probe folder {w}/closed cannot be read: permission denied"),
+    (
+        ["--db", "{w}/store.duckdb", "export", "{run}", "--out", "{w}/locked/x.csv"],
+        "output file {w}/locked/x.csv cannot be written: its folder {w}/locked does not accept new files (permission denied)",
+    ),
+    (
+        ["--db", "{w}/store.duckdb", "humans", "export", "{run}", "{w}/locked/x.csv"],
+        "its folder {w}/locked does not accept",
+    ),
+    (
+        ["--db", "{w}/store.duckdb", "humans", "import", "{run}", "{w}/unreadable.csv", "--rater", "x"],
+        "verdicts file {w}/unreadable.csv cannot be read: permission denied",
+    ),
+    (
+        ["--db", "{w}/locked/new.duckdb", "import-descriptions", "{w}/descriptions.csv"],
+        "run store {w}/locked/new.duckdb cannot be written: its folder {w}/locked does not accept new files",
+    ),
+    (
+        ["--db", "{w}/store.duckdb", "rm", "{run}", "--yes"],
+        "run store {w}/store.duckdb cannot be written: permission denied",
+    ),
+    (
+        ["--db", "{w}/new.duckdb", "import-descriptions", "{w}/descriptions.csv", "--concepts", "{w}/unreadable.txt"],
+        "concept file {w}/unreadable.txt cannot be read: permission denied",
+    ),
+    (
+        ["--db", "{w}/new.duckdb", "dissect", "--layers", "classifier", "--probe", "{w}/closed"],
+        "probe folder {w}/closed cannot be read: permission denied",
+    ),
 ]
 
 CHILD = r"""
@@ -137,8 +170,14 @@ def test_permission_problems_exit_2_naming_the_path(imported_store):
         stamp = (w / "store.duckdb").stat().st_mtime_ns
         argvs = [[a.format(w=w, run=run_id) for a in args] for args, _ in NOBODY_CASES]
         env = dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(w), CLIPEVAL_LOCK_TIMEOUT="5")
-        child = subprocess.run(_as_nobody() + [sys.executable, "-c", CHILD, json.dumps(argvs)], capture_output=True,
-                               text=True, env=env, cwd=w, timeout=600)
+        child = subprocess.run(
+            _as_nobody() + [sys.executable, "-c", CHILD, json.dumps(argvs)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=w,
+            timeout=600,
+        )
         assert child.returncode == 0, child.stderr
         results = json.loads(child.stdout.strip().splitlines()[-1])
         for (args, message), (code, err) in zip(NOBODY_CASES, results):

@@ -6,14 +6,14 @@ import warnings
 
 import pandas as pd
 import pytest
+from conftest import SMALL_LAYERS, small_config
 
+from clipeval.config import ConceptConfig
 from clipeval.dissect import activations as dissect_mod
 from clipeval.dissect import pipeline, similarity
-from clipeval.config import ConceptConfig
-from clipeval.errors import ClipevalError
 from clipeval.dissect.descriptions import export_descriptions, import_descriptions
+from clipeval.errors import ClipevalError
 from clipeval.store import Store
-from conftest import SMALL_LAYERS, small_config
 
 
 def test_the_built_run_is_complete_and_sensible(built_run):
@@ -30,6 +30,7 @@ def test_the_built_run_is_complete_and_sensible(built_run):
         # more often than chance (1 in 998), even with 84 mostly non-ImageNet probe images
         fc = neurons[neurons["layer"] == "classifier"]
         from clipeval.datasets.imagenet import imagenet_classnames
+
         names = imagenet_classnames()
         hits = sum(label == names[u] for u, label in zip(fc["unit"], fc["label"]))
         assert hits / 1000 > 0.02
@@ -50,8 +51,9 @@ def test_same_settings_reuse_the_run_and_new_settings_reuse_the_caches(run_store
         warnings.simplefilter("ignore")
         assert pipeline.dissect(cfg, store, cache_dir=cache, progress=False) == run_id
         # a new concept set: a new run, but activations and image embeddings come from the cache
-        other = pipeline.dissect(dataclasses.replace(cfg, concepts=ConceptConfig("common-3k")), store,
-                                 cache_dir=cache, progress=False)
+        other = pipeline.dissect(
+            dataclasses.replace(cfg, concepts=ConceptConfig("common-3k")), store, cache_dir=cache, progress=False
+        )
     assert other != run_id and not called
     assert store.complete_run(other)["n_images"] == store.complete_run(run_id)["n_images"]
 
@@ -96,8 +98,12 @@ def test_bad_inputs_fail_before_anything_is_written(run_store, probe_dir, tmp_pa
         pipeline.dissect(dataclasses.replace(cfg, layers=("layer4",)), store, cache_dir=cache, progress=False)
     (tmp_path / "one.txt").write_text("cat\n")
     with pytest.raises(ClipevalError, match="single distinct concept"):
-        pipeline.dissect(dataclasses.replace(cfg, concepts=ConceptConfig(str(tmp_path / "one.txt"))), store,
-                         cache_dir=cache, progress=False)
+        pipeline.dissect(
+            dataclasses.replace(cfg, concepts=ConceptConfig(str(tmp_path / "one.txt"))),
+            store,
+            cache_dir=cache,
+            progress=False,
+        )
     assert len(store.runs()) == n_runs
 
 
@@ -114,22 +120,32 @@ def test_export_and_import_descriptions(run_store, tmp_path, probe_dir):
     labels_only = import_descriptions(store, csv, name="labels only", progress=False)
     assert len(store.neurons(labels_only)) == 1136
     from clipeval.evaluators.run import evaluate
+
     with pytest.raises(ClipevalError, match="no top-k images"):
         evaluate(store, labels_only, "es", progress=False)
 
     small = df[df["layer"] == "blocks.1"]
     small.to_csv(tmp_path / "b1.csv", index=False)
-    with_acts = import_descriptions(store, tmp_path / "b1.csv", target="efficientnet_lite0", probe=[str(probe_dir)],
-                                    concepts="imagenet", progress=False)
+    with_acts = import_descriptions(
+        store,
+        tmp_path / "b1.csv",
+        target="efficientnet_lite0",
+        probe=[str(probe_dir)],
+        concepts="imagenet",
+        progress=False,
+    )
     assert len(store.neuron_images(with_acts, kinds=("top",))) == 24 * 5
 
 
-@pytest.mark.parametrize("text, match", [
-    ("layer,unit,label\nl,0,cat\n", "lacks column.*description"),
-    ("layer,unit,description\nl,zero,cat\n", "non-negative integer"),
-    ("layer,unit,description\nl,0,cat\nl,0,dog\n", "appears twice"),
-    ("layer,unit,description\n", "no rows"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("layer,unit,label\nl,0,cat\n", "lacks column.*description"),
+        ("layer,unit,description\nl,zero,cat\n", "non-negative integer"),
+        ("layer,unit,description\nl,0,cat\nl,0,dog\n", "appears twice"),
+        ("layer,unit,description\n", "no rows"),
+    ],
+)
 def test_import_rejects_bad_csv(run_store, tmp_path, text, match):
     store, _, _ = run_store
     n = len(store.runs())

@@ -18,15 +18,15 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
+from conftest import small_config
 
-from clipeval.dissect import pipeline
 from clipeval.cli import main
 from clipeval.compute.engine import Engine
+from clipeval.dissect import pipeline
 from clipeval.dissect.maps import decode
 from clipeval.evaluators.rules import RULES, ScoreTable
 from clipeval.evaluators.run import OFFLINE_EVAL_MODEL, evaluate
 from clipeval.store import Store
-from conftest import small_config
 
 RAY2 = Engine("ray", workers=2)
 
@@ -49,14 +49,20 @@ def _assert_same_run(ray_store: Store, ray_run: str, local_store: Store, local_r
     ib = local_store.neuron_images(local_run, kinds=("top", "low", "random")).sort_values(key).reset_index(drop=True)
     assert (ia["image_id"].to_numpy() == ib["image_id"].to_numpy()).all()
     # the activation maps: each worker sent its own running top images' maps, merged on the driver
-    ma, mb = (s.activation_maps(r).sort_values(["layer", "unit", "image_id"]).reset_index(drop=True)
-              for s, r in ((ray_store, ray_run), (local_store, local_run)))
+    ma, mb = (
+        s.activation_maps(r).sort_values(["layer", "unit", "image_id"]).reset_index(drop=True)
+        for s, r in ((ray_store, ray_run), (local_store, local_run))
+    )
     assert len(ma) == len(mb) == ((ia["kind"] == "top") & (ia["layer"] != "classifier")).sum()
     cols = ["layer", "unit", "image_id", "h", "w"]
     assert (ma[cols].to_numpy() == mb[cols].to_numpy()).all()
     for x, y in zip(ma.itertuples(), mb.itertuples()):
-        np.testing.assert_allclose(decode(x.h, x.w, x.lo, x.hi, x.map), decode(y.h, y.w, y.lo, y.hi, y.map), rtol=0,
-                                   atol=1e-4 + (y.hi - y.lo) / 255)
+        np.testing.assert_allclose(
+            decode(x.h, x.w, x.lo, x.hi, x.map),
+            decode(y.h, y.w, y.lo, y.hi, y.map),
+            rtol=0,
+            atol=1e-4 + (y.hi - y.lo) / 255,
+        )
 
 
 def _assert_same_ranks_but_float_ties(a: pd.DataFrame, b: pd.DataFrame, cache: Path) -> None:
@@ -120,8 +126,9 @@ def ray_run(ray_cluster, built_run, probe_dir, tmp_path_factory):
     run_id = _dissect(store, probe_dir, cache)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        evaluate(store, run_id, "cp,es,contrast", eval_model=OFFLINE_EVAL_MODEL, cache_dir=cache, progress=False,
-                 engine=RAY2)
+        evaluate(
+            store, run_id, "cp,es,contrast", eval_model=OFFLINE_EVAL_MODEL, cache_dir=cache, progress=False, engine=RAY2
+        )
     store.close()
     return db, run_id, cache
 
@@ -211,12 +218,32 @@ def test_a_killed_driver_leaves_the_run_interrupted_and_resumable(ray_cluster, b
     the run shows as interrupted; the same settings run again complete it with the local answers."""
     db = tmp_path / "d.duckdb"
     cfg = small_config(probe_dir)
-    args = [sys.executable, "-m", "clipeval", "--db", str(db), "dissect", "--layers", ",".join(cfg.layers),
-            "--probe", str(probe_dir), "--concepts", "imagenet", "--sim-param", "top_k=20", "--batch-size", "4",
-            "--engine", "ray", "--ray-address", ray_cluster, "--workers", "2"]
+    args = [
+        sys.executable,
+        "-m",
+        "clipeval",
+        "--db",
+        str(db),
+        "dissect",
+        "--layers",
+        ",".join(cfg.layers),
+        "--probe",
+        str(probe_dir),
+        "--concepts",
+        "imagenet",
+        "--sim-param",
+        "top_k=20",
+        "--batch-size",
+        "4",
+        "--engine",
+        "ray",
+        "--ray-address",
+        ray_cluster,
+        "--workers",
+        "2",
+    ]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
-                            cwd=tmp_path)
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=tmp_path)
     seen = []
     try:
         for line in proc.stderr:  # blocks until the pass starts (or the process ends)
@@ -247,17 +274,20 @@ def test_a_killed_driver_leaves_the_run_interrupted_and_resumable(ray_cluster, b
         store.close()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--engine", "ray", "--workers", "0"], "--workers must be at least 1"),
-    (["--engine", "ray", "--gpus-per-worker", "-1"], "--gpus-per-worker must be 0 or more"),
-    (["--engine", "ray", "--gpus-per-worker", "1.5"], "fractions below 1"),
-    (["--engine", "ray", "--ray-address", "head-node"], "is not 'local', 'auto', HOST:PORT"),
-    (["--engine", "ray", "--ray-address", "10.0.0.5:99999"], "is not 'local', 'auto', HOST:PORT"),
-    (["--ray-address", "auto"], "--ray-address needs --engine ray"),
-    (["--gpus-per-worker", "0.5"], "--gpus-per-worker needs --engine ray"),
-    (["--engine", "ray", "--device", "cuda"], "with --engine ray the models run on the Ray workers"),
-    (["--engine", "ray", "--gpus-per-worker", "1"], "pass --dtype"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--engine", "ray", "--workers", "0"], "--workers must be at least 1"),
+        (["--engine", "ray", "--gpus-per-worker", "-1"], "--gpus-per-worker must be 0 or more"),
+        (["--engine", "ray", "--gpus-per-worker", "1.5"], "fractions below 1"),
+        (["--engine", "ray", "--ray-address", "head-node"], "is not 'local', 'auto', HOST:PORT"),
+        (["--engine", "ray", "--ray-address", "10.0.0.5:99999"], "is not 'local', 'auto', HOST:PORT"),
+        (["--ray-address", "auto"], "--ray-address needs --engine ray"),
+        (["--gpus-per-worker", "0.5"], "--gpus-per-worker needs --engine ray"),
+        (["--engine", "ray", "--device", "cuda"], "with --engine ray the models run on the Ray workers"),
+        (["--engine", "ray", "--gpus-per-worker", "1"], "pass --dtype"),
+    ],
+)
 def test_bad_engine_options_fail_before_any_work(probe_dir, tmp_path, capsys, args, message):
     db = tmp_path / "r.duckdb"
     for command in (["dissect", "--layers", "blocks.1", "--probe", str(probe_dir)], ["evaluate", "somerun"]):
@@ -272,11 +302,49 @@ def test_gpus_the_cluster_lacks_fail_before_the_run_is_recorded(ray_cluster, bui
     db = tmp_path / "r.duckdb"
     shutil.copy(built_run[0], db)
     before = len(Store(db, read_only=True).runs())
-    assert main(["--db", str(db), "dissect", "--layers", "blocks.1", "--probe", str(probe_dir), "--concepts",
-                 "imagenet", "--engine", "ray", "--gpus-per-worker", "1", "--dtype", "float32"]) == 2
+    assert (
+        main(
+            [
+                "--db",
+                str(db),
+                "dissect",
+                "--layers",
+                "blocks.1",
+                "--probe",
+                str(probe_dir),
+                "--concepts",
+                "imagenet",
+                "--engine",
+                "ray",
+                "--gpus-per-worker",
+                "1",
+                "--dtype",
+                "float32",
+            ]
+        )
+        == 2
+    )
     assert "the Ray cluster has no GPU" in capsys.readouterr().err
-    assert main(["--db", str(db), "dissect", "--layers", "blocks.1", "--probe", str(probe_dir), "--concepts",
-                 "imagenet", "--engine", "ray", "--workers", "3"]) == 2
+    assert (
+        main(
+            [
+                "--db",
+                str(db),
+                "dissect",
+                "--layers",
+                "blocks.1",
+                "--probe",
+                str(probe_dir),
+                "--concepts",
+                "imagenet",
+                "--engine",
+                "ray",
+                "--workers",
+                "3",
+            ]
+        )
+        == 2
+    )
     assert "3 worker(s) need a CPU each; the Ray cluster has 2" in capsys.readouterr().err
     s = Store(db, read_only=True)
     assert len(s.runs()) == before
@@ -293,8 +361,9 @@ def test_vqa_on_ray_gives_the_local_p_yes_and_missing_weights_make_it_unavailabl
     key = ["layer", "unit", "variant", "rank"]
     (local,) = evaluate(store, run_id, "vqa", k=2, cache_dir=cache, progress=False, vqa_backend=tiny)
     a = store.eval_scores(local.eval_id).sort_values(key)
-    (on_ray,) = evaluate(store, run_id, "vqa", k=2, cache_dir=cache, progress=False, vqa_backend=tiny, force=True,
-                         engine=RAY2)
+    (on_ray,) = evaluate(
+        store, run_id, "vqa", k=2, cache_dir=cache, progress=False, vqa_backend=tiny, force=True, engine=RAY2
+    )
     assert on_ray.status == "complete" and on_ray.eval_id == local.eval_id
     b = store.eval_scores(on_ray.eval_id).sort_values(key)
     assert len(a) == len(b) == 1136 * 2 * 3
@@ -303,13 +372,22 @@ def test_vqa_on_ray_gives_the_local_p_yes_and_missing_weights_make_it_unavailabl
     models = store.evaluations(run_id).set_index("eval_id").loc[on_ray.eval_id, "models_json"]
     assert '"tiny-blip2"' in models and "ray (a local Ray" in models
 
-    (missing,) = evaluate(store, run_id, "vqa", vqa_model=str(Path(cache) / "no-blip2-here"), k=2, cache_dir=cache,
-                          progress=False, engine=RAY2)
+    (missing,) = evaluate(
+        store,
+        run_id,
+        "vqa",
+        vqa_model=str(Path(cache) / "no-blip2-here"),
+        k=2,
+        cache_dir=cache,
+        progress=False,
+        engine=RAY2,
+    )
     assert missing.status == "unavailable" and "no-blip2-here" in missing.message
 
 
-def test_import_descriptions_collects_activations_on_ray_as_locally(ray_cluster, built_run, probe_dir, tmp_path,
-                                                                     capsys):
+def test_import_descriptions_collects_activations_on_ray_as_locally(
+    ray_cluster, built_run, probe_dir, tmp_path, capsys
+):
     """`import-descriptions --target --probe --engine ray` runs its activation pass on the Ray workers and
     stores the local import's top images and activation maps; without --target there is nothing to run."""
     from clipeval.dissect.descriptions import export_descriptions
@@ -326,14 +404,32 @@ def test_import_descriptions_collects_activations_on_ray_as_locally(ray_cluster,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             on = ["--engine", "ray", "--workers", "2", "--ray-address", ray_cluster] if engine == "ray" else []
-            assert main(["--db", str(db), "import-descriptions", str(csv), "--target", "efficientnet_lite0", "--probe",
-                         str(probe_dir), "--concepts", "imagenet", *on]) == 0
+            assert (
+                main(
+                    [
+                        "--db",
+                        str(db),
+                        "import-descriptions",
+                        str(csv),
+                        "--target",
+                        "efficientnet_lite0",
+                        "--probe",
+                        str(probe_dir),
+                        "--concepts",
+                        "imagenet",
+                        *on,
+                    ]
+                )
+                == 0
+            )
         run_id = capsys.readouterr().out.strip().splitlines()[-1]
         s = Store(db, read_only=True)
         key = ["layer", "unit", "kind", "rank"]
-        got[engine] = (s.neuron_images(run_id, kinds=("top", "low", "random")).sort_values(key).reset_index(drop=True),
-                       s.activation_maps(run_id).sort_values(["unit", "image_id"]).reset_index(drop=True),
-                       s.complete_run(run_id))
+        got[engine] = (
+            s.neuron_images(run_id, kinds=("top", "low", "random")).sort_values(key).reset_index(drop=True),
+            s.activation_maps(run_id).sort_values(["unit", "image_id"]).reset_index(drop=True),
+            s.complete_run(run_id),
+        )
         s.close()
     (ia, ma, ra), (ib, mb, rb) = got["local"], got["ray"]
     assert len(ia) and (ia["image_id"].to_numpy() == ib["image_id"].to_numpy()).all()

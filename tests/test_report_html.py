@@ -51,8 +51,13 @@ def test_report_is_self_contained_and_complete(report):
     assert "@import" not in text
     assert text.count("data:image/jpeg;base64,") > 10  # thumbnails inlined, each image once
     assert text.count("<div class='plot'><svg class=\"cv-svg\"") >= 3  # the charts, drawn in the file
-    for section in ("Models and settings", "Share judged correct per layer", "Threshold sensitivity",
-                    "Agreement between raters", "Units per layer"):
+    for section in (
+        "Models and settings",
+        "Share judged correct per layer",
+        "Threshold sensitivity",
+        "Agreement between raters",
+        "Units per layer",
+    ):
         assert section in text
     assert "EfficientNet-Lite0" in text or "efficientnet_lite0" in text
     assert "not CLIP" in text  # the stand-in says what it is
@@ -97,8 +102,9 @@ def test_report_units_per_layer_cap(built_run, tmp_path):
 def test_report_opens_in_chromium_without_a_request_leaving_the_file(report, tmp_path, chromium):
     out = report[0]
     script = Path(__file__).resolve().parents[1] / "scripts" / "check_report_offline.py"
-    res = subprocess.run([sys.executable, str(script), str(out), "--wait", "60"], capture_output=True, text=True,
-                         timeout=180)
+    res = subprocess.run(
+        [sys.executable, str(script), str(out), "--wait", "60"], capture_output=True, text=True, timeout=180
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert " 0 outside the file" in res.stdout
 
@@ -121,8 +127,9 @@ def test_the_offline_check_catches_a_request_that_leaves(tmp_path, chromium):
     page = tmp_path / "leaky.html"
     page.write_text("<html><body><img src='http://127.0.0.1:9/x.png'><p>hi</p></body></html>")
     script = Path(__file__).resolve().parents[1] / "scripts" / "check_report_offline.py"
-    res = subprocess.run([sys.executable, str(script), str(page), "--wait", "10"], capture_output=True, text=True,
-                         timeout=120)
+    res = subprocess.run(
+        [sys.executable, str(script), str(page), "--wait", "10"], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 1 and "request left the file: http://127.0.0.1:9/x.png" in res.stdout
 
 
@@ -131,10 +138,13 @@ def test_the_offline_check_catches_a_chart_that_did_not_draw(tmp_path, chromium)
     report with undrawn charts pass: a chart counts when its frame holds a drawn svg with marks. One drawn
     chart of two must fail."""
     page = tmp_path / "half.html"
-    drawn = ("<div class='plot'><svg class='cv-svg' viewBox='0 0 100 50' width='100'><rect x='0' y='0' width='10' "
-             "height='10'><title>a bar</title></rect></svg><svg class='cv-svg'></svg></div>")
+    drawn = (
+        "<div class='plot'><svg class='cv-svg' viewBox='0 0 100 50' width='100'><rect x='0' y='0' width='10' "
+        "height='10'><title>a bar</title></rect></svg><svg class='cv-svg'></svg></div>"
+    )
     page.write_text(f"<html><body>{drawn}<div class='plot'><svg class='cv-svg'></svg></div></body></html>")
     script = Path(__file__).resolve().parents[1] / "scripts" / "check_report_offline.py"
-    res = subprocess.run([sys.executable, str(script), str(page), "--wait", "5"], capture_output=True, text=True,
-                         timeout=120)
+    res = subprocess.run(
+        [sys.executable, str(script), str(page), "--wait", "5"], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 1 and "1 of 2 charts drawn" in res.stdout, res.stdout + res.stderr

@@ -137,7 +137,9 @@ def test_rank_reorder_matches_direct_loop(data):
 
 def test_rank_reorder_prefers_the_concept_that_orders_images_like_the_neuron():
     A = torch.arange(20.0).unsqueeze(1)  # image i activates the neuron by i
-    P = torch.stack([torch.arange(20.0) / 40 + 0.1, torch.rand(20, generator=torch.Generator().manual_seed(0)) / 2 + 0.1], 1)
+    P = torch.stack(
+        [torch.arange(20.0) / 40 + 0.1, torch.rand(20, generator=torch.Generator().manual_seed(0)) / 2 + 0.1], 1
+    )
     scores = similarity.rank_reorder(P, A, top_fraction=0.5)
     assert scores[0, 0] > scores[0, 1]
     assert scores[0, 0] == pytest.approx(0.0, abs=1e-6)  # perfect reorder: zero error
@@ -145,8 +147,9 @@ def test_rank_reorder_prefers_the_concept_that_orders_images_like_the_neuron():
 
 def test_rank_reorder_is_deterministic_and_rejects_too_few_images(data):
     P, A = map(torch.from_numpy, data)
-    torch.testing.assert_close(similarity.rank_reorder(P, A, top_fraction=0.2),
-                               similarity.rank_reorder(P, A, top_fraction=0.2))
+    torch.testing.assert_close(
+        similarity.rank_reorder(P, A, top_fraction=0.2), similarity.rank_reorder(P, A, top_fraction=0.2)
+    )
     with pytest.raises(ClipevalError, match="at least 2 top images"):
         similarity.rank_reorder(P, A, top_fraction=0.01)
 

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipeval.evaluators import sources
 from clipeval.analysis.runview import default_thresholds
+from clipeval.analysis.sources import RUN_SOURCE, LabellerView
 from clipeval.cli import main
 from clipeval.errors import ClipevalError
-from clipeval.analysis.sources import RUN_SOURCE, LabellerView
+from clipeval.evaluators import sources
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "clip-dissect"
 needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"public reference files not at {REFERENCE}")
@@ -43,7 +43,10 @@ def test_netdissect_label_words():
 
 def test_layer_map_parsing():
     assert sources.parse_layer_map(["layer4=bn2,layer3=blocks.5", "fc=classifier"]) == {
-        "layer4": "bn2", "layer3": "blocks.5", "fc": "classifier"}
+        "layer4": "bn2",
+        "layer3": "blocks.5",
+        "fc": "classifier",
+    }
     with pytest.raises(ClipevalError, match="SOURCE_LAYER=RUN_LAYER"):
         sources.parse_layer_map(["layer4"])
 
@@ -60,8 +63,10 @@ def test_coverage_is_counted_and_a_source_with_the_runs_labels_scores_like_the_r
     layer = neurons["layer"].iloc[0]
     mine = neurons[neurons["layer"] == layer].head(10)
     # the run's own labels on 10 units, plus two rows the run does not have (unit out of range, other layer)
-    rows = [(r.layer, r.unit, r.label, 0.5) for r in mine.itertuples()] + [(layer, 99999, "dog", 0.1),
-                                                                           ("layer9", 0, "cat", 0.2)]
+    rows = [(r.layer, r.unit, r.label, 0.5) for r in mine.itertuples()] + [
+        (layer, 99999, "dog", 0.1),
+        ("layer9", 0, "cat", 0.2),
+    ]
     f = _descriptions(tmp_path / "descriptions.csv", rows)
     sid = sources.add_source(store, run_id, "clip-dissect", str(f))
     cov = sources.describe_coverage(store, run_id).set_index("source_id").loc[sid]
@@ -69,10 +74,14 @@ def test_coverage_is_counted_and_a_source_with_the_runs_labels_scores_like_the_r
     per_layer = store.source_coverage(run_id)
     assert per_layer.set_index("layer").loc[layer, "matched"] == 10
     outcomes = sources.evaluate_source(store, run_id, sid, cache_dir=cache, progress=False)
-    assert {o["evaluator"]: o["status"] for o in outcomes} == {"cp": "complete", "es": "complete",
-                                                               "contrast": "complete"}
-    assert all(o["status"] == "cached" for o in sources.evaluate_source(store, run_id, sid, cache_dir=cache,
-                                                                        progress=False))
+    assert {o["evaluator"]: o["status"] for o in outcomes} == {
+        "cp": "complete",
+        "es": "complete",
+        "contrast": "complete",
+    }
+    assert all(
+        o["status"] == "cached" for o in sources.evaluate_source(store, run_id, sid, cache_dir=cache, progress=False)
+    )
     lv = LabellerView(store, run_id)
     th = default_thresholds()
     for e in ("cp", "es", "contrast"):
@@ -98,8 +107,9 @@ def test_labels_from_another_network_judged_nearer_to_shuffled(run_store, tmp_pa
     neurons = store.neurons(run_id)
     last = neurons[neurons["layer"] == "classifier"]
     rotated = np.roll(last["label"].to_numpy(), 1)
-    f = _descriptions(tmp_path / "rotated.csv", [(l, u, lab, 0.0) for l, u, lab in
-                                                 zip(last["layer"], last["unit"], rotated)])
+    f = _descriptions(
+        tmp_path / "rotated.csv", [(l, u, lab, 0.0) for l, u, lab in zip(last["layer"], last["unit"], rotated)]
+    )
     sid = sources.add_source(store, run_id, "clip-dissect", str(f), name="rotated")
     sources.evaluate_source(store, run_id, sid, ["es"], cache_dir=cache, progress=False)
     tau = {**default_thresholds(), "es": 0.5}
@@ -111,12 +121,12 @@ def test_labels_from_another_network_judged_nearer_to_shuffled(run_store, tmp_pa
 def test_cp_ranks_labels_outside_the_concept_set(run_store):
     """CP for another labeller's words: a label inside the concept set keeps its exact rank; one
     outside it gets 1 + the number of concepts more similar to the image."""
+    from clipeval.config import stable_hash
+    from clipeval.dissect.pipeline import ArrayCache
     from clipeval.evaluators.base import EvalInputs, image_embeddings, text_embeddings
     from clipeval.evaluators.cp import ConceptProportion
     from clipeval.evaluators.run import OFFLINE_EVAL_MODEL
-    from clipeval.config import stable_hash
     from clipeval.models.image_text import load_image_text
-    from clipeval.dissect.pipeline import ArrayCache
 
     store, run_id, cache_dir = run_store
     run = store.complete_run(run_id)
@@ -127,19 +137,28 @@ def test_cp_ranks_labels_outside_the_concept_set(run_store):
     paths = store.probe_images(run["probe_fingerprint"]).set_index("image_id")["path"].to_dict()
     model = load_image_text(OFFLINE_EVAL_MODEL)
     key, cache = stable_hash(OFFLINE_EVAL_MODEL, model.info().get("fingerprint", "")), ArrayCache(cache_dir)
-    inside = EvalInputs(run_id, run["probe_fingerprint"], int(run["n_images"]),
-                        {"real": word}, images, paths, concepts)
-    both = EvalInputs(run_id, run["probe_fingerprint"], int(run["n_images"]),
-                      {"real": word, "shuffled": sentence},
-                      images, paths, concepts)
+    inside = EvalInputs(run_id, run["probe_fingerprint"], int(run["n_images"]), {"real": word}, images, paths, concepts)
+    both = EvalInputs(
+        run_id,
+        run["probe_fingerprint"],
+        int(run["n_images"]),
+        {"real": word, "shuffled": sentence},
+        images,
+        paths,
+        concepts,
+    )
     plain = ConceptProportion(model, key, cache).score(inside, progress=False)
     mixed = ConceptProportion(model, key, cache).score(both, progress=False, outside_labels=True)
     assert mixed[mixed["variant"] == "real"]["raw"].tolist() == plain["raw"].tolist()
     with pytest.raises(ClipevalError, match="not in it"):
         ConceptProportion(model, key, cache).score(both, progress=False)
     out = mixed[mixed["variant"] == "shuffled"]
-    E = np.stack([image_embeddings(model, key, both, out["image_id"].to_numpy(), cache, progress=False)[int(i)]
-                  for i in out["image_id"]])
+    E = np.stack(
+        [
+            image_embeddings(model, key, both, out["image_id"].to_numpy(), cache, progress=False)[int(i)]
+            for i in out["image_id"]
+        ]
+    )
     T = text_embeddings(model, key, concepts, cache)
     own = E @ text_embeddings(model, key, ["a purple sentence about cars"], cache)[0]
     assert out["raw"].tolist() == (1 + ((E @ T.T) > own[:, None]).sum(1)).astype(float).tolist()
@@ -154,8 +173,10 @@ def test_a_source_that_matches_nothing_is_refused_before_writing(run_store, tmp_
     store.close()
     assert main(["--db", str(store.path), "sources", "add", run_id, "--milan", str(tmp_path / "nope.csv")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["--db", str(store.path), "sources", "add", run_id, "--clip-dissect", str(f),
-                 "--layer-map", "layer4"]) == 2
+    assert (
+        main(["--db", str(store.path), "sources", "add", run_id, "--clip-dissect", str(f), "--layer-map", "layer4"])
+        == 2
+    )
     assert main(["--db", str(store.path), "sources", "add", run_id]) == 2
 
 
@@ -166,8 +187,23 @@ def test_cli_adds_a_netdissect_file_with_a_layer_map_and_states_coverage(run_sto
     n_units = int(((neurons["layer"] == "blocks.4") & ~neurons["dead"]).sum())  # live: the units a label is judged on
     store.close()
     f = REFERENCE / "NetDissect_results" / "resnet50_imagenet_layer4.csv"
-    assert main(["--db", str(store.path), "sources", "add", run_id, "--netdissect", str(f),
-                 "--layer-map", "layer4=blocks.4", "--no-evaluate"]) == 0
+    assert (
+        main(
+            [
+                "--db",
+                str(store.path),
+                "sources",
+                "add",
+                run_id,
+                "--netdissect",
+                str(f),
+                "--layer-map",
+                "layer4=blocks.4",
+                "--no-evaluate",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"{n_units:,} of its 2,048 labels fall on live units of the run" in out
     assert f"blocks.4 {n_units}/{n_units}" in out
@@ -187,8 +223,8 @@ def test_demo_runs_get_each_others_labels_as_sources(run_store, probe_dir):
     the ImageNet class names) is a label source; adding it twice changes nothing."""
     import warnings
 
-    from clipeval.dissect import pipeline
     from clipeval.demo.build import add_sibling_sources
+    from clipeval.dissect import pipeline
     from tests.conftest import small_config
 
     store, run_id, cache = run_store
@@ -217,7 +253,7 @@ def test_the_demo_shows_the_warnings_of_its_source_evaluations(monkeypatch, tmp_
             return pd.DataFrame({"origin": []})
 
     def judge(*args, **kwargs):
-        warnings.warn("the evaluator model X shares the labeller's text encoder")
+        warnings.warn("the evaluator model X shares the labeller's text encoder", stacklevel=2)
 
     monkeypatch.setattr(demo, "add_source", lambda *a, **k: "src")
     monkeypatch.setattr(demo, "evaluate_source", judge)

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import duckdb
 import pytest
 
 from clipeval.errors import ClipevalError
@@ -20,12 +21,20 @@ def test_not_a_duckdb_file(tmp_path):
 def test_a_store_held_too_long_by_another_process_gives_a_message(tmp_path):
     db = tmp_path / "runs.duckdb"
     Store(db).close()
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import duckdb, sys, time
         con = duckdb.connect({str(db)!r})
         print("ready", flush=True)
         time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     said = []
     try:
         assert holder.stdout.readline().strip() == "ready"
@@ -58,12 +67,19 @@ def test_finish_is_all_or_nothing(run_store):
     store, run_id, _ = run_store
     before = len(store.neurons(run_id))
     import pandas as pd
+
     store.start_run("new", "n", "dissect", "{}", "new")
     good = pd.DataFrame({"layer": ["l"], "unit": [0], "label": ["x"], "similarity": [1.0]})
-    with pytest.raises(Exception):
-        store.finish_run("new", layers=pd.DataFrame({"layer": ["l"], "position": [0], "shape": ["(1,)"], "n_units": [1]}),
-                         neurons=good, runner_ups=pd.DataFrame({"layer": ["l"], "unit": [0], "no_such_column": [1]}),
-                         neuron_images=None, histograms=None, meta={"run_id": "new"})
+    with pytest.raises(duckdb.Error):  # the bad runner-ups frame fails inside the transaction
+        store.finish_run(
+            "new",
+            layers=pd.DataFrame({"layer": ["l"], "position": [0], "shape": ["(1,)"], "n_units": [1]}),
+            neurons=good,
+            runner_ups=pd.DataFrame({"layer": ["l"], "unit": [0], "no_such_column": [1]}),
+            neuron_images=None,
+            histograms=None,
+            meta={"run_id": "new"},
+        )
     assert store.neurons("new").empty and store.layers("new").empty
     assert store.run("new")["status"] == "running"
     assert len(store.neurons(run_id)) == before

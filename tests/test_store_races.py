@@ -16,9 +16,9 @@ import duckdb
 import numpy as np
 import pytest
 
-from clipeval.evaluators import sources
 from clipeval.cli import main
 from clipeval.errors import ClipevalError
+from clipeval.evaluators import sources
 from clipeval.store import RUN_TABLES, Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,13 +26,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def orphans(store: Store) -> dict[str, int]:
     """Rows whose run (or evaluation, or label source, or source pass) is not in the store."""
-    queries = {t: f"SELECT count(*) FROM {t} WHERE run_id NOT IN (SELECT run_id FROM runs)"
-               for t in (*RUN_TABLES, "evaluations", "human_verdicts", "label_sources", "source_evals")}
+    queries = {
+        t: f"SELECT count(*) FROM {t} WHERE run_id NOT IN (SELECT run_id FROM runs)"
+        for t in (*RUN_TABLES, "evaluations", "human_verdicts", "label_sources", "source_evals")
+    }
     for t in ("eval_scores", "eval_neurons"):
         queries[t] = f"SELECT count(*) FROM {t} WHERE eval_id NOT IN (SELECT eval_id FROM evaluations)"
-    queries["source_labels"] = "SELECT count(*) FROM source_labels WHERE source_id NOT IN (SELECT source_id FROM label_sources)"
-    queries["source_scores"] = ("SELECT count(*) FROM source_scores WHERE source_eval_id NOT IN "
-                                "(SELECT source_eval_id FROM source_evals)")
+    queries["source_labels"] = (
+        "SELECT count(*) FROM source_labels WHERE source_id NOT IN (SELECT source_id FROM label_sources)"
+    )
+    queries["source_scores"] = (
+        "SELECT count(*) FROM source_scores WHERE source_eval_id NOT IN (SELECT source_eval_id FROM source_evals)"
+    )
     counts = {t: store.scalar(sql) for t, sql in queries.items()}
     return {t: n for t, n in counts.items() if n}
 
@@ -109,8 +114,9 @@ def test_import_descriptions_racing_rm_leaves_no_layers_or_neurons(tmp_path, mon
 def _milan(tmp_path: Path, store: Store, run_id: str, name: str = "milan.csv", word: str = "stripes") -> Path:
     neurons = store.neurons(run_id).head(12)
     path = tmp_path / name
-    neurons.assign(description=[f"{word} {i}" for i in range(len(neurons))])[
-        ["layer", "unit", "description"]].to_csv(path, index=False)
+    neurons.assign(description=[f"{word} {i}" for i in range(len(neurons))])[["layer", "unit", "description"]].to_csv(
+        path, index=False
+    )
     return path
 
 
@@ -156,8 +162,9 @@ def test_a_calibration_on_a_run_removed_meanwhile_is_not_stored(run_store, monke
 
     store, run_id, _ = run_store
     units = store.neurons(run_id, FINAL_LAYER)
-    verdicts = units[["layer", "unit"]].assign(rater=REFERENCE_RATER,
-                                               verdict=np.random.default_rng(0).random(len(units)) < 0.5)
+    verdicts = units[["layer", "unit"]].assign(
+        rater=REFERENCE_RATER, verdict=np.random.default_rng(0).random(len(units)) < 0.5
+    )
     store.add_human_verdicts(run_id, verdicts, source="test")
     done = rm_just_before(monkeypatch, "set_meta", store.path, run_id)
     with pytest.raises(ClipevalError, match=f"run {run_id} was removed"):
@@ -168,10 +175,18 @@ def test_a_calibration_on_a_run_removed_meanwhile_is_not_stored(run_store, monke
 
 
 # ------------------------------------------------------------------------- 2. empty run ids
-@pytest.mark.parametrize("command", [["rm", "{id}", "--yes"], ["report", "{id}"], ["export", "{id}", "--out", "{out}"],
-                                     ["humans", "export", "{id}", "{out}"], ["evaluate", "{id}"],
-                                     ["sources", "list", "{id}"], ["calibrate", "{id}", "--evaluator", "es",
-                                                                   "--rater", "x"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["rm", "{id}", "--yes"],
+        ["report", "{id}"],
+        ["export", "{id}", "--out", "{out}"],
+        ["humans", "export", "{id}", "{out}"],
+        ["evaluate", "{id}"],
+        ["sources", "list", "{id}"],
+        ["calibrate", "{id}", "--evaluator", "es", "--rater", "x"],
+    ],
+)
 @pytest.mark.parametrize("empty", ["", "  ", "\t"])
 def test_an_empty_run_id_selects_no_run(tmp_path, capsys, command, empty):
     db = tmp_path / "r.duckdb"
@@ -218,8 +233,7 @@ def test_re_adding_a_source_keeps_its_judgements_and_other_labels_need_force(run
     assert "already has a label source named 'x'" in err and "--force" in err and "--name" in err
     assert list(store.label_sources(run_id)["source_id"]) == [sid]
     assert store.scalar("SELECT count(*) FROM source_scores") == scores
-    assert cli(store.path, "sources", "add", run_id, "--milan", milan, "--name", "x", "--no-evaluate",
-               "--force") == 0
+    assert cli(store.path, "sources", "add", run_id, "--milan", milan, "--name", "x", "--no-evaluate", "--force") == 0
     now = store.label_sources(run_id)
     assert list(now["name"]) == ["x"] and list(now["kind"]) == ["milan"]
     assert store.scalar("SELECT count(*) FROM source_evals") == 0 and orphans(store) == {}
@@ -259,8 +273,16 @@ def test_a_writer_does_not_add_the_store_to_a_foreign_duckdb_file(tmp_path, caps
 def test_sources_on_a_run_without_evaluations_are_refused(tmp_path, capsys):
     db = tmp_path / "r.duckdb"
     for name, word in (("a", "dog"), ("b", "cat")):
-        assert cli(db, "import-descriptions", write(tmp_path / f"{name}.csv", f"layer,unit,description\nconv,0,{word}\n"),
-                   "--name", name) == 0
+        assert (
+            cli(
+                db,
+                "import-descriptions",
+                write(tmp_path / f"{name}.csv", f"layer,unit,description\nconv,0,{word}\n"),
+                "--name",
+                name,
+            )
+            == 0
+        )
     capsys.readouterr()
     assert cli(db, "sources", "add", "a", "--from-run", "b") == 2  # it could not be judged: nothing stored
     assert "has no complete evaluation" in capsys.readouterr().err
@@ -272,8 +294,9 @@ def test_sources_on_a_run_without_evaluations_are_refused(tmp_path, capsys):
     assert "has no complete evaluation (found: none)" in err and "clipeval evaluate" in err
 
 
-@pytest.mark.parametrize("text, row", [("layer,unit,description\nconv,0,dog\n ,1,cat\n", 3),
-                                       ("layer,unit,description\n,0,dog\n", 2)])
+@pytest.mark.parametrize(
+    "text, row", [("layer,unit,description\nconv,0,dog\n ,1,cat\n", 3), ("layer,unit,description\n,0,dog\n", 2)]
+)
 def test_an_empty_layer_name_is_refused(tmp_path, capsys, text, row):
     db = tmp_path / "r.duckdb"
     assert cli(db, "import-descriptions", write(tmp_path / "d.csv", text)) == 2
@@ -286,9 +309,14 @@ def test_a_refused_command_creates_no_store(tmp_path, probe_dir, capsys):
     db = tmp_path / "new" / "r.duckdb"
     bad = write(tmp_path / "bad.csv", "layer,unit,description\nconv,x,dog\n")
     verdicts = write(tmp_path / "v.csv", "layer,unit,verdict\nconv,0,yes\n")
-    for args in (["rm", "abc", "--yes"], ["humans", "import", "abc", verdicts, "--rater", "x"], ["evaluate", "abc"],
-                 ["sources", "add", "abc", "--milan", verdicts], ["import-descriptions", bad],
-                 ["dissect", "--layers", "classifier", "--probe", tmp_path / "no-such-folder"]):
+    for args in (
+        ["rm", "abc", "--yes"],
+        ["humans", "import", "abc", verdicts, "--rater", "x"],
+        ["evaluate", "abc"],
+        ["sources", "add", "abc", "--milan", verdicts],
+        ["import-descriptions", bad],
+        ["dissect", "--layers", "classifier", "--probe", tmp_path / "no-such-folder"],
+    ):
         assert cli(db, *args) == 2, args
         assert not db.exists() and not db.parent.exists(), args
     assert "does not exist yet" in capsys.readouterr().err
@@ -299,10 +327,16 @@ def test_a_refused_command_creates_no_store(tmp_path, probe_dir, capsys):
 # ------------------------------------------------------------------------- 10. edge values
 def test_the_largest_unit_fits_and_one_more_is_refused(tmp_path, capsys):
     db = tmp_path / "r.duckdb"
-    assert cli(db, "import-descriptions", write(tmp_path / "big.csv", "layer,unit,description\nconv,2147483647,dog\n")) == 2
+    assert (
+        cli(db, "import-descriptions", write(tmp_path / "big.csv", "layer,unit,description\nconv,2147483647,dog\n"))
+        == 2
+    )
     assert "unit 2147483647 in row 2 is beyond any layer's size (at most 2,147,483,646)" in capsys.readouterr().err
     assert not db.exists()
-    assert cli(db, "import-descriptions", write(tmp_path / "max.csv", "layer,unit,description\nconv,2147483646,dog\n")) == 0
+    assert (
+        cli(db, "import-descriptions", write(tmp_path / "max.csv", "layer,unit,description\nconv,2147483646,dog\n"))
+        == 0
+    )
     store = Store(db, read_only=True)
     assert list(store.runs()["status"]) == ["complete"]
     assert int(store.layers(store.runs()["run_id"].iloc[0])["n_units"].iloc[0]) == 2**31 - 1
@@ -311,8 +345,9 @@ def test_the_largest_unit_fits_and_one_more_is_refused(tmp_path, capsys):
 def test_calibrate_refuses_a_negative_seed(run_store, capsys):
     store, run_id, _ = run_store
     units = store.neurons(run_id)
-    store.add_human_verdicts(run_id, units[["layer", "unit"]].assign(rater="x", verdict=units["unit"] % 2 == 0),
-                             source="test")
+    store.add_human_verdicts(
+        run_id, units[["layer", "unit"]].assign(rater="x", verdict=units["unit"] % 2 == 0), source="test"
+    )
     assert cli(store.path, "calibrate", run_id, "--evaluator", "es", "--rater", "x", "--seed", "1") == 0
     capsys.readouterr()
     assert cli(store.path, "calibrate", run_id, "--evaluator", "es", "--rater", "x", "--seed", "-1") == 2
@@ -327,7 +362,12 @@ def test_a_fifo_as_the_store_is_refused_not_waited_on(tmp_path, command):
     csv = write(tmp_path / "d.csv", "layer,unit,description\nconv,0,dog\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     # the timeout only ends a hang (the bug): the refusal takes the time of an import
-    out = subprocess.run([sys.executable, "-m", "clipeval", "--db", str(fifo),
-                          *[a.format(csv=csv) for a in command]], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "clipeval", "--db", str(fifo), *[a.format(csv=csv) for a in command]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert "is a FIFO (named pipe); --db takes a DuckDB file" in out.stderr

@@ -19,8 +19,11 @@ def module_name(path: Path) -> str:
 
 
 MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-SOURCES = {**{m: p for m, p in MODULES.items()}, **{f"pages.{p.stem}": p for p in (ROOT / "pages").glob("*.py")},
-           "app": ROOT / "app.py"}
+SOURCES = {
+    **{m: p for m, p in MODULES.items()},
+    **{f"pages.{p.stem}": p for p in (ROOT / "pages").glob("*.py")},
+    "app": ROOT / "app.py",
+}
 
 
 def defined_names(module: str) -> set[str]:
@@ -73,7 +76,7 @@ def edges() -> dict[str, set[str]]:
 
 def test_every_clipeval_import_resolves():
     wrong = []
-    for m, path in SOURCES.items():
+    for _m, path in SOURCES.items():
         for line, module, name in clipeval_imports(path):
             if module not in MODULES:
                 wrong.append(f"{path.relative_to(ROOT)}:{line}: no module {module}")
@@ -83,8 +86,12 @@ def test_every_clipeval_import_resolves():
 
 
 def test_no_module_imports_another_modules_private_name():
-    wrong = [f"{path.relative_to(ROOT)}:{line}: {module}.{name}" for m, path in SOURCES.items()
-             for line, module, name in clipeval_imports(path) if name and name.startswith("_")]
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line}: {module}.{name}"
+        for m, path in SOURCES.items()
+        for line, module, name in clipeval_imports(path)
+        if name and name.startswith("_")
+    ]
     assert not wrong, "\n".join(wrong)
 
 
@@ -97,7 +104,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(n)
         for d in sorted(graph.get(n, ())):
             if state.get(d) == 1:
-                return stack[stack.index(d):] + [d]
+                return stack[stack.index(d) :] + [d]
             if d not in state and (found := visit(d)):
                 return found
         stack.pop()
@@ -112,8 +119,10 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_imports_form_no_cycle():
     # a package's __init__ that re-exports its modules is the package's face, not a module of its own
-    graph = {m: {d for d in ds if not (d in MODULES and MODULES[d].name == "__init__.py" and m.startswith(d + "."))}
-             for m, ds in edges().items()}
+    graph = {
+        m: {d for d in ds if not (d in MODULES and MODULES[d].name == "__init__.py" and m.startswith(d + "."))}
+        for m, ds in edges().items()
+    }
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle)
 
@@ -123,8 +132,7 @@ def test_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-@pytest.mark.parametrize("package", sorted(p.parent.relative_to(ROOT).as_posix()
-                                           for p in PACKAGE.rglob("__init__.py")))
+@pytest.mark.parametrize("package", sorted(p.parent.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("__init__.py")))
 def test_every_subpackage_says_what_it_holds(package):
     doc = ast.get_docstring(ast.parse((ROOT / package / "__init__.py").read_text()))
     assert doc and len(doc.split()) >= 12, f"{package}/__init__.py needs a docstring saying what the package holds"
@@ -140,9 +148,12 @@ def function_level_imports(path: Path) -> list[int]:
 def test_imports_sit_at_the_top_unless_the_module_says_why():
     """An import inside a function is for a heavy or optional package (torch in a CLI that only lists runs,
     ray, transformers); a module that does this says so once, in a comment starting with the words below."""
-    wrong = [f"{path.relative_to(ROOT)}:{lines[0]}" for path in MODULES.values()
-             if (lines := function_level_imports(path))
-             and "# Imported inside the functions that use them:" not in path.read_text()]
+    wrong = [
+        f"{path.relative_to(ROOT)}:{lines[0]}"
+        for path in MODULES.values()
+        if (lines := function_level_imports(path))
+        and "# Imported inside the functions that use them:" not in path.read_text()
+    ]
     assert not wrong, "imports inside functions without a word on why: " + ", ".join(wrong)
 
 

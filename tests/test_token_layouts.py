@@ -26,35 +26,69 @@ def PATCHES(n_prefix):  # the mean over the patch tokens after n_prefix prefix t
 
 # arch, model kwargs, {layer: (layout, its pooled value from the layer's output, patch tokens start at)}
 CASES = {
-    "cait": ("cait_xxs24_224", dict(depth=2, depth_token_only=1), {
-        "patch_embed": ("tokens:avg:0", PATCHES(0), 0),
-        "blocks.0": ("tokens:avg:0", PATCHES(0), 0),  # the class token joins only in blocks_token_only
-        "blocks.1": ("tokens:avg:0", PATCHES(0), 0),
-        "blocks_token_only.0": ("tokens:cls:1", CLS, None),  # the class token alone
-        "norm": ("tokens:cls:1", CLS, 1)}),
-    "xcit": ("xcit_nano_12_p16_224", dict(depth=2, cls_attn_layers=1), {
-        "blocks.1": ("tokens:avg:0", PATCHES(0), 0),
-        "cls_attn_blocks.0": ("tokens:cls:1", CLS, 1),
-        "norm": ("tokens:cls:1", CLS, 1)}),
-    "deit_distilled": ("deit_tiny_distilled_patch16_224", dict(depth=2), {  # class + distillation token
-        "patch_embed": ("tokens:avg:0", PATCHES(0), 0),
-        "blocks.1": ("tokens:cls:2", CLS, 2)}),
-    "vit": ("vit_tiny_patch16_224", dict(depth=2), {
-        "patch_embed": ("tokens:avg:0", PATCHES(0), 0),
-        "patch_embed.norm": ("tokens:avg:0", PATCHES(0), 0),
-        "blocks.1": ("tokens:cls:1", CLS, 1)}),
-    "vit_no_class_token": ("vit_tiny_patch16_224", dict(depth=2, class_token=False, global_pool="avg"), {
-        "patch_embed": ("tokens:avg:0", PATCHES(0), 0),
-        "blocks.1": ("tokens:avg:0", PATCHES(0), 0)}),
-    "vit_global_pool_avg": ("vit_tiny_patch16_224", dict(depth=2, global_pool="avg"), {  # its head never reads
-        "patch_embed": ("tokens:avg:0", PATCHES(0), 0),                                # the class token
-        "blocks.1": ("tokens:avg:1", PATCHES(1), 1)}),
-    "vit_registers": ("vit_little_patch16_reg4_gap_256", dict(depth=2), {  # 4 registers, no class token
-        "patch_embed": ("tokens:avg:0", PATCHES(0), 0),  # all 16 patches: no register to skip yet
-        "blocks.1": ("tokens:avg:4", PATCHES(4), 4)}),
-    "vit_registers_and_class_token": ("vit_small_patch14_reg4_dinov2", dict(depth=2, patch_size=16), {
-        "patch_embed": ("tokens:avg:0", PATCHES(0), 0),
-        "blocks.1": ("tokens:cls:5", CLS, 5)}),
+    "cait": (
+        "cait_xxs24_224",
+        dict(depth=2, depth_token_only=1),
+        {
+            "patch_embed": ("tokens:avg:0", PATCHES(0), 0),
+            "blocks.0": ("tokens:avg:0", PATCHES(0), 0),  # the class token joins only in blocks_token_only
+            "blocks.1": ("tokens:avg:0", PATCHES(0), 0),
+            "blocks_token_only.0": ("tokens:cls:1", CLS, None),  # the class token alone
+            "norm": ("tokens:cls:1", CLS, 1),
+        },
+    ),
+    "xcit": (
+        "xcit_nano_12_p16_224",
+        dict(depth=2, cls_attn_layers=1),
+        {
+            "blocks.1": ("tokens:avg:0", PATCHES(0), 0),
+            "cls_attn_blocks.0": ("tokens:cls:1", CLS, 1),
+            "norm": ("tokens:cls:1", CLS, 1),
+        },
+    ),
+    "deit_distilled": (
+        "deit_tiny_distilled_patch16_224",
+        dict(depth=2),
+        {  # class + distillation token
+            "patch_embed": ("tokens:avg:0", PATCHES(0), 0),
+            "blocks.1": ("tokens:cls:2", CLS, 2),
+        },
+    ),
+    "vit": (
+        "vit_tiny_patch16_224",
+        dict(depth=2),
+        {
+            "patch_embed": ("tokens:avg:0", PATCHES(0), 0),
+            "patch_embed.norm": ("tokens:avg:0", PATCHES(0), 0),
+            "blocks.1": ("tokens:cls:1", CLS, 1),
+        },
+    ),
+    "vit_no_class_token": (
+        "vit_tiny_patch16_224",
+        dict(depth=2, class_token=False, global_pool="avg"),
+        {"patch_embed": ("tokens:avg:0", PATCHES(0), 0), "blocks.1": ("tokens:avg:0", PATCHES(0), 0)},
+    ),
+    "vit_global_pool_avg": (
+        "vit_tiny_patch16_224",
+        dict(depth=2, global_pool="avg"),
+        {  # its head never reads
+            "patch_embed": ("tokens:avg:0", PATCHES(0), 0),  # the class token
+            "blocks.1": ("tokens:avg:1", PATCHES(1), 1),
+        },
+    ),
+    "vit_registers": (
+        "vit_little_patch16_reg4_gap_256",
+        dict(depth=2),
+        {  # 4 registers, no class token
+            "patch_embed": ("tokens:avg:0", PATCHES(0), 0),  # all 16 patches: no register to skip yet
+            "blocks.1": ("tokens:avg:4", PATCHES(4), 4),
+        },
+    ),
+    "vit_registers_and_class_token": (
+        "vit_small_patch14_reg4_dinov2",
+        dict(depth=2, patch_size=16),
+        {"patch_embed": ("tokens:avg:0", PATCHES(0), 0), "blocks.1": ("tokens:cls:5", CLS, 5)},
+    ),
 }
 
 
@@ -89,24 +123,32 @@ def test_each_token_layer_is_pooled_and_mapped_by_what_its_tokens_are(tmp_path, 
     got = collect(images, target=target, layers=layers, maps_keep=2, batch_size=4, progress=False)
     outs, hooks = {}, []
     for layer in layers:
-        hooks.append(target.modules()[layer].register_forward_hook(
-            lambda _m, _i, o, layer=layer: outs.__setitem__(layer, o.detach().clone())))
+        hooks.append(
+            target.modules()[layer].register_forward_hook(
+                lambda _m, _i, o, layer=layer: outs.__setitem__(layer, o.detach().clone())
+            )
+        )
     with torch.no_grad():
         module(torch.stack([target.preprocess(Image.open(i.path).convert("RGB")) for i in images]))
     for h in hooks:
         h.remove()
     for layer, (_, read, start) in want.items():
-        np.testing.assert_allclose(got.activations[layer], read(outs[layer]).numpy(), rtol=1e-4, atol=1e-5,
-                                   err_msg=layer)
+        np.testing.assert_allclose(
+            got.activations[layer], read(outs[layer]).numpy(), rtol=1e-4, atol=1e-5, err_msg=layer
+        )
         if start is None:
             assert layer not in got.maps, layer
             continue
         kept = got.maps[layer]
         for u in (0, 7):
             for image_id in kept.ids[kept.units == u].tolist():
-                np.testing.assert_allclose(kept.get(u, image_id),
-                                           outs[layer][image_id, start:, u].reshape(GRID, GRID).numpy(),
-                                           rtol=1e-4, atol=1e-4, err_msg=layer)
+                np.testing.assert_allclose(
+                    kept.get(u, image_id),
+                    outs[layer][image_id, start:, u].reshape(GRID, GRID).numpy(),
+                    rtol=1e-4,
+                    atol=1e-4,
+                    err_msg=layer,
+                )
 
 
 def test_max_pooling_takes_the_strongest_patch_of_a_patch_token_layer(tmp_path):
@@ -126,8 +168,11 @@ def test_a_token_layer_whose_tokens_cannot_be_told_apart_is_refused():
     module = _model("vit_tiny_patch16_224", dict(depth=1, global_pool="map"))
     target = from_module(module, name="vit-map", input_size=SIZE)
     assert layer_layouts(target, ["blocks.0"]) == {"blocks.0": "tokens:avg:1"}
-    with pytest.raises(ClipevalError, match=r"attn_pool.q.*outputs 1 tokens.*1 prefix token.*16 patch tokens "
-                                            r"\(a 4x4 patch grid\).*cannot be known"):
+    with pytest.raises(
+        ClipevalError,
+        match=r"attn_pool.q.*outputs 1 tokens.*1 prefix token.*16 patch tokens "
+        r"\(a 4x4 patch grid\).*cannot be known",
+    ):
         layer_layouts(target, ["attn_pool.q"])
 
 
@@ -139,13 +184,34 @@ def test_a_refused_layer_stops_the_run_before_anything_is_written(tmp_path, monk
     from clipeval.store import Store
 
     real = timm.create_model
-    monkeypatch.setattr(timm, "create_model", lambda name, **kw: real(
-        name, **({**kw, "depth": 1, "num_classes": 5, "global_pool": "map"} if name == "vit_tiny_patch16_224" else kw)))
+    monkeypatch.setattr(
+        timm,
+        "create_model",
+        lambda name, **kw: real(
+            name,
+            **({**kw, "depth": 1, "num_classes": 5, "global_pool": "map"} if name == "vit_tiny_patch16_224" else kw),
+        ),
+    )
     weights = tmp_path / "w.pt"
     torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False).state_dict(), weights)
     db = tmp_path / "runs.duckdb"
-    rc = main(["--db", str(db), "dissect", "--target", "timm:vit_tiny_patch16_224", "--weights", str(weights),
-               "--layers", "blocks.0,attn_pool.q", "--probe", str(probe_dir), "--concepts", "imagenet"])
+    rc = main(
+        [
+            "--db",
+            str(db),
+            "dissect",
+            "--target",
+            "timm:vit_tiny_patch16_224",
+            "--weights",
+            str(weights),
+            "--layers",
+            "blocks.0,attn_pool.q",
+            "--probe",
+            str(probe_dir),
+            "--concepts",
+            "imagenet",
+        ]
+    )
     assert rc == 2
     assert "layer 'attn_pool.q' of vit_tiny_patch16_224 outputs 1 tokens" in capsys.readouterr().err
     store = Store(db, read_only=True)

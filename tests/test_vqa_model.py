@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_blip2 import make_tiny_blip2, save_tiny_blip2
 
 import clipeval.models.vqa as vqa_module
 from clipeval.errors import ClipevalError, WeightsUnavailable
 from clipeval.models.vqa import DEFAULT_TEMPLATE, Blip2Vqa, format_prompt
-from tiny_blip2 import make_tiny_blip2, save_tiny_blip2
 
 LABELS = ["cat", "dog", "red car", "tree", "a very small blue house"]
 LONG_Q = format_prompt(DEFAULT_TEMPLATE, "a photo of a very large green tree with a small red house " * 3)
@@ -113,8 +113,11 @@ def test_vision_runs_once_per_image(vqa):
         for h in hooks:
             h.remove()
     # the language model's head runs once per pair; the decoder also runs [image | shared prefix] once per image
-    assert seen == {"vision": n_images, "lm_rows": n_images * n_questions,
-                    "decoder_rows": n_images + n_images * n_questions}
+    assert seen == {
+        "vision": n_images,
+        "lm_rows": n_images * n_questions,
+        "decoder_rows": n_images + n_images * n_questions,
+    }
 
 
 def test_matches_the_models_own_forward(vqa):
@@ -159,11 +162,14 @@ def test_shared_prefix_path_equals_plain_path(vqa, monkeypatch, case, batch_size
     if case == "one template":
         questions = [_questions(LABELS[: 1 + i]) for i in range(5)]
     elif case == "template per image":
-        questions = [[format_prompt(DEFAULT_TEMPLATE if i % 2 else OTHER_TEMPLATE, lab) for lab in LABELS[i:]]
-                     for i in range(5)]
+        questions = [
+            [format_prompt(DEFAULT_TEMPLATE if i % 2 else OTHER_TEMPLATE, lab) for lab in LABELS[i:]] for i in range(5)
+        ]
     else:
-        questions = [[format_prompt((DEFAULT_TEMPLATE, OTHER_TEMPLATE)[j % 2], lab) for j, lab in enumerate(LABELS)]
-                     for _ in range(5)]
+        questions = [
+            [format_prompt((DEFAULT_TEMPLATE, OTHER_TEMPLATE)[j % 2], lab) for j, lab in enumerate(LABELS)]
+            for _ in range(5)
+        ]
     if case == "mixed, no BOS":
         monkeypatch.setattr(vqa, "_token_ids", _no_bos(vqa))
     plain = vqa.yes_probability(images, questions, batch_size=batch_size, share_prefix=False)

@@ -44,21 +44,41 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
 
 def make_model(vocab_size: int, image_token_id: int, seed: int = 0) -> Blip2ForConditionalGeneration:
     vision = Blip2VisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        image_size=IMAGE_SIZE, patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=8,
     )
     qformer = Blip2QFormerConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        encoder_hidden_size=32, vocab_size=64, max_position_embeddings=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        encoder_hidden_size=32,
+        vocab_size=64,
+        max_position_embeddings=64,
     )
     text = OPTConfig(
-        vocab_size=vocab_size, hidden_size=32, word_embed_proj_dim=32, ffn_dim=64, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=128, init_std=0.3,
-        pad_token_id=0, bos_token_id=1, eos_token_id=1,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        word_embed_proj_dim=32,
+        ffn_dim=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=128,
+        init_std=0.3,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=1,
     )
     config = Blip2Config(
-        vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
-        num_query_tokens=NUM_QUERY_TOKENS, image_token_index=image_token_id,
+        vision_config=vision.to_dict(),
+        qformer_config=qformer.to_dict(),
+        text_config=text.to_dict(),
+        num_query_tokens=NUM_QUERY_TOKENS,
+        image_token_index=image_token_id,
         # large random weights (here and OPT's init_std) so that P(yes) differs clearly between inputs
         initializer_range=0.5,
     )

@@ -44,14 +44,16 @@ def weak_evaluators(summary: pd.DataFrame, ratio: float = WEAK_RATIO) -> list[di
             continue
         variant = max(baselines, key=baselines.get)
         if barely_beats(share["real"], baselines[variant], ratio):
-            out.append({"evaluator": e, "real": share["real"], "baseline": variant,
-                        "baseline_share": baselines[variant]})
+            out.append(
+                {"evaluator": e, "real": share["real"], "baseline": variant, "baseline_share": baselines[variant]}
+            )
     return out
 
 
 @dataclass(frozen=True)
 class ShareHeadline:
     """One evaluator's share judged correct over a set of neurons, beside its baselines."""
+
     evaluator: str  # display title (CP, ES, ...)
     real: float
     n: int  # neurons the share is over
@@ -84,9 +86,11 @@ class ShareHeadline:
         if not self.weak:
             return None
         b = self.worst_baseline
-        return (f"**{self.evaluator}** judges {percent(self.baselines[b])} of {b} labels correct against "
-                f"{percent(self.real)} of the real ones: at this threshold it barely tells right labels from wrong. "
-                "Calibrate it on the Thresholds page before reading its share.")
+        return (
+            f"**{self.evaluator}** judges {percent(self.baselines[b])} of {b} labels correct against "
+            f"{percent(self.real)} of the real ones: at this threshold it barely tells right labels from wrong. "
+            "Calibrate it on the Thresholds page before reading its share."
+        )
 
 
 def headlines(summary: pd.DataFrame, layer: str = "overall", ratio: float = WEAK_RATIO) -> dict[str, ShareHeadline]:
@@ -99,8 +103,7 @@ def headlines(summary: pd.DataFrame, layer: str = "overall", ratio: float = WEAK
         if "real" not in share:
             continue
         n = int(g.loc[g["variant"] == "real", "n"].iloc[0])
-        out[e] = ShareHeadline(e, float(share["real"]), n, {v: float(share[v]) for v in BASELINES if v in share},
-                               ratio)
+        out[e] = ShareHeadline(e, float(share["real"]), n, {v: float(share[v]) for v in BASELINES if v in share}, ratio)
     return out
 
 
@@ -116,17 +119,24 @@ def comparison_headlines(row: dict, ratio: float = WEAK_RATIO) -> list[ShareHead
     return out
 
 
-def share_headline(view, evaluator: str, threshold: float, k: int | None = None,
-                   ratio: float = WEAK_RATIO) -> ShareHeadline:
+def share_headline(
+    view, evaluator: str, threshold: float, k: int | None = None, ratio: float = WEAK_RATIO
+) -> ShareHeadline:
     """One evaluator's share over all the run's neurons at `threshold`, beside its baselines."""
     t = view.table(evaluator)
     shares = {v: float(view.verdicts(evaluator, threshold, v, k)["verdict"].mean()) for v in t.variants}
-    return ShareHeadline(EVALUATOR_TITLES[evaluator], shares["real"], len(t.neurons),
-                         {v: shares[v] for v in BASELINES if v in shares}, ratio)
+    return ShareHeadline(
+        EVALUATOR_TITLES[evaluator],
+        shares["real"],
+        len(t.neurons),
+        {v: shares[v] for v in BASELINES if v in shares},
+        ratio,
+    )
 
 
-def interpretable_shares(view, thresholds: dict[str, float], k: int | None, evaluators: list[str],
-                         layers: list[str]) -> pd.DataFrame:
+def interpretable_shares(
+    view, thresholds: dict[str, float], k: int | None, evaluators: list[str], layers: list[str]
+) -> pd.DataFrame:
     """Per layer (and 'overall'): neurons, how many are interpretable (every chosen evaluator judges the
     real label correct), the share, and the same share for the shuffled and constant labels (every
     chosen evaluator judges that wrong label correct): the baseline for 'N of M units interpretable'."""
@@ -145,8 +155,12 @@ def interpretable_shares(view, thresholds: dict[str, float], k: int | None, eval
     for layer in [l for l in layers if l in where] + ["overall"]:
         idx = where.get(layer, list(range(len(names))))
         m = int(n[idx].sum())
-        row = {"layer": layer, "neurons": m, "interpretable": int(hits["real"][idx].sum()),
-               "share": float(hits["real"][idx].sum() / m) if m else float("nan")}
+        row = {
+            "layer": layer,
+            "neurons": m,
+            "interpretable": int(hits["real"][idx].sum()),
+            "share": float(hits["real"][idx].sum() / m) if m else float("nan"),
+        }
         for v in BASELINES:
             row[v] = float(hits[v][idx].sum() / m) if v in hits and m else float("nan")
         rows.append(row)

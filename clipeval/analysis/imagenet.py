@@ -19,8 +19,12 @@ def unit_imagenet_class(n_units: int, unit: int, label: str, concepts=()) -> dic
         return None
     synonyms = imagenet_synonyms()[int(unit)]
     rank = next((i for i, c in enumerate(concepts, 1) if str(c).lower() in synonyms), None)
-    return {"class": imagenet_classnames()[int(unit)], "label_matches": str(label).lower() in synonyms,
-            "concept_rank": rank, "synonyms": sorted(synonyms)}
+    return {
+        "class": imagenet_classnames()[int(unit)],
+        "label_matches": str(label).lower() in synonyms,
+        "concept_rank": rank,
+        "synonyms": sorted(synonyms),
+    }
 
 
 def imagenet_label_accuracy(store: Store, run_id: str, layer: str) -> dict:
@@ -35,5 +39,9 @@ def imagenet_label_accuracy(store: Store, run_id: str, layer: str) -> dict:
     hit = np.array([str(c).lower() in synonyms[int(u)] for u, c in zip(ru["unit"], ru["concept"])], bool)
     ru = ru.assign(top1=hit & (ru["rank"] == 1).to_numpy(), top5=hit & (ru["rank"] <= 5).to_numpy())
     by_unit = ru.groupby("unit")[["top1", "top5"]].any()
-    return {"layer": layer, "neurons": int(len(by_unit)), "top1": float(by_unit["top1"].mean()),
-            "top5": float(by_unit["top5"].mean())}
+    return {
+        "layer": layer,
+        "neurons": int(len(by_unit)),
+        "top1": float(by_unit["top1"].mean()),
+        "top5": float(by_unit["top5"].mean()),
+    }

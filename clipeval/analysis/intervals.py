@@ -31,11 +31,14 @@ def _measures(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray) ->
         pe = pa * pb + (1 - pa) * (1 - pb)
         kappa = np.where(pe < 1, (po - pe) / np.where(pe < 1, 1 - pe, 1), np.nan)
         union = tp + fp + fn
-        return {"agreement": po, "kappa": kappa,
-                "jaccard": np.where(union > 0, tp / np.maximum(union, 1), np.nan),
-                "precision": np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), np.nan),
-                "recall": np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), np.nan),
-                "f1": np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), np.nan)}
+        return {
+            "agreement": po,
+            "kappa": kappa,
+            "jaccard": np.where(union > 0, tp / np.maximum(union, 1), np.nan),
+            "precision": np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), np.nan),
+            "recall": np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), np.nan),
+            "f1": np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), np.nan),
+        }
 
 
 def bootstrap(a, b, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, tuple[float, float]]:
@@ -62,8 +65,9 @@ def bootstrap(a, b, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, tuple[floa
     return out
 
 
-def pairwise_with_intervals(a: pd.DataFrame, b: pd.DataFrame, by_layer: bool = True, n_boot: int = N_BOOT,
-                   seed: int = 0) -> pd.DataFrame:
+def pairwise_with_intervals(
+    a: pd.DataFrame, b: pd.DataFrame, by_layer: bool = True, n_boot: int = N_BOOT, seed: int = 0
+) -> pd.DataFrame:
     """metrics.pairwise_table with, per measure, `<measure> lo` and `<measure> hi` (95% bootstrap over
     neurons) and `small` (fewer than MIN_N neurons)."""
     table = metrics.pairwise_table(a, b, by_layer)
@@ -83,6 +87,7 @@ def pairwise_with_intervals(a: pd.DataFrame, b: pd.DataFrame, by_layer: bool = T
 @dataclass(frozen=True)
 class Figure:
     """One agreement figure with its n and interval, and how to print it."""
+
     value: float
     lo: float
     hi: float
@@ -107,8 +112,13 @@ class Figure:
 
 def figure(row, measure: str) -> Figure:
     """A Figure from one row of pairwise_with_intervals."""
-    return Figure(float(row[measure]), float(row[f"{measure} lo"]), float(row[f"{measure} hi"]), int(row["n"]),
-                  measure in ("agreement", "jaccard", "precision", "recall"))
+    return Figure(
+        float(row[measure]),
+        float(row[f"{measure} lo"]),
+        float(row[f"{measure} hi"]),
+        int(row["n"]),
+        measure in ("agreement", "jaccard", "precision", "recall"),
+    )
 
 
 def _verdict_columns(raters: Mapping[str, pd.DataFrame]) -> dict[str, np.ndarray]:
@@ -125,7 +135,9 @@ def _verdict_columns(raters: Mapping[str, pd.DataFrame]) -> dict[str, np.ndarray
     return out
 
 
-def kappa_with_intervals(raters: Mapping[str, pd.DataFrame], n_boot: int = N_BOOT, seed: int = 0) -> dict[str, pd.DataFrame]:
+def kappa_with_intervals(
+    raters: Mapping[str, pd.DataFrame], n_boot: int = N_BOOT, seed: int = 0
+) -> dict[str, pd.DataFrame]:
     """Pairwise Cohen's kappa (as metrics.kappa_matrix: each pair over the neurons both judged) with, per
     pair, that number of neurons ('n') and the 95% bootstrap interval ('lo', 'hi'):
     {'kappa', 'n', 'lo', 'hi'} -> rater x rater frames."""
@@ -137,7 +149,7 @@ def kappa_with_intervals(raters: Mapping[str, pd.DataFrame], n_boot: int = N_BOO
     hi = lo.copy()
     for i, x in enumerate(names):
         kappa.loc[x, x], n.loc[x, x] = 1.0, len(raters[x])
-        for y in names[i + 1:]:
+        for y in names[i + 1 :]:
             both = (cols[x] >= 0) & (cols[y] >= 0)
             a, b = cols[x][both].astype(bool), cols[y][both].astype(bool)
             ci = bootstrap(a, b, n_boot, seed)["kappa"]

@@ -66,8 +66,11 @@ def precision_recall_f1(pred, reference) -> dict[str, float]:
 def confusion(pred, reference) -> pd.DataFrame:
     p, r = _pair(pred, reference)
     # rows: the evaluator's verdict; columns: the reference's (so [yes, no] is [tp, fp], then [fn, tn])
-    return pd.DataFrame([[int((p & r).sum()), int((p & ~r).sum())], [int((~p & r).sum()), int((~p & ~r).sum())]],
-                        index=["evaluator yes", "evaluator no"], columns=["reference yes", "reference no"])
+    return pd.DataFrame(
+        [[int((p & r).sum()), int((p & ~r).sum())], [int((~p & r).sum()), int((~p & ~r).sum())]],
+        index=["evaluator yes", "evaluator no"],
+        columns=["reference yes", "reference no"],
+    )
 
 
 def roc_auc(positive_scores, negative_scores) -> float:
@@ -110,9 +113,16 @@ def pairwise_table(a: pd.DataFrame, b: pd.DataFrame, by_layer: bool = True) -> p
     rows = []
     groups = list(w.groupby("layer", sort=False)) if by_layer else []
     for layer, g in groups + [("overall", w)]:
-        rows.append({"layer": layer, "n": len(g), "agreement": agreement(g["a"], g["b"]),
-                     "jaccard": jaccard(g["a"], g["b"]), "kappa": cohen_kappa(g["a"], g["b"]),
-                     **precision_recall_f1(g["a"], g["b"])})
+        rows.append(
+            {
+                "layer": layer,
+                "n": len(g),
+                "agreement": agreement(g["a"], g["b"]),
+                "jaccard": jaccard(g["a"], g["b"]),
+                "kappa": cohen_kappa(g["a"], g["b"]),
+                **precision_recall_f1(g["a"], g["b"]),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -121,8 +131,10 @@ def sweep_against(verdicts_by_threshold: np.ndarray, reference: np.ndarray) -> p
     the reference at each threshold (vectorised: a 50-value sweep over 4,000 neurons is one pass)."""
     v, ref = np.asarray(verdicts_by_threshold), np.asarray(reference)
     if v.ndim != 2 or ref.ndim != 1 or v.shape[1] != ref.shape[0]:
-        raise ClipevalError(f"a sweep needs a (thresholds x neurons) verdict matrix and one reference verdict per "
-                            f"neuron: {v.shape} vs {ref.shape}")
+        raise ClipevalError(
+            f"a sweep needs a (thresholds x neurons) verdict matrix and one reference verdict per "
+            f"neuron: {v.shape} vs {ref.shape}"
+        )
     for x in (v, ref):
         if x.size and not np.isin(x, (0, 1)).all():
             raise ClipevalError("verdicts must be 0/1 or booleans")
@@ -135,8 +147,14 @@ def sweep_against(verdicts_by_threshold: np.ndarray, reference: np.ndarray) -> p
     return pd.DataFrame({"share_correct": pa, "agreement": po, "kappa": kappa})
 
 
-def calibrate(scores: np.ndarray, reference: np.ndarray, candidates: Sequence[float], verdict_fn,
-              fit_fraction: float = 0.5, seed: int = 0) -> dict:
+def calibrate(
+    scores: np.ndarray,
+    reference: np.ndarray,
+    candidates: Sequence[float],
+    verdict_fn,
+    fit_fraction: float = 0.5,
+    seed: int = 0,
+) -> dict:
     """Pick the threshold that maximises kappa with the reference on a random `fit_fraction` of the
     neurons, and report agreement and kappa on the rest (held out).
 
@@ -156,18 +174,26 @@ def calibrate(scores: np.ndarray, reference: np.ndarray, candidates: Sequence[fl
     n_fit = max(2, min(n - 2, int(round(n * fit_fraction))))
     fit, test = order[:n_fit], order[n_fit:]
     if reference[fit].all() or not reference[fit].any():
-        raise ClipevalError(f"calibration needs both yes and no verdicts among the {n_fit} fit neurons, and the rater "
-                            f"says {'yes' if reference[fit].all() else 'no'} to all of them (kappa is 0 or undefined at "
-                            "every threshold): judge more neurons, or try another seed")
+        raise ClipevalError(
+            f"calibration needs both yes and no verdicts among the {n_fit} fit neurons, and the rater "
+            f"says {'yes' if reference[fit].all() else 'no'} to all of them (kappa is 0 or undefined at "
+            "every threshold): judge more neurons, or try another seed"
+        )
     candidates = np.asarray(sorted(set(float(c) for c in candidates)))
     fit_sweep = sweep_against(verdict_fn(scores[fit], candidates), reference[fit])
     kappa = fit_sweep["kappa"].fillna(-np.inf).to_numpy()
     best = int(np.argmax(kappa))
     threshold = float(candidates[best])
     held = verdict_fn(scores[test], np.array([threshold]))[0]
-    return {"threshold": threshold, "n_fit": int(len(fit)), "n_test": int(len(test)),
-            "fit_kappa": float(fit_sweep["kappa"].iloc[best]), "test_agreement": agreement(held, reference[test]),
-            "test_kappa": cohen_kappa(held, reference[test]), "test_share_correct": float(held.mean())}
+    return {
+        "threshold": threshold,
+        "n_fit": int(len(fit)),
+        "n_test": int(len(test)),
+        "fit_kappa": float(fit_sweep["kappa"].iloc[best]),
+        "test_agreement": agreement(held, reference[test]),
+        "test_kappa": cohen_kappa(held, reference[test]),
+        "test_share_correct": float(held.mean()),
+    }
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -180,4 +206,3 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / denom
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
-

@@ -12,8 +12,13 @@ from clipeval.formats import json_cell
 from clipeval.store import Store
 
 
-def runs_comparison(store: Store, thresholds: dict[str, float] | None = None, k: int | None = None,
-                    view_of=None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+def runs_comparison(
+    store: Store,
+    thresholds: dict[str, float] | None = None,
+    k: int | None = None,
+    view_of=None,
+    runs: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Share judged correct per evaluator (overall, real labels and baselines) for every complete run,
     with its probe set and concept set: the paper's Table 2. Each run at its own judges' defaults
     (RunView.thresholds), with `thresholds` replacing those it names; the 'thresholds' column says which
@@ -25,9 +30,14 @@ def runs_comparison(store: Store, thresholds: dict[str, float] | None = None, k:
     for r in runs[runs["status"] == "complete"].itertuples():
         view = view_of(r.run_id)
         cfg = json_cell(r.config_json)
-        probe = " + ".join(p.rstrip("/").split("/")[-1] for p in (cfg.get("probe", {}) or {}).get("paths", [])) \
-            if isinstance(cfg.get("probe"), dict) else ", ".join(cfg.get("probe") or [])
-        concepts = (cfg.get("concepts") or {}).get("source") if isinstance(cfg.get("concepts"), dict) else cfg.get("concepts")
+        probe = (
+            " + ".join(p.rstrip("/").split("/")[-1] for p in (cfg.get("probe", {}) or {}).get("paths", []))
+            if isinstance(cfg.get("probe"), dict)
+            else ", ".join(cfg.get("probe") or [])
+        )
+        concepts = (
+            (cfg.get("concepts") or {}).get("source") if isinstance(cfg.get("concepts"), dict) else cfg.get("concepts")
+        )
         row = {"run": r.run_id, "name": r.name, "probe": probe, "concepts": concepts, "neurons": int(r.n_neurons)}
         used = view.thresholds(thresholds)
         row["thresholds"] = view.thresholds_text(used)
@@ -50,6 +60,12 @@ def timings(store: Store) -> pd.DataFrame:
         for stage, secs in json_cell(r.timings_json).items():
             rows.append({"run": r.run_id, "name": r.name, "step": f"dissect: {stage}", "seconds": secs})
         for e in evals[(evals["run_id"] == r.run_id) & (evals["status"] == "complete")].itertuples():
-            rows.append({"run": r.run_id, "name": r.name, "step": f"evaluate: {EVALUATOR_TITLES[e.evaluator]}",
-                         "seconds": e.wall_s})
+            rows.append(
+                {
+                    "run": r.run_id,
+                    "name": r.name,
+                    "step": f"evaluate: {EVALUATOR_TITLES[e.evaluator]}",
+                    "seconds": e.wall_s,
+                }
+            )
     return pd.DataFrame(rows, columns=["run", "name", "step", "seconds"])

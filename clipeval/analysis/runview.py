@@ -49,12 +49,20 @@ class RunView:
         for name in RULES:
             hit = latest[latest["evaluator"] == name]
             if hit.empty:
-                self.evaluators[name] = EvaluatorState(name, "missing", f"not run yet: clipeval evaluate "
-                                                       f"{self.run_id} --evaluators {name}")
+                self.evaluators[name] = EvaluatorState(
+                    name, "missing", f"not run yet: clipeval evaluate {self.run_id} --evaluators {name}"
+                )
                 continue
             e = hit.iloc[0]
-            state = EvaluatorState(name, e["status"], text_cell(e["error"]), eval_id=e["eval_id"], wall_s=e["wall_s"],
-                                   models=json_cell(e["models_json"]), constant_label=text_cell(e["constant_label"]))
+            state = EvaluatorState(
+                name,
+                e["status"],
+                text_cell(e["error"]),
+                eval_id=e["eval_id"],
+                wall_s=e["wall_s"],
+                models=json_cell(e["models_json"]),
+                constant_label=text_cell(e["constant_label"]),
+            )
             if e["status"] == "complete":
                 n_concepts = None if pd.isna(e["n_concepts"]) else int(e["n_concepts"])
                 state.table = ScoreTable(store.eval_scores(e["eval_id"]), name, self.neurons, n_concepts)
@@ -103,8 +111,10 @@ class RunView:
 
     def threshold_text(self, evaluator: str, value: float) -> str:
         """'CP p=0.00400802 (top 4 of 998 concepts; calibrated default)'"""
-        return (f"{EVALUATOR_TITLES[evaluator]} {RULES[evaluator].param}={float(value):g} "
-                f"({self.threshold_detail(evaluator, value)})")
+        return (
+            f"{EVALUATOR_TITLES[evaluator]} {RULES[evaluator].param}={float(value):g} "
+            f"({self.threshold_detail(evaluator, value)})"
+        )
 
     def thresholds_text(self, thresholds: dict[str, float], evaluators=None) -> str:
         """threshold_text of every available evaluator (or of `evaluators`), joined."""
@@ -114,8 +124,11 @@ class RunView:
     def default_notes(self, thresholds: dict[str, float]) -> list[str]:
         """How each available evaluator's default was set (calibration, intervals, held-out kappa, or why
         the paper's value), for the evaluators whose threshold here is that default."""
-        return [f"{EVALUATOR_TITLES[e]}: {self.defaults[e].note}" for e in self.available
-                if self.defaults[e].note and self.threshold_origin(e, thresholds[e]) != "given"]
+        return [
+            f"{EVALUATOR_TITLES[e]}: {self.defaults[e].note}"
+            for e in self.available
+            if self.defaults[e].note and self.threshold_origin(e, thresholds[e]) != "given"
+        ]
 
     def shared_note(self, evaluator: str) -> str:
         """Which parts of the labelling model this evaluator's model shares ('' when none or unknown)."""
@@ -131,8 +144,10 @@ class RunView:
         if self.dead.empty:
             return ""
         per = self.dead.groupby("layer", sort=False).size()
-        return (f"{len(self.dead)} dead unit(s) (constant activation over the probe, no label) left out of shares, "
-                "agreement and kappa: " + ", ".join(f"{l} {n}" for l, n in per.items()))
+        return (
+            f"{len(self.dead)} dead unit(s) (constant activation over the probe, no label) left out of shares, "
+            "agreement and kappa: " + ", ".join(f"{l} {n}" for l, n in per.items())
+        )
 
     def rater_label(self, rater: str) -> str:
         return f"{self.AUTOMATIC if rater in self.automatic else self.HUMAN}{rater}"
@@ -164,8 +179,10 @@ class RunView:
     def table(self, evaluator: str) -> ScoreTable:
         state = self.evaluators.get(evaluator)
         if state is None or state.table is None:
-            raise ClipevalError(f"evaluator {evaluator} is not available for run {self.run_id}: "
-                                f"{state.reason if state else 'unknown evaluator'}")
+            raise ClipevalError(
+                f"evaluator {evaluator} is not available for run {self.run_id}: "
+                f"{state.reason if state else 'unknown evaluator'}"
+            )
         return state.table
 
     @property
@@ -175,16 +192,21 @@ class RunView:
     def verdicts(self, evaluator: str, threshold: float, variant: str = "real", k: int | None = None) -> pd.DataFrame:
         return self.table(evaluator).verdict_frame(threshold, variant, k)
 
-    def rater_verdicts(self, thresholds: dict[str, float], k: int | None = None,
-                       evaluators: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    def rater_verdicts(
+        self, thresholds: dict[str, float], k: int | None = None, evaluators: list[str] | None = None
+    ) -> dict[str, pd.DataFrame]:
         """Verdict frames of every available evaluator (real labels) and every human rater."""
-        out = {EVALUATOR_TITLES[e]: self.verdicts(e, thresholds[e], "real", k)
-               for e in (evaluators if evaluators is not None else self.available) if e in self.available}
+        out = {
+            EVALUATOR_TITLES[e]: self.verdicts(e, thresholds[e], "real", k)
+            for e in (evaluators if evaluators is not None else self.available)
+            if e in self.available
+        }
         out.update({self.rater_label(r): v for r, v in self.humans.items()})
         return out
 
-    def layer_summary(self, thresholds: dict[str, float], k: int | None = None,
-                      evaluators: list[str] | None = None) -> pd.DataFrame:
+    def layer_summary(
+        self, thresholds: dict[str, float], k: int | None = None, evaluators: list[str] | None = None
+    ) -> pd.DataFrame:
         """Share of labels judged correct per layer (and overall) per evaluator and label variant."""
         rows = []
         dead = self.dead["layer"].value_counts().to_dict() if len(self.dead) else {}
@@ -199,13 +221,22 @@ class RunView:
                 hits = np.bincount(codes, weights=verdict, minlength=len(layers))
                 parts = [(layer, hits[i], n[i], dead.get(layer, 0)) for i, layer in enumerate(layers)]
                 for layer, h, m, d in [*parts, ("overall", hits.sum(), len(verdict), len(self.dead))]:
-                    rows.append({"layer": layer, "evaluator": EVALUATOR_TITLES[e], "variant": v,
-                                 "share_correct": float(h / m) if m else float("nan"), "n": int(m), "n_dead": int(d)})
+                    rows.append(
+                        {
+                            "layer": layer,
+                            "evaluator": EVALUATOR_TITLES[e],
+                            "variant": v,
+                            "share_correct": float(h / m) if m else float("nan"),
+                            "n": int(m),
+                            "n_dead": int(d),
+                        }
+                    )
         df = pd.DataFrame(rows, columns=["layer", "evaluator", "variant", "share_correct", "n", "n_dead"])
         return df
 
-    def unit_grid(self, thresholds: dict[str, float], k: int | None = None,
-                  evaluators: list[str] | None = None) -> pd.DataFrame:
+    def unit_grid(
+        self, thresholds: dict[str, float], k: int | None = None, evaluators: list[str] | None = None
+    ) -> pd.DataFrame:
         """One row per neuron: label, similarity, each evaluator's score and verdict, human verdicts."""
         grid = self.neurons.drop(columns=["dead"], errors="ignore")  # all alive here; dead units are in self.dead
         chosen = [e for e in (evaluators if evaluators is not None else self.available) if e in self.available]
@@ -228,8 +259,9 @@ class RunView:
         rows = []
         for v in t.variants:
             V = t.sweep(values, v, k)  # (thresholds, neurons)
-            groups = list(t.neurons.groupby("layer", sort=False).indices.items()) + \
-                [("overall", np.arange(len(t.neurons)))]
+            groups = list(t.neurons.groupby("layer", sort=False).indices.items()) + [
+                ("overall", np.arange(len(t.neurons)))
+            ]
             for layer, idx in groups:
                 part = pd.DataFrame({"threshold": values, "share_correct": V[:, idx].mean(1)})
                 if ref is not None and v == "real":
@@ -237,7 +269,11 @@ class RunView:
                     has = sel["verdict"].notna().to_numpy()
                     if has.any():
                         s = metrics.sweep_against(V[:, idx][:, has], sel["verdict"].to_numpy()[has].astype(bool))
-                        part["agreement"], part["kappa"], part["n_reference"] = s["agreement"], s["kappa"], int(has.sum())
+                        part["agreement"], part["kappa"], part["n_reference"] = (
+                            s["agreement"],
+                            s["kappa"],
+                            int(has.sum()),
+                        )
                 rows.append(part.assign(layer=layer, variant=v))
         return pd.concat(rows, ignore_index=True)
 
@@ -251,8 +287,9 @@ class RunView:
                 rows.append({"evaluator": EVALUATOR_TITLES[e], "rater": self.rater_label(r), **pooled.drop("layer")})
         return pd.DataFrame(rows)
 
-    def calibrate(self, evaluator: str, rater: str, fit_fraction: float = 0.5, seed: int = 0,
-                  k: int | None = None) -> dict:
+    def calibrate(
+        self, evaluator: str, rater: str, fit_fraction: float = 0.5, seed: int = 0, k: int | None = None
+    ) -> dict:
         t = self.table(evaluator)
         rater = self.rater_name(rater)
         frame = t.neurons.assign(score=t.neuron_scores("real", k)).merge(self.humans[rater], on=["layer", "unit"])
@@ -266,9 +303,16 @@ class RunView:
             ranks = np.unique(frame["score"].to_numpy())
             candidates = np.concatenate([candidates, (ranks + 0.5) / t.n_concepts])
         candidates = candidates[(candidates >= rule.lo) & (candidates <= rule.hi)]
-        res = metrics.calibrate(frame["score"].to_numpy(), frame["verdict"].to_numpy().astype(bool), candidates,
-                                lambda s, th: t.compare(s, th), fit_fraction, seed)
+        res = metrics.calibrate(
+            frame["score"].to_numpy(),
+            frame["verdict"].to_numpy().astype(bool),
+            candidates,
+            lambda s, th: t.compare(s, th),
+            fit_fraction,
+            seed,
+        )
         return {"evaluator": evaluator, "rater": rater, "param": rule.param, **res}
+
 
 def default_thresholds() -> dict[str, float]:
     """The rules' fixed values (the paper's). Not what an output applies to a run: RunView.thresholds
@@ -276,6 +320,7 @@ def default_thresholds() -> dict[str, float]:
     return {e: r.default for e, r in RULES.items()}
 
 
-def calibrate_threshold(store: Store, run_id: str, evaluator: str, rater: str, fit_fraction: float = 0.5,
-                        seed: int = 0) -> dict:
+def calibrate_threshold(
+    store: Store, run_id: str, evaluator: str, rater: str, fit_fraction: float = 0.5, seed: int = 0
+) -> dict:
     return RunView(store, run_id).calibrate(evaluator, rater, fit_fraction, seed)

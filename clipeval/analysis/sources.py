@@ -28,13 +28,21 @@ class LabellerView:
         self.run_id = self.view.run_id
         self.sources = describe_coverage(store, self.run_id)
         have = not self.sources.empty
-        self.coverage = store.source_coverage(self.run_id) if have else pd.DataFrame(
-            columns=["source_id", "layer", "units", "matched"])
-        labels = store.source_labels(self.run_id) if have else pd.DataFrame(
-            columns=["source_id", "layer", "unit", "label", "score", "detail"])
+        self.coverage = (
+            store.source_coverage(self.run_id)
+            if have
+            else pd.DataFrame(columns=["source_id", "layer", "units", "matched"])
+        )
+        labels = (
+            store.source_labels(self.run_id)
+            if have
+            else pd.DataFrame(columns=["source_id", "layer", "unit", "label", "score", "detail"])
+        )
         self.labels: dict[str, pd.DataFrame] = {
             RUN_SOURCE: self.view.neurons.assign(score=self.view.neurons["similarity"], detail="")[
-                ["layer", "unit", "label", "score", "detail"]]}
+                ["layer", "unit", "label", "score", "detail"]
+            ]
+        }
         for sid in self.sources["source_id"]:
             self.labels[sid] = labels[labels["source_id"] == sid].drop(columns="source_id").reset_index(drop=True)
         self.names = {RUN_SOURCE: f"this run ({self.view.run.get('name') or self.run_id})"}
@@ -60,11 +68,13 @@ class LabellerView:
                 # a pass that also judged labels on dead units: its shuffled baseline moved labels between dead
                 # and live units, so its numbers are not over this source's live units
                 self.status[(e.source_id, e.evaluator)] = (
-                    f"was judged on dead units too: judge it again with `clipeval sources evaluate {self.run_id}`")
+                    f"was judged on dead units too: judge it again with `clipeval sources evaluate {self.run_id}`"
+                )
                 continue
             n_concepts = None if pd.isna(e.n_concepts) else int(e.n_concepts)
-            self.tables[(e.source_id, e.evaluator)] = ScoreTable(scores, e.evaluator, self.labels[e.source_id],
-                                                                 n_concepts)
+            self.tables[(e.source_id, e.evaluator)] = ScoreTable(
+                scores, e.evaluator, self.labels[e.source_id], n_concepts
+            )
 
         # each source's units as an index, to line sources up by (layer, unit) without merging frames
         self.keys = {sid: pd.MultiIndex.from_frame(lab[["layer", "unit"]]) for sid, lab in self.labels.items()}
@@ -83,8 +93,9 @@ class LabellerView:
             return self.view.table(evaluator) if evaluator in self.view.available else None
         return self.tables.get((source, evaluator))
 
-    def verdict_array(self, source: str, evaluator: str, thresholds: dict[str, float], k: int | None = None,
-                      variant: str = "real") -> np.ndarray | None:
+    def verdict_array(
+        self, source: str, evaluator: str, thresholds: dict[str, float], k: int | None = None, variant: str = "real"
+    ) -> np.ndarray | None:
         """One verdict per row of the source's labels (None where not evaluated)."""
         t = self._table(source, evaluator)
         if t is None or variant not in t.variants:
@@ -107,8 +118,9 @@ class LabellerView:
     def _k(self, table: ScoreTable, k: int | None) -> int:
         return table.kmax if k is None else min(int(k), table.kmax)
 
-    def verdicts(self, source: str, evaluator: str, thresholds: dict[str, float], k: int | None = None,
-                 variant: str = "real") -> pd.DataFrame | None:
+    def verdicts(
+        self, source: str, evaluator: str, thresholds: dict[str, float], k: int | None = None, variant: str = "real"
+    ) -> pd.DataFrame | None:
         """(layer, unit, score, verdict) of one source's labels, or None where not evaluated."""
         t = self._table(source, evaluator)
         if t is None or variant not in t.variants:
@@ -131,9 +143,15 @@ class LabellerView:
                 codes, layers = pd.factorize(self.labels[sid]["layer"], sort=False)
                 groups = [(layer, np.flatnonzero(codes == i)) for i, layer in enumerate(layers)]
                 for layer, idx in [*groups, ("overall", np.arange(len(real)))]:
-                    row = {"source": sid, "labeller": self.names[sid], "kind": self.kinds[sid],
-                           "evaluator": EVALUATOR_TITLES[e], "layer": layer, "n": len(idx),
-                           "correct": float(real[idx].mean()) if len(idx) else np.nan}
+                    row = {
+                        "source": sid,
+                        "labeller": self.names[sid],
+                        "kind": self.kinds[sid],
+                        "evaluator": EVALUATOR_TITLES[e],
+                        "layer": layer,
+                        "n": len(idx),
+                        "correct": float(real[idx].mean()) if len(idx) else np.nan,
+                    }
                     if shuffled is not None:
                         row["shuffled"] = float(shuffled[idx].mean()) if len(idx) else np.nan
                     present = at[idx][at[idx] >= 0]  # the run's rows of these units
@@ -141,12 +159,22 @@ class LabellerView:
                         if v in run:
                             row[f"run {v}"] = float(run[v][present].mean()) if len(present) else np.nan
                     rows.append(row)
-        cols = ["source", "labeller", "kind", "evaluator", "layer", "n", "correct", "shuffled", "run real",
-                "run shuffled", "run constant"]
+        cols = [
+            "source",
+            "labeller",
+            "kind",
+            "evaluator",
+            "layer",
+            "n",
+            "correct",
+            "shuffled",
+            "run real",
+            "run shuffled",
+            "run constant",
+        ]
         return pd.DataFrame(rows).reindex(columns=cols)
 
-    def agreement(self, thresholds: dict[str, float], k: int | None = None, layer: str | None = None
-                  ) -> pd.DataFrame:
+    def agreement(self, thresholds: dict[str, float], k: int | None = None, layer: str | None = None) -> pd.DataFrame:
         """Every pair of sources over the units both label (of `layer`, or all): n, the share with the
         same label (case-insensitive), and per evaluator the agreement and Cohen's kappa of the two
         sources' verdicts (do they get judged correct on the same units?)."""
@@ -155,7 +183,7 @@ class LabellerView:
         verdicts = {(sid, e): self.verdict_array(sid, e, thresholds, k) for sid in ids for e in self.evaluators}
         rows = []
         for i, a in enumerate(ids):
-            for b in ids[i + 1:]:
+            for b in ids[i + 1 :]:
                 ib = self.rows_in(a, b)
                 ia = np.flatnonzero(ib >= 0)
                 if layer is not None:
@@ -163,8 +191,12 @@ class LabellerView:
                 ib = ib[ia]
                 wa, wb = words[a][ia], words[b][ib]
                 same = (wa == wb) & pd.notna(wa) & pd.notna(wb)  # a missing label matches nothing
-                row = {"a": self.names[a], "b": self.names[b], "n": len(ia),
-                       "same label": float(same.mean()) if len(ia) else np.nan}
+                row = {
+                    "a": self.names[a],
+                    "b": self.names[b],
+                    "n": len(ia),
+                    "same label": float(same.mean()) if len(ia) else np.nan,
+                }
                 for e in self.evaluators:
                     va, vb = verdicts[(a, e)], verdicts[(b, e)]
                     if va is None or vb is None:
@@ -182,11 +214,15 @@ class LabellerView:
         for sid in self.source_ids:
             lab = self.labels[sid]
             hit = lab[(lab["layer"] == layer) & (lab["unit"] == int(unit))]
-            row = {"labeller": self.names[sid], "kind": self.kinds[sid],
-                   "label": hit["label"].iloc[0] if len(hit) else None,
-                   "own score": None if hit.empty or pd.isna(hit["score"].iloc[0]) else
-                   f"{self.score_names[sid]} {hit['score'].iloc[0]:.3f}",
-                   "detail": hit["detail"].iloc[0] if len(hit) and hit["detail"].iloc[0] else None}
+            row = {
+                "labeller": self.names[sid],
+                "kind": self.kinds[sid],
+                "label": hit["label"].iloc[0] if len(hit) else None,
+                "own score": None
+                if hit.empty or pd.isna(hit["score"].iloc[0])
+                else f"{self.score_names[sid]} {hit['score'].iloc[0]:.3f}",
+                "detail": hit["detail"].iloc[0] if len(hit) and hit["detail"].iloc[0] else None,
+            }
             for e in self.evaluators:
                 v = self.verdicts(sid, e, thresholds, k) if len(hit) else None
                 t = EVALUATOR_TITLES[e]

@@ -73,9 +73,17 @@ def _collate(batch):
     return idx, tensors, [b[2] for b in good], failed
 
 
-def iterate(items: Sequence, decode: Callable, placement: Placement = CPU, batch_size: int | None = None,
-            num_workers: int | None = None, *, progress: bool = True, desc: str = "images",
-            failed: list | None = None) -> Iterator[tuple[np.ndarray, list[torch.Tensor], list]]:
+def iterate(
+    items: Sequence,
+    decode: Callable,
+    placement: Placement = CPU,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    *,
+    progress: bool = True,
+    desc: str = "images",
+    failed: list | None = None,
+) -> Iterator[tuple[np.ndarray, list[torch.Tensor], list]]:
     """(row indices, stacked tensors, extras) per batch of `items`, decoded by `decode(item) ->
     (list of tensors, extra)` in `num_workers` processes (the placement's default where None). On CUDA
     the batches come in pinned memory, so Placement.inputs copies them without blocking.
@@ -83,9 +91,15 @@ def iterate(items: Sequence, decode: Callable, placement: Placement = CPU, batch
     With a `failed` list, an item that does not decode is left out of its batch and (index, why) is
     appended to the list, counted on the bar; without, its error stops the pass."""
     workers = placement.workers(num_workers)
-    loader = DataLoader(_Decoded(items, decode, skip_bad=failed is not None), batch_size=placement.batch_size(batch_size),
-                        num_workers=workers, collate_fn=_collate, pin_memory=placement.is_cuda,
-                        persistent_workers=False, prefetch_factor=4 if workers else None)
+    loader = DataLoader(
+        _Decoded(items, decode, skip_bad=failed is not None),
+        batch_size=placement.batch_size(batch_size),
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=placement.is_cuda,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
     shown = bar(loader, desc=desc, disable=not progress, unit="batch")
     for idx, tensors, extras, batch_failed in shown:
         if batch_failed:
@@ -135,9 +149,19 @@ class ProbeBatch:
     the units for which it is among the `maps_keep` most active images seen so far (clipeval.dissect.maps;
     layers with a spatial layout only). Hooks on the target's layers stay registered until `close()`."""
 
-    def __init__(self, target=None, layers: Sequence[str] = (), pooling: str = "mean", image_models: dict | None = None,
-                 thumb_size: int | None = None, placement: Placement = CPU, batch_size: int | None = None,
-                 log: Callable[[str], None] | None = None, layouts: dict[str, str] | None = None, maps_keep: int = 0):
+    def __init__(
+        self,
+        target=None,
+        layers: Sequence[str] = (),
+        pooling: str = "mean",
+        image_models: dict | None = None,
+        thumb_size: int | None = None,
+        placement: Placement = CPU,
+        batch_size: int | None = None,
+        log: Callable[[str], None] | None = None,
+        layouts: dict[str, str] | None = None,
+        maps_keep: int = 0,
+    ):
         from clipeval.models.targets import layer_layouts
 
         self.placement = placement
@@ -146,8 +170,9 @@ class ProbeBatch:
         self.pooling = pooling
         self.image_models = {n: place_image_text(m, placement) for n, m in (image_models or {}).items()}
         self.thumb_size = thumb_size
-        transforms = ([self.target.preprocess] if self.target is not None else []) + \
-                     [m.preprocess for m in self.image_models.values()]
+        transforms = ([self.target.preprocess] if self.target is not None else []) + [
+            m.preprocess for m in self.image_models.values()
+        ]
         self.decode = DecodeProbe(transforms, thumb_size)
         self.oom = OomHalving(placement.batch_size(batch_size), "images", log)
         self._current: dict[str, torch.Tensor] = {}
@@ -160,16 +185,28 @@ class ProbeBatch:
             placement.module(self.target.module)
             modules = self.target.modules()
             for layer in self.layers:
-                self._hooks.append(modules[layer].register_forward_hook(
-                    pooling_hook(self._current, layer, pooling, layouts[layer])))
+                self._hooks.append(
+                    modules[layer].register_forward_hook(pooling_hook(self._current, layer, pooling, layouts[layer]))
+                )
                 if maps_keep and has_map(layouts[layer]):
                     self._tops[layer] = RunningTop(maps_keep)
-                    self._hooks.append(modules[layer].register_forward_hook(
-                        _map_hook(self._maps, layer, layouts[layer], token_prefix(layouts[layer]))))
+                    self._hooks.append(
+                        modules[layer].register_forward_hook(
+                            _map_hook(self._maps, layer, layouts[layer], token_prefix(layouts[layer]))
+                        )
+                    )
 
     @classmethod
-    def from_config(cls, config, device="cpu", *, layers: Sequence[str] | None = None, labeller: bool = True,
-                    thumb_size: int | None = None, batch_size: int | None = None) -> "ProbeBatch":
+    def from_config(
+        cls,
+        config,
+        device="cpu",
+        *,
+        layers: Sequence[str] | None = None,
+        labeller: bool = True,
+        thumb_size: int | None = None,
+        batch_size: int | None = None,
+    ) -> "ProbeBatch":
         """Load a DissectConfig's target (and labelling model) once, on `device` in config.dtype: what a
         worker process or a Ray actor builds before its first batch."""
         from clipeval.models import targets as targets_mod
@@ -254,11 +291,16 @@ class ProbeBatch:
         out: dict[str, np.ndarray] = {}
         if len(good):
             n_t = len(decoded[good[0]][0])
-            got = self.forward([torch.stack([decoded[i][0][j] for i in good]) for j in range(n_t)],
-                               None if rows is None else np.asarray(rows)[good])
+            got = self.forward(
+                [torch.stack([decoded[i][0][j] for i in good]) for j in range(n_t)],
+                None if rows is None else np.asarray(rows)[good],
+            )
             for k, v in got.items():
-                out[k] = np.full(len(paths), b"", dtype=object) if v.dtype == object else \
-                    np.zeros((len(paths), *v.shape[1:]), dtype=v.dtype)
+                out[k] = (
+                    np.full(len(paths), b"", dtype=object)
+                    if v.dtype == object
+                    else np.zeros((len(paths), *v.shape[1:]), dtype=v.dtype)
+                )
                 out[k][good] = v
         if self.thumb_size:
             out["thumbnail"] = np.array([d[1] if d is not None else b"" for d in decoded], dtype=object)
@@ -271,6 +313,7 @@ def _map_hook(maps: dict, layer: str, layout: str, n_prefix: int) -> Callable:
 
     def hook(_module, _inputs, output):
         maps[layer] = map_of(output, layout, n_prefix)
+
     return hook
 
 
@@ -288,8 +331,9 @@ class DecodeOne:
 class ImageEmbedder:
     """Image embeddings of one image-text model: (n, dim) float32, L2-normalised."""
 
-    def __init__(self, model, placement: Placement = CPU, batch_size: int | None = None,
-                 log: Callable[[str], None] | None = None):
+    def __init__(
+        self, model, placement: Placement = CPU, batch_size: int | None = None, log: Callable[[str], None] | None = None
+    ):
         self.model = place_image_text(model, placement)
         self.placement = placement
         self.batch_size = placement.batch_size(batch_size)
@@ -306,17 +350,28 @@ class ImageEmbedder:
     @torch.no_grad()
     def forward(self, tensors: Sequence[torch.Tensor]) -> np.ndarray:
         batch = tensors[0]
-        parts = self.oom.run(lambda a, b: _to_numpy(self.model.encode_images(self.placement.inputs(batch[a:b]))),
-                             len(batch))
+        parts = self.oom.run(
+            lambda a, b: _to_numpy(self.model.encode_images(self.placement.inputs(batch[a:b]))), len(batch)
+        )
         return np.concatenate(parts)
 
     def __call__(self, batch: dict) -> dict:
         return {"embedding": self.forward([torch.stack([self.decode(str(p))[0][0] for p in batch["path"]])])}
 
-    def embed(self, paths: Sequence[str], *, num_workers: int | None = None, progress: bool = True,
-              desc: str = "encoding images") -> np.ndarray:
-        rows = [self.forward(t) for _, t, _ in iterate(paths, self.decode, self.placement, self.batch_size,
-                                                        num_workers, progress=progress, desc=desc)]
+    def embed(
+        self,
+        paths: Sequence[str],
+        *,
+        num_workers: int | None = None,
+        progress: bool = True,
+        desc: str = "encoding images",
+    ) -> np.ndarray:
+        rows = [
+            self.forward(t)
+            for _, t, _ in iterate(
+                paths, self.decode, self.placement, self.batch_size, num_workers, progress=progress, desc=desc
+            )
+        ]
         return np.concatenate(rows)
 
 
@@ -341,8 +396,14 @@ class YesNoBatch:
     """P(yes) per (image, question) from a Blip2Vqa, images given as paths, each image's questions asked
     together (its vision features and prompt prefix computed once)."""
 
-    def __init__(self, vqa, image_size: int | None = 128, placement: Placement | None = None,
-                 batch_size: int | None = None, log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        vqa,
+        image_size: int | None = 128,
+        placement: Placement | None = None,
+        batch_size: int | None = None,
+        log: Callable[[str], None] | None = None,
+    ):
         self.vqa = vqa
         self.placement = placement or Placement(vqa.device, vqa.model.language_model.dtype)
         # images per call = (image, question) rows per language-model call, as yes_probability batches
@@ -351,16 +412,18 @@ class YesNoBatch:
         self.oom = OomHalving(self.batch_size, "images (VQA)", log)
 
     @classmethod
-    def from_name(cls, name_or_path: str, placement: Placement = CPU, image_size: int | None = 128,
-                  batch_size: int | None = None) -> "YesNoBatch":
+    def from_name(
+        cls, name_or_path: str, placement: Placement = CPU, image_size: int | None = 128, batch_size: int | None = None
+    ) -> "YesNoBatch":
         """Load a BLIP-2 (local cache or folder) once on `placement`."""
 
         vqa = Blip2Vqa.load(name_or_path, device=placement.device, dtype=placement.dtype)
         return cls(vqa, image_size, placement, batch_size)
 
     def forward(self, pixels: torch.Tensor, questions: Sequence[Sequence[str]]) -> list[np.ndarray]:
-        parts = self.oom.run(lambda a, b: self.vqa.yes_probability(pixels[a:b], questions[a:b],
-                                                                   batch_size=self.oom.size), len(pixels))
+        parts = self.oom.run(
+            lambda a, b: self.vqa.yes_probability(pixels[a:b], questions[a:b], batch_size=self.oom.size), len(pixels)
+        )
         return [p for part in parts for p in part]
 
     def __call__(self, batch: dict) -> dict:
@@ -371,11 +434,19 @@ class YesNoBatch:
             out[i] = p
         return {"p_yes": out}
 
-    def score(self, paths: Sequence[str], questions: Sequence[Sequence[str]], *, num_workers: int | None = None,
-              progress: bool = True, desc: str = "VQA") -> list[np.ndarray]:
+    def score(
+        self,
+        paths: Sequence[str],
+        questions: Sequence[Sequence[str]],
+        *,
+        num_workers: int | None = None,
+        progress: bool = True,
+        desc: str = "VQA",
+    ) -> list[np.ndarray]:
         out: list[np.ndarray] = [None] * len(paths)  # type: ignore[list-item]
-        for idx, tensors, _ in iterate(paths, self.decode, self.placement, self.batch_size, num_workers,
-                                       progress=progress, desc=desc):
+        for idx, tensors, _ in iterate(
+            paths, self.decode, self.placement, self.batch_size, num_workers, progress=progress, desc=desc
+        ):
             for i, p in zip(idx, self.forward(tensors[0], [questions[i] for i in idx])):
                 out[int(i)] = p
         return out

@@ -59,8 +59,10 @@ def resolve_device(spec: str | torch.device | None) -> torch.device:
     if not m:
         raise ClipevalError(f"unknown device {spec!r}: use {DEVICE_CHOICES}")
     if not torch.cuda.is_available():
-        raise ClipevalError(f"--device {text}: CUDA is not available ({cuda_unavailable_reason()}); "
-                            f"use --device cpu, or --device auto to take a GPU only where there is one")
+        raise ClipevalError(
+            f"--device {text}: CUDA is not available ({cuda_unavailable_reason()}); "
+            f"use --device cpu, or --device auto to take a GPU only where there is one"
+        )
     index = int(m.group(1) or 0)
     count = torch.cuda.device_count()
     if index >= count:
@@ -93,11 +95,14 @@ def dtype_name(dtype: torch.dtype) -> str:
 class Placement:
     """The device and dtype every model of one command runs in. Inputs are cast to `dtype` on the
     device; outputs come back as float32 (similarity functions and metrics always run in float32)."""
+
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
 
     @classmethod
-    def resolve(cls, device: str | torch.device | None = "cpu", dtype: str | torch.dtype | None = "auto") -> "Placement":
+    def resolve(
+        cls, device: str | torch.device | None = "cpu", dtype: str | torch.dtype | None = "auto"
+    ) -> "Placement":
         dev = resolve_device(device)
         return cls(dev, resolve_dtype(dtype, dev))
 
@@ -180,12 +185,13 @@ class OomHalving:
                 start = stop
                 continue
             if stop - start <= 1:
-                raise ClipevalError(f"CUDA out of memory on a single one of the {self.what}: the models do not fit "
-                                    "this GPU; use a smaller --dtype (bfloat16/float16), another GPU, or --device cpu")
+                raise ClipevalError(
+                    f"CUDA out of memory on a single one of the {self.what}: the models do not fit "
+                    "this GPU; use a smaller --dtype (bfloat16/float16), another GPU, or --device cpu"
+                )
             self.size = max(1, (stop - start) // 2)
             self.halvings += 1
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            self.log(f"CUDA out of memory on a batch of {stop - start} {self.what}: "
-                     f"retrying in batches of {self.size}")
+            self.log(f"CUDA out of memory on a batch of {stop - start} {self.what}: retrying in batches of {self.size}")
         return out

@@ -39,6 +39,7 @@ class Engine:
     (join the cluster this machine belongs to, as `ray start` left it) or host:port / ray://host:port;
     workers: Ray actors, each with its own copy of the models (None: as many as the cluster's GPUs / G,
     or its CPUs); gpus_per_worker G: GPUs per actor, fractions below 1 share a GPU between actors."""
+
     kind: str = "local"
     address: str = LOCAL_ADDRESS
     workers: int | None = None
@@ -59,13 +60,17 @@ class Engine:
         if not math.isfinite(g) or g < 0:
             raise ClipevalError(f"--gpus-per-worker must be 0 or more, not {g:g}")
         if g > 1 and g != int(g):
-            raise ClipevalError(f"--gpus-per-worker {g:g}: Ray shares a GPU only in fractions below 1; "
-                                "above 1 it must be a whole number")
+            raise ClipevalError(
+                f"--gpus-per-worker {g:g}: Ray shares a GPU only in fractions below 1; "
+                "above 1 it must be a whole number"
+            )
         if self.address not in (LOCAL_ADDRESS, "auto"):
             m = _ADDRESS.match(self.address)
             if not m or not 0 < int(m.group(3)) < 65536:
-                raise ClipevalError(f"--ray-address {self.address!r} is not 'local', 'auto', HOST:PORT or "
-                                    "ray://HOST:PORT (e.g. 10.0.0.5:6379, the address `ray start --head` prints)")
+                raise ClipevalError(
+                    f"--ray-address {self.address!r} is not 'local', 'auto', HOST:PORT or "
+                    "ray://HOST:PORT (e.g. 10.0.0.5:6379, the address `ray start --head` prints)"
+                )
         return self
 
     def describe(self) -> str:
@@ -83,13 +88,15 @@ def engine_from_args(args) -> Engine:
     something only with --engine ray, so giving them without it is an error rather than silently ignored."""
     kind = getattr(args, "engine", "local") or "local"
     if kind != "ray":
-        given = [f for f, v in (("--ray-address", args.ray_address), ("--gpus-per-worker", args.gpus_per_worker))
-                 if v is not None]
+        given = [
+            f
+            for f, v in (("--ray-address", args.ray_address), ("--gpus-per-worker", args.gpus_per_worker))
+            if v is not None
+        ]
         if given:
             raise ClipevalError(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} --engine ray")
         return Engine(kind).check()
-    return Engine("ray", args.ray_address or LOCAL_ADDRESS, args.workers,
-                  float(args.gpus_per_worker or 0.0)).check()
+    return Engine("ray", args.ray_address or LOCAL_ADDRESS, args.workers, float(args.gpus_per_worker or 0.0)).check()
 
 
 # Ray's notices that say nothing about this command: that the local cluster uses token authentication
@@ -150,13 +157,16 @@ def ray_session(engine: Engine, progress: bool = True) -> Iterator[dict]:
     for name in _NOTICE_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     if not ray.is_initialized():
-        kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                      configure_logging=True)
+        kwargs = dict(
+            include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True
+        )
         if engine.address == LOCAL_ADDRESS:
             # the workers of a local Ray import clipeval from where this process did (a source checkout
             # is not always the installed copy); on a cluster, clipeval is installed on every node
             root = str(Path(__file__).resolve().parents[1])
-            os.environ["PYTHONPATH"] = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+            os.environ["PYTHONPATH"] = os.pathsep.join(
+                [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+            )
             if progress:
                 print("[ray] starting a local Ray on this machine ...", file=sys.stderr, flush=True)
         else:
@@ -164,8 +174,10 @@ def ray_session(engine: Engine, progress: bool = True) -> Iterator[dict]:
         try:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ClipevalError(f"cannot {'start a local Ray' if engine.address == LOCAL_ADDRESS else 'join the Ray cluster at ' + engine.address}: "
-                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+            raise ClipevalError(
+                f"cannot {'start a local Ray' if engine.address == LOCAL_ADDRESS else 'join the Ray cluster at ' + engine.address}: "
+                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from e
         started = True
         if _scope["depth"]:
             _scope["started"], started = True, False
@@ -184,8 +196,10 @@ def check_resources(engine: Engine, resources: dict) -> None:
     gpus, cpus = float(resources.get("GPU", 0)), float(resources.get("CPU", 0))
     g = engine.gpus_per_worker
     if g > 0 and gpus == 0:
-        raise ClipevalError(f"--gpus-per-worker {g:g}, but the Ray cluster has no GPU (resources: "
-                            f"{cpus:g} CPU); use --gpus-per-worker 0 to run the workers on CPUs")
+        raise ClipevalError(
+            f"--gpus-per-worker {g:g}, but the Ray cluster has no GPU (resources: "
+            f"{cpus:g} CPU); use --gpus-per-worker 0 to run the workers on CPUs"
+        )
     n = worker_count(engine, resources)
     if g > 0 and n * g > gpus + 1e-9:
         raise ClipevalError(f"{n} worker(s) x {g:g} GPU need {n * g:g} GPUs; the Ray cluster has {gpus:g}")
@@ -210,11 +224,15 @@ def driver_device_and_dtype(engine: Engine, device: str | None, dtype: str | Non
     if not engine.is_ray:
         return device, dtype
     if (device or "auto").strip().lower() not in ("auto", "cpu"):
-        raise ClipevalError(f"--device {device}: with --engine ray the models run on the Ray workers; give them "
-                            "GPUs with --gpus-per-worker (this process runs on its CPU)")
+        raise ClipevalError(
+            f"--device {device}: with --engine ray the models run on the Ray workers; give them "
+            "GPUs with --gpus-per-worker (this process runs on its CPU)"
+        )
     auto = (dtype or "auto").strip().lower() == "auto"
     if engine.gpus_per_worker > 0 and auto:
-        raise ClipevalError("--engine ray with --gpus-per-worker: pass --dtype (bfloat16 on GPUs that support it, "
-                            "such as A100/H100/H200; float16 on older ones; or float32): 'auto' is decided where "
-                            "the models run, and this process does not see the workers' GPUs")
+        raise ClipevalError(
+            "--engine ray with --gpus-per-worker: pass --dtype (bfloat16 on GPUs that support it, "
+            "such as A100/H100/H200; float16 on older ones; or float32): 'auto' is decided where "
+            "the models run, and this process does not see the workers' GPUs"
+        )
     return "cpu", ("float32" if auto else dtype)

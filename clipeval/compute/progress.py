@@ -37,8 +37,15 @@ class BuildStatus:
 
     def __init__(self, path: str | Path, what: str):
         self.path = Path(path)
-        self.state = {"what": what, "pid": os.getpid(), "started": time.time(), "state": "running",
-                      "stage": "", "bar": None, "error": None}
+        self.state = {
+            "what": what,
+            "pid": os.getpid(),
+            "started": time.time(),
+            "state": "running",
+            "stage": "",
+            "bar": None,
+            "error": None,
+        }
         self._write()
 
     def stage(self, text: str) -> None:
@@ -50,9 +57,14 @@ class BuildStatus:
         rate = d.get("rate") or (d["n"] / d["elapsed"] if d.get("elapsed") else None)
         total = d.get("total")
         left = (total - d["n"]) / rate if rate and total else None
-        self.state["bar"] = {"desc": (d.get("prefix") or "").rstrip(": "), "n": int(d["n"]),
-                             "total": int(total) if total else None, "unit": d.get("unit") or "it",
-                             "rate": rate, "seconds_left": left}
+        self.state["bar"] = {
+            "desc": (d.get("prefix") or "").rstrip(": "),
+            "n": int(d["n"]),
+            "total": int(total) if total else None,
+            "unit": d.get("unit") or "it",
+            "rate": rate,
+            "seconds_left": left,
+        }
         self._write()
 
     def finish(self, error: str | None = None) -> None:

@@ -35,8 +35,18 @@ from clipeval.errors import ClipevalError, WeightsUnavailable
 class ProbeWork:
     """Decode + target forward + labelling image embeddings + thumbnails (clipeval.compute.batches.ProbeBatch)."""
 
-    def __init__(self, target, layers: Sequence[str], pooling: str, image_models: dict, thumb_size: int | None,
-                 batch_size: int | None, dtype: str, layouts: dict | None = None, maps_keep: int = 0):
+    def __init__(
+        self,
+        target,
+        layers: Sequence[str],
+        pooling: str,
+        image_models: dict,
+        thumb_size: int | None,
+        batch_size: int | None,
+        dtype: str,
+        layouts: dict | None = None,
+        maps_keep: int = 0,
+    ):
         self.target, self.layers, self.pooling, self.layouts = target, list(layers), pooling, layouts
         self.image_models, self.thumb_size, self.batch_size, self.dtype = image_models, thumb_size, batch_size, dtype
         self.maps_keep = maps_keep
@@ -44,8 +54,17 @@ class ProbeWork:
     def build(self, placement):
         from clipeval.compute.batches import ProbeBatch
 
-        return ProbeBatch(self.target, self.layers, self.pooling, self.image_models, self.thumb_size, placement,
-                          self.batch_size, layouts=self.layouts, maps_keep=self.maps_keep)
+        return ProbeBatch(
+            self.target,
+            self.layers,
+            self.pooling,
+            self.image_models,
+            self.thumb_size,
+            placement,
+            self.batch_size,
+            layouts=self.layouts,
+            maps_keep=self.maps_keep,
+        )
 
 
 class EmbedWork:
@@ -65,7 +84,13 @@ class VqaWork:
     name; `backend`: a ready Blip2Vqa shipped instead (small test models built in memory)."""
 
     def __init__(self, name: str, image_size: int | None, batch_size: int | None, dtype: str, backend=None):
-        self.name, self.image_size, self.batch_size, self.dtype, self.backend = name, image_size, batch_size, dtype, backend
+        self.name, self.image_size, self.batch_size, self.dtype, self.backend = (
+            name,
+            image_size,
+            batch_size,
+            dtype,
+            backend,
+        )
 
     def build(self, placement):
         from clipeval.compute.batches import YesNoBatch
@@ -84,6 +109,7 @@ class VqaWork:
             out = work(batch)
             out["model_info"] = np.array([info] * len(out["p_yes"]), dtype=object)
             return out
+
         return call
 
 
@@ -123,8 +149,17 @@ def _blocks(columns: dict, n: int, batch_size: int):
     return out
 
 
-def map_images(engine: Engine, work, columns: dict, *, batch_size: int, progress: bool = True,
-               desc: str = "images", on_rows=None, consume=None) -> dict[str, np.ndarray]:
+def map_images(
+    engine: Engine,
+    work,
+    columns: dict,
+    *,
+    batch_size: int,
+    progress: bool = True,
+    desc: str = "images",
+    on_rows=None,
+    consume=None,
+) -> dict[str, np.ndarray]:
     """Run `work` over the rows of `columns` ('path': image files, plus any per-image column the work
     takes) on `engine.workers` Ray actors; the outputs stacked in row order. Starts Ray if this process
     has none (and stops it after). `on_rows(n)` is called as each batch of n rows arrives;
@@ -146,19 +181,28 @@ def map_images(engine: Engine, work, columns: dict, *, batch_size: int, progress
         if engine.gpus_per_worker > 0:
             remote["num_gpus"] = engine.gpus_per_worker
         ds = ray.data.from_arrow(_blocks(columns, n, batch_size)).map_batches(
-            _Worker, fn_constructor_args=({"work": ref}, engine.gpus_per_worker > 0), batch_size=batch_size,
-            batch_format="numpy", compute=ActorPoolStrategy(size=workers), zero_copy_batch=True, **remote)
+            _Worker,
+            fn_constructor_args=({"work": ref}, engine.gpus_per_worker > 0),
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(size=workers),
+            zero_copy_batch=True,
+            **remote,
+        )
         out: dict[str, np.ndarray] = {}
         done = 0
-        with progress_bar(total=n, desc=f"{desc} on {workers} Ray worker(s)", disable=not progress, unit="img",
-                          file=sys.stderr) as bar:
+        with progress_bar(
+            total=n, desc=f"{desc} on {workers} Ray worker(s)", disable=not progress, unit="img", file=sys.stderr
+        ) as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 rows = np.asarray(batch.pop("row"))
                 if consume is not None:
                     consume(rows, batch)
                 for k, v in batch.items():
                     if k not in out:
-                        ragged = v.dtype == object or v.ndim == 1 and k != "row" and not np.issubdtype(v.dtype, np.number)
+                        ragged = (
+                            v.dtype == object or v.ndim == 1 and k != "row" and not np.issubdtype(v.dtype, np.number)
+                        )
                         out[k] = np.empty(n, dtype=object) if ragged else np.empty((n, *v.shape[1:]), dtype=v.dtype)
                     if out[k].dtype == object:
                         for r, x in zip(rows, v):
@@ -180,10 +224,23 @@ def default_batch_size(engine: Engine, given: int | None) -> int:
     return given or DEFAULT_BATCH["cuda" if engine.gpus_per_worker > 0 else "cpu"]
 
 
-def collect(engine: Engine, images, *, target=None, layers: Sequence[str] = (), pooling: str = "mean",
-            image_models: dict | None = None, thumb_size: int | None = None, batch_size: int | None = None,
-            progress: bool = True, desc: str = "images", dtype: str = "float32", layouts: dict | None = None,
-            maps_keep: int = 0, on_bad_image: str = "skip"):
+def collect(
+    engine: Engine,
+    images,
+    *,
+    target=None,
+    layers: Sequence[str] = (),
+    pooling: str = "mean",
+    image_models: dict | None = None,
+    thumb_size: int | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    desc: str = "images",
+    dtype: str = "float32",
+    layouts: dict | None = None,
+    maps_keep: int = 0,
+    on_bad_image: str = "skip",
+):
     """clipeval.dissect.activations on Ray workers: the same Collected, from the same ProbeBatch (each worker
     sends back the activation maps of its own running top images; they are merged here as they come).
     An image that does not decode is skipped and counted ('skip') or stops the pass ('fail'), as there."""
@@ -191,8 +248,17 @@ def collect(engine: Engine, images, *, target=None, layers: Sequence[str] = (), 
     from clipeval.dissect.activations import Collected, bad_image_error, without_failed
     from clipeval.dissect.maps import KeptMaps
 
-    work = ProbeWork(target if layers else None, layers, pooling, image_models or {}, thumb_size,
-                     default_batch_size(engine, batch_size), dtype, layouts, maps_keep)
+    work = ProbeWork(
+        target if layers else None,
+        layers,
+        pooling,
+        image_models or {},
+        thumb_size,
+        default_batch_size(engine, batch_size),
+        dtype,
+        layouts,
+        maps_keep,
+    )
     maps: dict[str, KeptMaps] = {}
     failed: list[tuple[int, str]] = []
 
@@ -201,18 +267,33 @@ def collect(engine: Engine, images, *, target=None, layers: Sequence[str] = (), 
         if failed and on_bad_image == "fail":
             raise bad_image_error(images, failed)
         for k in [k for k in batch if k.startswith(MAPS)]:
-            maps.setdefault(k[len(MAPS):], KeptMaps(maps_keep)).add(rows, batch.pop(k))
+            maps.setdefault(k[len(MAPS) :], KeptMaps(maps_keep)).add(rows, batch.pop(k))
 
-    out = map_images(engine, work, {"path": [im.path for im in images]}, batch_size=work.batch_size,
-                     progress=progress, desc=desc, consume=fold)
-    acts = {k[len(ACT):]: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items() if k.startswith(ACT)}
-    embs = {k[len(EMB):]: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items() if k.startswith(EMB)}
+    out = map_images(
+        engine,
+        work,
+        {"path": [im.path for im in images]},
+        batch_size=work.batch_size,
+        progress=progress,
+        desc=desc,
+        consume=fold,
+    )
+    acts = {k[len(ACT) :]: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items() if k.startswith(ACT)}
+    embs = {k[len(EMB) :]: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items() if k.startswith(EMB)}
     thumbs = [bytes(t) for t in out["thumbnail"]] if thumb_size else None
     return without_failed(images, Collected(acts, embs, thumbs, failed, maps), on_bad_image)
 
 
-def embed(engine: Engine, model, paths: Sequence[str], *, batch_size: int | None = None, dtype: str = "float32",
-          progress: bool = True, desc: str = "encoding images") -> np.ndarray:
+def embed(
+    engine: Engine,
+    model,
+    paths: Sequence[str],
+    *,
+    batch_size: int | None = None,
+    dtype: str = "float32",
+    progress: bool = True,
+    desc: str = "encoding images",
+) -> np.ndarray:
     """ImageEmbedder.embed on Ray workers: (len(paths), dim) float32 rows in order."""
     work = EmbedWork(model, default_batch_size(engine, batch_size), dtype)
     out = map_images(engine, work, {"path": list(paths)}, batch_size=work.batch_size, progress=progress, desc=desc)
@@ -238,8 +319,15 @@ def _vqa_missing(name: str) -> str | None:
         return None
 
 
-def yes_probability(engine: Engine, work: VqaWork, paths: Sequence[str], questions: Sequence[Sequence[str]], *,
-                    progress: bool = True, desc: str = "VQA") -> tuple[list[np.ndarray], dict]:
+def yes_probability(
+    engine: Engine,
+    work: VqaWork,
+    paths: Sequence[str],
+    questions: Sequence[Sequence[str]],
+    *,
+    progress: bool = True,
+    desc: str = "VQA",
+) -> tuple[list[np.ndarray], dict]:
     """YesNoBatch.score on Ray workers: P(yes) per question per image, and the answering model's info.
     A BLIP-2 the workers do not have raises WeightsUnavailable before any actor starts (checked by one
     small task where a worker would run, so Ray does not print the actors' failing constructors)."""
@@ -254,8 +342,14 @@ def yes_probability(engine: Engine, work: VqaWork, paths: Sequence[str], questio
             missing = ray.get(check.remote(work.name))
         if missing:
             raise WeightsUnavailable(missing)
-    out = map_images(engine, work, {"path": list(paths), "questions": [list(q) for q in questions]},
-                     batch_size=work.batch_size, progress=progress, desc=desc)
+    out = map_images(
+        engine,
+        work,
+        {"path": list(paths), "questions": [list(q) for q in questions]},
+        batch_size=work.batch_size,
+        progress=progress,
+        desc=desc,
+    )
     return [np.asarray(p, dtype=np.float64) for p in out["p_yes"]], json.loads(out["model_info"][0])
 
 
@@ -273,5 +367,5 @@ def weights_unavailable_message(error: BaseException) -> str | None:
     text = str(error)
     marker = "WeightsUnavailable: "
     if marker in text:
-        return text[text.index(marker) + len(marker):].strip()
+        return text[text.index(marker) + len(marker) :].strip()
     return None

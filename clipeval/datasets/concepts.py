@@ -59,9 +59,11 @@ def from_lines(name: str, lines: list[str], warn: bool = True) -> ConceptSet:
     if not seen:
         raise ClipevalError(f"concept set {name} is empty (no non-blank lines)")
     if len(seen) == 1:
-        raise ClipevalError(f"concept set {name} has a single distinct concept ({next(iter(seen))!r}"
-                            f"{f', repeated {len(duplicates) + 1} times' if duplicates else ''}); a label is "
-                            "the best of several concepts, so give at least two")
+        raise ClipevalError(
+            f"concept set {name} has a single distinct concept ({next(iter(seen))!r}"
+            f"{f', repeated {len(duplicates) + 1} times' if duplicates else ''}); a label is "
+            "the best of several concepts, so give at least two"
+        )
     if duplicates and warn:
         shown = ", ".join(repr(d) for d in duplicates[:5]) + (" ..." if len(duplicates) > 5 else "")
         warnings.warn(f"concept set {name}: removed {len(duplicates)} duplicate(s): {shown}", stacklevel=3)
@@ -79,8 +81,7 @@ def load_concepts(source: str) -> ConceptSet:
         return from_lines(source, _common_words(n))
     path = Path(source).expanduser()
     if not path.is_file():
-        raise ClipevalError(f"concept set {source!r} is neither a file nor a built-in set "
-                            f"({', '.join(BUILTIN)})")
+        raise ClipevalError(f"concept set {source!r} is neither a file nor a built-in set ({', '.join(BUILTIN)})")
     check_path(path, "concept file", "read")
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte order mark (Windows editors) is not part of a concept

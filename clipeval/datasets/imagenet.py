@@ -36,8 +36,11 @@ def imagenet_synonyms() -> list[set[str]]:
     synset (timm ships the synset list and lemmas), lower-cased."""
     info = _package_dir("timm") / "data" / "_info"
     synsets = (info / "imagenet_synsets.txt").read_text().split()
-    lemmas = dict(line.split("\t", 1) for line in (info / "imagenet_synset_to_lemma.txt").read_text().splitlines()
-                  if "\t" in line)
+    lemmas = dict(
+        line.split("\t", 1) for line in (info / "imagenet_synset_to_lemma.txt").read_text().splitlines() if "\t" in line
+    )
     names = imagenet_classnames()
-    return [{names[i].lower(), *(l.strip().lower() for l in lemmas.get(s, "").split(","))} - {""}
-            for i, s in enumerate(synsets)]
+    return [
+        {names[i].lower(), *(l.strip().lower() for l in lemmas.get(s, "").split(","))} - {""}
+        for i, s in enumerate(synsets)
+    ]

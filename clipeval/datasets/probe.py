@@ -61,12 +61,16 @@ def size_problem(width: int, height: int) -> str | None:
     if width < 1 or height < 1:
         return f"{width}x{height} pixels: no pixels"
     if width * height > MAX_PIXELS:
-        return (f"{width}x{height} pixels is over the limit of {MAX_PIXELS:,} pixels "
-                "(a decompression bomb or an image too large to decode safely)")
+        return (
+            f"{width}x{height} pixels is over the limit of {MAX_PIXELS:,} pixels "
+            "(a decompression bomb or an image too large to decode safely)"
+        )
     if max(width, height) > MAX_ASPECT * min(width, height):
         ratio = max(width, height) / min(width, height)
-        return (f"{width}x{height} pixels: aspect ratio {ratio:,.0f}:1 is beyond the limit of {MAX_ASPECT}:1 "
-                "(the network's centre crop would see a sliver of it, and resizing it could exhaust memory)")
+        return (
+            f"{width}x{height} pixels: aspect ratio {ratio:,.0f}:1 is beyond the limit of {MAX_ASPECT}:1 "
+            "(the network's centre crop would see a sliver of it, and resizing it could exhaust memory)"
+        )
     return None
 
 
@@ -132,7 +136,9 @@ def _walk(root: Path) -> list[tuple[Path, str, str, str]]:
             reader = csv.DictReader(f)
             missing = set(MANIFEST_COLUMNS) - set(reader.fieldnames or ())
             if missing:
-                raise ClipevalError(f"{manifest} lacks column(s) {sorted(missing)}; expected {','.join(MANIFEST_COLUMNS)}")
+                raise ClipevalError(
+                    f"{manifest} lacks column(s) {sorted(missing)}; expected {','.join(MANIFEST_COLUMNS)}"
+                )
             rows = list(reader)
         out = []
         for i, r in enumerate(rows, start=2):
@@ -140,8 +146,10 @@ def _walk(root: Path) -> list[tuple[Path, str, str, str]]:
             # judged on the text (a folder may hold symlinks to shared files; those are fine)
             rel = os.path.normpath(r["path"] or ".")
             if os.path.isabs(rel) or rel == ".." or rel.startswith(".." + os.sep) or rel == ".":
-                raise ClipevalError(f"{manifest} row {i}: path {r['path']!r} leads outside the probe folder {root}; "
-                                    "manifest paths are relative to the folder and stay inside it")
+                raise ClipevalError(
+                    f"{manifest} row {i}: path {r['path']!r} leads outside the probe folder {root}; "
+                    "manifest paths are relative to the folder and stay inside it"
+                )
             out.append((path, r["source"], r["license"], r["label"]))
         return out
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -186,8 +194,10 @@ def load_probe(paths: Sequence[str], on_bad_image: str = "skip") -> ProbeSet:
     if skipped:
         listing = "; ".join(f"{p} ({r})" for p, r in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
         if on_bad_image == "fail":
-            raise ClipevalError(f"{len(skipped)} unreadable file(s) in the probe set: {listing}. "
-                                "Remove them or pass --on-bad-image skip")
+            raise ClipevalError(
+                f"{len(skipped)} unreadable file(s) in the probe set: {listing}. "
+                "Remove them or pass --on-bad-image skip"
+            )
         warnings.warn(f"skipped {len(skipped)} unreadable file(s) in the probe set: {listing}", stacklevel=2)
     if not images:
         raise ClipevalError(f"probe set {list(paths)} has no readable images")

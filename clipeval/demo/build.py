@@ -59,9 +59,15 @@ FINAL_LAYER = "classifier"
 
 
 def demo_config(probe_dir: Path, concepts: str, dtype: str = "float32") -> DissectConfig:
-    return DissectConfig(target=TargetConfig("efficientnet_lite0"), layers=DEMO_LAYERS,
-                         probe=ProbeConfig((str(probe_dir),)), concepts=ConceptConfig(concepts),
-                         image_text=LABELLING_MODEL, similarity=SimilarityConfig("soft_wpmi"), dtype=dtype)
+    return DissectConfig(
+        target=TargetConfig("efficientnet_lite0"),
+        layers=DEMO_LAYERS,
+        probe=ProbeConfig((str(probe_dir),)),
+        concepts=ConceptConfig(concepts),
+        image_text=LABELLING_MODEL,
+        similarity=SimilarityConfig("soft_wpmi"),
+        dtype=dtype,
+    )
 
 
 def _meta_key(size: str) -> str:
@@ -105,9 +111,11 @@ def add_sibling_sources(store: Store, run_ids: list[str], progress: bool = True,
                 evaluate_source(store, run_id, sid, progress=progress, cache_dir=cache_dir)
 
 
-ACCURACY_CAVEAT = ("not comparable with the paper's 95.5%: that is CLIP ViT-B/16 labelling ResNet-50 on ImageNet "
-                   "val; here the ConSE stand-in, itself an ImageNet classifier that sees images through the same "
-                   "1,000 class names, labels EfficientNet-Lite0 on the demo probe")
+ACCURACY_CAVEAT = (
+    "not comparable with the paper's 95.5%: that is CLIP ViT-B/16 labelling ResNet-50 on ImageNet "
+    "val; here the ConSE stand-in, itself an ImageNet classifier that sees images through the same "
+    "1,000 class names, labels EfficientNet-Lite0 on the demo probe"
+)
 
 
 def calibrate_stand_in(store: Store, run_ids: list[str], layer: str = FINAL_LAYER) -> dict:
@@ -141,13 +149,25 @@ def calibrate_stand_in(store: Store, run_ids: list[str], layer: str = FINAL_LAYE
         if parts:
             f = pd.concat(parts, ignore_index=True)
             results[e] = calibrate_splits(f["score"].to_numpy(), f["verdict"].to_numpy().astype(bool), e)
-    save_calibration(store, info, results, REFERENCE_RATER,
-                     f"the final layer ({layer}) of the {len(run_ids)} demo runs pooled", runs=used)
+    save_calibration(
+        store,
+        info,
+        results,
+        REFERENCE_RATER,
+        f"the final layer ({layer}) of the {len(run_ids)} demo runs pooled",
+        runs=used,
+    )
     return results
 
 
-def build_demo(db: str | Path = DEFAULT_DB, size: str = "full", progress: bool = True, device="cpu",
-               dtype: str = "float32", status: bool = False) -> list[str]:
+def build_demo(
+    db: str | Path = DEFAULT_DB,
+    size: str = "full",
+    progress: bool = True,
+    device="cpu",
+    dtype: str = "float32",
+    status: bool = False,
+) -> list[str]:
     """Build the demo runs into `db` unless they are already there (the ones present are kept whatever
     device and dtype made them); returns their run ids. Models run on `device` in `dtype`. With `status`,
     the stage and progress bars also go to the store's build status file, which the app shows."""
@@ -156,8 +176,9 @@ def build_demo(db: str | Path = DEFAULT_DB, size: str = "full", progress: bool =
 
     running = prog.read(db)
     if running and running["alive"] and running["state"] == "running" and running["pid"] != os.getpid():
-        raise ClipevalError(f"another demo build (process {running['pid']}) is writing {db}; wait for it, "
-                            f"or stop it first")
+        raise ClipevalError(
+            f"another demo build (process {running['pid']}) is writing {db}; wait for it, or stop it first"
+        )
     with prog.reporting_to(prog.BuildStatus(prog.status_path(db), f"the offline demo ({size})")):
         return _build_demo(db, size, progress, device, dtype)
 
@@ -166,7 +187,6 @@ def start_in_background(db: str | Path, size: str, device: str, dtype: str) -> s
     """Start `clipeval demo` as a detached process writing the store's build status file and log, unless
     the demo is complete or a build is already running; returns what happened, in a sentence."""
     import subprocess
-
 
     running = prog.read(db)
     if running and running["alive"] and running["state"] == "running":
@@ -181,14 +201,30 @@ def start_in_background(db: str | Path, size: str, device: str, dtype: str) -> s
             return f"demo runs present in {db}: {', '.join(ready)}"
     log = prog.log_path(db)
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "clipeval", "--db", str(db), "demo", "--size", size, "--device", device,
-           "--dtype", dtype, "--status"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "clipeval",
+        "--db",
+        str(db),
+        "demo",
+        "--size",
+        size,
+        "--device",
+        device,
+        "--dtype",
+        dtype,
+        "--status",
+    ]
     with open(log, "w") as out:
         # a session of its own: Ctrl-C on the app (or the app's exit) does not kill a half-done build
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    return (f"building the offline demo in the background (process {proc.pid}): the app serves now, its "
-            f"Overview shows the build's progress and each run as it completes; log: {log}")
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    return (
+        f"building the offline demo in the background (process {proc.pid}): the app serves now, its "
+        f"Overview shows the build's progress and each run as it completes; log: {log}"
+    )
 
 
 def _build_demo(db, size: str, progress: bool, device, dtype: str) -> list[str]:
@@ -206,9 +242,12 @@ def _build_demo(db, size: str, progress: bool, device, dtype: str) -> list[str]:
             return ready
         start = time.perf_counter()
         if progress:
-            print(f"building the offline demo ({size}) into {store.path}. On 2 cores expect about "
-                  f"{'7-10 minutes' if size == 'full' else '2 minutes'}; each step shows a progress bar "
-                  "with its own time left. Later starts reuse it.", file=sys.stderr)
+            print(
+                f"building the offline demo ({size}) into {store.path}. On 2 cores expect about "
+                f"{'7-10 minutes' if size == 'full' else '2 minutes'}; each step shows a progress bar "
+                "with its own time left. Later starts reuse it.",
+                file=sys.stderr,
+            )
         stage("probe images: generating and collecting the demo's probe set")
         probe_dir = build_demo_probe(store.path.parent / "probe" / f"demo-{size}", size=size, progress=progress)
         if progress:
@@ -218,16 +257,31 @@ def _build_demo(db, size: str, progress: bool, device, dtype: str) -> list[str]:
         for i, concepts in enumerate(DEMO_CONCEPTS, 1):
             stage(f"demo run {i} of {len(DEMO_CONCEPTS)}: concept set {concepts}")
             if progress:
-                print(f"\n== demo run {i}/{len(DEMO_CONCEPTS)}: concepts {concepts} "
-                      f"({time.perf_counter() - start:.0f} s so far)", file=sys.stderr)
+                print(
+                    f"\n== demo run {i}/{len(DEMO_CONCEPTS)}: concepts {concepts} "
+                    f"({time.perf_counter() - start:.0f} s so far)",
+                    file=sys.stderr,
+                )
             # warnings are shown, not silenced: they are what a user of the same commands would see
             # force: a store with an older demo version gets its runs recomputed with what this version
             # stores (same run ids, e.g. activation maps since version 3; the arrays cached on disk are reused)
-            run_id = pipeline.dissect(demo_config(probe_dir, concepts, dtype), store, progress=progress, force=True,
-                                      name=f"demo: EfficientNet-Lite0 | demo probe ({size}) | {concepts}",
-                                      device=device)
-            outcomes = evaluate(store, run_id, "cp,es,contrast,vqa", eval_model=EVAL_MODEL, progress=progress,
-                                device=device, dtype=dtype)
+            run_id = pipeline.dissect(
+                demo_config(probe_dir, concepts, dtype),
+                store,
+                progress=progress,
+                force=True,
+                name=f"demo: EfficientNet-Lite0 | demo probe ({size}) | {concepts}",
+                device=device,
+            )
+            outcomes = evaluate(
+                store,
+                run_id,
+                "cp,es,contrast,vqa",
+                eval_model=EVAL_MODEL,
+                progress=progress,
+                device=device,
+                dtype=dtype,
+            )
             if progress:
                 for o in outcomes:
                     note = "BLIP-2 weights are not on this machine (see the app)" if o.status == "unavailable" else ""
@@ -245,13 +299,19 @@ def _build_demo(db, size: str, progress: bool, device, dtype: str) -> list[str]:
             for r in results.values():
                 lo, hi = r["interval"]
                 klo, khi = r["heldout_kappa_interval"]
-                print(f"calibrated {r['evaluator']}: {r['param']} = {r['value']:.4g} [{lo:.4g}, {hi:.4g}], held-out kappa "
-                      f"{r['heldout_kappa']:.3f} [{klo:.3f}, {khi:.3f}] ({r['n_splits']} splits of {r['n_neurons']} "
-                      f"neurons, {r['n_yes']} 'yes' by the reference)", file=sys.stderr)
+                print(
+                    f"calibrated {r['evaluator']}: {r['param']} = {r['value']:.4g} [{lo:.4g}, {hi:.4g}], held-out kappa "
+                    f"{r['heldout_kappa']:.3f} [{klo:.3f}, {khi:.3f}] ({r['n_splits']} splits of {r['n_neurons']} "
+                    f"neurons, {r['n_yes']} 'yes' by the reference)",
+                    file=sys.stderr,
+                )
             acc = imagenet_label_accuracy(store, run_ids[DEMO_CONCEPTS.index("imagenet")], FINAL_LAYER)
-            print(f"\ndemo ready in {time.perf_counter() - start:.0f} s. Final-layer label accuracy with ImageNet "
-                  f"class names: top-1 {acc.get('top1', float('nan')):.1%}, top-5 {acc.get('top5', float('nan')):.1%} "
-                  f"({ACCURACY_CAVEAT})", file=sys.stderr)
+            print(
+                f"\ndemo ready in {time.perf_counter() - start:.0f} s. Final-layer label accuracy with ImageNet "
+                f"class names: top-1 {acc.get('top1', float('nan')):.1%}, top-5 {acc.get('top5', float('nan')):.1%} "
+                f"({ACCURACY_CAVEAT})",
+                file=sys.stderr,
+            )
         return run_ids
     finally:
         store.close()

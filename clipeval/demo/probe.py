@@ -55,14 +55,47 @@ MVTB_LICENSE = "MIT (PyPI mvtb-data, Peter Corke)"
 SKLEARN_LICENSE = "CC BY 2.0 ({}, Flickr; scikit-learn sample image)"
 
 PALETTE = {
-    "red": (220, 30, 30), "orange": (245, 140, 20), "yellow": (250, 220, 30), "green": (40, 160, 60),
-    "blue": (30, 80, 220), "purple": (130, 50, 170), "pink": (245, 150, 190), "brown": (125, 80, 40),
-    "black": (15, 15, 15), "white": (245, 245, 245), "gray": (128, 128, 128), "cyan": (30, 200, 220),
+    "red": (220, 30, 30),
+    "orange": (245, 140, 20),
+    "yellow": (250, 220, 30),
+    "green": (40, 160, 60),
+    "blue": (30, 80, 220),
+    "purple": (130, 50, 170),
+    "pink": (245, 150, 190),
+    "brown": (125, 80, 40),
+    "black": (15, 15, 15),
+    "white": (245, 245, 245),
+    "gray": (128, 128, 128),
+    "cyan": (30, 200, 220),
 }
-SHAPES = ("circle", "ellipse", "square", "rectangle", "triangle", "diamond", "pentagon", "hexagon",
-          "star", "cross", "ring", "arrow", "heart", "crescent")
-TEXTURES = ("stripes", "checkerboard", "polka dots", "grid", "zigzag", "waves", "concentric circles",
-            "plaid", "noise", "gradient")
+SHAPES = (
+    "circle",
+    "ellipse",
+    "square",
+    "rectangle",
+    "triangle",
+    "diamond",
+    "pentagon",
+    "hexagon",
+    "star",
+    "cross",
+    "ring",
+    "arrow",
+    "heart",
+    "crescent",
+)
+TEXTURES = (
+    "stripes",
+    "checkerboard",
+    "polka dots",
+    "grid",
+    "zigzag",
+    "waves",
+    "concentric circles",
+    "plaid",
+    "noise",
+    "gradient",
+)
 # images per label: (colours, shapes, textures)
 PROCEDURAL_COUNTS = {"full": (20, 25, 30), "small": (1, 2, 1)}
 CANVAS = 224
@@ -97,13 +130,28 @@ SKLEARN_IMAGES = (("china.jpg", "temple", "danielbuechele"), ("flower.jpg", "flo
 
 # mvtb-data files that are synthetic targets, binary masks, tiny test patterns or calibration shots
 # (and lena.png, whose use is discouraged), matched on the path relative to mvtbdata/images
-MVTB_SKIP = re.compile(r"^(calibration/|5points|eg-morph|scale-space|wally\.|multiblobs|segmentation|shark|"
-                       r"apriltag|arucoboard|tags\.|yellowtargets|fisheye_target|adelson|Image18|lena\.|church\.png)")
+MVTB_SKIP = re.compile(
+    r"^(calibration/|5points|eg-morph|scale-space|wally\.|multiblobs|segmentation|shark|"
+    r"apriltag|arucoboard|tags\.|yellowtargets|fisheye_target|adelson|Image18|lena\.|church\.png)"
+)
 MVTB_LABELS = {  # where the file name does not say what is in the picture
-    "58060": "grain", "image3": "street", "lab-scene": "laboratory", "greenscreen": "green screen",
-    "seq/im": "paper house", "campus/P": "building", "campus/holdout/P": "building", "mosaic/aerial": "aerial photo",
-    "penguins": "sign", "castle": "sign", "walls": "brick house", "parks": "park", "tomato": "tomato plant",
-    "monalisa": "painting", "wheres-wally": "drawing", "notre-dame": "cathedral", "eiffel": "eiffel tower",
+    "58060": "grain",
+    "image3": "street",
+    "lab-scene": "laboratory",
+    "greenscreen": "green screen",
+    "seq/im": "paper house",
+    "campus/P": "building",
+    "campus/holdout/P": "building",
+    "mosaic/aerial": "aerial photo",
+    "penguins": "sign",
+    "castle": "sign",
+    "walls": "brick house",
+    "parks": "park",
+    "tomato": "tomato plant",
+    "monalisa": "painting",
+    "wheres-wally": "drawing",
+    "notre-dame": "cathedral",
+    "eiffel": "eiffel tower",
     "rocks": "rocks",
 }
 MVTB_SMALL_STRIDE = 8  # size="small" takes every 8th eligible photo
@@ -111,7 +159,8 @@ MVTB_SMALL_STRIDE = 8  # size="small" takes every 8th eligible photo
 # openclipart file names are "<title>_<author>_NN", often cut off at ~24 characters. Words of author
 # names (read off the files this selection takes) end the title; so does a last word of 4+ letters that
 # starts one of them, as "archite" for "architetto".
-OPENCLIPART_AUTHORS = frozenset("""
+OPENCLIPART_AUTHORS = frozenset(
+    """
     abiclipart aiello aj alcalde alejandro alex alexander allen andrad andreas andy angelo ani anita anthony
     anton arago araujo architetto ashton balin bartel bazelkov benji bersac bertle bob bosdonna boyer brady
     brill buculei cagle celso chaosinfait chaspo cheng chris christoph christophe clemente colin copper corwin
@@ -128,7 +177,8 @@ OPENCLIPART_AUTHORS = frozenset("""
     shandy sherrera simpson smith snuatautisticido soares stefan steltenpoel steele steve struve susan
     tanguy tatiana teed tejada tess teudimu theobald todd tom tomas tomek torkar treebuilder valkhof vasamaa
     victor vikingdread walden warttig webb wilc william wolfram yager yastrov yen yves zazou
-""".split())
+""".split()
+)
 _FILLER_WORDS = {"pt", "step", "bw", "bwh", "cm", "md", "svg", "png", "amp", "http", "www", "of", "the", "an"}
 OPENCLIPART_FOLDER_LABELS = {"recreation/games/cards/": "playing card", "shapes/flowchart/": "flowchart shape"}
 
@@ -142,6 +192,7 @@ class _Item:
 
 
 # ---------------------------------------------------------------- procedural
+
 
 def _rng(*key: object) -> np.random.Generator:
     # one stream per image, so adding or reordering images never changes the others' bytes
@@ -167,8 +218,9 @@ def _solid(name: str, rng: np.random.Generator) -> Image.Image:
 def _polygon(cx: float, cy: float, radii: Iterable[float], rotation: float) -> list[tuple[float, float]]:
     radii = list(radii)
     step = 2 * math.pi / len(radii)
-    return [(cx + r * math.sin(rotation + i * step), cy - r * math.cos(rotation + i * step))
-            for i, r in enumerate(radii)]
+    return [
+        (cx + r * math.sin(rotation + i * step), cy - r * math.cos(rotation + i * step)) for i, r in enumerate(radii)
+    ]
 
 
 def _shape(name: str, rng: np.random.Generator) -> Image.Image:
@@ -238,7 +290,7 @@ def _texture(name: str, rng: np.random.Generator) -> Image.Image:
         mask = (np.floor(x / period) + np.floor(y / period)) % 2 == 0
     elif name == "polka dots":
         gx, gy = (x % period) - period / 2, (y % period) - period / 2
-        mask = gx ** 2 + gy ** 2 < (period * rng.uniform(0.2, 0.33)) ** 2
+        mask = gx**2 + gy**2 < (period * rng.uniform(0.2, 0.33)) ** 2
     elif name == "grid":
         width = max(2.0, period * 0.12)
         mask = (x % period < width) | (y % period < width)
@@ -282,18 +334,23 @@ def _procedural_items(size: str) -> list[_Item]:
         for label in labels:
             for i in range(n):
                 rel = f"procedural/{_slug(label)}/{_slug(label)}_{i:03d}.png"
-                items.append(_Item(rel, label, PROCEDURAL_LICENSE,
-                                   lambda draw=draw, label=label, i=i: draw(label, _rng(label, i))))
+                items.append(
+                    _Item(
+                        rel, label, PROCEDURAL_LICENSE, lambda draw=draw, label=label, i=i: draw(label, _rng(label, i))
+                    )
+                )
     return items
 
 
 # ---------------------------------------------------------------- packaged photos
+
 
 def _photo(path: Path, max_side: int = PHOTO_MAX_SIDE) -> Callable[[], Image.Image]:
     def make() -> Image.Image:
         im = load_rgb(str(path))
         im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
         return im
+
     return make
 
 
@@ -304,8 +361,11 @@ def _skimage_items(size: str) -> list[_Item]:
         return []
     # read the bundled files by name: skimage.data's functions may reach for pooch and the network
     folder = Path(skimage.data.__file__).parent
-    return [_Item(f"scikit-image/{_slug(label)}/{Path(name).stem}.jpg", label, license_, _photo(folder / name))
-            for name, label, license_ in SKIMAGE_IMAGES if (folder / name).is_file()]
+    return [
+        _Item(f"scikit-image/{_slug(label)}/{Path(name).stem}.jpg", label, license_, _photo(folder / name))
+        for name, label, license_ in SKIMAGE_IMAGES
+        if (folder / name).is_file()
+    ]
 
 
 def _sklearn_items(size: str) -> list[_Item]:
@@ -314,9 +374,16 @@ def _sklearn_items(size: str) -> list[_Item]:
     except ImportError:
         return []
     folder = Path(sklearn.datasets.__file__).parent / "images"
-    return [_Item(f"scikit-learn/{_slug(label)}/{Path(name).stem}.jpg", label, SKLEARN_LICENSE.format(author),
-                  _photo(folder / name))
-            for name, label, author in SKLEARN_IMAGES if (folder / name).is_file()]
+    return [
+        _Item(
+            f"scikit-learn/{_slug(label)}/{Path(name).stem}.jpg",
+            label,
+            SKLEARN_LICENSE.format(author),
+            _photo(folder / name),
+        )
+        for name, label, author in SKLEARN_IMAGES
+        if (folder / name).is_file()
+    ]
 
 
 def _mvtb_label(rel: str) -> str:
@@ -333,26 +400,36 @@ def _mvtb_items(size: str) -> list[_Item]:
     except ImportError:
         return []
     root = Path(mvtbdata.__file__).parent / "images"
-    rels = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                  if p.suffix.lower() in (".png", ".jpg") and p.is_file())
+    rels = sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in (".png", ".jpg") and p.is_file()
+    )
     rels = [r for r in rels if not MVTB_SKIP.match(r)]
     if size == "small":
         rels = rels[::MVTB_SMALL_STRIDE]
     items = []
     for rel in rels:
         label = _mvtb_label(rel)
-        items.append(_Item(f"mvtb-data/{_slug(label)}/{_slug(rel.rsplit('.', 1)[0].replace('/', '_'))}.jpg",
-                           label, MVTB_LICENSE, _photo(root / rel)))
+        items.append(
+            _Item(
+                f"mvtb-data/{_slug(label)}/{_slug(rel.rsplit('.', 1)[0].replace('/', '_'))}.jpg",
+                label,
+                MVTB_LICENSE,
+                _photo(root / rel),
+            )
+        )
     return items
 
 
 # ---------------------------------------------------------------- openclipart
 
+
 def _fetch_hint(assets_dir: Path) -> str:
-    return (f"The full demo probe set needs Debian's openclipart-png clip art. Fetch it without root:\n"
-            f"  mkdir -p {assets_dir} && cd {assets_dir} && apt-get download openclipart-png && "
-            f"dpkg-deb -x openclipart-png_*.deb openclipart\n"
-            f"(or `sudo apt-get install openclipart-png`), or build with size='small'.")
+    return (
+        f"The full demo probe set needs Debian's openclipart-png clip art. Fetch it without root:\n"
+        f"  mkdir -p {assets_dir} && cd {assets_dir} && apt-get download openclipart-png && "
+        f"dpkg-deb -x openclipart-png_*.deb openclipart\n"
+        f"(or `sudo apt-get install openclipart-png`), or build with size='small'."
+    )
 
 
 def _run(cmd: list[str], cwd: Path) -> tuple[bool, str]:
@@ -447,19 +524,27 @@ def _openclipart_items(size: str, assets_dir: str | Path | None, progress: bool 
         raise ClipevalError(f"no PNG files under {root}")
     # the smallest per-category quota that reaches the target spreads the picks over every category
     quota = 1
-    while sum(min(len(v), quota) for v in by_category.values()) < OPENCLIPART_TARGET and \
-            quota < max(len(v) for v in by_category.values()):
+    while sum(min(len(v), quota) for v in by_category.values()) < OPENCLIPART_TARGET and quota < max(
+        len(v) for v in by_category.values()
+    ):
         quota += 1
     items = []
     for category, rels in sorted(by_category.items()):
         for j in _spread(len(rels), min(len(rels), quota)):
             rel = rels[j]
-            items.append(_Item(f"openclipart/{category}/{_slug(Path(rel).stem)}.png", openclipart_label(rel),
-                               OPENCLIPART_LICENSE, _photo(root / rel, CLIPART_MAX_SIDE)))
+            items.append(
+                _Item(
+                    f"openclipart/{category}/{_slug(Path(rel).stem)}.png",
+                    openclipart_label(rel),
+                    OPENCLIPART_LICENSE,
+                    _photo(root / rel, CLIPART_MAX_SIDE),
+                )
+            )
     return items
 
 
 # ---------------------------------------------------------------- build
+
 
 def _collect(size: str, assets_dir: str | Path | None, progress: bool = False) -> dict[str, list[_Item]]:
     sources = {
@@ -487,12 +572,17 @@ def _is_complete(out: Path, size: str) -> bool:
             rows = list(csv.DictReader(f))
     except (OSError, ValueError):
         return False
-    return (info.get("format") == FORMAT and info.get("size") == size and len(rows) == info.get("total")
-            and all((out / r["path"]).is_file() for r in rows))
+    return (
+        info.get("format") == FORMAT
+        and info.get("size") == size
+        and len(rows) == info.get("total")
+        and all((out / r["path"]).is_file() for r in rows)
+    )
 
 
-def build_demo_probe(out_dir: str | Path, *, size: str = "full", assets_dir: str | Path | None = None,
-                     progress: bool = True) -> Path:
+def build_demo_probe(
+    out_dir: str | Path, *, size: str = "full", assets_dir: str | Path | None = None, progress: bool = True
+) -> Path:
     """Build the demo probe set into out_dir (returned); a complete build of the same size is reused.
 
     size="full" gives >= 3,000 images and needs openclipart-png (fetched into assets_dir, default

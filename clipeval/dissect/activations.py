@@ -34,11 +34,23 @@ class Collected:
     maps: dict = field(default_factory=dict)  # layer -> maps.KeptMaps (layers with a spatial layout)
 
 
-def collect(images: Sequence[ProbeImage], *, target: Target | None = None, layers: Sequence[str] = (),
-            pooling: str = "mean", image_models: dict | None = None, thumb_size: int | None = None,
-            batch_size: int | None = None, num_workers: int | None = None, progress: bool = True,
-            desc: str = "images", placement: Placement = CPU, layouts: dict[str, str] | None = None,
-            on_bad_image: str = "skip", maps_keep: int = 0) -> Collected:
+def collect(
+    images: Sequence[ProbeImage],
+    *,
+    target: Target | None = None,
+    layers: Sequence[str] = (),
+    pooling: str = "mean",
+    image_models: dict | None = None,
+    thumb_size: int | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    progress: bool = True,
+    desc: str = "images",
+    placement: Placement = CPU,
+    layouts: dict[str, str] | None = None,
+    on_bad_image: str = "skip",
+    maps_keep: int = 0,
+) -> Collected:
     """One pass over `images`: pooled activations of `layers` of `target`, embeddings of every model in
     `image_models` (name -> ImageTextModel), and thumbnails if `thumb_size` is set, every model on
     `placement` (batch size and decoding workers default per device). `layouts` (layer -> layout, see
@@ -52,18 +64,26 @@ def collect(images: Sequence[ProbeImage], *, target: Target | None = None, layer
     maps: dict[str, KeptMaps] = {}
     thumbs: list[bytes] | None = [b""] * n if thumb_size else None
     failed: list[tuple[int, str]] = []
-    with ProbeBatch(target, layers, pooling, image_models, thumb_size, placement, batch_size,
-                    layouts=layouts, maps_keep=maps_keep) as work:
-        for rows, tensors, batch_thumbs in iterate([im.path for im in images], work.decode, placement,
-                                                   batch_size, num_workers, progress=progress, desc=desc,
-                                                   failed=failed):
+    with ProbeBatch(
+        target, layers, pooling, image_models, thumb_size, placement, batch_size, layouts=layouts, maps_keep=maps_keep
+    ) as work:
+        for rows, tensors, batch_thumbs in iterate(
+            [im.path for im in images],
+            work.decode,
+            placement,
+            batch_size,
+            num_workers,
+            progress=progress,
+            desc=desc,
+            failed=failed,
+        ):
             if failed and on_bad_image == "fail":
                 raise bad_image_error(images, failed)
             for key, out in work.forward(tensors, rows).items():
                 if key.startswith(MAPS):
-                    maps.setdefault(key[len(MAPS):], KeptMaps(maps_keep)).add(rows, out)
+                    maps.setdefault(key[len(MAPS) :], KeptMaps(maps_keep)).add(rows, out)
                     continue
-                table, name = (acts, key[len(ACT):]) if key.startswith(ACT) else (embs, key[len(EMB):])
+                table, name = (acts, key[len(ACT) :]) if key.startswith(ACT) else (embs, key[len(EMB) :])
                 if name not in table:
                     table[name] = np.empty((n, out.shape[1]), dtype=np.float32)
                 table[name][rows] = out
@@ -76,8 +96,9 @@ def collect(images: Sequence[ProbeImage], *, target: Target | None = None, layer
 def bad_image_error(images: Sequence[ProbeImage], failed: list[tuple[int, str]]) -> ClipevalError:
     """What --on-bad-image fail stops with: the first image that did not decode, and why."""
     i, why = min(failed)
-    return ClipevalError(f"cannot decode probe image {images[i].path}: {why} (pass --on-bad-image skip to leave "
-                         "such images out)")
+    return ClipevalError(
+        f"cannot decode probe image {images[i].path}: {why} (pass --on-bad-image skip to leave such images out)"
+    )
 
 
 def without_failed(images: Sequence[ProbeImage], got: Collected, on_bad_image: str) -> Collected:
@@ -94,8 +115,13 @@ def without_failed(images: Sequence[ProbeImage], got: Collected, on_bad_image: s
         raise ClipevalError(f"none of the {len(images)} probe images could be decoded (e.g. {failed[0][1]})")
     for kept in got.maps.values():
         kept.renumber(keep)
-    return Collected({k: v[keep] for k, v in got.activations.items()}, {k: v[keep] for k, v in got.embeddings.items()},
-                     [got.thumbnails[i] for i in keep] if got.thumbnails is not None else None, failed, got.maps)
+    return Collected(
+        {k: v[keep] for k, v in got.activations.items()},
+        {k: v[keep] for k, v in got.embeddings.items()},
+        [got.thumbnails[i] for i in keep] if got.thumbnails is not None else None,
+        failed,
+        got.maps,
+    )
 
 
 def dead_units(A: np.ndarray) -> np.ndarray:
@@ -106,8 +132,9 @@ def dead_units(A: np.ndarray) -> np.ndarray:
     return spread <= DEAD_RTOL * np.maximum(1.0, np.abs(A).max(0))
 
 
-def neuron_summaries(layer: str, A: np.ndarray, k: int, n_contrast: int, seed: int
-                     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def neuron_summaries(
+    layer: str, A: np.ndarray, k: int, n_contrast: int, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Per neuron of one layer: images of kind top/low/random/level with activations, a histogram, and
     per unit whether it is dead and how many contrast negatives (low + random images) it has.
 
@@ -128,7 +155,7 @@ def neuron_summaries(layer: str, A: np.ndarray, k: int, n_contrast: int, seed: i
     start = max(k, int(np.ceil((1 - INACTIVE_QUANTILE) * n_images)))
     candidate = np.zeros(A.shape, dtype=bool)  # by rank position
     candidate[start:] = sorted_acts[start:] < sorted_acts[k - 1]
-    candidate[n_images - n_low:] = False  # the 'low' images: a negative drawn again would count twice in the AUC
+    candidate[n_images - n_low :] = False  # the 'low' images: a negative drawn again would count twice in the AUC
     keys = rng.random(A.shape)
     keys[~candidate] = np.inf
     pos = np.argsort(keys, axis=0, kind="stable")[:n_contrast]  # (<= n_contrast, units) rank positions
@@ -145,15 +172,28 @@ def neuron_summaries(layer: str, A: np.ndarray, k: int, n_contrast: int, seed: i
             return
         r, u = np.meshgrid(np.arange(idx.shape[0]), live, indexing="ij")
         mask = np.ones(idx.shape, dtype=bool) if keep is None else keep[:, live]
-        parts.append(pd.DataFrame({"layer": layer, "unit": u[mask], "kind": kind, "rank": r[mask] + 1,
-                                   "image_id": idx[mask], "activation": A[idx, live][mask]}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "layer": layer,
+                    "unit": u[mask],
+                    "kind": kind,
+                    "rank": r[mask] + 1,
+                    "image_id": idx[mask],
+                    "activation": A[idx, live][mask],
+                }
+            )
+        )
 
     add("top", order[:k])
     add("low", order[::-1][:n_low])
     add("random", random_idx, has)
     add("level", order[level_pos])
-    images = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        columns=["layer", "unit", "kind", "rank", "image_id", "activation"])
+    images = (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else pd.DataFrame(columns=["layer", "unit", "kind", "rank", "image_id", "activation"])
+    )
 
     units = np.arange(n_units)
     lo, hi = A.min(0), A.max(0)
@@ -163,8 +203,17 @@ def neuron_summaries(layer: str, A: np.ndarray, k: int, n_contrast: int, seed: i
     np.add.at(counts, (bins, np.broadcast_to(units, A.shape)), 1)
     b, u = np.meshgrid(np.arange(HIST_BINS), units, indexing="ij")
     edges = lo + width * np.arange(HIST_BINS + 1)[:, None] / HIST_BINS
-    hist = pd.DataFrame({"layer": layer, "unit": u.ravel(), "bin": b.ravel(), "lo": edges[:-1].ravel(),
-                         "hi": edges[1:].ravel(), "count": counts.ravel()})
-    stats = pd.DataFrame({"layer": layer, "unit": units, "dead": dead,
-                          "n_negatives": np.where(dead, 0, n_low + has.sum(0)).astype(int)})
+    hist = pd.DataFrame(
+        {
+            "layer": layer,
+            "unit": u.ravel(),
+            "bin": b.ravel(),
+            "lo": edges[:-1].ravel(),
+            "hi": edges[1:].ravel(),
+            "count": counts.ravel(),
+        }
+    )
+    stats = pd.DataFrame(
+        {"layer": layer, "unit": units, "dead": dead, "n_negatives": np.where(dead, 0, n_low + has.sum(0)).astype(int)}
+    )
     return images, hist, stats

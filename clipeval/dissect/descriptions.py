@@ -50,19 +50,36 @@ def read_descriptions(path) -> pd.DataFrame:
         values = pd.to_numeric(text.replace("", np.nan), errors="coerce")
         bad = (text != "") & ~np.isfinite(values.to_numpy(float))
         if bad.any():
-            raise ClipevalError(f"{path}: similarity must be a finite number (or empty); row {int(np.argmax(bad)) + 2} "
-                                f"has {df['similarity'][bad].iloc[0]!r}")
+            raise ClipevalError(
+                f"{path}: similarity must be a finite number (or empty); row {int(np.argmax(bad)) + 2} "
+                f"has {df['similarity'][bad].iloc[0]!r}"
+            )
         df["similarity"] = values
     else:
         df["similarity"] = np.nan
     return df[list(DESCRIPTION_COLUMNS)].rename(columns={"description": "label"})
 
 
-def import_descriptions(store: Store, path, *, name: str | None = None, target: str | None = None,
-                        weights: str | None = None, probe=None, pooling: str = "mean", concepts: str | None = None,
-                        on_bad_image: str = "skip", k: int = 5, n_contrast: int = 10, seed: int = 0,
-                        progress: bool = True, placement=None, batch_size: int | None = None,
-                        num_workers: int | None = None, engine=None) -> str:
+def import_descriptions(
+    store: Store,
+    path,
+    *,
+    name: str | None = None,
+    target: str | None = None,
+    weights: str | None = None,
+    probe=None,
+    pooling: str = "mean",
+    concepts: str | None = None,
+    on_bad_image: str = "skip",
+    k: int = 5,
+    n_contrast: int = 10,
+    seed: int = 0,
+    progress: bool = True,
+    placement=None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    engine=None,
+) -> str:
     """Store labels made elsewhere as a run. With a target and probe, activations are collected (on
     `placement`, default the CPU in float32, here or on Ray workers: `engine`) so the labels get top-k
     images and can be evaluated; without, the labels can only be browsed."""
@@ -89,11 +106,27 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
         layouts = targets_mod.layer_layouts(tgt, layer_order, shapes)  # a layer that cannot be pooled stops here
     placement = placement or CPU
     dtype = placement.dtype_name if tgt is not None else None  # activations differ slightly with it: hashed
-    run_id = stable_hash("import", content, target, weights, tgt and targets_mod.weights_fingerprint(tgt), pooling,
-                         probe_set and probe_set.fingerprint, concept_set and concept_set.content_hash, dtype)
-    config = {"kind": "import", "file": str(Path(path).resolve()), "target": target, "weights": weights,
-              "probe": list(probe or []), "pooling": pooling, "concepts": concepts,
-              **({"dtype": dtype} if dtype else {})}
+    run_id = stable_hash(
+        "import",
+        content,
+        target,
+        weights,
+        tgt and targets_mod.weights_fingerprint(tgt),
+        pooling,
+        probe_set and probe_set.fingerprint,
+        concept_set and concept_set.content_hash,
+        dtype,
+    )
+    config = {
+        "kind": "import",
+        "file": str(Path(path).resolve()),
+        "target": target,
+        "weights": weights,
+        "probe": list(probe or []),
+        "pooling": pooling,
+        "concepts": concepts,
+        **({"dtype": dtype} if dtype else {}),
+    }
     # the store grows by less than the CSV's size (measured: 10 MB for a 15 MB, 200,000-row file)
     check_space(store.path, Path(path).stat().st_size)
     store.start_run(run_id, name or f"imported {Path(path).name}", "import", json.dumps(config), run_id)
@@ -105,16 +138,19 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
             cache = pipeline.ArrayCache(store.path.parent / "cache")
             kept: dict = {}
             request = pipeline.LayerRequest(TargetConfig(target, weights), tgt, layer_order, pooling)
-            settings = pipeline.PassSettings(placement, engine or LOCAL, batch_size, num_workers, on_bad_image,
-                                             progress)
-            acts, _ = pipeline.probe_pass(store, cache, probe_set, request, settings=settings, maps_keep=k,
-                                          maps_out=kept)
+            settings = pipeline.PassSettings(
+                placement, engine or LOCAL, batch_size, num_workers, on_bad_image, progress
+            )
+            acts, _ = pipeline.probe_pass(
+                store, cache, probe_set, request, settings=settings, maps_keep=k, maps_out=kept
+            )
             parts = []
             for layer in layer_order:
                 have = acts[layer].shape[1]
                 if n_units[layer] > have:
-                    raise ClipevalError(f"{path}: layer {layer} has unit {n_units[layer] - 1} but {target} has only "
-                                        f"{have} units there")
+                    raise ClipevalError(
+                        f"{path}: layer {layer} has unit {n_units[layer] - 1} but {target} has only {have} units there"
+                    )
                 n_units[layer] = have
                 shape_text[layer] = str(tuple(shapes[layer]))
                 parts.append(neuron_summaries(layer, acts[layer], k, n_contrast, seed))
@@ -126,27 +162,54 @@ def import_descriptions(store: Store, path, *, name: str | None = None, target: 
             labels["dead"] = labels["dead"].fillna(False).astype(bool)
             keep = images.merge(labels[["layer", "unit"]], on=["layer", "unit"])
             images = keep
-            frames = [map_rows(layer, images[(images["layer"] == layer) & (images["kind"] == "top")], kept[layer])
-                      for layer in layer_order if layer in kept]
+            frames = [
+                map_rows(layer, images[(images["layer"] == layer) & (images["kind"] == "top")], kept[layer])
+                for layer in layer_order
+                if layer in kept
+            ]
             map_frame = pd.concat(frames, ignore_index=True) if frames else None
         if concept_set is not None:
             store.put_concepts(concept_set.content_hash, concept_set.name, concept_set.concepts)
-        layers_df = pd.DataFrame({"layer": layer_order, "position": range(len(layer_order)),
-                                  "shape": [shape_text[l] for l in layer_order],
-                                  "n_units": [int(n_units[l]) for l in layer_order]})
+        layers_df = pd.DataFrame(
+            {
+                "layer": layer_order,
+                "position": range(len(layer_order)),
+                "shape": [shape_text[l] for l in layer_order],
+                "n_units": [int(n_units[l]) for l in layer_order],
+            }
+        )
         runner = labels.assign(rank=1, concept=labels["label"], score=labels["similarity"])[
-            ["layer", "unit", "rank", "concept", "score"]]
-        store.finish_run(run_id, layers=layers_df, neurons=labels, runner_ups=runner, neuron_images=images,
-                         histograms=hists, activation_maps=map_frame, meta={
-                             "run_id": run_id, "probe_fingerprint": probe_set and probe_set.fingerprint,
-                             "concept_hash": concept_set and concept_set.content_hash,
-                             "n_images": len(probe_set) if probe_set else 0,
-                             "n_skipped_images": len(probe_set.skipped) if probe_set else 0,
-                             "models": {"labels": f"imported from {Path(path).name}",
-                                        **({"target": {"name": tgt.name, **tgt.info, "layouts": layouts},
-                                            "compute": {**placement.info(), "engine": (engine or LOCAL).describe()}}
-                                           if tgt else {})},
-                             "timings": {}, "peak_rss_mb": pipeline.peak_rss_mb()})
+            ["layer", "unit", "rank", "concept", "score"]
+        ]
+        store.finish_run(
+            run_id,
+            layers=layers_df,
+            neurons=labels,
+            runner_ups=runner,
+            neuron_images=images,
+            histograms=hists,
+            activation_maps=map_frame,
+            meta={
+                "run_id": run_id,
+                "probe_fingerprint": probe_set and probe_set.fingerprint,
+                "concept_hash": concept_set and concept_set.content_hash,
+                "n_images": len(probe_set) if probe_set else 0,
+                "n_skipped_images": len(probe_set.skipped) if probe_set else 0,
+                "models": {
+                    "labels": f"imported from {Path(path).name}",
+                    **(
+                        {
+                            "target": {"name": tgt.name, **tgt.info, "layouts": layouts},
+                            "compute": {**placement.info(), "engine": (engine or LOCAL).describe()},
+                        }
+                        if tgt
+                        else {}
+                    ),
+                },
+                "timings": {},
+                "peak_rss_mb": pipeline.peak_rss_mb(),
+            },
+        )
     except BaseException as e:
         store.fail_run(run_id, "failed", f"{type(e).__name__}: {e}")
         raise

@@ -55,8 +55,10 @@ def run_target(run: dict) -> tuple[str, str | None, str]:
         return target.get("name"), target.get("weights"), cfg.get("pooling", "mean")
     if isinstance(target, str) and target:  # an imported run with its activations collected
         return target, cfg.get("weights"), cfg.get("pooling", "mean")
-    raise TargetUnavailable("this run's labels were imported without a target network (import them again with "
-                            "--target and --probe to probe its units)")
+    raise TargetUnavailable(
+        "this run's labels were imported without a target network (import them again with "
+        "--target and --probe to probe its units)"
+    )
 
 
 def run_placement(run: dict, device: str | None = None):
@@ -69,8 +71,9 @@ def run_placement(run: dict, device: str | None = None):
     run_dtype = str(compute.get("dtype") or json.loads(run.get("config_json") or "{}").get("dtype") or "float32")
     wanted = device or ("cuda" if "cuda" in run_device or "GPU" in run_device else "cpu")
     if wanted.startswith("cuda") and not torch.cuda.is_available():
-        return Placement(), (f"the run ran on {run_device} in {run_dtype}; this machine has no GPU, so the CPU in "
-                             "float32")
+        return Placement(), (
+            f"the run ran on {run_device} in {run_dtype}; this machine has no GPU, so the CPU in float32"
+        )
     dev = resolve_device(wanted)
     dtype = DTYPES.get(run_dtype, torch.float32) if dev.type == "cuda" else torch.float32
     note = "" if dtype == DTYPES.get(run_dtype) else f"the run used {run_dtype}; here float32 on the CPU"
@@ -100,9 +103,13 @@ class LiveProbe:
         stored = ((json.loads(self.run.get("models_json") or "{}") or {}).get("target") or {}).get("layouts") or {}
         changed = {layer: (stored[layer], now) for layer, now in self.layouts.items() if stored.get(layer, now) != now}
         if changed:
-            raise TargetUnavailable("; ".join(f"the run pooled {layer} as {was}, this version pools it as {now}"
-                                              for layer, (was, now) in changed.items())
-                                    + ": a live reading would not compare with the run's (run dissect again with --force)")
+            raise TargetUnavailable(
+                "; ".join(
+                    f"the run pooled {layer} as {was}, this version pools it as {now}"
+                    for layer, (was, now) in changed.items()
+                )
+                + ": a live reading would not compare with the run's (run dissect again with --force)"
+            )
         # the region of an image the network sees, for the overlay (maps.crop_box)
         self.view = self.target.info.get("view")
         self.placement, self.device_note = run_placement(self.run, device)
@@ -146,8 +153,15 @@ class LiveProbe:
             from clipeval.dissect.pipeline import layer_key as layer_key
 
             dtype = json.loads(self.run.get("config_json") or "{}").get("dtype", "float32")
-            key = layer_key(TargetConfig(self.target_name, self.weights), self.target, layer, self.pooling,
-                             SimpleNamespace(fingerprint=self.run["probe_fingerprint"]), dtype, self.layouts[layer])
+            key = layer_key(
+                TargetConfig(self.target_name, self.weights),
+                self.target,
+                layer,
+                self.pooling,
+                SimpleNamespace(fingerprint=self.run["probe_fingerprint"]),
+                dtype,
+                self.layouts[layer],
+            )
             acts = ArrayCache(self._store.path.parent / "cache").get("activations", key)
             n = int(self.run.get("n_images") or 0)
             self._acts[layer] = acts if acts is not None and acts.shape[0] == n else None

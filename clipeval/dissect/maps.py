@@ -110,7 +110,7 @@ class RunningTop:
         vals, all_ids = pooled, ids
         if self.vals is not None:
             vals, all_ids = torch.cat([self.vals, pooled]), torch.cat([self.ids, ids])
-        keep = _order(vals, all_ids)[:self.keep]
+        keep = _order(vals, all_ids)[: self.keep]
         new = vals.gather(0, keep), all_ids.gather(0, keep)
         return (new[1][None, :, :] == ids[:, None, :]).any(dim=1), new
 
@@ -138,8 +138,12 @@ def pack(entered: torch.Tensor, pooled: torch.Tensor, maps: torch.Tensor) -> lis
     out = []
     for i in range(n):
         a, b = bounds[i], bounds[i + 1]
-        out.append(_HEAD.pack(b - a, h, w) + units[a:b].tobytes() + vals[a:b].astype(np.float32).tobytes()
-                   + sel[a:b].astype(np.float32).tobytes())
+        out.append(
+            _HEAD.pack(b - a, h, w)
+            + units[a:b].tobytes()
+            + vals[a:b].astype(np.float32).tobytes()
+            + sel[a:b].astype(np.float32).tobytes()
+        )
     return out
 
 
@@ -170,8 +174,7 @@ class KeptMaps:
                 continue
             units, vals, maps = unpack(bytes(blob))
             if len(units):
-                self._pending.append((units.astype(np.int64), np.full(len(units), int(image_id), np.int64),
-                                      vals, maps))
+                self._pending.append((units.astype(np.int64), np.full(len(units), int(image_id), np.int64), vals, maps))
                 self._n_pending += len(units)
         if self._n_pending > 4 * max(len(self._rows[0]) if self._rows else 0, 1024):
             self._prune()
@@ -180,8 +183,12 @@ class KeptMaps:
     def from_arrays(cls, keep: int, index: np.ndarray, maps: np.ndarray) -> "KeptMaps":
         """From the cached arrays: index (m, 3) [unit, image id, activation] (ids exact below 2**24), maps."""
         out = cls(keep)
-        out._rows = (index[:, 0].astype(np.int64), index[:, 1].astype(np.int64), index[:, 2].astype(np.float32),
-                     maps.astype(np.float32))
+        out._rows = (
+            index[:, 0].astype(np.int64),
+            index[:, 1].astype(np.int64),
+            index[:, 2].astype(np.float32),
+            maps.astype(np.float32),
+        )
         return out
 
     def _prune(self) -> tuple:
@@ -193,8 +200,12 @@ class KeptMaps:
             keep = order[np.arange(len(u)) - np.searchsorted(u, u, side="left") < self.keep]
             self._rows = (units[keep], ids[keep], vals[keep], maps[keep])
             self._pending, self._n_pending = [], 0
-        return self._rows or (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
-                              np.zeros((0, 1, 1), np.float32))
+        return self._rows or (
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.float32),
+            np.zeros((0, 1, 1), np.float32),
+        )
 
     def renumber(self, keep: np.ndarray) -> None:
         """Image ids after images were left out: the image with old id keep[j] gets id j (ids not in `keep`
@@ -254,8 +265,11 @@ def map_rows(layer: str, top: pd.DataFrame, kept: KeptMaps) -> pd.DataFrame:
 
 # Runs stored before the preprocessing's geometry was recorded (models.target.view) were all drawn as if
 # the network saw the centre square of 87.5% of the short side (Resize(256) + CenterCrop(224)).
-ASSUMED_VIEW = {"input": [224, 224], "ops": [{"op": "resize_short", "size": 256}, {"op": "center_crop", "size": [224, 224]}],
-                "text": "assumed: Resize(short side 256) + CenterCrop(224x224), the centre 87.5% square"}
+ASSUMED_VIEW = {
+    "input": [224, 224],
+    "ops": [{"op": "resize_short", "size": 256}, {"op": "center_crop", "size": [224, 224]}],
+    "text": "assumed: Resize(short side 256) + CenterCrop(224x224), the centre 87.5% square",
+}
 
 
 def run_view(run: dict) -> tuple[dict | None, str]:
@@ -266,8 +280,10 @@ def run_view(run: dict) -> tuple[dict | None, str]:
 
     target = (json.loads(run.get("models_json") or "{}") or {}).get("target") or {}
     if "view" not in target:
-        return ASSUMED_VIEW, ("over the region an 87.5% centre crop keeps (assumed: this run was stored before its "
-                              "preprocessing's crop was recorded)")
+        return ASSUMED_VIEW, (
+            "over the region an 87.5% centre crop keeps (assumed: this run was stored before its "
+            "preprocessing's crop was recorded)"
+        )
     return view_note(target["view"])
 
 
@@ -319,8 +335,13 @@ def crop_box(view: dict, width: int, height: int) -> tuple[float, float, float, 
     return x0, y0, x0 + w * sx, y0 + h * sy
 
 
-def overlay(jpeg: bytes, m: np.ndarray, opacity: float = 0.5, relative_to: tuple[float, float] | None = None,
-            view: dict | None = ASSUMED_VIEW) -> bytes:
+def overlay(
+    jpeg: bytes,
+    m: np.ndarray,
+    opacity: float = 0.5,
+    relative_to: tuple[float, float] | None = None,
+    view: dict | None = ASSUMED_VIEW,
+) -> bytes:
     """The thumbnail with the map upsampled (bilinear) over the region the network saw (`view`: the
     target's preprocessing, see crop_box; None: the whole image), as a heat colour: `opacity` at the map's
     peak, clear where the unit is silent. `relative_to` (lo, hi): scale the colours to this range (e.g.
@@ -337,11 +358,15 @@ def overlay(jpeg: bytes, m: np.ndarray, opacity: float = 0.5, relative_to: tuple
     x0, y0, x1, y1 = (int(round(c)) for c in (bx0, by0, bx1, by1))
     a = np.zeros((img.height, img.width), np.float32)
     if x1 > x0 and y1 > y0:
-        heat = np.asarray(Image.fromarray((v * 255).astype(np.uint8)).resize((x1 - x0, y1 - y0), Image.BILINEAR),
-                          np.float32) / 255.0
+        heat = (
+            np.asarray(
+                Image.fromarray((v * 255).astype(np.uint8)).resize((x1 - x0, y1 - y0), Image.BILINEAR), np.float32
+            )
+            / 255.0
+        )
         # the part of the region inside the image (a padding preprocessing reaches past it)
         cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, img.width), min(y1, img.height)
-        a[cy0:cy1, cx0:cx1] = heat[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+        a[cy0:cy1, cx0:cx1] = heat[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
     # yellow where weak, red where strong
     rgb = np.stack([np.full_like(a, 255), 220 * (1 - a), np.zeros_like(a)], -1)
     alpha = (opacity * a)[..., None]

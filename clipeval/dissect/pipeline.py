@@ -69,6 +69,7 @@ class ArrayCache:
 @dataclass
 class Stages:
     """Wall time per stage, printed as the run goes."""
+
     verbose: bool = True
     timings: dict = field(default_factory=dict)
 
@@ -80,13 +81,17 @@ class Stages:
         yield
         self.timings[name] = round(time.perf_counter() - start, 3)
         if self.verbose:
-            print(f"[{name}] done in {self.timings[name]:.1f} s (peak memory {peak_rss_mb():.0f} MB)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[{name}] done in {self.timings[name]:.1f} s (peak memory {peak_rss_mb():.0f} MB)",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 @dataclass
 class Resolved:
     """Inputs of a run, loaded and checked before anything is written."""
+
     config: DissectConfig
     probe: ProbeSet
     concepts: ConceptSet
@@ -106,11 +111,18 @@ def resolve(config: DissectConfig, device: str | torch.device | None = "cpu") ->
     concepts = load_concepts(config.concepts.source)
     target = targets_mod.load_target(config.target.name, config.target.weights)
     shapes = targets_mod.check_layers(target, config.layers)
-    targets_mod.layer_layouts(target, config.layers, shapes)  # a layer that cannot be pooled stops here, before any work
+    targets_mod.layer_layouts(
+        target, config.layers, shapes
+    )  # a layer that cannot be pooled stops here, before any work
     placement.module(target.module)
     image_text = load_image_text(config.image_text, placement)
-    run_id = stable_hash(config, probe.fingerprint, concepts.content_hash,
-                         targets_mod.weights_fingerprint(target), image_text.info().get("fingerprint", ""))
+    run_id = stable_hash(
+        config,
+        probe.fingerprint,
+        concepts.content_hash,
+        targets_mod.weights_fingerprint(target),
+        image_text.info().get("fingerprint", ""),
+    )
     return Resolved(config, probe, concepts, target, shapes, image_text, run_id, placement)
 
 
@@ -119,15 +131,36 @@ def resolve(config: DissectConfig, device: str | torch.device | None = "cpu") ->
 ACTIVATIONS_VERSION = 2
 
 
-def layer_key(target_cfg, target: targets_mod.Target, layer: str, pooling: str, probe: ProbeSet,
-               dtype: str = "float32", layout: str = "") -> str:
-    return stable_hash("activations", ACTIVATIONS_VERSION, target_cfg, targets_mod.weights_fingerprint(target),
-                       layer, pooling, layout, probe.fingerprint, dtype)
+def layer_key(
+    target_cfg,
+    target: targets_mod.Target,
+    layer: str,
+    pooling: str,
+    probe: ProbeSet,
+    dtype: str = "float32",
+    layout: str = "",
+) -> str:
+    return stable_hash(
+        "activations",
+        ACTIVATIONS_VERSION,
+        target_cfg,
+        targets_mod.weights_fingerprint(target),
+        layer,
+        pooling,
+        layout,
+        probe.fingerprint,
+        dtype,
+    )
 
 
 def _image_key(r: Resolved) -> str:
-    return stable_hash("image-embeddings", r.config.image_text, r.image_text.info().get("fingerprint", ""),
-                       r.probe.fingerprint, r.placement.dtype_name)
+    return stable_hash(
+        "image-embeddings",
+        r.config.image_text,
+        r.image_text.info().get("fingerprint", ""),
+        r.probe.fingerprint,
+        r.placement.dtype_name,
+    )
 
 
 def _model_dtype(model) -> str:
@@ -150,7 +183,7 @@ def encode_texts(model, texts: list[str], progress: bool = True, desc: str = "te
         parts = []
         with progress_bar(total=len(texts), desc=desc, unit="concept", disable=not progress) as bar:
             for i in range(0, len(texts), TEXT_CHUNK):
-                chunk = texts[i:i + TEXT_CHUNK]
+                chunk = texts[i : i + TEXT_CHUNK]
                 parts.append(model.encode_texts(chunk).float().cpu().numpy())
                 bar.update(len(chunk))
         return np.concatenate(parts)
@@ -186,6 +219,7 @@ def encode_texts_cached(model, texts, cache: "ArrayCache", progress: bool = True
 class PassSettings:
     """How a probe pass runs: where (placement, engine), in what batches, with how many decoding workers,
     what an image that does not decode does ('skip' or 'fail'), and whether it shows progress."""
+
     placement: Placement = CPU
     engine: Engine = LOCAL
     batch_size: int | None = None
@@ -198,15 +232,25 @@ class PassSettings:
 class LayerRequest:
     """What a probe pass reads from the target: its config (for cache keys), the loaded target, the layers
     and how they are pooled."""
+
     target_cfg: TargetConfig
     target: targets_mod.Target
     layers: Sequence[str]
     pooling: str
 
 
-def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, request: LayerRequest, image_model=None,
-               image_key: str = "", *, settings: PassSettings = PassSettings(), maps_keep: int = 0,
-               maps_out: dict | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def probe_pass(
+    store: Store,
+    cache: ArrayCache,
+    probe: ProbeSet,
+    request: LayerRequest,
+    image_model=None,
+    image_key: str = "",
+    *,
+    settings: PassSettings = PassSettings(),
+    maps_keep: int = 0,
+    maps_out: dict | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Activations of `layers` and (optionally) image embeddings, from the cache where present, else
     from ONE pass over the probe that also stores the thumbnails if the store lacks them; that pass runs
     here or on Ray workers (`engine`), and either way fills the same cache entries. With `maps_keep` and
@@ -222,12 +266,15 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, request: LayerR
     placement, engine, progress = settings.placement, settings.engine, settings.progress
     _drop_images(probe, _known_bad(cache, probe.fingerprint))
     layouts = targets_mod.layer_layouts(target, layers) if layers else {}
-    keys = {layer: layer_key(target_cfg, target, layer, pooling, probe, placement.dtype_name, layouts[layer])
-            for layer in layers}
+    keys = {
+        layer: layer_key(target_cfg, target, layer, pooling, probe, placement.dtype_name, layouts[layer])
+        for layer in layers
+    }
     acts = {layer: _rows_or_none(cache.get("activations", key), len(probe)) for layer, key in keys.items()}
     want_maps = [layer for layer in layers if maps_keep and maps_out is not None and has_map(layouts[layer])]
-    map_keys = {layer: stable_hash("activation-maps", MAPS_VERSION, keys[layer], maps_keep, MAP_SIDE)
-                for layer in want_maps}
+    map_keys = {
+        layer: stable_hash("activation-maps", MAPS_VERSION, keys[layer], maps_keep, MAP_SIDE) for layer in want_maps
+    }
     for layer in want_maps:
         index, maps = cache.get("map_index", map_keys[layer]), cache.get("maps", map_keys[layer])
         if acts[layer] is None or index is None or maps is None:
@@ -239,31 +286,47 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, request: LayerR
     need_emb = image_model is not None and emb is None
     need_thumbs = not store.has_probe(probe.fingerprint)
     if missing or need_emb or need_thumbs:
-        kw = dict(target=target if missing else None, layers=missing, pooling=pooling,
-                  image_models={"labelling": image_model} if need_emb else {},
-                  thumb_size=THUMB_SIZE if need_thumbs else None, batch_size=settings.batch_size, progress=progress,
-                  desc="probe pass", layouts={layer: layouts[layer] for layer in missing},
-                  maps_keep=maps_keep if any(layer in map_keys for layer in missing) else 0)
+        kw = dict(
+            target=target if missing else None,
+            layers=missing,
+            pooling=pooling,
+            image_models={"labelling": image_model} if need_emb else {},
+            thumb_size=THUMB_SIZE if need_thumbs else None,
+            batch_size=settings.batch_size,
+            progress=progress,
+            desc="probe pass",
+            layouts={layer: layouts[layer] for layer in missing},
+            maps_keep=maps_keep if any(layer in map_keys for layer in missing) else 0,
+        )
         if engine.is_ray:
-
-            got = ray_map.collect(engine, probe.images, dtype=placement.dtype_name, on_bad_image=settings.on_bad_image,
-                                  **kw)
+            got = ray_map.collect(
+                engine, probe.images, dtype=placement.dtype_name, on_bad_image=settings.on_bad_image, **kw
+            )
         else:
-            got = collect(probe.images, num_workers=settings.num_workers, placement=placement, on_bad_image=settings.on_bad_image,
-                          **kw)
+            got = collect(
+                probe.images,
+                num_workers=settings.num_workers,
+                placement=placement,
+                on_bad_image=settings.on_bad_image,
+                **kw,
+            )
         if got.failed:
             n_before = len(probe)
             bad = {probe.images[i].path: why for i, why in got.failed}
             _remember_bad(cache, probe.fingerprint, bad)
             keep = np.array([i for i in range(n_before) if probe.images[i].path not in bad])
             acts = {layer: a[keep] if a is not None else None for layer, a in acts.items()}
-            for layer, kept in list(maps_out.items()) if maps_out is not None else []:
+            for kept in list(maps_out.values()) if maps_out is not None else []:
                 kept.renumber(keep)  # maps read from the cache count the images before these were left out
             if emb is not None:
                 emb = emb[keep]
             _drop_images(probe, bad)
-            warnings.warn(f"skipped {len(bad)} probe image(s) that did not decode: "
-                          + "; ".join(f"{p} ({w})" for p, w in list(bad.items())[:5]) + (" ..." if len(bad) > 5 else ""))
+            warnings.warn(
+                f"skipped {len(bad)} probe image(s) that did not decode: "
+                + "; ".join(f"{p} ({w})" for p, w in list(bad.items())[:5])
+                + (" ..." if len(bad) > 5 else ""),
+                stacklevel=2,
+            )
         for layer in missing:
             cache.put("activations", keys[layer], got.activations[layer])
             acts[layer] = got.activations[layer]
@@ -278,10 +341,19 @@ def probe_pass(store: Store, cache: ArrayCache, probe: ProbeSet, request: LayerR
             emb = got.embeddings["labelling"]
             cache.put("image_embeddings", image_key, emb)
         if need_thumbs:
-            store.put_probe(probe.fingerprint, pd.DataFrame({
-                "image_id": np.arange(len(probe)), "path": [i.path for i in probe.images],
-                "source": [i.source for i in probe.images], "license": [i.license for i in probe.images],
-                "label": [i.label for i in probe.images], "thumbnail": got.thumbnails}))
+            store.put_probe(
+                probe.fingerprint,
+                pd.DataFrame(
+                    {
+                        "image_id": np.arange(len(probe)),
+                        "path": [i.path for i in probe.images],
+                        "source": [i.source for i in probe.images],
+                        "license": [i.license for i in probe.images],
+                        "label": [i.label for i in probe.images],
+                        "thumbnail": got.thumbnails,
+                    }
+                ),
+            )
     return acts, emb
 
 
@@ -309,10 +381,20 @@ def _rows_or_none(array: np.ndarray | None, n: int) -> np.ndarray | None:
     return array if array is not None and array.shape[0] == n else None
 
 
-def dissect(config: DissectConfig, store: Store, *, name: str = "", cache_dir: str | os.PathLike | None = None,
-            force: bool = False, progress: bool = True, batch_size: int | None = None, num_workers: int | None = None,
-            resolved: Resolved | None = None, device: str | torch.device | None = "cpu",
-            engine: Engine = LOCAL) -> str:
+def dissect(
+    config: DissectConfig,
+    store: Store,
+    *,
+    name: str = "",
+    cache_dir: str | os.PathLike | None = None,
+    force: bool = False,
+    progress: bool = True,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    resolved: Resolved | None = None,
+    device: str | torch.device | None = "cpu",
+    engine: Engine = LOCAL,
+) -> str:
     """Run CLIP-Dissect and store the result; returns the run id (the settings' hash).
 
     Models run on `device` in config.dtype; batch size and decoding workers default per device. With a
@@ -327,8 +409,9 @@ def dissect(config: DissectConfig, store: Store, *, name: str = "", cache_dir: s
     same = existing[existing["run_id"] == r.run_id]
     if len(same) and same.iloc[0]["status"] == "complete" and not force:
         if progress:
-            print(f"run {r.run_id} with these settings is already complete; use --force to recompute it",
-                  file=sys.stderr)
+            print(
+                f"run {r.run_id} with these settings is already complete; use --force to recompute it", file=sys.stderr
+            )
         return r.run_id
     if len(same) and same.iloc[0]["status"] == "running":
         raise ClipevalError(f"run {r.run_id} is being computed by another process (pid {same.iloc[0]['pid']})")
@@ -349,9 +432,12 @@ def dissect(config: DissectConfig, store: Store, *, name: str = "", cache_dir: s
             raise
     if progress:
         total = sum(stages.timings.values())
-        print(f"run {r.run_id} complete: {int(meta['layers']['n_units'].sum())} neurons in "
-              f"{len(config.layers)} layer(s), {len(r.probe)} images, {len(r.concepts)} concepts, "
-              f"{total:.1f} s, peak memory {peak_rss_mb():.0f} MB", file=sys.stderr)
+        print(
+            f"run {r.run_id} complete: {int(meta['layers']['n_units'].sum())} neurons in "
+            f"{len(config.layers)} layer(s), {len(r.probe)} images, {len(r.concepts)} concepts, "
+            f"{total:.1f} s, peak memory {peak_rss_mb():.0f} MB",
+            file=sys.stderr,
+        )
     return r.run_id
 
 
@@ -360,8 +446,11 @@ def compute_info(placement: Placement, engine: Engine) -> dict:
     (the probe pass then ran on its workers, in this dtype)."""
     info = placement.info()
     if engine.is_ray:
-        info = {**info, "device": f"Ray workers ({'GPU' if engine.gpus_per_worker > 0 else 'CPU'})",
-                "engine": engine.describe()}
+        info = {
+            **info,
+            "device": f"Ray workers ({'GPU' if engine.gpus_per_worker > 0 else 'CPU'})",
+            "engine": engine.describe(),
+        }
     return info
 
 
@@ -377,15 +466,30 @@ def _engine_up(engine: Engine, progress: bool, stages: Stages):
         yield
 
 
-def _compute(r: Resolved, store: Store, cache: ArrayCache, stages: Stages, progress: bool,
-             batch_size: int, num_workers: int, engine: Engine = LOCAL) -> dict:
+def _compute(
+    r: Resolved,
+    store: Store,
+    cache: ArrayCache,
+    stages: Stages,
+    progress: bool,
+    batch_size: int,
+    num_workers: int,
+    engine: Engine = LOCAL,
+) -> dict:
     c = r.config
     with stages("activations + image embeddings"):
         maps: dict = {}
-        acts, P_img = probe_pass(store, cache, r.probe, LayerRequest(c.target, r.target, c.layers, c.pooling),
-                                 r.image_text, _image_key(r), maps_keep=c.k, maps_out=maps,
-                                 settings=PassSettings(r.placement, engine, batch_size, num_workers,
-                                                       c.probe.on_bad_image, progress))
+        acts, P_img = probe_pass(
+            store,
+            cache,
+            r.probe,
+            LayerRequest(c.target, r.target, c.layers, c.pooling),
+            r.image_text,
+            _image_key(r),
+            maps_keep=c.k,
+            maps_out=maps,
+            settings=PassSettings(r.placement, engine, batch_size, num_workers, c.probe.on_bad_image, progress),
+        )
 
     with stages("text embeddings"):
         T = encode_texts_cached(r.image_text, r.concepts.concepts, cache, progress)
@@ -394,8 +498,11 @@ def _compute(r: Resolved, store: Store, cache: ArrayCache, stages: Stages, progr
     P = torch.from_numpy(P_img) @ torch.from_numpy(T).T  # (images, concepts) cosines
     with stages("top-k + summaries"):
         parts = [neuron_summaries(layer, acts[layer], c.k, c.n_contrast, c.seed) for layer in c.layers]
-        map_frames = [map_rows(layer, p[0][p[0]["kind"] == "top"], maps[layer])
-                      for layer, p in zip(c.layers, parts) if layer in maps]
+        map_frames = [
+            map_rows(layer, p[0][p[0]["kind"] == "top"], maps[layer])
+            for layer, p in zip(c.layers, parts)
+            if layer in maps
+        ]
     dead = {layer: p[2]["dead"].to_numpy() for layer, p in zip(c.layers, parts)}
 
     labelled = []
@@ -405,35 +512,71 @@ def _compute(r: Resolved, store: Store, cache: ArrayCache, stages: Stages, progr
             # still enter every other unit's score through the layer's log p(concept)
             live = np.flatnonzero(~dead[layer])
             if dead[layer].any():
-                warnings.warn(f"layer {layer}: {int(dead[layer].sum())} of {len(live) + int(dead[layer].sum())} units "
-                              "have a constant activation over the probe (dead); they are stored without a label")
-            scores = similarity.compute(c.similarity.fn, P, torch.from_numpy(acts[layer][:, live]),
-                                        **c.similarity.kwargs()) if len(live) else None
-            labelled.append((layer, *label_from_scores(layer, scores, r.concepts.concepts, c.n_runner_ups,
-                                                       units=live, n_units=len(dead[layer]))))
+                warnings.warn(
+                    f"layer {layer}: {int(dead[layer].sum())} of {len(live) + int(dead[layer].sum())} units "
+                    "have a constant activation over the probe (dead); they are stored without a label",
+                    stacklevel=2,
+                )
+            scores = (
+                similarity.compute(c.similarity.fn, P, torch.from_numpy(acts[layer][:, live]), **c.similarity.kwargs())
+                if len(live)
+                else None
+            )
+            labelled.append(
+                (
+                    layer,
+                    *label_from_scores(
+                        layer, scores, r.concepts.concepts, c.n_runner_ups, units=live, n_units=len(dead[layer])
+                    ),
+                )
+            )
 
-    layers_df = pd.DataFrame({"layer": list(c.layers), "position": range(len(c.layers)),
-                              "shape": [str(tuple(r.layer_shapes[l])) for l in c.layers],
-                              "n_units": [acts[l].shape[1] for l in c.layers]})
+    layers_df = pd.DataFrame(
+        {
+            "layer": list(c.layers),
+            "position": range(len(c.layers)),
+            "shape": [str(tuple(r.layer_shapes[l])) for l in c.layers],
+            "n_units": [acts[l].shape[1] for l in c.layers],
+        }
+    )
     return dict(
         layers=layers_df,
         neurons=pd.concat([n for _, n, _ in labelled], ignore_index=True).merge(
-            pd.concat([p[2] for p in parts], ignore_index=True), on=["layer", "unit"]),
+            pd.concat([p[2] for p in parts], ignore_index=True), on=["layer", "unit"]
+        ),
         runner_ups=pd.concat([u for _, _, u in labelled], ignore_index=True),
         neuron_images=pd.concat([p[0] for p in parts], ignore_index=True),
         histograms=pd.concat([p[1] for p in parts], ignore_index=True),
         activation_maps=pd.concat(map_frames, ignore_index=True) if map_frames else None,
-        meta={"run_id": r.run_id, "probe_fingerprint": r.probe.fingerprint, "concept_hash": r.concepts.content_hash,
-              "n_images": len(r.probe), "n_skipped_images": len(r.probe.skipped),
-              "models": {"target": {"name": r.target.name, **r.target.info,
-                                    "layouts": targets_mod.layer_layouts(r.target, c.layers, r.layer_shapes)},
-                         "image_text": r.image_text.info(),
-                         "compute": compute_info(r.placement, engine)},
-              "timings": stages.timings, "peak_rss_mb": peak_rss_mb()})
+        meta={
+            "run_id": r.run_id,
+            "probe_fingerprint": r.probe.fingerprint,
+            "concept_hash": r.concepts.content_hash,
+            "n_images": len(r.probe),
+            "n_skipped_images": len(r.probe.skipped),
+            "models": {
+                "target": {
+                    "name": r.target.name,
+                    **r.target.info,
+                    "layouts": targets_mod.layer_layouts(r.target, c.layers, r.layer_shapes),
+                },
+                "image_text": r.image_text.info(),
+                "compute": compute_info(r.placement, engine),
+            },
+            "timings": stages.timings,
+            "peak_rss_mb": peak_rss_mb(),
+        },
+    )
 
 
-def label_from_scores(layer: str, scores: torch.Tensor | None, concepts, n_runner_ups: int,
-                      units: np.ndarray | None = None, n_units: int | None = None):
+def label_from_scores(
+    layer: str,
+    scores: torch.Tensor | None,
+    concepts,
+    n_runner_ups: int,
+    units: np.ndarray | None = None,
+    n_units: int | None = None,
+):
     """The argmax concept per neuron (label + similarity) and the best `n_runner_ups` concepts.
     `scores` rows belong to `units` (default: all); the other units of the layer's `n_units` are dead
     and get no label (NULL) and no runner-ups."""
@@ -442,12 +585,18 @@ def label_from_scores(layer: str, scores: torch.Tensor | None, concepts, n_runne
     labels = np.full(n_units, None, dtype=object)
     sims = np.full(n_units, np.nan)
     if scores is None or not len(units):
-        empty = pd.DataFrame({"layer": pd.Series(dtype=object), "unit": pd.Series(dtype=np.int64),
-                              "rank": pd.Series(dtype=np.int64), "concept": pd.Series(dtype=object),
-                              "score": pd.Series(dtype=float)})
+        empty = pd.DataFrame(
+            {
+                "layer": pd.Series(dtype=object),
+                "unit": pd.Series(dtype=np.int64),
+                "rank": pd.Series(dtype=np.int64),
+                "concept": pd.Series(dtype=object),
+                "score": pd.Series(dtype=float),
+            }
+        )
         return pd.DataFrame({"layer": layer, "unit": np.arange(n_units), "label": labels, "similarity": sims}), empty
     if torch.isnan(scores).any():
-        warnings.warn(f"layer {layer}: similarity has NaN scores; they rank last")
+        warnings.warn(f"layer {layer}: similarity has NaN scores; they rank last", stacklevel=2)
         scores = torch.nan_to_num(scores, nan=-float("inf"))
     top = torch.topk(scores, k=min(n_runner_ups, scores.shape[1]), dim=1)
     vals, idx = top.values.numpy(), top.indices.numpy()
@@ -455,8 +604,9 @@ def label_from_scores(layer: str, scores: torch.Tensor | None, concepts, n_runne
     labels[units], sims[units] = names[idx[:, 0]], vals[:, 0]
     neurons = pd.DataFrame({"layer": layer, "unit": np.arange(n_units), "label": labels, "similarity": sims})
     r, u = np.meshgrid(np.arange(idx.shape[1]), units, indexing="xy")
-    runner = pd.DataFrame({"layer": layer, "unit": u.ravel(), "rank": r.ravel() + 1,
-                           "concept": names[idx].ravel(), "score": vals.ravel()})
+    runner = pd.DataFrame(
+        {"layer": layer, "unit": u.ravel(), "rank": r.ravel() + 1, "concept": names[idx].ravel(), "score": vals.ravel()}
+    )
     return neurons, runner
 
 

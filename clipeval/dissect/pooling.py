@@ -26,8 +26,10 @@ def pool(output: torch.Tensor, mode: str, layer: str, layout: str | None = None)
     layout = layout or {4: "nchw", 3: "tokens:cls", 2: "flat"}.get(output.dim(), "")
     expected = {"nchw": 4, "nhwc": 4, "tokens": 3, "flat": 2}.get(layout.split(":")[0])
     if expected is None or output.dim() != expected:
-        raise ClipevalError(f"layer {layer!r} outputs shape {tuple(output.shape)}, which cannot be pooled per neuron"
-                            + (f" as layout {layout!r}" if layout else ""))
+        raise ClipevalError(
+            f"layer {layer!r} outputs shape {tuple(output.shape)}, which cannot be pooled per neuron"
+            + (f" as layout {layout!r}" if layout else "")
+        )
     reduce = (lambda x, dims: x.mean(dim=dims)) if mode == "mean" else (lambda x, dims: x.amax(dim=dims))
     if layout == "nchw":
         out = reduce(output, (2, 3))
@@ -38,7 +40,9 @@ def pool(output: torch.Tensor, mode: str, layer: str, layout: str | None = None)
     elif layout.startswith("tokens:avg:"):
         n_prefix = int(layout.rsplit(":", 1)[1])
         if output.shape[1] <= n_prefix:
-            raise ClipevalError(f"layer {layer!r} has {output.shape[1]} tokens, no patch token after {n_prefix} prefix tokens")
+            raise ClipevalError(
+                f"layer {layer!r} has {output.shape[1]} tokens, no patch token after {n_prefix} prefix tokens"
+            )
         out = reduce(output[:, n_prefix:], (1,))
     else:
         out = output
@@ -49,8 +53,10 @@ def pool(output: torch.Tensor, mode: str, layer: str, layout: str | None = None)
 
 def pooling_hook(current: dict, layer: str, mode: str, layout: str | None = None) -> Callable:
     """A forward hook that puts `layer`'s pooled output (a float32 copy) into current[layer], once per forward."""
+
     def hook(_module, _inputs, output):
         if layer in current:
             raise ClipevalError(f"layer {layer!r} runs more than once per forward pass; pick another")
         current[layer] = pool(output, mode, layer, layout)
+
     return hook

@@ -43,8 +43,7 @@ def _cpu(x: torch.Tensor) -> torch.Tensor:
 
 def _clamp_top(top: int, n_images: int, name: str) -> int:
     if top > n_images:
-        warnings.warn(f"{name}: top_k={top} is more than the {n_images} probe images; using {n_images}",
-                      stacklevel=3)
+        warnings.warn(f"{name}: top_k={top} is more than the {n_images} probe images; using {n_images}", stacklevel=3)
         return n_images
     return top
 
@@ -55,8 +54,7 @@ def _pmi_from_conditional(log_cond: torch.Tensor, lam: float) -> torch.Tensor:
     return log_cond - lam * log_prior
 
 
-def soft_wpmi(P, A, top_k=100, a=10.0, lam=1.0, min_prob=1e-7, p_start=0.998, p_end=0.97,
-              mem_budget=MEM_BUDGET):
+def soft_wpmi(P, A, top_k=100, a=10.0, lam=1.0, min_prob=1e-7, p_start=0.998, p_end=0.97, mem_budget=MEM_BUDGET):
     P, A = _cpu(P), _cpu(A)
     top_k = _clamp_top(int(top_k), A.shape[0], "soft_wpmi")
     Q = torch.softmax(a * P, dim=1)
@@ -119,8 +117,9 @@ def rank_reorder(P, A, p=3, top_fraction=0.05, scale_p=0.5, seed=0, mem_budget=M
     P, A = _cpu(P), _cpu(A)
     top_n = int(A.shape[0] * top_fraction)
     if top_n < 2:
-        raise ClipevalError(f"rank_reorder needs at least 2 top images: {A.shape[0]} images x "
-                            f"top_fraction {top_fraction} = {top_n}")
+        raise ClipevalError(
+            f"rank_reorder needs at least 2 top images: {A.shape[0]} images x top_fraction {top_fraction} = {top_n}"
+        )
     gen = torch.Generator().manual_seed(int(seed))
     target, top_idx = torch.topk(A, k=top_n, dim=0)  # descending, (top_n, neurons)
     ascending = torch.flip(target, dims=[0])

@@ -34,8 +34,9 @@ class EvalInputs:
         return pd.concat(parts, ignore_index=True)[["layer", "unit", "variant", "kind", "rank", "image_id", "label"]]
 
 
-def label_variants(neurons: pd.DataFrame, seed: int, constant_label: str = "", baselines: bool = True
-                   ) -> tuple[dict[str, pd.DataFrame], str]:
+def label_variants(
+    neurons: pd.DataFrame, seed: int, constant_label: str = "", baselines: bool = True
+) -> tuple[dict[str, pd.DataFrame], str]:
     """The real labels, and (baselines) the labels shuffled across the neurons of each layer (seeded)
     and one constant label for all neurons (default: the run's most frequent label, the vaguest
     label the labeller actually produced)."""
@@ -52,9 +53,18 @@ def label_variants(neurons: pd.DataFrame, seed: int, constant_label: str = "", b
     return out, constant
 
 
-def image_embeddings(model, model_key: str, inputs: EvalInputs, ids: np.ndarray, cache, *,
-                     batch_size: int | None = None, num_workers: int | None = None,
-                     progress: bool = True, engine=None) -> dict[int, np.ndarray]:
+def image_embeddings(
+    model,
+    model_key: str,
+    inputs: EvalInputs,
+    ids: np.ndarray,
+    cache,
+    *,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    progress: bool = True,
+    engine=None,
+) -> dict[int, np.ndarray]:
     """Embeddings of the given probe images, each encoded once; rows already in the cache are reused.
     The model runs where it was placed (batch size and decoding workers default per device), or on the
     workers of a Ray `engine` in the placement's dtype; either way the same cache entry fills."""
@@ -68,9 +78,9 @@ def image_embeddings(model, model_key: str, inputs: EvalInputs, ids: np.ndarray,
         placement = getattr(model, "placement", None) or CPU
         paths = [inputs.paths[int(i)] for i in todo]
         if engine is not None and engine.is_ray:
-
-            new = ray_map.embed(engine, model, paths, batch_size=batch_size, dtype=placement.dtype_name,
-                                progress=progress)
+            new = ray_map.embed(
+                engine, model, paths, batch_size=batch_size, dtype=placement.dtype_name, progress=progress
+            )
         else:
             new = ImageEmbedder(model, placement, batch_size).embed(paths, num_workers=num_workers, progress=progress)
         if table is None:

@@ -22,8 +22,9 @@ class ConceptProportion:
     name = "cp"
     kinds = ("top",)
 
-    def __init__(self, model, model_key: str, cache, batch_size: int | None = None, num_workers: int | None = None,
-                 engine=None):
+    def __init__(
+        self, model, model_key: str, cache, batch_size: int | None = None, num_workers: int | None = None, engine=None
+    ):
         self.model, self.model_key, self.cache = model, model_key, cache
         # None: the device's defaults; engine: where the image embeddings are made (None: here)
         self.loader = dict(batch_size=batch_size, num_workers=num_workers, engine=engine)
@@ -32,12 +33,16 @@ class ConceptProportion:
     def check(cls, inputs: EvalInputs) -> None:
         """CP can judge only labels of the run's concept set (cheap: run before any model is loaded)."""
         if not inputs.concepts:
-            raise ClipevalError("CP ranks each label among the run's concept set, and this run has none "
-                                "(import it again with --concepts FILE)")
+            raise ClipevalError(
+                "CP ranks each label among the run's concept set, and this run has none "
+                "(import it again with --concepts FILE)"
+            )
         missing = sorted(set(inputs.pairs(cls.kinds)["label"]) - set(inputs.concepts))
         if missing:
-            raise ClipevalError(f"CP needs every label in the concept set; not in it: {', '.join(missing[:10])}"
-                                f"{' ...' if len(missing) > 10 else ''}")
+            raise ClipevalError(
+                f"CP needs every label in the concept set; not in it: {', '.join(missing[:10])}"
+                f"{' ...' if len(missing) > 10 else ''}"
+            )
 
     def score(self, inputs: EvalInputs, progress: bool = True, outside_labels: bool = False) -> pd.DataFrame:
         """`outside_labels`: also rank labels that are not in the concept set (another labeller's, e.g.
@@ -57,8 +62,15 @@ class ConceptProportion:
             labels_T = np.concatenate([T, extra])
         else:
             labels_T = T
-        rows = image_embeddings(self.model, self.model_key, inputs, pairs["image_id"].to_numpy(), self.cache,
-                                progress=progress, **self.loader)
+        rows = image_embeddings(
+            self.model,
+            self.model_key,
+            inputs,
+            pairs["image_id"].to_numpy(),
+            self.cache,
+            progress=progress,
+            **self.loader,
+        )
         ids = np.array(sorted(rows))
         row_of = {int(i): j for j, i in enumerate(ids)}
         pair_rows = pairs["image_id"].map(row_of).to_numpy()
@@ -70,7 +82,7 @@ class ConceptProportion:
             # 200 GFLOP: seconds on a CPU); the CPU keeps the numpy path below, its results unchanged
             return pairs.assign(raw=self._ranks_on(placement.device, rows, ids, T, pair_rows, pair_labels))
         for start in range(0, len(ids), CHUNK):
-            block = stack(rows, ids[start:start + CHUNK])
+            block = stack(rows, ids[start : start + CHUNK])
             sims = block @ T.T  # (chunk, |S|)
             sel = np.nonzero((pair_rows >= start) & (pair_rows < start + CHUNK))[0]
             local = pair_rows[sel] - start
@@ -89,7 +101,7 @@ class ConceptProportion:
         ranks = np.empty(len(pair_rows), dtype=np.int64)
         with torch.no_grad():
             for start in range(0, len(ids), chunk):
-                E = torch.from_numpy(stack(rows, ids[start:start + chunk])).to(device)
+                E = torch.from_numpy(stack(rows, ids[start : start + chunk])).to(device)
                 sel = np.nonzero((pair_rows >= start) & (pair_rows < start + chunk))[0]
                 local = torch.from_numpy(pair_rows[sel] - start).to(device)
                 sims = (E @ Tt.T)[local]  # (pairs in chunk, |S|), float32

@@ -41,8 +41,9 @@ class Default:
 
 def backend_key(info: dict) -> str:
     """Store key of an image-text model's calibrated thresholds: its backend and weights' fingerprint."""
-    return "thresholds:" + stable_hash(info.get("backend", ""), info.get("fingerprint", ""),
-                                       info.get("description", ""))
+    return "thresholds:" + stable_hash(
+        info.get("backend", ""), info.get("fingerprint", ""), info.get("description", "")
+    )
 
 
 def _interval(values) -> tuple[float, float]:
@@ -50,8 +51,14 @@ def _interval(values) -> tuple[float, float]:
     return (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if v.size else (np.nan, np.nan)
 
 
-def calibrate_splits(scores: np.ndarray, reference: np.ndarray, evaluator: str, n_splits: int = N_SPLITS,
-                     fit_fraction: float = 0.5, seed: int = 0) -> dict:
+def calibrate_splits(
+    scores: np.ndarray,
+    reference: np.ndarray,
+    evaluator: str,
+    n_splits: int = N_SPLITS,
+    fit_fraction: float = 0.5,
+    seed: int = 0,
+) -> dict:
     """Fit the kappa-maximising threshold on a random half of the neurons and test it on the other half,
     `n_splits` times. CP scores must be rank / |S| (then 'rank <= int(|S| p)' is 'score <= p' exactly,
     whatever each run's concept-set size). Returns the median threshold, its 95% interval over the
@@ -79,17 +86,27 @@ def calibrate_splits(scores: np.ndarray, reference: np.ndarray, evaluator: str, 
     value = float(np.median(thresholds))
     if rule.reduce != "min":  # on the app's slider grid (CP's p is a free number input)
         value = float(np.clip(round(round(value / rule.step) * rule.step, 6), rule.lo, rule.hi))
-    return {"evaluator": evaluator, "param": rule.param, "value": value,
-            "interval": _interval(thresholds), "heldout_kappa": float(np.nanmean(kappas)),
-            "heldout_kappa_interval": _interval(kappas), "n_splits": len(fits), "n_neurons": int(len(scores)),
-            "n_yes": int(reference.sum()),
-            "heldout_share_correct": float(np.mean([f["test_share_correct"] for f in fits]))}
+    return {
+        "evaluator": evaluator,
+        "param": rule.param,
+        "value": value,
+        "interval": _interval(thresholds),
+        "heldout_kappa": float(np.nanmean(kappas)),
+        "heldout_kappa_interval": _interval(kappas),
+        "n_splits": len(fits),
+        "n_neurons": int(len(scores)),
+        "n_yes": int(reference.sum()),
+        "heldout_share_correct": float(np.mean([f["test_share_correct"] for f in fits])),
+    }
 
 
 def save_calibration(store, info: dict, results: dict, rater: str, where: str, runs=()) -> None:
     """Store a model's calibrated thresholds, fitted on `runs` (refused if one was removed meanwhile)."""
-    store.set_meta(backend_key(info), json.dumps({"model": info.get("description", ""), "rater": rater,
-                                                  "where": where, "results": results}), runs=runs)
+    store.set_meta(
+        backend_key(info),
+        json.dumps({"model": info.get("description", ""), "rater": rater, "where": where, "results": results}),
+        runs=runs,
+    )
 
 
 def load_calibration(store, info: dict) -> dict | None:
@@ -112,16 +129,24 @@ def defaults(store, models: dict[str, dict]) -> dict[str, Default]:
         if res:
             lo, hi = res["interval"]
             klo, khi = res["heldout_kappa_interval"]
-            out[e] = Default(e, float(res["value"]), "calibrated",
-                             f"{RULES[e].param} = {res['value']:.4g} calibrated for {info.get('description', 'this model')} "
-                             f"against '{cal['rater']}' on {cal['where']} ({res['n_neurons']} neurons, "
-                             f"{res['n_splits']} random half splits): {RULES[e].param} 95% interval "
-                             f"{bracket(lo, hi, '.4g')}, held-out kappa {res['heldout_kappa']:.3f} {bracket(klo, khi, '.3f')}; "
-                             f"the paper's CLIP value is {paper:g}")
+            out[e] = Default(
+                e,
+                float(res["value"]),
+                "calibrated",
+                f"{RULES[e].param} = {res['value']:.4g} calibrated for {info.get('description', 'this model')} "
+                f"against '{cal['rater']}' on {cal['where']} ({res['n_neurons']} neurons, "
+                f"{res['n_splits']} random half splits): {RULES[e].param} 95% interval "
+                f"{bracket(lo, hi, '.4g')}, held-out kappa {res['heldout_kappa']:.3f} {bracket(klo, khi, '.3f')}; "
+                f"the paper's CLIP value is {paper:g}",
+            )
         else:
-            out[e] = Default(e, paper, "paper (uncalibrated)",
-                             f"{RULES[e].param} = {paper:g} is the paper's CLIP value; this model "
-                             f"({info.get('description', '?')}) is not CLIP and has no calibrated threshold")
+            out[e] = Default(
+                e,
+                paper,
+                "paper (uncalibrated)",
+                f"{RULES[e].param} = {paper:g} is the paper's CLIP value; this model "
+                f"({info.get('description', '?')}) is not CLIP and has no calibrated threshold",
+            )
     return out
 
 
@@ -141,8 +166,10 @@ def shared_components(labeller: dict, judge: dict) -> list[str]:
         else:
             fam = [str(x.get("classifier", "")).rstrip("0123456789") for x in (labeller, judge)]
             if fam[0] and fam[0] == fam[1]:
-                same.append(f"classifier family ({fam[0].rstrip('_')}*, ImageNet-trained: "
-                            f"{labeller.get('classifier')} labels, {judge.get('classifier')} judges)")
+                same.append(
+                    f"classifier family ({fam[0].rstrip('_')}*, ImageNet-trained: "
+                    f"{labeller.get('classifier')} labels, {judge.get('classifier')} judges)"
+                )
         same.append("label space (both see an image only through its ImageNet-1k class names)")
     return same
 

@@ -39,7 +39,9 @@ class Rule:
 
     def check(self, threshold: float) -> float:
         if not self.lo <= threshold <= self.hi:
-            raise ClipevalError(f"{self.evaluator} threshold {self.param}={threshold} is outside [{self.lo}, {self.hi}]")
+            raise ClipevalError(
+                f"{self.evaluator} threshold {self.param}={threshold} is outside [{self.lo}, {self.hi}]"
+            )
         return float(threshold)
 
 
@@ -47,8 +49,16 @@ RULES = {
     "cp": Rule("cp", "p", "CP: label within the top p of the concept set", 0.01, 0.0, 1.0, 0.001, "min"),
     "es": Rule("es", "tau", "ES: cosine(image, label) at least tau", 0.25, -1.0, 1.0, 0.005, "max"),
     "vqa": Rule("vqa", "cut", "VQA: P(yes) above the cut-off", 0.5, 0.0, 1.0, 0.01, "max", inclusive=False),
-    "contrast": Rule("contrast", "auc", "Contrast: ROC-AUC of label cosine, top-k vs inactive images, at least",
-                     0.75, 0.0, 1.0, 0.01, "auc"),
+    "contrast": Rule(
+        "contrast",
+        "auc",
+        "Contrast: ROC-AUC of label cosine, top-k vs inactive images, at least",
+        0.75,
+        0.0,
+        1.0,
+        0.01,
+        "auc",
+    ),
 }
 
 
@@ -184,6 +194,7 @@ class ScoreTable:
 
 class _quiet:
     """nanmin/nanmax warn on all-NaN rows (neurons without scores); those stay NaN -> verdict False."""
+
     def __enter__(self):
         self._w = warnings.catch_warnings()
         self._w.__enter__()

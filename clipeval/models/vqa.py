@@ -97,9 +97,16 @@ def vqa_identity(name_or_path: str, backend=None, dtype=None, device: str = "cpu
     fingerprint and the dtype it runs in (the prompt template is in the evaluation's settings)."""
     if backend is not None:
         info = backend.info()
-        return {"name": info.get("name", ""), "fingerprint": info.get("fingerprint", ""), "dtype": info.get("dtype", "")}
-    return {"name": name_or_path, "fingerprint": weights_fingerprint(name_or_path),
-            "dtype": str(_resolve_dtype(dtype, device)).replace("torch.", "")}
+        return {
+            "name": info.get("name", ""),
+            "fingerprint": info.get("fingerprint", ""),
+            "dtype": info.get("dtype", ""),
+        }
+    return {
+        "name": name_or_path,
+        "fingerprint": weights_fingerprint(name_or_path),
+        "dtype": str(_resolve_dtype(dtype, device)).replace("torch.", ""),
+    }
 
 
 class Blip2Vqa:
@@ -168,7 +175,6 @@ class Blip2Vqa:
     @property
     def fingerprint(self) -> str:
         if not self._fingerprint:
-
             self._fingerprint = module_fingerprint(self.model)
         return self._fingerprint
 

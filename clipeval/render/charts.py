@@ -37,10 +37,10 @@ FULL, HALF, NARROW = 900, 470, 480
 BASELINE_MARKS = (("shuffled", "x", "shuffled labels (×)"), ("constant", "-", "one constant label (–)"))
 
 
-
 def axis_percent(v: float) -> str:
     """A share on an axis tick, in whole percent."""
     return percent(v, 0)
+
 
 def activation_histogram(hist: pd.DataFrame, top_activations: list[float], k: int, width: float = FULL) -> Chart:
     """Probe images per activation bin, with a red line per top image (solid for the k that are judged)."""
@@ -53,11 +53,25 @@ def activation_histogram(hist: pd.DataFrame, top_activations: list[float], k: in
     c.x_axis(x, lambda v: f"{v:.3g}", "activation", grid=False)
     for r in hist.itertuples():
         x0, x1 = x(r.lo), x(r.hi)
-        c.rect(x0 + (x1 - x0) * 0.025, y(r.count), (x1 - x0) * 0.95, y(0) - y(r.count), "#9bb7e8",
-               title=f"activation {r.lo:.3f} to {r.hi:.3f}: {int(r.count)} images")
+        c.rect(
+            x0 + (x1 - x0) * 0.025,
+            y(r.count),
+            (x1 - x0) * 0.95,
+            y(0) - y(r.count),
+            "#9bb7e8",
+            title=f"activation {r.lo:.3f} to {r.hi:.3f}: {int(r.count)} images",
+        )
     for i, a in enumerate(top_activations):
-        c.line(x(a), c.y0, x(a), c.y1, "#c0392b", 1.5, "solid" if i < k else "dot",
-               title=f"top image #{i + 1}: activation {a:.3f}" + ("" if i < k else f" (not judged: beyond top-{k})"))
+        c.line(
+            x(a),
+            c.y0,
+            x(a),
+            c.y1,
+            "#c0392b",
+            1.5,
+            "solid" if i < k else "dot",
+            title=f"top image #{i + 1}: activation {a:.3f}" + ("" if i < k else f" (not judged: beyond top-{k})"),
+        )
     return c
 
 
@@ -69,8 +83,11 @@ def layer_shares(summary: pd.DataFrame, layers: list[str], width: float = FULL) 
     order = [l for l in layers if l in set(real["layer"])] + ["overall"]
     evaluators = list(dict.fromkeys(real["evaluator"]))
     items = [{"label": e, "color": COLORS.get(e, "#888")} for e in evaluators]
-    items += [{"label": label, "kind": symbol} for variant, symbol, label in BASELINE_MARKS
-              if (summary["variant"] == variant).any()]
+    items += [
+        {"label": label, "kind": symbol}
+        for variant, symbol, label in BASELINE_MARKS
+        if (summary["variant"] == variant).any()
+    ]
     font = 13
     leg = legend_height(items, width - 80, font - 1)
     value_rows = len(evaluators) * 16
@@ -89,19 +106,39 @@ def layer_shares(summary: pd.DataFrame, layers: list[str], width: float = FULL) 
             bx = band(layer) + row * bar
             if pd.notna(v):
                 c.rect(bx + 1, y(v), bar - 2, y(0) - y(v), color, title=f"{ev} {layer}: {v:.1%}")
-            c.text(bx + bar / 2, c.y0 - 10 - (len(evaluators) - 1 - row) * 16, percent(v, 0) if pd.notna(v) else "",
-                   size=value_size, anchor="middle", color=color)
-            for variant, symbol, label in BASELINE_MARKS:
+            c.text(
+                bx + bar / 2,
+                c.y0 - 10 - (len(evaluators) - 1 - row) * 16,
+                percent(v, 0) if pd.notna(v) else "",
+                size=value_size,
+                anchor="middle",
+                color=color,
+            )
+            for variant, symbol, _label in BASELINE_MARKS:
                 b = share.get((ev, variant, layer), np.nan)
                 if pd.notna(b):
-                    c.marker(symbol, bx + bar / 2, y(b), min(bar * 0.8, 16), width=2.5,
-                             title=f"{ev}, {variant} labels, {layer}: {b:.1%}")
+                    c.marker(
+                        symbol,
+                        bx + bar / 2,
+                        y(b),
+                        min(bar * 0.8, 16),
+                        width=2.5,
+                        title=f"{ev}, {variant} labels, {layer}: {b:.1%}",
+                    )
     c.band_labels_x(band)
     return c
 
 
-def sweep_figure(sweep: pd.DataFrame, param: str, current: float, metric: str, baselines: bool = True,
-                 current_text: str | None = None, paper: float | None = None, width: float = HALF) -> Chart:
+def sweep_figure(
+    sweep: pd.DataFrame,
+    param: str,
+    current: float,
+    metric: str,
+    baselines: bool = True,
+    current_text: str | None = None,
+    paper: float | None = None,
+    width: float = HALF,
+) -> Chart:
     """A metric (share_correct, agreement, kappa) against the threshold: one line per layer and a wide pale
     'overall' line, the baselines dashed, the current value as a red vertical line and the paper's (CLIP)
     value as a dashed grey one. Hovering anywhere over the plot reads every line at that threshold."""
@@ -114,8 +151,13 @@ def sweep_figure(sweep: pd.DataFrame, param: str, current: float, metric: str, b
         g = real[real["layer"] == layer]
         if metric in g and g[metric].notna().any():
             overall = layer == "overall"
-            lines.append((layer, g, {"color": "#b5b5b5" if overall else colors[layer], "width": 7 if overall else 2,
-                                     "dash": "solid"}))
+            lines.append(
+                (
+                    layer,
+                    g,
+                    {"color": "#b5b5b5" if overall else colors[layer], "width": 7 if overall else 2, "dash": "solid"},
+                )
+            )
     if baselines and metric == "share_correct":
         for variant, dash in (("shuffled", "dash"), ("constant", "dot")):
             g = sweep[(sweep["variant"] == variant) & (sweep["layer"] == "overall")]
@@ -137,23 +179,37 @@ def sweep_figure(sweep: pd.DataFrame, param: str, current: float, metric: str, b
     c.y_axis(y, fmt, metric.replace("_", " "))
     c.x_axis(x, lambda v: f"{v:.3g}", param, n=5)
     for name, g, style in lines:
-        c.polyline([(x(a), y(b)) for a, b in zip(g["threshold"], g[metric])], style["color"], style["width"],
-                   style["dash"], title=name)
+        c.polyline(
+            [(x(a), y(b)) for a, b in zip(g["threshold"], g[metric])],
+            style["color"],
+            style["width"],
+            style["dash"],
+            title=name,
+        )
     # one hover strip per threshold: every line's value there (plotly's unified hover)
     grid = sorted(set(xs.round(12)))
     by_line = [(name, dict(zip(g["threshold"].round(12), g[metric]))) for name, g, _ in lines]
     for i, t in enumerate(grid):
         left = x((grid[i - 1] + t) / 2) if i else c.x0
         right = x((t + grid[i + 1]) / 2) if i + 1 < len(grid) else c.x1
-        parts = [f"{name}: {fmt(v) if metric != 'kappa' else f'{v:.3f}'}" for name, vals in by_line
-                 if (v := vals.get(t)) is not None and pd.notna(v)]
+        parts = [
+            f"{name}: {fmt(v) if metric != 'kappa' else f'{v:.3f}'}"
+            for name, vals in by_line
+            if (v := vals.get(t)) is not None and pd.notna(v)
+        ]
         c.rect(left, c.y0, right - left, c.y1 - c.y0, "transparent", title=f"{param} = {t:.4g}\n" + "\n".join(parts))
     text = f"{param} = {current_text or f'{current:g}'}"
     if paper is not None and abs(paper - current) > 1e-12 and x.lo <= paper <= x.hi:
         c.line(x(paper), c.y0, x(paper), c.y1, "#777", 1.5, "dash", title=f"the paper's value (CLIP): {paper:g}")
         right_of = paper > current
-        c.text(x(paper) + (5 if right_of else -5), c.y0 + 10, f"paper (CLIP): {paper:g}", size=11, color=MUTED,
-               anchor="start" if right_of else "end")
+        c.text(
+            x(paper) + (5 if right_of else -5),
+            c.y0 + 10,
+            f"paper (CLIP): {paper:g}",
+            size=11,
+            color=MUTED,
+            anchor="start" if right_of else "end",
+        )
     if x.lo <= current <= x.hi:
         c.line(x(current), c.y0, x(current), c.y1, "#d62728", 2, title=f"current: {text}")
         cx = min(max(x(current), c.x0 + text_width(text, 12) / 2), c.x1 - text_width(text, 12) / 2)
@@ -162,18 +218,30 @@ def sweep_figure(sweep: pd.DataFrame, param: str, current: float, metric: str, b
     return c
 
 
-def kappa_heatmap(matrix: pd.DataFrame, n: pd.DataFrame | None = None, lo: pd.DataFrame | None = None,
-                  hi: pd.DataFrame | None = None, min_n: int = 0, width: float = FULL) -> Chart:
+def kappa_heatmap(
+    matrix: pd.DataFrame,
+    n: pd.DataFrame | None = None,
+    lo: pd.DataFrame | None = None,
+    hi: pd.DataFrame | None = None,
+    min_n: int = 0,
+    width: float = FULL,
+) -> Chart:
     """Kappa per pair, each cell with its 95% interval and n; cells over fewer than `min_n` neurons grey."""
     z = matrix.to_numpy(float)
     names = [str(s) for s in matrix.columns]
     rows = [str(s) for s in matrix.index]
     shape = z.shape
     n_ = n.reindex(index=matrix.index, columns=matrix.columns).to_numpy(int) if n is not None else np.full(shape, -1)
-    lo_ = lo.reindex(index=matrix.index, columns=matrix.columns).to_numpy(float) if lo is not None else \
-        np.full(shape, np.nan)
-    hi_ = hi.reindex(index=matrix.index, columns=matrix.columns).to_numpy(float) if hi is not None else \
-        np.full(shape, np.nan)
+    lo_ = (
+        lo.reindex(index=matrix.index, columns=matrix.columns).to_numpy(float)
+        if lo is not None
+        else np.full(shape, np.nan)
+    )
+    hi_ = (
+        hi.reindex(index=matrix.index, columns=matrix.columns).to_numpy(float)
+        if hi is not None
+        else np.full(shape, np.nan)
+    )
     small = (n_ >= 0) & (n_ < min_n)
     font = 13
     row_names = [wrap(r, 22 if width >= FULL else 14) for r in rows]
@@ -250,7 +318,14 @@ def label_bars(counts: pd.DataFrame, width: float = HALF) -> Chart:
     x = Linear(0, max(float(counts["neurons"].max()), 1) * 1.08 if len(counts) else 1.0, c.x0, c.x1)
     c.x_axis(x, lambda v: f"{v:g}", "neurons", n=4)
     for r in counts.itertuples():
-        c.rect(x(0), band(str(r.label)), x(r.neurons) - x(0), band.width, "#2f6fdf", title=f"{r.label}: {r.neurons} neurons")
+        c.rect(
+            x(0),
+            band(str(r.label)),
+            x(r.neurons) - x(0),
+            band.width,
+            "#2f6fdf",
+            title=f"{r.label}: {r.neurons} neurons",
+        )
         c.text(x(r.neurons) + 4, band.center(str(r.label)), f"{r.neurons}", size=11, color=MUTED)
     c.band_labels_y(band, labels)
     return c
@@ -268,10 +343,23 @@ def confusion_heatmap(conf: pd.DataFrame, rater: str, reference: str, width: flo
     for i, r in enumerate(rows):
         for j, col in enumerate(cols):
             fill = interpolate(BLUES, z[i, j] / top)
-            c.rect(xb(col), yb(r), xb.step, yb.step, fill, stroke="#fff",
-                   title=f"{rater}: {r}, {reference}: {col}: {int(z[i, j])} neurons")
-            c.text(xb.center(col), yb.center(r), f"{int(z[i, j])}", size=16, anchor="middle",
-                   color="#fff" if luminance(fill) < 0.5 else TEXT)
+            c.rect(
+                xb(col),
+                yb(r),
+                xb.step,
+                yb.step,
+                fill,
+                stroke="#fff",
+                title=f"{rater}: {r}, {reference}: {col}: {int(z[i, j])} neurons",
+            )
+            c.text(
+                xb.center(col),
+                yb.center(r),
+                f"{int(z[i, j])}",
+                size=16,
+                anchor="middle",
+                color="#fff" if luminance(fill) < 0.5 else TEXT,
+            )
     c.band_labels_y(yb)
     for col in cols:
         c.text(xb.center(col), c.y1 + 14, col, size=font - 1, anchor="middle")
@@ -280,5 +368,16 @@ def confusion_heatmap(conf: pd.DataFrame, rater: str, reference: str, width: flo
     return c
 
 
-__all__ = ["activation_histogram", "layer_shares", "sweep_figure", "kappa_heatmap", "timings_bar", "label_bars",
-           "confusion_heatmap", "COLORS", "FULL", "HALF", "NARROW"]
+__all__ = [
+    "activation_histogram",
+    "layer_shares",
+    "sweep_figure",
+    "kappa_heatmap",
+    "timings_bar",
+    "label_bars",
+    "confusion_heatmap",
+    "COLORS",
+    "FULL",
+    "HALF",
+    "NARROW",
+]

@@ -107,8 +107,12 @@ def settings_section(view: RunView) -> str:
     run = view.run
     cfg = json_cell(run.get("config_json"))
     models = json_cell(run.get("models_json"))
-    rows = [("run", f"{run['run_id']} ({run.get('name') or ''})"), ("status", run["status"]),
-            ("created", str(run.get("created_at"))[:19]), ("probe images", f"{int(run.get('n_images') or 0):,}")]
+    rows = [
+        ("run", f"{run['run_id']} ({run.get('name') or ''})"),
+        ("status", run["status"]),
+        ("created", str(run.get("created_at"))[:19]),
+        ("probe images", f"{int(run.get('n_images') or 0):,}"),
+    ]
     target = models.get("target") or {}
     if target:
         rows.append(("network dissected", f"{target.get('name', '?')} ({target.get('source', 'source not recorded')})"))
@@ -131,7 +135,9 @@ def settings_section(view: RunView) -> str:
             desc = describe_model(s.models.get("image_text") or s.models.get("vqa") or s.models)
             rows.append((f"evaluator {EVALUATOR_TITLES[e]}", f"{desc}; {s.wall_s or 0:.1f} s"))
         else:
-            rows.append((f"evaluator {EVALUATOR_TITLES[e]}", f"{s.status}: {s.reason.splitlines()[0] if s.reason else ''}"))
+            rows.append(
+                (f"evaluator {EVALUATOR_TITLES[e]}", f"{s.status}: {s.reason.splitlines()[0] if s.reason else ''}")
+            )
     return _table(pd.DataFrame(rows, columns=["setting", "value"]), left=("setting", "value"))
 
 
@@ -145,17 +151,31 @@ def shares_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
         share = dict(zip(g["variant"], g["share_correct"]))
         n = int(g["n"].iloc[0])
         lo, hi = metrics.wilson_interval(round(share["real"] * n), n)
-        rows.append({"layer": layer, "evaluator": ev, "units": n, "real labels": percent(share["real"], none='–'),
-                     "95% interval": f"{percent(lo, none='–')} – {percent(hi, none='–')}", "shuffled labels": percent(share.get("shuffled"), none='–'),
-                     "one constant label": percent(share.get("constant"), none='–')})
+        rows.append(
+            {
+                "layer": layer,
+                "evaluator": ev,
+                "units": n,
+                "real labels": percent(share["real"], none="–"),
+                "95% interval": f"{percent(lo, none='–')} – {percent(hi, none='–')}",
+                "shuffled labels": percent(share.get("shuffled"), none="–"),
+                "one constant label": percent(share.get("constant"), none="–"),
+            }
+        )
 
-    warn = "".join(f"<p class='note warn'>{_e(w['evaluator'])} judges {percent(w['baseline_share'], none='–')} of "
-                   f"{_e(w['baseline'])} labels correct against {percent(w['real'], none='–')} of the real ones: at this "
-                   f"threshold it barely tells right labels from wrong.</p>" for w in weak_evaluators(summary))
-    return (_fig(layer_shares(summary, view.layers)) + _table(pd.DataFrame(rows), left=("layer", "evaluator"))
-            + "<p class='note'>Share of labels judged correct (any of the top-k images matches). Interval: 95% Wilson "
-              "score interval over units. 'overall' pools all units (not the mean of the layers). Baselines: the same "
-              "evaluator on labels shuffled across the units of each layer, and on one constant label.</p>" + warn)
+    warn = "".join(
+        f"<p class='note warn'>{_e(w['evaluator'])} judges {percent(w['baseline_share'], none='–')} of "
+        f"{_e(w['baseline'])} labels correct against {percent(w['real'], none='–')} of the real ones: at this "
+        f"threshold it barely tells right labels from wrong.</p>"
+        for w in weak_evaluators(summary)
+    )
+    return (
+        _fig(layer_shares(summary, view.layers))
+        + _table(pd.DataFrame(rows), left=("layer", "evaluator"))
+        + "<p class='note'>Share of labels judged correct (any of the top-k images matches). Interval: 95% Wilson "
+        "score interval over units. 'overall' pools all units (not the mean of the layers). Baselines: the same "
+        "evaluator on labels shuffled across the units of each layer, and on one constant label.</p>" + warn
+    )
 
 
 def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
@@ -170,14 +190,18 @@ def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int) -> 
         figs = [_fig(sweep_figure(sw, rule.param, thresholds[e], "share_correct"))]
         if reference and "kappa" in sw and sw["kappa"].notna().any():
             n_ref = int(sw["n_reference"].dropna().max())
-            figs.append(f"<div><p class='note'>Cohen's kappa with {_e(reference)} over the {n_ref} units it judged:"
-                        f"</p>{_fig(sweep_figure(sw, rule.param, thresholds[e], 'kappa', False))}</div>")
+            figs.append(
+                f"<div><p class='note'>Cohen's kappa with {_e(reference)} over the {n_ref} units it judged:"
+                f"</p>{_fig(sweep_figure(sw, rule.param, thresholds[e], 'kappa', False))}</div>"
+            )
         parts.append("<div class='plots'>" + "".join(figs) + "</div>")
     if not parts:
         return "<p class='note'>No evaluator has scored this run.</p>"
-    return "".join(parts) + ("<p class='note'>Share judged correct against the threshold, per layer (the paper's "
-                             "Figure 3); dashed and dotted: shuffled and constant labels; red: the report's threshold."
-                             "</p>")
+    return "".join(parts) + (
+        "<p class='note'>Share judged correct against the threshold, per layer (the paper's "
+        "Figure 3); dashed and dotted: shuffled and constant labels; red: the report's threshold."
+        "</p>"
+    )
 
 
 def agreement_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
@@ -188,19 +212,28 @@ def agreement_section(view: RunView, thresholds: dict[str, float], k: int) -> st
         return "<p class='note'>Agreement needs two raters (evaluators or humans); this run has fewer.</p>"
     rows = []
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             for r in pairwise_with_intervals(raters[a], raters[b]).to_dict("records"):
-                rows.append({"rater A": a, "rater B": b, "layer": r["layer"], "n": r["n"],
-                             "agreement": percent(r["agreement"], none='–'),
-                             "95% interval": f"{percent(r['agreement lo'], none='–')} – {percent(r['agreement hi'], none='–')}",
-                             "Cohen's kappa": _num(r["kappa"]),
-                             "kappa 95% interval": f"{_num(r['kappa lo'])} – {_num(r['kappa hi'])}",
-                             "Jaccard": _num(r["jaccard"]), "note": f"n < {MIN_N}: too few to read" if r["small"]
-                             else ""})
-    return (_table(pd.DataFrame(rows), left=("rater A", "rater B", "layer", "note"))
-            + "<p class='note'>Over the units both raters judged. Agreement is the share of units with the same verdict "
-              f"(what the paper calls IoU); intervals are 95% percentile bootstraps over units ({N_BOOT:,} resamples, seed "
-              "0); n/a where undefined (both raters constant).</p>")
+                rows.append(
+                    {
+                        "rater A": a,
+                        "rater B": b,
+                        "layer": r["layer"],
+                        "n": r["n"],
+                        "agreement": percent(r["agreement"], none="–"),
+                        "95% interval": f"{percent(r['agreement lo'], none='–')} – {percent(r['agreement hi'], none='–')}",
+                        "Cohen's kappa": _num(r["kappa"]),
+                        "kappa 95% interval": f"{_num(r['kappa lo'])} – {_num(r['kappa hi'])}",
+                        "Jaccard": _num(r["jaccard"]),
+                        "note": f"n < {MIN_N}: too few to read" if r["small"] else "",
+                    }
+                )
+    return (
+        _table(pd.DataFrame(rows), left=("rater A", "rater B", "layer", "note"))
+        + "<p class='note'>Over the units both raters judged. Agreement is the share of units with the same verdict "
+        f"(what the paper calls IoU); intervals are 95% percentile bootstraps over units ({N_BOOT:,} resamples, seed "
+        "0); n/a where undefined (both raters constant).</p>"
+    )
 
 
 def labellers_section(store: Store, view: RunView, thresholds: dict[str, float], k: int) -> str:
@@ -208,25 +241,51 @@ def labellers_section(store: Store, view: RunView, thresholds: dict[str, float],
     lv = LabellerView(store, view.run_id, view)
     if len(lv.source_ids) < 2:
         return ""
-    cov = lv.sources.assign(coverage=lambda d: d["coverage"].map(lambda x: percent(x, none='–')))[["name", "kind", "n_labels", "n_matched",
-                                                                         "n_on_dead", "coverage"]]
+    cov = lv.sources.assign(coverage=lambda d: d["coverage"].map(lambda x: percent(x, none="–")))[
+        ["name", "kind", "n_labels", "n_matched", "n_on_dead", "coverage"]
+    ]
     shares = lv.shares(thresholds, k)
-    table = shares.assign(**{c: shares[c].map(lambda x: percent(x, none='–')) for c in ("correct", "shuffled", "run real", "run shuffled",
-                                                                 "run constant")})
+    table = shares.assign(
+        **{
+            c: shares[c].map(lambda x: percent(x, none="–"))
+            for c in ("correct", "shuffled", "run real", "run shuffled", "run constant")
+        }
+    )
     table = table[["labeller", "evaluator", "layer", "n", "correct", "shuffled", "run real", "run constant"]].rename(
-        columns={"n": "units", "correct": "judged correct", "shuffled": "its labels shuffled",
-                 "run real": "this run's labels, same units", "run constant": "constant label, same units"})
-    return ("<h2 id='labellers'>Labellers side by side</h2>"
-            + _table(cov.rename(columns={"n_labels": "labels", "n_matched": "on this run's live units",
-                                         "n_on_dead": "on dead units (not judged)"}),
-                     left=("name", "kind"))
-            + _table(table, left=("labeller", "evaluator", "layer"))
-            + "<p class='note'>Each source's labels judged by this run's evaluators on this run's top images; every "
-              "share is over the live units the source covers (dead units have no images to judge a label on).</p>")
+        columns={
+            "n": "units",
+            "correct": "judged correct",
+            "shuffled": "its labels shuffled",
+            "run real": "this run's labels, same units",
+            "run constant": "constant label, same units",
+        }
+    )
+    return (
+        "<h2 id='labellers'>Labellers side by side</h2>"
+        + _table(
+            cov.rename(
+                columns={
+                    "n_labels": "labels",
+                    "n_matched": "on this run's live units",
+                    "n_on_dead": "on dead units (not judged)",
+                }
+            ),
+            left=("name", "kind"),
+        )
+        + _table(table, left=("labeller", "evaluator", "layer"))
+        + "<p class='note'>Each source's labels judged by this run's evaluators on this run's top images; every "
+        "share is over the live units the source covers (dead units have no images to judge a label on).</p>"
+    )
 
 
-def units_section(store: Store, view: RunView, thresholds: dict[str, float], k: int, units_per_layer: int | None,
-                  images: dict[int, str]) -> str:
+def units_section(
+    store: Store,
+    view: RunView,
+    thresholds: dict[str, float],
+    k: int,
+    units_per_layer: int | None,
+    images: dict[int, str],
+) -> str:
     grid = view.unit_grid(thresholds, k) if view.available else view.neurons.copy()
     top = store.neuron_images(view.run_id, kinds=("top",))
     top = top[top["rank"] <= k]
@@ -242,33 +301,46 @@ def units_section(store: Store, view: RunView, thresholds: dict[str, float], k: 
             g = g.head(units_per_layer)
         correct = {ev: int(g[ev].sum()) for ev in evals}
         head = ", ".join(f"{ev} judges {correct[ev]:,} of {len(g):,} labels correct" for ev in evals)
-        parts.append(f"<h3 id='layer-{_e(layer)}'>{_e(layer)}: {total:,} units"
-                     f"{f' (first {len(g):,} shown)' if len(g) < total else ''}</h3><p class='note'>{_e(head)}</p>"
-                     "<div class='units'>")
+        parts.append(
+            f"<h3 id='layer-{_e(layer)}'>{_e(layer)}: {total:,} units"
+            f"{f' (first {len(g):,} shown)' if len(g) < total else ''}</h3><p class='note'>{_e(head)}</p>"
+            "<div class='units'>"
+        )
         for row in g.to_dict("records"):
             key = (layer, int(row["unit"]))
-            imgs = "".join(f"<div class='im i{i}' title='activation {a:.3f}'></div>"
-                           for i, a in zip(by_unit.get(key, []), acts.get(key, [])))
+            imgs = "".join(
+                f"<div class='im i{i}' title='activation {a:.3f}'></div>"
+                for i, a in zip(by_unit.get(key, []), acts.get(key, []))
+            )
             for i in by_unit.get(key, []):
                 images.setdefault(int(i), "")
             verdicts = []
             for ev in evals:
                 v, s = row.get(ev), row.get(f"{ev} score")
-                verdicts.append(f"<span class='v {'yes' if v else 'no'}'>{_e(ev)} {'✓' if v else '✗'} "
-                                f"{_num(s, 3) if s is not None else ''}</span>")
+                verdicts.append(
+                    f"<span class='v {'yes' if v else 'no'}'>{_e(ev)} {'✓' if v else '✗'} "
+                    f"{_num(s, 3) if s is not None else ''}</span>"
+                )
             for h in humans:
                 v = row.get(h)
                 if v is not None and not (isinstance(v, float) and np.isnan(v)):
                     verdicts.append(f"<span class='v {'yes' if v else 'no'}'>{_e(h)} {'✓' if v else '✗'}</span>")
-            parts.append(f"<div class='unit'><div class='head'>unit {row['unit']} · <span class='lab'>"
-                         f"{_e(row['label'])}</span> · similarity {_num(row.get('similarity'), 3)}</div>"
-                         f"<div class='imgs'>{imgs}</div>{''.join(verdicts)}</div>")
+            parts.append(
+                f"<div class='unit'><div class='head'>unit {row['unit']} · <span class='lab'>"
+                f"{_e(row['label'])}</span> · similarity {_num(row.get('similarity'), 3)}</div>"
+                f"<div class='imgs'>{imgs}</div>{''.join(verdicts)}</div>"
+            )
         parts.append("</div>")
     return "".join(parts)
 
 
-def build_report(store: Store, run_id: str, thresholds: dict[str, float] | None = None, k: int | None = None,
-                 units_per_layer: int | None = None) -> str:
+def build_report(
+    store: Store,
+    run_id: str,
+    thresholds: dict[str, float] | None = None,
+    k: int | None = None,
+    units_per_layer: int | None = None,
+) -> str:
     """The whole report as one HTML string."""
     view = RunView(store, run_id)
     thresholds = view.thresholds(thresholds)
@@ -283,37 +355,54 @@ def build_report(store: Store, run_id: str, thresholds: dict[str, float] | None 
     images: dict[int, str] = {}
     units = units_section(store, view, thresholds, k, units_per_layer, images)
     thumbs = store.thumbnails(view.run.get("probe_fingerprint") or "", list(images)) if images else {}
-    css_images = "".join(f".i{i}{{background-image:url(data:image/jpeg;base64,{_thumb(t)})}}\n"
-                         for i, t in thumbs.items())
+    css_images = "".join(
+        f".i{i}{{background-image:url(data:image/jpeg;base64,{_thumb(t)})}}\n" for i, t in thumbs.items()
+    )
     th_text = view.thresholds_text(thresholds, ORDER)
     notes = "".join(f"<p class='note'>{_e(line)}</p>" for line in view.default_notes(thresholds))
     made = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f"<a href='#layer-{_e(l)}'>{_e(l)}</a>" for l in view.layers)
     labellers = labellers_section(store, view, thresholds, k)
-    body = (f"<main><h1>clipeval report: {_e(view.run.get('name') or view.run_id)}</h1>"
-            f"<p class='note'>Run <code>{_e(view.run_id)}</code>; made {made} from the stored raw scores. A label is "
-            f"judged correct if any of its unit's top-{k} images matches it; thresholds: {_e(th_text) or 'none'}.</p>"
-            + notes +
-            "<nav><a href='#settings'>Models and settings</a><a href='#shares'>Shares per layer</a>"
-            "<a href='#sensitivity'>Sensitivity</a><a href='#agreement'>Agreement</a>"
-            + ("<a href='#labellers'>Labellers</a>" if labellers else "") + "<a href='#units'>Units:</a>" + nav
-            + "</nav>"
-            "<h2 id='settings'>Models and settings</h2>" + settings_section(view)
-            + "<h2 id='shares'>Share judged correct per layer, beside baselines</h2>"
-            + shares_section(view, thresholds, k)
-            + "<h2 id='sensitivity'>Threshold sensitivity</h2>" + sensitivity_section(view, thresholds, k)
-            + "<h2 id='agreement'>Agreement between raters</h2>" + agreement_section(view, thresholds, k)
-            + labellers
-            + "<h2 id='units'>Units per layer</h2><p class='note'>Per unit: its label and CLIP-Dissect similarity, its "
-              f"top-{k} images (hover for the activation), each evaluator's verdict and score, human verdicts.</p>"
-            + units + "</main>")
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>clipeval report {_e(view.run_id)}</title><style>{CSS}{css_images}</style>"
-            f"</head><body>{body}</body></html>")
+    body = (
+        f"<main><h1>clipeval report: {_e(view.run.get('name') or view.run_id)}</h1>"
+        f"<p class='note'>Run <code>{_e(view.run_id)}</code>; made {made} from the stored raw scores. A label is "
+        f"judged correct if any of its unit's top-{k} images matches it; thresholds: {_e(th_text) or 'none'}.</p>"
+        + notes
+        + "<nav><a href='#settings'>Models and settings</a><a href='#shares'>Shares per layer</a>"
+        "<a href='#sensitivity'>Sensitivity</a><a href='#agreement'>Agreement</a>"
+        + ("<a href='#labellers'>Labellers</a>" if labellers else "")
+        + "<a href='#units'>Units:</a>"
+        + nav
+        + "</nav>"
+        "<h2 id='settings'>Models and settings</h2>"
+        + settings_section(view)
+        + "<h2 id='shares'>Share judged correct per layer, beside baselines</h2>"
+        + shares_section(view, thresholds, k)
+        + "<h2 id='sensitivity'>Threshold sensitivity</h2>"
+        + sensitivity_section(view, thresholds, k)
+        + "<h2 id='agreement'>Agreement between raters</h2>"
+        + agreement_section(view, thresholds, k)
+        + labellers
+        + "<h2 id='units'>Units per layer</h2><p class='note'>Per unit: its label and CLIP-Dissect similarity, its "
+        f"top-{k} images (hover for the activation), each evaluator's verdict and score, human verdicts.</p>"
+        + units
+        + "</main>"
+    )
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>clipeval report {_e(view.run_id)}</title><style>{CSS}{css_images}</style>"
+        f"</head><body>{body}</body></html>"
+    )
 
 
-def write_report(store: Store, run_id: str, out, thresholds: dict[str, float] | None = None, k: int | None = None,
-                 units_per_layer: int | None = None) -> Path:
+def write_report(
+    store: Store,
+    run_id: str,
+    out,
+    thresholds: dict[str, float] | None = None,
+    k: int | None = None,
+    units_per_layer: int | None = None,
+) -> Path:
     """Check the output path, build the report, write it atomically."""
 
     out = check_output(out)

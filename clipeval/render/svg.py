@@ -90,8 +90,16 @@ def marker_path(symbol: str, x: float, y: float, size: float) -> str:
 class Chart:
     """One SVG drawing of `width` x `height` units with a plot area inside the margins."""
 
-    def __init__(self, width: float, height: float, left: float = 60, right: float = 20, top: float = 20,
-                 bottom: float = 50, font: float = 13):
+    def __init__(
+        self,
+        width: float,
+        height: float,
+        left: float = 60,
+        right: float = 20,
+        top: float = 20,
+        bottom: float = 50,
+        font: float = 13,
+    ):
         self.width, self.height, self.font = width, height, font
         self.x0, self.x1, self.y0, self.y1 = left, width - right, top, height - bottom
         self.parts: list[str] = []
@@ -104,20 +112,43 @@ class Chart:
             # a line break as an entity: a blank line would end the HTML block st.markdown passes through
             self.parts.append(f"<{tag} {attrs}><title>{esc(title).replace(chr(10), '&#10;')}</title></{tag}>")
 
-    def rect(self, x: float, y: float, w: float, h: float, fill: str, title: str | None = None,
-             stroke: str | None = None) -> None:
+    def rect(
+        self, x: float, y: float, w: float, h: float, fill: str, title: str | None = None, stroke: str | None = None
+    ) -> None:
         extra = f' stroke="{stroke}"' if stroke else ""
-        self._titled("rect", f'x="{x:.1f}" y="{y:.1f}" width="{max(w, 0):.1f}" height="{max(h, 0):.1f}" '
-                             f'fill="{fill}"{extra}', title)
+        self._titled(
+            "rect",
+            f'x="{x:.1f}" y="{y:.1f}" width="{max(w, 0):.1f}" height="{max(h, 0):.1f}" fill="{fill}"{extra}',
+            title,
+        )
 
-    def line(self, x1: float, y1: float, x2: float, y2: float, color: str, width: float = 1, dash: str = "solid",
-             title: str | None = None) -> None:
+    def line(
+        self,
+        x1: float,
+        y1: float,
+        x2: float,
+        y2: float,
+        color: str,
+        width: float = 1,
+        dash: str = "solid",
+        title: str | None = None,
+    ) -> None:
         d = DASHES.get(dash, dash)
-        self._titled("line", f'x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{color}" '
-                             f'stroke-width="{width}"' + (f' stroke-dasharray="{d}"' if d else ""), title)
+        self._titled(
+            "line",
+            f'x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{color}" '
+            f'stroke-width="{width}"' + (f' stroke-dasharray="{d}"' if d else ""),
+            title,
+        )
 
-    def polyline(self, points: list[tuple[float, float]], color: str, width: float = 2, dash: str = "solid",
-                 title: str | None = None) -> None:
+    def polyline(
+        self,
+        points: list[tuple[float, float]],
+        color: str,
+        width: float = 2,
+        dash: str = "solid",
+        title: str | None = None,
+    ) -> None:
         """A line through the points; a NaN point breaks it (one polyline per stretch)."""
         d = DASHES.get(dash, dash)
         stretch: list[tuple[float, float]] = []
@@ -127,34 +158,66 @@ class Chart:
                 continue
             if stretch:
                 pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in stretch)
-                self._titled("polyline", f'points="{pts}" fill="none" stroke="{color}" stroke-width="{width}" '
-                                         'stroke-linejoin="round"' + (f' stroke-dasharray="{d}"' if d else ""), title)
+                self._titled(
+                    "polyline",
+                    f'points="{pts}" fill="none" stroke="{color}" stroke-width="{width}" '
+                    'stroke-linejoin="round"' + (f' stroke-dasharray="{d}"' if d else ""),
+                    title,
+                )
             stretch = []
 
-    def marker(self, symbol: str, x: float, y: float, size: float = 14, color: str = "#222", width: float = 3,
-               title: str | None = None) -> None:
-        self._titled("path", f'd="{marker_path(symbol, x, y, size)}" stroke="{color}" stroke-width="{width}" '
-                             'fill="none"', title)
+    def marker(
+        self,
+        symbol: str,
+        x: float,
+        y: float,
+        size: float = 14,
+        color: str = "#222",
+        width: float = 3,
+        title: str | None = None,
+    ) -> None:
+        self._titled(
+            "path", f'd="{marker_path(symbol, x, y, size)}" stroke="{color}" stroke-width="{width}" fill="none"', title
+        )
 
-    def text(self, x: float, y: float, s, size: float | None = None, anchor: str = "start", color: str = TEXT,
-             weight: str | None = None, baseline: str = "middle", rotate: float | None = None) -> None:
+    def text(
+        self,
+        x: float,
+        y: float,
+        s,
+        size: float | None = None,
+        anchor: str = "start",
+        color: str = TEXT,
+        weight: str | None = None,
+        baseline: str = "middle",
+        rotate: float | None = None,
+    ) -> None:
         """One line, or several (a list), centred on y as a block."""
         lines = s if isinstance(s, list) else [s]
         size = size or self.font
-        attrs = (f'font-size="{size}" text-anchor="{anchor}" fill="{color}" dominant-baseline="{baseline}"'
-                 + (f' font-weight="{weight}"' if weight else "")
-                 + (f' transform="rotate({rotate} {x:.1f} {y:.1f})"' if rotate is not None else ""))
+        attrs = (
+            f'font-size="{size}" text-anchor="{anchor}" fill="{color}" dominant-baseline="{baseline}"'
+            + (f' font-weight="{weight}"' if weight else "")
+            + (f' transform="rotate({rotate} {x:.1f} {y:.1f})"' if rotate is not None else "")
+        )
         if len(lines) == 1:
             self.parts.append(f'<text x="{x:.1f}" y="{y:.1f}" {attrs}>{esc(lines[0])}</text>')
             return
         first = y - (len(lines) - 1) * size * 0.6
-        spans = "".join(f'<tspan x="{x:.1f}" y="{first + i * size * 1.2:.1f}">{esc(t)}</tspan>'
-                        for i, t in enumerate(lines))
+        spans = "".join(
+            f'<tspan x="{x:.1f}" y="{first + i * size * 1.2:.1f}">{esc(t)}</tspan>' for i, t in enumerate(lines)
+        )
         self.parts.append(f"<text {attrs}>{spans}</text>")
 
     # ------------------------------------------------------------------ axes
-    def y_axis(self, scale: Linear, fmt=lambda v: f"{v:g}", title: str | None = None, n: int = 5,
-               ticks: list[float] | None = None) -> None:
+    def y_axis(
+        self,
+        scale: Linear,
+        fmt=lambda v: f"{v:g}",
+        title: str | None = None,
+        n: int = 5,
+        ticks: list[float] | None = None,
+    ) -> None:
         for v in ticks if ticks is not None else scale.ticks(n):
             y = scale(v)
             self.line(self.x0, y, self.x1, y, GRID)
@@ -162,8 +225,9 @@ class Chart:
         if title:
             self.text(14, (self.y0 + self.y1) / 2, title, anchor="middle", rotate=-90)
 
-    def x_axis(self, scale: Linear, fmt=lambda v: f"{v:g}", title: str | None = None, n: int = 6,
-               grid: bool = True) -> None:
+    def x_axis(
+        self, scale: Linear, fmt=lambda v: f"{v:g}", title: str | None = None, n: int = 6, grid: bool = True
+    ) -> None:
         for v in scale.ticks(n):
             x = scale(v)
             if grid:
@@ -181,16 +245,24 @@ class Chart:
         size = min(size or self.font - 1, band.step / (0.56 * longest))
         for c, name in names.items():
             lines = wrap(name, max(int(band.step / (0.56 * size)), 1))
-            self.text(band.center(c), self.y1 + 10 + (len(lines) - 1) * size * 0.6, lines, size=round(size, 1),
-                      anchor="middle", color=TEXT, baseline="hanging" if len(lines) == 1 else "middle")
+            self.text(
+                band.center(c),
+                self.y1 + 10 + (len(lines) - 1) * size * 0.6,
+                lines,
+                size=round(size, 1),
+                anchor="middle",
+                color=TEXT,
+                baseline="hanging" if len(lines) == 1 else "middle",
+            )
         self.line(self.x0, self.y1, self.x1, self.y1, MUTED)
 
     def band_labels_y(self, band: Band, labels: dict | None = None, size: float | None = None) -> None:
         """Category names left of the plot, right-aligned (already wrapped: a list per name)."""
         for c in band.cats:
             name = (labels or {}).get(c, c)
-            self.text(self.x0 - 8, band.center(c), name if isinstance(name, list) else str(name), size=size,
-                      anchor="end")
+            self.text(
+                self.x0 - 8, band.center(c), name if isinstance(name, list) else str(name), size=size, anchor="end"
+            )
 
     # ------------------------------------------------------------------ legend
     def legend(self, items: list[dict], x: float, y: float, width: float, size: float | None = None) -> None:
@@ -211,9 +283,11 @@ class Chart:
     # ------------------------------------------------------------------ out
     def svg(self, label: str = "chart", cls: str = "") -> str:
         # one line and no blank line: st.markdown passes an HTML block through only until a blank line
-        return (f'<svg class="{" ".join(["cv-svg", *cls.split()])}" viewBox="0 0 {self.width:.0f} {self.height:.0f}" width="100%" role="img" '
-                f'aria-label="{esc(label)}" style="max-width:{self.width * 1.3:.0f}px;height:auto" '
-                f'xmlns="http://www.w3.org/2000/svg">' + "".join(self.parts) + "</svg>")
+        return (
+            f'<svg class="{" ".join(["cv-svg", *cls.split()])}" viewBox="0 0 {self.width:.0f} {self.height:.0f}" width="100%" role="img" '
+            f'aria-label="{esc(label)}" style="max-width:{self.width * 1.3:.0f}px;height:auto" '
+            f'xmlns="http://www.w3.org/2000/svg">' + "".join(self.parts) + "</svg>"
+        )
 
 
 def legend_layout(items: list[dict], width: float, size: float) -> list[tuple[dict, float, int]]:
@@ -235,7 +309,7 @@ def legend_height(items: list[dict], width: float, size: float) -> float:
 
 def wrap(s: str, width: int) -> list[str]:
     """`s` on lines of at most `width` characters, broken at spaces; a longer word (a file name) is cut."""
-    words = [w[i:i + width] for w in str(s).split() for i in range(0, len(w), width)]
+    words = [w[i : i + width] for w in str(s).split() for i in range(0, len(w), width)]
     lines, cur = [], ""
     for w in words:
         if cur and len(cur) + 1 + len(w) > width:
@@ -251,12 +325,12 @@ def interpolate(stops: list[str], t: float) -> str:
     t = min(max(t, 0.0), 1.0) * (len(stops) - 1)
     i = min(int(t), len(stops) - 2)
     f = t - i
-    a, b = (tuple(int(s[k:k + 2], 16) for k in (1, 3, 5)) for s in (stops[i], stops[i + 1]))
+    a, b = (tuple(int(s[k : k + 2], 16) for k in (1, 3, 5)) for s in (stops[i], stops[i + 1]))
     return "#" + "".join(f"{round(x + (y - x) * f):02x}" for x, y in zip(a, b))
 
 
 def luminance(hex_color: str) -> float:
-    r, g, b = (int(hex_color[k:k + 2], 16) / 255 for k in (1, 3, 5))
+    r, g, b = (int(hex_color[k : k + 2], 16) / 255 for k in (1, 3, 5))
     return 0.299 * r + 0.587 * g + 0.114 * b
 
 

@@ -50,8 +50,10 @@ def stand_ins(run: dict, latest: pd.DataFrame) -> list[str]:
     if (json_cell(run.get("models_json")).get("image_text") or {}).get("is_clip") is False:
         out.append("labels")
     order = list(EVALUATOR_TITLES)
-    rows = sorted(latest.itertuples() if latest is not None and len(latest) else [],
-                  key=lambda r: order.index(r.evaluator) if r.evaluator in order else len(order))
+    rows = sorted(
+        latest.itertuples() if latest is not None and len(latest) else [],
+        key=lambda r: order.index(r.evaluator) if r.evaluator in order else len(order),
+    )
     for row in rows:
         if row.status == "complete" and (json_cell(row.models_json).get("image_text") or {}).get("is_clip") is False:
             out.append(EVALUATOR_TITLES.get(row.evaluator, row.evaluator))
@@ -69,8 +71,13 @@ def cell_text(v) -> str:
     return str(v)
 
 
-def html_table(frame: pd.DataFrame, text=lambda column, value: str(value), classes: dict | None = None,
-               muted=None, table_class: str = "") -> str:
+def html_table(
+    frame: pd.DataFrame,
+    text=lambda column, value: str(value),
+    classes: dict | None = None,
+    muted=None,
+    table_class: str = "",
+) -> str:
     """frame as an HTML table, every cell escaped (labels and rater names are arbitrary text): a cell reads
     text(column, value); classes[column] goes on the column's header and cells; a cell True in `muted` (a
     boolean array of the frame's shape) also gets the class 'cv-muted'."""
@@ -79,11 +86,16 @@ def html_table(frame: pd.DataFrame, text=lambda column, value: str(value), class
     def attr(names) -> str:
         names = " ".join(n for n in names if n)
         return f" class='{names}'" if names else ""
+
     head = "".join(f"<th{attr([classes.get(c)])}>{escape(str(c))}</th>" for c in frame.columns)
     grey = np.zeros(frame.shape, dtype=bool) if muted is None else np.asarray(muted, dtype=bool)
+
     def cells(i, values) -> str:
-        return "".join(f"<td{attr([classes.get(c), 'cv-muted' if g else ''])}>{escape(text(c, v))}</td>"
-                       for c, v, g in zip(frame.columns, values, grey[i]))
+        return "".join(
+            f"<td{attr([classes.get(c), 'cv-muted' if g else ''])}>{escape(text(c, v))}</td>"
+            for c, v, g in zip(frame.columns, values, grey[i])
+        )
+
     rows = "".join(f"<tr>{cells(i, r)}</tr>" for i, r in enumerate(frame.itertuples(index=False, name=None)))
     return f"<table{attr([table_class])}><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
@@ -94,15 +106,21 @@ def verdict_marks(df: pd.DataFrame, columns) -> pd.DataFrame:
     out = df.copy()
     for c in columns:
         if c in out:
-            out[c] = out[c].map(lambda v: "" if v is None or (isinstance(v, float) and pd.isna(v))
-                                else ("✓" if bool(v) else "✗")).astype(str)
+            out[c] = (
+                out[c]
+                .map(lambda v: "" if v is None or (isinstance(v, float) and pd.isna(v)) else ("✓" if bool(v) else "✗"))
+                .astype(str)
+            )
     return out
 
 
 def full_reasons(evals: pd.DataFrame) -> list[tuple[str, str]]:
     """(evaluator title, full reason) of every evaluation that did not complete (the tables show one line)."""
-    return [(EVALUATOR_TITLES.get(e.evaluator, e.evaluator), text_cell(e.error, "no reason recorded"))
-            for e in evals.itertuples() if e.status != "complete"]
+    return [
+        (EVALUATOR_TITLES.get(e.evaluator, e.evaluator), text_cell(e.error, "no reason recorded"))
+        for e in evals.itertuples()
+        if e.status != "complete"
+    ]
 
 
 def summary_table(summary: pd.DataFrame, layers: list[str]) -> pd.DataFrame:
@@ -113,8 +131,12 @@ def summary_table(summary: pd.DataFrame, layers: list[str]) -> pd.DataFrame:
     order = [l for l in layers if l in wide.index] + ["overall"]
     wide = wide.reindex(order)
     n = summary.drop_duplicates("layer").set_index("layer")["n"].reindex(order)
-    cols = [(e, v) for e in dict.fromkeys(summary["evaluator"]) for v in ("real", "shuffled", "constant")
-            if (e, v) in wide.columns]
+    cols = [
+        (e, v)
+        for e in dict.fromkeys(summary["evaluator"])
+        for v in ("real", "shuffled", "constant")
+        if (e, v) in wide.columns
+    ]
     wide = wide[cols]
     wide.columns = [e if v == "real" else f"{e} {v}" for e, v in cols]
     wide.insert(0, "neurons", n.astype(int))
@@ -130,8 +152,9 @@ def interpretable_by_layer(grid: pd.DataFrame, column: str, layers: list[str]) -
     for layer in [l for l in layers if l in set(grid["layer"])] + ["overall"]:
         g = grid if layer == "overall" else grid[grid["layer"] == layer]
         hits = int(g[column].fillna(False).astype(bool).sum())
-        rows.append({"layer": layer, "neurons": len(g), INTERPRETABLE: hits,
-                     "share": hits / len(g) if len(g) else float("nan")})
+        rows.append(
+            {"layer": layer, "neurons": len(g), INTERPRETABLE: hits, "share": hits / len(g) if len(g) else float("nan")}
+        )
     return pd.DataFrame(rows)
 
 
@@ -157,8 +180,14 @@ def filter_grid(grid: pd.DataFrame, layer: str | None, text: str, show: str) -> 
     return out
 
 
-def neuron_link(run_id: str, layer: str, unit: int, thresholds: dict[str, float] | None = None,
-                k: int | None = None, kmax: int | None = None) -> str:
+def neuron_link(
+    run_id: str,
+    layer: str,
+    unit: int,
+    thresholds: dict[str, float] | None = None,
+    k: int | None = None,
+    kmax: int | None = None,
+) -> str:
     """A relative link to the neuron explorer showing this neuron with the same run, k and thresholds."""
     params = {"run": run_id, "layer": layer, "unit": int(unit)}
     for e, value in (thresholds or {}).items():
@@ -169,8 +198,14 @@ def neuron_link(run_id: str, layer: str, unit: int, thresholds: dict[str, float]
     return "neuron?" + urlencode(params)
 
 
-def neuron_links(run_id: str, layers, units, thresholds: dict[str, float] | None = None, k: int | None = None,
-                 kmax: int | None = None) -> list[str]:
+def neuron_links(
+    run_id: str,
+    layers,
+    units,
+    thresholds: dict[str, float] | None = None,
+    k: int | None = None,
+    kmax: int | None = None,
+) -> list[str]:
     """neuron_link for many neurons at once (the unit grid has thousands of rows on every rerun)."""
 
     head = neuron_link(run_id, "", 0, thresholds, k, kmax)
@@ -178,8 +213,9 @@ def neuron_links(run_id: str, layers, units, thresholds: dict[str, float] | None
     return [f"{base}&layer={quote_plus(str(l))}&unit={int(u)}{rest}" for l, u in zip(layers, units)]
 
 
-def measure_by_layer_ci(pairwise: dict[str, pd.DataFrame], measure: str, layer_order: list[str]
-                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def measure_by_layer_ci(
+    pairwise: dict[str, pd.DataFrame], measure: str, layer_order: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """{rater: intervals.pairwise_with_intervals(rater, reference)} -> (one row per rater, one text cell per layer
     and 'overall' reading '0.62 [0.55, 0.70] n=120'; the same shape of booleans: fewer than MIN_N neurons)."""
 
@@ -212,21 +248,27 @@ def run_table(runs: pd.DataFrame) -> pd.DataFrame:
         concepts = cfg.get("concepts")
         sim = cfg.get("similarity") or {}
         image_text = models.get("image_text") or {}
-        rows.append({
-            "name": r.name, "status": r.status, "created": r.created_at, "neurons": int(r.n_neurons),
-            "target": cfg["target"].get("name") if isinstance(cfg.get("target"), dict) else cfg.get("target"),
-            "layers": ", ".join(cfg.get("layers") or []),
-            "probe": _probe_text(cfg),
-            "images": None if pd.isna(r.n_images) else int(r.n_images),
-            "skipped images": None if pd.isna(r.n_skipped_images) else int(r.n_skipped_images),
-            "concepts": concepts.get("source") if isinstance(concepts, dict) else concepts,
-            "similarity": sim.get("fn") if isinstance(sim, dict) else sim,
-            "labelling model": image_text.get("description") or models.get("labels") or "",
-            "CLIP?": {True: "yes", False: "no"}.get(image_text.get("is_clip"), "n/a"),
-            "peak RSS (MB)": r.peak_rss_mb,
-            "kind": r.kind, "run": r.run_id,
-            "error": text_cell(r.error),
-        })
+        rows.append(
+            {
+                "name": r.name,
+                "status": r.status,
+                "created": r.created_at,
+                "neurons": int(r.n_neurons),
+                "target": cfg["target"].get("name") if isinstance(cfg.get("target"), dict) else cfg.get("target"),
+                "layers": ", ".join(cfg.get("layers") or []),
+                "probe": _probe_text(cfg),
+                "images": None if pd.isna(r.n_images) else int(r.n_images),
+                "skipped images": None if pd.isna(r.n_skipped_images) else int(r.n_skipped_images),
+                "concepts": concepts.get("source") if isinstance(concepts, dict) else concepts,
+                "similarity": sim.get("fn") if isinstance(sim, dict) else sim,
+                "labelling model": image_text.get("description") or models.get("labels") or "",
+                "CLIP?": {True: "yes", False: "no"}.get(image_text.get("is_clip"), "n/a"),
+                "peak RSS (MB)": r.peak_rss_mb,
+                "kind": r.kind,
+                "run": r.run_id,
+                "error": text_cell(r.error),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -235,12 +277,20 @@ def evaluation_table(evals: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for e in evals.itertuples():
         info = json_cell(e.models_json)
-        rows.append({"evaluator": EVALUATOR_TITLES.get(e.evaluator, e.evaluator), "status": e.status,
-                     "model or reason": (describe_model(info.get("image_text") or info.get("vqa") or info) if info
-                                         else "") if e.status == "complete" else
-                     short_reason(text_cell(e.error, "no reason recorded"), 90),
-                     "seconds": e.wall_s, "concepts": e.n_concepts, "constant label": text_cell(e.constant_label),
-                     "finished": e.finished_at, "evaluation": e.eval_id})
+        rows.append(
+            {
+                "evaluator": EVALUATOR_TITLES.get(e.evaluator, e.evaluator),
+                "status": e.status,
+                "model or reason": (describe_model(info.get("image_text") or info.get("vqa") or info) if info else "")
+                if e.status == "complete"
+                else short_reason(text_cell(e.error, "no reason recorded"), 90),
+                "seconds": e.wall_s,
+                "concepts": e.n_concepts,
+                "constant label": text_cell(e.constant_label),
+                "finished": e.finished_at,
+                "evaluation": e.eval_id,
+            }
+        )
     return pd.DataFrame(rows)
 
 

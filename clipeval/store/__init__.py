@@ -57,10 +57,23 @@ from clipeval.store.sources import SourcesMixin
 
 DEFAULT_DB = Path(os.environ.get("CLIPEVAL_DB", Path(__file__).resolve().parents[2] / "data" / "clipeval.duckdb"))
 
-__all__ = ["Store", "StoreBusy", "RunRemoved", "DEFAULT_DB", "DEFAULT_LOCK_TIMEOUT_S", "SCHEMA_VERSION", "RUN_TABLES",
-           "check_store_path", "check_read_only_sql", "lock_timeout", "now", "pid_alive"]
+__all__ = [
+    "Store",
+    "StoreBusy",
+    "RunRemoved",
+    "DEFAULT_DB",
+    "DEFAULT_LOCK_TIMEOUT_S",
+    "SCHEMA_VERSION",
+    "RUN_TABLES",
+    "check_store_path",
+    "check_read_only_sql",
+    "lock_timeout",
+    "now",
+    "pid_alive",
+]
 
 
-class Store(RunsMixin, EvaluationsMixin, HumansMixin, SourcesMixin, QueriesMixin, ConsoleMixin, SchemaMixin,
-            Connection):
+class Store(
+    RunsMixin, EvaluationsMixin, HumansMixin, SourcesMixin, QueriesMixin, ConsoleMixin, SchemaMixin, Connection
+):
     """A DuckDB run store. Cheap to create, holds no connection: each call opens the file for itself."""

@@ -62,8 +62,15 @@ def check_store_path(path: Path, must_exist: bool) -> None:
         raise ClipevalError(f"the run store {path} is a folder; --db takes a DuckDB file (e.g. runs.duckdb)")
     if path.exists() and not path.is_file():  # opening a FIFO would wait for a writer forever
         mode = path.stat().st_mode
-        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
-                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        kind = (
+            "a FIFO (named pipe)"
+            if stat.S_ISFIFO(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file"
+        )
         raise ClipevalError(f"the run store {path} is {kind}; --db takes a DuckDB file (e.g. runs.duckdb)")
     if must_exist and not os.path.lexists(path):
         raise ClipevalError(f"run store {path} does not exist yet; make a run first (clipeval demo)")
@@ -73,15 +80,26 @@ def check_store_path(path: Path, must_exist: bool) -> None:
         with open(path, "rb") as f:
             head = f.read(16)
         if len(head) < 12 or head[8:12] != b"DUCK":
-            kind = ("a Parquet file" if head[:4] == b"PAR1" else "empty" if not head else
-                    "a text file (CSV?)" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "not DuckDB")
-            raise ClipevalError(f"{path} is not a DuckDB run store ({kind}); --db takes a store file such as "
-                                "runs.duckdb (a new name creates one)")
+            kind = (
+                "a Parquet file"
+                if head[:4] == b"PAR1"
+                else "empty"
+                if not head
+                else "a text file (CSV?)"
+                if all(32 <= b < 127 or b in (9, 10, 13) for b in head)
+                else "not DuckDB"
+            )
+            raise ClipevalError(
+                f"{path} is not a DuckDB run store ({kind}); --db takes a store file such as "
+                "runs.duckdb (a new name creates one)"
+            )
     elif must_exist:
         raise ClipevalError(f"run store {path} does not exist yet; make a run first (clipeval demo)")
     elif path.suffix.lower() in NOT_STORE_SUFFIXES:
-        raise ClipevalError(f"--db {path}: a run store is a DuckDB file; a {path.suffix} name looks like a "
-                            "mistake (use e.g. runs.duckdb)")
+        raise ClipevalError(
+            f"--db {path}: a run store is a DuckDB file; a {path.suffix} name looks like a "
+            "mistake (use e.g. runs.duckdb)"
+        )
 
 
 class _FileLock:
@@ -130,15 +148,23 @@ def _file_lock(key: str) -> _FileLock:
 def _lock_error(e: duckdb.Error) -> bool:
     """True for 'another process holds the file' and for DuckDB's in-process configuration clash."""
     msg = str(e)
-    return (isinstance(e, duckdb.IOException) and "lock" in msg.lower()) or \
-        (isinstance(e, duckdb.ConnectionException) and "different configuration" in msg)
+    return (isinstance(e, duckdb.IOException) and "lock" in msg.lower()) or (
+        isinstance(e, duckdb.ConnectionException) and "different configuration" in msg
+    )
 
 
 class Connection:
     """The store's file and how to hold it briefly. Store (clipeval.store) adds the queries."""
 
-    def __init__(self, path: str | os.PathLike, read_only: bool = False, *, on_wait=None,
-                 timeout_s: float | None = None, create: bool = True):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        read_only: bool = False,
+        *,
+        on_wait=None,
+        timeout_s: float | None = None,
+        create: bool = True,
+    ):
         """`read_only`: this Store never writes (and the file must exist). `create`: a writer may make
         a new store; it does so at its first access, so a command refused before then leaves no file.
         `on_wait(message)` is told once per wait for the lock (default: print to stderr); `timeout_s`
@@ -201,11 +227,14 @@ class Connection:
                 if waited >= self.timeout_s:
                     raise StoreBusy(
                         f"the run store {self.path} stayed busy for {waited:.0f} s ({_holder(e)}); "
-                        f"try again, or wait longer with CLIPEVAL_LOCK_TIMEOUT=SECONDS") from e
+                        f"try again, or wait longer with CLIPEVAL_LOCK_TIMEOUT=SECONDS"
+                    ) from e
                 if not told and waited >= 0.5:  # brief waits (another command's short write) pass silently
                     told = True
-                    self.on_wait(f"waiting for the run store {self.path}: {_holder(e)} is using it; "
-                                 f"retrying for up to {self.timeout_s:.0f} s (CLIPEVAL_LOCK_TIMEOUT)")
+                    self.on_wait(
+                        f"waiting for the run store {self.path}: {_holder(e)} is using it; "
+                        f"retrying for up to {self.timeout_s:.0f} s (CLIPEVAL_LOCK_TIMEOUT)"
+                    )
                 time.sleep(min(delay, max(0.0, self.timeout_s - waited)))
                 delay = min(delay * 2, 0.25)
 

@@ -10,12 +10,10 @@ import pandas as pd
 
 from clipeval.store.runs import insert_frame, mark_interrupted, now, require_run
 
-
 SCORE_COLUMNS = ["layer", "unit", "variant", "kind", "rank", "image_id", "label", "raw"]
 
 
-def replace_scores(cur, table: str, scores_table: str, id_col: str, id_value: str,
-                   scores: pd.DataFrame | None) -> None:
+def replace_scores(cur, table: str, scores_table: str, id_col: str, id_value: str, scores: pd.DataFrame | None) -> None:
     """Inside the caller's transaction: drop an evaluation's row and raw scores and insert its new
     scores; the caller inserts the new row in the same transaction, so readers (and a kill -9) see
     the old result or the new one. For evaluations/eval_scores and source_evals/source_scores."""
@@ -35,10 +33,17 @@ def start_running(store, table: str, id_col: str, id_value: str, row: dict) -> b
         if found and found[0][0] == "complete":
             return False
         cur.execute(f"DELETE FROM {table} WHERE {id_col} = ?", [id_value])
-        cols = {id_col: id_value, **row, "status": "running", "created_at": now(), "pid": os.getpid(),
-                "host": socket.gethostname()}
-        cur.execute(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                    list(cols.values()))
+        cols = {
+            id_col: id_value,
+            **row,
+            "status": "running",
+            "created_at": now(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
+        cur.execute(
+            f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", list(cols.values())
+        )
     return True
 
 
@@ -48,33 +53,69 @@ class EvaluationsMixin:
         df = mark_interrupted(self.df("SELECT status, pid, host FROM evaluations WHERE eval_id = ?", [eval_id]))
         return df["status"].iloc[0] if len(df) else None
 
-    def start_evaluation(self, eval_id: str, run_id: str, evaluator: str, config_json: str,
-                         constant_label: str = "") -> bool:
+    def start_evaluation(
+        self, eval_id: str, run_id: str, evaluator: str, config_json: str, constant_label: str = ""
+    ) -> bool:
         """A 'running' row for the evaluation (see start_running)."""
-        return start_running(self, "evaluations", "eval_id", eval_id, {
-            "run_id": run_id, "evaluator": evaluator, "config_json": config_json, "constant_label": constant_label})
+        return start_running(
+            self,
+            "evaluations",
+            "eval_id",
+            eval_id,
+            {"run_id": run_id, "evaluator": evaluator, "config_json": config_json, "constant_label": constant_label},
+        )
 
     def fail_evaluation(self, eval_id: str, status: str, error: str) -> None:
         """Flag a started evaluation failed/interrupted (a complete one keeps its result)."""
-        self.execute("UPDATE evaluations SET status = ?, error = ?, pid = NULL, finished_at = ? "
-                     "WHERE eval_id = ? AND status <> 'complete'", [status, error[:2000], now(), eval_id])
+        self.execute(
+            "UPDATE evaluations SET status = ?, error = ?, pid = NULL, finished_at = ? "
+            "WHERE eval_id = ? AND status <> 'complete'",
+            [status, error[:2000], now(), eval_id],
+        )
 
-    def record_evaluation(self, eval_id: str, run_id: str, evaluator: str, config_json: str, *, status: str,
-                          scores: pd.DataFrame | None = None, wall_s: float | None = None, models: dict | None = None,
-                          n_concepts: int | None = None, constant_label: str = "", error: str = "") -> None:
+    def record_evaluation(
+        self,
+        eval_id: str,
+        run_id: str,
+        evaluator: str,
+        config_json: str,
+        *,
+        status: str,
+        scores: pd.DataFrame | None = None,
+        wall_s: float | None = None,
+        models: dict | None = None,
+        n_concepts: int | None = None,
+        constant_label: str = "",
+        error: str = "",
+    ) -> None:
         """Replace the evaluation `eval_id` with its scores and final status, in one transaction
         (status 'complete', or 'unavailable' / 'failed' with the reason and no scores): the old scores
         stay until the new ones are in."""
         with self.transaction() as cur:
             require_run(cur, run_id)
-            created = cur.execute("SELECT created_at FROM evaluations WHERE eval_id = ? AND status = 'running'",
-                                  [eval_id]).fetchall()
+            created = cur.execute(
+                "SELECT created_at FROM evaluations WHERE eval_id = ? AND status = 'running'", [eval_id]
+            ).fetchall()
             replace_scores(cur, "evaluations", "eval_scores", "eval_id", eval_id, scores)
-            cur.execute("INSERT INTO evaluations (eval_id, run_id, evaluator, config_json, status, created_at, "
-                        "finished_at, wall_s, models_json, n_concepts, constant_label, error) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [eval_id, run_id, evaluator, config_json, status, created[0][0] if created else now(), now(),
-                         wall_s, json.dumps(models or {}), n_concepts, constant_label, error or None])
+            cur.execute(
+                "INSERT INTO evaluations (eval_id, run_id, evaluator, config_json, status, created_at, "
+                "finished_at, wall_s, models_json, n_concepts, constant_label, error) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    eval_id,
+                    run_id,
+                    evaluator,
+                    config_json,
+                    status,
+                    created[0][0] if created else now(),
+                    now(),
+                    wall_s,
+                    json.dumps(models or {}),
+                    n_concepts,
+                    constant_label,
+                    error or None,
+                ],
+            )
 
     def evaluations(self, run_id: str | None = None) -> pd.DataFrame:
         sql = "SELECT * FROM evaluations" + (" WHERE run_id = ?" if run_id else "") + " ORDER BY finished_at DESC"
@@ -83,10 +124,14 @@ class EvaluationsMixin:
     def latest_evaluations(self, run_id: str) -> pd.DataFrame:
         """Per evaluator, its newest evaluation of the run (complete or not: the app shows why one is
         missing, and a killed one as 'interrupted')."""
-        return mark_interrupted(self.df(
-            "SELECT * FROM evaluations WHERE run_id = ? "
-            "QUALIFY row_number() OVER (PARTITION BY evaluator ORDER BY status = 'complete' DESC, "
-            "coalesce(finished_at, created_at) DESC) = 1 ORDER BY evaluator", [run_id]))
+        return mark_interrupted(
+            self.df(
+                "SELECT * FROM evaluations WHERE run_id = ? "
+                "QUALIFY row_number() OVER (PARTITION BY evaluator ORDER BY status = 'complete' DESC, "
+                "coalesce(finished_at, created_at) DESC) = 1 ORDER BY evaluator",
+                [run_id],
+            )
+        )
 
     def eval_scores(self, eval_id: str, layer: str | None = None, unit: int | None = None) -> pd.DataFrame:
         sql = f"SELECT {', '.join(SCORE_COLUMNS)} FROM eval_scores WHERE eval_id = ?"

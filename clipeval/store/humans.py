@@ -20,12 +20,16 @@ class HumansMixin:
 
     def human_verdicts(self, run_id: str, rater: str | None = None) -> pd.DataFrame:
         """The current verdict of each rater on each neuron (the newest answer)."""
-        sql = ("SELECT layer, unit, rater, verdict, source, created_at FROM human_verdicts WHERE run_id = ?"
-               + (" AND rater = ?" if rater else "") +
-               " QUALIFY row_number() OVER (PARTITION BY layer, unit, rater ORDER BY created_at DESC) = 1"
-               " ORDER BY rater, layer, unit")
+        sql = (
+            "SELECT layer, unit, rater, verdict, source, created_at FROM human_verdicts WHERE run_id = ?"
+            + (" AND rater = ?" if rater else "")
+            + " QUALIFY row_number() OVER (PARTITION BY layer, unit, rater ORDER BY created_at DESC) = 1"
+            " ORDER BY rater, layer, unit"
+        )
         return self.df(sql, [run_id, rater] if rater else [run_id])
 
     def raters(self, run_id: str) -> list[str]:
-        return [r[0] for r in self.rows(
-            "SELECT DISTINCT rater FROM human_verdicts WHERE run_id = ? ORDER BY rater", [run_id])]
+        return [
+            r[0]
+            for r in self.rows("SELECT DISTINCT rater FROM human_verdicts WHERE run_id = ? ORDER BY rater", [run_id])
+        ]

@@ -11,7 +11,6 @@ from clipeval.store.runs import pid_alive
 
 
 class QueriesMixin:
-
     def data_version(self, run_id: str | None = None) -> str:
         """A cheap fingerprint of what the app caches: changes whenever a run (its status or timings
         included), an evaluation, a human verdict or a label source or its evaluation (of `run_id`, or
@@ -20,9 +19,12 @@ class QueriesMixin:
         where = " WHERE run_id = ?" if run_id else ""
         with self.reading():  # one connection for every query
             running = self.rows(
-                "SELECT pid, host FROM runs WHERE status = 'running'" + (" AND run_id = ?" if run_id else "") +
-                " UNION ALL SELECT pid, host FROM evaluations WHERE status = 'running'" +
-                (" AND run_id = ?" if run_id else ""), [run_id] * 2 if run_id else [])
+                "SELECT pid, host FROM runs WHERE status = 'running'"
+                + (" AND run_id = ?" if run_id else "")
+                + " UNION ALL SELECT pid, host FROM evaluations WHERE status = 'running'"
+                + (" AND run_id = ?" if run_id else ""),
+                [run_id] * 2 if run_id else [],
+            )
             row = self._version_row(where, [run_id] * 3 if run_id else [])
             if self.has_table("label_sources"):  # an older store read as it is has no sources yet
                 row += self.rows(
@@ -30,10 +32,14 @@ class QueriesMixin:
                     f"string_agg(source_id || name, ',' ORDER BY source_id)), '') FROM label_sources{where}), "
                     f"       (SELECT count(*) || '/' || coalesce(max(created_at)::TEXT, '') || '/' || coalesce(md5("
                     f"string_agg(source_eval_id || status, ',' ORDER BY source_eval_id)), '') FROM source_evals{where})",
-                    [run_id] * 2 if run_id else [])[0]
+                    [run_id] * 2 if run_id else [],
+                )[0]
                 if "pid" in self.columns("source_evals"):
-                    running += self.rows("SELECT pid, host FROM source_evals WHERE status = 'running'" +
-                                         (" AND run_id = ?" if run_id else ""), [run_id] if run_id else [])
+                    running += self.rows(
+                        "SELECT pid, host FROM source_evals WHERE status = 'running'"
+                        + (" AND run_id = ?" if run_id else ""),
+                        [run_id] if run_id else [],
+                    )
         alive = "".join("1" if pid_alive(p, h) else "0" for p, h in running)
         return "|".join(str(x) for x in row) + "|" + alive
 
@@ -48,7 +54,8 @@ class QueriesMixin:
             "        coalesce(md5(string_agg(eval_id || status, ',' ORDER BY eval_id)), '') FROM evaluations"
             f"{where}), "
             f"       (SELECT count(*) || '/' || coalesce(max(created_at)::TEXT, '') FROM human_verdicts{where})",
-            params)[0]
+            params,
+        )[0]
 
     def store_overview(self) -> dict:
         """Counts for the app's home page."""
@@ -64,13 +71,26 @@ class QueriesMixin:
             # automatic references (source 'auto: ...') are counted apart from people
             "(SELECT count(*) FROM (SELECT DISTINCT run_id, layer, unit, rater FROM human_verdicts "
             "  WHERE source LIKE 'auto%')), "
-            "(SELECT count(DISTINCT rater) FROM human_verdicts WHERE source LIKE 'auto%')")[0]
-        keys = ("runs", "complete_runs", "neurons", "evaluations", "evaluations_not_complete", "human_verdicts",
-                "raters", "probe_images", "concept_sets", "automatic_verdicts", "automatic_raters")
+            "(SELECT count(DISTINCT rater) FROM human_verdicts WHERE source LIKE 'auto%')"
+        )[0]
+        keys = (
+            "runs",
+            "complete_runs",
+            "neurons",
+            "evaluations",
+            "evaluations_not_complete",
+            "human_verdicts",
+            "raters",
+            "probe_images",
+            "concept_sets",
+            "automatic_verdicts",
+            "automatic_raters",
+        )
         return dict(zip(keys, (int(x) for x in row)))
 
-    def neuron_image_details(self, run_id: str, layer: str, unit: int, kinds=("top", "level", "low", "random")
-                             ) -> pd.DataFrame:
+    def neuron_image_details(
+        self, run_id: str, layer: str, unit: int, kinds=("top", "level", "low", "random")
+    ) -> pd.DataFrame:
         """One neuron's stored images of the given kinds with their activation and where each image
         comes from (path, source, licence, known label); thumbnails come separately (`thumbnails`)."""
         return self.df(
@@ -78,7 +98,9 @@ class QueriesMixin:
             "FROM neuron_images ni JOIN runs r USING (run_id) "
             "LEFT JOIN probe_images p ON p.probe_fingerprint = r.probe_fingerprint AND p.image_id = ni.image_id "
             "WHERE ni.run_id = ? AND ni.layer = ? AND ni.unit = ? AND ni.kind IN (SELECT unnest(?::TEXT[])) "
-            "ORDER BY ni.kind, ni.rank", [run_id, layer, int(unit), list(kinds)])
+            "ORDER BY ni.kind, ni.rank",
+            [run_id, layer, int(unit), list(kinds)],
+        )
 
     def search_neurons(self, run_id: str, text: str, limit: int = 200) -> pd.DataFrame:
         """Neurons whose label, or one of whose runner-up concepts, contains `text` (case-insensitive).
@@ -87,9 +109,11 @@ class QueriesMixin:
         Columns: layer, unit, label, similarity, matched, match_rank (1 = the label), match_quality."""
         q = text.strip().lower()
         word = re.sub(r"([.^$|?*+()\[\]{}\\])", r"\\\1", q)  # RE2 pattern of the literal text
-        quality = ("CASE WHEN lower(concept) = ? THEN 0 "
-                   "WHEN regexp_matches(lower(concept), '(^|[^[:alnum:]])' || ? || '([^[:alnum:]]|$)') THEN 1 "
-                   "WHEN regexp_matches(lower(concept), '(^|[^[:alnum:]])' || ?) THEN 2 ELSE 3 END")
+        quality = (
+            "CASE WHEN lower(concept) = ? THEN 0 "
+            "WHEN regexp_matches(lower(concept), '(^|[^[:alnum:]])' || ? || '([^[:alnum:]]|$)') THEN 1 "
+            "WHEN regexp_matches(lower(concept), '(^|[^[:alnum:]])' || ?) THEN 2 ELSE 3 END"
+        )
         return self.df(
             "SELECT n.layer, n.unit, n.label, n.similarity, m.concept AS matched, m.rank AS match_rank, "
             "m.quality AS match_quality "
@@ -100,18 +124,23 @@ class QueriesMixin:
             "      QUALIFY row_number() OVER (PARTITION BY layer, unit ORDER BY quality, rank) = 1) m "
             "USING (layer, unit) "
             "WHERE n.run_id = ? ORDER BY m.quality, m.rank, l.position, n.unit LIMIT ?",
-            [q, word, word, run_id, q, run_id, q, run_id, int(limit)])
+            [q, word, word, run_id, q, run_id, q, run_id, int(limit)],
+        )
 
     def label_counts(self, run_id: str, layer: str | None = None, limit: int = 25) -> pd.DataFrame:
         """The most frequent labels (of one layer, or of the whole run) with how many neurons carry them."""
-        sql = ("SELECT label, count(*) AS neurons, count(*) / sum(count(*)) OVER () AS share, "
-               "string_agg(DISTINCT layer, ', ' ORDER BY layer) AS layers FROM neurons "
-               "WHERE run_id = ? AND label IS NOT NULL"
-               + (" AND layer = ?" if layer else "") + " GROUP BY label ORDER BY neurons DESC, label LIMIT ?")
+        sql = (
+            "SELECT label, count(*) AS neurons, count(*) / sum(count(*)) OVER () AS share, "
+            "string_agg(DISTINCT layer, ', ' ORDER BY layer) AS layers FROM neurons "
+            "WHERE run_id = ? AND label IS NOT NULL"
+            + (" AND layer = ?" if layer else "")
+            + " GROUP BY label ORDER BY neurons DESC, label LIMIT ?"
+        )
         return self.df(sql, [run_id, layer, int(limit)] if layer else [run_id, int(limit)])
 
-    def annotation_queue(self, run_id: str, rater: str, order: str = "layers", layer: str | None = None,
-                         exclude=()) -> pd.DataFrame:
+    def annotation_queue(
+        self, run_id: str, rater: str, order: str = "layers", layer: str | None = None, exclude=()
+    ) -> pd.DataFrame:
         """Neurons (with top-k images) that `rater` has not judged yet, in annotation order:
         'layers' = layer by layer, unit by unit; 'shuffled' = a fixed pseudo-random order (the same
         for every rater and every session, so stopping and resuming continues where one left off).
@@ -125,13 +154,16 @@ class QueriesMixin:
             try:
                 return cur.execute(
                     "SELECT n.layer, n.unit, n.label, n.similarity FROM neurons n JOIN layers l USING (run_id, layer) "
-                    "WHERE n.run_id = ?" + (" AND n.layer = ?" if layer else "") +
-                    " AND EXISTS (SELECT 1 FROM neuron_images i WHERE i.run_id = n.run_id AND i.layer = n.layer "
+                    "WHERE n.run_id = ?"
+                    + (" AND n.layer = ?" if layer else "")
+                    + " AND EXISTS (SELECT 1 FROM neuron_images i WHERE i.run_id = n.run_id AND i.layer = n.layer "
                     "             AND i.unit = n.unit AND i.kind = 'top') "
                     " AND NOT EXISTS (SELECT 1 FROM human_verdicts h WHERE h.run_id = n.run_id AND h.layer = n.layer "
                     "                 AND h.unit = n.unit AND h.rater = ?) "
                     " AND NOT EXISTS (SELECT 1 FROM exclude_frame e WHERE e.layer = n.layer AND e.unit = n.unit) "
-                    f"ORDER BY {key}", [run_id, *([layer] if layer else []), rater]).df()
+                    f"ORDER BY {key}",
+                    [run_id, *([layer] if layer else []), rater],
+                ).df()
             finally:
                 cur.unregister("exclude_frame")
 
@@ -139,14 +171,16 @@ class QueriesMixin:
         """How many neurons (with top-k images) there are, how many `rater` has judged, how many 'yes'."""
         lay = " AND n.layer = ?" if layer else ""
         row = self.rows(
-            "WITH todo AS (SELECT n.layer, n.unit FROM neurons n WHERE n.run_id = ?" + lay +
-            "   AND EXISTS (SELECT 1 FROM neuron_images i WHERE i.run_id = n.run_id AND i.layer = n.layer "
+            "WITH todo AS (SELECT n.layer, n.unit FROM neurons n WHERE n.run_id = ?"
+            + lay
+            + "   AND EXISTS (SELECT 1 FROM neuron_images i WHERE i.run_id = n.run_id AND i.layer = n.layer "
             "               AND i.unit = n.unit AND i.kind = 'top')), "
             "cur AS (SELECT layer, unit, verdict FROM human_verdicts WHERE run_id = ? AND rater = ? "
             "   QUALIFY row_number() OVER (PARTITION BY layer, unit ORDER BY created_at DESC) = 1) "
             "SELECT (SELECT count(*) FROM todo), count(c.layer), count(*) FILTER (WHERE c.verdict) "
             "FROM todo t JOIN cur c USING (layer, unit)",
-            [run_id, *([layer] if layer else []), run_id, rater])[0]
+            [run_id, *([layer] if layer else []), run_id, rater],
+        )[0]
         return {"total": int(row[0]), "judged": int(row[1]), "yes": int(row[2])}
 
     def rater_history(self, run_id: str, rater: str, limit: int = 20) -> pd.DataFrame:
@@ -154,4 +188,6 @@ class QueriesMixin:
         return self.df(
             "SELECT h.created_at, h.layer, h.unit, n.label, h.verdict, h.source FROM human_verdicts h "
             "LEFT JOIN neurons n USING (run_id, layer, unit) WHERE h.run_id = ? AND h.rater = ? "
-            "ORDER BY h.created_at DESC LIMIT ?", [run_id, rater, int(limit)])
+            "ORDER BY h.created_at DESC LIMIT ?",
+            [run_id, rater, int(limit)],
+        )

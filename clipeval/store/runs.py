@@ -74,18 +74,31 @@ class RunsMixin:
             for table in RUN_TABLES:
                 cur.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
             cur.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
-            cur.execute("INSERT INTO runs (run_id, name, kind, config_json, config_hash, status, pid, host, created_at)"
-                        " VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
-                        [run_id, name, kind, config_json, config_hash, os.getpid(), socket.gethostname(), now()])
+            cur.execute(
+                "INSERT INTO runs (run_id, name, kind, config_json, config_hash, status, pid, host, created_at)"
+                " VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+                [run_id, name, kind, config_json, config_hash, os.getpid(), socket.gethostname(), now()],
+            )
 
     def fail_run(self, run_id: str, status: str, error: str) -> None:
         """Flag a run failed/interrupted, unless it is complete (a failed recompute keeps the old result)."""
-        self.execute("UPDATE runs SET status = ?, error = ?, pid = NULL WHERE run_id = ? AND status <> 'complete'",
-                     [status, error[:2000], run_id])
+        self.execute(
+            "UPDATE runs SET status = ?, error = ?, pid = NULL WHERE run_id = ? AND status <> 'complete'",
+            [status, error[:2000], run_id],
+        )
 
-    def finish_run(self, run_id: str, *, layers: pd.DataFrame, neurons: pd.DataFrame, runner_ups: pd.DataFrame,
-                   neuron_images: pd.DataFrame, histograms: pd.DataFrame, meta: dict,
-                   activation_maps: pd.DataFrame | None = None) -> None:
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        layers: pd.DataFrame,
+        neurons: pd.DataFrame,
+        runner_ups: pd.DataFrame,
+        neuron_images: pd.DataFrame,
+        histograms: pd.DataFrame,
+        meta: dict,
+        activation_maps: pd.DataFrame | None = None,
+    ) -> None:
         """Swap in every result row of a run and flag it complete, in ONE transaction: a previous result
         of the same run (a forced recompute) is deleted in the same transaction, so a reader, or a
         kill -9 at any moment, finds either the old complete result or the new one."""
@@ -93,17 +106,31 @@ class RunsMixin:
             require_run(cur, run_id)
             for table in RUN_TABLES:
                 cur.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
-            for table, frame in (("layers", layers), ("neurons", neurons), ("runner_ups", runner_ups),
-                                 ("neuron_images", neuron_images), ("histograms", histograms),
-                                 ("activation_maps", activation_maps)):
+            for table, frame in (
+                ("layers", layers),
+                ("neurons", neurons),
+                ("runner_ups", runner_ups),
+                ("neuron_images", neuron_images),
+                ("histograms", histograms),
+                ("activation_maps", activation_maps),
+            ):
                 insert_frame(cur, table, frame, "run_id", [run_id])
             cur.execute(
                 "UPDATE runs SET status = 'complete', pid = NULL, finished_at = ?, probe_fingerprint = ?, concept_hash = ?,"
                 " n_images = ?, n_skipped_images = ?, models_json = ?, timings_json = ?, peak_rss_mb = ?, error = NULL"
                 " WHERE run_id = ?",
-                [now(), meta.get("probe_fingerprint"), meta.get("concept_hash"), meta.get("n_images"),
-                 meta.get("n_skipped_images", 0), json.dumps(meta.get("models", {})),
-                 json.dumps(meta.get("timings", {})), meta.get("peak_rss_mb"), run_id])
+                [
+                    now(),
+                    meta.get("probe_fingerprint"),
+                    meta.get("concept_hash"),
+                    meta.get("n_images"),
+                    meta.get("n_skipped_images", 0),
+                    json.dumps(meta.get("models", {})),
+                    json.dumps(meta.get("timings", {})),
+                    meta.get("peak_rss_mb"),
+                    run_id,
+                ],
+            )
 
     def get_meta(self, key: str) -> str | None:
         return self.scalar("SELECT value FROM meta WHERE key = ?", [key])
@@ -120,15 +147,19 @@ class RunsMixin:
 
     def runs(self) -> pd.DataFrame:
         """All runs, newest first; a 'running' run whose process is gone shows as 'interrupted'."""
-        return mark_interrupted(self.df(
-            "SELECT r.*, (SELECT count(*) FROM neurons n WHERE n.run_id = r.run_id) AS n_neurons "
-            "FROM runs r ORDER BY created_at DESC"))
+        return mark_interrupted(
+            self.df(
+                "SELECT r.*, (SELECT count(*) FROM neurons n WHERE n.run_id = r.run_id) AS n_neurons "
+                "FROM runs r ORDER BY created_at DESC"
+            )
+        )
 
     def run(self, run_id: str) -> dict:
         """One run by id or unique id prefix or name."""
         if not str(run_id).strip():  # '' is a prefix of every id: an unset "$RUN" must not pick a run
-            raise ClipevalError("the run id is empty; name a run by its id, an id prefix or its name "
-                                "(`clipeval runs` lists them)")
+            raise ClipevalError(
+                "the run id is empty; name a run by its id, an id prefix or its name (`clipeval runs` lists them)"
+            )
         df = self.runs()
         hit = df[(df["run_id"] == run_id) | (df["name"] == run_id)]
         if hit.empty:
@@ -143,8 +174,10 @@ class RunsMixin:
     def complete_run(self, run_id: str) -> dict:
         run = self.run(run_id)
         if run["status"] != "complete":
-            raise ClipevalError(f"run {run['run_id']} is {run['status']}, not complete; finish it by running "
-                                "the same `clipeval dissect` again, or remove it with `clipeval rm`")
+            raise ClipevalError(
+                f"run {run['run_id']} is {run['status']}, not complete; finish it by running "
+                "the same `clipeval dissect` again, or remove it with `clipeval rm`"
+            )
         return run
 
     def rename_run(self, run_id: str, name: str) -> str:
@@ -173,37 +206,54 @@ class RunsMixin:
         """images: image_id, path, source, license, label, thumbnail (bytes)."""
         with self.transaction() as cur:
             cur.execute("DELETE FROM probe_images WHERE probe_fingerprint = ?", [fingerprint])
-            insert_frame(cur, "probe_images", images[["image_id", "path", "source", "license", "label", "thumbnail"]],
-                          "probe_fingerprint", [fingerprint])
+            insert_frame(
+                cur,
+                "probe_images",
+                images[["image_id", "path", "source", "license", "label", "thumbnail"]],
+                "probe_fingerprint",
+                [fingerprint],
+            )
 
     def put_concepts(self, concept_hash: str, name: str, concepts) -> None:
         with self.transaction() as cur:
             if cur.execute("SELECT count(*) FROM concept_sets WHERE concept_hash = ?", [concept_hash]).fetchall()[0][0]:
                 return
-            insert_frame(cur, "concepts", pd.DataFrame({"idx": range(len(concepts)), "concept": list(concepts)}),
-                          "concept_hash", [concept_hash])
+            insert_frame(
+                cur,
+                "concepts",
+                pd.DataFrame({"idx": range(len(concepts)), "concept": list(concepts)}),
+                "concept_hash",
+                [concept_hash],
+            )
             cur.execute("INSERT INTO concept_sets VALUES (?, ?, ?)", [concept_hash, name, len(concepts)])
 
     def concepts(self, concept_hash: str) -> list[str]:
-        return [r[0] for r in self.rows("SELECT concept FROM concepts WHERE concept_hash = ? ORDER BY idx",
-                                        [concept_hash])]
+        return [
+            r[0] for r in self.rows("SELECT concept FROM concepts WHERE concept_hash = ? ORDER BY idx", [concept_hash])
+        ]
 
     def thumbnails(self, probe_fingerprint: str, image_ids) -> dict[int, bytes]:
         rows = self.rows(
             "SELECT image_id, thumbnail FROM probe_images WHERE probe_fingerprint = ? AND image_id IN "
-            "(SELECT unnest(?::INTEGER[]))", [probe_fingerprint, [int(i) for i in image_ids]])
+            "(SELECT unnest(?::INTEGER[]))",
+            [probe_fingerprint, [int(i) for i in image_ids]],
+        )
         return {int(i): bytes(t) for i, t in rows}
 
     def probe_image(self, probe_fingerprint: str, image_id: int) -> dict | None:
         """One probe image's id, path, source, license and label (None when the probe has no such id)."""
-        df = self.df("SELECT image_id, path, source, license, label FROM probe_images WHERE probe_fingerprint = ? "
-                     "AND image_id = ?", [probe_fingerprint, int(image_id)])
+        df = self.df(
+            "SELECT image_id, path, source, license, label FROM probe_images WHERE probe_fingerprint = ? "
+            "AND image_id = ?",
+            [probe_fingerprint, int(image_id)],
+        )
         return df.iloc[0].to_dict() if len(df) else None
 
     def probe_images(self, probe_fingerprint: str, with_thumbnails: bool = False) -> pd.DataFrame:
         cols = "image_id, path, source, license, label" + (", thumbnail" if with_thumbnails else "")
-        return self.df(f"SELECT {cols} FROM probe_images WHERE probe_fingerprint = ? ORDER BY image_id",
-                       [probe_fingerprint])
+        return self.df(
+            f"SELECT {cols} FROM probe_images WHERE probe_fingerprint = ? ORDER BY image_id", [probe_fingerprint]
+        )
 
     # ---------------------------------------------------------------- run contents
     def layers(self, run_id: str) -> pd.DataFrame:
@@ -212,25 +262,37 @@ class RunsMixin:
     def neurons(self, run_id: str, layer: str | None = None) -> pd.DataFrame:
         with self.reading():  # one connection for both queries
             # a store written before these columns and opened read-only (no upgrade) reads as all alive
-            extra = ("coalesce(n.dead, false) AS dead, n.n_negatives"
-                     if self.columns("neurons") >= {"dead", "n_negatives"}
-                     else "false AS dead, NULL::INTEGER AS n_negatives")
-            sql = (f"SELECT n.layer, n.unit, n.label, n.similarity, {extra} "
-                   "FROM neurons n JOIN layers l USING (run_id, layer) "
-                   "WHERE n.run_id = ?" + (" AND n.layer = ?" if layer else "") + " ORDER BY l.position, n.unit")
+            extra = (
+                "coalesce(n.dead, false) AS dead, n.n_negatives"
+                if self.columns("neurons") >= {"dead", "n_negatives"}
+                else "false AS dead, NULL::INTEGER AS n_negatives"
+            )
+            sql = (
+                f"SELECT n.layer, n.unit, n.label, n.similarity, {extra} "
+                "FROM neurons n JOIN layers l USING (run_id, layer) "
+                "WHERE n.run_id = ?" + (" AND n.layer = ?" if layer else "") + " ORDER BY l.position, n.unit"
+            )
             return self.df(sql, [run_id, layer] if layer else [run_id])
 
     def runner_ups(self, run_id: str, layer: str, unit: int) -> pd.DataFrame:
-        return self.df("SELECT rank, concept, score FROM runner_ups WHERE run_id = ? AND layer = ? AND unit = ? "
-                       "ORDER BY rank", [run_id, layer, unit])
+        return self.df(
+            "SELECT rank, concept, score FROM runner_ups WHERE run_id = ? AND layer = ? AND unit = ? ORDER BY rank",
+            [run_id, layer, unit],
+        )
 
     def all_runner_ups(self, run_id: str) -> pd.DataFrame:
-        return self.df("SELECT layer, unit, rank, concept, score FROM runner_ups WHERE run_id = ? "
-                       "ORDER BY layer, unit, rank", [run_id])
+        return self.df(
+            "SELECT layer, unit, rank, concept, score FROM runner_ups WHERE run_id = ? ORDER BY layer, unit, rank",
+            [run_id],
+        )
 
-    def neuron_images(self, run_id: str, kinds=("top",), layer: str | None = None, unit: int | None = None) -> pd.DataFrame:
-        sql = ("SELECT layer, unit, kind, rank, image_id, activation FROM neuron_images WHERE run_id = ? "
-               "AND kind IN (SELECT unnest(?::TEXT[]))")
+    def neuron_images(
+        self, run_id: str, kinds=("top",), layer: str | None = None, unit: int | None = None
+    ) -> pd.DataFrame:
+        sql = (
+            "SELECT layer, unit, kind, rank, image_id, activation FROM neuron_images WHERE run_id = ? "
+            "AND kind IN (SELECT unnest(?::TEXT[]))"
+        )
         params: list = [run_id, list(kinds)]
         if layer is not None:
             sql += " AND layer = ?"
@@ -252,6 +314,7 @@ class RunsMixin:
         return self.df(sql + " ORDER BY layer, unit, image_id", params)
 
     def histogram(self, run_id: str, layer: str, unit: int) -> pd.DataFrame:
-        return self.df("SELECT bin, lo, hi, count FROM histograms WHERE run_id = ? AND layer = ? AND unit = ? "
-                       "ORDER BY bin", [run_id, layer, unit])
-
+        return self.df(
+            "SELECT bin, lo, hi, count FROM histograms WHERE run_id = ? AND layer = ? AND unit = ? ORDER BY bin",
+            [run_id, layer, unit],
+        )

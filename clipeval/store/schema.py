@@ -82,19 +82,26 @@ class SchemaMixin:
         when needed: a current store is only read here)."""
         if self.path.exists():
             with self.reading() as con:
-                tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
-                                                    "ORDER BY table_name").fetchall()]
+                tables = [
+                    r[0]
+                    for r in con.execute(
+                        "SELECT table_name FROM information_schema.tables ORDER BY table_name"
+                    ).fetchall()
+                ]
                 has_meta = "meta" in tables
-                version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() \
-                    if has_meta else []
+                version = (
+                    con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() if has_meta else []
+                )
             if version and int(version[0][0]) >= SCHEMA_VERSION:
                 return
             # another program's database: a writer must not add the store's tables to it (an empty
             # DuckDB file, e.g. from a writer killed before its first commit, may become a store)
             if not has_meta and (tables or self.read_only):
-                raise ClipevalError(f"{self.path} is a DuckDB file without a run store in it"
-                                    + (f" (its tables: {', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''})"
-                                       if tables else "") + "; --db takes a run store, or a new name to make one")
+                raise ClipevalError(
+                    f"{self.path} is a DuckDB file without a run store in it"
+                    + (f" (its tables: {', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''})" if tables else "")
+                    + "; --db takes a run store, or a new name to make one"
+                )
             if self.read_only:
                 return  # an older store is read as it is; the next writer upgrades it
         with self.transaction() as con:
@@ -109,5 +116,6 @@ class SchemaMixin:
 
     def columns(self, table: str) -> set[str]:
         """The columns `table` has in this store (an older store read as it is may lack newer ones)."""
-        return {r[0] for r in self.rows("SELECT column_name FROM information_schema.columns WHERE table_name = ?",
-                                        [table])}
+        return {
+            r[0] for r in self.rows("SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table])
+        }

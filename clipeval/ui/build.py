@@ -39,13 +39,18 @@ def build_progress() -> None:
     if state["state"] == "running" and state["alive"]:
         _live()
     elif state["stale"]:
-        st.warning(f"The build of {state['what']} (process {state['pid']}) stopped before it finished, "
-                   f"during: {state['stage'] or 'its start'}. Start it again with `./run app` (or `python -m "
-                   f"clipeval demo`); what it completed is kept. Its output: `{progress.log_path(data.db_path())}`.",
-                   icon=":material/warning:")
+        st.warning(
+            f"The build of {state['what']} (process {state['pid']}) stopped before it finished, "
+            f"during: {state['stage'] or 'its start'}. Start it again with `./run app` (or `python -m "
+            f"clipeval demo`); what it completed is kept. Its output: `{progress.log_path(data.db_path())}`.",
+            icon=":material/warning:",
+        )
     elif state["state"] == "failed":
-        st.error(f"The build of {state['what']} failed during: {state['stage'] or 'its start'}: {state['error']}. "
-                 f"Its output: `{progress.log_path(data.db_path())}`.", icon=":material/error:")
+        st.error(
+            f"The build of {state['what']} failed during: {state['stage'] or 'its start'}: {state['error']}. "
+            f"Its output: `{progress.log_path(data.db_path())}`.",
+            icon=":material/error:",
+        )
 
 
 @st.fragment(run_every=2)
@@ -57,9 +62,12 @@ def _live() -> None:
         st.session_state[SEEN_KEY] = complete
         st.rerun()  # the whole page: the run picker and the tables take the new runs
     b = state.get("bar") or {}
-    st.info(f"**Building {state['what']} in the background** (for {_duration(time.time() - state['started'])}; "
-            f"{complete} run(s) complete so far, each appears here as it completes). Now: "
-            f"{state['stage'] or 'starting'}.", icon=":material/hourglass_top:")
+    st.info(
+        f"**Building {state['what']} in the background** (for {_duration(time.time() - state['started'])}; "
+        f"{complete} run(s) complete so far, each appears here as it completes). Now: "
+        f"{state['stage'] or 'starting'}.",
+        icon=":material/hourglass_top:",
+    )
     text = progress_text(state)
     if text:
         st.progress(min(1.0, b["n"] / b["total"]) if b.get("total") else 0.0, text=text)

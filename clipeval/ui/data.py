@@ -131,7 +131,8 @@ def flush_verdicts() -> int:
         except store_mod.RunRemoved:
             st.session_state.setdefault(DROPPED_KEY, []).append(
                 f"Not saved: {len(frame)} answer(s) on run {run_id}; the run was removed (by `clipeval rm` or "
-                "another tab) before they could be stored.")
+                "another tab) before they could be stored."
+            )
         pending.pop(0)
         after_write()
     return len(pending)
@@ -293,8 +294,9 @@ def evaluations() -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------ sweeps
 @st.cache_data(max_entries=256, show_spinner=False)
-def _sweep(path: str, run_id: str, data_version: str, evaluator: str, lo: float, hi: float, k: int,
-           reference: str | None) -> pd.DataFrame:
+def _sweep(
+    path: str, run_id: str, data_version: str, evaluator: str, lo: float, hi: float, k: int, reference: str | None
+) -> pd.DataFrame:
     return sweeps.sweep(_run_view(path, run_id, data_version), evaluator, lo, hi, k, reference)
 
 
@@ -306,8 +308,11 @@ def sweep(run_id: str, evaluator: str, lo: float, hi: float, k: int, reference: 
 
 # ------------------------------------------------------------------------------------ agreement with intervals
 def _raters(view: RunView, thresholds: dict[str, float], k: int) -> dict[str, pd.DataFrame]:
-    return view.rater_verdicts(thresholds, k) if view.available else \
-        {view.rater_label(r): v for r, v in view.humans.items()}
+    return (
+        view.rater_verdicts(thresholds, k)
+        if view.available
+        else {view.rater_label(r): v for r, v in view.humans.items()}
+    )
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -330,8 +335,7 @@ def _pairwise_intervals(path: str, run_id: str, data_version: str, thresholds: t
 def pairwise_intervals(run_id: str, thresholds: dict[str, float], k: int, reference: str) -> dict[str, pd.DataFrame]:
     """{rater: intervals.pairwise_with_intervals(rater, reference)} for every other rater (cached)."""
     run_view(run_id)
-    return _pairwise_intervals(db_path(), run_id, version(run_id), tuple(sorted(thresholds.items())), int(k),
-                               reference)
+    return _pairwise_intervals(db_path(), run_id, version(run_id), tuple(sorted(thresholds.items())), int(k), reference)
 
 
 # ------------------------------------------------------------------------------------ warming up

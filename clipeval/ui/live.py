@@ -40,12 +40,21 @@ def probe_section(ctx, layer: str, unit: int) -> None:
     c = st.columns([2, 1])
     # the uploader is drawn when asked for: it loads its own scripts into every first view of the page
     ask = c[0].expander("Upload an image of your own", key="live_upload_open", on_change="rerun")
-    upload = ask.file_uploader("Upload an image", type=["png", "jpg", "jpeg", "webp", "bmp"],
-                               key="live_upload") if ask.open else None
+    upload = (
+        ask.file_uploader("Upload an image", type=["png", "jpg", "jpeg", "webp", "bmp"], key="live_upload")
+        if ask.open
+        else None
+    )
     n = int(ctx.run.get("n_images") or 0)
-    pick = c[1].number_input(f"or a probe image (0-{max(n - 1, 0)})", min_value=0, max_value=max(n - 1, 0), value=0,
-                             key="live_image", bind="query-params",
-                             help="Any image of the run's probe set, by its id.")
+    pick = c[1].number_input(
+        f"or a probe image (0-{max(n - 1, 0)})",
+        min_value=0,
+        max_value=max(n - 1, 0),
+        value=0,
+        key="live_image",
+        bind="query-params",
+        help="Any image of the run's probe set, by its id.",
+    )
     if upload is not None:
         try:
             upload.seek(0)  # decoded as the probe pass decodes a file (an UploadedFile is a named BytesIO)
@@ -79,22 +88,30 @@ def probe_section(ctx, layer: str, unit: int) -> None:
         hi = max(hi, float(reading.map.max()))
         silent = float(reading.map.max()) <= lo
         view, where = view_note(probe.view)
-        cols[1].image(data.square(overlay(thumb.getvalue(), reading.map, 0.6, (lo, hi), view)), width="stretch",
-                      caption=f"where it fires ({reading.map.shape[0]}×{reading.map.shape[1]} cells {where}; "
-                              f"clear at {lo:.3g} or below, red at {hi:.3g}, as the top images above)"
-                              + ("; no cell above it on this image" if silent else ""))
+        cols[1].image(
+            data.square(overlay(thumb.getvalue(), reading.map, 0.6, (lo, hi), view)),
+            width="stretch",
+            caption=f"where it fires ({reading.map.shape[0]}×{reading.map.shape[1]} cells {where}; "
+            f"clear at {lo:.3g} or below, red at {hi:.3g}, as the top images above)"
+            + ("; no cell above it on this image" if silent else ""),
+        )
     else:
         cols[1].caption("This layer gives one value per image (no spatial map).")
     top = data.neuron_images(ctx.run_id, layer, unit)
     top = top[top["kind"] == "top"]["activation"] if len(top) else top
     with cols[2]:
         st.metric(f"{layer} / unit {unit} activation", f"{reading.activation:.3f}")
-        st.metric("Percentile in the probe", f"{reading.percentile:.1f}",
-                  help="Share of the run's probe images on which the unit is less active, in percent (equal "
-                       "ones count half); the caption says how it was found.")
-        baseline = (f"The unit's top {len(top)} probe images: {top.min():.3f} to {top.max():.3f}. " if len(top) else "")
+        st.metric(
+            "Percentile in the probe",
+            f"{reading.percentile:.1f}",
+            help="Share of the run's probe images on which the unit is less active, in percent (equal "
+            "ones count half); the caption says how it was found.",
+        )
+        baseline = f"The unit's top {len(top)} probe images: {top.min():.3f} to {top.max():.3f}. " if len(top) else ""
         where = f"{probe.target_name} on {probe.device}" + (f" ({probe.device_note})" if probe.device_note else "")
-        st.caption(f"{baseline}Percentile {reading.percentile_how}; pooling {probe.pooling}, as in the run. "
-                   f"Network: {where}; this reading took {1000 * reading.seconds:.0f} ms (preprocessing and one "
-                   f"forward pass, kept for this image and layer; loading the network took "
-                   f"{probe.load_seconds:.1f} s once).")
+        st.caption(
+            f"{baseline}Percentile {reading.percentile_how}; pooling {probe.pooling}, as in the run. "
+            f"Network: {where}; this reading took {1000 * reading.seconds:.0f} ms (preprocessing and one "
+            f"forward pass, kept for this image and layer; loading the network took "
+            f"{probe.load_seconds:.1f} s once)."
+        )

@@ -22,27 +22,36 @@ def colour_range(maps) -> tuple[float, float]:
     return (0.0, hi) if hi > 0 else (float(maps["lo"].min()), hi)
 
 
-def where_it_fires(run_id: str, fingerprint: str, layer: str, unit: int, thumbs: dict[int, bytes],
-                   run: dict) -> dict[int, bytes]:
+def where_it_fires(
+    run_id: str, fingerprint: str, layer: str, unit: int, thumbs: dict[int, bytes], run: dict
+) -> dict[int, bytes]:
     """The toggle and slider; returns `thumbs` with the unit's top images overlaid by their maps, each on the
     region of the image the network saw (the run's recorded preprocessing, `run` its Store.run row)."""
     maps = activation_maps(run_id, layer, unit)
     if maps.empty:
-        st.caption("No activation maps stored for this unit: the layer has no spatial layout (a vector per "
-                   "image), or the run was made before maps were stored (run `clipeval dissect` again with "
-                   "`--force`).")
+        st.caption(
+            "No activation maps stored for this unit: the layer has no spatial layout (a vector per "
+            "image), or the run was made before maps were stored (run `clipeval dissect` again with "
+            "`--force`)."
+        )
         return thumbs
     c = st.columns([1, 2, 3], vertical_alignment="center")
-    on = c[0].toggle("Where it fires", value=True, key="map_on", bind="query-params",
-                     help="Overlay each top image with the unit's activation map on it (before pooling).")
-    opacity = c[1].slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key="map_opacity", disabled=not on,
-                       bind="query-params")
+    on = c[0].toggle(
+        "Where it fires",
+        value=True,
+        key="map_on",
+        bind="query-params",
+        help="Overlay each top image with the unit's activation map on it (before pooling).",
+    )
+    opacity = c[1].slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key="map_opacity", disabled=not on, bind="query-params")
     h, w = int(maps["h"].iloc[0]), int(maps["w"].iloc[0])
     lo, hi = colour_range(maps)
     view, where = run_view(run)
-    c[2].caption(f"Map: {h}×{w} cells (the layer's resolution, max-pooled to at most 24×24), upsampled {where}; "
-                 f"clear at {lo:.3g} or below, yellow to red up to {hi:.3g}, this unit's strongest cell on its top "
-                 "images, so the images compare.")
+    c[2].caption(
+        f"Map: {h}×{w} cells (the layer's resolution, max-pooled to at most 24×24), upsampled {where}; "
+        f"clear at {lo:.3g} or below, yellow to red up to {hi:.3g}, this unit's strongest cell on its top "
+        "images, so the images compare."
+    )
     if not on:
         return thumbs
     # laid over the thumbnail as stored (its own aspect ratio, where the crop the network saw is known),
@@ -52,6 +61,7 @@ def where_it_fires(run_id: str, fingerprint: str, layer: str, unit: int, thumbs:
     for r in maps.itertuples():
         jpeg = raw.get(int(r.image_id))
         if jpeg:
-            out[int(r.image_id)] = data.square(overlay(jpeg, decode(r.h, r.w, r.lo, r.hi, r.map), opacity, (lo, hi),
-                                                       view))
+            out[int(r.image_id)] = data.square(
+                overlay(jpeg, decode(r.h, r.w, r.lo, r.hi, r.map), opacity, (lo, hi), view)
+            )
     return out

@@ -83,8 +83,14 @@ def verdict_table(ctx: Context, view: RunView, layer: str, unit: int) -> pd.Data
         rows.append(row)
     for rater, frame in view.humans.items():
         hit = frame[(frame["layer"] == layer) & (frame["unit"] == unit)]
-        rows.append({"rater": view.rater_label(rater), "score": "", "threshold": "",
-                     "verdict": _mark(bool(hit["verdict"].iloc[0])) if len(hit) else "not judged"})
+        rows.append(
+            {
+                "rater": view.rater_label(rater),
+                "score": "",
+                "threshold": "",
+                "verdict": _mark(bool(hit["verdict"].iloc[0])) if len(hit) else "not judged",
+            }
+        )
     cols = ["rater", "verdict", "score", "threshold", "shuffled label", "constant label"]
     return pd.DataFrame(rows).reindex(columns=cols).fillna("")
 

@@ -40,9 +40,11 @@ def shares_figure(shares: pd.DataFrame, width: float = FULL) -> Chart:
     evaluators = list(dict.fromkeys(shares["evaluator"]))
     names = {o: wrap(o, 30 if width >= FULL else 20) for o in order}
     items = [{"label": e, "color": COLORS.get(e, "#888")} for e in evaluators]
-    marks = [(col, symbol, label) for col, symbol, label in (("shuffled", "x", "shuffled (×)"),
-                                                           ("run constant", "|", "constant (|)"))
-             if col in shares and shares[col].notna().any()]
+    marks = [
+        (col, symbol, label)
+        for col, symbol, label in (("shuffled", "x", "shuffled (×)"), ("run constant", "|", "constant (|)"))
+        if col in shares and shares[col].notna().any()
+    ]
     items += [{"label": label, "kind": symbol} for _, symbol, label in marks]
     font, bar = 13, 18
     leg = legend_height(items, width - 20, font - 1)
@@ -60,12 +62,19 @@ def shares_figure(shares: pd.DataFrame, width: float = FULL) -> Chart:
             if pd.isna(r["correct"]):
                 continue
             y0 = band(name) + i * bar
-            c.rect(x(0), y0 + 1, x(r["correct"]) - x(0), bar - 2, COLORS.get(ev, "#888"),
-                   title=f"{ev}, {name}: {r['correct']:.1%} of {int(r['n'])} units")
+            c.rect(
+                x(0),
+                y0 + 1,
+                x(r["correct"]) - x(0),
+                bar - 2,
+                COLORS.get(ev, "#888"),
+                title=f"{ev}, {name}: {r['correct']:.1%} of {int(r['n'])} units",
+            )
             c.text(x(r["correct"]) + 4, y0 + bar / 2, percent(r["correct"], 0), size=11, color=MUTED)
             for col, symbol, label in marks:
                 if pd.notna(r.get(col)):
-                    c.marker(symbol, x(r[col]), y0 + bar / 2, min(bar, 14), width=2.5,
-                             title=f"{ev}, {label}: {r[col]:.1%}")
+                    c.marker(
+                        symbol, x(r[col]), y0 + bar / 2, min(bar, 14), width=2.5, title=f"{ev}, {label}: {r[col]:.1%}"
+                    )
     c.band_labels_y(band, names)
     return c

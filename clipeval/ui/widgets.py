@@ -37,8 +37,10 @@ THRESHOLD_LABELS = {
     "contrast": "Contrast: ROC-AUC at least",
 }
 RULES_HELP = {e: r.title for e, r in RULES.items()}
-DEAD_TEXT = ("**Dead unit**: its activation is the same on every probe image, so no image activates it more than "
-             "another. It has no label and no top images, and it is left out of every share, agreement and kappa.")
+DEAD_TEXT = (
+    "**Dead unit**: its activation is the same on every probe image, so no image activates it more than "
+    "another. It has no label and no top images, and it is left out of every share, agreement and kappa."
+)
 
 HOW_TO = """
 **No complete run in this store yet.** If a build is running (see above), its runs appear here as they
@@ -59,6 +61,7 @@ another process shows up on the **Runs** page, and a finished one on the next cl
 @dataclass
 class Context:
     """What the sidebar chose, for the page that runs after it."""
+
     run_id: str | None = None
     run: dict = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)  # the sidebar's: its run's judges' defaults, or set
@@ -71,10 +74,12 @@ class Context:
         statuses = self.__dict__.get("_statuses")
         if statuses is None:
             statuses = self.__dict__["_statuses"] = {}
-            for row in (self.latest.to_dict("records") if self.latest is not None and len(self.latest) else []):
+            for row in self.latest.to_dict("records") if self.latest is not None and len(self.latest) else []:
                 statuses.setdefault(row["evaluator"], (row["status"], text_cell(row["error"])))
-        return statuses.get(evaluator) or ("missing", f"not run yet: `clipeval evaluate {self.run_id} "
-                                                      f"--evaluators {evaluator}`")
+        return statuses.get(evaluator) or (
+            "missing",
+            f"not run yet: `clipeval evaluate {self.run_id} --evaluators {evaluator}`",
+        )
 
 
 def fmt_pct(x) -> str:
@@ -87,8 +92,10 @@ def fmt_num(x, digits: int = 3) -> str:
 
 # Which drawing of a full-width chart shows: the NARROW one when its column is under 640 px (an 800 px window
 # with the sidebar open), by a CSS container query.
-FIT_CSS = ("<style>.cv-svg{display:block}.cv-fit{container-type:inline-size}.cv-fit>.cv-narrow{display:none}"
-           "@container (max-width: 640px){.cv-fit>.cv-wide{display:none}.cv-fit>.cv-narrow{display:block}}</style>")
+FIT_CSS = (
+    "<style>.cv-svg{display:block}.cv-fit{container-type:inline-size}.cv-fit>.cv-narrow{display:none}"
+    "@container (max-width: 640px){.cv-fit>.cv-wide{display:none}.cv-fit>.cv-narrow{display:block}}</style>"
+)
 
 
 def chart(draw, *args, where=None, fit: bool = True, **kw) -> None:
@@ -96,8 +103,11 @@ def chart(draw, *args, where=None, fit: bool = True, **kw) -> None:
     default the page). With `fit`, drawn at charts.FULL and charts.NARROW, and the one that fits shows;
     without, drawn once (a chart in a HALF container)."""
     if fit:
-        body = (FIT_CSS + draw(*args, width=charts.FULL, **kw).svg(cls="cv-wide")
-                + draw(*args, width=charts.NARROW, **kw).svg(cls="cv-narrow"))
+        body = (
+            FIT_CSS
+            + draw(*args, width=charts.FULL, **kw).svg(cls="cv-wide")
+            + draw(*args, width=charts.NARROW, **kw).svg(cls="cv-narrow")
+        )
         (where or st).markdown(f"<div class='cv-chart cv-fit'>{body}</div>", unsafe_allow_html=True)
     else:
         (where or st).markdown(f"<div class='cv-chart'>{draw(*args, **kw).svg()}</div>", unsafe_allow_html=True)
@@ -106,12 +116,14 @@ def chart(draw, *args, where=None, fit: bool = True, **kw) -> None:
 # A few rows read at a glance (no sorting or scrolling needed) as plain HTML: st.dataframe's grid is ~1.7 MB
 # of scripts the browser loads on the first page that shows one (0.2-0.3 s of a first visit here).
 # Cells wrap, but no narrower than 4.5rem: a table wider than its column (an 800 px window) scrolls inside its box.
-TABLE_CSS = ("<style>.cv-scroll{overflow-x:auto;margin-bottom:0.5rem}"
-             ".cv-table{width:100%;border-collapse:collapse;font-size:0.875rem}"
-             ".cv-table th,.cv-table td{border:1px solid rgba(49,51,63,0.1);padding:0.3rem 0.5rem;text-align:left;"
-             "min-width:4.5rem;vertical-align:top;font-weight:normal}.cv-table th{color:rgba(49,51,63,0.6)}"
-             ".cv-table .cv-num{text-align:right;font-variant-numeric:tabular-nums}"
-             ".cv-table .cv-muted{color:#9aa0a6}</style>")
+TABLE_CSS = (
+    "<style>.cv-scroll{overflow-x:auto;margin-bottom:0.5rem}"
+    ".cv-table{width:100%;border-collapse:collapse;font-size:0.875rem}"
+    ".cv-table th,.cv-table td{border:1px solid rgba(49,51,63,0.1);padding:0.3rem 0.5rem;text-align:left;"
+    "min-width:4.5rem;vertical-align:top;font-weight:normal}.cv-table th{color:rgba(49,51,63,0.6)}"
+    ".cv-table .cv-num{text-align:right;font-variant-numeric:tabular-nums}"
+    ".cv-table .cv-muted{color:#9aa0a6}</style>"
+)
 
 
 def table(frame: pd.DataFrame, where=None, formats: dict | None = None, muted: pd.DataFrame | None = None) -> None:
@@ -119,8 +131,11 @@ def table(frame: pd.DataFrame, where=None, formats: dict | None = None, muted: p
     formats[column] or tables.cell_text; numeric columns align right; cells True in `muted` (a boolean frame of
     the same columns, by position) are greyed."""
     formats = formats or {}
-    right = {c: "cv-num" for c in frame.columns
-             if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])}
+    right = {
+        c: "cv-num"
+        for c in frame.columns
+        if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+    }
     grey = None if muted is None else muted.reindex(columns=frame.columns).fillna(False).astype(bool).to_numpy()
     body = html_table(frame, lambda c, v: formats.get(c, cell_text)(v), right, grey, "cv-table")
     (where or st).markdown(f"{TABLE_CSS}<div class='cv-scroll'>{body}</div>", unsafe_allow_html=True)
@@ -164,23 +179,35 @@ def sidebar() -> Context:
         ids = list(complete["run_id"])
         _sync_run(ids)
         label = run_labels(complete)
-        run_id = st.selectbox("Run", ids, key=RUN_KEY, format_func=label.get,
-                              help="Every page shows this run. Runs are told apart by what differs between them "
-                                   "(concept set, similarity function, labelling model, ...); rename one on the Runs "
-                                   "page. The URL keeps it as ?run=<run id>.")
+        run_id = st.selectbox(
+            "Run",
+            ids,
+            key=RUN_KEY,
+            format_func=label.get,
+            help="Every page shows this run. Runs are told apart by what differs between them "
+            "(concept set, similarity function, labelling model, ...); rename one on the Runs "
+            "page. The URL keeps it as ?run=<run id>.",
+        )
         st.query_params["run"] = run_id
         ctx.run_id = run_id
         ctx.run = complete[complete["run_id"] == run_id].iloc[0].to_dict()
-        st.caption(f"{ctx.run['name']}  \n`{run_id[:12]}` · {int(ctx.run['n_neurons']):,} neurons · "
-                   f"{str(ctx.run['created_at'])[:16]}")
+        st.caption(
+            f"{ctx.run['name']}  \n`{run_id[:12]}` · {int(ctx.run['n_neurons']):,} neurons · "
+            f"{str(ctx.run['created_at'])[:16]}"
+        )
         ctx.latest = data.latest_evaluations(run_id)
 
         kmax = data.top_k(run_id)
         if kmax > 1:
-            ctx.k = st.slider("k: top activating images judged per neuron", 1, kmax, kmax, key=K_KEY,
-                              bind="query-params",
-                              help="A label is judged correct if ANY of the neuron's top-k images matches it "
-                                   "(the paper uses k = 5).")
+            ctx.k = st.slider(
+                "k: top activating images judged per neuron",
+                1,
+                kmax,
+                kmax,
+                key=K_KEY,
+                bind="query-params",
+                help="A label is judged correct if ANY of the neuron's top-k images matches it (the paper uses k = 5).",
+            )
         else:
             ctx.k = max(kmax, 1)
 
@@ -196,17 +223,37 @@ def sidebar() -> Context:
             help_text = rule.title + note + (f"  \nDefault: {defaults[e].note}" if defaults[e].note else "")
             if e == "cp":
                 # a number input: p is typically 0.001-0.05 of [0, 1], too fine for a slider's pixels
-                value = st.number_input(THRESHOLD_LABELS[e], rule.lo, rule.hi, start, rule.step,
-                                        format=thresholds.printf(e), key=rule.param, bind="query-params", help=help_text)
+                value = st.number_input(
+                    THRESHOLD_LABELS[e],
+                    rule.lo,
+                    rule.hi,
+                    start,
+                    rule.step,
+                    format=thresholds.printf(e),
+                    key=rule.param,
+                    bind="query-params",
+                    help=help_text,
+                )
                 if n_concepts:
-                    st.caption(f"= the label within the top {cp_cutoff(value, n_concepts)} of "
-                               f"{n_concepts} concepts")
+                    st.caption(f"= the label within the top {cp_cutoff(value, n_concepts)} of {n_concepts} concepts")
             else:
-                value = st.slider(THRESHOLD_LABELS[e], rule.lo, rule.hi, start, rule.step,
-                                  format=thresholds.printf(e), key=rule.param, bind="query-params", help=help_text)
+                value = st.slider(
+                    THRESHOLD_LABELS[e],
+                    rule.lo,
+                    rule.hi,
+                    start,
+                    rule.step,
+                    format=thresholds.printf(e),
+                    key=rule.param,
+                    bind="query-params",
+                    help=help_text,
+                )
             ctx.thresholds[e] = float(value)
-        missing = [f"{title(e)}: {ctx.evaluator_status(e)[0]}" for e in EVALUATOR_ORDER
-                   if ctx.evaluator_status(e)[0] != "complete"]
+        missing = [
+            f"{title(e)}: {ctx.evaluator_status(e)[0]}"
+            for e in EVALUATOR_ORDER
+            if ctx.evaluator_status(e)[0] != "complete"
+        ]
         if missing:
             st.caption("Not in this run: " + "; ".join(missing) + " (reasons on each page).")
     st.session_state[CTX_KEY] = ctx
@@ -311,12 +358,18 @@ def stand_in_notice(run: dict, latest: pd.DataFrame) -> None:
     roles = stand_ins(run, latest)
     if roles:
         verdicts = [r for r in roles if r != "labels"]
-        parts = (["labels"] if "labels" in roles else []) + \
-            ([f"{', '.join(verdicts[:-1])}{' and ' if len(verdicts) > 1 else ''}{verdicts[-1]} verdicts"] if verdicts else [])
+        parts = (["labels"] if "labels" in roles else []) + (
+            [f"{', '.join(verdicts[:-1])}{' and ' if len(verdicts) > 1 else ''}{verdicts[-1]} verdicts"]
+            if verdicts
+            else []
+        )
         what = " and ".join(parts)
-        st.warning(f"**Not CLIP.** This run's {what} come from an offline stand-in (ConSE: an ImageNet classifier "
-                   "and a sentence encoder), not from CLIP: read them as a demonstration of the method, not as the "
-                   "paper's numbers. " + glossary_link("conse", "What ConSE is"), icon=":material/report:")
+        st.warning(
+            f"**Not CLIP.** This run's {what} come from an offline stand-in (ConSE: an ImageNet classifier "
+            "and a sentence encoder), not from CLIP: read them as a demonstration of the method, not as the "
+            "paper's numbers. " + glossary_link("conse", "What ConSE is"),
+            icon=":material/report:",
+        )
 
 
 def models_banner(ctx: Context) -> None:
@@ -333,9 +386,11 @@ def thresholds_caption(ctx: Context) -> str:
     """'k = 5; cut = 0.50 (paper default), p = 0.0040 (top 4 of 998 concepts; calibrated default), ...': the
     sidebar's thresholds, each with where it came from (its judge's default, or given in the sidebar)."""
     view = data.run_view(ctx.run_id) if ctx.run_id else None
-    parts = [thresholds.label(e, ctx.thresholds[e])
-             + (f" ({view.threshold_detail(e, ctx.thresholds[e], 'set in the sidebar')})" if view else "")
-             for e in EVALUATOR_ORDER]
+    parts = [
+        thresholds.label(e, ctx.thresholds[e])
+        + (f" ({view.threshold_detail(e, ctx.thresholds[e], 'set in the sidebar')})" if view else "")
+        for e in EVALUATOR_ORDER
+    ]
     # the k the pages apply: no more than the evaluators scored (an evaluation with --k 3 of a run that stored 5)
     k = min(ctx.k, view.kmax) if view is not None and view.available else ctx.k
     return f"k = {k}; " + ", ".join(parts)
@@ -357,7 +412,7 @@ def image_grid(frame: pd.DataFrame, thumbs: dict[int, bytes], ncols: int, lines=
         return
     for start in range(0, len(frame), ncols):
         cols = st.columns(ncols)
-        for col, (_, row) in zip(cols, frame.iloc[start:start + ncols].iterrows()):
+        for col, (_, row) in zip(cols, frame.iloc[start : start + ncols].iterrows()):
             with col:
                 thumb = thumbs.get(int(row["image_id"]))
                 if thumb:
@@ -368,19 +423,25 @@ def image_grid(frame: pd.DataFrame, thumbs: dict[int, bytes], ncols: int, lines=
                 if text:
                     st.markdown("  \n".join(text))
                 if source:
-                    label, origin, licence = (row.get(c) if pd.notna(row.get(c)) else "" for c in
-                                              ("image_label", "source", "license"))
-                    st.caption(f"{label + ' · ' if label else ''}{origin or 'source unknown'} · "
-                               f"{licence or 'licence unknown'}")
+                    label, origin, licence = (
+                        row.get(c) if pd.notna(row.get(c)) else "" for c in ("image_label", "source", "license")
+                    )
+                    st.caption(
+                        f"{label + ' · ' if label else ''}{origin or 'source unknown'} · {licence or 'licence unknown'}"
+                    )
 
 
 def judge_caveats(view) -> list[str]:
     """Lines to show beside a run's shares: what each evaluator's model shares with the labeller, where
     its thresholds come from, and how many dead units were left out."""
-    out = [f"{title(e)} model {view.shared_note(e)}" for e in EVALUATOR_ORDER
-           if e in view.available and view.shared_note(e)]
-    out += [f"{title(e)}: {view.defaults[e].note}" for e in EVALUATOR_ORDER
-            if e in view.available and view.defaults[e].note]
+    out = [
+        f"{title(e)} model {view.shared_note(e)}"
+        for e in EVALUATOR_ORDER
+        if e in view.available and view.shared_note(e)
+    ]
+    out += [
+        f"{title(e)}: {view.defaults[e].note}" for e in EVALUATOR_ORDER if e in view.available and view.defaults[e].note
+    ]
     if view.dead_note():
         out.append(view.dead_note())
     return out
@@ -389,6 +450,11 @@ def judge_caveats(view) -> list[str]:
 def store_busy(busy: Exception) -> None:
     """What the app shows when a clipeval command held the store longer than the app waits."""
     waiting = len(data.pending_verdicts())
-    st.warning(f"The run store is busy: a clipeval command is writing to it ({busy}). Reload in a moment."
-               + (f" {waiting} answer(s) wait to be saved in this session; they are saved on your next click."
-                  if waiting else ""))
+    st.warning(
+        f"The run store is busy: a clipeval command is writing to it ({busy}). Reload in a moment."
+        + (
+            f" {waiting} answer(s) wait to be saved in this session; they are saved on your next click."
+            if waiting
+            else ""
+        )
+    )

@@ -89,7 +89,11 @@ def _nearest_existing(path) -> str:
     return where
 
 
-def no_space(path, need_bytes: int | None = None) -> ClipevalError:
+class NoSpace(ClipevalError):
+    """A write found its disk full."""
+
+
+def no_space(path, need_bytes: int | None = None) -> NoSpace:
     """The error for a full disk: the mount that holds `path`, what it has free and, where known,
     about what was needed."""
     mount = where = _nearest_existing(path)
@@ -97,7 +101,7 @@ def no_space(path, need_bytes: int | None = None) -> ClipevalError:
         mount = os.path.dirname(mount)
     free = shutil.disk_usage(where).free
     need = f"needed about {need_bytes / 2**20:.1f} MB, " if need_bytes else ""
-    return ClipevalError(
+    return NoSpace(
         f"no space left on {mount} ({need}{free / 2**20:.1f} MB free) for {path}; nothing was "
         "written: free some space there or write elsewhere"
     )

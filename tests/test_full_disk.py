@@ -131,3 +131,22 @@ def test_writes_onto_a_full_disk_exit_2_and_change_nothing(
     monkeypatch.undo()
     assert state(db) == before
     assert not [p.name for p in disk.iterdir() if p.name not in ("s.duckdb", "s.duckdb.wal")]
+
+
+def test_an_import_whose_disk_fills_after_the_check_leaves_no_run(imported_store, tmp_path, monkeypatch, capsys):
+    """The free-space check passed, then the disk filled while the labels were written: exit 2 with what
+    was needed, and no 'failed' run of 0 neurons left behind."""
+    db = tmp_path / "s.duckdb"
+    shutil.copy(imported_store[0], db)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("layer,unit,description\n" + "".join(f"l{u % 3},{u},label {u}\n" for u in range(300)))
+    before = state(db)
+
+    def full(self, *a, **k):
+        raise duckdb.IOException('Could not write file "s.duckdb.wal": No space left on device')
+
+    monkeypatch.setattr(Store, "finish_run", full)
+    code = main(["--db", str(db), "import-descriptions", str(csv)])
+    err = capsys.readouterr().err
+    assert code == 2 and "no space left on" in err and "needed about" in err, err
+    assert state(db) == before

@@ -14,7 +14,7 @@ import pandas as pd
 from clipeval.compute.engine import LOCAL
 from clipeval.config import TargetConfig, stable_hash
 from clipeval.datasets.concepts import load_concepts
-from clipeval.errors import ClipevalError, check_space
+from clipeval.errors import ClipevalError, NoSpace, check_space, no_space, out_of_space
 from clipeval.files import atomic_write, first_rows, layer_column, read_csv, unit_column
 from clipeval.store import Store
 
@@ -128,7 +128,8 @@ def import_descriptions(
         **({"dtype": dtype} if dtype else {}),
     }
     # the store grows by less than the CSV's size (measured: 10 MB for a 15 MB, 200,000-row file)
-    check_space(store.path, Path(path).stat().st_size)
+    need = Path(path).stat().st_size
+    check_space(store.path, need)
     store.start_run(run_id, name or f"imported {Path(path).name}", "import", json.dumps(config), run_id)
     try:
         images = hists = map_frame = None
@@ -211,6 +212,12 @@ def import_descriptions(
             },
         )
     except BaseException as e:
+        if isinstance(e, NoSpace) or out_of_space(e):
+            # the disk filled although the check found room: the import's own run holds nothing yet, so it
+            # goes, leaving the store as it was (a 'failed' run of 0 neurons would be a half-written result)
+            if store.run(run_id)["status"] != "complete":
+                store.delete_run(run_id)
+            raise no_space(store.path, need) from e
         store.fail_run(run_id, "failed", f"{type(e).__name__}: {e}")
         raise
     return run_id

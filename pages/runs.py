@@ -5,6 +5,7 @@ import streamlit as st
 
 from clipeval.analysis import headlines
 from clipeval.errors import ClipevalError
+from clipeval.formats import json_cell
 from clipeval.render import charts, tables
 from clipeval.store import runnames
 from clipeval.ui import data, widgets
@@ -90,7 +91,7 @@ with c[0]:
             st.caption("The label (top-1) or one of the five best concepts (top-5) names the neuron's ImageNet "
                        "class or a WordNet synonym of it. The original CLIP-Dissect reports 95.5% top-1 for "
                        "ResNet-50 with CLIP, ImageNet validation images and the class names as concepts.")
-            if not widgets.loads(run.get("models_json")).get("image_text", {}).get("is_clip", True):
+            if not json_cell(run.get("models_json")).get("image_text", {}).get("is_clip", True):
                 st.caption(":orange[Not comparable with that 95.5%: this run's labeller is not CLIP but an "
                            "ImageNet classifier (ConSE) that sees every image through the same 1,000 class names "
                            "it is asked to name.]")
@@ -98,7 +99,7 @@ with c[0]:
             st.caption(f":orange[{line}]")
 with c[1]:
     st.markdown("**Configuration** (its hash names the run)")
-    st.json(widgets.loads(run.get("config_json")), expanded=1)
+    st.json(json_cell(run.get("config_json")), expanded=1)
 
 # ---------------------------------------------------------------- comparison (Table 2)
 st.subheader("Share judged correct per configuration")

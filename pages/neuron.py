@@ -60,6 +60,7 @@ layer = pick[0].selectbox("Layer", layer_names, key="layer", bind="query-params"
 unit_list = units[layer]
 if "unit" in st.session_state and int(st.session_state["unit"]) > unit_list[-1]:  # past this layer's last unit
     st.session_state["unit"] = unit_list[-1]
+widgets.drop_infinite_url_number("unit")
 unit = int(
     pick[1].number_input(
         f"Unit (0-{unit_list[-1]})",

@@ -13,7 +13,7 @@ from clipeval.datasets.probe import load_rgb
 from clipeval.dissect.live import LiveProbe, TargetUnavailable
 from clipeval.dissect.maps import overlay, view_note
 from clipeval.errors import ClipevalError
-from clipeval.ui import data
+from clipeval.ui import data, widgets
 from clipeval.ui.maps import colour_range
 
 
@@ -46,6 +46,7 @@ def probe_section(ctx, layer: str, unit: int) -> None:
         else None
     )
     n = int(ctx.run.get("n_images") or 0)
+    widgets.drop_infinite_url_number("live_image")
     pick = c[1].number_input(
         f"or a probe image (0-{max(n - 1, 0)})",
         min_value=0,

@@ -3,6 +3,7 @@ says which models made the run, the how-to for an empty store, and small formatt
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -148,6 +149,22 @@ def glossary_link(anchor: str, text: str | None = None) -> str:
 
 def title(evaluator: str) -> str:
     return EVALUATOR_TITLES.get(evaluator, evaluator)
+
+
+def drop_infinite_url_number(key: str) -> None:
+    """Call before drawing an integer st.number_input bound to the URL as `key`: Streamlit (1.67) turns
+    ?key=inf (or -inf, 1e999) into int(inf), an OverflowError it does not catch, so a link would crash the
+    page. Such a value is dropped from the URL and the script rerun (a widget is seeded from the URL the
+    run started with, so dropping it alone is not enough); the widget then starts from its default, as for
+    any other invalid value. Costs one rerun, for such a link only."""
+    raw = st.query_params.get(key)  # the last one of a repeated key, the one Streamlit takes
+    try:
+        infinite = raw is not None and not math.isfinite(float(raw))
+    except ValueError:
+        return  # not a number: Streamlit ignores it itself
+    if infinite:
+        del st.query_params[key]
+        st.rerun()
 
 
 # ------------------------------------------------------------------------------------ sidebar

@@ -25,6 +25,17 @@ def _why(e: OSError) -> str:
     return text[:1].lower() + text[1:]
 
 
+def file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, in words (opening a FIFO would wait for a writer)."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
 def check_path(path, what: str, use: str, new_folders: bool = False):
     """`path`, a file or folder the user named, as a Path, if it can serve `use`; else ClipevalError
     naming the path and the problem (permission, read-only place, symlink loop, wrong kind of file).
@@ -52,7 +63,7 @@ def check_path(path, what: str, use: str, new_folders: bool = False):
         if st is not None and stat.S_ISDIR(st.st_mode):
             raise ClipevalError(f"{what} {path} is a folder; give a file name")
         if st is not None and not stat.S_ISREG(st.st_mode):
-            raise ClipevalError(f"{what} {path} is not a regular file (a device, pipe or socket)")
+            raise ClipevalError(f"{what} {path} is {file_kind(st.st_mode)}, not a regular file")
         if use == "read":
             if st is None:
                 raise ClipevalError(f"{what} {path} does not exist")

@@ -94,7 +94,10 @@ def test_thresholds_and_runs_pages_carry_the_baselines_and_the_warning(app_store
     assert any("**ES** judges 100.0%" in w.value for w in at.warning)
     at.switch_page("pages/runs.py").run()
     assert not at.exception
-    assert any("**ES** judges 100.0%" in w.value for w in at.warning)
+    # the Runs page compares each run at its own judges' defaults, not at the selected run's sidebar tau = -1
+    # (issue 24 point 7), and says so
+    assert not any("**ES** judges 100.0%" in w.value for w in at.warning)
+    assert any("not the sidebar's" in c.value for c in at.caption)
 
 
 # ------------------------------------------------------------------------------------ 5: reference raters

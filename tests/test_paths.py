@@ -36,7 +36,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
         (["--db", "{db}", "report", "{run}", "--html", "/proc/r.html"], "report /proc/r.html cannot be written"),
         (
             ["--db", "{db}", "export", "{run}", "--out", "{tmp}/pipe.csv"],
-            "output file {tmp}/pipe.csv is not a regular file",
+            "output file {tmp}/pipe.csv is a FIFO (named pipe), not a regular file",
         ),
         (["--db", "{db}", "export", "{run}", "--out", "{tmp}/descriptions.csv/x.csv"], "not a directory"),
         (["--db", "{tmp}/loop1", "runs"], "run store {tmp}/loop1: too many levels of symbolic links"),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import sys
 import threading
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import duckdb
 
-from clipeval.errors import ClipevalError, check_path, no_space, out_of_space
+from clipeval.errors import ClipevalError, check_path, file_kind, no_space, out_of_space
 
 DEFAULT_LOCK_TIMEOUT_S = 120.0
 # Read-only connections are opened with one fixed configuration (DuckDB refuses two configurations
@@ -61,16 +60,7 @@ def check_store_path(path: Path, must_exist: bool) -> None:
     if path.is_dir():
         raise ClipevalError(f"the run store {path} is a folder; --db takes a DuckDB file (e.g. runs.duckdb)")
     if path.exists() and not path.is_file():  # opening a FIFO would wait for a writer forever
-        mode = path.stat().st_mode
-        kind = (
-            "a FIFO (named pipe)"
-            if stat.S_ISFIFO(mode)
-            else "a socket"
-            if stat.S_ISSOCK(mode)
-            else "a device"
-            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "not a regular file"
-        )
+        kind = file_kind(path.stat().st_mode)
         raise ClipevalError(f"the run store {path} is {kind}; --db takes a DuckDB file (e.g. runs.duckdb)")
     if must_exist and not os.path.lexists(path):
         raise ClipevalError(f"run store {path} does not exist yet; make a run first (clipeval demo)")

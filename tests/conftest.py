@@ -15,6 +15,10 @@ import pytest
 from clipeval.config import ConceptConfig, DissectConfig, ProbeConfig, SimilarityConfig, TargetConfig
 
 SMALL_LAYERS = ("blocks.1", "blocks.4", "classifier")
+# every page of the app's navigation, in its order, read from app.py (the one list of them)
+APP_PAGES = list(
+    dict.fromkeys(re.findall(r'"(pages/\w+\.py)"', (Path(__file__).resolve().parents[1] / "app.py").read_text()))
+)
 
 
 # Test tiers, marked from what a test uses (its fixtures, and the names its code and the same file's helpers

@@ -7,26 +7,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_LAYERS
+from conftest import APP_PAGES, SMALL_LAYERS
 from streamlit.testing.v1 import AppTest
 
 from clipeval.cli import main
 from clipeval.store import Store
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-PAGES = [
-    None,
-    "pages/neuron.py",
-    "pages/layers.py",
-    "pages/thresholds.py",
-    "pages/agreement.py",
-    "pages/labellers.py",
-    "pages/runs.py",
-    "pages/report.py",
-    "pages/annotate.py",
-    "pages/sql.py",
-    "pages/glossary.py",
-]
+PAGES = [None, *APP_PAGES[1:]]  # None: the default page, the Overview
 
 pytestmark = pytest.mark.usefixtures("fresh_caches")
 

@@ -17,25 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import APP_PAGES
 from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-# every page of app.py's navigation (tests/test_app.py's list leaves out three)
-PAGES = [
-    "pages/home.py",
-    "pages/neuron.py",
-    "pages/layers.py",
-    "pages/thresholds.py",
-    "pages/agreement.py",
-    "pages/labellers.py",
-    "pages/runs.py",
-    "pages/report.py",
-    "pages/annotate.py",
-    "pages/sql.py",
-    "pages/glossary.py",
-]
+PAGES = APP_PAGES
 TIMEOUT = 90
 EXAMPLES_PER_PAGE = 6  # plus the explicit no-parameter case: 7 per page, 77 in all
 

@@ -238,33 +238,21 @@ def sidebar() -> Context:
             status = ctx.evaluator_status(e)[0]
             note = "" if status == "complete" else f"  \n{title(e)} is {status} for this run."
             help_text = rule.title + note + (f"  \nDefault: {defaults[e].note}" if defaults[e].note else "")
-            if e == "cp":
-                # a number input: p is typically 0.001-0.05 of [0, 1], too fine for a slider's pixels
-                value = st.number_input(
-                    THRESHOLD_LABELS[e],
-                    rule.lo,
-                    rule.hi,
-                    start,
-                    rule.step,
-                    format=thresholds.printf(e),
-                    key=rule.param,
-                    bind="query-params",
-                    help=help_text,
-                )
-                if n_concepts:
-                    st.caption(f"= the label within the top {cp_cutoff(value, n_concepts)} of {n_concepts} concepts")
-            else:
-                value = st.slider(
-                    THRESHOLD_LABELS[e],
-                    rule.lo,
-                    rule.hi,
-                    start,
-                    rule.step,
-                    format=thresholds.printf(e),
-                    key=rule.param,
-                    bind="query-params",
-                    help=help_text,
-                )
+            # CP gets a number input: p is typically 0.001-0.05 of [0, 1], too fine for a slider's pixels
+            widget = st.number_input if e == "cp" else st.slider
+            value = widget(
+                THRESHOLD_LABELS[e],
+                rule.lo,
+                rule.hi,
+                start,
+                rule.step,
+                format=thresholds.printf(e),
+                key=rule.param,
+                bind="query-params",
+                help=help_text,
+            )
+            if e == "cp" and n_concepts:
+                st.caption(f"= the label within the top {cp_cutoff(value, n_concepts)} of {n_concepts} concepts")
             ctx.thresholds[e] = float(value)
         missing = [
             f"{title(e)}: {ctx.evaluator_status(e)[0]}"

@@ -3,7 +3,7 @@
 Subpackages: datasets (probe images, concept sets), models (loading targets, labellers, judges),
 compute (devices, batches, local and Ray engines), dissect (one labelling run), evaluators (the judges),
 analysis (numbers from stored scores), store (DuckDB, the only SQL), render (HTML and figures), ui (the
-Streamlit side), demo (the offline demo). cli.py is the command line; errors.py and config.py are shared.
+Streamlit side), demo (the offline demo). cli/ is the command line; errors.py and config.py are shared.
 """
 
 from clipeval.errors import ClipevalError

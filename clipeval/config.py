@@ -30,6 +30,16 @@ POOLING_MODES = ("mean", "max")
 # The precision models run in: part of the settings (results differ slightly with it). 'auto' is
 # resolved per device before a config is made (clipeval.compute.device.resolve_dtype).
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+DTYPE_CHOICES = ("auto", *MODEL_DTYPES)
+
+# Default images per forward pass. CPU: 16 was fastest on 2 cores (bench/bench_dissect.py). CUDA: large
+# batches keep the GPU busy (the H200 limits were measured at 512); 256 leaves room for two
+# models and their activations, and an out-of-memory error halves it anyway.
+DEFAULT_BATCH = {"cpu": 16, "cuda": 256}
+# (image, question) rows per language-model call: 8 on the CPU (bench/bench_vqa.py), 256 on an H200
+# (the measurement: 19,200 questions in 51 s at batch 256 with blip2-opt-2.7b in fp16).
+DEFAULT_VQA_BATCH = {"cpu": 8, "cuda": 256}
 
 
 def check_dtype(dtype: str) -> None:

@@ -5,6 +5,8 @@ subpackage says in its docstring what it holds."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -189,3 +191,11 @@ def test_every_attribute_of_an_imported_clipeval_module_exists():
                 if not node.attr.startswith("__") and node.attr not in defined_names(module):
                     wrong.append(f"{path.relative_to(ROOT)}:{node.lineno}: {module} has no {node.attr}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_command_line_parser_loads_no_torch():
+    """`clipeval runs` and `--help` build the whole parser: it must not import torch (seconds), so the options'
+    defaults (devices, dtypes, batch sizes) live in clipeval.config."""
+    code = "import sys; from clipeval.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -16,19 +16,10 @@ from typing import Callable, TypeVar
 
 import torch
 
+from clipeval.config import DEFAULT_BATCH, DEFAULT_VQA_BATCH, DEVICE_CHOICES, DTYPE_CHOICES
 from clipeval.errors import ClipevalError
 
-DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-# Default images per forward pass. CPU: 16 was fastest on 2 cores (bench/bench_dissect.py). CUDA: large
-# batches keep the GPU busy (the H200 limits were measured at 512); 256 leaves room for two
-# models and their activations, and an out-of-memory error halves it anyway.
-DEFAULT_BATCH = {"cpu": 16, "cuda": 256}
-# (image, question) rows per language-model call: 8 on the CPU (bench/bench_vqa.py), 256 on an H200
-# (the measurement: 19,200 questions in 51 s at batch 256 with blip2-opt-2.7b in fp16).
-DEFAULT_VQA_BATCH = {"cpu": 8, "cuda": 256}
 
 
 def default_workers(device: torch.device) -> int:

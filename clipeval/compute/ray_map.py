@@ -26,6 +26,7 @@ import numpy as np
 
 from clipeval.compute.engine import Engine, ray_session, worker_count
 from clipeval.compute.progress import bar as progress_bar
+from clipeval.config import DEFAULT_BATCH, DEFAULT_VQA_BATCH
 from clipeval.errors import ClipevalError, WeightsUnavailable
 
 # Imported inside the functions that use them: ray, pyarrow and what a Ray worker runs (torch, the models),
@@ -219,8 +220,6 @@ def map_images(
 
 
 def default_batch_size(engine: Engine, given: int | None) -> int:
-    from clipeval.compute.device import DEFAULT_BATCH
-
     return given or DEFAULT_BATCH["cuda" if engine.gpus_per_worker > 0 else "cpu"]
 
 
@@ -332,8 +331,6 @@ def yes_probability(
     A BLIP-2 the workers do not have raises WeightsUnavailable before any actor starts (checked by one
     small task where a worker would run, so Ray does not print the actors' failing constructors)."""
     import ray
-
-    from clipeval.compute.device import DEFAULT_VQA_BATCH
 
     work.batch_size = work.batch_size or DEFAULT_VQA_BATCH["cuda" if engine.gpus_per_worker > 0 else "cpu"]
     if work.backend is None:

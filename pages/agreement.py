@@ -60,7 +60,8 @@ st.caption(
 # ---------------------------------------------------------------- per layer against a reference
 st.subheader("Against a reference, per layer and pooled")
 names = list(raters)
-default_ref = next((n for n in view.rater_labels if n in names), names[0])  # a person first, if any
+# the reference rater who judged the most neurons (people first among equals), as the Thresholds page and the report
+default_ref = view.reference_rater() if view.reference_rater() in names else names[0]
 c = st.columns([1, 1.6])
 reference = c[0].selectbox(
     "Reference rater",

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from clipeval.analysis import headlines
+from clipeval.analysis import headlines, intervals
 from clipeval.formats import percent
 from clipeval.ui import data, widgets
 
@@ -53,10 +53,15 @@ cols = st.columns(len(widgets.EVALUATOR_ORDER))
 for col, e in zip(cols, widgets.EVALUATOR_ORDER):
     h = heads.get(widgets.title(e))
     if h is not None:
+        share = intervals.share_interval(h.real, h.n)
         col.metric(
             f"{h.evaluator}: labels judged correct",
             percent(h.real),
-            help=f"Over all {h.n:,} neurons of the run at the sidebar's thresholds. Below it, the same "
+            f"95% {share.interval() or 'interval n/a'}, n = {h.n:,}" + (" ⚠ few" if share.small else ""),
+            delta_color="off",
+            delta_arrow="off",
+            help=f"Over all {h.n:,} neurons of the run at the sidebar's thresholds, with its 95% Wilson interval "
+            "(the HTML report's). Below it, the same "
             "evaluator on labels shuffled across neurons and on one constant label for every neuron: a "
             "good evaluator rejects most of those. " + widgets.glossary_link("baselines"),
         )
@@ -73,6 +78,13 @@ for col, e in zip(cols, widgets.EVALUATOR_ORDER):
 for h in heads.values():
     if h.warning():
         st.warning(h.warning(), icon=":material/warning:")
+few = [h.evaluator for h in heads.values() if intervals.share_interval(h.real, h.n).small]
+if few:
+    st.warning(
+        f"{', '.join(few)}: fewer than {intervals.MIN_N} neurons judged, so the share can move a lot with a few "
+        "more neurons; read its interval.",
+        icon=":material/warning:",
+    )
 st.caption(
     f"At {widgets.thresholds_caption(ctx)}. Choose another run, the number k of top images judged and the "
     "thresholds in the sidebar; they apply to every page and are kept in the URL, so a copied link shows a "

@@ -3,7 +3,7 @@ the interpretable units, a sortable and filterable unit grid, and the most frequ
 
 import streamlit as st
 
-from clipeval.analysis import headlines
+from clipeval.analysis import headlines, intervals
 from clipeval.render import charts, tables
 from clipeval.ui import data, widgets
 
@@ -38,7 +38,20 @@ else:
         st.caption(f":orange[{line}]")
     table = tables.summary_table(summary, layer_names)
     # a row per layer: a static table shows every evaluator's column; the unit grid below is the page's grid
-    widgets.table(table, formats={c: widgets.fmt_pct for c in table.columns if table[c].dtype.kind == "f"})
+    real = [c for c in table.columns if c in set(summary["evaluator"])]
+    text, small = tables.share_texts(table, dict.fromkeys(real, table["neurons"]))
+    widgets.table(text, muted=small)
+    st.caption(
+        "Each evaluator's share of the real labels with its 95% Wilson interval over the layer's neurons (as the "
+        f"HTML report gives it); grey: fewer than {intervals.MIN_N} neurons, too few to read."
+    )
+    few = table.loc[table["neurons"] < intervals.MIN_N, "layer"].tolist()
+    if few:
+        st.warning(
+            f"{', '.join(few)}: fewer than {intervals.MIN_N} neurons, so the share can move a lot with a few more "
+            "neurons; read its interval.",
+            icon=":material/warning:",
+        )
     for h in headlines.headlines(summary).values():
         if h.warning():
             st.warning(h.warning(), icon=":material/warning:")

@@ -3,7 +3,7 @@ paper's Table 2), time per stage and evaluator (Table 3), and deleting a run."""
 
 import streamlit as st
 
-from clipeval.analysis import headlines
+from clipeval.analysis import headlines, intervals
 from clipeval.errors import ClipevalError
 from clipeval.formats import json_cell
 from clipeval.render import charts, tables
@@ -139,10 +139,13 @@ else:
     # kept when empty (runs imported without a probe or concepts)
     about = ["run", "probe", "concepts", "neurons", "thresholds"]
     shares = [
-        c for c in full.columns if c not in ("name", *about) and full[c].notna().any()
+        c for c in full.columns if c not in ("name", *about) and not c.endswith(" n") and full[c].notna().any()
     ]  # evaluators no run has are left out
     comparison = full.reindex(columns=["name", *about, *shares])
-    comparison[shares] = comparison[shares].map(widgets.fmt_pct)
+    # a real labels' share with its 95% interval and the neurons it is over, as the report; baselines as shares
+    real = {c: full[f"{c} n"] for c in shares if f"{c} n" in full}
+    text, small = tables.share_texts(comparison[shares], real, with_n=True)
+    comparison[shares] = text.replace("", "n/a")
     short = {r: differs.get(r) or r[:8] for r in comparison["run"]}
     st.dataframe(
         tables.by_run_columns(comparison[[*about, *shares]].astype(str), short), hide_index=True, width="stretch"
@@ -155,9 +158,17 @@ else:
     ]
     if weak:
         st.warning("\n".join(weak), icon=":material/warning:")
+    few = [short.get(r, r[:8]) for r, s in zip(comparison["run"], small.any(axis=1)) if s]
+    if few:
+        st.warning(
+            f"{', '.join(few)}: fewer than {intervals.MIN_N} neurons judged, so a share can move a lot with a few "
+            "more neurons; read its interval.",
+            icon=":material/warning:",
+        )
     st.caption(
         f"Pooled over all neurons of each run, k = {ctx.k} (or the run's largest), each run at its own judges' "
         "default thresholds (row 'thresholds': the values and where they came from), not the sidebar's, "
+        "each real labels' share with its 95% Wilson interval and n, the neurons judged (as the HTML report), "
         "which are the selected run's; 'shuffled' and 'constant' are the baselines. Evaluators that no run has "
         "are left out (see each run's evaluations above for why)."
     )

@@ -1,14 +1,15 @@
 """Thresholds: how the share judged correct, and agreement with a reference rater, move with each
 evaluator's threshold, per layer (the paper's Figure 3); and calibrating a threshold to human labels."""
 
+import pandas as pd
 import streamlit as st
 
-from clipeval.analysis import headlines, sweeps
+from clipeval.analysis import headlines, intervals, sweeps
 from clipeval.errors import ClipevalError
 from clipeval.evaluators import thresholds
 from clipeval.evaluators.judges import PAPER_THRESHOLDS
 from clipeval.evaluators.rules import RULES
-from clipeval.formats import percent
+from clipeval.formats import bracket, percent
 from clipeval.render import charts
 from clipeval.ui import data, widgets
 
@@ -32,6 +33,7 @@ c = st.columns([1.5, 1, 1])
 reference = c[0].selectbox(
     "Reference rater for agreement",
     [*raters, "none"],
+    index=raters.index(view.reference_rater()) if raters else 0,  # the one who judged the most neurons
     key="ref",
     bind="query-params",
     help="Agreement and Cohen's kappa of each evaluator's verdicts with this reference rater (a "
@@ -100,6 +102,12 @@ for e in available:
         if metric in sweep and sweep[metric].notna().any():
             n_ref = int(sweep["n_reference"].dropna().max()) if "n_reference" in sweep else 0
             cols[1].markdown(f"**{metric.capitalize()} with {ref}** over the {n_ref} neurons they judged")
+            if n_ref < intervals.MIN_N:
+                cols[1].warning(
+                    f"Only {n_ref} neurons: fewer than {intervals.MIN_N}, so this curve can move a lot with a few "
+                    "more verdicts.",
+                    icon=":material/warning:",
+                )
             widgets.chart(
                 charts.sweep_figure,
                 sweep,
@@ -183,7 +191,16 @@ if result and result.get("run_id") == ctx.run_id:
     )
     m[1].metric("Kappa on the fit part", widgets.fmt_num(result["fit_kappa"], 3))
     m[2].metric("Held-out agreement", widgets.fmt_pct(result["test_agreement"]))
-    m[3].metric("Held-out kappa", widgets.fmt_num(result["test_kappa"], 3))
+    klo, khi = result["test_kappa_interval"]
+    m[3].metric(
+        "Held-out kappa",
+        widgets.fmt_num(result["test_kappa"], 3),
+        f"95% {bracket(klo, khi, '.3f')}, n = {result['n_test']}" if pd.notna(klo) else "interval n/a",
+        delta_color="off",
+        delta_arrow="off",
+        help="Cohen's kappa on the held-out neurons, with its 95% bootstrap interval over them. "
+        + widgets.glossary_link("kappa"),
+    )
     fitted_head = headlines.share_headline(view, e, float(result["threshold"]), result["k"])
     m[4].metric(
         "Held-out share judged correct",
@@ -192,6 +209,20 @@ if result and result.get("run_id") == ctx.run_id:
         delta_color="off",
         delta_arrow="off",
     )
+    if intervals.near_chance(result["test_kappa"], klo):
+        st.warning(
+            f"Near chance: held-out kappa {widgets.fmt_num(result['test_kappa'], 3)} "
+            f"{bracket(klo, khi, '.3f') if pd.notna(klo) else '(interval n/a)'} is below "
+            f"{intervals.NEAR_CHANCE_KAPPA} or its interval reaches 0, so the fitted {rule.param} agrees with "
+            f"{view.rater_label(result['rater'])} hardly better than chance. Do not read it as calibrated.",
+            icon=":material/warning:",
+        )
+    if result["n_test"] < intervals.MIN_N:
+        st.warning(
+            f"Only {result['n_test']} held-out neurons: fewer than {intervals.MIN_N}, so these figures can move a "
+            "lot with a few more verdicts.",
+            icon=":material/warning:",
+        )
     st.button(
         f"Apply {thresholds.label(e, result['threshold'])}",
         on_click=_apply,

@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
 
+from clipeval.analysis import headlines
 from clipeval.analysis.headlines import weak_evaluators
+from clipeval.analysis.intervals import MIN_N, share_interval
 from clipeval.analysis.runview import RunView, default_thresholds
+from clipeval.render.tables import MUTED_COLOUR
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = [
@@ -47,36 +51,29 @@ def charts(at: AppTest) -> list[str]:
     return [m.value for m in at.markdown if 'class="cv-svg' in m.value]
 
 
-class _Cells(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.rows: list[list[str]] = []
-        self.cell: list[str] | None = None
+_ESCAPED = re.compile(r"\\([!-/:-@\[-`{-~])")  # tables.markdown_literal's backslashes
 
-    def handle_starttag(self, tag, attrs):
-        if tag == "tr":
-            self.rows.append([])
-        elif tag in ("td", "th"):
-            self.cell = []
 
-    def handle_endtag(self, tag):
-        if tag in ("td", "th"):
-            self.rows[-1].append("".join(self.cell))
-            self.cell = None
-
-    def handle_data(self, data):
-        if self.cell is not None:
-            self.cell.append(data)
+def _shown(text: str) -> str:
+    return _ESCAPED.sub(r"\1", str(text))
 
 
 def tables(at: AppTest) -> list[pd.DataFrame]:
-    """The static tables on the page (widgets.table, HTML through st.markdown), read back as text frames."""
+    """The static tables on the page (st.table of a Styler, widgets.table), as the text their cells show."""
     out = []
-    for m in at.markdown:
-        if "class='cv-table'" in m.value:
-            cells = _Cells()
-            cells.feed(m.value)
-            out.append(pd.DataFrame(cells.rows[1:], columns=cells.rows[0]))
+    for t in at.table:
+        frame = dataframe_util.convert_arrow_bytes_to_pandas_df(t.proto.arrow_data.styler.display_values)
+        out.append(frame.rename(columns=_shown).map(_shown))
+    return out
+
+
+def greyed(at: AppTest, index: int) -> set[tuple[int, int]]:
+    """(row, column) of the cells of the page's index-th static table that the Styler greys."""
+    out = set()
+    for rule in at.table[index].proto.arrow_data.styler.styles.splitlines():
+        selector, _, declarations = rule.partition("{")
+        if f"color: {MUTED_COLOUR}" in declarations:
+            out |= {(int(r), int(c)) for r, c in re.findall(r"row(\d+)_col(\d+)", selector)}
     return out
 
 
@@ -208,14 +205,21 @@ def test_neuron_explorer_tables_are_static_and_complete(app_store):
 
 
 def test_static_table_escapes_its_cells(monkeypatch):
+    """Labels and rater names are arbitrary text, and st.table reads cells and headers as Markdown: they show
+    literally (no emphasis, maths, colour or HTML), and a number keeps its column's format."""
     from clipeval.ui import widgets
 
     shown = []
-    monkeypatch.setattr(widgets.st, "markdown", lambda body, **kw: shown.append(body))
-    frame = pd.DataFrame({"label": ["<b>bold</b> | $x$ & 'q'"], "n": [3]})
-    widgets.table(frame)
-    assert "<b>bold" not in shown[0] and "&lt;b&gt;bold&lt;/b&gt; | $x$ &amp; &#x27;q&#x27;" in shown[0]
-    assert "<td class='cv-num'>3</td>" in shown[0]
+    monkeypatch.setattr(widgets.st, "table", lambda styler, **kw: shown.append(styler))
+    text = "<b>bold</b> | $x$ & 'q' *y* :red[z]"
+    frame = pd.DataFrame({text: [text], "n": [3], "share": [0.25]})
+    widgets.table(frame, formats={"share": widgets.fmt_pct})
+    styler = shown[0]
+    cells = styler._translate(False, False)["body"][0]
+    values = [c["display_value"] for c in cells if c["type"] == "td"]
+    assert _shown(styler.data.columns[0]) == text and _shown(values[0]) == text
+    assert re.search(r"(?<!\\)[<*$|:\[]", values[0] + styler.data.columns[0]) is None  # every one escaped
+    assert [_shown(v) for v in values[1:]] == ["3", "25.0%"]
 
 
 def test_neuron_explorer_draws_only_the_open_tab(app_store):
@@ -256,7 +260,13 @@ def test_layer_overview_defines_interpretable_and_filters_the_grid(app_store):
     summary, frequent = tables(at)
     assert list(summary["layer"]) == [*dict.fromkeys(neurons["layer"]), "overall"]
     assert summary["neurons"].iloc[-1] == str(len(neurons))
-    assert summary.drop(columns=["layer", "neurons"]).stack().str.fullmatch(r"\d+\.\d%").all()
+    # each evaluator's real share with its Wilson interval (as the report), the baselines as shares
+    real = ["CP", "ES", "Contrast"]
+    assert summary[real].stack().str.fullmatch(r"\d+\.\d% \[\d+\.\d%, \d+\.\d%\]").all()
+    assert summary.drop(columns=["layer", "neurons", *real]).stack().str.fullmatch(r"\d+\.\d%").all()
+    few = [i for i, n in enumerate(summary["neurons"]) if int(n) < MIN_N]  # blocks.1: 24 channels
+    assert few and greyed(at, 0) == {(i, c) for i in few for c in range(2, summary.shape[1])}
+    assert any(f"fewer than {MIN_N} neurons" in w.value for w in at.warning)
     assert frequent["share"].str.endswith("%").all() and len(frequent) > 0
     assert f"{len(neurons):,} of {len(neurons):,} units" in texts(at)
     at.selectbox(key="grid_layer").set_value(first).run()
@@ -275,6 +285,48 @@ def test_layer_overview_warns_when_an_evaluator_passes_wrong_labels(app_store):
     summary = RunView(store, run_id).layer_summary(dict(default_thresholds(), es=-1.0))
     flagged = sorted(w["evaluator"] for w in weak_evaluators(summary))
     assert sorted(w.split("**")[1] for w in warned if "barely tells" in w) == flagged
+
+
+def test_overview_shares_carry_their_wilson_interval_and_n(app_store):
+    """The Overview's headline shares show the interval and n the HTML report gives, not a bare percentage."""
+    store, run_id = app_store
+    view = RunView(store, run_id)
+    heads = headlines.headlines(view.layer_summary(view.thresholds(), view.kmax))
+    at = open_page()
+    for title, h in heads.items():
+        shown = [m for m in at.metric if m.label == f"{title}: labels judged correct"][0]
+        f = share_interval(h.real, h.n)
+        assert shown.value == f"{100 * h.real:.1f}%" and shown.delta == f"95% {f.interval()}, n = {h.n:,}"
+        assert f.interval().startswith("[")
+
+
+def test_runs_comparison_carries_intervals_and_n(app_store):
+    store, run_id = app_store
+    at = open_page("pages/runs.py")
+    table = [d.value for d in at.dataframe if "thresholds" in set(d.value.iloc[:, 0])][0].set_index("")
+    view = RunView(store, run_id)
+    h = headlines.headlines(view.layer_summary(view.thresholds(), view.kmax))["ES"]
+    assert table.loc["ES"].iloc[0] == share_interval(h.real, h.n).text()  # '12.3% [10.1%, 14.8%] n=1,000'
+    assert table.loc["ES shuffled"].iloc[0].endswith("%")
+
+
+def test_thresholds_default_to_the_largest_reference_and_flag_a_near_chance_calibration(app_store):
+    """A rater who judged 5 neurons no longer stands in for a larger reference; a held-out kappa comes with its
+    interval and, near chance, a warning."""
+    store, run_id = app_store
+    neurons = store.neurons(run_id)
+    store.add_human_verdicts(run_id, neurons.head(5).assign(rater="alice", verdict=True), source="test")
+    coin = np.random.default_rng(3).random(90) < 0.5  # verdicts unrelated to any score: kappa near 0
+    store.add_human_verdicts(run_id, neurons.head(90).assign(rater="bob", verdict=coin), source="test")
+    at = open_page("pages/thresholds.py")
+    assert at.selectbox(key="ref").value == "human: bob"
+    at.selectbox(key="cal_evaluator").set_value("es").run()
+    at.selectbox(key="cal_rater").set_value("human: bob").run()
+    at.button(key="calibrate").click().run()
+    assert not at.exception
+    held = [m for m in at.metric if m.label == "Held-out kappa"][0]
+    assert re.fullmatch(r"95% \[-?\d\.\d{3}, -?\d\.\d{3}\], n = \d+", held.delta), held.delta
+    assert any(w.value.startswith("Near chance") for w in at.warning), [w.value for w in at.warning]
 
 
 def test_thresholds_calibrate_to_a_human_and_apply(app_store):

@@ -1055,3 +1055,24 @@ def test_each_backend_starts_from_its_own_default_thresholds(colour_run):
     assert view.default_thresholds()["es"] == 0.7 and view.defaults["es"].source == "calibrated"
     assert "held-out kappa 0.500 [0.400, 0.600]" in view.defaults["es"].note
     assert view.default_thresholds()["cp"] == PAPER_THRESHOLDS["cp"]  # CP has no calibration stored
+
+
+def test_a_calibrated_default_near_chance_says_so(colour_run):
+    """A default whose held-out kappa is hardly better than chance (the demo's ES: 0.025) must say so beside the
+    kappa and its interval, wherever its note is shown."""
+    from clipeval.evaluators.judges import save_calibration
+
+    store, run_id, model, _, cache = colour_run
+    run_mod.evaluate(store, run_id, "es", cache_dir=cache, progress=False)
+    result = {"value": 0.7, "interval": (0.65, 0.75), "n_neurons": 100, "n_splits": 50}
+    for kappa, interval, near in ((0.025, (-0.03, 0.08), True), (0.15, (0.05, 0.25), True), (0.5, (0.4, 0.6), False)):
+        save_calibration(
+            store,
+            model.info(),
+            {"es": {**result, "heldout_kappa": kappa, "heldout_kappa_interval": interval}},
+            "r",
+            "x",
+        )
+        note = run_view(store, run_id).defaults["es"].note
+        assert f"held-out kappa {kappa:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" in note
+        assert ("near chance" in note) is near, note

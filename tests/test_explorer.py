@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_app import open_page, tables, texts
+from test_app import greyed, open_page, tables, texts
 
 from clipeval.analysis import headlines, intervals, metrics, sweeps
 from clipeval.analysis.headlines import weak_evaluators
@@ -262,9 +262,9 @@ def test_agreement_page_shows_n_intervals_and_greys_small_samples(app_store):
     assert f"fewer than {intervals.MIN_N} neurons" in body
     cells = [t for t in tables(at) if any("vs human: few" in str(c) for c in t.columns)][0]
     assert cells["overall"].str.contains(r"\[.*\] n=12").all()
-    grid = [m.value for m in at.markdown if "cv-table" in m.value and "vs human: few" in m.value][0]  # all greyed
-    n_small = cells.drop(columns=cells.columns[0]).map(lambda v: "n=12" in v).to_numpy().sum()
-    assert n_small > 0 and grid.count("<td class='cv-muted'>") == n_small
+    index = [i for i, t in enumerate(tables(at)) if any("vs human: few" in str(c) for c in t.columns)][0]
+    small = {(r, c) for (r, c), v in np.ndenumerate(cells.to_numpy()) if c > 0 and "n=12" in v}
+    assert small and greyed(at, index) == small  # exactly the cells under MIN_N are greyed
     assert any("Only 12 neurons judged by both" in w.value for w in at.warning)
 
 

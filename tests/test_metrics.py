@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipeval.analysis import metrics
+from clipeval.analysis import intervals, metrics
 from clipeval.errors import ClipevalError
 
 # a worked example: 10 neurons, evaluator A against reference B
@@ -288,11 +288,29 @@ def test_calibrate_finds_the_true_threshold_and_reports_held_out():
     assert res["test_kappa"] == pytest.approx(metrics.cohen_kappa(held, reference[test_idx]))
     assert res["test_share_correct"] == pytest.approx(held.mean())
     assert res["test_agreement"] > 0.9
+    tp, fp, fn, tn = res["test_cells"]  # the held-out 2x2 table an interval is drawn from
+    ref = reference[test_idx]
+    assert (tp, fp, fn, tn) == ((held & ref).sum(), (held & ~ref).sum(), (~held & ref).sum(), (~held & ~ref).sum())
     # same seed, same answer; the split depends on the seed
     again = metrics.calibrate(scores, reference, np.linspace(0, 1, 101), _ge, seed=3)
     assert again == res
     other = metrics.calibrate(scores, reference, np.linspace(0, 1, 101), _ge, 0.25, seed=4)
     assert other["n_fit"] == 15 and other["n_test"] == 45
+
+
+def test_share_interval_is_the_reports_wilson_interval_with_n():
+    f = intervals.share_interval(0.8, 10)
+    assert (f.lo, f.hi) == metrics.wilson_interval(8, 10) and f.small  # 10 < MIN_N
+    assert f.text() == "80.0% [49.0%, 94.3%] n=10" and f.text(with_n=False) == "80.0% [49.0%, 94.3%]"
+    assert not intervals.share_interval(0.5, intervals.MIN_N).small
+    assert intervals.share_interval(float("nan"), 0).text() == "n/a n=0"
+
+
+def test_near_chance_kappa():
+    near_chance = intervals.near_chance
+    assert near_chance(0.025, -0.03) and near_chance(0.15) and near_chance(float("nan"))
+    assert near_chance(0.4, 0.0)  # its interval reaches chance
+    assert not near_chance(0.5, 0.4) and not near_chance(0.3)
 
 
 def test_calibrate_on_noisy_reference_picks_the_kappa_maximising_threshold():

@@ -148,3 +148,23 @@ def test_the_offline_check_catches_a_chart_that_did_not_draw(tmp_path, chromium)
         [sys.executable, str(script), str(page), "--wait", "5"], capture_output=True, text=True, timeout=120
     )
     assert res.returncode == 1 and "1 of 2 charts drawn" in res.stdout, res.stdout + res.stderr
+
+
+def test_report_kappa_sweep_uses_the_reference_with_the_most_neurons(run_store):
+    """A person who judged 5 units came first and the report drew its kappa against them, instead of against
+    the 1,000-unit reference: the largest reference is used, the report says which, and warns under MIN_N."""
+    from clipeval.analysis.intervals import MIN_N
+    from clipeval.render.report import build_report
+
+    store, run_id, _ = run_store
+    neurons = store.neurons(run_id)
+    store.add_human_verdicts(run_id, neurons.head(5).assign(rater="alice", verdict=True), source="test")
+    text = build_report(store, run_id)
+    assert "Kappa is against human: alice, the reference rater who judged the most units (5)" in text
+    assert f"Only 5 units: fewer than {MIN_N}" in text
+    coin = np.random.default_rng(0).random(60) < 0.5
+    store.add_human_verdicts(run_id, neurons.head(60).assign(rater="bob", verdict=coin), source="test")
+    text = build_report(store, run_id)
+    assert "Kappa is against human: bob, the reference rater who judged the most units (60; human: alice: 5)" in text
+    assert re.search(r"kappa with human: bob over the \d+ units", text) and "kappa with human: alice" not in text
+    assert "Only 5 units" not in text

@@ -15,8 +15,11 @@ import numpy as np
 import pandas as pd
 
 from clipeval.analysis import metrics
+from clipeval.formats import percent
 
 MIN_N = 30
+# Below this a kappa is 'slight' agreement (Landis and Koch 1977): hardly better than chance
+NEAR_CHANCE_KAPPA = 0.2
 N_BOOT = 1000
 MEASURES = ("agreement", "kappa", "jaccard", "precision", "recall", "f1")
 
@@ -50,10 +53,16 @@ def bootstrap(a, b, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, tuple[floa
     instead of n indices (the same distribution; a 1,000-neuron pair takes under a millisecond, so the
     Agreement page recomputes its intervals as a threshold moves without waiting)."""
     a, b = metrics._pair(a, b)
-    if not a.size:
+    return bootstrap_cells([(a & b).sum(), (a & ~b).sum(), (~a & b).sum(), (~a & ~b).sum()], n_boot, seed)
+
+
+def bootstrap_cells(cells, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """bootstrap from the pair's 2x2 table (tp, fp, fn, tn) alone."""
+    cells = np.asarray(cells, dtype=float)
+    n = int(cells.sum())
+    if not n:
         return {m: (float("nan"), float("nan")) for m in MEASURES}
-    cells = np.array([(a & b).sum(), (a & ~b).sum(), (~a & b).sum(), (~a & ~b).sum()])
-    draws = np.random.default_rng(seed).multinomial(a.size, cells / a.size, size=n_boot)
+    draws = np.random.default_rng(seed).multinomial(n, cells / n, size=n_boot)
     out = {}
     for m, values in _measures(*draws.T).items():
         values = values[~np.isnan(values)]
@@ -101,13 +110,28 @@ class Figure:
     def _f(self, x: float) -> str:
         if x is None or pd.isna(x):
             return "n/a"
-        return f"{100 * x:.0f}%" if self.percent else f"{x:.2f}"
+        return percent(x) if self.percent else f"{x:.2f}"
 
-    def text(self) -> str:
-        """'0.62 [0.55, 0.70] n=120', or 'n/a n=0'."""
-        ci = "" if pd.isna(self.lo) else f" [{self._f(self.lo)}, {self._f(self.hi)}]"
-        value = f"{100 * self.value:.1f}%" if self.percent and pd.notna(self.value) else self._f(self.value)
-        return f"{value}{ci} n={self.n}"
+    def interval(self) -> str:
+        """'[0.55, 0.70]' or '[41.0%, 49.5%]'; '' where there is none."""
+        return "" if pd.isna(self.lo) else f"[{self._f(self.lo)}, {self._f(self.hi)}]"
+
+    def text(self, with_n: bool = True) -> str:
+        """'0.62 [0.55, 0.70] n=120', '45.2% [41.0%, 49.5%] n=1,000', or 'n/a n=0'."""
+        ci = self.interval()
+        return self._f(self.value) + (f" {ci}" if ci else "") + (f" n={self.n:,}" if with_n else "")
+
+
+def near_chance(kappa: float, lo: float = float("nan")) -> bool:
+    """A kappa below NEAR_CHANCE_KAPPA, or whose 95% interval reaches 0 (chance), or undefined."""
+    return bool(pd.isna(kappa) or kappa < NEAR_CHANCE_KAPPA or (pd.notna(lo) and lo <= 0))
+
+
+def share_interval(share: float, n: int) -> Figure:
+    """A share judged correct over n neurons with its 95% Wilson score interval: the one every page, the CLI's
+    report and the HTML report show beside a share."""
+    lo, hi = metrics.wilson_interval(round(share * n), n) if n and pd.notna(share) else (float("nan"),) * 2
+    return Figure(float(share), lo, hi, int(n), True)
 
 
 def figure(row, measure: str) -> Figure:

@@ -193,6 +193,8 @@ def calibrate(
         "test_agreement": agreement(held, reference[test]),
         "test_kappa": cohen_kappa(held, reference[test]),
         "test_share_correct": float(held.mean()),
+        # the held-out 2x2 table (tp, fp, fn, tn): what an interval of the held-out figures is drawn from
+        "test_cells": [int(x) for x in confusion(held, reference[test]).to_numpy().ravel()],
     }
 
 

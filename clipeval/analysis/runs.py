@@ -19,7 +19,8 @@ def runs_comparison(
     view_of=None,
     runs: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Share judged correct per evaluator (overall, real labels and baselines) for every complete run,
+    """Share judged correct per evaluator (overall, real labels and baselines, and '<evaluator> n', the neurons
+    the share is over) for every complete run,
     with its probe set and concept set: the paper's Table 2. Each run at its own judges' defaults
     (RunView.thresholds), with `thresholds` replacing those it names; the 'thresholds' column says which
     each row used and where they came from. `view_of(run_id)` may hand out cached RunViews and `runs`
@@ -47,6 +48,8 @@ def runs_comparison(
             for v in VARIANTS:
                 hit = summary[(summary["layer"] == "overall") & (summary["evaluator"] == t) & (summary["variant"] == v)]
                 row[f"{t} {v}" if v != "real" else t] = float(hit["share_correct"].iloc[0]) if len(hit) else np.nan
+                if v == "real":  # the neurons the share is over (dead units left out): its interval's n
+                    row[f"{t} n"] = int(hit["n"].iloc[0]) if len(hit) else 0
         rows.append(row)
     return pd.DataFrame(rows)
 

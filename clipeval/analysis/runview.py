@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from clipeval.analysis import metrics
+from clipeval.analysis import intervals, metrics
 from clipeval.errors import ClipevalError
 from clipeval.evaluators import judges
 from clipeval.evaluators.rules import RULES, ScoreTable, cp_cutoff
@@ -164,6 +164,15 @@ class RunView:
         """Every reference rater, people first, each marked human or automatic."""
         return self.human_labels + self.automatic_labels
 
+    def reference_rater(self) -> str | None:
+        """The label of the reference rater who judged the most neurons (people first among equals), None without
+        any: the default reference, so a rater who judged 5 neurons does not stand in for a 1,000-neuron one."""
+        return max(self.rater_labels, key=lambda r: len(self.humans[self.rater_name(r)]), default=None)
+
+    def rater_counts(self) -> dict[str, int]:
+        """{rater label: neurons judged}, people first."""
+        return {r: len(self.humans[self.rater_name(r)]) for r in self.rater_labels}
+
     @property
     def human_labels(self) -> list[str]:
         return [self.rater_label(r) for r in self.humans if r not in self.automatic]
@@ -311,7 +320,8 @@ class RunView:
             fit_fraction,
             seed,
         )
-        return {"evaluator": evaluator, "rater": rater, "param": rule.param, **res}
+        lo, hi = intervals.bootstrap_cells(res["test_cells"])["kappa"]
+        return {"evaluator": evaluator, "rater": rater, "param": rule.param, **res, "test_kappa_interval": (lo, hi)}
 
 
 def default_thresholds() -> dict[str, float]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipeval.analysis import metrics
+from clipeval.analysis import intervals, metrics
 from clipeval.config import stable_hash
 from clipeval.errors import ClipevalError
 from clipeval.evaluators.rules import CP_TOLERANCE, RULES
@@ -136,8 +136,13 @@ def defaults(store, models: dict[str, dict]) -> dict[str, Default]:
                 f"{RULES[e].param} = {res['value']:.4g} calibrated for {info.get('description', 'this model')} "
                 f"against '{cal['rater']}' on {cal['where']} ({res['n_neurons']} neurons, "
                 f"{res['n_splits']} random half splits): {RULES[e].param} 95% interval "
-                f"{bracket(lo, hi, '.4g')}, held-out kappa {res['heldout_kappa']:.3f} {bracket(klo, khi, '.3f')}; "
-                f"the paper's CLIP value is {paper:g}",
+                f"{bracket(lo, hi, '.4g')}, held-out kappa {res['heldout_kappa']:.3f} {bracket(klo, khi, '.3f')}"
+                + (
+                    " - near chance: this default agrees with the reference hardly better than chance"
+                    if intervals.near_chance(res["heldout_kappa"], klo)
+                    else ""
+                )
+                + f"; the paper's CLIP value is {paper:g}",
             )
         else:
             out[e] = Default(

@@ -10,6 +10,7 @@ of units per layer (top images, label, verdicts). No model runs: it is made from
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
@@ -19,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipeval.analysis import metrics
 from clipeval.analysis.headlines import weak_evaluators
-from clipeval.analysis.intervals import MIN_N, N_BOOT, pairwise_with_intervals
+from clipeval.analysis.intervals import MIN_N, N_BOOT, pairwise_with_intervals, share_interval
 from clipeval.analysis.runview import EVALUATOR_TITLES, RunView
 from clipeval.analysis.sources import LabellerView
 from clipeval.analysis.sweeps import default_range, sweep
@@ -30,7 +30,7 @@ from clipeval.evaluators.rules import RULES
 from clipeval.files import atomic_write
 from clipeval.formats import json_cell, percent
 from clipeval.render.charts import layer_shares, sweep_figure
-from clipeval.render.tables import describe_model, html_table
+from clipeval.render.tables import describe_model, styled
 from clipeval.store import Store
 
 # Imported inside the functions that use them: Pillow and the image decoder, only for the report's
@@ -49,7 +49,7 @@ nav{background:#fff;border:1px solid #ddd;padding:8px 14px;margin:12px 0;font-si
 nav a{margin-right:14px}
 table{border-collapse:collapse;margin:8px 0 4px;font-size:13px;background:#fff}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;vertical-align:top}
-th{background:#f0f2f6} td.l,th.l{text-align:left}
+th{background:#f0f2f6}
 .note{color:#555;font-size:13px;margin:4px 0 10px} .warn{color:#a55a00}
 .units{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:8px}
 .unit{background:#fff;border:1px solid #ddd;padding:6px 8px;font-size:12px}
@@ -71,8 +71,14 @@ def _num(x, d: int = 3) -> str:
 
 
 def _table(df: pd.DataFrame, left=()) -> str:
-    """`left` columns align left (the report's cells align right)."""
-    return html_table(df, classes=dict.fromkeys(left, "l"))
+    """df through pandas' Styler, every cell escaped; `left` columns align left (the report's cells align right).
+    The Styler's id is the table's content hash, so the same run makes the same file."""
+    styler = styled(df, markup="html").set_uuid(hashlib.sha1(df.to_csv().encode()).hexdigest()[:8])
+    cols = [i for i, c in enumerate(df.columns) if c in left]
+    if cols:
+        styler = styler.set_properties(subset=[styler.columns[i] for i in cols], **{"text-align": "left"})
+        styler = styler.set_table_styles([{"selector": f"th.col{i}", "props": "text-align: left"} for i in cols])
+    return styler.to_html()
 
 
 def _thumb(jpeg: bytes) -> str:
@@ -150,16 +156,17 @@ def shares_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
     for (layer, ev), g in summary.groupby(["layer", "evaluator"], sort=False):
         share = dict(zip(g["variant"], g["share_correct"]))
         n = int(g["n"].iloc[0])
-        lo, hi = metrics.wilson_interval(round(share["real"] * n), n)
+        real = share_interval(share["real"], n)
         rows.append(
             {
                 "layer": layer,
                 "evaluator": ev,
                 "units": n,
                 "real labels": percent(share["real"], none="–"),
-                "95% interval": f"{percent(lo, none='–')} – {percent(hi, none='–')}",
+                "95% interval": f"{percent(real.lo, none='–')} – {percent(real.hi, none='–')}",
                 "shuffled labels": percent(share.get("shuffled"), none="–"),
                 "one constant label": percent(share.get("constant"), none="–"),
+                "note": f"n < {MIN_N}: too few to read" if real.small else "",
             }
         )
 
@@ -171,7 +178,7 @@ def shares_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
     )
     return (
         _fig(layer_shares(summary, view.layers))
-        + _table(pd.DataFrame(rows), left=("layer", "evaluator"))
+        + _table(pd.DataFrame(rows), left=("layer", "evaluator", "note"))
         + "<p class='note'>Share of labels judged correct (any of the top-k images matches). Interval: 95% Wilson "
         "score interval over units. 'overall' pools all units (not the mean of the layers). Baselines: the same "
         "evaluator on labels shuffled across the units of each layer, and on one constant label.</p>" + warn
@@ -181,7 +188,7 @@ def shares_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
 def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int) -> str:
 
     parts = []
-    reference = view.rater_labels[0] if view.rater_labels else None
+    reference = view.reference_rater()
     for e in [x for x in ORDER if x in view.available]:
         rule = RULES[e]
         lo, hi = default_range(view, e, thresholds[e])
@@ -190,17 +197,34 @@ def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int) -> 
         figs = [_fig(sweep_figure(sw, rule.param, thresholds[e], "share_correct"))]
         if reference and "kappa" in sw and sw["kappa"].notna().any():
             n_ref = int(sw["n_reference"].dropna().max())
+            few = (
+                f"<p class='note warn'>Only {n_ref} units: fewer than {MIN_N}, so this kappa can move a lot with a "
+                "few more verdicts.</p>"
+                if n_ref < MIN_N
+                else ""
+            )
             figs.append(
                 f"<div><p class='note'>Cohen's kappa with {_e(reference)} over the {n_ref} units it judged:"
-                f"</p>{_fig(sweep_figure(sw, rule.param, thresholds[e], 'kappa', False))}</div>"
+                f"</p>{few}{_fig(sweep_figure(sw, rule.param, thresholds[e], 'kappa', False))}</div>"
             )
         parts.append("<div class='plots'>" + "".join(figs) + "</div>")
     if not parts:
         return "<p class='note'>No evaluator has scored this run.</p>"
-    return "".join(parts) + (
-        "<p class='note'>Share judged correct against the threshold, per layer (the paper's "
-        "Figure 3); dashed and dotted: shuffled and constant labels; red: the report's threshold."
-        "</p>"
+    counts = view.rater_counts()
+    which = (
+        f"<p class='note'>Kappa is against {_e(reference)}, the reference rater who judged the most units "
+        f"({counts[reference]:,}" + "".join(f"; {_e(r)}: {n:,}" for r, n in counts.items() if r != reference) + ").</p>"
+        if reference
+        else "<p class='note'>No reference rater judged this run's units, so no kappa is drawn.</p>"
+    )
+    return (
+        which
+        + "".join(parts)
+        + (
+            "<p class='note'>Share judged correct against the threshold, per layer (the paper's "
+            "Figure 3); dashed and dotted: shuffled and constant labels; red: the report's threshold."
+            "</p>"
+        )
     )
 
 

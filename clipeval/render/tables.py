@@ -3,18 +3,21 @@ counts and shares of verdicts that analysis.RunView already gave)."""
 
 from __future__ import annotations
 
-from html import escape
+import html
+import re
 from urllib.parse import quote_plus, urlencode
 
 import numpy as np
 import pandas as pd
+from pandas.io.formats.style import Styler
 
-from clipeval.analysis.intervals import figure
+from clipeval.analysis.intervals import figure, share_interval
 from clipeval.analysis.runview import EVALUATOR_TITLES
 from clipeval.evaluators.rules import RULES
-from clipeval.formats import json_cell, text_cell
+from clipeval.formats import json_cell, percent, text_cell
 
 INTERPRETABLE = "interpretable"
+MUTED_COLOUR = "#9aa0a6"  # a cell too small to read: grey, but readable on the light and the dark theme
 
 
 def short_reason(text: str, limit: int = 150) -> str:
@@ -60,10 +63,18 @@ def stand_ins(run: dict, latest: pd.DataFrame) -> list[str]:
     return out
 
 
-def cell_text(v) -> str:
-    """One table cell as text: empty for missing, a tick or cross for yes/no, three decimals for a float."""
-    if v is None or (not isinstance(v, str) and pd.isna(v)):
-        return ""
+# Every ASCII punctuation character: st.table reads its cells as Markdown (a label like "*x*" or "$5" or a
+# rater named ":red[x]" would be drawn as emphasis, maths or colour), and a backslash keeps any of them literal.
+_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def markdown_literal(text: str) -> str:
+    """text as Markdown that reads as exactly that text."""
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", str(text))
+
+
+def _plain(v) -> str:
+    """A cell's default text: a tick or cross for yes/no, three decimals for a float, empty when missing."""
     if isinstance(v, (bool, np.bool_)):
         return "✓" if v else "✗"
     if isinstance(v, (float, np.floating)):
@@ -71,33 +82,41 @@ def cell_text(v) -> str:
     return str(v)
 
 
-def html_table(
-    frame: pd.DataFrame,
-    text=lambda column, value: str(value),
-    classes: dict | None = None,
-    muted=None,
-    table_class: str = "",
-) -> str:
-    """frame as an HTML table, every cell escaped (labels and rater names are arbitrary text): a cell reads
-    text(column, value); classes[column] goes on the column's header and cells; a cell True in `muted` (a
-    boolean array of the frame's shape) also gets the class 'cv-muted'."""
-    classes = classes or {}
+def styled(
+    frame: pd.DataFrame, formats: dict | None = None, muted: pd.DataFrame | None = None, markup: str = "markdown"
+) -> Styler:
+    """frame as a pandas Styler for a static table: a cell reads formats[column](value), else a tick/cross,
+    three decimals or its text (empty when missing); every cell and header is escaped for `markup` ('markdown' for
+    st.table, 'html' for the report; labels and rater names are arbitrary text); numeric columns align right;
+    cells True in `muted` (a boolean frame of the same columns, by position) are greyed."""
+    escape = markdown_literal if markup == "markdown" else html.escape
+    # headers escaped in the frame itself: st.table draws the frame's column names, not the Styler's
+    names = {c: escape(c) for c in frame.columns}
+    frame = frame.reset_index(drop=True).rename(columns=names)
+    formats = {names[c]: f for c, f in (formats or {}).items() if c in names}
+    numeric = [
+        c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+    ]
 
-    def attr(names) -> str:
-        names = " ".join(n for n in names if n)
-        return f" class='{names}'" if names else ""
+    def plain(v) -> str:
+        return "" if not isinstance(v, str) and bool(np.ndim(v) == 0 and pd.isna(v)) else _plain(v)
 
-    head = "".join(f"<th{attr([classes.get(c)])}>{escape(str(c))}</th>" for c in frame.columns)
-    grey = np.zeros(frame.shape, dtype=bool) if muted is None else np.asarray(muted, dtype=bool)
-
-    def cells(i, values) -> str:
-        return "".join(
-            f"<td{attr([classes.get(c), 'cv-muted' if g else ''])}>{escape(text(c, v))}</td>"
-            for c, v, g in zip(frame.columns, values, grey[i])
+    # a column's own format also says how a missing value reads (fmt_pct: 'n/a')
+    styler = frame.style.format({c: (lambda f: lambda v: escape(f(v)))(formats.get(c, plain)) for c in frame.columns})
+    styler = styler.hide(axis="index")
+    if numeric:
+        styler = styler.set_properties(subset=numeric, **{"text-align": "right"})
+    if muted is not None:
+        grey = (
+            muted.reset_index(drop=True)
+            .rename(columns=names)
+            .reindex(columns=frame.columns)
+            .fillna(False)
+            .astype(bool)
+            .to_numpy()
         )
-
-    rows = "".join(f"<tr>{cells(i, r)}</tr>" for i, r in enumerate(frame.itertuples(index=False, name=None)))
-    return f"<table{attr([table_class])}><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+        styler = styler.apply(lambda d: np.where(grey, f"color: {MUTED_COLOUR}", ""), axis=None)
+    return styler
 
 
 def verdict_marks(df: pd.DataFrame, columns) -> pd.DataFrame:
@@ -144,6 +163,27 @@ def summary_table(summary: pd.DataFrame, layers: list[str]) -> pd.DataFrame:
         dead = summary.drop_duplicates("layer").set_index("layer")["n_dead"].reindex(order)
         wide.insert(1, "dead units (left out)", dead.fillna(0).astype(int))
     return wide.reset_index()
+
+
+def share_texts(frame: pd.DataFrame, n: dict, with_n: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """frame with its shares as text: each column named in `n` (a real labels' share) with its 95% Wilson
+    interval over n[column] neurons (a column or a number; intervals.share_interval, as the report), every other
+    float column (a baseline) as a percentage; and a boolean frame of the same shape, True in the share cells
+    of a row whose shares are over fewer than intervals.MIN_N neurons."""
+    text = frame.astype(object)
+    small = pd.DataFrame(False, index=frame.index, columns=frame.columns)
+    for c in frame.columns:
+        if c in n:
+            counts = pd.Series(n[c], index=frame.index)
+            figs = [share_interval(v, m) for v, m in zip(frame[c], counts)]
+            text[c] = [f.text(with_n) if pd.notna(f.value) else "" for f in figs]
+            small[c] = [f.small and pd.notna(f.value) for f in figs]
+    row_small = small[[c for c in frame.columns if c in n]].any(axis=1)
+    for c in frame.columns:
+        if c not in n and frame[c].dtype.kind == "f":
+            text[c] = frame[c].map(lambda v: "" if pd.isna(v) else percent(v))
+            small[c] = row_small & frame[c].notna()  # a baseline's share is over the same neurons as its row's
+    return text, small
 
 
 def interpretable_by_layer(grid: pd.DataFrame, column: str, layers: list[str]) -> pd.DataFrame:

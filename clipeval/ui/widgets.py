@@ -14,13 +14,7 @@ from clipeval.evaluators import thresholds
 from clipeval.evaluators.rules import RULES, cp_cutoff
 from clipeval.formats import json_cell, text_cell
 from clipeval.render import charts, glossary
-from clipeval.render.tables import (
-    cell_text,
-    describe_model,
-    html_table,
-    short_reason,
-    stand_ins,
-)
+from clipeval.render.tables import describe_model, short_reason, stand_ins, styled
 from clipeval.store import runnames
 from clipeval.ui import data
 
@@ -114,32 +108,12 @@ def chart(draw, *args, where=None, fit: bool = True, **kw) -> None:
         (where or st).markdown(f"<div class='cv-chart'>{draw(*args, **kw).svg()}</div>", unsafe_allow_html=True)
 
 
-# A few rows read at a glance (no sorting or scrolling needed) as plain HTML: st.dataframe's grid is ~1.7 MB
-# of scripts the browser loads on the first page that shows one (0.2-0.3 s of a first visit here).
-# Cells wrap, but no narrower than 4.5rem: a table wider than its column (an 800 px window) scrolls inside its box.
-TABLE_CSS = (
-    "<style>.cv-scroll{overflow-x:auto;margin-bottom:0.5rem}"
-    ".cv-table{width:100%;border-collapse:collapse;font-size:0.875rem}"
-    ".cv-table th,.cv-table td{border:1px solid rgba(49,51,63,0.1);padding:0.3rem 0.5rem;text-align:left;"
-    "min-width:4.5rem;vertical-align:top;font-weight:normal}.cv-table th{color:rgba(49,51,63,0.6)}"
-    ".cv-table .cv-num{text-align:right;font-variant-numeric:tabular-nums}"
-    ".cv-table .cv-muted{color:#9aa0a6}</style>"
-)
-
-
 def table(frame: pd.DataFrame, where=None, formats: dict | None = None, muted: pd.DataFrame | None = None) -> None:
-    """frame as a static HTML table (tables.html_table) in `where` (default the page). Cells go through
-    formats[column] or tables.cell_text; numeric columns align right; cells True in `muted` (a boolean frame of
-    the same columns, by position) are greyed."""
-    formats = formats or {}
-    right = {
-        c: "cv-num"
-        for c in frame.columns
-        if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
-    }
-    grey = None if muted is None else muted.reindex(columns=frame.columns).fillna(False).astype(bool).to_numpy()
-    body = html_table(frame, lambda c, v: formats.get(c, cell_text)(v), right, grey, "cv-table")
-    (where or st).markdown(f"{TABLE_CSS}<div class='cv-scroll'>{body}</div>", unsafe_allow_html=True)
+    """A few rows read at a glance (no sorting or scrolling needed) as st.table in `where` (default the page):
+    cells through formats[column] or tables.styled's defaults, escaped, cells True in `muted` (a boolean frame of
+    the same columns, by position) greyed. st.dataframe's grid would load ~1.7 MB of scripts into the browser on
+    the first page that shows one (0.2-0.3 s of a first visit here)."""
+    (where or st).table(styled(frame, formats, muted), hide_index=True)
 
 
 def glossary_link(anchor: str, text: str | None = None) -> str:

@@ -178,6 +178,32 @@ def run_store(built_run, tmp_path):
     store.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def sentence_embeddings_once():
+    """The ConSE stand-in embeds the 1,000 ImageNet class names with its sentence encoder (all-mpnet-base-v2)
+    every time one is built: each dissect, evaluate and source evaluation, about 10 CPU-seconds on these 2
+    cores. The same texts through the same encoder weights, dtype, device and thread count give the same
+    rows, so a test session computes each list once (every test still builds its models)."""
+    import torch
+
+    from clipeval.models.image_text import SentenceEncoder
+
+    encode = SentenceEncoder.encode
+    memo = {}
+
+    @functools.wraps(encode)
+    def once(self, texts):
+        weights = next(self.model.parameters())
+        key = (self.folder, self.batch, weights.dtype, str(weights.device), torch.get_num_threads(), tuple(texts))
+        if key not in memo:
+            memo[key] = encode(self, texts)
+        return memo[key].clone()
+
+    SentenceEncoder.encode = once
+    yield
+    SentenceEncoder.encode = encode
+
+
 @pytest.fixture
 def fresh_caches():
     """Streamlit's caches live in the process: start an app test without another test's results."""

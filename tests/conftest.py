@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import ast
 import functools
+import json
+import os
 import re
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from clipeval.config import ConceptConfig, DissectConfig, ProbeConfig, SimilarityConfig, TargetConfig
 
@@ -71,8 +75,12 @@ def pytest_collection_modifyitems(config, items):
     where torch sees no GPU (CI has none). On a GPU machine: python -m pytest -m gpu"""
     for item in items:
         function = getattr(item, "originalname", item.name)
-        for tier in tiers_of(str(item.path), function, tuple(getattr(item, "fixturenames", ()))):
+        tiers = tiers_of(str(item.path), function, tuple(getattr(item, "fixturenames", ())))
+        for tier in tiers:
             item.add_marker(getattr(pytest.mark, tier))
+        group = xdist_group(item, tiers)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
     import torch
 
     if torch.cuda.is_available():
@@ -85,11 +93,44 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def xdist_group(item, tiers) -> str | None:
+    """`./run test` spreads tests over 2 pytest-xdist workers (--dist loadgroup), each its own process with
+    its own module and session fixtures. Tests that share one expensive fixture go to one worker: every
+    Ray test (one cluster, see ray_cluster), and a test file's tests that use a module- or session-scoped
+    fixture of that file (built once, not once per worker)."""
+    if "ray" in tiers:
+        return "ray"
+    for defs in getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {}).values():
+        fd = defs[-1]
+        module = getattr(fd.func, "__module__", "")
+        if fd.scope != "function" and module.rpartition(".")[2].startswith("test_"):
+            return module
+    return None
+
+
+def built_once(tmp_path_factory, name: str, build):
+    """build(folder) -> a JSON value, built once per test session. Under pytest-xdist each worker has its own
+    session fixtures: the first worker to ask builds it, under a file lock in the folder every worker of
+    this session shares, and the others read what it wrote (the same paths, so the same probe fingerprint
+    and run id on every worker)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent
+    done = shared / f"{name}.json"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():  # a worker that failed to build it left no file: the next one tries again
+            done.write_text(json.dumps(build(Path(tempfile.mkdtemp(prefix=name, dir=shared)))))
+    return json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def probe_dir(tmp_path_factory) -> Path:
     from clipeval.demo.probe import build_demo_probe
 
-    return build_demo_probe(tmp_path_factory.mktemp("probe") / "small", size="small", progress=False)
+    def build(folder):
+        return str(build_demo_probe(folder / "small", size="small", progress=False))
+
+    return Path(built_once(tmp_path_factory, "probe", build))
 
 
 def small_config(probe_dir: Path, concepts: str = "imagenet", **kw) -> DissectConfig:
@@ -110,15 +151,18 @@ def built_run(tmp_path_factory, probe_dir):
     from clipeval.evaluators.run import OFFLINE_EVAL_MODEL, evaluate
     from clipeval.store import Store
 
-    root = tmp_path_factory.mktemp("run")
-    db, cache = root / "runs.duckdb", root / "cache"
-    store = Store(db)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        run_id = pipeline.dissect(small_config(probe_dir), store, cache_dir=cache, progress=False)
-        evaluate(store, run_id, "cp,es,contrast", eval_model=OFFLINE_EVAL_MODEL, cache_dir=cache, progress=False)
-    store.close()
-    return db, run_id, cache
+    def build(root):
+        db, cache = root / "runs.duckdb", root / "cache"
+        store = Store(db)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run_id = pipeline.dissect(small_config(probe_dir), store, cache_dir=cache, progress=False)
+            evaluate(store, run_id, "cp,es,contrast", eval_model=OFFLINE_EVAL_MODEL, cache_dir=cache, progress=False)
+        store.close()
+        return str(db), run_id, str(cache)
+
+    db, run_id, cache = built_once(tmp_path_factory, "run", build)
+    return Path(db), run_id, Path(cache)
 
 
 @pytest.fixture
@@ -132,6 +176,32 @@ def run_store(built_run, tmp_path):
     store = Store(copy)
     yield store, run_id, cache
     store.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sentence_embeddings_once():
+    """The ConSE stand-in embeds the 1,000 ImageNet class names with its sentence encoder (all-mpnet-base-v2)
+    every time one is built: each dissect, evaluate and source evaluation, about 10 CPU-seconds on these 2
+    cores. The same texts through the same encoder weights, dtype, device and thread count give the same
+    rows, so a test session computes each list once (every test still builds its models)."""
+    import torch
+
+    from clipeval.models.image_text import SentenceEncoder
+
+    encode = SentenceEncoder.encode
+    memo = {}
+
+    @functools.wraps(encode)
+    def once(self, texts):
+        weights = next(self.model.parameters())
+        key = (self.folder, self.batch, weights.dtype, str(weights.device), torch.get_num_threads(), tuple(texts))
+        if key not in memo:
+            memo[key] = encode(self, texts)
+        return memo[key].clone()
+
+    SentenceEncoder.encode = once
+    yield
+    SentenceEncoder.encode = encode
 
 
 @pytest.fixture

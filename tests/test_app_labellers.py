@@ -2,28 +2,48 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pandas as pd
 import pytest
 
 from clipeval.evaluators import sources
+from clipeval.store import Store
 from tests.test_app import charts, open_page, tables, texts
 
 pytestmark = pytest.mark.usefixtures("fresh_caches")
 
 
-@pytest.fixture
-def app_with_sources(run_store, monkeypatch, tmp_path):
-    store, run_id, cache = run_store
+@pytest.fixture(scope="module")
+def judged_source(built_run, tmp_path_factory):
+    """A copy of the built run's store with one label source judged ("all dogs" on 40 classifier units):
+    (db path, run id, source id), made once for this file's tests (a source evaluation loads the ConSE
+    model and scores every evaluator: the slowest step here)."""
+    db, run_id, cache = built_run
+    root = tmp_path_factory.mktemp("sources")
+    shutil.copy(db, root / "runs.duckdb")
+    store = Store(root / "runs.duckdb")
     neurons = store.neurons(run_id)
     last = neurons[neurons["layer"] == "classifier"].head(40)
-    f = tmp_path / "descriptions.csv"
+    f = root / "descriptions.csv"
     pd.DataFrame({"layer": last["layer"], "unit": last["unit"], "description": "dog", "similarity": 0.2}).to_csv(
         f, index=False
     )
     sid = sources.add_source(store, run_id, "clip-dissect", str(f), name="all dogs")
     sources.evaluate_source(store, run_id, sid, cache_dir=cache, progress=False)
+    store.close()
+    return root / "runs.duckdb", run_id, sid
+
+
+@pytest.fixture
+def app_with_sources(judged_source, monkeypatch, tmp_path):
+    """A private writable copy of judged_source's store, with the app pointed at it: (Store, run id, source id)."""
+    db, run_id, sid = judged_source
+    shutil.copy(db, tmp_path / "runs.duckdb")
+    store = Store(tmp_path / "runs.duckdb")
     monkeypatch.setenv("CLIPEVAL_DB", str(store.path))
-    return store, run_id, sid
+    yield store, run_id, sid
+    store.close()
 
 
 def test_labellers_page_shows_coverage_shares_agreement_and_one_neuron(app_with_sources):

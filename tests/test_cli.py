@@ -1,22 +1,15 @@
 """The command line as a user meets it: listings, exports, and clear errors (exit code 2) on bad input."""
 
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
 
 from clipeval.cli import main
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "clipeval", *args], capture_output=True, text=True, timeout=600)
-
-
-def test_layers_lists_shapes():
-    out = run_cli("layers", "--target", "efficientnet_lite0")
-    assert out.returncode == 0
-    assert "blocks.1" in out.stdout and "(24, 56, 56)" in out.stdout and "classifier" in out.stdout
+def test_layers_lists_shapes(capsys):
+    assert main(["layers", "--target", "efficientnet_lite0"]) == 0
+    out = capsys.readouterr().out
+    assert "blocks.1" in out and "(24, 56, 56)" in out and "classifier" in out
 
 
 def test_runs_export_and_rm(built_run, tmp_path, capsys):

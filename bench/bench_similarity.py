@@ -1,6 +1,6 @@
 """Similarity functions: clipeval.dissect.similarity (batched) against the original's per-neuron loop.
 
-    python bench/bench_similarity.py [--quick] [--functions soft_wpmi,wpmi,rank_reorder]
+    python bench/bench_similarity.py [--quick] [--functions soft_wpmi,wpmi,rank_reorder] [--torch]
 
 Sizes: 2,048 neurons x 10,000 concepts x 5,000 images (--quick: 512 x 5,000 x 2,000).
 Inputs: P (images x concepts) cosine-like values in [0.15, 0.35], each concept's column a permutation
@@ -15,7 +15,8 @@ per neuron and 5 fresh random permutations for its baseline, drawn from the same
 same order as ours (the original used the global RNG), so the outputs must agree to float tolerance.
 rank_reorder's loop takes about half a second per neuron here, so by default it runs on the first
 --baseline-neurons neurons and its time is scaled linearly to all neurons (it is a plain loop over
-neurons plus a negligible concatenation); --full-baseline runs all of them.
+neurons plus a negligible concatenation); --full-baseline runs all of them. --torch also times the
+torch kernels (the ones a GPU runs) here on the CPU, beside the numpy ones ("ours").
 """
 
 from __future__ import annotations
@@ -135,6 +136,8 @@ def worker(argv: list[str]) -> None:
     def run(P, A, n=None):
         if way in ("ours", "before"):
             return getattr(similarity, fn)(P, A)
+        if way == "torch":
+            return getattr(similarity, fn)(P, A, backend="torch")
         if fn == "rank_reorder":
             return loop_rank_reorder(P, A, n_neurons=n)
         return {"soft_wpmi": loop_soft_wpmi, "wpmi": loop_wpmi}[fn](P, A)
@@ -178,6 +181,7 @@ def main() -> None:
         metavar="GIT_REF",
         help="also time clipeval/dissect/similarity.py as it was at this git commit (e.g. before a speed change)",
     )
+    ap.add_argument("--torch", action="store_true", help="also time the torch kernels on the CPU")
     ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -200,7 +204,7 @@ def main() -> None:
         np.save(tmp / "P.npy", (0.15 + 0.2 * (ranks + 0.5) / n_img).astype(np.float32))
         del ranks
         np.save(tmp / "A.npy", rng.standard_normal((n_img, n_neu), dtype=np.float32))
-        ways = ("ours", "baseline")
+        ways = ("ours", "baseline") + (("torch",) if args.torch else ())
         if args.before:
             import subprocess
 
@@ -252,10 +256,19 @@ def main() -> None:
                     "ours vs it": ratio(res["before"]["seconds"], res["ours"]["seconds"]),
                     f"peak RSS + at {args.before}": fmt_mb(res["before"]["peak_increase"]),
                 }
+            torch_way = {}
+            if "torch" in res:
+                tw = np.load(tmp / f"{fn}-torch.npy")
+                torch_way = {
+                    "torch kernels": fmt_s(res["torch"]["seconds"]),
+                    "numpy vs torch": ratio(res["torch"]["seconds"], res["ours"]["seconds"]),
+                    "torch: same label": f"{float((tw.argmax(1) == ours.argmax(1)).mean()):.2%}",
+                }
             rows.append(
                 {
                     "function": fn,
                     **before,
+                    **torch_way,
                     "ours": fmt_s(res["ours"]["seconds"]),
                     "baseline (per-neuron loop)": fmt_s(base_s)
                     + (f" (scaled from {done} neurons: {fmt_s(res['baseline']['seconds'])})" if extrap else ""),
@@ -275,6 +288,7 @@ def main() -> None:
                     "ours": res["ours"],
                     "baseline": res["baseline"],
                     "before": res.get("before"),
+                    "torch": res.get("torch"),
                     "baseline_seconds_all_neurons": base_s,
                     "baseline_neurons_run": done,
                     "max_abs_diff": diff,

@@ -167,3 +167,66 @@ def test_compute_rejects_unknown_function_and_mismatched_shapes(data):
         similarity.compute("dot", P, A)
     with pytest.raises(ClipevalError, match="images"):
         similarity.compute("cos_similarity", P[:5], A)
+
+
+# ---- label_units: the best concepts per unit, one block of units at a time (issue 27 point 3) ------------
+
+PARAMS = {
+    "soft_wpmi": dict(top_k=10),
+    "wpmi": dict(top_k=8),
+    "rank_reorder": dict(top_fraction=0.25, seed=3),
+    "cos_similarity_cubed": {},
+    "cos_similarity": {},
+}
+
+
+@pytest.fixture
+def layer():
+    """48 images x 29 concepts, 37 units; a third of the units ReLU-like (ties at 0 below their top)."""
+    rng = np.random.default_rng(7)
+    P = torch.from_numpy(rng.uniform(0.1, 0.4, size=(48, 29)).astype(np.float32))
+    A = rng.normal(size=(48, 37)).astype(np.float32)
+    A[:, ::3] = np.maximum(A[:, ::3], 0)
+    return P, torch.from_numpy(A)
+
+
+@pytest.mark.parametrize("fn", list(PARAMS))
+def test_label_units_in_blocks_equals_the_whole_score_matrix(layer, fn, monkeypatch):
+    P, A = layer
+    want = similarity.top_concepts(similarity.compute(fn, P, A, **PARAMS[fn]), 5)
+    blocks = []
+    top_concepts = similarity.top_concepts
+    monkeypatch.setattr(similarity, "top_concepts", lambda s, k: blocks.append(s.shape) or top_concepts(s, k))
+    budget = 2 * 4 * P.shape[1] * 6  # 6 units' scores and temporaries
+    got = similarity.label_units(fn, P, A, 5, mem_budget=budget, **PARAMS[fn])
+    assert max(rows for rows, _ in blocks) == 6 and sum(rows for rows, _ in blocks) == A.shape[1]
+    assert torch.equal(got.indices, want.indices)
+    torch.testing.assert_close(got.values, want.values, rtol=1e-5, atol=1e-5)
+    assert got.values.shape == (37, 5) and got.n_nan == 0
+
+
+@pytest.mark.parametrize("fn", list(PARAMS))
+def test_torch_kernels_give_the_numpy_kernels_labels(layer, fn):
+    P, A = layer
+    # rounded CLIP scores: images tie under a concept, which both ways must order by image index
+    P = torch.round(P * 50) / 50
+    numpy_way = similarity.label_units(fn, P, A, 5, backend="numpy", **PARAMS[fn])
+    torch_way = similarity.label_units(fn, P, A, 5, backend="torch", mem_budget=4096, **PARAMS[fn])
+    assert torch.equal(torch_way.indices, numpy_way.indices)
+    torch.testing.assert_close(torch_way.values, numpy_way.values, rtol=1e-5, atol=1e-5)
+    whole = similarity.compute(fn, P, A, backend="torch", **PARAMS[fn])
+    torch.testing.assert_close(whole, similarity.compute(fn, P, A, **PARAMS[fn]), rtol=1e-5, atol=1e-5)
+
+
+def test_label_units_ranks_nan_last_and_checks_its_inputs(layer):
+    P, A = layer
+    P = P.clone()
+    P[:, 0] = float("nan")  # cos_similarity's concept 0 is NaN for every unit
+    got = similarity.label_units("cos_similarity", P, A, 29)
+    assert got.n_nan == 37 and (got.indices[:, -1] == 0).all()
+    with pytest.raises(ClipevalError, match="unknown similarity backend"):
+        similarity.label_units("wpmi", P, A, 3, backend="jax")
+    with pytest.raises(ClipevalError, match="numpy similarity kernels run on the CPU"):
+        similarity.label_units("wpmi", P, A, 3, device="meta", backend="numpy")
+    with pytest.raises(ClipevalError, match="images"):
+        similarity.label_units("wpmi", P[:5], A, 3)

@@ -517,17 +517,25 @@ def _compute(
                     "have a constant activation over the probe (dead); they are stored without a label",
                     stacklevel=2,
                 )
-            scores = (
-                similarity.compute(c.similarity.fn, P, torch.from_numpy(acts[layer][:, live]), **c.similarity.kwargs())
+            # each unit's best concepts, a block of units at a time (never the whole score matrix), on
+            # the device the models ran on
+            top = (
+                similarity.label_units(
+                    c.similarity.fn,
+                    P,
+                    # (a copy of the live columns only where some unit is dead)
+                    torch.from_numpy(acts[layer][:, live] if dead[layer].any() else acts[layer]),
+                    c.n_runner_ups,
+                    device=r.placement.device,
+                    **c.similarity.kwargs(),
+                )
                 if len(live)
                 else None
             )
             labelled.append(
                 (
                     layer,
-                    *label_from_scores(
-                        layer, scores, r.concepts.concepts, c.n_runner_ups, units=live, n_units=len(dead[layer])
-                    ),
+                    *label_from_scores(layer, top, r.concepts.concepts, units=live, n_units=len(dead[layer])),
                 )
             )
 
@@ -571,20 +579,20 @@ def _compute(
 
 def label_from_scores(
     layer: str,
-    scores: torch.Tensor | None,
+    top: similarity.TopConcepts | None,
     concepts,
-    n_runner_ups: int,
     units: np.ndarray | None = None,
     n_units: int | None = None,
 ):
-    """The argmax concept per neuron (label + similarity) and the best `n_runner_ups` concepts.
-    `scores` rows belong to `units` (default: all); the other units of the layer's `n_units` are dead
-    and get no label (NULL) and no runner-ups."""
-    units = np.arange(scores.shape[0]) if units is None else np.asarray(units, dtype=np.int64)
+    """The label (argmax concept + similarity) and runner-ups (the best concepts, label first) per neuron,
+    from `top` (similarity.label_units or top_concepts). Its rows belong to `units` (default: all); the
+    other units of the layer's `n_units` are dead and get no label (NULL) and no runner-ups."""
+    n_rows = 0 if top is None else top.indices.shape[0]
+    units = np.arange(n_rows) if units is None else np.asarray(units, dtype=np.int64)
     n_units = len(units) if n_units is None else int(n_units)
     labels = np.full(n_units, None, dtype=object)
     sims = np.full(n_units, np.nan)
-    if scores is None or not len(units):
+    if top is None or not len(units):
         empty = pd.DataFrame(
             {
                 "layer": pd.Series(dtype=object),
@@ -595,10 +603,8 @@ def label_from_scores(
             }
         )
         return pd.DataFrame({"layer": layer, "unit": np.arange(n_units), "label": labels, "similarity": sims}), empty
-    if torch.isnan(scores).any():
+    if top.n_nan:
         warnings.warn(f"layer {layer}: similarity has NaN scores; they rank last", stacklevel=2)
-        scores = torch.nan_to_num(scores, nan=-float("inf"))
-    top = torch.topk(scores, k=min(n_runner_ups, scores.shape[1]), dim=1)
     vals, idx = top.values.numpy(), top.indices.numpy()
     names = np.asarray(concepts, dtype=object)
     labels[units], sims[units] = names[idx[:, 0]], vals[:, 0]

@@ -1,7 +1,10 @@
 """CLIP-Dissect's five similarity functions between neurons and concepts.
 
 Inputs everywhere: `P` (images x concepts) image-text cosines and `A` (images x neurons) activations.
-Output: scores (neurons x concepts); a neuron's label is its argmax concept.
+`compute` and the five functions return the whole score matrix (neurons x concepts); a neuron's label
+is its argmax concept. `label_units` returns only each unit's best concepts, computing the scores one
+block of units at a time, so its memory does not grow with the number of units (100k units x 20k
+concepts would be an 8 GB score matrix).
 
 Each function follows the formulas of the original (method.md section 1) but not its loop over
 neurons (timings against that loop: bench/bench_similarity.py, docs/performance.md):
@@ -9,8 +12,10 @@ neurons (timings against that loop: bench/bench_similarity.py, docs/performance.
 - soft_wpmi accumulates rank by rank over cache-sized blocks of neurons with reused buffers;
 - rank_reorder ranks all images once per concept, then orders each neuron's top images per concept
   with one vectorised integer sort (no per-neuron double argsort).
-The numpy loops run on torch.get_num_threads() Python threads over disjoint ranges (numpy releases
-the GIL); working sets stay within `mem_budget` bytes. Inputs are used on the CPU; outputs are CPU tensors.
+Two sets of kernels compute the same numbers (to float32 rounding): `numpy` on the CPU, where the loops
+run on torch.get_num_threads() Python threads over disjoint ranges (numpy releases the GIL), and `torch`
+on any device, used where the inputs or `device` are not the CPU (a GPU); wpmi and the cos variants are
+torch ops in both. Working sets stay within `mem_budget` bytes. Outputs lie on the device that ran them.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -27,23 +33,60 @@ from clipeval.config import SIMILARITY_DEFAULTS
 from clipeval.errors import ClipevalError
 
 MEM_BUDGET = 256 * 2**20
+DEVICE_BUDGET = 2 * 2**30  # a GPU's working set per block: larger blocks, fewer kernel launches
 CACHE_BYTES = 1 * 2**20  # soft_wpmi's working block: stays in a core's L2 cache
 REORDER_BLOCK = 2**16  # rank_reorder: (neuron, top image) keys sorted per concept and block
+BACKENDS = ("numpy", "torch")
 
 
-def _neuron_batches(n_neurons: int, bytes_per_neuron: int, mem_budget: int):
-    step = max(1, min(n_neurons, mem_budget // max(1, bytes_per_neuron)))
-    for start in range(0, n_neurons, step):
-        yield slice(start, min(start + step, n_neurons))
+class TopConcepts(NamedTuple):
+    """Each unit's `k` best concepts, best first: what a label and its runner-ups need."""
+
+    values: torch.Tensor  # (units, k) float32 scores, on the CPU
+    indices: torch.Tensor  # (units, k) int64 concept indices, on the CPU
+    n_nan: int  # units with a NaN score; NaN ranks last
 
 
-def _cpu(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().to("cpu", torch.float32)
+class _Plan(NamedTuple):
+    """A function prepared for one layer: `block(sl)` gives the scores of units `sl` (consecutive
+    slices, in order: rank_reorder draws its random baseline unit by unit); for soft_wpmi/wpmi it
+    gives log p(concept|unit), and the score subtracts `lam` x the layer's log p(concept)."""
+
+    block: Callable[[slice], torch.Tensor]
+    lam: float | None
+    n_units: int
+    n_concepts: int
+    device: torch.device
+
+
+def _placement(P: torch.Tensor, A: torch.Tensor, device, backend: str | None) -> tuple[torch.device, str]:
+    """Where the kernels run: `device`, else where P or A lies; numpy on the CPU, torch elsewhere."""
+    if device is not None:
+        dev = torch.device(device)
+    else:
+        dev = P.device if P.device.type != "cpu" else A.device
+    backend = backend or ("numpy" if dev.type == "cpu" else "torch")
+    if backend not in BACKENDS:
+        raise ClipevalError(f"unknown similarity backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "numpy" and dev.type != "cpu":
+        raise ClipevalError(f"the numpy similarity kernels run on the CPU, not on {dev}; use backend='torch'")
+    return dev, backend
+
+
+def _units(A: torch.Tensor, sl: slice, dev: torch.device) -> torch.Tensor:
+    """Activations (images x units in sl), float32, contiguous, on `dev` (a block at a time: A may be large)."""
+    return A[:, sl].detach().to(dev, torch.float32).contiguous()
+
+
+def _unit_blocks(n_units: int, bytes_per_unit: int, mem_budget: int):
+    step = max(1, min(n_units, mem_budget // max(1, bytes_per_unit)))
+    for start in range(0, n_units, step):
+        yield slice(start, min(start + step, n_units))
 
 
 def _clamp_top(top: int, n_images: int, name: str) -> int:
     if top > n_images:
-        warnings.warn(f"{name}: top_k={top} is more than the {n_images} probe images; using {n_images}", stacklevel=3)
+        warnings.warn(f"{name}: top_k={top} is more than the {n_images} probe images; using {n_images}", stacklevel=4)
         return n_images
     return top
 
@@ -54,21 +97,108 @@ def _pmi_from_conditional(log_cond: torch.Tensor, lam: float) -> torch.Tensor:
     return log_cond - lam * log_prior
 
 
-def soft_wpmi(P, A, top_k=100, a=10.0, lam=1.0, min_prob=1e-7, p_start=0.998, p_end=0.97, mem_budget=MEM_BUDGET):
-    P, A = _cpu(P), _cpu(A)
+def _whole(plan: _Plan, mem_budget: int) -> torch.Tensor:
+    out = torch.empty(plan.n_units, plan.n_concepts, device=plan.device)
+    for sl in _unit_blocks(plan.n_units, 4 * plan.n_concepts, mem_budget):
+        out[sl] = plan.block(sl)
+    return out if plan.lam is None else _pmi_from_conditional(out, plan.lam)
+
+
+def _log_prior(plan: _Plan, slices: list[slice]) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(concept): logsumexp over all units of log p(concept|unit), minus log(units), one block at
+    a time (per-block logsumexp in float32, merged in float64); and the last block's log p(concept|unit)."""
+    total = None
+    for sl in slices:
+        cond = plan.block(sl)
+        part = torch.logsumexp(cond, dim=0).double()
+        total = part if total is None else torch.logaddexp(total, part)
+    return (total - math.log(plan.n_units)).float(), cond
+
+
+def top_concepts(scores: torch.Tensor, k: int) -> TopConcepts:
+    """The `k` best concepts of each row of `scores` (units x concepts), NaN ranked last."""
+    nan = torch.isnan(scores)
+    n_nan = int(nan.any(dim=1).sum())
+    if n_nan:
+        scores = scores.masked_fill(nan, -float("inf"))
+    values, indices = torch.topk(scores, k=min(int(k), scores.shape[1]), dim=1)
+    return TopConcepts(values.cpu(), indices.cpu(), n_nan)
+
+
+def label_units(
+    fn: str, P, A, n_keep: int, device=None, backend: str | None = None, mem_budget: int | None = None, **params
+) -> TopConcepts:
+    """Each unit's `n_keep` best concepts under similarity `fn` (the original defaults, overridden by
+    `params`): the same as top_concepts(compute(fn, P, A), n_keep) to float32 rounding, without the whole
+    score matrix. Scores are made and reduced one block of units at a time (`mem_budget` bytes of scores,
+    default MEM_BUDGET on the CPU and DEVICE_BUDGET on a GPU); soft_wpmi/wpmi first pass over the blocks
+    for the layer's log p(concept), then over them again for the scores."""
+    plan = _prepare(fn, P, A, device, backend, params, mem_budget)
+    budget = mem_budget or (MEM_BUDGET if plan.device.type == "cpu" else DEVICE_BUDGET)
+    # a block's scores plus the kernels' temporaries of the same size (soft_wpmi's rows, rank_reorder's mean)
+    slices = list(_unit_blocks(plan.n_units, 2 * 4 * plan.n_concepts, budget))
+    parts: list = [None] * len(slices)
+    todo = range(len(slices))
+    if plan.lam is not None:
+        log_prior, last = _log_prior(plan, slices)
+        prior = log_prior * plan.lam
+        # the first pass's last block is still at hand (for a layer of one block, all of it): score it
+        # now rather than compute it again
+        parts[-1] = top_concepts(last.sub_(prior), n_keep)
+        del last
+        todo = range(len(slices) - 1)
+    for i in todo:
+        scores = plan.block(slices[i])
+        if plan.lam is not None:
+            scores.sub_(prior)
+        parts[i] = top_concepts(scores, n_keep)
+        del scores
+    return TopConcepts(
+        torch.cat([p.values for p in parts]),
+        torch.cat([p.indices for p in parts]),
+        sum(p.n_nan for p in parts),
+    )
+
+
+def _prepare(fn: str, P, A, device, backend, params: dict, mem_budget: int | None) -> _Plan:
+    if fn not in FUNCTIONS:
+        raise ClipevalError(f"unknown similarity function {fn!r}; choose one of {', '.join(FUNCTIONS)}")
+    if P.shape[0] != A.shape[0]:
+        raise ClipevalError(f"P has {P.shape[0]} images but A has {A.shape[0]}")
+    dev, backend = _placement(P, A, device, backend)
+    kwargs = dict(SIMILARITY_DEFAULTS[fn])
+    kwargs.update(params)
+    budget = mem_budget or (MEM_BUDGET if dev.type == "cpu" else DEVICE_BUDGET)
+    return PLANS[fn](P.detach().to(dev, torch.float32), A, dev, backend, budget, **kwargs)
+
+
+def _soft_wpmi_plan(
+    P, A, dev, backend, mem_budget, top_k=100, a=10.0, lam=1.0, min_prob=1e-7, p_start=0.998, p_end=0.97
+):
     top_k = _clamp_top(int(top_k), A.shape[0], "soft_wpmi")
     Q = torch.softmax(a * P, dim=1)
-    top_idx = torch.topk(A, k=top_k, dim=0).indices  # (top_k, neurons)
     p = p_start - torch.arange(top_k, dtype=torch.float32) / top_k * (p_start - p_end)
     # log(1 + p(Q - 1) + m) = log((1 - p + m) + p Q). The term depends on the image's rank i, so it
-    # cannot be tabulated per image: accumulate rank by rank into a block of neurons small enough
-    # for the CPU cache (a few rows x |S|), reusing one buffer (no large temporaries to page in).
-    # numpy loops, one thread per range of neurons: many small torch ops would each be a parallel
-    # region, which costs more than the op itself on a small or busy machine.
-    offset, weight = (1 - p + min_prob).numpy(), p.numpy()
-    n_neurons, n_concepts = A.shape[1], P.shape[1]
+    # cannot be tabulated per image: it is accumulated rank by rank.
+    offset, weight = 1 - p + min_prob, p
+
+    def block(sl):
+        top_idx = torch.topk(_units(A, sl, dev), k=top_k, dim=0).indices  # (top_k, units)
+        if backend == "numpy":
+            return _soft_wpmi_numpy(Q.numpy(), top_idx.numpy(), offset.numpy(), weight.numpy(), mem_budget)
+        return _soft_wpmi_torch(Q, top_idx, offset.tolist(), weight.tolist())
+
+    return _Plan(block, float(lam), A.shape[1], P.shape[1], dev)
+
+
+def _soft_wpmi_numpy(Qn, top_idx, offset, weight, mem_budget) -> torch.Tensor:
+    # Into a block of neurons small enough for the CPU cache (a few rows x |S|), reusing one buffer (no
+    # large temporaries to page in). numpy loops, one thread per range of neurons: many small torch ops
+    # would each be a parallel region, which costs more than the op itself on a small or busy machine.
+    top_k, n_neurons = top_idx.shape
+    n_concepts = Qn.shape[1]
     out = torch.zeros(n_neurons, n_concepts)
-    Qn, acc_all, idx_all = Q.numpy(), out.numpy(), top_idx.numpy().astype(np.intp)
+    acc_all, idx_all = out.numpy(), top_idx.astype(np.intp)
     block = max(1, min(CACHE_BYTES, mem_budget) // (2 * 4 * n_concepts))
 
     def work(lo, hi):
@@ -83,23 +213,116 @@ def soft_wpmi(P, A, top_k=100, a=10.0, lam=1.0, min_prob=1e-7, p_start=0.998, p_
                 acc += np.log(buf, out=buf)
 
     _parallel(work, n_neurons, torch.get_num_threads())
-    return _pmi_from_conditional(out, lam)
+    return out
 
 
-def wpmi(P, A, top_k=28, a=2.0, lam=0.6, min_prob=1e-7, mem_budget=MEM_BUDGET):
-    P, A = _cpu(P), _cpu(A)
+def _soft_wpmi_torch(Q: torch.Tensor, top_idx: torch.Tensor, offset: list, weight: list) -> torch.Tensor:
+    """The same sums in torch ops on Q's device (top_idx on that device too)."""
+    acc = torch.zeros(top_idx.shape[1], Q.shape[1], device=Q.device)
+    rows = torch.empty_like(acc)
+    for i in range(top_idx.shape[0]):
+        torch.index_select(Q, 0, top_idx[i], out=rows)
+        rows.mul_(weight[i]).add_(offset[i])
+        acc.add_(rows.log_())
+    return acc
+
+
+def _wpmi_plan(P, A, dev, backend, mem_budget, top_k=28, a=2.0, lam=0.6, min_prob=1e-7):
     top_k = _clamp_top(int(top_k), A.shape[0], "wpmi")
     # log(Q[x, t] + m) depends on the image only: take the log once per (image, concept), in place,
     # then each neuron's log p(t|k) is a sum of rows of that table (an embedding-bag sum).
     L = torch.softmax(a * P, dim=1).add_(min_prob).log_()
-    top_idx = torch.topk(A, k=top_k, dim=0).indices  # (top_k, neurons)
-    out = torch.empty(A.shape[1], P.shape[1])
-    for sl in _neuron_batches(A.shape[1], 4 * P.shape[1], mem_budget):
-        out[sl] = F.embedding_bag(top_idx[:, sl].T.contiguous(), L, mode="sum")
-    return _pmi_from_conditional(out, lam)
+
+    def block(sl):
+        top_idx = torch.topk(_units(A, sl, dev), k=top_k, dim=0).indices  # (top_k, units)
+        return F.embedding_bag(top_idx.T.contiguous(), L, mode="sum")
+
+    return _Plan(block, float(lam), A.shape[1], P.shape[1], dev)
 
 
-def rank_reorder(P, A, p=3, top_fraction=0.05, scale_p=0.5, seed=0, mem_budget=MEM_BUDGET, threads=None):
+def _rank_reorder_plan(P, A, dev, backend, mem_budget, p=3, top_fraction=0.05, scale_p=0.5, seed=0, threads=None):
+    n_images = A.shape[0]
+    top_n = int(n_images * top_fraction)
+    if top_n < 2:
+        raise ClipevalError(
+            f"rank_reorder needs at least 2 top images: {n_images} images x top_fraction {top_fraction} = {top_n}"
+        )
+    gen = torch.Generator().manual_seed(int(seed))  # on the CPU: the same draws on every device
+    threads = max(1, int(threads or torch.get_num_threads()))
+    if backend == "numpy":
+        shift = max(1, (top_n - 1).bit_length())
+        key_type = np.int32 if (n_images - 1).bit_length() + shift <= 31 else np.int64
+        ranks = _concept_ranks(np.ascontiguousarray(P.numpy()), threads, key_type)
+    else:
+        ranks = _concept_ranks_torch(P)
+
+    def block(sl):
+        n = sl.stop - sl.start
+        target, top_idx = torch.topk(_units(A, sl, dev), k=top_n, dim=0)  # descending, (top_n, units)
+        ascending = torch.flip(target, dims=[0])
+        # Baseline: mean |sorted - shuffled|^p over 5 random permutations, per neuron.
+        perms = torch.stack([torch.randperm(top_n, generator=gen) for _ in range(5 * n)]).view(n, 5, top_n)
+        shuffled = torch.gather(ascending.T.unsqueeze(1).expand(-1, 5, -1), 2, perms.to(dev))
+        baseline = (ascending.T.unsqueeze(1) - shuffled).abs().pow(p).mean(dim=(1, 2))  # (neurons,)
+        if backend == "numpy":
+            err = torch.from_numpy(_reorder_errors(ranks, top_idx, target, p, threads))
+        else:
+            err = _reorder_errors_torch(ranks, top_idx, target, p, mem_budget)
+        err.div_(top_n)  # mean over images
+        avg_clip = F.embedding_bag(top_idx.T.contiguous(), P, mode="mean")
+        return err.div_(baseline.unsqueeze(1)).div_(avg_clip.clamp_min_(1e-6).pow_(scale_p)).neg_()
+
+    return _Plan(block, None, A.shape[1], P.shape[1], dev)
+
+
+def _cos_similarity_cubed_plan(P, A, dev, backend, mem_budget, min_norm=1e-3):
+    Pc = (P - P.mean(0, keepdim=True)) ** 3
+    Pc = Pc / Pc.norm(dim=0, keepdim=True).clamp_min(min_norm)
+
+    def block(sl):
+        a = _units(A, sl, dev)
+        Ac = (a - a.mean(0, keepdim=True)) ** 3
+        Ac = Ac / Ac.norm(dim=0, keepdim=True).clamp_min(min_norm)
+        return Ac.T @ Pc
+
+    return _Plan(block, None, A.shape[1], P.shape[1], dev)
+
+
+def _cos_similarity_plan(P, A, dev, backend, mem_budget):
+    Pn = P / P.norm(dim=0, keepdim=True)
+
+    def block(sl):
+        a = _units(A, sl, dev)
+        return (a / a.norm(dim=0, keepdim=True)).T @ Pn
+
+    return _Plan(block, None, A.shape[1], P.shape[1], dev)
+
+
+def soft_wpmi(
+    P,
+    A,
+    top_k=100,
+    a=10.0,
+    lam=1.0,
+    min_prob=1e-7,
+    p_start=0.998,
+    p_end=0.97,
+    mem_budget=MEM_BUDGET,
+    device=None,
+    backend=None,
+):
+    params = dict(top_k=top_k, a=a, lam=lam, min_prob=min_prob, p_start=p_start, p_end=p_end)
+    return _whole(_prepare("soft_wpmi", P, A, device, backend, params, mem_budget), mem_budget)
+
+
+def wpmi(P, A, top_k=28, a=2.0, lam=0.6, min_prob=1e-7, mem_budget=MEM_BUDGET, device=None, backend=None):
+    params = dict(top_k=top_k, a=a, lam=lam, min_prob=min_prob)
+    return _whole(_prepare("wpmi", P, A, device, backend, params, mem_budget), mem_budget)
+
+
+def rank_reorder(
+    P, A, p=3, top_fraction=0.05, scale_p=0.5, seed=0, mem_budget=MEM_BUDGET, threads=None, device=None, backend=None
+):
     """-error between each neuron's top activations and the same activations re-ordered by a
     concept's CLIP ranking of those images, over a random-permutation baseline and mean CLIP^scale_p.
 
@@ -114,27 +337,9 @@ def rank_reorder(P, A, p=3, top_fraction=0.05, scale_p=0.5, seed=0, mem_budget=M
     ordered per concept by sorting small integer keys (global rank, position) with numpy's
     vectorised integer sort, in cache-sized blocks, on `threads` threads (default: torch's count).
     """
-    P, A = _cpu(P), _cpu(A)
-    top_n = int(A.shape[0] * top_fraction)
-    if top_n < 2:
-        raise ClipevalError(
-            f"rank_reorder needs at least 2 top images: {A.shape[0]} images x top_fraction {top_fraction} = {top_n}"
-        )
-    gen = torch.Generator().manual_seed(int(seed))
-    target, top_idx = torch.topk(A, k=top_n, dim=0)  # descending, (top_n, neurons)
-    ascending = torch.flip(target, dims=[0])
-    n_neurons = A.shape[1]
-    # Baseline: mean |sorted - shuffled|^p over 5 random permutations, per neuron.
-    perms = torch.stack([torch.randperm(top_n, generator=gen) for _ in range(5 * n_neurons)])
-    perms = perms.view(n_neurons, 5, top_n)
-    shuffled = torch.gather(ascending.T.unsqueeze(1).expand(-1, 5, -1), 2, perms)
-    baseline = (ascending.T.unsqueeze(1) - shuffled).abs().pow(p).mean(dim=(1, 2))  # (neurons,)
-
-    err = torch.from_numpy(_reorder_errors(P, top_idx, target, p, threads)).div_(top_n)  # mean over images
-    avg_clip = torch.empty_like(err)
-    for sl in _neuron_batches(n_neurons, 4 * P.shape[1], mem_budget):
-        avg_clip[sl] = F.embedding_bag(top_idx[:, sl].T.contiguous(), P, mode="mean")
-    return -(err / baseline.unsqueeze(1) / avg_clip.clamp_min(1e-6).pow(scale_p))
+    params = dict(p=p, top_fraction=top_fraction, scale_p=scale_p, seed=seed, threads=threads)
+    plan = _prepare("rank_reorder", P, A, device, backend, params, mem_budget)
+    return _whole(plan, mem_budget)
 
 
 def _concept_ranks(P: np.ndarray, threads: int, dtype, block: int = 256) -> np.ndarray:
@@ -162,19 +367,18 @@ def _concept_ranks(P: np.ndarray, threads: int, dtype, block: int = 256) -> np.n
     return ranks
 
 
-def _reorder_errors(P: torch.Tensor, top_idx: torch.Tensor, target: torch.Tensor, p, threads) -> np.ndarray:
+def _reorder_errors(ranks: np.ndarray, top_idx: torch.Tensor, target: torch.Tensor, p, threads: int) -> np.ndarray:
     """err[k, t] = sum_j |target[j, k] - asc[rank_t(j), k]|^p, float32 (neurons, concepts), where
     target[:, k] are neuron k's top activations (descending), asc the same ascending, and rank_t(j) the
     position of its j-th top image when those images are sorted by P[:, t] (the original's
     argsort(argsort(.))). Summed over positions r instead of images j: with order_t = that sort,
     err = sum_r |target[order_t[r]] - asc[r]|^p -- the same terms, so no second argsort is needed.
+    `ranks` are _concept_ranks of P, in the key type that fits (rank, position) keys.
     """
     top_n, n_neurons = top_idx.shape
-    n_images, n_concepts = P.shape
-    threads = max(1, int(threads or torch.get_num_threads()))
+    n_concepts = ranks.shape[0]
     shift = max(1, (top_n - 1).bit_length())
-    key_type = np.int32 if (n_images - 1).bit_length() + shift <= 31 else np.int64
-    ranks = _concept_ranks(np.ascontiguousarray(P.numpy()), threads, key_type)
+    key_type = ranks.dtype.type
     mask = (1 << shift) - 1
     block = max(1, min(n_neurons, REORDER_BLOCK // top_n))  # neurons per block: keys stay in cache
     images = np.ascontiguousarray(top_idx.numpy().T).astype(np.intp)  # (neurons, top_n)
@@ -216,6 +420,34 @@ def _reorder_errors(P: torch.Tensor, top_idx: torch.Tensor, target: torch.Tensor
     return err
 
 
+def _concept_ranks_torch(P: torch.Tensor) -> torch.Tensor:
+    """_concept_ranks in torch on P's device: (concepts, images) int64, equal scores by image index
+    (a stable sort keeps them in index order)."""
+    order = torch.sort(P.T, dim=1, stable=True).indices
+    positions = torch.arange(P.shape[0], device=P.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions)
+
+
+def _reorder_errors_torch(ranks: torch.Tensor, top_idx: torch.Tensor, target: torch.Tensor, p, mem_budget: int):
+    """_reorder_errors in torch on the device of its inputs, a range of concepts at a time: a unit's top
+    images have distinct ranks under a concept, so argsort of the ranks is order_t (no ties)."""
+    top_n, n_units = top_idx.shape
+    n_concepts = ranks.shape[0]
+    tgt = target.T.contiguous()  # (units, top_n), descending
+    asc = tgt.flip(1)
+    images = top_idx.T.reshape(-1)
+    err = torch.empty(n_units, n_concepts, device=target.device)
+    # per (concept, unit, image): an int64 key, its int64 argsort and a float32 term, with sort scratch
+    step = max(1, mem_budget // (4 * 8 * n_units * top_n))
+    for c0 in range(0, n_concepts, step):
+        c1 = min(n_concepts, c0 + step)
+        order = ranks[c0:c1].index_select(1, images).view(c1 - c0, n_units, top_n).argsort(dim=2)
+        terms = torch.gather(tgt.expand(c1 - c0, -1, -1), 2, order).sub_(asc).abs_()
+        terms = terms * terms * terms if float(p) == 3.0 else terms.pow_(p)
+        err[:, c0:c1] = terms.sum(dim=2).T
+    return err
+
+
 def _parallel(work, n: int, threads: int) -> None:
     """work(lo, hi) over `threads` contiguous ranges of range(n) (numpy releases the GIL in its loops)."""
     threads = max(1, min(threads, n))
@@ -228,18 +460,12 @@ def _parallel(work, n: int, threads: int) -> None:
             f.result()
 
 
-def cos_similarity_cubed(P, A, min_norm=1e-3):
-    P, A = P.float(), A.float()
-    Pc = (P - P.mean(0, keepdim=True)) ** 3
-    Ac = (A - A.mean(0, keepdim=True)) ** 3
-    Pc = Pc / Pc.norm(dim=0, keepdim=True).clamp_min(min_norm)
-    Ac = Ac / Ac.norm(dim=0, keepdim=True).clamp_min(min_norm)
-    return Ac.T @ Pc
+def cos_similarity_cubed(P, A, min_norm=1e-3, device=None, backend=None):
+    return _whole(_prepare("cos_similarity_cubed", P, A, device, backend, dict(min_norm=min_norm), None), MEM_BUDGET)
 
 
-def cos_similarity(P, A):
-    P, A = P.float(), A.float()
-    return (A / A.norm(dim=0, keepdim=True)).T @ (P / P.norm(dim=0, keepdim=True))
+def cos_similarity(P, A, device=None, backend=None):
+    return _whole(_prepare("cos_similarity", P, A, device, backend, {}, None), MEM_BUDGET)
 
 
 FUNCTIONS = {
@@ -249,15 +475,17 @@ FUNCTIONS = {
     "cos_similarity_cubed": cos_similarity_cubed,
     "cos_similarity": cos_similarity,
 }
-assert set(FUNCTIONS) == set(SIMILARITY_DEFAULTS)
+PLANS = {
+    "soft_wpmi": _soft_wpmi_plan,
+    "wpmi": _wpmi_plan,
+    "rank_reorder": _rank_reorder_plan,
+    "cos_similarity_cubed": _cos_similarity_cubed_plan,
+    "cos_similarity": _cos_similarity_plan,
+}
+assert set(FUNCTIONS) == set(SIMILARITY_DEFAULTS) == set(PLANS)
 
 
-def compute(fn: str, P: torch.Tensor, A: torch.Tensor, **params) -> torch.Tensor:
+def compute(fn: str, P: torch.Tensor, A: torch.Tensor, device=None, backend=None, mem_budget=None, **params):
     """Scores (neurons x concepts) with the original defaults, overridden by `params`."""
-    if fn not in FUNCTIONS:
-        raise ClipevalError(f"unknown similarity function {fn!r}; choose one of {', '.join(FUNCTIONS)}")
-    if P.shape[0] != A.shape[0]:
-        raise ClipevalError(f"P has {P.shape[0]} images but A has {A.shape[0]}")
-    kwargs = dict(SIMILARITY_DEFAULTS[fn])
-    kwargs.update(params)
-    return FUNCTIONS[fn](P, A, **kwargs)
+    budget = mem_budget or MEM_BUDGET
+    return _whole(_prepare(fn, P, A, device, backend, params, mem_budget), budget)

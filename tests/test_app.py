@@ -554,3 +554,21 @@ def test_the_app_server_skips_streamlits_forced_collection_after_every_run():
 
     config = tomllib.loads((Path(APP).parent / ".streamlit" / "config.toml").read_text())
     assert config["runner"]["postScriptGC"] is False
+
+
+def test_every_page_finds_the_thumbnails_of_the_images_it_shows(app_store):
+    """A run stores thumbnails only for the images its units keep: every one a page shows is there."""
+    store, run_id = app_store
+    fp = store.complete_run(run_id)["probe_fingerprint"]
+    kept = store.neuron_images(run_id, kinds=("top", "level", "low", "random"))
+    assert set(store.thumbnails(fp, range(store.complete_run(run_id)["n_images"]))) == set(kept["image_id"])
+    for page, query in (
+        ("pages/neuron.py", {}),
+        ("pages/neuron.py", {"layer": "classifier", "unit": 207}),
+        ("pages/annotate.py", {"rater": "pytest"}),
+        ("pages/labellers.py", {}),
+    ):
+        at = open_page(page, **query)
+        assert not at.exception, page
+        assert len(at.image), page
+        assert not [c.value for c in at.caption if "no thumbnail stored" in c.value], page

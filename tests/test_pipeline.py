@@ -160,3 +160,36 @@ def test_import_accepts_the_original_format_without_similarity(run_store, tmp_pa
     (tmp_path / "milan.csv").write_text("layer,unit,description\nconv1,0,Black lettering\nconv1,1,Neon green\n")
     rid = import_descriptions(store, tmp_path / "milan.csv", progress=False)
     assert list(store.neurons(rid)["label"]) == ["Black lettering", "Neon green"]
+
+
+def test_a_run_stores_thumbnails_of_exactly_the_images_pages_show(run_store, probe_dir, tmp_path):
+    """A thumbnail of every probe image would be about 5 GB of blobs at 1M images: a run stores those of
+    the images some unit keeps (top, level, low, random), and a later run on the same probe adds the ones
+    it shows that the first did not (decoded from their files: that run's pass made no thumbnails)."""
+    _, _, cache = run_store
+    store = Store(tmp_path / "fresh.duckdb")
+    cfg = small_config(probe_dir, k=1, n_contrast=1)
+    kinds = ("top", "level", "low", "random")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = pipeline.dissect(dataclasses.replace(cfg, layers=("blocks.1",)), store, cache_dir=cache, progress=False)
+    run = store.complete_run(first)
+    every = set(range(run["n_images"]))
+
+    def shown(*runs) -> set[int]:
+        return set(pd.concat([store.neuron_images(r, kinds=kinds) for r in runs])["image_id"].astype(int))
+
+    def stored() -> set[int]:
+        return set(store.thumbnails(run["probe_fingerprint"], every))
+
+    assert shown(first) < every  # some probe images no page shows
+    assert stored() == shown(first)
+    assert len(store.probe_images(run["probe_fingerprint"])) == len(every)  # paths of all, for the evaluators
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        second = pipeline.dissect(
+            dataclasses.replace(cfg, layers=("classifier",)), store, cache_dir=cache, progress=False
+        )
+    assert shown(first, second) > shown(first)
+    assert stored() == shown(first, second)
+    store.close()

@@ -65,7 +65,9 @@ class RunView:
             )
             if e["status"] == "complete":
                 n_concepts = None if pd.isna(e["n_concepts"]) else int(e["n_concepts"])
-                state.table = ScoreTable(store.eval_scores(e["eval_id"]), name, self.neurons, n_concepts)
+                state.table = ScoreTable.from_arrays(
+                    store.eval_score_arrays(e["eval_id"], self.neurons), name, self.neurons, n_concepts
+                )
             self.evaluators[name] = state
         self.labeller = (json_cell(self.run.get("models_json")) or {}).get("image_text") or {}
         self.defaults = judges.defaults(store, {e: s.models for e, s in self.evaluators.items()})

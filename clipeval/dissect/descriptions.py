@@ -138,12 +138,13 @@ def import_descriptions(
         if tgt is not None:
             cache = pipeline.ArrayCache(store.path.parent / "cache")
             kept: dict = {}
+            made: dict = {}
             request = pipeline.LayerRequest(TargetConfig(target, weights), tgt, layer_order, pooling)
             settings = pipeline.PassSettings(
                 placement, engine or LOCAL, batch_size, num_workers, on_bad_image, progress
             )
             acts, _ = pipeline.probe_pass(
-                store, cache, probe_set, request, settings=settings, maps_keep=k, maps_out=kept
+                store, cache, probe_set, request, settings=settings, maps_keep=k, maps_out=kept, thumbs_out=made
             )
             parts = []
             for layer in layer_order:
@@ -163,6 +164,7 @@ def import_descriptions(
             labels["dead"] = labels["dead"].fillna(False).astype(bool)
             keep = images.merge(labels[["layer", "unit"]], on=["layer", "unit"])
             images = keep
+            pipeline.store_thumbnails(store, probe_set, images, made)
             frames = [
                 map_rows(layer, images[(images["layer"] == layer) & (images["kind"] == "top")], kept[layer])
                 for layer in layer_order

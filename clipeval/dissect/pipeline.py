@@ -29,7 +29,7 @@ from clipeval.compute.engine import LOCAL, Engine, ray_session
 from clipeval.compute.progress import bar as progress_bar
 from clipeval.config import DissectConfig, TargetConfig, stable_hash
 from clipeval.datasets.concepts import ConceptSet, load_concepts
-from clipeval.datasets.probe import ProbeSet, load_probe
+from clipeval.datasets.probe import ProbeSet, load_probe, load_rgb, thumbnail_jpeg
 from clipeval.dissect import similarity
 from clipeval.dissect.activations import collect, neuron_summaries
 from clipeval.dissect.maps import MAP_SIDE, MAPS_VERSION, KeptMaps, has_map, map_rows
@@ -250,12 +250,15 @@ def probe_pass(
     settings: PassSettings = PassSettings(),
     maps_keep: int = 0,
     maps_out: dict | None = None,
+    thumbs_out: dict | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Activations of `layers` and (optionally) image embeddings, from the cache where present, else
-    from ONE pass over the probe that also stores the thumbnails if the store lacks them; that pass runs
-    here or on Ray workers (`engine`), and either way fills the same cache entries. With `maps_keep` and
-    a dict `maps_out`, also each unit's activation maps on its `maps_keep` most active images, from the
-    same pass: maps_out[layer] = maps.KeptMaps (layers without a spatial layout are left out).
+    from ONE pass over the probe that also stores the probe's images (without thumbnails) if the store
+    lacks them; that pass runs here or on Ray workers (`engine`), and either way fills the same cache
+    entries. With `maps_keep` and a dict `maps_out`, also each unit's activation maps on its `maps_keep`
+    most active images, from the same pass: maps_out[layer] = maps.KeptMaps (layers without a spatial
+    layout are left out). The thumbnails that pass makes go to `thumbs_out` (probe row -> JPEG) for
+    `store_thumbnails`, which stores only those of the images a page shows.
 
     An image that passed the header check but does not decode is skipped and counted during the pass
     ('skip'; 'fail' stops): it leaves `probe` (its list and `skipped` are updated in place) and is
@@ -350,11 +353,27 @@ def probe_pass(
                         "source": [i.source for i in probe.images],
                         "license": [i.license for i in probe.images],
                         "label": [i.label for i in probe.images],
-                        "thumbnail": got.thumbnails,
+                        "thumbnail": None,
                     }
                 ),
             )
+            if thumbs_out is not None:
+                thumbs_out.update(enumerate(got.thumbnails))
     return acts, emb
+
+
+def store_thumbnails(store: Store, probe: ProbeSet, neuron_images: pd.DataFrame, made: dict[int, bytes]) -> int:
+    """Store the thumbnails of exactly the images some page shows: every image a unit keeps (top, level,
+    low, random: the neuron, annotate and labellers pages, the report, the activation maps over the top
+    images, the evaluators' images). Each one the store lacks comes from the probe pass (`made`) or, when
+    this run made none (the probe's rows came from an earlier run), is decoded from its file. The other
+    probe images get none: a thumbnail of every image would be about 5 GB of blobs at 1M images.
+    Returns how many were added."""
+    shown = np.unique(neuron_images["image_id"].to_numpy()) if len(neuron_images) else np.array([], dtype=np.int64)
+    missing = store.images_without_thumbnail(probe.fingerprint, shown)
+    thumbs = {i: made.get(i) or thumbnail_jpeg(load_rgb(probe.images[i].path), THUMB_SIZE) for i in missing}
+    store.put_thumbnails(probe.fingerprint, thumbs)
+    return len(thumbs)
 
 
 def _known_bad(cache: ArrayCache, fingerprint: str) -> dict[str, str]:
@@ -479,6 +498,7 @@ def _compute(
     c = r.config
     with stages("activations + image embeddings"):
         maps: dict = {}
+        thumbs: dict = {}
         acts, P_img = probe_pass(
             store,
             cache,
@@ -488,6 +508,7 @@ def _compute(
             _image_key(r),
             maps_keep=c.k,
             maps_out=maps,
+            thumbs_out=thumbs,
             settings=PassSettings(r.placement, engine, batch_size, num_workers, c.probe.on_bad_image, progress),
         )
 
@@ -503,6 +524,8 @@ def _compute(
             for layer, p in zip(c.layers, parts)
             if layer in maps
         ]
+        store_thumbnails(store, r.probe, pd.concat([p[0] for p in parts], ignore_index=True), thumbs)
+        del thumbs
     dead = {layer: p[2]["dead"].to_numpy() for layer, p in zip(c.layers, parts)}
 
     labelled = []

@@ -95,38 +95,72 @@ class ScoreTable:
     """One evaluation's raw scores as arrays: top[variant] (neurons x k), inactive[variant] (neurons x m)."""
 
     def __init__(self, scores: pd.DataFrame, evaluator: str, neurons: pd.DataFrame, n_concepts: int | None = None):
-        if evaluator not in RULES:
-            raise ClipevalError(f"unknown evaluator {evaluator!r}")
-        self.evaluator, self.rule, self.n_concepts = evaluator, RULES[evaluator], n_concepts
-        self.neurons = neurons[["layer", "unit"]].reset_index(drop=True)
+        self._start(evaluator, neurons, n_concepts)
         pos = pd.Series(np.arange(len(self.neurons)), index=pd.MultiIndex.from_frame(self.neurons))
-        self.top: dict[str, np.ndarray] = {}
-        self.inactive: dict[str, np.ndarray] = {}
-        self._scores: dict[tuple[str, int], np.ndarray] = {}  # neuron_scores per (variant, k)
-        self.labels: dict[str, np.ndarray] = {}
-        self.top_images: dict[str, np.ndarray] = {}
-        n = len(self.neurons)
         for variant, g in scores.groupby("variant", sort=False):
             rows = pos.reindex(pd.MultiIndex.from_frame(g[["layer", "unit"]])).to_numpy()
             if np.isnan(rows.astype(float)).any():
                 raise ClipevalError(f"{evaluator} scores name neurons the run does not have")
             rows = rows.astype(int)
-            labels = np.full(n, None, dtype=object)
-            labels[rows] = g["label"].to_numpy()
-            self.labels[variant] = labels
             is_top = (g["kind"] == "top").to_numpy()
-            kmax = int(g.loc[is_top, "rank"].max()) if is_top.any() else 0
-            top = np.full((n, kmax), np.nan)
-            images = np.full((n, kmax), -1, dtype=np.int64)
-            top[rows[is_top], g.loc[is_top, "rank"].to_numpy() - 1] = g.loc[is_top, "raw"].to_numpy()
-            images[rows[is_top], g.loc[is_top, "rank"].to_numpy() - 1] = g.loc[is_top, "image_id"].to_numpy()
-            self.top[variant], self.top_images[variant] = top, images
-            if (~is_top).any():
-                inact = g.loc[~is_top]
-                slot = inact.groupby(["layer", "unit"], sort=False).cumcount().to_numpy()
-                arr = np.full((n, int(slot.max()) + 1), np.nan)
-                arr[rows[~is_top], slot] = inact["raw"].to_numpy()
-                self.inactive[variant] = arr
+            slot = np.full(len(g), -1)
+            slot[~is_top] = g.loc[~is_top].groupby(["layer", "unit"], sort=False).cumcount().to_numpy()
+            self._add(
+                variant,
+                rows,
+                g["label"].to_numpy(),
+                {"row": rows, "top": is_top, "slot": slot, **{c: g[c].to_numpy() for c in ("rank", "image_id", "raw")}},
+            )
+
+    @classmethod
+    def from_arrays(
+        cls,
+        arrays: dict[str, dict[str, np.ndarray]],
+        evaluator: str,
+        neurons: pd.DataFrame,
+        n_concepts: int | None = None,
+    ) -> ScoreTable:
+        """The same table from flat arrays per variant (Store.eval_score_arrays: the neuron's row in
+        `neurons`, whether the image is a top one, its rank, image id, raw score and, for the others, its
+        place among the neuron's inactive images; the label per row in 'label_row' / 'label'): a run of
+        100k neurons has 10M scores, which as a frame of strings take minutes and gigabytes to read."""
+        table = cls.__new__(cls)
+        table._start(evaluator, neurons, n_concepts)
+        for variant, a in arrays.items():
+            if (a["row"] < 0).any() or (a["label_row"] < 0).any():
+                raise ClipevalError(f"{evaluator} scores name neurons the run does not have")
+            table._add(variant, a["label_row"], a["label"], a)
+        return table
+
+    def _start(self, evaluator: str, neurons: pd.DataFrame, n_concepts: int | None) -> None:
+        if evaluator not in RULES:
+            raise ClipevalError(f"unknown evaluator {evaluator!r}")
+        self.evaluator, self.rule, self.n_concepts = evaluator, RULES[evaluator], n_concepts
+        self.neurons = neurons[["layer", "unit"]].reset_index(drop=True)
+        self.top: dict[str, np.ndarray] = {}
+        self.inactive: dict[str, np.ndarray] = {}
+        self._scores: dict[tuple[str, int], np.ndarray] = {}  # neuron_scores per (variant, k)
+        self.labels: dict[str, np.ndarray] = {}
+        self.top_images: dict[str, np.ndarray] = {}
+
+    def _add(self, variant: str, label_rows: np.ndarray, labels: np.ndarray, a: dict[str, np.ndarray]) -> None:
+        """One variant's scores: a[...] per score row (row, top, rank, image_id, raw, slot)."""
+        n = len(self.neurons)
+        by_neuron = np.full(n, None, dtype=object)
+        by_neuron[label_rows] = labels
+        self.labels[variant] = by_neuron
+        rows, is_top = a["row"], a["top"].astype(bool)
+        kmax = int(a["rank"][is_top].max()) if is_top.any() else 0
+        top = np.full((n, kmax), np.nan)
+        images = np.full((n, kmax), -1, dtype=np.int64)
+        top[rows[is_top], a["rank"][is_top] - 1] = a["raw"][is_top]
+        images[rows[is_top], a["rank"][is_top] - 1] = a["image_id"][is_top]
+        self.top[variant], self.top_images[variant] = top, images
+        if (~is_top).any():
+            slot = a["slot"][~is_top]
+            arr = np.full((n, int(slot.max()) + 1), np.nan)
+            arr[rows[~is_top], slot] = a["raw"][~is_top]
+            self.inactive[variant] = arr
 
     @property
     def variants(self) -> list[str]:

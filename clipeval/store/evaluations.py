@@ -6,6 +6,7 @@ import json
 import os
 import socket
 
+import numpy as np
 import pandas as pd
 
 from clipeval.store.runs import insert_frame, mark_interrupted, now, require_run
@@ -140,6 +141,58 @@ class EvaluationsMixin:
             sql += " AND layer = ? AND unit = ?"
             params += [layer, int(unit)]
         return self.df(sql + " ORDER BY layer, unit, variant, kind, rank", params)
+
+    def eval_score_arrays(self, eval_id: str, neurons: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
+        """One evaluation's raw scores as numbers, per variant (rules.ScoreTable.from_arrays): 'row' the
+        neuron's row in `neurons` (layer, unit; -1 for a neuron not there), 'top', 'rank', 'image_id',
+        'raw', 'slot' (an inactive image's column: its rank after those of the kinds before its own), and
+        each neuron's label ('label_row', 'label'). A 100k-neuron run has about 10M scores: read as a
+        frame of strings they took minutes and gigabytes, as numbers a few queries."""
+        frame = pd.DataFrame({"layer": neurons["layer"].astype(str), "unit": neurons["unit"].astype("int64")})
+        frame["row"] = np.arange(len(frame))
+        with self.reading() as cur:
+            variants = [
+                r[0]
+                for r in cur.execute(
+                    "SELECT DISTINCT variant FROM eval_scores WHERE eval_id = ? ORDER BY variant", [eval_id]
+                ).fetchall()
+            ]
+            kinds = cur.execute(
+                "SELECT kind, max(rank) FROM eval_scores WHERE eval_id = ? AND kind <> 'top' GROUP BY kind ORDER BY kind",
+                [eval_id],
+            ).fetchall()
+            offset = dict(zip([k for k, _ in kinds], np.cumsum([0] + [int(m) for _, m in kinds])[:-1].tolist()))
+            cur.register("neuron_rows", frame)
+            try:
+                a = cur.execute(
+                    "SELECT list_position(?::TEXT[], s.variant) - 1 AS variant, coalesce(n.row, -1) AS row, "
+                    "s.kind = 'top' AS top, s.rank, s.image_id, s.raw, "
+                    "CASE WHEN s.kind = 'top' THEN -1 ELSE coalesce(map_extract(?::MAP(TEXT, INTEGER), s.kind)[1], 0) "
+                    "+ s.rank - 1 END AS slot "
+                    "FROM eval_scores s LEFT JOIN neuron_rows n USING (layer, unit) WHERE s.eval_id = ?",
+                    [variants, offset, eval_id],
+                ).fetchnumpy()
+                labels = cur.execute(
+                    "SELECT list_position(?::TEXT[], s.variant) - 1 AS variant, coalesce(n.row, -1) AS row, "
+                    "any_value(s.label) AS label FROM eval_scores s LEFT JOIN neuron_rows n USING (layer, unit) "
+                    "WHERE s.eval_id = ? GROUP BY ALL",
+                    [variants, eval_id],
+                ).fetchnumpy()
+            finally:
+                cur.unregister("neuron_rows")
+        cols = {k: np.asarray(v) for k, v in a.items() if k != "raw"}
+        cols["raw"] = np.ma.filled(np.ma.asarray(a["raw"], dtype=float), np.nan)  # NULL: no score
+        label_variant, label_row = np.asarray(labels["variant"]), np.asarray(labels["row"])
+        label = np.array(np.ma.asarray(labels["label"]).tolist(), dtype=object)
+        out = {}
+        for i, variant in enumerate(variants):
+            mine, theirs = cols["variant"] == i, label_variant == i
+            out[variant] = {
+                **{k: v[mine] for k, v in cols.items() if k != "variant"},
+                "label_row": label_row[theirs],
+                "label": label[theirs],
+            }
+        return out
 
     def delete_evaluation(self, eval_id: str) -> None:
         with self.transaction() as cur:

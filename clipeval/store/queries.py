@@ -102,6 +102,12 @@ class QueriesMixin:
             [run_id, layer, int(unit), list(kinds)],
         )
 
+    def top_k(self, run_id: str) -> int:
+        """How many top activating images the run stored per neuron (its largest 'top' rank; 0 if none)."""
+        return int(
+            self.scalar("SELECT coalesce(max(rank), 0) FROM neuron_images WHERE run_id = ? AND kind = 'top'", [run_id])
+        )
+
     def search_neurons(self, run_id: str, text: str, limit: int = 200) -> pd.DataFrame:
         """Neurons whose label, or one of whose runner-up concepts, contains `text` (case-insensitive).
         Best matches first: the whole text (quality 0), a whole word of it (1: "hot dog" for "dog"), the

@@ -232,9 +232,38 @@ class RunsMixin:
             r[0] for r in self.rows("SELECT concept FROM concepts WHERE concept_hash = ? ORDER BY idx", [concept_hash])
         ]
 
+    def images_without_thumbnail(self, probe_fingerprint: str, image_ids) -> list[int]:
+        """Those of `image_ids` whose probe row has no thumbnail yet, in order."""
+        return [
+            int(r[0])
+            for r in self.rows(
+                "SELECT image_id FROM probe_images WHERE probe_fingerprint = ? AND thumbnail IS NULL AND image_id IN "
+                "(SELECT unnest(?::INTEGER[])) ORDER BY image_id",
+                [probe_fingerprint, [int(i) for i in image_ids]],
+            )
+        ]
+
+    def put_thumbnails(self, probe_fingerprint: str, thumbs: dict[int, bytes]) -> None:
+        """Set the thumbnails of probe rows that have none (a concurrent run may have set the same ones)."""
+        if not thumbs:
+            return
+        frame = pd.DataFrame({"image_id": list(thumbs), "thumbnail": list(thumbs.values())})
+        with self.transaction() as cur:
+            cur.register("thumbs", frame)
+            try:
+                cur.execute(
+                    "UPDATE probe_images p SET thumbnail = t.thumbnail FROM thumbs t WHERE p.probe_fingerprint = ? "
+                    "AND p.image_id = t.image_id AND p.thumbnail IS NULL",
+                    [probe_fingerprint],
+                )
+            finally:
+                cur.unregister("thumbs")
+
     def thumbnails(self, probe_fingerprint: str, image_ids) -> dict[int, bytes]:
+        """The stored thumbnails of `image_ids` (a dissection stores only those of images a page shows)."""
         rows = self.rows(
-            "SELECT image_id, thumbnail FROM probe_images WHERE probe_fingerprint = ? AND image_id IN "
+            "SELECT image_id, thumbnail FROM probe_images WHERE probe_fingerprint = ? AND thumbnail IS NOT NULL "
+            "AND image_id IN "
             "(SELECT unnest(?::INTEGER[]))",
             [probe_fingerprint, [int(i) for i in image_ids]],
         )

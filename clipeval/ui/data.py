@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import weakref
 
 import pandas as pd
 import streamlit as st
@@ -26,6 +27,8 @@ from clipeval.analysis.imagenet import imagenet_label_accuracy
 from clipeval.analysis.runview import RunView
 from clipeval.datasets.imagenet import imagenet_synonyms
 from clipeval.errors import ClipevalError
+from clipeval.evaluators import judges
+from clipeval.formats import json_cell
 from clipeval.store import Store
 
 # Imported inside the functions that use them: Pillow and the image decoder, only for pages that show
@@ -158,9 +161,15 @@ def _read(method: str, run_id: str, *args):
 
 
 # ------------------------------------------------------------------------------------ runs
+# the RunViews the pages hold (in _run_view's cache), so that a run's comparison row reuses its view
+_held: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
 @st.cache_resource(max_entries=6, show_spinner="Loading the run's scores ...")
 def _run_view(path: str, run_id: str, data_version: str) -> RunView:
-    return RunView(_open_store(path), run_id)
+    view = RunView(_open_store(path), run_id)
+    _held[(path, run_id, data_version)] = view
+    return view
 
 
 def run_view(run_id: str) -> RunView:
@@ -172,6 +181,20 @@ def run_view(run_id: str) -> RunView:
 
 def latest_evaluations(run_id: str) -> pd.DataFrame:
     return _read("latest_evaluations", run_id)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _defaults(path: str, run_id: str, data_version: str) -> dict:
+    latest = _open_store(path).latest_evaluations(run_id)
+    return judges.defaults(
+        _open_store(path), {e: json_cell(m) for e, m in zip(latest["evaluator"], latest["models_json"])}
+    )
+
+
+def defaults(run_id: str) -> dict:
+    """Each evaluator's default threshold for the run (RunView.defaults), from its evaluations' models
+    alone: the sidebar of every page needs these, and reading them must not load the run's scores."""
+    return _defaults(db_path(), run_id, version(run_id))
 
 
 def layers(run_id: str) -> pd.DataFrame:
@@ -189,8 +212,7 @@ def neurons(run_id: str) -> pd.DataFrame:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _top_k(path: str, run_id: str, data_version: str) -> int:
-    top = _open_store(path).neuron_images(run_id, kinds=("top",), layer=None, unit=None)
-    return int(top["rank"].max()) if len(top) else 0
+    return _open_store(path).top_k(run_id)
 
 
 def top_k(run_id: str) -> int:
@@ -273,10 +295,38 @@ def imagenet_accuracy(run_id: str) -> list[dict]:
     return _imagenet_accuracy(db_path(), run_id, version(run_id))
 
 
+@st.cache_data(max_entries=256, show_spinner=False)
+def _comparison_rows(path: str, run: tuple, data_version: str) -> dict:
+    """One run's rows of the comparison at its own judges' defaults, for every k it can take (None: its
+    largest): {"kmax", "available", "rows": {k: row}}. The run's RunView is the pages' one when they hold
+    it, else built for these rows alone and dropped, so the Runs page keeps a few numbers per run in
+    memory, not every run's scores."""
+    r = dict(run)
+    view = _held.get((path, r["run_id"], data_version)) or RunView(_open_store(path), r["run_id"])
+    ks = [None, *range(1, view.kmax + 1)] if view.available else [None]
+    return {
+        "kmax": view.kmax,
+        "available": bool(view.available),
+        "rows": {k: every_run.comparison_row(view, r, None, k) for k in ks},
+    }
+
+
+def _comparison_key(r: dict) -> tuple:
+    return tuple((c, r[c]) for c in ("run_id", "name", "config_json", "n_neurons"))
+
+
 def runs_comparison(thresholds: dict[str, float] | None, k: int | None = None) -> pd.DataFrame:
-    """every_run.runs_comparison (the paper's Table 2; None: each run at its own judges' defaults), on the
+    """every_run.runs_comparison (the paper's Table 2; None: each run at its own judges' defaults): at the
+    defaults from per-run cached rows (a run's row is computed once per data version), else on the
     cached RunViews."""
-    return every_run.runs_comparison(store(), thresholds, k, view_of=run_view, runs=runs())
+    if thresholds is not None:
+        return every_run.runs_comparison(store(), thresholds, k, view_of=run_view, runs=runs())
+
+    def row_of(r: dict) -> dict:
+        got = _comparison_rows(db_path(), _comparison_key(r), version(r["run_id"]))
+        return got["rows"][min(k, got["kmax"]) if k and got["available"] else None]
+
+    return every_run.runs_comparison(store(), None, k, runs=runs(), row_of=row_of)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -344,9 +394,11 @@ _warm_lock = threading.Lock()
 
 
 def warm_up() -> None:
-    """Once per store and server process, load every complete run's scores and the Runs page's tables in
-    a background thread, so a collaborator's first page is not the one that waits for them (the first
-    visit of Runs loads every run). Pages that ask meanwhile share the same cache entries."""
+    """Once per store and server process, in a background thread, load the scores of the run the pages
+    open on (the newest complete one) and compute the Runs page's small per-run rows, one run at a time,
+    so a collaborator's first page is not the one that waits for them. Only that run's scores stay in
+    memory: another run's are loaded when a page asks for it (lazy, per run), so the server's memory
+    does not grow with the number of runs. Pages that ask meanwhile share the same cache entries."""
     path = db_path()
     with _warm_lock:
         if path in _warm_started:
@@ -357,11 +409,15 @@ def warm_up() -> None:
         try:
             s = _open_store(path)
             runs_ = s.runs()
-            for run_id in runs_[runs_["status"] == "complete"]["run_id"]:
-                v = s.data_version(run_id)
-                _run_view(path, run_id, v)
-                _top_k(path, run_id, v)
-                _imagenet_accuracy(path, run_id, v)
+            complete = runs_[runs_["status"] == "complete"].to_dict("records")
+            for i, r in enumerate(complete):  # newest first, as the sidebar offers them
+                v = s.data_version(r["run_id"])
+                if i == 0:
+                    _run_view(path, r["run_id"], v)
+                    _top_k(path, r["run_id"], v)
+                    _defaults(path, r["run_id"], v)
+                    _imagenet_accuracy(path, r["run_id"], v)
+                _comparison_rows(path, _comparison_key(r), v)
             _timings(path, s.data_version())
             imagenet_synonyms()
         except Exception:  # noqa: BLE001 - warming is an optimisation; the page shows any real error itself

@@ -205,7 +205,7 @@ def sidebar() -> Context:
         st.markdown("**Thresholds** (applied live to the stored raw scores)")
         n_concepts = _n_concepts(ctx.latest)
         # each evaluator starts from its own model's default (the paper's for CLIP, calibrated for a stand-in)
-        defaults = data.run_view(run_id).defaults
+        defaults = data.defaults(run_id)
         for e in EVALUATOR_ORDER:
             rule = RULES[e]
             start = float(defaults[e].value)

@@ -99,6 +99,50 @@ def wpmi(P, A, top_k=28, a=2.0, lam=0.6, min_prob=1e-7, mem_budget=MEM_BUDGET):
     return _pmi_from_conditional(out, lam)
 
 
+def pmi_from_top(fn, top, rows_of, n_concepts, n_images, mem_budget=MEM_BUDGET, **params):
+    """soft_wpmi or wpmi scores (units x concepts) from each unit's top images alone, never from the
+    whole P and A: `top` (units, >= top_k) image ids, most active first (ties: the lower id), and
+    `rows_of(ids)` -> the P rows (image-concept cosines) of those images. The same sums as soft_wpmi /
+    wpmi, term by term in the same order; P rows are made for a block of units at a time (the images
+    some unit of the block keeps), so memory stays within `mem_budget` for any number of images."""
+    if fn not in ("soft_wpmi", "wpmi"):
+        raise ClipevalError(f"{fn} needs every image's activation, not only each unit's top images")
+    kw = {**SIMILARITY_DEFAULTS[fn], **params}
+    top_k = _clamp_top(int(kw.pop("top_k")), n_images, fn)
+    lam = kw.pop("lam")
+    top = np.asarray(top)[:, :top_k]
+    out = torch.empty(len(top), n_concepts)
+    step = max(1, mem_budget // (3 * 4 * top_k * n_concepts))  # P, Q and a buffer per kept image
+    for u0 in range(0, len(top), step):
+        ids, local = np.unique(top[u0 : u0 + step], return_inverse=True)
+        P_rows = _cpu(torch.as_tensor(rows_of(ids)))
+        conditional = _soft_wpmi_conditional if fn == "soft_wpmi" else _wpmi_conditional
+        out[u0 : u0 + step] = conditional(P_rows, local.reshape(-1, top_k), **kw)
+    return _pmi_from_conditional(out, lam)
+
+
+def _soft_wpmi_conditional(P_rows, local, a, min_prob, p_start, p_end):
+    """soft_wpmi's log p(t|k) for the units whose top images are rows `local` (units, top_k) of P_rows."""
+    top_k = local.shape[1]
+    Qn = torch.softmax(a * P_rows, dim=1).numpy()
+    p = p_start - torch.arange(top_k, dtype=torch.float32) / top_k * (p_start - p_end)
+    offset, weight = (1 - p + min_prob).numpy(), p.numpy()
+    acc = np.zeros((len(local), Qn.shape[1]), dtype=np.float32)
+    buf = np.empty_like(acc)
+    idx = local.astype(np.intp)
+    for i in range(top_k):  # rank by rank, as soft_wpmi adds them
+        np.take(Qn, idx[:, i], axis=0, out=buf)
+        buf *= weight[i]
+        buf += offset[i]
+        acc += np.log(buf, out=buf)
+    return torch.from_numpy(acc)
+
+
+def _wpmi_conditional(P_rows, local, a, min_prob):
+    L = torch.softmax(a * P_rows, dim=1).add_(min_prob).log_()
+    return F.embedding_bag(torch.as_tensor(local, dtype=torch.long), L, mode="sum")
+
+
 def rank_reorder(P, A, p=3, top_fraction=0.05, scale_p=0.5, seed=0, mem_budget=MEM_BUDGET, threads=None):
     """-error between each neuron's top activations and the same activations re-ordered by a
     concept's CLIP ranking of those images, over a random-permutation baseline and mean CLIP^scale_p.

@@ -320,7 +320,7 @@ def probe_pass(
     if need_emb:
         entries[EMB + "labelling"] = ("image_embeddings", image_key)
     sinks = {
-        out: _LayerSink(cache.scratch(kind, key), len(probe), stream_keep if out.startswith(ACT) else 0)
+        out: LayerSink(cache.scratch(kind, key), len(probe), stream_keep if out.startswith(ACT) else 0)
         for out, (kind, key) in entries.items()
     }
     if missing or need_emb or need_thumbs:
@@ -422,7 +422,7 @@ class StreamedLayer:
     stream: LayerStream
 
 
-class _LayerSink:
+class LayerSink:
     """Where the probe pass puts a layer's batches: rows of a file (created at the first batch, when the
     number of units is known) and a LayerStream."""
 
@@ -676,7 +676,8 @@ def _compute(
 
 
 TOP_IMAGE_FUNCTIONS = ("soft_wpmi", "wpmi")  # need each unit's top images only
-SCORE_BUDGET = 256 * 2**20  # bytes of P rows (and activations) made at a time for the other functions
+# bytes of P rows (and activations) made at a time: a probe whose kept images' P rows fit makes each row once
+SCORE_BUDGET = 1 * 2**30
 
 
 def stream_keep(fn: str, params: dict, k: int) -> int:
@@ -707,7 +708,7 @@ def layer_scores(
         def rows_of(ids):
             return torch.from_numpy(images.read_at(ids)) @ Tt.T
 
-        return similarity.pmi_from_top(fn, top[live], rows_of, len(T), n_images, **params)
+        return similarity.pmi_from_top(fn, top[live], rows_of, len(T), n_images, mem_budget=budget, **params)
     if fn == "rank_reorder":
         A = torch.from_numpy(np.ascontiguousarray(np.load(layer.path, mmap_mode="r")[:, live]))
         step = max(1, budget // (8 * n_images))

@@ -112,13 +112,28 @@ def pmi_from_top(fn, top, rows_of, n_concepts, n_images, mem_budget=MEM_BUDGET, 
     lam = kw.pop("lam")
     top = np.asarray(top)[:, :top_k]
     out = torch.empty(len(top), n_concepts)
-    step = max(1, mem_budget // (3 * 4 * top_k * n_concepts))  # P, Q and a buffer per kept image
-    for u0 in range(0, len(top), step):
-        ids, local = np.unique(top[u0 : u0 + step], return_inverse=True)
+    max_rows = max(top_k, mem_budget // (2 * 4 * n_concepts))  # P and Q rows; as many units' sums and buffers
+    conditional = _soft_wpmi_conditional if fn == "soft_wpmi" else _wpmi_conditional
+    for u0, u1 in _blocks_of_images(top, max_rows):
+        ids, local = np.unique(top[u0:u1], return_inverse=True)
         P_rows = _cpu(torch.as_tensor(rows_of(ids)))
-        conditional = _soft_wpmi_conditional if fn == "soft_wpmi" else _wpmi_conditional
-        out[u0 : u0 + step] = conditional(P_rows, local.reshape(-1, top_k), **kw)
+        out[u0:u1] = conditional(P_rows, local.reshape(-1, top_k), **kw)
     return _pmi_from_conditional(out, lam)
+
+
+def _blocks_of_images(top: np.ndarray, max_rows: int):
+    """(start, end) ranges of at most max_rows units whose top images together are at most max_rows images:
+    units that share images share their P rows, so a small probe makes each row once."""
+    start, seen = 0, set()
+    for u, row in enumerate(top.tolist()):
+        new = set(row).difference(seen)
+        if u > start and (len(seen) + len(new) > max_rows or u - start >= max_rows):
+            yield start, u
+            start, seen = u, set(row)
+        else:
+            seen |= new
+    if len(top):
+        yield start, len(top)
 
 
 def _soft_wpmi_conditional(P_rows, local, a, min_prob, p_start, p_end):

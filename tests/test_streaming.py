@@ -11,7 +11,7 @@ import torch
 from clipeval.config import SIMILARITY_DEFAULTS
 from clipeval.dissect import similarity
 from clipeval.dissect.activations import LayerStream, RowFile, neuron_summaries, stream_file, stream_summaries
-from clipeval.dissect.pipeline import StreamedLayer, layer_scores, stream_keep
+from clipeval.dissect.pipeline import LayerSink, StreamedLayer, layer_scores, stream_keep
 
 
 def _activations(n=997, units=13, seed=1):
@@ -72,6 +72,20 @@ def test_layer_stream_keeps_the_top_images_in_neuron_summaries_order_and_merges(
     part.add(keep, A[keep])
     part.renumber(keep)
     assert np.array_equal(part.top(40)[0], np.argsort(-A[keep], axis=0, kind="stable")[:40].T)
+
+
+def test_a_sink_leaves_out_the_images_that_did_not_decode(tmp_path):
+    """The probe pass's sink: rows written as batches come (with gaps where images did not decode), then the
+    file and the stream renumbered to the decoded images only, as the whole-matrix pass left them out."""
+    A = _activations(n=200)
+    sink = LayerSink(tmp_path / "a.npy", 200, 30)
+    good = np.setdiff1d(np.arange(200), [3, 64, 150])
+    for i in range(0, 200, 32):
+        rows = good[(good >= i) & (good < i + 32)]
+        sink(rows, A[rows])
+    sink.keep_only(good)
+    assert np.array_equal(np.load(sink.path), A[good])
+    assert np.array_equal(sink.stream.top(30)[0], np.argsort(-A[good], axis=0, kind="stable")[:30].T)
 
 
 def test_random_negatives_come_from_the_same_random_numbers_in_row_blocks(tmp_path):

@@ -281,3 +281,53 @@ def imported_store(tmp_path):
     db = tmp_path / "small.duckdb"
     run_id = import_descriptions(Store(db), csv, progress=False)
     return db, run_id
+
+
+def dissect_whole_matrix(store, probe_dir: Path, cache: Path, monkeypatch) -> str:
+    """The run of small_config recomputed (--force) the way clipeval did before it streamed: every layer's
+    (images x units) activations and P = image embeddings @ text embeddings.T whole in memory, through
+    neuron_summaries and similarity.compute, from the arrays already in `cache`. Returns the run id."""
+    import numpy as np
+    import torch
+
+    from clipeval.dissect import pipeline, similarity
+    from clipeval.dissect.activations import neuron_summaries
+
+    def whole_summaries(layer, path, stream, k, n_contrast, seed, scratch):
+        return neuron_summaries(layer, np.load(path), k, n_contrast, seed)
+
+    def whole_top(fn, params, streamed, live, images, T, n_keep, device=None):
+        P = torch.from_numpy(np.load(images.path)) @ torch.from_numpy(T).T
+        scores = similarity.compute(fn, P, torch.from_numpy(np.load(streamed.path)[:, live]), **params)
+        return similarity.top_concepts(scores, n_keep)
+
+    monkeypatch.setattr(pipeline, "stream_summaries", whole_summaries)
+    monkeypatch.setattr(pipeline, "layer_top_concepts", whole_top)
+    monkeypatch.setattr(pipeline, "collect", None)  # everything comes from the cache: no probe pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_id = pipeline.dissect(small_config(probe_dir), store, cache_dir=cache, progress=False, force=True)
+    monkeypatch.undo()
+    return run_id
+
+
+def assert_same_results(a, run_a: str, b, run_b: str, atol: float) -> None:
+    """Two stores' runs agree: labels, runner-ups, every kind of neuron image, histograms; scores within atol."""
+    import numpy as np
+    import pandas as pd
+
+    def frame(df, key):
+        return df.sort_values(key).reset_index(drop=True)
+
+    na, nb = (frame(s.neurons(r), ["layer", "unit"]) for s, r in ((a, run_a), (b, run_b)))
+    pd.testing.assert_frame_equal(na.drop(columns="similarity"), nb.drop(columns="similarity"))
+    np.testing.assert_allclose(na["similarity"], nb["similarity"], rtol=0, atol=atol)
+    key = ["layer", "unit", "kind", "rank"]
+    kinds = ("top", "low", "random", "level")
+    ia, ib = (frame(s.neuron_images(r, kinds=kinds), key) for s, r in ((a, run_a), (b, run_b)))
+    assert set(ia["kind"]) == set(kinds)
+    pd.testing.assert_frame_equal(ia, ib)
+    sql = "SELECT layer, unit, bin, lo, hi, count FROM histograms WHERE run_id = ?"
+    ha, hb = (frame(s.df(sql, [r]), ["layer", "unit", "bin"]) for s, r in ((a, run_a), (b, run_b)))
+    assert len(ha) == len(na) * 24
+    pd.testing.assert_frame_equal(ha, hb)

@@ -6,7 +6,7 @@ import warnings
 
 import pandas as pd
 import pytest
-from conftest import SMALL_LAYERS, small_config
+from conftest import SMALL_LAYERS, assert_same_results, dissect_whole_matrix, small_config
 
 from clipeval.config import ConceptConfig
 from clipeval.dissect import activations as dissect_mod
@@ -42,6 +42,21 @@ def test_the_built_run_is_complete_and_sensible(built_run):
         s.close()
 
 
+def test_the_streamed_run_equals_the_whole_matrix_computation(built_run, run_store, probe_dir, monkeypatch):
+    """The built run streamed its probe pass (activations to the cache a batch at a time, each unit's top
+    images kept on the way, P rows made only for those) and must store what the whole-matrix computation
+    stores from the same arrays: labels, runner-ups, every kind of neuron image, histograms; similarity
+    within float32 rounding."""
+    db, run_id, _ = built_run
+    store, _, cache = run_store
+    assert dissect_whole_matrix(store, probe_dir, cache, monkeypatch) == run_id
+    built = Store(db, read_only=True)
+    try:
+        assert_same_results(built, run_id, store, run_id, atol=1e-5)
+    finally:
+        built.close()
+
+
 def test_same_settings_reuse_the_run_and_new_settings_reuse_the_caches(run_store, probe_dir, monkeypatch):
     store, run_id, cache = run_store
     cfg = small_config(probe_dir)
@@ -73,7 +88,7 @@ def test_changed_pooling_recomputes_activations(run_store, probe_dir, monkeypatc
 def test_failure_mid_run_is_recorded_and_resume_completes(run_store, probe_dir, monkeypatch):
     store, run_id, cache = run_store
     cfg = dataclasses.replace(small_config(probe_dir), layers=("blocks.4",))
-    monkeypatch.setattr(similarity, "compute", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(similarity, "label_units_from_top", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with warnings.catch_warnings(), pytest.raises(RuntimeError, match="boom"):
         warnings.simplefilter("ignore")
         pipeline.dissect(cfg, store, cache_dir=cache, progress=False)

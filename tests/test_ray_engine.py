@@ -6,6 +6,7 @@ work. One local Ray (2 CPUs, no dashboard) serves the whole module: see conftest
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
-from conftest import small_config
+from conftest import assert_same_results, dissect_whole_matrix, small_config
 
 from clipeval.cli import main
 from clipeval.compute.engine import Engine
@@ -166,6 +167,20 @@ def test_ray_gives_the_local_labels_verdicts_and_cache_entries(ray_run, built_ru
         for name in names:
             a, b = np.load(rcache / kind / name), np.load(lcache / kind / name)
             np.testing.assert_allclose(np.nan_to_num(a, nan=9.0), np.nan_to_num(b, nan=9.0), atol=1e-5, rtol=0)
+
+
+def test_the_ray_run_equals_the_whole_matrix_computation(ray_run, probe_dir, tmp_path, monkeypatch):
+    """The workers' batches were folded into the driver's streams as they came (never stacked): the stored
+    results equal the whole-matrix computation's from the same cached arrays."""
+    db, run_id, cache = ray_run
+    shutil.copy(db, tmp_path / "copy.duckdb")
+    store, ray_store = Store(tmp_path / "copy.duckdb"), Store(db, read_only=True)
+    try:
+        assert dissect_whole_matrix(store, probe_dir, cache, monkeypatch) == run_id
+        assert_same_results(ray_store, run_id, store, run_id, atol=1e-5)
+    finally:
+        store.close()
+        ray_store.close()
 
 
 def test_a_worker_killed_mid_run_is_retried_and_the_answers_stay(ray_cluster, built_run, probe_dir, tmp_path):

@@ -239,10 +239,13 @@ def collect(
     layouts: dict | None = None,
     maps_keep: int = 0,
     on_bad_image: str = "skip",
+    sinks: dict | None = None,
 ):
     """clipeval.dissect.activations on Ray workers: the same Collected, from the same ProbeBatch (each worker
     sends back the activation maps of its own running top images; they are merged here as they come).
-    An image that does not decode is skipped and counted ('skip') or stops the pass ('fail'), as there."""
+    An image that does not decode is skipped and counted ('skip') or stops the pass ('fail'), as there.
+    An output in `sinks` is handed each batch as it arrives and not kept (as there): this process then holds
+    one batch of it at a time, whatever the number of images."""
     from clipeval.compute.batches import ACT, EMB, MAPS
     from clipeval.dissect.activations import Collected, bad_image_error, without_failed
     from clipeval.dissect.maps import KeptMaps
@@ -262,11 +265,17 @@ def collect(
     failed: list[tuple[int, str]] = []
 
     def fold(rows, batch):
-        failed.extend((int(r), str(why)) for r, why in zip(rows, batch.pop("decode_error")) if why)
+        errors = batch.pop("decode_error")
+        failed.extend((int(r), str(why)) for r, why in zip(rows, errors) if why)
         if failed and on_bad_image == "fail":
             raise bad_image_error(images, failed)
         for k in [k for k in batch if k.startswith(MAPS)]:
             maps.setdefault(k[len(MAPS) :], KeptMaps(maps_keep)).add(rows, batch.pop(k))
+        decoded = np.array([not why for why in errors], dtype=bool)  # the others' rows are zeros
+        for key in [key for key in sinks or {} if key in batch]:
+            block = batch.pop(key)
+            if decoded.any():
+                sinks[key](rows[decoded], block[decoded])
 
     out = map_images(
         engine,

@@ -4,7 +4,9 @@ decoded once for the target, the image-text models and the thumbnail) and per-ne
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -50,13 +52,16 @@ def collect(
     layouts: dict[str, str] | None = None,
     on_bad_image: str = "skip",
     maps_keep: int = 0,
+    sinks: dict | None = None,
 ) -> Collected:
     """One pass over `images`: pooled activations of `layers` of `target`, embeddings of every model in
     `image_models` (name -> ImageTextModel), and thumbnails if `thumb_size` is set, every model on
     `placement` (batch size and decoding workers default per device). `layouts` (layer -> layout, see
     pool) defaults to what targets.layer_layouts detects. An image that does not decode is skipped and
     counted ('skip') or stops the pass ('fail'). With `maps_keep`, also the spatial activation maps of
-    each unit's `maps_keep` most active images (clipeval.dissect.maps), from the same forward pass."""
+    each unit's `maps_keep` most active images (clipeval.dissect.maps), from the same forward pass.
+    An output in `sinks` (ACT + layer or EMB + model name -> callable(rows, block)) is handed each batch's
+    rows (ids into `images`) instead of being kept: it is then not in the result."""
 
     n = len(images)
     acts: dict[str, np.ndarray] = {}
@@ -82,6 +87,9 @@ def collect(
             for key, out in work.forward(tensors, rows).items():
                 if key.startswith(MAPS):
                     maps.setdefault(key[len(MAPS) :], KeptMaps(maps_keep)).add(rows, out)
+                    continue
+                if key in (sinks or {}):
+                    sinks[key](rows, out)
                     continue
                 table, name = (acts, key[len(ACT) :]) if key.startswith(ACT) else (embs, key[len(EMB) :])
                 if name not in table:
@@ -127,9 +135,13 @@ def without_failed(images: Sequence[ProbeImage], got: Collected, on_bad_image: s
 def dead_units(A: np.ndarray) -> np.ndarray:
     """Units whose activation is constant over the probe (up to float rounding): no image activates
     them more than another, so they have no top images and nothing to label."""
-    A = np.asarray(A, dtype=np.float64)
-    spread = A.max(0) - A.min(0)
-    return spread <= DEAD_RTOL * np.maximum(1.0, np.abs(A).max(0))
+    return dead_from_range(A.min(0), A.max(0))
+
+
+def dead_from_range(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """dead_units from each unit's minimum and maximum activation (what a LayerStream keeps)."""
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    return hi - lo <= DEAD_RTOL * np.maximum(1.0, np.maximum(np.abs(lo), np.abs(hi)))
 
 
 def neuron_summaries(
@@ -145,9 +157,7 @@ def neuron_summaries(
     it negatives; a unit with fewer candidates than n_contrast keeps fewer, without taking any from
     the other units of the layer."""
     n_images, n_units = A.shape
-    if k > n_images:
-        raise ClipevalError(f"k={k} is more than the {n_images} probe images")
-    dead = dead_units(A)
+    _check_k(k, n_images)
     order = np.argsort(-A, axis=0, kind="stable")  # (images, units), most active first
     sorted_acts = np.take_along_axis(A, order, axis=0)
     n_low = min(n_contrast, max(0, n_images - k))
@@ -160,6 +170,29 @@ def neuron_summaries(
     keys[~candidate] = np.inf
     pos = np.argsort(keys, axis=0, kind="stable")[:n_contrast]  # (<= n_contrast, units) rank positions
     has = np.isfinite(np.take_along_axis(keys, pos, axis=0))
+    return _summaries(layer, A, np.arange(n_units), order, k, n_low, pos, has)
+
+
+def _check_k(k: int, n_images: int) -> None:
+    if k > n_images:
+        raise ClipevalError(f"k={k} is more than the {n_images} probe images")
+
+
+def _summaries(
+    layer: str,
+    A: np.ndarray,
+    units: np.ndarray,
+    order: np.ndarray,
+    k: int,
+    n_low: int,
+    pos: np.ndarray,
+    has: np.ndarray,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """neuron_summaries' frames for the columns of A (every probe image, the layer's units `units`),
+    given each column's order (most active first) and its random negatives' rank positions `pos`
+    (those with `has`)."""
+    n_images = A.shape[0]
+    dead = dead_units(A)
     random_idx = np.take_along_axis(order, pos, axis=0)
     level_pos = sorted({min(n_images - 1, int((1 - q) * n_images)) for q in LEVEL_QUANTILES})
 
@@ -176,7 +209,7 @@ def neuron_summaries(
             pd.DataFrame(
                 {
                     "layer": layer,
-                    "unit": u[mask],
+                    "unit": units[u[mask]],
                     "kind": kind,
                     "rank": r[mask] + 1,
                     "image_id": idx[mask],
@@ -195,12 +228,12 @@ def neuron_summaries(
         else pd.DataFrame(columns=["layer", "unit", "kind", "rank", "image_id", "activation"])
     )
 
-    units = np.arange(n_units)
+    n_units = len(units)
     lo, hi = A.min(0), A.max(0)
     width = np.where(hi > lo, hi - lo, 1.0)
     bins = np.clip(((A - lo) / width * HIST_BINS).astype(int), 0, HIST_BINS - 1)
     counts = np.zeros((HIST_BINS, n_units), dtype=np.int64)
-    np.add.at(counts, (bins, np.broadcast_to(units, A.shape)), 1)
+    np.add.at(counts, (bins, np.broadcast_to(np.arange(n_units), A.shape)), 1)
     b, u = np.meshgrid(np.arange(HIST_BINS), units, indexing="ij")
     edges = lo + width * np.arange(HIST_BINS + 1)[:, None] / HIST_BINS
     hist = pd.DataFrame(
@@ -216,4 +249,227 @@ def neuron_summaries(
     stats = pd.DataFrame(
         {"layer": layer, "unit": units, "dead": dead, "n_negatives": np.where(dead, 0, n_low + has.sum(0)).astype(int)}
     )
+    return images, hist, stats
+
+
+# ------------------------------------------------------------------------------ streaming summaries
+# The probe pass need not hold a layer's (images x units) matrix: its rows go to a .npy file as they come
+# (RowFile) and a LayerStream keeps what the later steps need of them (each unit's top images, its range
+# and sum). What needs every image in rank order (levels, random negatives, histograms) is computed from
+# the file afterwards, a block of units at a time (stream_summaries). The file is read and written with
+# plain reads and writes, not a memory map: a map's resident pages count in the process's memory.
+SUMMARY_BUDGET = 256 * 2**20  # bytes a block of stream_summaries' work may take
+
+
+class RowFile:
+    """A float32 (rows, columns) .npy file written and read in blocks of rows (or of columns, for the
+    transposed scratch copy), never whole in memory."""
+
+    def __init__(self, path, shape: tuple[int, int] | None = None):
+        self.path = Path(path)
+        if shape is not None:
+            with open(self.path, "wb") as f:
+                header = {"descr": "<f4", "fortran_order": False, "shape": tuple(int(s) for s in shape)}
+                np.lib.format.write_array_header_1_0(f, header)
+                self.offset = f.tell()
+                f.truncate(self.offset + 4 * int(shape[0]) * int(shape[1]))
+            self.shape = tuple(int(s) for s in shape)
+        else:
+            with open(self.path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read(f)
+                if fortran or dtype != np.float32 or len(shape) != 2:
+                    raise ClipevalError(f"{self.path} is not a (rows, columns) float32 array")
+                self.offset, self.shape = f.tell(), tuple(shape)
+
+    def write_rows(self, rows: np.ndarray, block: np.ndarray) -> None:
+        """block[i] -> row rows[i]; each run of consecutive rows in one write."""
+        rows = np.asarray(rows, dtype=np.int64)
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        if not len(rows):
+            return
+        cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+        with open(self.path, "r+b") as f:
+            for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(rows)]):
+                f.seek(self.offset + 4 * int(rows[a]) * self.shape[1])
+                f.write(block[a:b].tobytes())
+
+    def write_columns(self, a: int, block: np.ndarray) -> None:
+        """block.T -> columns a.. of every row (the transposed copy: one write per row)."""
+        block = np.ascontiguousarray(np.asarray(block, dtype=np.float32).T)
+        with open(self.path, "r+b") as f:
+            for r in range(self.shape[0]):
+                f.seek(self.offset + 4 * (r * self.shape[1] + a))
+                f.write(block[r].tobytes())
+
+    def read_at(self, ids: np.ndarray) -> np.ndarray:
+        """The rows `ids` (sorted, distinct), one read per run of consecutive ids."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids), self.shape[1]), dtype=np.float32)
+        cuts = np.flatnonzero(np.diff(ids) != 1) + 1
+        with open(self.path, "rb") as f:
+            for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(ids)]):
+                if b > a:
+                    f.seek(self.offset + 4 * int(ids[a]) * self.shape[1])
+                    out[a:b] = np.fromfile(f, dtype=np.float32, count=(b - a) * self.shape[1]).reshape(b - a, -1)
+        return out
+
+    def read_rows(self, a: int, b: int) -> np.ndarray:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + 4 * a * self.shape[1])
+            return np.fromfile(f, dtype=np.float32, count=(b - a) * self.shape[1]).reshape(b - a, self.shape[1])
+
+    def row_blocks(self, budget: int = SUMMARY_BUDGET):
+        step = max(1, budget // max(1, 4 * self.shape[1]))
+        for a in range(0, self.shape[0], step):
+            b = min(self.shape[0], a + step)
+            yield a, self.read_rows(a, b)
+
+
+def _desc_keys(block: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(units, rows) uint64 keys that sort as neuron_summaries orders images: activation descending, then
+    image id ascending (the float's bits made to order like the float; -0.0 counted as 0.0, as a sort does)."""
+    bits = (np.asarray(block, dtype=np.float32).T + np.float32(0)).view(np.int32)
+    ordered = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(np.int64)
+    return ((np.int64(2**31 - 1) - ordered).astype(np.uint64) << np.uint64(32)) | np.asarray(rows, dtype=np.uint64)
+
+
+def _key_values(keys: np.ndarray) -> np.ndarray:
+    ordered = (np.int64(2**31 - 1) - (keys >> np.uint64(32)).astype(np.int64)).astype(np.int32)
+    return (ordered ^ ((ordered >> 31) & 0x7FFFFFFF)).view(np.float32)
+
+
+class LayerStream:
+    """Per unit of one layer, over the images fed so far (a batch of rows at a time, in any order): its
+    `keep` most active images (ties: the lower image id), its minimum, maximum and sum. Two streams over
+    disjoint images merge into the stream over both (what a Ray worker's batch summary is)."""
+
+    def __init__(self, keep: int):
+        self.keep = int(keep)
+        self.keys: np.ndarray | None = None  # (units, <= keep) uint64, see _desc_keys
+        self.lo = self.hi = self.total = None
+        self.n = 0
+
+    def add(self, rows, block: np.ndarray) -> None:
+        block = np.asarray(block, dtype=np.float32)
+        if not len(block):
+            return
+        other = LayerStream(self.keep)
+        other.keys = _desc_keys(block, rows)
+        other.lo, other.hi = block.min(0), block.max(0)
+        other.total, other.n = block.sum(0, dtype=np.float64), len(block)
+        self.merge(other)
+
+    def merge(self, other: "LayerStream") -> None:
+        if other.keys is None:
+            return
+        if self.keys is None:
+            self.keys, self.lo, self.hi, self.total = other.keys, other.lo, other.hi, other.total
+        else:
+            self.keys = np.concatenate([self.keys, other.keys], axis=1)
+            self.lo, self.hi = np.minimum(self.lo, other.lo), np.maximum(self.hi, other.hi)
+            self.total = self.total + other.total
+        self.n += other.n
+        if self.keys.shape[1] > self.keep:
+            self.keys = np.partition(self.keys, self.keep - 1, axis=1)[:, : self.keep]
+
+    @property
+    def n_units(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[0]
+
+    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(units, k) image ids and activations, most active first (k at most `keep` and the images fed)."""
+        keys = np.sort(self.keys, axis=1)[:, :k]
+        return (keys & np.uint64(0xFFFFFFFF)).astype(np.int64), _key_values(keys)
+
+    def dead(self) -> np.ndarray:
+        return dead_from_range(self.lo, self.hi)
+
+    def mean(self) -> np.ndarray:
+        return self.total / max(1, self.n)
+
+    def renumber(self, keep: np.ndarray) -> None:
+        """Image ids counted again among the images `keep` (sorted; the others were never fed)."""
+        ids = np.searchsorted(keep, (self.keys & np.uint64(0xFFFFFFFF)).astype(np.int64)).astype(np.uint64)
+        self.keys = (self.keys & ~np.uint64(0xFFFFFFFF)) | ids
+
+
+def stream_file(path, keep: int, budget: int = SUMMARY_BUDGET) -> LayerStream:
+    """A LayerStream of a layer's rows already on disk (a cached pass), read a block of rows at a time."""
+    stream = LayerStream(keep)
+    for a, block in RowFile(path).row_blocks(budget):
+        stream.add(np.arange(a, a + len(block)), block)
+    return stream
+
+
+def random_positions(
+    n_images: int, first: np.ndarray, end: int, n_contrast: int, seed: int, budget: int = SUMMARY_BUDGET
+) -> tuple[np.ndarray, np.ndarray]:
+    """neuron_summaries' random negatives as rank positions, drawn from the same random numbers a row
+    block at a time: per unit u, the n_contrast positions in [first[u], end) with the smallest keys
+    (rank position p's key is the (p, u) entry of rng.random((n_images, units)), as there)."""
+    n_units = len(first)
+    rng = np.random.default_rng(seed)
+    best_keys = np.empty((0, n_units))
+    best_pos = np.empty((0, n_units), dtype=np.int64)
+    step = max(1, budget // max(1, 24 * n_units))
+    for a in range(0, n_images, step):
+        b = min(n_images, a + step)
+        keys = rng.random((b - a, n_units))  # the same stream as one call for the whole matrix
+        p = np.arange(a, b)[:, None]
+        keys[(p < first[None, :]) | (p >= end)] = np.inf
+        both_keys = np.concatenate([best_keys, keys])
+        both_pos = np.concatenate([best_pos, np.broadcast_to(p, keys.shape)])
+        pick = np.argsort(both_keys, axis=0, kind="stable")[:n_contrast]  # earlier positions first on ties
+        best_keys = np.take_along_axis(both_keys, pick, axis=0)
+        best_pos = np.take_along_axis(both_pos, pick, axis=0)
+    return best_pos, np.isfinite(best_keys)
+
+
+def stream_summaries(
+    layer: str,
+    path,
+    stream: LayerStream,
+    k: int,
+    n_contrast: int,
+    seed: int,
+    scratch: Path,
+    budget: int = SUMMARY_BUDGET,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """neuron_summaries(layer, A, k, n_contrast, seed) with A the rows in `path` (a RowFile) and `stream`
+    fed with them, in memory bounded by `budget` whatever the number of images: one pass over the rows
+    counts each unit's images at least as active as its k-th top image (where its random candidates
+    start) and, when the matrix exceeds the budget, copies it transposed to `scratch`; the random
+    positions come from the same random numbers; then each block of units is ranked as a whole."""
+    rows = RowFile(path)
+    n_images, n_units = rows.shape
+    _check_k(k, n_images)
+    n_low = min(n_contrast, max(0, n_images - k))
+    kth = stream.top(k)[1][:, k - 1]
+    at_least = np.zeros(n_units, dtype=np.int64)
+    whole = 4 * n_images * n_units * 10 <= budget  # A, its order and temporaries: rank it in one block
+    columns = None if whole else RowFile(Path(scratch) / f"transposed-{os.getpid()}.npy", (n_units, n_images))
+    try:
+        for a, block in rows.row_blocks(budget // 2):
+            at_least += (block >= kth).sum(0)
+            if columns is not None:
+                columns.write_columns(a, block)
+        start = max(k, int(np.ceil((1 - INACTIVE_QUANTILE) * n_images)))
+        pos, has = random_positions(n_images, np.maximum(start, at_least), n_images - n_low, n_contrast, seed, budget)
+        parts = []
+        width = n_units if whole else max(1, budget // (40 * n_images))
+        for u0 in range(0, n_units, width):
+            u1 = min(n_units, u0 + width)
+            A = rows.read_rows(0, n_images) if whole else columns.read_rows(u0, u1).T
+            order = np.argsort(-A, axis=0, kind="stable")
+            parts.append(_summaries(layer, A, np.arange(u0, u1), order, k, n_low, pos[:, u0:u1], has[:, u0:u1]))
+    finally:
+        if columns is not None:
+            columns.path.unlink(missing_ok=True)
+    images, hist, stats = (pd.concat(frames, ignore_index=True) for frames in zip(*parts))
+    # neuron_summaries' row order: kind, then rank, then unit (bins: bin, then unit)
+    kind = images["kind"].map({"top": 0, "low": 1, "random": 2, "level": 3})
+    images = images.iloc[np.lexsort((images["unit"], images["rank"], kind))].reset_index(drop=True)
+    hist = hist.iloc[np.lexsort((hist["unit"], hist["bin"]))].reset_index(drop=True)
     return images, hist, stats

@@ -24,14 +24,22 @@ import pandas as pd
 import torch
 
 from clipeval.compute import ray_map
+from clipeval.compute.batches import ACT, EMB
 from clipeval.compute.device import CPU, DTYPES, Placement, resolve_device
 from clipeval.compute.engine import LOCAL, Engine, ray_session
 from clipeval.compute.progress import bar as progress_bar
-from clipeval.config import DissectConfig, TargetConfig, stable_hash
+from clipeval.config import SIMILARITY_DEFAULTS, DissectConfig, TargetConfig, stable_hash
 from clipeval.datasets.concepts import ConceptSet, load_concepts
 from clipeval.datasets.probe import ProbeSet, load_probe, load_rgb, thumbnail_jpeg
 from clipeval.dissect import similarity
-from clipeval.dissect.activations import collect, neuron_summaries
+from clipeval.dissect.activations import (
+    SUMMARY_BUDGET,
+    LayerStream,
+    RowFile,
+    collect,
+    stream_file,
+    stream_summaries,
+)
 from clipeval.dissect.maps import MAP_SIDE, MAPS_VERSION, KeptMaps, has_map, map_rows
 from clipeval.errors import ClipevalError
 from clipeval.models import targets as targets_mod
@@ -57,6 +65,20 @@ class ArrayCache:
     def get(self, kind: str, key: str) -> np.ndarray | None:
         p = self.path(kind, key)
         return np.load(p) if p.exists() else None
+
+    def open(self, kind: str, key: str) -> np.ndarray | None:
+        """The entry as a read-only memory map (nothing read until used)."""
+        p = self.path(kind, key)
+        return np.load(p, mmap_mode="r") if p.exists() else None
+
+    def scratch(self, kind: str, key: str) -> Path:
+        """Where an entry is written before it is committed (renamed into place)."""
+        p = self.path(kind, key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p.with_suffix(f".tmp{os.getpid()}.npy")
+
+    def commit(self, kind: str, key: str, written: Path) -> None:
+        os.replace(written, self.path(kind, key))
 
     def put(self, kind: str, key: str, array: np.ndarray) -> None:
         p = self.path(kind, key)
@@ -251,6 +273,8 @@ def probe_pass(
     maps_keep: int = 0,
     maps_out: dict | None = None,
     thumbs_out: dict | None = None,
+    streams: dict | None = None,
+    stream_keep: int = 0,
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Activations of `layers` and (optionally) image embeddings, from the cache where present, else
     from ONE pass over the probe that also stores the probe's images (without thumbnails) if the store
@@ -264,7 +288,13 @@ def probe_pass(
     ('skip'; 'fail' stops): it leaves `probe` (its list and `skipped` are updated in place) and is
     remembered in the cache beside the arrays, so later runs on the same files leave it out before
     reading the cached arrays. The fingerprint stays: it names the files, and which of them decode
-    is fixed by the files."""
+    is fixed by the files.
+
+    A layer's activations go to its cache entry a batch at a time as the pass makes them, and come back
+    as a read-only memory map of that entry: the pass never holds a layer's (images x units) matrix.
+    With a dict `streams`, streams[layer] = StreamedLayer: the entry's path and a LayerStream of its
+    rows keeping each unit's `stream_keep` most active images, fed during the pass (or read from the
+    cached entry)."""
     target_cfg, target, layers, pooling = request.target_cfg, request.target, request.layers, request.pooling
     placement, engine, progress = settings.placement, settings.engine, settings.progress
     _drop_images(probe, _known_bad(cache, probe.fingerprint))
@@ -273,7 +303,7 @@ def probe_pass(
         layer: layer_key(target_cfg, target, layer, pooling, probe, placement.dtype_name, layouts[layer])
         for layer in layers
     }
-    acts = {layer: _rows_or_none(cache.get("activations", key), len(probe)) for layer, key in keys.items()}
+    acts = {layer: _rows_or_none(cache.open("activations", key), len(probe)) for layer, key in keys.items()}
     want_maps = [layer for layer in layers if maps_keep and maps_out is not None and has_map(layouts[layer])]
     map_keys = {
         layer: stable_hash("activation-maps", MAPS_VERSION, keys[layer], maps_keep, MAP_SIDE) for layer in want_maps
@@ -285,11 +315,20 @@ def probe_pass(
         elif len(index):  # an empty entry: tokens that do not form a square grid, no map
             maps_out[layer] = KeptMaps.from_arrays(maps_keep, index, maps)
     missing = [layer for layer, a in acts.items() if a is None]
-    emb = _rows_or_none(cache.get("image_embeddings", image_key), len(probe)) if image_model is not None else None
+    emb = _rows_or_none(cache.open("image_embeddings", image_key), len(probe)) if image_model is not None else None
     need_emb = image_model is not None and emb is None
     need_thumbs = not store.has_probe(probe.fingerprint)
+    # where each array the pass makes goes, a batch at a time: output key -> (cache kind, key, sink)
+    entries = {ACT + layer: ("activations", keys[layer]) for layer in missing}
+    if need_emb:
+        entries[EMB + "labelling"] = ("image_embeddings", image_key)
+    sinks = {
+        out: LayerSink(cache.scratch(kind, key), len(probe), stream_keep if out.startswith(ACT) else 0)
+        for out, (kind, key) in entries.items()
+    }
     if missing or need_emb or need_thumbs:
         kw = dict(
+            sinks=sinks,
             target=target if missing else None,
             layers=missing,
             pooling=pooling,
@@ -301,28 +340,40 @@ def probe_pass(
             layouts={layer: layouts[layer] for layer in missing},
             maps_keep=maps_keep if any(layer in map_keys for layer in missing) else 0,
         )
-        if engine.is_ray:
-            got = ray_map.collect(
-                engine, probe.images, dtype=placement.dtype_name, on_bad_image=settings.on_bad_image, **kw
-            )
-        else:
-            got = collect(
-                probe.images,
-                num_workers=settings.num_workers,
-                placement=placement,
-                on_bad_image=settings.on_bad_image,
-                **kw,
-            )
+        try:
+            if engine.is_ray:
+                got = ray_map.collect(
+                    engine, probe.images, dtype=placement.dtype_name, on_bad_image=settings.on_bad_image, **kw
+                )
+            else:
+                got = collect(
+                    probe.images,
+                    num_workers=settings.num_workers,
+                    placement=placement,
+                    on_bad_image=settings.on_bad_image,
+                    **kw,
+                )
+        except BaseException:
+            for sink in sinks.values():
+                sink.path.unlink(missing_ok=True)
+            raise
         if got.failed:
             n_before = len(probe)
             bad = {probe.images[i].path: why for i, why in got.failed}
             _remember_bad(cache, probe.fingerprint, bad)
             keep = np.array([i for i in range(n_before) if probe.images[i].path not in bad])
-            acts = {layer: a[keep] if a is not None else None for layer, a in acts.items()}
+            # entries cached for images of which some do not decode now lose them
+            cached = [("activations", keys[layer]) for layer, a in acts.items() if a is not None]
+            for kind, key in cached + ([("image_embeddings", image_key)] if emb is not None else []):
+                written = cache.scratch(kind, key)
+                _keep_rows(RowFile(cache.path(kind, key)), written, keep)
+                cache.commit(kind, key, written)
+            acts = {layer: a if a is None else cache.open("activations", keys[layer]) for layer, a in acts.items()}
+            emb = emb if emb is None else cache.open("image_embeddings", image_key)
+            for sink in sinks.values():
+                sink.keep_only(keep)
             for kept in list(maps_out.values()) if maps_out is not None else []:
                 kept.renumber(keep)  # maps read from the cache count the images before these were left out
-            if emb is not None:
-                emb = emb[keep]
             _drop_images(probe, bad)
             warnings.warn(
                 f"skipped {len(bad)} probe image(s) that did not decode: "
@@ -330,9 +381,10 @@ def probe_pass(
                 + (" ..." if len(bad) > 5 else ""),
                 stacklevel=2,
             )
+        for out, (kind, key) in entries.items():
+            cache.commit(kind, key, sinks[out].path)
         for layer in missing:
-            cache.put("activations", keys[layer], got.activations[layer])
-            acts[layer] = got.activations[layer]
+            acts[layer] = cache.open("activations", keys[layer])
             if layer in map_keys:
                 kept = got.maps.get(layer) or KeptMaps(maps_keep)
                 index, maps = kept.arrays()
@@ -341,8 +393,7 @@ def probe_pass(
                 if len(index):
                     maps_out[layer] = kept
         if need_emb:
-            emb = got.embeddings["labelling"]
-            cache.put("image_embeddings", image_key, emb)
+            emb = cache.open("image_embeddings", image_key)
         if need_thumbs:
             store.put_probe(
                 probe.fingerprint,
@@ -359,6 +410,11 @@ def probe_pass(
             )
             if thumbs_out is not None:
                 thumbs_out.update(enumerate(got.thumbnails))
+    if streams is not None:
+        for layer in layers:
+            path = cache.path("activations", keys[layer])
+            stream = sinks[ACT + layer].stream if layer in missing else stream_file(path, stream_keep)
+            streams[layer] = StreamedLayer(path, stream)
     return acts, emb
 
 
@@ -374,6 +430,50 @@ def store_thumbnails(store: Store, probe: ProbeSet, neuron_images: pd.DataFrame,
     thumbs = {i: made.get(i) or thumbnail_jpeg(load_rgb(probe.images[i].path), THUMB_SIZE) for i in missing}
     store.put_thumbnails(probe.fingerprint, thumbs)
     return len(thumbs)
+
+
+@dataclass
+class StreamedLayer:
+    """A layer's activations as the probe pass left them: its cache entry and a LayerStream of its rows
+    (each unit's top images at least as many as the pass was asked to keep)."""
+
+    path: Path
+    stream: LayerStream
+
+
+class LayerSink:
+    """Where the probe pass puts a layer's batches: rows of a file (created at the first batch, when the
+    number of units is known) and a LayerStream."""
+
+    def __init__(self, path: Path, n_rows: int, keep: int):
+        self.path, self.n_rows, self.file = path, n_rows, None
+        self.stream = LayerStream(keep) if keep else None  # None: rows only (image embeddings)
+
+    def __call__(self, rows, block) -> None:
+        if self.file is None:
+            self.file = RowFile(self.path, (self.n_rows, block.shape[1]))
+        self.file.write_rows(rows, block)
+        if self.stream is not None:
+            self.stream.add(rows, block)
+
+    def keep_only(self, keep: np.ndarray) -> None:
+        """The images `keep` only (the others did not decode, and were never fed), counted again."""
+        written = self.path.with_name("kept-" + self.path.name)
+        _keep_rows(self.file, written, keep)
+        os.replace(written, self.path)
+        self.file = RowFile(self.path)
+        if self.stream is not None:
+            self.stream.renumber(keep)
+
+
+def _keep_rows(source: RowFile, path: Path, keep: np.ndarray, budget: int = SUMMARY_BUDGET) -> None:
+    """The rows `keep` (sorted) of `source` into a new file at `path`, a block of rows at a time."""
+    out = RowFile(path, (len(keep), source.shape[1]))
+    done = 0
+    for a, block in source.row_blocks(budget):
+        mine = keep[(keep >= a) & (keep < a + len(block))]
+        out.write_rows(np.arange(done, done + len(mine)), block[mine - a])
+        done += len(mine)
 
 
 def _known_bad(cache: ArrayCache, fingerprint: str) -> dict[str, str]:
@@ -496,10 +596,12 @@ def _compute(
     engine: Engine = LOCAL,
 ) -> dict:
     c = r.config
+    fn, params = c.similarity.fn, c.similarity.kwargs()
     with stages("activations + image embeddings"):
         maps: dict = {}
         thumbs: dict = {}
-        acts, P_img = probe_pass(
+        streamed: dict[str, StreamedLayer] = {}
+        _, embeddings = probe_pass(
             store,
             cache,
             r.probe,
@@ -510,15 +612,23 @@ def _compute(
             maps_out=maps,
             thumbs_out=thumbs,
             settings=PassSettings(r.placement, engine, batch_size, num_workers, c.probe.on_bad_image, progress),
+            streams=streamed,
+            stream_keep=stream_keep(fn, params, c.k),
         )
 
     with stages("text embeddings"):
         T = encode_texts_cached(r.image_text, r.concepts.concepts, cache, progress)
         store.put_concepts(r.concepts.content_hash, r.concepts.name, r.concepts.concepts)
 
-    P = torch.from_numpy(P_img) @ torch.from_numpy(T).T  # (images, concepts) cosines
+    images = RowFile(embeddings.filename)  # read a block of rows at a time, not mapped whole
+    del embeddings
     with stages("top-k + summaries"):
-        parts = [neuron_summaries(layer, acts[layer], c.k, c.n_contrast, c.seed) for layer in c.layers]
+        scratch = cache.folder / "scratch"
+        scratch.mkdir(parents=True, exist_ok=True)
+        parts = [
+            stream_summaries(layer, streamed[layer].path, streamed[layer].stream, c.k, c.n_contrast, c.seed, scratch)
+            for layer in c.layers
+        ]
         map_frames = [
             map_rows(layer, p[0][p[0]["kind"] == "top"], maps[layer])
             for layer, p in zip(c.layers, parts)
@@ -540,18 +650,9 @@ def _compute(
                     "have a constant activation over the probe (dead); they are stored without a label",
                     stacklevel=2,
                 )
-            # each unit's best concepts, a block of units at a time (never the whole score matrix), on
-            # the device the models ran on
+            # each unit's best concepts, a block of units at a time (never the whole score matrix)
             top = (
-                similarity.label_units(
-                    c.similarity.fn,
-                    P,
-                    # (a copy of the live columns only where some unit is dead)
-                    torch.from_numpy(acts[layer][:, live] if dead[layer].any() else acts[layer]),
-                    c.n_runner_ups,
-                    device=r.placement.device,
-                    **c.similarity.kwargs(),
-                )
+                layer_top_concepts(fn, params, streamed[layer], live, images, T, c.n_runner_ups, r.placement.device)
                 if len(live)
                 else None
             )
@@ -567,7 +668,7 @@ def _compute(
             "layer": list(c.layers),
             "position": range(len(c.layers)),
             "shape": [str(tuple(r.layer_shapes[l])) for l in c.layers],
-            "n_units": [acts[l].shape[1] for l in c.layers],
+            "n_units": [streamed[l].stream.n_units for l in c.layers],
         }
     )
     return dict(
@@ -598,6 +699,105 @@ def _compute(
             "peak_rss_mb": peak_rss_mb(),
         },
     )
+
+
+# bytes of P rows (and activations) made at a time: a probe whose kept images' P rows fit makes each row once
+SCORE_BUDGET = 1 * 2**30
+
+
+def stream_keep(fn: str, params: dict, k: int) -> int:
+    """How many top images per unit the probe pass keeps: the similarity's top_k, and the summaries' k."""
+    top_k = {**SIMILARITY_DEFAULTS[fn], **params}.get("top_k", 0) if fn in similarity.TOP_IMAGE_FUNCTIONS else 0
+    return max(int(k), int(top_k))
+
+
+def layer_top_concepts(
+    fn: str,
+    params: dict,
+    layer: StreamedLayer,
+    live: np.ndarray,
+    images: RowFile,
+    T: np.ndarray,
+    n_keep: int,
+    device=None,
+    budget: int = SCORE_BUDGET,
+) -> similarity.TopConcepts:
+    """Each live unit's n_keep best concepts: for soft_wpmi / wpmi a block of units at a time from their top
+    images (never the whole score matrix; on `device`), for the others from layer_scores."""
+    if fn in similarity.TOP_IMAGE_FUNCTIONS:
+        Tt = torch.from_numpy(T)
+        top, _ = layer.stream.top(layer.stream.keep)
+
+        def rows_of(ids):
+            return torch.from_numpy(images.read_at(ids)) @ Tt.T
+
+        return similarity.label_units_from_top(
+            fn, top[live], rows_of, len(T), layer.stream.n, n_keep, mem_budget=budget, device=device, **params
+        )
+    return similarity.top_concepts(layer_scores(fn, params, layer, live, images, T, budget), n_keep)
+
+
+def layer_scores(
+    fn: str,
+    params: dict,
+    layer: StreamedLayer,
+    live: np.ndarray,
+    images: RowFile,
+    T: np.ndarray,
+    budget: int = SCORE_BUDGET,
+) -> torch.Tensor:
+    """similarity.compute(fn, P, A[:, live]) with P = image embeddings (`images`, a row per probe image) @
+    text embeddings T.T (images x concepts) never made whole:
+    soft_wpmi / wpmi get the P rows of the images some unit keeps among its top images; the cosine
+    functions sum over blocks of image rows (P rows made per block, activations read per block from the
+    layer's cache entry); rank_reorder, which ranks every image per concept, runs per block of concepts."""
+    Tt = torch.from_numpy(T)
+    n_images = layer.stream.n
+    if fn in similarity.TOP_IMAGE_FUNCTIONS:
+        top, _ = layer.stream.top(layer.stream.keep)
+
+        def rows_of(ids):
+            return torch.from_numpy(images.read_at(ids)) @ Tt.T
+
+        return similarity.pmi_from_top(fn, top[live], rows_of, len(T), n_images, mem_budget=budget, **params)
+    if fn == "rank_reorder":
+        A = torch.from_numpy(np.ascontiguousarray(np.load(layer.path, mmap_mode="r")[:, live]))
+        step = max(1, budget // (8 * n_images))
+        Pi = torch.from_numpy(np.load(images.path))
+        return torch.cat(
+            [similarity.compute(fn, Pi @ Tt[c0 : c0 + step].T, A, **params) for c0 in range(0, len(T), step)], dim=1
+        )
+    return _cosine_scores(fn, params, layer, live, images, Tt, budget)
+
+
+def _cosine_scores(fn, params, layer, live, images, Tt, budget) -> torch.Tensor:
+    """cos_similarity / cos_similarity_cubed (clipeval.dissect.similarity) as sums over blocks of image rows."""
+    if fn not in ("cos_similarity", "cos_similarity_cubed"):
+        raise ClipevalError(f"unknown similarity function {fn!r}")
+    cubed = fn == "cos_similarity_cubed"
+    kw = {**SIMILARITY_DEFAULTS[fn], **params}
+    rows = RowFile(layer.path)
+    n_concepts = Tt.shape[0]
+    if cubed:  # centred on the means over all images: P's is the mean image embedding's cosines
+        total = sum(block.sum(0, dtype=np.float64) for _, block in images.row_blocks(budget))
+        mean_P = torch.from_numpy((total / images.shape[0]).astype(np.float32)) @ Tt.T
+        mean_A = torch.from_numpy(layer.stream.mean()[live].astype(np.float32))
+    cross = torch.zeros(len(live), n_concepts, dtype=torch.float64)
+    sq_A = torch.zeros(len(live), dtype=torch.float64)
+    sq_P = torch.zeros(n_concepts, dtype=torch.float64)
+    step = max(1, budget // (4 * 3 * (n_concepts + rows.shape[1])))
+    for a in range(0, rows.shape[0], step):
+        A = torch.from_numpy(np.ascontiguousarray(rows.read_rows(a, min(rows.shape[0], a + step))[:, live]))
+        P = torch.from_numpy(images.read_rows(a, min(rows.shape[0], a + step))) @ Tt.T
+        if cubed:
+            A, P = (A - mean_A) ** 3, (P - mean_P) ** 3
+        cross += (A.T @ P).double()
+        sq_A += (A.double() ** 2).sum(0)
+        sq_P += (P.double() ** 2).sum(0)
+    norm_A, norm_P = sq_A.sqrt(), sq_P.sqrt()
+    if cubed:
+        norm_A, norm_P = norm_A.clamp_min(kw["min_norm"]), norm_P.clamp_min(kw["min_norm"])
+    return (cross / norm_A[:, None] / norm_P[None, :]).float()
 
 
 def label_from_scores(

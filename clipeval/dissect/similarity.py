@@ -37,6 +37,7 @@ DEVICE_BUDGET = 2 * 2**30  # a GPU's working set per block: larger blocks, fewer
 CACHE_BYTES = 1 * 2**20  # soft_wpmi's working block: stays in a core's L2 cache
 REORDER_BLOCK = 2**16  # rank_reorder: (neuron, top image) keys sorted per concept and block
 BACKENDS = ("numpy", "torch")
+TOP_IMAGE_FUNCTIONS = ("soft_wpmi", "wpmi")  # need each unit's top images only
 
 
 class TopConcepts(NamedTuple):
@@ -136,7 +137,11 @@ def label_units(
     plan = _prepare(fn, P, A, device, backend, params, mem_budget)
     budget = mem_budget or (MEM_BUDGET if plan.device.type == "cpu" else DEVICE_BUDGET)
     # a block's scores plus the kernels' temporaries of the same size (soft_wpmi's rows, rank_reorder's mean)
-    slices = list(_unit_blocks(plan.n_units, 2 * 4 * plan.n_concepts, budget))
+    return _label(plan, list(_unit_blocks(plan.n_units, 2 * 4 * plan.n_concepts, budget)), n_keep)
+
+
+def _label(plan: _Plan, slices: list[slice], n_keep: int) -> TopConcepts:
+    """Each unit's n_keep best concepts, scoring and reducing one block of units (`slices`) at a time."""
     parts: list = [None] * len(slices)
     todo = range(len(slices))
     if plan.lam is not None:
@@ -340,6 +345,86 @@ def rank_reorder(
     params = dict(p=p, top_fraction=top_fraction, scale_p=scale_p, seed=seed, threads=threads)
     plan = _prepare("rank_reorder", P, A, device, backend, params, mem_budget)
     return _whole(plan, mem_budget)
+
+
+def _top_image_plan(fn, top, rows_of, n_concepts, n_images, mem_budget, device, params) -> tuple[_Plan, list[slice]]:
+    """soft_wpmi / wpmi from each unit's top images alone (never the whole P and A): `top` (units, >= top_k)
+    image ids, most active first (ties: the lower id), and `rows_of(ids)` -> the P rows (image-concept
+    cosines) of those images. The same sums as soft_wpmi / wpmi, term by term in the same order; P rows
+    are made for a block of units at a time (the images some unit of the block keeps), so memory stays
+    within `mem_budget` for any number of images. Returns the plan and its blocks of units."""
+    if fn not in TOP_IMAGE_FUNCTIONS:
+        raise ClipevalError(f"{fn} needs every image's activation, not only each unit's top images")
+    kw = {**SIMILARITY_DEFAULTS[fn], **params}
+    top_k = _clamp_top(int(kw.pop("top_k")), n_images, fn)
+    lam = kw.pop("lam")
+    top = np.asarray(top)[:, :top_k]
+    dev = torch.device(device or "cpu")
+    max_rows = max(top_k, mem_budget // (2 * 4 * n_concepts))  # P and Q rows; as many units' sums and buffers
+    conditional = _soft_wpmi_conditional if fn == "soft_wpmi" else _wpmi_conditional
+
+    def block(sl):
+        ids, local = np.unique(top[sl], return_inverse=True)
+        P_rows = torch.as_tensor(rows_of(ids)).to(dev, torch.float32)
+        return conditional(P_rows, local.reshape(-1, top_k), **kw)
+
+    slices = [slice(u0, u1) for u0, u1 in _blocks_of_images(top, max_rows)]
+    return _Plan(block, float(lam), len(top), n_concepts, dev), slices
+
+
+def pmi_from_top(fn, top, rows_of, n_concepts, n_images, mem_budget=MEM_BUDGET, device=None, **params):
+    """The whole score matrix (units x concepts) of _top_image_plan: compute(fn, P, A) from top images."""
+    plan, slices = _top_image_plan(fn, top, rows_of, n_concepts, n_images, mem_budget, device, params)
+    return _pmi_from_conditional(torch.cat([plan.block(sl) for sl in slices]), plan.lam)
+
+
+def label_units_from_top(
+    fn, top, rows_of, n_concepts, n_images, n_keep, mem_budget=MEM_BUDGET, device=None, **params
+) -> TopConcepts:
+    """label_units from each unit's top images alone (_top_image_plan): the streaming dissection's path."""
+    plan, slices = _top_image_plan(fn, top, rows_of, n_concepts, n_images, mem_budget, device, params)
+    return _label(plan, slices, n_keep)
+
+
+def _blocks_of_images(top: np.ndarray, max_rows: int):
+    """(start, end) ranges of at most max_rows units whose top images together are at most max_rows images:
+    units that share images share their P rows, so a small probe makes each row once."""
+    start, seen = 0, set()
+    for u, row in enumerate(top.tolist()):
+        new = set(row).difference(seen)
+        if u > start and (len(seen) + len(new) > max_rows or u - start >= max_rows):
+            yield start, u
+            start, seen = u, set(row)
+        else:
+            seen |= new
+    if len(top):
+        yield start, len(top)
+
+
+def _soft_wpmi_conditional(P_rows, local, a, min_prob, p_start, p_end):
+    """soft_wpmi's log p(t|k) for the units whose top images are rows `local` (units, top_k) of P_rows."""
+    top_k = local.shape[1]
+    p = p_start - torch.arange(top_k, dtype=torch.float32) / top_k * (p_start - p_end)
+    if P_rows.device.type != "cpu":  # a GPU: the torch kernel, rank by rank as well
+        Q = torch.softmax(a * P_rows, dim=1)
+        idx = torch.as_tensor(local.T.copy(), dtype=torch.long, device=P_rows.device)
+        return _soft_wpmi_torch(Q, idx, (1 - p + min_prob).tolist(), p.tolist())
+    Qn = torch.softmax(a * P_rows, dim=1).numpy()
+    offset, weight = (1 - p + min_prob).numpy(), p.numpy()
+    acc = np.zeros((len(local), Qn.shape[1]), dtype=np.float32)
+    buf = np.empty_like(acc)
+    idx = local.astype(np.intp)
+    for i in range(top_k):  # rank by rank, as soft_wpmi adds them
+        np.take(Qn, idx[:, i], axis=0, out=buf)
+        buf *= weight[i]
+        buf += offset[i]
+        acc += np.log(buf, out=buf)
+    return torch.from_numpy(acc)
+
+
+def _wpmi_conditional(P_rows, local, a, min_prob):
+    L = torch.softmax(a * P_rows, dim=1).add_(min_prob).log_()
+    return F.embedding_bag(torch.as_tensor(local, dtype=torch.long, device=L.device), L, mode="sum")
 
 
 def _concept_ranks(P: np.ndarray, threads: int, dtype, block: int = 256) -> np.ndarray:

@@ -1,0 +1,127 @@
+"""Streaming aggregation: a layer's activations written to disk a batch at a time and summarised on the way
+(LayerStream), the summaries finished from the file in bounded memory (stream_summaries), and the similarity
+from each unit's top images or from row blocks (pipeline.layer_scores) give what the whole-matrix functions
+give (activations.neuron_summaries, similarity.compute)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clipeval.config import SIMILARITY_DEFAULTS
+from clipeval.dissect import similarity
+from clipeval.dissect.activations import LayerStream, RowFile, neuron_summaries, stream_file, stream_summaries
+from clipeval.dissect.pipeline import LayerSink, StreamedLayer, layer_scores, stream_keep
+
+
+def _activations(n=997, units=13, seed=1):
+    """Normal activations with the awkward cases: ReLU zeros (ties at the bottom), rounded values (ties in
+    the top), a dead unit, and -0.0 beside 0.0."""
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(n, units)).astype(np.float32)
+    A[:, 3] = np.maximum(A[:, 3], 0)
+    A[:, 4] = 0.5
+    A[:, 5] = np.round(A[:, 5])
+    A[: n // 2, 6] = -0.0
+    A[n // 2 :, 6] = np.abs(A[n // 2 :, 6])
+    return A
+
+
+def _stream_to_file(A, path, keep, batch=64, seed=0):
+    """What the probe pass does: batches in a shuffled order (as Ray workers deliver them) into a file
+    and a LayerStream."""
+    rows_file, stream = RowFile(path, A.shape), LayerStream(keep)
+    perm = np.random.default_rng(seed).permutation(len(A))
+    for i in range(0, len(A), batch):
+        rows = np.sort(perm[i : i + batch])
+        rows_file.write_rows(rows, A[rows])
+        stream.add(rows, A[rows])
+    return stream
+
+
+@pytest.mark.parametrize("budget", [10**9, 20_000, 3_000])  # one block; transposed copy and many unit blocks
+def test_stream_summaries_equal_neuron_summaries(tmp_path, budget):
+    A = _activations()
+    stream = _stream_to_file(A, tmp_path / "a.npy", keep=40)
+    assert np.array_equal(np.load(tmp_path / "a.npy"), A)  # the cache entry is an ordinary .npy
+    want = neuron_summaries("l", A, 5, 10, 3)
+    got = stream_summaries("l", tmp_path / "a.npy", stream, 5, 10, 3, tmp_path, budget)
+    for w, g in zip(want, got):
+        pd.testing.assert_frame_equal(w.reset_index(drop=True), g, check_dtype=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.npy"]  # the transposed scratch copy is gone
+
+
+def test_layer_stream_keeps_the_top_images_in_neuron_summaries_order_and_merges(tmp_path):
+    A = _activations()
+    stream = _stream_to_file(A, tmp_path / "a.npy", keep=40)
+    order = np.argsort(-A, axis=0, kind="stable")[:40].T  # ties: the lower image id first
+    ids, values = stream.top(40)
+    assert np.array_equal(ids, order) and np.array_equal(values, np.take_along_axis(A.T, order, 1) + 0)
+    assert np.array_equal(stream.dead(), np.arange(13) == 4)
+    np.testing.assert_allclose(stream.mean(), A.mean(0), rtol=1e-6, atol=1e-7)
+    # two streams over disjoint halves merge into the stream over all (a Ray batch summary is one)
+    a, b = LayerStream(40), LayerStream(40)
+    a.add(np.arange(0, 500), A[:500])
+    b.add(np.arange(500, len(A)), A[500:])
+    a.merge(b)
+    assert np.array_equal(a.top(40)[0], ids) and a.n == len(A)
+    assert np.array_equal(stream_file(tmp_path / "a.npy", 40, budget=4096).top(40)[0], ids)
+    # images left out (did not decode): the others' ids count again among those kept
+    keep = np.setdiff1d(np.arange(len(A)), [0, 7, 500])
+    part = LayerStream(40)
+    part.add(keep, A[keep])
+    part.renumber(keep)
+    assert np.array_equal(part.top(40)[0], np.argsort(-A[keep], axis=0, kind="stable")[:40].T)
+
+
+def test_a_sink_leaves_out_the_images_that_did_not_decode(tmp_path):
+    """The probe pass's sink: rows written as batches come (with gaps where images did not decode), then the
+    file and the stream renumbered to the decoded images only, as the whole-matrix pass left them out."""
+    A = _activations(n=200)
+    sink = LayerSink(tmp_path / "a.npy", 200, 30)
+    good = np.setdiff1d(np.arange(200), [3, 64, 150])
+    for i in range(0, 200, 32):
+        rows = good[(good >= i) & (good < i + 32)]
+        sink(rows, A[rows])
+    sink.keep_only(good)
+    assert np.array_equal(np.load(sink.path), A[good])
+    assert np.array_equal(sink.stream.top(30)[0], np.argsort(-A[good], axis=0, kind="stable")[:30].T)
+
+
+def test_random_negatives_come_from_the_same_random_numbers_in_row_blocks(tmp_path):
+    """With many ties at the k-th activation (a unit at 0 on most images), candidates start after them."""
+    rng = np.random.default_rng(5)
+    A = np.where(rng.random((400, 6)) < 0.97, 0.0, rng.random((400, 6))).astype(np.float32)
+    stream = _stream_to_file(A, tmp_path / "a.npy", keep=5)
+    want = neuron_summaries("l", A, 5, 20, 11)
+    got = stream_summaries("l", tmp_path / "a.npy", stream, 5, 20, 11, tmp_path, budget=2_000)
+    for w, g in zip(want, got):
+        pd.testing.assert_frame_equal(w.reset_index(drop=True), g, check_dtype=False)
+
+
+@pytest.mark.parametrize("fn", list(SIMILARITY_DEFAULTS))
+def test_layer_scores_equal_the_whole_matrix_similarity(tmp_path, fn):
+    """P = image embeddings @ text embeddings.T is never made whole: the scores equal similarity.compute on
+    the whole P and A (soft_wpmi / wpmi exactly, the block sums within float32 rounding)."""
+    rng = np.random.default_rng(0)
+    n, units, concepts, dim = 300, 17, 50, 8
+    A = rng.normal(size=(n, units)).astype(np.float32)  # no ties: torch.topk's order is then the only one
+    emb = rng.normal(size=(n, dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    T = rng.normal(size=(concepts, dim)).astype(np.float32)
+    T /= np.linalg.norm(T, axis=1, keepdims=True)
+    images = RowFile(tmp_path / "emb.npy", emb.shape)
+    images.write_rows(np.arange(n), emb)
+    params = {"top_k": 20} if fn == "soft_wpmi" else {}
+    stream = _stream_to_file(A, tmp_path / "a.npy", keep=stream_keep(fn, params, 5))
+    live = np.setdiff1d(np.arange(units), [4, 6])  # dead units are left out of every score
+    P = torch.from_numpy(emb) @ torch.from_numpy(T).T
+    want = similarity.compute(fn, P, torch.from_numpy(A[:, live]), **params)
+    for budget in (2**28, 4_000):  # one block; many row / unit / concept blocks
+        got = layer_scores(fn, params, StreamedLayer(tmp_path / "a.npy", stream), live, images, T, budget=budget)
+        assert got.shape == want.shape
+        if fn in ("soft_wpmi", "wpmi"):
+            assert torch.equal(got, want)
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
+        assert torch.equal(got.argmax(1), want.argmax(1))

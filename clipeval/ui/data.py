@@ -92,6 +92,16 @@ def complete_runs() -> pd.DataFrame:
     return df[df["status"] == "complete"].reset_index(drop=True)
 
 
+def default_run(ids: list[str]) -> str:
+    """The run shown when the link names none: the newest of `ids` (complete runs, newest first) that is
+    fully evaluated (evaluated, and no evaluation of it running now), else the newest. A run still being
+    evaluated (the demo build evaluates each run after writing it) would show numbers about to change."""
+    evals = evaluations()
+    busy = set(evals.loc[evals["status"] == "running", "run_id"])
+    done = set(evals["run_id"]) - busy
+    return next((r for r in ids if r in done), ids[0])
+
+
 def after_write() -> None:
     """Call after the app wrote to the store (annotation, deletion): drop every cached result."""
     st.cache_data.clear()
@@ -273,10 +283,12 @@ def imagenet_accuracy(run_id: str) -> list[dict]:
     return _imagenet_accuracy(db_path(), run_id, version(run_id))
 
 
-def runs_comparison(thresholds: dict[str, float] | None, k: int | None = None) -> pd.DataFrame:
-    """every_run.runs_comparison (the paper's Table 2; None: each run at its own judges' defaults), on the
-    cached RunViews."""
-    return every_run.runs_comparison(store(), thresholds, k, view_of=run_view, runs=runs())
+def runs_comparison(
+    thresholds: dict[str, float] | None, k: int | None = None, cp_rank: int | None = None
+) -> pd.DataFrame:
+    """every_run.runs_comparison (the paper's Table 2; None: each run at its own judges' defaults; cp_rank: CP
+    at that rank cut-off in every run), on the cached RunViews."""
+    return every_run.runs_comparison(store(), thresholds, k, view_of=run_view, runs=runs(), cp_rank=cp_rank)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

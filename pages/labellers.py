@@ -70,8 +70,9 @@ st.caption(
     "number only: its labels describe other units, and the evaluators should judge them like shuffled "
     "labels."
 )
-for note in lv.missing_evaluations():
-    st.caption(f":orange[{note}]")
+for note in lv.missing_evaluations():  # each begins with the labeller's name
+    name = next((n for n in named if note.startswith(n)), "")
+    st.caption(f":orange[{named.get(name, '') + note[len(name) :]}]")
 # drawn when opened: its code block loads a 1.5 MB highlighter into the browser
 how = st.expander("How to add a source", key="how_to_add", on_change="rerun")
 if how.open:

@@ -144,13 +144,14 @@ else:
     # by another model has its thresholds on another scale (a ConSE cosine is not a CLIP cosine). CP apart: its
     # p is a share of the concept set, so one p over 998 and 20,000 concepts judged the top 1 against the top 40
     same, own = "the same rank cut-off in every run", "each run's own default p"
-    cp_how = st.radio("CP compared at", [same, own], horizontal=True, key="runs_cp_how")
+    cp_cols = st.columns([2, 1], vertical_alignment="bottom")
+    cp_how = cp_cols[0].radio("CP compared at", [same, own], horizontal=True, key="runs_cp_how")
     cp_rank = None
     if cp_how == same:
         chosen_view = data.run_view(ctx.run_id) if ctx.run_id else None
         n_chosen = chosen_view.table("cp").n_concepts if chosen_view and "cp" in chosen_view.available else None
         cp_rank = int(
-            st.number_input(
+            cp_cols[1].number_input(
                 "the label within the top N concepts of its run's concept set, N =",
                 min_value=1,
                 max_value=1_000_000,

@@ -100,7 +100,7 @@ def test_without_a_link_the_newest_fully_evaluated_run_is_shown(app_store, tmp_p
 def test_a_link_to_a_missing_run_says_so(app_store):
     store, run_id = app_store
     at = open_page(run="zzzz")
-    assert "`zzzz`" in warnings(at) and "no run" in warnings(at) and run_id[:8] in warnings(at)
+    assert "`zzzz`" in warnings(at) and "no such run" in warnings(at) and run_id[:8] in warnings(at)
     assert at.sidebar.selectbox(key="run_choice").value == run_id
 
 

@@ -192,7 +192,7 @@ def _sync_run(ids: list[str], label: dict[str, str]) -> None:
             if len(hit) == 1
             else f"{len(hit)} runs start with `{wanted}`"
             if len(hit) > 1
-            else f"no run `{wanted}` in this store"
+            else "this store has no such run"
         )
         link_problem("run", f"The link asks for run `{wanted}`, but {why}: showing {label[chosen]} instead.", chosen)
 

@@ -6,6 +6,7 @@ shown instead, and the widget shows that too."""
 from __future__ import annotations
 
 import pytest
+import streamlit as st
 
 from clipeval.analysis.runview import RunView
 from clipeval.compute import progress
@@ -49,6 +50,8 @@ def test_a_link_keeps_its_numbers_after_a_calibration(app_store):
     )
     judges.save_calibration(store, info, {"es": res}, "test rater", "a test")
     assert RunView(store, run_id).defaults["es"].value != tau_then
+    st.cache_data.clear()  # as a restarted app: nothing cached from before the calibration
+    st.cache_resource.clear()
     again = open_page(**link)
     assert again.sidebar.slider(key="tau").value == pytest.approx(tau_then)
 

@@ -222,12 +222,13 @@ def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int) -> 
         lo, hi = default_range(view, e, thresholds[e])
         sw = sweep(view, e, lo, hi, k, reference)
         parts.append(f"<h3>{_e(rule.title)}</h3>")
-        figs = [_fig(sweep_figure(sw, rule.param, thresholds[e], "share_correct"))]
+        shown = f"{thresholds[e]:.3g}"  # as the thresholds line prints it (RunView.threshold_text)
+        figs = [_fig(sweep_figure(sw, rule.param, thresholds[e], "share_correct", current_text=shown))]
         if reference and "kappa" in sw and sw["kappa"].notna().any():
             n_ref = int(sw["n_reference"].dropna().max())
             figs.append(
                 f"<div><p class='note'>Cohen's kappa with {_e(reference)} over the {n_ref} units it judged:"
-                f"</p>{_fig(sweep_figure(sw, rule.param, thresholds[e], 'kappa', False))}</div>"
+                f"</p>{_fig(sweep_figure(sw, rule.param, thresholds[e], 'kappa', False, current_text=shown))}</div>"
             )
         parts.append("<div class='plots'>" + "".join(figs) + "</div>")
     if not parts:

@@ -6,11 +6,12 @@ import streamlit as st
 
 from clipeval.render.tables import neuron_link
 from clipeval.ui import data, widgets
-from clipeval.ui.sources import labeller_view, shares_figure
+from clipeval.ui.sources import labeller_view, shares_figure, short_names
 
 ctx = widgets.run_page("Labellers side by side")
 lv = labeller_view(ctx.run_id)
 view = lv.view
+named = short_names(lv, data.runs())  # runs by their short labels, as in the run picker
 k = min(ctx.k, view.kmax) if view.available else ctx.k
 
 ADD_HELP = f"""Add label sources from the command line (each is judged at once by this run's evaluators, on
@@ -37,6 +38,7 @@ cov["per layer (labelled / live units)"] = [
     for s in cov["source_id"]
 ]
 cov["kind"] = cov["source_id"].map(lv.kinds)
+cov["name"] = cov["name"].replace(named)
 shown = cov[
     [
         "name",
@@ -68,8 +70,9 @@ st.caption(
     "number only: its labels describe other units, and the evaluators should judge them like shuffled "
     "labels."
 )
-for note in lv.missing_evaluations():
-    st.caption(f":orange[{note}]")
+for note in lv.missing_evaluations():  # each begins with the labeller's name
+    name = next((n for n in named if note.startswith(n)), "")
+    st.caption(f":orange[{named.get(name, '') + note[len(name) :]}]")
 # drawn when opened: its code block loads a 1.5 MB highlighter into the browser
 how = st.expander("How to add a source", key="how_to_add", on_change="rerun")
 if how.open:
@@ -89,7 +92,7 @@ layer = st.selectbox(
     key="lab_layer",
     help="'overall' pools every unit a source covers (not the mean of the layers).",
 )
-shares = lv.shares(ctx.thresholds, k)
+shares = lv.shares(ctx.thresholds, k).assign(labeller=lambda f: f["labeller"].replace(named))
 part = shares[shares["layer"] == layer]
 if part.empty:
     st.info(f"No source labels a unit of {layer}.")
@@ -124,6 +127,8 @@ else:
 # ---------------------------------------------------------------- agreement
 st.subheader("Agreement between labellers")
 agree = lv.agreement(ctx.thresholds, k, None if layer == "overall" else layer)
+if not agree.empty:
+    agree[["a", "b"]] = agree[["a", "b"]].replace(named)
 if agree.empty:
     st.caption("Only one labeller covers these units.")
 else:
@@ -153,8 +158,8 @@ unit = int(
 c[2].markdown(
     f"[Open in the neuron explorer]({neuron_link(ctx.run_id, one_layer, unit, ctx.thresholds, k, view.kmax)})"
 )
-one = lv.neuron(one_layer, unit, ctx.thresholds, k)
-widgets.table(one)
+one = lv.neuron(one_layer, unit, ctx.thresholds, k).assign(labeller=lambda f: f["labeller"].replace(named))
+widgets.table(one, formats={"CP score": widgets.fmt_rank})
 st.caption(
     "A label is judged correct when any of the unit's top images matches it (the evaluator's score: CP the "
     "best rank, ES the best cosine, Contrast the ROC-AUC against inactive images). An empty label: the "

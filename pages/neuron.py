@@ -15,6 +15,8 @@ from clipeval.ui.maps import where_it_fires
 from clipeval.ui.neuron import image_lines, image_table, verdict_table
 
 ctx = widgets.run_page("Neuron explorer")
+UNIT_BOUND = 2**31 - 1  # the unit box's bounds: any unit number a link or the keyboard gives reaches the check below
+UNIT_FIX = "_neuron_unit_fix"
 
 view = data.run_view(ctx.run_id)
 layers = data.layers(ctx.run_id)
@@ -56,22 +58,44 @@ def _found() -> None:
 
 
 pick = st.columns([1.5, 1.1, 3, 2.4], vertical_alignment="bottom")
+wanted_layer = None if "layer" in st.session_state else st.query_params.get("layer")  # a link, at the session's start
+if wanted_layer is not None and wanted_layer not in layer_names:
+    widgets.link_problem(
+        "layer",
+        f"The link's layer `{wanted_layer}` is not a layer of this run ({', '.join(layer_names)}): showing "
+        f"{layer_names[0]} instead.",
+        layer_names[0],
+    )
 layer = pick[0].selectbox("Layer", layer_names, key="layer", bind="query-params")
 unit_list = units[layer]
-if "unit" in st.session_state and int(st.session_state["unit"]) > unit_list[-1]:  # past this layer's last unit
-    st.session_state["unit"] = unit_list[-1]
 widgets.drop_infinite_url_number("unit")
+if UNIT_FIX in st.session_state:  # set by the check below in the previous script run
+    st.session_state["unit"] = st.session_state.pop(UNIT_FIX)
 unit = int(
     pick[1].number_input(
-        f"Unit (0-{unit_list[-1]})",
-        min_value=0,
-        max_value=int(max(unit_list)),
+        f"Unit ({unit_list[0]}-{unit_list[-1]})",
+        min_value=-UNIT_BOUND,
+        max_value=UNIT_BOUND,
         value=0,
         step=1,
         key="unit",
         bind="query-params",
     )
 )
+# A unit the layer lacks (typed, or a link's) is replaced in the box as well as on the page, and said. The box's
+# own bounds are wide: Streamlit drops a link's value outside them silently, and the browser keeps a typed one in
+# the box unused. The box cannot change once drawn: the next script run sets it.
+if not unit_list[0] <= unit <= unit_list[-1]:
+    nearest = unit_list[-1] if unit > unit_list[-1] else unit_list[0]
+    widgets.link_problem(
+        "unit",
+        f"{layer} has no unit {unit} (its units are {unit_list[0]}-{unit_list[-1]}): showing unit {nearest}.",
+        nearest,
+    )
+    st.session_state[UNIT_FIX] = nearest
+    st.rerun()
+for message in widgets.link_problems({"layer": layer, "unit": unit}):
+    st.warning(message, icon=":material/link_off:")
 with pick[2]:
     nav = st.container(horizontal=True, gap="small", wrap=False)
     nav.button(
@@ -169,19 +193,23 @@ with head[1]:
 st.markdown("**Verdicts on this label, and what to show under each image**")
 toggles = st.container(horizontal=True, wrap=True, gap="medium")
 shown = []
+# the evaluators shown are pinned in the link as the sidebar's thresholds are (widgets.pin_in_url): one left at
+# its default was left out of the link, which then showed another set once an evaluation finished
 for e in widgets.EVALUATOR_ORDER:
     state = view.evaluators[e]
     ok = state.table is not None
     on = toggles.toggle(
         widgets.title(e),
-        value=ok,
+        value=widgets.url_flag(f"show_{e}", f"{widgets.title(e)} switch", ok),
         key=f"show_{e}",
-        bind="query-params",
         disabled=not ok,
         help=(widgets.RULES_HELP[e] if ok else widgets.evaluator_note(ctx, e)) + " " + widgets.glossary_link(e),
     )
+    widgets.pin_in_url(f"show_{e}", bool(on))
     if on and ok:
         shown.append(e)
+for message in widgets.link_problems({f"show_{e}": st.session_state.get(f"show_{e}") for e in widgets.EVALUATOR_ORDER}):
+    st.warning(message, icon=":material/link_off:")
 show_human = toggles.toggle(
     "Human raters",
     value=True,

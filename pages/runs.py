@@ -5,6 +5,7 @@ import streamlit as st
 
 from clipeval.analysis import headlines, intervals
 from clipeval.errors import ClipevalError
+from clipeval.evaluators.rules import cp_cutoff
 from clipeval.formats import json_cell
 from clipeval.render import charts, tables
 from clipeval.store import runnames
@@ -55,6 +56,12 @@ def _rename(run_id: str) -> None:
         st.session_state["runs_error"] = str(err)
         return
     data.after_write()
+    # the run pickers keep their choice as its option's text, which the rename changes: the browser then sends
+    # text no option has, and the sidebar fell back to its first run. Set by value, the choice stays and its
+    # new text is drawn in this rerun.
+    for key in (widgets.RUN_KEY, "runs_detail"):
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
     st.session_state["runs_notice"] = f"Renamed run {run_id[:8]} to “{new}”."
     st.session_state.pop("rename_text", None)
 
@@ -134,8 +141,26 @@ if complete.empty:
     st.caption("No complete run to compare yet.")
 else:
     # each run at its own judges' defaults: the sidebar's thresholds are the selected run's, and a run judged
-    # by another model has its thresholds on another scale (a ConSE cosine is not a CLIP cosine)
-    full = data.runs_comparison(None, ctx.k)
+    # by another model has its thresholds on another scale (a ConSE cosine is not a CLIP cosine). CP apart: its
+    # p is a share of the concept set, so one p over 998 and 20,000 concepts judged the top 1 against the top 40
+    same, own = "the same rank cut-off in every run", "each run's own default p"
+    cp_cols = st.columns([2, 1], vertical_alignment="bottom")
+    cp_how = cp_cols[0].radio("CP compared at", [same, own], horizontal=True, key="runs_cp_how")
+    cp_rank = None
+    if cp_how == same:
+        chosen_view = data.run_view(ctx.run_id) if ctx.run_id else None
+        n_chosen = chosen_view.table("cp").n_concepts if chosen_view and "cp" in chosen_view.available else None
+        cp_rank = int(
+            cp_cols[1].number_input(
+                "the label within the top N concepts of its run's concept set, N =",
+                min_value=1,
+                max_value=1_000_000,
+                value=cp_cutoff(ctx.thresholds["cp"], n_chosen) or 1 if n_chosen else 10,
+                key="runs_cp_rank",
+                help="Starts at the rank the sidebar's p gives the selected run.",
+            )
+        )
+    full = data.runs_comparison(None, ctx.k, cp_rank)
     # kept when empty (runs imported without a probe or concepts)
     about = ["run", "probe", "concepts", "neurons", "thresholds"]
     shares = [
@@ -165,12 +190,19 @@ else:
             "more neurons; read its interval.",
             icon=":material/warning:",
         )
+    cp_text = (
+        f"except CP, which judges every run at the same rank cut-off, the label within the top {cp_rank} concepts "
+        "of the run's own concept set (its p differs with the set's size)"
+        if cp_rank
+        else "CP included: its p is a share of each run's concept set, so runs with sets of different sizes "
+        "are judged at different ranks (the row 'thresholds' names each)"
+    )
     st.caption(
         f"Pooled over all neurons of each run, k = {ctx.k} (or the run's largest), each run at its own judges' "
-        "default thresholds (row 'thresholds': the values and where they came from), not the sidebar's, "
-        "each real labels' share with its 95% Wilson interval and n, the neurons judged (as the HTML report), "
-        "which are the selected run's; 'shuffled' and 'constant' are the baselines. Evaluators that no run has "
-        "are left out (see each run's evaluations above for why)."
+        f"default thresholds, {cp_text} (row 'thresholds': the values and where they came from), not the "
+        "sidebar's, which are the selected run's; each real labels' share with its 95% Wilson interval and n, the neurons "
+        "judged (as the HTML report); 'shuffled' and 'constant' are the baselines. Evaluators that no "
+        "run has are left out (see each run's evaluations above for why)."
     )
 
 # ---------------------------------------------------------------- timings (Table 3)

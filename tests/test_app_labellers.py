@@ -57,7 +57,8 @@ def test_labellers_page_shows_coverage_shares_agreement_and_one_neuron(app_with_
     assert row["on this run's live units"] == "40" and row["labels in source"] == "40" and row["coverage"].endswith("%")
     at.selectbox(key="lab_layer").set_value("classifier").run()
     shares = tables(at)[1]
-    assert set(shares["labeller"]) == {"all dogs", f"this run ({store.run(run_id)['name']})"}
+    # the run by its short label, as the run picker names it, not by its long name
+    assert set(shares["labeller"]) == {"all dogs", "this run (concepts imagenet)"}
     assert (shares["units"] == "40").sum() >= 3  # the source on its 40 units, per evaluator
     assert shares["judged correct"].str.fullmatch(r"\d+\.\d%").all()
     agree = tables(at)[2]
@@ -68,6 +69,7 @@ def test_labellers_page_shows_coverage_shares_agreement_and_one_neuron(app_with_
     at.number_input(key="lab_unit").set_value(int(store.neurons(run_id, "classifier")["unit"].iloc[0])).run()
     one = tables(at)[3]
     assert list(one["label"])[1] == "dog" and "ES" in one.columns and set(one["ES"]) <= {"✓", "✗", ""}
+    assert one["CP score"].str.fullmatch(r"\d+").any() and one["CP score"].str.fullmatch(r"\d+|").all()  # ranks
     assert not at.exception
 
 

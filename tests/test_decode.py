@@ -207,6 +207,19 @@ def strip_png(width: int, height: int) -> bytes:
     return png(width, height, 8, 0, (b"\x00" + bytes(width) for _ in range(height)))
 
 
+def test_an_upload_that_is_not_an_image_is_named_by_its_name():
+    """Pillow names a file it cannot identify by its repr: the live probe said 'cannot identify image file
+    <_io.BytesIO object at 0x7f...>' for an uploaded text file."""
+
+    class Upload(io.BytesIO):  # what Streamlit's UploadedFile is: a BytesIO with the file's name
+        name = "notes.png"
+
+    with pytest.raises(ClipevalError) as err:
+        load_rgb(Upload(b"not an image at all"))
+    assert "notes.png" in str(err.value) and "object at 0x" not in str(err.value)
+    assert "not an image format" in str(err.value)
+
+
 @pytest.mark.parametrize("size", [(60000, 1), (1, 60000), (21, 1), (10000, 9000)])
 def test_extreme_sizes_are_refused_from_the_header(size, tmp_path, monkeypatch):
     f = tmp_path / "strip.png"

@@ -116,9 +116,11 @@ def test_reference_raters_are_marked_human_or_automatic(app_store):
     _add_raters(store, run_id)
     view = RunView(store, run_id)
     assert view.human_labels == ["human: alice"]
-    assert view.automatic_labels == ["automatic: ImageNet class (automatic)"]
-    assert view.rater_labels == ["human: alice", "automatic: ImageNet class (automatic)"]
-    assert view.is_automatic("automatic: ImageNet class (automatic)") and not view.is_automatic("human: alice")
+    assert view.automatic_labels == ["automatic: ImageNet class"]
+    assert view.rater_labels == ["human: alice", "automatic: ImageNet class"]
+    assert view.is_automatic("automatic: ImageNet class") and not view.is_automatic("human: alice")
+    # the demo's rater name says '(automatic)' itself: the label does not say it twice, and leads back to it
+    assert view.rater_name("automatic: ImageNet class") == "ImageNet class (automatic)"
     assert store.store_overview()["automatic_verdicts"] == 40
 
 
@@ -127,13 +129,13 @@ def test_neuron_page_keeps_humans_and_automatic_references_apart(app_store):
     _add_raters(store, run_id)
     at = open_page("pages/neuron.py")
     verdict_rows = [t for t in tables(at) if "rater" in t.columns][0]
-    assert {"human: alice", "automatic: ImageNet class (automatic)"} <= set(verdict_rows["rater"])
+    assert {"human: alice", "automatic: ImageNet class"} <= set(verdict_rows["rater"])
     at.toggle(key="show_auto").set_value(False).run()
     verdict_rows = [t for t in tables(at) if "rater" in t.columns][0]
     assert "human: alice" in set(verdict_rows["rater"])
     assert not any(r.startswith("automatic:") for r in verdict_rows["rater"])
     at.switch_page("pages/thresholds.py").run()
-    assert at.selectbox(key="cal_rater").options == ["human: alice", "automatic: ImageNet class (automatic)"]
+    assert at.selectbox(key="cal_rater").options == ["human: alice", "automatic: ImageNet class"]
     assert "Calibrate a threshold to a reference rater" in texts(at)
 
 

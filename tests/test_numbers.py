@@ -137,6 +137,40 @@ def test_runs_are_compared_each_at_its_own_judges_defaults(colour_run, tmp_path,
     assert given.loc[run_id, "ES shuffled"] == 0.0 and "ES tau=0.25 (given)" in given.loc[run_id, "thresholds"]
 
 
+def test_runs_can_be_compared_at_one_cp_rank_cut_off(colour_run, monkeypatch, fresh_caches):
+    """CP's p is a share of the concept set: one p over sets of 998, 10k and 20k concepts judged the top 1
+    against the top 20 and 40. The comparison can hold the rank cut-off fixed instead, and the Runs page
+    does by default, saying which."""
+    from test_app import open_page, texts
+    from test_evaluators import run_mod
+
+    from clipeval.analysis.runs import runs_comparison
+    from clipeval.analysis.runview import RunView
+
+    store, run_id, _, _, cache = colour_run
+    run_mod.evaluate(store, run_id, "cp", cache_dir=cache, progress=False)
+    view = RunView(store, run_id)
+    n = view.table("cp").n_concepts
+    row = runs_comparison(store, cp_rank=2).set_index("run").loc[run_id]
+    assert f"top 2 of {n:,} concepts" in row["thresholds"]
+    at_rank = view.layer_summary(view.thresholds({"cp": 2 / n}))
+    assert (
+        row["CP"]
+        == at_rank[(at_rank["layer"] == "overall") & (at_rank["variant"] == "real") & (at_rank["evaluator"] == "CP")][
+            "share_correct"
+        ].iloc[0]
+    )
+    monkeypatch.setenv("CLIPEVAL_DB", str(store.path))
+    at = open_page("pages/runs.py")
+    rank = at.number_input(key="runs_cp_rank").value
+    assert f"the same rank cut-off, the label within the top {rank} concepts" in texts(at)
+    at.number_input(key="runs_cp_rank").set_value(3).run()
+    comparison = at.dataframe[-2].value
+    assert f"top 3 of {n:,} concepts" in comparison[comparison.iloc[:, 0] == "thresholds"].iloc[0].iloc[1]
+    at.radio(key="runs_cp_how").set_value("each run's own default p").run()
+    assert "its p is a share of each run's concept set" in texts(at)
+
+
 def test_the_app_names_each_threshold_and_where_it_came_from(colour_run, tmp_path, monkeypatch, fresh_caches):
     from test_app import open_page, texts
 

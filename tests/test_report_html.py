@@ -82,6 +82,28 @@ def test_report_unit_pages_match_the_store(report):
         assert f"ES judges {int(g['ES'].sum()):,} of {len(g):,} labels correct" in text
 
 
+def test_the_report_to_send_says_not_clip_hides_local_paths_and_prints_plain_numbers(built_run):
+    """The report is the file sent to others: it showed a raw p of 0.00200401, CP ranks as '128.000' and this
+    machine's probe folder, and had no 'not CLIP' banner although stand-ins made every number."""
+    import json
+
+    from clipeval.render.report import build_report
+    from clipeval.store import Store
+
+    db, run_id, _ = built_run
+    store = Store(db, read_only=True)
+    try:
+        probe = Path(json.loads(store.run(run_id)["config_json"])["probe"]["paths"][0])
+        text = build_report(store, run_id, {"cp": 0.00200401}, units_per_layer=2)
+    finally:
+        store.close()
+    assert "<strong>Not CLIP.</strong>" in text
+    assert str(probe.parent) not in text and probe.name in text
+    assert "0.00200401" not in text and "CP p=0.002 (top " in text
+    ranks = re.findall(r"CP [✓✗] ([^<]*)</span>", text)
+    assert ranks and all(re.fullmatch(r"\d+", r) for r in ranks), ranks[:5]
+
+
 def test_report_bad_output_fails_before_work(built_run, tmp_path, capsys):
     db, run_id, _ = built_run
     assert main(["--db", str(db), "report", run_id, "--html", str(tmp_path / "r.pdf")]) == 2

@@ -19,21 +19,26 @@ def runs_comparison(
     view_of=None,
     runs: pd.DataFrame | None = None,
     row_of=None,
+    cp_rank: int | None = None,
 ) -> pd.DataFrame:
     """Share judged correct per evaluator (overall, real labels and baselines, and '<evaluator> n', the neurons
     the share is over) for every complete run,
     with its probe set and concept set: the paper's Table 2. Each run at its own judges' defaults
     (RunView.thresholds), with `thresholds` replacing those it names; the 'thresholds' column says which
-    each row used and where they came from. `view_of(run_id)` may hand out cached RunViews and `runs`
-    the cached store.runs() (the app's), so a threshold change does not reload every run; `row_of(run)`
-    may hand out cached rows (the app's: one run's row depends on that run alone)."""
+    each row used and where they came from. With `cp_rank`, CP judges every run at that rank cut-off (the
+    label within the top cp_rank concepts): one p over concept sets of 998 and 20,000 concepts is the top 1
+    against the top 40. `view_of(run_id)` may hand out cached RunViews and `runs` the cached store.runs()
+    (the app's), so a threshold change does not reload every run; `row_of(run)` may hand out cached rows
+    (the app's: one run's row depends on that run alone)."""
     view_of = view_of or (lambda run_id: RunView(store, run_id))
-    row_of = row_of or (lambda r: comparison_row(view_of(r["run_id"]), r, thresholds, k))
+    row_of = row_of or (lambda r: comparison_row(view_of(r["run_id"]), r, thresholds, k, cp_rank))
     runs = store.runs() if runs is None else runs
     return pd.DataFrame([row_of(r) for r in runs[runs["status"] == "complete"].to_dict("records")])
 
 
-def comparison_row(view: RunView, r: dict, thresholds: dict[str, float] | None = None, k: int | None = None) -> dict:
+def comparison_row(
+    view: RunView, r: dict, thresholds: dict[str, float] | None = None, k: int | None = None, cp_rank: int | None = None
+) -> dict:
     """One run's row of runs_comparison (`r`: its row of store.runs())."""
     cfg = json_cell(r["config_json"])
     probe = (
@@ -46,6 +51,9 @@ def comparison_row(view: RunView, r: dict, thresholds: dict[str, float] | None =
     )
     row = {"run": r["run_id"], "name": r["name"], "probe": probe, "concepts": concepts, "neurons": int(r["n_neurons"])}
     used = view.thresholds(thresholds)
+    n_concepts = view.table("cp").n_concepts if cp_rank and "cp" in view.available else None
+    if n_concepts:
+        used["cp"] = min(cp_rank / n_concepts, 1.0)  # cp_cutoff of this p is cp_rank exactly
     row["thresholds"] = view.thresholds_text(used)
     summary = view.layer_summary(used, min(k, view.kmax) if k and view.available else None)
     for e in RULES:

@@ -97,7 +97,8 @@ class RunView:
         return {**self.default_thresholds(), **(given or {})}
 
     def threshold_origin(self, evaluator: str, value: float) -> str:
-        """'calibrated default', 'paper default', 'paper (uncalibrated) default', or 'given' (any other value)."""
+        """'calibrated default', 'paper default', 'paper (uncalibrated) default', 'provisional (calibration
+        pending) default' (judges.PENDING), or 'given' (any other value)."""
         d = self.defaults[evaluator]
         return f"{d.source} default" if float(value) == d.value else "given"
 
@@ -112,9 +113,10 @@ class RunView:
         return rank + (given if origin == "given" else origin)
 
     def threshold_text(self, evaluator: str, value: float) -> str:
-        """'CP p=0.00400802 (top 4 of 998 concepts; calibrated default)'"""
+        """'CP p=0.004 (top 4 of 998 concepts; calibrated default)': three significant digits (a fitted p is
+        0.00400802), beside the rank it judges at."""
         return (
-            f"{EVALUATOR_TITLES[evaluator]} {RULES[evaluator].param}={float(value):g} "
+            f"{EVALUATOR_TITLES[evaluator]} {RULES[evaluator].param}={float(value):.3g} "
             f"({self.threshold_detail(evaluator, value)})"
         )
 
@@ -152,11 +154,16 @@ class RunView:
         )
 
     def rater_label(self, rater: str) -> str:
-        return f"{self.AUTOMATIC if rater in self.automatic else self.HUMAN}{rater}"
+        """'human: alice', 'automatic: ImageNet class' (a name that already ends in '(automatic)', as the demo's
+        does, is not told so twice)."""
+        if rater in self.automatic:
+            return self.AUTOMATIC + (rater.removesuffix(" (automatic)") or rater)
+        return self.HUMAN + rater
 
     def rater_name(self, label: str) -> str:
         """The stored rater name behind a label from rater_label (bare names pass through)."""
-        name = label.removeprefix(self.HUMAN).removeprefix(self.AUTOMATIC)
+        name = next((r for r in self.humans if self.rater_label(r) == label), None)
+        name = name or label.removeprefix(self.HUMAN).removeprefix(self.AUTOMATIC)
         if name not in self.humans:
             raise ClipevalError(f"no rater {name!r} for run {self.run_id}; raters: {', '.join(self.humans) or 'none'}")
         return name

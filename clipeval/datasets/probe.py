@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +110,11 @@ def load_rgb(source: str | os.PathLike | BinaryIO) -> Image.Image:
             if why is None:
                 im.load()
                 return to_rgb(im)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        why = str(e) or type(e).__name__
+    except UnidentifiedImageError:
+        # Pillow's message names the file by its repr: "<_io.BytesIO object at 0x...>" for an upload
+        why = "not an image format Pillow reads (PNG, JPEG, WebP, BMP, GIF, TIFF, ...)"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        why = re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>", "the file", str(e)) or type(e).__name__
     raise ClipevalError(f"cannot read image {name}: {why}")
 
 

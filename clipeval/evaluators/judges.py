@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clipeval.analysis import intervals, metrics
+from clipeval.compute import progress
 from clipeval.config import stable_hash
 from clipeval.errors import ClipevalError
 from clipeval.evaluators.rules import CP_TOLERANCE, RULES
@@ -29,13 +30,16 @@ from clipeval.formats import bracket
 PAPER_THRESHOLDS = {"cp": 0.01, "es": 0.25, "vqa": 0.5, "contrast": 0.75}
 CALIBRATED = ("cp", "es", "contrast")  # evaluators whose scale depends on the image-text model
 N_SPLITS = 50
+# the source of a stand-in's default while a build of its store is running: the demo calibrates its thresholds
+# at the very end, so until then the paper's CLIP value stands in and every number made with it will change
+PENDING = "provisional (calibration pending)"
 
 
 @dataclass
 class Default:
     evaluator: str
     value: float
-    source: str  # 'paper' | 'calibrated' | 'paper (uncalibrated)'
+    source: str  # 'paper' | 'calibrated' | 'paper (uncalibrated)' | PENDING
     note: str = ""
 
 
@@ -114,10 +118,18 @@ def load_calibration(store, info: dict) -> dict | None:
     return json.loads(value) if value else None
 
 
+def calibration_pending(store) -> bool:
+    """A build of this store (the offline demo, which calibrates its stand-in at its end) is running now."""
+    state = progress.read(store.path)
+    return bool(state and state["state"] == "running" and state["alive"])
+
+
 def defaults(store, models: dict[str, dict]) -> dict[str, Default]:
     """Per evaluator the default threshold for the model that made its scores (models: evaluator ->
-    its models_json, e.g. {'image_text': info}); every evaluator has one."""
+    its models_json, e.g. {'image_text': info}); every evaluator has one. An uncalibrated stand-in's default
+    is PENDING while a build of the store runs (its calibration comes at the build's end)."""
     out = {}
+    pending = None  # asked once, and only for a model without a calibration
     for e in RULES:
         info = (models.get(e) or {}).get("image_text") or {}
         paper = PAPER_THRESHOLDS[e]
@@ -145,6 +157,17 @@ def defaults(store, models: dict[str, dict]) -> dict[str, Default]:
                 + f"; the paper's CLIP value is {paper:g}",
             )
         else:
+            pending = calibration_pending(store) if pending is None else pending
+            if pending:
+                out[e] = Default(
+                    e,
+                    paper,
+                    PENDING,
+                    f"calibration pending: {RULES[e].param} = {paper:g} is the paper's CLIP value, standing in until "
+                    f"the build running now calibrates this model ({info.get('description', '?')}, not CLIP) at its "
+                    "end; numbers made with it will change then",
+                )
+                continue
             out[e] = Default(
                 e,
                 paper,

@@ -14,6 +14,7 @@ import hashlib
 import html
 import io
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from clipeval.evaluators.rules import RULES
 from clipeval.files import atomic_write
 from clipeval.formats import json_cell, percent
 from clipeval.render.charts import layer_shares, sweep_figure
-from clipeval.render.tables import describe_model, styled
+from clipeval.render.tables import describe_model, stand_in_text, stand_ins, styled
 from clipeval.store import Store
 
 # Imported inside the functions that use them: Pillow and the image decoder, only for the report's
@@ -58,6 +59,7 @@ th{background:#f0f2f6}
 .im{width:72px;height:72px;background-size:cover;background-position:center;border:1px solid #ccc}
 .v{display:inline-block;margin-right:8px} .yes{color:#1e7d32;font-weight:600} .no{color:#b3261e}
 .plot{background:#fff;border:1px solid #ddd;margin:6px 0;padding:4px}
+.banner{background:#fff4e5;border:1px solid #f0b45a;color:#6b3b00;padding:8px 12px;font-size:14px}
 .plots{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-end} .plots>*{flex:1 1 460px}
 """
 
@@ -100,6 +102,36 @@ def _fig(chart) -> str:
     return "<div class='plot'>" + chart.svg() + "</div>"
 
 
+def _without_paths(value):
+    """A setting with every local file path cut to its last part: the report is sent to people for whom
+    this machine's folders mean nothing (and who need not learn them)."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_paths(v) for v in value]
+    if isinstance(value, str) and (value.startswith(("/", "~")) or (len(value) > 2 and value[1:3] in (":\\", ":/"))):
+        return value.rstrip("/\\").replace("\\", "/").split("/")[-1] or value
+    return value
+
+
+def _without_paths_in(text: str) -> str:
+    """_without_paths for the paths inside a sentence (a reason naming the file it did not find)."""
+    return re.sub(r"(?<![\w.])~?/(?:[^\s'\"/]+/)*([^\s'\"/]*)", lambda m: m.group(1) or "/", text)
+
+
+def _score(evaluator_title: str, score) -> str:
+    """A unit's score as the report prints it: CP's is a rank, a whole number."""
+    if score is None or (isinstance(score, float) and np.isnan(score)):
+        return ""
+    return f"{int(score)}" if evaluator_title == EVALUATOR_TITLES["cp"] else _num(score, 3)
+
+
+def stand_in_banner(store: Store, view: RunView) -> str:
+    """The report's 'not CLIP' banner when an offline stand-in made the labels or verdicts ('' otherwise)."""
+    text = stand_in_text(stand_ins(view.run, store.latest_evaluations(view.run_id)))
+    return f"<p class='banner'><strong>Not CLIP.</strong> {_e(text)}</p>" if text else ""
+
+
 def check_output(out) -> Path:
     """Bad output paths fail before any work."""
     out = Path(out)
@@ -132,7 +164,7 @@ def settings_section(view: RunView) -> str:
             rows.append((key, ", ".join(cfg[key]) if isinstance(cfg[key], list) else str(cfg[key])))
     for key in ("probe", "concepts", "similarity", "image_text", "target"):
         if isinstance(cfg.get(key), dict):
-            rows.append((f"{key} settings", json.dumps(cfg[key], sort_keys=True)))
+            rows.append((f"{key} settings", json.dumps(_without_paths(cfg[key]), sort_keys=True)))
     for e in ORDER:
         s = view.evaluators.get(e)
         if s is None:
@@ -142,7 +174,10 @@ def settings_section(view: RunView) -> str:
             rows.append((f"evaluator {EVALUATOR_TITLES[e]}", f"{desc}; {s.wall_s or 0:.1f} s"))
         else:
             rows.append(
-                (f"evaluator {EVALUATOR_TITLES[e]}", f"{s.status}: {s.reason.splitlines()[0] if s.reason else ''}")
+                (
+                    f"evaluator {EVALUATOR_TITLES[e]}",
+                    f"{s.status}: {_without_paths_in(s.reason.splitlines()[0]) if s.reason else ''}",
+                )
             )
     return _table(pd.DataFrame(rows, columns=["setting", "value"]), left=("setting", "value"))
 
@@ -194,7 +229,8 @@ def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int) -> 
         lo, hi = default_range(view, e, thresholds[e])
         sw = sweep(view, e, lo, hi, k, reference)
         parts.append(f"<h3>{_e(rule.title)}</h3>")
-        figs = [_fig(sweep_figure(sw, rule.param, thresholds[e], "share_correct"))]
+        shown = f"{thresholds[e]:.3g}"  # as the thresholds line prints it (RunView.threshold_text)
+        figs = [_fig(sweep_figure(sw, rule.param, thresholds[e], "share_correct", current_text=shown))]
         if reference and "kappa" in sw and sw["kappa"].notna().any():
             n_ref = int(sw["n_reference"].dropna().max())
             few = (
@@ -205,7 +241,7 @@ def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int) -> 
             )
             figs.append(
                 f"<div><p class='note'>Cohen's kappa with {_e(reference)} over the {n_ref} units it judged:"
-                f"</p>{few}{_fig(sweep_figure(sw, rule.param, thresholds[e], 'kappa', False))}</div>"
+                f"</p>{few}{_fig(sweep_figure(sw, rule.param, thresholds[e], 'kappa', False, current_text=shown))}</div>"
             )
         parts.append("<div class='plots'>" + "".join(figs) + "</div>")
     if not parts:
@@ -342,8 +378,7 @@ def units_section(
             for ev in evals:
                 v, s = row.get(ev), row.get(f"{ev} score")
                 verdicts.append(
-                    f"<span class='v {'yes' if v else 'no'}'>{_e(ev)} {'✓' if v else '✗'} "
-                    f"{_num(s, 3) if s is not None else ''}</span>"
+                    f"<span class='v {'yes' if v else 'no'}'>{_e(ev)} {'✓' if v else '✗'} {_score(ev, s)}</span>"
                 )
             for h in humans:
                 v = row.get(h)
@@ -389,7 +424,8 @@ def build_report(
     labellers = labellers_section(store, view, thresholds, k)
     body = (
         f"<main><h1>clipeval report: {_e(view.run.get('name') or view.run_id)}</h1>"
-        f"<p class='note'>Run <code>{_e(view.run_id)}</code>; made {made} from the stored raw scores. A label is "
+        + stand_in_banner(store, view)
+        + f"<p class='note'>Run <code>{_e(view.run_id)}</code>; made {made} from the stored raw scores. A label is "
         f"judged correct if any of its unit's top-{k} images matches it; thresholds: {_e(th_text) or 'none'}.</p>"
         + notes
         + "<nav><a href='#settings'>Models and settings</a><a href='#shares'>Shares per layer</a>"

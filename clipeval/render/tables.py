@@ -63,6 +63,20 @@ def stand_ins(run: dict, latest: pd.DataFrame) -> list[str]:
     return out
 
 
+def stand_in_text(roles: list[str]) -> str:
+    """What the 'not CLIP' warning says for the roles stand_ins found ('' when none)."""
+    if not roles:
+        return ""
+    verdicts = [r for r in roles if r != "labels"]
+    parts = (["labels"] if "labels" in roles else []) + (
+        [f"{', '.join(verdicts[:-1])}{' and ' if len(verdicts) > 1 else ''}{verdicts[-1]} verdicts"] if verdicts else []
+    )
+    return (
+        f"This run's {' and '.join(parts)} come from an offline stand-in (ConSE: an ImageNet classifier and a "
+        "sentence encoder), not from CLIP: read them as a demonstration of the method, not as the paper's numbers."
+    )
+
+
 # Every ASCII punctuation character: st.table reads its cells as Markdown (a label like "*x*" or "$5" or a
 # rater named ":red[x]" would be drawn as emphasis, maths or colour), and a backslash keeps any of them literal.
 _MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")

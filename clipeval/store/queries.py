@@ -26,6 +26,11 @@ class QueriesMixin:
                 [run_id] * 2 if run_id else [],
             )
             row = self._version_row(where, [run_id] * 3 if run_id else [])
+            # settings every run reads (a stand-in's calibrated thresholds, which move every default)
+            if self.has_table("meta"):
+                row += self.rows(
+                    "SELECT md5(coalesce(string_agg(key || '=' || value, ',' ORDER BY key), '')) FROM meta"
+                )[0]
             if self.has_table("label_sources"):  # an older store read as it is has no sources yet
                 row += self.rows(
                     f"SELECT (SELECT count(*) || '/' || coalesce(max(created_at)::TEXT, '') || '/' || coalesce(md5("

@@ -95,6 +95,16 @@ def complete_runs() -> pd.DataFrame:
     return df[df["status"] == "complete"].reset_index(drop=True)
 
 
+def default_run(ids: list[str]) -> str:
+    """The run shown when the link names none: the newest of `ids` (complete runs, newest first) that is
+    fully evaluated (evaluated, and no evaluation of it running now), else the newest. A run still being
+    evaluated (the demo build evaluates each run after writing it) would show numbers about to change."""
+    evals = evaluations()
+    busy = set(evals.loc[evals["status"] == "running", "run_id"])
+    done = set(evals["run_id"]) - busy
+    return next((r for r in ids if r in done), ids[0])
+
+
 def after_write() -> None:
     """Call after the app wrote to the store (annotation, deletion): drop every cached result."""
     st.cache_data.clear()
@@ -296,7 +306,7 @@ def imagenet_accuracy(run_id: str) -> list[dict]:
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def _comparison_rows(path: str, run: tuple, data_version: str) -> dict:
+def _comparison_rows(path: str, run: tuple, data_version: str, cp_rank: int | None) -> dict:
     """One run's rows of the comparison at its own judges' defaults, for every k it can take (None: its
     largest): {"kmax", "available", "rows": {k: row}}. The run's RunView is the pages' one when they hold
     it, else built for these rows alone and dropped, so the Runs page keeps a few numbers per run in
@@ -307,7 +317,7 @@ def _comparison_rows(path: str, run: tuple, data_version: str) -> dict:
     return {
         "kmax": view.kmax,
         "available": bool(view.available),
-        "rows": {k: every_run.comparison_row(view, r, None, k) for k in ks},
+        "rows": {k: every_run.comparison_row(view, r, None, k, cp_rank) for k in ks},
     }
 
 
@@ -315,18 +325,20 @@ def _comparison_key(r: dict) -> tuple:
     return tuple((c, r[c]) for c in ("run_id", "name", "config_json", "n_neurons"))
 
 
-def runs_comparison(thresholds: dict[str, float] | None, k: int | None = None) -> pd.DataFrame:
-    """every_run.runs_comparison (the paper's Table 2; None: each run at its own judges' defaults): at the
-    defaults from per-run cached rows (a run's row is computed once per data version), else on the
-    cached RunViews."""
+def runs_comparison(
+    thresholds: dict[str, float] | None, k: int | None = None, cp_rank: int | None = None
+) -> pd.DataFrame:
+    """every_run.runs_comparison (the paper's Table 2; None: each run at its own judges' defaults; cp_rank: CP
+    at that rank cut-off in every run): at the defaults from per-run cached rows (a run's row is computed
+    once per data version), else on the cached RunViews."""
     if thresholds is not None:
-        return every_run.runs_comparison(store(), thresholds, k, view_of=run_view, runs=runs())
+        return every_run.runs_comparison(store(), thresholds, k, view_of=run_view, runs=runs(), cp_rank=cp_rank)
 
     def row_of(r: dict) -> dict:
-        got = _comparison_rows(db_path(), _comparison_key(r), version(r["run_id"]))
+        got = _comparison_rows(db_path(), _comparison_key(r), version(r["run_id"]), cp_rank)
         return got["rows"][min(k, got["kmax"]) if k and got["available"] else None]
 
-    return every_run.runs_comparison(store(), None, k, runs=runs(), row_of=row_of)
+    return every_run.runs_comparison(store(), None, k, runs=runs(), row_of=row_of, cp_rank=cp_rank)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from clipeval.analysis.sources import LabellerView
+from clipeval.analysis.sources import RUN_SOURCE, LabellerView
 from clipeval.formats import percent
 from clipeval.render.charts import COLORS, FULL, axis_percent
 from clipeval.render.svg import (
@@ -17,6 +17,7 @@ from clipeval.render.svg import (
     text_width,
     wrap,
 )
+from clipeval.store import runnames
 from clipeval.ui import data
 
 
@@ -29,6 +30,19 @@ def labeller_view(run_id: str) -> LabellerView:
     """Rebuilt only when the run's sources, evaluations or verdicts change (Store.data_version)."""
     data.store()
     return _labeller_view(data.db_path(), run_id, data.version(run_id))
+
+
+def short_names(lv: LabellerView, runs: pd.DataFrame) -> dict[str, str]:
+    """{a labeller's name as the LabellerView gives it: the name the page shows}: runs (this one, and another run
+    added as a source under its default name) by what tells them apart, as every run picker names them, not by
+    their long names, which all begin "demo: EfficientNet-Lite0 | demo probe ..."."""
+    differs = runnames.differences(runs)
+    long = dict(zip(runs["run_id"], runs["name"]))
+    out = {lv.names[RUN_SOURCE]: f"this run ({differs.get(lv.run_id) or lv.run_id[:8]})"}
+    for r in lv.sources.itertuples():
+        if r.kind == "run" and differs.get(r.origin) and r.name in (f"run {long.get(r.origin)}", f"run {r.origin}"):
+            out[r.name] = f"run {differs[r.origin]}"
+    return out
 
 
 def shares_figure(shares: pd.DataFrame, width: float = FULL) -> Chart:

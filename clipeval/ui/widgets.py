@@ -10,11 +10,11 @@ import pandas as pd
 import streamlit as st
 
 from clipeval.analysis.runview import EVALUATOR_TITLES
-from clipeval.evaluators import thresholds
+from clipeval.evaluators import judges, thresholds
 from clipeval.evaluators.rules import RULES, cp_cutoff
 from clipeval.formats import json_cell, text_cell
 from clipeval.render import charts, glossary
-from clipeval.render.tables import describe_model, short_reason, stand_ins, styled
+from clipeval.render.tables import describe_model, short_reason, stand_in_text, stand_ins, styled
 from clipeval.store import runnames
 from clipeval.ui import data
 
@@ -81,6 +81,11 @@ def fmt_pct(x) -> str:
     return "n/a" if x is None or pd.isna(x) else f"{100 * float(x):.1f}%"
 
 
+def fmt_rank(x) -> str:
+    """A rank (CP's score) as the whole number it is: '128', not '128.000' (empty when there is none)."""
+    return "" if x is None or pd.isna(x) else f"{int(x)}"
+
+
 def fmt_num(x, digits: int = 3) -> str:
     return "n/a" if x is None or pd.isna(x) else f"{float(x):.{digits}f}"
 
@@ -142,13 +147,27 @@ def drop_infinite_url_number(key: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ sidebar
-def _sync_run(ids: list[str]) -> None:
-    """Before the run selectbox exists in this script run: take the run from the URL the first time,
-    fall back to the newest run when the chosen one is gone (deleted)."""
+def _sync_run(ids: list[str], label: dict[str, str]) -> None:
+    """Before the run selectbox exists in this script run: take the run from the URL the first time (an id
+    or a unique prefix of one), else the newest fully evaluated run; fall back to it when the chosen run is
+    gone (deleted). A ?run= naming no complete run is said, with the run shown instead."""
     wanted = st.query_params.get("run")
     current = st.session_state.get(RUN_KEY)
-    if current not in ids:
-        st.session_state[RUN_KEY] = wanted if wanted in ids else (_prefix_match(wanted, ids) or ids[0])
+    if current in ids:
+        return
+    chosen = wanted if wanted in ids else (_prefix_match(wanted, ids) or data.default_run(ids))
+    st.session_state[RUN_KEY] = chosen
+    if wanted and chosen not in (wanted, _prefix_match(wanted, ids)):
+        every = data.runs()
+        hit = every[every["run_id"].astype(str).str.startswith(wanted)]
+        why = (
+            f"run `{hit['run_id'].iloc[0]}` is {hit['status'].iloc[0]}, not complete"
+            if len(hit) == 1
+            else f"{len(hit)} runs start with `{wanted}`"
+            if len(hit) > 1
+            else "this store has no such run"
+        )
+        link_problem("run", f"The link asks for run `{wanted}`, but {why}: showing {label[chosen]} instead.", chosen)
 
 
 def _prefix_match(prefix: str | None, ids: list[str]) -> str | None:
@@ -156,9 +175,69 @@ def _prefix_match(prefix: str | None, ids: list[str]) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
+LINK_KEY = "_clipeval_link_problems"
+
+
+def link_problem(param: str, message: str, shown) -> None:
+    """Remember that the link's ?param= could not be followed: said above the page while `shown` (what is
+    shown instead) is still what the page shows."""
+    st.session_state.setdefault(LINK_KEY, {})[param] = (message, shown)
+
+
+def link_problems(current: dict) -> list[str]:
+    """The messages of _link_problem whose fallback is still shown (current: param -> what is shown now)."""
+    problems = st.session_state.get(LINK_KEY) or {}
+    for p in [p for p, (_, shown) in problems.items() if p in current and current[p] != shown]:
+        del problems[p]  # the user chose another value since: the link's problem is behind them
+    return [m for p, (m, _) in problems.items() if p in current]
+
+
+def url_number(param: str, lo: float, hi: float, what: str, fallback: float, integer: bool = False) -> float:
+    """The value the link gives as ?param= when it is a number from lo to hi, else `fallback` (and, when the
+    link gave another value, a _link_problem naming it and what is shown instead)."""
+    raw = st.query_params.get(param)
+    if raw is None:
+        return fallback
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if math.isfinite(value) and lo <= value <= hi and (not integer or value.is_integer()):
+        return int(value) if integer else value
+    kind = "whole number" if integer else "number"
+    link_problem(
+        param,
+        f"The link's {what} `{param}={raw}` is not a {kind} from {lo:g} to {hi:g}: showing {fallback:g} instead.",
+        fallback,
+    )
+    return fallback
+
+
+def url_flag(param: str, what: str, fallback: bool) -> bool:
+    """url_number for a switch: ?param=true or false (any case; 1 and 0 too)."""
+    raw = st.query_params.get(param)
+    if raw is None:
+        return fallback
+    if raw.strip().lower() in ("true", "1", "false", "0"):
+        return raw.strip().lower() in ("true", "1")
+    link_problem(
+        param, f"The link's {what} `{param}={raw}` is not true or false: showing {fallback} instead.", fallback
+    )
+    return fallback
+
+
+def pin_in_url(param: str, value: float) -> None:
+    """Write a value in effect into the URL, exactly (a link copied now reproduces the same numbers even
+    after a calibration moves the defaults; p = 0.00200401 printed as 0.0020 would judge at another rank)."""
+    text = str(value).lower() if isinstance(value, bool) else f"{float(value):.12g}"
+    if st.query_params.get(param) != text:
+        st.query_params[param] = text
+
+
 def sidebar() -> Context:
     """Run selection, k and the four thresholds; stored for the page as `context()`.
-    Thresholds and k are bound to the URL (?p=&tau=&cut=&auc=&k=), the run as ?run=<id>."""
+    All of them are kept in the URL (?run=<id>&k=&p=&tau=&cut=&auc=), every one in effect, so a link pins its
+    numbers; a link's value that cannot be followed is said above the page, with what is shown instead."""
     data.store()
     ctx = Context()
     complete = data.complete_runs()
@@ -168,8 +247,8 @@ def sidebar() -> Context:
             st.session_state[CTX_KEY] = ctx
             return ctx
         ids = list(complete["run_id"])
-        _sync_run(ids)
         label = run_labels(complete)
+        _sync_run(ids, label)
         run_id = st.selectbox(
             "Run",
             ids,
@@ -188,19 +267,22 @@ def sidebar() -> Context:
         )
         ctx.latest = data.latest_evaluations(run_id)
 
+        # k and the thresholds are not bound to the URL by Streamlit, which leaves a widget at its default out of
+        # the link: a link then meant other numbers once a calibration moved the defaults. They are read from
+        # the link when the session starts and every value in effect is written back (pin_in_url).
         kmax = data.top_k(run_id)
         if kmax > 1:
             ctx.k = st.slider(
                 "k: top activating images judged per neuron",
                 1,
                 kmax,
-                kmax,
+                url_number(K_KEY, 1, kmax, "k", kmax, integer=True),
                 key=K_KEY,
-                bind="query-params",
                 help="A label is judged correct if ANY of the neuron's top-k images matches it (the paper uses k = 5).",
             )
         else:
             ctx.k = max(kmax, 1)
+        pin_in_url(K_KEY, ctx.k)
 
         st.markdown("**Thresholds** (applied live to the stored raw scores)")
         n_concepts = _n_concepts(ctx.latest)
@@ -218,16 +300,18 @@ def sidebar() -> Context:
                 THRESHOLD_LABELS[e],
                 rule.lo,
                 rule.hi,
-                start,
+                url_number(rule.param, rule.lo, rule.hi, f"{title(e)} threshold", start),
                 rule.step,
                 format=thresholds.printf(e),
                 key=rule.param,
-                bind="query-params",
                 help=help_text,
             )
             if e == "cp" and n_concepts:
                 st.caption(f"= the label within the top {cp_cutoff(value, n_concepts)} of {n_concepts} concepts")
+            if defaults[e].source == judges.PENDING and float(value) == defaults[e].value and status == "complete":
+                st.caption(f":orange[{title(e)}: calibration pending, the paper's CLIP value stands in]")
             ctx.thresholds[e] = float(value)
+            pin_in_url(rule.param, value)
         missing = [
             f"{title(e)}: {ctx.evaluator_status(e)[0]}"
             for e in EVALUATOR_ORDER
@@ -235,6 +319,9 @@ def sidebar() -> Context:
         ]
         if missing:
             st.caption("Not in this run: " + "; ".join(missing) + " (reasons on each page).")
+    shown = {"run": run_id, K_KEY: ctx.k, **{RULES[e].param: v for e, v in ctx.thresholds.items()}}
+    for message in link_problems(shown):
+        st.warning(message, icon=":material/link_off:")
     st.session_state[CTX_KEY] = ctx
     return ctx
 
@@ -334,21 +421,9 @@ def model_lines(run: dict, latest: pd.DataFrame, short: bool = True) -> dict[str
 
 def stand_in_notice(run: dict, latest: pd.DataFrame) -> None:
     """A prominent warning when any model of the run is an offline stand-in for CLIP."""
-    roles = stand_ins(run, latest)
-    if roles:
-        verdicts = [r for r in roles if r != "labels"]
-        parts = (["labels"] if "labels" in roles else []) + (
-            [f"{', '.join(verdicts[:-1])}{' and ' if len(verdicts) > 1 else ''}{verdicts[-1]} verdicts"]
-            if verdicts
-            else []
-        )
-        what = " and ".join(parts)
-        st.warning(
-            f"**Not CLIP.** This run's {what} come from an offline stand-in (ConSE: an ImageNet classifier "
-            "and a sentence encoder), not from CLIP: read them as a demonstration of the method, not as the "
-            "paper's numbers. " + glossary_link("conse", "What ConSE is"),
-            icon=":material/report:",
-        )
+    text = stand_in_text(stand_ins(run, latest))
+    if text:
+        st.warning(f"**Not CLIP.** {text} " + glossary_link("conse", "What ConSE is"), icon=":material/report:")
 
 
 def models_banner(ctx: Context) -> None:

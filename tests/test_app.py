@@ -566,8 +566,7 @@ def test_every_page_finds_the_thumbnails_of_the_images_it_shows(app_store):
         ("pages/neuron.py", {}),
         ("pages/neuron.py", {"layer": "classifier", "unit": 207}),
         ("pages/annotate.py", {"rater": "pytest"}),
-        ("pages/labellers.py", {}),
-    ):
+    ):  # the Labellers page's images: test_app_labellers (it needs a label source)
         at = open_page(page, **query)
         assert not at.exception, page
         assert len(at.image), page

@@ -70,6 +70,8 @@ def test_labellers_page_shows_coverage_shares_agreement_and_one_neuron(app_with_
     one = tables(at)[3]
     assert list(one["label"])[1] == "dog" and "ES" in one.columns and set(one["ES"]) <= {"✓", "✗", ""}
     assert one["CP score"].str.fullmatch(r"\d+").any() and one["CP score"].str.fullmatch(r"\d+|").all()  # ranks
+    # the unit's top images: the run stores thumbnails only for the images its units keep, these among them
+    assert len(at.image) and not [c.value for c in at.caption if "no thumbnail stored" in c.value]
     assert not at.exception
 
 

@@ -86,8 +86,6 @@ def import_descriptions(
     from clipeval.compute.device import CPU
     from clipeval.datasets.probe import load_probe
     from clipeval.dissect import pipeline
-    from clipeval.dissect.activations import neuron_summaries
-    from clipeval.dissect.maps import map_rows
     from clipeval.models import targets as targets_mod
 
     labels = read_descriptions(path)
@@ -95,8 +93,7 @@ def import_descriptions(
     if bool(target) != bool(probe):
         raise ClipevalError("give both --target and --probe (to collect activations), or neither")
     concept_set = load_concepts(concepts) if concepts else None
-    content = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-    probe_set = tgt = None
+    probe_set = tgt = layouts = None
     if target:
         probe_set = load_probe(probe, on_bad_image)
         if k > len(probe_set):
@@ -105,72 +102,26 @@ def import_descriptions(
         shapes = targets_mod.check_layers(tgt, layer_order)
         layouts = targets_mod.layer_layouts(tgt, layer_order, shapes)  # a layer that cannot be pooled stops here
     placement = placement or CPU
-    dtype = placement.dtype_name if tgt is not None else None  # activations differ slightly with it: hashed
-    run_id = stable_hash(
-        "import",
-        content,
-        target,
-        weights,
-        tgt and targets_mod.weights_fingerprint(tgt),
-        pooling,
-        probe_set and probe_set.fingerprint,
-        concept_set and concept_set.content_hash,
-        dtype,
+    run_id, config = _import_identity(
+        path, target, weights, tgt, pooling, probe, probe_set, concepts, concept_set, placement
     )
-    config = {
-        "kind": "import",
-        "file": str(Path(path).resolve()),
-        "target": target,
-        "weights": weights,
-        "probe": list(probe or []),
-        "pooling": pooling,
-        "concepts": concepts,
-        **({"dtype": dtype} if dtype else {}),
-    }
     # the store grows by less than the CSV's size (measured: 10 MB for a 15 MB, 200,000-row file)
     need = Path(path).stat().st_size
     check_space(store.path, need)
     store.start_run(run_id, name or f"imported {Path(path).name}", "import", json.dumps(config), run_id)
     try:
+        n_units = (labels.groupby("layer")["unit"].max() + 1).to_dict()
+        shape_text = dict.fromkeys(layer_order, "")
         images = hists = map_frame = None
-        n_units = labels.groupby("layer")["unit"].max() + 1
-        shape_text = {l: "" for l in layer_order}
         if tgt is not None:
-            cache = pipeline.ArrayCache(store.path.parent / "cache")
-            kept: dict = {}
-            made: dict = {}
-            request = pipeline.LayerRequest(TargetConfig(target, weights), tgt, layer_order, pooling)
             settings = pipeline.PassSettings(
                 placement, engine or LOCAL, batch_size, num_workers, on_bad_image, progress
             )
-            acts, _ = pipeline.probe_pass(
-                store, cache, probe_set, request, settings=settings, maps_keep=k, maps_out=kept, thumbs_out=made
+            request = pipeline.LayerRequest(TargetConfig(target, weights), tgt, layer_order, pooling)
+            labels, images, hists, map_frame = _summaries_on_probe(
+                store, path, labels, probe_set, request, settings, n_units, (k, n_contrast, seed)
             )
-            parts = []
-            for layer in layer_order:
-                have = acts[layer].shape[1]
-                if n_units[layer] > have:
-                    raise ClipevalError(
-                        f"{path}: layer {layer} has unit {n_units[layer] - 1} but {target} has only {have} units there"
-                    )
-                n_units[layer] = have
-                shape_text[layer] = str(tuple(shapes[layer]))
-                parts.append(neuron_summaries(layer, acts[layer], k, n_contrast, seed))
-            images = pd.concat([p[0] for p in parts], ignore_index=True)
-            hists = pd.concat([p[1] for p in parts], ignore_index=True)
-            # the imported labels stay as given; a unit that is constant on this probe is flagged dead
-            # (left out of shares and agreement) like in a run made here
-            labels = labels.merge(pd.concat([p[2] for p in parts], ignore_index=True), on=["layer", "unit"], how="left")
-            labels["dead"] = labels["dead"].fillna(False).astype(bool)
-            keep = images.merge(labels[["layer", "unit"]], on=["layer", "unit"])
-            images = keep
-            pipeline.store_thumbnails(store, probe_set, images, made)
-            frames = [
-                map_rows(layer, images[(images["layer"] == layer) & (images["kind"] == "top")], kept[layer])
-                for layer in layer_order
-                if layer in kept
-            ]
-            map_frame = pd.concat(frames, ignore_index=True) if frames else None
+            shape_text = {layer: str(tuple(shapes[layer])) for layer in layer_order}
         if concept_set is not None:
             store.put_concepts(concept_set.content_hash, concept_set.name, concept_set.concepts)
         layers_df = pd.DataFrame(
@@ -192,26 +143,7 @@ def import_descriptions(
             neuron_images=images,
             histograms=hists,
             activation_maps=map_frame,
-            meta={
-                "run_id": run_id,
-                "probe_fingerprint": probe_set and probe_set.fingerprint,
-                "concept_hash": concept_set and concept_set.content_hash,
-                "n_images": len(probe_set) if probe_set else 0,
-                "n_skipped_images": len(probe_set.skipped) if probe_set else 0,
-                "models": {
-                    "labels": f"imported from {Path(path).name}",
-                    **(
-                        {
-                            "target": {"name": tgt.name, **tgt.info, "layouts": layouts},
-                            "compute": {**placement.info(), "engine": (engine or LOCAL).describe()},
-                        }
-                        if tgt
-                        else {}
-                    ),
-                },
-                "timings": {},
-                "peak_rss_mb": pipeline.peak_rss_mb(),
-            },
+            meta=_import_meta(run_id, path, probe_set, concept_set, tgt, layouts, placement, engine),
         )
     except BaseException as e:
         if isinstance(e, NoSpace) or out_of_space(e):
@@ -223,3 +155,111 @@ def import_descriptions(
         store.fail_run(run_id, "failed", f"{type(e).__name__}: {e}")
         raise
     return run_id
+
+
+def _summaries_on_probe(store, path, labels, probe_set, request, settings, n_units: dict, summary_args):
+    """One probe pass for imported labels: each unit's top, level, low and random images, histograms and
+    dead flag (as a run made here has them), its activation maps and the thumbnails the pages show.
+    `n_units` is set to each layer's unit count; a label on a unit the layer lacks is refused."""
+    from clipeval.dissect import pipeline
+    from clipeval.dissect.activations import stream_summaries
+    from clipeval.dissect.maps import map_rows
+
+    k = summary_args[0]
+    cache = pipeline.ArrayCache(store.path.parent / "cache")
+    kept, made, streamed = {}, {}, {}
+    pipeline.probe_pass(
+        store,
+        cache,
+        probe_set,
+        request,
+        settings=settings,
+        maps_keep=k,
+        maps_out=kept,
+        thumbs_out=made,
+        streams=streamed,
+        stream_keep=k,
+    )
+    scratch = cache.folder / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for layer in request.layers:
+        have = streamed[layer].stream.n_units
+        if n_units[layer] > have:
+            raise ClipevalError(
+                f"{path}: layer {layer} has unit {n_units[layer] - 1} but {request.target_cfg.name} has only "
+                f"{have} units there"
+            )
+        n_units[layer] = have
+        parts.append(
+            stream_summaries(layer, streamed[layer].path, streamed[layer].stream, k, *summary_args[1:], scratch)
+        )
+    # the imported labels stay as given; a unit that is constant on this probe is flagged dead (left out of
+    # shares and agreement) like in a run made here
+    labels = labels.merge(pd.concat([p[2] for p in parts], ignore_index=True), on=["layer", "unit"], how="left")
+    labels["dead"] = labels["dead"].fillna(False).astype(bool)
+    images = pd.concat([p[0] for p in parts], ignore_index=True).merge(labels[["layer", "unit"]], on=["layer", "unit"])
+    pipeline.store_thumbnails(store, probe_set, images, made)
+    frames = [
+        map_rows(layer, images[(images["layer"] == layer) & (images["kind"] == "top")], kept[layer])
+        for layer in request.layers
+        if layer in kept
+    ]
+    hists = pd.concat([p[1] for p in parts], ignore_index=True)
+    return labels, images, hists, pd.concat(frames, ignore_index=True) if frames else None
+
+
+def _import_meta(run_id, path, probe_set, concept_set, tgt, layouts, placement, engine) -> dict:
+    """What an imported run records beside its labels: where they came from and, with a probe pass, the
+    target and where it ran."""
+    from clipeval.dissect import pipeline
+
+    return {
+        "run_id": run_id,
+        "probe_fingerprint": probe_set and probe_set.fingerprint,
+        "concept_hash": concept_set and concept_set.content_hash,
+        "n_images": len(probe_set) if probe_set else 0,
+        "n_skipped_images": len(probe_set.skipped) if probe_set else 0,
+        "models": {
+            "labels": f"imported from {Path(path).name}",
+            **(
+                {
+                    "target": {"name": tgt.name, **tgt.info, "layouts": layouts},
+                    "compute": {**placement.info(), "engine": (engine or LOCAL).describe()},
+                }
+                if tgt
+                else {}
+            ),
+        },
+        "timings": {},
+        "peak_rss_mb": pipeline.peak_rss_mb(),
+    }
+
+
+def _import_identity(path, target, weights, tgt, pooling, probe, probe_set, concepts, concept_set, placement):
+    """An import's run id (a hash of everything that makes its numbers) and its stored settings."""
+    from clipeval.models import targets as targets_mod
+
+    dtype = placement.dtype_name if tgt is not None else None  # activations differ slightly with it: hashed
+    run_id = stable_hash(
+        "import",
+        hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16],
+        target,
+        weights,
+        tgt and targets_mod.weights_fingerprint(tgt),
+        pooling,
+        probe_set and probe_set.fingerprint,
+        concept_set and concept_set.content_hash,
+        dtype,
+    )
+    config = {
+        "kind": "import",
+        "file": str(Path(path).resolve()),
+        "target": target,
+        "weights": weights,
+        "probe": list(probe or []),
+        "pooling": pooling,
+        "concepts": concepts,
+        **({"dtype": dtype} if dtype else {}),
+    }
+    return run_id, config

@@ -700,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--html",
         metavar="OUT.html",
-        help="write one self-contained HTML report (images and SVG charts inside; opens offline) instead of printing",
+        help="write one self-contained HTML report (images, plotly.js and the charts inside; opens offline) instead of printing",
     )
     rp.add_argument(
         "--units",

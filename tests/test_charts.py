@@ -164,7 +164,7 @@ def test_label_bars_histogram_and_confusion_values():
     conf = pd.DataFrame([[5, 1], [2, 7]], index=["correct", "not correct"], columns=["correct", "not correct"])
     heat = charts.confusion_heatmap(conf, "CP", "human: alice")
     assert heat.data[0].z.tolist() == [[5, 1], [2, 7]] and "human: alice: %{x}" in heat.data[0].hovertemplate
-    assert heat.layout.title.text == "Confusion matrix: CP against human: alice, 15 neurons"
+    assert heat.layout.title.text.replace("<br>", " ") == "Confusion matrix: CP against human: alice, 15 neurons"
 
 
 def test_names_are_escaped():

@@ -10,6 +10,7 @@ screen reader reads) and fills the width it is given (autosize).
 
 from __future__ import annotations
 
+import textwrap
 from html import escape
 
 import numpy as np
@@ -39,8 +40,8 @@ BASELINE_MARKS = (
     ("shuffled", "x-thin-open", "shuffled labels (×)"),
     ("constant", "line-ew-open", "one constant label (–)"),
 )
-MARGIN = dict(l=10, r=10, t=56, b=10)
 CONFIG = {"displaylogo": False, "responsive": True}
+TITLE_CHARS = 44  # a title's line, short enough to stay left of the mode bar in a HALF chart
 
 
 def esc(s) -> str:
@@ -48,13 +49,28 @@ def esc(s) -> str:
     return escape(str(s), quote=False)
 
 
-def _title(text: str) -> dict:
-    return dict(text=esc(text), x=0, xanchor="left", font=dict(size=15))
+def _top(text: str) -> dict:
+    """Layout of a title wrapped into lines of TITLE_CHARS (the mode bar sits at the top right, over a long
+    title's end) and a top margin that holds them."""
+    lines = textwrap.wrap(text, TITLE_CHARS) or [""]
+    return dict(
+        title=dict(
+            text="<br>".join(esc(l) for l in lines),
+            x=0,
+            xanchor="left",
+            y=1,
+            yanchor="top",
+            yref="container",
+            pad=dict(t=8),
+            font=dict(size=14),
+        ),
+        margin=dict(l=10, r=10, t=22 + 19 * len(lines), b=10),
+    )
 
 
 def _legend_below() -> dict:
     # below the plot in rows: a legend on the right took half of a 470 px chart
-    return dict(orientation="h", x=0, xanchor="left", y=-0.18, yanchor="top", font=dict(size=12))
+    return dict(orientation="h", x=0, xanchor="left", y=-0.26, yanchor="top", font=dict(size=12))
 
 
 def activation_histogram(hist: pd.DataFrame, top_activations: list[float], k: int) -> go.Figure:
@@ -91,9 +107,8 @@ def activation_histogram(hist: pd.DataFrame, top_activations: list[float], k: in
             hovertemplate="top image #%{customdata}: activation %{x:.3f}<extra></extra>",
         )
     fig.update_layout(
-        title=_title(f"Activation over {int(hist['count'].sum()) if len(hist) else 0} probe images"),
+        **_top(f"Activation over {int(hist['count'].sum()) if len(hist) else 0} probe images"),
         height=320,
-        margin=MARGIN,
         xaxis_title="activation",
         yaxis_title="images",
         legend=_legend_below(),
@@ -144,9 +159,8 @@ def layer_shares(summary: pd.DataFrame, layers: list[str]) -> go.Figure:
                 )
                 shown.add(variant)
     fig.update_layout(
-        title=_title("Share of labels judged correct per layer, beside the shuffled and constant baselines"),
+        **_top("Share of labels judged correct per layer, beside the shuffled and constant baselines"),
         height=420,
-        margin=MARGIN,
         barmode="group",
         scattermode="group",
         yaxis=dict(
@@ -219,9 +233,8 @@ def sweep_figure(
         )
     percent = metric in ("share_correct", "agreement")
     fig.update_layout(
-        title=_title(title or f"{METRIC_TITLES.get(metric, metric)} against {param}, per layer"),
+        **_top(title or f"{METRIC_TITLES.get(metric, metric)} against {param}, per layer"),
         height=400,
-        margin=MARGIN,
         hovermode="x unified",
         xaxis=dict(title=param, range=[lo, hi]),
         yaxis=dict(title=metric.replace("_", " "), tickformat=".0%" if percent else None),
@@ -302,9 +315,8 @@ def kappa_heatmap(
             ygap=2,
         )
     fig.update_layout(
-        title=_title("Cohen's kappa between every pair of raters (each cell: kappa, 95% interval, n)"),
+        **_top("Cohen's kappa between every pair of raters (each cell: kappa, 95% interval, n)"),
         height=max(320, 80 * len(matrix) + 140),
-        margin=MARGIN,
         yaxis=dict(autorange="reversed", automargin=True),
         xaxis=dict(automargin=True, side="bottom"),
     )
@@ -327,10 +339,9 @@ def timings_bar(t: pd.DataFrame) -> go.Figure:
         )
     runs = t["run"].nunique()
     fig.update_layout(
-        title=_title("Wall-clock seconds per pipeline stage, per run"),
+        **_top("Wall-clock seconds per pipeline stage, per run"),
         barmode="stack",
         height=140 + 56 * runs + 22 * len(steps),
-        margin=MARGIN,
         xaxis=dict(title="seconds"),
         yaxis=dict(automargin=True, autorange="reversed"),
         legend=dict(orientation="h", x=0, xanchor="left", y=1.0, yanchor="bottom", font=dict(size=12)),
@@ -353,9 +364,8 @@ def label_bars(counts: pd.DataFrame) -> go.Figure:
         )
     )
     fig.update_layout(
-        title=_title(f"The {len(counts)} most frequent labels"),
+        **_top(f"The {len(counts)} most frequent labels"),
         height=max(260, 24 * len(counts) + 110),
-        margin=MARGIN,
         xaxis_title="neurons",
         yaxis=dict(autorange="reversed", automargin=True),
     )
@@ -384,9 +394,8 @@ def confusion_heatmap(conf: pd.DataFrame, rater: str, reference: str) -> go.Figu
         )
     )
     fig.update_layout(
-        title=_title(f"Confusion matrix: {rater} against {reference}, {int(np.nansum(z))} neurons"),
+        **_top(f"Confusion matrix: {rater} against {reference}, {int(np.nansum(z))} neurons"),
         height=300,
-        margin=MARGIN,
         yaxis=dict(autorange="reversed", title=esc(rater), automargin=True),
         xaxis=dict(title=esc(reference), side="bottom", tickangle=0),
     )
@@ -438,9 +447,8 @@ def labeller_shares(shares: pd.DataFrame) -> go.Figure:
             )
             shown.add(col)
     fig.update_layout(
-        title=_title("Share judged correct per labeller, beside its shuffled labels and a constant label"),
+        **_top("Share judged correct per labeller, beside its shuffled labels and a constant label"),
         height=160 + max(len(order), 1) * (26 * max(shares["evaluator"].nunique(), 1) + 20),
-        margin=MARGIN,
         barmode="group",
         scattermode="group",
         xaxis=dict(title="share judged correct", tickformat=".0%", range=[0, 1.1]),

@@ -27,7 +27,7 @@ LOCAL = ("file:", "data:", "blob:", "about:", "chrome-error:")
 COUNT_JS = """JSON.stringify({plots: [...document.querySelectorAll('.plot')].filter(d => {
     const g = d.querySelector('.js-plotly-plot');
     return g && g.getBoundingClientRect().height > 0 && (g._fullData || []).length > 0
-      && g.querySelector('.cartesianlayer .plot path, .cartesianlayer .plot image') !== null;
+      && g.querySelector('.cartesianlayer .trace path, .cartesianlayer .trace image, .heatmaplayer image') !== null;
   }).length,
   figures: document.querySelectorAll('.plot').length, units: document.querySelectorAll('.unit').length,
   ready: document.readyState})"""

@@ -49,7 +49,13 @@ elif not view.human_labels:
 # ---------------------------------------------------------------- kappa matrix
 st.subheader("Cohen's kappa between every pair")
 matrix = data.kappa_intervals(ctx.run_id, ctx.thresholds, k)
-widgets.chart(charts.kappa_heatmap, matrix["kappa"], matrix["n"], matrix["lo"], matrix["hi"], intervals.MIN_N)
+widgets.chart(
+    charts.kappa_heatmap(matrix["kappa"], matrix["n"], matrix["lo"], matrix["hi"], intervals.MIN_N),
+    pd.concat({m: matrix[m].rename_axis("rater A").stack() for m in ("kappa", "lo", "hi", "n")}, axis=1)
+    .rename_axis(["rater A", "rater B"])
+    .reset_index(),
+    "kappa_pairs",
+)
 st.caption(
     f"Each cell: kappa, its 95% interval (bootstrap over neurons) and n, the neurons both raters judged. "
     f"Grey cells: fewer than {intervals.MIN_N} neurons, too few to read. Evaluator verdicts at the sidebar's "
@@ -118,7 +124,11 @@ with c[0]:
         columns={"reference yes": "correct", "reference no": "not correct"},
     )
     st.markdown(f"**Confusion matrix**: rows {rater}, columns {reference}")
-    widgets.chart(charts.confusion_heatmap, conf, rater, reference, fit=False)
+    widgets.chart(
+        charts.confusion_heatmap(conf, rater, reference),
+        conf.rename_axis(rater).reset_index(),
+        "confusion",
+    )
 with c[1]:
     overall = tables[rater].set_index("layer").loc["overall"]
     for row_measures in (("agreement", "kappa", "jaccard"), ("precision", "recall", "f1")):

@@ -4,9 +4,10 @@ images; agreement between the sources; one neuron's label from every source with
 
 import streamlit as st
 
+from clipeval.render import charts
 from clipeval.render.tables import neuron_link
 from clipeval.ui import data, widgets
-from clipeval.ui.sources import labeller_view, shares_figure, short_names
+from clipeval.ui.sources import labeller_view, short_names
 
 ctx = widgets.run_page("Labellers side by side")
 lv = labeller_view(ctx.run_id)
@@ -97,7 +98,7 @@ part = shares[shares["layer"] == layer]
 if part.empty:
     st.info(f"No source labels a unit of {layer}.")
 else:
-    widgets.chart(shares_figure, part)
+    widgets.chart(charts.labeller_shares(part), part, "labeller_shares")
     st.caption(
         "Bars: each labeller's labels; × the same labels shuffled across the labeller's units of each layer; "
         "| one constant label (the run's most frequent) on the same units. "

@@ -27,7 +27,7 @@ if not available:
     )
 else:
     summary = view.layer_summary(ctx.thresholds, k)
-    widgets.chart(charts.layer_shares, summary, layer_names)
+    widgets.chart(charts.layer_shares(summary, layer_names), summary, "layer_shares")
     st.caption(
         f"Bars: the run's real labels; black markers: the same evaluator on labels shuffled across neurons "
         f"(×) and on one constant label for every neuron (–). An evaluator that passes shuffled or constant "
@@ -153,7 +153,7 @@ st.dataframe(
 st.subheader("Most frequent labels")
 counts = data.label_counts(ctx.run_id, None if grid_layer == "all layers" else grid_layer, 20)
 row = st.container(horizontal=True, gap="small")  # side by side when wide, stacked at 800 px
-widgets.chart(charts.label_bars, counts, where=row.container(width=charts.HALF), fit=False)
+widgets.chart(charts.label_bars(counts), counts, "label_counts", where=row.container(width=charts.HALF))
 with row.container(width=charts.HALF):
     st.caption(
         f"{'All layers' if grid_layer == 'all layers' else grid_layer} (follows the grid's layer filter). "

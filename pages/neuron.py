@@ -324,7 +324,11 @@ if tabs[3].open:
             st.caption("No histogram stored for this neuron.")
         else:
             top = images[images["kind"] == "top"]
-            widgets.chart(charts.activation_histogram, hist, top["activation"].tolist(), ctx.k)
+            widgets.chart(
+                charts.activation_histogram(hist, top["activation"].tolist(), ctx.k),
+                hist,
+                "histogram",
+            )
             st.caption(
                 f"Activation over all {int(hist['count'].sum())} probe images; red lines: the top images "
                 f"(solid: the top {ctx.k} that are judged)."

@@ -14,7 +14,8 @@ view = data.run_view(ctx.run_id)
 k = min(ctx.k, view.kmax) if view.available else ctx.k
 n_units = len(view.neurons)
 st.markdown(
-    "One HTML file with everything inside (thumbnails, the charts as SVG): it opens in any browser without a "
+    "One HTML file with everything inside (thumbnails, the interactive charts and their script): it opens in any "
+    "browser without a "
     "network. It holds the run's models and settings, the share judged correct per layer beside the baselines with "
     "95% intervals, the threshold sensitivity plots, agreement between raters with n and intervals, the labellers "
     "side by side (if the run has label sources), and a page of units per layer with their top images, label and "

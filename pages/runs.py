@@ -226,7 +226,8 @@ else:
             )
     if chart_tab.open:
         with chart_tab:
-            widgets.chart(charts.timings_bar, t.assign(name=t["run"].map(lambda r: differs.get(r) or r[:8])))
+            named = t.assign(name=t["run"].map(lambda r: differs.get(r) or r[:8]))
+            widgets.chart(charts.timings_bar(named), named, "timings")
     st.caption("Wall-clock seconds on the machine that made the run. Human annotation time is not recorded.")
 
 # ---------------------------------------------------------------- delete

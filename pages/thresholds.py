@@ -77,8 +77,9 @@ for e in available:
     sweep = data.sweep(ctx.run_id, e, lo, hi, k, ref)
     if view.defaults[e].note:
         st.caption(f"Default: {view.defaults[e].note}. The dashed grey line marks the paper's value.")
-    row = st.container(horizontal=True, gap="small")  # side by side when wide, stacked at 800 px
-    cols = [row.container(width=charts.HALF) for _ in range(2 if ref else 1)]
+    # two charts side by side when wide, stacked at 800 px; one alone takes the page's width
+    row = st.container(horizontal=True, gap="small")
+    cols = [row.container(width=charts.HALF) for _ in range(2)] if ref else [st.container()]
     head = headlines.share_headline(view, e, ctx.thresholds[e], k)
     cols[0].markdown(
         f"**Share judged correct** at {thresholds.label(e, ctx.thresholds[e])}: "
@@ -87,16 +88,19 @@ for e in available:
     if head.warning():
         cols[0].warning(head.warning(), icon=":material/warning:")
     widgets.chart(
-        charts.sweep_figure,
-        sweep,
-        rule.param,
-        ctx.thresholds[e],
-        "share_correct",
-        baselines,
-        thresholds.fmt(e, ctx.thresholds[e]),
-        paper=PAPER_THRESHOLDS[e],
+        charts.sweep_figure(
+            sweep,
+            rule.param,
+            ctx.thresholds[e],
+            "share_correct",
+            baselines,
+            thresholds.fmt(e, ctx.thresholds[e]),
+            paper=PAPER_THRESHOLDS[e],
+            title=f"{widgets.title(e)}: share judged correct against {rule.param}, per layer",
+        ),
+        sweep.drop(columns=[c for c in ("agreement", "kappa") if c in sweep]),
+        f"sweep_share_{e}",
         where=cols[0],
-        fit=False,
     )
     if ref:
         if metric in sweep and sweep[metric].notna().any():
@@ -109,16 +113,19 @@ for e in available:
                     icon=":material/warning:",
                 )
             widgets.chart(
-                charts.sweep_figure,
+                charts.sweep_figure(
+                    sweep,
+                    rule.param,
+                    ctx.thresholds[e],
+                    metric,
+                    False,
+                    thresholds.fmt(e, ctx.thresholds[e]),
+                    paper=PAPER_THRESHOLDS[e],
+                    title=f"{widgets.title(e)}: {metric} with {ref} against {rule.param}, per layer",
+                ),
                 sweep,
-                rule.param,
-                ctx.thresholds[e],
-                metric,
-                False,
-                thresholds.fmt(e, ctx.thresholds[e]),
-                paper=PAPER_THRESHOLDS[e],
+                f"sweep_{metric}_{e}",
                 where=cols[1],
-                fit=False,
             )
         else:
             cols[1].info(f"{ref} judged none of this run's neurons that {widgets.title(e)} scored.")

@@ -1,6 +1,6 @@
 """Open an HTML report in headless Chromium and check it is self-contained: every request the page
 makes is logged over the DevTools protocol, and any that is not file:, data:, blob: or about: is a
-failure. Also counts the charts that drew, and writes a screenshot of the top of the page.
+failure. Also counts the plotly charts that drew, and writes a screenshot of the top of the page.
 
     python scripts/check_report_offline.py REPORT.html [--shot report.png] [--wait 20]
 
@@ -21,10 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from screenshots import devtools_page, find_chromium  # noqa: E402
 
 LOCAL = ("file:", "data:", "blob:", "about:", "chrome-error:")
-# a chart counts as drawn when its frame holds an svg that has a size on the page and marks with values (a
-# count of svg elements once said "21 of 7 charts drawn" and passed with some charts undrawn)
-COUNT_JS = """JSON.stringify({plots: [...document.querySelectorAll('.plot')].filter(d => [...d.querySelectorAll('svg')]
-    .some(s => s.getBoundingClientRect().height > 0 && s.querySelector('title'))).length,
+# a chart counts as drawn when plotly.js has drawn marks into its frame: a plotly div with a size on the page
+# and data marks (lines, bars, heatmap images) in its plot area (a count of svg elements once said "21 of 7
+# charts drawn" and passed with some charts undrawn; axes alone are not a chart)
+COUNT_JS = """JSON.stringify({plots: [...document.querySelectorAll('.plot')].filter(d => {
+    const g = d.querySelector('.js-plotly-plot');
+    return g && g.getBoundingClientRect().height > 0 && (g._fullData || []).length > 0
+      && g.querySelector('.cartesianlayer .trace path, .cartesianlayer .trace image, .heatmaplayer image') !== null;
+  }).length,
   figures: document.querySelectorAll('.plot').length, units: document.querySelectorAll('.unit').length,
   ready: document.readyState})"""
 

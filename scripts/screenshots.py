@@ -129,7 +129,14 @@ READY_JS = """(() => {
   const imgs = [...document.images].every(i => i.complete);
   const main = document.querySelector('[data-testid="stMain"]') || document.body;
   return JSON.stringify({busy: running || !!skeleton || !imgs, text: main.innerText.length,
-                         plots: document.querySelectorAll('.cv-chart svg').length});
+                         plots: document.querySelectorAll('.js-plotly-plot .main-svg').length});
+})()"""
+# the middle of the first chart's plot area, where --hover moves the mouse (plotly then shows its hover)
+HOVER_JS = """(() => {
+  const d = document.querySelector('.js-plotly-plot .nsewdrag');
+  if (!d) return null;
+  const r = d.getBoundingClientRect();
+  return JSON.stringify({x: r.left + r.width * 0.45, y: r.top + r.height * 0.5});
 })()"""
 HEIGHT_JS = """(() => {
   const main = document.querySelector('[data-testid="stMain"]');
@@ -152,10 +159,18 @@ def external_requests(events: list[dict]) -> list[str]:
 
 
 def shoot(
-    chromium: str, url: str, out: Path, width: int, height: int, wait_s: float, full: bool, external: list | None = None
+    chromium: str,
+    url: str,
+    out: Path,
+    width: int,
+    height: int,
+    wait_s: float,
+    full: bool,
+    external: list | None = None,
+    hover: bool = False,
 ) -> bool:
-    """Open `url`, wait until Streamlit is idle and stable (at most wait_s), screenshot the whole page;
-    append every request that left localhost to `external`."""
+    """Open `url`, wait until Streamlit is idle and stable (at most wait_s), screenshot the whole page (with
+    `hover`, the mouse over the first chart); append every request that left localhost to `external`."""
     import base64
 
     with devtools_page(chromium, width, height) as cdp:
@@ -179,6 +194,11 @@ def shoot(
             if h > height:
                 cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=h, deviceScaleFactor=1, mobile=False)
                 time.sleep(1.5)  # let charts and the data grids re-layout at the new height
+        point = cdp.js(HOVER_JS) if hover else None
+        if point:
+            p = json.loads(point)
+            cdp.call("Input.dispatchMouseEvent", type="mouseMoved", x=p["x"], y=p["y"])
+            time.sleep(0.8)
         shot = cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=False)
         out.write_bytes(base64.b64decode(shot["data"]))
         cdp.js("1")  # drain the events that arrived meanwhile
@@ -262,7 +282,9 @@ def shoot_all(chromium: str, base: str, shots: dict[str, str], out: Path, args) 
         target.unlink(missing_ok=True)
         url = f"{base}/{path}"
         t = time.time()
-        good = shoot(chromium, url, target, args.width, args.height, args.wait, not args.viewport_only, external)
+        good = shoot(
+            chromium, url, target, args.width, args.height, args.wait, not args.viewport_only, external, args.hover
+        )
         ok &= good
         print(f"{name:12s} {url}  ->  {target if good else 'FAILED'}  ({time.time() - t:.1f} s)")
     if external:
@@ -291,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--height", type=int, default=1800)
     ap.add_argument("--wait", type=float, default=30, help="at most this many seconds for a page to settle")
     ap.add_argument("--viewport-only", action="store_true", help="shoot the window only, not the whole page")
+    ap.add_argument("--hover", action="store_true", help="move the mouse over the first chart before each shot")
     ap.add_argument(
         "--url",
         help="shoot an app that is already running (e.g. http://localhost:8501, as `./run app` "

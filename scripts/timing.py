@@ -175,26 +175,33 @@ def click_button(label: str) -> str:
       if (!b || b.disabled) return false; b.click(); return true; }})()"""
 
 
-def measure(chromium: str, base: str, width: int, height: int) -> dict[str, float]:
+def measure(
+    chromium: str, base: str, width: int, height: int, pages: list[str] = PAGES, query: str = ""
+) -> dict[str, float]:
+    """`query` (e.g. run=abc) goes on every URL: the same run before and after a change, whichever is newest."""
+
+    def url(path: str) -> str:
+        return f"{base}/{path}" + (("&" if "?" in path else "?") + query if query else "")
+
     out: dict[str, float] = {}
-    for page in PAGES:
+    for page in pages:
         b = Browser(chromium, width, height)
         try:
-            out[f"first visit: /{page.split('?')[0]}"] = b.open(f"{base}/{page}")
+            out[f"first visit: /{page.split('?')[0]}"] = b.open(url(page))
         finally:
             b.close()
     # the same pages in one browser that has opened the app before (its scripts in the HTTP cache, as for
     # a collaborator's second link): each load is still a new session with its first script run
     b = Browser(chromium, width, height)
     try:
-        b.open(base)
-        for page in PAGES:
-            out[f"cached scripts: /{page.split('?')[0]}"] = b.open(f"{base}/{page}")
+        b.open(url(""))
+        for page in pages:
+            out[f"cached scripts: /{page.split('?')[0]}"] = b.open(url(page))
     finally:
         b.close()
     b = Browser(chromium, width, height)
     try:
-        out["first visit: shared neuron link"] = b.open(f"{base}/neuron?layer=classifier&unit=207&tau=0.3")
+        out["first visit: shared neuron link"] = b.open(url("neuron?layer=classifier&unit=207&tau=0.3"))
         out["neuron: Next"] = b.act(click_button("Next"))
         # layer change: open the layer select box and pick the second option
         b.cdp.js(focus('[data-testid="stSelectbox"]', "Layer", "input"))
@@ -210,12 +217,15 @@ def measure(chromium: str, base: str, width: int, height: int) -> dict[str, floa
         out["neuron: tau 20 keyboard steps"], out["neuron: tau 20 keyboard steps, after the last"] = b.keys(
             "ArrowRight", 39, 20, 0.05
         )
-        b.open(f"{base}/layers")
+        b.open(url("layers"))
         b.cdp.js(focus('[data-testid="stSlider"]', "ES: tau", "input"))
         out["layers: tau one keyboard step"] = b.keys("ArrowLeft", 37, 1, 0.0)[0]
-        b.open(f"{base}/thresholds")
+        b.open(url("thresholds"))
         b.cdp.js(focus('[data-testid="stSlider"]', "ES: tau", "input"))
         out["thresholds: tau one keyboard step"] = b.keys("ArrowLeft", 37, 1, 0.0)[0]
+        b.open(url("agreement"))
+        b.cdp.js(focus('[data-testid="stSlider"]', "ES: tau", "input"))
+        out["agreement: tau one keyboard step"] = b.keys("ArrowLeft", 37, 1, 0.0)[0]
     finally:
         b.close()
     return out
@@ -229,7 +239,17 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=int, default=1440)
     ap.add_argument("--height", type=int, default=1000)
     ap.add_argument("--json", help="also write every measurement here")
+    ap.add_argument("--pages", help="comma-separated subset of the pages' first visits, e.g. thresholds,layers")
+    ap.add_argument("--query", default="", help="added to every URL, e.g. run=0baa774a8b6c")
     args = ap.parse_args(argv)
+    pages = PAGES
+    if args.pages:
+        pages = [p for p in PAGES if p.split("?")[0] in args.pages.split(",")]
+        unknown = set(args.pages.split(",")) - {p.split("?")[0] for p in PAGES}
+        if unknown:
+            ap.error(
+                f"unknown page(s) {', '.join(sorted(unknown))}: choose from {', '.join(p.split('?')[0] for p in PAGES)}"
+            )
     chromium = find_chromium()
     proc = None
     if args.url:
@@ -260,7 +280,7 @@ def main(argv=None) -> int:
         wait_healthy(port, proc)
         base = f"http://127.0.0.1:{port}"
     try:
-        runs = [measure(chromium, base, args.width, args.height) for _ in range(args.repeat)]
+        runs = [measure(chromium, base, args.width, args.height, pages, args.query) for _ in range(args.repeat)]
     finally:
         if proc:
             stop(proc)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -46,9 +47,14 @@ def open_page(page: str | None = None, **query) -> AppTest:
     return at
 
 
-def charts(at: AppTest) -> list[str]:
-    """The SVG charts on the page (clipeval.ui.charts, drawn through st.markdown)."""
-    return [m.value for m in at.markdown if 'class="cv-svg' in m.value]
+def charts(at: AppTest) -> list[dict]:
+    """The plotly charts on the page (widgets.chart), as the figures sent to the browser."""
+    return [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
+
+
+def csv_buttons(at: AppTest) -> list[str]:
+    """The keys of the 'Download data (CSV)' buttons beside the charts."""
+    return [b.key for b in at.get("download_button") if b.proto.label == "Download data (CSV)"]
 
 
 _ESCAPED = re.compile(r"\\([!-/:-@\[-`{-~])")  # tables.markdown_literal's backslashes
@@ -79,7 +85,7 @@ def greyed(at: AppTest, index: int) -> set[tuple[int, int]]:
 
 def texts(at: AppTest) -> str:
     parts = (
-        [m.value for m in at.markdown if 'class="cv-svg' not in m.value]
+        [m.value for m in at.markdown]
         + [c.value for c in at.caption]
         + [t.value for t in at.title]
         + [s.value for s in at.subheader]
@@ -230,11 +236,22 @@ def test_neuron_explorer_draws_only_the_open_tab(app_store):
     assert not charts(at) and "spread over the neuron's activation range" in texts(at)
     at.session_state["beyond"] = "Activation histogram"
     at.run()
-    assert not at.exception and len(charts(at)) == 1 and "images</title>" in charts(at)[0]
+    assert not at.exception and len(charts(at)) == 1 and charts(at)[0]["data"][0]["name"] == "probe images"
+    assert csv_buttons(at) == ["csv_histogram"]
     assert "spread over the neuron's activation range" not in texts(at) and len(at.image) < n_default
     at.session_state["beyond"] = "Least active"
     at.run()
     assert not charts(at) and "least activating probe images" in texts(at)
+
+
+def test_agreement_charts_carry_n_and_intervals_and_their_data(app_store):
+    """The kappa matrix's hover holds each pair's interval and n; each chart has its data as CSV beside it."""
+    at = open_page("pages/agreement.py")
+    heat = [c for c in charts(at) if c["data"][0]["type"] == "heatmap"]
+    assert len(heat) == 2  # the kappa matrix and the pair's confusion matrix
+    hover = [cell for row in heat[0]["data"][0]["customdata"] for cell in row]
+    assert any("95% interval [" in h and "<br>n=" in h for h in hover)
+    assert csv_buttons(at) == ["csv_kappa_pairs", "csv_confusion"]
 
 
 def test_unavailable_evaluator_is_shown_with_its_reason(app_store):
@@ -334,7 +351,11 @@ def test_thresholds_calibrate_to_a_human_and_apply(app_store):
     add_humans(store, run_id, "alice", per_layer=30)
     at = open_page("pages/thresholds.py")
     assert at.selectbox(key="ref").value == "human: alice"
-    assert len(charts(at)) >= 6  # share and kappa curves for CP, ES and Contrast
+    drawn = charts(at)
+    assert len(drawn) >= 6  # share and kappa curves for CP, ES and Contrast
+    # every chart: interactive hover across its lines, the two thresholds marked, its data downloadable
+    assert all(c["layout"]["hovermode"] == "x unified" and c["layout"]["shapes"] for c in drawn)
+    assert {"csv_sweep_share_cp", "csv_sweep_kappa_es"} <= set(csv_buttons(at)) and len(csv_buttons(at)) == len(drawn)
     at.selectbox(key="cal_evaluator").set_value("es").run()
     at.button(key="calibrate").click().run()
     assert not at.exception

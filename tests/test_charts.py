@@ -1,55 +1,19 @@
-"""The SVG charts (clipeval.ui.charts): one line of SVG each (st.markdown passes an HTML block through
-only until a blank line), every mark with its value as a hover title, and no text outside the drawing,
-even with the long names real runs have (a file name, a run's settings, a rater's name)."""
+"""The plotly charts (clipeval.render.charts): each trace's data is the frame it was drawn from, every hover
+carries its value (and n where there is one), the current and the paper's thresholds are marked, and no
+colour assumes a light page."""
 
 from __future__ import annotations
 
-import re
-import xml.etree.ElementTree as ET
+import json
 
 import numpy as np
 import pandas as pd
-import pytest
+import plotly.graph_objects as go
 
 from clipeval.render import charts
-from clipeval.render.svg import nice_ticks, text_width, wrap
-from clipeval.ui.sources import shares_figure
 
-NS = "{http://www.w3.org/2000/svg}"
 LONG = "run demo: EfficientNet-Lite0 | demo probe (full) | common-10k"
 FILE = "resnet50_imagenet_broden_layer4_tally_netdissect.csv"
-
-
-def parse(chart) -> ET.Element:
-    svg = chart.svg()
-    assert "\n" not in svg  # one line: no blank line can end st.markdown's HTML block
-    return ET.fromstring(svg)
-
-
-def titles(root: ET.Element) -> list[str]:
-    return [t.text for t in root.iter(f"{NS}title")]
-
-
-def text_boxes(root: ET.Element):
-    """(left, right, y, text) of every line of text that is not turned, by the same width estimate."""
-    for t in root.iter(f"{NS}text"):
-        if "transform" in t.attrib:
-            continue
-        size = float(t.get("font-size"))
-        spans = list(t.iter(f"{NS}tspan")) or [t]
-        for s in spans:
-            x, y, line = float(s.get("x")), float(s.get("y")), s.text or ""
-            w = text_width(line, size)
-            left = {"start": x, "middle": x - w / 2, "end": x - w}[t.get("text-anchor")]
-            yield left, left + w, y, line
-
-
-def assert_inside(chart):
-    root = parse(chart)
-    _, _, width, height = (float(v) for v in root.get("viewBox").split())
-    for left, right, y, line in text_boxes(root):
-        assert left >= -1 and right <= width + 1, (line, left, right, width)
-        assert 0 <= y <= height, (line, y, height)
 
 
 def summary(layers=("blocks.1", "classifier")) -> pd.DataFrame:
@@ -57,7 +21,7 @@ def summary(layers=("blocks.1", "classifier")) -> pd.DataFrame:
     for ev, base in (("CP", 0.2), ("ES", 0.9)):
         for layer in [*layers, "overall"]:
             for variant, share in (("real", base), ("shuffled", base / 2), ("constant", base / 4)):
-                rows.append((layer, ev, variant, share, 100, 0))
+                rows.append((layer, ev, variant, share, 100 if layer != "overall" else 200, 0))
     return pd.DataFrame(rows, columns=["layer", "evaluator", "variant", "share_correct", "n", "n_dead"])
 
 
@@ -65,173 +29,181 @@ def sweep_frame() -> pd.DataFrame:
     values = np.linspace(0, 0.05, 11)
     rows = []
     for variant in ("real", "shuffled", "constant"):
-        for layer in ("blocks.1", "classifier", "overall"):
+        for i, layer in enumerate(("blocks.1", "classifier", "overall")):
             for t in values:
-                rows.append((variant, layer, t, 1 - t * 10, 0.4 - t))
+                scale = {"real": 1.0, "shuffled": 0.5, "constant": 0.25}[variant]
+                rows.append((variant, layer, t, scale * (1 - t * 10) - i / 100, 0.4 - t - i / 10))
     return pd.DataFrame(rows, columns=["variant", "layer", "threshold", "share_correct", "kappa"])
 
 
-def test_layer_shares_bars_baselines_and_values():
-    root = parse(charts.layer_shares(summary(), ["blocks.1", "classifier"]))
-    got = titles(root)
-    assert "CP blocks.1: 20.0%" in got and "ES overall: 90.0%" in got
-    assert "CP, shuffled labels, classifier: 10.0%" in got and "ES, constant labels, overall: 22.5%" in got
-    texts = [t for *_, t in text_boxes(root)]
-    assert texts.count("90%") == 3 and texts.count("20%") == 4  # a value above the plot per layer (+ a y tick)
-    assert "shuffled labels (×)" in texts and "one constant label (–)" in texts
+def trace(fig: go.Figure, name: str):
+    hits = [t for t in fig.data if t.name == name]
+    assert len(hits) == 1, [t.name for t in fig.data]
+    return hits[0]
 
 
-def test_sweep_hover_reads_every_line_at_a_threshold_and_marks_current_and_paper():
-    root = parse(charts.sweep_figure(sweep_frame(), "p", 0.02, "share_correct", paper=0.01, current_text="0.0200"))
-    got = titles(root)
-    at = next(t for t in got if t.startswith("p = 0.02\n"))
-    assert "blocks.1: 80%" in at and "overall, shuffled labels: 80%" in at and "overall, constant labels" in at
-    assert "current: p = 0.0200" in got and "the paper's value (CLIP): 0.01" in got
-    texts = [t for *_, t in text_boxes(root)]
-    assert "p = 0.0200" in texts and "paper (CLIP): 0.01" in texts
-    kappa = parse(charts.sweep_figure(sweep_frame(), "p", 0.02, "kappa", False))
-    at = next(t for t in titles(kappa) if t.startswith("p = 0.02\n"))
-    assert "classifier: 0.380" in at and "shuffled" not in at
+def test_layer_shares_bars_and_baselines_are_the_summary():
+    s = summary()
+    fig = charts.layer_shares(s, ["blocks.1", "classifier"])
+    order = ["blocks.1", "classifier", "overall"]
+    for ev in ("CP", "ES"):
+        bar = trace(fig, ev)
+        real = s[(s["evaluator"] == ev) & (s["variant"] == "real")].set_index("layer").reindex(order)
+        assert list(bar.x) == order and list(bar.y) == list(real["share_correct"])
+        assert list(bar.customdata) == [100, 100, 200] and "of %{customdata:,} neurons" in bar.hovertemplate
+        assert bar.marker.color == charts.COLORS[ev] and list(bar.text) == [f"{v:.0%}" for v in real["share_correct"]]
+    marks = [t for t in fig.data if t.type == "scatter"]
+    assert {t.name for t in marks} == {"shuffled labels (×)", "one constant label (–)"}
+    shuffled = [t for t in marks if t.legendgroup == "shuffled"]
+    assert [list(t.y) for t in shuffled] == [[0.1] * 3, [0.45] * 3]
+    assert sum(bool(t.showlegend) for t in shuffled) == 1  # one legend entry per baseline, not per evaluator
 
 
-def test_kappa_heatmap_cells_carry_interval_and_n_and_grey_the_small_ones():
+def test_sweep_traces_are_the_sweep_with_unified_hover_and_marked_thresholds():
+    sw = sweep_frame()
+    fig = charts.sweep_figure(sw, "p", 0.02, "share_correct", paper=0.01, current_text="0.0200")
+    assert fig.layout.hovermode == "x unified"
+    assert [t.name for t in fig.data] == [
+        "overall",
+        "blocks.1",
+        "classifier",
+        "overall, shuffled labels",
+        "overall, constant labels",
+    ]
+    for layer in ("blocks.1", "classifier", "overall"):
+        want = sw[(sw["variant"] == "real") & (sw["layer"] == layer)]
+        got = trace(fig, layer)
+        np.testing.assert_allclose(got.x, want["threshold"])
+        np.testing.assert_allclose(got.y, want["share_correct"])
+        assert got.hovertemplate == f"{layer}: %{{y:.1%}}<extra></extra>"
+    want = sw[(sw["variant"] == "shuffled") & (sw["layer"] == "overall")]
+    np.testing.assert_allclose(trace(fig, "overall, shuffled labels").y, want["share_correct"])
+    assert trace(fig, "overall, shuffled labels").line.dash == "dash"
+    colors = [t.line.color for t in fig.data if t.name in ("blocks.1", "classifier")]
+    assert len(set(colors)) == 2 and set(colors) <= set(charts.PALETTE)
+    lines = {s.x0: s.line for s in fig.layout.shapes}
+    assert set(lines) == {0.02, 0.01} and lines[0.01].dash == "dash" and lines[0.02].color == charts.VERMILLION
+    texts = [a.text for a in fig.layout.annotations]
+    assert "current: p = 0.0200" in texts and "paper (CLIP): 0.01" in texts
+    assert fig.layout.title.text == "Share judged correct against p, per layer"
+    assert fig.layout.yaxis.tickformat == ".0%"
+
+
+def test_kappa_sweep_has_no_baselines_and_three_decimals():
+    sw = sweep_frame()
+    fig = charts.sweep_figure(sw, "tau", 0.02, "kappa", False, title="ES: kappa with alice")
+    assert [t.name for t in fig.data] == ["overall", "blocks.1", "classifier"]
+    want = sw[(sw["variant"] == "real") & (sw["layer"] == "classifier")]
+    np.testing.assert_allclose(trace(fig, "classifier").y, want["kappa"])
+    assert trace(fig, "classifier").hovertemplate == "classifier: %{y:.3f}<extra></extra>"
+    assert fig.layout.title.text == "ES: kappa with alice" and fig.layout.yaxis.tickformat is None
+
+
+def test_a_threshold_outside_the_swept_range_is_not_drawn():
+    """A vertical line outside the data stretched the x axis: only thresholds inside the range are marked."""
+    fig = charts.sweep_figure(sweep_frame(), "p", 0.02, "share_correct", paper=0.5)
+    assert [s.x0 for s in fig.layout.shapes] == [0.02]
+    assert list(fig.layout.xaxis.range) == [0.0, 0.05]
+    assert not charts.sweep_figure(sweep_frame(), "p", 0.9, "share_correct").layout.shapes
+
+
+def test_kappa_heatmap_hover_has_n_and_interval_and_greys_small_cells():
     names = ["CP", "ES", "human: a reviewer with a long name"]
     kappa = pd.DataFrame([[1, 0.5, 0.2], [0.5, 1, -0.3], [0.2, -0.3, 1]], index=names, columns=names, dtype=float)
     n = pd.DataFrame([[100, 100, 12], [100, 100, 12], [12, 12, 12]], index=names, columns=names)
-    lo, hi = kappa - 0.1, kappa + 0.1
-    chart = charts.kappa_heatmap(kappa, n, lo, hi, min_n=30)
-    root = parse(chart)
-    got = titles(root)
-    assert "CP vs ES: 0.50 [0.40, 0.60] n=100" in got
-    assert "ES vs human: a reviewer with a long name: -0.30 [-0.40, -0.20] n=12 (too few)" in got
-    grey = [r for r in root.iter(f"{NS}rect") if r.find(f"{NS}title") is not None and r.get("fill") == "#e6e6e6"]
-    assert len(grey) == 5  # the two pairs with the human, both ways, and the human's own 12
-    assert_inside(chart)
+    fig = charts.kappa_heatmap(kappa, n, kappa - 0.1, kappa + 0.1, min_n=30)
+    colored, grey = fig.data
+    assert colored.customdata[0][1] == "CP vs ES<br>kappa 0.50<br>95% interval [0.40, 0.60]<br>n=100"
+    assert colored.text[0][1] == "0.50<br>[0.40, 0.60]<br>n=100"
+    assert grey.customdata[1][2].endswith("kappa -0.30<br>95% interval [-0.40, -0.20]<br>n=12 (under 30: too few)")
+    z = np.array(colored.z, dtype=float)
+    small = np.isnan(z)
+    # the two pairs with the human, both ways, and the human's own 12: grey, not coloured
+    assert small.sum() == 5 and small[0, 2] and small[2, 2] and not small[0, 1]
+    assert np.array_equal(~np.isnan(np.array(grey.z, dtype=float)), small)
+    assert grey.colorscale[0][1] == charts.MUTED_CELL
+    assert (colored.zmin, colored.zmax) == (-1, 1)
 
 
-def test_labellers_chart_is_horizontal_with_long_names_wrapped():
-    """Labellers' names are long (a run's settings, a file name): as x labels they were turned and cut;
-    the bars go horizontal, with the names wrapped left of them."""
+def test_labeller_shares_are_horizontal_bars_of_the_shares():
     shares = pd.DataFrame(
         [(name, ev, v, 100, 0.01, 0.0) for name in (LONG, FILE) for ev, v in (("CP", 0.2), ("ES", 0.6))],
         columns=["labeller", "evaluator", "correct", "n", "shuffled", "run constant"],
     )
-    chart = shares_figure(shares)
-    root = parse(chart)
-    bars = [r for r in root.iter(f"{NS}rect") if (r.find(f"{NS}title") is not None)]
-    assert len(bars) == 4 and len({r.get("height") for r in bars}) == 1
-    widths = {r.find(f"{NS}title").text.split(":")[0]: float(r.get("width")) for r in bars}
-    assert widths[f"ES, {FILE}"] == pytest.approx(3 * widths[f"CP, {FILE}"], rel=0.01)
-    lines = [t for *_, t in text_boxes(root)]
-    assert "run demo: EfficientNet-Lite0 |" in lines and all(len(t) <= 30 for t in lines)
-    assert_inside(chart)
+    fig = charts.labeller_shares(shares)
+    es = trace(fig, "ES")
+    assert es.orientation == "h" and list(es.y) == [LONG, FILE] and list(es.x) == [0.6, 0.6]
+    assert "of %{customdata:,} units" in es.hovertemplate and list(es.customdata) == [100, 100]
+    assert {t.name for t in fig.data if t.type == "scatter"} == {"shuffled (×)", "constant (|)"}
 
 
-def test_time_per_stage_chart_has_its_legend_above_and_run_names_on_two_lines():
-    """At 800 px a legend on the right took half the chart and cut the run names: the legend goes above
-    the bars in rows, each run's name is wrapped with its id on a line of its own."""
-    steps = ["dissect: load", "dissect: similarity", "evaluate: CP", "evaluate: ES"]
+def test_timings_bar_stacks_steps_per_run_with_the_legend_above():
+    steps = ["dissect: load", "dissect: similarity", "evaluate: CP"]
     t = pd.DataFrame(
-        [(f"concepts common-{n}k · {LONG}", f"{n:02d}abcdef1234", s, 10.0) for n in (10, 20) for s in steps],
+        [(f"common-{n}k", f"{n:02d}abcdef1234", s, float(n + i)) for n in (10, 20) for i, s in enumerate(steps)],
         columns=["name", "run", "step", "seconds"],
     )
-    chart = charts.timings_bar(t)
-    root = parse(chart)
-    boxes = list(text_boxes(root))
-    legend_y = max(y for _, _, y, line in boxes if line in steps)
-    bar_y = min(float(r.get("y")) for r in root.iter(f"{NS}rect") if r.find(f"{NS}title") is not None)
-    assert legend_y < bar_y
-    lines = [line for *_, line in boxes]
-    assert "10abcdef" in lines and "20abcdef" in lines
-    assert "evaluate: CP: 10.0 s" in titles(root)
-    assert_inside(chart)
+    fig = charts.timings_bar(t)
+    assert [tr.name for tr in fig.data] == steps and fig.layout.barmode == "stack"
+    cp = trace(fig, "evaluate: CP")
+    assert list(cp.y) == ["common-10k<br>10abcdef", "common-20k<br>20abcdef"] and list(cp.x) == [12.0, 22.0]
+    assert fig.layout.legend.y >= 1 and fig.layout.legend.yanchor == "bottom"
 
 
 def test_label_bars_histogram_and_confusion_values():
     counts = pd.DataFrame({"label": ["dog", FILE], "neurons": [12, 3], "share": [0.5, 0.1]})
-    chart = charts.label_bars(counts)
-    assert {"dog: 12 neurons", f"{FILE}: 3 neurons"} <= set(titles(parse(chart)))
-    assert_inside(chart)
+    bars = charts.label_bars(counts).data[0]
+    assert list(bars.y) == ["dog", FILE] and list(bars.x) == [12, 3]
     hist = pd.DataFrame({"lo": [0.0, 0.5], "hi": [0.5, 1.0], "count": [40, 2]})
-    got = titles(parse(charts.activation_histogram(hist, [0.9, 0.8, 0.7], k=2)))
-    assert "activation 0.000 to 0.500: 40 images" in got and "top image #1: activation 0.900" in got
-    assert "top image #3: activation 0.700 (not judged: beyond top-2)" in got
+    fig = charts.activation_histogram(hist, [0.9, 0.8, 0.7], k=2)
+    assert list(fig.data[0].y) == [40, 2] and list(fig.data[0].x) == [0.25, 0.75]
+    judged, beyond = fig.data[1], fig.data[2]
+    assert list(judged.x) == [0.9, 0.9, None, 0.8, 0.8, None] and judged.line.dash == "solid"
+    assert list(beyond.x) == [0.7, 0.7, None] and list(beyond.customdata) == [3, 3, None]
+    assert beyond.line.dash == "dot" and beyond.name == "beyond the top k"
     conf = pd.DataFrame([[5, 1], [2, 7]], index=["correct", "not correct"], columns=["correct", "not correct"])
-    chart = charts.confusion_heatmap(conf, "CP", "human: alice")
-    assert "CP: not correct, human: alice: correct: 2 neurons" in titles(parse(chart))
-    assert_inside(chart)
+    heat = charts.confusion_heatmap(conf, "CP", "human: alice")
+    assert heat.data[0].z.tolist() == [[5, 1], [2, 7]] and "human: alice: %{x}" in heat.data[0].hovertemplate
+    assert heat.layout.title.text.replace("<br>", " ") == "Confusion matrix: CP against human: alice, 15 neurons"
 
 
-def test_titles_and_names_are_escaped():
+def test_names_are_escaped():
     counts = pd.DataFrame({"label": ["<b>&co</b>"], "neurons": [1], "share": [1.0]})
-    svg = charts.label_bars(counts).svg()
-    assert "<b>" not in svg and "&lt;b&gt;&amp;co&lt;/b&gt;" in svg
-    assert ET.fromstring(svg) is not None
+    assert list(charts.label_bars(counts).data[0].y) == ["&lt;b&gt;&amp;co&lt;/b&gt;"]
+    fig = charts.confusion_heatmap(pd.DataFrame([[1]], index=["a"], columns=["b"]), "<i>x</i>", "y")
+    assert "<i>" not in fig.data[0].hovertemplate
 
 
-def test_ticks_wrap_and_nan_breaks_a_line():
-    assert nice_ticks(0, 1, 5) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    assert nice_ticks(0, 0.05, 5) == [0, 0.01, 0.02, 0.03, 0.04, 0.05]
-    assert nice_ticks(-0.3, 0.45, 4) == pytest.approx([-0.2, 0, 0.2, 0.4])
-    assert wrap("a b c", 3) == ["a b", "c"] and wrap("x" * 7, 3) == ["xxx", "xxx", "x"]
-    frame = sweep_frame()
-    frame.loc[(frame["layer"] == "blocks.1") & (frame["threshold"] == 0.025), "share_correct"] = np.nan
-    svg = charts.sweep_figure(frame, "p", 0.02, "share_correct").svg()
-    assert len(re.findall(r"<polyline[^>]*><title>blocks\.1</title>", svg)) == 2  # the gap is left open
-
-
-@pytest.mark.parametrize("width", [charts.FULL, charts.NARROW])
-def test_full_width_charts_keep_their_text_inside_and_apart_at_both_drawings(width):
-    """A full-width chart is drawn at FULL and at NARROW (an 800 px window's column): at both, no text
-    leaves the drawing and no two labels on one line run into each other."""
-    layers = ["blocks.1", "blocks.3", "blocks.5", "bn2", "classifier"]
-    rows = [
-        (layer, ev, variant, 0.19, 100, 0)
-        for ev in ("CP", "ES", "Contrast")
-        for layer in [*layers, "overall"]
-        for variant in ("real", "shuffled", "constant")
-    ]
-    shares = pd.DataFrame(rows, columns=["layer", "evaluator", "variant", "share_correct", "n", "n_dead"])
-    names = ["CP", "ES", "Contrast", "automatic: ImageNet class (automatic)"]
-    kappa = pd.DataFrame(np.full((4, 4), -0.25), index=names, columns=names)
-    n = pd.DataFrame(np.full((4, 4), 1000), index=names, columns=names)
-    labellers = pd.DataFrame(
-        [(name, ev, 0.5, 100, 0.01, 0.0) for name in (LONG, FILE) for ev in ("CP", "ES")],
-        columns=["labeller", "evaluator", "correct", "n", "shuffled", "run constant"],
-    )
-    t = pd.DataFrame(
-        [(LONG, "10abcdef1234", s, 10.0) for s in ("dissect: load", "evaluate: CP")],
-        columns=["name", "run", "step", "seconds"],
-    )
-    hist = pd.DataFrame({"lo": [0.0, 0.5], "hi": [0.5, 1.0], "count": [40, 2]})
-    for chart in (
-        charts.layer_shares(shares, layers, width=width),
-        charts.kappa_heatmap(kappa, n, kappa - 0.5, kappa + 0.5, 30, width=width),
-        shares_figure(labellers, width=width),
-        charts.timings_bar(t, width=width),
-        charts.activation_histogram(hist, [0.9], 1, width=width),
+def test_no_chart_sets_a_page_colour_or_template():
+    """The app draws charts in Streamlit's theme (light or dark): a figure that named a template, a
+    background or a text colour would keep the light page's colours in the dark theme."""
+    names = ["CP", "ES"]
+    kappa = pd.DataFrame([[1.0, 0.3], [0.3, 1.0]], index=names, columns=names)
+    t = pd.DataFrame([("x", "abcdefgh12", "load", 1.0)], columns=["name", "run", "step", "seconds"])
+    hist = pd.DataFrame({"lo": [0.0], "hi": [1.0], "count": [3]})
+    for fig in (
+        charts.layer_shares(summary(), ["blocks.1", "classifier"]),
+        charts.sweep_figure(sweep_frame(), "p", 0.02, "share_correct", paper=0.01),
+        charts.kappa_heatmap(kappa, kappa * 0 + 100, kappa, kappa, 30),
+        charts.timings_bar(t),
+        charts.activation_histogram(hist, [0.5], 1),
     ):
-        assert_inside(chart)
-        boxes = sorted(text_boxes(parse(chart)), key=lambda b: (round(b[2], 1), b[0]))
-        for a, b in zip(boxes, boxes[1:]):
-            if round(a[2], 1) == round(b[2], 1):
-                assert a[1] <= b[0] + 1, (a, b)
-
-
-def test_a_layer_name_wider_than_its_bars_gets_smaller_not_cut():
-    layers = ["blocks.1", "blocks.3", "blocks.5", "bn2", "classifier"]
-    rows = [(layer, "CP", "real", 0.2, 100, 0) for layer in [*layers, "overall"]]
-    shares = pd.DataFrame(rows, columns=["layer", "evaluator", "variant", "share_correct", "n", "n_dead"])
-    lines = [t for *_, t in text_boxes(parse(charts.layer_shares(shares, layers, width=charts.NARROW)))]
-    assert "classifier" in lines and "classifie" not in lines
+        layout = fig.to_plotly_json()["layout"]
+        layout.pop("template", None)  # plotly's default, which st.plotly_chart replaces with its theme
+        text = json.dumps(layout)
+        assert "bgcolor" not in text and '"template"' not in text, text[:300]
+        assert "font" not in layout or "color" not in layout["font"]
+        assert fig.layout.title.text  # a title that says what the chart shows
 
 
 def test_empty_inputs_draw_an_empty_chart_not_an_error():
-    """A pair matrix, a timings table or a labellers' table with no rows is drawn empty (the longest name
-    of no names was a ValueError)."""
-    for chart in (
+    for fig in (
         charts.kappa_heatmap(pd.DataFrame()),
         charts.timings_bar(pd.DataFrame(columns=["run", "name", "step", "seconds"])),
-        shares_figure(pd.DataFrame(columns=["labeller", "evaluator", "correct", "n", "shuffled", "run constant"])),
+        charts.labeller_shares(
+            pd.DataFrame(columns=["labeller", "evaluator", "correct", "n", "shuffled", "run constant"])
+        ),
+        charts.activation_histogram(pd.DataFrame(columns=["lo", "hi", "count"]), [], 5),
+        charts.label_bars(pd.DataFrame(columns=["label", "neurons", "share"])),
     ):
-        assert not titles(parse(chart))
+        assert isinstance(fig, go.Figure)

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import plotly.graph_objects as go
 import pytest
+from plotly.offline import get_plotlyjs
 
 from clipeval.analysis import metrics
 from clipeval.cli import main
@@ -43,14 +45,15 @@ def report(built_run, tmp_path_factory):
 
 def test_report_is_self_contained_and_complete(report):
     out, text, db, run_id = report
-    # nothing is fetched: no script at all, no src/href to another place, no @import, no url() that is not
-    # data: (Chromium checks the requests below)
-    assert "<script" not in text
-    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", text)
-    assert not re.search(r"""url\((?!data:)""", text)
-    assert "@import" not in text
+    # nothing is fetched: plotly.js is inside the file, once; no src/href to another place, no @import, no
+    # url() that is not data: (Chromium checks the requests below)
+    assert text.count(get_plotlyjs()[-300:]) == 1 and "<script src" not in text
+    page = text.replace(get_plotlyjs(), "")  # plotly.js's own strings name its web site
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)
+    assert not re.search(r"""url\((?!data:)""", page)
+    assert "@import" not in page
     assert text.count("data:image/jpeg;base64,") > 10  # thumbnails inlined, each image once
-    assert text.count("<div class='plot'><svg class=\"cv-svg\"") >= 3  # the charts, drawn in the file
+    assert text.count("<div class='plot'>") == text.count("Plotly.newPlot(") >= 3  # the charts, one script each
     for section in (
         "Models and settings",
         "Share judged correct per layer",
@@ -156,18 +159,17 @@ def test_the_offline_check_catches_a_request_that_leaves(tmp_path, chromium):
 
 
 def test_the_offline_check_catches_a_chart_that_did_not_draw(tmp_path, chromium):
-    """Counting svg elements (plotly drew several per chart) once said '21 of 7 charts drawn' and let a
-    report with undrawn charts pass: a chart counts when its frame holds a drawn svg with marks. One drawn
-    chart of two must fail."""
+    """Counting svg elements (plotly draws several per chart) once said '21 of 7 charts drawn' and let a
+    report with undrawn charts pass: a chart counts when plotly drew marks into its frame. One drawn chart
+    of two must fail."""
     page = tmp_path / "half.html"
-    drawn = (
-        "<div class='plot'><svg class='cv-svg' viewBox='0 0 100 50' width='100'><rect x='0' y='0' width='10' "
-        "height='10'><title>a bar</title></rect></svg><svg class='cv-svg'></svg></div>"
-    )
-    page.write_text(f"<html><body>{drawn}<div class='plot'><svg class='cv-svg'></svg></div></body></html>")
+    fig = go.Figure(go.Bar(x=["a", "b"], y=[1, 2]))
+    drawn = "<div class='plot'>" + fig.to_html(full_html=False, include_plotlyjs=False) + "</div>"
+    undrawn = "<div class='plot'><div class='plotly-graph-div' style='height:300px'></div></div>"
+    page.write_text(f"<html><head><script>{get_plotlyjs()}</script></head><body>{drawn}{undrawn}</body></html>")
     script = Path(__file__).resolve().parents[1] / "scripts" / "check_report_offline.py"
     res = subprocess.run(
-        [sys.executable, str(script), str(page), "--wait", "5"], capture_output=True, text=True, timeout=120
+        [sys.executable, str(script), str(page), "--wait", "10"], capture_output=True, text=True, timeout=120
     )
     assert res.returncode == 1 and "1 of 2 charts drawn" in res.stdout, res.stdout + res.stderr
 
@@ -190,3 +192,16 @@ def test_report_kappa_sweep_uses_the_reference_with_the_most_neurons(run_store):
     assert "Kappa is against human: bob, the reference rater who judged the most units (60; human: alice: 5)" in text
     assert re.search(r"kappa with human: bob over the \d+ units", text) and "kappa with human: alice" not in text
     assert "Only 5 units" not in text
+
+
+def test_report_charts_do_not_take_streamlit_s_template(built_run, tmp_path):
+    """Once Streamlit is imported (the Report page builds the file inside the app) plotly's default template
+    is Streamlit's, whose colours are placeholders that only Streamlit's page fills in: in the file every
+    line was drawn in near-black #000001.. colours. The report names its own template."""
+    import streamlit.elements.plotly_chart  # noqa: F401  (sets plotly's default template to Streamlit's)
+
+    db, run_id, _ = built_run
+    out = tmp_path / "r.html"
+    assert main(["--db", str(db), "report", run_id, "--html", str(out), "--units", "1"]) == 0
+    text = out.read_text()
+    assert "Plotly.newPlot(" in text and "#000001" not in text and "#000011" not in text

@@ -84,7 +84,7 @@ def register(add) -> None:
     rp.add_argument(
         "--html",
         metavar="OUT.html",
-        help="write one self-contained HTML report (images and SVG charts inside; opens offline) instead of printing",
+        help="write one self-contained HTML report (images, plotly.js and the charts inside; opens offline) instead of printing",
     )
     rp.add_argument(
         "--units",

@@ -1,132 +1,177 @@
-"""The pages' and the report's charts, as static SVG (clipeval.ui.svg says why). They only draw numbers
-computed by clipeval (analysis, metrics); each bar, point and cell carries its value as a hover title.
+"""The pages' and the report's charts as plotly figures, built from data frames. They only draw numbers
+computed by clipeval (analysis, metrics); every mark's hover carries its value and n.
 
-Widths are the chart's own units, picked for where it sits. A full-width chart is drawn twice, at FULL and
-at NARROW, and the page shows the one that fits its column (widgets.chart: at 800 px, with the sidebar open,
-the column is ~470 px and a 900-unit drawing shrank its text to 6 px). A chart of two side by side is drawn
-at HALF in a wrapping row (st.container(horizontal=True) with children of width HALF: side by side at
-1440 px, one under the other at 800 px).
+No template and no text or background colours are set here: the app draws them in Streamlit's theme (light
+or dark, st.plotly_chart(theme="streamlit")) and the report names its own template. Mark colours are the
+Okabe-Ito palette (told apart with the common colour-vision deficiencies) and mid greys that read on a light
+and a dark background. Each figure has a title that says what it shows (plotly draws it as text, which a
+screen reader reads) and fills the width it is given (autosize).
 """
 
 from __future__ import annotations
 
+import textwrap
+from html import escape
+
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 
-from clipeval.formats import bracket, percent
-from clipeval.render.svg import (
-    BLUES,
-    MUTED,
-    RDBU,
-    TEXT,
-    Band,
-    Chart,
-    Linear,
-    interpolate,
-    legend_height,
-    luminance,
-    text_width,
-    wrap,
+# Okabe & Ito (2008), "Color universal design"; vermillion is kept for the current threshold's line
+BLUE, ORANGE, GREEN, PURPLE, SKY, YELLOW, VERMILLION = (
+    "#0072B2",
+    "#E69F00",
+    "#009E73",
+    "#CC79A7",
+    "#56B4E9",
+    "#F0E442",
+    "#D55E00",
 )
+GREY = "#8c8c8c"  # baselines, the paper's value: a mid grey reads on a light and a dark background
+PALE = "rgba(140,140,140,0.45)"  # the wide 'overall' line, under the layers' lines
+MUTED_CELL = "rgba(140,140,140,0.35)"  # heatmap cells with too few neurons to read
+COLORS = {"VQA": PURPLE, "CP": BLUE, "ES": ORANGE, "Contrast": GREEN}
+PALETTE = [BLUE, ORANGE, GREEN, PURPLE, SKY, YELLOW, "#999933", "#882255"]
+STEPS = [*PALETTE, VERMILLION, "#44AA99", "#DDCC77", "#AA4499"]  # a run has 9 or more pipeline stages
+# the width of a chart's container when two sit side by side in a wrapping row (st.container(horizontal=True)):
+# side by side at 1440 px, one under the other at 800 px
+HALF = 470
+BASELINE_MARKS = (
+    ("shuffled", "x-thin-open", "shuffled labels (×)"),
+    ("constant", "line-ew-open", "one constant label (–)"),
+)
+CONFIG = {"displaylogo": False, "responsive": True}
+TITLE_CHARS = 44  # a title's line, short enough to stay left of the mode bar in a HALF chart
 
-COLORS = {"VQA": "#8e44ad", "CP": "#2f6fdf", "ES": "#e67e22", "Contrast": "#16a085"}
-# no red among the layers (red is the current threshold); 'overall' is drawn wide and pale grey
-PALETTE = ["#2f6fdf", "#e67e22", "#16a085", "#8e44ad", "#b8860b", "#7f8c8d", "#17becf", "#27ae60"]
-STEPS = [*PALETTE, "#d62728", "#e377c2", "#bcbd22", "#8c564b"]  # a run has 9 or more pipeline stages
-FULL, HALF, NARROW = 900, 470, 480
-BASELINE_MARKS = (("shuffled", "x", "shuffled labels (×)"), ("constant", "-", "one constant label (–)"))
+
+def esc(s) -> str:
+    """A name inside a plotly label or hover template (plotly reads a subset of HTML in them)."""
+    return escape(str(s), quote=False)
 
 
-def axis_percent(v: float) -> str:
-    """A share on an axis tick, in whole percent."""
-    return percent(v, 0)
+def _top(text: str) -> dict:
+    """Layout of a title wrapped into lines of TITLE_CHARS (the mode bar sits at the top right, over a long
+    title's end) and a top margin that holds them."""
+    lines = textwrap.wrap(text, TITLE_CHARS) or [""]
+    return dict(
+        title=dict(
+            text="<br>".join(esc(l) for l in lines),
+            x=0,
+            xanchor="left",
+            y=1,
+            yanchor="top",
+            yref="container",
+            pad=dict(t=8),
+            font=dict(size=14),
+        ),
+        margin=dict(l=10, r=10, t=22 + 19 * len(lines), b=10),
+    )
 
 
-def activation_histogram(hist: pd.DataFrame, top_activations: list[float], k: int, width: float = FULL) -> Chart:
-    """Probe images per activation bin, with a red line per top image (solid for the k that are judged)."""
-    c = Chart(width, 300, left=64, bottom=56)
-    lo = float(min(hist["lo"].min(), *top_activations)) if top_activations else float(hist["lo"].min())
-    hi = float(max(hist["hi"].max(), *top_activations)) if top_activations else float(hist["hi"].max())
-    x = Linear(lo, hi, c.x0, c.x1)
-    y = Linear(0, max(float(hist["count"].max()), 1) * 1.05, c.y1, c.y0)
-    c.y_axis(y, lambda v: f"{v:g}", "images")
-    c.x_axis(x, lambda v: f"{v:.3g}", "activation", grid=False)
-    for r in hist.itertuples():
-        x0, x1 = x(r.lo), x(r.hi)
-        c.rect(
-            x0 + (x1 - x0) * 0.025,
-            y(r.count),
-            (x1 - x0) * 0.95,
-            y(0) - y(r.count),
-            "#9bb7e8",
-            title=f"activation {r.lo:.3f} to {r.hi:.3f}: {int(r.count)} images",
+def _legend_below() -> dict:
+    # below the plot in rows: a legend on the right took half of a 470 px chart
+    return dict(orientation="h", x=0, xanchor="left", y=-0.26, yanchor="top", font=dict(size=12))
+
+
+def activation_histogram(hist: pd.DataFrame, top_activations: list[float], k: int) -> go.Figure:
+    """Probe images per activation bin, with a vertical line per top image (solid for the k that are judged,
+    dotted beyond)."""
+    centers = ((hist["lo"] + hist["hi"]) / 2).to_numpy(float)
+    fig = go.Figure(
+        go.Bar(
+            x=centers,
+            y=hist["count"],
+            width=((hist["hi"] - hist["lo"]) * 0.95).to_numpy(float),
+            marker_color=SKY,
+            name="probe images",
+            customdata=np.stack([hist["lo"], hist["hi"]], axis=-1) if len(hist) else None,
+            hovertemplate="activation %{customdata[0]:.3f} to %{customdata[1]:.3f}: %{y} images<extra></extra>",
         )
-    for i, a in enumerate(top_activations):
-        c.line(
-            x(a),
-            c.y0,
-            x(a),
-            c.y1,
-            "#c0392b",
-            1.5,
-            "solid" if i < k else "dot",
-            title=f"top image #{i + 1}: activation {a:.3f}" + ("" if i < k else f" (not judged: beyond top-{k})"),
+    )
+    top = float(hist["count"].max()) if len(hist) else 1.0
+    for judged, name, dash in ((True, f"top {k} images (judged)", "solid"), (False, "beyond the top k", "dot")):
+        idx = [i for i in range(len(top_activations)) if (i < k) == judged]
+        if not idx:
+            continue
+        # one trace of vertical segments (None breaks the line between them), hoverable like any data
+        x = [v for i in idx for v in (top_activations[i], top_activations[i], None)]
+        y = [v for _ in idx for v in (0, top, None)]
+        rank = [v for i in idx for v in (i + 1, i + 1, None)]
+        fig.add_scatter(
+            x=x,
+            y=y,
+            customdata=rank,
+            mode="lines",
+            name=name,
+            line=dict(color=VERMILLION, width=1.5, dash=dash),
+            hovertemplate="top image #%{customdata}: activation %{x:.3f}<extra></extra>",
         )
-    return c
+    fig.update_layout(
+        **_top(f"Activation over {int(hist['count'].sum()) if len(hist) else 0} probe images"),
+        height=320,
+        xaxis_title="activation",
+        yaxis_title="images",
+        legend=_legend_below(),
+        bargap=0,
+    )
+    return fig
 
 
-def layer_shares(summary: pd.DataFrame, layers: list[str], width: float = FULL) -> Chart:
-    """Share judged correct per layer: one bar per evaluator (real labels), its shuffled and constant
-    baselines as black markers on the bar, and the values above the plot, one row per evaluator (on the
-    bars the markers struck them through)."""
+def layer_shares(summary: pd.DataFrame, layers: list[str]) -> go.Figure:
+    """Share judged correct per layer: one bar per evaluator (real labels) with its value above it, and its
+    shuffled and constant baselines as grey markers on the bar."""
     real = summary[summary["variant"] == "real"]
     order = [l for l in layers if l in set(real["layer"])] + ["overall"]
-    evaluators = list(dict.fromkeys(real["evaluator"]))
-    items = [{"label": e, "color": COLORS.get(e, "#888")} for e in evaluators]
-    items += [
-        {"label": label, "kind": symbol}
-        for variant, symbol, label in BASELINE_MARKS
-        if (summary["variant"] == variant).any()
-    ]
-    font = 13
-    leg = legend_height(items, width - 80, font - 1)
-    value_rows = len(evaluators) * 16
-    c = Chart(width, 300 + leg + value_rows + 56, left=64, top=leg + value_rows + 18, bottom=56, font=font)
-    c.legend(items, c.x0, 4, width - 80)
-    y = Linear(0, 1, c.y1, c.y0)
-    c.y_axis(y, axis_percent, "share judged correct", ticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    band = Band(order, c.x0, c.x1, pad=0.25)
-    bar = band.width / max(len(evaluators), 1)
-    value_size = 11 if bar >= text_width("00%", 11) + 2 else 9.5  # a value no wider than about its bar
-    share = {(r.evaluator, r.variant, r.layer): r.share_correct for r in summary.itertuples()}
-    for row, ev in enumerate(evaluators):
-        color = COLORS.get(ev, "#888")
-        for layer in order:
-            v = share.get((ev, "real", layer), np.nan)
-            bx = band(layer) + row * bar
-            if pd.notna(v):
-                c.rect(bx + 1, y(v), bar - 2, y(0) - y(v), color, title=f"{ev} {layer}: {v:.1%}")
-            c.text(
-                bx + bar / 2,
-                c.y0 - 10 - (len(evaluators) - 1 - row) * 16,
-                percent(v, 0) if pd.notna(v) else "",
-                size=value_size,
-                anchor="middle",
-                color=color,
+    fig = go.Figure()
+    shown = set()
+    for ev in dict.fromkeys(real["evaluator"]):
+        g = real[real["evaluator"] == ev].set_index("layer").reindex(order)
+        fig.add_bar(
+            x=[esc(l) for l in order],
+            y=g["share_correct"],
+            name=esc(ev),
+            marker_color=COLORS.get(ev, GREY),
+            offsetgroup=ev,
+            customdata=g["n"],
+            text=[f"{v:.0%}" if pd.notna(v) else "" for v in g["share_correct"]],
+            textposition="outside",
+            cliponaxis=False,
+            hovertemplate=f"{esc(ev)} " + "%{x}: %{y:.1%} of %{customdata:,} neurons<extra></extra>",
+        )
+        for variant, symbol, label in BASELINE_MARKS:
+            b = (
+                summary[(summary["evaluator"] == ev) & (summary["variant"] == variant)]
+                .set_index("layer")
+                .reindex(order)
             )
-            for variant, symbol, _label in BASELINE_MARKS:
-                b = share.get((ev, variant, layer), np.nan)
-                if pd.notna(b):
-                    c.marker(
-                        symbol,
-                        bx + bar / 2,
-                        y(b),
-                        min(bar * 0.8, 16),
-                        width=2.5,
-                        title=f"{ev}, {variant} labels, {layer}: {b:.1%}",
-                    )
-    c.band_labels_x(band)
-    return c
+            if b["share_correct"].notna().any():
+                fig.add_scatter(
+                    x=[esc(l) for l in order],
+                    y=b["share_correct"],
+                    mode="markers",
+                    offsetgroup=ev,
+                    name=label,
+                    legendgroup=variant,
+                    showlegend=variant not in shown,
+                    marker=dict(symbol=symbol, size=16, color=GREY, line=dict(width=3, color=GREY)),
+                    customdata=b["n"],
+                    hovertemplate=f"{esc(ev)}, {variant} labels, " + "%{x}: %{y:.1%} of %{customdata:,}<extra></extra>",
+                )
+                shown.add(variant)
+    fig.update_layout(
+        **_top("Share of labels judged correct per layer, beside the shuffled and constant baselines"),
+        height=420,
+        barmode="group",
+        scattermode="group",
+        yaxis=dict(
+            title="share judged correct", tickformat=".0%", range=[0, 1.12], tickvals=[0, 0.2, 0.4, 0.6, 0.8, 1]
+        ),
+        legend=_legend_below(),
+    )
+    return fig
+
+
+METRIC_TITLES = {"share_correct": "Share judged correct", "agreement": "Agreement", "kappa": "Cohen's kappa"}
 
 
 def sweep_figure(
@@ -137,85 +182,104 @@ def sweep_figure(
     baselines: bool = True,
     current_text: str | None = None,
     paper: float | None = None,
-    width: float = HALF,
-) -> Chart:
-    """A metric (share_correct, agreement, kappa) against the threshold: one line per layer and a wide pale
-    'overall' line, the baselines dashed, the current value as a red vertical line and the paper's (CLIP)
-    value as a dashed grey one. Hovering anywhere over the plot reads every line at that threshold."""
+    title: str | None = None,
+) -> go.Figure:
+    """A metric (share_correct, agreement, kappa) against the threshold: one line per layer over a wide pale
+    'overall' line, the baselines dashed and dotted, the current value as a vermillion vertical line and the
+    paper's (CLIP) value as a dashed grey one. Hovering reads every line at that threshold (unified hover);
+    a click on a legend entry hides its line, a double click shows it alone."""
     real = sweep[sweep["variant"] == "real"]
     layers = list(dict.fromkeys(real["layer"]))
     ordered = (["overall"] if "overall" in layers else []) + [l for l in layers if l != "overall"]
     colors = {l: PALETTE[i % len(PALETTE)] for i, l in enumerate(l for l in ordered if l != "overall")}
-    lines: list[tuple[str, pd.DataFrame, dict]] = []
+    value = "%{y:.1%}" if metric in ("share_correct", "agreement") else "%{y:.3f}"
+    lines = []
     for layer in ordered:
         g = real[real["layer"] == layer]
         if metric in g and g[metric].notna().any():
             overall = layer == "overall"
-            lines.append(
-                (
-                    layer,
-                    g,
-                    {"color": "#b5b5b5" if overall else colors[layer], "width": 7 if overall else 2, "dash": "solid"},
-                )
-            )
+            lines.append((layer, g, dict(color=PALE if overall else colors[layer], width=7 if overall else 2)))
     if baselines and metric == "share_correct":
         for variant, dash in (("shuffled", "dash"), ("constant", "dot")):
             g = sweep[(sweep["variant"] == variant) & (sweep["layer"] == "overall")]
             if len(g):
-                lines.append((f"overall, {variant} labels", g, {"color": "#888", "width": 2.5, "dash": dash}))
-    items = [{"label": name, "kind": "line", **style} for name, _, style in lines]
-    font = 13
-    leg = legend_height(items, width - 30, font - 1)
-    c = Chart(width, 290 + leg, left=62, right=16, top=26, bottom=58 + leg, font=font)
-    xs = pd.concat([g["threshold"] for _, g, _ in lines]) if lines else pd.Series([current])
-    x = Linear(float(xs.min()), float(xs.max()), c.x0, c.x1)
-    if metric in ("share_correct", "agreement"):
-        y, fmt = Linear(0, 1, c.y1, c.y0), axis_percent
-    else:
-        vals = pd.concat([g[metric] for _, g, _ in lines]).dropna() if lines else pd.Series([0.0])
-        lo, hi = min(0.0, float(vals.min())), max(float(vals.max()), 0.1)
-        pad = (hi - lo) * 0.05
-        y, fmt = Linear(lo - pad, hi + pad, c.y1, c.y0), (lambda v: f"{v:.2g}")
-    c.y_axis(y, fmt, metric.replace("_", " "))
-    c.x_axis(x, lambda v: f"{v:.3g}", param, n=5)
-    for name, g, style in lines:
-        c.polyline(
-            [(x(a), y(b)) for a, b in zip(g["threshold"], g[metric])],
-            style["color"],
-            style["width"],
-            style["dash"],
-            title=name,
+                lines.append((f"overall, {variant} labels", g, dict(color=GREY, width=2.5, dash=dash)))
+    traces = [
+        go.Scatter(
+            x=g["threshold"].to_numpy(float),
+            y=g[metric].to_numpy(float),
+            mode="lines",
+            name=esc(name),
+            line=style,
+            hovertemplate=f"{esc(name)}: {value}<extra></extra>",
         )
-    # one hover strip per threshold: every line's value there (plotly's unified hover)
-    grid = sorted(set(xs.round(12)))
-    by_line = [(name, dict(zip(g["threshold"].round(12), g[metric]))) for name, g, _ in lines]
-    for i, t in enumerate(grid):
-        left = x((grid[i - 1] + t) / 2) if i else c.x0
-        right = x((t + grid[i + 1]) / 2) if i + 1 < len(grid) else c.x1
-        parts = [
-            f"{name}: {fmt(v) if metric != 'kappa' else f'{v:.3f}'}"
-            for name, vals in by_line
-            if (v := vals.get(t)) is not None and pd.notna(v)
-        ]
-        c.rect(left, c.y0, right - left, c.y1 - c.y0, "transparent", title=f"{param} = {t:.4g}\n" + "\n".join(parts))
+        for name, g, style in lines
+    ]
+    xs = pd.concat([g["threshold"] for _, g, _ in lines]) if lines else pd.Series([current], dtype=float)
+    lo, hi = float(xs.min()), float(xs.max())
     text = f"{param} = {current_text or f'{current:g}'}"
-    if paper is not None and abs(paper - current) > 1e-12 and x.lo <= paper <= x.hi:
-        c.line(x(paper), c.y0, x(paper), c.y1, "#777", 1.5, "dash", title=f"the paper's value (CLIP): {paper:g}")
-        right_of = paper > current
-        c.text(
-            x(paper) + (5 if right_of else -5),
-            c.y0 + 10,
-            f"paper (CLIP): {paper:g}",
-            size=11,
-            color=MUTED,
-            anchor="start" if right_of else "end",
+    # the marked thresholds as layout shapes and notes made in one go: Figure.add_vline took a third of the
+    # figure's time (it walks the traces), six figures on every slider step of the Thresholds page
+    shapes, notes = [], []
+
+    def mark(x: float, line: dict, note: str, font: dict, y: float, left: bool) -> None:
+        shapes.append(dict(type="line", x0=x, x1=x, xref="x", y0=0, y1=1, yref="paper", line=line))
+        notes.append(
+            dict(
+                x=x,
+                xref="x",
+                y=y,
+                yref="paper",
+                text=note,
+                showarrow=False,
+                font=font,
+                xanchor="right" if left else "left",
+                yanchor="top" if y == 1 else "bottom",
+            )
         )
-    if x.lo <= current <= x.hi:
-        c.line(x(current), c.y0, x(current), c.y1, "#d62728", 2, title=f"current: {text}")
-        cx = min(max(x(current), c.x0 + text_width(text, 12) / 2), c.x1 - text_width(text, 12) / 2)
-        c.text(cx, c.y0 - 12, text, size=12, anchor="middle", color="#d62728")
-    c.legend(items, 16, c.y1 + 46, width - 30)
-    return c
+
+    if paper is not None and abs(paper - current) > 1e-12 and lo <= paper <= hi:
+        mark(
+            paper,
+            dict(color=GREY, width=1.5, dash="dash"),
+            f"paper (CLIP): {paper:g}",
+            dict(size=11),
+            0,
+            paper < current,
+        )
+    if lo <= current <= hi:
+        mark(
+            current,
+            dict(color=VERMILLION, width=2),
+            f"current: {esc(text)}",
+            dict(size=12, color=VERMILLION),
+            1,
+            current > (lo + hi) / 2,
+        )
+    percent = metric in ("share_correct", "agreement")
+    return go.Figure(
+        traces,
+        dict(
+            **_top(title or f"{METRIC_TITLES.get(metric, metric)} against {param}, per layer"),
+            height=400,
+            hovermode="x unified",
+            xaxis=dict(title=param, range=[lo, hi]),
+            yaxis=dict(
+                title=metric.replace("_", " "),
+                tickformat=".0%" if percent else None,
+                range=[0, 1.04] if percent else None,
+            ),
+            legend=_legend_below(),
+            shapes=shapes,
+            annotations=notes,
+        ),
+    )
+
+
+def _cells(frame: pd.DataFrame | None, matrix: pd.DataFrame, kind, fill) -> np.ndarray:
+    if frame is None:
+        return np.full(matrix.shape, fill)
+    return frame.reindex(index=matrix.index, columns=matrix.columns).to_numpy(kind)
 
 
 def kappa_heatmap(
@@ -224,148 +288,205 @@ def kappa_heatmap(
     lo: pd.DataFrame | None = None,
     hi: pd.DataFrame | None = None,
     min_n: int = 0,
-    width: float = FULL,
-) -> Chart:
-    """Kappa per pair, each cell with its 95% interval and n; cells over fewer than `min_n` neurons grey."""
+) -> go.Figure:
+    """Kappa per pair, each cell with its 95% interval and n (written in the cell and in its hover); cells
+    over fewer than `min_n` neurons are grey, their kappa in the hover only."""
     z = matrix.to_numpy(float)
-    names = [str(s) for s in matrix.columns]
-    rows = [str(s) for s in matrix.index]
-    shape = z.shape
-    n_ = n.reindex(index=matrix.index, columns=matrix.columns).to_numpy(int) if n is not None else np.full(shape, -1)
-    lo_ = (
-        lo.reindex(index=matrix.index, columns=matrix.columns).to_numpy(float)
-        if lo is not None
-        else np.full(shape, np.nan)
-    )
-    hi_ = (
-        hi.reindex(index=matrix.index, columns=matrix.columns).to_numpy(float)
-        if hi is not None
-        else np.full(shape, np.nan)
-    )
+    names, rows = [esc(s) for s in matrix.columns], [esc(s) for s in matrix.index]
+    n_, lo_, hi_ = _cells(n, matrix, float, -1.0), _cells(lo, matrix, float, np.nan), _cells(hi, matrix, float, np.nan)
     small = (n_ >= 0) & (n_ < min_n)
-    font = 13
-    row_names = [wrap(r, 22 if width >= FULL else 14) for r in rows]
-    left = min(max((text_width(l, font) for r in row_names for l in r), default=20) + 16, 220)
-    right = 90 if width >= FULL else 56
-    cell_w = (width - left - right) / max(len(names), 1)
-    cell_font = min(12.0, cell_w / (0.56 * 13))  # '[-0.25, 0.75]' (13 characters) inside its cell
-    col_names = [wrap(s, max(int(cell_w / (0.56 * (font - 1))), 6)) for s in names]
-    bottom = 20 + 16 * max((len(l) for l in col_names), default=1)
-    cell_h = 84
-    c = Chart(width, 20 + cell_h * len(rows) + bottom, left=left, right=right, top=14, bottom=bottom, font=font)
-    xb, yb = Band(names, c.x0, c.x1, pad=0.0), Band(rows, c.y0, c.y1, pad=0.0)
-    for i, r in enumerate(rows):
-        for j, col in enumerate(names):
-            v = z[i, j]
-            lines = ["n/a" if np.isnan(v) else f"{v:.2f}"]
+    text = np.empty(z.shape, dtype=object)
+    hover = np.empty(z.shape, dtype=object)
+    for i in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            lines = ["n/a" if np.isnan(z[i, j]) else f"{z[i, j]:.2f}"]
             if i != j and not np.isnan(lo_[i, j]):
-                lines.append(bracket(lo_[i, j], hi_[i, j]))
+                lines.append(f"[{lo_[i, j]:.2f}, {hi_[i, j]:.2f}]")
             if n_[i, j] >= 0 and i != j:
-                lines.append(f"n={n_[i, j]}" + (" (too few)" if small[i, j] else ""))
-            fill = "#e6e6e6" if small[i, j] or np.isnan(v) else interpolate(RDBU, (v + 1) / 2)
-            c.rect(xb(col), yb(r), xb.step, yb.step, fill, stroke="#fff", title=f"{r} vs {col}: " + " ".join(lines))
-            ink = "#666" if small[i, j] else ("#fff" if luminance(fill) < 0.5 else TEXT)
-            c.text(xb.center(col), yb.center(r), lines, size=cell_font, anchor="middle", color=ink)
-    c.band_labels_y(yb, dict(zip(rows, row_names)))
-    for col, lines in zip(names, col_names):
-        c.text(xb.center(col), c.y1 + 10 + (len(lines) - 1) * 8, lines, size=font - 1, anchor="middle")
-    # colour bar: kappa from -1 to 1
-    bx, steps = c.x1 + right / 4, 20
-    for s in range(steps):
-        v = 1 - 2 * (s + 0.5) / steps
-        c.rect(bx, c.y0 + (c.y1 - c.y0) * s / steps, 14, (c.y1 - c.y0) / steps + 0.5, interpolate(RDBU, (v + 1) / 2))
-    for v in (1, 0, -1):
-        c.text(bx + 20, c.y0 + (c.y1 - c.y0) * (1 - v) / 2, f"{v:g}", size=11, color=MUTED)
-    c.text(bx + 7, c.y0 - 2, "kappa", size=11, anchor="middle", color=MUTED, baseline="auto")
-    return c
-
-
-def timings_bar(t: pd.DataFrame, width: float = FULL) -> Chart:
-    """Seconds per pipeline stage, stacked per run (the run's name and id on two lines)."""
-    steps = list(dict.fromkeys(t["step"]))
-    colors = {s: STEPS[i % len(STEPS)] for i, s in enumerate(steps)}
-    runs = list(dict.fromkeys(t["run"]))
-    names = {r: [*wrap(t.loc[t["run"] == r, "name"].iloc[0], 26 if width >= FULL else 18), r[:8]] for r in runs}
-    font = 13
-    items = [{"label": s, "color": colors[s]} for s in steps]
-    leg = legend_height(items, width - 20, font - 1)
-    left = min(max((text_width(l, font) for ls in names.values() for l in ls), default=20) + 16, 240)
-    row_h = max(44, 16 * max((len(v) for v in names.values()), default=1) + 12)
-    c = Chart(width, leg + 30 + row_h * len(runs) + 50, left=left, right=30, top=leg + 20, bottom=50, font=font)
-    c.legend(items, 10, 4, width - 20)
-    total = t.groupby("run")["seconds"].sum()
-    x = Linear(0, float(total.max()) * 1.05 if len(total) else 1.0, c.x0, c.x1)
-    c.x_axis(x, lambda v: f"{v:g}", "seconds")
-    band = Band(runs, c.y0, c.y1, pad=0.3)
-    for r in runs:
-        acc = 0.0
-        for s in steps:
-            sec = t[(t["run"] == r) & (t["step"] == s)]["seconds"].sum()
-            if sec > 0:
-                c.rect(x(acc), band(r), x(acc + sec) - x(acc), band.width, colors[s], title=f"{s}: {sec:.1f} s")
-                acc += sec
-    c.band_labels_y(band, names)
-    return c
-
-
-def label_bars(counts: pd.DataFrame, width: float = HALF) -> Chart:
-    """Neurons per label, the most frequent first."""
-    font = 13
-    labels = {str(l): wrap(str(l), 28) for l in counts["label"]}
-    left = min(max((text_width(x, font) for v in labels.values() for x in v), default=40) + 16, 230)
-    c = Chart(width, max(180, 24 * len(counts) + 70), left=left, right=40, top=10, bottom=50, font=font)
-    band = Band(list(labels), c.y0, c.y1, pad=0.25)
-    x = Linear(0, max(float(counts["neurons"].max()), 1) * 1.08 if len(counts) else 1.0, c.x0, c.x1)
-    c.x_axis(x, lambda v: f"{v:g}", "neurons", n=4)
-    for r in counts.itertuples():
-        c.rect(
-            x(0),
-            band(str(r.label)),
-            x(r.neurons) - x(0),
-            band.width,
-            "#2f6fdf",
-            title=f"{r.label}: {r.neurons} neurons",
+                lines.append(f"n={int(n_[i, j])}" + (f" (under {min_n}: too few)" if small[i, j] else ""))
+            text[i, j] = "<br>".join(lines)
+            hover[i, j] = (
+                f"{rows[i]} vs {names[j]}<br>kappa {lines[0]}"
+                + (f"<br>95% interval {lines[1]}" if len(lines) == 3 else "")
+                + (f"<br>{lines[-1]}" if len(lines) > 1 else "")
+            )
+    fig = go.Figure(
+        go.Heatmap(
+            z=np.where(small, np.nan, z),
+            x=names,
+            y=rows,
+            zmin=-1,
+            zmax=1,
+            text=np.where(small, "", text),
+            customdata=hover,
+            texttemplate="%{text}",
+            textfont=dict(size=12),
+            colorscale="RdBu",
+            colorbar=dict(title="kappa"),
+            hovertemplate="%{customdata}<extra></extra>",
+            hoverongaps=False,
+            xgap=2,
+            ygap=2,
         )
-        c.text(x(r.neurons) + 4, band.center(str(r.label)), f"{r.neurons}", size=11, color=MUTED)
-    c.band_labels_y(band, labels)
-    return c
+    )
+    if small.any():  # grey where the pair shares too few neurons to read its kappa
+        fig.add_heatmap(
+            z=np.where(small, 0.0, np.nan),
+            x=names,
+            y=rows,
+            showscale=False,
+            text=np.where(small, text, ""),
+            customdata=hover,
+            texttemplate="%{text}",
+            textfont=dict(size=12),
+            colorscale=[[0, MUTED_CELL], [1, MUTED_CELL]],
+            hovertemplate="%{customdata}<extra></extra>",
+            hoverongaps=False,
+            xgap=2,
+            ygap=2,
+        )
+    fig.update_layout(
+        **_top("Cohen's kappa between every pair of raters (each cell: kappa, 95% interval, n)"),
+        height=max(320, 80 * len(matrix) + 140),
+        yaxis=dict(autorange="reversed", automargin=True),
+        xaxis=dict(automargin=True, side="bottom"),
+    )
+    return fig
 
 
-def confusion_heatmap(conf: pd.DataFrame, rater: str, reference: str, width: float = HALF) -> Chart:
+def timings_bar(t: pd.DataFrame) -> go.Figure:
+    """Seconds per pipeline stage, stacked per run (the run's name and id on two lines), the legend above."""
+    fig = go.Figure()
+    steps = list(dict.fromkeys(t["step"]))
+    for i, step in enumerate(steps):
+        g = t[t["step"] == step]
+        fig.add_bar(
+            y=[f"{esc(n)}<br>{esc(r[:8])}" for n, r in zip(g["name"], g["run"])],
+            x=g["seconds"],
+            name=esc(step),
+            orientation="h",
+            marker_color=STEPS[i % len(STEPS)],
+            hovertemplate=f"{esc(step)}: " + "%{x:.1f} s<extra></extra>",
+        )
+    runs = t["run"].nunique()
+    fig.update_layout(
+        **_top("Wall-clock seconds per pipeline stage, per run"),
+        barmode="stack",
+        height=140 + 56 * runs + 22 * len(steps),
+        xaxis=dict(title="seconds"),
+        yaxis=dict(automargin=True, autorange="reversed"),
+        legend=dict(orientation="h", x=0, xanchor="left", y=1.0, yanchor="bottom", font=dict(size=12)),
+    )
+    return fig
+
+
+def label_bars(counts: pd.DataFrame) -> go.Figure:
+    """Neurons per label, the most frequent at the top."""
+    fig = go.Figure(
+        go.Bar(
+            x=counts["neurons"],
+            y=[esc(l) for l in counts["label"]],
+            orientation="h",
+            marker_color=BLUE,
+            text=counts["neurons"],
+            textposition="outside",
+            cliponaxis=False,
+            hovertemplate="%{y}: %{x} neurons<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        **_top(f"The {len(counts)} most frequent labels"),
+        height=max(260, 24 * len(counts) + 110),
+        xaxis_title="neurons",
+        yaxis=dict(autorange="reversed", automargin=True),
+    )
+    return fig
+
+
+def confusion_heatmap(conf: pd.DataFrame, rater: str, reference: str) -> go.Figure:
     """Neurons per (rater's verdict, reference's verdict)."""
     z = conf.to_numpy(float)
-    rows, cols = [str(r) for r in conf.index], [str(s) for s in conf.columns]
-    font = 13
-    left = max(text_width(r, font) for r in rows) + 40
-    c = Chart(width, 250, left=left, right=16, top=10, bottom=60, font=font)
-    xb, yb = Band(cols, c.x0, c.x1, pad=0.0), Band(rows, c.y0, c.y1, pad=0.0)
-    top = max(float(np.nanmax(z)), 1.0) if z.size else 1.0
-    for i, r in enumerate(rows):
-        for j, col in enumerate(cols):
-            fill = interpolate(BLUES, z[i, j] / top)
-            c.rect(
-                xb(col),
-                yb(r),
-                xb.step,
-                yb.step,
-                fill,
-                stroke="#fff",
-                title=f"{rater}: {r}, {reference}: {col}: {int(z[i, j])} neurons",
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[esc(c) for c in conf.columns],
+            y=[esc(r) for r in conf.index],
+            text=z.astype(int) if z.size else z,
+            texttemplate="%{text}",
+            textfont=dict(size=16),
+            colorscale="Blues",
+            showscale=False,
+            xgap=2,
+            ygap=2,
+            hovertemplate=f"{esc(rater)}: "
+            + "%{y}<br>"
+            + f"{esc(reference)}: "
+            + "%{x}<br>%{z} neurons<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        **_top(f"Confusion matrix: {rater} against {reference}, {int(np.nansum(z))} neurons"),
+        height=300,
+        yaxis=dict(autorange="reversed", title=esc(rater), automargin=True),
+        xaxis=dict(title=esc(reference), side="bottom", tickangle=0),
+    )
+    return fig
+
+
+def labeller_shares(shares: pd.DataFrame) -> go.Figure:
+    """One group of horizontal bars per labeller (one bar per evaluator), with grey markers for the
+    labeller's own labels shuffled across its units (×) and the run's constant label on the same units (|).
+    Horizontal because labellers' names are long (a file name, a run's settings)."""
+    order = list(dict.fromkeys(shares["labeller"]))
+    fig = go.Figure()
+    marks = [
+        (col, symbol, label)
+        for col, symbol, label in (
+            ("shuffled", "x-thin-open", "shuffled (×)"),
+            ("run constant", "line-ns-open", "constant (|)"),
+        )
+        if col in shares and shares[col].notna().any()
+    ]
+    shown = set()
+    for ev in dict.fromkeys(shares["evaluator"]):
+        g = shares[shares["evaluator"] == ev].set_index("labeller").reindex(order)
+        y = [esc(o) for o in order]
+        fig.add_bar(
+            y=y,
+            x=g["correct"],
+            orientation="h",
+            name=esc(ev),
+            offsetgroup=ev,
+            marker_color=COLORS.get(ev, GREY),
+            customdata=g["n"],
+            text=[f"{v:.0%}" if pd.notna(v) else "" for v in g["correct"]],
+            textposition="outside",
+            cliponaxis=False,
+            hovertemplate=f"{esc(ev)}, " + "%{y}: %{x:.1%} of %{customdata:,} units<extra></extra>",
+        )
+        for col, symbol, label in marks:
+            fig.add_scatter(
+                y=y,
+                x=g[col],
+                mode="markers",
+                offsetgroup=ev,
+                name=label,
+                legendgroup=col,
+                showlegend=col not in shown,
+                marker=dict(symbol=symbol, size=14, color=GREY, line=dict(width=3, color=GREY)),
+                hovertemplate=f"{esc(ev)}, {label}: " + "%{x:.1%}<extra></extra>",
             )
-            c.text(
-                xb.center(col),
-                yb.center(r),
-                f"{int(z[i, j])}",
-                size=16,
-                anchor="middle",
-                color="#fff" if luminance(fill) < 0.5 else TEXT,
-            )
-    c.band_labels_y(yb)
-    for col in cols:
-        c.text(xb.center(col), c.y1 + 14, col, size=font - 1, anchor="middle")
-    c.text((c.x0 + c.x1) / 2, c.y1 + 40, reference, anchor="middle")
-    c.text(14, (c.y0 + c.y1) / 2, rater, anchor="middle", rotate=-90)
-    return c
+            shown.add(col)
+    fig.update_layout(
+        **_top("Share judged correct per labeller, beside its shuffled labels and a constant label"),
+        height=160 + max(len(order), 1) * (26 * max(shares["evaluator"].nunique(), 1) + 20),
+        barmode="group",
+        scattermode="group",
+        xaxis=dict(title="share judged correct", tickformat=".0%", range=[0, 1.1]),
+        yaxis=dict(autorange="reversed", automargin=True),
+        legend=_legend_below(),
+    )
+    return fig
 
 
 __all__ = [
@@ -376,8 +497,8 @@ __all__ = [
     "timings_bar",
     "label_bars",
     "confusion_heatmap",
+    "labeller_shares",
     "COLORS",
-    "FULL",
+    "CONFIG",
     "HALF",
-    "NARROW",
 ]

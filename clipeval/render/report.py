@@ -1,7 +1,8 @@
 """One self-contained HTML report of a run, to send around (as NetDissect's per-layer report is).
 
 Everything is inside the file: thumbnails as data: URIs (each image once, in a CSS class), the charts as
-inline SVG (no script at all), no web fonts. It holds the run's models and settings, the per-layer shares judged
+plotly figures (the same as the app's, clipeval.render.charts) drawn by the one copy of plotly.js in the
+file's head, no web fonts. It holds the run's models and settings, the per-layer shares judged
 correct beside their baselines with 95% intervals, the threshold sensitivity plots, agreement
 tables with n and intervals, the labellers side by side (if the run has label sources) and a page
 of units per layer (top images, label, verdicts). No model runs: it is made from stored raw scores.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from plotly.offline import get_plotlyjs
 
 from clipeval.analysis.headlines import weak_evaluators
 from clipeval.analysis.intervals import MIN_N, N_BOOT, pairwise_with_intervals, share_interval
@@ -27,16 +29,18 @@ from clipeval.analysis.runview import EVALUATOR_TITLES, RunView
 from clipeval.analysis.sources import LabellerView
 from clipeval.analysis.sweeps import default_range, sweep
 from clipeval.errors import ClipevalError, check_path
+from clipeval.evaluators.judges import PAPER_THRESHOLDS
 from clipeval.evaluators.rules import RULES
 from clipeval.files import atomic_write
 from clipeval.formats import json_cell, percent
-from clipeval.render.charts import layer_shares, sweep_figure
+from clipeval.render.charts import CONFIG, layer_shares, sweep_figure
 from clipeval.render.tables import describe_model, stand_in_text, stand_ins, styled
 from clipeval.store import Store
 
 # Imported inside the functions that use them: Pillow and the image decoder, only for the report's
 # thumbnails.
 
+TEMPLATE = "plotly_white"
 THUMB_PX = 72  # thumbnails are shrunk to this square: a 2,600-unit report stays a few MB
 ORDER = ("vqa", "cp", "es", "contrast")
 
@@ -97,9 +101,16 @@ def _thumb(jpeg: bytes) -> str:
     return base64.b64encode(out.getvalue()).decode()
 
 
-def _fig(chart) -> str:
-    """A chart (clipeval.ui.svg) as inline SVG in a frame."""
-    return "<div class='plot'>" + chart.svg() + "</div>"
+def _fig(fig) -> str:
+    """A figure (clipeval.render.charts) in a frame, drawn by the plotly.js that the report's head holds once.
+    The template is named: plotly's default is the app's Streamlit template once Streamlit is imported (the
+    Report page), whose colours are placeholders only Streamlit's page fills in."""
+    fig.update_layout(template=TEMPLATE)
+    return (
+        "<div class='plot'>"
+        + fig.to_html(full_html=False, include_plotlyjs=False, config=CONFIG, default_height=fig.layout.height)
+        + "</div>"
+    )
 
 
 def _without_paths(value):
@@ -230,7 +241,8 @@ def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int) -> 
         sw = sweep(view, e, lo, hi, k, reference)
         parts.append(f"<h3>{_e(rule.title)}</h3>")
         shown = f"{thresholds[e]:.3g}"  # as the thresholds line prints it (RunView.threshold_text)
-        figs = [_fig(sweep_figure(sw, rule.param, thresholds[e], "share_correct", current_text=shown))]
+        paper = PAPER_THRESHOLDS[e]
+        figs = [_fig(sweep_figure(sw, rule.param, thresholds[e], "share_correct", current_text=shown, paper=paper))]
         if reference and "kappa" in sw and sw["kappa"].notna().any():
             n_ref = int(sw["n_reference"].dropna().max())
             few = (
@@ -241,7 +253,7 @@ def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int) -> 
             )
             figs.append(
                 f"<div><p class='note'>Cohen's kappa with {_e(reference)} over the {n_ref} units it judged:"
-                f"</p>{few}{_fig(sweep_figure(sw, rule.param, thresholds[e], 'kappa', False, current_text=shown))}</div>"
+                f"</p>{few}{_fig(sweep_figure(sw, rule.param, thresholds[e], 'kappa', False, current_text=shown, paper=paper))}</div>"
             )
         parts.append("<div class='plots'>" + "".join(figs) + "</div>")
     if not parts:
@@ -258,7 +270,8 @@ def sensitivity_section(view: RunView, thresholds: dict[str, float], k: int) -> 
         + "".join(parts)
         + (
             "<p class='note'>Share judged correct against the threshold, per layer (the paper's "
-            "Figure 3); dashed and dotted: shuffled and constant labels; red: the report's threshold."
+            "Figure 3); dashed and dotted: shuffled and constant labels; solid vertical line: the report's threshold, "
+            "dashed: the paper's. Hover a plot to read every line at a threshold; click a legend entry to hide its line."
             "</p>"
         )
     )
@@ -451,7 +464,8 @@ def build_report(
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>clipeval report {_e(view.run_id)}</title><style>{CSS}{css_images}</style>"
-        f"</head><body>{body}</body></html>"
+        # plotly.js once, for every chart: the file opens with no network
+        f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>{body}</body></html>"
     )
 
 

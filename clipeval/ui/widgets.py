@@ -90,27 +90,24 @@ def fmt_num(x, digits: int = 3) -> str:
     return "n/a" if x is None or pd.isna(x) else f"{float(x):.{digits}f}"
 
 
-# Which drawing of a full-width chart shows: the NARROW one when its column is under 640 px (an 800 px window
-# with the sidebar open), by a CSS container query.
-FIT_CSS = (
-    "<style>.cv-svg{display:block}.cv-fit{container-type:inline-size}.cv-fit>.cv-narrow{display:none}"
-    "@container (max-width: 640px){.cv-fit>.cv-wide{display:none}.cv-fit>.cv-narrow{display:block}}</style>"
-)
-
-
-def chart(draw, *args, where=None, fit: bool = True, **kw) -> None:
-    """draw(*args, **kw) (a function of clipeval.ui.charts) as inline SVG in `where` (a column or container;
-    default the page). With `fit`, drawn at charts.FULL and charts.NARROW, and the one that fits shows;
-    without, drawn once (a chart in a HALF container)."""
-    if fit:
-        body = (
-            FIT_CSS
-            + draw(*args, width=charts.FULL, **kw).svg(cls="cv-wide")
-            + draw(*args, width=charts.NARROW, **kw).svg(cls="cv-narrow")
-        )
-        (where or st).markdown(f"<div class='cv-chart cv-fit'>{body}</div>", unsafe_allow_html=True)
-    else:
-        (where or st).markdown(f"<div class='cv-chart'>{draw(*args, **kw).svg()}</div>", unsafe_allow_html=True)
+def chart(fig, frame: pd.DataFrame, key: str, where=None) -> None:
+    """A plotly figure (clipeval.render.charts) in `where` (a column or container; default the page), as wide
+    as its container and in the app's theme, with a button under it that downloads `frame`, the numbers it
+    was drawn from, as CSV. `key` names the chart (unique on its page) and the downloaded files."""
+    where = where or st
+    config = {**charts.CONFIG, "toImageButtonOptions": {"format": "png", "filename": key, "scale": 2}}
+    where.plotly_chart(fig, width="stretch", theme="streamlit", config=config, key=f"chart_{key}")
+    # the CSV is written when the button is pressed (a callable), not on every rerun
+    where.download_button(
+        "Download data (CSV)",
+        lambda: frame.to_csv(index=False),
+        file_name=f"{key}.csv",
+        mime="text/csv",
+        key=f"csv_{key}",
+        on_click="ignore",
+        type="tertiary",
+        icon=":material/download:",
+    )
 
 
 def table(frame: pd.DataFrame, where=None, formats: dict | None = None, muted: pd.DataFrame | None = None) -> None:

@@ -18,7 +18,7 @@ view = data.run_view(ctx.run_id)
 available = [e for e in widgets.EVALUATOR_ORDER if e in view.available]
 raters = view.rater_labels
 st.markdown(
-    "Move the threshold sliders in the sidebar: every page follows them, and the red line below marks "
+    "Move each threshold beside its chart (or in the sidebar): every page follows it, and the red line marks "
     "the current value. Everything here is recomputed from the stored raw scores; no model runs."
 )
 for e in widgets.EVALUATOR_ORDER:
@@ -77,6 +77,7 @@ for e in available:
         st.caption(f"Default: {view.defaults[e].note}. The dashed grey line marks the paper's value.")
     row = st.container(horizontal=True, gap="small")  # side by side when wide, stacked at 800 px
     cols = [row.container(width=charts.HALF) for _ in range(2 if ref else 1)]
+    widgets.threshold_control(ctx, view, e, cols[0], mirror="page")  # the sidebar's threshold, beside its chart
     head = headlines.share_headline(view, e, ctx.thresholds[e], k)
     cols[0].markdown(
         f"**Share judged correct** at {thresholds.label(e, ctx.thresholds[e])}: "

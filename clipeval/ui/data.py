@@ -183,6 +183,11 @@ def probe_image(run_id: str, probe_fingerprint: str, image_id: int) -> dict | No
     return _query(db_path(), "probe_image", (probe_fingerprint, int(image_id)), version(run_id))
 
 
+def probe_sources(run_id: str, probe_fingerprint: str) -> pd.DataFrame:
+    """The run's probe images per source (Store.probe_sources)."""
+    return _query(db_path(), "probe_sources", (probe_fingerprint,), version(run_id))
+
+
 def neurons(run_id: str) -> pd.DataFrame:
     return _read("neurons", run_id)
 

@@ -37,6 +37,19 @@ def resolution_text(h: int, w: int, layer_hw: tuple[int, int] | None = None) -> 
     return f"Map: {h}×{w} cells ({layer}, {how})"
 
 
+def layer_grid(shape: str, n_units: int, h: int, w: int) -> tuple[int, int] | None:
+    """The layer's own map size from its stored output shape ('(112, 14, 14)', channels first or last) when
+    it is the one the stored h x w maps were pooled from; None where the shape does not say (token layers)."""
+    try:
+        dims = [int(d) for d in shape.strip("()").split(",") if d.strip()]
+    except ValueError:
+        return None
+    if len(dims) != 3 or n_units not in (dims[0], dims[2]):
+        return None
+    grid = dims[1:] if dims[0] == n_units else dims[:2]
+    return (grid[0], grid[1]) if (min(grid[0], MAP_SIDE), min(grid[1], MAP_SIDE)) == (h, w) else None
+
+
 def colour_bar(lo: float, hi: float) -> str:
     """The overlay's colour scale as a small HTML bar from `lo` to `hi`, with both ends written."""
     stops = ", ".join(f"rgb{c}" for c in VIRIDIS)
@@ -74,7 +87,10 @@ def where_it_fires(
     lo, hi = colour_range(maps)
     view, where = run_view(run)
     c[2].markdown(colour_bar(lo, hi), unsafe_allow_html=True)
-    c[2].caption(f"{resolution_text(h, w)}, upsampled {where}; the image turns grey beneath it. {SCALE_TEXT}")
+    shape = data.layers(run_id).set_index("layer").loc[layer]
+    c[2].caption(
+        f"{resolution_text(h, w, layer_grid(str(shape['shape']), int(shape['n_units']), h, w))}, upsampled {where}; the image turns grey beneath it. {SCALE_TEXT}"
+    )
     if not on:
         return thumbs
     # laid over the thumbnail as stored (its own aspect ratio, where the crop the network saw is known),

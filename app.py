@@ -17,9 +17,10 @@ st.set_page_config(page_title="clipeval explorer", page_icon=ICON, layout="wide"
 st.markdown(
     """<style>
 @media (max-width: 1100px) {
-  [data-testid="stHorizontalBlock"] { flex-wrap: wrap; row-gap: 0.5rem; }
+  /* in the main area only: the sidebar's slider and its number box stay on one row */
+  [data-testid="stMain"] [data-testid="stHorizontalBlock"] { flex-wrap: wrap; row-gap: 0.5rem; }
   /* two columns a row, none growing alone to full width (a lone 5th image would fill the page) */
-  [data-testid="stHorizontalBlock"] > [data-testid="stColumn"] { min-width: min(12rem, 100%);
+  [data-testid="stMain"] [data-testid="stHorizontalBlock"] > [data-testid="stColumn"] { min-width: min(12rem, 100%);
     flex: 0 1 calc(50% - 0.5rem); }
   [data-testid="stButtonGroup"] > div { flex-wrap: wrap; }
   /* a column holding a table takes the whole row: half of 500 px shows two of its columns */
@@ -44,7 +45,9 @@ PAGES = [
     st.Page("pages/glossary.py", title="Glossary", icon=":material/menu_book:", url_path="glossary"),
 ]
 
-page = st.navigation(PAGES)
+# the first four pages listed (those the Overview's "start here" names), the others under "View more": eleven links pushed the sidebar's thresholds
+# below the fold of a 900 px high window (the Overview lists every page)
+page = st.navigation(PAGES, expanded=4)
 try:
     data.flush_verdicts()  # annotations kept while a clipeval command held the store are saved first
     for message in data.dropped_verdicts(clear=True):

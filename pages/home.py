@@ -3,6 +3,7 @@
 import streamlit as st
 
 from clipeval.analysis import headlines, intervals
+from clipeval.demo.probe import SOURCE_KINDS, probe_mix
 from clipeval.formats import percent
 from clipeval.ui import data, widgets
 
@@ -14,6 +15,18 @@ st.markdown(
     "embedding similarity ES, and a contrast check against inactive images) judges those labels correct, how far they agree with **reference raters** (people, and automatic references "
     "computed from ground truth, always marked as such), and how often they pass wrong labels (the baselines)."
 )
+
+start = st.container(border=True)
+start.markdown(
+    "**Start here.** Open the **Neuron explorer**: one neuron's label, its top images and each judge's verdict "
+    "on it; step through neurons with Next and Previous (keys N and P). Then the **Layer overview** for the "
+    "share of labels each judge finds correct per layer, and **Thresholds** for how that share moves with a "
+    "judge's threshold. Choose the run in the sidebar."
+)
+links = start.container(horizontal=True, gap="small")
+links.page_link("pages/neuron.py", label="Neuron explorer", icon=":material/neurology:")
+links.page_link("pages/layers.py", label="Layer overview", icon=":material/layers:")
+links.page_link("pages/thresholds.py", label="Thresholds", icon=":material/tune:")
 
 overview = data.store().store_overview()
 cols = st.columns(6)
@@ -47,6 +60,21 @@ st.subheader(f"Selected run: {ctx.run['name']}")
 widgets.stand_in_notice(ctx.run, ctx.latest)
 for role, text in widgets.model_lines(ctx.run, ctx.latest).items():
     st.markdown(f"- **{role}:** {text}")
+mix = probe_mix(data.probe_sources(ctx.run_id, ctx.run.get("probe_fingerprint") or "").itertuples(index=False))
+if mix:
+    n_images = sum(n for _, n in mix)
+    not_photos = [(kind, n) for kind, n in mix if kind in (SOURCE_KINDS["openclipart"], SOURCE_KINDS["procedural"])]
+    drawn = sum(n for _, n in not_photos)
+    st.markdown(
+        f"- **Probe images:** {n_images:,}: "
+        + ", ".join(f"{n:,} {kind}" for kind, n in mix)
+        + (
+            f". Mostly {' and '.join(kind for kind, _ in not_photos)} ({drawn / n_images:.0%}), not photos like the "
+            "paper's ImageNet and Broden images: a label says what the unit responds to among these."
+            if drawn > n_images / 2
+            else "."
+        )
+    )
 view = data.run_view(ctx.run_id)
 heads = headlines.headlines(view.layer_summary(ctx.thresholds, min(ctx.k, view.kmax))) if view.available else {}
 cols = st.columns(len(widgets.EVALUATOR_ORDER))

@@ -17,9 +17,6 @@ k = min(ctx.k, view.kmax) if available else ctx.k
 
 # ---------------------------------------------------------------- shares beside baselines
 st.subheader("Share of labels judged correct, per layer")
-for e in widgets.EVALUATOR_ORDER:
-    if e not in available:
-        st.caption(f":orange[{widgets.evaluator_note(ctx, e)}]")
 if not available:
     st.info(
         "No evaluator has scored this run yet, so there are no verdicts to summarise. Run "
@@ -34,8 +31,10 @@ else:
         f"labels nearly as often as real ones tells real labels from wrong ones poorly. "
         f"'overall' pools all neurons (not the mean of the layers). {widgets.thresholds_caption(ctx)}."
     )
-    for line in widgets.judge_caveats(view):
-        st.caption(f":orange[{line}]")
+    widgets.caveats(
+        [widgets.evaluator_note(ctx, e) for e in widgets.EVALUATOR_ORDER if e not in available]
+        + widgets.judge_caveats(view)
+    )
     table = tables.summary_table(summary, layer_names)
     # a row per layer: a static table shows every evaluator's column; the unit grid below is the page's grid
     real = [c for c in table.columns if c in set(summary["evaluator"])]

@@ -12,7 +12,7 @@ from clipeval.render import charts
 from clipeval.ui import data, navigation, widgets
 from clipeval.ui.live import probe_section
 from clipeval.ui.maps import where_it_fires
-from clipeval.ui.neuron import image_lines, image_table, verdict_table
+from clipeval.ui.neuron import image_lines, image_table, verdict_summary, verdict_table
 
 ctx = widgets.run_page("Neuron explorer")
 UNIT_BOUND = 2**31 - 1  # the unit box's bounds: any unit number a link or the keyboard gives reaches the check below
@@ -104,8 +104,9 @@ with pick[2]:
         args=(-1,),
         icon=":material/arrow_back:",
         key="prev",
+        shortcut="P",
         disabled=navigation.step(order, (layer, unit), -1) is None,
-        help="The previous unit (none before the first unit of the first layer)",
+        help="The previous unit (none before the first unit of the first layer). Key: P",
     )
     nav.button(
         "Next",
@@ -113,7 +114,9 @@ with pick[2]:
         args=(1,),
         icon=":material/arrow_forward:",
         key="next",
+        shortcut="N",
         disabled=navigation.step(order, (layer, unit), 1) is None,
+        help="The next unit. Key: N",
     )
     nav.button("Random", on_click=_random, icon=":material/casino:", key="random")
 with pick[3]:
@@ -153,45 +156,20 @@ if bool(label_row.get("dead", False)):
         st.caption(f"Its activation is {hist['lo'].iloc[0]:.4g} on all {int(hist['count'].sum())} probe images.")
     st.stop()
 
-# ---------------------------------------------------------------- label, runner-ups, verdicts
-# label and runner-ups side by side, then the verdicts at full width: the verdict table has six columns
-# and baseline labels, which a side column cut off
-head = st.columns([1.1, 2.4])
-with head[0]:
-    st.subheader(f"{layer} / unit {unit}")
-    st.markdown(f"### “{label_row['label']}”")
-    st.metric(
-        "CLIP-Dissect similarity of the label",
-        widgets.fmt_num(label_row["similarity"]),
-        help="The score of the chosen concept under the run's similarity function (soft-WPMI by default): "
-        "comparable between neurons of one run, not a cosine.",
-    )
-ru = data.runner_ups(ctx.run_id, layer, unit)
-n_units = int(layers.set_index("layer").loc[layer, "n_units"])
-own = unit_imagenet_class(n_units, unit, label_row["label"], ru["concept"] if "concept" in ru else ())
-if own:
-    with head[0]:
-        found = (
-            "the label names it"
-            if own["label_matches"]
-            else f"runner-up #{own['concept_rank']} names it"
-            if own["concept_rank"]
-            else "neither the label nor a runner-up names it"
-        )
-        (st.success if own["label_matches"] else st.warning)(
-            f"**This unit's own ImageNet class: {own['class']}** ({found})", icon=":material/fact_check:"
-        )
-        st.caption(
-            f"{layer} has {n_units:,} units, one per ImageNet class (a 1000-way classifier), so unit {unit} "
-            "is known to mean this class: a sanity check of the label. " + widgets.glossary_link("imagenet-check")
-        )
-with head[1]:
-    if len(ru) > 1:
-        st.caption("Runner-up concepts (rank 1 is the label)")
-        widgets.table(ru)
-
-st.markdown("**Verdicts on this label, and what to show under each image**")
-toggles = st.container(horizontal=True, wrap=True, gap="medium")
+# ---------------------------------------------------------------- label, top images, verdicts
+# The first screen (1440 x 900) holds what browsing is for: the label, a one-line verdict summary and the top
+# images with their verdicts, right under Next. Details (similarity, runner-ups, the verdict table with its
+# baselines, the map's controls) come below the images.
+images = image_table(ctx, view, layer, unit)
+fingerprint = ctx.run.get("probe_fingerprint")
+thumbs = data.thumbnails(fingerprint, images["image_id"]) if len(images) else {}
+st.markdown(f"### {layer} / unit {unit}: “{label_row['label']}”")
+summary_line = st.empty()
+top_box = st.container()  # filled once the toggles below have said what to show under each image
+details = st.container()
+with details:
+    st.markdown("**What to show under each image**")
+    toggles = st.container(horizontal=True, wrap=True, gap="medium")
 shown = []
 # the evaluators shown are pinned in the link as the sidebar's thresholds are (widgets.pin_in_url): one left at
 # its default was left out of the link, which then showed another set once an evaluation finished
@@ -236,30 +214,59 @@ keep = (
     | (show_human & verdicts["rater"].isin(view.human_labels))
     | (show_auto & verdicts["rater"].isin(view.automatic_labels))
 )
-missing = [e for e in widgets.EVALUATOR_ORDER if view.evaluators[e].table is None]
-if keep.any():
-    widgets.table(verdicts[keep])
-for e in missing:
-    st.caption(f":orange[{widgets.evaluator_note(ctx, e)}]")
-if show_human and not view.human_labels:
-    st.caption("No human verdicts for this run yet: judge neurons on the Annotate page.")
-if view.available:
-    if "contrast" in shown and pd.notna(label_row.get("n_negatives")):
+summary_line.markdown(
+    verdict_summary(verdicts[keep])
+    + f" · CLIP-Dissect similarity {widgets.fmt_num(label_row['similarity'])}"
+    + ("" if images.empty else " · verdict details below the images")
+)
+with details:
+    with st.expander("Verdict details: scores, thresholds and the baseline labels", key="verdict_details"):
+        if keep.any():
+            widgets.table(verdicts[keep])
+        for e in widgets.EVALUATOR_ORDER:
+            if view.evaluators[e].table is None:
+                st.caption(widgets.evaluator_note(ctx, e))
+        if show_human and not view.human_labels:
+            st.caption("No human verdicts for this run yet: judge neurons on the Annotate page.")
+        if view.available:
+            if "contrast" in shown and pd.notna(label_row.get("n_negatives")):
+                st.caption(
+                    f"Contrast compared this neuron's top images with {int(label_row['n_negatives'])} inactive "
+                    "ones (its least active images and random images below its 90th percentile)."
+                )
+            st.caption(
+                f"A label is judged correct when ANY of the top-{ctx.k} images matches it. Neuron score: CP the "
+                "best rank of the label, ES the highest cosine, VQA the highest P(yes), Contrast the ROC-AUC of "
+                "the label's cosine on the top images against inactive ones. Baselines: the same evaluator on a "
+                "label shuffled in from another neuron, and on one constant label for every neuron."
+            )
         st.caption(
-            f"Contrast compared this neuron's top images with {int(label_row['n_negatives'])} inactive ones "
-            "(its least active images and random images below its 90th percentile)."
+            f"CLIP-Dissect similarity of the label: {widgets.fmt_num(label_row['similarity'])}, the score of the "
+            "chosen concept under the run's similarity function (soft-WPMI by default): comparable between "
+            "neurons of one run, not a cosine."
         )
-    st.caption(
-        f"A label is judged correct when ANY of the top-{ctx.k} images matches it. Neuron score: CP the "
-        "best rank of the label, ES the highest cosine, VQA the highest P(yes), Contrast the ROC-AUC of the "
-        "label's cosine on the top images against inactive ones. Baselines: the same evaluator on a label "
-        "shuffled in from another neuron, and on one constant label for every neuron."
-    )
-
-# ---------------------------------------------------------------- images
-images = image_table(ctx, view, layer, unit)
-fingerprint = ctx.run.get("probe_fingerprint")
-thumbs = data.thumbnails(fingerprint, images["image_id"]) if len(images) else {}
+    ru = data.runner_ups(ctx.run_id, layer, unit)
+    n_units = int(layers.set_index("layer").loc[layer, "n_units"])
+    own = unit_imagenet_class(n_units, unit, label_row["label"], ru["concept"] if "concept" in ru else ())
+    if own:
+        found = (
+            "the label names it"
+            if own["label_matches"]
+            else f"runner-up #{own['concept_rank']} names it"
+            if own["concept_rank"]
+            else "neither the label nor a runner-up names it"
+        )
+        (st.success if own["label_matches"] else st.warning)(
+            f"**This unit's own ImageNet class: {own['class']}** ({found})", icon=":material/fact_check:"
+        )
+        st.caption(
+            f"{layer} has {n_units:,} units, one per ImageNet class (a 1000-way classifier), so unit {unit} "
+            "is known to mean this class: a sanity check of the label. " + widgets.glossary_link("imagenet-check")
+        )
+    if len(ru) > 1:
+        with st.expander(f"Runner-up concepts ({len(ru) - 1})", key="runner_ups"):
+            st.caption("Rank 1 is the label.")
+            widgets.table(ru)
 
 
 def image_grid(frame: pd.DataFrame, ncols: int, evaluators: list[str], note: str = "") -> None:
@@ -275,20 +282,21 @@ def image_grid(frame: pd.DataFrame, ncols: int, evaluators: list[str], note: str
 
 
 if images.empty:
-    st.info(
+    top_box.info(
         "No images are stored for this neuron: this run's labels were imported without activations. Import "
         "them again with `--target` and `--probe` to see (and judge) each neuron's top images."
     )
     st.stop()
-st.subheader(f"Top {int((images['kind'] == 'top').sum())} activating images")
-thumbs = where_it_fires(ctx.run_id, fingerprint, layer, unit, thumbs, ctx.run)
+with details:
+    thumbs = where_it_fires(ctx.run_id, fingerprint, layer, unit, thumbs, ctx.run)
 contrast_note = (
     "Contrast shows each image's cosine with the label judged by the ES rule (tau = "
     f"{thresholds.fmt('es', ctx.thresholds['es'])}); its neuron verdict is the AUC rule above."
     if "contrast" in shown
     else ""
 )
-image_grid(images[images["kind"] == "top"], 5, shown, contrast_note)
+with top_box:
+    image_grid(images[images["kind"] == "top"], 5, shown, contrast_note)
 
 st.subheader("Beyond the top images")
 # only the open tab is drawn (each holds 5-10 images or a chart, all sent to the browser before): the

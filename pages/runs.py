@@ -122,14 +122,15 @@ with c[0]:
                 "class or a WordNet synonym of it. The original CLIP-Dissect reports 95.5% top-1 for "
                 "ResNet-50 with CLIP, ImageNet validation images and the class names as concepts."
             )
-            if not json_cell(run.get("models_json")).get("image_text", {}).get("is_clip", True):
-                st.caption(
-                    ":orange[Not comparable with that 95.5%: this run's labeller is not CLIP but an "
-                    "ImageNet classifier (ConSE) that sees every image through the same 1,000 class names "
-                    "it is asked to name.]"
-                )
-        for line in widgets.judge_caveats(data.run_view(chosen)):
-            st.caption(f":orange[{line}]")
+        notes = widgets.judge_caveats(data.run_view(chosen))
+        if not json_cell(run.get("models_json")).get("image_text", {}).get("is_clip", True):
+            notes.insert(
+                0,
+                "Not comparable with the paper's 95.5% ImageNet label accuracy: this run's labeller is not CLIP but "
+                "an ImageNet classifier (ConSE) that sees every image through the same 1,000 class names it is "
+                "asked to name.",
+            )
+        widgets.caveats(notes)
 with c[1]:
     st.markdown("**Configuration** (its hash names the run)")
     st.json(json_cell(run.get("config_json")), expanded=1)

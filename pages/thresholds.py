@@ -19,7 +19,7 @@ view = data.run_view(ctx.run_id)
 available = [e for e in widgets.EVALUATOR_ORDER if e in view.available]
 raters = view.rater_labels
 st.markdown(
-    "Move the threshold sliders in the sidebar: every page follows them, and the red line below marks "
+    "Move each threshold beside its chart (or in the sidebar): every page follows it, and the red line marks "
     "the current value. Everything here is recomputed from the stored raw scores; no model runs."
 )
 for e in widgets.EVALUATOR_ORDER:
@@ -80,6 +80,7 @@ for e in available:
     # two charts side by side when wide, stacked at 800 px; one alone takes the page's width
     row = st.container(horizontal=True, gap="small")
     cols = [row.container(width=charts.HALF) for _ in range(2)] if ref else [st.container()]
+    widgets.threshold_control(ctx, e, cols[0], mirror="page")  # the sidebar's threshold, beside its chart
     head = headlines.share_headline(view, e, ctx.thresholds[e], k)
     cols[0].markdown(
         f"**Share judged correct** at {thresholds.label(e, ctx.thresholds[e])}: "

@@ -202,7 +202,7 @@ def test_neuron_explorer_tables_are_static_and_complete(app_store):
     at = open_page("pages/neuron.py")
     assert not at.dataframe
     layer = store.neurons(run_id).iloc[0]["layer"]
-    ru, verdicts = tables(at)
+    verdicts, ru = tables(at)  # the verdict details come first, under the images; the runner-ups after
     want = store.runner_ups(run_id, layer, 0)
     assert list(ru.columns) == ["rank", "concept", "score"] and list(ru["concept"]) == list(want["concept"])
     assert list(ru["score"]) == [f"{x:.3f}" for x in want["score"]]

@@ -110,7 +110,8 @@ def test_the_overlay_colours_exactly_the_crop_box(family):
         Image.open(io.BytesIO(overlay(_jpeg(w, h), np.ones((7, 7), np.float32), 1.0, (0.0, 1.0), view))).convert("RGB")
     ).astype(int)
     x0, y0, x1, y1 = crop_box(view, w, h)
-    red = (out[..., 0] > 200) & (out[..., 2] < 80)
+    # the map's top colour (viridis yellow, blue 37) where it lies; JPEG ringing lifts blue near the edge
+    red = (out[..., 0] > 200) & (out[..., 2] < 160)
     blue = (out[..., 2] > 200) & (out[..., 0] < 60)
     xs, ys = np.arange(w)[None, :] + 0.5, np.arange(h)[:, None] + 0.5
     inside = (xs > x0 + 1.5) & (xs < x1 - 1.5) & (ys > y0 + 1.5) & (ys < y1 - 1.5)

@@ -245,7 +245,7 @@ def test_overlay_keeps_the_size_and_colours_the_peak():
     x0, y0 = (128 - side) // 2, (96 - side) // 2
     peak = np.asarray(out)[y0 + 2, x0 + 2].astype(int)
     far = np.asarray(out)[95 - y0 - 2, 127 - x0 - 2].astype(int)
-    assert peak[0] > 200 and peak[2] < 80  # red over the planted cell
+    assert peak[0] > 200 and peak[2] < 80  # the scale's top colour (viridis yellow) over the planted cell
     assert far[2] > 200 and far[0] < 60  # the blue image untouched where the unit is silent
 
 

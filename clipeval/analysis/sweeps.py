@@ -24,14 +24,48 @@ def default_range(view: RunView, evaluator: str, current: float) -> tuple[float,
     elif rule.reduce == "auc":
         lo, hi = 0.0, 1.0
     else:
-        t = view.table(evaluator)
-        scores = np.concatenate([t.neuron_scores(v) for v in t.variants])
-        scores = scores[~np.isnan(scores)]
-        if not scores.size:
-            lo, hi = rule.lo, rule.hi
-        else:
-            pad = 0.05 * max(float(scores.max() - scores.min()), rule.step * 10)
-            lo, hi = float(scores.min()) - pad, float(scores.max()) + pad
+        lo, hi = _score_span(view, evaluator)
+    return _around(evaluator, lo, hi, current)
+
+
+def score_spans(view: RunView) -> dict[str, tuple[float, float] | None]:
+    """Each judge's span of this run's neuron scores (all label variants, padded); None where it has not
+    scored the run. A few numbers per run: the app's sidebar keeps these, not the scores."""
+    return {e: (_score_span(view, e) if e in view.available else None) for e in RULES}
+
+
+def threshold_range_from(evaluator: str, span: tuple[float, float] | None, current: float) -> tuple[float, float]:
+    """A threshold slider's ends: where this run's neuron scores lie (`span`, score_spans), so each pixel of
+    the track moves the threshold through scores the run has: ES's -1..1 put the useful 0.75-1.0 on 28 px of a
+    228 px track. CP's p as on the Thresholds page (a small share of the concept set); always including
+    `current`; the rule's whole range for a judge that has not scored the run (span None)."""
+    if span is None:
+        return RULES[evaluator].lo, RULES[evaluator].hi
+    if RULES[evaluator].reduce == "min":
+        return _around(evaluator, 0.0, max(0.05, 2.5 * current), current)
+    return _around(evaluator, *span, current)
+
+
+def threshold_range(view: RunView, evaluator: str, current: float) -> tuple[float, float]:
+    """threshold_range_from with the span read from `view`."""
+    span = _score_span(view, evaluator) if evaluator in view.available else None
+    return threshold_range_from(evaluator, span, current)
+
+
+def _score_span(view: RunView, evaluator: str) -> tuple[float, float]:
+    rule = RULES[evaluator]
+    t = view.table(evaluator)
+    scores = np.concatenate([t.neuron_scores(v) for v in t.variants])
+    scores = scores[~np.isnan(scores)]
+    if not scores.size:
+        return rule.lo, rule.hi
+    pad = 0.05 * max(float(scores.max() - scores.min()), rule.step * 10)
+    return float(scores.min()) - pad, float(scores.max()) + pad
+
+
+def _around(evaluator: str, lo: float, hi: float, current: float) -> tuple[float, float]:
+    """[lo, hi] widened to hold `current`, snapped to the rule's steps inside its range."""
+    rule = RULES[evaluator]
     lo, hi = min(lo, current), max(hi, current)
     lo = _snap(lo - rule.step / 2, rule.step, rule.lo, rule.hi)
     hi = _snap(hi + rule.step / 2, rule.step, rule.lo, rule.hi)

@@ -48,8 +48,14 @@ class BuildStatus:
         }
         self._write()
 
+    def plan(self, steps: int, expected_s: float | None = None, basis: str = "") -> None:
+        """The whole build: how many stages it has, and how long a measured build of the same took (`basis`
+        says which), so the app can give the time left for all of it, not only the current step's."""
+        self.state.update(steps=int(steps), step=0, expected_s=expected_s, basis=basis)
+        self._write()
+
     def stage(self, text: str) -> None:
-        self.state.update(stage=text, bar=None)
+        self.state.update(stage=text, bar=None, step=int(self.state.get("step") or 0) + 1)
         self._write()
 
     def bar(self, d: dict) -> None:
@@ -93,6 +99,12 @@ def reporting_to(status: BuildStatus):
         status.finish()
     finally:
         _status = previous
+
+
+def plan(steps: int, expected_s: float | None = None, basis: str = "") -> None:
+    """Say how many stages the build has and how long a measured one took (no-op without a status file)."""
+    if _status is not None:
+        _status.plan(steps, expected_s, basis)
 
 
 def stage(text: str) -> None:

@@ -420,6 +420,26 @@ def _mvtb_items(size: str) -> list[_Item]:
     return items
 
 
+# what each source's images are, for the app to say what a probe is made of
+SOURCE_KINDS = {
+    "openclipart": "clip art",
+    "procedural": "drawn colours, shapes and textures",
+    "scikit-image": "photos",
+    "scikit-learn": "photos",
+    "mvtb-data": "photos",
+}
+
+
+def probe_mix(sources) -> list[tuple[str, int]]:
+    """(kind, images) of a probe from its images per source (rows of source, images), most first: the demo's
+    sources as clip art, drawn images and photos; any other source under its own name."""
+    counts: dict[str, int] = {}
+    for source, n in sources:
+        kind = SOURCE_KINDS.get(source, source)
+        counts[kind] = counts.get(kind, 0) + int(n)
+    return sorted(counts.items(), key=lambda kv: -kv[1])
+
+
 # ---------------------------------------------------------------- openclipart
 
 

@@ -335,6 +335,27 @@ def crop_box(view: dict, width: int, height: int) -> tuple[float, float, float, 
     return x0, y0, x0 + w * sx, y0 + h * sy
 
 
+# viridis (perceptually uniform, readable in grey and by colour-blind readers) at nine stops, from matplotlib's
+VIRIDIS = (
+    (68, 1, 84),
+    (71, 44, 122),
+    (59, 81, 139),
+    (44, 113, 142),
+    (33, 144, 141),
+    (39, 173, 129),
+    (92, 200, 99),
+    (170, 220, 50),
+    (253, 231, 37),
+)
+
+
+def colormap(v: np.ndarray) -> np.ndarray:
+    """RGB (float, 0-255) of values in [0, 1] on the VIRIDIS scale, interpolated between its stops."""
+    stops = np.linspace(0.0, 1.0, len(VIRIDIS))
+    v = np.clip(np.asarray(v, np.float32), 0, 1)
+    return np.stack([np.interp(v, stops, [c[i] for c in VIRIDIS]) for i in range(3)], -1).astype(np.float32)
+
+
 def overlay(
     jpeg: bytes,
     m: np.ndarray,
@@ -343,10 +364,11 @@ def overlay(
     view: dict | None = ASSUMED_VIEW,
 ) -> bytes:
     """The thumbnail with the map upsampled (bilinear) over the region the network saw (`view`: the
-    target's preprocessing, see crop_box; None: the whole image), as a heat colour: `opacity` at the map's
-    peak, clear where the unit is silent. `relative_to` (lo, hi): scale the colours to this range (e.g.
-    the unit's strongest top-image activation), else to the map's own. The thumbnail stands for the image:
-    its aspect ratio is the image's up to the thumbnail's rounding."""
+    target's preprocessing, see crop_box; None: the whole image), coloured on the VIRIDIS scale over the
+    image turned grey where the unit fires: `opacity` at the map's peak, clear where the unit is silent.
+    `relative_to` (lo, hi): scale the colours to this range (e.g. the unit's strongest top-image activation),
+    else to the map's own. The thumbnail stands for the image: its aspect ratio is the image's up to the
+    thumbnail's rounding."""
     from PIL import Image
 
     from clipeval.datasets.probe import load_rgb
@@ -367,10 +389,15 @@ def overlay(
         # the part of the region inside the image (a padding preprocessing reaches past it)
         cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, img.width), min(y1, img.height)
         a[cy0:cy1, cx0:cx1] = heat[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
-    # yellow where weak, red where strong
-    rgb = np.stack([np.full_like(a, 255), 220 * (1 - a), np.zeros_like(a)], -1)
+    rgb = colormap(a)
     alpha = (opacity * a)[..., None]
-    base = np.asarray(img, np.float32)
+    # the image turns grey where the unit fires (fully from a quarter of the scale up): the colour scale then
+    # reads on any image (yellow to red vanished on a red image), the image's shapes stay visible, and where
+    # the unit is silent the image keeps its colours
+    colour = np.asarray(img, np.float32)
+    grey = np.repeat(np.asarray(img.convert("L"), np.float32)[..., None], 3, -1)
+    g = np.clip(4 * a, 0, 1)[..., None]
+    base = colour * (1 - g) + grey * g
     out = Image.fromarray(np.clip(base * (1 - alpha) + rgb * alpha, 0, 255).astype(np.uint8))
     buf = io.BytesIO()
     out.save(buf, "JPEG", quality=90)

@@ -63,14 +63,20 @@ def stand_ins(run: dict, latest: pd.DataFrame) -> list[str]:
     return out
 
 
-def stand_in_text(roles: list[str]) -> str:
-    """What the 'not CLIP' warning says for the roles stand_ins found ('' when none)."""
+def stand_in_text(roles: list[str], short: bool = False) -> str:
+    """What the 'not CLIP' warning says for the roles stand_ins found ('' when none); `short` for the one-line
+    banner under a page's title."""
     if not roles:
         return ""
     verdicts = [r for r in roles if r != "labels"]
     parts = (["labels"] if "labels" in roles else []) + (
         [f"{', '.join(verdicts[:-1])}{' and ' if len(verdicts) > 1 else ''}{verdicts[-1]} verdicts"] if verdicts else []
     )
+    if short:
+        return (
+            f"This run's {' and '.join(parts)} come from an offline stand-in (ConSE), not CLIP: a demonstration of "
+            "the method, not the paper's numbers."
+        )
     return (
         f"This run's {' and '.join(parts)} come from an offline stand-in (ConSE: an ImageNet classifier and a "
         "sentence encoder), not from CLIP: read them as a demonstration of the method, not as the paper's numbers."

@@ -278,6 +278,14 @@ class RunsMixin:
         )
         return df.iloc[0].to_dict() if len(df) else None
 
+    def probe_sources(self, probe_fingerprint: str) -> pd.DataFrame:
+        """How many of a probe's images come from each source (source, images), most first."""
+        return self.df(
+            "SELECT source, count(*) AS images FROM probe_images WHERE probe_fingerprint = ? GROUP BY source "
+            "ORDER BY images DESC, source",
+            [probe_fingerprint],
+        )
+
     def probe_images(self, probe_fingerprint: str, with_thumbnails: bool = False) -> pd.DataFrame:
         cols = "image_id, path, source, license, label" + (", thumbnail" if with_thumbnails else "")
         return self.df(

@@ -31,6 +31,23 @@ def progress_text(state: dict) -> str | None:
     return f"{b['desc'] or 'step'}: {done} {b['unit']}{rate}{left}"
 
 
+def whole_build_text(state: dict, now: float | None = None) -> str | None:
+    """'Whole build: step 2 of 6, about 62 min left (...)': the time left for the whole build, from how long a
+    measured one took, never less than the current step's own estimate; None when the build gave no plan."""
+    steps = state.get("steps")
+    if not steps:
+        return None
+    text = f"Whole build: step {min(int(state.get('step') or 0), steps)} of {steps}"
+    expected = state.get("expected_s")
+    if not expected:
+        return text + " (no measured build to estimate its time left from)"
+    elapsed = (now or time.time()) - state["started"]
+    step_left = (state.get("bar") or {}).get("seconds_left") or 0.0
+    if elapsed < expected:
+        return text + f", about {_duration(max(expected - elapsed, step_left))} left ({state.get('basis')})"
+    return text + f", running longer than a measured build ({state.get('basis')})"
+
+
 def build_progress() -> None:
     """Say what a background build of this store is doing (nothing when none has reported)."""
     state = progress.read(data.db_path())
@@ -68,6 +85,9 @@ def _live() -> None:
         f"{state['stage'] or 'starting'}.",
         icon=":material/hourglass_top:",
     )
+    whole = whole_build_text(state)
+    if whole:
+        st.caption(whole)
     text = progress_text(state)
     if text:
-        st.progress(min(1.0, b["n"] / b["total"]) if b.get("total") else 0.0, text=text)
+        st.progress(min(1.0, b["n"] / b["total"]) if b.get("total") else 0.0, text="Current step: " + text)

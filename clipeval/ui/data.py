@@ -207,6 +207,19 @@ def defaults(run_id: str) -> dict:
     return _defaults(db_path(), run_id, version(run_id))
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def _score_spans(path: str, run_id: str, data_version: str) -> dict:
+    view = _held.get((path, run_id, data_version)) or RunView(_open_store(path), run_id)
+    return sweeps.score_spans(view)
+
+
+def score_spans(run_id: str) -> dict:
+    """Each judge's span of the run's neuron scores (sweeps.score_spans) for the sidebar's sliders: a few
+    numbers per run and data version, from the pages' RunView when they hold it, else from one built for
+    this and dropped, so a page that shows no scores holds none."""
+    return _score_spans(db_path(), run_id, version(run_id))
+
+
 def layers(run_id: str) -> pd.DataFrame:
     return _read("layers", run_id)
 
@@ -214,6 +227,11 @@ def layers(run_id: str) -> pd.DataFrame:
 def probe_image(run_id: str, probe_fingerprint: str, image_id: int) -> dict | None:
     """One image of the run's probe (cached: the live probe asked for all 3,157 rows on every rerun)."""
     return _query(db_path(), "probe_image", (probe_fingerprint, int(image_id)), version(run_id))
+
+
+def probe_sources(run_id: str, probe_fingerprint: str) -> pd.DataFrame:
+    """The run's probe images per source (Store.probe_sources)."""
+    return _query(db_path(), "probe_sources", (probe_fingerprint,), version(run_id))
 
 
 def neurons(run_id: str) -> pd.DataFrame:

@@ -7,14 +7,16 @@ import hashlib
 import io
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
+import torch
 
 from clipeval.datasets.probe import load_rgb
 from clipeval.dissect.live import LiveProbe, TargetUnavailable
-from clipeval.dissect.maps import overlay, view_note
+from clipeval.dissect.maps import overlay, shrink, view_note
 from clipeval.errors import ClipevalError
 from clipeval.ui import data, widgets
-from clipeval.ui.maps import colour_range
+from clipeval.ui.maps import colour_bar, colour_range, resolution_text
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the run's target network (once) ...")
@@ -46,15 +48,19 @@ def probe_section(ctx, layer: str, unit: int) -> None:
         else None
     )
     n = int(ctx.run.get("n_images") or 0)
+    images = data.neuron_images(ctx.run_id, layer, unit)
+    top = images[images["kind"] == "top"] if len(images) else images
+    first = int(top["image_id"].iloc[0]) if len(top) else 0  # a real image the unit fires on, not image 0
     widgets.drop_infinite_url_number("live_image")
     pick = c[1].number_input(
         f"or a probe image (0-{max(n - 1, 0)})",
         min_value=0,
         max_value=max(n - 1, 0),
-        value=0,
+        value=None,
+        placeholder=f"{first}: its top image",
         key="live_image",
         bind="query-params",
-        help="Any image of the run's probe set, by its id.",
+        help="Any image of the run's probe set, by its id; empty: the unit's most activating probe image.",
     )
     if upload is not None:
         try:
@@ -65,16 +71,18 @@ def probe_section(ctx, layer: str, unit: int) -> None:
             st.error(str(e))
             return
     else:
-        row = data.probe_image(ctx.run_id, ctx.run.get("probe_fingerprint") or "", int(pick))
+        chosen = first if pick is None else int(pick)
+        row = data.probe_image(ctx.run_id, ctx.run.get("probe_fingerprint") or "", chosen)
         if row is None or not Path(row["path"]).is_file():
-            st.warning(f"Probe image {int(pick)} is not on this machine any more; upload an image instead.")
+            st.warning(f"Probe image {chosen} is not on this machine any more; upload an image instead.")
             return
         try:
-            image, what = load_rgb(row["path"]), f"probe image {int(pick)}"
+            image = load_rgb(row["path"])
         except ClipevalError as e:
             st.error(str(e))
             return
-        key = ("probe", int(pick))
+        what = f"probe image {chosen}" + (" (the unit's top image)" if pick is None and len(top) else "")
+        key = ("probe", chosen)
     reading = probe.read(image, layer, unit, key=key)
     thumb = io.BytesIO()
     small = image.copy()
@@ -84,22 +92,23 @@ def probe_section(ctx, layer: str, unit: int) -> None:
     cols[0].image(data.square(thumb.getvalue()), caption=what, width="stretch")
     if reading.map is not None:
         stored = data._read("activation_maps", ctx.run_id, layer, int(unit))
+        # at the stored maps' resolution (max-pooled as the probe pass pools them), so both say the same
+        shown = shrink(torch.from_numpy(np.ascontiguousarray(reading.map))[None])[0].numpy()
         # the colour scale of the top images' overlays above, widened if this image goes beyond it
-        lo, hi = colour_range(stored) if len(stored) else (0.0, float(reading.map.max()))
-        hi = max(hi, float(reading.map.max()))
-        silent = float(reading.map.max()) <= lo
+        lo, hi = colour_range(stored) if len(stored) else (0.0, float(shown.max()))
+        hi = max(hi, float(shown.max()))
+        silent = float(shown.max()) <= lo
         view, where = view_note(probe.view)
         cols[1].image(
-            data.square(overlay(thumb.getvalue(), reading.map, 0.6, (lo, hi), view)),
+            data.square(overlay(thumb.getvalue(), shown, 0.6, (lo, hi), view)),
             width="stretch",
-            caption=f"where it fires ({reading.map.shape[0]}×{reading.map.shape[1]} cells {where}; "
-            f"clear at {lo:.3g} or below, red at {hi:.3g}, as the top images above)"
-            + ("; no cell above it on this image" if silent else ""),
+            caption=f"where it fires: {resolution_text(*shown.shape, reading.map.shape)} {where}"
+            + ("; no cell above the scale's 0 on this image" if silent else ""),
         )
+        cols[1].markdown(colour_bar(lo, hi), unsafe_allow_html=True)
     else:
         cols[1].caption("This layer gives one value per image (no spatial map).")
-    top = data.neuron_images(ctx.run_id, layer, unit)
-    top = top[top["kind"] == "top"]["activation"] if len(top) else top
+    top = top["activation"] if len(top) else top
     with cols[2]:
         st.metric(f"{layer} / unit {unit} activation", f"{reading.activation:.3f}")
         st.metric(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from clipeval.dissect.maps import decode, overlay, run_view
+from clipeval.dissect.maps import MAP_SIDE, VIRIDIS, decode, overlay, run_view
 from clipeval.ui import data
 
 
@@ -20,6 +20,45 @@ def colour_range(maps) -> tuple[float, float]:
     are all negative gets its own range."""
     hi = float(maps["hi"].max())
     return (0.0, hi) if hi > 0 else (float(maps["lo"].min()), hi)
+
+
+SCALE_TEXT = (
+    "One scale per unit: clear at its left end or below, full colour at its strongest cell on its top images, so "
+    "its images compare."
+)
+
+
+def resolution_text(h: int, w: int, layer_hw: tuple[int, int] | None = None) -> str:
+    """'Map: 24×24 cells (the layer's 56×56, max-pooled to at most 24×24)': stored maps and the live probe's
+    are shown at the same resolution, and say both it and the layer's."""
+    layer = f"the layer's {layer_hw[0]}×{layer_hw[1]}" if layer_hw else "the layer's resolution"
+    pooled = layer_hw is None or (layer_hw[0], layer_hw[1]) != (h, w)
+    how = f"max-pooled to at most {MAP_SIDE}×{MAP_SIDE}" if pooled else "its own resolution"
+    return f"Map: {h}×{w} cells ({layer}, {how})"
+
+
+def layer_grid(shape: str, n_units: int, h: int, w: int) -> tuple[int, int] | None:
+    """The layer's own map size from its stored output shape ('(112, 14, 14)', channels first or last) when
+    it is the one the stored h x w maps were pooled from; None where the shape does not say (token layers)."""
+    try:
+        dims = [int(d) for d in shape.strip("()").split(",") if d.strip()]
+    except ValueError:
+        return None
+    if len(dims) != 3 or n_units not in (dims[0], dims[2]):
+        return None
+    grid = dims[1:] if dims[0] == n_units else dims[:2]
+    return (grid[0], grid[1]) if (min(grid[0], MAP_SIDE), min(grid[1], MAP_SIDE)) == (h, w) else None
+
+
+def colour_bar(lo: float, hi: float) -> str:
+    """The overlay's colour scale as a small HTML bar from `lo` to `hi`, with both ends written."""
+    stops = ", ".join(f"rgb{c}" for c in VIRIDIS)
+    return (
+        "<div style='display:flex;align-items:center;gap:0.4rem;font-size:0.8rem' role='img' "
+        f"aria-label='colour scale of the activation map, from {lo:.3g} (clear) to {hi:.3g}'>"
+        f"<span>{lo:.3g}</span><div style='flex:1;height:0.7rem;border-radius:2px;"
+        f"background:linear-gradient(to right, {stops})'></div><span>{hi:.3g}</span></div>"
+    )
 
 
 def where_it_fires(
@@ -47,10 +86,10 @@ def where_it_fires(
     h, w = int(maps["h"].iloc[0]), int(maps["w"].iloc[0])
     lo, hi = colour_range(maps)
     view, where = run_view(run)
+    c[2].markdown(colour_bar(lo, hi), unsafe_allow_html=True)
+    shape = data.layers(run_id).set_index("layer").loc[layer]
     c[2].caption(
-        f"Map: {h}×{w} cells (the layer's resolution, max-pooled to at most 24×24), upsampled {where}; "
-        f"clear at {lo:.3g} or below, yellow to red up to {hi:.3g}, this unit's strongest cell on its top "
-        "images, so the images compare."
+        f"{resolution_text(h, w, layer_grid(str(shape['shape']), int(shape['n_units']), h, w))}, upsampled {where}; the image turns grey beneath it. {SCALE_TEXT}"
     )
     if not on:
         return thumbs

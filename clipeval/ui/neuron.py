@@ -107,3 +107,16 @@ def image_lines(row: pd.Series, shown: list[str]) -> list[str]:
         mark = ":green[match]" if row[f"{e} match"] else ":red[no match]"
         lines.append(f"{title(e)} {RAW_NAMES[e]} {value} {mark}")
     return lines
+
+
+def verdict_summary(verdicts: pd.DataFrame) -> str:
+    """One line of the verdict table for under the label: 'Verdicts: CP ✓ (rank 3, p = 0.010) · ES ✗ (cos 0.612,
+    tau = 0.800) · alice ✓'; a judge that did not score the run is left out (the details below say why)."""
+    parts = []
+    for r in verdicts.itertuples():
+        if r.verdict.startswith("✓") or r.verdict.startswith("✗"):
+            detail = ", ".join(x for x in (r.score, r.threshold) if x)
+            parts.append(f"{r.rater} {r.verdict[0]}" + (f" ({detail})" if detail else ""))
+        elif r.verdict == "not judged":
+            parts.append(f"{r.rater}: not judged")
+    return "**Verdicts:** " + (" · ".join(parts) if parts else "none shown")

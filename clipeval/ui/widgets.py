@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import streamlit as st
 
+from clipeval.analysis import sweeps
 from clipeval.analysis.runview import EVALUATOR_TITLES
 from clipeval.evaluators import judges, thresholds
 from clipeval.evaluators.rules import RULES, cp_cutoff
@@ -25,11 +26,12 @@ CTX_KEY = "_clipeval_context"
 RUN_KEY = "run_choice"  # the run selectbox; its value is mirrored in the URL as ?run=<run id>
 K_KEY = "k"
 EVALUATOR_ORDER = ("vqa", "cp", "es", "contrast")  # the order the issue and the paper list them
+# short enough for one line above a slider that shares the sidebar's width with its number box
 THRESHOLD_LABELS = {
-    "cp": "CP: p, share of the concept set",
-    "es": "ES: tau, cosine(image, label)",
-    "vqa": "VQA: cut-off on P(yes)",
-    "contrast": "Contrast: ROC-AUC at least",
+    "cp": "CP: p (share of concepts)",
+    "es": "ES: tau (cosine)",
+    "vqa": "VQA: cut on P(yes)",
+    "contrast": "Contrast: AUC at least",
 }
 RULES_HELP = {e: r.title for e, r in RULES.items()}
 DEAD_TEXT = (
@@ -258,9 +260,10 @@ def sidebar() -> Context:
         st.query_params["run"] = run_id
         ctx.run_id = run_id
         ctx.run = complete[complete["run_id"] == run_id].iloc[0].to_dict()
+        # one line: the picker names the run; its full name is in the picker's help and on the Runs page
         st.caption(
-            f"{ctx.run['name']}  \n`{run_id[:12]}` · {int(ctx.run['n_neurons']):,} neurons · "
-            f"{str(ctx.run['created_at'])[:16]}"
+            f"`{run_id[:12]}` · {int(ctx.run['n_neurons']):,} neurons",
+            help=f"{ctx.run['name']}, made {str(ctx.run['created_at'])[:16]}",
         )
         ctx.latest = data.latest_evaluations(run_id)
 
@@ -270,7 +273,7 @@ def sidebar() -> Context:
         kmax = data.top_k(run_id)
         if kmax > 1:
             ctx.k = st.slider(
-                "k: top activating images judged per neuron",
+                "k: top images judged",
                 1,
                 kmax,
                 url_number(K_KEY, 1, kmax, "k", kmax, integer=True),
@@ -281,34 +284,26 @@ def sidebar() -> Context:
             ctx.k = max(kmax, 1)
         pin_in_url(K_KEY, ctx.k)
 
-        st.markdown("**Thresholds** (applied live to the stored raw scores)")
+        st.markdown(
+            "**Thresholds**",
+            help="Applied live to the stored raw scores on every page, and kept in the URL. Each slider spans "
+            "the scores of this run; the box beside it takes any value.",
+        )
         n_concepts = _n_concepts(ctx.latest)
-        # each evaluator starts from its own model's default (the paper's for CLIP, calibrated for a stand-in)
-        defaults = data.defaults(run_id)
-        for e in EVALUATOR_ORDER:
-            rule = RULES[e]
-            start = float(defaults[e].value)
-            status = ctx.evaluator_status(e)[0]
-            note = "" if status == "complete" else f"  \n{title(e)} is {status} for this run."
-            help_text = rule.title + note + (f"  \nDefault: {defaults[e].note}" if defaults[e].note else "")
-            # CP gets a number input: p is typically 0.001-0.05 of [0, 1], too fine for a slider's pixels
-            widget = st.number_input if e == "cp" else st.slider
-            value = widget(
-                THRESHOLD_LABELS[e],
-                rule.lo,
-                rule.hi,
-                url_number(rule.param, rule.lo, rule.hi, f"{title(e)} threshold", start),
-                rule.step,
-                format=thresholds.printf(e),
-                key=rule.param,
-                help=help_text,
-            )
+        scored = [e for e in EVALUATOR_ORDER if ctx.evaluator_status(e)[0] == "complete"]
+        others = [e for e in EVALUATOR_ORDER if e not in scored]
+        # the judges that scored this run first, so their sliders are above the sidebar's fold; the others'
+        # stay drawn (their values are in the URL) one click away
+        rest = None
+        for e in scored + others:
+            if e in others and rest is None:
+                rest = st.expander(f"Thresholds of {', '.join(title(o) for o in others)} (not in this run)")
+            where = st if e in scored else rest
+            ctx.thresholds[e] = threshold_control(ctx, e, where)
             if e == "cp" and n_concepts:
-                st.caption(f"= the label within the top {cp_cutoff(value, n_concepts)} of {n_concepts} concepts")
-            if defaults[e].source == judges.PENDING and float(value) == defaults[e].value and status == "complete":
-                st.caption(f":orange[{title(e)}: calibration pending, the paper's CLIP value stands in]")
-            ctx.thresholds[e] = float(value)
-            pin_in_url(rule.param, value)
+                where.caption(
+                    f"= label in the top {cp_cutoff(ctx.thresholds[e], n_concepts)} of {n_concepts:,} concepts"
+                )
         missing = [
             f"{title(e)}: {ctx.evaluator_status(e)[0]}"
             for e in EVALUATOR_ORDER
@@ -321,6 +316,75 @@ def sidebar() -> Context:
         st.warning(message, icon=":material/link_off:")
     st.session_state[CTX_KEY] = ctx
     return ctx
+
+
+def _take(evaluator: str, source: str) -> None:
+    """on_change of a threshold's slider or of the Thresholds page's controls: the sidebar's number box, the
+    one bound to the URL, takes the value (so every control of one threshold shows one value)."""
+    st.session_state[RULES[evaluator].param] = st.session_state[source]
+
+
+def threshold_control(ctx: Context, evaluator: str, where=None, mirror: str = "") -> float:
+    """A threshold's slider with a number box beside it, in `where` (default the page), both showing one value.
+    The sidebar's number box (no `mirror`) is the value, starting at the link's value or the run's judge's
+    default (the paper's for CLIP, calibrated for a stand-in, 'calibration pending' while a build may still
+    calibrate it) and pinned in the URL (?p=&tau=&cut=&auc=); it takes any value of the rule's range. The
+    slider spans where this run's scores lie (sweeps.threshold_range_from). With `mirror` (a name), a second
+    pair elsewhere (the Thresholds page, beside its chart) that sets the sidebar's."""
+    rule = RULES[evaluator]
+    where = where or st
+    row = where.columns([2.4, 1], gap="small", vertical_alignment="bottom")
+    status = ctx.evaluator_status(evaluator)[0]
+    default = data.defaults(ctx.run_id)[evaluator]
+    help_text = (
+        rule.title
+        + ("" if status == "complete" else f"  \n{title(evaluator)} is {status} for this run.")
+        + (f"  \nDefault: {default.note}" if default.note else "")
+    )
+    box = dict(min_value=rule.lo, max_value=rule.hi, step=rule.step, format=thresholds.printf(evaluator))
+    if mirror:
+        value = ctx.thresholds[evaluator]
+        box_key = f"{rule.param}_{mirror}_box"
+        st.session_state[box_key] = value
+        row[1].number_input(
+            THRESHOLD_LABELS[evaluator],
+            **box,
+            key=box_key,
+            on_change=_take,
+            args=(evaluator, box_key),
+            label_visibility="collapsed",
+        )
+    else:
+        start = url_number(rule.param, rule.lo, rule.hi, f"{title(evaluator)} threshold", float(default.value))
+        value = float(
+            row[1].number_input(
+                THRESHOLD_LABELS[evaluator],
+                value=start,
+                **box,
+                key=rule.param,
+                label_visibility="collapsed",
+                help=help_text,
+            )
+        )
+        pin_in_url(rule.param, value)
+        if default.source == judges.PENDING and value == default.value and status == "complete":
+            where.caption(f":orange[{title(evaluator)}: calibration pending, the paper's CLIP value stands in]")
+    lo, hi = sweeps.threshold_range_from(evaluator, data.score_spans(ctx.run_id)[evaluator], value)
+    slider_key = f"{rule.param}_{mirror or 'sidebar'}_slider"
+    st.session_state[slider_key] = min(max(value, lo), hi)
+    row[0].slider(
+        THRESHOLD_LABELS[evaluator],
+        lo,
+        hi,
+        step=rule.step,
+        format=thresholds.printf(evaluator),
+        key=slider_key,
+        on_change=_take,
+        args=(evaluator, slider_key),
+        help=help_text + f"  \nThe slider spans this run's scores ({thresholds.fmt(evaluator, lo)} to "
+        f"{thresholds.fmt(evaluator, hi)}); the box beside it takes any value.",
+    )
+    return value
 
 
 def run_labels(runs: pd.DataFrame) -> dict[str, str]:
@@ -416,21 +480,50 @@ def model_lines(run: dict, latest: pd.DataFrame, short: bool = True) -> dict[str
     return out
 
 
-def stand_in_notice(run: dict, latest: pd.DataFrame) -> None:
+def stand_in_notice(run: dict, latest: pd.DataFrame, where=None) -> None:
     """A prominent warning when any model of the run is an offline stand-in for CLIP."""
-    text = stand_in_text(stand_ins(run, latest))
+    text = stand_in_text(stand_ins(run, latest), short=True)
     if text:
-        st.warning(f"**Not CLIP.** {text} " + glossary_link("conse", "What ConSE is"), icon=":material/report:")
+        (where or st).warning(f"**Not CLIP.** {text}", icon=":material/report:")
 
 
-def models_banner(ctx: Context) -> None:
-    """One short paragraph under each page title: which run, and honestly which models made it."""
+def models_banner(ctx: Context, caveats: list[str] = ()) -> None:
+    """One short notice under each page title (the stand-in warning, or the run's name), with which models
+    made the run and the page's `caveats` one click away: the same four lines on every page, and six
+    paragraphs between a chart and its table, hid what each page is for."""
     if ctx.run_id is None:
         return
-    lines = model_lines(ctx.run, ctx.latest)
-    stand_in_notice(ctx.run, ctx.latest)
-    text = "  \n".join(f"**{k}:** {v}" for k, v in lines.items())
-    st.caption(f"**Run:** {ctx.run.get('name')} (`{ctx.run_id}`)  \n{text}")
+    row = st.container(horizontal=True, vertical_alignment="center", gap="small", wrap=False)
+    text = stand_in_text(stand_ins(ctx.run, ctx.latest), short=True)
+    if text:
+        row.warning(f"**Not CLIP.** {text}", icon=":material/report:")
+    else:
+        row.caption(f"**Run:** {ctx.run.get('name')}")
+    with row.popover("Models and caveats", icon=":material/info:"):
+        details(ctx, caveats)
+
+
+def details(ctx: Context, caveats: list[str] = ()) -> None:
+    """What the banner's popover holds: the run, its models, why a judge is missing, and the page's caveats."""
+    st.markdown(f"**Run:** {ctx.run.get('name')} (`{ctx.run_id}`)")
+    for role, line in model_lines(ctx.run, ctx.latest).items():
+        st.markdown(f"- **{role}:** {line}")
+    if stand_ins(ctx.run, ctx.latest):
+        st.caption(
+            "ConSE embeds an image as the probability-weighted sentence embedding of its top ImageNet class "
+            "names: it knows object nouns, is weak on colours, textures and scenes. "
+            + glossary_link("conse", "What ConSE is")
+        )
+    for line in caveats:
+        st.caption(line)
+
+
+def caveats(lines: list[str], where=None, label: str = "Caveats on these numbers") -> None:
+    """A page's caveats as one line that opens to the details (an expander), not a paragraph each."""
+    if lines:
+        with (where or st).expander(f"{label} ({len(lines)})", icon=":material/warning:"):
+            for line in lines:
+                st.caption(line)
 
 
 def thresholds_caption(ctx: Context) -> str:

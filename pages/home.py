@@ -4,7 +4,7 @@ import streamlit as st
 
 from clipeval.analysis import headlines, intervals
 from clipeval.demo.probe import SOURCE_KINDS, probe_mix
-from clipeval.formats import percent
+from clipeval.formats import percent, text_cell
 from clipeval.ui import data, widgets
 
 ctx = widgets.context()
@@ -60,7 +60,7 @@ st.subheader(f"Selected run: {ctx.run['name']}")
 widgets.stand_in_notice(ctx.run, ctx.latest)
 for role, text in widgets.model_lines(ctx.run, ctx.latest).items():
     st.markdown(f"- **{role}:** {text}")
-mix = probe_mix(data.probe_sources(ctx.run_id, ctx.run.get("probe_fingerprint") or "").itertuples(index=False))
+mix = probe_mix(data.probe_sources(ctx.run_id, text_cell(ctx.run.get("probe_fingerprint"), "")).itertuples(index=False))
 if mix:
     n_images = sum(n for _, n in mix)
     not_photos = [(kind, n) for kind, n in mix if kind in (SOURCE_KINDS["openclipart"], SOURCE_KINDS["procedural"])]

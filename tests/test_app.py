@@ -149,13 +149,13 @@ def test_no_runs_shows_how_to_make_one(tmp_path, monkeypatch):
 def test_tau_slider_changes_the_verdicts_shown(app_store):
     at = open_page()
     before = metric(at, "ES: labels judged correct")
-    at.slider(key="tau").set_value(0.9).run()
+    at.number_input(key="tau").set_value(0.9).run()
     after = metric(at, "ES: labels judged correct")
     assert before != after and float(after.rstrip("%")) < float(before.rstrip("%"))
     # the layer overview follows the same slider (shared sidebar state)
     at.switch_page("pages/layers.py").run()
     assert not at.exception
-    assert at.slider(key="tau").value == pytest.approx(0.9)
+    assert at.number_input(key="tau").value == pytest.approx(0.9)
 
 
 def test_url_parameters_restore_the_view(app_store):
@@ -164,7 +164,7 @@ def test_url_parameters_restore_the_view(app_store):
     at = open_page("pages/neuron.py", run=run_id, layer=layer, unit=3, tau=0.3, k=3, show_cp="false")
     assert at.selectbox(key="layer").value == layer
     assert at.number_input(key="unit").value == 3
-    assert at.slider(key="tau").value == pytest.approx(0.3)
+    assert at.number_input(key="tau").value == pytest.approx(0.3)
     assert at.slider(key="k").value == 3
     assert at.toggle(key="show_cp").value is False and at.toggle(key="show_es").value is True
     body = texts(at)
@@ -362,7 +362,7 @@ def test_thresholds_calibrate_to_a_human_and_apply(app_store):
     fitted = [m for m in at.metric if m.label == "Fitted tau"]
     assert fitted and "Held-out kappa" in [m.label for m in at.metric]
     at.button(key="apply_calibration").click().run()
-    assert at.slider(key="tau").value == pytest.approx(float(fitted[0].value), rel=1e-3)
+    assert at.number_input(key="tau").value == pytest.approx(float(fitted[0].value), rel=1e-3)
 
 
 def test_agreement_compares_humans_and_evaluators(app_store):

@@ -41,7 +41,7 @@ def test_a_link_keeps_its_numbers_after_a_calibration(app_store):
     store, run_id = app_store
     first = open_page()
     link = {k: (v[-1] if isinstance(v, list) else v) for k, v in first.query_params.items()}
-    tau_then = first.sidebar.slider(key="tau").value
+    tau_then = first.sidebar.number_input(key="tau").value
     # the stand-in evaluator is calibrated meanwhile: its default ES tau moves
     view = RunView(store, run_id)
     info = view.evaluators["es"].models["image_text"]
@@ -53,7 +53,7 @@ def test_a_link_keeps_its_numbers_after_a_calibration(app_store):
     st.cache_data.clear()  # as a restarted app: nothing cached from before the calibration
     st.cache_resource.clear()
     again = open_page(**link)
-    assert again.sidebar.slider(key="tau").value == pytest.approx(tau_then)
+    assert again.sidebar.number_input(key="tau").value == pytest.approx(tau_then)
 
 
 def test_a_provisional_default_says_calibration_pending(app_store):
@@ -75,13 +75,13 @@ def test_a_calibration_reaches_the_app_without_a_restart(app_store):
     kept the paper's defaults until restarted."""
     store, run_id = app_store
     at = open_page()
-    before = at.sidebar.slider(key="tau").value
+    before = at.sidebar.number_input(key="tau").value
     view = RunView(store, run_id)
     scores = view.verdicts("es", 0.0)["score"]
     res = judges.calibrate_splits(scores.to_numpy(), (scores > 0.3).to_numpy(), "es", 5)
     judges.save_calibration(store, view.evaluators["es"].models["image_text"], {"es": res}, "test rater", "a test")
     after = open_page()  # a new session: the sidebar starts from the defaults
-    assert after.sidebar.slider(key="tau").value == pytest.approx(res["value"]) != before
+    assert after.sidebar.number_input(key="tau").value == pytest.approx(res["value"]) != before
 
 
 def test_without_a_link_the_newest_fully_evaluated_run_is_shown(app_store, tmp_path):
@@ -111,7 +111,7 @@ def test_a_bad_threshold_in_a_link_says_so(app_store):
     at = open_page(tau="lots", k="99")
     text = warnings(at)
     assert "`tau=lots`" in text and "`k=99`" in text
-    at.sidebar.slider(key="tau").set_value(0.5).run()  # chosen by the user since: the link's problem is behind
+    at.sidebar.number_input(key="tau").set_value(0.5).run()  # chosen by the user since: the link's problem is behind
     assert "`tau=lots`" not in warnings(at) and "`k=99`" in warnings(at)
 
 

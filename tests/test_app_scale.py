@@ -106,7 +106,7 @@ def test_pages_that_show_no_scores_load_none(app_store, views, monkeypatch):
     assert not at.exception
     assert alive() == []
     want = RunView(store, run_id).defaults
-    assert at.slider(key="tau").value == pytest.approx(want["es"].value)
+    assert at.number_input(key="tau").value == pytest.approx(want["es"].value)
 
 
 def test_the_runs_page_comparison_equals_the_uncached_one(app_store, monkeypatch):

@@ -309,7 +309,7 @@ def test_applied_calibration_reads_the_same_everywhere(app_store):
     fitted = [m.value for m in at.metric if m.label == "Fitted tau"][0]
     at.button(key="apply_calibration").click().run()
     assert not at.exception
-    shown = thresholds.fmt("es", at.slider(key="tau").value)
+    shown = thresholds.fmt("es", at.number_input(key="tau").value)
     assert shown == fitted and f"tau = {shown}" in texts(at)
 
 

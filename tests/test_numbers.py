@@ -178,7 +178,7 @@ def test_the_app_names_each_threshold_and_where_it_came_from(colour_run, tmp_pat
     monkeypatch.setenv("CLIPEVAL_DB", str(store.path))
     at = open_page("pages/layers.py")
     assert "tau = 0.030 (calibrated default)" in texts(at) and "auc = 0.75 (paper (uncalibrated) default)" in texts(at)
-    at.slider(key="tau").set_value(0.25).run()
+    at.number_input(key="tau").set_value(0.25).run()
     assert "tau = 0.250 (set in the sidebar)" in texts(at)
     at = open_page("pages/runs.py")
     comparison = at.dataframe[-2].value  # the comparison of runs (the timings table is last)

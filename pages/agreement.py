@@ -138,7 +138,7 @@ with c[1]:
             col.metric(
                 name.capitalize() if name != "kappa" else "Cohen's kappa",
                 widgets.fmt_pct(f.value) if f.percent else widgets.fmt_num(f.value),
-                f"95% {f._f(f.lo)} to {f._f(f.hi)}" if pd.notna(f.lo) else "interval n/a",
+                f"95% {f.fmt(f.lo)} to {f.fmt(f.hi)}" if pd.notna(f.lo) else "interval n/a",
                 delta_color="off",
                 delta_arrow="off",
             )

@@ -52,7 +52,7 @@ def bootstrap(a, b, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, tuple[floa
     replacement draws that table from a multinomial over the four cells' shares: one draw per resample
     instead of n indices (the same distribution; a 1,000-neuron pair takes under a millisecond, so the
     Agreement page recomputes its intervals as a threshold moves without waiting)."""
-    a, b = metrics._pair(a, b)
+    a, b = metrics.paired(a, b)
     return bootstrap_cells([(a & b).sum(), (a & ~b).sum(), (~a & b).sum(), (~a & ~b).sum()], n_boot, seed)
 
 
@@ -107,19 +107,19 @@ class Figure:
     def small(self) -> bool:
         return self.n < MIN_N
 
-    def _f(self, x: float) -> str:
+    def fmt(self, x: float) -> str:
         if x is None or pd.isna(x):
             return "n/a"
         return percent(x) if self.percent else f"{x:.2f}"
 
     def interval(self) -> str:
         """'[0.55, 0.70]' or '[41.0%, 49.5%]'; '' where there is none."""
-        return "" if pd.isna(self.lo) else f"[{self._f(self.lo)}, {self._f(self.hi)}]"
+        return "" if pd.isna(self.lo) else f"[{self.fmt(self.lo)}, {self.fmt(self.hi)}]"
 
     def text(self, with_n: bool = True) -> str:
         """'0.62 [0.55, 0.70] n=120', '45.2% [41.0%, 49.5%] n=1,000', or 'n/a n=0'."""
         ci = self.interval()
-        return self._f(self.value) + (f" {ci}" if ci else "") + (f" n={self.n:,}" if with_n else "")
+        return self.fmt(self.value) + (f" {ci}" if ci else "") + (f" n={self.n:,}" if with_n else "")
 
 
 def near_chance(kappa: float, lo: float = float("nan")) -> bool:

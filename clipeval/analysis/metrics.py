@@ -19,7 +19,7 @@ import pandas as pd
 from clipeval.errors import ClipevalError
 
 
-def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
+def paired(a, b) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape or a.ndim != 1:
         raise ClipevalError(f"raters must give one verdict per neuron for the same neurons: {a.shape} vs {b.shape}")
@@ -31,20 +31,20 @@ def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
 
 def agreement(a, b) -> float:
     """Share of neurons on which the two verdicts are equal (what the paper calls IoU)."""
-    a, b = _pair(a, b)
+    a, b = paired(a, b)
     return float((a == b).mean()) if a.size else float("nan")
 
 
 def jaccard(a, b) -> float:
     """|yes(a) & yes(b)| / |yes(a) | yes(b)|; NaN when neither says yes."""
-    a, b = _pair(a, b)
+    a, b = paired(a, b)
     union = (a | b).sum()
     return float((a & b).sum() / union) if union else float("nan")
 
 
 def cohen_kappa(a, b) -> float:
     """(Po - Pe) / (1 - Pe), Pe from the two raters' marginal yes-rates; NaN when Pe = 1."""
-    a, b = _pair(a, b)
+    a, b = paired(a, b)
     if not a.size:
         return float("nan")
     po = (a == b).mean()
@@ -55,7 +55,7 @@ def cohen_kappa(a, b) -> float:
 
 def precision_recall_f1(pred, reference) -> dict[str, float]:
     """Of an evaluator against a reference rater (e.g. a human)."""
-    p, r = _pair(pred, reference)
+    p, r = paired(pred, reference)
     tp, fp, fn = (p & r).sum(), (p & ~r).sum(), (~p & r).sum()
     precision = tp / (tp + fp) if tp + fp else float("nan")
     recall = tp / (tp + fn) if tp + fn else float("nan")
@@ -64,7 +64,7 @@ def precision_recall_f1(pred, reference) -> dict[str, float]:
 
 
 def confusion(pred, reference) -> pd.DataFrame:
-    p, r = _pair(pred, reference)
+    p, r = paired(pred, reference)
     # rows: the evaluator's verdict; columns: the reference's (so [yes, no] is [tp, fp], then [fn, tn])
     return pd.DataFrame(
         [[int((p & r).sum()), int((p & ~r).sum())], [int((~p & r).sum()), int((~p & ~r).sum())]],

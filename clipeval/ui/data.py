@@ -42,7 +42,8 @@ def db_path() -> str:
 
 
 @st.cache_resource(show_spinner=False)
-def _open_store(path: str) -> Store:
+def open_store(path: str) -> Store:
+    """The store at `path`, one connection per process (store() is the pages' way in: it explains a failure)."""
     # the app waits less than the CLI: a page should answer; an annotation that cannot be saved in
     # this time waits in the session (save_verdicts)
     return Store(path, timeout_s=min(store_mod.lock_timeout(), 20.0), on_wait=lambda message: None)
@@ -52,7 +53,7 @@ def store() -> Store:
     """The shared store connection, or an explanation and a stop when it cannot be opened."""
     path = db_path()
     try:
-        return _open_store(path)
+        return open_store(path)
     except ClipevalError as e:
         st.error(f"Cannot open the run store `{path}`:\n\n{e}")
         st.stop()
@@ -79,7 +80,7 @@ def version(run_id: str | None = None) -> str:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _runs(path: str, data_version: str) -> pd.DataFrame:
-    return _open_store(path).runs()
+    return open_store(path).runs()
 
 
 def runs() -> pd.DataFrame:
@@ -162,7 +163,7 @@ def dropped_verdicts(clear: bool = False) -> list[str]:
 @st.cache_data(max_entries=2048, show_spinner=False)
 def _query(path: str, method: str, args: tuple, data_version: str):
     """The result of the Store read method `method(*args)`, cached per store path, arguments and data version."""
-    return getattr(_open_store(path), method)(*args)
+    return getattr(open_store(path), method)(*args)
 
 
 def _read(method: str, run_id: str, *args):
@@ -177,7 +178,7 @@ _held: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 @st.cache_resource(max_entries=6, show_spinner="Loading the run's scores ...")
 def _run_view(path: str, run_id: str, data_version: str) -> RunView:
-    view = RunView(_open_store(path), run_id)
+    view = RunView(open_store(path), run_id)
     _held[(path, run_id, data_version)] = view
     return view
 
@@ -195,9 +196,9 @@ def latest_evaluations(run_id: str) -> pd.DataFrame:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _defaults(path: str, run_id: str, data_version: str) -> dict:
-    latest = _open_store(path).latest_evaluations(run_id)
+    latest = open_store(path).latest_evaluations(run_id)
     return judges.defaults(
-        _open_store(path), {e: json_cell(m) for e, m in zip(latest["evaluator"], latest["models_json"])}
+        open_store(path), {e: json_cell(m) for e, m in zip(latest["evaluator"], latest["models_json"])}
     )
 
 
@@ -209,7 +210,7 @@ def defaults(run_id: str) -> dict:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _score_spans(path: str, run_id: str, data_version: str) -> dict:
-    view = _held.get((path, run_id, data_version)) or RunView(_open_store(path), run_id)
+    view = _held.get((path, run_id, data_version)) or RunView(open_store(path), run_id)
     return sweeps.score_spans(view)
 
 
@@ -222,6 +223,11 @@ def score_spans(run_id: str) -> dict:
 
 def layers(run_id: str) -> pd.DataFrame:
     return _read("layers", run_id)
+
+
+def activation_maps(run_id: str, layer: str, unit: int) -> pd.DataFrame:
+    """One unit's stored activation maps (Store.activation_maps), cached per run data version."""
+    return _read("activation_maps", run_id, layer, int(unit))
 
 
 def probe_image(run_id: str, probe_fingerprint: str, image_id: int) -> dict | None:
@@ -240,7 +246,7 @@ def neurons(run_id: str) -> pd.DataFrame:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _top_k(path: str, run_id: str, data_version: str) -> int:
-    return _open_store(path).top_k(run_id)
+    return open_store(path).top_k(run_id)
 
 
 def top_k(run_id: str) -> int:
@@ -286,7 +292,7 @@ def _square(jpeg: bytes) -> bytes:
 
 @st.cache_data(max_entries=2048, show_spinner=False)
 def _thumbnails(path: str, fingerprint: str, image_ids: tuple[int, ...], square: bool = True) -> dict[int, bytes]:
-    return {i: _square(t) if square else t for i, t in _open_store(path).thumbnails(fingerprint, image_ids).items()}
+    return {i: _square(t) if square else t for i, t in open_store(path).thumbnails(fingerprint, image_ids).items()}
 
 
 def thumbnails(fingerprint: str, image_ids, square: bool = True) -> dict[int, bytes]:
@@ -312,7 +318,7 @@ def label_counts(run_id: str, layer: str | None = None, limit: int = 25) -> pd.D
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _imagenet_accuracy(path: str, run_id: str, data_version: str) -> list[dict]:
-    store = _open_store(path)
+    store = open_store(path)
     layers = store.layers(run_id)
     found = [imagenet_label_accuracy(store, run_id, l) for l in layers[layers["n_units"] == 1000]["layer"]]
     return [f for f in found if f]
@@ -330,7 +336,7 @@ def _comparison_rows(path: str, run: tuple, data_version: str, cp_rank: int | No
     it, else built for these rows alone and dropped, so the Runs page keeps a few numbers per run in
     memory, not every run's scores."""
     r = dict(run)
-    view = _held.get((path, r["run_id"], data_version)) or RunView(_open_store(path), r["run_id"])
+    view = _held.get((path, r["run_id"], data_version)) or RunView(open_store(path), r["run_id"])
     ks = [None, *range(1, view.kmax + 1)] if view.available else [None]
     return {
         "kmax": view.kmax,
@@ -361,7 +367,7 @@ def runs_comparison(
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _timings(path: str, data_version: str) -> pd.DataFrame:
-    return every_run.timings(_open_store(path))
+    return every_run.timings(open_store(path))
 
 
 def timings() -> pd.DataFrame:
@@ -437,7 +443,7 @@ def warm_up() -> None:
 
     def work() -> None:
         try:
-            s = _open_store(path)
+            s = open_store(path)
             runs_ = s.runs()
             complete = runs_[runs_["status"] == "complete"].to_dict("records")
             for i, r in enumerate(complete):  # newest first, as the sidebar offers them

@@ -22,7 +22,7 @@ from clipeval.ui.maps import colour_bar, colour_range, resolution_text
 @st.cache_resource(max_entries=2, show_spinner="Loading the run's target network (once) ...")
 def _probe(path: str, run_id: str) -> LiveProbe | str:
     try:
-        return LiveProbe(data._open_store(path), run_id)
+        return LiveProbe(data.open_store(path), run_id)
     except TargetUnavailable as e:
         return str(e)
 
@@ -91,7 +91,7 @@ def probe_section(ctx, layer: str, unit: int) -> None:
     cols = st.columns([1, 1, 2])
     cols[0].image(data.square(thumb.getvalue()), caption=what, width="stretch")
     if reading.map is not None:
-        stored = data._read("activation_maps", ctx.run_id, layer, int(unit))
+        stored = data.activation_maps(ctx.run_id, layer, unit)
         # at the stored maps' resolution (max-pooled as the probe pass pools them), so both say the same
         shown = shrink(torch.from_numpy(np.ascontiguousarray(reading.map))[None])[0].numpy()
         # the colour scale of the top images' overlays above, widened if this image goes beyond it

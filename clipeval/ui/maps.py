@@ -10,7 +10,7 @@ from clipeval.ui import data
 
 
 def activation_maps(run_id: str, layer: str, unit: int):
-    return data._read("activation_maps", run_id, layer, int(unit))
+    return data.activation_maps(run_id, layer, unit)
 
 
 def colour_range(maps) -> tuple[float, float]:

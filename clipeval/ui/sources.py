@@ -12,7 +12,7 @@ from clipeval.ui import data
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the label sources' scores ...")
 def _labeller_view(path: str, run_id: str, data_version: str) -> LabellerView:
-    return LabellerView(data._open_store(path), run_id, data.run_view(run_id))
+    return LabellerView(data.open_store(path), run_id, data.run_view(run_id))
 
 
 def labeller_view(run_id: str) -> LabellerView:

@@ -25,7 +25,6 @@ import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -36,7 +35,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from _common import ROOT, parser  # noqa: E402
+from _common import parser  # noqa: E402
 
 PROBE_FINGERPRINT = "synthetic-probe"
 CONCEPT_HASH = "synthetic-20k"
@@ -300,35 +299,10 @@ class RssSampler:
         return self.peak
 
 
-def _serve(store: Path) -> tuple[subprocess.Popen, str]:
-    from screenshots import free_port, wait_healthy
-
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(ROOT / "app.py"),
-            "--server.port",
-            str(port),
-            "--server.headless",
-            "true",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "CLIPEVAL_DB": str(store.resolve())},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_healthy(port, proc)
-    return proc, f"http://127.0.0.1:{port}"
-
-
 def bench_store(store: Path, n_runs: int, n_neurons: int, repeat: int, width: int = 1440, height: int = 1000) -> dict:
     """Build (or reuse) the synthetic store, then time the app on it; returns every measurement."""
     import timing
-    from screenshots import find_chromium, stop
+    from screenshots import find_chromium, serve_app, stop
 
     out: dict = {"runs": n_runs, "neurons_per_run": n_neurons}
     if not store.exists():
@@ -341,7 +315,7 @@ def bench_store(store: Path, n_runs: int, n_neurons: int, repeat: int, width: in
     peak = 0
     for i in range(repeat):
         t0 = time.perf_counter()
-        proc, base = _serve(store)
+        proc, base = serve_app(store)
         start_s = time.perf_counter() - t0
         sampler = RssSampler(proc.pid)
         try:

@@ -262,6 +262,40 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def serve_app(store, log=subprocess.DEVNULL) -> tuple[subprocess.Popen, str]:
+    """`streamlit run app.py` on a free localhost port against `store`, once it answers: (process, base URL).
+    Its output goes to `log` (a file, or nothing)."""
+    port = free_port()
+    env = {**os.environ, "CLIPEVAL_DB": str(Path(store).resolve()), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(ROOT / "app.py"),
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_healthy(port, proc)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, f"http://127.0.0.1:{port}"
+
+
 def shots_of(args) -> dict[str, str]:
     """Page name -> URL path and query, from --pages and --query."""
     shots = {name: PAGES.get(name) for name in args.pages.split(",") if name}
@@ -338,35 +372,14 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     chromium = find_chromium()
 
-    port = free_port()
-    env = {**os.environ, "CLIPEVAL_DB": str(Path(store).resolve()), "PYTHONUNBUFFERED": "1"}
     log = open(out / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(ROOT / "app.py"),
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     try:
-        wait_healthy(port, proc)
-        ok = shoot_all(chromium, f"http://127.0.0.1:{port}", shots, out, args) == 0
+        proc, base = serve_app(store, log)
+        try:
+            ok = shoot_all(chromium, base, shots, out, args) == 0
+        finally:
+            stop(proc)
     finally:
-        stop(proc)
         log.close()
     return 0 if ok else 1
 

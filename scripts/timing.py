@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from screenshots import CHROME_FLAGS, Cdp, find_chromium, free_port, stop, wait_healthy  # noqa: E402
+from screenshots import CHROME_FLAGS, Cdp, find_chromium, serve_app, stop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [
@@ -171,7 +171,7 @@ def focus(container: str, text: str, inner: str, click: bool = False) -> str:
 
 
 def click_button(label: str) -> str:
-    return f"""(() => {{ const b = [...document.querySelectorAll('button')].find(b => b.innerText.trim().endsWith({json.dumps(label)}));
+    return f"""(() => {{ const b = [...document.querySelectorAll('button')].find(b => b.innerText.split('\\n').some(l => l.trim().endsWith({json.dumps(label)})));
       if (!b || b.disabled) return false; b.click(); return true; }})()"""
 
 
@@ -258,27 +258,7 @@ def main(argv=None) -> int:
         store = args.store or os.environ.get("CLIPEVAL_DB")
         if not store or not Path(store).exists():
             sys.exit("give a run store (STORE or $CLIPEVAL_DB) or --url of a running app")
-        port = free_port()
-        env = {**os.environ, "CLIPEVAL_DB": str(Path(store).resolve())}
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                str(ROOT / "app.py"),
-                "--server.port",
-                str(port),
-                "--server.headless",
-                "true",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_healthy(port, proc)
-        base = f"http://127.0.0.1:{port}"
+        proc, base = serve_app(store)
     try:
         runs = [measure(chromium, base, args.width, args.height, pages, args.query) for _ in range(args.repeat)]
     finally:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from clipeval.render import charts
 from clipeval.store import StoreBusy
 from clipeval.ui import build, data, widgets
 
@@ -16,6 +17,10 @@ st.set_page_config(page_title="clipeval explorer", page_icon=ICON, layout="wide"
 # values, toggle names and buttons are never cut to "8..." or "V...".
 st.markdown(
     """<style>
+/* widgets.side_by_side: a pair shares the row while each gets HALF_MIN px, else they stack */
+[data-testid="stHorizontalBlock"]:has(> [data-testid="stLayoutWrapper"] > [class*="st-key-HALF_KEY"]) {
+  flex-wrap: wrap; }
+[data-testid="stLayoutWrapper"]:has(> [class*="st-key-HALF_KEY"]) { flex: 1 1 HALF_MINpx; min-width: min(HALF_MINpx, 100%); }
 @media (max-width: 1100px) {
   /* in the main area only: the sidebar's slider and its number box stay on one row */
   [data-testid="stMain"] [data-testid="stHorizontalBlock"] { flex-wrap: wrap; row-gap: 0.5rem; }
@@ -27,7 +32,7 @@ st.markdown(
   [data-testid="stHorizontalBlock"] > [data-testid="stColumn"]:has([data-testid="stDataFrame"], .cv-table) {
     flex: 1 1 100%; }
 }
-</style>""",
+</style>""".replace("HALF_KEY", widgets.HALF_KEY).replace("HALF_MIN", str(charts.HALF_MIN)),
     unsafe_allow_html=True,
 )
 

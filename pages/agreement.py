@@ -116,8 +116,7 @@ if every.open:  # drawn when opened: the page's only grid
 st.subheader("One pair in detail")
 rater = st.columns([1, 1.6])[0].selectbox("Rater", others, key="agree_rater")
 pair = metrics.align({"a": raters[rater], "b": raters[reference]})
-row = st.container(horizontal=True, gap="small")  # side by side when wide, stacked at 800 px
-c = [row.container(width=charts.HALF), row.container(width=charts.HALF)]
+c = widgets.side_by_side("agreement")
 with c[0]:
     conf = metrics.confusion(pair["a"], pair["b"]).rename(
         index={"evaluator yes": "correct", "evaluator no": "not correct"},

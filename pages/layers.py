@@ -26,7 +26,7 @@ else:
     summary = view.layer_summary(ctx.thresholds, k)
     widgets.chart(charts.layer_shares(summary, layer_names), summary, "layer_shares")
     st.caption(
-        f"Bars: the run's real labels; black markers: the same evaluator on labels shuffled across neurons "
+        f"Bars: the run's real labels; grey markers: the same evaluator on labels shuffled across neurons "
         f"(×) and on one constant label for every neuron (–). An evaluator that passes shuffled or constant "
         f"labels nearly as often as real ones tells real labels from wrong ones poorly. "
         f"'overall' pools all neurons (not the mean of the layers). {widgets.thresholds_caption(ctx)}."
@@ -151,9 +151,9 @@ st.dataframe(
 # ---------------------------------------------------------------- frequent labels
 st.subheader("Most frequent labels")
 counts = data.label_counts(ctx.run_id, None if grid_layer == "all layers" else grid_layer, 20)
-row = st.container(horizontal=True, gap="small")  # side by side when wide, stacked at 800 px
-widgets.chart(charts.label_bars(counts), counts, "label_counts", where=row.container(width=charts.HALF))
-with row.container(width=charts.HALF):
+left, right = widgets.side_by_side("labels")
+widgets.chart(charts.label_bars(counts), counts, "label_counts", where=left)
+with right:
     st.caption(
         f"{'All layers' if grid_layer == 'all layers' else grid_layer} (follows the grid's layer filter). "
         "A label carried by many units is often vague; a top-k-only check tends to pass vague labels."

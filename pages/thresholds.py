@@ -78,8 +78,7 @@ for e in available:
     if view.defaults[e].note:
         st.caption(f"Default: {view.defaults[e].note}. The dashed grey line marks the paper's value.")
     # two charts side by side when wide, stacked at 800 px; one alone takes the page's width
-    row = st.container(horizontal=True, gap="small")
-    cols = [row.container(width=charts.HALF) for _ in range(2)] if ref else [st.container()]
+    cols = widgets.side_by_side(f"sweep-{e}") if ref else [st.container()]
     widgets.threshold_control(ctx, e, cols[0], mirror="page")  # the sidebar's threshold, beside its chart
     head = headlines.share_headline(view, e, ctx.thresholds[e], k)
     cols[0].markdown(

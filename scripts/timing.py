@@ -29,19 +29,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from screenshots import CHROME_FLAGS, Cdp, find_chromium, serve_app, stop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [
-    "",
-    "neuron",
-    "layers",
-    "thresholds",
-    "agreement",
-    "labellers",
-    "runs",
-    "report",
-    "annotate?rater=timing",
-    "sql",
-    "glossary",
-]
+PAGES = {  # --pages names -> path
+    "overview": "",  # the default page lives at the root URL
+    "neuron": "neuron",
+    "layers": "layers",
+    "thresholds": "thresholds",
+    "agreement": "agreement",
+    "labellers": "labellers",
+    "runs": "runs",
+    "report": "report",
+    "annotate": "annotate?rater=timing",
+    "sql": "sql",
+    "glossary": "glossary",
+}
 
 # Records every change of the app's script state with the page clock, from the first script run on.
 OBSERVER_JS = """(() => {
@@ -176,13 +176,14 @@ def click_button(label: str) -> str:
 
 
 def measure(
-    chromium: str, base: str, width: int, height: int, pages: list[str] = PAGES, query: str = ""
+    chromium: str, base: str, width: int, height: int, pages: list[str] | None = None, query: str = ""
 ) -> dict[str, float]:
     """`query` (e.g. run=abc) goes on every URL: the same run before and after a change, whichever is newest."""
 
     def url(path: str) -> str:
         return f"{base}/{path}" + (("&" if "?" in path else "?") + query if query else "")
 
+    pages = list(PAGES.values()) if pages is None else pages
     out: dict[str, float] = {}
     for page in pages:
         b = Browser(chromium, width, height)
@@ -242,14 +243,13 @@ def main(argv=None) -> int:
     ap.add_argument("--pages", help="comma-separated subset of the pages' first visits, e.g. thresholds,layers")
     ap.add_argument("--query", default="", help="added to every URL, e.g. run=0baa774a8b6c")
     args = ap.parse_args(argv)
-    pages = PAGES
+    pages = list(PAGES.values())
     if args.pages:
-        pages = [p for p in PAGES if p.split("?")[0] in args.pages.split(",")]
-        unknown = set(args.pages.split(",")) - {p.split("?")[0] for p in PAGES}
+        names = args.pages.split(",")
+        unknown = sorted(set(names) - set(PAGES))
         if unknown:
-            ap.error(
-                f"unknown page(s) {', '.join(sorted(unknown))}: choose from {', '.join(p.split('?')[0] for p in PAGES)}"
-            )
+            ap.error(f"unknown page(s) {', '.join(unknown)}: choose from {', '.join(PAGES)}")
+        pages = [PAGES[n] for n in names]
     chromium = find_chromium()
     proc = None
     if args.url:

@@ -51,12 +51,23 @@ def test_layer_shares_bars_and_baselines_are_the_summary():
         real = s[(s["evaluator"] == ev) & (s["variant"] == "real")].set_index("layer").reindex(order)
         assert list(bar.x) == order and list(bar.y) == list(real["share_correct"])
         assert list(bar.customdata) == [100, 100, 200] and "of %{customdata:,} neurons" in bar.hovertemplate
-        assert bar.marker.color == charts.COLORS[ev] and list(bar.text) == [f"{v:.0%}" for v in real["share_correct"]]
-    marks = [t for t in fig.data if t.type == "scatter"]
+        assert bar.marker.color == charts.COLORS[ev]
+    marks = [t for t in fig.data if t.type == "scatter" and t.mode == "markers"]
     assert {t.name for t in marks} == {"shuffled labels (×)", "one constant label (–)"}
     shuffled = [t for t in marks if t.legendgroup == "shuffled"]
     assert [list(t.y) for t in shuffled] == [[0.1] * 3, [0.45] * 3]
     assert sum(bool(t.showlegend) for t in shuffled) == 1  # one legend entry per baseline, not per evaluator
+
+
+def test_layer_shares_values_sit_above_their_baseline_markers():
+    s = summary()
+    s.loc[(s["evaluator"] == "CP") & (s["variant"] == "shuffled"), "share_correct"] = 0.3  # above CP's 0.2 bar
+    fig = charts.layer_shares(s, ["blocks.1", "classifier"])
+    texts = {t.offsetgroup: t for t in fig.data if t.type == "scatter" and t.mode == "text"}
+    assert set(texts) == {"CP", "ES"}
+    assert list(texts["CP"].text) == ["20%"] * 3 and list(texts["ES"].text) == ["90%"] * 3
+    assert np.allclose(texts["CP"].y, 0.3 + charts.LABEL_LIFT)  # over the shuffled marker, not on it
+    assert np.allclose(texts["ES"].y, 0.9 + charts.LABEL_LIFT)  # over its own bar
 
 
 def test_sweep_traces_are_the_sweep_with_unified_hover_and_marked_thresholds():

@@ -33,15 +33,16 @@ MUTED_CELL = "rgba(140,140,140,0.35)"  # heatmap cells with too few neurons to r
 COLORS = {"VQA": PURPLE, "CP": BLUE, "ES": ORANGE, "Contrast": GREEN}
 PALETTE = [BLUE, ORANGE, GREEN, PURPLE, SKY, YELLOW, "#999933", "#882255"]
 STEPS = [*PALETTE, VERMILLION, "#44AA99", "#DDCC77", "#AA4499"]  # a run has 9 or more pipeline stages
-# the width of a chart's container when two sit side by side in a wrapping row (st.container(horizontal=True)):
-# side by side at 1440 px, one under the other at 800 px
-HALF = 470
+# the narrowest a chart sits beside another (ui.widgets.side_by_side): two share the row at 1440 and 1920 px,
+# and stack one under the other at 800 px, where half the main area would squeeze their legends
+HALF_MIN = 440
 BASELINE_MARKS = (
     ("shuffled", "x-thin-open", "shuffled labels (×)"),
     ("constant", "line-ew-open", "one constant label (–)"),
 )
 CONFIG = {"displaylogo": False, "responsive": True}
-TITLE_CHARS = 44  # a title's line, short enough to stay left of the mode bar in a HALF chart
+LABEL_LIFT = 0.035  # a share axis's units: half a baseline marker's height on a 420 px chart
+TITLE_CHARS = 44  # a title's line, short enough to stay left of the mode bar in a HALF_MIN chart
 
 
 def esc(s) -> str:
@@ -132,12 +133,11 @@ def layer_shares(summary: pd.DataFrame, layers: list[str]) -> go.Figure:
             name=esc(ev),
             marker_color=COLORS.get(ev, GREY),
             offsetgroup=ev,
+            legendgroup=ev,
             customdata=g["n"],
-            text=[f"{v:.0%}" if pd.notna(v) else "" for v in g["share_correct"]],
-            textposition="outside",
-            cliponaxis=False,
             hovertemplate=f"{esc(ev)} " + "%{x}: %{y:.1%} of %{customdata:,} neurons<extra></extra>",
         )
+        top = g["share_correct"]
         for variant, symbol, label in BASELINE_MARKS:
             b = (
                 summary[(summary["evaluator"] == ev) & (summary["variant"] == variant)]
@@ -158,6 +158,20 @@ def layer_shares(summary: pd.DataFrame, layers: list[str]) -> go.Figure:
                     hovertemplate=f"{esc(ev)}, {variant} labels, " + "%{x}: %{y:.1%} of %{customdata:,}<extra></extra>",
                 )
                 shown.add(variant)
+                top = np.fmax(top, b["share_correct"])
+        # the bar's value above the bar and its baseline markers both, so a marker never covers it
+        fig.add_scatter(
+            x=[esc(l) for l in order],
+            y=top + LABEL_LIFT,
+            mode="text",
+            offsetgroup=ev,
+            legendgroup=ev,
+            showlegend=False,
+            text=[f"{v:.0%}" if pd.notna(v) else "" for v in g["share_correct"]],
+            textposition="top center",
+            cliponaxis=False,
+            hoverinfo="skip",
+        )
     fig.update_layout(
         **_top("Share of labels judged correct per layer, beside the shuffled and constant baselines"),
         height=420,
@@ -500,5 +514,5 @@ __all__ = [
     "labeller_shares",
     "COLORS",
     "CONFIG",
-    "HALF",
+    "HALF_MIN",
 ]

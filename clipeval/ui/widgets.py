@@ -112,6 +112,17 @@ def chart(fig, frame: pd.DataFrame, key: str, where=None) -> None:
     )
 
 
+# side_by_side's containers carry this key prefix; app.py's style lets them share a row when each can have
+# charts.HALF_MIN and wrap one under the other when not (800 px with the sidebar open)
+HALF_KEY = "half-"
+
+
+def side_by_side(name: str, where=None) -> list:
+    """Two containers that fill a row together (1440, 1920 px) and stack when the row is too narrow."""
+    row = (where or st).container(horizontal=True, gap="small")
+    return [row.container(width="stretch", key=f"{HALF_KEY}{name}-{i}") for i in range(2)]
+
+
 def table(frame: pd.DataFrame, where=None, formats: dict | None = None, muted: pd.DataFrame | None = None) -> None:
     """A few rows read at a glance (no sorting or scrolling needed) as st.table in `where` (default the page):
     cells through formats[column] or tables.styled's defaults, escaped, cells True in `muted` (a boolean frame of

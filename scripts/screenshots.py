@@ -138,6 +138,11 @@ HOVER_JS = """(() => {
   const r = d.getBoundingClientRect();
   return JSON.stringify({x: r.left + r.width * 0.45, y: r.top + r.height * 0.5});
 })()"""
+# the tab or button whose text is the given label
+CLICK_JS = """((label) => {
+  const b = [...document.querySelectorAll('[role="tab"], button')].find(b => b.innerText.trim() === label);
+  if (!b) return false; b.click(); return true;
+})(%s)"""
 HEIGHT_JS = """(() => {
   const main = document.querySelector('[data-testid="stMain"]');
   const block = document.querySelector('[data-testid="stMainBlockContainer"]');
@@ -158,6 +163,20 @@ def external_requests(events: list[dict]) -> list[str]:
     ]
 
 
+def settle(cdp: Cdp, url: str, wait_s: float) -> None:
+    """Wait until the app's script run has finished and the page has stopped changing (at most wait_s)."""
+    deadline, last, stable_since = time.time() + wait_s, None, time.time()
+    time.sleep(1.0)
+    while time.time() < deadline:
+        state = cdp.js(READY_JS)
+        if state != last:
+            last, stable_since = state, time.time()
+        elif state and not json.loads(state)["busy"] and time.time() - stable_since > 1.5:
+            return
+        time.sleep(0.25)
+    print(f"  note: {url} still changing after {wait_s:.0f} s; shot taken anyway", file=sys.stderr)
+
+
 def shoot(
     chromium: str,
     url: str,
@@ -168,9 +187,11 @@ def shoot(
     full: bool,
     external: list | None = None,
     hover: bool = False,
+    click: str = "",
 ) -> bool:
-    """Open `url`, wait until Streamlit is idle and stable (at most wait_s), screenshot the whole page (with
-    `hover`, the mouse over the first chart); append every request that left localhost to `external`."""
+    """Open `url`, wait until Streamlit is idle and stable (at most wait_s), click the tab or button labelled
+    `click` if given (a closed tab's chart), screenshot the whole page (with `hover`, the mouse over the first
+    chart); append every request that left localhost to `external`."""
     import base64
 
     with devtools_page(chromium, width, height) as cdp:
@@ -178,17 +199,11 @@ def shoot(
             print("  chromium did not start", file=sys.stderr)
             return False
         cdp.call("Page.navigate", url=url)
-        deadline, last, stable_since = time.time() + wait_s, None, time.time()
-        time.sleep(1.0)
-        while time.time() < deadline:
-            state = cdp.js(READY_JS)
-            if state != last:
-                last, stable_since = state, time.time()
-            elif state and not json.loads(state)["busy"] and time.time() - stable_since > 1.5:
-                break
-            time.sleep(0.25)
-        else:
-            print(f"  note: {url} still changing after {wait_s:.0f} s; shot taken anyway", file=sys.stderr)
+        settle(cdp, url, wait_s)
+        if click:
+            if not cdp.js(CLICK_JS % json.dumps(click)):
+                print(f"  note: nothing labelled {click!r} to click on {url}", file=sys.stderr)
+            settle(cdp, url, wait_s)
         if full:
             h = min(int(cdp.js(HEIGHT_JS) or height), 8000)
             if h > height:
@@ -317,7 +332,16 @@ def shoot_all(chromium: str, base: str, shots: dict[str, str], out: Path, args) 
         url = f"{base}/{path}"
         t = time.time()
         good = shoot(
-            chromium, url, target, args.width, args.height, args.wait, not args.viewport_only, external, args.hover
+            chromium,
+            url,
+            target,
+            args.width,
+            args.height,
+            args.wait,
+            not args.viewport_only,
+            external,
+            args.hover,
+            args.click,
         )
         ok &= good
         print(f"{name:12s} {url}  ->  {target if good else 'FAILED'}  ({time.time() - t:.1f} s)")
@@ -337,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("store", nargs="?", help="run store (.duckdb); default $CLIPEVAL_DB or clipeval's default")
     ap.add_argument("--out", default=str(ROOT / "screenshots"), help="output folder (default: screenshots/)")
     ap.add_argument("--pages", default=",".join(PAGES), help=f"comma-separated subset of {', '.join(PAGES)}")
+    ap.add_argument("--click", default="", help="click the tab or button with this label first, e.g. 'Chart'")
     ap.add_argument(
         "--query",
         action="append",

@@ -369,7 +369,7 @@ def kappa_heatmap(
 
 
 def timings_bar(t: pd.DataFrame) -> go.Figure:
-    """Seconds per pipeline stage, stacked per run (the run's name and id on two lines), the legend above."""
+    """Seconds per pipeline stage, stacked per run (the run's name and id on two lines), the legend below."""
     fig = go.Figure()
     steps = list(dict.fromkeys(t["step"]))
     for i, step in enumerate(steps):
@@ -389,7 +389,8 @@ def timings_bar(t: pd.DataFrame) -> go.Figure:
         height=140 + 56 * runs + 22 * len(steps),
         xaxis=dict(title="seconds"),
         yaxis=dict(automargin=True, autorange="reversed"),
-        legend=dict(orientation="h", x=0, xanchor="left", y=1.0, yanchor="bottom", font=dict(size=12)),
+        # below the axis title, in rows: above the plot, its rows covered the title in an 800 px window
+        legend={**_legend_below(), "y": -56 / (56 * runs)},
     )
     return fig
 

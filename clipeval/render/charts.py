@@ -390,7 +390,7 @@ def timings_bar(t: pd.DataFrame) -> go.Figure:
         xaxis=dict(title="seconds"),
         yaxis=dict(automargin=True, autorange="reversed"),
         # below the axis title, in rows: above the plot, its rows covered the title in an 800 px window
-        legend={**_legend_below(), "y": -56 / (56 * runs)},
+        legend={**_legend_below(), "y": -56 / (56 * max(runs, 1))},
     )
     return fig
 

@@ -140,7 +140,8 @@ HOVER_JS = """(() => {
 })()"""
 # the tab or button whose text is the given label
 CLICK_JS = """((label) => {
-  const b = [...document.querySelectorAll('[role="tab"], button')].find(b => b.innerText.trim() === label);
+  const b = [...document.querySelectorAll('[role="tab"], button')].find(
+    b => b.innerText.split('\\n').some(l => l.trim() === label));  // a button's icon is a line of its text
   if (!b) return false; b.click(); return true;
 })(%s)"""
 HEIGHT_JS = """(() => {

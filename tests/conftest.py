@@ -224,6 +224,16 @@ def app_store(run_store, monkeypatch):
     return store, run_id
 
 
+@pytest.fixture
+def chromium() -> str:
+    """Chromium's path. The browser tests run wherever the suite runs (`./run test` installs Chromium as root);
+    without it they fail, naming the install command, rather than skip unseen."""
+    found = shutil.which("chromium") or (Path("/usr/bin/chromium").exists() and "/usr/bin/chromium")
+    if not found:
+        pytest.fail("Chromium is not installed: apt-get install chromium (./run test does this as root)")
+    return found
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray for the whole test session (starting one takes about 20 s on 2 busy cores): 2 CPUs,

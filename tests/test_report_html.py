@@ -4,7 +4,6 @@ baselines, sensitivity plots, agreement with n and intervals, and a page of unit
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,16 +15,6 @@ from plotly.offline import get_plotlyjs
 
 from clipeval.analysis import metrics
 from clipeval.cli import main
-
-
-@pytest.fixture
-def chromium() -> str:
-    """Chromium's path. The browser tests run wherever the suite runs (`./run test` installs Chromium as root);
-    without it they fail, naming the install command, rather than skip unseen."""
-    found = shutil.which("chromium") or (Path("/usr/bin/chromium").exists() and "/usr/bin/chromium")
-    if not found:
-        pytest.fail("Chromium is not installed: apt-get install chromium (./run test does this as root)")
-    return found
 
 
 def test_wilson_interval_known_values():

@@ -320,6 +320,22 @@ class RowFile:
             f.seek(self.offset + 4 * a * self.shape[1])
             return np.fromfile(f, dtype=np.float32, count=(b - a) * self.shape[1]).reshape(b - a, self.shape[1])
 
+    def read_columns(self, a: int, b: int, r0: int = 0, r1: int | None = None) -> np.ndarray:
+        """Columns a:b of rows r0:r1 (default: every row): one read per row when they are a small part of
+        it, else whole rows."""
+        r1 = self.shape[0] if r1 is None else r1
+        out = np.empty((r1 - r0, b - a), dtype=np.float32)
+        if 2 * (b - a) >= self.shape[1]:
+            step = max(1, (b - a) * len(out) * 4 // max(1, 4 * self.shape[1]))  # at most out's size at once
+            for r in range(r0, r1, step):
+                out[r - r0 : r - r0 + step] = self.read_rows(r, min(r1, r + step))[:, a:b]
+            return out
+        with open(self.path, "rb") as f:
+            for i, r in enumerate(range(r0, r1)):
+                f.seek(self.offset + 4 * (r * self.shape[1] + a))
+                f.readinto(memoryview(out[i]).cast("B"))
+        return out
+
     def row_blocks(self, budget: int = SUMMARY_BUDGET):
         step = max(1, budget // max(1, 4 * self.shape[1]))
         for a in range(0, self.shape[0], step):

@@ -10,8 +10,17 @@ import torch
 
 from clipeval.config import SIMILARITY_DEFAULTS
 from clipeval.dissect import similarity
-from clipeval.dissect.activations import LayerStream, RowFile, neuron_summaries, stream_file, stream_summaries
+from clipeval.dissect.activations import (
+    STREAM,
+    LayerStream,
+    RowFile,
+    WorkerRows,
+    neuron_summaries,
+    stream_file,
+    stream_summaries,
+)
 from clipeval.dissect.pipeline import LayerSink, StreamedLayer, layer_top_concepts, stream_keep
+from clipeval.errors import ClipevalError
 
 
 def _activations(n=997, units=13, seed=1):
@@ -147,3 +156,55 @@ def test_layer_top_concepts_equal_the_whole_matrix_similarity(tmp_path, fn, monk
             torch.testing.assert_close(got.values, want.values, rtol=1e-6, atol=1e-6 * float(want.values.abs().max()))
             if budget < 2**28:
                 assert 1 < blocks["units"] < blocks["image reads"]  # several blocks of units, each of several reads
+
+
+def test_ray_workers_write_their_rows_and_send_the_driver_only_what_its_stream_needs(tmp_path):
+    """What the Ray probe pass does (compute.ray_map.collect): each worker (activations.WorkerRows) writes
+    its decoded rows into the shared cache file and sends per batch only a batch_part, which the driver's
+    LayerSink merges. The file and the stream equal the local pass's (LayerSink fed every decoded batch),
+    images that did not decode left out; and once the workers' tops fill, a batch's part is a small fraction
+    of the batch's rows."""
+    A = _activations(n=3000, units=200, seed=3)
+    fails = {5, 700, 2999}
+    local = LayerSink(tmp_path / "local.npy", len(A), 30)
+    driver = LayerSink(tmp_path / "ray.npy", len(A), 30)
+    workers = [WorkerRows({"act": (str(driver.path), len(A), 30)}) for _ in range(2)]
+    sent = []
+    for i, a in enumerate(range(0, len(A), 64)):  # batches dealt to the two workers in turn
+        rows = np.arange(a, min(len(A), a + 64))
+        decoded = ~np.isin(rows, list(fails))
+        out = {"act": np.where(decoded[:, None], A[rows], 0), "other": rows}
+        out = workers[i % 2](out, rows, decoded)
+        assert "act" not in out and list(out["other"]) == list(rows)  # the rows stay on the worker
+        blob = out[STREAM + "act"]
+        assert all(b == b"" for b in blob[1:])
+        driver.merge(blob[0])
+        local(rows[decoded], A[rows[decoded]])
+        sent.append((len(blob[0]), A[rows].nbytes))
+    good = np.setdiff1d(np.arange(len(A)), list(fails))
+    for sink in (local, driver):
+        sink.keep_only(good)
+    assert np.array_equal(np.load(driver.path), np.load(local.path))
+    assert np.array_equal(np.load(driver.path), A[good])
+    for k in (5, 30):
+        assert [np.array_equal(x, y) for x, y in zip(driver.stream.top(k), local.stream.top(k))] == [True, True]
+    assert np.array_equal(driver.stream.dead(), local.stream.dead()) and driver.stream.n == local.stream.n
+    np.testing.assert_allclose(driver.stream.mean(), local.stream.mean(), rtol=1e-12)
+    late = sent[len(sent) // 2 :]
+    assert sum(s for s, _ in late) < 0.25 * sum(r for _, r in late)
+
+
+def test_a_ray_worker_that_does_not_see_the_drivers_cache_folder_stops_at_its_first_batch(tmp_path):
+    """A worker on a node where the cache folder is another disk would write rows the driver never reads."""
+    check = tmp_path / "ray-check-abc"
+    check.write_text("abc")
+    rows, block = np.arange(4), np.ones((4, 3), dtype=np.float32)
+    specs = {"act": (str(tmp_path / "a.npy"), 4, 2)}
+    WorkerRows(specs, (str(check), "abc"))({"act": block}, rows, np.ones(4, bool))  # sees it: writes
+    for seen in ("another run's", None):
+        if seen is None:
+            check.unlink()
+        else:
+            check.write_text(seen)
+        with pytest.raises(ClipevalError, match="does not see the driver's cache folder"):
+            WorkerRows(specs, (str(check), "abc"))({"act": block}, rows, np.ones(4, bool))

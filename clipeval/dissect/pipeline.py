@@ -37,6 +37,7 @@ from clipeval.dissect.activations import (
     LayerStream,
     RowFile,
     collect,
+    merge_part,
     stream_file,
     stream_summaries,
 )
@@ -291,7 +292,9 @@ def probe_pass(
     is fixed by the files.
 
     A layer's activations go to its cache entry a batch at a time as the pass makes them, and come back
-    as a read-only memory map of that entry: the pass never holds a layer's (images x units) matrix.
+    as a read-only memory map of that entry: the pass never holds a layer's (images x units) matrix. On
+    Ray the workers write the entries themselves (the cache folder must be theirs too: this machine or a
+    shared file system) and this process receives per batch only what the LayerStreams need.
     With a dict `streams`, streams[layer] = StreamedLayer: the entry's path and a LayerStream of its
     rows keeping each unit's `stream_keep` most active images, fed during the pass (or read from the
     cached entry)."""
@@ -456,10 +459,14 @@ class LayerSink:
         if self.stream is not None:
             self.stream.add(rows, block)
 
+    def merge(self, part: bytes) -> None:
+        """A batch's summary (activations.batch_part) from a Ray worker that wrote its rows to the file."""
+        merge_part(self.stream, part)
+
     def keep_only(self, keep: np.ndarray) -> None:
         """The images `keep` only (the others did not decode, and were never fed), counted again."""
         written = self.path.with_name("kept-" + self.path.name)
-        _keep_rows(self.file, written, keep)
+        _keep_rows(self.file or RowFile(self.path), written, keep)
         os.replace(written, self.path)
         self.file = RowFile(self.path)
         if self.stream is not None:

@@ -3,6 +3,7 @@ against the whole score matrix (compute + top_concepts), as the number of units 
 
     python bench/bench_similarity_scale.py [--quick] [--units 2500,25000,100000] [--concepts 20000]
         [--images 5000] [--function soft_wpmi] [--whole-max 25000] [--device cpu] [--backend numpy]
+        [--from-files]
 
 Issue 27's target: 100k units x 20k concepts soft_wpmi labels in under 10 minutes on this 2-core CPU,
 peak RSS under 6 GB. Inputs are synthetic, seeded, of the real shapes: P (images x concepts) uniform in
@@ -11,11 +12,18 @@ that builds its inputs and then labels them (n_runner_ups = 5), so its peak RSS 
 included, as in a dissection) is its own; its CPU time (all threads) is printed beside the wall time,
 since on a shared machine the wall time is mostly waiting for a core. The whole matrix runs only up to --whole-max units (100k x 20k
 float32 scores alone are 8 GB); where both run, their labels are compared.
+
+--from-files measures what a dissection runs instead (pipeline.layer_top_concepts, any function): the
+activations (images x units, standard normal) and 512-d image embeddings are written to .npy files a
+batch at a time, as the probe pass writes its cache, and P is embeddings @ text embeddings.T (random unit
+vectors); peak RSS then counts no input matrix. The labels' SHA-1 is printed, so that two versions of the
+code can be compared on the same inputs.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -61,8 +69,13 @@ def worker(argv: list[str]) -> None:
     if int(threads):
         torch.set_num_threads(int(threads))
     rng = np.random.default_rng(0)
-    P = torch.from_numpy((0.15 + 0.2 * rng.random((int(n_images), int(n_concepts)), dtype=np.float32)))
-    A = torch.from_numpy(rng.standard_normal((int(n_images), int(n_units)), dtype=np.float32))
+    if way == "files":
+        layer_files = _write_inputs(rng, int(n_images), int(n_units), int(n_concepts), fn, Path(out_file).parent)
+        P = torch.from_numpy(rng.random((300, 50), dtype=np.float32))  # the warm-up's
+        A = torch.from_numpy(rng.standard_normal((300, 8), dtype=np.float32))
+    else:
+        P = torch.from_numpy((0.15 + 0.2 * rng.random((int(n_images), int(n_concepts)), dtype=np.float32)))
+        A = torch.from_numpy(rng.standard_normal((int(n_images), int(n_units)), dtype=np.float32))
     inputs = rss_bytes()
     where = dict(device=device, backend=None if backend == "auto" else backend)
     with torch.no_grad():
@@ -70,6 +83,10 @@ def worker(argv: list[str]) -> None:
         start, cpu0 = time.perf_counter(), _cpu_seconds()
         if way == "blocks":
             top = similarity.label_units(fn, P, A, N_KEEP, **where)
+        elif way == "files":
+            from clipeval.dissect.pipeline import layer_top_concepts
+
+            top = layer_top_concepts(fn, {}, *layer_files, N_KEEP, None if device == "cpu" else device)
         else:
             top = similarity.top_concepts(similarity.compute(fn, P, A, **where), N_KEEP)
         seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
@@ -77,6 +94,7 @@ def worker(argv: list[str]) -> None:
     print(
         json.dumps(
             {
+                "labels_sha1": hashlib.sha1(top.indices.numpy().tobytes()).hexdigest(),
                 "seconds": seconds,
                 "cpu_seconds": cpu,
                 "peak_rss": peak_rss_bytes(),
@@ -88,6 +106,26 @@ def worker(argv: list[str]) -> None:
     )
 
 
+def _write_inputs(rng, n_images: int, n_units: int, n_concepts: int, fn: str, folder: Path, dim: int = 512):
+    """layer_top_concepts' inputs as a dissection leaves them: the layer's cache entry and LayerStream, the
+    image embeddings' cache entry, the text embeddings; every live unit."""
+    from clipeval.dissect.activations import LayerStream, RowFile
+    from clipeval.dissect.pipeline import StreamedLayer, stream_keep
+
+    T = rng.standard_normal((n_concepts, dim), dtype=np.float32)
+    T /= np.linalg.norm(T, axis=1, keepdims=True)
+    acts, images = RowFile(folder / "acts.npy", (n_images, n_units)), RowFile(folder / "emb.npy", (n_images, dim))
+    stream = LayerStream(stream_keep(fn, {}, N_KEEP))
+    for a in range(0, n_images, 256):
+        rows = np.arange(a, min(n_images, a + 256))
+        block = rng.standard_normal((len(rows), n_units), dtype=np.float32)
+        emb = rng.standard_normal((len(rows), dim), dtype=np.float32)
+        acts.write_rows(rows, block)
+        images.write_rows(rows, emb / np.linalg.norm(emb, axis=1, keepdims=True))
+        stream.add(rows, block)
+    return StreamedLayer(acts.path, stream), np.arange(n_units), images, T
+
+
 def main() -> None:
     ap = parser(__doc__.split("\n")[0])
     ap.add_argument("--function", default="soft_wpmi")
@@ -97,6 +135,7 @@ def main() -> None:
     ap.add_argument("--whole-max", type=int, default=25000, help="run the whole-matrix way up to this many units")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", default="auto", choices=("auto", "numpy", "torch"))
+    ap.add_argument("--from-files", action="store_true", help="pipeline.layer_top_concepts from .npy files")
     ap.add_argument("--worker", nargs=9, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -111,7 +150,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="clipeval-bench-simscale-") as tmp:
         for n in units:
             res = {}
-            for way in ("blocks", "whole") if n <= args.whole_max else ("blocks",):
+            ways = ("blocks", "whole") if n <= args.whole_max else ("blocks",)
+            for way in ("files",) if args.from_files else ways:
                 out = Path(tmp) / f"{n}-{way}.npy"
                 load = os.getloadavg()[0]
                 res[way] = run_worker(
@@ -140,17 +180,18 @@ def main() -> None:
             if "whole" in res:
                 a, w = (np.load(Path(tmp) / f"{n}-{way}.npy") for way in ("blocks", "whole"))
                 same = float((a == w).all(axis=1).mean())
-            b = res["blocks"]
+            b = res["files" if args.from_files else "blocks"]
             rows.append(
                 {
                     "units": f"{n:,}",
-                    "label_units": fmt_s(b["seconds"]),
+                    "layer_top_concepts" if args.from_files else "label_units": fmt_s(b["seconds"]),
                     "its CPU time": fmt_s(b["cpu_seconds"]),
                     "peak RSS": fmt_mb(b["peak_rss"]),
                     "of it inputs": fmt_mb(b["inputs_rss"]),
                     "whole matrix": fmt_s(res["whole"]["seconds"]) if "whole" in res else "-",
                     "its peak RSS": fmt_mb(res["whole"]["peak_rss"]) if "whole" in res else "-",
                     "same labels + runner-ups": "-" if same is None else f"{same:.3%}",
+                    "labels SHA-1": b["labels_sha1"][:12],
                     "load (1 min) before -> after": f"{b['load_before']:.2f} -> {b['load_after']:.2f}",
                     "target (< 10 min, < 6 GB)": met(b["seconds"] < TIME_TARGET_S and b["peak_rss"] < RSS_TARGET),
                 }
@@ -163,6 +204,7 @@ def main() -> None:
         {
             "machine": info,
             "function": args.function,
+            "from_files": args.from_files,
             "sizes": {"concepts": n_con, "images": args.images, "units": units},
             "device": args.device,
             "backend": args.backend,

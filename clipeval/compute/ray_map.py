@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -47,15 +49,20 @@ class ProbeWork:
         dtype: str,
         layouts: dict | None = None,
         maps_keep: int = 0,
+        sinks: dict | None = None,
+        check: tuple[str, str] | None = None,
     ):
         self.target, self.layers, self.pooling, self.layouts = target, list(layers), pooling, layouts
         self.image_models, self.thumb_size, self.batch_size, self.dtype = image_models, thumb_size, batch_size, dtype
         self.maps_keep = maps_keep
+        self.sinks = sinks or {}  # output key -> (cache file, rows, keep): written by the workers (WorkerRows)
+        self.check = check  # (file, text) a worker must read to write the sinks where the driver reads them
 
     def build(self, placement):
         from clipeval.compute.batches import ProbeBatch
+        from clipeval.dissect.activations import WorkerRows
 
-        return ProbeBatch(
+        probe = ProbeBatch(
             self.target,
             self.layers,
             self.pooling,
@@ -66,6 +73,16 @@ class ProbeWork:
             layouts=self.layouts,
             maps_keep=self.maps_keep,
         )
+        if not self.sinks:
+            return probe
+        rows_out = WorkerRows(self.sinks, self.check)
+
+        def call(batch: dict) -> dict:
+            out = probe(batch)
+            decoded = np.array([not why for why in out["decode_error"]], dtype=bool)
+            return rows_out(out, np.asarray(batch["row"], dtype=np.int64), decoded)
+
+        return call
 
 
 class EmbedWork:
@@ -244,12 +261,16 @@ def collect(
     """clipeval.dissect.activations on Ray workers: the same Collected, from the same ProbeBatch (each worker
     sends back the activation maps of its own running top images; they are merged here as they come).
     An image that does not decode is skipped and counted ('skip') or stops the pass ('fail'), as there.
-    An output in `sinks` is handed each batch as it arrives and not kept (as there): this process then holds
-    one batch of it at a time, whatever the number of images."""
+    An output in `sinks` (pipeline.LayerSink: a cache file and, for a layer, its LayerStream) is not sent
+    back: the workers write its rows to the sink's file themselves (so the file must be where they can write
+    it: this machine, or a file system shared at the same path) and send, per batch, only what the sink's
+    stream needs of it (activations.batch_part), merged here as it arrives."""
     from clipeval.compute.batches import ACT, EMB, MAPS
-    from clipeval.dissect.activations import Collected, bad_image_error, without_failed
+    from clipeval.dissect.activations import STREAM, Collected, bad_image_error, without_failed
     from clipeval.dissect.maps import KeptMaps
 
+    sinks = sinks or {}
+    check = Path(next(iter(sinks.values())).path).with_name(f"ray-check-{uuid.uuid4().hex}") if sinks else None
     work = ProbeWork(
         target if layers else None,
         layers,
@@ -260,6 +281,8 @@ def collect(
         dtype,
         layouts,
         maps_keep,
+        {key: (str(s.path), s.n_rows, s.stream.keep if s.stream else 0) for key, s in sinks.items()},
+        (str(check), check.name) if check else None,
     )
     maps: dict[str, KeptMaps] = {}
     failed: list[tuple[int, str]] = []
@@ -271,21 +294,26 @@ def collect(
             raise bad_image_error(images, failed)
         for k in [k for k in batch if k.startswith(MAPS)]:
             maps.setdefault(k[len(MAPS) :], KeptMaps(maps_keep)).add(rows, batch.pop(k))
-        decoded = np.array([not why for why in errors], dtype=bool)  # the others' rows are zeros
-        for key in [key for key in sinks or {} if key in batch]:
-            block = batch.pop(key)
-            if decoded.any():
-                sinks[key](rows[decoded], block[decoded])
+        for key in [key for key in batch if key.startswith(STREAM)]:
+            for blob in batch.pop(key):
+                if blob:
+                    sinks[key[len(STREAM) :]].merge(blob)
 
-    out = map_images(
-        engine,
-        work,
-        {"path": [im.path for im in images]},
-        batch_size=work.batch_size,
-        progress=progress,
-        desc=desc,
-        consume=fold,
-    )
+    if check:
+        check.write_text(check.name)
+    try:
+        out = map_images(
+            engine,
+            work,
+            {"path": [im.path for im in images]},
+            batch_size=work.batch_size,
+            progress=progress,
+            desc=desc,
+            consume=fold,
+        )
+    finally:
+        if check:
+            check.unlink(missing_ok=True)
     acts = {k[len(ACT) :]: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items() if k.startswith(ACT)}
     embs = {k[len(EMB) :]: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items() if k.startswith(EMB)}
     thumbs = [bytes(t) for t in out["thumbnail"]] if thumb_size else None

@@ -4,7 +4,9 @@ decoded once for the target, the image-text models and the thumbnail) and per-ne
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -269,11 +271,7 @@ class RowFile:
         self.path = Path(path)
         if shape is not None:
             with open(self.path, "wb") as f:
-                header = {"descr": "<f4", "fortran_order": False, "shape": tuple(int(s) for s in shape)}
-                np.lib.format.write_array_header_1_0(f, header)
-                self.offset = f.tell()
-                f.truncate(self.offset + 4 * int(shape[0]) * int(shape[1]))
-            self.shape = tuple(int(s) for s in shape)
+                self._start(f, shape)
         else:
             with open(self.path, "rb") as f:
                 version = np.lib.format.read_magic(f)
@@ -282,6 +280,36 @@ class RowFile:
                 if fortran or dtype != np.float32 or len(shape) != 2:
                     raise ClipevalError(f"{self.path} is not a (rows, columns) float32 array")
                 self.offset, self.shape = f.tell(), tuple(shape)
+
+    def _start(self, f, shape) -> None:
+        """Write the header and size the file (f open for writing)."""
+        header = self._header(shape)
+        f.write(header)
+        f.truncate(self.offset + 4 * self.shape[0] * self.shape[1])
+
+    def _header(self, shape) -> bytes:
+        """The .npy header of `shape`, whose length (where the rows start) depends on the shape only."""
+        self.shape = tuple(int(s) for s in shape)
+        out = io.BytesIO()
+        np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": self.shape})
+        self.offset = out.tell()
+        return out.getvalue()
+
+    @classmethod
+    def shared(cls, path, shape: tuple[int, int]) -> "RowFile":
+        """The file at `path` of `shape`, made by whichever of several processes writing rows of it (Ray
+        workers) comes first, never emptied by the others: all of them write each row at the same place,
+        whether the header is there yet or not, and no row ends past the size the first one gives the file."""
+        rows = cls.__new__(cls)
+        rows.path = Path(path)
+        try:
+            fd = os.open(rows.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            rows._header(shape)
+            return rows
+        with os.fdopen(fd, "wb") as f:
+            rows._start(f, shape)
+        return rows
 
     def write_rows(self, rows: np.ndarray, block: np.ndarray) -> None:
         """block[i] -> row rows[i]; each run of consecutive rows in one write."""
@@ -319,6 +347,22 @@ class RowFile:
         with open(self.path, "rb") as f:
             f.seek(self.offset + 4 * a * self.shape[1])
             return np.fromfile(f, dtype=np.float32, count=(b - a) * self.shape[1]).reshape(b - a, self.shape[1])
+
+    def read_columns(self, a: int, b: int, r0: int = 0, r1: int | None = None) -> np.ndarray:
+        """Columns a:b of rows r0:r1 (default: every row): one read per row when they are a small part of
+        it, else whole rows."""
+        r1 = self.shape[0] if r1 is None else r1
+        out = np.empty((r1 - r0, b - a), dtype=np.float32)
+        if 2 * (b - a) >= self.shape[1]:
+            step = max(1, (b - a) * len(out) * 4 // max(1, 4 * self.shape[1]))  # at most out's size at once
+            for r in range(r0, r1, step):
+                out[r - r0 : r - r0 + step] = self.read_rows(r, min(r1, r + step))[:, a:b]
+            return out
+        with open(self.path, "rb") as f:
+            for i, r in enumerate(range(r0, r1)):
+                f.seek(self.offset + 4 * (r * self.shape[1] + a))
+                f.readinto(memoryview(out[i]).cast("B"))
+        return out
 
     def row_blocks(self, budget: int = SUMMARY_BUDGET):
         step = max(1, budget // max(1, 4 * self.shape[1]))
@@ -393,6 +437,84 @@ class LayerStream:
         """Image ids counted again among the images `keep` (sorted; the others were never fed)."""
         ids = np.searchsorted(keep, (self.keys & np.uint64(0xFFFFFFFF)).astype(np.int64)).astype(np.uint64)
         self.keys = (self.keys & ~np.uint64(0xFFFFFFFF)) | ids
+
+
+def batch_part(stream: LayerStream, rows, block: np.ndarray) -> bytes:
+    """Feed a batch to a Ray worker's running `stream`; return what the driver's stream needs of the batch
+    (merge_part takes it): the (unit, image) entries that entered the worker's top, and the batch's range
+    and sum per unit. An image of a unit's top over all images is in the top of what its worker has seen
+    when it comes, so the driver misses none; and the entries thin out as the worker's tops fill: about
+    12 x keep x batch / images seen + 20 bytes per unit, where the rows are 4 x batch."""
+    rows = np.asarray(rows, dtype=np.int64)
+    block = np.asarray(block, dtype=np.float32)
+    stream.add(rows, block)
+    unit, col = np.nonzero(np.isin((stream.keys & np.uint64(0xFFFFFFFF)).astype(np.int64), rows))
+    lo, hi, total = block.min(0), block.max(0), block.sum(0, dtype=np.float64)
+    return pickle.dumps((unit.astype(np.int32), stream.keys[unit, col], lo, hi, total, len(rows)))
+
+
+_MISSING = np.uint64(2**64 - 1)  # after every real key (activation descending, then image id)
+
+
+def merge_part(stream: LayerStream, part: bytes) -> None:
+    """Merge a worker's batch_part into the driver's `stream`. Units that took fewer entries than others
+    are filled with keys that sort last: the driver then holds at least `keep` real entries of each unit
+    (all of its worker's top), so merge drops them."""
+    unit, keys, lo, hi, total, n = pickle.loads(part)
+    counts = np.bincount(unit, minlength=len(lo))
+    dense = np.full((len(lo), int(counts.max(initial=0))), _MISSING, dtype=np.uint64)
+    dense[unit, np.arange(len(unit)) - np.repeat(np.cumsum(counts) - counts, counts)] = keys  # unit-major
+    other = LayerStream(stream.keep)
+    other.keys, other.lo, other.hi, other.total, other.n = dense, lo, hi, total, n
+    stream.merge(other)
+
+
+STREAM = "stream/"  # + an output key: a batch's batch_part, pickled, from a worker that wrote its rows
+
+
+class WorkerRows:
+    """On a Ray worker: writes the probe pass's outputs in `specs` (output key -> (cache file, rows,
+    keep)) to their cache files itself (this machine, or a file system every node shares at the same
+    path), and hands back in their place, for outputs with a `keep`, the batch_part of the worker's
+    running LayerStream (in the first row of STREAM + key; the other rows b''). `check`: (path, text) of a
+    file the driver wrote beside the cache files; a worker that does not read the same text there would
+    write rows the driver never sees, and stops at its first batch instead."""
+
+    def __init__(self, specs: dict[str, tuple[str, int, int]], check: tuple[str, str] | None = None):
+        self.specs, self.check = specs, check
+        self.files: dict[str, RowFile] = {}
+        self.streams: dict[str, LayerStream] = {}
+
+    def _check(self) -> None:
+        path, text = self.check
+        try:
+            seen = Path(path).read_text()
+        except OSError:
+            seen = None
+        if seen != text:
+            raise ClipevalError(
+                f"this Ray worker ({os.uname().nodename}) does not see the driver's cache folder "
+                f"{Path(path).parent}: the workers write the probe pass's activations there, so it must be on "
+                "a file system every node mounts at the same path (--cache-dir)"
+            )
+        self.check = None
+
+    def __call__(self, out: dict, rows: np.ndarray, decoded: np.ndarray) -> dict:
+        """`out` of a batch of images `rows`, of which `decoded` (bool) went through the models (the
+        others' rows are zeros, left out as by the local pass)."""
+        if self.check is not None:
+            self._check()
+        for key, (path, n_rows, keep) in self.specs.items():
+            if key not in out:
+                continue
+            block = out.pop(key)[decoded]
+            if key not in self.files:
+                self.files[key] = RowFile.shared(path, (n_rows, block.shape[1]))
+            self.files[key].write_rows(rows[decoded], block)
+            if keep and len(block):
+                out[STREAM + key] = np.full(len(rows), b"", dtype=object)
+                out[STREAM + key][0] = batch_part(self.streams.setdefault(key, LayerStream(keep)), rows[decoded], block)
+        return out
 
 
 def stream_file(path, keep: int, budget: int = SUMMARY_BUDGET) -> LayerStream:

@@ -37,6 +37,7 @@ from clipeval.dissect.activations import (
     LayerStream,
     RowFile,
     collect,
+    merge_part,
     stream_file,
     stream_summaries,
 )
@@ -291,7 +292,9 @@ def probe_pass(
     is fixed by the files.
 
     A layer's activations go to its cache entry a batch at a time as the pass makes them, and come back
-    as a read-only memory map of that entry: the pass never holds a layer's (images x units) matrix.
+    as a read-only memory map of that entry: the pass never holds a layer's (images x units) matrix. On
+    Ray the workers write the entries themselves (the cache folder must be theirs too: this machine or a
+    shared file system) and this process receives per batch only what the LayerStreams need.
     With a dict `streams`, streams[layer] = StreamedLayer: the entry's path and a LayerStream of its
     rows keeping each unit's `stream_keep` most active images, fed during the pass (or read from the
     cached entry)."""
@@ -456,10 +459,14 @@ class LayerSink:
         if self.stream is not None:
             self.stream.add(rows, block)
 
+    def merge(self, part: bytes) -> None:
+        """A batch's summary (activations.batch_part) from a Ray worker that wrote its rows to the file."""
+        merge_part(self.stream, part)
+
     def keep_only(self, keep: np.ndarray) -> None:
         """The images `keep` only (the others did not decode, and were never fed), counted again."""
         written = self.path.with_name("kept-" + self.path.name)
-        _keep_rows(self.file, written, keep)
+        _keep_rows(self.file or RowFile(self.path), written, keep)
         os.replace(written, self.path)
         self.file = RowFile(self.path)
         if self.stream is not None:
@@ -722,10 +729,16 @@ def layer_top_concepts(
     device=None,
     budget: int = SCORE_BUDGET,
 ) -> similarity.TopConcepts:
-    """Each live unit's n_keep best concepts: for soft_wpmi / wpmi a block of units at a time from their top
-    images (never the whole score matrix; on `device`), for the others from layer_scores."""
+    """Each live unit's n_keep best concepts under `fn`, the same as similarity.top_concepts(
+    similarity.compute(fn, P, A[:, live]), n_keep) to float32 rounding, with P = image embeddings (`images`,
+    a row per probe image) @ text embeddings T.T, A the layer's activations (its cache entry), and neither P,
+    A nor the score matrix ever whole: a block of units at a time, reduced to its best concepts before the
+    next (on `device`), each block's work within about `budget` bytes. soft_wpmi / wpmi get the P rows of
+    the images the block's units keep among their top images; the functions that need every image read
+    their activations from the cache entry and make P per block of image rows (cosine functions) or of
+    concepts (rank_reorder)."""
+    Tt = torch.from_numpy(T)
     if fn in similarity.TOP_IMAGE_FUNCTIONS:
-        Tt = torch.from_numpy(T)
         top, _ = layer.stream.top(layer.stream.keep)
 
         def rows_of(ids):
@@ -734,70 +747,68 @@ def layer_top_concepts(
         return similarity.label_units_from_top(
             fn, top[live], rows_of, len(T), layer.stream.n, n_keep, mem_budget=budget, device=device, **params
         )
-    return similarity.top_concepts(layer_scores(fn, params, layer, live, images, T, budget), n_keep)
+    acts = RowFile(layer.path)
 
+    def activations(u0, u1, r0=0, r1=None):  # live units u0:u1 of images r0:r1
+        cols = live[u0:u1]
+        return acts.read_columns(int(cols[0]), int(cols[-1]) + 1, r0, r1)[:, cols - cols[0]]
 
-def layer_scores(
-    fn: str,
-    params: dict,
-    layer: StreamedLayer,
-    live: np.ndarray,
-    images: RowFile,
-    T: np.ndarray,
-    budget: int = SCORE_BUDGET,
-) -> torch.Tensor:
-    """similarity.compute(fn, P, A[:, live]) with P = image embeddings (`images`, a row per probe image) @
-    text embeddings T.T (images x concepts) never made whole:
-    soft_wpmi / wpmi get the P rows of the images some unit keeps among its top images; the cosine
-    functions sum over blocks of image rows (P rows made per block, activations read per block from the
-    layer's cache entry); rank_reorder, which ranks every image per concept, runs per block of concepts."""
-    Tt = torch.from_numpy(T)
-    n_images = layer.stream.n
-    if fn in similarity.TOP_IMAGE_FUNCTIONS:
-        top, _ = layer.stream.top(layer.stream.keep)
-
-        def rows_of(ids):
-            return torch.from_numpy(images.read_at(ids)) @ Tt.T
-
-        return similarity.pmi_from_top(fn, top[live], rows_of, len(T), n_images, mem_budget=budget, **params)
     if fn == "rank_reorder":
-        A = torch.from_numpy(np.ascontiguousarray(np.load(layer.path, mmap_mode="r")[:, live]))
-        step = max(1, budget // (8 * n_images))
-        Pi = torch.from_numpy(np.load(images.path))
-        return torch.cat(
-            [similarity.compute(fn, Pi @ Tt[c0 : c0 + step].T, A, **params) for c0 in range(0, len(T), step)], dim=1
-        )
-    return _cosine_scores(fn, params, layer, live, images, Tt, budget)
+
+        def columns(c0, c1):  # P[:, c0:c1], a block of image rows at a time
+            out = np.empty((images.shape[0], c1 - c0), dtype=np.float32)
+            for a, block in images.row_blocks(budget // 4):
+                out[a : a + len(block)] = (torch.from_numpy(block) @ Tt[c0:c1].T).numpy()
+            return out
+
+        shape = (images.shape[0], len(live), len(T))
+        return similarity.rank_reorder_top(columns, activations, shape, n_keep, device, mem_budget=budget, **params)
+    return _cosine_top(
+        fn, params, layer.stream.mean()[live], activations, images, Tt, len(live), n_keep, device, budget
+    )
 
 
-def _cosine_scores(fn, params, layer, live, images, Tt, budget) -> torch.Tensor:
-    """cos_similarity / cos_similarity_cubed (clipeval.dissect.similarity) as sums over blocks of image rows."""
+def _cosine_top(fn, params, mean_A, activations, images, Tt, n_units, n_keep, device, budget):
+    """cos_similarity / cos_similarity_cubed (clipeval.dissect.similarity) a block of units at a time: its
+    sums with every concept over blocks of image rows (P rows made per block, `activations`(u0, u1, r0, r1)
+    read per block), reduced to its n_keep best concepts before the next block."""
     if fn not in ("cos_similarity", "cos_similarity_cubed"):
         raise ClipevalError(f"unknown similarity function {fn!r}")
     cubed = fn == "cos_similarity_cubed"
     kw = {**SIMILARITY_DEFAULTS[fn], **params}
-    rows = RowFile(layer.path)
-    n_concepts = Tt.shape[0]
+    dev = torch.device(device or "cpu")
+    Tt = Tt.to(dev)
+    n_images, n_concepts = images.shape[0], Tt.shape[0]
     if cubed:  # centred on the means over all images: P's is the mean image embedding's cosines
         total = sum(block.sum(0, dtype=np.float64) for _, block in images.row_blocks(budget))
-        mean_P = torch.from_numpy((total / images.shape[0]).astype(np.float32)) @ Tt.T
-        mean_A = torch.from_numpy(layer.stream.mean()[live].astype(np.float32))
-    cross = torch.zeros(len(live), n_concepts, dtype=torch.float64)
-    sq_A = torch.zeros(len(live), dtype=torch.float64)
-    sq_P = torch.zeros(n_concepts, dtype=torch.float64)
-    step = max(1, budget // (4 * 3 * (n_concepts + rows.shape[1])))
-    for a in range(0, rows.shape[0], step):
-        A = torch.from_numpy(np.ascontiguousarray(rows.read_rows(a, min(rows.shape[0], a + step))[:, live]))
-        P = torch.from_numpy(images.read_rows(a, min(rows.shape[0], a + step))) @ Tt.T
+        mean_P = torch.from_numpy((total / n_images).astype(np.float32)).to(dev) @ Tt.T
+        mean_A = torch.from_numpy(np.asarray(mean_A, dtype=np.float32)).to(dev)
+    # per unit: its float64 sums with every concept and a float32 block product; per image row: its P
+    # row, activations and their cubed and float64 temporaries
+    step_u = max(1, budget // (2 * 12 * n_concepts))
+    step_i = max(1, budget // (2 * 4 * 3 * (n_concepts + min(step_u, n_units))))
+    sq_P = torch.zeros(n_concepts, dtype=torch.float64, device=dev)  # summed with the first block of units
+    parts = []
+    for u0 in range(0, n_units, step_u):
+        u1 = min(n_units, u0 + step_u)
+        cross = torch.zeros(u1 - u0, n_concepts, dtype=torch.float64, device=dev)
+        sq_A = torch.zeros(u1 - u0, dtype=torch.float64, device=dev)
+        for a in range(0, n_images, step_i):
+            b = min(n_images, a + step_i)
+            A = torch.from_numpy(activations(u0, u1, a, b)).to(dev)
+            P = torch.from_numpy(images.read_rows(a, b)).to(dev) @ Tt.T
+            if cubed:
+                A, P = (A - mean_A[u0:u1]) ** 3, (P - mean_P) ** 3
+            cross += A.T @ P
+            sq_A += (A.double() ** 2).sum(0)
+            if u0 == 0:
+                sq_P += (P.double() ** 2).sum(0)
+        norm_A, norm_P = sq_A.sqrt(), sq_P.sqrt()
         if cubed:
-            A, P = (A - mean_A) ** 3, (P - mean_P) ** 3
-        cross += (A.T @ P).double()
-        sq_A += (A.double() ** 2).sum(0)
-        sq_P += (P.double() ** 2).sum(0)
-    norm_A, norm_P = sq_A.sqrt(), sq_P.sqrt()
-    if cubed:
-        norm_A, norm_P = norm_A.clamp_min(kw["min_norm"]), norm_P.clamp_min(kw["min_norm"])
-    return (cross / norm_A[:, None] / norm_P[None, :]).float()
+            norm_A, norm_P = norm_A.clamp_min(kw["min_norm"]), norm_P.clamp_min(kw["min_norm"])
+        parts.append(similarity.top_concepts(cross.div_(norm_A[:, None]).div_(norm_P[None, :]).float(), n_keep))
+        del cross
+    return similarity.join_tops(parts)
 
 
 def label_from_scores(

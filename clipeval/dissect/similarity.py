@@ -158,6 +158,11 @@ def _label(plan: _Plan, slices: list[slice], n_keep: int) -> TopConcepts:
             scores.sub_(prior)
         parts[i] = top_concepts(scores, n_keep)
         del scores
+    return join_tops(parts)
+
+
+def join_tops(parts: list[TopConcepts]) -> TopConcepts:
+    """The TopConcepts of consecutive blocks of units, as one."""
     return TopConcepts(
         torch.cat([p.values for p in parts]),
         torch.cat([p.indices for p in parts]),
@@ -245,39 +250,113 @@ def _wpmi_plan(P, A, dev, backend, mem_budget, top_k=28, a=2.0, lam=0.6, min_pro
     return _Plan(block, float(lam), A.shape[1], P.shape[1], dev)
 
 
-def _rank_reorder_plan(P, A, dev, backend, mem_budget, p=3, top_fraction=0.05, scale_p=0.5, seed=0, threads=None):
-    n_images = A.shape[0]
+def _reorder_top_n(n_images: int, top_fraction: float) -> int:
     top_n = int(n_images * top_fraction)
     if top_n < 2:
         raise ClipevalError(
             f"rank_reorder needs at least 2 top images: {n_images} images x top_fraction {top_fraction} = {top_n}"
         )
-    gen = torch.Generator().manual_seed(int(seed))  # on the CPU: the same draws on every device
-    threads = max(1, int(threads or torch.get_num_threads()))
+    return top_n
+
+
+def _reorder_ranks(P: torch.Tensor, top_n: int, backend: str, threads: int):
+    """_concept_ranks of P (images x concepts) for the kernels of `backend`."""
     if backend == "numpy":
+        n_images = P.shape[0]
         shift = max(1, (top_n - 1).bit_length())
         key_type = np.int32 if (n_images - 1).bit_length() + shift <= 31 else np.int64
-        ranks = _concept_ranks(np.ascontiguousarray(P.numpy()), threads, key_type)
+        return _concept_ranks(np.ascontiguousarray(P.numpy()), threads, key_type)
+    return _concept_ranks_torch(P)
+
+
+def _reorder_units(a: torch.Tensor, top_n: int, p, gen: torch.Generator):
+    """What rank_reorder needs of a block of units (activations `a`, images x units): their top_n
+    activations (descending), those images, and the random baseline, drawn from `gen` unit by unit."""
+    n = a.shape[1]
+    target, top_idx = torch.topk(a, k=top_n, dim=0)  # descending, (top_n, units)
+    ascending = torch.flip(target, dims=[0])
+    # Baseline: mean |sorted - shuffled|^p over 5 random permutations, per neuron.
+    perms = torch.stack([torch.randperm(top_n, generator=gen) for _ in range(5 * n)]).view(n, 5, top_n)
+    shuffled = torch.gather(ascending.T.unsqueeze(1).expand(-1, 5, -1), 2, perms.to(a.device))
+    baseline = (ascending.T.unsqueeze(1) - shuffled).abs().pow(p).mean(dim=(1, 2))  # (neurons,)
+    return target, top_idx, baseline
+
+
+def _reorder_scores(P, ranks, units, p, scale_p, backend, threads, mem_budget) -> torch.Tensor:
+    """rank_reorder's scores (units x concepts of P) of the units `units` (_reorder_units), with `ranks`
+    the _reorder_ranks of P."""
+    target, top_idx, baseline = units
+    if backend == "numpy":
+        err = torch.from_numpy(_reorder_errors(ranks, top_idx, target, p, threads))
     else:
-        ranks = _concept_ranks_torch(P)
+        err = _reorder_errors_torch(ranks, top_idx, target, p, mem_budget)
+    err.div_(top_idx.shape[0])  # mean over images
+    avg_clip = F.embedding_bag(top_idx.T.contiguous(), P, mode="mean")
+    return err.div_(baseline.unsqueeze(1)).div_(avg_clip.clamp_min_(1e-6).pow_(scale_p)).neg_()
+
+
+def _rank_reorder_plan(P, A, dev, backend, mem_budget, p=3, top_fraction=0.05, scale_p=0.5, seed=0, threads=None):
+    top_n = _reorder_top_n(A.shape[0], top_fraction)
+    gen = torch.Generator().manual_seed(int(seed))  # on the CPU: the same draws on every device
+    threads = max(1, int(threads or torch.get_num_threads()))
+    ranks = _reorder_ranks(P, top_n, backend, threads)
 
     def block(sl):
-        n = sl.stop - sl.start
-        target, top_idx = torch.topk(_units(A, sl, dev), k=top_n, dim=0)  # descending, (top_n, units)
-        ascending = torch.flip(target, dims=[0])
-        # Baseline: mean |sorted - shuffled|^p over 5 random permutations, per neuron.
-        perms = torch.stack([torch.randperm(top_n, generator=gen) for _ in range(5 * n)]).view(n, 5, top_n)
-        shuffled = torch.gather(ascending.T.unsqueeze(1).expand(-1, 5, -1), 2, perms.to(dev))
-        baseline = (ascending.T.unsqueeze(1) - shuffled).abs().pow(p).mean(dim=(1, 2))  # (neurons,)
-        if backend == "numpy":
-            err = torch.from_numpy(_reorder_errors(ranks, top_idx, target, p, threads))
-        else:
-            err = _reorder_errors_torch(ranks, top_idx, target, p, mem_budget)
-        err.div_(top_n)  # mean over images
-        avg_clip = F.embedding_bag(top_idx.T.contiguous(), P, mode="mean")
-        return err.div_(baseline.unsqueeze(1)).div_(avg_clip.clamp_min_(1e-6).pow_(scale_p)).neg_()
+        units = _reorder_units(_units(A, sl, dev), top_n, p, gen)
+        return _reorder_scores(P, ranks, units, p, scale_p, backend, threads, mem_budget)
 
     return _Plan(block, None, A.shape[1], P.shape[1], dev)
+
+
+def rank_reorder_top(
+    P_of,
+    A_of,
+    shape: tuple[int, int, int],
+    n_keep: int,
+    device=None,
+    backend: str | None = None,
+    mem_budget: int = MEM_BUDGET,
+    p=3,
+    top_fraction=0.05,
+    scale_p=0.5,
+    seed=0,
+    threads=None,
+) -> TopConcepts:
+    """label_units for rank_reorder with neither P nor A whole: `shape` = (images, units, concepts),
+    P_of(c0, c1) gives P's columns c0:c1 (every image) and A_of(u0, u1) A's columns u0:u1. A block of
+    units at a time, in order (the baseline is drawn unit by unit, as rank_reorder draws it); a block's
+    scores are made a block of concepts at a time (each concept's image ranks made again for every block
+    of units, unless all concepts fit at once) and reduced to its n_keep best before the next block.
+    Blocks are sized so that they take about `mem_budget` bytes."""
+    n_images, n_units, n_concepts = shape
+    top_n = _reorder_top_n(n_images, top_fraction)
+    dev = torch.device(device or "cpu")
+    backend = backend or ("numpy" if dev.type == "cpu" else "torch")
+    gen = torch.Generator().manual_seed(int(seed))
+    threads = max(1, int(threads or torch.get_num_threads()))
+    # per unit: its scores, activations, top images and baseline draws; per concept: a P column, its ranks
+    # and two (units,) columns of the errors
+    step_u = max(1, mem_budget // (2 * (4 * n_concepts + 4 * n_images + 80 * top_n)))
+    step_c = max(1, mem_budget // (2 * (12 * n_images + 8 * min(step_u, n_units))))
+    concept_blocks = [(c0, min(n_concepts, c0 + step_c)) for c0 in range(0, n_concepts, step_c)]
+
+    def columns(c0, c1):
+        P = torch.as_tensor(P_of(c0, c1)).to(dev, torch.float32)
+        return P, _reorder_ranks(P, top_n, backend, threads)
+
+    whole = columns(0, n_concepts) if len(concept_blocks) == 1 else None
+    parts = []
+    for u0 in range(0, n_units, step_u):
+        units = _reorder_units(
+            torch.as_tensor(A_of(u0, min(n_units, u0 + step_u))).to(dev, torch.float32), top_n, p, gen
+        )
+        scores = torch.empty(units[1].shape[1], n_concepts, device=dev)
+        for c0, c1 in concept_blocks:
+            P, ranks = whole or columns(c0, c1)
+            scores[:, c0:c1] = _reorder_scores(P, ranks, units, p, scale_p, backend, threads, mem_budget)
+        parts.append(top_concepts(scores, n_keep))
+        del scores
+    return join_tops(parts)
 
 
 def _cos_similarity_cubed_plan(P, A, dev, backend, mem_budget, min_norm=1e-3):
@@ -370,12 +449,6 @@ def _top_image_plan(fn, top, rows_of, n_concepts, n_images, mem_budget, device, 
 
     slices = [slice(u0, u1) for u0, u1 in _blocks_of_images(top, max_rows)]
     return _Plan(block, float(lam), len(top), n_concepts, dev), slices
-
-
-def pmi_from_top(fn, top, rows_of, n_concepts, n_images, mem_budget=MEM_BUDGET, device=None, **params):
-    """The whole score matrix (units x concepts) of _top_image_plan: compute(fn, P, A) from top images."""
-    plan, slices = _top_image_plan(fn, top, rows_of, n_concepts, n_images, mem_budget, device, params)
-    return _pmi_from_conditional(torch.cat([plan.block(sl) for sl in slices]), plan.lam)
 
 
 def label_units_from_top(

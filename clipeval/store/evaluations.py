@@ -194,6 +194,47 @@ class EvaluationsMixin:
             }
         return out
 
+    def eval_variants(self, eval_id: str) -> dict[str, int]:
+        """{label variant: its largest top-image rank (0 if none)} of an evaluation's scores, as a
+        rules.ScoreTable holds them (its variants and kmax)."""
+        return {
+            v: int(k)
+            for v, k in self.rows(
+                "SELECT variant, coalesce(max(rank) FILTER (WHERE kind = 'top'), 0) FROM eval_scores "
+                "WHERE eval_id = ? GROUP BY variant",
+                [eval_id],
+            )
+        }
+
+    def neuron_scores(self, eval_id: str, run_id: str, reduce: str, k: int) -> pd.DataFrame:
+        """Each live neuron's score from its top-k images, per label variant, computed in DuckDB as
+        rules.ScoreTable.neuron_scores computes it: `reduce` 'min' the lowest raw (CP's rank), 'max' the
+        highest, 'auc' the ROC-AUC of the top-k raws against the neuron's inactive images' (ties count
+        half). Columns layer, variant, score; a neuron without a score is not listed. Three numbers per
+        neuron, where a run of 100k neurons stores 10M image scores."""
+        clean = "CASE WHEN isnan(raw) THEN NULL ELSE raw END"  # NaN and NULL both mean no score
+        dead = "coalesce(n.dead, false)" if "dead" in self.columns("neurons") else "false"  # an older store
+        alive = f"JOIN neurons n USING (layer, unit) WHERE n.run_id = ? AND NOT {dead} AND s.eval_id = ?"
+        if reduce in ("min", "max"):
+            sql = (
+                f"SELECT s.layer, s.variant, {reduce}({clean}) AS score FROM eval_scores s {alive} "
+                "AND s.kind = 'top' AND s.rank <= ? GROUP BY s.layer, s.unit, s.variant HAVING score IS NOT NULL"
+            )
+        elif reduce == "auc":
+            # every (top, inactive) pair of a neuron: 100 pairs per neuron and variant at k = 5, fewer rows
+            # than ranking each neuron's images in a window (twice as slow here)
+            sql = (
+                f"WITH s AS (SELECT s.layer, s.unit, s.variant, s.kind = 'top' AS top, {clean} AS raw "
+                f"FROM eval_scores s {alive} AND (s.kind <> 'top' OR s.rank <= ?)) "
+                "SELECT t.layer, t.variant, "
+                "sum(CASE WHEN t.raw > i.raw THEN 1.0 WHEN t.raw = i.raw THEN 0.5 ELSE 0.0 END) / count(*) AS score "
+                "FROM s t JOIN s i ON t.layer = i.layer AND t.unit = i.unit AND t.variant = i.variant "
+                "WHERE t.top AND NOT i.top AND t.raw IS NOT NULL AND i.raw IS NOT NULL GROUP BY t.layer, t.unit, t.variant"
+            )
+        else:
+            raise ValueError(f"unknown reduction {reduce!r}")
+        return self.df(sql, [run_id, eval_id, int(k)])
+
     def delete_evaluation(self, eval_id: str) -> None:
         with self.transaction() as cur:
             cur.execute("DELETE FROM eval_scores WHERE eval_id = ?", [eval_id])

@@ -212,24 +212,26 @@ class EvaluationsMixin:
         highest, 'auc' the ROC-AUC of the top-k raws against the neuron's inactive images' (ties count
         half). Columns layer, variant, score; a neuron without a score is not listed. Three numbers per
         neuron, where a run of 100k neurons stores 10M image scores."""
-        clean = "CASE WHEN isnan(raw) THEN NULL ELSE raw END"  # NaN and NULL both mean no score
         dead = "coalesce(n.dead, false)" if "dead" in self.columns("neurons") else "false"  # an older store
-        alive = f"JOIN neurons n USING (layer, unit) WHERE n.run_id = ? AND NOT {dead} AND s.eval_id = ?"
+        # NaN and NULL both mean no score (numpy's nanmin / nanmax and the AUC's valid pairs leave them out)
+        scored = (
+            "FROM eval_scores s JOIN neurons n USING (layer, unit) "
+            f"WHERE n.run_id = ? AND NOT {dead} AND s.eval_id = ? AND s.raw IS NOT NULL AND NOT isnan(s.raw)"
+        )
         if reduce in ("min", "max"):
             sql = (
-                f"SELECT s.layer, s.variant, {reduce}({clean}) AS score FROM eval_scores s {alive} "
-                "AND s.kind = 'top' AND s.rank <= ? GROUP BY s.layer, s.unit, s.variant HAVING score IS NOT NULL"
+                f"SELECT s.layer, s.variant, {reduce}(s.raw) AS score {scored} AND s.kind = 'top' AND s.rank <= ? "
+                "GROUP BY s.layer, s.unit, s.variant"
             )
         elif reduce == "auc":
-            # every (top, inactive) pair of a neuron: 100 pairs per neuron and variant at k = 5, fewer rows
-            # than ranking each neuron's images in a window (twice as slow here)
+            # each neuron's top and inactive raws as two lists, every pair compared in a list lambda: a third of
+            # the time and memory of joining the scores to themselves (30M pairs at 100k neurons and k = 5)
             sql = (
-                f"WITH s AS (SELECT s.layer, s.unit, s.variant, s.kind = 'top' AS top, {clean} AS raw "
-                f"FROM eval_scores s {alive} AND (s.kind <> 'top' OR s.rank <= ?)) "
-                "SELECT t.layer, t.variant, "
-                "sum(CASE WHEN t.raw > i.raw THEN 1.0 WHEN t.raw = i.raw THEN 0.5 ELSE 0.0 END) / count(*) AS score "
-                "FROM s t JOIN s i ON t.layer = i.layer AND t.unit = i.unit AND t.variant = i.variant "
-                "WHERE t.top AND NOT i.top AND t.raw IS NOT NULL AND i.raw IS NOT NULL GROUP BY t.layer, t.unit, t.variant"
+                "SELECT layer, variant, list_sum(list_transform(tops, lambda x: list_sum(list_transform(others, "
+                "lambda y: CASE WHEN x > y THEN 1.0 WHEN x = y THEN 0.5 ELSE 0.0 END)))) / (len(tops) * len(others)) "
+                "AS score FROM (SELECT s.layer, s.variant, list(s.raw) FILTER (WHERE s.kind = 'top') AS tops, "
+                f"list(s.raw) FILTER (WHERE s.kind <> 'top') AS others {scored} AND (s.kind <> 'top' OR s.rank <= ?) "
+                "GROUP BY s.layer, s.unit, s.variant) WHERE len(tops) > 0 AND len(others) > 0"
             )
         else:
             raise ValueError(f"unknown reduction {reduce!r}")

@@ -18,7 +18,6 @@ ctx = widgets.run_page("Neuron explorer")
 UNIT_BOUND = 2**31 - 1  # the unit box's bounds: any unit number a link or the keyboard gives reaches the check below
 UNIT_FIX = "_neuron_unit_fix"
 
-view = data.run_view(ctx.run_id)
 layers = data.layers(ctx.run_id)
 spans = data.layer_units(ctx.run_id).set_index("layer")  # per layer: neurons, first and last unit
 layer_names = list(spans.index)
@@ -155,6 +154,7 @@ if bool(label_row.get("dead", False)):
 # The first screen (1440 x 900) holds what browsing is for: the label, a one-line verdict summary and the top
 # images with their verdicts, right under Next. Details (similarity, runner-ups, the verdict table with its
 # baselines, the map's controls) come below the images.
+view = data.neuron_view(ctx.run_id, layer, unit)  # this neuron's scores, not the run's 10M image scores
 images = image_table(ctx, view, layer, unit)
 fingerprint = ctx.run.get("probe_fingerprint")
 thumbs = data.thumbnails(fingerprint, images["image_id"]) if len(images) else {}

@@ -7,6 +7,7 @@ import gc
 import threading
 import weakref
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from clipeval.analysis.shares import RunShares
 from clipeval.formats import percent
 from clipeval.store.schema import RUN_TABLES
 from clipeval.ui import data, navigation
+from clipeval.ui.neuron import verdict_table
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TIMEOUT = 90
@@ -277,3 +279,31 @@ def test_the_home_page_and_the_sidebar_load_no_image_scores(app_store, views, mo
     shown = {m.label: m.value for m in at.metric}
     for row in real.itertuples():
         assert shown[f"{row.evaluator}: labels judged correct"] == percent(row.share_correct)
+
+
+# ------------------------------------------------------------------------------------ the neuron explorer's own view
+def test_a_one_neuron_view_gives_the_run_views_verdicts(app_store):
+    """The neuron explorer reads its neuron's scores alone (RunView(..., neuron)): the same verdict table, with
+    the baselines' labels and every rater, as the run's RunView gives for that neuron."""
+    store, run_id = app_store
+    neurons = store.neurons(run_id)
+    judged = neurons.iloc[[0, 5, 200]][["layer", "unit"]]
+    store.add_human_verdicts(run_id, judged.assign(rater="ann", verdict=[True, False, True]), source="app")
+    whole = RunView(store, run_id)
+    for k in (1, 5):
+        ctx = SimpleNamespace(thresholds={**whole.default_thresholds(), "es": 0.3}, k=k)
+        for i in (0, 5, 200, 201, len(neurons) - 1):
+            layer, unit = neurons.iloc[i]["layer"], int(neurons.iloc[i]["unit"])
+            one = RunView(store, run_id, (layer, unit))
+            assert len(one.neurons) == 1 and one.available == whole.available and one.human_labels == whole.human_labels
+            pd.testing.assert_frame_equal(verdict_table(ctx, one, layer, unit), verdict_table(ctx, whole, layer, unit))
+
+
+def test_the_neuron_explorer_loads_no_runs_image_scores(app_store, views, monkeypatch):
+    store, run_id = app_store
+    monkeypatch.setattr(data, "warm_up", lambda: None)
+    made, _ = views
+    at = open_page("pages/neuron.py")
+    at.button(key="next").click().run()
+    assert not at.exception and made and all(len(v().neurons) == 1 for v in made if v() is not None)
+    assert any(m.value.startswith("**Verdicts:** CP ") for m in at.markdown)

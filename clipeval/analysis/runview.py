@@ -34,10 +34,12 @@ class EvaluatorState:
 class RunView:
     """One run's neurons, evaluator scores and human verdicts, held in memory for instant re-thresholding."""
 
-    def __init__(self, store: Store, run_id: str):
+    def __init__(self, store: Store, run_id: str, neuron: tuple[str, int] | None = None):
+        """`neuron` (layer, unit): that neuron alone, its scores only (the neuron explorer's view: the same
+        verdicts for it, without a run's 10M image scores); every rater of the run, with this neuron's verdicts."""
         self.run = store.complete_run(run_id)
         self.run_id = self.run["run_id"]
-        every = store.neurons(self.run_id)
+        every = store.neurons(self.run_id, *neuron) if neuron else store.neurons(self.run_id)
         # dead units (constant over the probe) have no label: left out of every share, agreement and
         # kappa; `dead` keeps them so that pages and the report say how many were left out
         is_dead = every["dead"].astype(bool).to_numpy()
@@ -65,8 +67,12 @@ class RunView:
             )
             if e["status"] == "complete":
                 n_concepts = None if pd.isna(e["n_concepts"]) else int(e["n_concepts"])
-                state.table = ScoreTable.from_arrays(
-                    store.eval_score_arrays(e["eval_id"], self.neurons), name, self.neurons, n_concepts
+                state.table = (
+                    ScoreTable(store.eval_scores(e["eval_id"], *neuron), name, self.neurons, n_concepts)
+                    if neuron
+                    else ScoreTable.from_arrays(
+                        store.eval_score_arrays(e["eval_id"], self.neurons), name, self.neurons, n_concepts
+                    )
                 )
             self.evaluators[name] = state
         self.labeller = (json_cell(self.run.get("models_json")) or {}).get("image_text") or {}
@@ -78,6 +84,11 @@ class RunView:
         self.humans = {r: g[["layer", "unit", "verdict"]].reset_index(drop=True) for r, g in humans.groupby("rater")}
         # a reference computed from ground truth (source 'auto: ...') is not a person: say so in its name
         self.automatic = {r for r, g in humans.groupby("rater") if g["source"].astype(str).str.startswith("auto").all()}
+        if neuron:  # every rater of the run (the page lists those who did not judge it), this neuron's verdicts
+            self.humans = {
+                r: v[(v["layer"] == neuron[0]) & (v["unit"] == int(neuron[1]))].reset_index(drop=True)
+                for r, v in self.humans.items()
+            }
 
     # Every rater beside the evaluators is a *reference rater*: a person (Annotate page, CSV import) or an
     # automatic reference computed from ground truth (the demo's ImageNet-class rater). Their labels say

@@ -192,6 +192,19 @@ def run_view(run_id: str) -> RunView:
     return _run_view(db_path(), run_id, version(run_id))
 
 
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _neuron_view(path: str, run_id: str, layer: str, unit: int, data_version: str) -> RunView:
+    return RunView(open_store(path), run_id, (layer, unit))
+
+
+def neuron_view(run_id: str, layer: str, unit: int) -> RunView:
+    """A RunView of one neuron (its scores and verdicts only): what the neuron explorer shows, without
+    loading the run's image scores; the run's RunView when the pages hold it already."""
+    store()
+    path, v = db_path(), version(run_id)
+    return _held.get((path, run_id, v)) or _neuron_view(path, run_id, layer, int(unit), v)
+
+
 def latest_evaluations(run_id: str) -> pd.DataFrame:
     return _read("latest_evaluations", run_id)
 

@@ -71,7 +71,6 @@ st.markdown(
     "raters are not part of it; their verdicts (human or automatic, as marked) appear as columns in the grid below."
 )
 if available and chosen:
-    grid = tables.unit_grid(view, ctx.thresholds, k, chosen)
     per_layer = headlines.interpretable_shares(view, ctx.thresholds, k, chosen, layer_names)
     cols = st.columns(min(len(per_layer), 6))
     for col, row in zip(cols * (len(per_layer) // len(cols) + 1), per_layer.to_dict("records")):
@@ -87,20 +86,23 @@ if available and chosen:
         )
 elif available:
     st.info("Choose at least one evaluator.")
-    grid = tables.unit_grid(view, ctx.thresholds, k, [])
-else:
-    grid = data.neurons(ctx.run_id).assign(**{tables.INTERPRETABLE: False})
 
 # ---------------------------------------------------------------- unit grid
+# one layer at a time: the run's every unit (100k rows at scale) took seconds to build and send on each rerun;
+# the browser still sorts the whole layer
 st.subheader("Unit grid")
 f = st.columns([1.2, 1.6, 2])
-grid_layer = f[0].selectbox("Layer", ["all layers", *layer_names], key="grid_layer")
+grid_layer = f[0].selectbox("Layer", layer_names, key="grid_layer", bind="query-params")
+if available:
+    grid = tables.unit_grid(view, ctx.thresholds, k, chosen, grid_layer)
+else:
+    grid = data.neurons(ctx.run_id, grid_layer).assign(**{tables.INTERPRETABLE: False})
 text = f[1].text_input("Label contains", key="grid_text")
 show = (
     f[2].segmented_control("Show units", ["all", "interpretable", "not interpretable"], default="all", key="grid_show")
     or "all"
 )
-shown = tables.filter_grid(grid, None if grid_layer == "all layers" else grid_layer, text, show)
+shown = tables.filter_grid(grid, None, text, show)
 kmax = data.top_k(ctx.run_id)
 shown = shown.assign(open=tables.neuron_links(ctx.run_id, shown["layer"], shown["unit"], ctx.thresholds, ctx.k, kmax))
 # the unit's identity stays in view while a narrow window scrolls the verdict columns sideways
@@ -129,8 +131,8 @@ for e in available:
     )
     config[t] = st.column_config.TextColumn(t, width="small", help=f"✓: {t} judges the label correct, ✗: not")
 st.caption(
-    f"{len(shown):,} of {len(grid):,} units. Click a column header to sort; 'open' shows the unit in the "
-    "neuron explorer."
+    f"{len(shown):,} of {len(grid):,} units of {grid_layer} (one layer at a time: choose it above). Click a "
+    "column header to sort; 'open' shows the unit in the neuron explorer."
 )
 first = ["open", "layer", "unit", "label", "similarity", tables.INTERPRETABLE]
 marks = [tables.INTERPRETABLE, *[widgets.title(e) for e in available], *view.rater_labels]
@@ -150,12 +152,12 @@ st.dataframe(
 
 # ---------------------------------------------------------------- frequent labels
 st.subheader("Most frequent labels")
-counts = data.label_counts(ctx.run_id, None if grid_layer == "all layers" else grid_layer, 20)
+counts = data.label_counts(ctx.run_id, grid_layer, 20)
 left, right = widgets.side_by_side("labels")
 widgets.chart(charts.label_bars(counts), counts, "label_counts", where=left)
 with right:
     st.caption(
-        f"{'All layers' if grid_layer == 'all layers' else grid_layer} (follows the grid's layer filter). "
+        f"{grid_layer} (follows the grid's layer). "
         "A label carried by many units is often vague; a top-k-only check tends to pass vague labels."
     )
     widgets.table(counts, formats={"share": widgets.fmt_pct})

@@ -9,7 +9,7 @@ import streamlit as st
 from clipeval.analysis.imagenet import unit_imagenet_class
 from clipeval.evaluators import thresholds
 from clipeval.render import charts
-from clipeval.ui import data, navigation, widgets
+from clipeval.ui import data, widgets
 from clipeval.ui.live import probe_section
 from clipeval.ui.maps import where_it_fires
 from clipeval.ui.neuron import image_lines, image_table, verdict_summary, verdict_table
@@ -18,11 +18,9 @@ ctx = widgets.run_page("Neuron explorer")
 UNIT_BOUND = 2**31 - 1  # the unit box's bounds: any unit number a link or the keyboard gives reaches the check below
 UNIT_FIX = "_neuron_unit_fix"
 
-view = data.run_view(ctx.run_id)
 layers = data.layers(ctx.run_id)
-neurons = data.neurons(ctx.run_id)
-units = neurons.groupby("layer", sort=False)["unit"].agg(list).to_dict()
-layer_names = [l for l in layers["layer"] if units.get(l)]
+spans = data.layer_units(ctx.run_id).set_index("layer")  # per layer: neurons, first and last unit
+layer_names = list(spans.index)
 if not layer_names:
     st.warning("This run has no labelled neurons.")
     st.stop()
@@ -36,18 +34,14 @@ def _go(layer: str, unit: int) -> None:
     st.session_state["layer"], st.session_state["unit"] = layer, int(unit)
 
 
-order = list(neurons[["layer", "unit"]].itertuples(index=False, name=None))
-
-
 def _step(delta: int) -> None:
-    target = navigation.step(order, (st.session_state["layer"], int(st.session_state.get("unit", 0))), delta)
+    target = data.neuron_step(ctx.run_id, st.session_state["layer"], int(st.session_state.get("unit", 0)), delta)
     if target:
         _go(*target)
 
 
 def _random() -> None:
-    row = neurons.iloc[random.randrange(len(neurons))]
-    _go(row["layer"], row["unit"])
+    _go(*data.neuron_at(ctx.run_id, random.randrange(int(spans["neurons"].sum()))))
 
 
 def _found() -> None:
@@ -67,13 +61,13 @@ if wanted_layer is not None and wanted_layer not in layer_names:
         layer_names[0],
     )
 layer = pick[0].selectbox("Layer", layer_names, key="layer", bind="query-params")
-unit_list = units[layer]
+first, last = int(spans.loc[layer, "first"]), int(spans.loc[layer, "last"])
 widgets.drop_infinite_url_number("unit")
 if UNIT_FIX in st.session_state:  # set by the check below in the previous script run
     st.session_state["unit"] = st.session_state.pop(UNIT_FIX)
 unit = int(
     pick[1].number_input(
-        f"Unit ({unit_list[0]}-{unit_list[-1]})",
+        f"Unit ({first}-{last})",
         min_value=-UNIT_BOUND,
         max_value=UNIT_BOUND,
         value=0,
@@ -85,11 +79,11 @@ unit = int(
 # A unit the layer lacks (typed, or a link's) is replaced in the box as well as on the page, and said. The box's
 # own bounds are wide: Streamlit drops a link's value outside them silently, and the browser keeps a typed one in
 # the box unused. The box cannot change once drawn: the next script run sets it.
-if not unit_list[0] <= unit <= unit_list[-1]:
-    nearest = unit_list[-1] if unit > unit_list[-1] else unit_list[0]
+if not first <= unit <= last:
+    nearest = last if unit > last else first
     widgets.link_problem(
         "unit",
-        f"{layer} has no unit {unit} (its units are {unit_list[0]}-{unit_list[-1]}): showing unit {nearest}.",
+        f"{layer} has no unit {unit} (its units are {first}-{last}): showing unit {nearest}.",
         nearest,
     )
     st.session_state[UNIT_FIX] = nearest
@@ -105,7 +99,7 @@ with pick[2]:
         icon=":material/arrow_back:",
         key="prev",
         shortcut="P",
-        disabled=navigation.step(order, (layer, unit), -1) is None,
+        disabled=data.neuron_step(ctx.run_id, layer, unit, -1) is None,
         help="The previous unit (none before the first unit of the first layer). Key: P",
     )
     nav.button(
@@ -115,7 +109,7 @@ with pick[2]:
         icon=":material/arrow_forward:",
         key="next",
         shortcut="N",
-        disabled=navigation.step(order, (layer, unit), 1) is None,
+        disabled=data.neuron_step(ctx.run_id, layer, unit, 1) is None,
         help="The next unit. Key: N",
     )
     nav.button("Random", on_click=_random, icon=":material/casino:", key="random")
@@ -144,10 +138,10 @@ if query.strip():
             placeholder="Pick one to show it",
         )
 
-if unit not in unit_list:
+label_row = data.neuron(ctx.run_id, layer, unit)
+if label_row is None:
     st.warning(f"{layer} has no labelled unit {unit}.")
     st.stop()
-label_row = neurons[(neurons["layer"] == layer) & (neurons["unit"] == unit)].iloc[0]
 if bool(label_row.get("dead", False)):
     st.subheader(f"{layer} / unit {unit}")
     st.warning(widgets.DEAD_TEXT)
@@ -160,6 +154,7 @@ if bool(label_row.get("dead", False)):
 # The first screen (1440 x 900) holds what browsing is for: the label, a one-line verdict summary and the top
 # images with their verdicts, right under Next. Details (similarity, runner-ups, the verdict table with its
 # baselines, the map's controls) come below the images.
+view = data.neuron_view(ctx.run_id, layer, unit)  # this neuron's scores, not the run's 10M image scores
 images = image_table(ctx, view, layer, unit)
 fingerprint = ctx.run.get("probe_fingerprint")
 thumbs = data.thumbnails(fingerprint, images["image_id"]) if len(images) else {}

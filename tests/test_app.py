@@ -285,9 +285,19 @@ def test_layer_overview_defines_interpretable_and_filters_the_grid(app_store):
     assert few and greyed(at, 0) == {(i, c) for i in few for c in range(2, summary.shape[1])}
     assert any(f"fewer than {MIN_N} neurons" in w.value for w in at.warning)
     assert frequent["share"].str.endswith("%").all() and len(frequent) > 0
-    assert f"{len(neurons):,} of {len(neurons):,} units" in texts(at)
-    at.selectbox(key="grid_layer").set_value(first).run()
-    assert f"{n_first:,} of {len(neurons):,} units" in texts(at)
+    # one layer at a time (the run's every unit is 100k rows at scale), the first by default, with a link per unit
+    assert f"{n_first:,} of {n_first:,} units of {first}" in texts(at)
+    assert set(at.dataframe[0].value["layer"]) == {first}
+    last = neurons["layer"].iloc[-1]
+    at.selectbox(key="grid_layer").set_value(last).run()
+    grid = at.dataframe[0].value
+    assert set(grid["layer"]) == {last} and len(grid) == int((neurons["layer"] == last).sum())
+    assert grid["open"].str.contains(f"layer={last}&unit=").all()
+    linked = open_page()
+    linked.switch_page("pages/layers.py")
+    linked.query_params.update({"grid_layer": last})
+    linked.run()
+    assert set(linked.dataframe[0].value["layer"]) == {last}  # a link shows the layer it names
     interpretable_all = {m.label: m.value for m in at.metric}
     at.multiselect(key="interp_evaluators").set_value(["es"]).run()
     assert not at.exception

@@ -7,14 +7,21 @@ import gc
 import threading
 import weakref
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from clipeval.analysis import runs as every_run
+from clipeval.analysis import sweeps
 from clipeval.analysis.runview import RunView
+from clipeval.analysis.shares import RunShares
+from clipeval.formats import percent
 from clipeval.store.schema import RUN_TABLES
-from clipeval.ui import data
+from clipeval.ui import data, navigation
+from clipeval.ui.neuron import verdict_table
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TIMEOUT = 90
@@ -153,3 +160,150 @@ def test_a_runs_scores_read_as_numbers_equal_those_read_as_a_frame(app_store):
         ScoreTable.from_arrays(
             store.eval_score_arrays(view.evaluators["es"].eval_id, view.neurons.iloc[1:]), "es", view.neurons.iloc[1:]
         )
+
+
+# ------------------------------------------------------------------------------------ the neuron explorer's navigation
+def test_the_stores_navigation_follows_the_run_order(app_store):
+    """Store.neuron_step / neuron_at / layer_units answer the explorer's Previous, Next, Random and unit box
+    from a row or a few: the same neighbours as navigation.step on the run's whole neuron list, stopping at
+    both ends, counted from the first neuron for a unit the run lacks."""
+    store, run_id = app_store
+    neurons = store.neurons(run_id)
+    order = list(neurons[["layer", "unit"]].itertuples(index=False, name=None))
+    # each layer's ends and their neighbours, and the run's ends
+    ends = {i for layer, g in neurons.groupby("layer", sort=False) for i in (g.index[0], g.index[-1])}
+    places = sorted({j for i in ends for j in (i - 1, i, i + 1) if 0 <= j < len(order)})
+    for i in places:
+        for delta in (-3, -1, 0, 1, 2):
+            assert store.neuron_step(run_id, *order[i], delta) == navigation.step(order, order[i], delta), (i, delta)
+    missing = (order[0][0], 10**6)
+    for delta in (-1, 0, 1, 5):
+        assert store.neuron_step(run_id, *missing, delta) == navigation.step(order, missing, delta)
+    assert store.neuron_step(run_id, *order[0], -1) is None and store.neuron_step(run_id, *order[-1], 1) is None
+    assert [store.neuron_at(run_id, i) for i in (0, len(order) // 2, len(order) - 1)] == [
+        order[0],
+        order[len(order) // 2],
+        order[-1],
+    ]
+    assert store.neuron_at(run_id, len(order)) is None and store.neuron_at(run_id, -1) is None
+    spans = store.layer_units(run_id)
+    want = neurons.groupby("layer", sort=False)["unit"].agg(["size", "min", "max"]).reset_index()
+    assert spans.to_numpy().tolist() == want.to_numpy().tolist()
+    one = store.neurons(run_id, order[5][0], order[5][1])
+    assert len(one) == 1 and one.iloc[0].to_dict() == neurons.iloc[5].to_dict()
+    assert store.neurons(run_id, order[0][0], 10**6).empty
+
+
+def test_the_neuron_explorer_navigates_without_the_runs_neuron_list(app_store, monkeypatch):
+    """Next, Previous, a layer change and the unit box read a row or a few (Store.neuron_step, layer_units,
+    one neuron), not the run's whole neuron list: at 100k neurons that list made each step take 2 s."""
+    store, run_id = app_store
+
+    def whole_list(*args, **kwargs):
+        raise AssertionError("the neuron explorer read the run's whole neuron list")
+
+    monkeypatch.setattr(data, "neurons", whole_list)
+    monkeypatch.setattr(data, "warm_up", lambda: None)
+    neurons = store.neurons(run_id)
+    at = open_page("pages/neuron.py")
+    assert (at.selectbox(key="layer").value, at.number_input(key="unit").value) == tuple(
+        neurons.iloc[0][["layer", "unit"]]
+    )
+    assert at.button(key="prev").disabled
+    at.button(key="next").click().run()
+    assert not at.exception and at.number_input(key="unit").value == neurons.iloc[1]["unit"]
+    last_layer = neurons["layer"].iloc[-1]
+    at.selectbox(key="layer").set_value(last_layer).run()
+    last = neurons[neurons["layer"] == last_layer]["unit"]
+    assert f"Unit ({last.min()}-{last.max()})" == at.number_input(key="unit").label
+    at.number_input(key="unit").set_value(int(last.max())).run()
+    assert not at.exception and at.button(key="next").disabled
+    at.button(key="random").click().run()
+    assert not at.exception
+
+
+# ------------------------------------------------------------------------------------ shares without the image scores
+def test_shares_computed_in_the_store_equal_the_runviews(app_store):
+    """RunShares (each neuron's score computed in DuckDB, Store.neuron_scores) gives RunView's per-layer
+    shares and score spans, on a run with a dead unit, a neuron without scores and NaN / NULL raw scores."""
+    store, run_id = app_store
+    neurons = store.neurons(run_id)
+    (dead_layer, dead_unit), (bare_layer, bare_unit), (odd_layer, odd_unit) = (
+        tuple(neurons.iloc[i][["layer", "unit"]]) for i in (3, 40, 77)
+    )
+    with store.transaction() as cur:
+        cur.execute(
+            "UPDATE neurons SET dead = true WHERE run_id = ? AND layer = ? AND unit = ?",
+            [run_id, dead_layer, int(dead_unit)],
+        )
+        cur.execute("DELETE FROM eval_scores WHERE layer = ? AND unit = ?", [dead_layer, int(dead_unit)])
+        cur.execute("DELETE FROM eval_scores WHERE layer = ? AND unit = ?", [bare_layer, int(bare_unit)])
+        cur.execute(
+            "UPDATE eval_scores SET raw = 'nan'::DOUBLE WHERE layer = ? AND unit = ? AND rank = 1",
+            [odd_layer, int(odd_unit)],
+        )
+        cur.execute(
+            "UPDATE eval_scores SET raw = NULL WHERE layer = ? AND unit = ? AND rank = 2", [odd_layer, int(odd_unit)]
+        )
+    view, shares = RunView(store, run_id), RunShares(store, run_id)
+    assert len(view.dead) == 1 and shares.available == view.available and shares.kmax == view.kmax == 5
+    for e in view.available:
+        t = view.table(e)
+        for k in (1, 3, None):
+            got = shares.scores(e, k)
+            assert list(got) == t.variants
+            for v, (codes, score) in got.items():
+                want = t.neuron_scores(v, k)
+                for i, layer in enumerate(shares.layers):
+                    mine = want[(view.neurons["layer"] == layer).to_numpy()]
+                    assert np.array_equal(np.sort(score[codes == i]), np.sort(mine[~np.isnan(mine)])), (e, k, v, layer)
+    grid = {"cp": (0.001, 0.01, 0.05), "es": (0.2, 0.25, 0.3), "contrast": (0.5, 0.75, 0.9)}
+    for i in range(3):
+        thresholds = {**view.default_thresholds(), **{e: values[i] for e, values in grid.items()}}
+        for k in (1, 5):
+            pd.testing.assert_frame_equal(shares.layer_summary(thresholds, k), view.layer_summary(thresholds, k))
+    assert shares.score_spans() == sweeps.score_spans(view)
+
+
+def test_the_home_page_and_the_sidebar_load_no_image_scores(app_store, views, monkeypatch):
+    """The home page shows shares and the sidebar's sliders span the run's scores: both come from the neuron
+    scores computed in the store, so a first visit does not wait for the run's 10M image scores (RunView)."""
+    store, run_id = app_store
+    monkeypatch.setattr(data, "warm_up", lambda: None)
+    made, _ = views
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception and made == []
+    view = RunView(store, run_id)
+    real = view.layer_summary(view.default_thresholds(), 5).query("layer == 'overall' and variant == 'real'")
+    shown = {m.label: m.value for m in at.metric}
+    for row in real.itertuples():
+        assert shown[f"{row.evaluator}: labels judged correct"] == percent(row.share_correct)
+
+
+# ------------------------------------------------------------------------------------ the neuron explorer's own view
+def test_a_one_neuron_view_gives_the_run_views_verdicts(app_store):
+    """The neuron explorer reads its neuron's scores alone (RunView(..., neuron)): the same verdict table, with
+    the baselines' labels and every rater, as the run's RunView gives for that neuron."""
+    store, run_id = app_store
+    neurons = store.neurons(run_id)
+    judged = neurons.iloc[[0, 5, 200]][["layer", "unit"]]
+    store.add_human_verdicts(run_id, judged.assign(rater="ann", verdict=[True, False, True]), source="app")
+    whole = RunView(store, run_id)
+    for k in (1, 5):
+        ctx = SimpleNamespace(thresholds={**whole.default_thresholds(), "es": 0.3}, k=k)
+        for i in (0, 5, 200, 201, len(neurons) - 1):
+            layer, unit = neurons.iloc[i]["layer"], int(neurons.iloc[i]["unit"])
+            one = RunView(store, run_id, (layer, unit))
+            assert len(one.neurons) == 1 and one.available == whole.available and one.human_labels == whole.human_labels
+            pd.testing.assert_frame_equal(verdict_table(ctx, one, layer, unit), verdict_table(ctx, whole, layer, unit))
+
+
+def test_the_neuron_explorer_loads_no_runs_image_scores(app_store, views, monkeypatch):
+    store, run_id = app_store
+    monkeypatch.setattr(data, "warm_up", lambda: None)
+    made, _ = views
+    at = open_page("pages/neuron.py")
+    at.button(key="next").click().run()
+    assert not at.exception and made and all(len(v().neurons) == 1 for v in made if v() is not None)
+    assert any(m.value.startswith("**Verdicts:** CP ") for m in at.markdown)

@@ -34,10 +34,12 @@ class EvaluatorState:
 class RunView:
     """One run's neurons, evaluator scores and human verdicts, held in memory for instant re-thresholding."""
 
-    def __init__(self, store: Store, run_id: str):
+    def __init__(self, store: Store, run_id: str, neuron: tuple[str, int] | None = None):
+        """`neuron` (layer, unit): that neuron alone, its scores only (the neuron explorer's view: the same
+        verdicts for it, without a run's 10M image scores); every rater of the run, with this neuron's verdicts."""
         self.run = store.complete_run(run_id)
         self.run_id = self.run["run_id"]
-        every = store.neurons(self.run_id)
+        every = store.neurons(self.run_id, *neuron) if neuron else store.neurons(self.run_id)
         # dead units (constant over the probe) have no label: left out of every share, agreement and
         # kappa; `dead` keeps them so that pages and the report say how many were left out
         is_dead = every["dead"].astype(bool).to_numpy()
@@ -65,8 +67,12 @@ class RunView:
             )
             if e["status"] == "complete":
                 n_concepts = None if pd.isna(e["n_concepts"]) else int(e["n_concepts"])
-                state.table = ScoreTable.from_arrays(
-                    store.eval_score_arrays(e["eval_id"], self.neurons), name, self.neurons, n_concepts
+                state.table = (
+                    ScoreTable(store.eval_scores(e["eval_id"], *neuron), name, self.neurons, n_concepts)
+                    if neuron
+                    else ScoreTable.from_arrays(
+                        store.eval_score_arrays(e["eval_id"], self.neurons), name, self.neurons, n_concepts
+                    )
                 )
             self.evaluators[name] = state
         self.labeller = (json_cell(self.run.get("models_json")) or {}).get("image_text") or {}
@@ -78,6 +84,11 @@ class RunView:
         self.humans = {r: g[["layer", "unit", "verdict"]].reset_index(drop=True) for r, g in humans.groupby("rater")}
         # a reference computed from ground truth (source 'auto: ...') is not a person: say so in its name
         self.automatic = {r for r, g in humans.groupby("rater") if g["source"].astype(str).str.startswith("auto").all()}
+        if neuron:  # every rater of the run (the page lists those who did not judge it), this neuron's verdicts
+            self.humans = {
+                r: v[(v["layer"] == neuron[0]) & (v["unit"] == int(neuron[1]))].reset_index(drop=True)
+                for r, v in self.humans.items()
+            }
 
     # Every rater beside the evaluators is a *reference rater*: a person (Annotate page, CSV import) or an
     # automatic reference computed from ground truth (the demo's ImageNet-class rater). Their labels say
@@ -99,8 +110,7 @@ class RunView:
     def threshold_origin(self, evaluator: str, value: float) -> str:
         """'calibrated default', 'paper default', 'paper (uncalibrated) default', 'provisional (calibration
         pending) default' (judges.PENDING), or 'given' (any other value)."""
-        d = self.defaults[evaluator]
-        return f"{d.source} default" if float(value) == d.value else "given"
+        return threshold_origin(self.defaults[evaluator], value)
 
     def threshold_detail(self, evaluator: str, value: float, given: str = "given") -> str:
         """'top 4 of 998 concepts; calibrated default': CP's cut-off rank where the concept set is known (the
@@ -108,9 +118,7 @@ class RunView:
         names a value that is not the default)."""
         state = self.evaluators.get(evaluator)
         n = state.table.n_concepts if state is not None and state.table is not None else None
-        rank = f"top {cp_cutoff(value, n)} of {n:,} concepts; " if evaluator == "cp" and n else ""
-        origin = self.threshold_origin(evaluator, value)
-        return rank + (given if origin == "given" else origin)
+        return threshold_detail(evaluator, value, self.defaults[evaluator], n, given)
 
     def threshold_text(self, evaluator: str, value: float) -> str:
         """'CP p=0.004 (top 4 of 998 concepts; calibrated default)': three significant digits (a fitted p is
@@ -226,8 +234,8 @@ class RunView:
         self, thresholds: dict[str, float], k: int | None = None, evaluators: list[str] | None = None
     ) -> pd.DataFrame:
         """Share of labels judged correct per layer (and overall) per evaluator and label variant."""
-        rows = []
-        dead = self.dead["layer"].value_counts().to_dict() if len(self.dead) else {}
+        hits = {}
+        layers = n = None
         for e in evaluators if evaluators is not None else self.available:
             if e not in self.available:
                 continue
@@ -235,33 +243,28 @@ class RunView:
             codes, layers = pd.factorize(t.neurons["layer"], sort=False)  # layers in the order they come
             n = np.bincount(codes, minlength=len(layers))
             for v in t.variants:
-                verdict = t.verdicts(thresholds[e], v, k)
-                hits = np.bincount(codes, weights=verdict, minlength=len(layers))
-                parts = [(layer, hits[i], n[i], dead.get(layer, 0)) for i, layer in enumerate(layers)]
-                for layer, h, m, d in [*parts, ("overall", hits.sum(), len(verdict), len(self.dead))]:
-                    rows.append(
-                        {
-                            "layer": layer,
-                            "evaluator": EVALUATOR_TITLES[e],
-                            "variant": v,
-                            "share_correct": float(h / m) if m else float("nan"),
-                            "n": int(m),
-                            "n_dead": int(d),
-                        }
-                    )
-        df = pd.DataFrame(rows, columns=["layer", "evaluator", "variant", "share_correct", "n", "n_dead"])
-        return df
+                hits[(e, v)] = np.bincount(codes, weights=t.verdicts(thresholds[e], v, k), minlength=len(layers))
+        dead = self.dead["layer"].value_counts().to_dict() if len(self.dead) else {}
+        return summary_frame(list(layers) if layers is not None else [], n, dead, hits)
 
     def unit_grid(
-        self, thresholds: dict[str, float], k: int | None = None, evaluators: list[str] | None = None
+        self,
+        thresholds: dict[str, float],
+        k: int | None = None,
+        evaluators: list[str] | None = None,
+        layer: str | None = None,
     ) -> pd.DataFrame:
-        """One row per neuron: label, similarity, each evaluator's score and verdict, human verdicts."""
-        grid = self.neurons.drop(columns=["dead"], errors="ignore")  # all alive here; dead units are in self.dead
+        """One row per neuron (of `layer`, or of the run): label, similarity, each evaluator's score and
+        verdict, human verdicts."""
+        keep = slice(None) if layer is None else (self.neurons["layer"] == layer).to_numpy()
+        # all alive here; dead units are in self.dead
+        grid = self.neurons[keep].drop(columns=["dead"], errors="ignore").reset_index(drop=True)
         chosen = [e for e in (evaluators if evaluators is not None else self.available) if e in self.available]
         for e in chosen:
-            f = self.verdicts(e, thresholds[e], "real", k)
-            grid[f"{EVALUATOR_TITLES[e]} score"] = f["score"].to_numpy()
-            grid[f"{EVALUATOR_TITLES[e]}"] = f["verdict"].to_numpy()
+            t = self.table(e)
+            score = np.array(t.neuron_scores("real", k)[keep])  # a copy: the cached scores are read-only
+            grid[f"{EVALUATOR_TITLES[e]} score"] = score
+            grid[f"{EVALUATOR_TITLES[e]}"] = t.compare(score, t.rule.check(thresholds[e]))
         for r, v in self.humans.items():
             grid = grid.merge(v.rename(columns={"verdict": self.rater_label(r)}), on=["layer", "unit"], how="left")
         if chosen:
@@ -331,6 +334,43 @@ class RunView:
         )
         lo, hi = intervals.bootstrap_cells(res["test_cells"])["kappa"]
         return {"evaluator": evaluator, "rater": rater, "param": rule.param, **res, "test_kappa_interval": (lo, hi)}
+
+
+def threshold_origin(default, value: float) -> str:
+    """RunView.threshold_origin, given the judge's default (judges.defaults)."""
+    return f"{default.source} default" if float(value) == default.value else "given"
+
+
+def threshold_detail(evaluator: str, value: float, default, n_concepts: int | None, given: str = "given") -> str:
+    """RunView.threshold_detail, given the judge's default and the size of CP's concept set (None: unknown)."""
+    rank = (
+        f"top {cp_cutoff(value, n_concepts)} of {n_concepts:,} concepts; " if evaluator == "cp" and n_concepts else ""
+    )
+    origin = threshold_origin(default, value)
+    return rank + (given if origin == "given" else origin)
+
+
+def summary_frame(
+    layers: list[str], n: np.ndarray, dead: dict[str, int], hits: dict[tuple[str, str], np.ndarray]
+) -> pd.DataFrame:
+    """RunView.layer_summary's frame: per (evaluator, variant) of `hits` (the neurons judged correct in each
+    of `layers`, which have `n` live neurons), a row per layer and one 'overall'; `dead`: dead units per
+    layer, of every layer."""
+    rows = []
+    for (e, v), h in hits.items():
+        parts = [(layer, h[i], n[i], dead.get(layer, 0)) for i, layer in enumerate(layers)]
+        for layer, c, m, d in [*parts, ("overall", h.sum(), n.sum(), sum(dead.values()))]:
+            rows.append(
+                {
+                    "layer": layer,
+                    "evaluator": EVALUATOR_TITLES[e],
+                    "variant": v,
+                    "share_correct": float(c / m) if m else float("nan"),
+                    "n": int(m),
+                    "n_dead": int(d),
+                }
+            )
+    return pd.DataFrame(rows, columns=["layer", "evaluator", "variant", "share_correct", "n", "n_dead"])
 
 
 def default_thresholds() -> dict[str, float]:

@@ -53,9 +53,13 @@ def threshold_range(view: RunView, evaluator: str, current: float) -> tuple[floa
 
 
 def _score_span(view: RunView, evaluator: str) -> tuple[float, float]:
-    rule = RULES[evaluator]
     t = view.table(evaluator)
-    scores = np.concatenate([t.neuron_scores(v) for v in t.variants])
+    return span_of(evaluator, np.concatenate([t.neuron_scores(v) for v in t.variants]))
+
+
+def span_of(evaluator: str, scores: np.ndarray) -> tuple[float, float]:
+    """The span of neuron scores (NaN: none) padded by 5%, the rule's whole range without any."""
+    rule = RULES[evaluator]
     scores = scores[~np.isnan(scores)]
     if not scores.size:
         return rule.lo, rule.hi

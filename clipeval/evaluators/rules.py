@@ -91,6 +91,18 @@ def cp_cutoff(p, n_concepts: int | None):
     return int(r) if r.ndim == 0 else r
 
 
+def compare(rule: Rule, scores: np.ndarray, thresholds, n_concepts: int | None = None) -> np.ndarray:
+    """Neuron verdicts from neuron scores (NaN: no score, not correct) at one threshold, or at every one of a
+    sequence: (len(thresholds), neurons)."""
+    t = np.asarray(thresholds, float)
+    s = scores[None, :] if t.ndim else scores
+    t = t[:, None] if t.ndim else t
+    with np.errstate(invalid="ignore"):
+        if rule.reduce == "min":
+            return s <= (cp_cutoff(t, n_concepts) if n_concepts else _missing_concepts())
+        return s > t if not rule.inclusive else s >= t
+
+
 class ScoreTable:
     """One evaluation's raw scores as arrays: top[variant] (neurons x k), inactive[variant] (neurons x m)."""
 
@@ -205,13 +217,7 @@ class ScoreTable:
 
     def compare(self, scores: np.ndarray, thresholds) -> np.ndarray:
         """Verdicts for every threshold: (len(thresholds), neurons) when thresholds is a sequence."""
-        t = np.asarray(thresholds, float)
-        s = scores[None, :] if t.ndim else scores
-        t = t[:, None] if t.ndim else t
-        with np.errstate(invalid="ignore"):
-            if self.rule.reduce == "min":
-                return s <= (cp_cutoff(t, self.n_concepts) if self.n_concepts else _missing_concepts())
-            return s > t if not self.rule.inclusive else s >= t
+        return compare(self.rule, scores, thresholds, self.n_concepts)
 
     def verdicts(self, threshold: float, variant: str = "real", k: int | None = None) -> np.ndarray:
         return self.compare(self.neuron_scores(variant, k), self.rule.check(threshold))

@@ -218,10 +218,12 @@ def interpretable_by_layer(grid: pd.DataFrame, column: str, layers: list[str]) -
     return pd.DataFrame(rows)
 
 
-def unit_grid(view, thresholds: dict[str, float], k: int, evaluators: list[str]) -> pd.DataFrame:
-    """RunView.unit_grid over every available evaluator, with an 'interpretable' column: judged correct
-    by ALL of `evaluators` (RunView's 'all evaluators agree correct' over that subset)."""
-    grid = view.unit_grid(thresholds, k).drop(columns=["all evaluators agree correct"], errors="ignore")
+def unit_grid(
+    view, thresholds: dict[str, float], k: int, evaluators: list[str], layer: str | None = None
+) -> pd.DataFrame:
+    """RunView.unit_grid (of `layer`, or of the run) over every available evaluator, with an 'interpretable'
+    column: judged correct by ALL of `evaluators` (RunView's 'all evaluators agree correct' over that subset)."""
+    grid = view.unit_grid(thresholds, k, layer=layer).drop(columns=["all evaluators agree correct"], errors="ignore")
     chosen = [EVALUATOR_TITLES[e] for e in evaluators if e in view.available]
     grid[INTERPRETABLE] = grid[chosen].all(axis=1) if chosen else False
     return grid

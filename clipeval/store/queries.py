@@ -107,6 +107,60 @@ class QueriesMixin:
             [run_id, layer, int(unit), list(kinds)],
         )
 
+    # ---------------------------------------------------------------- moving between neurons
+    # The neuron explorer's order is the run's: layers by position, units ascending (as `neurons`). These
+    # answer its navigation with one row each, so a step does not read a run's 100k-row neuron list.
+    ORDER = "FROM neurons n JOIN layers l USING (run_id, layer) WHERE n.run_id = ?"
+
+    def layer_units(self, run_id: str) -> pd.DataFrame:
+        """Per layer that has neurons, in run order: layer, neurons (how many are stored, dead ones
+        included), first and last unit."""
+        return self.df(
+            f"SELECT n.layer, count(*) AS neurons, min(n.unit) AS first, max(n.unit) AS last {self.ORDER} "
+            "GROUP BY n.layer, l.position ORDER BY l.position",
+            [run_id],
+        )
+
+    def layer_counts(self, run_id: str) -> pd.DataFrame:
+        """Per layer in run order: live neurons ('neurons') and dead ones ('dead': constant over the probe,
+        left out of every share)."""
+        dead = "coalesce(n.dead, false)" if "dead" in self.columns("neurons") else "false"  # an older store
+        return self.df(
+            f"SELECT n.layer, count(*) FILTER (WHERE NOT {dead}) AS neurons, "
+            f"count(*) FILTER (WHERE {dead}) AS dead {self.ORDER} "
+            "GROUP BY n.layer, l.position ORDER BY l.position",
+            [run_id],
+        )
+
+    def neuron_at(self, run_id: str, index: int) -> tuple[str, int] | None:
+        """The (layer, unit) at `index` in the run's order, None past its end."""
+        if index < 0:
+            return None
+        got = self.rows(
+            f"SELECT n.layer, n.unit {self.ORDER} ORDER BY l.position, n.unit LIMIT 1 OFFSET ?", [run_id, int(index)]
+        )
+        return (got[0][0], int(got[0][1])) if got else None
+
+    def neuron_step(self, run_id: str, layer: str, unit: int, delta: int) -> tuple[str, int] | None:
+        """The neuron `delta` places from (layer, unit) in the run's order, None past either end (Previous on
+        the first neuron does not wrap round to the last). From a unit the run lacks, counted from the first
+        neuron (as navigation.step)."""
+        here = self.rows(f"SELECT l.position {self.ORDER} AND n.layer = ? AND n.unit = ?", [run_id, layer, int(unit)])
+        if not here:
+            return self.neuron_at(run_id, delta)
+        if delta == 0:
+            return (layer, int(unit))
+        after = "l.position > ? OR (l.position = ? AND n.unit > ?)"
+        before = "l.position < ? OR (l.position = ? AND n.unit < ?)"
+        direction = "ASC" if delta > 0 else "DESC"
+        position = here[0][0]
+        got = self.rows(
+            f"SELECT n.layer, n.unit {self.ORDER} AND ({after if delta > 0 else before}) "
+            f"ORDER BY l.position {direction}, n.unit {direction} LIMIT 1 OFFSET ?",
+            [run_id, position, position, int(unit), abs(int(delta)) - 1],
+        )
+        return (got[0][0], int(got[0][1])) if got else None
+
     def top_k(self, run_id: str) -> int:
         """How many top activating images the run stored per neuron (its largest 'top' rank; 0 if none)."""
         return int(

@@ -296,7 +296,8 @@ class RunsMixin:
     def layers(self, run_id: str) -> pd.DataFrame:
         return self.df("SELECT layer, shape, n_units FROM layers WHERE run_id = ? ORDER BY position", [run_id])
 
-    def neurons(self, run_id: str, layer: str | None = None) -> pd.DataFrame:
+    def neurons(self, run_id: str, layer: str | None = None, unit: int | None = None) -> pd.DataFrame:
+        """The run's neurons (of one layer, or the one unit of it) in run order: layers by position, units ascending."""
         with self.reading():  # one connection for both queries
             # a store written before these columns and opened read-only (no upgrade) reads as all alive
             extra = (
@@ -307,9 +308,13 @@ class RunsMixin:
             sql = (
                 f"SELECT n.layer, n.unit, n.label, n.similarity, {extra} "
                 "FROM neurons n JOIN layers l USING (run_id, layer) "
-                "WHERE n.run_id = ?" + (" AND n.layer = ?" if layer else "") + " ORDER BY l.position, n.unit"
+                "WHERE n.run_id = ?"
+                + (" AND n.layer = ?" if layer else "")
+                + (" AND n.unit = ?" if layer and unit is not None else "")
+                + " ORDER BY l.position, n.unit"
             )
-            return self.df(sql, [run_id, layer] if layer else [run_id])
+            params = [run_id] + ([layer] if layer else []) + ([int(unit)] if layer and unit is not None else [])
+            return self.df(sql, params)
 
     def runner_ups(self, run_id: str, layer: str, unit: int) -> pd.DataFrame:
         return self.df(

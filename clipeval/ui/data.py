@@ -25,6 +25,7 @@ from clipeval.analysis import intervals, sweeps
 from clipeval.analysis import runs as every_run
 from clipeval.analysis.imagenet import imagenet_label_accuracy
 from clipeval.analysis.runview import RunView
+from clipeval.analysis.shares import RunShares
 from clipeval.datasets.imagenet import imagenet_synonyms
 from clipeval.errors import ClipevalError
 from clipeval.evaluators import judges
@@ -110,6 +111,7 @@ def after_write() -> None:
     """Call after the app wrote to the store (annotation, deletion): drop every cached result."""
     st.cache_data.clear()
     _run_view.clear()
+    _run_shares.clear()
     with _versions_lock:
         _versions.clear()
 
@@ -190,6 +192,19 @@ def run_view(run_id: str) -> RunView:
     return _run_view(db_path(), run_id, version(run_id))
 
 
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _neuron_view(path: str, run_id: str, layer: str, unit: int, data_version: str) -> RunView:
+    return RunView(open_store(path), run_id, (layer, unit))
+
+
+def neuron_view(run_id: str, layer: str, unit: int) -> RunView:
+    """A RunView of one neuron (its scores and verdicts only): what the neuron explorer shows, without
+    loading the run's image scores; the run's RunView when the pages hold it already."""
+    store()
+    path, v = db_path(), version(run_id)
+    return _held.get((path, run_id, v)) or _neuron_view(path, run_id, layer, int(unit), v)
+
+
 def latest_evaluations(run_id: str) -> pd.DataFrame:
     return _read("latest_evaluations", run_id)
 
@@ -208,17 +223,37 @@ def defaults(run_id: str) -> dict:
     return _defaults(db_path(), run_id, version(run_id))
 
 
+@st.cache_resource(max_entries=6, show_spinner=False)
+def _run_shares(path: str, run_id: str, data_version: str) -> RunShares:
+    return RunShares(open_store(path), run_id)
+
+
+def run_shares(run_id: str) -> RunShares:
+    """The run's neuron scores computed in the store (a few numbers per neuron, read per evaluator and k when
+    first asked): shares and score spans without the run's image scores."""
+    store()
+    return _run_shares(db_path(), run_id, version(run_id))
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
 def _score_spans(path: str, run_id: str, data_version: str) -> dict:
-    view = _held.get((path, run_id, data_version)) or RunView(open_store(path), run_id)
-    return sweeps.score_spans(view)
+    view = _held.get((path, run_id, data_version))
+    return sweeps.score_spans(view) if view is not None else _run_shares(path, run_id, data_version).score_spans()
 
 
 def score_spans(run_id: str) -> dict:
     """Each judge's span of the run's neuron scores (sweeps.score_spans) for the sidebar's sliders: a few
-    numbers per run and data version, from the pages' RunView when they hold it, else from one built for
-    this and dropped, so a page that shows no scores holds none."""
+    numbers per run and data version, from the pages' RunView when they hold it, else from the neuron
+    scores computed in the store (RunShares), so a page that shows no per-neuron rows loads no image scores."""
     return _score_spans(db_path(), run_id, version(run_id))
+
+
+def layer_summary(run_id: str, thresholds: dict[str, float], k: int | None = None) -> pd.DataFrame:
+    """RunView.layer_summary: from the pages' RunView when it is held, else from RunShares (equal numbers)."""
+    store()
+    path, v = db_path(), version(run_id)
+    view = _held.get((path, run_id, v))
+    return (view or _run_shares(path, run_id, v)).layer_summary(thresholds, k)
 
 
 def layers(run_id: str) -> pd.DataFrame:
@@ -240,8 +275,28 @@ def probe_sources(run_id: str, probe_fingerprint: str) -> pd.DataFrame:
     return _query(db_path(), "probe_sources", (probe_fingerprint,), version(run_id))
 
 
-def neurons(run_id: str) -> pd.DataFrame:
-    return _read("neurons", run_id)
+def neurons(run_id: str, layer: str | None = None) -> pd.DataFrame:
+    return _read("neurons", run_id, layer)
+
+
+# the neuron explorer's navigation: a row or a few per rerun, never the run's whole neuron list
+def layer_units(run_id: str) -> pd.DataFrame:
+    """Per layer with neurons, in run order: how many, the first and the last unit (Store.layer_units)."""
+    return _read("layer_units", run_id)
+
+
+def neuron(run_id: str, layer: str, unit: int) -> dict | None:
+    """One neuron's row (label, similarity, dead, n_negatives), None if the run has no such unit."""
+    found = _read("neurons", run_id, layer, int(unit))
+    return found.iloc[0].to_dict() if len(found) else None
+
+
+def neuron_step(run_id: str, layer: str, unit: int, delta: int) -> tuple[str, int] | None:
+    return _read("neuron_step", run_id, layer, int(unit), int(delta))
+
+
+def neuron_at(run_id: str, index: int) -> tuple[str, int] | None:
+    return _read("neuron_at", run_id, int(index))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

@@ -1,5 +1,7 @@
 """Moving between neurons in the explorer: Previous / Next within the run's order (stopping at the
-ends instead of wrapping round to the last layer). Label-search ranking is Store.search_neurons'."""
+ends instead of wrapping round to the last layer). The page asks the store (Store.neuron_step, one row
+per step: a run of 100k neurons is not read whole); `step` is the same rule on an order held in memory,
+which the tests hold the store's query to. Label-search ranking is Store.search_neurons'."""
 
 from __future__ import annotations
 

@@ -54,18 +54,30 @@ OBSERVER_JS = """(() => {
       .observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
   };
   watch();
+  // plotly draws after the script run ends (and again after a rerun changes a figure): the last change
+  // inside a chart counts as the page's, so a page is settled only once its charts are drawn
+  window.__chartChange = 0;
+  new MutationObserver(records => {
+    if (records.some(r => r.target.closest && r.target.closest('[data-testid="stPlotlyChart"]')))
+      window.__chartChange = performance.now();
+  }).observe(document, {subtree: true, childList: true, attributes: true});
 })()"""
-# Settled since t0: a script run started after t0 and has finished, nothing is loading.
+# Settled since t0: a script run started after t0 has finished, nothing is loading, every chart is drawn and
+# none has changed for 150 ms (the time returned is the last change's, not the end of that wait).
 SETTLED_JS = """((t0) => {
   const runs = window.__runs || [];
   const start = runs.findIndex(r => r[1] >= t0 && r[0] === 'running');
-  if (start < 0) return null;
-  const end = runs.slice(start).find(r => r[0] === 'notRunning');
+  const end = start < 0 ? null : runs.slice(start).find(r => r[0] === 'notRunning');
   const app = document.querySelector('[data-testid="stApp"]');
-  if (!end || !app || app.getAttribute('data-test-script-state') !== 'notRunning') return null;
-  if (document.querySelector('[data-testid="stSkeleton"]')) return null;
-  if (![...document.images].every(i => i.complete)) return null;
-  return Math.max(end[1], performance.now() - 30) - t0;
+  const ready = end && app && app.getAttribute('data-test-script-state') === 'notRunning'
+    && !document.querySelector('[data-testid="stSkeleton"]') && [...document.images].every(i => i.complete);
+  if (!ready) { window.__readyAt = null; return null; }
+  if (window.__readyFor !== t0 || window.__readyAt == null) { window.__readyFor = t0; window.__readyAt = performance.now(); }
+  const charts = [...document.querySelectorAll('[data-testid="stPlotlyChart"]')];
+  if (!charts.every(c => c.querySelector('.main-svg'))) return null;
+  if (performance.now() - window.__chartChange < 150) return null;  // a chart is still being drawn
+  // when it became ready (less the 30 ms poll), or the charts' last change after t0, whichever is later
+  return Math.max(end[1], window.__readyAt - 30, window.__chartChange > t0 ? window.__chartChange : 0) - t0;
 })(%s)"""
 
 

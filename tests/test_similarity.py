@@ -230,3 +230,27 @@ def test_label_units_ranks_nan_last_and_checks_its_inputs(layer):
         similarity.label_units("wpmi", P, A, 3, device="meta", backend="numpy")
     with pytest.raises(ClipevalError, match="images"):
         similarity.label_units("wpmi", P[:5], A, 3)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_soft_wpmi_from_top_images_splits_units_over_threads_with_bitwise_equal_sums(monkeypatch, threads):
+    """label_units_from_top's soft_wpmi runs a block's units on torch's threads, each range in cache-sized
+    sub-blocks (17 units: neither divides them); every sum is bitwise that of one rank-by-rank loop."""
+    rng = np.random.default_rng(5)
+    n_images, n_concepts, n_units, top_k = 30, 11, 17, 6
+    P_rows = torch.from_numpy(rng.uniform(0.1, 0.4, size=(n_images, n_concepts)).astype(np.float32))
+    local = rng.integers(0, n_images, size=(n_units, top_k))
+    kw = dict(a=10.0, min_prob=1e-7, p_start=0.998, p_end=0.97)
+    p = kw["p_start"] - torch.arange(top_k, dtype=torch.float32) / top_k * (kw["p_start"] - kw["p_end"])
+    weight, offset = p.numpy(), (1 - p + kw["min_prob"]).numpy()
+    Q = torch.softmax(kw["a"] * P_rows, dim=1).numpy()
+    want = np.zeros((n_units, n_concepts), dtype=np.float32)
+    for i in range(top_k):
+        want += np.log(Q[local[:, i]] * weight[i] + offset[i])
+    calls, parallel = [], similarity._parallel
+    monkeypatch.setattr(similarity, "_parallel", lambda work, n, t: calls.append((n, t)) or parallel(work, n, t))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    monkeypatch.setattr(similarity, "CACHE_BYTES", 2 * 4 * n_concepts * 2)  # sub-blocks of 2 units
+    got = similarity._soft_wpmi_conditional(P_rows, local, **kw)
+    assert calls == [(n_units, threads)]
+    assert got.dtype == torch.float32 and np.array_equal(got.numpy(), want)

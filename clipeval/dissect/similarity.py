@@ -208,7 +208,7 @@ def _soft_wpmi_numpy(Qn, top_idx, offset, weight, mem_budget) -> torch.Tensor:
     top_k, n_neurons = top_idx.shape
     n_concepts = Qn.shape[1]
     out = torch.zeros(n_neurons, n_concepts)
-    acc_all, idx_all = out.numpy(), top_idx.astype(np.intp)
+    acc_all, idx_all = out.numpy(), np.ascontiguousarray(top_idx, dtype=np.intp)  # a rank's units contiguous
     block = max(1, min(CACHE_BYTES, mem_budget) // (2 * 4 * n_concepts))
 
     def work(lo, hi):
@@ -483,16 +483,8 @@ def _soft_wpmi_conditional(P_rows, local, a, min_prob, p_start, p_end):
         idx = torch.as_tensor(local.T.copy(), dtype=torch.long, device=P_rows.device)
         return _soft_wpmi_torch(Q, idx, (1 - p + min_prob).tolist(), p.tolist())
     Qn = torch.softmax(a * P_rows, dim=1).numpy()
-    offset, weight = (1 - p + min_prob).numpy(), p.numpy()
-    acc = np.zeros((len(local), Qn.shape[1]), dtype=np.float32)
-    buf = np.empty_like(acc)
-    idx = local.astype(np.intp)
-    for i in range(top_k):  # rank by rank, as soft_wpmi adds them
-        np.take(Qn, idx[:, i], axis=0, out=buf)
-        buf *= weight[i]
-        buf += offset[i]
-        acc += np.log(buf, out=buf)
-    return torch.from_numpy(acc)
+    # the block's units in cache-sized sub-blocks on torch's threads, rank by rank as soft_wpmi adds them
+    return _soft_wpmi_numpy(Qn, local.T, (1 - p + min_prob).numpy(), p.numpy(), CACHE_BYTES)
 
 
 def _wpmi_conditional(P_rows, local, a, min_prob):

@@ -238,19 +238,30 @@ def test_soft_wpmi_from_top_images_splits_units_over_threads_with_bitwise_equal_
     sub-blocks (17 units: neither divides them); every sum is bitwise that of one rank-by-rank loop."""
     rng = np.random.default_rng(5)
     n_images, n_concepts, n_units, top_k = 30, 11, 17, 6
-    P_rows = torch.from_numpy(rng.uniform(0.1, 0.4, size=(n_images, n_concepts)).astype(np.float32))
-    local = rng.integers(0, n_images, size=(n_units, top_k))
-    kw = dict(a=10.0, min_prob=1e-7, p_start=0.998, p_end=0.97)
+    P = torch.from_numpy(rng.uniform(0.1, 0.4, size=(n_images, n_concepts)).astype(np.float32))
+    top = np.stack([rng.permutation(n_images)[:top_k] for _ in range(n_units)])
+    kw = dict(top_k=top_k, a=10.0, min_prob=1e-7, p_start=0.998, p_end=0.97)
     p = kw["p_start"] - torch.arange(top_k, dtype=torch.float32) / top_k * (kw["p_start"] - kw["p_end"])
     weight, offset = p.numpy(), (1 - p + kw["min_prob"]).numpy()
-    Q = torch.softmax(kw["a"] * P_rows, dim=1).numpy()
+    Q = torch.softmax(kw["a"] * P, dim=1).numpy()
     want = np.zeros((n_units, n_concepts), dtype=np.float32)
     for i in range(top_k):
-        want += np.log(Q[local[:, i]] * weight[i] + offset[i])
-    calls, parallel = [], similarity._parallel
-    monkeypatch.setattr(similarity, "_parallel", lambda work, n, t: calls.append((n, t)) or parallel(work, n, t))
+        want += np.log(Q[top[:, i]] * weight[i] + offset[i])
+    pools = []
+
+    class Pool(similarity.ThreadPoolExecutor):
+        def __init__(self, workers):
+            pools.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(similarity, "ThreadPoolExecutor", Pool)
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     monkeypatch.setattr(similarity, "CACHE_BYTES", 2 * 4 * n_concepts * 2)  # sub-blocks of 2 units
-    got = similarity._soft_wpmi_conditional(P_rows, local, **kw)
-    assert calls == [(n_units, threads)]
-    assert got.dtype == torch.float32 and np.array_equal(got.numpy(), want)
+    # lam = 0: the scores are the sums themselves; all concepts kept, so every sum comes back
+    got = similarity.label_units_from_top(
+        "soft_wpmi", top, lambda ids: P[ids], n_concepts, n_images, n_concepts, lam=0.0, **kw
+    )
+    assert pools == ([threads] if threads > 1 else [])  # one block of units: computed once
+    sums = np.empty_like(want)
+    np.put_along_axis(sums, got.indices.numpy(), got.values.numpy(), axis=1)
+    assert np.array_equal(sums, want)

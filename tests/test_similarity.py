@@ -2,6 +2,7 @@
 transcription of method.md section 1."""
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -230,3 +231,78 @@ def test_label_units_ranks_nan_last_and_checks_its_inputs(layer):
         similarity.label_units("wpmi", P, A, 3, device="meta", backend="numpy")
     with pytest.raises(ClipevalError, match="images"):
         similarity.label_units("wpmi", P[:5], A, 3)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_soft_wpmi_from_top_images_splits_units_over_threads_with_bitwise_equal_sums(monkeypatch, threads):
+    """label_units_from_top's soft_wpmi runs a block's units on torch's threads, each range in cache-sized
+    sub-blocks (17 units: neither divides them); every sum is bitwise that of one rank-by-rank loop."""
+    rng = np.random.default_rng(5)
+    n_images, n_concepts, n_units, top_k = 30, 11, 17, 6
+    P = torch.from_numpy(rng.uniform(0.1, 0.4, size=(n_images, n_concepts)).astype(np.float32))
+    top = np.stack([rng.permutation(n_images)[:top_k] for _ in range(n_units)])
+    kw = dict(top_k=top_k, a=10.0, min_prob=1e-7, p_start=0.998, p_end=0.97)
+    p = kw["p_start"] - torch.arange(top_k, dtype=torch.float32) / top_k * (kw["p_start"] - kw["p_end"])
+    weight, offset = p.numpy(), (1 - p + kw["min_prob"]).numpy()
+    Q = torch.softmax(kw["a"] * P, dim=1).numpy()
+    want = np.zeros((n_units, n_concepts), dtype=np.float32)
+    for i in range(top_k):
+        want += np.log(Q[top[:, i]] * weight[i] + offset[i])
+    pools = []
+
+    class Pool(similarity.ThreadPoolExecutor):
+        def __init__(self, workers):
+            pools.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(similarity, "ThreadPoolExecutor", Pool)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    monkeypatch.setattr(similarity, "CACHE_BYTES", 2 * 4 * n_concepts * 2)  # sub-blocks of 2 units
+    # lam = 0: the scores are the sums themselves; all concepts kept, so every sum comes back
+    got = similarity.label_units_from_top(
+        "soft_wpmi", top, lambda ids: P[ids], n_concepts, n_images, n_concepts, lam=0.0, **kw
+    )
+    assert pools == ([threads] if threads > 1 else [])  # one block of units: computed once
+    sums = np.empty_like(want)
+    np.put_along_axis(sums, got.indices.numpy(), got.values.numpy(), axis=1)
+    assert np.array_equal(sums, want)
+
+
+@pytest.mark.parametrize("fn", list(similarity.TOP_IMAGE_FUNCTIONS))
+def test_label_units_from_top_reads_the_first_pass_back_from_spill_dir(tmp_path, monkeypatch, fn):
+    """With a spill_dir, the second pass reads each block's log p(concept|unit) back instead of making its
+    P rows and sums again: every block made once, the same scores bitwise, nothing left behind; without
+    twice the room on disk, it computes them again."""
+    rng = np.random.default_rng(9)
+    n_images, n_concepts, n_units, top_k = 40, 11, 23, 5
+    P = torch.from_numpy(rng.uniform(0.1, 0.4, size=(n_images, n_concepts)).astype(np.float32))
+    top = np.stack([rng.permutation(n_images)[:top_k] for _ in range(n_units)])
+    made = []
+
+    def rows_of(ids):
+        made.append(len(ids))
+        return P[ids]
+
+    def label(spill_dir):
+        made.clear()
+        return similarity.label_units_from_top(
+            fn,
+            top,
+            rows_of,
+            n_concepts,
+            n_images,
+            4,
+            mem_budget=2 * 4 * n_concepts * 12,
+            spill_dir=spill_dir,
+            top_k=top_k,
+        )
+
+    want = label(None)
+    n_blocks = (len(made) + 1) // 2  # the last block is kept from the first pass
+    assert n_blocks > 2
+    got = label(tmp_path)
+    assert len(made) == n_blocks and list(tmp_path.iterdir()) == []
+    assert torch.equal(got.indices, want.indices) and torch.equal(got.values, want.values)
+    short = shutil.disk_usage(tmp_path)._replace(free=4 * n_concepts * n_units)  # room for the blocks, once
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: short)
+    assert torch.equal(label(tmp_path).values, want.values) and len(made) == 2 * n_blocks - 1

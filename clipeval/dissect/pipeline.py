@@ -745,7 +745,16 @@ def layer_top_concepts(
             return torch.from_numpy(images.read_at(ids)) @ Tt.T
 
         return similarity.label_units_from_top(
-            fn, top[live], rows_of, len(T), layer.stream.n, n_keep, mem_budget=budget, device=device, **params
+            fn,
+            top[live],
+            rows_of,
+            len(T),
+            layer.stream.n,
+            n_keep,
+            mem_budget=budget,
+            device=device,
+            spill_dir=layer.path.parent,  # the cache folder: on disk, beside the layer's activations
+            **params,
         )
     acts = RowFile(layer.path)
 

@@ -21,8 +21,11 @@ torch ops in both. Working sets stay within `mem_budget` bytes. Outputs lie on t
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -105,15 +108,33 @@ def _whole(plan: _Plan, mem_budget: int) -> torch.Tensor:
     return out if plan.lam is None else _pmi_from_conditional(out, plan.lam)
 
 
-def _log_prior(plan: _Plan, slices: list[slice]) -> tuple[torch.Tensor, torch.Tensor]:
+def _log_prior(plan: _Plan, slices: list[slice], spill: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(concept): logsumexp over all units of log p(concept|unit), minus log(units), one block at
-    a time (per-block logsumexp in float32, merged in float64); and the last block's log p(concept|unit)."""
+    a time (per-block logsumexp in float32, merged in float64); and the last block's log p(concept|unit).
+    With `spill`, every other block's log p(concept|unit) is written there (_spilled reads it back)."""
     total = None
-    for sl in slices:
+    for i, sl in enumerate(slices):
         cond = plan.block(sl)
+        if spill is not None and i < len(slices) - 1:
+            cond.numpy().tofile(spill / f"{i}.f32")
         part = torch.logsumexp(cond, dim=0).double()
         total = part if total is None else torch.logaddexp(total, part)
     return (total - math.log(plan.n_units)).float(), cond
+
+
+def _spill_folder(plan: _Plan, slices: list[slice], spill_dir) -> Path | None:
+    """A new folder in spill_dir for the first pass's blocks, where they can be kept: CPU blocks (a GPU
+    computes a block again faster than a disk gives it back), more than one, and twice their size free."""
+    if spill_dir is None or plan.device.type != "cpu" or len(slices) < 2:
+        return None
+    size = 4 * plan.n_concepts * (slices[-1].start - slices[0].start)
+    if shutil.disk_usage(spill_dir).free < 2 * size:
+        return None
+    return Path(tempfile.mkdtemp(prefix="clipeval-conditionals-", dir=spill_dir))
+
+
+def _spilled(spill: Path, i: int, n_concepts: int) -> torch.Tensor:
+    return torch.from_numpy(np.fromfile(spill / f"{i}.f32", dtype=np.float32).reshape(-1, n_concepts))
 
 
 def top_concepts(scores: torch.Tensor, k: int) -> TopConcepts:
@@ -140,24 +161,28 @@ def label_units(
     return _label(plan, list(_unit_blocks(plan.n_units, 2 * 4 * plan.n_concepts, budget)), n_keep)
 
 
-def _label(plan: _Plan, slices: list[slice], n_keep: int) -> TopConcepts:
-    """Each unit's n_keep best concepts, scoring and reducing one block of units (`slices`) at a time."""
+def _label(plan: _Plan, slices: list[slice], n_keep: int, spill_dir=None) -> TopConcepts:
+    """Each unit's n_keep best concepts, scoring and reducing one block of units (`slices`) at a time.
+    soft_wpmi / wpmi pass twice; the second reads the first's blocks back from a folder in `spill_dir`
+    where _spill_folder finds room, else computes them again."""
+    if plan.lam is None:
+        return join_tops([top_concepts(plan.block(sl), n_keep) for sl in slices])
     parts: list = [None] * len(slices)
-    todo = range(len(slices))
-    if plan.lam is not None:
-        log_prior, last = _log_prior(plan, slices)
+    spill = _spill_folder(plan, slices, spill_dir)
+    try:
+        log_prior, last = _log_prior(plan, slices, spill)
         prior = log_prior * plan.lam
         # the first pass's last block is still at hand (for a layer of one block, all of it): score it
         # now rather than compute it again
         parts[-1] = top_concepts(last.sub_(prior), n_keep)
         del last
-        todo = range(len(slices) - 1)
-    for i in todo:
-        scores = plan.block(slices[i])
-        if plan.lam is not None:
-            scores.sub_(prior)
-        parts[i] = top_concepts(scores, n_keep)
-        del scores
+        for i in range(len(slices) - 1):
+            scores = plan.block(slices[i]) if spill is None else _spilled(spill, i, plan.n_concepts)
+            parts[i] = top_concepts(scores.sub_(prior), n_keep)
+            del scores
+    finally:
+        if spill is not None:
+            shutil.rmtree(spill, ignore_errors=True)
     return join_tops(parts)
 
 
@@ -208,7 +233,7 @@ def _soft_wpmi_numpy(Qn, top_idx, offset, weight, mem_budget) -> torch.Tensor:
     top_k, n_neurons = top_idx.shape
     n_concepts = Qn.shape[1]
     out = torch.zeros(n_neurons, n_concepts)
-    acc_all, idx_all = out.numpy(), top_idx.astype(np.intp)
+    acc_all, idx_all = out.numpy(), np.ascontiguousarray(top_idx, dtype=np.intp)  # a rank's units contiguous
     block = max(1, min(CACHE_BYTES, mem_budget) // (2 * 4 * n_concepts))
 
     def work(lo, hi):
@@ -452,11 +477,13 @@ def _top_image_plan(fn, top, rows_of, n_concepts, n_images, mem_budget, device, 
 
 
 def label_units_from_top(
-    fn, top, rows_of, n_concepts, n_images, n_keep, mem_budget=MEM_BUDGET, device=None, **params
+    fn, top, rows_of, n_concepts, n_images, n_keep, mem_budget=MEM_BUDGET, device=None, spill_dir=None, **params
 ) -> TopConcepts:
-    """label_units from each unit's top images alone (_top_image_plan): the streaming dissection's path."""
+    """label_units from each unit's top images alone (_top_image_plan): the streaming dissection's path.
+    With `spill_dir` (a folder on disk, not in memory), the first pass's log p(concept|unit) is kept
+    there for the second pass instead of being computed again (_label)."""
     plan, slices = _top_image_plan(fn, top, rows_of, n_concepts, n_images, mem_budget, device, params)
-    return _label(plan, slices, n_keep)
+    return _label(plan, slices, n_keep, spill_dir)
 
 
 def _blocks_of_images(top: np.ndarray, max_rows: int):
@@ -483,16 +510,8 @@ def _soft_wpmi_conditional(P_rows, local, a, min_prob, p_start, p_end):
         idx = torch.as_tensor(local.T.copy(), dtype=torch.long, device=P_rows.device)
         return _soft_wpmi_torch(Q, idx, (1 - p + min_prob).tolist(), p.tolist())
     Qn = torch.softmax(a * P_rows, dim=1).numpy()
-    offset, weight = (1 - p + min_prob).numpy(), p.numpy()
-    acc = np.zeros((len(local), Qn.shape[1]), dtype=np.float32)
-    buf = np.empty_like(acc)
-    idx = local.astype(np.intp)
-    for i in range(top_k):  # rank by rank, as soft_wpmi adds them
-        np.take(Qn, idx[:, i], axis=0, out=buf)
-        buf *= weight[i]
-        buf += offset[i]
-        acc += np.log(buf, out=buf)
-    return torch.from_numpy(acc)
+    # the block's units in cache-sized sub-blocks on torch's threads, rank by rank as soft_wpmi adds them
+    return _soft_wpmi_numpy(Qn, local.T, (1 - p + min_prob).numpy(), p.numpy(), CACHE_BYTES)
 
 
 def _wpmi_conditional(P_rows, local, a, min_prob):

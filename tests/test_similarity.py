@@ -2,6 +2,7 @@
 transcription of method.md section 1."""
 
 import math
+import os
 import shutil
 
 import numpy as np
@@ -306,3 +307,25 @@ def test_label_units_from_top_reads_the_first_pass_back_from_spill_dir(tmp_path,
     short = shutil.disk_usage(tmp_path)._replace(free=4 * n_concepts * n_units)  # room for the blocks, once
     monkeypatch.setattr(shutil, "disk_usage", lambda path: short)
     assert torch.equal(label(tmp_path).values, want.values) and len(made) == 2 * n_blocks - 1
+
+
+def test_a_killed_dissections_spill_folder_is_removed_and_a_running_ones_kept(tmp_path):
+    """kill -9 during labelling skips the finally that removes the spill folder (up to 8 GB): the next labelling
+    with that cache removes it, but not the folder of a dissection still running."""
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / f"{similarity.SPILL_PREFIX}{dead.pid}-abc"
+    live = tmp_path / f"{similarity.SPILL_PREFIX}{os.getpid()}-def"
+    for folder in (orphan, live):
+        folder.mkdir()
+        (folder / "0.f32").write_bytes(b"\0" * 16)
+    rng = np.random.default_rng(3)
+    P = torch.from_numpy(rng.uniform(0.1, 0.4, size=(30, 7)).astype(np.float32))
+    top = np.stack([rng.permutation(30)[:4] for _ in range(20)])
+    similarity.label_units_from_top(
+        "soft_wpmi", top, lambda ids: P[ids], 7, 30, 3, mem_budget=2 * 4 * 7 * 10, spill_dir=tmp_path, top_k=4
+    )
+    assert not orphan.exists() and live.exists()

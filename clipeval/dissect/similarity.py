@@ -21,6 +21,7 @@ torch ops in both. Working sets stay within `mem_budget` bytes. Outputs lie on t
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 import warnings
@@ -122,15 +123,38 @@ def _log_prior(plan: _Plan, slices: list[slice], spill: Path | None = None) -> t
     return (total - math.log(plan.n_units)).float(), cond
 
 
+SPILL_PREFIX = "clipeval-conditionals-"  # + the writing process's pid
+
+
 def _spill_folder(plan: _Plan, slices: list[slice], spill_dir) -> Path | None:
     """A new folder in spill_dir for the first pass's blocks, where they can be kept: CPU blocks (a GPU
     computes a block again faster than a disk gives it back), more than one, and twice their size free."""
     if spill_dir is None or plan.device.type != "cpu" or len(slices) < 2:
         return None
     size = 4 * plan.n_concepts * (slices[-1].start - slices[0].start)
+    _remove_orphaned_spills(Path(spill_dir))
     if shutil.disk_usage(spill_dir).free < 2 * size:
         return None
-    return Path(tempfile.mkdtemp(prefix="clipeval-conditionals-", dir=spill_dir))
+    return Path(tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-", dir=spill_dir))
+
+
+def _remove_orphaned_spills(spill_dir: Path) -> None:
+    """Spill folders of processes that no longer run (a killed dissection's finally never ran): up to 8 GB
+    each. Folders of running processes (another dissection on the same cache) stay."""
+    for folder in spill_dir.glob(f"{SPILL_PREFIX}*-*"):
+        pid = folder.name[len(SPILL_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _spilled(spill: Path, i: int, n_concepts: int) -> torch.Tensor:

@@ -27,21 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from screenshots import CHROME_FLAGS, Cdp, find_chromium, serve_app, stop  # noqa: E402
+from screenshots import PAGES as SHOT_PAGES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = {  # --pages names -> path
-    "overview": "",  # the default page lives at the root URL
-    "neuron": "neuron",
-    "layers": "layers",
-    "thresholds": "thresholds",
-    "agreement": "agreement",
-    "labellers": "labellers",
-    "runs": "runs",
-    "report": "report",
-    "annotate": "annotate?rater=timing",
-    "sql": "sql",
-    "glossary": "glossary",
-}
+PAGES = {**SHOT_PAGES, "annotate": "annotate?rater=timing"}  # --pages names -> path; its own rater
 
 # Records every change of the app's script state with the page clock, from the first script run on.
 OBSERVER_JS = """(() => {

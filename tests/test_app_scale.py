@@ -20,7 +20,7 @@ from clipeval.analysis.runview import RunView
 from clipeval.analysis.shares import RunShares
 from clipeval.formats import percent
 from clipeval.store.schema import RUN_TABLES
-from clipeval.ui import data, navigation
+from clipeval.ui import data
 from clipeval.ui.neuron import verdict_table
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -163,9 +163,27 @@ def test_a_runs_scores_read_as_numbers_equal_those_read_as_a_frame(app_store):
 
 
 # ------------------------------------------------------------------------------------ the neuron explorer's navigation
+def step(order: list[tuple[str, int]], here: tuple[str, int], delta: int) -> tuple[str, int] | None:
+    """The rule Store.neuron_step follows, on an order held in memory: the neuron `delta` places from `here`
+    (layers in run order, units ascending; a neuron not in it counts from the first), None past either end:
+    Previous on the first neuron must not jump to the last layer's last unit."""
+    if not order:
+        return None
+    i = order.index(here) if here in order else 0
+    j = i + delta
+    return order[j] if 0 <= j < len(order) else None
+
+
+def test_step_stops_at_both_ends():
+    order = [("a", 0), ("a", 1), ("b", 0)]
+    assert step(order, ("a", 0), -1) is None
+    assert step(order, ("a", 1), 1) == ("b", 0)
+    assert step(order, ("b", 0), 1) is None
+
+
 def test_the_stores_navigation_follows_the_run_order(app_store):
     """Store.neuron_step / neuron_at / layer_units answer the explorer's Previous, Next, Random and unit box
-    from a row or a few: the same neighbours as navigation.step on the run's whole neuron list, stopping at
+    from a row or a few: the same neighbours as `step` on the run's whole neuron list, stopping at
     both ends, counted from the first neuron for a unit the run lacks."""
     store, run_id = app_store
     neurons = store.neurons(run_id)
@@ -175,10 +193,10 @@ def test_the_stores_navigation_follows_the_run_order(app_store):
     places = sorted({j for i in ends for j in (i - 1, i, i + 1) if 0 <= j < len(order)})
     for i in places:
         for delta in (-3, -1, 0, 1, 2):
-            assert store.neuron_step(run_id, *order[i], delta) == navigation.step(order, order[i], delta), (i, delta)
+            assert store.neuron_step(run_id, *order[i], delta) == step(order, order[i], delta), (i, delta)
     missing = (order[0][0], 10**6)
     for delta in (-1, 0, 1, 5):
-        assert store.neuron_step(run_id, *missing, delta) == navigation.step(order, missing, delta)
+        assert store.neuron_step(run_id, *missing, delta) == step(order, missing, delta)
     assert store.neuron_step(run_id, *order[0], -1) is None and store.neuron_step(run_id, *order[-1], 1) is None
     assert [store.neuron_at(run_id, i) for i in (0, len(order) // 2, len(order) - 1)] == [
         order[0],

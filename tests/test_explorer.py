@@ -21,7 +21,6 @@ from clipeval.evaluators import thresholds
 from clipeval.render.glossary import TERMS
 from clipeval.render.tables import stand_ins, verdict_marks
 from clipeval.store import runnames
-from clipeval.ui import navigation
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("fresh_caches")
@@ -271,13 +270,6 @@ def test_agreement_page_shows_n_intervals_and_greys_small_samples(app_store):
 
 
 # ------------------------------------------------------------------------------------ 9: tables, charts, navigation
-def test_step_stops_at_both_ends():
-    order = [("a", 0), ("a", 1), ("b", 0)]
-    assert navigation.step(order, ("a", 0), -1) is None
-    assert navigation.step(order, ("a", 1), 1) == ("b", 0)
-    assert navigation.step(order, ("b", 0), 1) is None
-
-
 def test_search_ranks_exact_and_whole_word_matches_first(run_store):
     store, run_id, _ = run_store
     first = store.neurons(run_id).head(3)

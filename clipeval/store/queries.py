@@ -144,7 +144,7 @@ class QueriesMixin:
     def neuron_step(self, run_id: str, layer: str, unit: int, delta: int) -> tuple[str, int] | None:
         """The neuron `delta` places from (layer, unit) in the run's order, None past either end (Previous on
         the first neuron does not wrap round to the last). From a unit the run lacks, counted from the first
-        neuron (as navigation.step)."""
+        neuron."""
         here = self.rows(f"SELECT l.position {self.ORDER} AND n.layer = ? AND n.unit = ?", [run_id, layer, int(unit)])
         if not here:
             return self.neuron_at(run_id, delta)

@@ -4,10 +4,10 @@ page shows (issue 27, point 4), as direct calls on one run of a store (e.g. benc
     python bench/bench_app_reads.py STORE [--run RUN_ID] [--json FILE]
 
 Each read set runs in a fresh process (no cache, the store file in the OS cache after the first): its wall
-time and the process's peak RSS. "before" is what the pages read until then, through the same Store and
-RunView calls: the neuron explorer's navigation read the run's whole neuron list (and each cached rerun
-unpickled it), the unit grid had every unit of the run, and the neuron explorer, the home page's shares and
-the sidebar's slider spans came from a RunView (every evaluator's image scores). "after" is what they read now.
+time and the process's peak RSS. Navigation and the unit grid keep a "before" beside "after": the neuron
+explorer's navigation read the run's whole neuron list (and each cached rerun unpickled it), the unit grid had
+every unit of the run. A run's RunView held every evaluator's image scores until it computed the neuron
+scores in the store: run this script from a checkout before that change (git archive) for its "before".
 Load average beside every number: this 2-core machine is shared.
 """
 
@@ -30,15 +30,14 @@ from _common import parser  # noqa: E402
 
 
 def _nav_before(store, run_id):
-    from clipeval.ui import navigation
-
     stored = pickle.dumps(store.neurons(run_id))  # read once, then cached: st.cache_data hands each rerun a copy
     start = time.perf_counter()  # what every rerun (each Next) did with it
     neurons = pickle.loads(stored)
     units = neurons.groupby("layer", sort=False)["unit"].agg(list).to_dict()
     order = list(neurons[["layer", "unit"]].itertuples(index=False, name=None))
     here = order[len(order) // 2]
-    navigation.step(order, here, -1), navigation.step(order, here, 1)
+    i = order.index(here)  # the step the page took on the list in memory (Previous, Next)
+    order[i - 1], order[i + 1]
     row = neurons[(neurons["layer"] == here[0]) & (neurons["unit"] == here[1])].iloc[0]
     return {"layers": len(units), "label": row["label"], "per_rerun_s": round(time.perf_counter() - start, 3)}
 
@@ -63,28 +62,15 @@ def _grid(store, run_id, layer):
     return {"rows": len(grid), "grid_s": round(time.perf_counter() - start, 3)}
 
 
-def _shares_before(store, run_id):
+def _shares(store, run_id):
     from clipeval.analysis import sweeps
     from clipeval.analysis.runview import RunView
 
     view = RunView(store, run_id)
     sweeps.score_spans(view)
-    return len(view.layer_summary(view.default_thresholds(), 5))
-
-
-def _shares_after(store, run_id):
-    from clipeval.analysis.shares import RunShares
-    from clipeval.evaluators import judges
-
-    shares = RunShares(store, run_id)
-    shares.score_spans()
-    latest = store.latest_evaluations(run_id)
-    defaults = judges.defaults(
-        store, {e: json.loads(m or "{}") for e, m in zip(latest["evaluator"], latest["models_json"])}
-    )
-    summary = shares.layer_summary({e: d.value for e, d in defaults.items()}, 5)
+    summary = view.layer_summary(view.default_thresholds(), 5)
     start = time.perf_counter()
-    shares.layer_summary({**{e: d.value for e, d in defaults.items()}, "es": 0.3}, 5)
+    view.layer_summary({**view.default_thresholds(), "es": 0.3}, 5)
     return {"rows": len(summary), "next_threshold_s": round(time.perf_counter() - start, 3)}
 
 
@@ -103,10 +89,9 @@ STEPS = {
         s, r, lambda view: None
     ),
     "unit grid: after (one layer)": lambda s, r: _grid(s, r, lambda view: view.layers[0]),
-    "neuron page's scores: before (the run's RunView)": lambda s, r: _neuron_view(s, r, True),
-    "neuron page's scores: after (RunView of its neuron)": lambda s, r: _neuron_view(s, r, False),
-    "home shares + sidebar spans: before (RunView)": _shares_before,
-    "home shares + sidebar spans: after (RunShares, neuron scores in DuckDB)": _shares_after,
+    "the run's RunView (every page but the neuron explorer)": lambda s, r: _neuron_view(s, r, True),
+    "the neuron explorer's RunView (its neuron)": lambda s, r: _neuron_view(s, r, False),
+    "home shares + sidebar spans + one threshold step (RunView)": _shares,
 }
 
 

@@ -75,9 +75,9 @@ if mix:
             else "."
         )
     )
-shares = data.run_shares(ctx.run_id)  # the run's neuron scores computed in the store, not its image scores
-k = min(ctx.k, shares.kmax)
-heads = headlines.headlines(data.layer_summary(ctx.run_id, ctx.thresholds, k)) if shares.available else {}
+view = data.run_view(ctx.run_id)
+k = min(ctx.k, view.kmax)
+heads = headlines.headlines(view.layer_summary(ctx.thresholds, k)) if view.available else {}
 cols = st.columns(len(widgets.EVALUATOR_ORDER))
 for col, e in zip(cols, widgets.EVALUATOR_ORDER):
     h = heads.get(widgets.title(e))

@@ -7,21 +7,17 @@ import gc
 import threading
 import weakref
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from clipeval.analysis import runs as every_run
 from clipeval.analysis import sweeps
 from clipeval.analysis.runview import RunView
-from clipeval.analysis.shares import RunShares
 from clipeval.formats import percent
 from clipeval.store.schema import RUN_TABLES
 from clipeval.ui import data
-from clipeval.ui.neuron import verdict_table
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TIMEOUT = 90
@@ -133,33 +129,69 @@ def test_top_k_is_read_in_the_store(app_store):
     assert store.top_k("no such run") == 0
 
 
-def test_a_runs_scores_read_as_numbers_equal_those_read_as_a_frame(app_store):
-    """RunView reads each evaluation as numeric arrays (Store.eval_score_arrays), not as a frame of 10M
-    rows of strings at 100k neurons: the tables, labels and per-neuron scores are the same."""
-    import numpy as np
+def odd_neurons(store, run_id: str) -> None:
+    """A dead unit, a neuron without scores, NaN and NULL raw scores, and a neuron missing its rank-3 top image:
+    the corners where the store's neuron scores could part from the image scores'."""
+    neurons = store.neurons(run_id)
+    (dead_layer, dead_unit), (bare_layer, bare_unit), (odd_layer, odd_unit), (gap_layer, gap_unit) = (
+        tuple(neurons.iloc[i][["layer", "unit"]]) for i in (3, 40, 77, 120)
+    )
+    with store.transaction() as cur:
+        cur.execute(
+            "UPDATE neurons SET dead = true WHERE run_id = ? AND layer = ? AND unit = ?",
+            [run_id, dead_layer, int(dead_unit)],
+        )
+        for layer, unit in ((dead_layer, dead_unit), (bare_layer, bare_unit)):
+            cur.execute("DELETE FROM eval_scores WHERE layer = ? AND unit = ?", [layer, int(unit)])
+        cur.execute(
+            "UPDATE eval_scores SET raw = 'nan'::DOUBLE WHERE layer = ? AND unit = ? AND rank = 1",
+            [odd_layer, int(odd_unit)],
+        )
+        cur.execute(
+            "UPDATE eval_scores SET raw = NULL WHERE layer = ? AND unit = ? AND rank = 2", [odd_layer, int(odd_unit)]
+        )
+        cur.execute(
+            "DELETE FROM eval_scores WHERE layer = ? AND unit = ? AND kind = 'top' AND rank >= 3",
+            [gap_layer, int(gap_unit)],
+        )
 
+
+def test_a_runs_neuron_scores_computed_in_the_store_equal_those_from_its_image_scores(app_store):
+    """A whole run's RunView holds each neuron's score per variant and k computed in the store
+    (Store.neuron_scores), not the 10M image scores of a 100k-neuron run: the same scores, at every k, as
+    rules.ScoreTable computes from the image scores, and so the same shares and spans."""
     from clipeval.evaluators.rules import ScoreTable
 
     store, run_id = app_store
+    odd_neurons(store, run_id)
     view = RunView(store, run_id)
-    assert set(view.available) == {"cp", "es", "contrast"}
+    assert len(view.dead) == 1 and set(view.available) == {"cp", "es", "contrast"} and view.kmax == 5
     for e in view.available:
         state = view.evaluators[e]
+        got = state.table
         want = ScoreTable(store.eval_scores(state.eval_id), e, view.neurons, state.table.n_concepts)
-        got = ScoreTable.from_arrays(
-            store.eval_score_arrays(state.eval_id, view.neurons), e, view.neurons, want.n_concepts
-        )
-        assert got.variants == want.variants
+        assert got.variants == want.variants and got.kmax == want.kmax
         for v in want.variants:
-            assert list(got.labels[v]) == list(want.labels[v])
-            assert np.array_equal(got.top[v], want.top[v], equal_nan=True)
-            assert np.array_equal(got.top_images[v], want.top_images[v])
             for k in range(1, want.kmax + 1):
                 assert np.array_equal(got.neuron_scores(v, k), want.neuron_scores(v, k), equal_nan=True), (e, v, k)
-    with pytest.raises(Exception, match="neurons the run does not have"):
-        ScoreTable.from_arrays(
-            store.eval_score_arrays(view.evaluators["es"].eval_id, view.neurons.iloc[1:]), "es", view.neurons.iloc[1:]
-        )
+            assert np.isnan(got.neuron_scores(v, 5)[40 - 1])  # the neuron without scores (after the dead one)
+    with pytest.raises(Exception, match="outside 1..5"):
+        view.table("es").neuron_scores("real", 6)
+    assert sweeps.score_spans_in_store(store, run_id) == sweeps.score_spans(view)
+
+
+def test_a_run_view_whose_evaluation_was_replaced_says_so(app_store):
+    """A held RunView computes a k's neuron scores when first asked: if its evaluation has gone meanwhile,
+    it raises EvaluationGone, never 'no neuron has a score'."""
+    from clipeval.store import EvaluationGone
+
+    store, run_id = app_store
+    view = RunView(store, run_id)
+    view.table("es").neuron_scores("real", 5)
+    store.delete_evaluation(view.evaluators["es"].eval_id)
+    assert view.table("es").neuron_scores("real", 5) is not None  # read before: held
+    with pytest.raises(EvaluationGone, match="no longer in the store"):
+        view.table("es").neuron_scores("real", 2)
 
 
 # ------------------------------------------------------------------------------------ the neuron explorer's navigation
@@ -241,57 +273,39 @@ def test_the_neuron_explorer_navigates_without_the_runs_neuron_list(app_store, m
 
 
 # ------------------------------------------------------------------------------------ shares without the image scores
-def test_shares_computed_in_the_store_equal_the_runviews(app_store):
-    """RunShares (each neuron's score computed in DuckDB, Store.neuron_scores) gives RunView's per-layer
-    shares and score spans, on a run with a dead unit, a neuron without scores and NaN / NULL raw scores."""
-    store, run_id = app_store
-    neurons = store.neurons(run_id)
-    (dead_layer, dead_unit), (bare_layer, bare_unit), (odd_layer, odd_unit) = (
-        tuple(neurons.iloc[i][["layer", "unit"]]) for i in (3, 40, 77)
-    )
-    with store.transaction() as cur:
-        cur.execute(
-            "UPDATE neurons SET dead = true WHERE run_id = ? AND layer = ? AND unit = ?",
-            [run_id, dead_layer, int(dead_unit)],
-        )
-        cur.execute("DELETE FROM eval_scores WHERE layer = ? AND unit = ?", [dead_layer, int(dead_unit)])
-        cur.execute("DELETE FROM eval_scores WHERE layer = ? AND unit = ?", [bare_layer, int(bare_unit)])
-        cur.execute(
-            "UPDATE eval_scores SET raw = 'nan'::DOUBLE WHERE layer = ? AND unit = ? AND rank = 1",
-            [odd_layer, int(odd_unit)],
-        )
-        cur.execute(
-            "UPDATE eval_scores SET raw = NULL WHERE layer = ? AND unit = ? AND rank = 2", [odd_layer, int(odd_unit)]
-        )
-    view, shares = RunView(store, run_id), RunShares(store, run_id)
-    assert len(view.dead) == 1 and shares.available == view.available and shares.kmax == view.kmax == 5
-    for e in view.available:
-        t = view.table(e)
-        for k in (1, 3, None):
-            got = shares.scores(e, k)
-            assert list(got) == t.variants
-            for v, (codes, score) in got.items():
-                want = t.neuron_scores(v, k)
-                for i, layer in enumerate(shares.layers):
-                    mine = want[(view.neurons["layer"] == layer).to_numpy()]
-                    assert np.array_equal(np.sort(score[codes == i]), np.sort(mine[~np.isnan(mine)])), (e, k, v, layer)
-    grid = {"cp": (0.001, 0.01, 0.05), "es": (0.2, 0.25, 0.3), "contrast": (0.5, 0.75, 0.9)}
-    for i in range(3):
-        thresholds = {**view.default_thresholds(), **{e: values[i] for e, values in grid.items()}}
-        for k in (1, 5):
-            pd.testing.assert_frame_equal(shares.layer_summary(thresholds, k), view.layer_summary(thresholds, k))
-    assert shares.score_spans() == sweeps.score_spans(view)
+@pytest.fixture
+def image_score_reads(monkeypatch):
+    """Every read of image scores (Store.eval_scores) from here on: (eval_id, layer, unit)."""
+    from clipeval.store import Store
+
+    reads: list = []
+    read = Store.eval_scores
+
+    def tracked(self, eval_id, layer=None, unit=None):
+        reads.append((eval_id, layer, unit))
+        return read(self, eval_id, layer, unit)
+
+    monkeypatch.setattr(Store, "eval_scores", tracked)
+    return reads
 
 
-def test_the_home_page_and_the_sidebar_load_no_image_scores(app_store, views, monkeypatch):
-    """The home page shows shares and the sidebar's sliders span the run's scores: both come from the neuron
-    scores computed in the store, so a first visit does not wait for the run's 10M image scores (RunView)."""
+@pytest.mark.parametrize(
+    "page", ["pages/home.py", "pages/layers.py", "pages/thresholds.py", "pages/agreement.py", "pages/annotate.py"]
+)
+def test_whole_run_pages_read_no_image_scores(app_store, image_score_reads, monkeypatch, page):
+    """The pages about a whole run (shares, sweeps, agreement, the unit grid, annotation) use each neuron's
+    score computed in the store: a first visit does not wait for a 100k-neuron run's 10M image scores."""
+    monkeypatch.setattr(data, "warm_up", lambda: None)
+    open_page(page)
+    assert image_score_reads == []
+
+
+def test_the_home_page_shows_the_runs_shares(app_store, monkeypatch):
     store, run_id = app_store
     monkeypatch.setattr(data, "warm_up", lambda: None)
-    made, _ = views
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
-    assert not at.exception and made == []
+    assert not at.exception
     view = RunView(store, run_id)
     real = view.layer_summary(view.default_thresholds(), 5).query("layer == 'overall' and variant == 'real'")
     shown = {m.label: m.value for m in at.metric}
@@ -301,27 +315,30 @@ def test_the_home_page_and_the_sidebar_load_no_image_scores(app_store, views, mo
 
 # ------------------------------------------------------------------------------------ the neuron explorer's own view
 def test_a_one_neuron_view_gives_the_run_views_verdicts(app_store):
-    """The neuron explorer reads its neuron's scores alone (RunView(..., neuron)): the same verdict table, with
-    the baselines' labels and every rater, as the run's RunView gives for that neuron."""
+    """The neuron explorer reads its neuron's image scores alone (RunView(..., neuron)): the same neuron scores,
+    and so verdicts, as the run's RunView, with every rater of the run and this neuron's verdicts."""
     store, run_id = app_store
     neurons = store.neurons(run_id)
     judged = neurons.iloc[[0, 5, 200]][["layer", "unit"]]
     store.add_human_verdicts(run_id, judged.assign(rater="ann", verdict=[True, False, True]), source="app")
     whole = RunView(store, run_id)
-    for k in (1, 5):
-        ctx = SimpleNamespace(thresholds={**whole.default_thresholds(), "es": 0.3}, k=k)
-        for i in (0, 5, 200, 201, len(neurons) - 1):
-            layer, unit = neurons.iloc[i]["layer"], int(neurons.iloc[i]["unit"])
-            one = RunView(store, run_id, (layer, unit))
-            assert len(one.neurons) == 1 and one.available == whole.available and one.human_labels == whole.human_labels
-            pd.testing.assert_frame_equal(verdict_table(ctx, one, layer, unit), verdict_table(ctx, whole, layer, unit))
+    for i in (0, 5, 200, 201, len(neurons) - 1):
+        layer, unit = neurons.iloc[i]["layer"], int(neurons.iloc[i]["unit"])
+        one = RunView(store, run_id, (layer, unit))
+        assert len(one.neurons) == 1 and one.available == whole.available and one.human_labels == whole.human_labels
+        assert {r: len(v) for r, v in one.humans.items()} == {"ann": int(i in (0, 5, 200))}
+        for e in whole.available:
+            for v in whole.table(e).variants:
+                for k in (1, 5):
+                    want = whole.table(e).neuron_scores(v, k)[i]
+                    assert np.array_equal(one.table(e).neuron_scores(v, k), [want], equal_nan=True), (i, e, v, k)
 
 
-def test_the_neuron_explorer_loads_no_runs_image_scores(app_store, views, monkeypatch):
+def test_the_neuron_explorer_reads_the_image_scores_of_its_neuron_alone(app_store, image_score_reads, monkeypatch):
     store, run_id = app_store
     monkeypatch.setattr(data, "warm_up", lambda: None)
-    made, _ = views
     at = open_page("pages/neuron.py")
     at.button(key="next").click().run()
-    assert not at.exception and made and all(len(v().neurons) == 1 for v in made if v() is not None)
-    assert any(m.value.startswith("**Verdicts:** CP ") for m in at.markdown)
+    assert not at.exception and any(m.value.startswith("**Verdicts:** CP ") for m in at.markdown)
+    neurons = {(layer, unit) for _, layer, unit in image_score_reads}
+    assert len(neurons) == 2 and None not in {layer for layer, _ in neurons}  # the first neuron, then Next's

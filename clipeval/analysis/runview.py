@@ -32,11 +32,14 @@ class EvaluatorState:
 
 
 class RunView:
-    """One run's neurons, evaluator scores and human verdicts, held in memory for instant re-thresholding."""
+    """One run's neurons, evaluator scores and human verdicts, held in memory for instant re-thresholding.
+
+    A whole run's view holds each evaluator's neuron scores (three numbers per neuron and k, computed in
+    the store when a k is first asked for), not its image scores: 10M at 100k neurons."""
 
     def __init__(self, store: Store, run_id: str, neuron: tuple[str, int] | None = None):
-        """`neuron` (layer, unit): that neuron alone, its scores only (the neuron explorer's view: the same
-        verdicts for it, without a run's 10M image scores); every rater of the run, with this neuron's verdicts."""
+        """`neuron` (layer, unit): that neuron alone, with its image scores (the neuron explorer's view: the
+        same verdicts for it, and each image's score); every rater of the run, with this neuron's verdicts."""
         self.run = store.complete_run(run_id)
         self.run_id = self.run["run_id"]
         every = store.neurons(self.run_id, *neuron) if neuron else store.neurons(self.run_id)
@@ -70,8 +73,12 @@ class RunView:
                 state.table = (
                     ScoreTable(store.eval_scores(e["eval_id"], *neuron), name, self.neurons, n_concepts)
                     if neuron
-                    else ScoreTable.from_arrays(
-                        store.eval_score_arrays(e["eval_id"], self.neurons), name, self.neurons, n_concepts
+                    else ScoreTable.computed(
+                        name,
+                        self.neurons,
+                        n_concepts,
+                        store.eval_variants(e["eval_id"]),
+                        _neuron_scores_of(store, e["eval_id"], self.neurons, RULES[name].reduce),
                     )
                 )
             self.evaluators[name] = state
@@ -334,6 +341,11 @@ class RunView:
         )
         lo, hi = intervals.bootstrap_cells(res["test_cells"])["kappa"]
         return {"evaluator": evaluator, "rater": rater, "param": rule.param, **res, "test_kappa_interval": (lo, hi)}
+
+
+def _neuron_scores_of(store: Store, eval_id: str, neurons: pd.DataFrame, reduce: str):
+    """fetch(k) for ScoreTable.computed: the neurons' scores at k, computed in the store."""
+    return lambda k: store.neuron_scores(eval_id, reduce, k, neurons)
 
 
 def threshold_origin(default, value: float) -> str:

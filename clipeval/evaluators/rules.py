@@ -14,7 +14,9 @@ A neuron's label is judged correct if ANY of its top-k images matches (method.md
 
 from __future__ import annotations
 
+import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,23 +127,24 @@ class ScoreTable:
             )
 
     @classmethod
-    def from_arrays(
+    def computed(
         cls,
-        arrays: dict[str, dict[str, np.ndarray]],
         evaluator: str,
         neurons: pd.DataFrame,
-        n_concepts: int | None = None,
+        n_concepts: int | None,
+        kmaxes: dict[str, int],
+        fetch: Callable[[int], pd.DataFrame],
     ) -> ScoreTable:
-        """The same table from flat arrays per variant (Store.eval_score_arrays: the neuron's row in
-        `neurons`, whether the image is a top one, its rank, image id, raw score and, for the others, its
-        place among the neuron's inactive images; the label per row in 'label_row' / 'label'): a run of
-        100k neurons has 10M scores, which as a frame of strings take minutes and gigabytes to read."""
+        """The same table's neuron scores computed elsewhere, without its image scores: `fetch(k)` gives
+        every neuron's score at k (columns row: its position in `neurons`, variant, score; a neuron not
+        listed has none, as Store.neuron_scores gives them), asked once per k when a page first needs it.
+        `kmaxes`: {variant: its largest top-image rank}. A run of 100k neurons has 10M image scores, which
+        take seconds and gigabytes to load; a whole run needs only these. Such a table has no per-image
+        arrays (top, inactive, labels, top_images): the neuron explorer reads those for its one neuron."""
         table = cls.__new__(cls)
         table._start(evaluator, neurons, n_concepts)
-        for variant, a in arrays.items():
-            if (a["row"] < 0).any() or (a["label_row"] < 0).any():
-                raise ClipevalError(f"{evaluator} scores name neurons the run does not have")
-            table._add(variant, a["label_row"], a["label"], a)
+        table._kmaxes = {v: int(k) for v, k in kmaxes.items()}
+        table._fetch = fetch
         return table
 
     def _start(self, evaluator: str, neurons: pd.DataFrame, n_concepts: int | None) -> None:
@@ -154,6 +157,9 @@ class ScoreTable:
         self._scores: dict[tuple[str, int], np.ndarray] = {}  # neuron_scores per (variant, k)
         self.labels: dict[str, np.ndarray] = {}
         self.top_images: dict[str, np.ndarray] = {}
+        self._kmaxes: dict[str, int] = {}  # per variant: its largest top-image rank
+        self._fetch: Callable[[int], pd.DataFrame] | None = None
+        self._lock = threading.Lock()  # pages of several sessions ask a shared table at once
 
     def _add(self, variant: str, label_rows: np.ndarray, labels: np.ndarray, a: dict[str, np.ndarray]) -> None:
         """One variant's scores: a[...] per score row (row, top, rank, image_id, raw, slot)."""
@@ -168,6 +174,7 @@ class ScoreTable:
         top[rows[is_top], a["rank"][is_top] - 1] = a["raw"][is_top]
         images[rows[is_top], a["rank"][is_top] - 1] = a["image_id"][is_top]
         self.top[variant], self.top_images[variant] = top, images
+        self._kmaxes[variant] = kmax
         if (~is_top).any():
             slot = a["slot"][~is_top]
             arr = np.full((n, int(slot.max()) + 1), np.nan)
@@ -176,11 +183,11 @@ class ScoreTable:
 
     @property
     def variants(self) -> list[str]:
-        return [v for v in VARIANTS if v in self.top]
+        return [v for v in VARIANTS if v in self._kmaxes]
 
     @property
     def kmax(self) -> int:
-        return max((a.shape[1] for a in self.top.values()), default=0)
+        return max(self._kmaxes.values(), default=0)
 
     def _k(self, k: int | None) -> int:
         k = self.kmax if k is None else int(k)
@@ -194,11 +201,29 @@ class ScoreTable:
         scores many times per slider step (Contrast's AUC alone was ~20 ms per call on the full demo)."""
         k = self._k(k)
         got = self._scores.get((variant, k))
-        if got is None:
+        if got is None and self._fetch is not None:
+            with self._lock:
+                if (variant, k) not in self._scores:
+                    self._fetched(k)
+            got = self._scores.get((variant, k))
+            if got is None:
+                raise ClipevalError(f"{self.evaluator} has no label variant {variant!r}")
+        elif got is None:
             got = self._neuron_scores(variant, k)
             got.setflags(write=False)
             self._scores[(variant, k)] = got
         return got
+
+    def _fetched(self, k: int) -> None:
+        """Every variant's neuron scores at k, from `fetch` (ScoreTable.computed)."""
+        frame = self._fetch(k)
+        rows, variant, score = frame["row"].to_numpy(), frame["variant"].to_numpy(), frame["score"].to_numpy(float)
+        for v in self.variants:
+            got = np.full(len(self.neurons), np.nan)
+            mine = variant == v
+            got[rows[mine]] = score[mine]
+            got.setflags(write=False)
+            self._scores[(v, k)] = got
 
     def _neuron_scores(self, variant: str, k: int) -> np.ndarray:
         top = self.top[variant][:, :k]

@@ -48,7 +48,7 @@ from clipeval.store.connection import (
     lock_timeout,
 )
 from clipeval.store.console import ConsoleMixin, check_read_only_sql
-from clipeval.store.evaluations import EvaluationsMixin
+from clipeval.store.evaluations import EvaluationGone, EvaluationsMixin
 from clipeval.store.humans import HumansMixin
 from clipeval.store.queries import QueriesMixin
 from clipeval.store.runs import RunRemoved, RunsMixin, now, pid_alive
@@ -61,6 +61,7 @@ __all__ = [
     "Store",
     "StoreBusy",
     "RunRemoved",
+    "EvaluationGone",
     "DEFAULT_DB",
     "DEFAULT_LOCK_TIMEOUT_S",
     "SCHEMA_VERSION",

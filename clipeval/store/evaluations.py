@@ -9,7 +9,13 @@ import socket
 import numpy as np
 import pandas as pd
 
+from clipeval.errors import ClipevalError
 from clipeval.store.runs import insert_frame, mark_interrupted, now, require_run
+
+
+class EvaluationGone(ClipevalError):
+    """An evaluation a reader holds was replaced or removed since it was read (reload the run)."""
+
 
 SCORE_COLUMNS = ["layer", "unit", "variant", "kind", "rank", "image_id", "label", "raw"]
 
@@ -142,58 +148,6 @@ class EvaluationsMixin:
             params += [layer, int(unit)]
         return self.df(sql + " ORDER BY layer, unit, variant, kind, rank", params)
 
-    def eval_score_arrays(self, eval_id: str, neurons: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
-        """One evaluation's raw scores as numbers, per variant (rules.ScoreTable.from_arrays): 'row' the
-        neuron's row in `neurons` (layer, unit; -1 for a neuron not there), 'top', 'rank', 'image_id',
-        'raw', 'slot' (an inactive image's column: its rank after those of the kinds before its own), and
-        each neuron's label ('label_row', 'label'). A 100k-neuron run has about 10M scores: read as a
-        frame of strings they took minutes and gigabytes, as numbers a few queries."""
-        frame = pd.DataFrame({"layer": neurons["layer"].astype(str), "unit": neurons["unit"].astype("int64")})
-        frame["row"] = np.arange(len(frame))
-        with self.reading() as cur:
-            variants = [
-                r[0]
-                for r in cur.execute(
-                    "SELECT DISTINCT variant FROM eval_scores WHERE eval_id = ? ORDER BY variant", [eval_id]
-                ).fetchall()
-            ]
-            kinds = cur.execute(
-                "SELECT kind, max(rank) FROM eval_scores WHERE eval_id = ? AND kind <> 'top' GROUP BY kind ORDER BY kind",
-                [eval_id],
-            ).fetchall()
-            offset = dict(zip([k for k, _ in kinds], np.cumsum([0] + [int(m) for _, m in kinds])[:-1].tolist()))
-            cur.register("neuron_rows", frame)
-            try:
-                a = cur.execute(
-                    "SELECT list_position(?::TEXT[], s.variant) - 1 AS variant, coalesce(n.row, -1) AS row, "
-                    "s.kind = 'top' AS top, s.rank, s.image_id, s.raw, "
-                    "CASE WHEN s.kind = 'top' THEN -1 ELSE coalesce(map_extract(?::MAP(TEXT, INTEGER), s.kind)[1], 0) "
-                    "+ s.rank - 1 END AS slot "
-                    "FROM eval_scores s LEFT JOIN neuron_rows n USING (layer, unit) WHERE s.eval_id = ?",
-                    [variants, offset, eval_id],
-                ).fetchnumpy()
-                labels = cur.execute(
-                    "SELECT list_position(?::TEXT[], s.variant) - 1 AS variant, coalesce(n.row, -1) AS row, "
-                    "any_value(s.label) AS label FROM eval_scores s LEFT JOIN neuron_rows n USING (layer, unit) "
-                    "WHERE s.eval_id = ? GROUP BY ALL",
-                    [variants, eval_id],
-                ).fetchnumpy()
-            finally:
-                cur.unregister("neuron_rows")
-        cols = {k: np.asarray(v) for k, v in a.items() if k != "raw"}
-        cols["raw"] = np.ma.filled(np.ma.asarray(a["raw"], dtype=float), np.nan)  # NULL: no score
-        label_variant, label_row = np.asarray(labels["variant"]), np.asarray(labels["row"])
-        label = np.array(np.ma.asarray(labels["label"]).tolist(), dtype=object)
-        out = {}
-        for i, variant in enumerate(variants):
-            mine, theirs = cols["variant"] == i, label_variant == i
-            out[variant] = {
-                **{k: v[mine] for k, v in cols.items() if k != "variant"},
-                "label_row": label_row[theirs],
-                "label": label[theirs],
-            }
-        return out
-
     def eval_variants(self, eval_id: str) -> dict[str, int]:
         """{label variant: its largest top-image rank (0 if none)} of an evaluation's scores, as a
         rules.ScoreTable holds them (its variants and kmax)."""
@@ -206,36 +160,57 @@ class EvaluationsMixin:
             )
         }
 
-    def neuron_scores(self, eval_id: str, run_id: str, reduce: str, k: int) -> pd.DataFrame:
-        """Each live neuron's score from its top-k images, per label variant, computed in DuckDB as
-        rules.ScoreTable.neuron_scores computes it: `reduce` 'min' the lowest raw (CP's rank), 'max' the
+    def neuron_scores(
+        self, eval_id: str, reduce: str, k: int, neurons: pd.DataFrame | None = None, run_id: str = ""
+    ) -> pd.DataFrame:
+        """Each neuron's score from its top-k images, per label variant, computed in DuckDB as
+        rules.ScoreTable's image scores give it: `reduce` 'min' the lowest raw (CP's rank), 'max' the
         highest, 'auc' the ROC-AUC of the top-k raws against the neuron's inactive images' (ties count
-        half). Columns layer, variant, score; a neuron without a score is not listed. Three numbers per
-        neuron, where a run of 100k neurons stores 10M image scores."""
-        dead = "coalesce(n.dead, false)" if "dead" in self.columns("neurons") else "false"  # an older store
+        half). `neurons` (layer, unit): the neurons asked for, else every live neuron of `run_id`. Columns
+        row (the neuron's position in `neurons`; 0 without them), variant, score; a neuron without a score
+        is not listed. Three numbers per neuron,
+        where a run of 100k neurons stores 10M image scores. Raises EvaluationGone when the evaluation is
+        no longer stored (a page holding it would otherwise read no scores as 'no neuron scored')."""
+        if neurons is not None:
+            frame = pd.DataFrame({"layer": neurons["layer"].astype(str), "unit": neurons["unit"].astype("int64")})
+            frame["row"] = np.arange(len(frame))
+            asked, params = "neuron_rows", [eval_id, int(k)]
+        else:
+            dead = "coalesce(dead, false)" if "dead" in self.columns("neurons") else "false"  # an older store
+            asked = f"(SELECT layer, unit, 0 AS row FROM neurons WHERE run_id = ? AND NOT {dead})"
+            params = [run_id, eval_id, int(k)]
         # NaN and NULL both mean no score (numpy's nanmin / nanmax and the AUC's valid pairs leave them out)
         scored = (
-            "FROM eval_scores s JOIN neurons n USING (layer, unit) "
-            f"WHERE n.run_id = ? AND NOT {dead} AND s.eval_id = ? AND s.raw IS NOT NULL AND NOT isnan(s.raw)"
+            f"FROM eval_scores s JOIN {asked} n USING (layer, unit) "
+            "WHERE s.eval_id = ? AND s.raw IS NOT NULL AND NOT isnan(s.raw)"
         )
         if reduce in ("min", "max"):
             sql = (
-                f"SELECT s.layer, s.variant, {reduce}(s.raw) AS score {scored} AND s.kind = 'top' AND s.rank <= ? "
-                "GROUP BY s.layer, s.unit, s.variant"
+                f"SELECT n.row, s.variant, {reduce}(s.raw) AS score {scored} AND s.kind = 'top' AND s.rank <= ? "
+                "GROUP BY s.layer, s.unit, n.row, s.variant"
             )
         elif reduce == "auc":
             # each neuron's top and inactive raws as two lists, every pair compared in a list lambda: a third of
             # the time and memory of joining the scores to themselves (30M pairs at 100k neurons and k = 5)
             sql = (
-                "SELECT layer, variant, list_sum(list_transform(tops, lambda x: list_sum(list_transform(others, "
+                "SELECT row, variant, list_sum(list_transform(tops, lambda x: list_sum(list_transform(others, "
                 "lambda y: CASE WHEN x > y THEN 1.0 WHEN x = y THEN 0.5 ELSE 0.0 END)))) / (len(tops) * len(others)) "
-                "AS score FROM (SELECT s.layer, s.variant, list(s.raw) FILTER (WHERE s.kind = 'top') AS tops, "
+                "AS score FROM (SELECT n.row, s.variant, list(s.raw) FILTER (WHERE s.kind = 'top') AS tops, "
                 f"list(s.raw) FILTER (WHERE s.kind <> 'top') AS others {scored} AND (s.kind <> 'top' OR s.rank <= ?) "
-                "GROUP BY s.layer, s.unit, s.variant) WHERE len(tops) > 0 AND len(others) > 0"
+                "GROUP BY s.layer, s.unit, n.row, s.variant) WHERE len(tops) > 0 AND len(others) > 0"
             )
         else:
             raise ValueError(f"unknown reduction {reduce!r}")
-        return self.df(sql, [run_id, eval_id, int(k)])
+        with self.reading() as cur:
+            if not cur.execute("SELECT count(*) FROM evaluations WHERE eval_id = ?", [eval_id]).fetchall()[0][0]:
+                raise EvaluationGone(f"evaluation {eval_id} is no longer in the store (replaced or removed)")
+            if neurons is None:
+                return cur.execute(sql, params).df()
+            cur.register("neuron_rows", frame)
+            try:
+                return cur.execute(sql, params).df()
+            finally:
+                cur.unregister("neuron_rows")
 
     def delete_evaluation(self, eval_id: str) -> None:
         with self.transaction() as cur:

@@ -25,7 +25,6 @@ from clipeval.analysis import intervals, sweeps
 from clipeval.analysis import runs as every_run
 from clipeval.analysis.imagenet import imagenet_label_accuracy
 from clipeval.analysis.runview import RunView
-from clipeval.analysis.shares import RunShares
 from clipeval.datasets.imagenet import imagenet_synonyms
 from clipeval.errors import ClipevalError
 from clipeval.evaluators import judges
@@ -111,7 +110,6 @@ def after_write() -> None:
     """Call after the app wrote to the store (annotation, deletion): drop every cached result."""
     st.cache_data.clear()
     _run_view.clear()
-    _run_shares.clear()
     with _versions_lock:
         _versions.clear()
 
@@ -198,11 +196,10 @@ def _neuron_view(path: str, run_id: str, layer: str, unit: int, data_version: st
 
 
 def neuron_view(run_id: str, layer: str, unit: int) -> RunView:
-    """A RunView of one neuron (its scores and verdicts only): what the neuron explorer shows, without
-    loading the run's image scores; the run's RunView when the pages hold it already."""
+    """A RunView of one neuron with its image scores: what the neuron explorer shows (a whole run's view
+    holds neuron scores only)."""
     store()
-    path, v = db_path(), version(run_id)
-    return _held.get((path, run_id, v)) or _neuron_view(path, run_id, layer, int(unit), v)
+    return _neuron_view(db_path(), run_id, layer, int(unit), version(run_id))
 
 
 def latest_evaluations(run_id: str) -> pd.DataFrame:
@@ -223,37 +220,36 @@ def defaults(run_id: str) -> dict:
     return _defaults(db_path(), run_id, version(run_id))
 
 
-@st.cache_resource(max_entries=6, show_spinner=False)
-def _run_shares(path: str, run_id: str, data_version: str) -> RunShares:
-    return RunShares(open_store(path), run_id)
+@st.cache_data(max_entries=64, show_spinner=False)
+def _scored(path: str, run_id: str, data_version: str) -> dict[str, dict]:
+    s = open_store(path)
+    latest = s.latest_evaluations(run_id)
+    return {
+        e.evaluator: {
+            "n_concepts": None if pd.isna(e.n_concepts) else int(e.n_concepts),
+            "kmax": max(s.eval_variants(e.eval_id).values(), default=0),
+        }
+        for e in latest[latest["status"] == "complete"].itertuples()
+    }
 
 
-def run_shares(run_id: str) -> RunShares:
-    """The run's neuron scores computed in the store (a few numbers per neuron, read per evaluator and k when
-    first asked): shares and score spans without the run's image scores."""
-    store()
-    return _run_shares(db_path(), run_id, version(run_id))
+def scored(run_id: str) -> dict[str, dict]:
+    """{evaluator: {"n_concepts": CP's concept set size or None, "kmax": top images scored}} of the run's
+    complete evaluations, as its RunView gives them, from their rows alone: for the sidebar's caption on
+    every page, which must not load the run's neurons."""
+    return _scored(db_path(), run_id, version(run_id))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _score_spans(path: str, run_id: str, data_version: str) -> dict:
-    view = _held.get((path, run_id, data_version))
-    return sweeps.score_spans(view) if view is not None else _run_shares(path, run_id, data_version).score_spans()
+    return sweeps.score_spans_in_store(open_store(path), run_id)
 
 
 def score_spans(run_id: str) -> dict:
     """Each judge's span of the run's neuron scores (sweeps.score_spans) for the sidebar's sliders: a few
-    numbers per run and data version, from the pages' RunView when they hold it, else from the neuron
-    scores computed in the store (RunShares), so a page that shows no per-neuron rows loads no image scores."""
-    return _score_spans(db_path(), run_id, version(run_id))
-
-
-def layer_summary(run_id: str, thresholds: dict[str, float], k: int | None = None) -> pd.DataFrame:
-    """RunView.layer_summary: from the pages' RunView when it is held, else from RunShares (equal numbers)."""
+    numbers per run and data version, computed in the store without the run's neuron list."""
     store()
-    path, v = db_path(), version(run_id)
-    view = _held.get((path, run_id, v))
-    return (view or _run_shares(path, run_id, v)).layer_summary(thresholds, k)
+    return _score_spans(db_path(), run_id, version(run_id))
 
 
 def layers(run_id: str) -> pd.DataFrame:
@@ -385,19 +381,24 @@ def imagenet_accuracy(run_id: str) -> list[dict]:
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def _comparison_rows(path: str, run: tuple, data_version: str, cp_rank: int | None) -> dict:
-    """One run's rows of the comparison at its own judges' defaults, for every k it can take (None: its
-    largest): {"kmax", "available", "rows": {k: row}}. The run's RunView is the pages' one when they hold
-    it, else built for these rows alone and dropped, so the Runs page keeps a few numbers per run in
-    memory, not every run's scores."""
+def _comparison_row(path: str, run: tuple, data_version: str, cp_rank: int | None, k: int | None) -> dict:
+    """One run's row of the comparison at its own judges' defaults and `k` (comparison_k). The run's RunView
+    is the pages' one when they hold it, else built for this row alone and dropped, so the Runs page keeps a
+    few numbers per run in memory, not every run's neurons."""
     r = dict(run)
     view = _held.get((path, r["run_id"], data_version)) or RunView(open_store(path), r["run_id"])
-    ks = [None, *range(1, view.kmax + 1)] if view.available else [None]
-    return {
-        "kmax": view.kmax,
-        "available": bool(view.available),
-        "rows": {k: every_run.comparison_row(view, r, None, k, cp_rank) for k in ks},
-    }
+    return every_run.comparison_row(view, r, None, k, cp_rank)
+
+
+def _kmax(path: str, run_id: str, data_version: str) -> int:
+    """RunView.kmax, from the evaluations' rows (0 without any complete one)."""
+    return min((s["kmax"] for s in _scored(path, run_id, data_version).values()), default=0)
+
+
+def comparison_k(k: int | None, kmax: int) -> int | None:
+    """The k a run's comparison row is computed at: the page's k, no more than the run's evaluators scored
+    (None: each evaluator's largest, as every_run.comparison_row takes it)."""
+    return min(k, kmax) if k and kmax else None
 
 
 def _comparison_key(r: dict) -> tuple:
@@ -414,8 +415,8 @@ def runs_comparison(
         return every_run.runs_comparison(store(), thresholds, k, view_of=run_view, runs=runs(), cp_rank=cp_rank)
 
     def row_of(r: dict) -> dict:
-        got = _comparison_rows(db_path(), _comparison_key(r), version(r["run_id"]), cp_rank)
-        return got["rows"][min(k, got["kmax"]) if k and got["available"] else None]
+        path, v = db_path(), version(r["run_id"])
+        return _comparison_row(path, _comparison_key(r), v, cp_rank, comparison_k(k, _kmax(path, r["run_id"], v)))
 
     return every_run.runs_comparison(store(), None, k, runs=runs(), row_of=row_of, cp_rank=cp_rank)
 
@@ -501,14 +502,19 @@ def warm_up() -> None:
             s = open_store(path)
             runs_ = s.runs()
             complete = runs_[runs_["status"] == "complete"].to_dict("records")
+            k = None
             for i, r in enumerate(complete):  # newest first, as the sidebar offers them
                 v = s.data_version(r["run_id"])
-                if i == 0:
-                    _run_view(path, r["run_id"], v)
+                if i == 0:  # what the first page shows: the newest run at its judges' defaults and largest k
+                    view = _run_view(path, r["run_id"], v)
+                    k = view.kmax or None
+                    if view.available:
+                        view.layer_summary(view.default_thresholds(), k)
+                    _score_spans(path, r["run_id"], v)
                     _top_k(path, r["run_id"], v)
                     _defaults(path, r["run_id"], v)
                     _imagenet_accuracy(path, r["run_id"], v)
-                _comparison_rows(path, _comparison_key(r), v)
+                _comparison_row(path, _comparison_key(r), v, None, comparison_k(k, _kmax(path, r["run_id"], v)))
             _timings(path, s.data_version())
             imagenet_synonyms()
         except Exception:  # noqa: BLE001 - warming is an optimisation; the page shows any real error itself

@@ -540,20 +540,20 @@ def caveats(lines: list[str], where=None, label: str = "Caveats on these numbers
 def thresholds_caption(ctx: Context) -> str:
     """'k = 5; cut = 0.50 (paper default), p = 0.0040 (top 4 of 998 concepts; calibrated default), ...': the
     sidebar's thresholds, each with where it came from (its judge's default, or given in the sidebar)."""
-    # from the evaluations' rows and the neuron scores computed in the store: a caption loads no image scores
-    shares = data.run_shares(ctx.run_id) if ctx.run_id else None
+    # from the evaluations' rows alone: the caption is on every page, and must not load the run's neurons
+    scored = data.scored(ctx.run_id) if ctx.run_id else None
     defaults = data.defaults(ctx.run_id) if ctx.run_id else {}
     parts = [
         thresholds.label(e, ctx.thresholds[e])
         + (
-            f" ({threshold_detail(e, ctx.thresholds[e], defaults[e], shares.n_concepts(e), 'set in the sidebar')})"
-            if shares
+            f" ({threshold_detail(e, ctx.thresholds[e], defaults[e], (scored.get(e) or {}).get('n_concepts'), 'set in the sidebar')})"
+            if scored is not None
             else ""
         )
         for e in EVALUATOR_ORDER
     ]
     # the k the pages apply: no more than the evaluators scored (an evaluation with --k 3 of a run that stored 5)
-    k = min(ctx.k, shares.kmax) if shares is not None and shares.available else ctx.k
+    k = min(ctx.k, min(s["kmax"] for s in scored.values())) if scored else ctx.k
     return f"k = {k}; " + ", ".join(parts)
 
 

@@ -13,7 +13,6 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from clipeval.analysis import runs as every_run
-from clipeval.analysis import sweeps
 from clipeval.analysis.runview import RunView
 from clipeval.formats import percent
 from clipeval.store.schema import RUN_TABLES
@@ -98,16 +97,15 @@ def test_the_app_holds_only_the_scores_of_the_run_it_shows(app_store, views):
     assert alive() == ["copy0000"]  # ... and only the newest, the sidebar's default run, is still held
 
 
-def test_pages_that_show_no_scores_load_none(app_store, views, monkeypatch):
-    """The sidebar's default thresholds come from the evaluations' models, not from the run's scores: the
-    SQL page (and every page's sidebar) reads no RunView."""
+def test_the_sidebar_reads_no_image_scores(app_store, image_score_reads, monkeypatch):
+    """The sidebar's default thresholds come from the evaluations' models and its sliders' spans from the
+    neuron scores computed in the store: the SQL page (and every page's sidebar) reads no image scores."""
     store, run_id = app_store
     monkeypatch.setattr(data, "warm_up", lambda: None)
-    _, alive = views
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.switch_page("pages/sql.py").run()  # straight to it: the home page shows shares, so it reads scores
+    at.switch_page("pages/sql.py").run()  # straight to it
     assert not at.exception
-    assert alive() == []
+    assert image_score_reads == []
     want = RunView(store, run_id).defaults
     assert at.number_input(key="tau").value == pytest.approx(want["es"].value)
 
@@ -177,7 +175,6 @@ def test_a_runs_neuron_scores_computed_in_the_store_equal_those_from_its_image_s
             assert np.isnan(got.neuron_scores(v, 5)[40 - 1])  # the neuron without scores (after the dead one)
     with pytest.raises(Exception, match="outside 1..5"):
         view.table("es").neuron_scores("real", 6)
-    assert sweeps.score_spans_in_store(store, run_id) == sweeps.score_spans(view)
 
 
 def test_a_run_view_whose_evaluation_was_replaced_says_so(app_store):

@@ -7,7 +7,6 @@ import pandas as pd
 
 from clipeval.analysis.runview import RunView
 from clipeval.evaluators.rules import RULES
-from clipeval.store import Store
 
 N_STEPS = 101
 
@@ -33,18 +32,6 @@ def score_spans(view: RunView) -> dict[str, tuple[float, float] | None]:
     """Each judge's span of this run's neuron scores (all label variants, padded); None where it has not
     scored the run. A few numbers per run: the app's sidebar keeps these, not the scores."""
     return {e: (_score_span(view, e) if e in view.available else None) for e in RULES}
-
-
-def score_spans_in_store(store: Store, run_id: str) -> dict[str, tuple[float, float] | None]:
-    """score_spans(RunView(store, run_id)), from the neuron scores computed in the store, without the run's
-    neuron list: for the sidebar of every page, the neuron explorer's too."""
-    latest = store.latest_evaluations(run_id)
-    spans: dict[str, tuple[float, float] | None] = dict.fromkeys(RULES)
-    for e in latest[latest["status"] == "complete"].itertuples():
-        kmax = max(store.eval_variants(e.eval_id).values(), default=0)
-        scores = store.neuron_scores(e.eval_id, RULES[e.evaluator].reduce, kmax, run_id=run_id) if kmax else None
-        spans[e.evaluator] = span_of(e.evaluator, np.empty(0) if scores is None else scores["score"].to_numpy(float))
-    return spans
 
 
 def threshold_range_from(evaluator: str, span: tuple[float, float] | None, current: float) -> tuple[float, float]:

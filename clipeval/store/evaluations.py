@@ -160,34 +160,25 @@ class EvaluationsMixin:
             )
         }
 
-    def neuron_scores(
-        self, eval_id: str, reduce: str, k: int, neurons: pd.DataFrame | None = None, run_id: str = ""
-    ) -> pd.DataFrame:
+    def neuron_scores(self, eval_id: str, reduce: str, k: int, neurons: pd.DataFrame) -> pd.DataFrame:
         """Each neuron's score from its top-k images, per label variant, computed in DuckDB as
         rules.ScoreTable's image scores give it: `reduce` 'min' the lowest raw (CP's rank), 'max' the
         highest, 'auc' the ROC-AUC of the top-k raws against the neuron's inactive images' (ties count
-        half). `neurons` (layer, unit): the neurons asked for, else every live neuron of `run_id`. Columns
-        row (the neuron's position in `neurons`; 0 without them), variant, score; a neuron without a score
-        is not listed. Three numbers per neuron,
+        half). `neurons` (layer, unit): the neurons asked for. Columns row (the neuron's position in
+        `neurons`), variant, score; a neuron without a score is not listed. Three numbers per neuron,
         where a run of 100k neurons stores 10M image scores. Raises EvaluationGone when the evaluation is
         no longer stored (a page holding it would otherwise read no scores as 'no neuron scored')."""
-        if neurons is not None:
-            frame = pd.DataFrame({"layer": neurons["layer"].astype(str), "unit": neurons["unit"].astype("int64")})
-            frame["row"] = np.arange(len(frame))
-            asked, params = "neuron_rows", [eval_id, int(k)]
-        else:
-            dead = "coalesce(dead, false)" if "dead" in self.columns("neurons") else "false"  # an older store
-            asked = f"(SELECT layer, unit, 0 AS row FROM neurons WHERE run_id = ? AND NOT {dead})"
-            params = [run_id, eval_id, int(k)]
+        frame = pd.DataFrame({"layer": neurons["layer"].astype(str), "unit": neurons["unit"].astype("int64")})
+        frame["row"] = np.arange(len(frame))
         # NaN and NULL both mean no score (numpy's nanmin / nanmax and the AUC's valid pairs leave them out)
         scored = (
-            f"FROM eval_scores s JOIN {asked} n USING (layer, unit) "
+            "FROM eval_scores s JOIN neuron_rows n USING (layer, unit) "
             "WHERE s.eval_id = ? AND s.raw IS NOT NULL AND NOT isnan(s.raw)"
         )
         if reduce in ("min", "max"):
             sql = (
                 f"SELECT n.row, s.variant, {reduce}(s.raw) AS score {scored} AND s.kind = 'top' AND s.rank <= ? "
-                "GROUP BY s.layer, s.unit, n.row, s.variant"
+                "GROUP BY n.row, s.variant"
             )
         elif reduce == "auc":
             # each neuron's top and inactive raws as two lists, every pair compared in a list lambda: a third of
@@ -197,18 +188,16 @@ class EvaluationsMixin:
                 "lambda y: CASE WHEN x > y THEN 1.0 WHEN x = y THEN 0.5 ELSE 0.0 END)))) / (len(tops) * len(others)) "
                 "AS score FROM (SELECT n.row, s.variant, list(s.raw) FILTER (WHERE s.kind = 'top') AS tops, "
                 f"list(s.raw) FILTER (WHERE s.kind <> 'top') AS others {scored} AND (s.kind <> 'top' OR s.rank <= ?) "
-                "GROUP BY s.layer, s.unit, n.row, s.variant) WHERE len(tops) > 0 AND len(others) > 0"
+                "GROUP BY n.row, s.variant) WHERE len(tops) > 0 AND len(others) > 0"
             )
         else:
             raise ValueError(f"unknown reduction {reduce!r}")
         with self.reading() as cur:
             if not cur.execute("SELECT count(*) FROM evaluations WHERE eval_id = ?", [eval_id]).fetchall()[0][0]:
                 raise EvaluationGone(f"evaluation {eval_id} is no longer in the store (replaced or removed)")
-            if neurons is None:
-                return cur.execute(sql, params).df()
             cur.register("neuron_rows", frame)
             try:
-                return cur.execute(sql, params).df()
+                return cur.execute(sql, [eval_id, int(k)]).df()
             finally:
                 cur.unregister("neuron_rows")
 

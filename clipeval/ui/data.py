@@ -242,12 +242,13 @@ def scored(run_id: str) -> dict[str, dict]:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _score_spans(path: str, run_id: str, data_version: str) -> dict:
-    return sweeps.score_spans_in_store(open_store(path), run_id)
+    return sweeps.score_spans(_run_view(path, run_id, data_version))
 
 
 def score_spans(run_id: str) -> dict:
     """Each judge's span of the run's neuron scores (sweeps.score_spans) for the sidebar's sliders: a few
-    numbers per run and data version, computed in the store without the run's neuron list."""
+    numbers per run and data version, from the run's RunView, whose neuron scores at the largest k the
+    pages' shares then reuse."""
     store()
     return _score_spans(db_path(), run_id, version(run_id))
 

@@ -556,6 +556,7 @@ class ThumbFile:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        self.part, self.keep = None, None  # written again, it starts afresh
 
 
 STREAM = "stream/"  # + an output key: a batch's batch_part, pickled, from a worker that wrote its rows

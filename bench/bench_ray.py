@@ -48,35 +48,44 @@ def _images(n: int):
 
 
 def worker_local(n: int, threads: int) -> dict:
+    import tempfile
+
     import torch
 
-    from clipeval.dissect.activations import collect
+    from clipeval.compute.batches import THUMB
+    from clipeval.dissect.activations import ThumbFile, collect
 
     torch.set_num_threads(threads)
     target, models = _models()
     images, source = _images(n)
-    collect(
-        images[:16],
-        target=target,
-        layers=LAYERS,
-        image_models=models,
-        thumb_size=128,
-        batch_size=16,
-        num_workers=0,
-        progress=False,
-    )  # warm-up
-    start = time.perf_counter()
-    got = collect(
-        images,
-        target=target,
-        layers=LAYERS,
-        image_models=models,
-        thumb_size=128,
-        batch_size=16,
-        num_workers=0,
-        progress=False,
-    )
-    wall = time.perf_counter() - start
+    thumbs = ThumbFile(Path(tempfile.mkdtemp(prefix="bench-ray-thumbs-")))  # where a dissection puts them
+    try:
+        collect(
+            images[:16],
+            target=target,
+            layers=LAYERS,
+            image_models=models,
+            thumb_size=128,
+            batch_size=16,
+            num_workers=0,
+            progress=False,
+            sinks={THUMB: thumbs},
+        )  # warm-up
+        start = time.perf_counter()
+        got = collect(
+            images,
+            target=target,
+            layers=LAYERS,
+            image_models=models,
+            thumb_size=128,
+            batch_size=16,
+            num_workers=0,
+            progress=False,
+            sinks={THUMB: thumbs},
+        )
+        wall = time.perf_counter() - start
+    finally:
+        thumbs.remove()
     return {
         "mode": f"local-{threads}t",
         "n": n,

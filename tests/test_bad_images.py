@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from clipeval.config import ConceptConfig, DissectConfig, ProbeConfig, SimilarityConfig, TargetConfig
-from clipeval.datasets.probe import _check_image
+from clipeval.datasets.probe import _check_image, load_rgb, thumbnail_jpeg
 from clipeval.errors import ClipevalError
 from clipeval.store import Store
 
@@ -99,7 +99,7 @@ def test_on_bad_image_fail_stops_with_the_file_named(broken_probe, tmp_path):
 
     probe = load_probe([str(broken_probe)], "fail")  # the header check passes
     with pytest.raises(ClipevalError, match=r"cannot decode probe image .*img9\d_"):
-        collect(probe.images, thumb_size=32, on_bad_image="fail", progress=False)
+        collect(probe.images, on_bad_image="fail", progress=False)
 
 
 def test_the_ray_engine_skips_and_counts_them_as_the_local_one_does(ray_cluster, broken_probe, tmp_path):
@@ -121,10 +121,16 @@ def test_the_ray_engine_skips_and_counts_them_as_the_local_one_does(ray_cluster,
         assert any("did not decode" in str(w.message) and "img91_short" in str(w.message) for w in caught)
         run = store.complete_run(run_id)
         assert (run["n_images"], run["n_skipped_images"]) == (24, 2)
-        runs[engine] = (store.neurons(run_id), store.neuron_images(run_id))
-    (la, ia), (lb, ib) = runs["local"], runs["ray"]
+        fp = run["probe_fingerprint"]
+        runs[engine] = (store.neurons(run_id), store.neuron_images(run_id), store.thumbnails(fp, range(24)))
+        paths = store.probe_images(fp).set_index("image_id")["path"]
+        assert not list((tmp_path / f"cache-{engine}" / "thumbnails").iterdir())  # the pass's file, used and gone
+    (la, ia, ta), (lb, ib, tb) = runs["local"], runs["ray"]
     assert la["label"].tolist() == lb["label"].tolist()
     assert ia["image_id"].tolist() == ib["image_id"].tolist() and ib["image_id"].max() < 24
+    # the workers wrote the thumbnails to the cache folder themselves: the same bytes, each its row's image
+    assert len(tb) >= 10 and ta == tb
+    assert all(t == thumbnail_jpeg(load_rgb(paths[i]), 128) for i, t in tb.items())
 
 
 def test_the_ray_engine_stops_on_one_with_on_bad_image_fail(ray_cluster, broken_probe):
@@ -134,9 +140,7 @@ def test_the_ray_engine_stops_on_one_with_on_bad_image_fail(ray_cluster, broken_
 
     probe = load_probe([str(broken_probe)], "fail")
     with pytest.raises(ClipevalError, match=r"cannot decode probe image .*img9\d_"):
-        ray_map.collect(
-            Engine("ray", workers=2), probe.images, thumb_size=32, batch_size=8, progress=False, on_bad_image="fail"
-        )
+        ray_map.collect(Engine("ray", workers=2), probe.images, batch_size=8, progress=False, on_bad_image="fail")
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from clipeval.compute.batches import ACT, EMB, ImageEmbedder, ProbeBatch
+from clipeval.compute.batches import ACT, EMB, THUMB, ImageEmbedder, ProbeBatch
 from clipeval.compute.device import DEFAULT_BATCH, OomHalving, Placement, resolve_device, resolve_dtype
 from clipeval.datasets.probe import ProbeImage
-from clipeval.dissect.activations import collect
+from clipeval.dissect.activations import ThumbFile, collect
 from clipeval.errors import ClipevalError
 from clipeval.models.targets import from_module
 
@@ -221,8 +221,16 @@ def test_probe_batch_call_matches_collect(tmp_path):
     torch.manual_seed(0)
     target = from_module(Toy(), input_size=8)
     models = {"labelling": FakeModel()}
+    thumbs = ThumbFile(tmp_path / "thumbs")
     ref = collect(
-        images, target=target, layers=["conv", "fc"], image_models=models, thumb_size=16, batch_size=2, progress=False
+        images,
+        target=target,
+        layers=["conv", "fc"],
+        image_models=models,
+        thumb_size=16,
+        batch_size=2,
+        progress=False,
+        sinks={THUMB: thumbs},
     )
     with ProbeBatch(target, ["conv", "fc"], "mean", models, thumb_size=16) as work:
         out = work({"path": np.array([im.path for im in images])})
@@ -230,7 +238,8 @@ def test_probe_batch_call_matches_collect(tmp_path):
     assert list(out["decode_error"]) == [""] * len(images)  # every image decoded
     np.testing.assert_allclose(out[ACT + "conv"], ref.activations["conv"], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(out[EMB + "labelling"], ref.embeddings["labelling"], rtol=1e-6, atol=1e-6)
-    assert list(out["thumbnail"]) == ref.thumbnails
+    made = next(thumbs.read(range(len(images))))[1]
+    assert list(out[THUMB]) == [made[i] for i in range(len(images))]
     assert not target.module.conv._forward_hooks  # close() removed the hooks
     emb = ImageEmbedder(FakeModel())({"path": [im.path for im in images]})["embedding"]
     np.testing.assert_allclose(emb, ref.embeddings["labelling"], rtol=1e-6, atol=1e-6)

@@ -6,8 +6,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from clipeval.compute.batches import THUMB
 from clipeval.datasets.probe import ProbeImage
-from clipeval.dissect.activations import collect, neuron_summaries
+from clipeval.dissect.activations import ThumbFile, collect, neuron_summaries
 from clipeval.dissect.pooling import pool
 from clipeval.errors import ClipevalError
 from clipeval.models.targets import check_layers, from_module, layer_layouts, layer_shapes
@@ -77,6 +78,7 @@ def test_collect_one_pass_all_layers(tmp_path):
     assert layouts == {"conv": "nchw", "tokens": "tokens:cls:1", "fc": "flat"}
     calls = []
     module.register_forward_hook(lambda *a: calls.append(1))
+    thumbs = ThumbFile(tmp_path / "thumbs")
     got = collect(
         images,
         target=target,
@@ -87,6 +89,7 @@ def test_collect_one_pass_all_layers(tmp_path):
         num_workers=0,
         progress=False,
         layouts=layouts,
+        sinks={THUMB: thumbs},
     )
     assert len(calls) == 2  # 3 images in batches of 2: one forward per batch for all three layers
     assert got.activations["conv"].shape == (3, 4) and got.activations["tokens"].shape == (3, 4)
@@ -94,7 +97,8 @@ def test_collect_one_pass_all_layers(tmp_path):
         x = torch.stack([target.preprocess(Image.open(i.path).convert("RGB")) for i in images])
         want = module.conv(x).amax(dim=(2, 3)).numpy()
     np.testing.assert_allclose(got.activations["conv"], want, rtol=1e-5, atol=1e-5)
-    assert all(t[:2] == b"\xff\xd8" for t in got.thumbnails)  # JPEG thumbnails
+    made = dict(next(thumbs.read(range(3)))[1])
+    assert sorted(made) == [0, 1, 2] and all(t[:2] == b"\xff\xd8" for t in made.values())  # JPEG thumbnails
 
 
 def test_neuron_summaries():

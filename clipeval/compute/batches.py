@@ -39,6 +39,7 @@ from clipeval.models.vqa import Blip2Vqa
 ACT = "activations/"  # output keys: ACT + layer name, EMB + model name, MAPS + layer name
 EMB = "embeddings/"
 MAPS = "maps/"
+THUMB = "thumbnail"  # output key of the thumbnails (JPEG bytes per image)
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -303,7 +304,7 @@ class ProbeBatch:
                 )
                 out[k][good] = v
         if self.thumb_size:
-            out["thumbnail"] = np.array([d[1] if d is not None else b"" for d in decoded], dtype=object)
+            out[THUMB] = np.array([d[1] if d is not None else b"" for d in decoded], dtype=object)
         out["decode_error"] = errors
         return out
 

@@ -51,12 +51,14 @@ class ProbeWork:
         maps_keep: int = 0,
         sinks: dict | None = None,
         check: tuple[str, str] | None = None,
+        thumbs: str | None = None,
     ):
         self.target, self.layers, self.pooling, self.layouts = target, list(layers), pooling, layouts
         self.image_models, self.thumb_size, self.batch_size, self.dtype = image_models, thumb_size, batch_size, dtype
         self.maps_keep = maps_keep
         self.sinks = sinks or {}  # output key -> (cache file, rows, keep): written by the workers (WorkerRows)
         self.check = check  # (file, text) a worker must read to write the sinks where the driver reads them
+        self.thumbs = thumbs  # a ThumbFile's folder: the workers write the thumbnails there (WorkerRows)
 
     def build(self, placement):
         from clipeval.compute.batches import ProbeBatch
@@ -73,9 +75,9 @@ class ProbeWork:
             layouts=self.layouts,
             maps_keep=self.maps_keep,
         )
-        if not self.sinks:
+        if not self.sinks and not self.thumbs:
             return probe
-        rows_out = WorkerRows(self.sinks, self.check)
+        rows_out = WorkerRows(self.sinks, self.check, self.thumbs)
 
         def call(batch: dict) -> dict:
             out = probe(batch)
@@ -264,13 +266,21 @@ def collect(
     An output in `sinks` (pipeline.LayerSink: a cache file and, for a layer, its LayerStream) is not sent
     back: the workers write its rows to the sink's file themselves (so the file must be where they can write
     it: this machine, or a file system shared at the same path) and send, per batch, only what the sink's
-    stream needs of it (activations.batch_part), merged here as it arrives."""
-    from clipeval.compute.batches import ACT, EMB, MAPS
+    stream needs of it (activations.batch_part), merged here as it arrives. The thumbnails (with
+    `thumb_size`) go to sinks[THUMB], an activations.ThumbFile that the workers append them to themselves:
+    nothing per image comes back for them."""
+    from clipeval.compute.batches import ACT, EMB, MAPS, THUMB
     from clipeval.dissect.activations import STREAM, Collected, bad_image_error, without_failed
     from clipeval.dissect.maps import KeptMaps
 
-    sinks = sinks or {}
-    check = Path(next(iter(sinks.values())).path).with_name(f"ray-check-{uuid.uuid4().hex}") if sinks else None
+    sinks = dict(sinks or {})
+    thumbs = sinks.pop(THUMB, None)
+    if thumb_size and thumbs is None:
+        raise ValueError("thumbnails go to a sink (sinks[THUMB], a ThumbFile the workers write to)")
+    if thumbs is not None:
+        thumbs.path.mkdir(parents=True, exist_ok=True)
+    shared = [*sinks.values(), *([thumbs] if thumbs is not None else [])]
+    check = Path(shared[0].path).with_name(f"ray-check-{uuid.uuid4().hex}") if shared else None
     work = ProbeWork(
         target if layers else None,
         layers,
@@ -283,6 +293,7 @@ def collect(
         maps_keep,
         {key: (str(s.path), s.n_rows, s.stream.keep if s.stream else 0) for key, s in sinks.items()},
         (str(check), check.name) if check else None,
+        str(thumbs.path) if thumb_size else None,
     )
     maps: dict[str, KeptMaps] = {}
     failed: list[tuple[int, str]] = []
@@ -316,8 +327,7 @@ def collect(
             check.unlink(missing_ok=True)
     acts = {k[len(ACT) :]: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items() if k.startswith(ACT)}
     embs = {k[len(EMB) :]: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items() if k.startswith(EMB)}
-    thumbs = [bytes(t) for t in out["thumbnail"]] if thumb_size else None
-    return without_failed(images, Collected(acts, embs, thumbs, failed, maps), on_bad_image)
+    return without_failed(images, Collected(acts, embs, failed, maps), on_bad_image)
 
 
 def embed(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -14,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from clipeval.compute.batches import ACT, EMB, MAPS, ProbeBatch, iterate
+from clipeval.compute.batches import ACT, EMB, MAPS, THUMB, ProbeBatch, iterate
 from clipeval.compute.device import CPU, Placement
 from clipeval.datasets.probe import ProbeImage
 from clipeval.dissect.maps import KeptMaps
@@ -32,9 +33,8 @@ DEAD_RTOL = 1e-6
 class Collected:
     activations: dict[str, np.ndarray]  # layer -> (images, units) float32
     embeddings: dict[str, np.ndarray]  # model name -> (images, dim) float32, L2-normalised
-    thumbnails: list[bytes] | None
     failed: list[tuple[int, str]] = ()  # (index into the images given, why) of images that did not decode;
-    # the arrays and thumbnails above hold the other images only, in order (and the maps' image ids count those)
+    # the arrays above hold the other images only, in order (and the maps' image ids count those)
     maps: dict = field(default_factory=dict)  # layer -> maps.KeptMaps (layers with a spatial layout)
 
 
@@ -57,7 +57,8 @@ def collect(
     sinks: dict | None = None,
 ) -> Collected:
     """One pass over `images`: pooled activations of `layers` of `target`, embeddings of every model in
-    `image_models` (name -> ImageTextModel), and thumbnails if `thumb_size` is set, every model on
+    `image_models` (name -> ImageTextModel), and thumbnails if `thumb_size` is set (handed to sinks[THUMB],
+    e.g. a ThumbFile, a batch at a time: never all in memory), every model on
     `placement` (batch size and decoding workers default per device). `layouts` (layer -> layout, see
     pool) defaults to what targets.layer_layouts detects. An image that does not decode is skipped and
     counted ('skip') or stops the pass ('fail'). With `maps_keep`, also the spatial activation maps of
@@ -65,11 +66,12 @@ def collect(
     An output in `sinks` (ACT + layer or EMB + model name -> callable(rows, block)) is handed each batch's
     rows (ids into `images`) instead of being kept: it is then not in the result."""
 
+    if thumb_size and THUMB not in (sinks or {}):
+        raise ValueError("thumbnails go to a sink (sinks[THUMB], e.g. a ThumbFile), a batch at a time")
     n = len(images)
     acts: dict[str, np.ndarray] = {}
     embs: dict[str, np.ndarray] = {}
     maps: dict[str, KeptMaps] = {}
-    thumbs: list[bytes] | None = [b""] * n if thumb_size else None
     failed: list[tuple[int, str]] = []
     with ProbeBatch(
         target, layers, pooling, image_models, thumb_size, placement, batch_size, layouts=layouts, maps_keep=maps_keep
@@ -97,10 +99,9 @@ def collect(
                 if name not in table:
                     table[name] = np.empty((n, out.shape[1]), dtype=np.float32)
                 table[name][rows] = out
-            if thumbs is not None:
-                for r, t in zip(rows, batch_thumbs):
-                    thumbs[r] = t
-    return without_failed(images, Collected(acts, embs, thumbs, failed, maps), on_bad_image)
+            if thumb_size:
+                sinks[THUMB](rows, batch_thumbs)
+    return without_failed(images, Collected(acts, embs, failed, maps), on_bad_image)
 
 
 def bad_image_error(images: Sequence[ProbeImage], failed: list[tuple[int, str]]) -> ClipevalError:
@@ -128,7 +129,6 @@ def without_failed(images: Sequence[ProbeImage], got: Collected, on_bad_image: s
     return Collected(
         {k: v[keep] for k, v in got.activations.items()},
         {k: v[keep] for k, v in got.embeddings.items()},
-        [got.thumbnails[i] for i in keep] if got.thumbnails is not None else None,
         failed,
         got.maps,
     )
@@ -469,6 +469,96 @@ def merge_part(stream: LayerStream, part: bytes) -> None:
     stream.merge(other)
 
 
+THUMB_CHUNK = 4096  # thumbnails read back at once (about 20 MB)
+
+
+class ThumbFile:
+    """The thumbnails a probe pass makes, on disk instead of in memory: a folder holding, per process that
+    wrote some (the driver, or each Ray worker), an append-only file of JPEG bytes (N.jpg) and an index
+    of (probe row, offset, length) int64 records (N.idx) appended after each batch's bytes, so a record
+    never points at bytes not yet written. Each writer claims its own N, so concurrent writers (also on
+    a shared file system) never write to one file; a row written twice (a retried batch) has the same
+    bytes either way. Read back by probe row, a chunk at a time (`read`)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.part: int | None = None  # this process's N, claimed at its first batch
+        self.keep: np.ndarray | None = None  # after keep_only: image id i is probe row keep[i]
+
+    def _claim(self) -> int:
+        self.path.mkdir(parents=True, exist_ok=True)
+        part = 0
+        while True:
+            try:
+                os.close(os.open(self.path / f"{part}.idx", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                return part
+            except FileExistsError:
+                part += 1
+
+    def __call__(self, rows, blobs) -> None:
+        """Append a batch: blobs[i] is the thumbnail of probe row rows[i]."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return
+        if self.part is None:
+            self.part = self._claim()
+        blobs = [bytes(b) for b in blobs]
+        lengths = np.array([len(b) for b in blobs], dtype=np.int64)
+        with open(self.path / f"{self.part}.jpg", "ab") as f:
+            start = f.seek(0, os.SEEK_END)
+            f.write(b"".join(blobs))
+        offsets = start + np.cumsum(lengths) - lengths
+        with open(self.path / f"{self.part}.idx", "ab") as f:
+            f.write(np.stack([rows, offsets, lengths], axis=1).tobytes())
+
+    def keep_only(self, keep: np.ndarray) -> None:
+        """The images `keep` (sorted rows; the others did not decode) counted again from 0."""
+        keep = np.asarray(keep, dtype=np.int64)
+        self.keep = keep if self.keep is None else self.keep[keep]
+
+    def _locate(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), 3) part, offset, length of each of `rows` (sorted), part -1 where none was written;
+        the index files are read a chunk of records at a time."""
+        where = np.full((len(rows), 3), -1, dtype=np.int64)
+        if not len(rows) or not self.path.is_dir():
+            return where
+        for idx in self.path.glob("*.idx"):
+            part, size = int(idx.stem), idx.stat().st_size // 24  # a record cut short by a crash is left out
+            with open(idx, "rb") as f:
+                for a in range(0, size, THUMB_CHUNK * 16):
+                    rec = np.fromfile(f, dtype=np.int64, count=3 * min(THUMB_CHUNK * 16, size - a)).reshape(-1, 3)
+                    pos = np.minimum(np.searchsorted(rows, rec[:, 0]), len(rows) - 1)
+                    hit = rows[pos] == rec[:, 0]
+                    where[pos[hit], 0] = part
+                    where[pos[hit], 1:] = rec[hit, 1:]
+        return where
+
+    def read(self, ids, chunk: int = THUMB_CHUNK):
+        """(ids, {id: JPEG}) per chunk of the image ids `ids` (sorted), the dict holding those this pass
+        made; the index is read once, the bytes of each chunk's thumbnails only."""
+        ids = np.asarray(ids, dtype=np.int64)
+        where = self._locate(ids if self.keep is None else self.keep[ids])
+        for a in range(0, len(ids), chunk):
+            got: dict[int, bytes] = {}
+            mine, spots = ids[a : a + chunk], where[a : a + chunk]
+            for part in np.unique(spots[spots[:, 0] >= 0, 0]):
+                blob = self.path / f"{part}.jpg"
+                size = blob.stat().st_size
+                sel = np.flatnonzero(spots[:, 0] == part)
+                sel = sel[np.argsort(spots[sel, 1], kind="stable")]  # in file order
+                with open(blob, "rb") as f:
+                    for i in sel:
+                        offset, length = int(spots[i, 1]), int(spots[i, 2])
+                        if offset + length <= size:
+                            f.seek(offset)
+                            got[int(mine[i])] = f.read(length)
+            yield mine, got
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.part, self.keep = None, None  # written again, it starts afresh
+
+
 STREAM = "stream/"  # + an output key: a batch's batch_part, pickled, from a worker that wrote its rows
 
 
@@ -476,12 +566,16 @@ class WorkerRows:
     """On a Ray worker: writes the probe pass's outputs in `specs` (output key -> (cache file, rows,
     keep)) to their cache files itself (this machine, or a file system every node shares at the same
     path), and hands back in their place, for outputs with a `keep`, the batch_part of the worker's
-    running LayerStream (in the first row of STREAM + key; the other rows b''). `check`: (path, text) of a
+    running LayerStream (in the first row of STREAM + key; the other rows b''). With `thumbs` (a
+    ThumbFile's folder) the batch's thumbnails go there too, and nothing per image comes back. `check`: (path, text) of a
     file the driver wrote beside the cache files; a worker that does not read the same text there would
     write rows the driver never sees, and stops at its first batch instead."""
 
-    def __init__(self, specs: dict[str, tuple[str, int, int]], check: tuple[str, str] | None = None):
+    def __init__(
+        self, specs: dict[str, tuple[str, int, int]], check: tuple[str, str] | None = None, thumbs: str | None = None
+    ):
         self.specs, self.check = specs, check
+        self.thumbs = ThumbFile(thumbs) if thumbs else None  # the batches' thumbnails go there, not back
         self.files: dict[str, RowFile] = {}
         self.streams: dict[str, LayerStream] = {}
 
@@ -504,6 +598,8 @@ class WorkerRows:
         others' rows are zeros, left out as by the local pass)."""
         if self.check is not None:
             self._check()
+        if self.thumbs is not None and THUMB in out:
+            self.thumbs(rows[decoded], out.pop(THUMB)[decoded])
         for key, (path, n_rows, keep) in self.specs.items():
             if key not in out:
                 continue

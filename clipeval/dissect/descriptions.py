@@ -162,12 +162,25 @@ def _summaries_on_probe(store, path, labels, probe_set, request, settings, n_uni
     dead flag (as a run made here has them), its activation maps and the thumbnails the pages show.
     `n_units` is set to each layer's unit count; a label on a unit the layer lacks is refused."""
     from clipeval.dissect import pipeline
+
+    cache = pipeline.ArrayCache(store.path.parent / "cache")
+    made = pipeline.thumb_file(cache, probe_set)
+    try:
+        return _pass_and_summaries(
+            store, cache, path, labels, probe_set, request, settings, n_units, summary_args, made
+        )
+    finally:
+        made.remove()  # also when the pass or the summaries fail
+
+
+def _pass_and_summaries(store, cache, path, labels, probe_set, request, settings, n_units, summary_args, made):
+    """_summaries_on_probe's work, the pass's thumbnails going to the ThumbFile `made`."""
+    from clipeval.dissect import pipeline
     from clipeval.dissect.activations import stream_summaries
     from clipeval.dissect.maps import map_rows
 
     k = summary_args[0]
-    cache = pipeline.ArrayCache(store.path.parent / "cache")
-    kept, made, streamed = {}, {}, {}
+    kept, streamed = {}, {}
     pipeline.probe_pass(
         store,
         cache,

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from clipeval.compute import ray_map
-from clipeval.compute.batches import ACT, EMB
+from clipeval.compute.batches import ACT, EMB, THUMB
 from clipeval.compute.device import CPU, DTYPES, Placement, resolve_device
 from clipeval.compute.engine import LOCAL, Engine, ray_session
 from clipeval.compute.progress import bar as progress_bar
@@ -34,8 +34,10 @@ from clipeval.datasets.probe import ProbeSet, load_probe, load_rgb, thumbnail_jp
 from clipeval.dissect import similarity
 from clipeval.dissect.activations import (
     SUMMARY_BUDGET,
+    THUMB_CHUNK,
     LayerStream,
     RowFile,
+    ThumbFile,
     collect,
     merge_part,
     stream_file,
@@ -273,7 +275,7 @@ def probe_pass(
     settings: PassSettings = PassSettings(),
     maps_keep: int = 0,
     maps_out: dict | None = None,
-    thumbs_out: dict | None = None,
+    thumbs_out: ThumbFile | None = None,
     streams: dict | None = None,
     stream_keep: int = 0,
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -282,8 +284,9 @@ def probe_pass(
     lacks them; that pass runs here or on Ray workers (`engine`), and either way fills the same cache
     entries. With `maps_keep` and a dict `maps_out`, also each unit's activation maps on its `maps_keep`
     most active images, from the same pass: maps_out[layer] = maps.KeptMaps (layers without a spatial
-    layout are left out). The thumbnails that pass makes go to `thumbs_out` (probe row -> JPEG) for
-    `store_thumbnails`, which stores only those of the images a page shows.
+    layout are left out). The thumbnails that pass makes go to `thumbs_out` (a ThumbFile: a batch at a
+    time, by this process or the Ray workers, never all in memory) for `store_thumbnails`, which stores
+    only those of the images a page shows; the file is removed if the pass fails.
 
     An image that passed the header check but does not decode is skipped and counted during the pass
     ('skip'; 'fail' stops): it leaves `probe` (its list and `skipped` are updated in place) and is
@@ -336,13 +339,16 @@ def probe_pass(
             layers=missing,
             pooling=pooling,
             image_models={"labelling": image_model} if need_emb else {},
-            thumb_size=THUMB_SIZE if need_thumbs else None,
+            thumb_size=THUMB_SIZE if need_thumbs and thumbs_out is not None else None,
             batch_size=settings.batch_size,
             progress=progress,
             desc="probe pass",
             layouts={layer: layouts[layer] for layer in missing},
             maps_keep=maps_keep if any(layer in map_keys for layer in missing) else 0,
         )
+        if kw["thumb_size"]:
+            thumbs_out.remove()  # what is there (another pass's) would be read as this pass's
+            kw["sinks"] = {**sinks, THUMB: thumbs_out}
         try:
             if engine.is_ray:
                 got = ray_map.collect(
@@ -359,6 +365,8 @@ def probe_pass(
         except BaseException:
             for sink in sinks.values():
                 sink.path.unlink(missing_ok=True)
+            if thumbs_out is not None:
+                thumbs_out.remove()
             raise
         if got.failed:
             n_before = len(probe)
@@ -375,6 +383,8 @@ def probe_pass(
             emb = emb if emb is None else cache.open("image_embeddings", image_key)
             for sink in sinks.values():
                 sink.keep_only(keep)
+            if kw["thumb_size"]:
+                thumbs_out.keep_only(keep)
             for kept in list(maps_out.values()) if maps_out is not None else []:
                 kept.renumber(keep)  # maps read from the cache count the images before these were left out
             _drop_images(probe, bad)
@@ -411,8 +421,6 @@ def probe_pass(
                     }
                 ),
             )
-            if thumbs_out is not None:
-                thumbs_out.update(enumerate(got.thumbnails))
     if streams is not None:
         for layer in layers:
             path = cache.path("activations", keys[layer])
@@ -421,18 +429,29 @@ def probe_pass(
     return acts, emb
 
 
-def store_thumbnails(store: Store, probe: ProbeSet, neuron_images: pd.DataFrame, made: dict[int, bytes]) -> int:
+def thumb_file(cache: ArrayCache, probe: ProbeSet) -> ThumbFile:
+    """Where this process's probe pass puts its thumbnails until store_thumbnails has used them."""
+    return ThumbFile(cache.folder / "thumbnails" / f"{probe.fingerprint}.tmp{os.getpid()}")
+
+
+def store_thumbnails(store: Store, probe: ProbeSet, neuron_images: pd.DataFrame, made: ThumbFile | None) -> int:
     """Store the thumbnails of exactly the images some page shows: every image a unit keeps (top, level,
     low, random: the neuron, annotate and labellers pages, the report, the activation maps over the top
-    images, the evaluators' images). Each one the store lacks comes from the probe pass (`made`) or, when
-    this run made none (the probe's rows came from an earlier run), is decoded from its file. The other
-    probe images get none: a thumbnail of every image would be about 5 GB of blobs at 1M images.
-    Returns how many were added."""
+    images, the evaluators' images). Each one the store lacks is read from the probe pass's file (`made`)
+    or, when this run made none (the probe's rows came from an earlier run), decoded from its file, a
+    chunk at a time. The other probe images get none: a thumbnail of every image would be about 5 GB of
+    blobs at 1M images. Returns how many were added."""
     shown = np.unique(neuron_images["image_id"].to_numpy()) if len(neuron_images) else np.array([], dtype=np.int64)
-    missing = store.images_without_thumbnail(probe.fingerprint, shown)
-    thumbs = {i: made.get(i) or thumbnail_jpeg(load_rgb(probe.images[i].path), THUMB_SIZE) for i in missing}
-    store.put_thumbnails(probe.fingerprint, thumbs)
-    return len(thumbs)
+    missing = np.array(store.images_without_thumbnail(probe.fingerprint, shown), dtype=np.int64)
+    chunks = (
+        made.read(missing)
+        if made is not None
+        else ((missing[a : a + THUMB_CHUNK], {}) for a in range(0, len(missing), THUMB_CHUNK))
+    )
+    for ids, got in chunks:
+        thumbs = {int(i): got.get(int(i)) or thumbnail_jpeg(load_rgb(probe.images[i].path), THUMB_SIZE) for i in ids}
+        store.put_thumbnails(probe.fingerprint, thumbs)
+    return len(missing)
 
 
 @dataclass
@@ -545,8 +564,9 @@ def dissect(
     cache = ArrayCache(cache_dir or store.path.parent / "cache")
     with _engine_up(engine, progress, stages):
         store.start_run(r.run_id, name or default_name(config), "dissect", config.to_json(), r.run_id)
+        thumbs = thumb_file(cache, r.probe)
         try:
-            meta = _compute(r, store, cache, stages, progress, batch_size, num_workers, engine)
+            meta = _compute(r, store, cache, stages, progress, batch_size, num_workers, engine, thumbs)
             with stages("store"):
                 store.finish_run(r.run_id, **meta)
             store.set_run_timings(r.run_id, stages.timings)
@@ -556,6 +576,8 @@ def dissect(
         except Exception as e:
             store.fail_run(r.run_id, "failed", f"{type(e).__name__}: {e}")
             raise
+        finally:
+            thumbs.remove()  # a failure between the pass and store_thumbnails would leave it
     if progress:
         total = sum(stages.timings.values())
         print(
@@ -600,13 +622,13 @@ def _compute(
     progress: bool,
     batch_size: int,
     num_workers: int,
-    engine: Engine = LOCAL,
+    engine: Engine,
+    thumbs: ThumbFile,
 ) -> dict:
     c = r.config
     fn, params = c.similarity.fn, c.similarity.kwargs()
     with stages("activations + image embeddings"):
         maps: dict = {}
-        thumbs: dict = {}
         streamed: dict[str, StreamedLayer] = {}
         _, embeddings = probe_pass(
             store,
@@ -642,7 +664,7 @@ def _compute(
             if layer in maps
         ]
         store_thumbnails(store, r.probe, pd.concat([p[0] for p in parts], ignore_index=True), thumbs)
-        del thumbs
+        thumbs.remove()
     dead = {layer: p[2]["dead"].to_numpy() for layer, p in zip(c.layers, parts)}
 
     labelled = []

@@ -60,20 +60,7 @@ def worker_local(n: int, threads: int) -> dict:
     images, source = _images(n)
     thumbs = ThumbFile(Path(tempfile.mkdtemp(prefix="bench-ray-thumbs-")))  # where a dissection puts them
     try:
-        collect(
-            images[:16],
-            target=target,
-            layers=LAYERS,
-            image_models=models,
-            thumb_size=128,
-            batch_size=16,
-            num_workers=0,
-            progress=False,
-            sinks={THUMB: thumbs},
-        )  # warm-up
-        start = time.perf_counter()
-        got = collect(
-            images,
+        kw = dict(
             target=target,
             layers=LAYERS,
             image_models=models,
@@ -83,6 +70,9 @@ def worker_local(n: int, threads: int) -> dict:
             progress=False,
             sinks={THUMB: thumbs},
         )
+        collect(images[:16], **kw)  # warm-up
+        start = time.perf_counter()
+        got = collect(images, **kw)
         wall = time.perf_counter() - start
     finally:
         thumbs.remove()

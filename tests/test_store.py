@@ -3,6 +3,8 @@
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import duckdb
 import pytest
@@ -92,3 +94,33 @@ def test_delete_run_removes_everything(run_store):
     for table in ("neurons", "neuron_images", "runner_ups", "histograms", "layers", "human_verdicts"):
         assert store.df(f"SELECT count(*) AS n FROM {table}")["n"][0] == 0
     assert store.df("SELECT count(*) AS n FROM eval_scores")["n"][0] == 0
+
+
+def test_threads_of_one_process_open_the_store_one_at_a_time(tmp_path, monkeypatch):
+    """The app's warm-up thread and a page open the store at once: a thread handed the database while
+    another still sets it up had its next register() fail ("Table Function with name pandas_scan does
+    not exist"), so duckdb.connect runs for one thread at a time."""
+    store = Store(tmp_path / "s.duckdb")
+    store.runs()  # the file and its tables exist
+    real, guard = duckdb.connect, threading.Lock()
+    inside = most = 0
+
+    def slow(*args, **kwargs):
+        nonlocal inside, most
+        with guard:
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.2)  # a connect that takes a while: another thread would come in meanwhile
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with guard:
+                inside -= 1
+
+    monkeypatch.setattr(duckdb, "connect", slow)
+    readers = [threading.Thread(target=store.runs) for _ in range(4)]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join()
+    assert most == 1

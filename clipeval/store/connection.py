@@ -128,6 +128,11 @@ class _FileLock:
 _file_locks: dict[str, _FileLock] = {}
 _file_locks_guard = threading.Lock()
 _held = threading.local()  # per thread: resolved path -> (connection, is_write)
+# One duckdb.connect at a time in this process: a thread that opens a file while another opens or closes it
+# can be handed the database before the Python client has finished setting it up, and its next register()
+# then fails with "Table Function with name pandas_scan does not exist" (seen with the app's warm-up
+# thread beside a page; reproduced with two threads opening, registering and closing in a loop).
+_connecting = threading.Lock()
 
 
 def _file_lock(key: str) -> _FileLock:
@@ -204,9 +209,10 @@ class Connection:
         delay, told = 0.01, False
         while True:
             try:
-                if write:
-                    return duckdb.connect(str(self.path))
-                return duckdb.connect(str(self.path), read_only=True, config=READ_CONFIG)
+                with _connecting:
+                    if write:
+                        return duckdb.connect(str(self.path))
+                    return duckdb.connect(str(self.path), read_only=True, config=READ_CONFIG)
             except duckdb.Error as e:
                 if out_of_space(e):
                     raise no_space(self.path) from e

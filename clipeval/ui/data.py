@@ -221,26 +221,6 @@ def defaults(run_id: str) -> dict:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _scored(path: str, run_id: str, data_version: str) -> dict[str, dict]:
-    s = open_store(path)
-    latest = s.latest_evaluations(run_id)
-    return {
-        e.evaluator: {
-            "n_concepts": None if pd.isna(e.n_concepts) else int(e.n_concepts),
-            "kmax": max(s.eval_variants(e.eval_id).values(), default=0),
-        }
-        for e in latest[latest["status"] == "complete"].itertuples()
-    }
-
-
-def scored(run_id: str) -> dict[str, dict]:
-    """{evaluator: {"n_concepts": CP's concept set size or None, "kmax": top images scored}} of the run's
-    complete evaluations, as its RunView gives them, from their rows alone: for the sidebar's caption on
-    every page, which must not load the run's neurons."""
-    return _scored(db_path(), run_id, version(run_id))
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
 def _score_spans(path: str, run_id: str, data_version: str) -> dict:
     return sweeps.score_spans(_run_view(path, run_id, data_version))
 
@@ -383,23 +363,12 @@ def imagenet_accuracy(run_id: str) -> list[dict]:
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _comparison_row(path: str, run: tuple, data_version: str, cp_rank: int | None, k: int | None) -> dict:
-    """One run's row of the comparison at its own judges' defaults and `k` (comparison_k). The run's RunView
+    """One run's row of the comparison at its own judges' defaults and the page's `k`. The run's RunView
     is the pages' one when they hold it, else built for this row alone and dropped, so the Runs page keeps a
     few numbers per run in memory, not every run's neurons."""
     r = dict(run)
     view = _held.get((path, r["run_id"], data_version)) or RunView(open_store(path), r["run_id"])
     return every_run.comparison_row(view, r, None, k, cp_rank)
-
-
-def _kmax(path: str, run_id: str, data_version: str) -> int:
-    """RunView.kmax, from the evaluations' rows (0 without any complete one)."""
-    return min((s["kmax"] for s in _scored(path, run_id, data_version).values()), default=0)
-
-
-def comparison_k(k: int | None, kmax: int) -> int | None:
-    """The k a run's comparison row is computed at: the page's k, no more than the run's evaluators scored
-    (None: each evaluator's largest, as every_run.comparison_row takes it)."""
-    return min(k, kmax) if k and kmax else None
 
 
 def _comparison_key(r: dict) -> tuple:
@@ -416,8 +385,7 @@ def runs_comparison(
         return every_run.runs_comparison(store(), thresholds, k, view_of=run_view, runs=runs(), cp_rank=cp_rank)
 
     def row_of(r: dict) -> dict:
-        path, v = db_path(), version(r["run_id"])
-        return _comparison_row(path, _comparison_key(r), v, cp_rank, comparison_k(k, _kmax(path, r["run_id"], v)))
+        return _comparison_row(db_path(), _comparison_key(r), version(r["run_id"]), cp_rank, k)
 
     return every_run.runs_comparison(store(), None, k, runs=runs(), row_of=row_of, cp_rank=cp_rank)
 
@@ -515,7 +483,7 @@ def warm_up() -> None:
                     _top_k(path, r["run_id"], v)
                     _defaults(path, r["run_id"], v)
                     _imagenet_accuracy(path, r["run_id"], v)
-                _comparison_row(path, _comparison_key(r), v, None, comparison_k(k, _kmax(path, r["run_id"], v)))
+                _comparison_row(path, _comparison_key(r), v, None, k)
             _timings(path, s.data_version())
             imagenet_synonyms()
         except Exception:  # noqa: BLE001 - warming is an optimisation; the page shows any real error itself

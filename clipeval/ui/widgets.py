@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from clipeval.analysis import sweeps
-from clipeval.analysis.runview import EVALUATOR_TITLES, threshold_detail
+from clipeval.analysis.runview import EVALUATOR_TITLES
 from clipeval.evaluators import judges, thresholds
 from clipeval.evaluators.rules import RULES, cp_cutoff
 from clipeval.formats import json_cell, text_cell
@@ -540,20 +540,14 @@ def caveats(lines: list[str], where=None, label: str = "Caveats on these numbers
 def thresholds_caption(ctx: Context) -> str:
     """'k = 5; cut = 0.50 (paper default), p = 0.0040 (top 4 of 998 concepts; calibrated default), ...': the
     sidebar's thresholds, each with where it came from (its judge's default, or given in the sidebar)."""
-    # from the evaluations' rows alone: the caption is on every page, and must not load the run's neurons
-    scored = data.scored(ctx.run_id) if ctx.run_id else None
-    defaults = data.defaults(ctx.run_id) if ctx.run_id else {}
+    view = data.run_view(ctx.run_id) if ctx.run_id else None
     parts = [
         thresholds.label(e, ctx.thresholds[e])
-        + (
-            f" ({threshold_detail(e, ctx.thresholds[e], defaults[e], (scored.get(e) or {}).get('n_concepts'), 'set in the sidebar')})"
-            if scored is not None
-            else ""
-        )
+        + (f" ({view.threshold_detail(e, ctx.thresholds[e], 'set in the sidebar')})" if view else "")
         for e in EVALUATOR_ORDER
     ]
     # the k the pages apply: no more than the evaluators scored (an evaluation with --k 3 of a run that stored 5)
-    k = min(ctx.k, min(s["kmax"] for s in scored.values())) if scored else ctx.k
+    k = min(ctx.k, view.kmax) if view is not None and view.available else ctx.k
     return f"k = {k}; " + ", ".join(parts)
 
 
